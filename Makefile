@@ -1,0 +1,135 @@
+# bgserve - build, run and test.
+#
+#   make            build build/bgserve, build/plugins/*.so, build/sample_app.so
+#   make run        install missing system packages (as root), build, serve sample_app
+#   make test       the same package step, then build and run every test
+#   make test SANITIZE=address,undefined   (or SANITIZE=thread)
+#
+# Outputs always live under build/ (a sanitizer build under build/san-NAME/,
+# so switching flags never mixes objects).
+
+CC       ?= cc
+SANITIZE ?=
+PORT     ?= 8000
+comma    := ,
+
+ifeq ($(SANITIZE),)
+BUILD    := build
+SANFLAGS :=
+else
+BUILD    := build/san-$(subst $(comma),-,$(SANITIZE))
+SANFLAGS := -fsanitize=$(SANITIZE) -fno-omit-frame-pointer -fno-sanitize-recover=all
+endif
+
+# Debian package names, and the pkg-config module each one provides.
+RUN_DEBS  := libmicrohttpd-dev pkg-config
+TEST_DEBS := libmicrohttpd-dev pkg-config libcmocka-dev libcurl4-openssl-dev
+RUN_PCS   := libmicrohttpd
+TEST_PCS  := libmicrohttpd cmocka libcurl
+
+WARN     := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissing-prototypes
+BASE     := -std=c11 -D_GNU_SOURCE -g -O2 $(WARN)
+CFLAGS_SRV = $(BASE) $(SANFLAGS) -Iinclude -Icmd/bgserve -pthread \
+             $(shell pkg-config --cflags libmicrohttpd 2>/dev/null) -MMD -MP
+LDLIBS_SRV = $(shell pkg-config --libs libmicrohttpd 2>/dev/null) -ldl -lm -pthread
+PLUGIN_CFLAGS := -std=c11 -D_GNU_SOURCE -g -O2 $(WARN) -Iinclude -fPIC -fvisibility=hidden
+PLUGIN_LDFLAGS := -shared -Wl,-z,defs
+
+SRV_SRCS  := $(wildcard cmd/bgserve/*.c)
+SRV_OBJS  := $(SRV_SRCS:%.c=$(BUILD)/obj/%.o)
+LIB_OBJS  := $(filter-out $(BUILD)/obj/cmd/bgserve/main.o,$(SRV_OBJS))
+
+PLUGINS   := $(patsubst plugins/%.c,$(BUILD)/plugins/%.so,$(wildcard plugins/*.c))
+FIXTURES  := $(patsubst tests/fixtures/%.c,$(BUILD)/tests/fixtures/%.so,$(wildcard tests/fixtures/*.c))
+SAMPLE    := $(BUILD)/sample_app.so
+SAMPLE_SRCS := $(wildcard sample_app/*.c)
+
+TEST_SRCS    := $(wildcard tests/test_*.c)
+TEST_BINS    := $(patsubst tests/%.c,$(BUILD)/tests/%,$(TEST_SRCS))
+TEST_SUPPORT := $(patsubst %.c,$(BUILD)/obj/%.o,$(wildcard tests/support/*.c))
+CFLAGS_TEST_EXTRA = -Itests/support $(shell pkg-config --cflags cmocka libcurl 2>/dev/null)
+LDLIBS_TEST   = $(LDLIBS_SRV) $(shell pkg-config --libs cmocka libcurl 2>/dev/null)
+
+.PHONY: all run test check-tests deps-run deps-test clean help
+.DEFAULT_GOAL := all
+
+all: $(BUILD)/bgserve $(PLUGINS) $(SAMPLE)
+
+help:
+	@sed -n '3,9p' Makefile | sed 's/^# \{0,1\}//'
+
+$(BUILD)/bgserve: $(SRV_OBJS)
+	@mkdir -p $(@D)
+	$(CC) $(SANFLAGS) -rdynamic -o $@ $^ $(LDLIBS_SRV)
+
+$(BUILD)/obj/%.o: %.c
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS_SRV) $(EXTRA_CFLAGS) -c -o $@ $<
+
+$(BUILD)/obj/tests/%.o: EXTRA_CFLAGS = $(CFLAGS_TEST_EXTRA)
+
+$(BUILD)/plugins/%.so: plugins/%.c include/bgserve.h
+	@mkdir -p $(@D)
+	$(CC) $(PLUGIN_CFLAGS) $(PLUGIN_LDFLAGS) -o $@ $<
+
+$(SAMPLE): $(SAMPLE_SRCS) include/bgserve.h
+	@mkdir -p $(@D)
+	$(CC) $(PLUGIN_CFLAGS) $(PLUGIN_LDFLAGS) -o $@ $(SAMPLE_SRCS)
+
+$(BUILD)/tests/fixtures/%.so: tests/fixtures/%.c include/bgserve.h
+	@mkdir -p $(@D)
+	$(CC) $(PLUGIN_CFLAGS) $(PLUGIN_LDFLAGS) -o $@ $<
+
+# Tests link the server's objects through an archive, so each test pulls
+# in only the rooms it uses.
+$(BUILD)/libbgserve.a: $(LIB_OBJS)
+	@mkdir -p $(@D)
+	rm -f $@ && $(AR) rcs $@ $^
+
+$(BUILD)/tests/test_%: $(BUILD)/obj/tests/test_%.o $(TEST_SUPPORT) $(BUILD)/libbgserve.a
+	@mkdir -p $(@D)
+	$(CC) $(SANFLAGS) -rdynamic -o $@ $^ $(LDLIBS_TEST)
+
+# ---- system packages ---------------------------------------------------
+
+# Checks the pkg-config modules; installs the missing Debian packages when
+# run as root, otherwise prints the exact command and stops.
+define ensure_debs
+	@if ! command -v pkg-config >/dev/null 2>&1 || ! pkg-config --exists $(2); then \
+	  missing=""; \
+	  for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	  if [ -z "$$missing" ]; then missing="$(1)"; fi; \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "bgserve: installing system packages:$$missing"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing >/dev/null || \
+	      { echo "bgserve: apt-get install$$missing failed" >&2; exit 1; }; \
+	  else \
+	    echo "bgserve: missing system packages:$$missing" >&2; \
+	    echo "Install them with:  sudo apt-get install$$missing" >&2; exit 1; \
+	  fi; \
+	fi
+endef
+
+deps-run:
+	$(call ensure_debs,$(RUN_DEBS),$(RUN_PCS))
+
+deps-test:
+	$(call ensure_debs,$(TEST_DEBS),$(TEST_PCS))
+
+run: deps-run
+	@$(MAKE) --no-print-directory all
+	./$(BUILD)/bgserve --port $(PORT) $(SAMPLE)
+
+# ---- tests ---------------------------------------------------------------
+
+test: deps-test
+	@$(MAKE) --no-print-directory all check-tests
+
+check-tests: $(TEST_BINS) $(FIXTURES) $(PLUGINS) $(SAMPLE) $(BUILD)/bgserve
+	@BGSERVE_BUILD=$(BUILD) sh tests/run.sh $(TEST_BINS)
+
+clean:
+	rm -rf build
+
+-include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)

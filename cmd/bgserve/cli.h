@@ -1,0 +1,47 @@
+/*
+ * cli.h - command-line options and environment into one config struct.
+ * Parsed once by main before any thread starts; read-only afterwards.
+ */
+#ifndef BGSERVE_CLI_H
+#define BGSERVE_CLI_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#define BGSERVE_VERSION "0.1.0"
+
+typedef struct cli_config {
+    const char *plugin_path;  /* the APP.so argument */
+    const char *host;         /* --host, default 127.0.0.1 */
+    unsigned port;            /* --port / PORT, default 8000; 0 = any */
+    unsigned threads;         /* --threads, default: online cores */
+    unsigned timeout_s;       /* --timeout, default 30 */
+    unsigned conn_limit;      /* --max-connections, default 1024 */
+    size_t max_body;          /* --max-body, default 1 MiB */
+    unsigned workers;         /* --workers, default 16 */
+    unsigned queue_cap;       /* --queue, default 65536 */
+    unsigned keep;            /* --keep, default 10000 */
+    unsigned drain_timeout_ms;/* --drain-timeout (seconds, fractions ok), default 10 s */
+    int introspection;        /* 1 unless --no-introspection */
+    int quiet;                /* --quiet */
+    int log_json;             /* --log-format json */
+    int color;                /* --color=auto|always|never: -1, 1, 0 */
+    int check;                /* --check: validate and exit */
+} cli_config;
+
+enum {
+    CLI_RUN = 0,       /* serve (or check) with cfg */
+    CLI_EXIT_OK = 1,   /* --help or --version printed: exit 0 */
+    CLI_EXIT_USAGE = 2 /* a usage error was printed: exit 2 */
+};
+
+/*
+ * Parse argv (and PORT from the environment) into cfg.  --help and
+ * --version print to out; usage errors print one clear line and a hint
+ * to err.  Unknown options, missing values, values out of range and a
+ * missing or extra APP.so are usage errors.
+ */
+int cli_parse(int argc, char **argv, cli_config *cfg, FILE *out, FILE *err);
+
+#endif

@@ -1,0 +1,43 @@
+/*
+ * json.h - a small JSON writer into a growable buffer.
+ *
+ * Strings are escaped: quotes, backslashes and control characters become
+ * escapes, and bytes that are not valid UTF-8 become U+FFFD, so the
+ * output is always valid JSON.  Commas are inserted automatically.  A
+ * writer belongs to one thread.
+ */
+#ifndef BGSERVE_JSON_H
+#define BGSERVE_JSON_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define JSON_MAX_DEPTH 32
+
+typedef struct json {
+    char *buf;       /* NUL-terminated; owned by the writer */
+    size_t len, cap;
+    int depth;
+    unsigned char first[JSON_MAX_DEPTH]; /* 1: no element yet at depth */
+    int after_key;   /* the next value follows a key */
+} json;
+
+void json_init(json *j);
+void json_free(json *j);
+/* Hand the buffer to the caller (free() it); the writer is reset. */
+char *json_take(json *j, size_t *len);
+
+void json_obj_begin(json *j);
+void json_obj_end(json *j);
+void json_arr_begin(json *j);
+void json_arr_end(json *j);
+void json_key(json *j, const char *key);
+void json_str(json *j, const char *s);            /* NULL writes null */
+void json_strn(json *j, const char *s, size_t n);
+void json_u64(json *j, uint64_t v);
+void json_i64(json *j, int64_t v);
+void json_double(json *j, double v);
+void json_bool(json *j, int v);
+void json_null(json *j);
+
+#endif

@@ -1,0 +1,33 @@
+/*
+ * util.h - small helpers every room uses: allocation, time, strings.
+ *
+ * Out-of-memory rule: allocation goes through xmalloc/xcalloc/xrealloc/
+ * xstrdup, which print a message and abort when the system is out of
+ * memory.  No caller checks their result.  (A development server that
+ * cannot allocate a few bytes cannot do anything useful either.)
+ */
+#ifndef BGSERVE_UTIL_H
+#define BGSERVE_UTIL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+void *xmalloc(size_t n);
+void *xcalloc(size_t count, size_t n);
+void *xrealloc(void *p, size_t n);
+char *xstrdup(const char *s);
+char *xstrndup(const char *s, size_t n);
+void *xmemdup(const void *p, size_t n);
+
+/* Monotonic clock in microseconds (CLOCK_MONOTONIC). */
+uint64_t util_now_us(void);
+/* Wall clock in microseconds since the epoch (CLOCK_REALTIME). */
+uint64_t util_wall_us(void);
+
+/* Case-insensitive ASCII equality: 1 when equal, 0 otherwise. */
+int util_strcaseeq(const char *a, const char *b);
+
+#define UTIL_CONTAINER_OF(ptr, type, member) \
+    ((type *)(void *)((char *)(ptr) - offsetof(type, member)))
+
+#endif

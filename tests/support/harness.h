@@ -1,0 +1,89 @@
+/*
+ * harness.h - integration-test helpers: run the real build/bgserve, read
+ * its listening line, talk HTTP with libcurl, and poll with deadlines.
+ *
+ * Paths come from BGSERVE_BUILD (set by make; default "build"), so the
+ * same tests run against sanitizer builds.
+ */
+#ifndef BGSERVE_HARNESS_H
+#define BGSERVE_HARNESS_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+/* "build/..." joined with rel, in a static buffer per call slot (8 slots,
+ * round robin): e.g. h_build_path("plugins/hello.so"). */
+const char *h_build_path(const char *rel);
+
+/* A running server. */
+typedef struct h_server {
+    pid_t pid;
+    int port;
+    char base[64];        /* "http://127.0.0.1:PORT" */
+    int err_fd;           /* read end of its stderr (non-blocking) */
+    char *log;            /* everything read from stderr so far */
+    size_t log_len;
+} h_server;
+
+/*
+ * Start build/bgserve with `--port 0`, the given extra arguments
+ * (NULL-terminated) and the plugin path last; wait (deadline 10 s) for
+ * the "bgserve: listening on http://HOST:PORT" line.  Returns 0, or -1
+ * if the server exited or never listened (its log is in s->log).
+ * extra_env: NULL or NULL-terminated "NAME=value" strings added to the
+ * environment of the child.
+ */
+int h_start(h_server *s, const char *plugin, const char *const *args,
+            const char *const *extra_env);
+
+/* Read what the server wrote to stderr so far into s->log. */
+void h_drain_log(h_server *s);
+
+/* Poll s->log (draining stderr) until it contains needle; deadline in
+ * ms.  Returns 1 when found, 0 at the deadline. */
+int h_wait_log(h_server *s, const char *needle, unsigned deadline_ms);
+
+/* Count occurrences of needle in s->log (after draining). */
+int h_count_log(h_server *s, const char *needle);
+
+/* Send sig and wait for exit (deadline 15 s, then SIGKILL).  Returns the
+ * exit status as from waitpid's WEXITSTATUS, or 128+signal; frees
+ * nothing (call h_free). */
+int h_stop(h_server *s, int sig);
+void h_free(h_server *s);
+
+/* Run a program to completion, capturing stdout+stderr.  Returns the
+ * exit status (128+signal if killed); *out is malloc'd, NUL-terminated. */
+int h_run(const char *const *argv, char **out);
+
+/* One HTTP exchange with libcurl. */
+typedef struct h_resp {
+    long status;
+    char *body;           /* NUL-terminated */
+    size_t body_len;
+    char *headers;        /* raw response headers */
+} h_resp;
+
+/*
+ * method: "GET", "POST", ...; url: full URL or a path joined to s->base;
+ * body may be NULL; headers: NULL or NULL-terminated "Name: value".
+ * Returns 0, or the CURLcode on a transport error.
+ */
+int h_http(h_server *s, const char *method, const char *url,
+           const char *body, size_t body_len, const char *const *headers,
+           h_resp *r);
+int h_get(h_server *s, const char *path, h_resp *r);
+/* Value of response header name (case-insensitive), copied into a
+ * static per-call buffer slot, or NULL. */
+const char *h_header(const h_resp *r, const char *name);
+void h_resp_free(h_resp *r);
+
+/* Poll cond(arg) every few ms until it returns non-zero or deadline_ms
+ * passes.  Returns the last value of cond. */
+int h_poll(int (*cond)(void *arg), void *arg, unsigned deadline_ms);
+
+/* Monotonic milliseconds. */
+uint64_t h_now_ms(void);
+
+#endif
