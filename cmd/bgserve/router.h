@@ -2,7 +2,7 @@
  * router.h - route templates and matching.  Pure: no I/O, no globals.
  *
  * A router is built once (router_add from one thread) and then only read,
- * so any number of threads may call router_match on it at once.
+ * so any number of threads may call router_lookup on it at once.
  *
  * Templates: "/" or "/seg/seg/...", each segment a literal or "{name}"
  * where name is [A-Za-z_][A-Za-z0-9_]*.  A literal segment beats a
@@ -19,7 +19,7 @@
 
 typedef struct router router;
 
-/* Result of router_match. */
+/* Result of router_lookup. */
 enum {
     ROUTER_FOUND = 0,
     ROUTER_NOT_FOUND = 1,   /* no template matches the path: 404 */
@@ -62,15 +62,16 @@ int router_check_template(const char *tmpl, char *err, size_t errlen);
 size_t router_count(const router *r);
 
 /*
- * Match a request.  raw_path is the path as sent (percent-encoded, no
- * query string).  Each segment is percent-decoded separately (so %2F
+ * Match a request (named router_lookup because router_match is the
+ * result type above, and C has one namespace for both).  raw_path is
+ * the path as sent (percent-encoded, no query string).  Each segment is percent-decoded separately (so %2F
  * inside a parameter does not split it) into scratch, which must hold at
  * least strlen(raw_path) + 1 bytes; parameter values point into it.
  * A HEAD request matches GET routes when no HEAD route exists.
  * Returns one of the ROUTER_* results above and fills m.
  */
-int router_match(const router *r, const char *method, const char *raw_path,
-                 char *scratch, router_match *m);
+int router_lookup(const router *r, const char *method, const char *raw_path,
+                  char *scratch, router_match *m);
 
 /*
  * Percent-decode src[0..len) into dst (which must hold len + 1 bytes),
