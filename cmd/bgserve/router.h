@@ -64,10 +64,11 @@ size_t router_count(const router *r);
 /*
  * Match a request (named router_lookup because router_match is the
  * result type above, and C has one namespace for both).  raw_path is
- * the path as sent (percent-encoded, no query string).  Each segment is percent-decoded separately (so %2F
- * inside a parameter does not split it) into scratch, which must hold at
- * least strlen(raw_path) + 1 bytes; parameter values point into it.
- * A HEAD request matches GET routes when no HEAD route exists.
+ * the path as sent (percent-encoded, no query string).  Each segment is
+ * percent-decoded separately (so %2F inside a parameter does not split
+ * it) into scratch, which must hold at least strlen(raw_path) + 1 bytes;
+ * parameter values point into it.  A HEAD request matches GET routes
+ * when no HEAD route exists.  Never allocates.
  * Returns one of the ROUTER_* results above and fills m.
  */
 int router_lookup(const router *r, const char *method, const char *raw_path,
