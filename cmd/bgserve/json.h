@@ -40,4 +40,8 @@ void json_double(json *j, double v);
 void json_bool(json *j, int v);
 void json_null(json *j);
 
+/* Append the escaped form of s[0..n) without the surrounding quotes (for
+ * callers that assemble a string value piece by piece). */
+void json_escape_into(json *j, const char *s, size_t n);
+
 #endif
