@@ -29,7 +29,7 @@ TEST_PCS  := libmicrohttpd cmocka libcurl
 
 WARN     := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissing-prototypes
 BASE     := -std=c11 -D_GNU_SOURCE -g -O2 $(WARN)
-CFLAGS_SRV = $(BASE) $(SANFLAGS) -Iinclude -Icmd/bgserve -pthread \
+CFLAGS_SRV = $(BASE) $(SANFLAGS) -Iinclude -iquote cmd/bgserve -pthread \
              $(shell pkg-config --cflags libmicrohttpd 2>/dev/null) -MMD -MP
 LDLIBS_SRV = $(shell pkg-config --libs libmicrohttpd 2>/dev/null) -ldl -lm -pthread
 PLUGIN_CFLAGS := -std=c11 -D_GNU_SOURCE -g -O2 $(WARN) -Iinclude -fPIC -fvisibility=hidden
@@ -47,7 +47,7 @@ SAMPLE_SRCS := $(wildcard sample_app/*.c)
 TEST_SRCS    := $(wildcard tests/test_*.c)
 TEST_BINS    := $(patsubst tests/%.c,$(BUILD)/tests/%,$(TEST_SRCS))
 TEST_SUPPORT := $(patsubst %.c,$(BUILD)/obj/%.o,$(wildcard tests/support/*.c))
-CFLAGS_TEST_EXTRA = -Itests/support $(shell pkg-config --cflags cmocka libcurl 2>/dev/null)
+CFLAGS_TEST_EXTRA = -iquote tests/support $(shell pkg-config --cflags cmocka libcurl 2>/dev/null)
 LDLIBS_TEST   = $(LDLIBS_SRV) $(shell pkg-config --libs cmocka libcurl 2>/dev/null)
 
 .PHONY: all run test check-tests deps-run deps-test clean help

@@ -25,6 +25,7 @@ struct bgs_app {
     void *data;            /* bgs_app_set_data; the plugin's to use */
     int failed;            /* set by bgs_app_fail */
     int starting;          /* 1 while the start hook runs */
+    int check_only;        /* --check: validate, register nothing */
     char fail_msg[512];
 };
 
@@ -43,8 +44,10 @@ struct generation {
  * has one reference (the caller's).  On failure returns -1 with the full
  * message in err and nothing left loaded.
  */
-int gen_create(const char *path, uint64_t number, generation **out,
-               char *err, size_t errlen);
+#define GEN_CHECK_ONLY 0x1u /* --check: run the hooks, schedule nothing */
+
+int gen_create(const char *path, uint64_t number, unsigned flags,
+               generation **out, char *err, size_t errlen);
 
 void gen_retain(generation *g);
 /* Drop a reference; the last one retires the generation. */

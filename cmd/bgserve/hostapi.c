@@ -1,0 +1,410 @@
+/*
+ * hostapi.c - the function table handed to plugins, and the request,
+ * response and app accessors behind it.
+ *
+ * The table is one static const struct; it only ever grows at its end
+ * (see include/bgserve.h).  Request and response functions run on the
+ * HTTP thread that owns the request (no locks).  App functions run in the
+ * start hook (registration) or on any thread (data, log); the app's
+ * fields are written only while the start hook runs.
+ */
+#include "cli.h"
+#include "generation.h"
+#include "log.h"
+#include "request.h"
+#include "services.h"
+#include "tasks.h"
+#include "util.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- request ------------------------------------------------------------ */
+
+static const char *req_method(bgs_req *req) { return req ? req->method : NULL; }
+static const char *req_path(bgs_req *req) { return req ? req->path : NULL; }
+
+static const char *req_param(bgs_req *req, const char *name)
+{
+    if (req == NULL || name == NULL)
+        return NULL;
+    for (unsigned i = 0; i < req->match.nparams; i++)
+        if (strcmp(req->match.params[i].name, name) == 0)
+            return req->match.params[i].value;
+    return NULL;
+}
+
+static const char *req_query(bgs_req *req, const char *name)
+{
+    if (req == NULL || name == NULL)
+        return NULL;
+    for (unsigned i = 0; i < req->nquery; i++)
+        if (strcmp(req->query[i].name, name) == 0)
+            return req->query[i].value;
+    return NULL;
+}
+
+static const char *req_header(bgs_req *req, const char *name)
+{
+    if (req == NULL || name == NULL || req->header_fn == NULL)
+        return NULL;
+    return req->header_fn(req->conn, name);
+}
+
+static const void *req_body(bgs_req *req, size_t *len)
+{
+    if (len)
+        *len = req ? req->body_len : 0;
+    return req && req->body_len ? req->body : NULL;
+}
+
+static const char *req_remote_addr(bgs_req *req) { return req ? req->remote : NULL; }
+static const char *req_id(bgs_req *req) { return req ? req->id : NULL; }
+static bgs_app *req_app(bgs_req *req) { return req ? &req->gen->app : NULL; }
+
+static void *req_service(bgs_req *req, const char *name)
+{
+    if (req == NULL)
+        return NULL;
+    return services_get(req->gen->services, &req->scope, name);
+}
+
+static void req_log(bgs_req *req, uint32_t level, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    log_pluginv(level, "req", req ? req->id : "-", fmt, ap);
+    va_end(ap);
+}
+
+/* ---- query parsing -------------------------------------------------------- */
+
+int req_parse_query(struct bgs_req *req, const char *qs)
+{
+    size_t n = strlen(qs);
+    req->query_buf = xmalloc(n + 1);
+    char *out = req->query_buf;
+    const char *p = qs;
+
+    req->nquery = 0;
+    while (*p && req->nquery < REQ_MAX_QUERY) {
+        const char *amp = strchr(p, '&');
+        size_t plen = amp ? (size_t)(amp - p) : strlen(p);
+        if (plen > 0) {
+            const char *eq = memchr(p, '=', plen);
+            size_t klen = eq ? (size_t)(eq - p) : plen;
+            long k = router_pct_decode(p, klen, out, 1);
+            if (k < 0)
+                return -1;
+            req->query[req->nquery].name = out;
+            out += k + 1;
+            const char *v = eq ? eq + 1 : p + plen;
+            size_t vlen = eq ? plen - klen - 1 : 0;
+            long vl = router_pct_decode(v, vlen, out, 1);
+            if (vl < 0)
+                return -1;
+            req->query[req->nquery].value = out;
+            out += vl + 1;
+            req->nquery++;
+        }
+        if (amp == NULL)
+            break;
+        p = amp + 1;
+    }
+    return 0;
+}
+
+void req_free(struct bgs_req *req)
+{
+    free(req->url);
+    free(req->raw_path_buf);
+    free(req->path);
+    free(req->scratch);
+    free(req->query_buf);
+}
+
+void res_free(struct bgs_res *res)
+{
+    for (size_t i = 0; i < res->nheaders; i++) {
+        free(res->headers[i].name);
+        free(res->headers[i].value);
+    }
+    free(res->headers);
+    free(res->content_type);
+    free(res->body);
+}
+
+/* ---- response ------------------------------------------------------------- */
+
+int res_check_header(const char *name, const char *value)
+{
+    static const char tchar[] = "!#$%&'*+-.^_`|~";
+    if (name == NULL || value == NULL || *name == '\0')
+        return BGS_EHEADER;
+    for (const char *p = name; *p; p++) {
+        unsigned char c = (unsigned char)*p;
+        int ok = (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') ||
+                 (c >= 'A' && c <= 'Z') || (c && strchr(tchar, c));
+        if (!ok)
+            return BGS_EHEADER;
+    }
+    for (const char *p = value; *p; p++)
+        if (*p == '\r' || *p == '\n')
+            return BGS_EHEADER;
+    return 0;
+}
+
+static int res_status(bgs_res *res, uint32_t status)
+{
+    if (res == NULL || status < 100 || status > 599)
+        return BGS_EINVAL;
+    res->status = status;
+    return 0;
+}
+
+static int res_header(bgs_res *res, const char *name, const char *value)
+{
+    if (res == NULL)
+        return BGS_EINVAL;
+    int rc = res_check_header(name, value);
+    if (rc != 0) {
+        log_msg(BGS_LOG_WARN, "refused response header %s%s%s rid=%s: %s",
+                name ? "'" : "", name ? name : "(null)", name ? "'" : "",
+                res->req ? res->req->id : "-", bgs_strerror(rc));
+        return rc;
+    }
+    /* libmicrohttpd owns framing; a plugin setting these would break it. */
+    if (util_strcaseeq(name, "Content-Length") || util_strcaseeq(name, "Transfer-Encoding") ||
+        util_strcaseeq(name, "Connection"))
+        return BGS_EINVAL;
+    if (util_strcaseeq(name, "Content-Type")) {
+        free(res->content_type);
+        res->content_type = xstrdup(value);
+        return 0;
+    }
+    if (res->nheaders == res->cap_headers) {
+        res->cap_headers = res->cap_headers ? res->cap_headers * 2 : 4;
+        res->headers = xrealloc(res->headers, res->cap_headers * sizeof *res->headers);
+    }
+    res->headers[res->nheaders].name = xstrdup(name);
+    res->headers[res->nheaders].value = xstrdup(value);
+    res->nheaders++;
+    return 0;
+}
+
+static int res_content_type(bgs_res *res, const char *type)
+{
+    if (res == NULL || type == NULL)
+        return BGS_EINVAL;
+    if (res_check_header("Content-Type", type) != 0)
+        return BGS_EHEADER;
+    free(res->content_type);
+    res->content_type = xstrdup(type);
+    return 0;
+}
+
+static void body_reserve(bgs_res *res, size_t extra)
+{
+    size_t need = res->body_len + extra + 1;
+    if (need <= res->body_cap)
+        return;
+    size_t cap = res->body_cap ? res->body_cap : 64;
+    while (cap < need)
+        cap *= 2;
+    res->body = xrealloc(res->body, cap);
+    res->body_cap = cap;
+}
+
+/* Replaces the body: the handler states what the body is. */
+static int res_body(bgs_res *res, const void *data, size_t len)
+{
+    if (res == NULL || (data == NULL && len > 0))
+        return BGS_EINVAL;
+    res->body_len = 0;
+    body_reserve(res, len);
+    if (len)
+        memcpy(res->body, data, len);
+    res->body_len = len;
+    res->body[len] = '\0';
+    return 0;
+}
+
+/* Appends, so a body can be written in several calls. */
+static int res_printf(bgs_res *res, const char *fmt, ...)
+{
+    va_list ap;
+    char small[256];
+    if (res == NULL || fmt == NULL)
+        return BGS_EINVAL;
+    va_start(ap, fmt);
+    int n = vsnprintf(small, sizeof small, fmt, ap);
+    va_end(ap);
+    if (n < 0)
+        return BGS_EINVAL;
+    body_reserve(res, (size_t)n);
+    if ((size_t)n < sizeof small) {
+        memcpy(res->body + res->body_len, small, (size_t)n + 1);
+    } else {
+        va_start(ap, fmt);
+        vsnprintf(res->body + res->body_len, (size_t)n + 1, fmt, ap);
+        va_end(ap);
+    }
+    res->body_len += (size_t)n;
+    return 0;
+}
+
+static tasks_group *res_group(bgs_res *res)
+{
+    if (res->group == NULL)
+        res->group = tasks_group_new(res->req->gen, res->req->id, res->mode);
+    return res->group;
+}
+
+static int res_task(bgs_res *res, const char *name, const void *payload,
+                    size_t len, uint64_t *id_out)
+{
+    if (res == NULL || name == NULL || (payload == NULL && len > 0))
+        return BGS_EINVAL;
+    if (!res->in_handler)
+        return BGS_ESTATE;
+    return tasks_group_add(res_group(res), name, payload, len, id_out);
+}
+
+static int res_task_fn(bgs_res *res, bgs_adhoc_fn fn, void *arg,
+                       bgs_free_fn free_fn, uint64_t *id_out)
+{
+    if (res == NULL || fn == NULL)
+        return BGS_EINVAL;
+    if (!res->in_handler)
+        return BGS_ESTATE;
+    return tasks_group_add_fn(res_group(res), fn, arg, free_fn, id_out);
+}
+
+static int res_task_mode(bgs_res *res, uint32_t mode)
+{
+    if (res == NULL || (mode != BGS_SEQUENTIAL && mode != BGS_CONCURRENT))
+        return BGS_EINVAL;
+    res->mode = mode;
+    if (res->group)
+        return tasks_group_set_mode(res->group, mode);
+    return 0;
+}
+
+static int res_accepted(bgs_res *res, uint64_t task_id)
+{
+    char loc[64];
+    if (res == NULL || task_id == 0)
+        return BGS_EINVAL;
+    snprintf(loc, sizeof loc, "/_bgserve/tasks/%llu", (unsigned long long)task_id);
+    res->status = 202;
+    return res_header(res, "Location", loc);
+}
+
+/* ---- app ------------------------------------------------------------------ */
+
+static void app_fail(bgs_app *app, const char *fmt, ...)
+{
+    va_list ap;
+    if (app == NULL)
+        return;
+    va_start(ap, fmt);
+    vsnprintf(app->fail_msg, sizeof app->fail_msg, fmt ? fmt : "(no message)", ap);
+    va_end(ap);
+    app->failed = 1;
+}
+
+static void app_set_data(bgs_app *app, void *data)
+{
+    if (app)
+        app->data = data;
+}
+
+static void *app_data(bgs_app *app) { return app ? app->data : NULL; }
+
+static int app_service(bgs_app *app, const char *name, uint32_t lifetime,
+                       bgs_service_create_fn create,
+                       bgs_service_destroy_fn destroy, void *arg)
+{
+    if (app == NULL)
+        return BGS_EINVAL;
+    if (!app->starting) {
+        log_msg(BGS_LOG_ERROR, "bgs_app_service('%s') outside the start hook: "
+                "register services in the start hook", name ? name : "(null)");
+        return BGS_ESTATE;
+    }
+    return services_register(app->gen->services, name, lifetime, create, destroy, arg);
+}
+
+static int app_periodic(bgs_app *app, const char *task, uint32_t interval_ms,
+                        const void *payload, size_t len, uint32_t flags)
+{
+    if (app == NULL || task == NULL || interval_ms == 0 || (payload == NULL && len > 0))
+        return BGS_EINVAL;
+    if (!app->starting) {
+        log_msg(BGS_LOG_ERROR, "bgs_app_periodic('%s') outside the start hook: "
+                "register periodic tasks in the start hook", task);
+        return BGS_ESTATE;
+    }
+    if (app->check_only)
+        return plugin_find_task(app->gen->plugin, task) ? 0 : BGS_ENOTASK;
+    return tasks_periodic_add(app->gen, task, interval_ms, payload, len, flags);
+}
+
+static void app_log(bgs_app *app, uint32_t level, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    log_pluginv(level, "app", app && app->gen->plugin->name[0] ? app->gen->plugin->name : "-", fmt, ap);
+    va_end(ap);
+}
+
+/* ---- the table ------------------------------------------------------------ */
+
+static const bgs_host_api host_api = {
+    .struct_size = sizeof(bgs_host_api),
+    .abi_major = BGS_ABI_MAJOR,
+    .abi_minor = BGS_ABI_MINOR,
+    .req_method = req_method,
+    .req_path = req_path,
+    .req_param = req_param,
+    .req_query = req_query,
+    .req_header = req_header,
+    .req_body = req_body,
+    .req_remote_addr = req_remote_addr,
+    .req_id = req_id,
+    .req_app = req_app,
+    .req_service = req_service,
+    .req_log = req_log,
+    .res_status = res_status,
+    .res_header = res_header,
+    .res_content_type = res_content_type,
+    .res_body = res_body,
+    .res_printf = res_printf,
+    .res_task = res_task,
+    .res_task_fn = res_task_fn,
+    .res_task_mode = res_task_mode,
+    .res_accepted = res_accepted,
+    .app_fail = app_fail,
+    .app_set_data = app_set_data,
+    .app_data = app_data,
+    .app_service = app_service,
+    .app_periodic = app_periodic,
+    .app_log = app_log,
+    .task_id = tasks_ctx_id,
+    .task_name = tasks_ctx_name,
+    .task_attempt = tasks_ctx_attempt,
+    .task_cancelled = tasks_ctx_cancelled,
+    .task_error = tasks_ctx_error,
+    .task_result = tasks_ctx_result,
+    .task_request_id = tasks_ctx_request_id,
+    .task_app = tasks_ctx_app,
+    .task_service = tasks_ctx_service,
+    .task_log = tasks_ctx_log,
+};
+
+const bgs_host_api *hostapi_table(void)
+{
+    return &host_api;
+}

@@ -1,0 +1,44 @@
+/*
+ * http.h - the HTTP room: the only one that knows libmicrohttpd.
+ */
+#ifndef BGSERVE_HTTP_H
+#define BGSERVE_HTTP_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct http_config {
+    const char *host;
+    unsigned port;          /* 0: any free port */
+    unsigned threads;       /* libmicrohttpd epoll thread pool size */
+    unsigned timeout_s;     /* idle connection timeout */
+    unsigned conn_limit;
+    size_t max_body;
+    int introspection;      /* serve /_bgserve/ and send Bgserve-Tasks */
+} http_config;
+
+/*
+ * Bind, start libmicrohttpd and print the listening line
+ * "bgserve: listening on http://HOST:PORT".  Requests are served by the
+ * current generation (generation.h).  Returns 0, or -1 with a message
+ * (what failed and what to do) in err.
+ */
+int http_start(const http_config *cfg, char *err, size_t errlen);
+
+/* Stop accepting new connections (requests in flight go on). */
+void http_quiesce(void);
+
+/* Wait until no request is in flight, or deadline_ms passes.  Returns
+ * the number still in flight. */
+unsigned http_wait_idle(unsigned deadline_ms);
+
+/* Close every connection and stop the threads. */
+void http_stop(void);
+
+/* Requests received since start. */
+uint64_t http_requests_total(void);
+
+/* libmicrohttpd's version string. */
+const char *http_mhd_version(void);
+
+#endif

@@ -1,0 +1,83 @@
+/*
+ * introspect.c - GET /_bgserve/tasks/ID (the status monitor that a 202
+ * Accepted's Location points at) and GET /_bgserve/stats.
+ *
+ * Stateless: every answer is built from tasks.h and the counters the
+ * http room passes in, on the calling HTTP thread.
+ */
+#include "introspect.h"
+
+#include "json.h"
+#include "tasks.h"
+#include "util.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+static void reply_json(introspect_reply *out, unsigned status, json *j)
+{
+    out->status = status;
+    out->body = json_take(j, &out->len);
+}
+
+static void reply_error(introspect_reply *out, unsigned status, const char *msg)
+{
+    json j;
+    json_init(&j);
+    json_obj_begin(&j);
+    json_key(&j, "error");
+    json_str(&j, msg);
+    json_obj_end(&j);
+    reply_json(out, status, &j);
+}
+
+/* Decimal task id, or 0 when s is not one. */
+static uint64_t parse_id(const char *s)
+{
+    uint64_t v = 0;
+    if (*s == '\0' || strlen(s) > 19)
+        return 0;
+    for (; *s; s++) {
+        if (*s < '0' || *s > '9')
+            return 0;
+        v = v * 10 + (uint64_t)(*s - '0');
+    }
+    return v;
+}
+
+void introspect_handle(const char *method, const char *path,
+                       const introspect_counters *c, introspect_reply *out)
+{
+    memset(out, 0, sizeof *out);
+    if (strcmp(method, "GET") != 0 && strcmp(method, "HEAD") != 0) {
+        out->allow = "GET, HEAD";
+        reply_error(out, 405, "introspection endpoints answer GET and HEAD only");
+        return;
+    }
+    if (strcmp(path, "/_bgserve/stats") == 0) {
+        json j;
+        json_init(&j);
+        json_obj_begin(&j);
+        tasks_stats_json(&j);
+        json_key(&j, "requests");
+        json_u64(&j, c->requests);
+        json_key(&j, "uptime_s");
+        json_u64(&j, c->uptime_s);
+        json_obj_end(&j);
+        reply_json(out, 200, &j);
+        return;
+    }
+    if (strncmp(path, "/_bgserve/tasks/", 16) == 0) {
+        uint64_t id = parse_id(path + 16);
+        json j;
+        json_init(&j);
+        if (id != 0 && tasks_record_json(id, &j) == 0) {
+            reply_json(out, 200, &j);
+            return;
+        }
+        json_free(&j);
+        reply_error(out, 404, "no such task: unknown id, or its record was evicted (see --keep)");
+        return;
+    }
+    reply_error(out, 404, "unknown introspection endpoint; try /_bgserve/stats or /_bgserve/tasks/ID");
+}

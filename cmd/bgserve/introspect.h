@@ -1,0 +1,29 @@
+/*
+ * introspect.h - the /_bgserve/ endpoints: task status monitor and stats.
+ * Pure request -> reply; the http room does the I/O.
+ */
+#ifndef BGSERVE_INTROSPECT_H
+#define BGSERVE_INTROSPECT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define INTROSPECT_PREFIX "/_bgserve/"
+
+typedef struct introspect_reply {
+    unsigned status;
+    char *body;            /* malloc'd JSON, owned by the caller after */
+    size_t len;
+    const char *allow;     /* for 405, else NULL */
+} introspect_reply;
+
+typedef struct introspect_counters {
+    uint64_t requests;
+    uint64_t uptime_s;
+} introspect_counters;
+
+/* path is the decoded path starting with "/_bgserve". */
+void introspect_handle(const char *method, const char *path,
+                       const introspect_counters *c, introspect_reply *out);
+
+#endif

@@ -1,0 +1,191 @@
+/*
+ * main.c - wiring and signals only: parse options, start the rooms in
+ * order (log, tasks, generation, http), wait for a signal, stop them in
+ * reverse order.
+ *
+ * Signals: SIGINT, SIGTERM and SIGHUP are blocked in every thread and
+ * taken with sigwait() by the main thread, so no handler runs in an
+ * arbitrary thread.  After the first SIGINT/SIGTERM the main thread
+ * drains; a helper thread waits for a second SIGINT and then exits at
+ * once with the report of unfinished tasks.  SIGPIPE is ignored.
+ */
+#include "cli.h"
+#include "generation.h"
+#include "http.h"
+#include "log.h"
+#include "tasks.h"
+#include "util.h"
+
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static const char *mode_name(uint32_t mode)
+{
+    return mode == BGS_CONCURRENT ? "concurrent" : "sequential";
+}
+
+static void print_tables(const plugin *p, FILE *out)
+{
+    fprintf(out, "plugin %s %s (ABI %u.%u) from %s\n",
+            p->name[0] ? p->name : "(unnamed)", p->version[0] ? p->version : "-",
+            p->abi_major, p->abi_minor, p->path);
+    fprintf(out, "routes (%zu):\n", p->nroutes);
+    for (size_t i = 0; i < p->nroutes; i++) {
+        const plugin_route *r = &p->routes[i];
+        fprintf(out, "  %-7s %-32s", r->method, r->path);
+        for (uint32_t t = 0; t < r->ntasks; t++)
+            fprintf(out, "%s%s", t ? ", " : " tasks: ", r->tasks[t].name);
+        if (r->ntasks)
+            fprintf(out, " (%s)", mode_name(r->mode));
+        fputc('\n', out);
+    }
+    fprintf(out, "tasks (%zu):\n", p->ntasks);
+    for (size_t i = 0; i < p->ntasks; i++) {
+        const plugin_task *t = &p->tasks[i];
+        fprintf(out, "  %-24s attempts=%u backoff=%u..%ums", t->name, t->max_attempts,
+                t->backoff_base_ms, t->backoff_cap_ms);
+        if (t->max_concurrency)
+            fprintf(out, " concurrency=%u", t->max_concurrency);
+        if (t->every_ms)
+            fprintf(out, " every=%ums", t->every_ms);
+        if (t->timeout_ms)
+            fprintf(out, " timeout=%ums", t->timeout_ms);
+        if (t->flags & BGS_TASK_DELIVERED_ONLY)
+            fprintf(out, " delivered-only");
+        if (t->flags & BGS_TASK_RUN_AT_START)
+            fprintf(out, " run-at-start");
+        fputc('\n', out);
+    }
+}
+
+static int run_check(const cli_config *cfg)
+{
+    char err[2048];
+    generation *g = NULL;
+    if (gen_create(cfg->plugin_path, 1, GEN_CHECK_ONLY, &g, err, sizeof err) != 0) {
+        fprintf(stderr, "%s\n", err);
+        return 1;
+    }
+    print_tables(g->plugin, stdout);
+    printf("ok: %s can be served by bgserve %s\n", cfg->plugin_path, BGSERVE_VERSION);
+    fflush(stdout);
+    gen_release(g);
+    return 0;
+}
+
+/* Waits for a second SIGINT during the drain. */
+static void *second_signal(void *arg)
+{
+    sigset_t *set = arg;
+    int sig;
+    while (sigwait(set, &sig) == 0) {
+        if (sig == SIGINT || sig == SIGTERM) {
+            log_msg(BGS_LOG_WARN, "second %s: exiting now", sig == SIGINT ? "SIGINT" : "SIGTERM");
+            tasks_report_unfinished();
+            _exit(1);
+        }
+    }
+    return NULL;
+}
+
+static int is_loopback(const char *host)
+{
+    return strcmp(host, "127.0.0.1") == 0 || strncmp(host, "127.", 4) == 0 ||
+           strcmp(host, "::1") == 0 || strcmp(host, "localhost") == 0;
+}
+
+int main(int argc, char **argv)
+{
+    cli_config cfg;
+    int rc = cli_parse(argc, argv, &cfg, stdout, stderr);
+    if (rc == CLI_EXIT_OK)
+        return 0;
+    if (rc != CLI_RUN)
+        return 2;
+
+    log_config lc = {.color = cfg.color, .json = cfg.log_json, .quiet = cfg.quiet};
+    log_init(&lc);
+    signal(SIGPIPE, SIG_IGN);
+
+    if (cfg.check)
+        return run_check(&cfg);
+
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGHUP);
+    pthread_sigmask(SIG_BLOCK, &set, NULL);
+
+    tasks_config tc = {.workers = cfg.workers, .queue_cap = cfg.queue_cap, .keep = cfg.keep};
+    if (tasks_start(&tc) != 0) {
+        log_msg(BGS_LOG_ERROR, "cannot start the task workers");
+        return 1;
+    }
+
+    char err[2048];
+    generation *g = NULL;
+    if (gen_create(cfg.plugin_path, 1, 0, &g, err, sizeof err) != 0) {
+        fprintf(stderr, "%s\n", err);
+        tasks_shutdown(0);
+        return 1;
+    }
+    log_msg(BGS_LOG_INFO, "serving plugin %s %s from %s: %zu routes, %zu tasks (ABI %u.%u)",
+            g->plugin->name[0] ? g->plugin->name : "(unnamed)",
+            g->plugin->version[0] ? g->plugin->version : "-", cfg.plugin_path,
+            g->plugin->nroutes, g->plugin->ntasks, g->plugin->abi_major, g->plugin->abi_minor);
+    gen_set_current(g);
+
+    if (!is_loopback(cfg.host) && cfg.introspection)
+        log_msg(BGS_LOG_WARN, "listening on %s with introspection on: anyone who can reach "
+                "this address can read /_bgserve/ (task records, stats); "
+                "use --no-introspection to turn it off", cfg.host);
+
+    http_config hc = {
+        .host = cfg.host, .port = cfg.port, .threads = cfg.threads,
+        .timeout_s = cfg.timeout_s, .conn_limit = cfg.conn_limit,
+        .max_body = cfg.max_body, .introspection = cfg.introspection,
+    };
+    if (http_start(&hc, err, sizeof err) != 0) {
+        fprintf(stderr, "%s\n", err);
+        tasks_shutdown(0);
+        gen_set_current(NULL);
+        return 1;
+    }
+
+    int sig = 0;
+    for (;;) {
+        if (sigwait(&set, &sig) != 0)
+            continue;
+        if (sig == SIGHUP) {
+            log_msg(BGS_LOG_INFO, "SIGHUP: reloading is not available in this build; ignoring");
+            continue;
+        }
+        break;
+    }
+    log_msg(BGS_LOG_INFO, "%s: stopping; finishing requests in flight, then draining tasks "
+            "(up to %u ms; a second SIGINT exits at once)",
+            sig == SIGINT ? "SIGINT" : "SIGTERM", cfg.drain_timeout_ms);
+
+    pthread_t waiter;
+    sigset_t wset;
+    sigemptyset(&wset);
+    sigaddset(&wset, SIGINT);
+    sigaddset(&wset, SIGTERM);
+    if (pthread_create(&waiter, NULL, second_signal, &wset) == 0)
+        pthread_detach(waiter);
+
+    http_quiesce();
+    unsigned left = http_wait_idle(cfg.drain_timeout_ms);
+    if (left)
+        log_msg(BGS_LOG_WARN, "%u requests still in flight at the deadline: closing them", left);
+    http_stop();
+    size_t unfinished = tasks_shutdown(cfg.drain_timeout_ms);
+    gen_set_current(NULL);
+    log_msg(BGS_LOG_INFO, "stopped%s", unfinished ? " (some tasks did not finish: see above)" : "");
+    return 0;
+}

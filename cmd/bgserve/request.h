@@ -1,0 +1,83 @@
+/*
+ * request.h - what a request and its response are inside bgserve: the
+ * structs behind the opaque bgs_req and bgs_res handles.
+ *
+ * Both live inside the http room's per-request state and are touched by
+ * exactly one HTTP thread at a time (the one libmicrohttpd runs the
+ * request on), so they need no lock.  hostapi.c implements the plugin's
+ * accessors over them; nothing here knows libmicrohttpd: headers are
+ * reached through a lookup function the http room provides.
+ */
+#ifndef BGSERVE_REQUEST_H
+#define BGSERVE_REQUEST_H
+
+#include "bgserve.h"
+#include "generation.h"
+#include "router.h"
+#include "services.h"
+#include "tasks.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct req_kv {
+    char *name;   /* decoded, points into bgs_req.query_buf */
+    char *value;
+} req_kv;
+
+#define REQ_MAX_QUERY 64
+
+struct bgs_req {
+    const char *method;       /* owned by libmicrohttpd, request lifetime */
+    const char *raw_path;     /* percent-encoded path without query */
+    char *raw_path_buf;       /* owned storage behind raw_path */
+    char *url;                /* raw request target, owned */
+    char *path;               /* decoded path, owned */
+    router_match match;       /* params point into scratch */
+    char *scratch;            /* owned */
+    char *query_buf;          /* owned; decoded pairs live here */
+    req_kv query[REQ_MAX_QUERY];
+    unsigned nquery;
+    const char *(*header_fn)(void *conn, const char *name);
+    void *conn;
+    const char *body;         /* NULL when none */
+    size_t body_len;
+    char remote[64];
+    char id[24];
+    generation *gen;          /* a reference, released by http */
+    services_scope *scope;    /* scoped services, ended by http */
+    struct bgs_res *res;
+};
+
+typedef struct res_hdr {
+    char *name;
+    char *value;
+} res_hdr;
+
+struct bgs_res {
+    uint32_t status;          /* default 200 */
+    char *content_type;       /* owned; NULL: text/plain */
+    res_hdr *headers;      /* owned */
+    size_t nheaders, cap_headers;
+    char *body;               /* owned (malloc) */
+    size_t body_len, body_cap;
+    uint32_t mode;            /* BGS_SEQUENTIAL / BGS_CONCURRENT */
+    tasks_group *group;       /* tasks attached by the handler, or NULL */
+    struct bgs_req *req;
+    int in_handler;           /* 1 while the handler runs */
+};
+
+/* Parse "a=1&b=x%20y" into req->query (decoded).  Returns 0, or -1 when
+ * an escape is malformed. */
+int req_parse_query(struct bgs_req *req, const char *qs);
+
+/* Free everything a request and its response own (not the generation
+ * reference, the scope or the task group: http handles those). */
+void req_free(struct bgs_req *req);
+void res_free(struct bgs_res *res);
+
+/* Check a header name (RFC 9110 token) and value (no CR, LF, NUL):
+ * 0 or BGS_EHEADER. */
+int res_check_header(const char *name, const char *value);
+
+#endif

@@ -1,0 +1,359 @@
+/*
+ * harness.c - integration-test helpers (see harness.h).
+ *
+ * A test owns its h_server; nothing here is shared between threads except
+ * the static path/header slots, which tests use from their main thread.
+ */
+#include "harness.h"
+
+#include <curl/curl.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define SLOTS 8
+
+uint64_t h_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+const char *h_build_path(const char *rel)
+{
+    static char slots[SLOTS][1024];
+    static unsigned next;
+    const char *build = getenv("BGSERVE_BUILD");
+    char *buf = slots[next++ % SLOTS];
+    snprintf(buf, sizeof slots[0], "%s/%s", build && *build ? build : "build", rel);
+    return buf;
+}
+
+static void append(char **buf, size_t *len, const char *data, size_t n)
+{
+    char *p = realloc(*buf, *len + n + 1);
+    if (p == NULL)
+        abort();
+    memcpy(p + *len, data, n);
+    *len += n;
+    p[*len] = '\0';
+    *buf = p;
+}
+
+void h_drain_log(h_server *s)
+{
+    char chunk[4096];
+    if (s->err_fd < 0)
+        return;
+    for (;;) {
+        ssize_t n = read(s->err_fd, chunk, sizeof chunk);
+        if (n > 0) {
+            append(&s->log, &s->log_len, chunk, (size_t)n);
+            continue;
+        }
+        if (n < 0 && errno == EINTR)
+            continue;
+        break;
+    }
+}
+
+int h_wait_log(h_server *s, const char *needle, unsigned deadline_ms)
+{
+    uint64_t end = h_now_ms() + deadline_ms;
+    for (;;) {
+        h_drain_log(s);
+        if (s->log && strstr(s->log, needle))
+            return 1;
+        uint64_t now = h_now_ms();
+        if (now >= end)
+            return 0;
+        struct pollfd p = {.fd = s->err_fd, .events = POLLIN};
+        int wait = (int)(end - now);
+        poll(&p, 1, wait > 50 ? 50 : wait);
+    }
+}
+
+int h_count_log(h_server *s, const char *needle)
+{
+    int count = 0;
+    h_drain_log(s);
+    for (const char *p = s->log; p && (p = strstr(p, needle)) != NULL; p += strlen(needle))
+        count++;
+    return count;
+}
+
+static void child_exec(const char *const *argv, const char *const *extra_env, int errfd)
+{
+    if (extra_env)
+        for (const char *const *e = extra_env; *e; e++)
+            putenv((char *)*e);
+    dup2(errfd, 2);
+    int null = open("/dev/null", O_RDONLY);
+    if (null >= 0)
+        dup2(null, 0);
+    execv(argv[0], (char *const *)argv);
+    fprintf(stderr, "harness: exec %s: %s\n", argv[0], strerror(errno));
+    _exit(127);
+}
+
+int h_start(h_server *s, const char *plugin, const char *const *args,
+            const char *const *extra_env)
+{
+    const char *argv[64];
+    size_t n = 0;
+    int pipefd[2];
+
+    memset(s, 0, sizeof *s);
+    s->err_fd = -1;
+    argv[n++] = h_build_path("bgserve");
+    argv[n++] = "--port";
+    argv[n++] = "0";
+    argv[n++] = "--color";
+    argv[n++] = "never";
+    if (args)
+        for (const char *const *a = args; *a && n < 60; a++)
+            argv[n++] = *a;
+    argv[n++] = plugin;
+    argv[n] = NULL;
+
+    if (pipe2(pipefd, O_CLOEXEC) != 0)
+        return -1;
+    s->pid = fork();
+    if (s->pid < 0)
+        return -1;
+    if (s->pid == 0) {
+        /* stdout goes to the same pipe so --check output is seen too */
+        dup2(pipefd[1], 1);
+        child_exec(argv, extra_env, pipefd[1]);
+    }
+    close(pipefd[1]);
+    s->err_fd = pipefd[0];
+    fcntl(s->err_fd, F_SETFL, fcntl(s->err_fd, F_GETFL) | O_NONBLOCK);
+
+    const char *marker = "bgserve: listening on http://";
+    uint64_t end = h_now_ms() + 10000;
+    while (h_now_ms() < end) {
+        h_drain_log(s);
+        const char *line = s->log ? strstr(s->log, marker) : NULL;
+        if (line && strchr(line, '\n')) {
+            const char *hostport = line + strlen(marker);
+            const char *colon = strrchr(hostport, ':');
+            const char *nl = strchr(hostport, '\n');
+            if (colon && colon < nl) {
+                s->port = atoi(colon + 1);
+                snprintf(s->base, sizeof s->base, "http://127.0.0.1:%d", s->port);
+                return s->port > 0 ? 0 : -1;
+            }
+        }
+        int status;
+        if (waitpid(s->pid, &status, WNOHANG) == s->pid) {
+            h_drain_log(s);
+            s->pid = 0;
+            return -1;
+        }
+        struct pollfd p = {.fd = s->err_fd, .events = POLLIN};
+        poll(&p, 1, 50);
+    }
+    return -1;
+}
+
+static int wait_exit(pid_t pid, unsigned deadline_ms)
+{
+    uint64_t end = h_now_ms() + deadline_ms;
+    int status;
+    for (;;) {
+        pid_t r = waitpid(pid, &status, WNOHANG);
+        if (r == pid)
+            return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+        if (r < 0)
+            return -1;
+        if (h_now_ms() >= end)
+            return -2;
+        struct timespec ts = {0, 5 * 1000000L};
+        nanosleep(&ts, NULL); /* polling interval, not a wait for an event */
+    }
+}
+
+int h_stop(h_server *s, int sig)
+{
+    if (s->pid <= 0)
+        return -1;
+    kill(s->pid, sig);
+    int rc = wait_exit(s->pid, 15000);
+    if (rc == -2) {
+        kill(s->pid, SIGKILL);
+        rc = wait_exit(s->pid, 5000);
+    }
+    s->pid = 0;
+    h_drain_log(s);
+    return rc;
+}
+
+void h_free(h_server *s)
+{
+    if (s->pid > 0) {
+        kill(s->pid, SIGKILL);
+        waitpid(s->pid, NULL, 0);
+    }
+    if (s->err_fd >= 0)
+        close(s->err_fd);
+    free(s->log);
+    memset(s, 0, sizeof *s);
+    s->err_fd = -1;
+}
+
+int h_run(const char *const *argv, char **out)
+{
+    int pipefd[2];
+    char *buf = NULL;
+    size_t len = 0;
+
+    append(&buf, &len, "", 0);
+    *out = buf;
+    if (pipe2(pipefd, O_CLOEXEC) != 0)
+        return -1;
+    pid_t pid = fork();
+    if (pid < 0)
+        return -1;
+    if (pid == 0) {
+        dup2(pipefd[1], 1);
+        child_exec(argv, NULL, pipefd[1]);
+    }
+    close(pipefd[1]);
+    char chunk[4096];
+    ssize_t n;
+    while ((n = read(pipefd[0], chunk, sizeof chunk)) != 0) {
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            break;
+        }
+        append(&buf, &len, chunk, (size_t)n);
+    }
+    close(pipefd[0]);
+    *out = buf;
+    int status;
+    while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
+        ;
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+/* ---- HTTP ---------------------------------------------------------------- */
+
+struct sink {
+    char **buf;
+    size_t *len;
+};
+
+static size_t on_data(char *data, size_t size, size_t nmemb, void *arg)
+{
+    struct sink *s = arg;
+    append(s->buf, s->len, data, size * nmemb);
+    return size * nmemb;
+}
+
+int h_http(h_server *s, const char *method, const char *url,
+           const char *body, size_t body_len, const char *const *headers,
+           h_resp *r)
+{
+    static int curl_ready;
+    char full[2048];
+    size_t hlen = 0;
+    struct curl_slist *list = NULL;
+
+    if (!curl_ready) {
+        curl_global_init(CURL_GLOBAL_DEFAULT);
+        curl_ready = 1;
+    }
+    memset(r, 0, sizeof *r);
+    append(&r->body, &r->body_len, "", 0);
+    append(&r->headers, &hlen, "", 0);
+    if (strncmp(url, "http", 4) == 0)
+        snprintf(full, sizeof full, "%s", url);
+    else
+        snprintf(full, sizeof full, "%s%s", s->base, url);
+
+    CURL *c = curl_easy_init();
+    struct sink bs = {&r->body, &r->body_len}, hs = {&r->headers, &hlen};
+    curl_easy_setopt(c, CURLOPT_URL, full);
+    curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
+    if (strcmp(method, "HEAD") == 0)
+        curl_easy_setopt(c, CURLOPT_NOBODY, 1L);
+    if (body) {
+        curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
+        curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)body_len);
+    }
+    if (headers)
+        for (const char *const *h = headers; *h; h++)
+            list = curl_slist_append(list, *h);
+    list = curl_slist_append(list, "Expect:");
+    curl_easy_setopt(c, CURLOPT_HTTPHEADER, list);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_data);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, &bs);
+    curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, on_data);
+    curl_easy_setopt(c, CURLOPT_HEADERDATA, &hs);
+    curl_easy_setopt(c, CURLOPT_TIMEOUT, 30L);
+    curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+    CURLcode rc = curl_easy_perform(c);
+    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &r->status);
+    curl_easy_cleanup(c);
+    curl_slist_free_all(list);
+    return (int)rc;
+}
+
+int h_get(h_server *s, const char *path, h_resp *r)
+{
+    return h_http(s, "GET", path, NULL, 0, NULL, r);
+}
+
+const char *h_header(const h_resp *r, const char *name)
+{
+    static char slots[SLOTS][1024];
+    static unsigned next;
+    size_t nlen = strlen(name);
+    for (const char *line = r->headers; line && *line;) {
+        const char *eol = strstr(line, "\r\n");
+        size_t llen = eol ? (size_t)(eol - line) : strlen(line);
+        if (llen > nlen && line[nlen] == ':' && strncasecmp(line, name, nlen) == 0) {
+            char *buf = slots[next++ % SLOTS];
+            const char *v = line + nlen + 1;
+            while (*v == ' ')
+                v++;
+            size_t vlen = llen - (size_t)(v - line);
+            if (vlen >= sizeof slots[0])
+                vlen = sizeof slots[0] - 1;
+            memcpy(buf, v, vlen);
+            buf[vlen] = '\0';
+            return buf;
+        }
+        line = eol ? eol + 2 : line + llen;
+    }
+    return NULL;
+}
+
+void h_resp_free(h_resp *r)
+{
+    free(r->body);
+    free(r->headers);
+    memset(r, 0, sizeof *r);
+}
+
+int h_poll(int (*cond)(void *arg), void *arg, unsigned deadline_ms)
+{
+    uint64_t end = h_now_ms() + deadline_ms;
+    int v;
+    while (!(v = cond(arg)) && h_now_ms() < end) {
+        struct timespec ts = {0, 5 * 1000000L};
+        nanosleep(&ts, NULL); /* polling interval */
+    }
+    return v;
+}
