@@ -321,6 +321,21 @@ static int build_route_tasks(const bgs_plugin *dd, const bgs_route *rt,
     return 0;
 }
 
+/* The fix for a reason router_add gave. */
+static const char *route_fix(const char *why)
+{
+    if (strncmp(why, "unknown method", 14) == 0)
+        return "use one of GET HEAD POST PUT PATCH DELETE OPTIONS, in upper "
+               "case";
+    if (strncmp(why, "duplicate route", 15) == 0)
+        return "remove one of the two routes, or change its method or path "
+               "({id} and {name} in the same place match the same paths)";
+    return "write the path as /literal/{param}/...: a leading '/', no empty "
+           "segments, each parameter {name} alone in its segment with name "
+           "= [A-Za-z_][A-Za-z0-9_]*, literals in visible ASCII without "
+           "% ? #";
+}
+
 static int build_routes(const bgs_plugin *dd, plugin *p, router *r,
                         char *err, size_t errlen)
 {
@@ -358,10 +373,7 @@ static int build_routes(const bgs_plugin *dd, plugin *p, router *r,
                           "/_bgserve/", i, m, path);
         plugin_route *pr = p != NULL ? &p->routes[i] : NULL;
         if (router_add(r, rt.method, rt.path, pr, why, sizeof(why)) < 0)
-            return refuse(err, errlen,
-                          "fix the route table: methods are upper case "
-                          "GET HEAD POST PUT PATCH DELETE OPTIONS; paths "
-                          "look like /users/{id}; each method+path once",
+            return refuse(err, errlen, route_fix(why),
                           "invalid route %u (%s %s): %s", i, m, path, why);
         if (pr != NULL) {
             /* Count it now, so a failure below frees what it holds. */

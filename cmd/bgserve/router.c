@@ -178,10 +178,8 @@ static long parse_template(const char *tmpl, tseg *segs, size_t cap,
             for (size_t i = 2; ok && i + 1 < len; i++)
                 ok = is_name_char(p[i]);
             if (!ok) {
-                snprintf(err, errlen,
-                         "malformed parameter in segment '%.*s' (write "
-                         "{name}, name = [A-Za-z_][A-Za-z0-9_]*, alone in "
-                         "its segment)", (int)len, p);
+                snprintf(err, errlen, "malformed parameter in segment '%.*s'",
+                         (int)len, p);
                 return -1;
             }
             s->p = p + 1;
@@ -204,9 +202,7 @@ static long parse_template(const char *tmpl, tseg *segs, size_t cap,
             for (size_t i = 0; i < len; i++) {
                 unsigned char c = (unsigned char)p[i];
                 if (c == '%' || c == '?' || c == '#') {
-                    snprintf(err, errlen,
-                             "segment '%.*s' contains '%c' (write literal "
-                             "segments unencoded, without query or fragment)",
+                    snprintf(err, errlen, "segment '%.*s' contains '%c'",
                              (int)len, p, c);
                     return -1;
                 }
@@ -335,8 +331,7 @@ int router_add(router *r, const char *method, const char *tmpl, void *data,
 {
     int mi = method_index(method);
     if (mi < 0) {
-        snprintf(err, errlen, "unknown method '%s' (use GET HEAD POST PUT "
-                 "PATCH DELETE OPTIONS, upper case)",
+        snprintf(err, errlen, "unknown method '%s'",
                  method != NULL ? method : "(null)");
         return -1;
     }
