@@ -1,0 +1,417 @@
+/*
+ * cli.c - command-line options and the PORT environment variable into a
+ * cli_config; --help and --version text; usage errors.
+ *
+ * A small parser of its own (no getopt): it keeps no state between calls,
+ * so cli_parse is re-entrant and tests can call it any number of times.
+ * Accepted forms: "--opt value", "--opt=value", "-p value", "-pvalue",
+ * and "--" to end the options.  PORT from the environment is the
+ * default for --port; an empty PORT counts as unset, an invalid one is a
+ * usage error (a typo there would otherwise go unnoticed).  Runs once in main before any thread
+ * starts; it owns no shared state.  Strings in the config (host, plugin
+ * path) point into argv.
+ */
+#include "cli.h"
+
+#include "bgserve.h"
+#include "http.h"
+
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define DEFAULT_PORT 8000u
+#define MAX_BODY_CAP (1024ull * 1024 * 1024)
+
+enum opt_id {
+    O_HOST, O_PORT, O_THREADS, O_TIMEOUT, O_MAXCONN, O_MAXBODY, O_WORKERS,
+    O_QUEUE, O_KEEP, O_DRAIN, O_NOINTRO, O_QUIET, O_LOGFMT, O_COLOR, O_CHECK,
+    O_HELP, O_VERSION
+};
+
+typedef struct opt {
+    const char *name; /* long name without "--" */
+    char short_name;  /* 0: none */
+    int has_arg;
+    enum opt_id id;
+} opt;
+
+static const opt options[] = {
+    {"host", 0, 1, O_HOST},
+    {"port", 'p', 1, O_PORT},
+    {"threads", 0, 1, O_THREADS},
+    {"timeout", 0, 1, O_TIMEOUT},
+    {"max-connections", 0, 1, O_MAXCONN},
+    {"max-body", 0, 1, O_MAXBODY},
+    {"workers", 0, 1, O_WORKERS},
+    {"queue", 0, 1, O_QUEUE},
+    {"keep", 0, 1, O_KEEP},
+    {"drain-timeout", 0, 1, O_DRAIN},
+    {"no-introspection", 0, 0, O_NOINTRO},
+    {"quiet", 'q', 0, O_QUIET},
+    {"log-format", 0, 1, O_LOGFMT},
+    {"color", 0, 1, O_COLOR},
+    {"check", 0, 0, O_CHECK},
+    {"help", 'h', 0, O_HELP},
+    {"version", 'V', 0, O_VERSION},
+};
+
+#define NOPTIONS (sizeof(options) / sizeof(options[0]))
+
+/* ------------------------------------------------------------------ */
+/* Help and version                                                    */
+/* ------------------------------------------------------------------ */
+
+static unsigned online_cores(void)
+{
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    if (n < 1)
+        return 1;
+    return n > 1024 ? 1024u : (unsigned)n;
+}
+
+static void print_help(FILE *out)
+{
+    fprintf(out,
+"Usage: bgserve [OPTIONS] APP.so\n"
+"Serve a plugin's routes over HTTP and run the background tasks its\n"
+"responses attach, on worker threads, after each response is sent.\n"
+"\n"
+"Options:\n"
+"      --host HOST            address to listen on (default 127.0.0.1)\n"
+"  -p, --port N               port, 0-65535; 0 picks a free one\n"
+"                             (default: $PORT if set, else 8000)\n"
+"      --threads N            HTTP threads, 1-1024 (default: online cores, %u)\n"
+"      --timeout SECONDS      idle connection timeout, 1-86400 (default 30)\n"
+"      --max-connections N    connections at once, 1-1000000 (default 1024)\n"
+"      --max-body SIZE        largest request body, 0 to 1G; suffix k, M or G\n"
+"                             for binary multiples (default 1M)\n"
+"      --workers N            task worker threads, 1-1024 (default 16).  Tasks\n"
+"                             mostly wait on I/O (mail, HTTP calls, files), so\n"
+"                             more workers than cores pays off\n"
+"      --queue N              tasks waiting to run at most, 1-16777216; when\n"
+"                             full, attaching a task fails with BGS_EFULL\n"
+"                             (default 65536)\n"
+"      --keep N               finished tasks kept for the status monitor,\n"
+"                             0-10000000 (default 10000)\n"
+"      --drain-timeout SECONDS  on stop, how long to wait for queued and\n"
+"                             running tasks, 0-3600, fractions allowed\n"
+"                             (default 10)\n"
+"      --no-introspection     don't serve /_bgserve/ (status monitor) or send\n"
+"                             Bgserve-Tasks headers (default: served)\n"
+"  -q, --quiet                no access lines and no task start/done lines\n"
+"                             (failures, retries and discards still print)\n"
+"      --log-format text|json\n"
+"                             log line format (default text)\n"
+"      --color auto|always|never\n"
+"                             colour the log (default auto: only on a\n"
+"                             terminal)\n"
+"      --check                load and validate APP.so, then exit\n"
+"  -h, --help                 show this help and exit\n"
+"  -V, --version              show versions and exit\n"
+"\n"
+"Environment:\n"
+"  PORT            default for --port\n"
+"  BGSERVE_DEBUG   when set (to anything), print debug lines\n"
+"  NO_COLOR        when set, no colour with --color auto\n"
+"\n"
+"Signals:\n"
+"  SIGINT, SIGTERM   graceful stop: stop accepting requests, finish those in\n"
+"                    flight, drain tasks (up to --drain-timeout), then exit\n"
+"  second SIGINT     exit at once, with the report of unfinished tasks\n"
+"\n"
+"Exit status:\n"
+"  0  ok\n"
+"  1  plugin refused, or a runtime error\n"
+"  2  usage error\n",
+            online_cores());
+}
+
+static void print_version(FILE *out)
+{
+    fprintf(out, "bgserve %s\nplugin ABI %d.%d\nlibmicrohttpd %s\n",
+            BGSERVE_VERSION, BGS_ABI_MAJOR, BGS_ABI_MINOR, http_mhd_version());
+}
+
+/* ------------------------------------------------------------------ */
+/* Values                                                              */
+/* ------------------------------------------------------------------ */
+
+static int usage(FILE *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static int usage(FILE *err, const char *fmt, ...)
+{
+    va_list ap;
+    fputs("bgserve: ", err);
+    va_start(ap, fmt);
+    vfprintf(err, fmt, ap);
+    va_end(ap);
+    fputs("\nTry 'bgserve --help' for more information.\n", err);
+    return CLI_EXIT_USAGE;
+}
+
+/* Digits only (no sign, no spaces); 0 on success. */
+static int parse_digits(const char *s, unsigned long long *out, const char **end)
+{
+    unsigned long long v = 0;
+    const char *p = s;
+    if (*p < '0' || *p > '9')
+        return -1;
+    for (; *p >= '0' && *p <= '9'; p++) {
+        if (v > (~0ull - 9) / 10)
+            return -1;
+        v = v * 10 + (unsigned long long)(*p - '0');
+    }
+    *out = v;
+    *end = p;
+    return 0;
+}
+
+static int parse_uint(const char *s, unsigned long long lo,
+                      unsigned long long hi, unsigned *out)
+{
+    unsigned long long v;
+    const char *end;
+    if (parse_digits(s, &v, &end) != 0 || *end != '\0' || v < lo || v > hi)
+        return -1;
+    *out = (unsigned)v;
+    return 0;
+}
+
+/* A byte count with an optional k/K/m/M/g/G suffix (binary multiples). */
+static int parse_size(const char *s, size_t *out)
+{
+    unsigned long long v, mult = 1;
+    const char *end;
+    if (parse_digits(s, &v, &end) != 0)
+        return -1;
+    switch (*end) {
+    case '\0': break;
+    case 'k': case 'K': mult = 1024ull; break;
+    case 'm': case 'M': mult = 1024ull * 1024; break;
+    case 'g': case 'G': mult = 1024ull * 1024 * 1024; break;
+    default: return -1;
+    }
+    if (*end != '\0' && end[1] != '\0')
+        return -1;
+    if (v > MAX_BODY_CAP / mult)
+        return -1;
+    *out = (size_t)(v * mult);
+    return 0;
+}
+
+/* Seconds with an optional fraction ("0.5"), 0..3600, into ms. */
+static int parse_seconds_ms(const char *s, unsigned *out_ms)
+{
+    unsigned long long whole, frac_ms = 0;
+    const char *p;
+    if (parse_digits(s, &whole, &p) != 0)
+        return -1;
+    if (*p == '.') {
+        p++;
+        unsigned long long scale = 100;
+        if (*p < '0' || *p > '9')
+            return -1;
+        for (; *p >= '0' && *p <= '9'; p++) {
+            frac_ms += (unsigned long long)(*p - '0') * scale;
+            scale /= 10; /* digits past milliseconds are ignored */
+        }
+    }
+    if (*p != '\0' || whole > 3600 || (whole == 3600 && frac_ms > 0))
+        return -1;
+    *out_ms = (unsigned)(whole * 1000 + frac_ms);
+    return 0;
+}
+
+static const opt *find_long(const char *name, size_t len)
+{
+    for (size_t i = 0; i < NOPTIONS; i++)
+        if (strlen(options[i].name) == len &&
+            memcmp(options[i].name, name, len) == 0)
+            return &options[i];
+    return NULL;
+}
+
+static const opt *find_short(char c)
+{
+    for (size_t i = 0; i < NOPTIONS; i++)
+        if (options[i].short_name == c)
+            return &options[i];
+    return NULL;
+}
+
+#define RANGE(name, lo, hi)                                                \
+    usage(err, "--%s must be a whole number from %s to %s (got '%s')",     \
+          name, lo, hi, val)
+
+/* Apply one option; returns CLI_RUN, CLI_EXIT_OK or CLI_EXIT_USAGE. */
+static int apply(const opt *o, const char *val, cli_config *cfg,
+                 int *port_given, FILE *out, FILE *err)
+{
+    switch (o->id) {
+    case O_HOST:
+        if (val[0] == '\0')
+            return usage(err, "--host needs an address, e.g. 127.0.0.1 or 0.0.0.0");
+        cfg->host = val;
+        break;
+    case O_PORT:
+        if (parse_uint(val, 0, 65535, &cfg->port) != 0)
+            return RANGE("port", "0", "65535");
+        *port_given = 1;
+        break;
+    case O_THREADS:
+        if (parse_uint(val, 1, 1024, &cfg->threads) != 0)
+            return RANGE("threads", "1", "1024");
+        break;
+    case O_TIMEOUT:
+        if (parse_uint(val, 1, 86400, &cfg->timeout_s) != 0)
+            return usage(err, "--timeout must be a whole number of seconds "
+                         "from 1 to 86400 (got '%s')", val);
+        break;
+    case O_MAXCONN:
+        if (parse_uint(val, 1, 1000000, &cfg->conn_limit) != 0)
+            return RANGE("max-connections", "1", "1000000");
+        break;
+    case O_MAXBODY:
+        if (parse_size(val, &cfg->max_body) != 0)
+            return usage(err, "--max-body must be a size from 0 to 1G, in "
+                         "bytes or with a k, M or G suffix (got '%s')", val);
+        break;
+    case O_WORKERS:
+        if (parse_uint(val, 1, 1024, &cfg->workers) != 0)
+            return RANGE("workers", "1", "1024");
+        break;
+    case O_QUEUE:
+        if (parse_uint(val, 1, 16777216, &cfg->queue_cap) != 0)
+            return RANGE("queue", "1", "16777216");
+        break;
+    case O_KEEP:
+        if (parse_uint(val, 0, 10000000, &cfg->keep) != 0)
+            return RANGE("keep", "0", "10000000");
+        break;
+    case O_DRAIN:
+        if (parse_seconds_ms(val, &cfg->drain_timeout_ms) != 0)
+            return usage(err, "--drain-timeout must be a number of seconds "
+                         "from 0 to 3600, like 10 or 0.5 (got '%s')", val);
+        break;
+    case O_NOINTRO:
+        cfg->introspection = 0;
+        break;
+    case O_QUIET:
+        cfg->quiet = 1;
+        break;
+    case O_LOGFMT:
+        if (strcmp(val, "text") == 0)
+            cfg->log_json = 0;
+        else if (strcmp(val, "json") == 0)
+            cfg->log_json = 1;
+        else
+            return usage(err, "--log-format must be text or json (got '%s')", val);
+        break;
+    case O_COLOR:
+        if (strcmp(val, "auto") == 0)
+            cfg->color = -1;
+        else if (strcmp(val, "always") == 0)
+            cfg->color = 1;
+        else if (strcmp(val, "never") == 0)
+            cfg->color = 0;
+        else
+            return usage(err, "--color must be auto, always or never (got '%s')", val);
+        break;
+    case O_CHECK:
+        cfg->check = 1;
+        break;
+    case O_HELP:
+        print_help(out);
+        return CLI_EXIT_OK;
+    case O_VERSION:
+        print_version(out);
+        return CLI_EXIT_OK;
+    }
+    return CLI_RUN;
+}
+
+static void set_defaults(cli_config *cfg)
+{
+    memset(cfg, 0, sizeof(*cfg));
+    cfg->host = "127.0.0.1";
+    cfg->port = DEFAULT_PORT;
+    cfg->threads = online_cores();
+    cfg->timeout_s = 30;
+    cfg->conn_limit = 1024;
+    cfg->max_body = 1024 * 1024;
+    cfg->workers = 16;
+    cfg->queue_cap = 65536;
+    cfg->keep = 10000;
+    cfg->drain_timeout_ms = 10000;
+    cfg->introspection = 1;
+    cfg->color = -1;
+}
+
+/* ------------------------------------------------------------------ */
+/* Parsing                                                             */
+/* ------------------------------------------------------------------ */
+
+int cli_parse(int argc, char **argv, cli_config *cfg, FILE *out, FILE *err)
+{
+    int port_given = 0, options_done = 0;
+
+    set_defaults(cfg);
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        const opt *o;
+        const char *val = NULL;
+        int rc;
+
+        if (options_done || a[0] != '-' || a[1] == '\0') {
+            if (cfg->plugin_path != NULL)
+                return usage(err, "more than one APP.so given ('%s' and "
+                             "'%s'); serve one plugin at a time",
+                             cfg->plugin_path, a);
+            cfg->plugin_path = a;
+            continue;
+        }
+        if (strcmp(a, "--") == 0) {
+            options_done = 1;
+            continue;
+        }
+        if (a[1] == '-') {
+            const char *name = a + 2, *eq = strchr(name, '=');
+            size_t len = eq ? (size_t)(eq - name) : strlen(name);
+            o = find_long(name, len);
+            if (o == NULL)
+                return usage(err, "unknown option '--%.*s'", (int)len, name);
+            if (eq != NULL) {
+                if (!o->has_arg)
+                    return usage(err, "option '--%s' takes no value", o->name);
+                val = eq + 1;
+            }
+        } else {
+            o = find_short(a[1]);
+            if (o == NULL || (a[2] != '\0' && !o->has_arg))
+                return usage(err, "unknown option '%s'", a);
+            if (a[2] != '\0')
+                val = a + 2;
+        }
+        if (o->has_arg && val == NULL) {
+            if (i + 1 >= argc)
+                return usage(err, "option '--%s' needs a value", o->name);
+            val = argv[++i];
+        }
+        rc = apply(o, val, cfg, &port_given, out, err);
+        if (rc != CLI_RUN)
+            return rc;
+    }
+
+    if (!port_given) {
+        const char *env = getenv("PORT");
+        if (env != NULL && env[0] != '\0' &&
+            parse_uint(env, 0, 65535, &cfg->port) != 0)
+            return usage(err, "the environment variable PORT must be a port "
+                         "number from 0 to 65535 (got '%s'); fix or unset "
+                         "it, or pass --port", env);
+    }
+    if (cfg->plugin_path == NULL)
+        return usage(err, "missing APP.so (the plugin to serve)");
+    return CLI_RUN;
+}
