@@ -1,0 +1,37 @@
+/*
+ * test_docs.c - every C example in README.md and docs/*.md builds as a
+ * plugin and passes bgserve --check (tests/docs/check.sh does the work).
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include "harness.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static void docs_examples_build_and_check(void **state)
+{
+    (void)state;
+    const char *build = getenv("BGSERVE_BUILD");
+    const char *argv[] = {"/bin/sh", "tests/docs/check.sh", build && *build ? build : "build", NULL};
+    char *out;
+    int rc = h_run(argv, &out);
+    if (rc != 0)
+        fprintf(stderr, "%s", out);
+    assert_int_equal(rc, 0);
+    assert_non_null(strstr(out, "greet.c"));
+    free(out);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(docs_examples_build_and_check),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

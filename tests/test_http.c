@@ -1,0 +1,295 @@
+/*
+ * test_http.c - the real build/bgserve serving plugins over HTTP:
+ * statuses, headers, bodies, 404/405/413/400, HEAD, path and query
+ * parameters, request ids, failing handlers, graceful stop.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include "harness.h"
+
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static h_server app;    /* tests/fixtures/http_app.so */
+static h_server notes;  /* sample_app.so */
+
+static int setup(void **state)
+{
+    (void)state;
+    static const char *const args[] = {"--max-body", "64", NULL};
+    if (h_start(&app, h_build_path("tests/fixtures/http_app.so"), args, NULL) != 0) {
+        fprintf(stderr, "http_app did not start:\n%s\n", app.log ? app.log : "");
+        return -1;
+    }
+    if (h_start(&notes, h_build_path("sample_app.so"), NULL, NULL) != 0) {
+        fprintf(stderr, "sample_app did not start:\n%s\n", notes.log ? notes.log : "");
+        return -1;
+    }
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    h_stop(&app, SIGTERM);
+    h_stop(&notes, SIGTERM);
+    h_free(&app);
+    h_free(&notes);
+    return 0;
+}
+
+static void http_hello_answers(void **state)
+{
+    (void)state;
+    h_server s;
+    h_resp r;
+    assert_int_equal(h_start(&s, h_build_path("plugins/hello.so"), NULL, NULL), 0);
+    assert_int_equal(h_get(&s, "/", &r), 0);
+    assert_int_equal(r.status, 200);
+    assert_string_equal(r.body, "Hello, World!");
+    assert_string_equal(h_header(&r, "Content-Type"), "text/plain; charset=utf-8");
+    assert_string_equal(h_header(&r, "Content-Length"), "13");
+    h_resp_free(&r);
+    assert_int_equal(h_stop(&s, SIGTERM), 0);
+    h_free(&s);
+}
+
+static void http_not_found(void **state)
+{
+    (void)state;
+    h_resp r;
+    assert_int_equal(h_get(&notes, "/nothing/here", &r), 0);
+    assert_int_equal(r.status, 404);
+    h_resp_free(&r);
+    /* trailing slash is significant */
+    assert_int_equal(h_get(&notes, "/notes/", &r), 0);
+    assert_int_equal(r.status, 404);
+    h_resp_free(&r);
+}
+
+static void http_method_not_allowed_lists_allow(void **state)
+{
+    (void)state;
+    h_resp r;
+    assert_int_equal(h_http(&notes, "PUT", "/notes", "x", 1, NULL, &r), 0);
+    assert_int_equal(r.status, 405);
+    assert_string_equal(h_header(&r, "Allow"), "GET, HEAD, POST");
+    h_resp_free(&r);
+}
+
+static void http_head_uses_get_without_body(void **state)
+{
+    (void)state;
+    h_resp r;
+    assert_int_equal(h_http(&notes, "HEAD", "/", NULL, 0, NULL, &r), 0);
+    assert_int_equal(r.status, 200);
+    assert_int_equal(r.body_len, 0);
+    assert_non_null(h_header(&r, "Content-Length"));
+    assert_true(atoi(h_header(&r, "Content-Length")) > 0);
+    h_resp_free(&r);
+}
+
+static void http_path_and_query_params(void **state)
+{
+    (void)state;
+    h_resp r;
+    assert_int_equal(h_get(&app, "/echo/one%2Ftwo/caf%C3%A9?x=a+b%26c&y=1", &r), 0);
+    assert_int_equal(r.status, 200);
+    assert_string_equal(r.body, "a=one/two b=caf\xc3\xa9 x=a b&c missing=(null) "
+                                "path=/echo/one/two/caf\xc3\xa9 method=GET remote=127.0.0.1");
+    h_resp_free(&r);
+}
+
+static void http_literal_beats_param(void **state)
+{
+    (void)state;
+    h_resp r;
+    assert_int_equal(h_get(&app, "/echo/literal/b", &r), 0);
+    assert_string_equal(r.body, "literal");
+    h_resp_free(&r);
+    assert_int_equal(h_get(&app, "/echo/literal/c", &r), 0);
+    assert_non_null(strstr(r.body, "a=literal b=c"));
+    h_resp_free(&r);
+}
+
+static void http_bad_percent_encoding_is_400(void **state)
+{
+    (void)state;
+    h_resp r;
+    assert_int_equal(h_get(&app, "/echo/%zz/b", &r), 0);
+    assert_int_equal(r.status, 400);
+    h_resp_free(&r);
+    assert_int_equal(h_get(&app, "/echo/a/b?x=%4", &r), 0);
+    assert_int_equal(r.status, 400);
+    h_resp_free(&r);
+}
+
+static void http_body_is_collected(void **state)
+{
+    (void)state;
+    h_resp r;
+    const char *hdrs[] = {"Content-Type: text/x-test", NULL};
+    assert_int_equal(h_http(&app, "POST", "/echo", "hello body", 10, hdrs, &r), 0);
+    assert_int_equal(r.status, 200);
+    /* res_body replaces what res_printf wrote: the body is the echo */
+    assert_string_equal(r.body, "hello body");
+    assert_string_equal(h_header(&r, "Content-Type"), "application/octet-stream");
+    h_resp_free(&r);
+}
+
+static void http_body_over_max_is_413(void **state)
+{
+    (void)state;
+    h_resp r;
+    char big[200];
+    memset(big, 'b', sizeof big);
+    assert_int_equal(h_http(&app, "POST", "/echo", big, sizeof big, NULL, &r), 0);
+    assert_int_equal(r.status, 413);
+    h_resp_free(&r);
+    /* chunked bodies are counted too */
+    const char *chunked[] = {"Transfer-Encoding: chunked", NULL};
+    assert_int_equal(h_http(&app, "PUT", "/echo", big, sizeof big, chunked, &r), 0);
+    assert_int_equal(r.status, 413);
+    h_resp_free(&r);
+    /* and the server goes on */
+    assert_int_equal(h_http(&app, "POST", "/echo", "ok", 2, NULL, &r), 0);
+    assert_int_equal(r.status, 200);
+    h_resp_free(&r);
+}
+
+static void http_failing_handler_is_500(void **state)
+{
+    (void)state;
+    h_resp r;
+    assert_int_equal(h_get(&app, "/fail", &r), 0);
+    assert_int_equal(r.status, 500);
+    assert_null(strstr(r.body, "never be seen"));
+    assert_null(h_header(&r, "Bgserve-Tasks"));
+    h_resp_free(&r);
+    assert_true(h_wait_log(&app, "handler for GET /fail failed", 5000));
+    assert_true(h_wait_log(&app, "discarded", 5000));
+}
+
+static void http_header_injection_refused(void **state)
+{
+    (void)state;
+    h_resp r;
+    char expect[32];
+    assert_int_equal(h_get(&app, "/badheader", &r), 0);
+    assert_int_equal(r.status, 200);
+    snprintf(expect, sizeof expect, "%d %d 0", -6, -6); /* BGS_EHEADER */
+    assert_string_equal(r.body, expect);
+    assert_null(h_header(&r, "X-Evil"));
+    assert_null(h_header(&r, "Set-Cookie"));
+    assert_string_equal(h_header(&r, "X-Good"), "fine");
+    h_resp_free(&r);
+}
+
+static void http_request_ids_are_unique(void **state)
+{
+    (void)state;
+    h_resp a, b;
+    assert_int_equal(h_get(&notes, "/", &a), 0);
+    assert_int_equal(h_get(&notes, "/", &b), 0);
+    const char *ia = h_header(&a, "X-Request-Id");
+    const char *ib = h_header(&b, "X-Request-Id");
+    assert_non_null(ia);
+    assert_non_null(ib);
+    assert_int_equal(strlen(ia), 16);
+    assert_string_not_equal(ia, ib);
+    /* and the access log carries them */
+    assert_true(h_wait_log(&notes, ib, 5000));
+    h_resp_free(&a);
+    h_resp_free(&b);
+}
+
+static void http_notes_roundtrip(void **state)
+{
+    (void)state;
+    h_resp r;
+    const char *hdrs[] = {"X-Author: ada", NULL};
+    assert_int_equal(h_http(&notes, "POST", "/notes?title=First%20note", "remember the milk", 17, hdrs, &r), 0);
+    assert_int_equal(r.status, 201);
+    const char *loc = h_header(&r, "Location");
+    assert_non_null(loc);
+    char path[64];
+    snprintf(path, sizeof path, "%s", loc);
+    /* two tasks attached: their ids are announced */
+    const char *ids = h_header(&r, "Bgserve-Tasks");
+    assert_non_null(ids);
+    assert_non_null(strchr(ids, ','));
+    h_resp_free(&r);
+
+    assert_int_equal(h_get(&notes, path, &r), 0);
+    assert_int_equal(r.status, 200);
+    assert_non_null(strstr(r.body, "\"title\":\"First note\""));
+    assert_non_null(strstr(r.body, "\"author\":\"ada\""));
+    assert_non_null(strstr(r.body, "\"text\":\"remember the milk\""));
+    h_resp_free(&r);
+
+    assert_int_equal(h_get(&notes, "/notes?q=milk&limit=5", &r), 0);
+    assert_int_equal(r.status, 200);
+    assert_non_null(strstr(r.body, "First note"));
+    h_resp_free(&r);
+
+    assert_int_equal(h_get(&notes, "/notes/abc", &r), 0);
+    assert_int_equal(r.status, 400);
+    h_resp_free(&r);
+    assert_int_equal(h_get(&notes, "/notes/99999", &r), 0);
+    assert_int_equal(r.status, 404);
+    h_resp_free(&r);
+}
+
+static void http_sigterm_stops_cleanly(void **state)
+{
+    (void)state;
+    h_server s;
+    assert_int_equal(h_start(&s, h_build_path("plugins/hello.so"), NULL, NULL), 0);
+    assert_int_equal(h_stop(&s, SIGTERM), 0);
+    assert_non_null(strstr(s.log, "stopped"));
+    h_free(&s);
+    assert_int_equal(h_start(&s, h_build_path("plugins/hello.so"), NULL, NULL), 0);
+    assert_int_equal(h_stop(&s, SIGINT), 0);
+    h_free(&s);
+}
+
+static void http_port_in_use_is_clear(void **state)
+{
+    (void)state;
+    char port[16];
+    snprintf(port, sizeof port, "%d", notes.port);
+    const char *argv[] = {h_build_path("bgserve"), "--port", port, h_build_path("plugins/hello.so"), NULL};
+    char *out;
+    assert_int_equal(h_run(argv, &out), 1);
+    assert_non_null(strstr(out, "Address already in use"));
+    assert_non_null(strstr(out, "fix:"));
+    free(out);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(http_hello_answers),
+        cmocka_unit_test(http_not_found),
+        cmocka_unit_test(http_method_not_allowed_lists_allow),
+        cmocka_unit_test(http_head_uses_get_without_body),
+        cmocka_unit_test(http_path_and_query_params),
+        cmocka_unit_test(http_literal_beats_param),
+        cmocka_unit_test(http_bad_percent_encoding_is_400),
+        cmocka_unit_test(http_body_is_collected),
+        cmocka_unit_test(http_body_over_max_is_413),
+        cmocka_unit_test(http_failing_handler_is_500),
+        cmocka_unit_test(http_header_injection_refused),
+        cmocka_unit_test(http_request_ids_are_unique),
+        cmocka_unit_test(http_notes_roundtrip),
+        cmocka_unit_test(http_sigterm_stops_cleanly),
+        cmocka_unit_test(http_port_in_use_is_clear),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
