@@ -1,0 +1,144 @@
+/*
+ * test_exports.c - every built plugin exports exactly one dynamic symbol,
+ * bgserve_plugin_v1 (checked with `nm -D --defined-only`).
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <dirent.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "harness.h"
+
+/* nm's full path (h_run uses execv, which does not search PATH). */
+static const char *nm_path(void)
+{
+    static char found[1024];
+    if (found[0] != '\0')
+        return found;
+    const char *env = getenv("PATH");
+    char *copy = strdup(env != NULL && *env ? env : "/usr/bin:/bin");
+    assert_non_null(copy);
+    char *save = NULL;
+    for (char *dir = strtok_r(copy, ":", &save); dir != NULL;
+         dir = strtok_r(NULL, ":", &save)) {
+        snprintf(found, sizeof(found), "%s/nm", dir);
+        if (access(found, X_OK) == 0) {
+            free(copy);
+            return found;
+        }
+    }
+    free(copy);
+    found[0] = '\0';
+    fail_msg("nm not found in PATH (install binutils)");
+    return NULL;
+}
+
+/* Assert that path's only defined dynamic symbol is bgserve_plugin_v1. */
+static void assert_one_export(const char *path)
+{
+    const char *argv[] = {nm_path(), "-D", "--defined-only", path, NULL};
+    char *out = NULL;
+    int rc = h_run(argv, &out);
+    if (rc != 0)
+        fail_msg("nm -D --defined-only %s: exit %d\n%s", path, rc, out);
+    int found = 0;
+    char *save = NULL;
+    for (char *line = strtok_r(out, "\n", &save); line != NULL;
+         line = strtok_r(NULL, "\n", &save)) {
+        /* "0000000000001139 T bgserve_plugin_v1": the name is last. */
+        const char *name = strrchr(line, ' ');
+        name = name != NULL ? name + 1 : line;
+        if (strcmp(name, "bgserve_plugin_v1") == 0)
+            found++;
+        else
+            fail_msg("%s exports '%s' besides bgserve_plugin_v1 (build "
+                     "plugins with -fvisibility=hidden and BGS_PLUGIN)",
+                     path, line);
+    }
+    if (found != 1)
+        fail_msg("%s: bgserve_plugin_v1 defined %d times", path, found);
+    free(out);
+}
+
+static int ends_with_so(const char *name)
+{
+    size_t n = strlen(name);
+    return n > 3 && strcmp(name + n - 3, ".so") == 0;
+}
+
+static void exports_plugins_export_one_symbol(void **state)
+{
+    (void)state;
+    char dir[1024];
+    snprintf(dir, sizeof(dir), "%s", h_build_path("plugins"));
+    /* The lead's hello plugin is always there. */
+    char hello[1100];
+    snprintf(hello, sizeof(hello), "%s/hello.so", dir);
+    if (access(hello, R_OK) != 0)
+        fail_msg("%s is missing: run make first", hello);
+
+    DIR *d = opendir(dir);
+    assert_non_null(d);
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        if (!ends_with_so(e->d_name))
+            continue;
+        char path[1400];
+        snprintf(path, sizeof(path), "%s/%s", dir, e->d_name);
+        assert_one_export(path);
+        n++;
+    }
+    closedir(d);
+    assert_true(n >= 1);
+}
+
+static void exports_sample_app_exports_one_symbol(void **state)
+{
+    (void)state;
+    const char *path = h_build_path("sample_app.so");
+    if (access(path, R_OK) != 0)
+        fail_msg("%s is missing: run make first", path);
+    assert_one_export(path);
+}
+
+static void exports_good_fixture_exports_one_symbol(void **state)
+{
+    (void)state;
+    const char *path = h_build_path("tests/fixtures/good.so");
+    if (access(path, R_OK) != 0)
+        fail_msg("%s is missing: run make %s first", path, path);
+    assert_one_export(path);
+}
+
+static void exports_checker_catches_extra_symbol(void **state)
+{
+    (void)state;
+    /* no_symbol.so exports another function: the nm parsing must see it
+     * (so the tests above could fail). */
+    const char *path = h_build_path("tests/fixtures/no_symbol.so");
+    const char *argv[] = {nm_path(), "-D", "--defined-only", path, NULL};
+    char *out = NULL;
+    assert_int_equal(h_run(argv, &out), 0);
+    assert_non_null(strstr(out, "some_other_entry"));
+    assert_null(strstr(out, "bgserve_plugin_v1"));
+    free(out);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(exports_plugins_export_one_symbol),
+        cmocka_unit_test(exports_sample_app_exports_one_symbol),
+        cmocka_unit_test(exports_good_fixture_exports_one_symbol),
+        cmocka_unit_test(exports_checker_catches_extra_symbol),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
