@@ -1,5 +1,5 @@
 /*
- * test_docs.c - every C example in README.md and docs/*.md builds as a
+ * test_docs.c - every C example in README.md and docs/ (every *.md) builds as a
  * plugin and passes bgserve --check (tests/docs/check.sh does the work).
  */
 #include <stdarg.h>
