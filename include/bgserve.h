@@ -103,6 +103,7 @@ typedef struct bgs_req bgs_req;           /* one HTTP request */
 typedef struct bgs_res bgs_res;           /* its response, being built */
 typedef struct bgs_app bgs_app;           /* the loaded plugin instance */
 typedef struct bgs_task_ctx bgs_task_ctx; /* one run of a task */
+typedef struct bgs_deferred bgs_deferred; /* a response answered later */
 
 /* A route handler.  Return 0 on success; anything else answers 500 and
  * discards the tasks attached to the response. */
@@ -273,6 +274,24 @@ typedef struct bgs_host_api {
     bgs_app *(*task_app)(bgs_task_ctx *ctx);
     void *(*task_service)(bgs_task_ctx *ctx, const char *name);
     void (*task_log)(bgs_task_ctx *ctx, uint32_t level, const char *fmt, ...) BGS__PRINTF(3, 4);
+
+    /* Deferred responses.  res_defer (in a handler) returns a handle the
+     * plugin completes later from any thread, exactly once, with
+     * deferred_complete or deferred_release; the connection holds no HTTP
+     * thread meanwhile.  timeout_ms 0 means 30 s; past it the client gets
+     * 504 and completing returns BGS_ESTATE (the handle is freed either
+     * way).  NULL when called outside a handler or twice. */
+    bgs_deferred *(*res_defer)(bgs_res *res, uint32_t timeout_ms);
+    int (*deferred_complete)(bgs_deferred *d, uint32_t status, const char *type,
+                             const void *body, size_t len);
+    void (*deferred_release)(bgs_deferred *d); /* give up: client gets 500 */
+    /* Queue a task now, without waiting for the response to be sent. */
+    int (*req_enqueue)(bgs_req *req, const char *name, const void *payload,
+                       size_t len, uint64_t *id_out);
+    /* Queue a task now and answer with its result (bgs_task_result) when
+     * it succeeds, 500 with its error when it fails, 504 at the deadline. */
+    int (*res_await)(bgs_res *res, const char *name, const void *payload,
+                     size_t len, uint32_t timeout_ms, uint64_t *id_out);
     /* ABI 1.0 ends here.  Append only. */
 } bgs_host_api;
 
@@ -372,6 +391,12 @@ typedef const bgs_plugin *(*bgs_plugin_entry_fn)(const bgs_host_api *api);
 #define bgs_task_service(c, n) (bgs__api->task_service((c), (n)))
 #define bgs_task_log(c, ...) (bgs__api->task_log((c), BGS_LOG_INFO, __VA_ARGS__))
 #define bgs_task_log_at(c, lvl, ...) (bgs__api->task_log((c), (lvl), __VA_ARGS__))
+
+#define bgs_res_defer(r, ms) (bgs__api->res_defer((r), (ms)))
+#define bgs_deferred_complete(d, s, t, b, n) (bgs__api->deferred_complete((d), (s), (t), (b), (n)))
+#define bgs_deferred_release(d) (bgs__api->deferred_release(d))
+#define bgs_req_enqueue(r, name, p, n, idp) (bgs__api->req_enqueue((r), (name), (p), (n), (idp)))
+#define bgs_res_await(r, name, p, n, ms, idp) (bgs__api->res_await((r), (name), (p), (n), (ms), (idp)))
 
 /* Convenience: status, text/plain type and body in one call. */
 static inline int bgs_res_text(bgs_res *res, uint32_t status, const char *text)

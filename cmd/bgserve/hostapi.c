@@ -9,6 +9,7 @@
  * fields are written only while the start hook runs.
  */
 #include "cli.h"
+#include "deferred.h"
 #include "generation.h"
 #include "log.h"
 #include "request.h"
@@ -302,6 +303,14 @@ static int res_accepted(bgs_res *res, uint64_t task_id)
     return res_header(res, "Location", loc);
 }
 
+static bgs_deferred *res_defer(bgs_res *res, uint32_t timeout_ms)
+{
+    if (res == NULL || !res->in_handler || res->deferred != NULL)
+        return NULL;
+    res->deferred = deferred_new(timeout_ms, res->req->resume_fn, res->req->conn);
+    return res->deferred;
+}
+
 /* ---- app ------------------------------------------------------------------ */
 
 static void app_fail(bgs_app *app, const char *fmt, ...)
@@ -402,6 +411,9 @@ static const bgs_host_api host_api = {
     .task_app = tasks_ctx_app,
     .task_service = tasks_ctx_service,
     .task_log = tasks_ctx_log,
+    .res_defer = res_defer,
+    .deferred_complete = deferred_complete,
+    .deferred_release = deferred_release,
 };
 
 const bgs_host_api *hostapi_table(void)

@@ -23,6 +23,7 @@
  */
 #include "http.h"
 
+#include "deferred.h"
 #include "generation.h"
 #include "introspect.h"
 #include "log.h"
@@ -88,6 +89,11 @@ uint64_t http_requests_total(void)
 static const char *lookup_header(void *conn, const char *name)
 {
     return MHD_lookup_connection_value(conn, MHD_HEADER_KIND, name);
+}
+
+static void resume_conn(void *conn)
+{
+    MHD_resume_connection(conn);
 }
 
 static void format_remote(struct MHD_Connection *conn, char *buf, size_t len)
@@ -282,6 +288,15 @@ static enum MHD_Result dispatch(struct MHD_Connection *conn, exchange *ex)
     if (strcmp(req->method, "HEAD") == 0)
         discard_groups(ex, "HEAD request: tasks do not run");
 
+    if (res->deferred) {
+        /* Answer later: hold no HTTP thread meanwhile.  Arm only once
+         * suspended, so a completion racing with us cannot resume a
+         * connection that is not suspended yet. */
+        MHD_suspend_connection(conn);
+        deferred_arm(res->deferred);
+        return MHD_YES;
+    }
+
     char *body = res->body;
     size_t len = res->body_len;
     res->body = NULL;
@@ -309,6 +324,28 @@ static void *uri_log(void *cls, const char *uri, struct MHD_Connection *conn)
     return ex;
 }
 
+/* Called when libmicrohttpd runs the access handler again after a
+ * deferred response was resumed. */
+static enum MHD_Result answer_deferred(struct MHD_Connection *conn, exchange *ex)
+{
+    uint32_t status;
+    const char *type, *body;
+    size_t len;
+    int state = deferred_state(ex->res.deferred, &status, &type, &body, &len);
+    switch (state) {
+    case DEFERRED_COMPLETED:
+        return send_reply(conn, ex, status, len ? xmemdup(body, len) : NULL, len, type, 0);
+    case DEFERRED_TIMED_OUT:
+        return send_text(conn, ex, 504, "Gateway Timeout: the deferred response was not completed in time\n", 0);
+    case DEFERRED_SHUTDOWN:
+        return send_text(conn, ex, 503, "Service Unavailable: the server is shutting down\n", 1);
+    case DEFERRED_RELEASED:
+        return send_text(conn, ex, 500, "Internal Server Error: the deferred response was abandoned\n", 0);
+    default:
+        return MHD_YES; /* not final: cannot happen, resumed only when final */
+    }
+}
+
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn,
                                   const char *url, const char *method,
                                   const char *version, const char *upload_data,
@@ -326,6 +363,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn,
         ex->req.method = method;
         ex->req.header_fn = lookup_header;
         ex->req.conn = conn;
+        ex->req.resume_fn = resume_conn;
         format_remote(conn, ex->req.remote, sizeof ex->req.remote);
         const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Content-Length");
         const char *te = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Transfer-Encoding");
@@ -373,6 +411,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn,
         return MHD_YES;
     }
 
+    if (ex->res.deferred && !ex->responded)
+        return answer_deferred(conn, ex);
     if (ex->responded)
         return MHD_YES;
     if (ex->too_large)
@@ -421,6 +461,8 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **req_cls,
         };
         log_access(&rec);
     }
+    if (ex->res.deferred)
+        deferred_put(ex->res.deferred, delivered && ex->responded);
     services_scope_end(ex->req.scope);
     gen_release(ex->req.gen);
     req_free(&ex->req);

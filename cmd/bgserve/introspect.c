@@ -7,6 +7,7 @@
  */
 #include "introspect.h"
 
+#include "deferred.h"
 #include "json.h"
 #include "tasks.h"
 #include "util.h"
@@ -59,6 +60,8 @@ void introspect_handle(const char *method, const char *path,
         json_init(&j);
         json_obj_begin(&j);
         tasks_stats_json(&j);
+        json_key(&j, "deferred");
+        deferred_stats_json(&j);
         json_key(&j, "requests");
         json_u64(&j, c->requests);
         json_key(&j, "uptime_s");

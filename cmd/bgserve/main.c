@@ -10,6 +10,7 @@
  * once with the report of unfinished tasks.  SIGPIPE is ignored.
  */
 #include "cli.h"
+#include "deferred.h"
 #include "generation.h"
 #include "http.h"
 #include "log.h"
@@ -127,6 +128,12 @@ int main(int argc, char **argv)
         return 1;
     }
 
+    if (deferred_start() != 0) {
+        log_msg(BGS_LOG_ERROR, "cannot start the deferred-response thread");
+        tasks_shutdown(0);
+        return 1;
+    }
+
     char err[2048];
     generation *g = NULL;
     if (gen_create(cfg.plugin_path, 1, 0, &g, err, sizeof err) != 0) {
@@ -180,10 +187,14 @@ int main(int argc, char **argv)
         pthread_detach(waiter);
 
     http_quiesce();
+    /* Suspended connections must be answered before libmicrohttpd stops
+     * (0.9.75 aborts when stopped with suspended connections). */
+    deferred_shutdown_all();
     unsigned left = http_wait_idle(cfg.drain_timeout_ms);
     if (left)
         log_msg(BGS_LOG_WARN, "%u requests still in flight at the deadline: closing them", left);
     http_stop();
+    deferred_stop();
     size_t unfinished = tasks_shutdown(cfg.drain_timeout_ms);
     gen_set_current(NULL);
     log_msg(BGS_LOG_INFO, "stopped%s", unfinished ? " (some tasks did not finish: see above)" : "");

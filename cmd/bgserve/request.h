@@ -12,6 +12,7 @@
 #define BGSERVE_REQUEST_H
 
 #include "bgserve.h"
+#include "deferred.h"
 #include "generation.h"
 #include "router.h"
 #include "services.h"
@@ -40,6 +41,7 @@ struct bgs_req {
     unsigned nquery;
     const char *(*header_fn)(void *conn, const char *name);
     void *conn;
+    deferred_resume_fn resume_fn; /* resumes conn after a deferral */
     const char *body;         /* NULL when none */
     size_t body_len;
     char remote[64];
@@ -65,6 +67,7 @@ struct bgs_res {
     tasks_group *group;       /* tasks attached by the handler, or NULL */
     struct bgs_req *req;
     int in_handler;           /* 1 while the handler runs */
+    bgs_deferred *deferred;   /* set by res_defer; http holds a reference */
 };
 
 /* Parse "a=1&b=x%20y" into req->query (decoded).  Returns 0, or -1 when

@@ -1,0 +1,68 @@
+/*
+ * deferred.h - responses answered later: reference-counted handles,
+ * deadlines, and the thread that enforces them.
+ *
+ * A handle starts with two references: one for the plugin (dropped by
+ * deferred_complete or deferred_release) and one for the connection
+ * (dropped by the http room when the request ends).  So a late
+ * completion, a timeout and a client disconnect can happen in any order.
+ * Knows nothing of libmicrohttpd: the http room passes a resume function.
+ */
+#ifndef BGSERVE_DEFERRED_H
+#define BGSERVE_DEFERRED_H
+
+#include "bgserve.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define DEFERRED_DEFAULT_TIMEOUT_MS 30000u
+
+enum {
+    DEFERRED_PENDING = 0,
+    DEFERRED_COMPLETED,   /* the plugin answered */
+    DEFERRED_TIMED_OUT,   /* the deadline passed: 504 */
+    DEFERRED_RELEASED,    /* the plugin gave up without answering: 500 */
+    DEFERRED_SHUTDOWN,    /* the server is stopping: 503 */
+};
+
+typedef void (*deferred_resume_fn)(void *conn);
+
+/* Start / stop the deadline thread.  0 or -1. */
+int deferred_start(void);
+void deferred_stop(void);
+
+/* A new pending handle with both references.  timeout_ms 0 means the
+ * default.  Not armed yet: see deferred_arm. */
+bgs_deferred *deferred_new(uint32_t timeout_ms, deferred_resume_fn resume, void *conn);
+
+/*
+ * The connection is suspended: from now on a final state resumes it.  If
+ * the handle is already final, resume is called at once.  Called by the
+ * http room on the connection's thread.
+ */
+void deferred_arm(bgs_deferred *d);
+
+/* The plugin's answer (any thread).  Copies type and body; drops the
+ * plugin's reference.  BGS_ESTATE when the handle is no longer pending
+ * (timed out, shut down, or completed twice). */
+int deferred_complete(bgs_deferred *d, uint32_t status, const char *type,
+                      const void *body, size_t len);
+/* The plugin gives up (any thread): the client gets 500. */
+void deferred_release(bgs_deferred *d);
+
+/* The connection side: read the final state and answer (pointers stay
+ * valid until deferred_put). */
+int deferred_state(bgs_deferred *d, uint32_t *status, const char **type,
+                   const char **body, size_t *len);
+/* The connection side is done; delivered: the answer reached the client. */
+void deferred_put(bgs_deferred *d, int delivered);
+
+/* Move every pending handle to DEFERRED_SHUTDOWN and resume it. */
+void deferred_shutdown_all(void);
+
+/* Keys "pending", "completed", "timed_out", "abandoned" as JSON. */
+struct json;
+void deferred_stats_json(struct json *j);
+
+#endif
