@@ -1,0 +1,216 @@
+/*
+ * test_queue.c - the in-memory queue backend: FIFO order, its capacity,
+ * blocking dequeue woken by a push and by shutdown, and many producers
+ * and consumers losing nothing.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "bgserve.h"
+#include "queue.h"
+#include "util.h"
+
+typedef struct item {
+    queue_node node;
+    int value;
+    atomic_int seen;
+} item;
+
+static item *item_of(queue_node *n)
+{
+    return UTIL_CONTAINER_OF(n, item, node);
+}
+
+static void queue_fifo_order(void **state)
+{
+    (void)state;
+    queue *q = queue_mem_new(0);
+    item items[5];
+    for (int i = 0; i < 5; i++) {
+        items[i].value = i;
+        assert_int_equal(queue_enqueue(q, &items[i].node), 0);
+    }
+    assert_int_equal(queue_depth(q), 5);
+    for (int i = 0; i < 5; i++) {
+        queue_node *n = queue_dequeue(q);
+        assert_non_null(n);
+        assert_int_equal(item_of(n)->value, i);
+    }
+    assert_int_equal(queue_depth(q), 0);
+    assert_null(queue_try_dequeue(q));
+    /* A requeued node goes to the back. */
+    assert_int_equal(queue_enqueue(q, &items[0].node), 0);
+    assert_int_equal(queue_enqueue(q, &items[1].node), 0);
+    queue_node *first = queue_dequeue(q);
+    assert_int_equal(queue_requeue(q, first), 0);
+    assert_int_equal(item_of(queue_dequeue(q))->value, 1);
+    assert_int_equal(item_of(queue_dequeue(q))->value, 0);
+    assert_string_equal(q->ops->name, "memory");
+    queue_destroy(q);
+}
+
+static void queue_capacity_full(void **state)
+{
+    (void)state;
+    queue *q = queue_mem_new(2);
+    item a, b, c;
+    assert_int_equal(queue_enqueue(q, &a.node), 0);
+    assert_int_equal(queue_enqueue(q, &b.node), 0);
+    assert_int_equal(queue_enqueue(q, &c.node), BGS_EFULL);
+    assert_int_equal(queue_depth(q), 2);
+    /* A retry of an accepted job is never refused for capacity. */
+    assert_ptr_equal(queue_dequeue(q), &a.node);
+    assert_int_equal(queue_enqueue(q, &c.node), 0);
+    assert_int_equal(queue_requeue(q, &a.node), 0);
+    assert_int_equal(queue_depth(q), 3);
+    assert_ptr_equal(queue_dequeue(q), &b.node);
+    assert_ptr_equal(queue_dequeue(q), &c.node);
+    assert_ptr_equal(queue_dequeue(q), &a.node);
+    queue_destroy(q);
+}
+
+typedef struct consumer {
+    queue *q;
+    atomic_int waiting;   /* 1 just before blocking */
+    queue_node *got;
+    atomic_int done;
+} consumer;
+
+static void *consume_one(void *p)
+{
+    consumer *c = p;
+    atomic_store(&c->waiting, 1);
+    c->got = queue_dequeue(c->q);
+    atomic_store(&c->done, 1);
+    return NULL;
+}
+
+static void queue_dequeue_woken_by_push(void **state)
+{
+    (void)state;
+    consumer c = {.q = queue_mem_new(0)};
+    pthread_t t;
+    item it = {.value = 42};
+    assert_int_equal(pthread_create(&t, NULL, consume_one, &c), 0);
+    /* Whether or not it blocked yet, the push must reach it. */
+    while (!atomic_load(&c.waiting))
+        sched_yield();
+    assert_int_equal(queue_enqueue(c.q, &it.node), 0);
+    pthread_join(t, NULL);
+    assert_ptr_equal(c.got, &it.node);
+    queue_destroy(c.q);
+}
+
+static void queue_dequeue_woken_by_shutdown(void **state)
+{
+    (void)state;
+    consumer c = {.q = queue_mem_new(0)};
+    pthread_t t;
+    item it;
+    assert_int_equal(pthread_create(&t, NULL, consume_one, &c), 0);
+    while (!atomic_load(&c.waiting))
+        sched_yield();
+    queue_shutdown(c.q);
+    pthread_join(t, NULL);
+    assert_null(c.got);
+    /* After shutdown: pushes fail, blocking dequeue returns at once,
+     * try_dequeue still hands back what is left. */
+    assert_int_equal(queue_enqueue(c.q, &it.node), BGS_ESHUTDOWN);
+    assert_null(queue_dequeue(c.q));
+    queue_destroy(c.q);
+
+    queue *q = queue_mem_new(0);
+    assert_int_equal(queue_enqueue(q, &it.node), 0);
+    queue_shutdown(q);
+    assert_null(queue_dequeue(q));
+    assert_ptr_equal(queue_try_dequeue(q), &it.node);
+    queue_destroy(q);
+}
+
+#define PRODUCERS 4
+#define CONSUMERS 4
+#define PER_PRODUCER 5000
+
+typedef struct mpmc {
+    queue *q;
+    item *items;
+    int base;
+    atomic_int consumed;
+} mpmc;
+
+typedef struct pargs {
+    mpmc *m;
+    int base;
+} pargs;
+
+static void *produce(void *p)
+{
+    pargs *a = p;
+    for (int i = 0; i < PER_PRODUCER; i++)
+        assert_int_equal(queue_enqueue(a->m->q, &a->m->items[a->base + i].node), 0);
+    return NULL;
+}
+
+static void *consume(void *p)
+{
+    mpmc *m = p;
+    queue_node *n;
+    while ((n = queue_dequeue(m->q)) != NULL) {
+        atomic_fetch_add(&item_of(n)->seen, 1);
+        atomic_fetch_add(&m->consumed, 1);
+    }
+    return NULL;
+}
+
+static void queue_many_producers_consumers_lose_nothing(void **state)
+{
+    (void)state;
+    const int total = PRODUCERS * PER_PRODUCER;
+    mpmc m = {.q = queue_mem_new(0)};
+    m.items = calloc((size_t)total, sizeof(item));
+    assert_non_null(m.items);
+    pthread_t pt[PRODUCERS], ct[CONSUMERS];
+    pargs pa[PRODUCERS];
+    for (int i = 0; i < CONSUMERS; i++)
+        assert_int_equal(pthread_create(&ct[i], NULL, consume, &m), 0);
+    for (int i = 0; i < PRODUCERS; i++) {
+        pa[i].m = &m;
+        pa[i].base = i * PER_PRODUCER;
+        assert_int_equal(pthread_create(&pt[i], NULL, produce, &pa[i]), 0);
+    }
+    for (int i = 0; i < PRODUCERS; i++)
+        pthread_join(pt[i], NULL);
+    /* Poll (no fixed sleep) until the consumers took everything. */
+    uint64_t deadline = util_now_us() + 20u * 1000000u;
+    while (atomic_load(&m.consumed) < total && util_now_us() < deadline)
+        sched_yield();
+    queue_shutdown(m.q);
+    for (int i = 0; i < CONSUMERS; i++)
+        pthread_join(ct[i], NULL);
+    assert_int_equal(atomic_load(&m.consumed), total);
+    for (int i = 0; i < total; i++)
+        assert_int_equal(atomic_load(&m.items[i].seen), 1);
+    assert_int_equal(queue_depth(m.q), 0);
+    free(m.items);
+    queue_destroy(m.q);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(queue_fifo_order),
+        cmocka_unit_test(queue_capacity_full),
+        cmocka_unit_test(queue_dequeue_woken_by_push),
+        cmocka_unit_test(queue_dequeue_woken_by_shutdown),
+        cmocka_unit_test(queue_many_producers_consumers_lose_nothing),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,1128 @@
+/*
+ * test_tasks.c - the background-task engine with real workers and a fake
+ * generation in memory: records and their states, payload copies,
+ * sequential and concurrent groups, retries, per-name caps, backpressure,
+ * discards, DELIVERED_ONLY, ad hoc tasks, periodic schedules, timeouts,
+ * service scopes, the shutdown drain, the record ring and the JSON.
+ *
+ * Every wait polls with a deadline; sleeps inside task functions only
+ * stand for work or pace a poll loop.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "generation.h"
+#include "json.h"
+#include "plugin.h"
+#include "services.h"
+#include "tasks.h"
+#include "util.h"
+
+#define DEADLINE_US (30u * 1000000u)
+
+/* ------------------------------------------------------------------ */
+/* Helpers                                                             */
+/* ------------------------------------------------------------------ */
+
+static void pause_ms(unsigned ms)
+{
+    struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+static int saved_fd = -1;
+static FILE *cap_file;
+
+static void capture_begin(void)
+{
+    fflush(stderr);
+    cap_file = tmpfile();
+    assert_non_null(cap_file);
+    saved_fd = dup(2);
+    assert_true(saved_fd >= 0);
+    assert_true(dup2(fileno(cap_file), 2) >= 0);
+}
+
+static char *capture_end(void)
+{
+    fflush(stderr);
+    dup2(saved_fd, 2);
+    close(saved_fd);
+    long n = ftell(cap_file);
+    assert_true(n >= 0);
+    char *out = calloc(1, (size_t)n + 1);
+    assert_non_null(out);
+    rewind(cap_file);
+    assert_int_equal(fread(out, 1, (size_t)n, cap_file), (size_t)n);
+    fclose(cap_file);
+    return out;
+}
+
+/* The record of id as JSON text (free it), or NULL when not found. */
+static char *record(uint64_t id)
+{
+    json j;
+    json_init(&j);
+    if (tasks_record_json(id, &j) != 0) {
+        json_free(&j);
+        return NULL;
+    }
+    return json_take(&j, NULL);
+}
+
+static int state_is(uint64_t id, const char *st)
+{
+    char want[64];
+    char *r = record(id);
+    snprintf(want, sizeof(want), "\"state\":\"%s\"", st);
+    int ok = r && strstr(r, want) != NULL;
+    free(r);
+    return ok;
+}
+
+static int wait_state(uint64_t id, const char *st)
+{
+    uint64_t deadline = util_now_us() + DEADLINE_US;
+    while (!state_is(id, st)) {
+        if (util_now_us() > deadline)
+            return 0;
+        pause_ms(1);
+    }
+    return 1;
+}
+
+/* A number field of a JSON text after "key":; *is_null set for null. */
+static uint64_t field_u64(const char *text, const char *key, int *is_null)
+{
+    char want[64];
+    snprintf(want, sizeof(want), "\"%s\":", key);
+    const char *p = strstr(text, want);
+    assert_non_null(p);
+    p += strlen(want);
+    if (is_null)
+        *is_null = strncmp(p, "null", 4) == 0;
+    return strtoull(p, NULL, 10);
+}
+
+static uint64_t record_u64(uint64_t id, const char *key)
+{
+    char *r = record(id);
+    assert_non_null(r);
+    uint64_t v = field_u64(r, key, NULL);
+    free(r);
+    return v;
+}
+
+static char *stats(void)
+{
+    json j;
+    json_init(&j);
+    json_obj_begin(&j);
+    tasks_stats_json(&j);
+    json_obj_end(&j);
+    return json_take(&j, NULL);
+}
+
+/* stats.tasks.NAME.FIELD, 0 when the name has no entry yet. */
+static uint64_t stat_of(const char *name, const char *field)
+{
+    char want[128];
+    char *s = stats();
+    snprintf(want, sizeof(want), "\"%s\":{", name);
+    const char *p = strstr(s, want);
+    uint64_t v = 0;
+    if (p) {
+        char *end = strchr(p, '}');
+        assert_non_null(end);
+        *end = '\0';
+        v = field_u64(p, field, NULL);
+    }
+    free(s);
+    return v;
+}
+
+static int wait_stat_at_least(const char *name, const char *field, uint64_t n)
+{
+    uint64_t deadline = util_now_us() + DEADLINE_US;
+    while (stat_of(name, field) < n) {
+        if (util_now_us() > deadline)
+            return 0;
+        pause_ms(1);
+    }
+    return 1;
+}
+
+static int wait_atomic_at_least(atomic_int *a, int n)
+{
+    uint64_t deadline = util_now_us() + DEADLINE_US;
+    while (atomic_load(a) < n) {
+        if (util_now_us() > deadline)
+            return 0;
+        pause_ms(1);
+    }
+    return 1;
+}
+
+/* ------------------------------------------------------------------ */
+/* Task functions                                                      */
+/* ------------------------------------------------------------------ */
+
+static pthread_mutex_t order_mu = PTHREAD_MUTEX_INITIALIZER;
+static char order_log[4096];
+static size_t order_len;
+
+static atomic_int gate_open;   /* gated tasks block until it is 1 */
+static atomic_int runs_ok, runs_gate, runs_pslow, runs_pstart, runs_plater;
+
+/* Appends its payload to order_log. */
+static int t_order(bgs_task_ctx *ctx, const void *payload, size_t len)
+{
+    (void)ctx;
+    pthread_mutex_lock(&order_mu);
+    if (order_len + len < sizeof(order_log)) {
+        memcpy(order_log + order_len, payload, len);
+        order_len += len;
+        order_log[order_len] = '\0';
+    }
+    pthread_mutex_unlock(&order_mu);
+    atomic_fetch_add(&runs_ok, 1);
+    return 0;
+}
+
+static int t_fail(bgs_task_ctx *ctx, const void *payload, size_t len)
+{
+    (void)payload;
+    (void)len;
+    tasks_ctx_error(ctx, "say \"hi\"\nbye");
+    return 1;
+}
+
+static void wait_gate(bgs_task_ctx *ctx)
+{
+    uint64_t deadline = util_now_us() + DEADLINE_US;
+    while (!atomic_load(&gate_open) && !tasks_ctx_cancelled(ctx) && util_now_us() < deadline)
+        pause_ms(1);
+}
+
+static int t_gate(bgs_task_ctx *ctx, const void *payload, size_t len)
+{
+    (void)payload;
+    (void)len;
+    atomic_fetch_add(&runs_gate, 1);
+    wait_gate(ctx);
+    return 0;
+}
+
+/* Fails until its third attempt; logs attempts and their start times. */
+static uint32_t flaky_attempts[8];
+static uint64_t flaky_starts[8];
+static atomic_int flaky_runs;
+
+static int t_flaky(bgs_task_ctx *ctx, const void *payload, size_t len)
+{
+    (void)payload;
+    (void)len;
+    int i = atomic_load(&flaky_runs);
+    if (i < 8) {
+        flaky_attempts[i] = tasks_ctx_attempt(ctx);
+        flaky_starts[i] = util_now_us();
+    }
+    atomic_fetch_add(&flaky_runs, 1);
+    if (tasks_ctx_attempt(ctx) < 3) {
+        tasks_ctx_error(ctx, "not yet (attempt %u)", (unsigned)tasks_ctx_attempt(ctx));
+        return 1;
+    }
+    return 0;
+}
+
+static atomic_int slowfail_runs;
+
+static int t_slowretry(bgs_task_ctx *ctx, const void *payload, size_t len)
+{
+    (void)payload;
+    (void)len;
+    (void)ctx;
+    atomic_fetch_add(&slowfail_runs, 1);
+    return 1;
+}
+
+/* Tracks how many runs are in progress at once. */
+static atomic_int conc_now, conc_max, conc_runs;
+
+static int t_capped(bgs_task_ctx *ctx, const void *payload, size_t len)
+{
+    (void)ctx;
+    (void)payload;
+    (void)len;
+    int now = atomic_fetch_add(&conc_now, 1) + 1;
+    int m = atomic_load(&conc_max);
+    while (now > m && !atomic_compare_exchange_weak(&conc_max, &m, now))
+        ;
+    pause_ms(2); /* work */
+    atomic_fetch_sub(&conc_now, 1);
+    atomic_fetch_add(&conc_runs, 1);
+    return 0;
+}
+
+static int t_capgate(bgs_task_ctx *ctx, const void *payload, size_t len)
+{
+    (void)payload;
+    (void)len;
+    atomic_fetch_add(&runs_gate, 1);
+    wait_gate(ctx);
+    return 0;
+}
+
+static atomic_int count_runs;
+
+static int t_count(bgs_task_ctx *ctx, const void *payload, size_t len)
+{
+    (void)ctx;
+    (void)payload;
+    (void)len;
+    atomic_fetch_add(&count_runs, 1);
+    return 0;
+}
+
+static atomic_int pslow_now, pslow_max;
+
+static int t_pslow(bgs_task_ctx *ctx, const void *payload, size_t len)
+{
+    (void)payload;
+    (void)len;
+    int now = atomic_fetch_add(&pslow_now, 1) + 1;
+    int m = atomic_load(&pslow_max);
+    while (now > m && !atomic_compare_exchange_weak(&pslow_max, &m, now))
+        ;
+    assert_null(tasks_ctx_request_id(ctx));
+    wait_gate(ctx);
+    atomic_fetch_sub(&pslow_now, 1);
+    atomic_fetch_add(&runs_pslow, 1);
+    return 0;
+}
+
+static int t_pstart(bgs_task_ctx *ctx, const void *payload, size_t len)
+{
+    (void)ctx;
+    (void)payload;
+    (void)len;
+    atomic_fetch_add(&runs_pstart, 1);
+    return 0;
+}
+
+static int t_plater(bgs_task_ctx *ctx, const void *payload, size_t len)
+{
+    (void)ctx;
+    (void)payload;
+    (void)len;
+    atomic_fetch_add(&runs_plater, 1);
+    return 0;
+}
+
+/* Runs until it is cancelled, then fails. */
+static atomic_int waitcancel_started;
+
+static int t_waitcancel(bgs_task_ctx *ctx, const void *payload, size_t len)
+{
+    (void)payload;
+    (void)len;
+    atomic_fetch_add(&waitcancel_started, 1);
+    uint64_t deadline = util_now_us() + DEADLINE_US;
+    while (!tasks_ctx_cancelled(ctx) && util_now_us() < deadline)
+        pause_ms(1);
+    tasks_ctx_error(ctx, "stopped early");
+    return 1;
+}
+
+/* Payload check: records what it was given. */
+static char seen_payload[64];
+
+static int t_payload(bgs_task_ctx *ctx, const void *payload, size_t len)
+{
+    (void)ctx;
+    if (len < sizeof(seen_payload)) {
+        memcpy(seen_payload, payload, len);
+        seen_payload[len] = '\0';
+    }
+    return 0;
+}
+
+/* Service scope: looks up a scoped service twice (same instance). */
+static atomic_int svc_created, svc_destroyed, svc_same;
+
+static void *svc_create(void *arg)
+{
+    (void)arg;
+    atomic_fetch_add(&svc_created, 1);
+    return malloc(1);
+}
+
+static void svc_destroy(void *inst, void *arg)
+{
+    (void)arg;
+    atomic_fetch_add(&svc_destroyed, 1);
+    free(inst);
+}
+
+static int t_service(bgs_task_ctx *ctx, const void *payload, size_t len)
+{
+    (void)payload;
+    (void)len;
+    void *a = tasks_ctx_service(ctx, "conn");
+    void *b = tasks_ctx_service(ctx, "conn");
+    if (a && a == b)
+        atomic_fetch_add(&svc_same, 1);
+    /* Still alive during the run. */
+    return atomic_load(&svc_created) == atomic_load(&svc_destroyed) + 1 ? 0 : 1;
+}
+
+static int t_result(bgs_task_ctx *ctx, const void *payload, size_t len)
+{
+    (void)payload;
+    (void)len;
+    assert_int_equal(tasks_ctx_result(ctx, 42, "text/plain", "x", 1), BGS_EINVAL);
+    return tasks_ctx_result(ctx, 201, "text/plain", "made it", 7);
+}
+
+/* ------------------------------------------------------------------ */
+/* The fake plugin and generation                                      */
+/* ------------------------------------------------------------------ */
+
+static plugin_task fake_tasks[] = {
+    {.name = "order", .fn = t_order, .max_attempts = 1},
+    {.name = "fail", .fn = t_fail, .max_attempts = 1},
+    {.name = "gate", .fn = t_gate, .max_attempts = 1},
+    {.name = "flaky", .fn = t_flaky, .max_attempts = 5, .backoff_base_ms = 1, .backoff_cap_ms = 4},
+    {.name = "slowretry", .fn = t_slowretry, .max_attempts = 2, .backoff_base_ms = 600000,
+     .backoff_cap_ms = 600000},
+    {.name = "capped", .fn = t_capped, .max_attempts = 1, .max_concurrency = 2},
+    {.name = "capgate", .fn = t_capgate, .max_attempts = 1, .max_concurrency = 1},
+    {.name = "count", .fn = t_count, .max_attempts = 1},
+    {.name = "delivered", .fn = t_order, .max_attempts = 1, .flags = BGS_TASK_DELIVERED_ONLY},
+    {.name = "pslow", .fn = t_pslow, .max_attempts = 1},
+    {.name = "pstart", .fn = t_pstart, .max_attempts = 1},
+    {.name = "plater", .fn = t_plater, .max_attempts = 1},
+    {.name = "waitcancel", .fn = t_waitcancel, .max_attempts = 3},
+    {.name = "timeout", .fn = t_waitcancel, .max_attempts = 3, .timeout_ms = 5},
+    {.name = "payload", .fn = t_payload, .max_attempts = 1},
+    {.name = "service", .fn = t_service, .max_attempts = 1},
+    {.name = "result", .fn = t_result, .max_attempts = 1},
+};
+
+static plugin fake_plugin = {
+    .name = "fake",
+    .version = "1",
+    .tasks = fake_tasks,
+    .ntasks = sizeof(fake_tasks) / sizeof(fake_tasks[0]),
+};
+
+static generation gen;
+
+static int group_setup(void **state)
+{
+    (void)state;
+    atomic_init(&gen.refs, 1); /* ours: the generation never retires */
+    gen.number = 7;
+    gen.plugin = &fake_plugin;
+    gen.app.gen = &gen;
+    gen.services = services_new();
+    if (services_register(gen.services, "conn", BGS_SCOPED, svc_create, svc_destroy, NULL) != 0)
+        return -1;
+    return 0;
+}
+
+static int group_teardown(void **state)
+{
+    (void)state;
+    services_free(gen.services);
+    return 0;
+}
+
+static void start(unsigned workers, unsigned queue_cap, unsigned keep)
+{
+    tasks_config cfg = {.workers = workers, .queue_cap = queue_cap, .keep = keep};
+    atomic_store(&gate_open, 0);
+    assert_int_equal(tasks_start(&cfg), 0);
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    atomic_store(&gate_open, 1);
+    tasks_shutdown(30000);
+    /* Everything the test attached is final: only our reference is left. */
+    return atomic_load(&gen.refs) == 1 ? 0 : -1;
+}
+
+/* ------------------------------------------------------------------ */
+/* Tests                                                               */
+/* ------------------------------------------------------------------ */
+
+static void tasks_single_task_lifecycle(void **state)
+{
+    (void)state;
+    start(2, 100, 100);
+    tasks_group *g = tasks_group_new(&gen, "req-1", BGS_SEQUENTIAL);
+    uint64_t id = 0;
+    assert_int_equal(tasks_group_add(g, "gate", NULL, 0, &id), 0);
+    assert_true(id > 0);
+    assert_int_equal(tasks_group_count(g), 1);
+
+    /* Before submit: queued, not started, delivery not known. */
+    char *r = record(id);
+    assert_non_null(r);
+    assert_non_null(strstr(r, "\"state\":\"queued\""));
+    assert_non_null(strstr(r, "\"started_at\":null"));
+    assert_non_null(strstr(r, "\"delivered\":null"));
+    free(r);
+
+    tasks_group_submit(g, 1);
+    assert_true(wait_state(id, "running"));
+    uint64_t created = record_u64(id, "created_at_us");
+    uint64_t started = record_u64(id, "started_at_us");
+    assert_true(created > 0);
+    assert_true(started >= created);
+    assert_int_equal(record_u64(id, "attempts"), 1);
+
+    atomic_store(&gate_open, 1);
+    assert_true(wait_state(id, "succeeded"));
+    uint64_t finished = record_u64(id, "finished_at_us");
+    assert_true(finished >= started);
+    r = record(id);
+    assert_non_null(strstr(r, "\"request_id\":\"req-1\""));
+    assert_non_null(strstr(r, "\"delivered\":true"));
+    assert_non_null(strstr(r, "\"error\":null"));
+    assert_non_null(strstr(r, "\"generation\":7"));
+    free(r);
+}
+
+static void tasks_ids_increase_and_list(void **state)
+{
+    (void)state;
+    start(2, 100, 100);
+    tasks_group *g = tasks_group_new(&gen, NULL, BGS_CONCURRENT);
+    uint64_t a, b, c;
+    assert_int_equal(tasks_group_add(g, "count", NULL, 0, &a), 0);
+    assert_int_equal(tasks_group_add(g, "count", NULL, 0, &b), 0);
+    assert_int_equal(tasks_group_add(g, "count", NULL, 0, &c), 0);
+    assert_true(a < b && b < c);
+    char want[96], buf[96];
+    snprintf(want, sizeof(want), "%" PRIu64 ",%" PRIu64 ",%" PRIu64, a, b, c);
+    assert_int_equal(tasks_group_ids(g, buf, sizeof(buf)), strlen(want));
+    assert_string_equal(buf, want);
+    /* Too small: whole ids only, always NUL-terminated. */
+    char first[32], small[64];
+    snprintf(first, sizeof(first), "%" PRIu64, a);
+    memset(small, 'X', sizeof(small));
+    assert_int_equal(tasks_group_ids(g, small, strlen(first) + 2), strlen(want));
+    assert_string_equal(small, first);
+    assert_int_equal(tasks_group_add(g, "nope", NULL, 0, NULL), BGS_ENOTASK);
+    assert_int_equal(tasks_group_count(g), 3);
+    assert_int_equal(tasks_group_set_mode(g, 9), BGS_EINVAL);
+    tasks_group_submit(g, 1);
+    assert_true(wait_state(c, "succeeded"));
+    assert_true(wait_state(a, "succeeded"));
+}
+
+static void tasks_payload_is_copied(void **state)
+{
+    (void)state;
+    start(2, 100, 100);
+    char buf[8] = "abc";
+    uint64_t id;
+    tasks_group *g = tasks_group_new(&gen, NULL, BGS_SEQUENTIAL);
+    assert_int_equal(tasks_group_add(g, "payload", buf, 3, &id), 0);
+    memcpy(buf, "xyz", 3);
+    tasks_group_submit(g, 1);
+    assert_true(wait_state(id, "succeeded"));
+    assert_string_equal(seen_payload, "abc");
+}
+
+static void tasks_sequential_order(void **state)
+{
+    (void)state;
+    start(4, 100, 100);
+    order_len = 0;
+    order_log[0] = '\0';
+    uint64_t ids[5];
+    tasks_group *g = tasks_group_new(&gen, NULL, BGS_SEQUENTIAL);
+    for (int i = 0; i < 5; i++) {
+        char c = (char)('A' + i);
+        assert_int_equal(tasks_group_add(g, "order", &c, 1, &ids[i]), 0);
+    }
+    tasks_group_submit(g, 1);
+    assert_true(wait_state(ids[4], "succeeded"));
+    pthread_mutex_lock(&order_mu);
+    assert_string_equal(order_log, "ABCDE");
+    pthread_mutex_unlock(&order_mu);
+    /* Each started after the previous finished. */
+    for (int i = 1; i < 5; i++)
+        assert_true(record_u64(ids[i], "started_at_us") >= record_u64(ids[i - 1], "finished_at_us"));
+    char *r = record(ids[0]);
+    assert_non_null(strstr(r, "\"mode\":\"sequential\""));
+    free(r);
+}
+
+static void tasks_sequential_failure_skips_rest(void **state)
+{
+    (void)state;
+    start(4, 100, 100);
+    order_len = 0;
+    order_log[0] = '\0';
+    uint64_t a, b, c, d;
+    tasks_group *g = tasks_group_new(&gen, NULL, BGS_SEQUENTIAL);
+    assert_int_equal(tasks_group_add(g, "order", "A", 1, &a), 0);
+    assert_int_equal(tasks_group_add(g, "fail", NULL, 0, &b), 0);
+    assert_int_equal(tasks_group_add(g, "order", "C", 1, &c), 0);
+    assert_int_equal(tasks_group_add(g, "order", "D", 1, &d), 0);
+    tasks_group_submit(g, 1);
+    assert_true(wait_state(d, "skipped"));
+    assert_true(state_is(a, "succeeded"));
+    assert_true(state_is(b, "failed"));
+    assert_true(state_is(c, "skipped"));
+    assert_int_equal(record_u64(c, "attempts"), 0);
+    char *r = record(c);
+    assert_non_null(strstr(r, "failed\""));
+    assert_non_null(strstr(r, "\"started_at\":null"));
+    free(r);
+    pthread_mutex_lock(&order_mu);
+    assert_string_equal(order_log, "A");
+    pthread_mutex_unlock(&order_mu);
+}
+
+static void tasks_concurrent_failures_independent(void **state)
+{
+    (void)state;
+    start(4, 100, 100);
+    uint64_t a, b, c;
+    tasks_group *g = tasks_group_new(&gen, NULL, BGS_SEQUENTIAL);
+    assert_int_equal(tasks_group_set_mode(g, BGS_CONCURRENT), 0);
+    assert_int_equal(tasks_group_add(g, "fail", NULL, 0, &a), 0);
+    assert_int_equal(tasks_group_add(g, "order", "x", 1, &b), 0);
+    assert_int_equal(tasks_group_add(g, "order", "y", 1, &c), 0);
+    tasks_group_submit(g, 1);
+    assert_true(wait_state(a, "failed"));
+    assert_true(wait_state(b, "succeeded"));
+    assert_true(wait_state(c, "succeeded"));
+    char *r = record(b);
+    assert_non_null(strstr(r, "\"mode\":\"concurrent\""));
+    free(r);
+}
+
+static void tasks_retries_with_backoff(void **state)
+{
+    (void)state;
+    start(2, 100, 100);
+    atomic_store(&flaky_runs, 0);
+    uint64_t retried0 = stat_of("flaky", "retried");
+    uint64_t id;
+    tasks_group *g = tasks_group_new(&gen, NULL, BGS_SEQUENTIAL);
+    assert_int_equal(tasks_group_add(g, "flaky", NULL, 0, &id), 0);
+    tasks_group_submit(g, 1);
+    assert_true(wait_state(id, "succeeded"));
+    assert_int_equal(atomic_load(&flaky_runs), 3);
+    for (uint32_t i = 0; i < 3; i++)
+        assert_int_equal(flaky_attempts[i], i + 1);
+    assert_true(flaky_starts[1] > flaky_starts[0]);
+    assert_true(flaky_starts[2] > flaky_starts[1]);
+    assert_int_equal(record_u64(id, "attempts"), 3);
+    assert_int_equal(stat_of("flaky", "retried") - retried0, 2);
+    char *r = record(id);
+    assert_non_null(strstr(r, "\"error\":null"));
+    free(r);
+}
+
+/* A retry far in the future: the record says retrying in between, and a
+ * shutdown whose deadline comes first cancels it. */
+static void tasks_retrying_state_then_cancelled_at_shutdown(void **state)
+{
+    (void)state;
+    start(2, 100, 100);
+    atomic_store(&slowfail_runs, 0);
+    uint64_t id;
+    tasks_group *g = tasks_group_new(&gen, NULL, BGS_SEQUENTIAL);
+    assert_int_equal(tasks_group_add(g, "slowretry", NULL, 0, &id), 0);
+    tasks_group_submit(g, 1);
+    assert_true(wait_state(id, "retrying"));
+    assert_int_equal(record_u64(id, "attempts"), 1);
+    char *r = record(id);
+    assert_non_null(strstr(r, "\"error\":\"task returned 1\""));
+    free(r);
+
+    capture_begin();
+    size_t unfinished = tasks_shutdown(0);
+    char *log = capture_end();
+    assert_int_equal(unfinished, 1);
+    assert_true(state_is(id, "cancelled"));
+    assert_int_equal(atomic_load(&slowfail_runs), 1);
+    char line[96];
+    snprintf(line, sizeof(line), "task %" PRIu64 " slowretry retrying", id);
+    assert_non_null(strstr(log, line));
+    assert_non_null(strstr(log, "drain: 0 tasks finished, 1 did not"));
+    free(log);
+}
+
+static void tasks_shutdown_drains_retries(void **state)
+{
+    (void)state;
+    start(2, 100, 100);
+    atomic_store(&flaky_runs, 0);
+    uint64_t id;
+    tasks_group *g = tasks_group_new(&gen, NULL, BGS_SEQUENTIAL);
+    assert_int_equal(tasks_group_add(g, "flaky", NULL, 0, &id), 0);
+    tasks_group_submit(g, 1);
+    capture_begin();
+    size_t unfinished = tasks_shutdown(30000);
+    char *log = capture_end();
+    assert_int_equal(unfinished, 0);
+    assert_true(state_is(id, "succeeded"));
+    assert_non_null(strstr(log, "1 tasks finished, 0 did not"));
+    free(log);
+    /* Refused after shutdown. */
+    g = tasks_group_new(&gen, NULL, BGS_SEQUENTIAL);
+    assert_int_equal(tasks_group_add(g, "count", NULL, 0, NULL), BGS_ESHUTDOWN);
+    tasks_group_discard(g, "unused");
+}
+
+static void tasks_max_concurrency_never_exceeded(void **state)
+{
+    (void)state;
+    start(8, 1000, 1000);
+    atomic_store(&conc_now, 0);
+    atomic_store(&conc_max, 0);
+    atomic_store(&conc_runs, 0);
+    enum { N = 40 };
+    for (int i = 0; i < N; i++) {
+        tasks_group *g = tasks_group_new(&gen, NULL, BGS_CONCURRENT);
+        assert_int_equal(tasks_group_add(g, "capped", NULL, 0, NULL), 0);
+        assert_int_equal(tasks_group_add(g, "capped", NULL, 0, NULL), 0);
+        tasks_group_submit(g, 1);
+    }
+    assert_true(wait_atomic_at_least(&conc_runs, 2 * N));
+    assert_true(atomic_load(&conc_max) <= 2);
+    assert_true(atomic_load(&conc_max) >= 1);
+}
+
+/* A task at its cap waits without holding a worker: with 2 workers and
+ * one capped task blocked, a second capped task waits while an uncapped
+ * one still runs. */
+static void tasks_capped_waits_without_worker(void **state)
+{
+    (void)state;
+    start(2, 100, 100);
+    atomic_store(&runs_gate, 0);
+    uint64_t a, b, c;
+    tasks_group *g = tasks_group_new(&gen, NULL, BGS_CONCURRENT);
+    assert_int_equal(tasks_group_add(g, "capgate", NULL, 0, &a), 0);
+    tasks_group_submit(g, 1);
+    assert_true(wait_state(a, "running"));
+    g = tasks_group_new(&gen, NULL, BGS_CONCURRENT);
+    assert_int_equal(tasks_group_add(g, "capgate", NULL, 0, &b), 0);
+    assert_int_equal(tasks_group_add(g, "count", NULL, 0, &c), 0);
+    tasks_group_submit(g, 1);
+    assert_true(wait_state(c, "succeeded"));
+    assert_true(state_is(b, "queued"));
+    assert_int_equal(atomic_load(&runs_gate), 1);
+    atomic_store(&gate_open, 1);
+    assert_true(wait_state(b, "succeeded"));
+    assert_true(wait_state(a, "succeeded"));
+}
+
+static int noop_adhoc(bgs_task_ctx *ctx, void *arg)
+{
+    (void)ctx;
+    (void)arg;
+    return 0;
+}
+
+static void tasks_full_queue_efull_nothing_lost(void **state)
+{
+    (void)state;
+    start(1, 4, 100);
+    uint64_t ids[4];
+    tasks_group *g = tasks_group_new(&gen, NULL, BGS_CONCURRENT);
+    assert_int_equal(tasks_group_add(g, "gate", NULL, 0, &ids[0]), 0);
+    for (int i = 1; i < 4; i++)
+        assert_int_equal(tasks_group_add(g, "count", NULL, 0, &ids[i]), 0);
+    assert_int_equal(tasks_group_add(g, "count", NULL, 0, NULL), BGS_EFULL);
+    uint64_t fn_id = 99;
+    assert_int_equal(tasks_group_add_fn(g, noop_adhoc, NULL, NULL, &fn_id), BGS_EFULL);
+    assert_int_equal(fn_id, 99);
+    assert_int_equal(tasks_group_count(g), 4);
+    tasks_group_submit(g, 1);
+
+    /* Still full while they are accepted but not finished. */
+    tasks_group *g2 = tasks_group_new(&gen, NULL, BGS_CONCURRENT);
+    assert_int_equal(tasks_group_add(g2, "count", NULL, 0, NULL), BGS_EFULL);
+    char *s = stats();
+    assert_non_null(strstr(s, "\"capacity\":4"));
+    free(s);
+    atomic_store(&gate_open, 1);
+    for (int i = 0; i < 4; i++)
+        assert_true(wait_state(ids[i], "succeeded"));
+    /* Capacity is back once they are final. */
+    uint64_t id;
+    assert_int_equal(tasks_group_add(g2, "count", NULL, 0, &id), 0);
+    tasks_group_submit(g2, 1);
+    assert_true(wait_state(id, "succeeded"));
+}
+
+static void tasks_thousand_groups_all_succeed(void **state)
+{
+    (void)state;
+    start(8, 65536, 100);
+    uint64_t before = stat_of("count", "succeeded");
+    for (int i = 0; i < 1000; i++) {
+        tasks_group *g = tasks_group_new(&gen, "r", i % 2 ? BGS_CONCURRENT : BGS_SEQUENTIAL);
+        assert_int_equal(tasks_group_add(g, "count", NULL, 0, NULL), 0);
+        assert_int_equal(tasks_group_add(g, "count", NULL, 0, NULL), 0);
+        tasks_group_submit(g, 1);
+    }
+    assert_true(wait_stat_at_least("count", "succeeded", before + 2000));
+    assert_int_equal(stat_of("count", "succeeded") - before, 2000);
+    char *s = stats();
+    assert_non_null(strstr(s, "\"workers\":{\"busy\":"));
+    assert_non_null(strstr(s, "\"total\":8"));
+    assert_non_null(strstr(s, "\"dispatch_us\":{\"p50\":"));
+    assert_non_null(strstr(s, "\"p99\":"));
+    assert_non_null(strstr(s, "\"queue\":{\"depth\":"));
+    free(s);
+}
+
+static atomic_int adhoc_runs, adhoc_frees, adhoc_free_after_run;
+
+static int adhoc_fn(bgs_task_ctx *ctx, void *arg)
+{
+    (void)ctx;
+    assert_string_equal(arg, "arg");
+    atomic_fetch_add(&adhoc_runs, 1);
+    return 0;
+}
+
+static void adhoc_free(void *arg)
+{
+    assert_string_equal(arg, "arg");
+    if (atomic_load(&adhoc_runs) > 0)
+        atomic_fetch_add(&adhoc_free_after_run, 1);
+    atomic_fetch_add(&adhoc_frees, 1);
+}
+
+static void tasks_discard_records_reason(void **state)
+{
+    (void)state;
+    start(2, 100, 100);
+    atomic_store(&adhoc_runs, 0);
+    atomic_store(&adhoc_frees, 0);
+    atomic_store(&runs_ok, 0);
+    uint64_t discarded0 = stat_of("order", "discarded");
+    uint64_t a, b;
+    static char arg[] = "arg";
+    tasks_group *g = tasks_group_new(&gen, "req-9", BGS_SEQUENTIAL);
+    assert_int_equal(tasks_group_add(g, "order", "A", 1, &a), 0);
+    assert_int_equal(tasks_group_add_fn(g, adhoc_fn, arg, adhoc_free, &b), 0);
+    capture_begin();
+    tasks_group_discard(g, "handler failed");
+    char *log = capture_end();
+    assert_true(state_is(a, "discarded"));
+    assert_true(state_is(b, "discarded"));
+    char *r = record(a);
+    assert_non_null(strstr(r, "\"error\":\"handler failed\""));
+    free(r);
+    assert_int_equal(atomic_load(&adhoc_frees), 1);
+    assert_int_equal(atomic_load(&adhoc_runs), 0);
+    assert_int_equal(atomic_load(&runs_ok), 0);
+    assert_int_equal(stat_of("order", "discarded") - discarded0, 1);
+    assert_non_null(strstr(log, "discarded"));
+    free(log);
+}
+
+static void tasks_adhoc_free_once_after_run(void **state)
+{
+    (void)state;
+    start(2, 100, 100);
+    atomic_store(&adhoc_runs, 0);
+    atomic_store(&adhoc_frees, 0);
+    atomic_store(&adhoc_free_after_run, 0);
+    static char arg[] = "arg";
+    uint64_t id;
+    uint64_t before = stat_of("adhoc", "succeeded");
+    tasks_group *g = tasks_group_new(&gen, NULL, BGS_SEQUENTIAL);
+    assert_int_equal(tasks_group_add_fn(g, adhoc_fn, arg, adhoc_free, &id), 0);
+    tasks_group_submit(g, 1);
+    assert_true(wait_state(id, "succeeded"));
+    assert_int_equal(atomic_load(&adhoc_runs), 1);
+    assert_int_equal(atomic_load(&adhoc_frees), 1);
+    assert_int_equal(atomic_load(&adhoc_free_after_run), 1);
+    assert_int_equal(stat_of("adhoc", "succeeded") - before, 1);
+    char *r = record(id);
+    assert_non_null(strstr(r, "\"name\":\"adhoc\""));
+    free(r);
+}
+
+static void tasks_delivered_only_skipped_when_undelivered(void **state)
+{
+    (void)state;
+    start(2, 100, 100);
+    order_len = 0;
+    order_log[0] = '\0';
+    uint64_t a, b, c;
+    tasks_group *g = tasks_group_new(&gen, NULL, BGS_SEQUENTIAL);
+    assert_int_equal(tasks_group_add(g, "delivered", "D", 1, &a), 0);
+    assert_int_equal(tasks_group_add(g, "order", "O", 1, &b), 0);
+    tasks_group_submit(g, 0);
+    assert_true(wait_state(b, "succeeded"));
+    assert_true(state_is(a, "skipped"));
+    char *r = record(a);
+    assert_non_null(strstr(r, "\"delivered\":false"));
+    free(r);
+    pthread_mutex_lock(&order_mu);
+    assert_string_equal(order_log, "O");
+    pthread_mutex_unlock(&order_mu);
+
+    g = tasks_group_new(&gen, NULL, BGS_SEQUENTIAL);
+    assert_int_equal(tasks_group_add(g, "delivered", "D", 1, &c), 0);
+    tasks_group_submit(g, 1);
+    assert_true(wait_state(c, "succeeded"));
+}
+
+static void tasks_periodic_never_overlaps(void **state)
+{
+    (void)state;
+    start(4, 100, 100);
+    atomic_store(&pslow_now, 0);
+    atomic_store(&pslow_max, 0);
+    atomic_store(&runs_pslow, 0);
+    uint64_t skipped0 = stat_of("pslow", "ticks_skipped");
+    assert_int_equal(tasks_periodic_add(&gen, "pslow", 0, NULL, 0, 0), BGS_EINVAL);
+    assert_int_equal(tasks_periodic_add(&gen, "nope", 1, NULL, 0, 0), BGS_ENOTASK);
+    assert_int_equal(tasks_periodic_add(&gen, "pslow", 1, NULL, 0, BGS_TASK_RUN_AT_START), 0);
+    /* The first run blocks on the gate; the next ticks are skipped. */
+    assert_true(wait_stat_at_least("pslow", "ticks_skipped", skipped0 + 3));
+    assert_int_equal(atomic_load(&pslow_max), 1);
+    atomic_store(&gate_open, 1);
+    assert_true(wait_atomic_at_least(&runs_pslow, 3));
+    tasks_periodic_stop_gen(&gen);
+    assert_int_equal(atomic_load(&pslow_max), 1);
+}
+
+static void tasks_periodic_run_at_start(void **state)
+{
+    (void)state;
+    start(2, 100, 100);
+    atomic_store(&runs_pstart, 0);
+    atomic_store(&runs_plater, 0);
+    long refs = atomic_load(&gen.refs);
+    assert_int_equal(tasks_periodic_add(&gen, "plater", 3600000, NULL, 0, 0), 0);
+    assert_int_equal(tasks_periodic_add(&gen, "pstart", 3600000, NULL, 0, BGS_TASK_RUN_AT_START), 0);
+    assert_true(atomic_load(&gen.refs) >= refs + 2); /* schedules hold references */
+    assert_true(wait_atomic_at_least(&runs_pstart, 1));
+    assert_int_equal(atomic_load(&runs_plater), 0);
+    tasks_periodic_stop_gen(&gen);
+}
+
+static void tasks_timeout_sets_cancel_flag(void **state)
+{
+    (void)state;
+    start(2, 100, 100);
+    uint64_t id;
+    tasks_group *g = tasks_group_new(&gen, NULL, BGS_SEQUENTIAL);
+    assert_int_equal(tasks_group_add(g, "timeout", NULL, 0, &id), 0);
+    tasks_group_submit(g, 1);
+    assert_true(wait_state(id, "cancelled"));
+    /* Cancelled: not retried although max_attempts is 3. */
+    assert_int_equal(record_u64(id, "attempts"), 1);
+    char *r = record(id);
+    assert_non_null(strstr(r, "timed out after 5 ms"));
+    free(r);
+}
+
+static void tasks_service_scope_ended_after_run(void **state)
+{
+    (void)state;
+    start(2, 100, 100);
+    int created0 = atomic_load(&svc_created);
+    int destroyed0 = atomic_load(&svc_destroyed);
+    atomic_store(&svc_same, 0);
+    uint64_t a, b;
+    tasks_group *g = tasks_group_new(&gen, NULL, BGS_SEQUENTIAL);
+    assert_int_equal(tasks_group_add(g, "service", NULL, 0, &a), 0);
+    assert_int_equal(tasks_group_add(g, "service", NULL, 0, &b), 0);
+    tasks_group_submit(g, 1);
+    assert_true(wait_state(b, "succeeded"));
+    assert_true(state_is(a, "succeeded"));
+    assert_int_equal(atomic_load(&svc_same), 2);
+    assert_int_equal(atomic_load(&svc_created) - created0, 2);
+    assert_int_equal(atomic_load(&svc_destroyed) - destroyed0, 2);
+}
+
+static void tasks_result_kept_in_record(void **state)
+{
+    (void)state;
+    start(2, 100, 100);
+    uint64_t id;
+    tasks_group *g = tasks_group_new(&gen, NULL, BGS_SEQUENTIAL);
+    assert_int_equal(tasks_group_add(g, "result", NULL, 0, &id), 0);
+    tasks_group_submit(g, 1);
+    assert_true(wait_state(id, "succeeded"));
+    char *r = record(id);
+    assert_non_null(strstr(r, "\"status\":201"));
+    assert_non_null(strstr(r, "\"body\":\"made it\""));
+    assert_non_null(strstr(r, "\"content_type\":\"text/plain\""));
+    free(r);
+}
+
+static void tasks_shutdown_reports_and_cancels_unfinished(void **state)
+{
+    (void)state;
+    start(1, 100, 100);
+    atomic_store(&waitcancel_started, 0);
+    atomic_store(&count_runs, 0);
+    uint64_t a, b;
+    tasks_group *g = tasks_group_new(&gen, NULL, BGS_CONCURRENT);
+    assert_int_equal(tasks_group_add(g, "waitcancel", NULL, 0, &a), 0);
+    assert_int_equal(tasks_group_add(g, "count", NULL, 0, &b), 0);
+    tasks_group_submit(g, 1);
+    assert_true(wait_state(a, "running"));
+
+    capture_begin();
+    tasks_report_unfinished();
+    size_t unfinished = tasks_shutdown(20);
+    char *log = capture_end();
+
+    assert_int_equal(unfinished, 2);
+    assert_true(state_is(a, "cancelled"));
+    assert_true(state_is(b, "cancelled"));
+    assert_int_equal(record_u64(a, "attempts"), 1); /* no retry after cancel */
+    assert_int_equal(record_u64(b, "attempts"), 0);
+    assert_int_equal(atomic_load(&count_runs), 0);
+    char line[96];
+    assert_non_null(strstr(log, "unfinished: 2 tasks"));
+    assert_non_null(strstr(log, "drain: 0 tasks finished, 2 did not"));
+    snprintf(line, sizeof(line), "task %" PRIu64 " waitcancel running", a);
+    assert_non_null(strstr(log, line));
+    snprintf(line, sizeof(line), "task %" PRIu64 " count queued", b);
+    assert_non_null(strstr(log, line));
+    char *r = record(a);
+    assert_non_null(strstr(r, "stopped early"));
+    free(r);
+    free(log);
+}
+
+static void tasks_ring_evicts_oldest(void **state)
+{
+    (void)state;
+    start(1, 100, 3);
+    uint64_t ids[5];
+    tasks_group *g = tasks_group_new(&gen, NULL, BGS_SEQUENTIAL);
+    for (int i = 0; i < 5; i++)
+        assert_int_equal(tasks_group_add(g, "count", NULL, 0, &ids[i]), 0);
+    /* Live records are always findable, whatever keep says. */
+    for (int i = 0; i < 5; i++)
+        assert_true(state_is(ids[i], "queued"));
+    tasks_group_submit(g, 1);
+    assert_true(wait_state(ids[4], "succeeded"));
+    json j;
+    json_init(&j);
+    assert_int_equal(tasks_record_json(ids[0], &j), BGS_ENOTFOUND);
+    assert_int_equal(tasks_record_json(ids[1], &j), BGS_ENOTFOUND);
+    assert_int_equal(tasks_record_json(0, &j), BGS_ENOTFOUND);
+    assert_int_equal(tasks_record_json(UINT64_MAX, &j), BGS_ENOTFOUND);
+    json_free(&j);
+    for (int i = 2; i < 5; i++)
+        assert_true(state_is(ids[i], "succeeded"));
+}
+
+static void tasks_record_json_escapes_and_keys(void **state)
+{
+    (void)state;
+    start(2, 100, 100);
+    uint64_t id;
+    tasks_group *g = tasks_group_new(&gen, "req-\"q\"", BGS_SEQUENTIAL);
+    assert_int_equal(tasks_group_add(g, "fail", NULL, 0, &id), 0);
+    tasks_group_submit(g, 1);
+    assert_true(wait_state(id, "failed"));
+    char *r = record(id);
+    assert_non_null(r);
+    assert_null(strchr(r, '\n'));
+    assert_non_null(strstr(r, "\"error\":\"say \\\"hi\\\"\\nbye\""));
+    assert_non_null(strstr(r, "\"request_id\":\"req-\\\"q\\\"\""));
+    static const char *const keys[] = {
+        "\"id\":", "\"name\":\"fail\"", "\"state\":", "\"attempts\":1", "\"created_at\":\"",
+        "\"started_at\":\"", "\"finished_at\":\"", "\"created_at_us\":", "\"started_at_us\":",
+        "\"finished_at_us\":", "\"delivered\":true", "\"mode\":\"sequential\"",
+        "\"generation\":7", "\"result\":null",
+    };
+    for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++)
+        assert_non_null(strstr(r, keys[i]));
+    /* "2026-11-23T19:00:00.123456Z" */
+    const char *t = strstr(r, "\"finished_at\":\"") + strlen("\"finished_at\":\"");
+    assert_int_equal(t[4], '-');
+    assert_int_equal(t[10], 'T');
+    assert_int_equal(t[19], '.');
+    assert_int_equal(t[26], 'Z');
+    assert_int_equal(t[27], '"');
+    /* Balanced braces: a complete object. */
+    int depth = 0, in_str = 0;
+    for (const char *p = r; *p; p++) {
+        if (in_str) {
+            if (*p == '\\')
+                p++;
+            else if (*p == '"')
+                in_str = 0;
+        } else if (*p == '"') {
+            in_str = 1;
+        } else if (*p == '{') {
+            depth++;
+        } else if (*p == '}') {
+            depth--;
+        }
+    }
+    assert_int_equal(depth, 0);
+    assert_int_equal(r[0], '{');
+    free(r);
+}
+
+#define T(name) cmocka_unit_test_teardown(name, teardown)
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        T(tasks_single_task_lifecycle),
+        T(tasks_ids_increase_and_list),
+        T(tasks_payload_is_copied),
+        T(tasks_sequential_order),
+        T(tasks_sequential_failure_skips_rest),
+        T(tasks_concurrent_failures_independent),
+        T(tasks_retries_with_backoff),
+        T(tasks_retrying_state_then_cancelled_at_shutdown),
+        T(tasks_shutdown_drains_retries),
+        T(tasks_max_concurrency_never_exceeded),
+        T(tasks_capped_waits_without_worker),
+        T(tasks_full_queue_efull_nothing_lost),
+        T(tasks_thousand_groups_all_succeed),
+        T(tasks_discard_records_reason),
+        T(tasks_adhoc_free_once_after_run),
+        T(tasks_delivered_only_skipped_when_undelivered),
+        T(tasks_periodic_never_overlaps),
+        T(tasks_periodic_run_at_start),
+        T(tasks_timeout_sets_cancel_flag),
+        T(tasks_service_scope_ended_after_run),
+        T(tasks_result_kept_in_record),
+        T(tasks_shutdown_reports_and_cancels_unfinished),
+        T(tasks_ring_evicts_oldest),
+        T(tasks_record_json_escapes_and_keys),
+    };
+    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+}
