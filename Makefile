@@ -51,6 +51,8 @@ CFLAGS_TEST_EXTRA = -iquote tests/support $(shell pkg-config --cflags cmocka lib
 LDLIBS_TEST   = $(LDLIBS_SRV) $(shell pkg-config --libs cmocka libcurl 2>/dev/null)
 
 .PHONY: all run test check-tests deps-run deps-test clean help
+# Keep test objects (make would delete them as intermediates).
+.SECONDARY:
 .DEFAULT_GOAL := all
 
 all: $(BUILD)/bgserve $(PLUGINS) $(SAMPLE)
