@@ -763,8 +763,19 @@ static void run_node(queue_node *n, void *arg)
     while (it) {
         task_kind *kind = it->kind;
         uint32_t cap = it->def ? it->def->max_concurrency : 0;
+        if (atomic_load(&stopping)) {
+            /* Taken just before the queue shut down: do not start it. */
+            finalize(it, ST_CANCELLED, "cancelled at shutdown; the task never ran");
+            return;
+        }
         if (cap) {
             pthread_mutex_lock(&conc_mu);
+            if (kind->conc_running >= cap && atomic_load(&stopping)) {
+                /* The shutdown has emptied the wait lists already. */
+                pthread_mutex_unlock(&conc_mu);
+                finalize(it, ST_CANCELLED, "cancelled at shutdown; the task never ran");
+                return;
+            }
             if (kind->conc_running >= cap) {
                 /* Wait for a slot without holding this worker. */
                 it->wait_next = NULL;
