@@ -5,7 +5,7 @@
  *
  * The start hook registers the scoped service "foo" (one instance per
  * request or task run, numbered foo#1, foo#2, ...) and schedules the task
- * "tick" every 1000 ms (first run at start).  Each run logs the time and
+ * "tick" every 1000 ms.  Each run logs the time and
  * the foo instance it resolved: "tick at 2026-11-23T19:00:00Z foo#3";
  * a new run gets a new instance, destroyed when the run ends.
  *
@@ -94,7 +94,7 @@ static int start(bgs_app *app)
         bgs_app_fail(app, "periodic: cannot register service foo: %s", bgs_strerror(rc));
         return -1;
     }
-    rc = bgs_app_periodic(app, "tick", 1000, NULL, 0, BGS_TASK_RUN_AT_START);
+    rc = bgs_app_periodic(app, "tick", 1000, NULL, 0, 0);
     if (rc != 0) {
         bgs_app_fail(app, "periodic: cannot schedule tick: %s", bgs_strerror(rc));
         return -1;

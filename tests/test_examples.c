@@ -1,0 +1,367 @@
+/*
+ * test_examples.c - the example plugins (plugins/accepted, periodic,
+ * orders, register), each the seed scenario of the background-task issue,
+ * run by the real build/bgserve and checked over HTTP and in its log.
+ *
+ * Every wait is a poll with a generous deadline; nothing sleeps for a
+ * fixed time waiting for an event.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include "harness.h"
+
+#include <ctype.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define DEADLINE_MS 30000u
+
+/* ---- small helpers ---------------------------------------------------------- */
+
+/*
+ * h_start finds the port with strrchr over the rest of the log, so a log
+ * line with a colon that lands after the listening line in the same read
+ * (periodic's "tick at 19:00:00Z") makes it miss the port and time out.
+ * Until the harness reads only the listening line, recover the port here
+ * when the server is in fact running.
+ */
+static int recover_port(h_server *s)
+{
+    const char *marker = "bgserve: listening on http://";
+    h_drain_log(s);
+    const char *line = s->pid > 0 && s->log ? strstr(s->log, marker) : NULL;
+    const char *nl = line ? strchr(line, '\n') : NULL;
+    if (nl == NULL)
+        return -1;
+    const char *colon = nl;
+    while (colon > line && *colon != ':')
+        colon--;
+    s->port = atoi(colon + 1);
+    if (s->port <= 0)
+        return -1;
+    snprintf(s->base, sizeof s->base, "http://127.0.0.1:%d", s->port);
+    return 0;
+}
+
+static int start_plugin(h_server *s, const char *name, const char *const *env)
+{
+    char rel[128];
+    snprintf(rel, sizeof rel, "plugins/%s.so", name);
+    int rc = h_start(s, h_build_path(rel), NULL, env);
+    if (rc != 0)
+        rc = recover_port(s);
+    if (rc != 0)
+        fprintf(stderr, "%s did not start:\n%s\n", name, s->log ? s->log : "");
+    return rc;
+}
+
+/* The string value of "key" in a flat JSON object, copied into buf; 0, or
+ * -1 when absent or not a string. */
+static int json_str_field(const char *body, const char *key, char *buf, size_t cap)
+{
+    char pat[64];
+    snprintf(pat, sizeof pat, "\"%s\":\"", key);
+    const char *p = strstr(body, pat);
+    if (p == NULL)
+        return -1;
+    p += strlen(pat);
+    const char *q = strchr(p, '"');
+    if (q == NULL || (size_t)(q - p) >= cap)
+        return -1;
+    memcpy(buf, p, (size_t)(q - p));
+    buf[q - p] = '\0';
+    return 0;
+}
+
+/* The number after "key": inside the object of task `task` in a stats
+ * body; -1 when absent. */
+static long long stat_of(const char *body, const char *task, const char *key)
+{
+    char pat[128];
+    snprintf(pat, sizeof pat, "\"%s\":{", task);
+    const char *obj = strstr(body, pat);
+    if (obj == NULL)
+        return -1;
+    const char *end = strchr(obj, '}');
+    snprintf(pat, sizeof pat, "\"%s\":", key);
+    const char *p = strstr(obj, pat);
+    if (p == NULL || (end && p > end))
+        return -1;
+    return strtoll(p + strlen(pat), NULL, 10);
+}
+
+/* "YYYY-MM-DDTHH:MM:SSZ" at s */
+static int is_iso_utc(const char *s)
+{
+    static const char shape[] = "dddd-dd-ddTdd:dd:ddZ";
+    for (size_t i = 0; shape[i]; i++) {
+        if (shape[i] == 'd' ? !isdigit((unsigned char)s[i]) : s[i] != shape[i])
+            return 0;
+    }
+    return 1;
+}
+
+struct state_wait {
+    h_server *s;
+    char path[96];
+    const char *want;
+    char last[32];
+};
+
+static int record_in_state(void *arg)
+{
+    struct state_wait *w = arg;
+    h_resp r;
+    int ok = 0;
+    if (h_get(w->s, w->path, &r) == 0 && r.status == 200 &&
+        json_str_field(r.body, "state", w->last, sizeof w->last) == 0)
+        ok = strcmp(w->last, w->want) == 0;
+    h_resp_free(&r);
+    return ok;
+}
+
+struct stat_wait {
+    h_server *s;
+    const char *task, *key;
+    long long want, last;
+};
+
+static int stat_reaches(void *arg)
+{
+    struct stat_wait *w = arg;
+    h_resp r;
+    w->last = -1;
+    if (h_get(w->s, "/_bgserve/stats", &r) == 0 && r.status == 200)
+        w->last = stat_of(r.body, w->task, w->key);
+    h_resp_free(&r);
+    return w->last == w->want;
+}
+
+/* ---- accepted --------------------------------------------------------------- */
+
+static void examples_accepted_answers_before_the_task_runs(void **state)
+{
+    (void)state;
+    h_server s;
+    h_resp r;
+    char loc[96], path[96], st[32];
+
+    assert_int_equal(start_plugin(&s, "accepted", NULL), 0);
+    assert_int_equal(h_get(&s, "/", &r), 0);
+    assert_int_equal(r.status, 202);
+    assert_string_equal(r.body, "Operation accepted");
+    const char *l = h_header(&r, "Location");
+    const char *ids = h_header(&r, "Bgserve-Tasks");
+    assert_non_null(l);
+    assert_non_null(ids);
+    snprintf(loc, sizeof loc, "%s", l);
+    snprintf(path, sizeof path, "/_bgserve/tasks/%s", ids);
+    assert_string_equal(loc, path);
+    h_resp_free(&r);
+
+    /* The response is in hand while the one-second task has not finished. */
+    assert_int_equal(h_get(&s, loc, &r), 0);
+    assert_int_equal(r.status, 200);
+    assert_int_equal(json_str_field(r.body, "state", st, sizeof st), 0);
+    assert_true(strcmp(st, "queued") == 0 || strcmp(st, "running") == 0);
+    assert_non_null(strstr(r.body, "\"name\":\"slow_operation\""));
+    h_resp_free(&r);
+
+    struct state_wait w = {.s = &s, .want = "succeeded"};
+    snprintf(w.path, sizeof w.path, "%s", loc);
+    assert_true(h_poll(record_in_state, &w, DEADLINE_MS));
+    char done[128];
+    snprintf(done, sizeof done, "[task %s] Done!", loc + strlen("/_bgserve/tasks/"));
+    assert_true(h_wait_log(&s, done, DEADLINE_MS));
+
+    assert_int_equal(h_stop(&s, SIGTERM), 0);
+    h_free(&s);
+}
+
+/* ---- periodic --------------------------------------------------------------- */
+
+static int two_ticks(void *arg)
+{
+    return h_count_log(arg, "] tick at ") >= 2;
+}
+
+static void examples_periodic_ticks_with_a_new_scoped_service(void **state)
+{
+    (void)state;
+    h_server s;
+    h_resp r;
+    unsigned ids[2];
+
+    assert_int_equal(start_plugin(&s, "periodic", NULL), 0);
+    assert_true(h_poll(two_ticks, &s, DEADLINE_MS));
+    const char *p = s.log;
+    for (int i = 0; i < 2; i++) {
+        p = strstr(p, "] tick at ");
+        assert_non_null(p);
+        p += strlen("] tick at ");
+        assert_true(is_iso_utc(p));
+        assert_memory_equal(p + 20, " foo#", 5);
+        ids[i] = (unsigned)strtoul(p + 25, NULL, 10);
+        assert_true(ids[i] > 0);
+    }
+    assert_int_not_equal(ids[0], ids[1]);
+
+    assert_int_equal(h_get(&s, "/", &r), 0);
+    assert_int_equal(r.status, 200);
+    assert_true(strncmp(r.body, "Hello, World! ", 14) == 0);
+    assert_int_equal(r.body_len, 14 + 20);
+    assert_true(is_iso_utc(r.body + 14));
+    h_resp_free(&r);
+
+    assert_int_equal(h_stop(&s, SIGTERM), 0);
+    h_free(&s);
+}
+
+/* ---- orders ----------------------------------------------------------------- */
+
+static long post(h_server *s, const char *path, const char *body)
+{
+    static const char *const json_hdr[] = {"Content-Type: application/json", NULL};
+    h_resp r;
+    assert_int_equal(h_http(s, "POST", path, body, strlen(body), json_hdr, &r), 0);
+    long status = r.status;
+    if (status == 201)
+        assert_non_null(h_header(&r, "Bgserve-Tasks"));
+    else
+        assert_null(h_header(&r, "Bgserve-Tasks"));
+    h_resp_free(&r);
+    return status;
+}
+
+static void examples_orders_confirms_by_email(void **state)
+{
+    (void)state;
+    h_server s;
+
+    assert_int_equal(start_plugin(&s, "orders", NULL), 0);
+    assert_int_equal(post(&s, "/orders", "{\"item\": \"book\", \"email\": \"a@b.example\"}"), 201);
+    assert_true(h_wait_log(&s, "confirmation sent to a@b.example", DEADLINE_MS));
+
+    /* missing, not a string, only nested, not an object, malformed */
+    assert_int_equal(post(&s, "/orders", "{\"item\": \"book\"}"), 400);
+    assert_int_equal(post(&s, "/orders", "{\"email\": 42}"), 400);
+    assert_int_equal(post(&s, "/orders", "{\"x\": {\"email\": \"c@d.example\"}}"), 400);
+    assert_int_equal(post(&s, "/orders", "[\"email\", \"c@d.example\"]"), 400);
+    assert_int_equal(post(&s, "/orders", "{\"email\": \"c@d.example\""), 400);
+    assert_int_equal(post(&s, "/orders", "not json"), 400);
+
+    /* a key that merely contains "email", then the real one with an escape */
+    assert_int_equal(post(&s, "/orders", "{\"emails\": \"x@y.example\", "
+                                         "\"email\": \"e\\u0040f.example\"}"), 201);
+    assert_true(h_wait_log(&s, "confirmation sent to e@f.example", DEADLINE_MS));
+    assert_int_equal(h_count_log(&s, "confirmation sent to x@y.example"), 0);
+
+    assert_int_equal(h_stop(&s, SIGTERM), 0);
+    h_free(&s);
+}
+
+/* ---- register --------------------------------------------------------------- */
+
+struct file_wait {
+    char path[256];
+    char text[1024];
+};
+
+static int two_lines(void *arg)
+{
+    struct file_wait *w = arg;
+    FILE *f = fopen(w->path, "r");
+    if (f == NULL)
+        return 0;
+    size_t n = fread(w->text, 1, sizeof w->text - 1, f);
+    fclose(f);
+    w->text[n] = '\0';
+    int lines = 0;
+    for (size_t i = 0; i < n; i++)
+        lines += w->text[i] == '\n';
+    return lines >= 2;
+}
+
+static void examples_register_runs_route_tasks_concurrently(void **state)
+{
+    (void)state;
+    h_server s;
+    h_resp r;
+    static char dir[64], env_dir[96];
+    char ids[2][64];
+
+    snprintf(dir, sizeof dir, "/tmp/bgserve-register-XXXXXX");
+    assert_non_null(mkdtemp(dir));
+    snprintf(env_dir, sizeof env_dir, "BGSERVE_DATA_DIR=%s", dir);
+    const char *const env[] = {env_dir, NULL};
+    assert_int_equal(start_plugin(&s, "register", env), 0);
+
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(h_http(&s, "POST", "/register", "{}", 2, NULL, &r), 0);
+        assert_int_equal(r.status, 201);
+        assert_string_equal(r.body, "{\"message\":\"Created\"}");
+        assert_string_equal(h_header(&r, "Content-Type"), "application/json");
+        const char *t = h_header(&r, "Bgserve-Tasks");
+        assert_non_null(t);
+        snprintf(ids[i], sizeof ids[i], "%s", t);
+        h_resp_free(&r);
+    }
+
+    /* Both route tasks are announced, in table order. */
+    for (int i = 0; i < 2; i++) {
+        char path[96];
+        unsigned long a, b;
+        assert_int_equal(sscanf(ids[i], "%lu,%lu", &a, &b), 2);
+        snprintf(path, sizeof path, "/_bgserve/tasks/%lu", a);
+        assert_int_equal(h_get(&s, path, &r), 0);
+        assert_non_null(strstr(r.body, "\"name\":\"send_email_notification\""));
+        assert_non_null(strstr(r.body, "\"mode\":\"concurrent\""));
+        h_resp_free(&r);
+        snprintf(path, sizeof path, "/_bgserve/tasks/%lu", b);
+        assert_int_equal(h_get(&s, path, &r), 0);
+        assert_non_null(strstr(r.body, "\"name\":\"write_in_file\""));
+        h_resp_free(&r);
+    }
+
+    struct file_wait fw;
+    snprintf(fw.path, sizeof fw.path, "%s/log.txt", dir);
+    assert_true(h_poll(two_lines, &fw, DEADLINE_MS));
+    const char *line = fw.text;
+    for (int i = 0; i < 2; i++) {
+        assert_true(strncmp(line, "Notification sent @ ", 20) == 0);
+        assert_true(is_iso_utc(line + 20));
+        assert_int_equal(line[40], '\n');
+        line += 41;
+    }
+    assert_int_equal(*line, '\0');
+
+    struct stat_wait sw = {.s = &s, .task = "send_email_notification",
+                           .key = "succeeded", .want = 2};
+    assert_true(h_poll(stat_reaches, &sw, DEADLINE_MS));
+    sw.task = "write_in_file";
+    assert_true(h_poll(stat_reaches, &sw, DEADLINE_MS));
+    assert_true(h_wait_log(&s, "email notification: Account created", DEADLINE_MS));
+
+    assert_int_equal(h_stop(&s, SIGTERM), 0);
+    h_free(&s);
+    unlink(fw.path);
+    rmdir(dir);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(examples_accepted_answers_before_the_task_runs),
+        cmocka_unit_test(examples_periodic_ticks_with_a_new_scoped_service),
+        cmocka_unit_test(examples_orders_confirms_by_email),
+        cmocka_unit_test(examples_register_runs_route_tasks_concurrently),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
