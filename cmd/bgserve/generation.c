@@ -10,6 +10,7 @@
  */
 #include "generation.h"
 
+#include "crash.h"
 #include "log.h"
 #include "tasks.h"
 #include "util.h"
@@ -28,7 +29,10 @@ static void retire(generation *g)
 {
     if (g->started && g->plugin->stop) {
         g->app.starting = 0;
+        crash_frame cf; /* names the hook if it crashes */
+        crash_enter_hook(&cf, "stop", g->number, g->plugin->name);
         g->plugin->stop(&g->app);
+        crash_leave(&cf);
     }
     services_free(g->services);
     plugin_unload(g->plugin);
@@ -68,7 +72,10 @@ int gen_create(const char *path, uint64_t number, unsigned flags,
 
     if (p->start) {
         g->app.starting = 1;
+        crash_frame cf;
+        crash_enter_hook(&cf, "start", g->number, p->name);
         int rc = p->start(&g->app);
+        crash_leave(&cf);
         g->app.starting = 0;
         if (rc != 0 || g->app.failed) {
             snprintf(err, errlen,

@@ -23,6 +23,7 @@
  */
 #include "http.h"
 
+#include "crash.h"
 #include "deferred.h"
 #include "generation.h"
 #include "introspect.h"
@@ -259,7 +260,10 @@ static enum MHD_Result dispatch(struct MHD_Connection *conn, exchange *ex)
     const plugin_route *route = req->match.data;
     res->status = 200;
     res->in_handler = 1;
+    crash_frame cf; /* names the route if the handler crashes */
+    crash_enter_route(&cf, route->method, route->path, req->id, req->gen->number, req->gen->plugin->name);
     int hrc = route->handler(req, res);
+    crash_leave(&cf);
     res->in_handler = 0;
     if (hrc != 0) {
         log_msg(BGS_LOG_ERROR, "handler for %s %s failed (returned %d) rid=%s",

@@ -10,6 +10,7 @@
  * once with the report of unfinished tasks.  SIGPIPE is ignored.
  */
 #include "cli.h"
+#include "crash.h"
 #include "deferred.h"
 #include "generation.h"
 #include "http.h"
@@ -111,6 +112,7 @@ int main(int argc, char **argv)
     log_config lc = {.color = cfg.color, .json = cfg.log_json, .quiet = cfg.quiet};
     log_init(&lc);
     signal(SIGPIPE, SIG_IGN);
+    crash_install(); /* before any thread: plugin crashes are reported */
 
     if (cfg.check)
         return run_check(&cfg);

@@ -34,6 +34,7 @@
  */
 #include "tasks.h"
 
+#include "crash.h"
 #include "log.h"
 #include "plugin.h"
 #include "queue.h"
@@ -693,7 +694,10 @@ static void run_once(task_item *it)
 
     if (def && def->timeout_ms)
         sched_add(&it->timeout_timer, now + (uint64_t)def->timeout_ms * 1000u, on_timeout);
+    crash_frame cf; /* names the task if it crashes */
+    crash_enter_task(&cf, it->kind->name, it->id, it->request_id, it->gen_number);
     rc = def ? def->fn(&ctx, it->payload, it->len) : it->afn(&ctx, it->arg);
+    crash_leave(&cf);
     if (def && def->timeout_ms)
         sched_cancel(&it->timeout_timer);
     services_scope_end(ctx.scope);
