@@ -1,7 +1,8 @@
 /*
  * main.c - wiring and signals only: parse options, start the rooms in
  * order (log, tasks, generation, http), wait for a signal, stop them in
- * reverse order.
+ * reverse order.  The subcommands `new` (scaffold.c) and `routes`
+ * (routes_cmd.c) are dispatched before option parsing.
  *
  * Signals: SIGINT, SIGTERM and SIGHUP are blocked in every thread and
  * taken with sigwait() by the main thread, so no handler runs in an
@@ -15,6 +16,8 @@
 #include "generation.h"
 #include "http.h"
 #include "log.h"
+#include "routes_cmd.h"
+#include "scaffold.h"
 #include "tasks.h"
 #include "util.h"
 
@@ -25,45 +28,6 @@
 #include <string.h>
 #include <unistd.h>
 
-static const char *mode_name(uint32_t mode)
-{
-    return mode == BGS_CONCURRENT ? "concurrent" : "sequential";
-}
-
-static void print_tables(const plugin *p, FILE *out)
-{
-    fprintf(out, "plugin %s %s (ABI %u.%u) from %s\n",
-            p->name[0] ? p->name : "(unnamed)", p->version[0] ? p->version : "-",
-            p->abi_major, p->abi_minor, p->path);
-    fprintf(out, "routes (%zu):\n", p->nroutes);
-    for (size_t i = 0; i < p->nroutes; i++) {
-        const plugin_route *r = &p->routes[i];
-        fprintf(out, "  %-7s %-32s", r->method, r->path);
-        for (uint32_t t = 0; t < r->ntasks; t++)
-            fprintf(out, "%s%s", t ? ", " : " tasks: ", r->tasks[t].name);
-        if (r->ntasks)
-            fprintf(out, " (%s)", mode_name(r->mode));
-        fputc('\n', out);
-    }
-    fprintf(out, "tasks (%zu):\n", p->ntasks);
-    for (size_t i = 0; i < p->ntasks; i++) {
-        const plugin_task *t = &p->tasks[i];
-        fprintf(out, "  %-24s attempts=%u backoff=%u..%ums", t->name, t->max_attempts,
-                t->backoff_base_ms, t->backoff_cap_ms);
-        if (t->max_concurrency)
-            fprintf(out, " concurrency=%u", t->max_concurrency);
-        if (t->every_ms)
-            fprintf(out, " every=%ums", t->every_ms);
-        if (t->timeout_ms)
-            fprintf(out, " timeout=%ums", t->timeout_ms);
-        if (t->flags & BGS_TASK_DELIVERED_ONLY)
-            fprintf(out, " delivered-only");
-        if (t->flags & BGS_TASK_RUN_AT_START)
-            fprintf(out, " run-at-start");
-        fputc('\n', out);
-    }
-}
-
 static int run_check(const cli_config *cfg)
 {
     char err[2048];
@@ -72,7 +36,7 @@ static int run_check(const cli_config *cfg)
         fprintf(stderr, "%s\n", err);
         return 1;
     }
-    print_tables(g->plugin, stdout);
+    routes_print_tables(g->plugin, stdout);
     printf("ok: %s can be served by bgserve %s\n", cfg->plugin_path, BGSERVE_VERSION);
     fflush(stdout);
     gen_release(g);
@@ -102,6 +66,12 @@ static int is_loopback(const char *host)
 
 int main(int argc, char **argv)
 {
+    /* Subcommands come before the serve options. */
+    if (argc > 1 && strcmp(argv[1], "new") == 0)
+        return scaffold_main(argc - 1, argv + 1, stdout, stderr);
+    if (argc > 1 && strcmp(argv[1], "routes") == 0)
+        return routes_main(argc - 1, argv + 1, stdout, stderr);
+
     cli_config cfg;
     int rc = cli_parse(argc, argv, &cfg, stdout, stderr);
     if (rc == CLI_EXIT_OK)
@@ -196,8 +166,8 @@ int main(int argc, char **argv)
     if (left)
         log_msg(BGS_LOG_WARN, "%u requests still in flight at the deadline: closing them", left);
     http_stop();
-    deferred_stop();
     size_t unfinished = tasks_shutdown(cfg.drain_timeout_ms);
+    deferred_stop(); /* after the tasks: they may still complete handles */
     gen_set_current(NULL);
     log_msg(BGS_LOG_INFO, "stopped%s", unfinished ? " (some tasks did not finish: see above)" : "");
     return 0;

@@ -1,0 +1,303 @@
+/*
+ * scaffold.c - `bgserve new NAME`: writes a plugin project that builds
+ * against an installed bgserve (pkg-config bgserve) with no edits.
+ *
+ * The templates live here as strings with @NAME@ placeholders, so an
+ * installed bgserve needs no data files.  Files are created with O_EXCL
+ * inside a directory this command just made; on any failure everything
+ * created so far is removed again.  Runs in the main thread of a
+ * short-lived command: no shared state, no locks.
+ */
+#include "scaffold.h"
+
+#include "util.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define NAME_MAX_LEN 64
+
+/* ------------------------------------------------------------------ */
+/* Templates                                                           */
+/* ------------------------------------------------------------------ */
+
+static const char plugin_template[] =
+"/*\n"
+" * @NAME@ - a bgserve plugin.\n"
+" *\n"
+" *   GET  /             a plain route\n"
+" *   GET  /hello/{who}  a route with a path parameter\n"
+" *   POST /jobs         answers 202 Accepted at once; the \"process\" task\n"
+" *                      runs on a bgserve worker after the response was\n"
+" *                      sent.  The Location header (/_bgserve/tasks/ID) is\n"
+" *                      its status monitor: poll it until \"succeeded\".\n"
+" *\n"
+" *   make          build @NAME@.so (flags from pkg-config bgserve)\n"
+" *   make check    validate it and print its route and task tables\n"
+" *   make run      serve it on http://127.0.0.1:8000\n"
+" *\n"
+" *   curl -i -X POST http://127.0.0.1:8000/jobs --data 'some work'\n"
+" *\n"
+" * The API is include/bgserve.h (`pkg-config --cflags bgserve` finds it).\n"
+" */\n"
+"#include <bgserve.h>\n"
+"\n"
+"#include <string.h>\n"
+"\n"
+"/* A task: runs after the response, retried up to max_attempts times\n"
+" * when it returns non-zero.  payload is a private copy of what the\n"
+" * handler attached (here: the request body). */\n"
+"static int process(bgs_task_ctx *ctx, const void *payload, size_t len)\n"
+"{\n"
+"    (void)payload;\n"
+"    if (bgs_task_cancelled(ctx)) { /* the server is stopping */\n"
+"        bgs_task_error(ctx, \"cancelled before it started\");\n"
+"        return -1;\n"
+"    }\n"
+"    /* Real work goes here: send a mail, call an API, write a file. */\n"
+"    bgs_task_log(ctx, \"processed %zu bytes (attempt %u)\", len,\n"
+"                 (unsigned)bgs_task_attempt(ctx));\n"
+"    return 0;\n"
+"}\n"
+"\n"
+"static int index_page(bgs_req *req, bgs_res *res)\n"
+"{\n"
+"    (void)req;\n"
+"    return bgs_res_text(res, 200, \"Hello from @NAME@!\\n\");\n"
+"}\n"
+"\n"
+"static int hello(bgs_req *req, bgs_res *res)\n"
+"{\n"
+"    int rc = bgs_res_content_type(res, \"text/plain; charset=utf-8\");\n"
+"    if (rc == 0)\n"
+"        rc = bgs_res_printf(res, \"hello, %s\\n\", bgs_req_param(req, \"who\"));\n"
+"    return rc;\n"
+"}\n"
+"\n"
+"/* 202 Accepted: attach the task, answer at once, point at its monitor. */\n"
+"static int create_job(bgs_req *req, bgs_res *res)\n"
+"{\n"
+"    size_t len = 0;\n"
+"    const void *body = bgs_req_body(req, &len);\n"
+"    uint64_t id = 0;\n"
+"    int rc = bgs_res_task(res, \"process\", body, len, &id);\n"
+"    if (rc != 0) /* BGS_EFULL: the task queue is full */\n"
+"        return bgs_res_text(res, 503, bgs_strerror(rc));\n"
+"    rc = bgs_res_text(res, 202, \"accepted\\n\");\n"
+"    if (rc == 0)\n"
+"        rc = bgs_res_accepted(res, id); /* Location: /_bgserve/tasks/ID */\n"
+"    return rc;\n"
+"}\n"
+"\n"
+"static const bgs_route routes[] = {\n"
+"    BGS_GET(\"/\", index_page),\n"
+"    BGS_GET(\"/hello/{who}\", hello),\n"
+"    BGS_POST(\"/jobs\", create_job),\n"
+"};\n"
+"\n"
+"static const bgs_task_def tasks[] = {\n"
+"    {.name = \"process\", .fn = process, .max_attempts = 3},\n"
+"};\n"
+"\n"
+"BGS_PLUGIN(.name = \"@NAME@\", .version = \"0.1.0\",\n"
+"           .routes = routes, .route_count = BGS_COUNT(routes),\n"
+"           .tasks = tasks, .task_count = BGS_COUNT(tasks))\n";
+
+static const char makefile_template[] =
+"# @NAME@ - a bgserve plugin.\n"
+"#\n"
+"#   make         build @NAME@.so\n"
+"#   make check   validate it with bgserve --check (prints its tables)\n"
+"#   make run     serve it on http://127.0.0.1:$(PORT); with --reload\n"
+"#                (rebuild and reload on save) when this bgserve has it\n"
+"#   make clean\n"
+"#\n"
+"# Compiler flags come from the bgserve.pc that bgserve's `make install`\n"
+"# put on the pkg-config path; for another prefix set PKG_CONFIG_PATH (and\n"
+"# PKG_CONFIG_SYSROOT_DIR for a DESTDIR staging tree).  BGSERVE picks the\n"
+"# server binary (default: bgserve from PATH).\n"
+"\n"
+"BGSERVE    ?= bgserve\n"
+"PKG_CONFIG ?= pkg-config\n"
+"PORT       ?= 8000\n"
+"CFLAGS     ?= -std=c11 -O2 -g -Wall -Wextra -Werror\n"
+"\n"
+"BGS_CFLAGS  := $(shell $(PKG_CONFIG) --cflags bgserve 2>/dev/null)\n"
+"BGS_LDFLAGS := $(shell $(PKG_CONFIG) --variable=plugin_ldflags bgserve 2>/dev/null)\n"
+"\n"
+".PHONY: all check run clean\n"
+"\n"
+"all: @NAME@.so\n"
+"\n"
+"@NAME@.so: @NAME@.c\n"
+"\t@$(PKG_CONFIG) --exists bgserve || { echo \"@NAME@: pkg-config cannot find bgserve.pc;\" \\\n"
+"\t  \"install bgserve (make install) or point PKG_CONFIG_PATH at its directory\" >&2; exit 1; }\n"
+"\t$(CC) $(CFLAGS) $(BGS_CFLAGS) $(BGS_LDFLAGS) -o $@ $< $(LDFLAGS)\n"
+"\n"
+"check: @NAME@.so\n"
+"\t$(BGSERVE) --check ./@NAME@.so\n"
+"\n"
+"run: @NAME@.so\n"
+"\t$(BGSERVE) $$($(BGSERVE) --help 2>/dev/null | grep -q -e --reload && echo --reload) \\\n"
+"\t  --port $(PORT) ./@NAME@.so\n"
+"\n"
+"clean:\n"
+"\trm -f @NAME@.so\n";
+
+static const char gitignore_template[] = "*.so\n";
+
+/* ------------------------------------------------------------------ */
+/* Writing the project                                                 */
+/* ------------------------------------------------------------------ */
+
+int scaffold_name_ok(const char *name)
+{
+    size_t n = strlen(name);
+    if (n == 0 || n > NAME_MAX_LEN)
+        return 0;
+    if (!((name[0] >= 'A' && name[0] <= 'Z') || (name[0] >= 'a' && name[0] <= 'z')))
+        return 0;
+    for (size_t i = 1; i < n; i++) {
+        char c = name[i];
+        if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') ||
+              (c >= '0' && c <= '9') || c == '_' || c == '-'))
+            return 0;
+    }
+    return 1;
+}
+
+/* The template with every @NAME@ replaced; malloc'd. */
+static char *expand(const char *tmpl, const char *name)
+{
+    static const char mark[] = "@NAME@";
+    size_t nlen = strlen(name), cap = strlen(tmpl) + 1, len = 0;
+    for (const char *p = tmpl; (p = strstr(p, mark)) != NULL; p += sizeof mark - 1)
+        cap += nlen;
+    char *out = xmalloc(cap);
+    for (const char *p = tmpl; *p;) {
+        if (strncmp(p, mark, sizeof mark - 1) == 0) {
+            memcpy(out + len, name, nlen);
+            len += nlen;
+            p += sizeof mark - 1;
+        } else {
+            out[len++] = *p++;
+        }
+    }
+    out[len] = '\0';
+    return out;
+}
+
+/* Create dir/file (never overwriting) with the expanded template. */
+static int write_new(const char *dir, const char *file, const char *tmpl,
+                     const char *name, FILE *err)
+{
+    char path[512];
+    int rc = -1;
+    snprintf(path, sizeof path, "%s/%s", dir, file);
+    char *text = expand(tmpl, name);
+    size_t len = strlen(text), done = 0;
+    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+    if (fd < 0)
+        goto out;
+    while (done < len) {
+        ssize_t n = write(fd, text + done, len - done);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            goto out;
+        done += (size_t)n;
+    }
+    if (close(fd) != 0) {
+        fd = -1;
+        goto out;
+    }
+    fd = -1;
+    rc = 0;
+out:
+    if (rc != 0)
+        fprintf(err, "bgserve new: cannot write '%s': %s\n", path, strerror(errno));
+    if (fd >= 0)
+        close(fd);
+    free(text);
+    return rc;
+}
+
+static int usage(FILE *err, const char *fmt, const char *arg)
+{
+    fputs("bgserve new: ", err);
+    fprintf(err, fmt, arg);
+    fputs("\nUsage: bgserve new NAME   (creates ./NAME/ with a plugin, a Makefile "
+          "and a .gitignore)\n", err);
+    return 2;
+}
+
+int scaffold_main(int argc, char **argv, FILE *out, FILE *err)
+{
+    const char *name = NULL;
+    struct stat st;
+    char src[NAME_MAX_LEN + 3];
+
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+            fputs("Usage: bgserve new NAME\n"
+                  "Create ./NAME/ with NAME.c (a route, a task, a 202 Accepted with\n"
+                  "its status monitor), a Makefile that builds NAME.so through\n"
+                  "`pkg-config bgserve` (make, make check, make run) and a .gitignore.\n"
+                  "NAME: a letter, then letters, digits, '_' or '-'.  An existing\n"
+                  "NAME is never overwritten.\n", out);
+            return 0;
+        }
+        if (a[0] == '-')
+            return usage(err, "unknown option '%s'", a);
+        if (name != NULL)
+            return usage(err, "one NAME at a time (extra argument '%s')", a);
+        name = a;
+    }
+    if (name == NULL)
+        return usage(err, "missing NAME%s", "");
+    if (!scaffold_name_ok(name))
+        return usage(err, "'%s' is not a valid project name: use a letter, then "
+                     "letters, digits, '_' or '-' (at most 64 characters)", name);
+
+    if (lstat(name, &st) == 0) {
+        fprintf(err, "bgserve new: '%s' already exists; nothing was written "
+                "(choose another name or remove it)\n", name);
+        return 1;
+    }
+    if (mkdir(name, 0777) != 0) {
+        fprintf(err, "bgserve new: cannot create directory '%s': %s\n", name,
+                errno == EEXIST ? "it appeared meanwhile" : strerror(errno));
+        return 1;
+    }
+
+    snprintf(src, sizeof src, "%s.c", name);
+    if (write_new(name, src, plugin_template, name, err) != 0 ||
+        write_new(name, "Makefile", makefile_template, name, err) != 0 ||
+        write_new(name, ".gitignore", gitignore_template, name, err) != 0)
+        goto fail;
+
+    fprintf(out, "created %s/ with %s, Makefile and .gitignore\n"
+            "next:\n"
+            "  cd %s\n"
+            "  make check   # build %s.so and validate it\n"
+            "  make run     # serve it on http://127.0.0.1:8000\n",
+            name, src, name, name);
+    return 0;
+
+fail: {
+        /* Remove exactly what this command created. */
+        const char *files[] = {src, "Makefile", ".gitignore"};
+        char path[512];
+        for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
+            snprintf(path, sizeof path, "%s/%s", name, files[i]);
+            unlink(path);
+        }
+        rmdir(name);
+        return 1;
+    }
+}
