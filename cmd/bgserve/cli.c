@@ -75,8 +75,16 @@ static void print_help(FILE *out)
 {
     fprintf(out,
 "Usage: bgserve [OPTIONS] APP.so\n"
+"       bgserve new NAME\n"
+"       bgserve routes [--json] APP.so\n"
 "Serve a plugin's routes over HTTP and run the background tasks its\n"
 "responses attach, on worker threads, after each response is sent.\n"
+"\n"
+"Commands:\n"
+"  new NAME                   create ./NAME/ with a plugin source, a Makefile\n"
+"                             (make, make check, make run; built through\n"
+"                             pkg-config bgserve) and a .gitignore\n"
+"  routes [--json] APP.so     print the plugin's route and task tables\n"
 "\n"
 "Options:\n"
 "      --host HOST            address to listen on (default 127.0.0.1)\n"
@@ -124,7 +132,9 @@ static void print_help(FILE *out)
 "Exit status:\n"
 "  0  ok\n"
 "  1  plugin refused, or a runtime error\n"
-"  2  usage error\n",
+"  2  usage error\n"
+"\n"
+"See bgserve(1) for the full manual.\n",
             online_cores());
 }
 
