@@ -108,13 +108,19 @@ static void child_exec(const char *const *argv, const char *const *extra_env, in
 int h_start(h_server *s, const char *plugin, const char *const *args,
             const char *const *extra_env)
 {
+    return h_start_bin(s, h_build_path("bgserve"), plugin, args, extra_env);
+}
+
+int h_start_bin(h_server *s, const char *bin, const char *plugin,
+                const char *const *args, const char *const *extra_env)
+{
     const char *argv[64];
     size_t n = 0;
     int pipefd[2];
 
     memset(s, 0, sizeof *s);
     s->err_fd = -1;
-    argv[n++] = h_build_path("bgserve");
+    argv[n++] = bin;
     argv[n++] = "--port";
     argv[n++] = "0";
     argv[n++] = "--color";

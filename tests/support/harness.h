@@ -37,6 +37,11 @@ typedef struct h_server {
 int h_start(h_server *s, const char *plugin, const char *const *args,
             const char *const *extra_env);
 
+/* h_start with another server binary (e.g. an installed bgserve) in
+ * place of build/bgserve. */
+int h_start_bin(h_server *s, const char *bin, const char *plugin,
+                const char *const *args, const char *const *extra_env);
+
 /* Read what the server wrote to stderr so far into s->log. */
 void h_drain_log(h_server *s);
 
