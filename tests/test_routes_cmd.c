@@ -1,0 +1,145 @@
+/*
+ * test_routes_cmd.c - `bgserve routes APP.so [--json]` and the tables
+ * `bgserve --check` prints, run through the real build/bgserve.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include "harness.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int run_bgserve(const char *a1, const char *a2, const char *a3, char **out)
+{
+    const char *argv[] = {h_build_path("bgserve"), a1, a2, a3, NULL};
+    return h_run(argv, out);
+}
+
+/* The line of text that contains needle, copied into buf ("" if none). */
+static void line_with(const char *text, const char *needle, char *buf, size_t cap)
+{
+    const char *p = strstr(text, needle);
+    buf[0] = '\0';
+    if (p == NULL)
+        return;
+    while (p > text && p[-1] != '\n')
+        p--;
+    const char *e = strchr(p, '\n');
+    size_t n = e ? (size_t)(e - p) : strlen(p);
+    if (n >= cap)
+        n = cap - 1;
+    memcpy(buf, p, n);
+    buf[n] = '\0';
+}
+
+/* Column of word in line, or -1. */
+static long col(const char *line, const char *word)
+{
+    const char *p = strstr(line, word);
+    return p ? (long)(p - line) : -1;
+}
+
+static void routes_cmd_text_table_is_aligned(void **state)
+{
+    (void)state;
+    char *out;
+    char head[256], row1[256], row2[256];
+    assert_int_equal(run_bgserve("routes", h_build_path("tests/fixtures/good.so"), NULL, &out), 0);
+    assert_non_null(strstr(out, "plugin good 1.2.3 (ABI 1.0)"));
+    line_with(out, "METHOD", head, sizeof head);
+    line_with(out, "/users/{id}", row1, sizeof row1);
+    line_with(out, "POST", row2, sizeof row2);
+    /* handlers are named from the plugin's symbol table */
+    assert_non_null(strstr(row1, "get_user"));
+    assert_non_null(strstr(row2, "create_user"));
+    assert_non_null(strstr(row2, "send_welcome"));
+    /* every column starts where its heading starts */
+    assert_int_equal(col(row1, "/users/{id}"), col(head, "PATH"));
+    assert_int_equal(col(row2, "/users"), col(head, "PATH"));
+    assert_int_equal(col(row1, "get_user"), col(head, "HANDLER"));
+    assert_int_equal(col(row2, "create_user"), col(head, "HANDLER"));
+    assert_int_equal(col(row2, "send_welcome"), col(head, "TASKS"));
+
+    line_with(out, "ATTEMPTS", head, sizeof head);
+    line_with(out, "5000ms", row1, sizeof row1);
+    assert_int_equal(col(row1, "send_welcome"), col(head, "TASK"));
+    assert_int_equal(col(row1, "3 "), col(head, "ATTEMPTS"));
+    assert_int_equal(col(row1, "100..30000ms"), col(head, "BACKOFF"));
+    assert_int_equal(col(row1, "5000ms"), col(head, "TIMEOUT"));
+    free(out);
+}
+
+static void routes_cmd_json_lists_routes_and_tasks(void **state)
+{
+    (void)state;
+    char *out;
+    assert_int_equal(run_bgserve("routes", "--json", h_build_path("sample_app.so"), &out), 0);
+    assert_true(out[0] == '{');
+    assert_non_null(strstr(out, "\"plugin\":{\"name\":\"notes\",\"version\":\"1.0.0\",\"abi\":\"1.0\""));
+    assert_non_null(strstr(out, "{\"method\":\"DELETE\",\"path\":\"/notes/{id}\","
+                                "\"handler\":\"delete_note\",\"tasks\":[\"audit_log\"]"));
+    assert_non_null(strstr(out, "{\"method\":\"GET\",\"path\":\"/\",\"handler\":\"index_page\","
+                                "\"tasks\":[]"));
+    assert_non_null(strstr(out, "{\"name\":\"export_note\",\"max_attempts\":1,"));
+    assert_non_null(strstr(out, "\"max_concurrency\":2"));
+    assert_non_null(strstr(out, "\"delivered_only\":false"));
+    assert_string_equal(out + strlen(out) - 2, "}\n");
+    free(out);
+}
+
+static void routes_cmd_check_prints_the_same_tables(void **state)
+{
+    (void)state;
+    char *out;
+    assert_int_equal(run_bgserve("--check", h_build_path("tests/fixtures/good.so"), NULL, &out), 0);
+    assert_non_null(strstr(out, "METHOD  PATH"));
+    assert_non_null(strstr(out, "create_user"));
+    assert_non_null(strstr(out, "TASK          ATTEMPTS"));
+    assert_non_null(strstr(out, "ok: "));
+    free(out);
+}
+
+static void routes_cmd_usage_errors_exit_2(void **state)
+{
+    (void)state;
+    char *out;
+    assert_int_equal(run_bgserve("routes", NULL, NULL, &out), 2);
+    assert_non_null(strstr(out, "missing APP.so"));
+    free(out);
+    assert_int_equal(run_bgserve("routes", "--yaml", h_build_path("sample_app.so"), &out), 2);
+    assert_non_null(strstr(out, "unknown option '--yaml'"));
+    free(out);
+    assert_int_equal(run_bgserve("routes", "a.so", "b.so", &out), 2);
+    assert_non_null(strstr(out, "more than one APP.so"));
+    free(out);
+}
+
+static void routes_cmd_refused_plugin_exits_1(void **state)
+{
+    (void)state;
+    char *out;
+    assert_int_equal(run_bgserve("routes", h_build_path("tests/fixtures/bad_magic.so"), NULL, &out), 1);
+    assert_non_null(strstr(out, "cannot load plugin"));
+    assert_null(strstr(out, "METHOD"));
+    free(out);
+    assert_int_equal(run_bgserve("routes", "--json", "/nonexistent/app.so", &out), 1);
+    assert_non_null(strstr(out, "cannot load plugin"));
+    free(out);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(routes_cmd_text_table_is_aligned),
+        cmocka_unit_test(routes_cmd_json_lists_routes_and_tasks),
+        cmocka_unit_test(routes_cmd_check_prints_the_same_tables),
+        cmocka_unit_test(routes_cmd_usage_errors_exit_2),
+        cmocka_unit_test(routes_cmd_refused_plugin_exits_1),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
