@@ -1,0 +1,206 @@
+/*
+ * test_scaffold.c - `bgserve new NAME` (scaffold_main, in process): the
+ * files it writes, names it refuses, and never overwriting.  Each test
+ * works in its own temporary directory.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include "harness.h"
+#include "scaffold.h"
+
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+typedef struct sandbox {
+    char old_cwd[PATH_MAX];
+    char dir[64];
+} sandbox;
+
+static int setup(void **state)
+{
+    sandbox *sb = calloc(1, sizeof *sb);
+    if (sb == NULL || getcwd(sb->old_cwd, sizeof sb->old_cwd) == NULL)
+        return -1;
+    strcpy(sb->dir, "/tmp/bgserve-scaffold-XXXXXX");
+    if (mkdtemp(sb->dir) == NULL || chdir(sb->dir) != 0)
+        return -1;
+    *state = sb;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    sandbox *sb = *state;
+    char *out;
+    const char *argv[] = {"/bin/rm", "-rf", sb->dir, NULL};
+    if (chdir(sb->old_cwd) != 0)
+        return -1;
+    h_run(argv, &out);
+    free(out);
+    free(sb);
+    return 0;
+}
+
+/* Run scaffold_main with up to two arguments; stdout and stderr text
+ * are returned through out/err (malloc'd). */
+static int run_new(const char *a1, const char *a2, char **out, char **err)
+{
+    char *argv[] = {(char *)"new", (char *)a1, (char *)a2, NULL};
+    int argc = a1 == NULL ? 1 : a2 == NULL ? 2 : 3;
+    size_t olen, elen;
+    FILE *o = open_memstream(out, &olen), *e = open_memstream(err, &elen);
+    int rc = scaffold_main(argc, argv, o, e);
+    fclose(o);
+    fclose(e);
+    return rc;
+}
+
+static char *slurp(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    if (f == NULL)
+        return NULL;
+    char *buf = calloc(1, 65536);
+    size_t n = fread(buf, 1, 65535, f);
+    buf[n] = '\0';
+    fclose(f);
+    return buf;
+}
+
+static void scaffold_creates_source_makefile_and_gitignore(void **state)
+{
+    (void)state;
+    char *out, *err;
+    assert_int_equal(run_new("my-app", NULL, &out, &err), 0);
+    assert_string_equal(err, "");
+    assert_non_null(strstr(out, "created my-app/"));
+    assert_non_null(strstr(out, "make run"));
+
+    char *src = slurp("my-app/my-app.c");
+    assert_non_null(src);
+    assert_non_null(strstr(src, "#include <bgserve.h>"));
+    assert_non_null(strstr(src, "BGS_PLUGIN(.name = \"my-app\""));
+    assert_non_null(strstr(src, "bgs_res_accepted(res, id)"));     /* 202 + monitor */
+    assert_non_null(strstr(src, "{.name = \"process\", .fn = process")); /* a task */
+    assert_non_null(strstr(src, "BGS_GET(\"/\", index_page)"));   /* a route */
+    assert_null(strstr(src, "@NAME@"));
+
+    char *mk = slurp("my-app/Makefile");
+    assert_non_null(mk);
+    assert_non_null(strstr(mk, "BGSERVE    ?= bgserve"));
+    assert_non_null(strstr(mk, "--cflags bgserve"));
+    assert_non_null(strstr(mk, "--variable=plugin_ldflags bgserve"));
+    assert_non_null(strstr(mk, "my-app.so: my-app.c\n\t"));      /* recipes use tabs */
+    assert_non_null(strstr(mk, "check: my-app.so\n\t$(BGSERVE) --check ./my-app.so"));
+    assert_non_null(strstr(mk, "grep -q -e --reload && echo --reload"));
+    assert_null(strstr(mk, "@NAME@"));
+
+    char *gi = slurp("my-app/.gitignore");
+    assert_non_null(gi);
+    assert_string_equal(gi, "*.so\n");
+    free(src);
+    free(mk);
+    free(gi);
+    free(out);
+    free(err);
+}
+
+static void scaffold_refuses_existing_directory(void **state)
+{
+    (void)state;
+    char *out, *err;
+    assert_int_equal(mkdir("taken", 0777), 0);
+    FILE *f = fopen("taken/Makefile", "w");
+    assert_non_null(f);
+    fputs("mine\n", f);
+    fclose(f);
+
+    assert_int_equal(run_new("taken", NULL, &out, &err), 1);
+    assert_non_null(strstr(err, "'taken' already exists"));
+    assert_string_equal(out, "");
+    char *mk = slurp("taken/Makefile");
+    assert_string_equal(mk, "mine\n"); /* untouched */
+    struct stat st;
+    assert_int_not_equal(stat("taken/taken.c", &st), 0);
+    free(mk);
+    free(out);
+    free(err);
+
+    /* a plain file of that name is refused too */
+    f = fopen("afile", "w");
+    assert_non_null(f);
+    fclose(f);
+    assert_int_equal(run_new("afile", NULL, &out, &err), 1);
+    assert_non_null(strstr(err, "already exists"));
+    free(out);
+    free(err);
+}
+
+static void scaffold_refuses_bad_names(void **state)
+{
+    (void)state;
+    static const char *const bad[] = {
+        "9lives", "-x", "_x", "a/b", "..", "a.b", "a b", "", NULL /* 65 x */,
+    };
+    char longest[66];
+    memset(longest, 'x', 65);
+    longest[65] = '\0';
+    struct stat st;
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        char *out, *err;
+        const char *name = bad[i] ? bad[i] : longest;
+        int rc = run_new(name, NULL, &out, &err);
+        if (rc != 2)
+            fprintf(stderr, "name '%s' gave %d\n", name, rc);
+        assert_int_equal(rc, 2);
+        assert_non_null(strstr(err, "Usage: bgserve new NAME"));
+        if (name[0] && name[0] != '-' && strcmp(name, "..") != 0)
+            assert_int_not_equal(stat(name, &st), 0);
+        free(out);
+        free(err);
+    }
+    assert_true(scaffold_name_ok("a"));
+    assert_true(scaffold_name_ok("Demo_2-x"));
+    longest[64] = '\0';
+    assert_true(scaffold_name_ok(longest)); /* 64 is the longest accepted */
+    assert_false(scaffold_name_ok("9"));
+}
+
+static void scaffold_usage_errors(void **state)
+{
+    (void)state;
+    char *out, *err;
+    assert_int_equal(run_new(NULL, NULL, &out, &err), 2);
+    assert_non_null(strstr(err, "missing NAME"));
+    free(out);
+    free(err);
+    assert_int_equal(run_new("one", "two", &out, &err), 2);
+    assert_non_null(strstr(err, "one NAME at a time"));
+    free(out);
+    free(err);
+    struct stat st;
+    assert_int_not_equal(stat("one", &st), 0);
+    assert_int_equal(run_new("--help", NULL, &out, &err), 0);
+    assert_non_null(strstr(out, "Usage: bgserve new NAME"));
+    free(out);
+    free(err);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(scaffold_creates_source_makefile_and_gitignore, setup, teardown),
+        cmocka_unit_test_setup_teardown(scaffold_refuses_existing_directory, setup, teardown),
+        cmocka_unit_test_setup_teardown(scaffold_refuses_bad_names, setup, teardown),
+        cmocka_unit_test_setup_teardown(scaffold_usage_errors, setup, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
