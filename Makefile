@@ -131,6 +131,48 @@ test: deps-test
 check-tests: $(TEST_BINS) $(FIXTURES) $(PLUGINS) $(SAMPLE) $(BUILD)/bgserve
 	@BGSERVE_BUILD=$(BUILD) sh tests/run.sh $(TEST_BINS)
 
+# ---- install, plugin authors, editors ----------------------------------
+#   make install [PREFIX=/usr/local] [DESTDIR=]   bgserve, bgserve.h,
+#        bgserve.pc (pkg-config --cflags bgserve) and the bgserve(1) page
+#   make uninstall [PREFIX=...] [DESTDIR=...]     removes exactly those
+#   make compdb    compile_commands.json for clangd / clang-tidy
+# INSTALL_BIN picks the binary to install (tests pass a sanitizer build's).
+
+PREFIX       ?= /usr/local
+DESTDIR      ?=
+BINDIR       ?= $(PREFIX)/bin
+INCLUDEDIR   ?= $(PREFIX)/include
+PKGCONFIGDIR ?= $(PREFIX)/lib/pkgconfig
+MANDIR       ?= $(PREFIX)/share/man
+INSTALL_BIN  ?= $(BUILD)/bgserve
+COMPDB       ?= compile_commands.json
+VERSION      := $(shell sed -n 's/^\#define BGSERVE_VERSION "\(.*\)"/\1/p' cmd/bgserve/cli.h)
+ABI_VERSION  := $(shell sed -n 's/^\#define BGS_ABI_MAJOR \([0-9]*\)/\1/p' include/bgserve.h).$(shell sed -n 's/^\#define BGS_ABI_MINOR \([0-9]*\)/\1/p' include/bgserve.h)
+INSTALLED    := $(BINDIR)/bgserve $(INCLUDEDIR)/bgserve.h $(PKGCONFIGDIR)/bgserve.pc \
+                $(MANDIR)/man1/bgserve.1
+
+.PHONY: install uninstall compdb
+
+install: $(INSTALL_BIN) include/bgserve.h bgserve.pc.in docs/bgserve.1
+	install -d '$(DESTDIR)$(BINDIR)' '$(DESTDIR)$(INCLUDEDIR)' \
+	  '$(DESTDIR)$(PKGCONFIGDIR)' '$(DESTDIR)$(MANDIR)/man1'
+	install -m 755 $(INSTALL_BIN) '$(DESTDIR)$(BINDIR)/bgserve'
+	install -m 644 include/bgserve.h '$(DESTDIR)$(INCLUDEDIR)/bgserve.h'
+	sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@VERSION@|$(VERSION)|g' \
+	  -e 's|@ABI@|$(ABI_VERSION)|g' bgserve.pc.in > '$(DESTDIR)$(PKGCONFIGDIR)/bgserve.pc'
+	chmod 644 '$(DESTDIR)$(PKGCONFIGDIR)/bgserve.pc'
+	install -m 644 docs/bgserve.1 '$(DESTDIR)$(MANDIR)/man1/bgserve.1'
+
+uninstall:
+	rm -f $(foreach f,$(INSTALLED),'$(DESTDIR)$(f)')
+
+compdb:
+	sh scripts/compdb.sh '$(CURDIR)' '$(CC)' \
+	  '$(filter-out -MMD -MP,$(CFLAGS_SRV))' '$(SRV_SRCS)' \
+	  '$(PLUGIN_CFLAGS)' '$(wildcard plugins/*.c) $(SAMPLE_SRCS) $(wildcard tests/fixtures/*.c)' \
+	  '$(filter-out -MMD -MP,$(CFLAGS_SRV)) $(CFLAGS_TEST_EXTRA)' '$(TEST_SRCS) $(wildcard tests/support/*.c)' \
+	  > '$(COMPDB).tmp' && mv '$(COMPDB).tmp' '$(COMPDB)'
+
 clean:
 	rm -rf build
 
