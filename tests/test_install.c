@@ -1,0 +1,394 @@
+/*
+ * test_install.c - the plugin author's path end to end: `make install`
+ * into a temporary DESTDIR (never the machine's /usr/local), `bgserve
+ * new` with the installed binary, build the project through the
+ * installed bgserve.pc, `make check`, serve it and request its routes,
+ * then `make uninstall`.  Also: the man page documents every option of
+ * --help and renders cleanly, and `make compdb` lists every source.
+ *
+ * The tests run in order and share one installation (group setup).
+ * pkg-config reads the staged .pc with PKG_CONFIG_PATH=$DESTDIR/usr/lib/
+ * pkgconfig and PKG_CONFIG_SYSROOT_DIR=$DESTDIR, which turns its
+ * -I/usr/include into -I$DESTDIR/usr/include.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include "harness.h"
+
+#include <ctype.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define DEADLINE_MS 10000u
+
+static char root[64];      /* /tmp/bgserve-install-XXXXXX */
+static char dest[128];     /* root/dest: the DESTDIR */
+static char bin[192];      /* the installed bgserve */
+static char pkgenv[512];   /* PKG_CONFIG_PATH=... PKG_CONFIG_SYSROOT_DIR=... */
+
+/* Run a shell command (formatted); its stdout+stderr in *out. */
+static int sh(char **out, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static int sh(char **out, const char *fmt, ...)
+{
+    char cmd[4096];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(cmd, sizeof cmd, fmt, ap);
+    va_end(ap);
+    const char *argv[] = {"/bin/sh", "-c", cmd, NULL};
+    return h_run(argv, out);
+}
+
+/* make in the repository, without the outer make's jobserver flags. */
+#define MAKE_REPO "env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL make --no-print-directory -s"
+
+static char *slurp(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    if (f == NULL)
+        return NULL;
+    size_t cap = 1 << 16, len = 0;
+    char *buf = malloc(cap);
+    size_t n;
+    while ((n = fread(buf + len, 1, cap - len - 1, f)) > 0) {
+        len += n;
+        if (cap - len < 2)
+            buf = realloc(buf, cap *= 2);
+    }
+    buf[len] = '\0';
+    fclose(f);
+    return buf;
+}
+
+static int setup(void **state)
+{
+    (void)state;
+    char *out;
+    strcpy(root, "/tmp/bgserve-install-XXXXXX");
+    if (mkdtemp(root) == NULL)
+        return -1;
+    snprintf(dest, sizeof dest, "%s/dest", root);
+    snprintf(bin, sizeof bin, "%s/usr/bin/bgserve", dest);
+    snprintf(pkgenv, sizeof pkgenv,
+             "PKG_CONFIG_PATH='%s/usr/lib/pkgconfig' PKG_CONFIG_SYSROOT_DIR='%s'", dest, dest);
+    int rc = sh(&out, MAKE_REPO " install DESTDIR='%s' PREFIX=/usr INSTALL_BIN='%s'",
+                dest, h_build_path("bgserve"));
+    if (rc != 0)
+        fprintf(stderr, "make install failed (%d):\n%s\n", rc, out);
+    free(out);
+    return rc == 0 ? 0 : -1;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    char *out;
+    sh(&out, "rm -rf '%s'", root);
+    free(out);
+    return 0;
+}
+
+/* ------------------------------------------------------------------ */
+
+static void install_puts_every_file(void **state)
+{
+    (void)state;
+    char path[256];
+    struct stat st;
+
+    assert_int_equal(stat(bin, &st), 0);
+    assert_true(st.st_mode & S_IXUSR);
+
+    snprintf(path, sizeof path, "%s/usr/include/bgserve.h", dest);
+    char *installed = slurp(path), *source = slurp("include/bgserve.h");
+    assert_non_null(installed);
+    assert_non_null(source);
+    assert_string_equal(installed, source);
+    free(installed);
+    free(source);
+
+    snprintf(path, sizeof path, "%s/usr/share/man/man1/bgserve.1", dest);
+    assert_int_equal(stat(path, &st), 0);
+
+    snprintf(path, sizeof path, "%s/usr/lib/pkgconfig/bgserve.pc", dest);
+    char *pc = slurp(path);
+    assert_non_null(pc);
+    assert_non_null(strstr(pc, "\nprefix=/usr\n"));
+    assert_non_null(strstr(pc, "\nVersion: 0.1.0\n"));
+    assert_null(strstr(pc, "@")); /* every placeholder replaced */
+    free(pc);
+
+    /* the .pc's version is the binary's */
+    char *out;
+    const char *argv[] = {bin, "--version", NULL};
+    assert_int_equal(h_run(argv, &out), 0);
+    assert_non_null(strstr(out, "bgserve 0.1.0\n"));
+    free(out);
+}
+
+static void install_pc_gives_plugin_flags(void **state)
+{
+    (void)state;
+    char *out, want[256];
+    assert_int_equal(sh(&out, "%s pkg-config --cflags bgserve", pkgenv), 0);
+    snprintf(want, sizeof want, "-I%s/usr/include -fPIC -fvisibility=hidden", dest);
+    assert_non_null(strstr(out, want));
+    free(out);
+    assert_int_equal(sh(&out, "%s pkg-config --variable=plugin_ldflags bgserve", pkgenv), 0);
+    assert_string_equal(out, "-shared -Wl,-z,defs\n");
+    free(out);
+    assert_int_equal(sh(&out, "%s pkg-config --libs bgserve", pkgenv), 0);
+    assert_string_equal(out, "\n"); /* plugins link no library */
+    free(out);
+}
+
+struct state_wait {
+    h_server *s;
+    const char *path;
+    char last[512];
+};
+
+static int task_succeeded(void *arg)
+{
+    struct state_wait *w = arg;
+    h_resp r;
+    int ok = 0;
+    if (h_get(w->s, w->path, &r) == 0) {
+        snprintf(w->last, sizeof w->last, "%ld %s", r.status, r.body);
+        ok = r.status == 200 && strstr(r.body, "\"state\":\"succeeded\"") != NULL;
+    }
+    h_resp_free(&r);
+    return ok;
+}
+
+static void install_scaffold_builds_checks_and_serves(void **state)
+{
+    (void)state;
+    char *out, plugin[256];
+
+    /* bgserve new, run from the installed binary */
+    int rc = sh(&out, "cd '%s' && '%s' new demo", root, bin);
+    if (rc != 0)
+        fprintf(stderr, "%s", out);
+    assert_int_equal(rc, 0);
+    assert_non_null(strstr(out, "created demo/"));
+    free(out);
+
+    /* make: built through the installed bgserve.pc, no edits */
+    rc = sh(&out, "cd '%s/demo' && %s env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL "
+            "make BGSERVE='%s'", root, pkgenv, bin);
+    if (rc != 0)
+        fprintf(stderr, "%s", out);
+    assert_int_equal(rc, 0);
+    char want[256];
+    snprintf(want, sizeof want, "-I%s/usr/include", dest);
+    assert_non_null(strstr(out, want));
+    free(out);
+    snprintf(plugin, sizeof plugin, "%s/demo/demo.so", root);
+    struct stat st;
+    assert_int_equal(stat(plugin, &st), 0);
+
+    /* only the entry point is exported */
+    assert_int_equal(sh(&out, "nm -D --defined-only '%s' | awk '{print $3}'", plugin), 0);
+    assert_string_equal(out, "bgserve_plugin_v1\n");
+    free(out);
+
+    /* make check: bgserve --check through the installed binary */
+    rc = sh(&out, "cd '%s/demo' && %s env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL "
+            "make check BGSERVE='%s'", root, pkgenv, bin);
+    if (rc != 0)
+        fprintf(stderr, "%s", out);
+    assert_int_equal(rc, 0);
+    assert_non_null(strstr(out, "ok: ./demo.so can be served"));
+    assert_non_null(strstr(out, "create_job"));
+    free(out);
+
+    /* make run serves ./demo.so with the chosen binary (dry run) */
+    assert_int_equal(sh(&out, "cd '%s/demo' && %s env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL "
+                     "make -n run BGSERVE='%s'", root, pkgenv, bin), 0);
+    assert_non_null(strstr(out, "--port 8000 ./demo.so"));
+    free(out);
+
+    /* serve it with the installed binary and request its routes */
+    h_server s;
+    h_resp r;
+    if (h_start_bin(&s, bin, plugin, NULL, NULL) != 0)
+        fprintf(stderr, "demo did not start:\n%s\n", s.log ? s.log : "");
+    assert_true(s.port > 0);
+    assert_int_equal(h_get(&s, "/", &r), 0);
+    assert_int_equal(r.status, 200);
+    assert_string_equal(r.body, "Hello from demo!\n");
+    h_resp_free(&r);
+    assert_int_equal(h_get(&s, "/hello/ada", &r), 0);
+    assert_int_equal(r.status, 200);
+    assert_string_equal(r.body, "hello, ada\n");
+    h_resp_free(&r);
+
+    assert_int_equal(h_http(&s, "POST", "/jobs", "some work", 9, NULL, &r), 0);
+    assert_int_equal(r.status, 202);
+    const char *loc = h_header(&r, "Location");
+    assert_non_null(loc);
+    assert_int_equal(strncmp(loc, "/_bgserve/tasks/", 16), 0);
+    char monitor[128];
+    snprintf(monitor, sizeof monitor, "%s", loc);
+    h_resp_free(&r);
+    struct state_wait w = {.s = &s, .path = monitor};
+    if (!h_poll(task_succeeded, &w, DEADLINE_MS))
+        fprintf(stderr, "last monitor answer: %s\n", w.last);
+    assert_true(task_succeeded(&w));
+    assert_true(h_wait_log(&s, "processed 9 bytes (attempt 1)", DEADLINE_MS));
+
+    assert_int_equal(h_stop(&s, SIGTERM), 0);
+    h_free(&s);
+
+    /* a second bgserve new demo refuses to overwrite */
+    assert_int_equal(sh(&out, "cd '%s' && '%s' new demo", root, bin), 1);
+    assert_non_null(strstr(out, "already exists"));
+    free(out);
+}
+
+/* Every --long-option that --help lists is in the man page. */
+static void install_man_lists_every_option(void **state)
+{
+    (void)state;
+    char *help;
+    const char *argv[] = {h_build_path("bgserve"), "--help", NULL};
+    assert_int_equal(h_run(argv, &help), 0);
+    char *man = slurp("docs/bgserve.1");
+    assert_non_null(man);
+    int found = 0;
+    for (const char *p = help; (p = strstr(p, "--")) != NULL;) {
+        p += 2;
+        size_t n = 0;
+        while (islower((unsigned char)p[n]) || p[n] == '-')
+            n++;
+        if (n == 0)
+            continue;
+        char troff[80];
+        snprintf(troff, sizeof troff, "\\-\\-");
+        for (size_t i = 0; i < n && strlen(troff) + 3 < sizeof troff; i++) {
+            size_t l = strlen(troff);
+            if (p[i] == '-') {
+                troff[l] = '\\';
+                troff[l + 1] = '-';
+                troff[l + 2] = '\0';
+            } else {
+                troff[l] = p[i];
+                troff[l + 1] = '\0';
+            }
+        }
+        if (strstr(man, troff) == NULL)
+            fprintf(stderr, "the man page lacks --%.*s\n", (int)n, p);
+        assert_non_null(strstr(man, troff));
+        found++;
+    }
+    assert_true(found >= 17); /* every option of cli.c at least */
+    /* the subcommands, the environment and the endpoints too */
+    static const char *const more[] = {
+        ".BI \"new \" NAME", ".BR \"routes \"", "\n.B PORT\n", "\n.B BGSERVE_DEBUG\n",
+        "\n.B NO_COLOR\n", "/_bgserve/stats", "/_bgserve/tasks/", "?wait=", ".SH EXIT STATUS",
+        ".SH SIGNALS", ".SH FILES", ".SH SEE ALSO",
+    };
+    for (size_t i = 0; i < sizeof more / sizeof more[0]; i++) {
+        if (strstr(man, more[i]) == NULL)
+            fprintf(stderr, "the man page lacks %s\n", more[i]);
+        assert_non_null(strstr(man, more[i]));
+    }
+    free(man);
+    free(help);
+}
+
+static void install_man_renders_without_warnings(void **state)
+{
+    (void)state;
+    char *out;
+    if (sh(&out, "command -v man") != 0) {
+        free(out);
+        skip(); /* no man(1) on this machine */
+    }
+    free(out);
+    int rc = sh(&out, "LC_ALL=C MANWIDTH=80 man --warnings -l docs/bgserve.1 2>&1 >/dev/null");
+    assert_int_equal(rc, 0);
+    assert_string_equal(out, "");
+    free(out);
+    assert_int_equal(sh(&out, "LC_ALL=C MANWIDTH=80 man -l docs/bgserve.1 2>/dev/null"), 0);
+    assert_non_null(strstr(out, "EXIT STATUS"));
+    assert_non_null(strstr(out, "--drain-timeout"));
+    free(out);
+}
+
+static void install_compdb_lists_every_source(void **state)
+{
+    (void)state;
+    char *out, path[256];
+    snprintf(path, sizeof path, "%s/compile_commands.json", root);
+    int rc = sh(&out, MAKE_REPO " compdb COMPDB='%s'", path);
+    if (rc != 0)
+        fprintf(stderr, "%s", out);
+    assert_int_equal(rc, 0);
+    free(out);
+    char *db = slurp(path);
+    assert_non_null(db);
+    assert_int_equal(db[0], '[');
+    assert_string_equal(db + strlen(db) - 2, "]\n");
+
+    /* one entry per C file the Makefile compiles */
+    int entries = 0;
+    for (const char *p = db; (p = strstr(p, "\"file\": ")) != NULL; p++)
+        entries++;
+    assert_int_equal(sh(&out, "ls cmd/bgserve/*.c plugins/*.c sample_app/*.c "
+                     "tests/fixtures/*.c tests/test_*.c tests/support/*.c | wc -l"), 0);
+    assert_int_equal(entries, atoi(out));
+    free(out);
+
+    char cwd[1024], want[1200];
+    assert_non_null(getcwd(cwd, sizeof cwd));
+    snprintf(want, sizeof want, "\"file\": \"%s/cmd/bgserve/main.c\"", cwd);
+    assert_non_null(strstr(db, want));
+    /* a plugin gets the plugin flags, a test the cmocka include path */
+    const char *hello = strstr(db, "plugins/hello.c\"");
+    assert_non_null(hello);
+    const char *end = strchr(hello, '}');
+    const char *vis = strstr(hello, "-fvisibility=hidden");
+    assert_true(vis != NULL && vis < end);
+    assert_non_null(strstr(db, "-iquote tests/support"));
+    assert_null(strstr(db, "-MMD"));
+    free(db);
+}
+
+/* Last: uninstall removes every installed file. */
+static void install_uninstall_removes_every_file(void **state)
+{
+    (void)state;
+    char *out;
+    int rc = sh(&out, MAKE_REPO " uninstall DESTDIR='%s' PREFIX=/usr", dest);
+    if (rc != 0)
+        fprintf(stderr, "%s", out);
+    assert_int_equal(rc, 0);
+    free(out);
+    assert_int_equal(sh(&out, "find '%s' -type f -o -type l", dest), 0);
+    assert_string_equal(out, "");
+    free(out);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(install_puts_every_file),
+        cmocka_unit_test(install_pc_gives_plugin_flags),
+        cmocka_unit_test(install_scaffold_builds_checks_and_serves),
+        cmocka_unit_test(install_man_lists_every_option),
+        cmocka_unit_test(install_man_renders_without_warnings),
+        cmocka_unit_test(install_compdb_lists_every_source),
+        cmocka_unit_test(install_uninstall_removes_every_file),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
