@@ -1,0 +1,797 @@
+/*
+ * test_tasks_http.c - background tasks seen through HTTP, against the
+ * real build/bgserve serving tests/fixtures/tasks_app.so: tasks start
+ * only after the last byte left, several tasks per response (sequential
+ * and concurrent), volume, retries, backpressure (503), discards, the
+ * /_bgserve/ endpoints, and the shutdown drain.
+ *
+ * One shared server serves most tests; tests that need other options
+ * start their own.  Every wait is a poll with a generous deadline; the
+ * only fixed pauses are the slow client's pacing between reads.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include "harness.h"
+
+#include <arpa/inet.h>
+#include <ctype.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#define DEADLINE_MS 30000u
+#define BIG_LEN (8u << 20) /* tasks_app's GET /big */
+
+static h_server app; /* tasks_app.so, default options */
+
+/* ---- helpers ------------------------------------------------------------------- */
+
+static const char *fixture(void)
+{
+    return h_build_path("tests/fixtures/tasks_app.so");
+}
+
+static int start_app(h_server *s, const char *const *args, const char *const *env)
+{
+    int rc = h_start(s, fixture(), args, env);
+    if (rc != 0)
+        fprintf(stderr, "tasks_app did not start:\n%s\n", s->log ? s->log : "");
+    return rc;
+}
+
+static uint64_t wall_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
+
+/* The string value of "key" (flat JSON), copied into buf; 0, or -1 when
+ * absent, null or not a string. */
+static int json_str_field(const char *body, const char *key, char *buf, size_t cap)
+{
+    char pat[64];
+    snprintf(pat, sizeof pat, "\"%s\":\"", key);
+    const char *p = strstr(body, pat);
+    if (p == NULL)
+        return -1;
+    p += strlen(pat);
+    const char *q = strchr(p, '"');
+    if (q == NULL || (size_t)(q - p) >= cap)
+        return -1;
+    memcpy(buf, p, (size_t)(q - p));
+    buf[q - p] = '\0';
+    return 0;
+}
+
+/* The number after "key": at or after from; -1 when absent or null. */
+static long long json_num_field(const char *from, const char *key)
+{
+    char pat[64];
+    snprintf(pat, sizeof pat, "\"%s\":", key);
+    const char *p = strstr(from, pat);
+    if (p == NULL)
+        return -1;
+    p += strlen(pat);
+    if (!isdigit((unsigned char)*p))
+        return -1;
+    return (long long)strtoull(p, NULL, 10);
+}
+
+/* A counter of task `task` in a /_bgserve/stats body; -1 when absent. */
+static long long stat_of(const char *body, const char *task, const char *key)
+{
+    char pat[128];
+    snprintf(pat, sizeof pat, "\"%s\":{", task);
+    const char *obj = strstr(body, pat);
+    if (obj == NULL)
+        return -1;
+    const char *end = strchr(obj, '}');
+    snprintf(pat, sizeof pat, "\"%s\":", key);
+    const char *p = strstr(obj, pat);
+    if (p == NULL || end == NULL || p > end)
+        return -1;
+    return (long long)strtoull(p + strlen(pat), NULL, 10);
+}
+
+/* Parse "12,13,14" into ids; returns the count. */
+static size_t parse_ids(const char *list, unsigned long long *ids, size_t cap)
+{
+    size_t n = 0;
+    while (list && *list && n < cap) {
+        char *end;
+        ids[n++] = strtoull(list, &end, 10);
+        if (*end != ',')
+            break;
+        list = end + 1;
+    }
+    return n;
+}
+
+/* GET path; returns the status and keeps the announced task ids. */
+static long get_tasks(h_server *s, const char *path, unsigned long long *ids,
+                      size_t cap, size_t *n)
+{
+    h_resp r;
+    h_drain_log(s); /* a full stderr pipe would stall the server */
+    assert_int_equal(h_get(s, path, &r), 0);
+    long status = r.status;
+    *n = parse_ids(h_header(&r, "Bgserve-Tasks"), ids, cap);
+    h_resp_free(&r);
+    return status;
+}
+
+/* The record of task id (body malloc'd into *body, NUL-terminated);
+ * returns the HTTP status. */
+static long record(h_server *s, unsigned long long id, char **body)
+{
+    char path[64];
+    h_resp r;
+    snprintf(path, sizeof path, "/_bgserve/tasks/%llu", id);
+    h_drain_log(s);
+    assert_int_equal(h_get(s, path, &r), 0);
+    long status = r.status;
+    *body = r.body;
+    r.body = NULL;
+    h_resp_free(&r);
+    return status;
+}
+
+struct state_wait {
+    h_server *s;
+    unsigned long long id;
+    const char *want;
+    char last[32];
+    char *body; /* the last record seen (caller frees) */
+};
+
+static int record_in_state(void *arg)
+{
+    struct state_wait *w = arg;
+    free(w->body);
+    w->body = NULL;
+    if (record(w->s, w->id, &w->body) != 200 ||
+        json_str_field(w->body, "state", w->last, sizeof w->last) != 0)
+        return 0;
+    return strcmp(w->last, w->want) == 0;
+}
+
+/* Poll task id until it is in state want; returns its record (free it). */
+static char *wait_state(h_server *s, unsigned long long id, const char *want)
+{
+    struct state_wait w = {.s = s, .id = id, .want = want};
+    int ok = h_poll(record_in_state, &w, DEADLINE_MS);
+    if (!ok)
+        fprintf(stderr, "task %llu: wanted state %s, last seen %s\n", id, want, w.last);
+    assert_true(ok);
+    return w.body;
+}
+
+struct stat_wait {
+    h_server *s;
+    const char *task, *key;
+    long long want, last;
+};
+
+static int stat_reaches(void *arg)
+{
+    struct stat_wait *w = arg;
+    h_resp r;
+    w->last = -1;
+    h_drain_log(w->s);
+    if (h_get(w->s, "/_bgserve/stats", &r) == 0 && r.status == 200)
+        w->last = stat_of(r.body, w->task, w->key);
+    h_resp_free(&r);
+    return w->last == w->want;
+}
+
+static void wait_stat(h_server *s, const char *task, const char *key, long long want)
+{
+    struct stat_wait w = {.s = s, .task = task, .key = key, .want = want};
+    int ok = h_poll(stat_reaches, &w, DEADLINE_MS);
+    if (!ok)
+        fprintf(stderr, "stats %s.%s: wanted %lld, last seen %lld\n", task, key, want, w.last);
+    assert_true(ok);
+}
+
+static long long stat_now(h_server *s, const char *task, const char *key)
+{
+    h_resp r;
+    h_drain_log(s);
+    assert_int_equal(h_get(s, "/_bgserve/stats", &r), 0);
+    assert_int_equal(r.status, 200);
+    long long v = stat_of(r.body, task, key);
+    h_resp_free(&r);
+    return v;
+}
+
+/* Wait for a task event line "task ID NAME EVENT" and return ID: the way
+ * to learn ids of tasks the response could not announce. */
+static unsigned long long id_from_log(h_server *s, const char *name, const char *event)
+{
+    char needle[128];
+    snprintf(needle, sizeof needle, " %s %s", name, event);
+    assert_true(h_wait_log(s, needle, DEADLINE_MS));
+    const char *p = strstr(s->log, needle);
+    const char *d = p;
+    while (d > s->log && isdigit((unsigned char)d[-1]))
+        d--;
+    assert_true(d < p);
+    assert_true(d - s->log >= 5 && strncmp(d - 5, "task ", 5) == 0);
+    return strtoull(d, NULL, 10);
+}
+
+static int setup(void **state)
+{
+    (void)state;
+    return start_app(&app, NULL, NULL);
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    int rc = h_stop(&app, SIGTERM);
+    h_free(&app);
+    return rc == 0 ? 0 : -1;
+}
+
+/* ---- the task starts after the last byte ----------------------------------------- */
+
+/* The third number of /proc/sys/net/ipv4/tcp_wmem, or the one number of
+ * /proc/sys/net/core/wmem_max; 0 when unreadable. */
+static unsigned long long proc_number(const char *path, int field)
+{
+    unsigned long long v[3] = {0, 0, 0};
+    FILE *f = fopen(path, "r");
+    if (f == NULL)
+        return 0;
+    int n = fscanf(f, "%llu %llu %llu", &v[0], &v[1], &v[2]);
+    fclose(f);
+    return n > field ? v[field] : 0;
+}
+
+static void tasks_http_slow_reader_task_starts_after_last_byte(void **state)
+{
+    (void)state;
+    /*
+     * We cannot read the server socket's SO_SNDBUF from here.  Linux
+     * autotunes a TCP send buffer up to tcp_wmem's max (third field); an
+     * explicit SO_SNDBUF is capped by wmem_max.  The larger of the two
+     * bounds what the kernel can hold for the server once libmicrohttpd
+     * has handed it the last byte.  Our own receive buffer (what
+     * getsockopt reports, which includes the kernel's overhead doubling)
+     * can hold more in flight, so it is subtracted too.  When the client
+     * has read all but that much, the server cannot have written the last
+     * byte yet, so the task cannot have started.
+     */
+    unsigned long long snd = proc_number("/proc/sys/net/ipv4/tcp_wmem", 2);
+    unsigned long long wmax = proc_number("/proc/sys/net/core/wmem_max", 0);
+    if (wmax > snd)
+        snd = wmax;
+    assert_true(snd > 0);
+
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    assert_true(fd >= 0);
+    int rcv = 64 * 1024;
+    assert_int_equal(setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcv, sizeof rcv), 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)app.port)};
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    assert_int_equal(connect(fd, (struct sockaddr *)&sa, sizeof sa), 0);
+    int rcv_actual = 0;
+    socklen_t sl = sizeof rcv_actual;
+    assert_int_equal(getsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcv_actual, &sl), 0);
+
+    long long mark = (long long)BIG_LEN - (long long)snd - rcv_actual;
+    if (mark <= 0) {
+        close(fd);
+        fprintf(stderr, "send buffers up to %llu bytes: 8 MiB cannot outrun them; skipped\n", snd);
+        skip();
+    }
+
+    static const char req[] = "GET /big HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
+    assert_int_equal(send(fd, req, sizeof req - 1, MSG_NOSIGNAL), (ssize_t)(sizeof req - 1));
+
+    char head[8192], buf[4096];
+    size_t head_len = 0;
+    int in_body = 0;
+    unsigned long long body = 0, mark_us = 0;
+    for (;;) {
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        assert_int_equal(poll(&p, 1, (int)DEADLINE_MS), 1);
+        ssize_t n = recv(fd, buf, sizeof buf, 0);
+        assert_true(n >= 0);
+        if (n == 0)
+            break;
+        size_t off = 0;
+        if (!in_body) {
+            size_t take = (size_t)n;
+            if (take > sizeof head - 1 - head_len)
+                take = sizeof head - 1 - head_len;
+            memcpy(head + head_len, buf, take);
+            head_len += take;
+            head[head_len] = '\0';
+            char *end = strstr(head, "\r\n\r\n");
+            if (end == NULL) {
+                assert_true(head_len < sizeof head - 1);
+                continue;
+            }
+            in_body = 1;
+            size_t hdr_total = (size_t)(end + 4 - head);
+            off = (size_t)n - (head_len - hdr_total);
+            end[2] = '\0';
+        }
+        body += (size_t)n - off;
+        if (mark_us == 0 && body >= (unsigned long long)mark)
+            mark_us = wall_us();
+        poll(NULL, 0, 1); /* pacing: this client is slow on purpose */
+    }
+    close(fd);
+
+    assert_non_null(strstr(head, "HTTP/1.1 200"));
+    assert_int_equal(body, BIG_LEN);
+    assert_true(mark_us > 0);
+    const char *t = strcasestr(head, "\r\nBgserve-Tasks: ");
+    assert_non_null(t);
+    unsigned long long id = strtoull(t + strlen("\r\nBgserve-Tasks: "), NULL, 10);
+    assert_true(id > 0);
+
+    char *rec = wait_state(&app, id, "succeeded");
+    long long started = json_num_field(rec, "started_at_us");
+    assert_true(started > 0);
+    if (!((unsigned long long)started > mark_us))
+        fprintf(stderr, "task started at %lld, client had all but %llu bytes at %llu\n",
+                started, snd + (unsigned long long)rcv_actual, mark_us);
+    assert_true((unsigned long long)started > mark_us);
+    free(rec);
+}
+
+/* ---- the response does not wait for the task -------------------------------------- */
+
+static void tasks_http_response_arrives_while_task_runs(void **state)
+{
+    (void)state;
+    unsigned long long ids[4];
+    size_t n;
+    char st[32], *rec;
+
+    assert_int_equal(get_tasks(&app, "/slow", ids, 4, &n), 200);
+    uint64_t got_response = wall_us();
+    assert_int_equal(n, 1);
+
+    assert_int_equal(record(&app, ids[0], &rec), 200);
+    assert_int_equal(json_str_field(rec, "state", st, sizeof st), 0);
+    assert_true(strcmp(st, "queued") == 0 || strcmp(st, "running") == 0);
+    free(rec);
+
+    rec = wait_state(&app, ids[0], "succeeded");
+    long long finished = json_num_field(rec, "finished_at_us");
+    assert_true(finished > 0 && (uint64_t)finished > got_response);
+    free(rec);
+}
+
+/* ---- several tasks per response ----------------------------------------------------- */
+
+static void tasks_http_sequential_runs_in_attach_order(void **state)
+{
+    (void)state;
+    unsigned long long ids[8];
+    size_t n;
+    long long prev_finished = 0;
+
+    assert_int_equal(get_tasks(&app, "/steps?n=4", ids, 8, &n), 200);
+    assert_int_equal(n, 4);
+    for (size_t i = 0; i < n; i++) {
+        char *rec = wait_state(&app, ids[i], "succeeded");
+        assert_non_null(strstr(rec, "\"mode\":\"sequential\""));
+        long long started = json_num_field(rec, "started_at_us");
+        long long finished = json_num_field(rec, "finished_at_us");
+        /* each starts only after the one before it finished */
+        assert_true(started > 0 && started >= prev_finished);
+        assert_true(finished >= started);
+        prev_finished = finished;
+        free(rec);
+    }
+}
+
+static void tasks_http_sequential_failure_skips_the_rest(void **state)
+{
+    (void)state;
+    unsigned long long ids[8];
+    size_t n;
+    char *rec, err[128], expect[64];
+
+    assert_int_equal(get_tasks(&app, "/steps?n=4&fail=2", ids, 8, &n), 200);
+    assert_int_equal(n, 4);
+    rec = wait_state(&app, ids[3], "skipped");
+    free(rec);
+    rec = wait_state(&app, ids[0], "succeeded");
+    free(rec);
+    rec = wait_state(&app, ids[1], "failed");
+    assert_int_equal(json_num_field(rec, "attempts"), 1);
+    assert_int_equal(json_str_field(rec, "error", err, sizeof err), 0);
+    assert_string_equal(err, "step 2 fails on purpose");
+    free(rec);
+    snprintf(expect, sizeof expect, "previous task %llu", ids[1]);
+    for (size_t i = 2; i < 4; i++) {
+        rec = wait_state(&app, ids[i], "skipped");
+        assert_int_equal(json_num_field(rec, "attempts"), 0);
+        assert_int_equal(json_num_field(rec, "started_at_us"), -1); /* null: never ran */
+        assert_int_equal(json_str_field(rec, "error", err, sizeof err), 0);
+        assert_non_null(strstr(err, expect));
+        free(rec);
+    }
+}
+
+static void tasks_http_concurrent_failure_is_independent(void **state)
+{
+    (void)state;
+    unsigned long long ids[8];
+    size_t n;
+
+    assert_int_equal(get_tasks(&app, "/steps?n=4&fail=2&mode=concurrent", ids, 8, &n), 200);
+    assert_int_equal(n, 4);
+    for (size_t i = 0; i < n; i++) {
+        char *rec = wait_state(&app, ids[i], i == 1 ? "failed" : "succeeded");
+        assert_non_null(strstr(rec, "\"mode\":\"concurrent\""));
+        free(rec);
+    }
+}
+
+static void tasks_http_thousand_requests_two_tasks_each(void **state)
+{
+    (void)state;
+    unsigned long long ids[4];
+    size_t n;
+
+    for (int i = 0; i < 1000; i++) {
+        assert_int_equal(get_tasks(&app, "/pair", ids, 4, &n), 200);
+        assert_int_equal(n, 2);
+    }
+    wait_stat(&app, "pair", "succeeded", 2000);
+    assert_int_equal(stat_now(&app, "pair", "failed"), 0);
+    assert_int_equal(stat_now(&app, "pair", "discarded"), 0);
+    assert_int_equal(stat_now(&app, "pair", "skipped"), 0);
+    assert_int_equal(stat_now(&app, "pair", "cancelled"), 0);
+    assert_int_equal(stat_now(&app, "pair", "queued"), 0);
+    assert_int_equal(stat_now(&app, "pair", "running"), 0);
+}
+
+/* ---- retries ------------------------------------------------------------------------ */
+
+static void tasks_http_retries_until_success(void **state)
+{
+    (void)state;
+    unsigned long long ids[4];
+    size_t n;
+
+    assert_int_equal(get_tasks(&app, "/flaky", ids, 4, &n), 200);
+    assert_int_equal(n, 1);
+    char *rec = wait_state(&app, ids[0], "succeeded");
+    assert_int_equal(json_num_field(rec, "attempts"), 3);
+    assert_int_equal(json_num_field(rec, "max_attempts"), 3);
+    free(rec);
+    assert_int_equal(stat_now(&app, "flaky", "retried"), 2);
+    assert_int_equal(stat_now(&app, "flaky", "succeeded"), 1);
+    assert_int_equal(stat_now(&app, "flaky", "failed"), 0);
+    assert_true(h_wait_log(&app, "attempt 2 fails on purpose", DEADLINE_MS));
+}
+
+/* ---- backpressure ------------------------------------------------------------------- */
+
+static void tasks_http_full_queue_answers_503(void **state)
+{
+    (void)state;
+    static char dir[64], release[96], env_release[128];
+    const char *const args[] = {"--queue", "2", "--workers", "1", NULL};
+    h_server s;
+    h_resp r;
+    unsigned long long ids[4], accepted[3];
+    size_t n;
+
+    snprintf(dir, sizeof dir, "/tmp/bgserve-full-XXXXXX");
+    assert_non_null(mkdtemp(dir));
+    snprintf(release, sizeof release, "%s/release", dir);
+    snprintf(env_release, sizeof env_release, "BGSERVE_RELEASE_FILE=%s", release);
+    const char *const env[] = {env_release, NULL};
+    assert_int_equal(start_app(&s, args, env), 0);
+
+    /* one running (blocked), one waiting: the queue holds 2 */
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(get_tasks(&s, "/block", ids, 4, &n), 200);
+        assert_int_equal(n, 1);
+        accepted[i] = ids[0];
+    }
+    char *rec = wait_state(&s, accepted[0], "running");
+    free(rec);
+
+    /* the handler sees BGS_EFULL and answers the 503 it chose */
+    assert_int_equal(h_get(&s, "/block", &r), 0);
+    assert_int_equal(r.status, 503);
+    assert_string_equal(r.body, "tasks_app: the queue is full, come back later");
+    assert_null(h_header(&r, "Bgserve-Tasks"));
+    h_resp_free(&r);
+
+    /* a route-level task that does not fit turns the response into 503 */
+    assert_int_equal(h_get(&s, "/route-block", &r), 0);
+    assert_int_equal(r.status, 503);
+    assert_non_null(h_header(&r, "Retry-After"));
+    assert_true(atoi(h_header(&r, "Retry-After")) >= 1);
+    assert_null(h_header(&r, "Bgserve-Tasks"));
+    assert_null(strstr(r.body, "route task attached"));
+    h_resp_free(&r);
+
+    assert_int_equal(h_get(&s, "/_bgserve/stats", &r), 0);
+    assert_int_equal(json_num_field(strstr(r.body, "\"queue\":{"), "capacity"), 2);
+    h_resp_free(&r);
+
+    int fd = open(release, O_CREAT | O_WRONLY | O_CLOEXEC, 0600);
+    assert_true(fd >= 0);
+    close(fd);
+    for (int i = 0; i < 2; i++) {
+        rec = wait_state(&s, accepted[i], "succeeded");
+        free(rec);
+    }
+    /* capacity is back: both kinds of attach work again */
+    assert_int_equal(get_tasks(&s, "/block", ids, 4, &n), 200);
+    accepted[2] = ids[0];
+    rec = wait_state(&s, accepted[2], "succeeded");
+    free(rec);
+    assert_int_equal(get_tasks(&s, "/route-block", ids, 4, &n), 200);
+    assert_int_equal(n, 1);
+    rec = wait_state(&s, ids[0], "succeeded");
+    free(rec);
+
+    /* nothing accepted was lost */
+    wait_stat(&s, "blocker", "succeeded", 4);
+    assert_int_equal(stat_now(&s, "blocker", "failed"), 0);
+    assert_int_equal(stat_now(&s, "blocker", "cancelled"), 0);
+
+    assert_int_equal(h_stop(&s, SIGTERM), 0);
+    h_free(&s);
+    unlink(release);
+    rmdir(dir);
+}
+
+/* ---- discards ----------------------------------------------------------------------- */
+
+static void tasks_http_handler_failure_discards(void **state)
+{
+    (void)state;
+    h_resp r;
+    char err[64], *rec;
+
+    assert_int_equal(h_get(&app, "/fail", &r), 0);
+    assert_int_equal(r.status, 500);
+    assert_null(h_header(&r, "Bgserve-Tasks"));
+    h_resp_free(&r);
+    unsigned long long id = id_from_log(&app, "doomed", "discarded");
+    assert_int_equal(record(&app, id, &rec), 200);
+    assert_non_null(strstr(rec, "\"state\":\"discarded\""));
+    assert_non_null(strstr(rec, "\"name\":\"doomed\""));
+    assert_int_equal(json_num_field(rec, "attempts"), 0);
+    assert_int_equal(json_str_field(rec, "error", err, sizeof err), 0);
+    assert_non_null(strstr(err, "handler failed"));
+    free(rec);
+    assert_int_equal(stat_now(&app, "doomed", "succeeded"), 0);
+}
+
+static void tasks_http_head_runs_no_tasks(void **state)
+{
+    (void)state;
+    h_resp r;
+    char err[96], *rec;
+
+    assert_int_equal(h_http(&app, "HEAD", "/head-probe", NULL, 0, NULL, &r), 0);
+    assert_int_equal(r.status, 200);
+    assert_int_equal(r.body_len, 0);
+    h_resp_free(&r);
+    unsigned long long id = id_from_log(&app, "on_get", "discarded");
+    assert_int_equal(record(&app, id, &rec), 200);
+    assert_non_null(strstr(rec, "\"state\":\"discarded\""));
+    assert_int_equal(json_str_field(rec, "error", err, sizeof err), 0);
+    assert_non_null(strstr(err, "HEAD"));
+    free(rec);
+    assert_int_equal(stat_now(&app, "on_get", "succeeded"), 0);
+
+    /* the same route by GET does run it */
+    unsigned long long ids[4];
+    size_t n;
+    assert_int_equal(get_tasks(&app, "/head-probe", ids, 4, &n), 200);
+    assert_int_equal(n, 1);
+    rec = wait_state(&app, ids[0], "succeeded");
+    free(rec);
+}
+
+/* ---- introspection ------------------------------------------------------------------ */
+
+static void tasks_http_stats_shape(void **state)
+{
+    (void)state;
+    unsigned long long ids[4];
+    size_t n;
+    h_resp r;
+
+    assert_int_equal(get_tasks(&app, "/steps?n=1", ids, 4, &n), 200);
+    free(wait_state(&app, ids[0], "succeeded"));
+
+    assert_int_equal(h_get(&app, "/_bgserve/stats", &r), 0);
+    assert_int_equal(r.status, 200);
+    assert_string_equal(h_header(&r, "Content-Type"), "application/json");
+    assert_int_equal(r.body[0], '{');
+    assert_non_null(strstr(r.body, "\"tasks\":{"));
+    const char *queue = strstr(r.body, "\"queue\":{");
+    const char *workers = strstr(r.body, "\"workers\":{");
+    assert_non_null(queue);
+    assert_non_null(workers);
+    assert_true(json_num_field(queue, "depth") >= 0);
+    assert_true(json_num_field(queue, "capacity") > 0);
+    assert_true(json_num_field(workers, "busy") >= 0);
+    assert_true(json_num_field(workers, "total") > 0);
+    assert_true(json_num_field(r.body, "requests") > 0);
+    assert_true(json_num_field(r.body, "uptime_s") >= 0);
+    static const char *const keys[] = {"queued", "running", "succeeded", "failed",
+                                       "retried", "skipped", "discarded"};
+    for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++)
+        assert_true(stat_of(r.body, "step", keys[i]) >= 0);
+    assert_true(stat_of(r.body, "step", "succeeded") >= 1);
+    h_resp_free(&r);
+}
+
+static void tasks_http_record_shape_and_unknown_id(void **state)
+{
+    (void)state;
+    h_resp r;
+    char rid[64], buf[64], *rec;
+
+    assert_int_equal(h_get(&app, "/steps?n=1", &r), 0);
+    assert_int_equal(r.status, 200);
+    snprintf(rid, sizeof rid, "%s", h_header(&r, "X-Request-Id"));
+    unsigned long long id = strtoull(h_header(&r, "Bgserve-Tasks"), NULL, 10);
+    h_resp_free(&r);
+
+    rec = wait_state(&app, id, "succeeded");
+    assert_int_equal(json_num_field(rec, "id"), (long long)id);
+    assert_int_equal(json_str_field(rec, "name", buf, sizeof buf), 0);
+    assert_string_equal(buf, "step");
+    assert_int_equal(json_num_field(rec, "attempts"), 1);
+    static const char *const times[] = {"created_at", "started_at", "finished_at"};
+    for (size_t i = 0; i < 3; i++)
+        assert_int_equal(json_str_field(rec, times[i], buf, sizeof buf), 0);
+    assert_non_null(strstr(rec, "\"error\":"));
+    assert_int_equal(json_str_field(rec, "request_id", buf, sizeof buf), 0);
+    assert_string_equal(buf, rid);
+    free(rec);
+
+    assert_int_equal(record(&app, 999999999ull, &rec), 404);
+    free(rec);
+    assert_int_equal(h_get(&app, "/_bgserve/tasks/abc", &r), 0);
+    assert_int_equal(r.status, 404);
+    h_resp_free(&r);
+}
+
+static void tasks_http_no_introspection(void **state)
+{
+    (void)state;
+    const char *const args[] = {"--no-introspection", NULL};
+    h_server s;
+    h_resp r;
+
+    assert_int_equal(start_app(&s, args, NULL), 0);
+    assert_int_equal(h_get(&s, "/_bgserve/stats", &r), 0);
+    assert_int_equal(r.status, 404);
+    h_resp_free(&r);
+    assert_int_equal(h_get(&s, "/pair", &r), 0);
+    assert_int_equal(r.status, 200);
+    assert_null(h_header(&r, "Bgserve-Tasks"));
+    h_resp_free(&r);
+    /* the tasks still run */
+    assert_true(h_wait_log(&s, " pair done", DEADLINE_MS));
+    assert_int_equal(h_stop(&s, SIGTERM), 0);
+    h_free(&s);
+}
+
+/* ---- shutdown drain ----------------------------------------------------------------- */
+
+static void tasks_http_drain_cancels_a_long_task(void **state)
+{
+    (void)state;
+    const char *const args[] = {"--drain-timeout", "0.5", NULL};
+    h_server s;
+    unsigned long long ids[4];
+    size_t n;
+    char needle[96];
+
+    assert_int_equal(start_app(&s, args, NULL), 0);
+    assert_int_equal(get_tasks(&s, "/long", ids, 4, &n), 200);
+    assert_int_equal(n, 1);
+    snprintf(needle, sizeof needle, "task %llu long start", ids[0]);
+    assert_true(h_wait_log(&s, needle, DEADLINE_MS));
+
+    assert_int_equal(h_stop(&s, SIGTERM), 0);
+    assert_non_null(strstr(s.log, "drain: 0 tasks finished, 1 did not"));
+    snprintf(needle, sizeof needle, "  task %llu long running", ids[0]);
+    const char *line = strstr(s.log, needle);
+    assert_non_null(line);
+    const char *eol = strchr(line, '\n');
+    assert_non_null(eol);
+    char copy[512];
+    snprintf(copy, sizeof copy, "%.*s", (int)(eol - line), line);
+    assert_non_null(strstr(copy, "cancelled"));
+    snprintf(needle, sizeof needle, "task %llu long cancelled", ids[0]);
+    assert_non_null(strstr(s.log, needle));
+    h_free(&s);
+}
+
+static void tasks_http_drain_lets_short_tasks_finish(void **state)
+{
+    (void)state;
+    static char dir[64], release[96], env_release[128];
+    const char *const args[] = {"--drain-timeout", "30", NULL};
+    h_server s;
+    unsigned long long ids[3], one[4];
+    size_t n;
+    char needle[96];
+
+    snprintf(dir, sizeof dir, "/tmp/bgserve-drain-XXXXXX");
+    assert_non_null(mkdtemp(dir));
+    snprintf(release, sizeof release, "%s/release", dir);
+    snprintf(env_release, sizeof env_release, "BGSERVE_RELEASE_FILE=%s", release);
+    const char *const env[] = {env_release, NULL};
+    assert_int_equal(start_app(&s, args, env), 0);
+
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(get_tasks(&s, "/block", one, 4, &n), 200);
+        assert_int_equal(n, 1);
+        ids[i] = one[0];
+    }
+    /* The tasks are blocked until the release file exists, so they are
+     * all unfinished when the stop begins. */
+    assert_int_equal(kill(s.pid, SIGTERM), 0);
+    assert_true(h_wait_log(&s, "SIGTERM: stopping", DEADLINE_MS));
+    int fd = open(release, O_CREAT | O_WRONLY | O_CLOEXEC, 0600);
+    assert_true(fd >= 0);
+    close(fd);
+
+    assert_int_equal(h_stop(&s, 0), 0); /* signal 0: just wait for the exit */
+    assert_non_null(strstr(s.log, "tasks finished, 0 did not"));
+    for (int i = 0; i < 3; i++) {
+        snprintf(needle, sizeof needle, "task %llu blocker done", ids[i]);
+        assert_non_null(strstr(s.log, needle));
+    }
+    h_free(&s);
+    unlink(release);
+    rmdir(dir);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(tasks_http_slow_reader_task_starts_after_last_byte),
+        cmocka_unit_test(tasks_http_response_arrives_while_task_runs),
+        cmocka_unit_test(tasks_http_sequential_runs_in_attach_order),
+        cmocka_unit_test(tasks_http_sequential_failure_skips_the_rest),
+        cmocka_unit_test(tasks_http_concurrent_failure_is_independent),
+        cmocka_unit_test(tasks_http_thousand_requests_two_tasks_each),
+        cmocka_unit_test(tasks_http_retries_until_success),
+        cmocka_unit_test(tasks_http_full_queue_answers_503),
+        cmocka_unit_test(tasks_http_handler_failure_discards),
+        cmocka_unit_test(tasks_http_head_runs_no_tasks),
+        cmocka_unit_test(tasks_http_stats_shape),
+        cmocka_unit_test(tasks_http_record_shape_and_unknown_id),
+        cmocka_unit_test(tasks_http_no_introspection),
+        cmocka_unit_test(tasks_http_drain_cancels_a_long_task),
+        cmocka_unit_test(tasks_http_drain_lets_short_tasks_finish),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
