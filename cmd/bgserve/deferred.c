@@ -36,6 +36,8 @@ struct bgs_deferred {
     size_t len;
     deferred_resume_fn resume;
     void *conn;
+    int counted;          /* plugin deferrals count in the stats */
+    struct bgs_deferred *prev, *next; /* every live handle; lock */
 };
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
@@ -46,6 +48,9 @@ static int shutting_down;   /* guarded by lock */
 static bgs_deferred **heap; /* guarded by lock: min-heap on deadline_us */
 static size_t heap_len, heap_cap;
 static uint64_t n_pending, n_completed, n_timed_out, n_abandoned; /* lock */
+/* Every handle not yet freed, so that deferred_stop can free the ones a
+ * plugin never completed (a task cancelled before it ran). */
+static bgs_deferred all = {.prev = &all, .next = &all};
 
 /* ---- heap (lock held) ------------------------------------------------------ */
 
@@ -118,22 +123,31 @@ static void finish(bgs_deferred *d, int state)
 {
     d->state = state;
     heap_remove(d);
-    n_pending--;
-    if (state == DEFERRED_COMPLETED)
-        n_completed++;
-    else if (state == DEFERRED_TIMED_OUT)
-        n_timed_out++;
+    if (d->counted) {
+        n_pending--;
+        if (state == DEFERRED_COMPLETED)
+            n_completed++;
+        else if (state == DEFERRED_TIMED_OUT)
+            n_timed_out++;
+    }
     if (d->armed && state != DEFERRED_GONE)
         d->resume(d->conn);
+}
+
+static void destroy(bgs_deferred *d)
+{
+    d->prev->next = d->next;
+    d->next->prev = d->prev;
+    free(d->type);
+    free(d->body);
+    free(d);
 }
 
 static void unref(bgs_deferred *d)
 {
     if (--d->refs > 0)
         return;
-    free(d->type);
-    free(d->body);
-    free(d);
+    destroy(d);
 }
 
 /* ---- the deadline thread -------------------------------------------------- */
@@ -200,14 +214,20 @@ void deferred_stop(void)
     free(heap);
     heap = NULL;
     heap_len = heap_cap = 0;
+    /* The connections are gone and the tasks have stopped: whatever a
+     * plugin never completed or released can no longer be used. */
+    while (all.next != &all)
+        destroy(all.next);
     pthread_mutex_unlock(&lock);
 }
 
 /* ---- the API ------------------------------------------------------------------ */
 
-bgs_deferred *deferred_new(uint32_t timeout_ms, deferred_resume_fn resume, void *conn)
+static bgs_deferred *create(uint32_t timeout_ms, deferred_resume_fn resume, void *conn,
+                            int counted)
 {
     bgs_deferred *d = xcalloc(1, sizeof *d);
+    d->counted = counted;
     d->refs = 2;
     d->heap_idx = SIZE_MAX;
     d->resume = resume;
@@ -215,7 +235,12 @@ bgs_deferred *deferred_new(uint32_t timeout_ms, deferred_resume_fn resume, void 
     d->deadline_us = util_now_us() +
                      (uint64_t)(timeout_ms ? timeout_ms : DEFERRED_DEFAULT_TIMEOUT_MS) * 1000u;
     pthread_mutex_lock(&lock);
-    n_pending++;
+    d->next = &all;
+    d->prev = all.prev;
+    all.prev->next = d;
+    all.prev = d;
+    if (counted)
+        n_pending++;
     if (shutting_down) {
         finish(d, DEFERRED_SHUTDOWN);
     } else {
@@ -225,6 +250,16 @@ bgs_deferred *deferred_new(uint32_t timeout_ms, deferred_resume_fn resume, void 
     }
     pthread_mutex_unlock(&lock);
     return d;
+}
+
+bgs_deferred *deferred_new(uint32_t timeout_ms, deferred_resume_fn resume, void *conn)
+{
+    return create(timeout_ms, resume, conn, 1);
+}
+
+bgs_deferred *deferred_new_internal(uint32_t timeout_ms, deferred_resume_fn resume, void *conn)
+{
+    return create(timeout_ms, resume, conn, 0);
 }
 
 void deferred_arm(bgs_deferred *d)
@@ -287,7 +322,7 @@ void deferred_put(bgs_deferred *d, int delivered)
     pthread_mutex_lock(&lock);
     if (d->state == DEFERRED_PENDING)
         finish(d, DEFERRED_GONE);
-    if (!delivered)
+    if (!delivered && d->counted)
         n_abandoned++;
     unref(d);
     pthread_mutex_unlock(&lock);

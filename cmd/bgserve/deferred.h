@@ -35,6 +35,8 @@ void deferred_stop(void);
 /* A new pending handle with both references.  timeout_ms 0 means the
  * default.  Not armed yet: see deferred_arm. */
 bgs_deferred *deferred_new(uint32_t timeout_ms, deferred_resume_fn resume, void *conn);
+/* The same for bgserve's own long-polls: not counted in the stats. */
+bgs_deferred *deferred_new_internal(uint32_t timeout_ms, deferred_resume_fn resume, void *conn);
 
 /*
  * The connection is suspended: from now on a final state resumes it.  If

@@ -85,7 +85,10 @@ static void req_log(bgs_req *req, uint32_t level, const char *fmt, ...)
 int req_parse_query(struct bgs_req *req, const char *qs)
 {
     size_t n = strlen(qs);
-    req->query_buf = xmalloc(n + 1);
+    /* Each pair needs its length + 2 (two NULs; the '=' is reused for one
+     * when present), and pairs are at most n: 2n + 2 always suffices
+     * ("k" alone needs 3 bytes, found by fuzz_pct). */
+    req->query_buf = xmalloc(2 * n + 2);
     char *out = req->query_buf;
     const char *p = qs;
 
@@ -135,6 +138,7 @@ void res_free(struct bgs_res *res)
     free(res->headers);
     free(res->content_type);
     free(res->body);
+    free(res->queued_ids);
 }
 
 /* ---- response ------------------------------------------------------------- */
@@ -311,6 +315,73 @@ static bgs_deferred *res_defer(bgs_res *res, uint32_t timeout_ms)
     return res->deferred;
 }
 
+static void remember_queued(bgs_res *res, uint64_t id)
+{
+    res->queued_ids = xrealloc(res->queued_ids, (res->nqueued + 1) * sizeof *res->queued_ids);
+    res->queued_ids[res->nqueued++] = id;
+}
+
+static int req_enqueue(bgs_req *req, const char *name, const void *payload,
+                       size_t len, uint64_t *id_out)
+{
+    uint64_t id;
+    if (req == NULL || name == NULL || (payload == NULL && len > 0))
+        return BGS_EINVAL;
+    if (!req->res->in_handler)
+        return BGS_ESTATE;
+    int rc = tasks_enqueue(req->gen, req->id, name, payload, len, NULL, NULL, &id);
+    if (rc != 0)
+        return rc;
+    remember_queued(req->res, id);
+    if (id_out)
+        *id_out = id;
+    return 0;
+}
+
+/* The awaited task is final: answer with its result or its error. */
+static void await_done(void *arg, const tasks_final *f)
+{
+    bgs_deferred *d = arg;
+    if (f->succeeded) {
+        if (f->has_result)
+            deferred_complete(d, f->result_status ? f->result_status : 200, f->result_type,
+                              f->result, f->result_len);
+        else
+            deferred_complete(d, 200, NULL, NULL, 0);
+        return;
+    }
+    char msg[700];
+    int n = snprintf(msg, sizeof msg, "task %llu (%s) %s%s%s\n", (unsigned long long)f->id,
+                     f->name, f->state, f->error ? ": " : "", f->error ? f->error : "");
+    if (n < 0)
+        n = 0;
+    deferred_complete(d, 500, "text/plain; charset=utf-8", msg,
+                      (size_t)n < sizeof msg ? (size_t)n : sizeof msg - 1);
+}
+
+static int res_await(bgs_res *res, const char *name, const void *payload,
+                     size_t len, uint32_t timeout_ms, uint64_t *id_out)
+{
+    uint64_t id;
+    if (res == NULL || name == NULL || (payload == NULL && len > 0))
+        return BGS_EINVAL;
+    if (!res->in_handler || res->deferred != NULL)
+        return BGS_ESTATE;
+    bgs_deferred *d = res_defer(res, timeout_ms);
+    int rc = tasks_enqueue(res->req->gen, res->req->id, name, payload, len, await_done, d, &id);
+    if (rc != 0) {
+        /* Nobody else has the handle: undo the deferral entirely. */
+        res->deferred = NULL;
+        deferred_release(d);
+        deferred_put(d, 1);
+        return rc;
+    }
+    remember_queued(res, id);
+    if (id_out)
+        *id_out = id;
+    return 0;
+}
+
 /* ---- app ------------------------------------------------------------------ */
 
 static void app_fail(bgs_app *app, const char *fmt, ...)
@@ -414,6 +485,8 @@ static const bgs_host_api host_api = {
     .res_defer = res_defer,
     .deferred_complete = deferred_complete,
     .deferred_release = deferred_release,
+    .req_enqueue = req_enqueue,
+    .res_await = res_await,
 };
 
 const bgs_host_api *hostapi_table(void)

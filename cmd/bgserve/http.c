@@ -6,10 +6,11 @@
  * How a request travels here:
  *   uri_log      (MHD thread) allocates the per-request `exchange` and
  *                keeps the raw request target; it becomes *req_cls.
- *   on_request   (same thread) first call: headers are in.  Requests
- *                without a body are dispatched at once; others collect
- *                their body (up to --max-body, else 413) and dispatch on
- *                the final call.  dispatch() matches the route on the
+ *   on_request   (same thread) first call: headers are in (a bad or too
+ *                large Content-Length is answered here).  Later calls
+ *                collect the body (up to --max-body, else 413); every
+ *                request dispatches on the final call, so keep-alive
+ *                connections stay open.  dispatch() matches the route on the
  *                current generation, runs the handler and queues the
  *                response.
  *   on_completed (same thread) libmicrohttpd has written the last byte
@@ -55,7 +56,6 @@ typedef struct exchange {
     struct bgs_res res;
     uint64_t start_us;
     int started;          /* on_request has seen this request */
-    int expects_body;
     int too_large;
     size_t discarded;
     char *body;
@@ -64,6 +64,8 @@ typedef struct exchange {
     unsigned status;      /* what was queued */
     size_t bytes;         /* body bytes queued */
     int responded;
+    int longpoll;         /* suspended on /_bgserve/tasks/ID?wait= */
+    int peer_gone;        /* the client left while suspended */
 } exchange;
 
 static http_config config;        /* written before serving starts */
@@ -147,8 +149,11 @@ static enum MHD_Result send_reply(struct MHD_Connection *conn, exchange *ex,
         if (ex->route_group && tasks_group_count(ex->route_group) && off + 2 < sizeof ids) {
             if (off)
                 ids[off++] = ',';
-            tasks_group_ids(ex->route_group, ids + off, sizeof ids - off);
+            off += tasks_group_ids(ex->route_group, ids + off, sizeof ids - off);
         }
+        for (size_t i = 0; i < ex->res.nqueued && off + 24 < sizeof ids; i++)
+            off += (size_t)snprintf(ids + off, sizeof ids - off, "%s%llu", off ? "," : "",
+                                    (unsigned long long)ex->res.queued_ids[i]);
         if (ids[0])
             add_header(r, "Bgserve-Tasks", ids);
     }
@@ -167,6 +172,25 @@ static enum MHD_Result send_text(struct MHD_Connection *conn, exchange *ex,
                       "text/plain; charset=utf-8", close_conn);
 }
 
+/* Forget what the handler built, for an error answer; keep what must
+ * outlive it (a deferral's connection reference, the ids of tasks already
+ * queued: both are settled when the request completes). */
+static void reset_response(struct bgs_res *res)
+{
+    bgs_deferred *d = res->deferred;
+    uint64_t *ids = res->queued_ids;
+    size_t n = res->nqueued;
+    struct bgs_req *req = res->req;
+    res->deferred = NULL;
+    res->queued_ids = NULL;
+    res_free(res);
+    memset(res, 0, sizeof *res);
+    res->deferred = d;
+    res->queued_ids = ids;
+    res->nqueued = n;
+    res->req = req;
+}
+
 static void discard_groups(exchange *ex, const char *why)
 {
     if (ex->res.group) {
@@ -181,8 +205,52 @@ static void discard_groups(exchange *ex, const char *why)
 
 /* ---- dispatch -------------------------------------------------------------- */
 
+/* Long-poll limit for GET /_bgserve/tasks/ID?wait=MS. */
+#define LONGPOLL_MAX_MS 300000u
+
+static void longpoll_done(void *arg, const tasks_final *f)
+{
+    (void)f;
+    deferred_complete(arg, 200, NULL, NULL, 0); /* wakes the connection */
+}
+
+/* GET /_bgserve/tasks/ID?wait=MS on a task not yet final: suspend until
+ * it is, or until MS pass.  Returns 1 when suspended. */
+static int start_longpoll(struct MHD_Connection *conn, exchange *ex)
+{
+    const char *wait = NULL;
+    for (unsigned i = 0; i < ex->req.nquery; i++)
+        if (strcmp(ex->req.query[i].name, "wait") == 0)
+            wait = ex->req.query[i].value;
+    if (wait == NULL || strncmp(ex->req.path, "/_bgserve/tasks/", 16) != 0)
+        return 0;
+    char *end;
+    unsigned long ms = strtoul(wait, &end, 10);
+    if (*wait == '\0' || *end != '\0' || ms == 0)
+        return 0;
+    if (ms > LONGPOLL_MAX_MS)
+        ms = LONGPOLL_MAX_MS;
+    uint64_t id = strtoull(ex->req.path + 16, &end, 10);
+    if (*end != '\0' || id == 0)
+        return 0;
+    bgs_deferred *d = deferred_new_internal((uint32_t)ms, resume_conn, conn);
+    if (tasks_watch(id, longpoll_done, d) != 0) {
+        /* final already, or unknown: answer now */
+        deferred_release(d);
+        deferred_put(d, 1);
+        return 0;
+    }
+    ex->res.deferred = d;
+    ex->longpoll = 1;
+    MHD_suspend_connection(conn);
+    deferred_arm(d);
+    return 1;
+}
+
 static enum MHD_Result serve_introspection(struct MHD_Connection *conn, exchange *ex)
 {
+    if (!ex->longpoll && start_longpoll(conn, ex))
+        return MHD_YES;
     introspect_reply rep;
     introspect_counters c = {
         .requests = atomic_load(&requests_total),
@@ -269,8 +337,7 @@ static enum MHD_Result dispatch(struct MHD_Connection *conn, exchange *ex)
         log_msg(BGS_LOG_ERROR, "handler for %s %s failed (returned %d) rid=%s",
                 route->method, route->path, hrc, req->id);
         discard_groups(ex, "handler failed");
-        res_free(res);
-        memset(res, 0, sizeof *res);
+        reset_response(res);
         return send_text(conn, ex, 500, "Internal Server Error\n", 0);
     }
     int trc = attach_route_tasks(ex, route);
@@ -279,8 +346,7 @@ static enum MHD_Result dispatch(struct MHD_Connection *conn, exchange *ex)
                 route->method, route->path, bgs_strerror(trc), req->id);
         discard_groups(ex, trc == BGS_EFULL ? "task queue full: response turned into 503"
                                             : "server shutting down: response turned into 503");
-        res_free(res);
-        memset(res, 0, sizeof *res);
+        reset_response(res);
         res_hdr ra = {.name = (char *)"Retry-After", .value = (char *)"1"};
         res->headers = &ra;
         res->nheaders = 1;
@@ -328,14 +394,34 @@ static void *uri_log(void *cls, const char *uri, struct MHD_Connection *conn)
     return ex;
 }
 
+/* Did the client close its side while we held the connection?  A write
+ * into a closed socket still succeeds once, so libmicrohttpd alone would
+ * report such a response as delivered. */
+static int peer_gone(struct MHD_Connection *conn)
+{
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+    if (ci == NULL)
+        return 0;
+    char c;
+    ssize_t n = recv(ci->connect_fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+    return n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
+}
+
 /* Called when libmicrohttpd runs the access handler again after a
  * deferred response was resumed. */
 static enum MHD_Result answer_deferred(struct MHD_Connection *conn, exchange *ex)
 {
+    if (peer_gone(conn)) {
+        ex->peer_gone = 1;
+        return MHD_NO; /* close: nobody is there to answer */
+    }
     uint32_t status;
     const char *type, *body;
     size_t len;
     int state = deferred_state(ex->res.deferred, &status, &type, &body, &len);
+    if (ex->longpoll && state != DEFERRED_SHUTDOWN)
+        return serve_introspection(conn, ex); /* the record as it is now */
     switch (state) {
     case DEFERRED_COMPLETED:
         return send_reply(conn, ex, status, len ? xmemdup(body, len) : NULL, len, type, 0);
@@ -370,7 +456,6 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn,
         ex->req.resume_fn = resume_conn;
         format_remote(conn, ex->req.remote, sizeof ex->req.remote);
         const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Content-Length");
-        const char *te = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Transfer-Encoding");
         if (cl) {
             char *end;
             errno = 0;
@@ -379,12 +464,11 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn,
                 return send_text(conn, ex, 400, "Bad Request: invalid Content-Length\n", 1);
             if (v > config.max_body)
                 return send_text(conn, ex, 413, "Payload Too Large\n", 1);
-            ex->expects_body = v > 0;
         }
-        if (te)
-            ex->expects_body = 1;
-        if (!ex->expects_body)
-            return dispatch(conn, ex);
+        /* Dispatch on the final call, also without a body: libmicrohttpd
+         * 0.9.75 closes the connection after a response queued while the
+         * request is still being read (this first call), which cost every
+         * request a new TCP connection (bench/README.md). */
         return MHD_YES;
     }
 
@@ -448,7 +532,9 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **req_cls,
     if (ex == NULL)
         return;
     *req_cls = NULL;
-    int delivered = toe == MHD_REQUEST_TERMINATED_COMPLETED_OK;
+    int delivered = toe == MHD_REQUEST_TERMINATED_COMPLETED_OK && !ex->peer_gone;
+    for (size_t i = 0; i < ex->res.nqueued; i++)
+        tasks_note_delivery(ex->res.queued_ids[i], delivered && ex->responded);
     if (ex->res.group)
         tasks_group_submit(ex->res.group, delivered);
     if (ex->route_group)
@@ -461,7 +547,8 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **req_cls,
             .duration_us = util_now_us() - ex->start_us,
             .bytes = ex->bytes,
             .request_id = ex->req.id,
-            .note = ex->responded ? termination_note(toe) : "no response",
+            .note = ex->peer_gone ? "client left while the response was deferred"
+                    : ex->responded ? termination_note(toe) : "no response",
         };
         log_access(&rec);
     }
@@ -560,13 +647,19 @@ int http_start(const http_config *cfg, char *err, size_t errlen)
     if (listen_fd < 0)
         return -1;
 
+    struct MHD_OptionItem ops[16];
+    size_t n = 0;
+    ops[n++] = (struct MHD_OptionItem){MHD_OPTION_LISTEN_SOCKET, listen_fd, NULL};
+    if (cfg->threads > 1) /* a pool of 1 is no pool: libmicrohttpd warns */
+        ops[n++] = (struct MHD_OptionItem){MHD_OPTION_THREAD_POOL_SIZE, (intptr_t)cfg->threads, NULL};
+    ops[n++] = (struct MHD_OptionItem){MHD_OPTION_CONNECTION_TIMEOUT, (intptr_t)cfg->timeout_s, NULL};
+    ops[n++] = (struct MHD_OptionItem){MHD_OPTION_CONNECTION_LIMIT, (intptr_t)cfg->conn_limit, NULL};
+    ops[n++] = (struct MHD_OptionItem){MHD_OPTION_END, 0, NULL};
+
     unsigned flags = MHD_USE_EPOLL_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
     daemon_ = MHD_start_daemon(
         flags, 0, NULL, NULL, on_request, NULL,
-        MHD_OPTION_LISTEN_SOCKET, (MHD_socket)listen_fd,
-        MHD_OPTION_THREAD_POOL_SIZE, (unsigned int)(cfg->threads > 1 ? cfg->threads : 0),
-        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)cfg->timeout_s,
-        MHD_OPTION_CONNECTION_LIMIT, (unsigned int)cfg->conn_limit,
+        MHD_OPTION_ARRAY, ops,
         MHD_OPTION_URI_LOG_CALLBACK, uri_log, NULL,
         MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL,
         MHD_OPTION_EXTERNAL_LOGGER, mhd_logger, NULL,
@@ -581,8 +674,8 @@ int http_start(const http_config *cfg, char *err, size_t errlen)
     }
     /* Exactly this line: scripts and tests parse it. */
     char line[128];
-    int n = snprintf(line, sizeof line, "bgserve: listening on http://%s\n", hostport);
-    if (write(2, line, (size_t)n) < 0) {
+    int ln = snprintf(line, sizeof line, "bgserve: listening on http://%s\n", hostport);
+    if (write(2, line, (size_t)ln) < 0) {
         /* stderr closed: nothing else to tell */
     }
     return 0;

@@ -68,6 +68,8 @@ struct bgs_res {
     struct bgs_req *req;
     int in_handler;           /* 1 while the handler runs */
     bgs_deferred *deferred;   /* set by res_defer; http holds a reference */
+    uint64_t *queued_ids;     /* tasks queued now (req_enqueue, res_await) */
+    size_t nqueued;
 };
 
 /* Parse "a=1&b=x%20y" into req->query (decoded).  Returns 0, or -1 when

@@ -89,6 +89,13 @@ typedef struct task_kind {
 
 typedef struct periodic periodic;
 
+/* A callback waiting for an item's final state; rec_mu. */
+typedef struct task_watch {
+    struct task_watch *next;
+    tasks_final_fn cb;
+    void *arg;
+} task_watch;
+
 typedef struct task_item {
     queue_node qnode;            /* in the shared queue */
     sched_timer retry_timer;     /* pending while retrying */
@@ -129,6 +136,7 @@ typedef struct task_item {
     char *res_type;
     void *res_data;
     size_t res_len;
+    task_watch *watchers;        /* fired once, when final */
 } task_item;
 
 struct tasks_group {
@@ -577,6 +585,17 @@ static void finalize(task_item *it, int st, const char *err)
     free(it->error);
     it->error = err ? xstrdup(err) : NULL;
     attempts = it->attempts;
+    task_watch *watchers = it->watchers;
+    it->watchers = NULL;
+    tasks_final fin = {.id = id, .name = kind->name, .state = state_names[st],
+                       .succeeded = st == ST_SUCCEEDED, .error = err ? errcopy : NULL};
+    if (watchers && it->has_result) {
+        fin.has_result = 1;
+        fin.result_status = it->res_status;
+        fin.result_type = it->res_type ? xstrdup(it->res_type) : NULL;
+        fin.result = it->res_len ? xmemdup(it->res_data, it->res_len) : NULL;
+        fin.result_len = it->res_len;
+    }
     it->lprev->lnext = it->lnext;
     it->lnext->lprev = it->lprev;
     it->lprev = it->lnext = NULL;
@@ -591,6 +610,15 @@ static void finalize(task_item *it, int st, const char *err)
     };
     log_event(events[st], id, kind->name, attempts, dur,
               err ? errcopy : NULL, 0);
+
+    while (watchers) {
+        task_watch *w = watchers;
+        watchers = w->next;
+        w->cb(w->arg, &fin);
+        free(w);
+    }
+    free((void *)fin.result_type);
+    free((void *)fin.result);
 
     if (ps)
         periodic_done(ps);
@@ -956,6 +984,72 @@ void tasks_group_discard(tasks_group *g, const char *reason)
         it = next;
     }
     group_free(g);
+}
+
+/* ------------------------------------------------------------------ */
+/* Tasks queued at once; watchers (any thread)                         */
+/* ------------------------------------------------------------------ */
+
+static void watch_push_locked(task_item *it, tasks_final_fn cb, void *arg)
+{
+    task_watch *w = xmalloc(sizeof(*w));
+    w->cb = cb;
+    w->arg = arg;
+    w->next = it->watchers;
+    it->watchers = w;
+}
+
+int tasks_enqueue(generation *gen, const char *request_id, const char *name,
+                  const void *payload, size_t len, tasks_final_fn cb, void *arg,
+                  uint64_t *id_out)
+{
+    if (gen == NULL || name == NULL || (payload == NULL && len != 0))
+        return BGS_EINVAL;
+    if (!atomic_load(&accepting))
+        return BGS_ESHUTDOWN;
+    const plugin_task *def = gen->plugin ? plugin_find_task(gen->plugin, name) : NULL;
+    if (def == NULL)
+        return BGS_ENOTASK;
+    if (reserve() != 0)
+        return BGS_EFULL;
+    task_item *it = item_new(gen, kind_get(def->name), def, request_id, BGS_CONCURRENT);
+    it->payload = len ? xmemdup(payload, len) : NULL;
+    it->len = len;
+    if (cb) {
+        pthread_mutex_lock(&rec_mu);
+        watch_push_locked(it, cb, arg);
+        pthread_mutex_unlock(&rec_mu);
+    }
+    if (id_out)
+        *id_out = it->id; /* read before dispatch: it may finish at once */
+    seq_start(it);
+    return 0;
+}
+
+int tasks_watch(uint64_t id, tasks_final_fn cb, void *arg)
+{
+    int rc;
+    pthread_mutex_lock(&rec_mu);
+    task_item *it = hash_find_locked(id);
+    if (it == NULL)
+        rc = BGS_ENOTFOUND;
+    else if (is_final(it->state))
+        rc = 1;
+    else {
+        watch_push_locked(it, cb, arg);
+        rc = 0;
+    }
+    pthread_mutex_unlock(&rec_mu);
+    return rc;
+}
+
+void tasks_note_delivery(uint64_t id, int delivered)
+{
+    pthread_mutex_lock(&rec_mu);
+    task_item *it = hash_find_locked(id);
+    if (it)
+        it->delivered = delivered ? 1 : 0;
+    pthread_mutex_unlock(&rec_mu);
 }
 
 /* ------------------------------------------------------------------ */

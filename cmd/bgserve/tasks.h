@@ -76,6 +76,45 @@ void tasks_group_submit(tasks_group *g, int delivered);
  * reason as its error, and logged. */
 void tasks_group_discard(tasks_group *g, const char *reason);
 
+/* ---- tasks queued at once, and watching for final states ---------------- */
+
+/* What a watcher learns when its task reaches a final state.  Pointers
+ * are valid only during the callback. */
+typedef struct tasks_final {
+    uint64_t id;
+    const char *name;
+    const char *state;          /* "succeeded", "failed", ... */
+    int succeeded;
+    const char *error;          /* NULL when none */
+    int has_result;             /* the task called bgs_task_result */
+    uint32_t result_status;
+    const char *result_type;    /* NULL when none */
+    const void *result;
+    size_t result_len;
+} tasks_final;
+
+/* Runs once, on the thread that finalised the task (a worker, the timer
+ * thread, or shutdown), with no tasks lock held.  Must be quick. */
+typedef void (*tasks_final_fn)(void *arg, const tasks_final *f);
+
+/*
+ * Queue a named task now, not tied to a response (deferred responses,
+ * awaiting a task).  cb (may be NULL) is called when it is final.
+ * Returns 0 with *id_out set, BGS_ENOTASK, BGS_EFULL, BGS_ESHUTDOWN; on
+ * error cb is never called.
+ */
+int tasks_enqueue(generation *gen, const char *request_id, const char *name,
+                  const void *payload, size_t len, tasks_final_fn cb, void *arg,
+                  uint64_t *id_out);
+
+/* Call cb when task id is final.  0: registered; 1: already final (cb is
+ * not called); BGS_ENOTFOUND: unknown or evicted. */
+int tasks_watch(uint64_t id, tasks_final_fn cb, void *arg);
+
+/* Record whether the response of the request that queued task id reached
+ * the client (for tasks queued with tasks_enqueue). */
+void tasks_note_delivery(uint64_t id, int delivered);
+
 /* ---- periodic (start hook thread, scheduler thread) -------------------- */
 
 /* Register a periodic run of task `name` of generation gen.  BGS_ENOTASK,

@@ -76,9 +76,8 @@ int h_wait_log(h_server *s, const char *needle, unsigned deadline_ms)
         uint64_t now = h_now_ms();
         if (now >= end)
             return 0;
-        struct pollfd p = {.fd = s->err_fd, .events = POLLIN};
-        int wait = (int)(end - now);
-        poll(&p, 1, wait > 50 ? 50 : wait);
+        struct timespec ts = {0, 5 * 1000000L};
+        nanosleep(&ts, NULL); /* polling interval */
     }
 }
 
@@ -116,8 +115,6 @@ int h_start_bin(h_server *s, const char *bin, const char *plugin,
 {
     const char *argv[64];
     size_t n = 0;
-    int pipefd[2];
-
     memset(s, 0, sizeof *s);
     s->err_fd = -1;
     argv[n++] = bin;
@@ -131,19 +128,26 @@ int h_start_bin(h_server *s, const char *bin, const char *plugin,
     argv[n++] = plugin;
     argv[n] = NULL;
 
-    if (pipe2(pipefd, O_CLOEXEC) != 0)
+    /* The server writes into an unlinked temporary file, never a pipe:
+     * a pipe nobody drains would block a chatty server. */
+    char tmpl[] = "/tmp/bgserve-test-log-XXXXXX";
+    int wfd = mkostemp(tmpl, O_CLOEXEC);
+    if (wfd < 0)
         return -1;
+    s->err_fd = open(tmpl, O_RDONLY | O_CLOEXEC);
+    unlink(tmpl);
+    if (s->err_fd < 0) {
+        close(wfd);
+        return -1;
+    }
     s->pid = fork();
     if (s->pid < 0)
         return -1;
     if (s->pid == 0) {
-        /* stdout goes to the same pipe so --check output is seen too */
-        dup2(pipefd[1], 1);
-        child_exec(argv, extra_env, pipefd[1]);
+        dup2(wfd, 1); /* stdout too, so --check output is seen */
+        child_exec(argv, extra_env, wfd);
     }
-    close(pipefd[1]);
-    s->err_fd = pipefd[0];
-    fcntl(s->err_fd, F_SETFL, fcntl(s->err_fd, F_GETFL) | O_NONBLOCK);
+    close(wfd);
 
     const char *marker = "bgserve: listening on http://";
     uint64_t end = h_now_ms() + 10000;
@@ -166,17 +170,21 @@ int h_start_bin(h_server *s, const char *bin, const char *plugin,
             s->pid = 0;
             return -1;
         }
-        struct pollfd p = {.fd = s->err_fd, .events = POLLIN};
-        poll(&p, 1, 50);
+        struct timespec ts = {0, 5 * 1000000L};
+        nanosleep(&ts, NULL); /* polling interval */
     }
     return -1;
 }
 
-static int wait_exit(pid_t pid, unsigned deadline_ms)
+/* Wait for pid to exit, reading its output meanwhile (s may be NULL):
+ * a server blocked on a full stderr pipe would never exit. */
+static int wait_exit(h_server *s, pid_t pid, unsigned deadline_ms)
 {
     uint64_t end = h_now_ms() + deadline_ms;
     int status;
     for (;;) {
+        if (s)
+            h_drain_log(s);
         pid_t r = waitpid(pid, &status, WNOHANG);
         if (r == pid)
             return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
@@ -193,11 +201,12 @@ int h_stop(h_server *s, int sig)
 {
     if (s->pid <= 0)
         return -1;
-    kill(s->pid, sig);
-    int rc = wait_exit(s->pid, 15000);
+    if (sig)
+        kill(s->pid, sig);
+    int rc = wait_exit(s, s->pid, 15000);
     if (rc == -2) {
         kill(s->pid, SIGKILL);
-        rc = wait_exit(s->pid, 5000);
+        rc = wait_exit(s, s->pid, 5000);
     }
     s->pid = 0;
     h_drain_log(s);

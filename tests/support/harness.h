@@ -52,7 +52,8 @@ int h_wait_log(h_server *s, const char *needle, unsigned deadline_ms);
 /* Count occurrences of needle in s->log (after draining). */
 int h_count_log(h_server *s, const char *needle);
 
-/* Send sig and wait for exit (deadline 15 s, then SIGKILL).  Returns the
+/* Send sig (0: none, it was sent already) and wait for exit, reading its
+ * output meanwhile (deadline 15 s, then SIGKILL).  Returns the
  * exit status as from waitpid's WEXITSTATUS, or 128+signal; frees
  * nothing (call h_free). */
 int h_stop(h_server *s, int sig);
