@@ -173,7 +173,75 @@ compdb:
 	  '$(filter-out -MMD -MP,$(CFLAGS_SRV)) $(CFLAGS_TEST_EXTRA)' '$(TEST_SRCS) $(wildcard tests/support/*.c)' \
 	  > '$(COMPDB).tmp' && mv '$(COMPDB).tmp' '$(COMPDB)'
 
+# ---- fuzzing (make fuzz; needs clang) --------------------------------------
+#   make fuzz FUZZ_SECONDS=60   run each tests/fuzz/fuzz_*.c target for that
+#                               long; new inputs go to build/fuzz/corpus/,
+#                               crashes to tests/fuzz/crashes/TARGET/ (commit
+#                               them with the fix: make test replays them).
+# The targets are built with clang's libFuzzer, ASan and UBSan into
+# build/fuzz/; test_fuzz_replay runs the same entry points without
+# libFuzzer over tests/fuzz/corpus/ and tests/fuzz/crashes/.
+
+.PHONY: fuzz fuzz-build deps-fuzz
+FUZZ_SECONDS ?= 60
+FUZZ_CC      ?= clang
+FUZZ_NAMES   := $(patsubst tests/fuzz/fuzz_%.c,%,$(wildcard tests/fuzz/fuzz_*.c))
+FUZZ_BINS    := $(FUZZ_NAMES:%=build/fuzz/fuzz_%)
+FUZZ_SAN     := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
+FUZZ_LIBOBJS := $(patsubst %.c,build/fuzz/obj/%.o,$(filter-out cmd/bgserve/main.c,$(SRV_SRCS)))
+FUZZ_REPLAY_OBJS := $(patsubst tests/fuzz/%.c,$(BUILD)/obj/tests/fuzz/%.o,$(wildcard tests/fuzz/fuzz_*.c))
+
+build/fuzz/obj/%.o: %.c
+	@mkdir -p $(@D)
+	$(FUZZ_CC) $(BASE) $(FUZZ_SAN) -fsanitize=fuzzer-no-link -Iinclude -iquote cmd/bgserve -pthread \
+	  $(shell pkg-config --cflags libmicrohttpd 2>/dev/null) -MMD -MP -c -o $@ $<
+
+build/fuzz/libbgserve.a: $(FUZZ_LIBOBJS)
+	rm -f $@ && $(AR) rcs $@ $^
+
+build/fuzz/fuzz_%: build/fuzz/obj/tests/fuzz/fuzz_%.o build/fuzz/libbgserve.a
+	$(FUZZ_CC) $(FUZZ_SAN) -fsanitize=fuzzer -o $@ $^ $(LDLIBS_SRV)
+
+# The replay build renames each target's entry point to fuzz_NAME_one.
+$(BUILD)/obj/tests/fuzz/%.o: EXTRA_CFLAGS = -DLLVMFuzzerTestOneInput=$(notdir $*)_one
+
+$(BUILD)/tests/test_fuzz_replay: $(BUILD)/obj/tests/test_fuzz_replay.o $(FUZZ_REPLAY_OBJS) \
+                                 $(TEST_SUPPORT) $(BUILD)/libbgserve.a
+	@mkdir -p $(@D)
+	$(CC) $(SANFLAGS) -rdynamic -o $@ $^ $(LDLIBS_TEST)
+
+# clang and its libFuzzer runtime (Debian: clang, libclang-rt-NN-dev).
+deps-fuzz:
+	@if ! printf 'int LLVMFuzzerTestOneInput(const char *d, long n);\nint LLVMFuzzerTestOneInput(const char *d, long n) { (void)d; (void)n; return 0; }\n' | \
+	    $(FUZZ_CC) -fsanitize=fuzzer -x c -o /dev/null - >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "bgserve: installing clang and its libFuzzer runtime"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends clang >/dev/null && \
+	    ver=$$(clang --version | sed -n 's/.*clang version \([0-9]*\).*/\1/p' | head -n 1) && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends libclang-rt-$$ver-dev >/dev/null || \
+	      { echo "bgserve: installing clang/libclang-rt failed" >&2; exit 1; }; \
+	  else \
+	    echo "bgserve: clang with libFuzzer is missing" >&2; \
+	    echo "Install it with:  sudo apt-get install clang libclang-rt-14-dev  (the clang version's runtime)" >&2; exit 1; \
+	  fi; \
+	fi
+
+fuzz-build: $(FUZZ_BINS)
+
+fuzz: deps-run deps-fuzz
+	@$(MAKE) --no-print-directory fuzz-build
+	@for t in $(FUZZ_NAMES); do \
+	  mkdir -p build/fuzz/corpus/$$t tests/fuzz/crashes/$$t; \
+	  echo "== fuzz $$t for $(FUZZ_SECONDS) s"; \
+	  ./build/fuzz/fuzz_$$t -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 \
+	    -artifact_prefix=tests/fuzz/crashes/$$t/ build/fuzz/corpus/$$t tests/fuzz/corpus/$$t \
+	    2>build/fuzz/$$t.log || { tail -n 40 build/fuzz/$$t.log; exit 1; }; \
+	  grep -E '^stat::(number_of_executed_units|new_units_added)' build/fuzz/$$t.log; \
+	done
+
 clean:
 	rm -rf build
 
 -include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)
+-include $(shell find build/fuzz/obj -name '*.d' 2>/dev/null)
