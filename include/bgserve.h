@@ -292,6 +292,16 @@ typedef struct bgs_host_api {
      * it succeeds, 500 with its error when it fails, 504 at the deadline. */
     int (*res_await)(bgs_res *res, const char *name, const void *payload,
                      size_t len, uint32_t timeout_ms, uint64_t *id_out);
+
+    /* Reload hand-over: one pointer that survives `bgserve --reload`.
+     * A generation offers state with app_handover_set (any time); the next
+     * generation's start hook takes it with app_handover_get (NULL on the
+     * first load, or when nothing was offered).  The old generation's stop
+     * hook asks app_handover_taken: non-zero means the new generation owns
+     * the state now and the stop hook must not free it. */
+    void (*app_handover_set)(bgs_app *app, void *state);
+    void *(*app_handover_get)(bgs_app *app);
+    int (*app_handover_taken)(bgs_app *app);
     /* ABI 1.0 ends here.  Append only. */
 } bgs_host_api;
 
@@ -397,6 +407,10 @@ typedef const bgs_plugin *(*bgs_plugin_entry_fn)(const bgs_host_api *api);
 #define bgs_deferred_release(d) (bgs__api->deferred_release(d))
 #define bgs_req_enqueue(r, name, p, n, idp) (bgs__api->req_enqueue((r), (name), (p), (n), (idp)))
 #define bgs_res_await(r, name, p, n, ms, idp) (bgs__api->res_await((r), (name), (p), (n), (ms), (idp)))
+
+#define bgs_app_handover_set(a, p) (bgs__api->app_handover_set((a), (p)))
+#define bgs_app_handover_get(a) (bgs__api->app_handover_get(a))
+#define bgs_app_handover_taken(a) (bgs__api->app_handover_taken(a))
 
 /* Convenience: status, text/plain type and body in one call. */
 static inline int bgs_res_text(bgs_res *res, uint32_t status, const char *text)

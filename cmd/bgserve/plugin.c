@@ -18,6 +18,8 @@
 #include "plugin.h"
 
 #include "cli.h"
+#include "imagefile.h"
+#include "log.h"
 #include "util.h"
 
 #include <dlfcn.h>
@@ -444,10 +446,38 @@ int plugin_load(const char *path, const bgs_host_api *api, plugin **out,
         p->load_path = xstrdup(path);
     }
 
-    dlerror();
-    p->dl = dlopen(p->load_path, RTLD_NOW | RTLD_LOCAL);
+    char what[768];
+    int irc = image_prepare(p->load_path, &p->copy_path, what, sizeof(what));
+    if (irc == IMAGE_EINCOMPLETE) {
+        refuse(why, sizeof(why),
+               "wait for the build to finish writing it (with --reload, "
+               "bgserve tries again at the next write)",
+               "incomplete file: %s", what);
+        goto out;
+    }
+    if (irc == IMAGE_ESTATICTLS) {
+        refuse(why, sizeof(why),
+               "build it with the default TLS model (no -ftls-model=initial-exec, "
+               "no initial-exec __thread variables) or keep thread-local state out "
+               "of the plugin",
+               "%s", what);
+        goto out;
+    }
+    if (irc == IMAGE_ECOPY) {
+        refuse(why, sizeof(why),
+               "make $XDG_RUNTIME_DIR or /tmp writable for this user",
+               "%s", what);
+        goto out;
+    }
+
+    const char *de = what;
+    if (irc == IMAGE_OK) {
+        dlerror();
+        p->dl = dlopen(p->copy_path, RTLD_NOW | RTLD_LOCAL);
+        if (p->dl == NULL)
+            de = str_or(dlerror(), "dlopen failed");
+    }
     if (p->dl == NULL) {
-        const char *de = str_or(dlerror(), "dlopen failed");
         char fix[512];
         struct stat st;
         if (stat(p->load_path, &st) < 0)
@@ -499,8 +529,20 @@ void plugin_unload(plugin *p)
     if (p == NULL)
         return;
     free_tables(p);
-    if (p->dl != NULL)
+    if (p->dl != NULL) {
         dlclose(p->dl);
+        /* Did it really leave?  A plugin that pins itself (threads of its
+         * own, a registered destructor, unique symbols) stays mapped. */
+        void *still = dlopen(p->copy_path, RTLD_NOW | RTLD_NOLOAD);
+        if (still != NULL) {
+            log_msg(BGS_LOG_WARN, "plugin '%s' is still loaded after dlclose: it keeps "
+                    "something alive (threads, atexit, thread keys?); see docs/ABI.md",
+                    p->path);
+            dlclose(still);
+        }
+    }
+    image_remove(p->copy_path);
+    free(p->copy_path);
     free(p->path);
     free(p->load_path);
     free(p);

@@ -44,7 +44,8 @@ typedef struct plugin_task {
 
 typedef struct plugin {
     char *path;            /* the path as given by the user */
-    char *load_path;       /* the path actually passed to dlopen */
+    char *load_path;       /* the path as resolved ("./x.so" for "x.so") */
+    char *copy_path;       /* the private copy actually dlopened */
     void *dl;              /* dlopen handle */
     char *name;            /* descriptor name (copied), "" when NULL */
     char *version;         /* descriptor version (copied), "" when NULL */

@@ -1,0 +1,48 @@
+/*
+ * imagefile.h - the plugin's file on disk: is it a complete ELF image we
+ * may load, and the private copy bgserve actually dlopens.
+ *
+ * bgserve never dlopens the build output itself: glibc hands back the
+ * image already loaded for the same path or inode (so a rebuilt plugin
+ * would not be seen), and a compiler writing in place over a mapped file
+ * crashes the process with SIGBUS.  Each load copies the file to
+ * DIR/PID.N.NAME (DIR: $XDG_RUNTIME_DIR/bgserve, else /tmp/bgserve-UID,
+ * mode 0700) and loads the copy; the copy is deleted when the generation
+ * is unloaded, and copies left by a crashed run are deleted at startup.
+ */
+#ifndef BGSERVE_IMAGEFILE_H
+#define BGSERVE_IMAGEFILE_H
+
+#include <stddef.h>
+
+enum {
+    IMAGE_OK = 0,
+    IMAGE_EOPEN = -1,       /* cannot open or read: errno text in why */
+    IMAGE_ENOTELF = -2,     /* not an ELF shared object of this machine */
+    IMAGE_EINCOMPLETE = -3, /* truncated: still being written? */
+    IMAGE_ESTATICTLS = -4,  /* flagged STATIC_TLS: cannot be reloaded */
+    IMAGE_ECOPY = -5,       /* the private copy could not be written */
+};
+
+/*
+ * Read path, check it is a complete ELF shared object without the
+ * STATIC_TLS flag, and write a private copy.  On success returns
+ * IMAGE_OK and *copy_path (malloc'd) names the copy.  On failure returns
+ * an IMAGE_E* code with a one-line reason in why; nothing is left behind.
+ */
+int image_prepare(const char *path, char **copy_path, char *why, size_t whylen);
+
+/* Check only (no copy): IMAGE_OK or an IMAGE_E* code with a reason. */
+int image_check(const char *path, char *why, size_t whylen);
+
+/* Delete a private copy made by image_prepare. */
+void image_remove(const char *copy_path);
+
+/* Delete private copies whose process is gone (a crashed run).  Returns
+ * how many were removed. */
+int image_clean_stale(void);
+
+/* The directory of the private copies (created if needed), or NULL. */
+const char *image_dir(void);
+
+#endif
