@@ -173,6 +173,67 @@ compdb:
 	  '$(filter-out -MMD -MP,$(CFLAGS_SRV)) $(CFLAGS_TEST_EXTRA)' '$(TEST_SRCS) $(wildcard tests/support/*.c)' \
 	  > '$(COMPDB).tmp' && mv '$(COMPDB).tmp' '$(COMPDB)'
 
+# ---- ABI gate (make abi-check; needs abigail-tools) --------------------------
+# abi/bgserve-1.0.abi is the abidw description of the 1.0 plugin ABI, made
+# from abi/anchor.c (a tiny library using every public struct).  abi-check
+# rebuilds that description from today's include/bgserve.h and fails on any
+# change but members appended at the end of a struct (abi/check.sh), checks
+# that the frozen 1.0 header still matches the baseline, and that every
+# plugin the Makefile builds exports only bgserve_plugin_v1.
+# make abi-baseline rewrites the baseline: only when cutting a new ABI.
+
+.PHONY: abi-check abi-baseline deps-abi
+ABI_CC    ?= gcc
+ABIDW     := abidw --no-corpus-path --no-comp-dir-path --no-show-locs
+OLD_PLUGIN := $(BUILD)/tests/abi/old_plugin.so
+# Built to be refused for exporting the wrong symbol: exempt from the check.
+ABI_EXPORT_EXEMPT := $(BUILD)/tests/fixtures/no_symbol.so
+
+$(OLD_PLUGIN): tests/abi/old_plugin.c tests/abi/bgserve_1_0.h
+	@mkdir -p $(@D)
+	$(CC) -std=c11 -D_GNU_SOURCE -g -O2 $(WARN) -fPIC -fvisibility=hidden $(PLUGIN_LDFLAGS) -o $@ $<
+
+# test_abi serves it.
+check-tests: $(OLD_PLUGIN)
+
+build/abi/anchor.so: abi/anchor.c include/bgserve.h
+	@mkdir -p $(@D)
+	$(ABI_CC) -std=c11 -g -O0 -fPIC -shared -fvisibility=hidden -Iinclude -o $@ $<
+
+build/abi/anchor_1_0.so: abi/anchor.c tests/abi/bgserve_1_0.h
+	@mkdir -p $(@D)/frozen
+	cp tests/abi/bgserve_1_0.h $(@D)/frozen/bgserve.h
+	$(ABI_CC) -std=c11 -g -O0 -fPIC -shared -fvisibility=hidden -I$(@D)/frozen -o $@ $<
+
+deps-abi:
+	@if ! command -v abidiff >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "bgserve: installing system packages: abigail-tools"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends abigail-tools >/dev/null || \
+	      { echo "bgserve: apt-get install abigail-tools failed" >&2; exit 1; }; \
+	  else \
+	    echo "bgserve: missing system package: abigail-tools" >&2; \
+	    echo "Install it with:  sudo apt-get install abigail-tools" >&2; exit 1; \
+	  fi; \
+	fi
+
+abi-check: deps-abi
+	@$(MAKE) --no-print-directory build/abi/anchor.so build/abi/anchor_1_0.so \
+	  $(PLUGINS) $(FIXTURES) $(SAMPLE) $(OLD_PLUGIN)
+	$(ABIDW) --out-file build/abi/current.abi build/abi/anchor.so
+	$(ABIDW) --out-file build/abi/frozen.abi build/abi/anchor_1_0.so
+	sh abi/check.sh abi/bgserve-1.0.abi build/abi/current.abi
+	@abidiff abi/bgserve-1.0.abi build/abi/frozen.abi >/dev/null || \
+	  { echo "abi-check: tests/abi/bgserve_1_0.h no longer matches abi/bgserve-1.0.abi: it is frozen, restore it" >&2; exit 1; }
+	@bad=0; for so in $(filter-out $(ABI_EXPORT_EXEMPT),$(PLUGINS) $(FIXTURES) $(SAMPLE) $(OLD_PLUGIN)); do \
+	  extra=$$(nm -D --defined-only --format=posix "$$so" | awk '$$1 != "bgserve_plugin_v1" { print $$1 }'); \
+	  if [ -n "$$extra" ]; then echo "abi-check: $$so exports more than bgserve_plugin_v1:" $$extra >&2; bad=1; fi; \
+	done; [ $$bad = 0 ] && echo "abi-check: every plugin exports only bgserve_plugin_v1"
+
+abi-baseline: deps-abi build/abi/anchor.so
+	$(ABIDW) --out-file abi/bgserve-1.0.abi build/abi/anchor.so
+
 # ---- fuzzing (make fuzz; needs clang) --------------------------------------
 #   make fuzz FUZZ_SECONDS=60   run each tests/fuzz/fuzz_*.c target for that
 #                               long; new inputs go to build/fuzz/corpus/,

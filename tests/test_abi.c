@@ -1,0 +1,129 @@
+/*
+ * test_abi.c - an ABI 1.0 plugin keeps working: build/tests/abi/old_plugin.so
+ * is built from tests/abi/old_plugin.c against the frozen 1.0 header
+ * (tests/abi/bgserve_1_0.h) and must pass --check and serve every route,
+ * run its tasks and answer through bgs_res_await on the current server.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include "harness.h"
+
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static h_server srv;
+
+static int setup(void **state)
+{
+    (void)state;
+    if (h_start(&srv, h_build_path("tests/abi/old_plugin.so"), NULL, NULL) != 0) {
+        fprintf(stderr, "old_plugin did not start:\n%s\n", srv.log ? srv.log : "");
+        return -1;
+    }
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    h_stop(&srv, SIGTERM);
+    h_free(&srv);
+    return 0;
+}
+
+static void abi_old_plugin_passes_check(void **state)
+{
+    (void)state;
+    const char *argv[] = {h_build_path("bgserve"), "--check",
+                          h_build_path("tests/abi/old_plugin.so"), NULL};
+    char *out;
+    assert_int_equal(h_run(argv, &out), 0);
+    assert_non_null(strstr(out, "plugin old_plugin 1.0.0 (ABI 1.0)"));
+    assert_non_null(strstr(out, "routes (6):"));
+    assert_non_null(strstr(out, "tasks (2):"));
+    free(out);
+}
+
+static void abi_old_plugin_serves_routes(void **state)
+{
+    (void)state;
+    h_resp r;
+    assert_int_equal(h_get(&srv, "/old", &r), 0);
+    assert_int_equal(r.status, 200);
+    /* the start hook ran, app data and a singleton service work */
+    assert_string_equal(r.body, "old plugin: started=1 counter=41");
+    assert_string_equal(h_header(&r, "X-Old-Plugin"), "1.0");
+    h_resp_free(&r);
+
+    assert_int_equal(h_get(&srv, "/old/greet/ada%20l?greeting=hi", &r), 0);
+    assert_int_equal(r.status, 200);
+    assert_string_equal(r.body, "hi, ada l");
+    h_resp_free(&r);
+
+    assert_int_equal(h_http(&srv, "POST", "/old/echo", "ab\0cd", 5, NULL, &r), 0);
+    assert_int_equal(r.status, 201);
+    assert_int_equal(r.body_len, 5);
+    assert_memory_equal(r.body, "ab\0cd", 5);
+    assert_string_equal(h_header(&r, "Content-Type"), "application/octet-stream");
+    h_resp_free(&r);
+}
+
+/* The task record of id reached state "succeeded". */
+static int task_succeeded(void *arg)
+{
+    h_resp r;
+    char path[64];
+    snprintf(path, sizeof path, "/_bgserve/tasks/%s", (const char *)arg);
+    int ok = h_get(&srv, path, &r) == 0 && r.status == 200 &&
+             strstr(r.body, "\"state\":\"succeeded\"") != NULL;
+    h_resp_free(&r);
+    return ok;
+}
+
+static void abi_old_plugin_tasks_run(void **state)
+{
+    (void)state;
+    h_resp r;
+    char id[32];
+    assert_int_equal(h_get(&srv, "/old/task", &r), 0);
+    assert_int_equal(r.status, 200);
+    assert_non_null(h_header(&r, "Bgserve-Tasks"));
+    snprintf(id, sizeof id, "%s", h_header(&r, "Bgserve-Tasks"));
+    h_resp_free(&r);
+    assert_true(h_poll(task_succeeded, id, 10000));
+
+    /* a route-level task from the 1.0 route table */
+    assert_int_equal(h_get(&srv, "/old/ping", &r), 0);
+    assert_int_equal(r.status, 200);
+    assert_non_null(h_header(&r, "Bgserve-Tasks"));
+    snprintf(id, sizeof id, "%s", h_header(&r, "Bgserve-Tasks"));
+    h_resp_free(&r);
+    assert_true(h_poll(task_succeeded, id, 10000));
+}
+
+static void abi_old_plugin_await_answers_with_result(void **state)
+{
+    (void)state;
+    h_resp r;
+    assert_int_equal(h_get(&srv, "/old/await", &r), 0);
+    assert_int_equal(r.status, 200);
+    assert_string_equal(r.body, "144");
+    h_resp_free(&r);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(abi_old_plugin_passes_check),
+        cmocka_unit_test(abi_old_plugin_serves_routes),
+        cmocka_unit_test(abi_old_plugin_tasks_run),
+        cmocka_unit_test(abi_old_plugin_await_answers_with_result),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
