@@ -124,7 +124,7 @@ static long get_tasks(h_server *s, const char *path, unsigned long long *ids,
                       size_t cap, size_t *n)
 {
     h_resp r;
-    h_drain_log(s); /* a full stderr pipe would stall the server */
+    h_drain_log(s); /* keep s->log current for the log checks */
     assert_int_equal(h_get(s, path, &r), 0);
     long status = r.status;
     *n = parse_ids(h_header(&r, "Bgserve-Tasks"), ids, cap);
@@ -172,8 +172,12 @@ static char *wait_state(h_server *s, unsigned long long id, const char *want)
 {
     struct state_wait w = {.s = s, .id = id, .want = want};
     int ok = h_poll(record_in_state, &w, DEADLINE_MS);
-    if (!ok)
-        fprintf(stderr, "task %llu: wanted state %s, last seen %s\n", id, want, w.last);
+    if (!ok) {
+        h_drain_log(s);
+        size_t len = s->log_len, from = len > 3000 ? len - 3000 : 0;
+        fprintf(stderr, "task %llu: wanted state %s, last seen %s; server log ends:\n%s\n",
+                id, want, w.last, s->log ? s->log + from : "");
+    }
     assert_true(ok);
     return w.body;
 }
