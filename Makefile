@@ -131,6 +131,57 @@ test: deps-test
 check-tests: $(TEST_BINS) $(FIXTURES) $(PLUGINS) $(SAMPLE) $(BUILD)/bgserve
 	@BGSERVE_BUILD=$(BUILD) sh tests/run.sh $(TEST_BINS)
 
+# ---- benchmarks (never part of make test) ---------------------------------
+#   make bench         wrk against a bare libmicrohttpd server, bgserve and
+#                      (when Debian has them) Starlette; writes
+#                      bench/results/latest.md.  See bench/README.md.
+#   make bench-quick   one short round, for iterating on the server
+
+.PHONY: bench bench-quick bench-build deps-bench
+BENCH_BINS := $(BUILD)/bench/mhd_baseline \
+              $(patsubst bench/plugins/%.c,$(BUILD)/bench/%.so,$(wildcard bench/plugins/*.c))
+
+$(BUILD)/bench/mhd_baseline: bench/mhd_baseline.c
+	@mkdir -p $(@D)
+	$(CC) $(BASE) -pthread $(shell pkg-config --cflags libmicrohttpd 2>/dev/null) -o $@ $< \
+	  $(shell pkg-config --libs libmicrohttpd 2>/dev/null) -pthread
+
+$(BUILD)/bench/%.so: bench/plugins/%.c include/bgserve.h
+	@mkdir -p $(@D)
+	$(CC) $(PLUGIN_CFLAGS) $(PLUGIN_LDFLAGS) -o $@ $<
+
+# wrk is required; python3-starlette and python3-uvicorn are optional (the
+# Starlette rows are skipped without them), so their install may fail.
+deps-bench:
+	@if ! command -v wrk >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "bgserve: installing system packages: wrk"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends wrk >/dev/null || \
+	      { echo "bgserve: apt-get install wrk failed" >&2; exit 1; }; \
+	  else \
+	    echo "bgserve: missing system package: wrk" >&2; \
+	    echo "Install it with:  sudo apt-get install wrk" >&2; exit 1; \
+	  fi; \
+	fi
+	@if ! /usr/bin/python3 -c 'import starlette, uvicorn' >/dev/null 2>&1 && \
+	    [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "bgserve: trying to install python3-starlette python3-uvicorn (optional)"; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+	    python3-starlette python3-uvicorn >/dev/null 2>&1 || \
+	    echo "bgserve: python3-starlette/python3-uvicorn unavailable: the Starlette rows will be skipped"; \
+	fi
+
+bench-build: $(BUILD)/bgserve $(BUILD)/plugins/hello.so $(BENCH_BINS)
+
+bench: deps-run deps-bench
+	@$(MAKE) --no-print-directory bench-build
+	python3 bench/run --build $(BUILD)
+
+bench-quick: deps-run
+	@$(MAKE) --no-print-directory bench-build
+	python3 bench/run --build $(BUILD) --quick
+
 # ---- install, plugin authors, editors ----------------------------------
 #   make install [PREFIX=/usr/local] [DESTDIR=]   bgserve, bgserve.h,
 #        bgserve.pc (pkg-config --cflags bgserve) and the bgserve(1) page
