@@ -27,7 +27,7 @@
 enum opt_id {
     O_HOST, O_PORT, O_THREADS, O_TIMEOUT, O_MAXCONN, O_MAXBODY, O_WORKERS,
     O_QUEUE, O_KEEP, O_DRAIN, O_NOINTRO, O_QUIET, O_LOGFMT, O_COLOR, O_CHECK,
-    O_HELP, O_VERSION
+    O_HELP, O_VERSION, O_RELOAD, O_WATCH, O_BUILD, O_SETTLE, O_MAXGEN
 };
 
 typedef struct opt {
@@ -53,6 +53,11 @@ static const opt options[] = {
     {"log-format", 0, 1, O_LOGFMT},
     {"color", 0, 1, O_COLOR},
     {"check", 0, 0, O_CHECK},
+    {"reload", 0, 0, O_RELOAD},
+    {"watch", 0, 1, O_WATCH},
+    {"build", 0, 1, O_BUILD},
+    {"reload-settle", 0, 1, O_SETTLE},
+    {"max-generations", 0, 1, O_MAXGEN},
     {"help", 'h', 0, O_HELP},
     {"version", 'V', 0, O_VERSION},
 };
@@ -116,6 +121,17 @@ static void print_help(FILE *out)
 "                             colour the log (default auto: only on a\n"
 "                             terminal)\n"
 "      --check                load and validate APP.so, then exit\n"
+"      --reload               reload APP.so when it is rewritten (inotify):\n"
+"                             requests and tasks in flight finish on the old\n"
+"                             code; a broken build keeps the old code serving\n"
+"      --watch DIR            watch sources under DIR (repeatable, at most 16;\n"
+"                             implies --reload); a change runs --build\n"
+"      --build CMD            build command run by /bin/sh on source changes,\n"
+"                             e.g. --build \"make sample_app\"\n"
+"      --reload-settle MS     wait after the last write to APP.so before\n"
+"                             loading it, 0-10000 (default 50)\n"
+"      --max-generations N    plugin generations loaded at once while old\n"
+"                             ones finish their work, 2-64 (default 8)\n"
 "  -h, --help                 show this help and exit\n"
 "  -V, --version              show versions and exit\n"
 "\n"
@@ -128,6 +144,7 @@ static void print_help(FILE *out)
 "  SIGINT, SIGTERM   graceful stop: stop accepting requests, finish those in\n"
 "                    flight, drain tasks (up to --drain-timeout), then exit\n"
 "  second SIGINT     exit at once, with the report of unfinished tasks\n"
+"  SIGHUP            reload APP.so now (with or without --reload)\n"
 "\n"
 "Exit status:\n"
 "  0  ok\n"
@@ -331,6 +348,32 @@ static int apply(const opt *o, const char *val, cli_config *cfg,
     case O_CHECK:
         cfg->check = 1;
         break;
+    case O_RELOAD:
+        cfg->reload = 1;
+        break;
+    case O_WATCH:
+        if (cfg->nwatch >= sizeof cfg->watch / sizeof cfg->watch[0])
+            return usage(err, "--watch can be given at most 16 times");
+        if (*val == '\0')
+            return usage(err, "--watch needs a directory");
+        cfg->watch[cfg->nwatch++] = val;
+        cfg->reload = 1;
+        break;
+    case O_BUILD:
+        if (*val == '\0')
+            return usage(err, "--build needs a command, like --build \"make\"");
+        cfg->build_cmd = val;
+        break;
+    case O_SETTLE:
+        if (parse_uint(val, 0, 10000, &cfg->settle_ms) != 0)
+            return usage(err, "--reload-settle must be milliseconds from 0 to 10000 "
+                         "(got '%s')", val);
+        break;
+    case O_MAXGEN:
+        if (parse_uint(val, 2, 64, &cfg->max_generations) != 0)
+            return usage(err, "--max-generations must be a number from 2 to 64 "
+                         "(got '%s')", val);
+        break;
     case O_HELP:
         print_help(out);
         return CLI_EXIT_OK;
@@ -356,6 +399,8 @@ static void set_defaults(cli_config *cfg)
     cfg->drain_timeout_ms = 10000;
     cfg->introspection = 1;
     cfg->color = -1;
+    cfg->settle_ms = 50;
+    cfg->max_generations = 8;
 }
 
 /* ------------------------------------------------------------------ */
@@ -423,5 +468,8 @@ int cli_parse(int argc, char **argv, cli_config *cfg, FILE *out, FILE *err)
     }
     if (cfg->plugin_path == NULL)
         return usage(err, "missing APP.so (the plugin to serve)");
+    if (cfg->build_cmd != NULL && cfg->nwatch == 0)
+        return usage(err, "--build runs on source changes: give the sources with "
+                     "--watch DIR");
     return CLI_RUN;
 }

@@ -28,6 +28,12 @@ typedef struct cli_config {
     int log_json;             /* --log-format json */
     int color;                /* --color=auto|always|never: -1, 1, 0 */
     int check;                /* --check: validate and exit */
+    int reload;               /* --reload (also implied by --watch) */
+    const char *watch[16];    /* --watch DIR, repeatable */
+    unsigned nwatch;
+    const char *build_cmd;    /* --build CMD */
+    unsigned settle_ms;       /* --reload-settle MS, default 50 */
+    unsigned max_generations; /* --max-generations N, default 8 */
 } cli_config;
 
 enum {

@@ -1,16 +1,29 @@
 /*
- * generation.c - reference-counted plugin generations and the current
- * pointer.
+ * generation.c - reference-counted plugin generations, the current
+ * pointer, reloads and retirement.
  *
- * `current` is guarded by current_lock; readers take a reference under
- * the lock, so a generation can never be freed between reading the
- * pointer and retaining it.  A generation's own fields are written only
- * in gen_create (one thread, before it is shared) and in retire (after
- * the last reference is gone), so they need no lock.
+ * Each load of the plugin is a generation.  Requests and tasks hold a
+ * reference to the generation they started in; so do periodic schedules,
+ * until they are stopped at the swap.  When the last reference goes the
+ * generation retires on the thread that dropped it: stop hook, services
+ * destroyed, dlclose (with an RTLD_NOLOAD check) and the private copy
+ * deleted.
+ *
+ * Locks:
+ *   current_lock  - `current`; readers take a reference under it, so a
+ *                   generation cannot be freed between reading the
+ *                   pointer and retaining it.
+ *   live_lock     - the count of loaded generations and live_cv, which
+ *                   retirement signals (the bound on overlapping ones).
+ *   stats_lock    - reload counters and the last reload error.
+ *   handover_lock - every app's hand-over fields.
+ *   reload_lock   - serialises gen_reload.
+ * A generation's other fields are written only while it is created (one
+ * thread, before it is shared) and in retire (after the last reference).
  */
 #include "generation.h"
 
-#include "crash.h"
+#include "json.h"
 #include "log.h"
 #include "tasks.h"
 #include "util.h"
@@ -19,30 +32,84 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 static pthread_mutex_t current_lock = PTHREAD_MUTEX_INITIALIZER;
 static generation *current; /* guarded by current_lock; holds one reference */
 
-/* Runs when the last reference goes; schedules hold references, so
- * they were stopped before (tasks_periodic_stop_gen). */
+static pthread_mutex_t live_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t live_cv = PTHREAD_COND_INITIALIZER;
+static unsigned live_count;          /* live_lock */
+static generation *live_list[64];    /* live_lock: for "who holds what" */
+
+static pthread_mutex_t stats_lock = PTHREAD_MUTEX_INITIALIZER;
+static uint64_t reloads, reload_failures; /* stats_lock */
+static char *last_error;                  /* stats_lock; NULL when none */
+static uint64_t next_number = 2;          /* reload_lock */
+
+static pthread_mutex_t handover_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_mutex_t reload_lock = PTHREAD_MUTEX_INITIALIZER;
+
+/* ---- life and death ------------------------------------------------------- */
+
+static void live_add(generation *g)
+{
+    pthread_mutex_lock(&live_lock);
+    live_count++;
+    for (size_t i = 0; i < sizeof live_list / sizeof live_list[0]; i++)
+        if (live_list[i] == NULL) {
+            live_list[i] = g;
+            break;
+        }
+    pthread_mutex_unlock(&live_lock);
+}
+
+static void live_remove(generation *g)
+{
+    pthread_mutex_lock(&live_lock);
+    live_count--;
+    for (size_t i = 0; i < sizeof live_list / sizeof live_list[0]; i++)
+        if (live_list[i] == g)
+            live_list[i] = NULL;
+    pthread_cond_broadcast(&live_cv);
+    pthread_mutex_unlock(&live_lock);
+}
+
+static void free_periodic(generation *g)
+{
+    while (g->periodic) {
+        gen_periodic *p = g->periodic;
+        g->periodic = p->next;
+        free(p->task);
+        free(p->payload);
+        free(p);
+    }
+}
+
+/* Runs when the last reference goes; schedules hold references, so they
+ * were stopped before (tasks_periodic_stop_gen). */
 static void retire(generation *g)
 {
+    uint64_t number = g->number;
+    int announce = g->started && !g->app.check_only;
     if (g->started && g->plugin->stop) {
         g->app.starting = 0;
-        crash_frame cf; /* names the hook if it crashes */
-        crash_enter_hook(&cf, "stop", g->number, g->plugin->name);
         g->plugin->stop(&g->app);
-        crash_leave(&cf);
     }
     services_free(g->services);
     plugin_unload(g->plugin);
+    free_periodic(g);
+    live_remove(g);
     free(g);
+    if (announce)
+        log_msg(BGS_LOG_INFO, "generation %llu retired", (unsigned long long)number);
 }
 
-int gen_create(const char *path, uint64_t number, unsigned flags,
-               generation **out, char *err, size_t errlen)
+static int create(const char *path, uint64_t number, unsigned flags, generation *prev,
+                  generation **out, char *err, size_t errlen)
 {
     plugin *p = NULL;
+    uint64_t t0 = util_now_us();
     *out = NULL;
     if (plugin_load(path, hostapi_table(), &p, err, errlen) != 0)
         return -1;
@@ -54,42 +121,67 @@ int gen_create(const char *path, uint64_t number, unsigned flags,
     g->services = services_new();
     g->app.gen = g;
     g->app.check_only = (flags & GEN_CHECK_ONLY) != 0;
+    live_add(g);
 
-    /* Periodic tasks from the table first, so a start hook that looks at
-     * them sees a complete picture; the hook may add more. */
-    for (size_t i = 0; i < p->ntasks && !g->app.check_only; i++) {
+    for (size_t i = 0; i < p->ntasks; i++) {
         const plugin_task *t = &p->tasks[i];
-        if (t->every_ms == 0)
-            continue;
-        if (tasks_periodic_add(g, t->name, t->every_ms, NULL, 0, t->flags) != 0) {
-            snprintf(err, errlen, "bgserve: plugin '%s': cannot schedule periodic task '%s'",
-                     path, t->name);
-            tasks_periodic_stop_gen(g); /* schedules hold references */
-            gen_release(g);
-            return -1;
-        }
+        if (t->every_ms)
+            gen_add_periodic(g, t->name, t->every_ms, NULL, 0, t->flags);
     }
 
     if (p->start) {
         g->app.starting = 1;
-        crash_frame cf;
-        crash_enter_hook(&cf, "start", g->number, p->name);
+        g->app.handover_from = prev;
         int rc = p->start(&g->app);
-        crash_leave(&cf);
         g->app.starting = 0;
+        pthread_mutex_lock(&handover_lock);
+        g->app.handover_from = NULL;
+        pthread_mutex_unlock(&handover_lock);
         if (rc != 0 || g->app.failed) {
             snprintf(err, errlen,
                      "bgserve: plugin '%s' failed to start: %s\n"
                      "  fix: the plugin's start hook returned %d; see its message above%s",
                      path, g->app.failed ? g->app.fail_msg : "(the start hook gave no message)",
                      rc, g->app.failed ? "" : " (call bgs_app_fail() to explain a failure)");
-            tasks_periodic_stop_gen(g); /* schedules hold references */
             gen_release(g); /* not started: the stop hook does not run */
             return -1;
         }
     }
     g->started = 1;
+    g->load_us = util_now_us() - t0;
     *out = g;
+    return 0;
+}
+
+int gen_create(const char *path, uint64_t number, unsigned flags,
+               generation **out, char *err, size_t errlen)
+{
+    return create(path, number, flags, NULL, out, err, errlen);
+}
+
+void gen_activate(generation *g)
+{
+    for (gen_periodic *p = g->periodic; p; p = p->next)
+        if (tasks_periodic_add(g, p->task, p->interval_ms, p->payload, p->len, p->flags) != 0)
+            log_msg(BGS_LOG_ERROR, "cannot schedule periodic task '%s' of generation %llu",
+                    p->task, (unsigned long long)g->number);
+}
+
+int gen_add_periodic(generation *g, const char *task, uint32_t interval_ms,
+                     const void *payload, size_t len, uint32_t flags)
+{
+    if (task == NULL || interval_ms == 0 || (payload == NULL && len > 0))
+        return BGS_EINVAL;
+    if (plugin_find_task(g->plugin, task) == NULL)
+        return BGS_ENOTASK;
+    gen_periodic *p = xcalloc(1, sizeof *p);
+    p->task = xstrdup(task);
+    p->interval_ms = interval_ms;
+    p->payload = len ? xmemdup(payload, len) : NULL;
+    p->len = len;
+    p->flags = flags;
+    p->next = g->periodic;
+    g->periodic = p;
     return 0;
 }
 
@@ -123,4 +215,134 @@ void gen_set_current(generation *g)
     current = g;
     pthread_mutex_unlock(&current_lock);
     gen_release(old);
+}
+
+/* ---- hand-over ---------------------------------------------------------------- */
+
+void gen_handover_set(bgs_app *app, void *state)
+{
+    pthread_mutex_lock(&handover_lock);
+    app->handover = state;
+    app->handover_taken = 0;
+    pthread_mutex_unlock(&handover_lock);
+}
+
+void *gen_handover_get(bgs_app *app)
+{
+    void *state = NULL;
+    pthread_mutex_lock(&handover_lock);
+    generation *prev = app->handover_from;
+    if (prev && prev->app.handover && !prev->app.handover_taken) {
+        state = prev->app.handover;
+        prev->app.handover_taken = 1;
+    }
+    pthread_mutex_unlock(&handover_lock);
+    return state;
+}
+
+int gen_handover_taken(bgs_app *app)
+{
+    pthread_mutex_lock(&handover_lock);
+    int taken = app->handover_taken;
+    pthread_mutex_unlock(&handover_lock);
+    return taken;
+}
+
+/* ---- reload ------------------------------------------------------------------- */
+
+/* Wait until fewer than max generations are loaded, saying who holds
+ * the oldest.  reload_lock is held. */
+static void wait_for_room(unsigned max)
+{
+    uint64_t next_note = 0;
+    pthread_mutex_lock(&live_lock);
+    while (live_count >= max) {
+        uint64_t now = util_now_us();
+        if (now >= next_note) {
+            generation *oldest = NULL;
+            for (size_t i = 0; i < sizeof live_list / sizeof live_list[0]; i++)
+                if (live_list[i] && (!oldest || live_list[i]->number < oldest->number))
+                    oldest = live_list[i];
+            if (oldest)
+                log_msg(BGS_LOG_WARN, "reload: %u generations are loaded (the most is %u, "
+                        "see --max-generations); waiting for generation %llu to retire: it is "
+                        "still held by %ld references (requests in flight, tasks, deferred "
+                        "responses)", live_count, max, (unsigned long long)oldest->number,
+                        atomic_load(&oldest->refs));
+            next_note = now + 10u * 1000000u;
+        }
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_sec += 1;
+        pthread_cond_timedwait(&live_cv, &live_lock, &ts);
+    }
+    pthread_mutex_unlock(&live_lock);
+}
+
+static void note_failure(const char *err)
+{
+    pthread_mutex_lock(&stats_lock);
+    reload_failures++;
+    free(last_error);
+    last_error = xstrdup(err);
+    pthread_mutex_unlock(&stats_lock);
+}
+
+int gen_reload(const char *path, unsigned max_generations)
+{
+    char err[2048];
+    pthread_mutex_lock(&reload_lock);
+    wait_for_room(max_generations ? max_generations : 1);
+    generation *old = gen_current();
+    uint64_t old_number = old ? old->number : 0;
+    generation *g = NULL;
+    if (create(path, next_number, 0, old, &g, err, sizeof err) != 0) {
+        /* The same words as at startup, then what happens now. */
+        fprintf(stderr, "%s\n", err);
+        log_msg(BGS_LOG_ERROR, "reload failed: keeping generation %llu",
+                (unsigned long long)old_number);
+        note_failure(err);
+        gen_release(old);
+        pthread_mutex_unlock(&reload_lock);
+        return -1;
+    }
+    next_number++;
+
+    /* The swap: the old schedules stop first, so no periodic task runs
+     * twice; requests and tasks already holding the old one finish on it. */
+    if (old)
+        tasks_periodic_stop_gen(old);
+    gen_retain(g); /* ours, for the log line below */
+    gen_set_current(g);
+    gen_activate(g);
+    long held = old ? atomic_load(&old->refs) - 1 : 0;
+    log_msg(BGS_LOG_INFO, "reload: generation %llu serving (%zu routes, %zu tasks), loaded in "
+            "%.1f ms; generation %llu retiring (%ld references)",
+            (unsigned long long)g->number, g->plugin->nroutes, g->plugin->ntasks,
+            (double)g->load_us / 1000.0, (unsigned long long)old_number, held);
+    gen_release(g);
+    pthread_mutex_lock(&stats_lock);
+    reloads++;
+    free(last_error);
+    last_error = NULL;
+    pthread_mutex_unlock(&stats_lock);
+    gen_release(old);
+    pthread_mutex_unlock(&reload_lock);
+    return 0;
+}
+
+void gen_stats_json(json *j)
+{
+    generation *g = gen_current();
+    json_key(j, "generation");
+    json_u64(j, g ? g->number : 0);
+    gen_release(g);
+    pthread_mutex_lock(&stats_lock);
+    json_key(j, "reloads");
+    json_u64(j, reloads);
+    json_key(j, "reload_failures");
+    json_u64(j, reload_failures);
+    json_key(j, "last_reload_error");
+    json_str(j, last_error); /* NULL writes null */
+    pthread_mutex_unlock(&stats_lock);
 }

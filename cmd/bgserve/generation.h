@@ -27,7 +27,22 @@ struct bgs_app {
     int starting;          /* 1 while the start hook runs */
     int check_only;        /* --check: validate, register nothing */
     char fail_msg[512];
+    /* Reload hand-over, guarded by the hand-over lock in generation.c. */
+    generation *handover_from; /* the previous generation, during start */
+    void *handover;            /* offered to the next generation */
+    int handover_taken;        /* the next generation took it */
 };
+
+/* A periodic run registered by the start hook or the task table, held
+ * until the generation is activated (made current). */
+typedef struct gen_periodic {
+    struct gen_periodic *next;
+    char *task;
+    uint32_t interval_ms;
+    void *payload;
+    size_t len;
+    uint32_t flags;
+} gen_periodic;
 
 struct generation {
     atomic_long refs;
@@ -36,6 +51,8 @@ struct generation {
     struct bgs_app app;
     services *services;
     int started;           /* the start hook succeeded: stop hook runs */
+    gen_periodic *periodic; /* registered at start, scheduled at activation */
+    uint64_t load_us;      /* how long loading and starting took */
 };
 
 /*
@@ -52,6 +69,32 @@ int gen_create(const char *path, uint64_t number, unsigned flags,
 void gen_retain(generation *g);
 /* Drop a reference; the last one retires the generation. */
 void gen_release(generation *g);
+
+/* Schedule g's periodic tasks: call when g becomes current. */
+void gen_activate(generation *g);
+
+/* Register a periodic run during the start hook (hostapi).  BGS_ENOTASK,
+ * BGS_EINVAL. */
+int gen_add_periodic(generation *g, const char *task, uint32_t interval_ms,
+                     const void *payload, size_t len, uint32_t flags);
+
+/* Hand-over between generations (hostapi). */
+void gen_handover_set(bgs_app *app, void *state);
+void *gen_handover_get(bgs_app *app);
+int gen_handover_taken(bgs_app *app);
+
+/*
+ * Reload: load path as the next generation, swap it in, retire the old
+ * one when its last reference goes.  At most max_generations may be
+ * loaded at once: past that, wait (and say which one is held).  On
+ * failure the current generation keeps serving and the reason is printed
+ * in the same words as at startup.  Returns 0 or -1.  One reload at a time.
+ */
+int gen_reload(const char *path, unsigned max_generations);
+
+/* Write "generation", "reloads", "reload_failures", "last_reload_error". */
+struct json;
+void gen_stats_json(struct json *j);
 
 /* The current generation, with a reference the caller must release. */
 generation *gen_current(void);

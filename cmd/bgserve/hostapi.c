@@ -427,9 +427,7 @@ static int app_periodic(bgs_app *app, const char *task, uint32_t interval_ms,
                 "register periodic tasks in the start hook", task);
         return BGS_ESTATE;
     }
-    if (app->check_only)
-        return plugin_find_task(app->gen->plugin, task) ? 0 : BGS_ENOTASK;
-    return tasks_periodic_add(app->gen, task, interval_ms, payload, len, flags);
+    return gen_add_periodic(app->gen, task, interval_ms, payload, len, flags);
 }
 
 static void app_log(bgs_app *app, uint32_t level, const char *fmt, ...)
@@ -438,6 +436,24 @@ static void app_log(bgs_app *app, uint32_t level, const char *fmt, ...)
     va_start(ap, fmt);
     log_pluginv(level, "app", app && app->gen->plugin->name[0] ? app->gen->plugin->name : "-", fmt, ap);
     va_end(ap);
+}
+
+static void app_handover_set(bgs_app *app, void *state)
+{
+    if (app)
+        gen_handover_set(app, state);
+}
+
+static void *app_handover_get(bgs_app *app)
+{
+    if (app == NULL || !app->starting)
+        return NULL;
+    return gen_handover_get(app);
+}
+
+static int app_handover_taken(bgs_app *app)
+{
+    return app ? gen_handover_taken(app) : 0;
 }
 
 /* ---- the table ------------------------------------------------------------ */
@@ -487,6 +503,9 @@ static const bgs_host_api host_api = {
     .deferred_release = deferred_release,
     .req_enqueue = req_enqueue,
     .res_await = res_await,
+    .app_handover_set = app_handover_set,
+    .app_handover_get = app_handover_get,
+    .app_handover_taken = app_handover_taken,
 };
 
 const bgs_host_api *hostapi_table(void)

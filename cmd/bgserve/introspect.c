@@ -8,6 +8,7 @@
 #include "introspect.h"
 
 #include "deferred.h"
+#include "generation.h"
 #include "json.h"
 #include "tasks.h"
 #include "util.h"
@@ -62,6 +63,7 @@ void introspect_handle(const char *method, const char *path,
         tasks_stats_json(&j);
         json_key(&j, "deferred");
         deferred_stats_json(&j);
+        gen_stats_json(&j);
         json_key(&j, "requests");
         json_u64(&j, c->requests);
         json_key(&j, "uptime_s");

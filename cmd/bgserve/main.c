@@ -15,7 +15,9 @@
 #include "deferred.h"
 #include "generation.h"
 #include "http.h"
+#include "imagefile.h"
 #include "log.h"
+#include "reload.h"
 #include "routes_cmd.h"
 #include "scaffold.h"
 #include "tasks.h"
@@ -106,6 +108,11 @@ int main(int argc, char **argv)
         return 1;
     }
 
+    int stale = image_clean_stale();
+    if (stale > 0)
+        log_msg(BGS_LOG_INFO, "removed %d private plugin cop%s left by a crashed run",
+                stale, stale == 1 ? "y" : "ies");
+
     char err[2048];
     generation *g = NULL;
     if (gen_create(cfg.plugin_path, 1, 0, &g, err, sizeof err) != 0) {
@@ -118,6 +125,7 @@ int main(int argc, char **argv)
             g->plugin->version[0] ? g->plugin->version : "-", cfg.plugin_path,
             g->plugin->nroutes, g->plugin->ntasks, g->plugin->abi_major, g->plugin->abi_minor);
     gen_set_current(g);
+    gen_activate(g);
 
     if (!is_loopback(cfg.host) && cfg.introspection)
         log_msg(BGS_LOG_WARN, "listening on %s with introspection on: anyone who can reach "
@@ -136,12 +144,30 @@ int main(int argc, char **argv)
         return 1;
     }
 
+    reload_config rc_cfg = {
+        .plugin_path = cfg.plugin_path, .watch_plugin = cfg.reload, .nwatch = cfg.nwatch,
+        .build_cmd = cfg.build_cmd, .settle_ms = cfg.settle_ms,
+        .max_generations = cfg.max_generations,
+    };
+    for (unsigned i = 0; i < cfg.nwatch; i++)
+        rc_cfg.watch_dirs[i] = cfg.watch[i];
+    if (reload_start(&rc_cfg, err, sizeof err) != 0) {
+        fprintf(stderr, "%s\n", err);
+        http_quiesce();
+        http_stop();
+        tasks_shutdown(0);
+        deferred_stop();
+        gen_set_current(NULL);
+        return 1;
+    }
+
     int sig = 0;
     for (;;) {
         if (sigwait(&set, &sig) != 0)
             continue;
         if (sig == SIGHUP) {
-            log_msg(BGS_LOG_INFO, "SIGHUP: reloading is not available in this build; ignoring");
+            log_msg(BGS_LOG_INFO, "SIGHUP: reloading");
+            reload_request();
             continue;
         }
         break;
@@ -158,6 +184,7 @@ int main(int argc, char **argv)
     if (pthread_create(&waiter, NULL, second_signal, &wset) == 0)
         pthread_detach(waiter);
 
+    reload_stop();
     http_quiesce();
     /* Suspended connections must be answered before libmicrohttpd stops
      * (0.9.75 aborts when stopped with suspended connections). */

@@ -156,9 +156,13 @@ int h_start_bin(h_server *s, const char *bin, const char *plugin,
         const char *line = s->log ? strstr(s->log, marker) : NULL;
         if (line && strchr(line, '\n')) {
             const char *hostport = line + strlen(marker);
-            const char *colon = strrchr(hostport, ':');
             const char *nl = strchr(hostport, '\n');
-            if (colon && colon < nl) {
+            /* the last ':' before the end of this line (IPv6 has more) */
+            const char *colon = NULL;
+            for (const char *c = hostport; c < nl; c++)
+                if (*c == ':')
+                    colon = c;
+            if (colon) {
                 s->port = atoi(colon + 1);
                 snprintf(s->base, sizeof s->base, "http://127.0.0.1:%d", s->port);
                 return s->port > 0 ? 0 : -1;
