@@ -82,6 +82,9 @@ $(BUILD)/tests/fixtures/%.so: tests/fixtures/%.c include/bgserve.h
 	@mkdir -p $(@D)
 	$(CC) $(PLUGIN_CFLAGS) $(PLUGIN_LDFLAGS) -o $@ $<
 
+# The reload fixtures' builds A and B share their body.
+$(BUILD)/tests/fixtures/reload_a.so $(BUILD)/tests/fixtures/reload_b.so: tests/fixtures/reload_common.h
+
 # Tests link the server's objects through an archive, so each test pulls
 # in only the rooms it uses.
 $(BUILD)/libbgserve.a: $(LIB_OBJS)
