@@ -913,6 +913,36 @@ static void reload_handover_passes_state(void **state)
     t->passed = 1;
 }
 
+/* ---- 10. a file still being written is waited for, not refused ------------- */
+
+static void reload_incomplete_file_waits(void **state)
+{
+    rl *t = *state;
+    put_plugin(t, t->build_a, W_INPLACE);
+    const char *args[] = {"--reload", NULL};
+    rl_start(t, args);
+    expect_letter(&t->s, 'A');
+
+    /* Half of build B, as a linker that closed the file early would
+     * leave it: its section headers lie past the end. */
+    size_t len;
+    char *data = read_all(t->build_b, &len);
+    write_inplace(t->plugin, data, len / 2);
+    expect_log(&t->s, "bgserve: reload: waiting for '");
+    assert_int_equal(served_letter(&t->s), 'A');
+    assert_int_equal(stat_num(&t->s, "reload_failures"), 0);
+    assert_int_equal(h_count_log(&t->s, "reload failed"), 0);
+
+    /* The rest arrives: the next write loads it. */
+    write_inplace(t->plugin, data, len);
+    free(data);
+    expect_letter(&t->s, 'B');
+    assert_int_equal(stat_num(&t->s, "reloads"), 1);
+    assert_int_equal(stat_num(&t->s, "reload_failures"), 0);
+    rl_stop(t);
+    t->passed = 1;
+}
+
 int main(void)
 {
     curl_global_init(CURL_GLOBAL_DEFAULT); /* before any thread */
@@ -926,6 +956,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(reload_watch_and_build, setup, teardown),
         cmocka_unit_test_setup_teardown(reload_retired_generations_unloaded, setup, teardown),
         cmocka_unit_test_setup_teardown(reload_handover_passes_state, setup, teardown),
+        cmocka_unit_test_setup_teardown(reload_incomplete_file_waits, setup, teardown),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     curl_global_cleanup();
