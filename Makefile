@@ -50,7 +50,7 @@ TEST_SUPPORT := $(patsubst %.c,$(BUILD)/obj/%.o,$(wildcard tests/support/*.c))
 CFLAGS_TEST_EXTRA = -iquote tests/support $(shell pkg-config --cflags cmocka libcurl 2>/dev/null)
 LDLIBS_TEST   = $(LDLIBS_SRV) $(shell pkg-config --libs cmocka libcurl 2>/dev/null)
 
-.PHONY: all run test check-tests deps-run deps-test clean help
+.PHONY: all run dev sample_app test check-tests deps-run deps-test clean help
 # Keep test objects (make would delete them as intermediates).
 .SECONDARY:
 .DEFAULT_GOAL := all
@@ -121,6 +121,14 @@ deps-run:
 
 deps-test:
 	$(call ensure_debs,$(TEST_DEBS),$(TEST_PCS))
+
+# The iterate loop: rebuild and reload the sample app on every save.
+sample_app: $(SAMPLE)
+
+dev: deps-run
+	@$(MAKE) --no-print-directory all
+	./$(BUILD)/bgserve --port $(PORT) --reload --watch sample_app \
+	  --build "$(MAKE) --no-print-directory sample_app" $(SAMPLE)
 
 run: deps-run
 	@$(MAKE) --no-print-directory all

@@ -215,6 +215,7 @@ static void install_scaffold_builds_checks_and_serves(void **state)
     assert_int_equal(sh(&out, "cd '%s/demo' && %s env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL "
                      "make -n run BGSERVE='%s'", root, pkgenv, bin), 0);
     assert_non_null(strstr(out, "--port 8000 ./demo.so"));
+    assert_non_null(strstr(out, "--reload --watch ."));
     free(out);
 
     /* serve it with the installed binary and request its routes */
