@@ -727,9 +727,12 @@ void http_quiesce(void)
     if (daemon_ == NULL)
         return;
     MHD_socket fd = MHD_quiesce_daemon(daemon_);
+    /* Refuse new clients at once, but close the socket only in http_stop,
+     * after MHD_stop_daemon: libmicrohttpd's pool threads may still be
+     * taking it out of their epoll sets (ThreadSanitizer saw the race). */
     if (fd != MHD_INVALID_SOCKET)
-        close(fd);
-    listen_fd = -1;
+        shutdown(fd, SHUT_RDWR);
+    listen_fd = fd == MHD_INVALID_SOCKET ? -1 : (int)fd;
 }
 
 unsigned http_wait_idle(unsigned deadline_ms)
