@@ -128,7 +128,7 @@ sample_app: $(SAMPLE)
 dev: deps-run
 	@$(MAKE) --no-print-directory all
 	./$(BUILD)/bgserve --port $(PORT) --reload --watch sample_app \
-	  --build "$(MAKE) --no-print-directory sample_app" $(SAMPLE)
+	  --build "make --no-print-directory sample_app" $(SAMPLE)
 
 run: deps-run
 	@$(MAKE) --no-print-directory all

@@ -100,7 +100,7 @@ static void scaffold_creates_source_makefile_and_gitignore(void **state)
     assert_non_null(strstr(mk, "--variable=plugin_ldflags bgserve"));
     assert_non_null(strstr(mk, "my-app.so: my-app.c\n\t"));      /* recipes use tabs */
     assert_non_null(strstr(mk, "check: my-app.so\n\t$(BGSERVE) --check ./my-app.so"));
-    assert_non_null(strstr(mk, "--reload --watch . --build '$(MAKE) --no-print-directory my-app.so'"));
+    assert_non_null(strstr(mk, "--reload --watch . --build 'make --no-print-directory my-app.so'"));
     assert_null(strstr(mk, "@NAME@"));
 
     char *gi = slurp("my-app/.gitignore");

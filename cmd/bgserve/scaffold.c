@@ -142,7 +142,7 @@ static const char makefile_template[] =
 "\t$(BGSERVE) --check ./@NAME@.so\n"
 "\n"
 "run: @NAME@.so\n"
-"\t$(BGSERVE) --reload --watch . --build '$(MAKE) --no-print-directory @NAME@.so' \\\n"
+"\t$(BGSERVE) --reload --watch . --build 'make --no-print-directory @NAME@.so' \\\n"
 "\t  --port $(PORT) ./@NAME@.so\n"
 "\n"
 "clean:\n"
