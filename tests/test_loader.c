@@ -80,6 +80,7 @@ static void loader_refuses_each_fixture(void **state)
         {"reserved_route", {"route 1 (GET /_bgserve/x)", "reserved"}},
         {"dup_task", {"duplicate task name 'email'", "tasks 0 and 2"}},
         {"unknown_route_task", {"route 1 (POST /orders)", "unknown task 'send_invoice'"}},
+        {"static_tls", {"flagged STATIC_TLS", "cannot be unloaded and reloaded"}},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
         expect_refusal(fixture(cases[i].name), cases[i].words);

@@ -96,6 +96,7 @@ static void refusals_each_fixture(void **state)
         {"reserved_route", {"route 1 (GET /_bgserve/x)", "reserved"}},
         {"dup_task", {"duplicate task name 'email'", "tasks 0 and 2"}},
         {"unknown_route_task", {"unknown task 'send_invoice'", "route 1 (POST /orders)"}},
+        {"static_tls", {"flagged STATIC_TLS", "default TLS model"}},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
         expect_refused(fixture(cases[i].name), cases[i].words);

@@ -943,6 +943,41 @@ static void reload_incomplete_file_waits(void **state)
     t->passed = 1;
 }
 
+/* ---- 11. at most --max-generations are loaded at once ------------------------ */
+
+static void reload_waits_for_room_past_max_generations(void **state)
+{
+    rl *t = *state;
+    char query[PATH_MAX + 64], release[PATH_MAX + 16];
+    put_plugin(t, t->build_a, W_INPLACE);
+    const char *args[] = {"--reload", "--max-generations", "2", NULL};
+    rl_start(t, args);
+    expect_letter(&t->s, 'A');
+
+    /* A task holds generation 1 after the swap to generation 2. */
+    snprintf(release, sizeof release, "%s/release", t->root);
+    snprintf(query, sizeof query, "?ms=0&until=%s", release);
+    slowtask(&t->s, query);
+    put_plugin(t, t->build_b, W_RENAME);
+    expect_letter(&t->s, 'B');
+
+    /* A third build must wait: two generations are loaded. */
+    put_plugin(t, t->build_a, W_RENAME);
+    expect_log(&t->s, "waiting for generation 1 to retire");
+    assert_int_equal(served_letter(&t->s), 'B');
+    assert_int_equal(h_count_log(&t->s, "generation 3 serving"), 0);
+
+    /* Releasing the task retires generation 1, and the reload goes on. */
+    put_text(release, "go\n");
+    expect_letter(&t->s, 'A');
+    long wait = log_find(&t->s, "waiting for generation 1 to retire", 0);
+    long retired = log_find(&t->s, "generation 1 retired", 0);
+    long third = log_find(&t->s, "generation 3 serving", 0);
+    assert_true(wait >= 0 && retired > wait && third > retired);
+    rl_stop(t);
+    t->passed = 1;
+}
+
 int main(void)
 {
     curl_global_init(CURL_GLOBAL_DEFAULT); /* before any thread */
@@ -957,6 +992,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(reload_retired_generations_unloaded, setup, teardown),
         cmocka_unit_test_setup_teardown(reload_handover_passes_state, setup, teardown),
         cmocka_unit_test_setup_teardown(reload_incomplete_file_waits, setup, teardown),
+        cmocka_unit_test_setup_teardown(reload_waits_for_room_past_max_generations, setup, teardown),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     curl_global_cleanup();
