@@ -85,6 +85,21 @@ static void crash_fpe_in_handler_names_route(void **state)
     h_free(&s);
 }
 
+static void crash_in_service_create_names_the_service(void **state)
+{
+    (void)state;
+    h_server s;
+    h_resp r;
+    start(&s);
+    h_get(&s, "/service", &r);
+    h_resp_free(&r);
+    assert_int_equal(wait_exit(&s, 15000), 128 + SIGSEGV);
+    assert_non_null(strstr(s.log, "bgserve crashed in plugin code: SIGSEGV"));
+    assert_non_null(strstr(s.log, "while running service 'broken' hook"));
+    assert_non_null(strstr(s.log, "generation 1 of plugin 'crash_app'"));
+    h_free(&s);
+}
+
 static void crash_abort_in_task_names_task_and_id(void **state)
 {
     (void)state;
@@ -128,6 +143,7 @@ int main(void)
         cmocka_unit_test(crash_segv_in_handler_names_route),
         cmocka_unit_test(crash_fpe_in_handler_names_route),
         cmocka_unit_test(crash_abort_in_task_names_task_and_id),
+        cmocka_unit_test(crash_in_service_create_names_the_service),
         cmocka_unit_test(crash_outside_plugin_code_says_so),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -23,6 +23,7 @@
  */
 #include "generation.h"
 
+#include "crash.h"
 #include "json.h"
 #include "log.h"
 #include "tasks.h"
@@ -94,7 +95,10 @@ static void retire(generation *g)
     int announce = g->started && !g->app.check_only;
     if (g->started && g->plugin->stop) {
         g->app.starting = 0;
+        crash_frame cf; /* names the hook if it crashes */
+        crash_enter_hook(&cf, "stop", g->number, g->plugin->name);
         g->plugin->stop(&g->app);
+        crash_leave(&cf);
     }
     services_free(g->services);
     plugin_unload(g->plugin);
@@ -119,6 +123,7 @@ static int create(const char *path, uint64_t number, unsigned flags, generation 
     g->number = number;
     g->plugin = p;
     g->services = services_new();
+    services_set_origin(g->services, number, p->name);
     g->app.gen = g;
     g->app.check_only = (flags & GEN_CHECK_ONLY) != 0;
     live_add(g);
@@ -132,7 +137,10 @@ static int create(const char *path, uint64_t number, unsigned flags, generation 
     if (p->start) {
         g->app.starting = 1;
         g->app.handover_from = prev;
+        crash_frame cf; /* names the hook if it crashes */
+        crash_enter_hook(&cf, "start", g->number, p->name);
         int rc = p->start(&g->app);
+        crash_leave(&cf);
         g->app.starting = 0;
         pthread_mutex_lock(&handover_lock);
         g->app.handover_from = NULL;

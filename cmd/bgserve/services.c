@@ -28,7 +28,10 @@
 #include "log.h"
 #include "util.h"
 
+#include "crash.h"
+
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -44,6 +47,9 @@ typedef struct entry {
     int state;
     void *instance;
     pthread_t creator; /* valid while state == S_CREATING */
+    char hook[96];     /* "service 'NAME'": names it in a crash report */
+    uint64_t gen;      /* the owning generation, for crash reports */
+    const char *plugin;
 } entry;
 
 struct services {
@@ -53,10 +59,14 @@ struct services {
     size_t n, cap;
     entry **created;      /* singletons in creation order; guarded by mu */
     size_t ncreated;
+    uint64_t gen;         /* set once by services_set_origin, before use */
+    const char *plugin;
 };
 
 typedef struct scope_item {
-    const entry *e;       /* identity only (scoped reuse); never followed */
+    const entry *e;       /* registered entries outlive every scope: a
+                             scope belongs to a request or task run, which
+                             holds the generation owning the registry */
     void *instance;
     bgs_service_destroy_fn destroy;
     void *arg;
@@ -66,6 +76,33 @@ struct services_scope {
     scope_item *items;    /* in creation order */
     size_t n, cap;
 };
+
+/* ------------------------------------------------------------------ */
+/* Calls into plugin code, named for crash reports                     */
+/* ------------------------------------------------------------------ */
+
+static void *call_create(const entry *e, bgs_service_create_fn create, void *arg)
+{
+    crash_frame cf;
+    crash_enter_hook(&cf, e->hook, e->gen, e->plugin);
+    void *inst = create(arg);
+    crash_leave(&cf);
+    return inst;
+}
+
+static void call_destroy(const entry *e, bgs_service_destroy_fn destroy, void *inst, void *arg)
+{
+    crash_frame cf;
+    crash_enter_hook(&cf, e->hook, e->gen, e->plugin);
+    destroy(inst, arg);
+    crash_leave(&cf);
+}
+
+void services_set_origin(services *s, uint64_t gen, const char *plugin)
+{
+    s->gen = gen;
+    s->plugin = plugin;
+}
 
 /* ------------------------------------------------------------------ */
 /* Registry                                                            */
@@ -86,7 +123,7 @@ void services_free(services *s)
     for (size_t i = s->ncreated; i-- > 0;) {
         entry *e = s->created[i];
         if (e->destroy != NULL)
-            e->destroy(e->instance, e->arg);
+            call_destroy(e, e->destroy, e->instance, e->arg);
     }
     for (size_t i = 0; i < s->n; i++) {
         free(s->v[i]->name);
@@ -142,6 +179,9 @@ int services_register(services *s, const char *name, uint32_t lifetime,
     e->lifetime = lifetime;
     e->create = create;
     e->destroy = destroy;
+    snprintf(e->hook, sizeof(e->hook), "service '%.64s'", name);
+    e->gen = s->gen;
+    e->plugin = s->plugin;
     e->arg = arg;
     e->state = S_NONE;
     if (s->n == s->cap) {
@@ -182,7 +222,7 @@ static void *get_singleton(services *s, entry *e)
     e->state = S_CREATING;
     e->creator = pthread_self();
     pthread_mutex_unlock(&s->mu);
-    inst = e->create(e->arg);
+    inst = call_create(e, e->create, e->arg);
     pthread_mutex_lock(&s->mu);
     if (inst != NULL) {
         e->instance = inst;
@@ -255,7 +295,7 @@ void *services_get(services *s, services_scope **scope, const char *name)
             if (sc->items[i].e == e)
                 return sc->items[i].instance;
     }
-    inst = create(arg);
+    inst = call_create(e, create, arg);
     if (inst != NULL)
         scope_add(sc, e, inst, destroy, arg);
 check:
@@ -273,7 +313,7 @@ void services_scope_end(services_scope *scope)
     for (size_t i = scope->n; i-- > 0;) {
         scope_item *it = &scope->items[i];
         if (it->destroy != NULL)
-            it->destroy(it->instance, it->arg);
+            call_destroy(it->e, it->destroy, it->instance, it->arg);
     }
     free(scope->items);
     free(scope);

@@ -21,6 +21,9 @@ typedef struct services services;
 typedef struct services_scope services_scope;
 
 services *services_new(void);
+/* Which generation and plugin the registry belongs to, for crash reports
+ * that name a service's create or destroy function. */
+void services_set_origin(services *s, uint64_t gen, const char *plugin);
 /* Destroy the singletons created so far (reverse order) and free. */
 void services_free(services *s);
 

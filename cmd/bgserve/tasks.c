@@ -571,7 +571,10 @@ static void finalize(task_item *it, int st, const char *err)
     if (it->free_fn) {
         bgs_free_fn f = it->free_fn;
         it->free_fn = NULL;
+        crash_frame cf; /* names the task if its free function crashes */
+        crash_enter_task(&cf, kind->name, id, it->request_id, it->gen_number);
         f(it->arg);
+        crash_leave(&cf);
     }
     free(it->payload);
     it->payload = NULL;
