@@ -26,7 +26,8 @@
  * Keeping a plugin reloadable (bgserve --reload): no threads of its own,
  * no atexit(), no pthread keys or initial-exec TLS, no constructors or
  * destructors, no signal handlers.  Keep state in the app (bgs_app_set_data)
- * or outside the process.
+ * or outside the process; one pointer can be handed to the next generation
+ * with bgs_app_handover_set/get (docs/ABI.md shows how).
  *
  * Ownership: strings returned by request accessors belong to the request
  * and stay valid until the handler returns.  Data passed to response and
