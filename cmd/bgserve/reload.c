@@ -165,9 +165,26 @@ static int run_build(void)
 
 /* ---- the thread ---------------------------------------------------------------------- */
 
+#define PLUGIN_MASK (IN_CLOSE_WRITE | IN_MOVED_TO | IN_ONLYDIR | IN_DELETE_SELF | IN_MOVE_SELF)
+#define REWATCH_MS 250
+
+/* The plugin's directory went away (make clean): try to watch it again.
+ * Returns 1 when watching again. */
+static int rewatch_plugin_dir(void)
+{
+    plugin_wd = inotify_add_watch(ino_fd, plugin_dir, PLUGIN_MASK);
+    if (plugin_wd < 0)
+        return 0;
+    log_msg(BGS_LOG_INFO, "reload: watching %s again", plugin_dir);
+    return 1;
+}
+
 static void try_reload(void)
 {
     char why[1024];
+    struct stat st;
+    if (stat(cfg.plugin_path, &st) != 0 && errno == ENOENT)
+        return; /* removed (make clean): its next write brings it back */
     if (image_check(cfg.plugin_path, why, sizeof why) == IMAGE_EINCOMPLETE) {
         log_msg(BGS_LOG_INFO, "reload: waiting for '%s' to be complete: %s",
                 cfg.plugin_path, why);
@@ -191,6 +208,8 @@ static void *reload_main(void *arg)
         int timeout = -1;
         if (due)
             timeout = due <= now ? 0 : (int)((due - now + 999) / 1000);
+        if (ino_fd >= 0 && plugin_wd < 0 && (timeout < 0 || timeout > REWATCH_MS))
+            timeout = REWATCH_MS;
 
         struct pollfd pf[2] = {{.fd = wake_fd, .events = POLLIN},
                                {.fd = ino_fd, .events = POLLIN}};
@@ -213,6 +232,12 @@ static void *reload_main(void *arg)
                 for (char *p = buf; p < buf + len;) {
                     struct inotify_event *ev = (struct inotify_event *)(void *)p;
                     p += sizeof *ev + ev->len;
+                    if (ev->wd == plugin_wd && (ev->mask & IN_IGNORED)) {
+                        plugin_wd = -1;
+                        log_msg(BGS_LOG_WARN, "reload: %s went away; watching for it to "
+                                "come back (the current code keeps serving)", plugin_dir);
+                        continue;
+                    }
                     if (ev->len == 0)
                         continue;
                     if (ev->wd == plugin_wd && strcmp(ev->name, plugin_base) == 0 &&
@@ -240,6 +265,9 @@ static void *reload_main(void *arg)
                 }
             }
         }
+
+        if (ino_fd >= 0 && plugin_wd < 0 && cfg.watch_plugin && rewatch_plugin_dir())
+            plugin_due = util_now_us() + (uint64_t)cfg.settle_ms * 1000u; /* it may be there */
 
         now = util_now_us();
         if (build_due && now >= build_due) {
@@ -293,8 +321,7 @@ int reload_start(const reload_config *c, char *err, size_t errlen)
         plugin_base = strrchr(cfg.plugin_path, '/');
         plugin_base = plugin_base ? plugin_base + 1 : cfg.plugin_path;
         if (dir_of(cfg.plugin_path, plugin_dir, sizeof plugin_dir) != 0 ||
-            (plugin_wd = inotify_add_watch(ino_fd, plugin_dir,
-                                           IN_CLOSE_WRITE | IN_MOVED_TO | IN_ONLYDIR)) < 0) {
+            (plugin_wd = inotify_add_watch(ino_fd, plugin_dir, PLUGIN_MASK)) < 0) {
             snprintf(err, errlen, "bgserve: --reload: cannot watch the plugin's directory '%s': %s\n"
                      "  fix: check that the directory exists and is readable",
                      plugin_dir, strerror(errno));
