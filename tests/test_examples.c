@@ -12,7 +12,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
-#include "harness.h"
+#include "helpers.h"
 
 #include <ctype.h>
 #include <signal.h>
@@ -25,76 +25,11 @@
 
 /* ---- small helpers ---------------------------------------------------------- */
 
-/*
- * h_start finds the port with strrchr over the rest of the log, so a log
- * line with a colon that lands after the listening line in the same read
- * (periodic's "tick at 19:00:00Z") makes it miss the port and time out.
- * Until the harness reads only the listening line, recover the port here
- * when the server is in fact running.
- */
-static int recover_port(h_server *s)
-{
-    const char *marker = "bgserve: listening on http://";
-    h_drain_log(s);
-    const char *line = s->pid > 0 && s->log ? strstr(s->log, marker) : NULL;
-    const char *nl = line ? strchr(line, '\n') : NULL;
-    if (nl == NULL)
-        return -1;
-    const char *colon = nl;
-    while (colon > line && *colon != ':')
-        colon--;
-    s->port = atoi(colon + 1);
-    if (s->port <= 0)
-        return -1;
-    snprintf(s->base, sizeof s->base, "http://127.0.0.1:%d", s->port);
-    return 0;
-}
-
 static int start_plugin(h_server *s, const char *name, const char *const *env)
 {
     char rel[128];
     snprintf(rel, sizeof rel, "plugins/%s.so", name);
-    int rc = h_start(s, h_build_path(rel), NULL, env);
-    if (rc != 0)
-        rc = recover_port(s);
-    if (rc != 0)
-        fprintf(stderr, "%s did not start:\n%s\n", name, s->log ? s->log : "");
-    return rc;
-}
-
-/* The string value of "key" in a flat JSON object, copied into buf; 0, or
- * -1 when absent or not a string. */
-static int json_str_field(const char *body, const char *key, char *buf, size_t cap)
-{
-    char pat[64];
-    snprintf(pat, sizeof pat, "\"%s\":\"", key);
-    const char *p = strstr(body, pat);
-    if (p == NULL)
-        return -1;
-    p += strlen(pat);
-    const char *q = strchr(p, '"');
-    if (q == NULL || (size_t)(q - p) >= cap)
-        return -1;
-    memcpy(buf, p, (size_t)(q - p));
-    buf[q - p] = '\0';
-    return 0;
-}
-
-/* The number after "key": inside the object of task `task` in a stats
- * body; -1 when absent. */
-static long long stat_of(const char *body, const char *task, const char *key)
-{
-    char pat[128];
-    snprintf(pat, sizeof pat, "\"%s\":{", task);
-    const char *obj = strstr(body, pat);
-    if (obj == NULL)
-        return -1;
-    const char *end = strchr(obj, '}');
-    snprintf(pat, sizeof pat, "\"%s\":", key);
-    const char *p = strstr(obj, pat);
-    if (p == NULL || (end && p > end))
-        return -1;
-    return strtoll(p + strlen(pat), NULL, 10);
+    return h_start_app(s, h_build_path(rel), NULL, env);
 }
 
 /* "YYYY-MM-DDTHH:MM:SSZ" at s */
@@ -106,42 +41,6 @@ static int is_iso_utc(const char *s)
             return 0;
     }
     return 1;
-}
-
-struct state_wait {
-    h_server *s;
-    char path[96];
-    const char *want;
-    char last[32];
-};
-
-static int record_in_state(void *arg)
-{
-    struct state_wait *w = arg;
-    h_resp r;
-    int ok = 0;
-    if (h_get(w->s, w->path, &r) == 0 && r.status == 200 &&
-        json_str_field(r.body, "state", w->last, sizeof w->last) == 0)
-        ok = strcmp(w->last, w->want) == 0;
-    h_resp_free(&r);
-    return ok;
-}
-
-struct stat_wait {
-    h_server *s;
-    const char *task, *key;
-    long long want, last;
-};
-
-static int stat_reaches(void *arg)
-{
-    struct stat_wait *w = arg;
-    h_resp r;
-    w->last = -1;
-    if (h_get(w->s, "/_bgserve/stats", &r) == 0 && r.status == 200)
-        w->last = stat_of(r.body, w->task, w->key);
-    h_resp_free(&r);
-    return w->last == w->want;
 }
 
 /* ---- accepted --------------------------------------------------------------- */
@@ -169,14 +68,14 @@ static void examples_accepted_answers_before_the_task_runs(void **state)
     /* The response is in hand while the one-second task has not finished. */
     assert_int_equal(h_get(&s, loc, &r), 0);
     assert_int_equal(r.status, 200);
-    assert_int_equal(json_str_field(r.body, "state", st, sizeof st), 0);
+    assert_int_equal(h_json_str(r.body, "state", st, sizeof st), 0);
     assert_true(strcmp(st, "queued") == 0 || strcmp(st, "running") == 0);
     assert_non_null(strstr(r.body, "\"name\":\"slow_operation\""));
     h_resp_free(&r);
 
-    struct state_wait w = {.s = &s, .want = "succeeded"};
-    snprintf(w.path, sizeof w.path, "%s", loc);
-    assert_true(h_poll(record_in_state, &w, DEADLINE_MS));
+    char *rec = h_wait_state(&s, loc, "succeeded", DEADLINE_MS);
+    assert_non_null(rec);
+    free(rec);
     char done[128];
     snprintf(done, sizeof done, "[task %s] Done!", loc + strlen("/_bgserve/tasks/"));
     assert_true(h_wait_log(&s, done, DEADLINE_MS));
@@ -342,11 +241,8 @@ static void examples_register_runs_route_tasks_concurrently(void **state)
     }
     assert_int_equal(*line, '\0');
 
-    struct stat_wait sw = {.s = &s, .task = "send_email_notification",
-                           .key = "succeeded", .want = 2};
-    assert_true(h_poll(stat_reaches, &sw, DEADLINE_MS));
-    sw.task = "write_in_file";
-    assert_true(h_poll(stat_reaches, &sw, DEADLINE_MS));
+    assert_true(h_wait_stat(&s, "send_email_notification", "succeeded", 2, DEADLINE_MS));
+    assert_true(h_wait_stat(&s, "write_in_file", "succeeded", 2, DEADLINE_MS));
     assert_true(h_wait_log(&s, "email notification: Account created", DEADLINE_MS));
 
     assert_int_equal(h_stop(&s, SIGTERM), 0);
