@@ -15,7 +15,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
-#include "harness.h"
+#include "helpers.h"
 
 #include <arpa/inet.h>
 #include <ctype.h>
@@ -37,17 +37,9 @@ static h_server app; /* tasks_app.so, default options */
 
 /* ---- helpers ------------------------------------------------------------------- */
 
-static const char *fixture(void)
-{
-    return h_build_path("tests/fixtures/tasks_app.so");
-}
-
 static int start_app(h_server *s, const char *const *args, const char *const *env)
 {
-    int rc = h_start(s, fixture(), args, env);
-    if (rc != 0)
-        fprintf(stderr, "tasks_app did not start:\n%s\n", s->log ? s->log : "");
-    return rc;
+    return h_start_app(s, h_build_path("tests/fixtures/tasks_app.so"), args, env);
 }
 
 static uint64_t wall_us(void)
@@ -55,54 +47,6 @@ static uint64_t wall_us(void)
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
-}
-
-/* The string value of "key" (flat JSON), copied into buf; 0, or -1 when
- * absent, null or not a string. */
-static int json_str_field(const char *body, const char *key, char *buf, size_t cap)
-{
-    char pat[64];
-    snprintf(pat, sizeof pat, "\"%s\":\"", key);
-    const char *p = strstr(body, pat);
-    if (p == NULL)
-        return -1;
-    p += strlen(pat);
-    const char *q = strchr(p, '"');
-    if (q == NULL || (size_t)(q - p) >= cap)
-        return -1;
-    memcpy(buf, p, (size_t)(q - p));
-    buf[q - p] = '\0';
-    return 0;
-}
-
-/* The number after "key": at or after from; -1 when absent or null. */
-static long long json_num_field(const char *from, const char *key)
-{
-    char pat[64];
-    snprintf(pat, sizeof pat, "\"%s\":", key);
-    const char *p = strstr(from, pat);
-    if (p == NULL)
-        return -1;
-    p += strlen(pat);
-    if (!isdigit((unsigned char)*p))
-        return -1;
-    return (long long)strtoull(p, NULL, 10);
-}
-
-/* A counter of task `task` in a /_bgserve/stats body; -1 when absent. */
-static long long stat_of(const char *body, const char *task, const char *key)
-{
-    char pat[128];
-    snprintf(pat, sizeof pat, "\"%s\":{", task);
-    const char *obj = strstr(body, pat);
-    if (obj == NULL)
-        return -1;
-    const char *end = strchr(obj, '}');
-    snprintf(pat, sizeof pat, "\"%s\":", key);
-    const char *p = strstr(obj, pat);
-    if (p == NULL || end == NULL || p > end)
-        return -1;
-    return (long long)strtoull(p + strlen(pat), NULL, 10);
 }
 
 /* Parse "12,13,14" into ids; returns the count. */
@@ -148,76 +92,19 @@ static long record(h_server *s, unsigned long long id, char **body)
     return status;
 }
 
-struct state_wait {
-    h_server *s;
-    unsigned long long id;
-    const char *want;
-    char last[32];
-    char *body; /* the last record seen (caller frees) */
-};
-
-static int record_in_state(void *arg)
-{
-    struct state_wait *w = arg;
-    free(w->body);
-    w->body = NULL;
-    if (record(w->s, w->id, &w->body) != 200 ||
-        json_str_field(w->body, "state", w->last, sizeof w->last) != 0)
-        return 0;
-    return strcmp(w->last, w->want) == 0;
-}
-
 /* Poll task id until it is in state want; returns its record (free it). */
 static char *wait_state(h_server *s, unsigned long long id, const char *want)
 {
-    struct state_wait w = {.s = s, .id = id, .want = want};
-    int ok = h_poll(record_in_state, &w, DEADLINE_MS);
-    if (!ok) {
-        h_drain_log(s);
-        size_t len = s->log_len, from = len > 3000 ? len - 3000 : 0;
-        fprintf(stderr, "task %llu: wanted state %s, last seen %s; server log ends:\n%s\n",
-                id, want, w.last, s->log ? s->log + from : "");
-    }
-    assert_true(ok);
-    return w.body;
-}
-
-struct stat_wait {
-    h_server *s;
-    const char *task, *key;
-    long long want, last;
-};
-
-static int stat_reaches(void *arg)
-{
-    struct stat_wait *w = arg;
-    h_resp r;
-    w->last = -1;
-    h_drain_log(w->s);
-    if (h_get(w->s, "/_bgserve/stats", &r) == 0 && r.status == 200)
-        w->last = stat_of(r.body, w->task, w->key);
-    h_resp_free(&r);
-    return w->last == w->want;
+    char path[64];
+    snprintf(path, sizeof path, "/_bgserve/tasks/%llu", id);
+    char *rec = h_wait_state(s, path, want, DEADLINE_MS);
+    assert_non_null(rec);
+    return rec;
 }
 
 static void wait_stat(h_server *s, const char *task, const char *key, long long want)
 {
-    struct stat_wait w = {.s = s, .task = task, .key = key, .want = want};
-    int ok = h_poll(stat_reaches, &w, DEADLINE_MS);
-    if (!ok)
-        fprintf(stderr, "stats %s.%s: wanted %lld, last seen %lld\n", task, key, want, w.last);
-    assert_true(ok);
-}
-
-static long long stat_now(h_server *s, const char *task, const char *key)
-{
-    h_resp r;
-    h_drain_log(s);
-    assert_int_equal(h_get(s, "/_bgserve/stats", &r), 0);
-    assert_int_equal(r.status, 200);
-    long long v = stat_of(r.body, task, key);
-    h_resp_free(&r);
-    return v;
+    assert_true(h_wait_stat(s, task, key, want, DEADLINE_MS));
 }
 
 /* Wait for a task event line "task ID NAME EVENT" and return ID: the way
@@ -351,7 +238,7 @@ static void tasks_http_slow_reader_task_starts_after_last_byte(void **state)
     assert_true(id > 0);
 
     char *rec = wait_state(&app, id, "succeeded");
-    long long started = json_num_field(rec, "started_at_us");
+    long long started = h_json_num(rec, "started_at_us");
     assert_true(started > 0);
     if (!((unsigned long long)started > mark_us))
         fprintf(stderr, "task started at %lld, client had all but %llu bytes at %llu\n",
@@ -374,12 +261,12 @@ static void tasks_http_response_arrives_while_task_runs(void **state)
     assert_int_equal(n, 1);
 
     assert_int_equal(record(&app, ids[0], &rec), 200);
-    assert_int_equal(json_str_field(rec, "state", st, sizeof st), 0);
+    assert_int_equal(h_json_str(rec, "state", st, sizeof st), 0);
     assert_true(strcmp(st, "queued") == 0 || strcmp(st, "running") == 0);
     free(rec);
 
     rec = wait_state(&app, ids[0], "succeeded");
-    long long finished = json_num_field(rec, "finished_at_us");
+    long long finished = h_json_num(rec, "finished_at_us");
     assert_true(finished > 0 && (uint64_t)finished > got_response);
     free(rec);
 }
@@ -398,8 +285,8 @@ static void tasks_http_sequential_runs_in_attach_order(void **state)
     for (size_t i = 0; i < n; i++) {
         char *rec = wait_state(&app, ids[i], "succeeded");
         assert_non_null(strstr(rec, "\"mode\":\"sequential\""));
-        long long started = json_num_field(rec, "started_at_us");
-        long long finished = json_num_field(rec, "finished_at_us");
+        long long started = h_json_num(rec, "started_at_us");
+        long long finished = h_json_num(rec, "finished_at_us");
         /* each starts only after the one before it finished */
         assert_true(started > 0 && started >= prev_finished);
         assert_true(finished >= started);
@@ -422,16 +309,16 @@ static void tasks_http_sequential_failure_skips_the_rest(void **state)
     rec = wait_state(&app, ids[0], "succeeded");
     free(rec);
     rec = wait_state(&app, ids[1], "failed");
-    assert_int_equal(json_num_field(rec, "attempts"), 1);
-    assert_int_equal(json_str_field(rec, "error", err, sizeof err), 0);
+    assert_int_equal(h_json_num(rec, "attempts"), 1);
+    assert_int_equal(h_json_str(rec, "error", err, sizeof err), 0);
     assert_string_equal(err, "step 2 fails on purpose");
     free(rec);
     snprintf(expect, sizeof expect, "previous task %llu", ids[1]);
     for (size_t i = 2; i < 4; i++) {
         rec = wait_state(&app, ids[i], "skipped");
-        assert_int_equal(json_num_field(rec, "attempts"), 0);
-        assert_int_equal(json_num_field(rec, "started_at_us"), -1); /* null: never ran */
-        assert_int_equal(json_str_field(rec, "error", err, sizeof err), 0);
+        assert_int_equal(h_json_num(rec, "attempts"), 0);
+        assert_int_equal(h_json_num(rec, "started_at_us"), -1); /* null: never ran */
+        assert_int_equal(h_json_str(rec, "error", err, sizeof err), 0);
         assert_non_null(strstr(err, expect));
         free(rec);
     }
@@ -463,12 +350,12 @@ static void tasks_http_thousand_requests_two_tasks_each(void **state)
         assert_int_equal(n, 2);
     }
     wait_stat(&app, "pair", "succeeded", 2000);
-    assert_int_equal(stat_now(&app, "pair", "failed"), 0);
-    assert_int_equal(stat_now(&app, "pair", "discarded"), 0);
-    assert_int_equal(stat_now(&app, "pair", "skipped"), 0);
-    assert_int_equal(stat_now(&app, "pair", "cancelled"), 0);
-    assert_int_equal(stat_now(&app, "pair", "queued"), 0);
-    assert_int_equal(stat_now(&app, "pair", "running"), 0);
+    assert_int_equal(h_stat(&app, "pair", "failed"), 0);
+    assert_int_equal(h_stat(&app, "pair", "discarded"), 0);
+    assert_int_equal(h_stat(&app, "pair", "skipped"), 0);
+    assert_int_equal(h_stat(&app, "pair", "cancelled"), 0);
+    assert_int_equal(h_stat(&app, "pair", "queued"), 0);
+    assert_int_equal(h_stat(&app, "pair", "running"), 0);
 }
 
 /* ---- retries ------------------------------------------------------------------------ */
@@ -482,12 +369,12 @@ static void tasks_http_retries_until_success(void **state)
     assert_int_equal(get_tasks(&app, "/flaky", ids, 4, &n), 200);
     assert_int_equal(n, 1);
     char *rec = wait_state(&app, ids[0], "succeeded");
-    assert_int_equal(json_num_field(rec, "attempts"), 3);
-    assert_int_equal(json_num_field(rec, "max_attempts"), 3);
+    assert_int_equal(h_json_num(rec, "attempts"), 3);
+    assert_int_equal(h_json_num(rec, "max_attempts"), 3);
     free(rec);
-    assert_int_equal(stat_now(&app, "flaky", "retried"), 2);
-    assert_int_equal(stat_now(&app, "flaky", "succeeded"), 1);
-    assert_int_equal(stat_now(&app, "flaky", "failed"), 0);
+    assert_int_equal(h_stat(&app, "flaky", "retried"), 2);
+    assert_int_equal(h_stat(&app, "flaky", "succeeded"), 1);
+    assert_int_equal(h_stat(&app, "flaky", "failed"), 0);
     assert_true(h_wait_log(&app, "attempt 2 fails on purpose", DEADLINE_MS));
 }
 
@@ -536,7 +423,7 @@ static void tasks_http_full_queue_answers_503(void **state)
     h_resp_free(&r);
 
     assert_int_equal(h_get(&s, "/_bgserve/stats", &r), 0);
-    assert_int_equal(json_num_field(strstr(r.body, "\"queue\":{"), "capacity"), 2);
+    assert_int_equal(h_json_num(strstr(r.body, "\"queue\":{"), "capacity"), 2);
     h_resp_free(&r);
 
     int fd = open(release, O_CREAT | O_WRONLY | O_CLOEXEC, 0600);
@@ -558,8 +445,8 @@ static void tasks_http_full_queue_answers_503(void **state)
 
     /* nothing accepted was lost */
     wait_stat(&s, "blocker", "succeeded", 4);
-    assert_int_equal(stat_now(&s, "blocker", "failed"), 0);
-    assert_int_equal(stat_now(&s, "blocker", "cancelled"), 0);
+    assert_int_equal(h_stat(&s, "blocker", "failed"), 0);
+    assert_int_equal(h_stat(&s, "blocker", "cancelled"), 0);
 
     assert_int_equal(h_stop(&s, SIGTERM), 0);
     h_free(&s);
@@ -583,11 +470,11 @@ static void tasks_http_handler_failure_discards(void **state)
     assert_int_equal(record(&app, id, &rec), 200);
     assert_non_null(strstr(rec, "\"state\":\"discarded\""));
     assert_non_null(strstr(rec, "\"name\":\"doomed\""));
-    assert_int_equal(json_num_field(rec, "attempts"), 0);
-    assert_int_equal(json_str_field(rec, "error", err, sizeof err), 0);
+    assert_int_equal(h_json_num(rec, "attempts"), 0);
+    assert_int_equal(h_json_str(rec, "error", err, sizeof err), 0);
     assert_non_null(strstr(err, "handler failed"));
     free(rec);
-    assert_int_equal(stat_now(&app, "doomed", "succeeded"), 0);
+    assert_int_equal(h_stat(&app, "doomed", "succeeded"), 0);
 }
 
 static void tasks_http_head_runs_no_tasks(void **state)
@@ -603,10 +490,10 @@ static void tasks_http_head_runs_no_tasks(void **state)
     unsigned long long id = id_from_log(&app, "on_get", "discarded");
     assert_int_equal(record(&app, id, &rec), 200);
     assert_non_null(strstr(rec, "\"state\":\"discarded\""));
-    assert_int_equal(json_str_field(rec, "error", err, sizeof err), 0);
+    assert_int_equal(h_json_str(rec, "error", err, sizeof err), 0);
     assert_non_null(strstr(err, "HEAD"));
     free(rec);
-    assert_int_equal(stat_now(&app, "on_get", "succeeded"), 0);
+    assert_int_equal(h_stat(&app, "on_get", "succeeded"), 0);
 
     /* the same route by GET does run it */
     unsigned long long ids[4];
@@ -638,17 +525,17 @@ static void tasks_http_stats_shape(void **state)
     const char *workers = strstr(r.body, "\"workers\":{");
     assert_non_null(queue);
     assert_non_null(workers);
-    assert_true(json_num_field(queue, "depth") >= 0);
-    assert_true(json_num_field(queue, "capacity") > 0);
-    assert_true(json_num_field(workers, "busy") >= 0);
-    assert_true(json_num_field(workers, "total") > 0);
-    assert_true(json_num_field(r.body, "requests") > 0);
-    assert_true(json_num_field(r.body, "uptime_s") >= 0);
+    assert_true(h_json_num(queue, "depth") >= 0);
+    assert_true(h_json_num(queue, "capacity") > 0);
+    assert_true(h_json_num(workers, "busy") >= 0);
+    assert_true(h_json_num(workers, "total") > 0);
+    assert_true(h_json_num(r.body, "requests") > 0);
+    assert_true(h_json_num(r.body, "uptime_s") >= 0);
     static const char *const keys[] = {"queued", "running", "succeeded", "failed",
                                        "retried", "skipped", "discarded"};
     for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++)
-        assert_true(stat_of(r.body, "step", keys[i]) >= 0);
-    assert_true(stat_of(r.body, "step", "succeeded") >= 1);
+        assert_true(h_json_obj_num(r.body, "step", keys[i]) >= 0);
+    assert_true(h_json_obj_num(r.body, "step", "succeeded") >= 1);
     h_resp_free(&r);
 }
 
@@ -665,15 +552,15 @@ static void tasks_http_record_shape_and_unknown_id(void **state)
     h_resp_free(&r);
 
     rec = wait_state(&app, id, "succeeded");
-    assert_int_equal(json_num_field(rec, "id"), (long long)id);
-    assert_int_equal(json_str_field(rec, "name", buf, sizeof buf), 0);
+    assert_int_equal(h_json_num(rec, "id"), (long long)id);
+    assert_int_equal(h_json_str(rec, "name", buf, sizeof buf), 0);
     assert_string_equal(buf, "step");
-    assert_int_equal(json_num_field(rec, "attempts"), 1);
+    assert_int_equal(h_json_num(rec, "attempts"), 1);
     static const char *const times[] = {"created_at", "started_at", "finished_at"};
     for (size_t i = 0; i < 3; i++)
-        assert_int_equal(json_str_field(rec, times[i], buf, sizeof buf), 0);
+        assert_int_equal(h_json_str(rec, times[i], buf, sizeof buf), 0);
     assert_non_null(strstr(rec, "\"error\":"));
-    assert_int_equal(json_str_field(rec, "request_id", buf, sizeof buf), 0);
+    assert_int_equal(h_json_str(rec, "request_id", buf, sizeof buf), 0);
     assert_string_equal(buf, rid);
     free(rec);
 
