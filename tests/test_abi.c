@@ -10,7 +10,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
-#include "harness.h"
+#include "helpers.h"
 
 #include <signal.h>
 #include <stdio.h>
@@ -22,19 +22,13 @@ static h_server srv;
 static int setup(void **state)
 {
     (void)state;
-    if (h_start(&srv, h_build_path("tests/abi/old_plugin.so"), NULL, NULL) != 0) {
-        fprintf(stderr, "old_plugin did not start:\n%s\n", srv.log ? srv.log : "");
-        return -1;
-    }
-    return 0;
+    return h_start_app(&srv, h_build_path("tests/abi/old_plugin.so"), NULL, NULL) == 0 ? 0 : -1;
 }
 
 static int teardown(void **state)
 {
     (void)state;
-    if (srv.pid > 0)
-        h_stop(&srv, SIGKILL); /* only when a test failed before the last one */
-    h_free(&srv);
+    h_free(&srv); /* kills the server only when a test failed before the last one */
     return 0;
 }
 
@@ -75,16 +69,14 @@ static void abi_old_plugin_serves_routes(void **state)
     h_resp_free(&r);
 }
 
-/* The task record of id reached state "succeeded". */
-static int task_succeeded(void *arg)
+/* The task record of id reaches state "succeeded". */
+static int task_succeeded(const char *id)
 {
-    h_resp r;
     char path[64];
-    snprintf(path, sizeof path, "/_bgserve/tasks/%s", (const char *)arg);
-    int ok = h_get(&srv, path, &r) == 0 && r.status == 200 &&
-             strstr(r.body, "\"state\":\"succeeded\"") != NULL;
-    h_resp_free(&r);
-    return ok;
+    snprintf(path, sizeof path, "/_bgserve/tasks/%s", id);
+    char *rec = h_wait_state(&srv, path, "succeeded", 10000);
+    free(rec);
+    return rec != NULL;
 }
 
 static void abi_old_plugin_tasks_run(void **state)
@@ -97,7 +89,7 @@ static void abi_old_plugin_tasks_run(void **state)
     assert_non_null(h_header(&r, "Bgserve-Tasks"));
     snprintf(id, sizeof id, "%s", h_header(&r, "Bgserve-Tasks"));
     h_resp_free(&r);
-    assert_true(h_poll(task_succeeded, id, 10000));
+    assert_true(task_succeeded(id));
 
     /* a route-level task from the 1.0 route table */
     assert_int_equal(h_get(&srv, "/old/ping", &r), 0);
@@ -105,7 +97,7 @@ static void abi_old_plugin_tasks_run(void **state)
     assert_non_null(h_header(&r, "Bgserve-Tasks"));
     snprintf(id, sizeof id, "%s", h_header(&r, "Bgserve-Tasks"));
     h_resp_free(&r);
-    assert_true(h_poll(task_succeeded, id, 10000));
+    assert_true(task_succeeded(id));
 }
 
 static void abi_old_plugin_await_answers_with_result(void **state)
@@ -123,9 +115,7 @@ static void abi_old_plugin_await_answers_with_result(void **state)
 static void abi_old_plugin_server_stops_cleanly(void **state)
 {
     (void)state;
-    int rc = h_stop(&srv, SIGTERM);
-    if (rc != 0)
-        fail_msg("server exit %d:\n%s", rc, srv.log ? srv.log : "");
+    h_stop_clean(&srv);
 }
 
 int main(void)

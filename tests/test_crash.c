@@ -9,7 +9,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
-#include "harness.h"
+#include "helpers.h"
 
 #include <errno.h>
 #include <signal.h>
@@ -43,10 +43,8 @@ static int wait_exit(h_server *s, unsigned deadline_ms)
 
 static void start(h_server *s)
 {
-    if (h_start(s, h_build_path("tests/fixtures/crash_app.so"), NULL, NULL) != 0) {
-        fprintf(stderr, "crash_app did not start:\n%s\n", s->log ? s->log : "");
+    if (h_start_app(s, h_build_path("tests/fixtures/crash_app.so"), NULL, NULL) != 0)
         fail();
-    }
 }
 
 static void crash_segv_in_handler_names_route(void **state)

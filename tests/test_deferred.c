@@ -9,38 +9,15 @@
 #include <stdint.h>
 #include <cmocka.h>
 
-#include "harness.h"
+#include "helpers.h"
 
 #include <curl/curl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
 
 /* ---- helpers ----------------------------------------------------------------- */
-
-/* A number after "key": in JSON text (first occurrence after `from`). */
-static long long json_num(const char *json, const char *from, const char *key)
-{
-    const char *p = json;
-    if (from && (p = strstr(json, from)) == NULL)
-        return -1;
-    char pat[64];
-    snprintf(pat, sizeof pat, "\"%s\":", key);
-    p = strstr(p, pat);
-    return p ? strtoll(p + strlen(pat), NULL, 10) : -1;
-}
-
-static long long stat_of(h_server *s, const char *section, const char *key)
-{
-    h_resp r;
-    long long v = -1;
-    if (h_get(s, "/_bgserve/stats", &r) == 0 && r.status == 200)
-        v = json_num(r.body, section, key);
-    h_resp_free(&r);
-    return v;
-}
 
 typedef struct many {
     CURLM *multi;
@@ -134,19 +111,7 @@ static void many_free(many *m)
 
 static int start_jobs(h_server *s, const char *const *args)
 {
-    int rc = h_start(s, h_build_path("plugins/jobs.so"), args, NULL);
-    if (rc != 0)
-        fprintf(stderr, "jobs did not start:\n%s\n", s->log ? s->log : "");
-    return rc;
-}
-
-static void raise_fd_limit(void)
-{
-    struct rlimit rl;
-    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max && rl.rlim_cur < 8192) {
-        rl.rlim_cur = rl.rlim_max < 8192 ? rl.rlim_max : 8192;
-        setrlimit(RLIMIT_NOFILE, &rl);
-    }
+    return h_start_app(s, h_build_path("plugins/jobs.so"), args, NULL);
 }
 
 /* ---- tests ------------------------------------------------------------------- */
@@ -168,8 +133,8 @@ static void deferred_thousand_concurrent(void **state)
         assert_string_equal(m.body[i], want);
     }
     many_free(&m);
-    assert_int_equal(stat_of(&s, "\"deferred\"", "completed"), 1000);
-    assert_int_equal(stat_of(&s, "\"deferred\"", "pending"), 0);
+    assert_int_equal(h_stat(&s, "deferred", "completed"), 1000);
+    assert_int_equal(h_stat(&s, "deferred", "pending"), 0);
     assert_int_equal(h_stop(&s, SIGTERM), 0);
     h_free(&s);
 }
@@ -191,7 +156,7 @@ static void deferred_deadline_gives_504_and_late_completion_is_safe(void **state
     h_resp_free(&r);
     /* the task completes the handle after the deadline: an error, no crash */
     assert_true(h_poll(log_has_late, &s, 20000));
-    assert_int_equal(stat_of(&s, "\"deferred\"", "timed_out"), 1);
+    assert_int_equal(h_stat(&s, "deferred", "timed_out"), 1);
     assert_int_equal(h_get(&s, "/", &r), 0);
     assert_int_equal(r.status, 200);
     h_resp_free(&r);
@@ -199,19 +164,12 @@ static void deferred_deadline_gives_504_and_late_completion_is_safe(void **state
     h_free(&s);
 }
 
-typedef struct rec_wait {
-    h_server *s;
-    const char *path;
-    const char *needle;
-} rec_wait;
-
-static int record_has(void *arg)
+/* Poll path until its body contains needle. */
+static int body_has(h_server *s, const char *path, const char *needle, unsigned deadline_ms)
 {
-    rec_wait *w = arg;
-    h_resp r;
-    int ok = h_get(w->s, w->path, &r) == 0 && r.status == 200 && strstr(r.body, w->needle);
-    h_resp_free(&r);
-    return ok;
+    char *body = h_wait_body(s, path, needle, deadline_ms);
+    free(body);
+    return body != NULL;
 }
 
 static void deferred_client_disconnect_is_noticed(void **state)
@@ -227,13 +185,9 @@ static void deferred_client_disconnect_is_noticed(void **state)
     many_free(&m);
     /* the task still finishes, and its record says the response was not
      * delivered (task ids start at 1 in a fresh server) */
-    rec_wait w = {&s, "/_bgserve/tasks/1", "\"state\":\"succeeded\""};
-    assert_true(h_poll(record_has, &w, 20000));
-    w.needle = "\"delivered\":false";
-    assert_true(h_poll(record_has, &w, 20000));
-    w.path = "/_bgserve/stats";
-    w.needle = "\"abandoned\":1";
-    assert_true(h_poll(record_has, &w, 20000));
+    assert_true(body_has(&s, "/_bgserve/tasks/1", "\"state\":\"succeeded\"", 20000));
+    assert_true(body_has(&s, "/_bgserve/tasks/1", "\"delivered\":false", 20000));
+    assert_true(body_has(&s, "/_bgserve/stats", "\"abandoned\":1", 20000));
     assert_int_equal(h_stop(&s, SIGTERM), 0);
     h_free(&s);
 }
@@ -252,7 +206,7 @@ static void deferred_hold_no_http_thread(void **state)
     many_start(&m, &s, 500, "/jobs/%d?ms=30000", 120000);
     uint64_t end = h_now_ms() + 60000;
     long long pending = 0;
-    while (h_now_ms() < end && (pending = stat_of(&s, "\"deferred\"", "pending")) < 500)
+    while (h_now_ms() < end && (pending = h_stat(&s, "deferred", "pending")) < 500)
         many_step(&m, 50);
     assert_int_equal(pending, 500);
     /* another route on the single HTTP thread is answered meanwhile */
@@ -260,7 +214,7 @@ static void deferred_hold_no_http_thread(void **state)
     assert_int_equal(r.status, 200);
     assert_string_equal(r.body, "jobs");
     h_resp_free(&r);
-    assert_int_equal(stat_of(&s, "\"deferred\"", "pending"), 500);
+    assert_int_equal(h_stat(&s, "deferred", "pending"), 500);
     /* stopping answers every suspended connection 503 and exits 0 */
     kill(s.pid, SIGTERM);
     int left = many_step(&m, 60000);
@@ -289,7 +243,7 @@ static void deferred_shutdown_answers_suspended_503(void **state)
     many_start(&m, &s, 100, "/jobs/%d?ms=60000", 120000);
     uint64_t end = h_now_ms() + 60000;
     long long pending = 0;
-    while (h_now_ms() < end && (pending = stat_of(&s, "\"deferred\"", "pending")) < 100)
+    while (h_now_ms() < end && (pending = h_stat(&s, "deferred", "pending")) < 100)
         many_step(&m, 50);
     assert_int_equal(pending, 100);
     kill(s.pid, SIGTERM);
@@ -316,8 +270,7 @@ static void deferred_await_task_result(void **state)
     char path[64];
     snprintf(path, sizeof path, "/_bgserve/tasks/%s", ids);
     h_resp_free(&r);
-    rec_wait w = {&s, path, "\"state\":\"succeeded\""};
-    assert_true(record_has(&w));
+    assert_true(body_has(&s, path, "\"state\":\"succeeded\"", 0)); /* one look */
 
     assert_int_equal(h_get(&s, "/jobs/8/await?ms=1&fail=1", &r), 0);
     assert_int_equal(r.status, 500);
@@ -368,7 +321,7 @@ static void deferred_longpoll_returns_when_task_finishes(void **state)
 
 int main(void)
 {
-    raise_fd_limit();
+    h_raise_fd_limit(8192);
     curl_global_init(CURL_GLOBAL_DEFAULT);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(deferred_thousand_concurrent),

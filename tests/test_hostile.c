@@ -15,7 +15,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
-#include "harness.h"
+#include "helpers.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -26,7 +26,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -128,18 +127,9 @@ static int status_of(const char *buf)
 /* ---- the server's health -------------------------------------------------------- */
 
 /* Value of "key":N inside the "noop" object of the stats, or -1. */
-static long stat_of(const char *body, const char *key)
+static long long stat_of(const char *body, const char *key)
 {
-    const char *t = strstr(body, "\"noop\":{");
-    if (t == NULL)
-        return -1;
-    const char *end = strchr(t, '}');
-    char pat[64];
-    snprintf(pat, sizeof pat, "\"%s\":", key);
-    const char *k = strstr(t, pat);
-    if (k == NULL || (end && k > end))
-        return -1;
-    return strtol(k + strlen(pat), NULL, 10);
+    return h_json_obj_num(body, "noop", key);
 }
 
 static int queue_empty(void *arg)
@@ -176,26 +166,16 @@ static int setup(void **state)
     (void)state;
     /* 1000 client sockets plus the server's own: raise the soft limit
      * (the child inherits it). */
-    struct rlimit rl;
-    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < 4096) {
-        rl.rlim_cur = rl.rlim_max < 4096 ? rl.rlim_max : 4096;
-        setrlimit(RLIMIT_NOFILE, &rl);
-    }
+    h_raise_fd_limit(4096);
     static const char *const args[] = {"--timeout", TIMEOUT_S, "--max-connections", "1100",
                                        "--max-body", "1024", "--quiet", NULL};
-    if (h_start(&srv, h_build_path("tests/fixtures/hostile_app.so"), args, NULL) != 0) {
-        fprintf(stderr, "hostile_app did not start:\n%s\n", srv.log ? srv.log : "");
-        return -1;
-    }
-    return 0;
+    return h_start_app(&srv, h_build_path("tests/fixtures/hostile_app.so"), args, NULL) == 0 ? 0 : -1;
 }
 
 static int teardown(void **state)
 {
     (void)state;
-    if (srv.pid > 0)
-        h_stop(&srv, SIGKILL); /* only when a test failed before the last one */
-    h_free(&srv);
+    h_free(&srv); /* kills the server only when a test failed before the last one */
     return 0;
 }
 
@@ -439,9 +419,7 @@ static void hostile_client_disconnects_mid_response(void **state)
 static void hostile_server_stops_cleanly(void **state)
 {
     (void)state;
-    int rc = h_stop(&srv, SIGTERM);
-    if (rc != 0)
-        fail_msg("server exit %d:\n%s", rc, srv.log ? srv.log : "");
+    h_stop_clean(&srv);
     assert_non_null(strstr(srv.log, "stopped"));
 }
 

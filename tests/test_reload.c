@@ -20,7 +20,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
-#include "harness.h"
+#include "helpers.h"
 
 #include <curl/curl.h>
 #include <dirent.h>
@@ -65,24 +65,12 @@ typedef struct rl {
 
 /* ---- files ------------------------------------------------------------------ */
 
+/* The whole file at path; fails the test when it cannot be read. */
 static char *read_all(const char *path, size_t *len)
 {
-    FILE *f = fopen(path, "rb");
-    assert_non_null(f);
-    char *buf = NULL;
-    size_t cap = 0, n = 0, got;
-    do {
-        if (n == cap) {
-            cap = cap ? cap * 2 : 65536;
-            buf = realloc(buf, cap);
-            assert_non_null(buf);
-        }
-        got = fread(buf + n, 1, cap - n, f);
-        n += got;
-    } while (got > 0);
-    fclose(f);
-    *len = n;
-    return buf;
+    char *data = h_slurp(path, len);
+    assert_non_null(data);
+    return data;
 }
 
 /* Write data to path in two write() calls on an O_TRUNC descriptor. */
@@ -162,50 +150,16 @@ static int count_entries(const char *dir, char *first, size_t cap)
 
 /* ---- the server ------------------------------------------------------------- */
 
-/*
- * h_start finds the port by the last colon after the listening line; a
- * log line with a colon in the same read makes it miss.  Recover the
- * port from the listening line itself when the server is running.
- */
-static int recover_port(h_server *s)
-{
-    const char *marker = "bgserve: listening on http://";
-    h_drain_log(s);
-    const char *line = s->pid > 0 && s->log ? strstr(s->log, marker) : NULL;
-    const char *nl = line ? strchr(line, '\n') : NULL;
-    if (nl == NULL)
-        return -1;
-    const char *colon = nl;
-    while (colon > line && *colon != ':')
-        colon--;
-    s->port = atoi(colon + 1);
-    if (s->port <= 0)
-        return -1;
-    snprintf(s->base, sizeof s->base, "http://127.0.0.1:%d", s->port);
-    return 0;
-}
-
 static void rl_start(rl *t, const char *const *args)
 {
     const char *env[] = {t->env, NULL};
-    int rc = h_start(&t->s, t->plugin, args, env);
-    if (rc != 0)
-        rc = recover_port(&t->s);
-    if (rc != 0)
-        fprintf(stderr, "bgserve did not start:\n%s\n", t->s.log ? t->s.log : "");
-    assert_int_equal(rc, 0);
+    assert_int_equal(h_start_app(&t->s, t->plugin, args, env), 0);
 }
 
 /* Stop with SIGTERM: a clean exit and no sanitizer report. */
 static void rl_stop(rl *t)
 {
-    int rc = h_stop(&t->s, SIGTERM);
-    const char *log = t->s.log ? t->s.log : "";
-    if (rc != 0 || strstr(log, "Sanitizer") || strstr(log, "runtime error"))
-        fprintf(stderr, "bgserve exit %d; log:\n%s\n", rc, log);
-    assert_null(strstr(log, "Sanitizer"));
-    assert_null(strstr(log, "runtime error"));
-    assert_int_equal(rc, 0);
+    h_stop_clean(&t->s);
 }
 
 static int setup(void **state)
@@ -265,10 +219,7 @@ static int teardown(void **state)
         dump_log(&t->s);
     }
     h_free(&t->s);
-    const char *argv[] = {"/bin/rm", "-rf", t->root, NULL};
-    char *out = NULL;
-    h_run(argv, &out);
-    free(out);
+    h_rm_rf(t->root);
     free(t);
     return 0;
 }
@@ -320,18 +271,7 @@ static void expect_letter(h_server *s, char want)
 /* A number from /_bgserve/stats ("key":N); -1 when absent. */
 static long long stat_num(h_server *s, const char *key)
 {
-    h_resp r;
-    char pat[64];
-    long long v = -1;
-    assert_int_equal(h_get(s, "/_bgserve/stats", &r), 0);
-    snprintf(pat, sizeof pat, "\"%s\":", key);
-    const char *p = strstr(r.body, pat);
-    if (p)
-        v = strtoll(p + strlen(pat), NULL, 10);
-    else
-        fprintf(stderr, "stats without %s: %s\n", key, r.body);
-    h_resp_free(&r);
-    return v;
+    return h_stat(s, NULL, key);
 }
 
 /* The stats' "key": 's' for a string, 'n' for null, 0 when absent. */
@@ -405,22 +345,6 @@ static void expect_log_count(h_server *s, const char *needle, int n)
     assert_true(h_count_log(s, needle) >= n);
 }
 
-/* The first line of text that contains needle, copied into buf. */
-static int line_with(const char *text, const char *needle, char *buf, size_t cap)
-{
-    const char *p = strstr(text, needle);
-    if (p == NULL)
-        return -1;
-    while (p > text && p[-1] != '\n')
-        p--;
-    size_t n = strcspn(p, "\n");
-    if (n >= cap)
-        n = cap - 1;
-    memcpy(buf, p, n);
-    buf[n] = '\0';
-    return 0;
-}
-
 /* What bgserve says at startup when the plugin path holds what it holds
  * now: the "cannot load plugin" line, into buf. */
 static void startup_refusal(rl *t, char *buf, size_t cap)
@@ -430,7 +354,7 @@ static void startup_refusal(rl *t, char *buf, size_t cap)
     char *out = NULL;
     int rc = h_run(argv, &out);
     assert_int_not_equal(rc, 0);
-    if (line_with(out, "cannot load plugin", buf, cap) != 0)
+    if (h_line_with(out, "cannot load plugin", buf, cap) != 0)
         fprintf(stderr, "startup gave no refusal:\n%s\n", out);
     free(out);
     assert_non_null(strstr(buf, "cannot load plugin"));
@@ -788,7 +712,7 @@ static void reload_watch_and_build(void **state)
     expect_log(&t->s, "build failed (exit ");
     char line[512];
     h_drain_log(&t->s);
-    assert_int_equal(line_with(t->s.log, "build failed (exit ", line, sizeof line), 0);
+    assert_int_equal(h_line_with(t->s.log, "build failed (exit ", line, sizeof line), 0);
     assert_non_null(strstr(line, "; keeping generation "));
     assert_int_equal(served_letter(&t->s), 'C');
 

@@ -13,9 +13,8 @@
 #include <stdint.h>
 #include <cmocka.h>
 
-#include "harness.h"
+#include "helpers.h"
 
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,15 +28,13 @@ static const char *app(void)
 
 static void start(h_server *s, const char *const *args)
 {
-    if (h_start(s, app(), args, NULL) != 0) {
-        fprintf(stderr, "misbehave_app did not start:\n%s\n", s->log ? s->log : "");
+    if (h_start_app(s, app(), args, NULL) != 0)
         fail();
-    }
 }
 
 static void stop(h_server *s)
 {
-    assert_int_equal(h_stop(s, SIGTERM), 0);
+    h_stop_clean(s);
     h_free(s);
 }
 
@@ -145,30 +142,11 @@ static void safety_failing_handler_is_500_and_server_goes_on(void **state)
     stop(&s);
 }
 
-typedef struct failed_probe {
-    h_server *s;
-    const char *id;
-    char *body; /* the record once its state is "failed" */
-} failed_probe;
-
-static int record_failed(void *arg)
-{
-    failed_probe *p = arg;
-    char path[64];
-    h_resp r;
-    snprintf(path, sizeof path, "/_bgserve/tasks/%s", p->id);
-    if (h_get(p->s, path, &r) == 0 && r.status == 200 &&
-        strstr(r.body, "\"state\":\"failed\"") != NULL)
-        p->body = strdup(r.body);
-    h_resp_free(&r);
-    return p->body != NULL;
-}
-
 static char *record_when_failed(h_server *s, const char *id)
 {
-    failed_probe p = {.s = s, .id = id};
-    h_poll(record_failed, &p, DEADLINE_MS);
-    return p.body;
+    char path[64];
+    snprintf(path, sizeof path, "/_bgserve/tasks/%s", id);
+    return h_wait_state(s, path, "failed", DEADLINE_MS);
 }
 
 static void safety_failing_task_retried_then_failed_with_error(void **state)
