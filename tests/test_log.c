@@ -17,35 +17,7 @@
 
 #include "bgserve.h"
 #include "log.h"
-
-/* ---- stderr capture ---- */
-
-static int saved_fd = -1;
-static FILE *cap_file;
-
-static void capture_begin(void)
-{
-    fflush(stderr);
-    cap_file = tmpfile();
-    assert_non_null(cap_file);
-    saved_fd = dup(2);
-    assert_true(saved_fd >= 0);
-    assert_true(dup2(fileno(cap_file), 2) >= 0);
-}
-
-static char *capture_end(void)
-{
-    fflush(stderr);
-    dup2(saved_fd, 2);
-    close(saved_fd);
-    long n = lseek(fileno(cap_file), 0, SEEK_END);
-    assert_true(n >= 0);
-    char *out = calloc(1, (size_t)n + 1);
-    assert_non_null(out);
-    assert_int_equal(pread(fileno(cap_file), out, (size_t)n, 0), n);
-    fclose(cap_file);
-    return out;
-}
+#include "helpers.h"
 
 static void init(int color, int json, int quiet)
 {
@@ -77,12 +49,12 @@ static int setup(void **state)
 static void log_text_levels(void **state)
 {
     (void)state;
-    capture_begin();
+    h_capture_begin();
     log_msg(BGS_LOG_INFO, "listening on %s", "http://127.0.0.1:8000");
     log_msg(BGS_LOG_WARN, "careful");
     log_msg(BGS_LOG_ERROR, "broken %d", 7);
     log_msg(BGS_LOG_DEBUG, "hidden");
-    char *out = capture_end();
+    char *out = h_capture_end();
     assert_string_equal(out, "bgserve: listening on http://127.0.0.1:8000\n"
                              "bgserve: warning: careful\n"
                              "bgserve: error: broken 7\n");
@@ -94,22 +66,22 @@ static void log_debug_needs_env(void **state)
     (void)state;
     setenv("BGSERVE_DEBUG", "1", 1);
     init(0, 0, 0);
-    capture_begin();
+    h_capture_begin();
     log_msg(BGS_LOG_DEBUG, "details %s", "here");
-    char *out = capture_end();
+    char *out = h_capture_end();
     assert_string_equal(out, "bgserve: debug: details here\n");
     free(out);
     /* The variable is read by log_init, not at each line. */
     unsetenv("BGSERVE_DEBUG");
-    capture_begin();
+    h_capture_begin();
     log_msg(BGS_LOG_DEBUG, "still");
-    out = capture_end();
+    out = h_capture_end();
     assert_string_equal(out, "bgserve: debug: still\n");
     free(out);
     init(0, 0, 0);
-    capture_begin();
+    h_capture_begin();
     log_msg(BGS_LOG_DEBUG, "gone");
-    out = capture_end();
+    out = h_capture_end();
     assert_string_equal(out, "");
     free(out);
 }
@@ -118,7 +90,7 @@ static void log_access_text(void **state)
 {
     (void)state;
     log_access_rec a = {"GET", "/users/7", 200, 210, 13, "5f2c9a3e00000001", NULL};
-    capture_begin();
+    h_capture_begin();
     log_access(&a);
     a.method = "POST";
     a.path = "/jobs?x=1";
@@ -133,7 +105,7 @@ static void log_access_text(void **state)
     a.duration_us = 999;
     a.note = NULL;
     log_access(&a);
-    char *out = capture_end();
+    char *out = h_capture_end();
     assert_string_equal(out,
         "GET /users/7 200 0.21ms 13b rid=5f2c9a3e00000001\n"
         "POST /jobs?x=1 202 12.3ms 0b rid=5f2c9a3e00000001\n"
@@ -146,10 +118,10 @@ static void log_control_chars_shown_as_question_marks(void **state)
 {
     (void)state;
     log_access_rec a = {"GET", "/a\nb\033[31m", 404, 1, 0, "r1", NULL};
-    capture_begin();
+    h_capture_begin();
     log_access(&a);
     log_msg(BGS_LOG_INFO, "two\nlines");
-    char *out = capture_end();
+    char *out = h_capture_end();
     assert_string_equal(out, "GET /a?b?[31m 404 0.00ms 0b rid=r1\n"
                              "bgserve: two?lines\n");
     free(out);
@@ -160,7 +132,7 @@ static void log_colour_by_status_and_level(void **state)
     (void)state;
     init(1, 0, 0);
     log_access_rec a = {"GET", "/", 200, 1, 0, "r", NULL};
-    capture_begin();
+    h_capture_begin();
     log_access(&a);
     a.status = 301;
     log_access(&a);
@@ -170,7 +142,7 @@ static void log_colour_by_status_and_level(void **state)
     log_access(&a);
     log_msg(BGS_LOG_WARN, "w");
     log_msg(BGS_LOG_ERROR, "e");
-    char *out = capture_end();
+    char *out = h_capture_end();
     assert_non_null(strstr(out, "GET / \033[32m200\033[0m 0.00ms"));
     assert_non_null(strstr(out, "GET / \033[36m301\033[0m"));
     assert_non_null(strstr(out, "GET / \033[33m404\033[0m"));
@@ -180,9 +152,9 @@ static void log_colour_by_status_and_level(void **state)
     free(out);
 
     init(0, 0, 0);
-    capture_begin();
+    h_capture_begin();
     log_access(&a);
-    out = capture_end();
+    out = h_capture_end();
     assert_null(strchr(out, '\033'));
     free(out);
 }
@@ -191,7 +163,7 @@ static void log_task_text(void **state)
 {
     (void)state;
     log_task_rec t = {"start", 42, "send_email", 1, 0, NULL, 0};
-    capture_begin();
+    h_capture_begin();
     log_task(&t);
     t.event = "done";
     t.duration_us = 1000000;
@@ -217,7 +189,7 @@ static void log_task_text(void **state)
     t.attempt = 1;
     t.error = NULL;
     log_task(&t);
-    char *out = capture_end();
+    char *out = h_capture_end();
     assert_string_equal(out,
         "bgserve: task 42 send_email start (attempt 1)\n"
         "bgserve: task 42 send_email done in 1.00s\n"
@@ -233,12 +205,12 @@ static void log_task_text(void **state)
 static void log_plugin_text(void **state)
 {
     (void)state;
-    capture_begin();
+    h_capture_begin();
     plugin(BGS_LOG_INFO, "req", "5f2c9a3e00000001", "user %d", 7);
     plugin(BGS_LOG_WARN, "task", "42", "slow");
     plugin(BGS_LOG_ERROR, "app", "hello", "db down");
     plugin(BGS_LOG_DEBUG, "app", "hello", "hidden");
-    char *out = capture_end();
+    char *out = h_capture_end();
     assert_string_equal(out, "[req 5f2c9a3e00000001] user 7\n"
                              "[task 42] warning: slow\n"
                              "[app hello] error: db down\n");
@@ -251,7 +223,7 @@ static void log_quiet_keeps_problems(void **state)
     init(0, 0, 1);
     log_access_rec a = {"GET", "/", 200, 1, 0, "r", NULL};
     log_task_rec t = {"start", 1, "t", 1, 0, NULL, 0};
-    capture_begin();
+    h_capture_begin();
     log_access(&a);
     log_task(&t);
     t.event = "done";
@@ -264,7 +236,7 @@ static void log_quiet_keeps_problems(void **state)
         log_task(&t);
     }
     log_msg(BGS_LOG_INFO, "still here");
-    char *out = capture_end();
+    char *out = h_capture_end();
     assert_null(strstr(out, "GET /"));
     assert_null(strstr(out, "start"));
     assert_null(strstr(out, "done"));
@@ -307,7 +279,7 @@ static void log_json_lines(void **state)
     init(1, 1, 0); /* colour asked for, but never in JSON */
     log_access_rec a = {"GET", "/q\"x", 200, 210, 13, "rid1", NULL};
     log_task_rec t = {"retry", 42, "send_email", 2, 1500, "bad \"thing\"", 200};
-    capture_begin();
+    h_capture_begin();
     log_msg(BGS_LOG_INFO, "hello \"world\"\n");
     log_msg(BGS_LOG_WARN, "w");
     log_access(&a);
@@ -316,7 +288,7 @@ static void log_json_lines(void **state)
     t.error = NULL;
     log_task(&t);
     plugin(BGS_LOG_ERROR, "req", "rid1", "oops %s", "\x01");
-    char *out = capture_end();
+    char *out = h_capture_end();
 
     const char *want[] = {
         ",\"level\":\"info\",\"msg\":\"hello \\\"world\\\"\\n\"}",
@@ -358,9 +330,9 @@ static void log_long_lines_truncated(void **state)
         big[i] = (i % 3 == 0) ? 'a' : (char)(i % 3 == 1 ? 0xc3 : 0xa9); /* aé */
     big[n] = '\0';
 
-    capture_begin();
+    h_capture_begin();
     log_msg(BGS_LOG_ERROR, "%s", big);
-    char *out = capture_end();
+    char *out = h_capture_end();
     size_t len = strlen(out);
     assert_true(len <= 4096);
     assert_non_null(strchr(out, '\n'));
@@ -375,10 +347,10 @@ static void log_long_lines_truncated(void **state)
 
     init(0, 1, 0);
     log_access_rec a = {"GET", big, 200, 1, 0, "r", NULL};
-    capture_begin();
+    h_capture_begin();
     log_msg(BGS_LOG_INFO, "%s", big);
     log_access(&a);
-    out = capture_end();
+    out = h_capture_end();
     char *nl = strchr(out, '\n');
     assert_non_null(nl);
     check_json_line(out, (size_t)(nl - out));
@@ -412,12 +384,12 @@ static void log_concurrent_lines_stay_whole(void **state)
 {
     (void)state;
     pthread_t th[NTHREADS];
-    capture_begin();
+    h_capture_begin();
     for (intptr_t i = 0; i < NTHREADS; i++)
         assert_int_equal(pthread_create(&th[i], NULL, spam, (void *)i), 0);
     for (int i = 0; i < NTHREADS; i++)
         pthread_join(th[i], NULL);
-    char *out = capture_end();
+    char *out = h_capture_end();
 
     int seen[NTHREADS] = {0};
     char *save = NULL;

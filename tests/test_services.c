@@ -15,37 +15,7 @@
 #include <unistd.h>
 
 #include "services.h"
-
-/* ---- stderr capture (services log their errors there) ---- */
-
-static int saved_fd = -1;
-static FILE *cap_file;
-
-static void capture_begin(void)
-{
-    fflush(stderr);
-    cap_file = tmpfile();
-    assert_non_null(cap_file);
-    saved_fd = dup(2);
-    assert_true(saved_fd >= 0);
-    assert_true(dup2(fileno(cap_file), 2) >= 0);
-}
-
-/* Stop capturing; returns what was written (free it). */
-static char *capture_end(void)
-{
-    fflush(stderr);
-    dup2(saved_fd, 2);
-    close(saved_fd);
-    long n = ftell(cap_file);
-    assert_true(n >= 0);
-    char *out = calloc(1, (size_t)n + 1);
-    assert_non_null(out);
-    rewind(cap_file);
-    assert_int_equal(fread(out, 1, (size_t)n, cap_file), (size_t)n);
-    fclose(cap_file);
-    return out;
-}
+#include "helpers.h"
 
 /* ---- a counting service ---- */
 
@@ -302,9 +272,9 @@ static void services_unknown_name_is_null(void **state)
     (void)state;
     services *s = services_new();
     services_scope *scope = NULL;
-    capture_begin();
+    h_capture_begin();
     void *p = services_get(s, &scope, "mailer");
-    char *log = capture_end();
+    char *log = h_capture_end();
     assert_null(p);
     assert_non_null(strstr(log, "error: "));
     assert_non_null(strstr(log, "service 'mailer'"));
@@ -323,10 +293,10 @@ static void services_failed_create_is_null(void **state)
     assert_int_equal(services_register(s, "conn", BGS_SCOPED, null_create,
                                        NULL, NULL), 0);
     services_scope *scope = NULL;
-    capture_begin();
+    h_capture_begin();
     void *p1 = services_get(s, &scope, "db");
     void *p2 = services_get(s, &scope, "conn");
-    char *log = capture_end();
+    char *log = h_capture_end();
     assert_null(p1);
     assert_null(p2);
     assert_non_null(strstr(log, "service 'db' could not be created"));
@@ -345,9 +315,9 @@ static void services_scoped_needs_scope(void **state)
     services *s = services_new();
     assert_int_equal(services_register(s, "req", BGS_SCOPED, svc_create,
                                        svc_destroy, &a), 0);
-    capture_begin();
+    h_capture_begin();
     void *p = services_get(s, NULL, "req");
-    char *log = capture_end();
+    char *log = h_capture_end();
     assert_null(p);
     assert_int_equal(c.created, 0);
     assert_non_null(strstr(log, "service 'req' is scoped"));
@@ -359,7 +329,7 @@ static void services_register_errors(void **state)
 {
     (void)state;
     services *s = services_new();
-    capture_begin();
+    h_capture_begin();
     int r_null = services_register(s, NULL, BGS_SINGLETON, null_create, NULL, NULL);
     int r_empty = services_register(s, "", BGS_SINGLETON, null_create, NULL, NULL);
     int r_create = services_register(s, "nocreate", BGS_SINGLETON, NULL, NULL, NULL);
@@ -367,7 +337,7 @@ static void services_register_errors(void **state)
     int r_life4 = services_register(s, "life", 4, null_create, NULL, NULL);
     int r_first = services_register(s, "dup", BGS_SCOPED, null_create, NULL, NULL);
     int r_dup = services_register(s, "dup", BGS_SINGLETON, null_create, NULL, NULL);
-    char *log = capture_end();
+    char *log = h_capture_end();
     assert_int_equal(r_null, BGS_EINVAL);
     assert_int_equal(r_empty, BGS_EINVAL);
     assert_int_equal(r_create, BGS_EINVAL);

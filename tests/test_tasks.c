@@ -29,6 +29,7 @@
 #include "services.h"
 #include "tasks.h"
 #include "util.h"
+#include "helpers.h"
 
 #define DEADLINE_US (30u * 1000000u)
 
@@ -40,34 +41,6 @@ static void pause_ms(unsigned ms)
 {
     struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000L};
     nanosleep(&ts, NULL);
-}
-
-static int saved_fd = -1;
-static FILE *cap_file;
-
-static void capture_begin(void)
-{
-    fflush(stderr);
-    cap_file = tmpfile();
-    assert_non_null(cap_file);
-    saved_fd = dup(2);
-    assert_true(saved_fd >= 0);
-    assert_true(dup2(fileno(cap_file), 2) >= 0);
-}
-
-static char *capture_end(void)
-{
-    fflush(stderr);
-    dup2(saved_fd, 2);
-    close(saved_fd);
-    long n = ftell(cap_file);
-    assert_true(n >= 0);
-    char *out = calloc(1, (size_t)n + 1);
-    assert_non_null(out);
-    rewind(cap_file);
-    assert_int_equal(fread(out, 1, (size_t)n, cap_file), (size_t)n);
-    fclose(cap_file);
-    return out;
 }
 
 /* The record of id as JSON text (free it), or NULL when not found. */
@@ -661,9 +634,9 @@ static void tasks_retrying_state_then_cancelled_at_shutdown(void **state)
     assert_non_null(strstr(r, "\"error\":\"task returned 1\""));
     free(r);
 
-    capture_begin();
+    h_capture_begin();
     size_t unfinished = tasks_shutdown(0);
-    char *log = capture_end();
+    char *log = h_capture_end();
     assert_int_equal(unfinished, 1);
     assert_true(state_is(id, "cancelled"));
     assert_int_equal(atomic_load(&slowfail_runs), 1);
@@ -683,9 +656,9 @@ static void tasks_shutdown_drains_retries(void **state)
     tasks_group *g = tasks_group_new(&gen, NULL, BGS_SEQUENTIAL);
     assert_int_equal(tasks_group_add(g, "flaky", NULL, 0, &id), 0);
     tasks_group_submit(g, 1);
-    capture_begin();
+    h_capture_begin();
     size_t unfinished = tasks_shutdown(30000);
-    char *log = capture_end();
+    char *log = h_capture_end();
     assert_int_equal(unfinished, 0);
     assert_true(state_is(id, "succeeded"));
     assert_non_null(strstr(log, "1 tasks finished, 0 did not"));
@@ -832,9 +805,9 @@ static void tasks_discard_records_reason(void **state)
     tasks_group *g = tasks_group_new(&gen, "req-9", BGS_SEQUENTIAL);
     assert_int_equal(tasks_group_add(g, "order", "A", 1, &a), 0);
     assert_int_equal(tasks_group_add_fn(g, adhoc_fn, arg, adhoc_free, &b), 0);
-    capture_begin();
+    h_capture_begin();
     tasks_group_discard(g, "handler failed");
-    char *log = capture_end();
+    char *log = h_capture_end();
     assert_true(state_is(a, "discarded"));
     assert_true(state_is(b, "discarded"));
     char *r = record(a);
@@ -996,10 +969,10 @@ static void tasks_shutdown_reports_and_cancels_unfinished(void **state)
     tasks_group_submit(g, 1);
     assert_true(wait_state(a, "running"));
 
-    capture_begin();
+    h_capture_begin();
     tasks_report_unfinished();
     size_t unfinished = tasks_shutdown(20);
-    char *log = capture_end();
+    char *log = h_capture_end();
 
     assert_int_equal(unfinished, 2);
     assert_true(state_is(a, "cancelled"));
