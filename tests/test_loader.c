@@ -15,29 +15,12 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "harness.h"
+#include "helpers.h"
 #include "plugin.h"
 
 static const bgs_host_api api = {.struct_size = sizeof(bgs_host_api),
                                  .abi_major = BGS_ABI_MAJOR,
                                  .abi_minor = BGS_ABI_MINOR};
-
-static const char *fixture(const char *name)
-{
-    static char buf[1024];
-    char rel[256];
-    snprintf(rel, sizeof(rel), "tests/fixtures/%s.so", name);
-    snprintf(buf, sizeof(buf), "%s", h_build_path(rel));
-    if (access(buf, R_OK) != 0)
-        fail_msg("fixture %s is missing: run make %s first", buf, buf);
-    return buf;
-}
-
-static void assert_contains(const char *hay, const char *needle)
-{
-    if (strstr(hay, needle) == NULL)
-        fail_msg("message does not contain '%s':\n%s", needle, hay);
-}
 
 /* Load must fail with a complete message naming path. */
 static void expect_refusal(const char *path, const char *const *words)
@@ -50,9 +33,9 @@ static void expect_refusal(const char *path, const char *const *words)
     snprintf(prefix, sizeof(prefix), "bgserve: cannot load plugin '%s': ", path);
     if (strncmp(err, prefix, strlen(prefix)) != 0)
         fail_msg("message does not start with '%s':\n%s", prefix, err);
-    assert_contains(err, "\n  fix: ");
+    h_assert_contains(err, "\n  fix: ");
     for (size_t i = 0; words[i] != NULL; i++)
-        assert_contains(err, words[i]);
+        h_assert_contains(err, words[i]);
 }
 
 /* ------------------------------------------------------------------ */
@@ -83,7 +66,7 @@ static void loader_refuses_each_fixture(void **state)
         {"static_tls", {"flagged STATIC_TLS", "cannot be unloaded and reloaded"}},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
-        expect_refusal(fixture(cases[i].name), cases[i].words);
+        expect_refusal(h_fixture(cases[i].name), cases[i].words);
 }
 
 static void loader_refuses_text_file(void **state)
@@ -116,7 +99,7 @@ static void loader_bare_name_is_relative_to_cwd(void **state)
     (void)state;
     char cwd[1024], dir[1024];
     assert_non_null(getcwd(cwd, sizeof(cwd)));
-    snprintf(dir, sizeof(dir), "%s", fixture("good"));
+    snprintf(dir, sizeof(dir), "%s", h_fixture("good"));
     *strrchr(dir, '/') = '\0';
     assert_int_equal(chdir(dir), 0);
     plugin *p = NULL;
@@ -135,7 +118,7 @@ static void loader_bare_name_is_relative_to_cwd(void **state)
     if (rc != 0)
         fail_msg("load failed: %s", err);
     assert_int_equal(rc2, -1);
-    assert_contains(err, "'good.so'");
+    h_assert_contains(err, "'good.so'");
 }
 
 static void loader_good_tables_copied(void **state)
@@ -143,7 +126,7 @@ static void loader_good_tables_copied(void **state)
     (void)state;
     plugin *p = NULL;
     char err[1024] = "";
-    const char *path = fixture("good");
+    const char *path = h_fixture("good");
     if (plugin_load(path, &api, &p, err, sizeof(err)) != 0)
         fail_msg("load failed: %s", err);
     assert_string_equal(p->name, "good");
@@ -210,7 +193,7 @@ static void loader_start_fails_fixture_loads(void **state)
     /* The start hook is the generation's business: loading succeeds. */
     plugin *p = NULL;
     char err[1024] = "";
-    if (plugin_load(fixture("start_fails"), &api, &p, err, sizeof(err)) != 0)
+    if (plugin_load(h_fixture("start_fails"), &api, &p, err, sizeof(err)) != 0)
         fail_msg("load failed: %s", err);
     assert_non_null(p->start);
     assert_null(p->stop);
@@ -260,11 +243,11 @@ static void expect_invalid(const bgs_plugin *d, const char *w1, const char *w2)
 {
     char err[1024] = "";
     assert_int_equal(plugin_validate(d, err, sizeof(err)), -1);
-    assert_contains(err, "\n  fix: ");
+    h_assert_contains(err, "\n  fix: ");
     assert_null(strstr(err, "cannot load plugin"));
-    assert_contains(err, w1);
+    h_assert_contains(err, w1);
     if (w2 != NULL)
-        assert_contains(err, w2);
+        h_assert_contains(err, w2);
 }
 
 static void expect_valid(const bgs_plugin *d)
@@ -348,7 +331,7 @@ static void loader_validate_header_checks(void **state)
     static const bgs_route routes[] = {BGS_GET("/", h_ok)};
     char err[256];
     assert_int_equal(plugin_validate(NULL, err, sizeof(err)), -1);
-    assert_contains(err, "returned NULL");
+    h_assert_contains(err, "returned NULL");
 
     bgs_plugin d = base_desc(routes, 1, NULL, 0);
     d.magic = 0xdeadbeefu;

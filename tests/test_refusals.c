@@ -14,20 +14,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "harness.h"
-
-static const char *fixture(const char *name)
-{
-    static char buf[8][1024];
-    static unsigned slot;
-    char rel[256];
-    char *out = buf[slot++ % 8];
-    snprintf(rel, sizeof(rel), "tests/fixtures/%s.so", name);
-    snprintf(out, sizeof(buf[0]), "%s", h_build_path(rel));
-    if (access(out, R_OK) != 0)
-        fail_msg("fixture %s is missing: run make %s first", out, out);
-    return out;
-}
+#include "helpers.h"
 
 static const char *binary(void)
 {
@@ -42,12 +29,6 @@ static int check(const char *path, char **out)
 {
     const char *argv[] = {binary(), "--check", path, NULL};
     return h_run(argv, out);
-}
-
-static void assert_contains(const char *hay, const char *needle)
-{
-    if (strstr(hay, needle) == NULL)
-        fail_msg("output does not contain '%s':\n%s", needle, hay);
 }
 
 static int count(const char *hay, const char *needle)
@@ -66,12 +47,12 @@ static void expect_refused(const char *path, const char *const *words)
         fail_msg("%s: exit status %d, want 1; output:\n%s", path, rc, out);
     char head[1200];
     snprintf(head, sizeof(head), "bgserve: cannot load plugin '%s': ", path);
-    assert_contains(out, head);
+    h_assert_contains(out, head);
     /* One message: one refusal line and one fix line. */
     assert_int_equal(count(out, "cannot load plugin"), 1);
     assert_int_equal(count(out, "fix: "), 1);
     for (size_t i = 0; words[i] != NULL; i++)
-        assert_contains(out, words[i]);
+        h_assert_contains(out, words[i]);
     free(out);
 }
 
@@ -99,7 +80,7 @@ static void refusals_each_fixture(void **state)
         {"static_tls", {"flagged STATIC_TLS", "default TLS model"}},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
-        expect_refused(fixture(cases[i].name), cases[i].words);
+        expect_refused(h_fixture(cases[i].name), cases[i].words);
 }
 
 static void refusals_text_file(void **state)
@@ -129,7 +110,7 @@ static void refusals_missing_file(void **state)
 static void refusals_start_hook_failure(void **state)
 {
     (void)state;
-    const char *path = fixture("start_fails");
+    const char *path = h_fixture("start_fails");
     char *out = NULL;
     int rc = check(path, &out);
     if (rc != 1)
@@ -137,7 +118,7 @@ static void refusals_start_hook_failure(void **state)
     char want[1200];
     snprintf(want, sizeof(want), "bgserve: plugin '%s' failed to start: "
              "database unreachable at db.example:5432", path);
-    assert_contains(out, want);
+    h_assert_contains(out, want);
     free(out);
 }
 
@@ -145,14 +126,14 @@ static void refusals_good_plugin_passes(void **state)
 {
     (void)state;
     char *out = NULL;
-    int rc = check(fixture("good"), &out);
+    int rc = check(h_fixture("good"), &out);
     if (rc != 0)
         fail_msg("exit status %d, want 0; output:\n%s", rc, out);
     assert_null(strstr(out, "cannot load"));
-    assert_contains(out, "/users/{id}");
-    assert_contains(out, "POST");
-    assert_contains(out, "/users");
-    assert_contains(out, "send_welcome");
+    h_assert_contains(out, "/users/{id}");
+    h_assert_contains(out, "POST");
+    h_assert_contains(out, "/users");
+    h_assert_contains(out, "send_welcome");
     /* Three routes, each on its own line with its method. */
     assert_int_equal(count(out, "GET "), 2);
     assert_int_equal(count(out, "POST "), 1);
