@@ -12,6 +12,8 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include "helpers.h"
+
 #include <dirent.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -24,27 +26,6 @@ int fuzz_json_one(const uint8_t *data, size_t size);
 int fuzz_descriptor_one(const uint8_t *data, size_t size);
 
 typedef int (*entry_fn)(const uint8_t *data, size_t size);
-
-static char *slurp(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    if (f == NULL)
-        return NULL;
-    char *buf = NULL;
-    size_t cap = 0, n = 0, got;
-    do {
-        if (n == cap) {
-            cap = cap ? cap * 2 : 4096;
-            buf = realloc(buf, cap);
-            assert_non_null(buf);
-        }
-        got = fread(buf + n, 1, cap - n, f);
-        n += got;
-    } while (got > 0);
-    fclose(f);
-    *len = n;
-    return buf;
-}
 
 /* Run every regular file of dir through fn; the number of files run. */
 static size_t replay_dir(const char *dir, entry_fn fn)
@@ -60,7 +41,7 @@ static size_t replay_dir(const char *dir, entry_fn fn)
         char path[1024];
         snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
         size_t len;
-        char *data = slurp(path, &len);
+        char *data = h_slurp(path, &len);
         if (data == NULL)
             continue; /* a directory or unreadable: not an input */
         fn((const uint8_t *)data, len);

@@ -17,7 +17,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
-#include "harness.h"
+#include "helpers.h"
 
 #include <ctype.h>
 #include <signal.h>
@@ -52,20 +52,7 @@ static int sh(char **out, const char *fmt, ...)
 
 static char *slurp(const char *path)
 {
-    FILE *f = fopen(path, "r");
-    if (f == NULL)
-        return NULL;
-    size_t cap = 1 << 16, len = 0;
-    char *buf = malloc(cap);
-    size_t n;
-    while ((n = fread(buf + len, 1, cap - len - 1, f)) > 0) {
-        len += n;
-        if (cap - len < 2)
-            buf = realloc(buf, cap *= 2);
-    }
-    buf[len] = '\0';
-    fclose(f);
-    return buf;
+    return h_slurp(path, NULL);
 }
 
 static int setup(void **state)
@@ -90,9 +77,7 @@ static int setup(void **state)
 static int teardown(void **state)
 {
     (void)state;
-    char *out;
-    sh(&out, "rm -rf '%s'", root);
-    free(out);
+    h_rm_rf(root);
     return 0;
 }
 
@@ -148,25 +133,6 @@ static void install_pc_gives_plugin_flags(void **state)
     assert_int_equal(sh(&out, "%s pkg-config --libs bgserve", pkgenv), 0);
     assert_string_equal(out, "\n"); /* plugins link no library */
     free(out);
-}
-
-struct state_wait {
-    h_server *s;
-    const char *path;
-    char last[512];
-};
-
-static int task_succeeded(void *arg)
-{
-    struct state_wait *w = arg;
-    h_resp r;
-    int ok = 0;
-    if (h_get(w->s, w->path, &r) == 0) {
-        snprintf(w->last, sizeof w->last, "%ld %s", r.status, r.body);
-        ok = r.status == 200 && strstr(r.body, "\"state\":\"succeeded\"") != NULL;
-    }
-    h_resp_free(&r);
-    return ok;
 }
 
 static void install_scaffold_builds_checks_and_serves(void **state)
@@ -241,10 +207,9 @@ static void install_scaffold_builds_checks_and_serves(void **state)
     char monitor[128];
     snprintf(monitor, sizeof monitor, "%s", loc);
     h_resp_free(&r);
-    struct state_wait w = {.s = &s, .path = monitor};
-    if (!h_poll(task_succeeded, &w, DEADLINE_MS))
-        fprintf(stderr, "last monitor answer: %s\n", w.last);
-    assert_true(task_succeeded(&w));
+    char *rec = h_wait_state(&s, monitor, "succeeded", DEADLINE_MS);
+    assert_non_null(rec);
+    free(rec);
     assert_true(h_wait_log(&s, "processed 9 bytes (attempt 1)", DEADLINE_MS));
 
     assert_int_equal(h_stop(&s, SIGTERM), 0);

@@ -8,7 +8,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
-#include "harness.h"
+#include "helpers.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,23 +18,6 @@ static int run_bgserve(const char *a1, const char *a2, const char *a3, char **ou
 {
     const char *argv[] = {h_build_path("bgserve"), a1, a2, a3, NULL};
     return h_run(argv, out);
-}
-
-/* The line of text that contains needle, copied into buf ("" if none). */
-static void line_with(const char *text, const char *needle, char *buf, size_t cap)
-{
-    const char *p = strstr(text, needle);
-    buf[0] = '\0';
-    if (p == NULL)
-        return;
-    while (p > text && p[-1] != '\n')
-        p--;
-    const char *e = strchr(p, '\n');
-    size_t n = e ? (size_t)(e - p) : strlen(p);
-    if (n >= cap)
-        n = cap - 1;
-    memcpy(buf, p, n);
-    buf[n] = '\0';
 }
 
 /* Column of word in line, or -1. */
@@ -51,9 +34,9 @@ static void routes_cmd_text_table_is_aligned(void **state)
     char head[256], row1[256], row2[256];
     assert_int_equal(run_bgserve("routes", h_build_path("tests/fixtures/good.so"), NULL, &out), 0);
     assert_non_null(strstr(out, "plugin good 1.2.3 (ABI 1.0)"));
-    line_with(out, "METHOD", head, sizeof head);
-    line_with(out, "/users/{id}", row1, sizeof row1);
-    line_with(out, "POST", row2, sizeof row2);
+    h_line_with(out, "METHOD", head, sizeof head);
+    h_line_with(out, "/users/{id}", row1, sizeof row1);
+    h_line_with(out, "POST", row2, sizeof row2);
     /* handlers are named from the plugin's symbol table */
     assert_non_null(strstr(row1, "get_user"));
     assert_non_null(strstr(row2, "create_user"));
@@ -65,8 +48,8 @@ static void routes_cmd_text_table_is_aligned(void **state)
     assert_int_equal(col(row2, "create_user"), col(head, "HANDLER"));
     assert_int_equal(col(row2, "send_welcome"), col(head, "TASKS"));
 
-    line_with(out, "ATTEMPTS", head, sizeof head);
-    line_with(out, "5000ms", row1, sizeof row1);
+    h_line_with(out, "ATTEMPTS", head, sizeof head);
+    h_line_with(out, "5000ms", row1, sizeof row1);
     assert_int_equal(col(row1, "send_welcome"), col(head, "TASK"));
     assert_int_equal(col(row1, "3 "), col(head, "ATTEMPTS"));
     assert_int_equal(col(row1, "100..30000ms"), col(head, "BACKOFF"));

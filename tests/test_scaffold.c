@@ -9,7 +9,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
-#include "harness.h"
+#include "helpers.h"
 #include "scaffold.h"
 
 #include <limits.h>
@@ -39,12 +39,9 @@ static int setup(void **state)
 static int teardown(void **state)
 {
     sandbox *sb = *state;
-    char *out;
-    const char *argv[] = {"/bin/rm", "-rf", sb->dir, NULL};
     if (chdir(sb->old_cwd) != 0)
         return -1;
-    h_run(argv, &out);
-    free(out);
+    h_rm_rf(sb->dir);
     free(sb);
     return 0;
 }
@@ -65,14 +62,7 @@ static int run_new(const char *a1, const char *a2, char **out, char **err)
 
 static char *slurp(const char *path)
 {
-    FILE *f = fopen(path, "r");
-    if (f == NULL)
-        return NULL;
-    char *buf = calloc(1, 65536);
-    size_t n = fread(buf, 1, 65535, f);
-    buf[n] = '\0';
-    fclose(f);
-    return buf;
+    return h_slurp(path, NULL);
 }
 
 static void scaffold_creates_source_makefile_and_gitignore(void **state)
