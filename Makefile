@@ -84,6 +84,8 @@ $(BUILD)/tests/fixtures/%.so: tests/fixtures/%.c include/bgserve.h
 
 # The reload fixtures' builds A and B share their body.
 $(BUILD)/tests/fixtures/reload_a.so $(BUILD)/tests/fixtures/reload_b.so: tests/fixtures/reload_common.h
+# The hand-made descriptors share theirs.
+$(patsubst %,$(BUILD)/tests/fixtures/%.so,bad_magic major2 minor_newer small_struct): tests/fixtures/handmade.h
 
 # Tests link the server's objects through an archive, so each test pulls
 # in only the rooms it uses.
