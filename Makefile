@@ -84,8 +84,11 @@ $(BUILD)/tests/fixtures/%.so: tests/fixtures/%.c include/bgserve.h
 
 # The reload fixtures' builds A and B share their body.
 $(BUILD)/tests/fixtures/reload_a.so $(BUILD)/tests/fixtures/reload_b.so: tests/fixtures/reload_common.h
-# The hand-made descriptors share theirs.
-$(patsubst %,$(BUILD)/tests/fixtures/%.so,bad_magic major2 minor_newer small_struct): tests/fixtures/handmade.h
+# The hand-made descriptors share theirs; the refused ones a no-op handler.
+$(patsubst %,$(BUILD)/tests/fixtures/%.so,bad_magic major2 minor_newer small_struct): \
+  tests/fixtures/handmade.h tests/fixtures/noop.h
+$(patsubst %,$(BUILD)/tests/fixtures/%.so,bad_method bad_param bad_path dup_route dup_task \
+  null_handler reserved_route unknown_route_task): tests/fixtures/noop.h
 
 # Tests link the server's objects through an archive, so each test pulls
 # in only the rooms it uses.
