@@ -103,10 +103,12 @@ static void retire(generation *g)
     services_free(g->services);
     plugin_unload(g->plugin);
     free_periodic(g);
-    live_remove(g);
-    free(g);
+    /* Say it before freeing the slot: a reload waiting for room goes on
+     * the moment the slot is free, and its lines must come after ours. */
     if (announce)
         log_msg(BGS_LOG_INFO, "generation %llu retired", (unsigned long long)number);
+    live_remove(g);
+    free(g);
 }
 
 static int create(const char *path, uint64_t number, unsigned flags, generation *prev,
