@@ -902,6 +902,32 @@ static void reload_waits_for_room_past_max_generations(void **state)
     t->passed = 1;
 }
 
+/* ---- 12. make clean: the plugin's directory goes away and comes back ------- */
+
+static void reload_survives_make_clean(void **state)
+{
+    rl *t = *state;
+    char out[PATH_MAX];
+    put_plugin(t, t->build_a, W_INPLACE);
+    const char *args[] = {"--reload", NULL};
+    rl_start(t, args);
+    expect_letter(&t->s, 'A');
+
+    snprintf(out, sizeof out, "%s/out", t->root);
+    h_rm_rf(out);
+    expect_log(&t->s, "went away; watching for it to come back");
+    assert_int_equal(served_letter(&t->s), 'A'); /* still serving */
+
+    assert_int_equal(mkdir(out, 0755), 0);
+    put_plugin(t, t->build_b, W_CP);
+    expect_letter(&t->s, 'B');
+    expect_log(&t->s, "again");
+    assert_int_equal(stat_num(&t->s, "reload_failures"), 0);
+    assert_int_equal(stat_num(&t->s, "reloads"), 1);
+    rl_stop(t);
+    t->passed = 1;
+}
+
 int main(void)
 {
     curl_global_init(CURL_GLOBAL_DEFAULT); /* before any thread */
@@ -917,6 +943,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(reload_handover_passes_state, setup, teardown),
         cmocka_unit_test_setup_teardown(reload_incomplete_file_waits, setup, teardown),
         cmocka_unit_test_setup_teardown(reload_waits_for_room_past_max_generations, setup, teardown),
+        cmocka_unit_test_setup_teardown(reload_survives_make_clean, setup, teardown),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     curl_global_cleanup();
