@@ -96,11 +96,50 @@ typedef struct task_watch {
     void *arg;
 } task_watch;
 
-typedef struct task_item {
-    queue_node qnode;            /* in the shared queue */
+/* A request id shared by every task of one response (and by nobody else
+ * for tasks_enqueue).  Immutable; the last item to be evicted frees it. */
+typedef struct task_rid {
+    atomic_uint refs;
+    char s[];
+} task_rid;
+
+typedef struct task_item task_item;
+
+/* What few tasks need, allocated on first use: the timers of a retry or a
+ * timeout and the result of bgs_task_result.  The pointer to it is set
+ * under rec_mu; the timers are owned like the item; the result fields
+ * are guarded by rec_mu. */
+typedef struct task_extra {
+    task_item *item;
     sched_timer retry_timer;     /* pending while retrying */
     sched_timer timeout_timer;   /* pending while a run with timeout_ms is on */
-    struct task_item *wait_next; /* kind wait list; conc_mu */
+    int has_result;
+    uint32_t res_status;
+    char *res_type;
+    void *res_data;
+    size_t res_len;
+} task_extra;
+
+/* Payloads up to this size live inside the item's own allocation (one
+ * malloc instead of two); larger ones get their own, freed as soon as the
+ * task is final rather than when the record is evicted. */
+#define INLINE_PAYLOAD_MAX 256u
+
+/* task_item.cancel: cancellation was asked for (shutdown or timeout), and
+ * whether it was the timeout. */
+#define CANCEL_SET 1u
+#define CANCEL_TIMEOUT 2u
+
+/*
+ * Field order and widths keep the item small (bench/README.md, "memory
+ * per queued task"): it is what every queued task costs.
+ */
+struct task_item {
+    union {
+        queue_node qnode;            /* in the shared queue */
+        struct task_item *wait_next; /* kind wait list (never queued at
+                                      * the same time); conc_mu */
+    };
     struct task_item *hnext;     /* id hash chain; rec_mu */
     struct task_item *lprev, *lnext; /* live list; rec_mu */
     struct task_item *group_next;    /* group list / sequential successor */
@@ -114,34 +153,31 @@ typedef struct task_item {
     bgs_adhoc_fn afn;
     void *arg;
     bgs_free_fn free_fn;
-    void *payload;
+    void *payload;               /* inline_data, a malloc'd copy, or NULL */
     size_t len;
-    uint32_t max_attempts;
     periodic *sched;             /* the schedule of a periodic run */
-    uint64_t submit_us;          /* monotonic; set before each enqueue */
-    atomic_int cancel;           /* the cancellation flag */
-    atomic_int timed_out;
 
     /* The record: rec_mu. */
-    int state;
-    int delivered;               /* -1: not known (periodic, unsubmitted) */
-    uint32_t mode;
+    int8_t state;
+    int8_t delivered;            /* -1: not known (periodic, unsubmitted) */
+    uint8_t mode;                /* BGS_SEQUENTIAL or BGS_CONCURRENT */
     uint32_t attempts;
+    uint32_t max_attempts;       /* immutable */
+    atomic_uint cancel;          /* CANCEL_* bits; 0: run on */
     uint64_t created_wall, started_wall, finished_wall; /* 0: null */
-    uint64_t run_start_us;       /* monotonic */
-    char *request_id;            /* immutable; freed at eviction */
+    uint64_t mono_us;            /* monotonic: when it was last dispatched
+                                  * (written by its owner) until a run
+                                  * starts, then when that run started */
+    task_rid *rid;               /* our reference; dropped at eviction */
     char *error;
-    int has_result;
-    uint32_t res_status;
-    char *res_type;
-    void *res_data;
-    size_t res_len;
+    task_extra *x;               /* NULL until needed (see task_extra) */
     task_watch *watchers;        /* fired once, when final */
-} task_item;
+    max_align_t inline_data[];   /* a small payload (INLINE_PAYLOAD_MAX) */
+};
 
 struct tasks_group {
     generation *gen;             /* reference */
-    char *request_id;
+    task_rid *rid;               /* our reference; shared by the tasks */
     uint32_t mode;
     task_item *head, *tail;
     size_t count;
@@ -395,13 +431,64 @@ static void hash_remove_locked(task_item *it)
     }
 }
 
+static task_rid *rid_new(const char *s)
+{
+    if (s == NULL)
+        return NULL;
+    size_t n = strlen(s) + 1;
+    task_rid *r = xmalloc(sizeof(*r) + n);
+    atomic_init(&r->refs, 1);
+    memcpy(r->s, s, n);
+    return r;
+}
+
+static task_rid *rid_ref(task_rid *r)
+{
+    if (r)
+        atomic_fetch_add_explicit(&r->refs, 1, memory_order_relaxed);
+    return r;
+}
+
+static void rid_unref(task_rid *r)
+{
+    if (r && atomic_fetch_sub_explicit(&r->refs, 1, memory_order_acq_rel) == 1)
+        free(r);
+}
+
+static const char *item_rid(const task_item *it)
+{
+    return it->rid ? it->rid->s : NULL;
+}
+
+static int payload_inline(const task_item *it)
+{
+    return it->payload == (const void *)it->inline_data;
+}
+
+/* The item's task_extra, allocated on first use; owner of it only. */
+static task_extra *item_extra(task_item *it)
+{
+    if (it->x == NULL) {
+        task_extra *x = xcalloc(1, sizeof(*x));
+        x->item = it;
+        pthread_mutex_lock(&rec_mu);
+        it->x = x;
+        pthread_mutex_unlock(&rec_mu);
+    }
+    return it->x;
+}
+
 static void item_free(task_item *it)
 {
-    free(it->request_id);
+    rid_unref(it->rid);
     free(it->error);
-    free(it->res_type);
-    free(it->res_data);
-    free(it->payload);
+    if (it->x) {
+        free(it->x->res_type);
+        free(it->x->res_data);
+        free(it->x);
+    }
+    if (!payload_inline(it))
+        free(it->payload);
     free(it);
 }
 
@@ -499,12 +586,22 @@ static void unreserve(void)
     atomic_fetch_sub(&accepted, 1);
 }
 
-/* A new queued item holding its own generation reference, registered in
- * the id table and the live list.  Capacity was reserved by the caller. */
+/* A new queued item holding its own generation reference and a reference
+ * to rid, with a copy of the payload, registered in the id table and the
+ * live list.  Capacity was reserved by the caller. */
 static task_item *item_new(generation *gen, task_kind *kind, const plugin_task *def,
-                           const char *request_id, uint32_t mode)
+                           task_rid *rid, uint32_t mode, const void *payload, size_t len)
 {
-    task_item *it = xcalloc(1, sizeof(*it));
+    size_t inl = len <= INLINE_PAYLOAD_MAX ? len : 0;
+    task_item *it = xcalloc(1, sizeof(*it) + inl);
+
+    if (inl) {
+        it->payload = it->inline_data;
+        memcpy(it->payload, payload, len);
+    } else if (len) {
+        it->payload = xmemdup(payload, len);
+    }
+    it->len = len;
 
     it->id = atomic_fetch_add(&next_id, 1);
     it->kind = kind;
@@ -514,10 +611,9 @@ static task_item *item_new(generation *gen, task_kind *kind, const plugin_task *
     it->gen_number = gen->number;
     it->max_attempts = def && def->max_attempts ? def->max_attempts : 1;
     atomic_init(&it->cancel, 0);
-    atomic_init(&it->timed_out, 0);
     it->delivered = -1;
-    it->mode = mode;
-    it->request_id = request_id ? xstrdup(request_id) : NULL;
+    it->mode = (uint8_t)mode;
+    it->rid = rid_ref(rid);
     it->created_wall = util_wall_us();
     it->state = -1;
 
@@ -572,17 +668,20 @@ static void finalize(task_item *it, int st, const char *err)
         bgs_free_fn f = it->free_fn;
         it->free_fn = NULL;
         crash_frame cf; /* names the task if its free function crashes */
-        crash_enter_task(&cf, kind->name, id, it->request_id, it->gen_number);
+        crash_enter_task(&cf, kind->name, id, item_rid(it), it->gen_number);
         f(it->arg);
         crash_leave(&cf);
     }
-    free(it->payload);
-    it->payload = NULL;
+    if (!payload_inline(it)) {
+        free(it->payload); /* a large one: do not keep it in the ring */
+        it->payload = NULL;
+        it->len = 0;
+    }
     snprintf(errcopy, sizeof(errcopy), "%s", err ? err : "");
 
     pthread_mutex_lock(&rec_mu);
     if (it->state == ST_RUNNING)
-        dur = util_now_us() - it->run_start_us;
+        dur = util_now_us() - it->mono_us;
     transition_locked(it, st);
     it->finished_wall = util_wall_us();
     free(it->error);
@@ -592,12 +691,13 @@ static void finalize(task_item *it, int st, const char *err)
     it->watchers = NULL;
     tasks_final fin = {.id = id, .name = kind->name, .state = state_names[st],
                        .succeeded = st == ST_SUCCEEDED, .error = err ? errcopy : NULL};
-    if (watchers && it->has_result) {
+    if (watchers && it->x && it->x->has_result) {
+        task_extra *x = it->x;
         fin.has_result = 1;
-        fin.result_status = it->res_status;
-        fin.result_type = it->res_type ? xstrdup(it->res_type) : NULL;
-        fin.result = it->res_len ? xmemdup(it->res_data, it->res_len) : NULL;
-        fin.result_len = it->res_len;
+        fin.result_status = x->res_status;
+        fin.result_type = x->res_type ? xstrdup(x->res_type) : NULL;
+        fin.result = x->res_len ? xmemdup(x->res_data, x->res_len) : NULL;
+        fin.result_len = x->res_len;
     }
     it->lprev->lnext = it->lnext;
     it->lnext->lprev = it->lprev;
@@ -656,9 +756,24 @@ static void chain_stop(task_item *next, uint64_t pred_id, const char *pred_name,
 /* Hand it to the workers; if the queue refuses (shut down), cancel it. */
 static void dispatch(task_item *it)
 {
-    it->submit_us = util_now_us();
+    it->mono_us = util_now_us();
     if (queue_enqueue(Q, &it->qnode) != 0)
         finalize(it, ST_CANCELLED, "server is shutting down; the task never ran");
+}
+
+/* dispatch() for n items at once (the concurrent tasks of a response). */
+static void dispatch_batch(task_item **its, size_t n)
+{
+    queue_node *nodes[16];
+    uint64_t now = util_now_us();
+
+    for (size_t i = 0; i < n; i++) {
+        its[i]->mono_us = now;
+        nodes[i] = &its[i]->qnode;
+    }
+    if (queue_enqueue_batch(Q, nodes, n) != 0)
+        for (size_t i = 0; i < n; i++)
+            finalize(its[i], ST_CANCELLED, "server is shutting down; the task never ran");
 }
 
 static int skip_undelivered(const task_item *it)
@@ -688,14 +803,13 @@ static void seq_start(task_item *it)
 
 static void on_timeout(sched_timer *t)
 {
-    task_item *it = UTIL_CONTAINER_OF(t, task_item, timeout_timer);
-    atomic_store(&it->timed_out, 1);
-    atomic_store(&it->cancel, 1);
+    task_item *it = UTIL_CONTAINER_OF(t, task_extra, timeout_timer)->item;
+    atomic_fetch_or(&it->cancel, CANCEL_SET | CANCEL_TIMEOUT);
 }
 
 static void on_retry(sched_timer *t)
 {
-    task_item *it = UTIL_CONTAINER_OF(t, task_item, retry_timer);
+    task_item *it = UTIL_CONTAINER_OF(t, task_extra, retry_timer)->item;
     if (queue_requeue(Q, &it->qnode) != 0)
         finalize(it, ST_CANCELLED, "server is shutting down; the retry never ran");
 }
@@ -711,38 +825,41 @@ static void run_once(task_item *it)
     memset(&ctx, 0, sizeof(ctx));
     ctx.item = it;
 
+    uint64_t submitted = it->mono_us;
     pthread_mutex_lock(&rec_mu);
     transition_locked(it, ST_RUNNING);
     ctx.attempt = ++it->attempts;
     it->started_wall = util_wall_us();
-    it->run_start_us = now;
+    it->mono_us = now;
     pthread_mutex_unlock(&rec_mu);
 
     if (ctx.attempt == 1)
-        atomic_fetch_add_explicit(&hist[hist_bucket(now - it->submit_us)], 1,
+        atomic_fetch_add_explicit(&hist[hist_bucket(now - submitted)], 1,
                                   memory_order_relaxed);
     log_event("start", it->id, it->kind->name, ctx.attempt, 0, NULL, 0);
 
     if (def && def->timeout_ms)
-        sched_add(&it->timeout_timer, now + (uint64_t)def->timeout_ms * 1000u, on_timeout);
+        sched_add(&item_extra(it)->timeout_timer, now + (uint64_t)def->timeout_ms * 1000u,
+                  on_timeout);
     crash_frame cf; /* names the task if it crashes */
-    crash_enter_task(&cf, it->kind->name, it->id, it->request_id, it->gen_number);
+    crash_enter_task(&cf, it->kind->name, it->id, item_rid(it), it->gen_number);
     rc = def ? def->fn(&ctx, it->payload, it->len) : it->afn(&ctx, it->arg);
     crash_leave(&cf);
     if (def && def->timeout_ms)
-        sched_cancel(&it->timeout_timer);
+        sched_cancel(&it->x->timeout_timer);
     services_scope_end(ctx.scope);
     dur = util_now_us() - now;
 
     if (ctx.has_result) {
+        task_extra *x = item_extra(it);
         pthread_mutex_lock(&rec_mu);
-        free(it->res_type);
-        free(it->res_data);
-        it->has_result = 1;
-        it->res_status = ctx.res_status;
-        it->res_type = ctx.res_type;
-        it->res_data = ctx.res_data;
-        it->res_len = ctx.res_len;
+        free(x->res_type);
+        free(x->res_data);
+        x->has_result = 1;
+        x->res_status = ctx.res_status;
+        x->res_type = ctx.res_type;
+        x->res_data = ctx.res_data;
+        x->res_len = ctx.res_len;
         pthread_mutex_unlock(&rec_mu);
     }
 
@@ -758,7 +875,7 @@ static void run_once(task_item *it)
         snprintf(err, sizeof(err), "task returned %d", rc);
     if (atomic_load(&it->cancel)) {
         char why[ERR_MAX + 128];
-        if (atomic_load(&it->timed_out))
+        if (atomic_load(&it->cancel) & CANCEL_TIMEOUT)
             snprintf(why, sizeof(why), "timed out after %" PRIu32 " ms: %s",
                      def->timeout_ms, err);
         else
@@ -776,13 +893,14 @@ static void run_once(task_item *it)
     uint64_t delay = backoff_ms(def, it->id, ctx.attempt);
     uint64_t id = it->id;
     task_kind *kind = it->kind;
+    task_extra *x = item_extra(it);
     pthread_mutex_lock(&rec_mu);
     /* Armed under rec_mu, so the shutdown's collection of retrying items
      * (also under rec_mu) always finds the timer pending or fired. */
     transition_locked(it, ST_RETRYING);
     free(it->error);
     it->error = xstrdup(err);
-    sched_add(&it->retry_timer, util_now_us() + delay * 1000u, on_retry);
+    sched_add(&x->retry_timer, util_now_us() + delay * 1000u, on_retry);
     pthread_mutex_unlock(&rec_mu);
     /* it may already be running again: log from copies. */
     log_event("retry", id, kind->name, ctx.attempt, dur, err, delay);
@@ -851,7 +969,7 @@ tasks_group *tasks_group_new(generation *gen, const char *request_id, uint32_t m
     tasks_group *g = xcalloc(1, sizeof(*g));
     g->gen = gen;
     gen_retain(gen);
-    g->request_id = request_id ? xstrdup(request_id) : NULL;
+    g->rid = rid_new(request_id);
     g->mode = mode == BGS_CONCURRENT ? BGS_CONCURRENT : BGS_SEQUENTIAL;
     return g;
 }
@@ -890,9 +1008,7 @@ int tasks_group_add(tasks_group *g, const char *name, const void *payload,
         return BGS_ENOTASK;
     if (reserve() != 0)
         return BGS_EFULL;
-    task_item *it = item_new(g->gen, kind_get(def->name), def, g->request_id, g->mode);
-    it->payload = len ? xmemdup(payload, len) : NULL;
-    it->len = len;
+    task_item *it = item_new(g->gen, kind_get(def->name), def, g->rid, g->mode, payload, len);
     group_append(g, it, id_out);
     return 0;
 }
@@ -911,7 +1027,7 @@ int tasks_group_add_fn(tasks_group *g, bgs_adhoc_fn fn, void *arg,
         k = kind_get("adhoc");
         atomic_store(&adhoc_kind, k);
     }
-    task_item *it = item_new(g->gen, k, NULL, g->request_id, g->mode);
+    task_item *it = item_new(g->gen, k, NULL, g->rid, g->mode, NULL, 0);
     it->afn = fn;
     it->arg = arg;
     it->free_fn = free_fn;
@@ -946,7 +1062,7 @@ size_t tasks_group_ids(const tasks_group *g, char *buf, size_t cap)
 
 static void group_free(tasks_group *g)
 {
-    free(g->request_id);
+    rid_unref(g->rid);
     gen_release(g->gen);
     free(g);
 }
@@ -962,11 +1078,22 @@ void tasks_group_submit(tasks_group *g, int delivered)
     }
     pthread_mutex_unlock(&rec_mu);
     if (g->mode == BGS_CONCURRENT) {
+        /* Every task that may run goes to the queue in one batch: one
+         * lock and at most one wake-up for the whole response. */
+        task_item *batch[16];
+        size_t n = 0;
         task_item *it = g->head;
         while (it) {
             task_item *next = it->group_next;
             it->group_next = NULL;
-            seq_start(it);
+            if (skip_undelivered(it))
+                finalize(it, ST_SKIPPED, "response was not fully delivered");
+            else
+                batch[n++] = it;
+            if (n == BGS_COUNT(batch) || (next == NULL && n > 0)) {
+                dispatch_batch(batch, n);
+                n = 0;
+            }
             it = next;
         }
     } else if (g->head) {
@@ -1015,9 +1142,9 @@ int tasks_enqueue(generation *gen, const char *request_id, const char *name,
         return BGS_ENOTASK;
     if (reserve() != 0)
         return BGS_EFULL;
-    task_item *it = item_new(gen, kind_get(def->name), def, request_id, BGS_CONCURRENT);
-    it->payload = len ? xmemdup(payload, len) : NULL;
-    it->len = len;
+    task_rid *rid = rid_new(request_id);
+    task_item *it = item_new(gen, kind_get(def->name), def, rid, BGS_CONCURRENT, payload, len);
+    rid_unref(rid);
     if (cb) {
         pthread_mutex_lock(&rec_mu);
         watch_push_locked(it, cb, arg);
@@ -1112,9 +1239,7 @@ static void on_tick(sched_timer *t)
 
     /* p->gen stays valid: stopping this schedule waits for this callback
      * (sched_cancel) before it releases the reference. */
-    task_item *it = item_new(p->gen, p->kind, p->def, NULL, BGS_CONCURRENT);
-    it->payload = p->len ? xmemdup(p->payload, p->len) : NULL;
-    it->len = p->len;
+    task_item *it = item_new(p->gen, p->kind, p->def, NULL, BGS_CONCURRENT, p->payload, p->len);
     it->sched = p;
     dispatch(it);
 }
@@ -1240,7 +1365,7 @@ static unfinished *snapshot_live_locked(size_t *n)
         u[i].name = it->kind->name;
         u[i].state = it->state;
         u[i].attempts = it->attempts;
-        u[i].running_us = it->state == ST_RUNNING ? now - it->run_start_us : 0;
+        u[i].running_us = it->state == ST_RUNNING ? now - it->mono_us : 0;
     }
     *n = i;
     return u;
@@ -1294,14 +1419,14 @@ size_t tasks_shutdown(unsigned drain_ms)
     u = snapshot_live_locked(&nu);
     retrying = xcalloc(live_count ? live_count : 1, sizeof(*retrying));
     for (task_item *it = live.lnext; it != &live; it = it->lnext) {
-        atomic_store(&it->cancel, 1);
+        atomic_fetch_or(&it->cancel, CANCEL_SET);
         if (it->state == ST_RETRYING)
             retrying[nretry++] = it;
     }
     pthread_mutex_unlock(&rec_mu);
 
     for (size_t i = 0; i < nretry; i++)
-        if (sched_cancel(&retrying[i]->retry_timer))
+        if (sched_cancel(&retrying[i]->x->retry_timer))
             finalize(retrying[i], ST_CANCELLED, "cancelled at shutdown before its retry ran");
     free(retrying);
 
@@ -1442,7 +1567,7 @@ int tasks_record_json(uint64_t id, json *j)
     json_key(j, "error");
     json_str(j, it->error);
     json_key(j, "request_id");
-    json_str(j, it->request_id);
+    json_str(j, item_rid(it));
     json_key(j, "delivered");
     if (it->delivered < 0)
         json_null(j);
@@ -1455,18 +1580,19 @@ int tasks_record_json(uint64_t id, json *j)
     json_key(j, "adhoc");
     json_bool(j, it->kind == atomic_load(&adhoc_kind));
     json_key(j, "result");
-    if (!it->has_result) {
+    if (it->x == NULL || !it->x->has_result) {
         json_null(j);
     } else {
+        task_extra *x = it->x;
         json_obj_begin(j);
         json_key(j, "status");
-        json_u64(j, it->res_status);
+        json_u64(j, x->res_status);
         json_key(j, "content_type");
-        json_str(j, it->res_type);
+        json_str(j, x->res_type);
         json_key(j, "length");
-        json_u64(j, it->res_len);
+        json_u64(j, x->res_len);
         json_key(j, "body");
-        json_strn(j, it->res_data ? it->res_data : "", it->res_len);
+        json_strn(j, x->res_data ? x->res_data : "", x->res_len);
         json_obj_end(j);
     }
     json_obj_end(j);
@@ -1578,7 +1704,7 @@ int tasks_ctx_result(bgs_task_ctx *ctx, uint32_t status, const char *type,
 
 const char *tasks_ctx_request_id(bgs_task_ctx *ctx)
 {
-    return ctx->item->request_id;
+    return item_rid(ctx->item);
 }
 
 bgs_app *tasks_ctx_app(bgs_task_ctx *ctx)
