@@ -1,7 +1,8 @@
 /*
  * test_queue.c - the in-memory queue backend: FIFO order, its capacity,
- * blocking dequeue woken by a push and by shutdown, and many producers
- * and consumers losing nothing.
+ * blocking dequeue woken by a push and by shutdown, batches (whole, in
+ * order, spread over idle consumers), and many producers and consumers
+ * losing nothing.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -135,6 +136,77 @@ static void queue_dequeue_woken_by_shutdown(void **state)
     queue_destroy(q);
 }
 
+/* A batch goes in whole, in order, or not at all. */
+static void queue_batch_in_order_all_or_nothing(void **state)
+{
+    (void)state;
+    queue *q = queue_mem_new(3);
+    item a, b, c, d;
+    queue_node *three[] = {&b.node, &c.node, &d.node};
+    assert_int_equal(queue_enqueue(q, &a.node), 0);
+    assert_int_equal(queue_enqueue_batch(q, three, 3), BGS_EFULL);
+    assert_int_equal(queue_depth(q), 1);
+    assert_int_equal(queue_enqueue_batch(q, three, 2), 0);
+    assert_int_equal(queue_depth(q), 3);
+    assert_ptr_equal(queue_dequeue(q), &a.node);
+    assert_ptr_equal(queue_dequeue(q), &b.node);
+    assert_ptr_equal(queue_dequeue(q), &c.node);
+    assert_null(queue_try_dequeue(q));
+    queue_shutdown(q);
+    assert_int_equal(queue_enqueue_batch(q, three, 1), BGS_ESHUTDOWN);
+    queue_destroy(q);
+}
+
+#define BATCH_CONSUMERS 4
+
+typedef struct slow_pool {
+    queue *q;
+    atomic_int blocked;   /* consumers about to block */
+    atomic_int took;      /* consumers holding a node */
+    atomic_int all_met;   /* 1 once every consumer held one at the same time */
+} slow_pool;
+
+/* Take one node and hold it (a slow task) until every consumer holds one,
+ * or a deadline passes. */
+static void *consume_slowly(void *p)
+{
+    slow_pool *sp = p;
+    atomic_fetch_add(&sp->blocked, 1);
+    queue_node *n = queue_dequeue(sp->q);
+    if (n == NULL)
+        return NULL;
+    atomic_fetch_add(&sp->took, 1);
+    uint64_t deadline = util_now_us() + 20u * 1000000u;
+    while (atomic_load(&sp->took) < BATCH_CONSUMERS && util_now_us() < deadline)
+        sched_yield();
+    if (atomic_load(&sp->took) == BATCH_CONSUMERS)
+        atomic_store(&sp->all_met, 1);
+    return NULL;
+}
+
+/* One batch wakes one consumer, and the wake is passed on: slow nodes of
+ * one batch still run side by side on every idle consumer. */
+static void queue_batch_spreads_over_idle_consumers(void **state)
+{
+    (void)state;
+    slow_pool sp = {.q = queue_mem_new(0)};
+    pthread_t t[BATCH_CONSUMERS];
+    item its[BATCH_CONSUMERS];
+    queue_node *nodes[BATCH_CONSUMERS];
+    for (int i = 0; i < BATCH_CONSUMERS; i++) {
+        nodes[i] = &its[i].node;
+        assert_int_equal(pthread_create(&t[i], NULL, consume_slowly, &sp), 0);
+    }
+    while (atomic_load(&sp.blocked) < BATCH_CONSUMERS)
+        sched_yield();
+    assert_int_equal(queue_enqueue_batch(sp.q, nodes, BATCH_CONSUMERS), 0);
+    for (int i = 0; i < BATCH_CONSUMERS; i++)
+        pthread_join(t[i], NULL);
+    assert_int_equal(atomic_load(&sp.took), BATCH_CONSUMERS);
+    assert_int_equal(atomic_load(&sp.all_met), 1);
+    queue_destroy(sp.q);
+}
+
 #define PRODUCERS 4
 #define CONSUMERS 4
 #define PER_PRODUCER 5000
@@ -210,6 +282,8 @@ int main(void)
         cmocka_unit_test(queue_capacity_full),
         cmocka_unit_test(queue_dequeue_woken_by_push),
         cmocka_unit_test(queue_dequeue_woken_by_shutdown),
+        cmocka_unit_test(queue_batch_in_order_all_or_nothing),
+        cmocka_unit_test(queue_batch_spreads_over_idle_consumers),
         cmocka_unit_test(queue_many_producers_consumers_lose_nothing),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

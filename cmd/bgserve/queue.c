@@ -4,12 +4,37 @@
  * State: one singly linked FIFO of queue_nodes embedded in the callers'
  * items, its depth, the number of idle consumers and a shutdown flag, all
  * guarded by mem_queue.mu.  Producers (HTTP threads, the scheduler) push;
- * workers pop.  A producer signals cv only when an idle consumer is not
- * already being woken for the nodes queued so far (`wakeups` counts
- * signals not yet taken by a waiter), and signals after unlocking, so a
- * burst of pushes (four tasks of one response) wakes one worker instead
- * of four, and a woken worker does not block at once on the mutex its
- * producer still holds.  See bench/README.md for the numbers.
+ * workers pop.
+ *
+ * Wake-ups are the expensive part (a futex wake and two context switches
+ * per wake, against well under a microsecond of bookkeeping per task), so
+ * there is at most one in flight: `wakeups` counts signals sent to idle
+ * consumers and not yet taken.  A push (or a batch: the tasks of one
+ * response) signals only when a consumer is idle and wakeups is 0.  A
+ * consumer that pops a node and leaves others behind passes the wake on:
+ * if a consumer is idle and wakeups is 0 it signals one more.  So a
+ * burst of four no-op tasks costs the HTTP thread one wake instead of
+ * four, and the woken worker usually runs all four before the one it
+ * woke arrives; four slow tasks still spread over four workers, one hop
+ * later each.  Signals go out after unlocking, so a woken consumer does
+ * not block at once on the mutex its waker still holds.  See
+ * bench/README.md for the numbers.
+ *
+ * No node is stranded.  Invariant (under mu): if the list is not empty
+ * then (a) no consumer is idle, or (b) wakeups > 0, or (c) a consumer
+ * holds mu in dequeue and is about to pop.  In case (a) every consumer
+ * is awake and re-checks the list before it waits again (the while loop
+ * in mem_dequeue).  In case (b) an idle consumer will return from
+ * pthread_cond_wait, take a wake-up and pop: that is case (c).  A push
+ * establishes it (it signals when a consumer is idle and none is owed).
+ * A pop in case (c) re-establishes it before unlocking (it signals when
+ * nodes remain, a consumer is idle and none is owed).  A consumer going
+ * idle only does so when the list is empty.  A counted signal is never
+ * lost while still counted: it is sent while `idle` exceeded the wakeups
+ * owed, and a waiter that returns from the wait for any reason (that
+ * signal, another, or spuriously) takes one count, so a signal that
+ * finds no waiter was already paid for by the waiter that left early.
+ * Shutdown broadcasts, so every blocked consumer returns.
  */
 #include "queue.h"
 
@@ -18,6 +43,11 @@
 
 #include <pthread.h>
 #include <stdlib.h>
+
+/* A wake-up not taken after this long is late: another idle consumer is
+ * woken too (bounds the dispatch latency when a woken worker waits for
+ * a CPU). */
+#define QUEUE_WAKE_LATE_US 50u
 
 typedef struct mem_queue {
     queue base;
@@ -28,6 +58,7 @@ typedef struct mem_queue {
     size_t cap;              /* immutable; 0: unbounded */
     unsigned idle;           /* consumers blocked in dequeue; guarded by mu */
     unsigned wakeups;        /* signals not yet taken by a waiter; guarded by mu */
+    uint64_t wake_us;        /* when the last of them was sent; guarded by mu */
     int shut;                /* guarded by mu */
 } mem_queue;
 
@@ -36,11 +67,8 @@ static mem_queue *mq(queue *q)
     return UTIL_CONTAINER_OF(q, mem_queue, base);
 }
 
-/* Link n at the tail; mu held.  Returns 1 when the caller must signal cv
- * once it has unlocked mu.  A node is always either covered by a pending
- * wake-up or left for a consumer that is awake (it re-checks the list
- * before it waits), so none is stranded. */
-static int push_locked(mem_queue *m, queue_node *n)
+/* Link n at the tail; mu held. */
+static void link_locked(mem_queue *m, queue_node *n)
 {
     n->next = NULL;
     if (m->tail)
@@ -49,11 +77,34 @@ static int push_locked(mem_queue *m, queue_node *n)
         m->head = n;
     m->tail = n;
     m->depth++;
-    if (m->idle > m->wakeups && m->depth > m->wakeups) {
-        m->wakeups++;
-        return 1;
+}
+
+/* Nodes are queued (just pushed, or left behind by a pop); mu held.
+ * Returns 1 when the caller must signal cv once it has unlocked mu: a
+ * consumer is idle and no wake-up is on its way (see the top of file). */
+static int need_wake_locked(mem_queue *m)
+{
+    if (m->head == NULL || m->idle <= m->wakeups)
+        return 0;
+    if (m->wakeups > 0) {
+        /* A wake-up is on its way; add another only when it is late (its
+         * consumer is waiting for a CPU), so a busy machine cannot hold
+         * every queued task behind one descheduled worker. */
+        uint64_t now = util_now_us();
+        if (now - m->wake_us < QUEUE_WAKE_LATE_US)
+            return 0;
+        m->wake_us = now;
+    } else {
+        m->wake_us = util_now_us();
     }
-    return 0;
+    m->wakeups++;
+    return 1;
+}
+
+static int push_locked(mem_queue *m, queue_node *n)
+{
+    link_locked(m, n);
+    return need_wake_locked(m);
 }
 
 static queue_node *pop_locked(mem_queue *m)
@@ -87,6 +138,29 @@ static int mem_enqueue(queue *q, queue_node *n)
     return rc;
 }
 
+static int mem_enqueue_batch(queue *q, queue_node *const *nodes, size_t n)
+{
+    mem_queue *m = mq(q);
+    int rc = 0, wake = 0;
+
+    if (n == 0)
+        return 0;
+    pthread_mutex_lock(&m->mu);
+    if (m->shut)
+        rc = BGS_ESHUTDOWN;
+    else if (m->cap != 0 && (m->depth >= m->cap || n > m->cap - m->depth))
+        rc = BGS_EFULL;
+    else {
+        for (size_t i = 0; i < n; i++)
+            link_locked(m, nodes[i]);
+        wake = need_wake_locked(m);
+    }
+    pthread_mutex_unlock(&m->mu);
+    if (wake)
+        pthread_cond_signal(&m->cv);
+    return rc;
+}
+
 static int mem_requeue(queue *q, queue_node *n)
 {
     mem_queue *m = mq(q);
@@ -107,6 +181,7 @@ static queue_node *mem_dequeue(queue *q)
 {
     mem_queue *m = mq(q);
     queue_node *n = NULL;
+    int wake = 0;
 
     pthread_mutex_lock(&m->mu);
     while (m->head == NULL && !m->shut) {
@@ -116,9 +191,13 @@ static queue_node *mem_dequeue(queue *q)
         if (m->wakeups > 0) /* ours, or a spurious wake-up standing in for it */
             m->wakeups--;
     }
-    if (!m->shut)
+    if (!m->shut) {
         n = pop_locked(m);
+        wake = need_wake_locked(m); /* pass the wake on for the rest */
+    }
     pthread_mutex_unlock(&m->mu);
+    if (wake)
+        pthread_cond_signal(&m->cv);
     return n;
 }
 
@@ -173,6 +252,7 @@ static void mem_destroy(queue *q)
 static const queue_ops mem_ops = {
     .name = "memory",
     .enqueue = mem_enqueue,
+    .enqueue_batch = mem_enqueue_batch,
     .dequeue = mem_dequeue,
     .try_dequeue = mem_try_dequeue,
     .ack = mem_ack,

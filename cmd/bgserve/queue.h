@@ -34,6 +34,9 @@ typedef struct queue_ops {
     /* Append n.  0, BGS_EFULL (the backend's own capacity is reached),
      * BGS_ESHUTDOWN (after shutdown). */
     int (*enqueue)(queue *q, queue_node *n);
+    /* Append the n nodes of nodes[], in order, as one operation (one lock,
+     * at most one wake-up): all or none.  0, BGS_EFULL, BGS_ESHUTDOWN. */
+    int (*enqueue_batch)(queue *q, queue_node *const *nodes, size_t n);
     /* The oldest node; blocks while the queue is empty.  NULL once the
      * queue is shut down (even when nodes remain: take those with
      * try_dequeue). */
@@ -60,12 +63,19 @@ struct queue {
 
 /*
  * The in-memory backend: one FIFO list under one mutex, with a condition
- * variable signalled only when a consumer is idle (blocked in dequeue).
+ * variable signalled only when a consumer is idle (blocked in dequeue)
+ * and no wake-up is on its way already; a woken consumer that leaves
+ * nodes behind wakes the next idle one (queue.c explains why no node is
+ * stranded).
  * cap bounds depth (BGS_EFULL beyond it); 0 means no bound.
  */
 queue *queue_mem_new(size_t cap);
 
 static inline int queue_enqueue(queue *q, queue_node *n) { return q->ops->enqueue(q, n); }
+static inline int queue_enqueue_batch(queue *q, queue_node *const *nodes, size_t n)
+{
+    return q->ops->enqueue_batch(q, nodes, n);
+}
 static inline queue_node *queue_dequeue(queue *q) { return q->ops->dequeue(q); }
 static inline queue_node *queue_try_dequeue(queue *q) { return q->ops->try_dequeue(q); }
 static inline void queue_ack(queue *q, queue_node *n) { q->ops->ack(q, n); }
