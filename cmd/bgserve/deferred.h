@@ -28,7 +28,9 @@ enum {
 
 typedef void (*deferred_resume_fn)(void *conn);
 
-/* Start / stop the deadline thread.  0 or -1. */
+/* Deadlines run on the scheduler thread (sched.h, started by
+ * tasks_start), so start after tasks_start.  deferred_stop, after
+ * tasks_shutdown, frees the handles a plugin never settled.  0 or -1. */
 int deferred_start(void);
 void deferred_stop(void);
 
@@ -47,7 +49,8 @@ void deferred_arm(bgs_deferred *d);
 
 /* The plugin's answer (any thread).  Copies type and body; drops the
  * plugin's reference.  BGS_ESTATE when the handle is no longer pending
- * (timed out, shut down, or completed twice). */
+ * (timed out, shut down, or completed twice); BGS_EINVAL for a bad
+ * argument, and then nothing happened. */
 int deferred_complete(bgs_deferred *d, uint32_t status, const char *type,
                       const void *body, size_t len);
 /* The plugin gives up (any thread): the client gets 500. */
