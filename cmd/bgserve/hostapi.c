@@ -161,6 +161,17 @@ int res_check_header(const char *name, const char *value)
     return 0;
 }
 
+void res_add_header(struct bgs_res *res, const char *name, const char *value)
+{
+    if (res->nheaders == res->cap_headers) {
+        res->cap_headers = res->cap_headers ? res->cap_headers * 2 : 4;
+        res->headers = xrealloc(res->headers, res->cap_headers * sizeof *res->headers);
+    }
+    res->headers[res->nheaders].name = xstrdup(name);
+    res->headers[res->nheaders].value = xstrdup(value);
+    res->nheaders++;
+}
+
 static int res_status(bgs_res *res, uint32_t status)
 {
     if (res == NULL || status < 100 || status > 599)
@@ -189,13 +200,7 @@ static int res_header(bgs_res *res, const char *name, const char *value)
         res->content_type = xstrdup(value);
         return 0;
     }
-    if (res->nheaders == res->cap_headers) {
-        res->cap_headers = res->cap_headers ? res->cap_headers * 2 : 4;
-        res->headers = xrealloc(res->headers, res->cap_headers * sizeof *res->headers);
-    }
-    res->headers[res->nheaders].name = xstrdup(name);
-    res->headers[res->nheaders].value = xstrdup(value);
-    res->nheaders++;
+    res_add_header(res, name, value);
     return 0;
 }
 

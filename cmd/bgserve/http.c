@@ -298,16 +298,9 @@ static enum MHD_Result serve_introspection(struct MHD_Connection *conn, exchange
         .uptime_s = (util_now_us() - started_us) / 1000000u,
     };
     introspect_handle(ex->req.method, ex->req.path, &c, &rep);
-    res_hdr allow = {.name = (char *)"Allow", .value = (char *)rep.allow};
-    if (rep.allow) {
-        ex->res.headers = &allow;
-        ex->res.nheaders = 1;
-    }
-    enum MHD_Result rc = send_reply(conn, ex, rep.status, rep.body, rep.len,
-                                    "application/json", 0);
-    ex->res.headers = NULL;
-    ex->res.nheaders = 0;
-    return rc;
+    if (rep.allow)
+        res_add_header(&ex->res, "Allow", rep.allow);
+    return send_reply(conn, ex, rep.status, rep.body, rep.len, "application/json", 0);
 }
 
 /* Attach the route's own tasks.  0, or BGS_EFULL/BGS_ESHUTDOWN when the
@@ -357,13 +350,8 @@ static enum MHD_Result dispatch(struct MHD_Connection *conn, exchange *ex)
     if (m == ROUTER_BAD_PATH)
         return send_text(conn, ex, 400, "Bad Request: malformed path\n", 0);
     if (m == ROUTER_BAD_METHOD) {
-        res_hdr allow = {.name = (char *)"Allow", .value = req->match.allow};
-        res->headers = &allow;
-        res->nheaders = 1;
-        enum MHD_Result rc = send_text(conn, ex, 405, "Method Not Allowed\n", 0);
-        res->headers = NULL;
-        res->nheaders = 0;
-        return rc;
+        res_add_header(res, "Allow", req->match.allow);
+        return send_text(conn, ex, 405, "Method Not Allowed\n", 0);
     }
 
     const plugin_route *route = req->match.data;
@@ -388,13 +376,8 @@ static enum MHD_Result dispatch(struct MHD_Connection *conn, exchange *ex)
         discard_groups(ex, trc == BGS_EFULL ? "task queue full: response turned into 503"
                                             : "server shutting down: response turned into 503");
         reset_response(res);
-        res_hdr ra = {.name = (char *)"Retry-After", .value = (char *)"1"};
-        res->headers = &ra;
-        res->nheaders = 1;
-        enum MHD_Result rc = send_text(conn, ex, 503, "Service Unavailable: task queue is full, retry later\n", 0);
-        res->headers = NULL;
-        res->nheaders = 0;
-        return rc;
+        res_add_header(res, "Retry-After", "1");
+        return send_text(conn, ex, 503, "Service Unavailable: task queue is full, retry later\n", 0);
     }
     if (strcmp(req->method, "HEAD") == 0)
         discard_groups(ex, "HEAD request: tasks do not run");

@@ -81,6 +81,10 @@ int req_parse_query(struct bgs_req *req, const char *qs);
 void req_free(struct bgs_req *req);
 void res_free(struct bgs_res *res);
 
+/* Append a header bgserve itself sends (Allow, Retry-After): copied,
+ * not checked. */
+void res_add_header(struct bgs_res *res, const char *name, const char *value);
+
 /* Check a header name (RFC 9110 token) and value (no CR, LF, NUL):
  * 0 or BGS_EHEADER. */
 int res_check_header(const char *name, const char *value);
