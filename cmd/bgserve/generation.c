@@ -322,6 +322,13 @@ int gen_reload(const char *path, unsigned max_generations)
      * twice; requests and tasks already holding the old one finish on it. */
     if (old)
         tasks_periodic_stop_gen(old);
+    /* Counted before the swap: whoever sees the new code also sees the
+     * reload in /_bgserve/stats. */
+    pthread_mutex_lock(&stats_lock);
+    reloads++;
+    free(last_error);
+    last_error = NULL;
+    pthread_mutex_unlock(&stats_lock);
     gen_retain(g); /* ours, for the log line below */
     gen_set_current(g);
     gen_activate(g);
@@ -331,11 +338,6 @@ int gen_reload(const char *path, unsigned max_generations)
             (unsigned long long)g->number, g->plugin->nroutes, g->plugin->ntasks,
             (double)g->load_us / 1000.0, (unsigned long long)old_number, held);
     gen_release(g);
-    pthread_mutex_lock(&stats_lock);
-    reloads++;
-    free(last_error);
-    last_error = NULL;
-    pthread_mutex_unlock(&stats_lock);
     gen_release(old);
     pthread_mutex_unlock(&reload_lock);
     return 0;
