@@ -308,10 +308,10 @@ int gen_reload(const char *path, unsigned max_generations)
     generation *g = NULL;
     if (create(path, next_number, 0, old, &g, err, sizeof err) != 0) {
         /* The same words as at startup, then what happens now. */
+        note_failure(err); /* counted before it is said */
         fprintf(stderr, "%s\n", err);
         log_msg(BGS_LOG_ERROR, "reload failed: keeping generation %llu",
                 (unsigned long long)old_number);
-        note_failure(err);
         gen_release(old);
         pthread_mutex_unlock(&reload_lock);
         return -1;
