@@ -101,12 +101,6 @@ static int need_wake_locked(mem_queue *m)
     return 1;
 }
 
-static int push_locked(mem_queue *m, queue_node *n)
-{
-    link_locked(m, n);
-    return need_wake_locked(m);
-}
-
 static queue_node *pop_locked(mem_queue *m)
 {
     queue_node *n = m->head;
@@ -120,25 +114,10 @@ static queue_node *pop_locked(mem_queue *m)
     return n;
 }
 
-static int mem_enqueue(queue *q, queue_node *n)
-{
-    mem_queue *m = mq(q);
-    int rc = 0, wake = 0;
-
-    pthread_mutex_lock(&m->mu);
-    if (m->shut)
-        rc = BGS_ESHUTDOWN;
-    else if (m->cap != 0 && m->depth >= m->cap)
-        rc = BGS_EFULL;
-    else
-        wake = push_locked(m, n);
-    pthread_mutex_unlock(&m->mu);
-    if (wake)
-        pthread_cond_signal(&m->cv);
-    return rc;
-}
-
-static int mem_enqueue_batch(queue *q, queue_node *const *nodes, size_t n)
+/* Link nodes[0..n) at the tail, all or none.  bounded: refuse with
+ * BGS_EFULL past the capacity (a requeue is not bounded: its node was
+ * counted when it was first queued). */
+static int push_nodes(queue *q, queue_node *const *nodes, size_t n, int bounded)
 {
     mem_queue *m = mq(q);
     int rc = 0, wake = 0;
@@ -148,7 +127,7 @@ static int mem_enqueue_batch(queue *q, queue_node *const *nodes, size_t n)
     pthread_mutex_lock(&m->mu);
     if (m->shut)
         rc = BGS_ESHUTDOWN;
-    else if (m->cap != 0 && (m->depth >= m->cap || n > m->cap - m->depth))
+    else if (bounded && m->cap != 0 && (m->depth >= m->cap || n > m->cap - m->depth))
         rc = BGS_EFULL;
     else {
         for (size_t i = 0; i < n; i++)
@@ -161,20 +140,19 @@ static int mem_enqueue_batch(queue *q, queue_node *const *nodes, size_t n)
     return rc;
 }
 
+static int mem_enqueue(queue *q, queue_node *n)
+{
+    return push_nodes(q, &n, 1, 1);
+}
+
+static int mem_enqueue_batch(queue *q, queue_node *const *nodes, size_t n)
+{
+    return push_nodes(q, nodes, n, 1);
+}
+
 static int mem_requeue(queue *q, queue_node *n)
 {
-    mem_queue *m = mq(q);
-    int rc = 0, wake = 0;
-
-    pthread_mutex_lock(&m->mu);
-    if (m->shut)
-        rc = BGS_ESHUTDOWN;
-    else
-        wake = push_locked(m, n);
-    pthread_mutex_unlock(&m->mu);
-    if (wake)
-        pthread_cond_signal(&m->cv);
-    return rc;
+    return push_nodes(q, &n, 1, 0);
 }
 
 static queue_node *mem_dequeue(queue *q)
