@@ -43,19 +43,19 @@ static int read_all(const char *path, unsigned char **data, size_t *len,
     struct stat st;
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
-        snprintf(why, whylen, "%s: %s", path, strerror(errno));
+        snprintf(why, whylen, "%s", strerror(errno));
         return IMAGE_EOPEN;
     }
     if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
         int e = errno;
-        snprintf(why, whylen, "%s: %s", path,
+        snprintf(why, whylen, "%s",
                  fstat(fd, &st) != 0 ? strerror(e)
                  : S_ISDIR(st.st_mode) ? "Is a directory" : "not a regular file");
         close(fd);
         return IMAGE_EOPEN;
     }
     if ((size_t)st.st_size > MAX_IMAGE) {
-        snprintf(why, whylen, "%s: larger than 1 GiB", path);
+        snprintf(why, whylen, "larger than 1 GiB");
         close(fd);
         return IMAGE_ENOTELF;
     }
@@ -80,39 +80,38 @@ static int in_file(uint64_t off, uint64_t size, size_t len)
     return off <= len && size <= len - off;
 }
 
-static int check_bytes(const unsigned char *b, size_t len, const char *path,
-                       char *why, size_t whylen)
+static int check_bytes(const unsigned char *b, size_t len, char *why, size_t whylen)
 {
     Elf64_Ehdr eh;
     if (len < EI_NIDENT || memcmp(b, ELFMAG, SELFMAG) != 0) {
-        snprintf(why, whylen, "%s: not an ELF file%s", path,
+        snprintf(why, whylen, "not an ELF file%s",
                  len == 0 ? " (it is empty)" : "");
         return len == 0 ? IMAGE_EINCOMPLETE : IMAGE_ENOTELF;
     }
     if (b[EI_CLASS] != ELFCLASS64 || b[EI_DATA] != ELFDATA2LSB) {
-        snprintf(why, whylen, "%s: not a 64-bit little-endian ELF file", path);
+        snprintf(why, whylen, "not a 64-bit little-endian ELF file");
         return IMAGE_ENOTELF;
     }
     if (len < sizeof eh) {
-        snprintf(why, whylen, "%s: incomplete ELF image (%zu bytes, shorter than its header)",
-                 path, len);
+        snprintf(why, whylen, "incomplete ELF image (%zu bytes, shorter than its header)",
+                 len);
         return IMAGE_EINCOMPLETE;
     }
     memcpy(&eh, b, sizeof eh);
     if (eh.e_type != ET_DYN) {
-        snprintf(why, whylen, "%s: not a shared object (ELF type %u)", path, eh.e_type);
+        snprintf(why, whylen, "not a shared object (ELF type %u)", eh.e_type);
         return IMAGE_ENOTELF;
     }
     if (eh.e_phentsize != sizeof(Elf64_Phdr) ||
         !in_file(eh.e_phoff, (uint64_t)eh.e_phnum * sizeof(Elf64_Phdr), len)) {
-        snprintf(why, whylen, "%s: incomplete ELF image (program headers past the end "
-                 "of its %zu bytes)", path, len);
+        snprintf(why, whylen, "incomplete ELF image (program headers past the end "
+                 "of its %zu bytes)", len);
         return IMAGE_EINCOMPLETE;
     }
     if (eh.e_shoff != 0 &&
         !in_file(eh.e_shoff, (uint64_t)eh.e_shnum * eh.e_shentsize, len)) {
-        snprintf(why, whylen, "%s: incomplete ELF image (section headers past the end "
-                 "of its %zu bytes)", path, len);
+        snprintf(why, whylen, "incomplete ELF image (section headers past the end "
+                 "of its %zu bytes)", len);
         return IMAGE_EINCOMPLETE;
     }
     for (unsigned i = 0; i < eh.e_phnum; i++) {
@@ -120,8 +119,8 @@ static int check_bytes(const unsigned char *b, size_t len, const char *path,
         memcpy(&ph, b + eh.e_phoff + (uint64_t)i * sizeof ph, sizeof ph);
         if ((ph.p_type == PT_LOAD || ph.p_type == PT_DYNAMIC) &&
             !in_file(ph.p_offset, ph.p_filesz, len)) {
-            snprintf(why, whylen, "%s: incomplete ELF image (a segment ends past the "
-                     "end of its %zu bytes)", path, len);
+            snprintf(why, whylen, "incomplete ELF image (a segment ends past the "
+                     "end of its %zu bytes)", len);
             return IMAGE_EINCOMPLETE;
         }
         if (ph.p_type != PT_DYNAMIC)
@@ -132,8 +131,8 @@ static int check_bytes(const unsigned char *b, size_t len, const char *path,
             if (d.d_tag == DT_NULL)
                 break;
             if (d.d_tag == DT_FLAGS && (d.d_un.d_val & DF_STATIC_TLS)) {
-                snprintf(why, whylen, "%s: flagged STATIC_TLS (it uses initial-exec "
-                         "thread-local storage), so it cannot be unloaded and reloaded", path);
+                snprintf(why, whylen, "flagged STATIC_TLS (it uses initial-exec "
+                         "thread-local storage), so it cannot be unloaded and reloaded");
                 return IMAGE_ESTATICTLS;
             }
         }
@@ -147,7 +146,7 @@ int image_check(const char *path, char *why, size_t whylen)
     size_t len = 0;
     int rc = read_all(path, &b, &len, why, whylen);
     if (rc == IMAGE_OK)
-        rc = check_bytes(b, len, path, why, whylen);
+        rc = check_bytes(b, len, why, whylen);
     free(b);
     return rc;
 }
@@ -192,7 +191,7 @@ int image_prepare(const char *path, char **copy_path, char *why, size_t whylen)
     *copy_path = NULL;
     int rc = read_all(path, &b, &len, why, whylen);
     if (rc == IMAGE_OK)
-        rc = check_bytes(b, len, path, why, whylen);
+        rc = check_bytes(b, len, why, whylen);
     if (rc != IMAGE_OK) {
         free(b);
         return rc;
