@@ -272,6 +272,31 @@ static void http_port_in_use_is_clear(void **state)
     free(out);
 }
 
+static void http_ipv6_loopback(void **state)
+{
+    (void)state;
+    h_server s;
+    h_resp r;
+    static const char *const args[] = {"--host", "::1", NULL};
+    if (h_start(&s, h_build_path("plugins/hello.so"), args, NULL) != 0) {
+        int no_v6 = s.log && strstr(s.log, "cannot listen");
+        h_free(&s);
+        if (no_v6)
+            skip(); /* this machine has no IPv6 loopback */
+        fail_msg("bgserve --host ::1 did not start");
+    }
+    assert_non_null(strstr(s.log, "bgserve: listening on http://[::1]:"));
+    char url[64];
+    snprintf(url, sizeof url, "http://[::1]:%d/", s.port);
+    assert_int_equal(h_http(&s, "GET", url, NULL, 0, NULL, &r), 0);
+    assert_int_equal(r.status, 200);
+    assert_string_equal(r.body, "Hello, World!");
+    h_resp_free(&r);
+    assert_true(h_wait_log(&s, "GET / 200", 5000));
+    assert_int_equal(h_stop(&s, SIGTERM), 0);
+    h_free(&s);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -290,6 +315,7 @@ int main(void)
         cmocka_unit_test(http_notes_roundtrip),
         cmocka_unit_test(http_sigterm_stops_cleanly),
         cmocka_unit_test(http_port_in_use_is_clear),
+        cmocka_unit_test(http_ipv6_loopback),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
