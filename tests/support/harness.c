@@ -11,6 +11,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -92,6 +93,9 @@ int h_count_log(h_server *s, const char *needle)
 
 static void child_exec(const char *const *argv, const char *const *extra_env, int errfd)
 {
+    /* A test that fails mid-way never stops its server: let it go with
+     * the test instead of lingering. */
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
     if (extra_env)
         for (const char *const *e = extra_env; *e; e++)
             putenv((char *)*e);
