@@ -37,7 +37,7 @@ static const char *req_param(bgs_req *req, const char *name)
     return NULL;
 }
 
-static const char *req_query(bgs_req *req, const char *name)
+const char *req_query_value(struct bgs_req *req, const char *name)
 {
     if (req == NULL || name == NULL)
         return NULL;
@@ -470,7 +470,7 @@ static const bgs_host_api host_api = {
     .req_method = req_method,
     .req_path = req_path,
     .req_param = req_param,
-    .req_query = req_query,
+    .req_query = req_query_value,
     .req_header = req_header,
     .req_body = req_body,
     .req_remote_addr = req_remote_addr,

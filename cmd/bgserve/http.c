@@ -259,11 +259,9 @@ static void longpoll_done(void *arg, const tasks_final *f)
  * it is, or until MS pass.  Returns 1 when suspended. */
 static int start_longpoll(struct MHD_Connection *conn, exchange *ex)
 {
-    const char *wait = NULL;
-    for (unsigned i = 0; i < ex->req.nquery; i++)
-        if (strcmp(ex->req.query[i].name, "wait") == 0)
-            wait = ex->req.query[i].value;
-    if (wait == NULL || strncmp(ex->req.path, "/_bgserve/tasks/", 16) != 0)
+    const char *wait = req_query_value(&ex->req, "wait");
+    uint64_t id = introspect_task_id(ex->req.path);
+    if (wait == NULL || id == 0)
         return 0;
     char *end;
     unsigned long ms = strtoul(wait, &end, 10);
@@ -271,9 +269,6 @@ static int start_longpoll(struct MHD_Connection *conn, exchange *ex)
         return 0;
     if (ms > LONGPOLL_MAX_MS)
         ms = LONGPOLL_MAX_MS;
-    uint64_t id = strtoull(ex->req.path + 16, &end, 10);
-    if (*end != '\0' || id == 0)
-        return 0;
     bgs_deferred *d = deferred_new_internal((uint32_t)ms, resume_conn, conn);
     if (tasks_watch(id, longpoll_done, d) != 0) {
         /* final already, or unknown: answer now */

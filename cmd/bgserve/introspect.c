@@ -33,9 +33,12 @@ static void reply_error(introspect_reply *out, unsigned status, const char *msg)
     reply_json(out, status, &j);
 }
 
-/* Decimal task id, or 0 when s is not one. */
-static uint64_t parse_id(const char *s)
+uint64_t introspect_task_id(const char *path)
 {
+    static const char prefix[] = "/_bgserve/tasks/";
+    if (strncmp(path, prefix, sizeof prefix - 1) != 0)
+        return 0;
+    const char *s = path + sizeof prefix - 1;
     uint64_t v = 0;
     if (*s == '\0' || strlen(s) > 19)
         return 0;
@@ -73,7 +76,7 @@ void introspect_handle(const char *method, const char *path,
         return;
     }
     if (strncmp(path, "/_bgserve/tasks/", 16) == 0) {
-        uint64_t id = parse_id(path + 16);
+        uint64_t id = introspect_task_id(path);
         json j;
         json_init(&j);
         if (id != 0 && tasks_record_json(id, &j) == 0) {

@@ -22,6 +22,10 @@ typedef struct introspect_counters {
     uint64_t uptime_s;
 } introspect_counters;
 
+/* The id in "/_bgserve/tasks/ID" (decimal), or 0 when path is not a
+ * task's status monitor. */
+uint64_t introspect_task_id(const char *path);
+
 /* path is the decoded path starting with "/_bgserve". */
 void introspect_handle(const char *method, const char *path,
                        const introspect_counters *c, introspect_reply *out);

@@ -207,14 +207,8 @@ static size_t format_msg(char *buf, size_t cap, const char *fmt, va_list ap)
 
 static void json_ts(json *j)
 {
-    uint64_t us = util_wall_us();
-    time_t secs = (time_t)(us / 1000000u);
-    struct tm tm;
     char tmp[48];
-    gmtime_r(&secs, &tm);
-    snprintf(tmp, sizeof(tmp), "%04d-%02d-%02dT%02d:%02d:%02d.%03uZ",
-             tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour,
-             tm.tm_min, tm.tm_sec, (unsigned)(us % 1000000u / 1000u));
+    util_iso_time(tmp, sizeof(tmp), util_wall_us(), 3);
     json_key(j, "ts");
     json_str(j, tmp);
 }

@@ -72,6 +72,9 @@ struct bgs_res {
     size_t nqueued;
 };
 
+/* The decoded value of query parameter name (the first), or NULL. */
+const char *req_query_value(struct bgs_req *req, const char *name);
+
 /* Parse "a=1&b=x%20y" into req->query (decoded).  Returns 0, or -1 when
  * an escape is malformed. */
 int req_parse_query(struct bgs_req *req, const char *qs);

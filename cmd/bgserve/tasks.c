@@ -334,16 +334,6 @@ static uint64_t backoff_ms(const plugin_task *def, uint64_t id, uint32_t failed)
     return d - half + splitmix64(id * 131u + failed) % (half + 1);
 }
 
-static void iso_time(char *buf, size_t cap, uint64_t wall_us)
-{
-    time_t secs = (time_t)(wall_us / 1000000u);
-    struct tm tm;
-    gmtime_r(&secs, &tm);
-    snprintf(buf, cap, "%04d-%02d-%02dT%02d:%02d:%02d.%06uZ", tm.tm_year + 1900,
-             tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
-             (unsigned)(wall_us % 1000000u));
-}
-
 /* ------------------------------------------------------------------ */
 /* Kinds                                                               */
 /* ------------------------------------------------------------------ */
@@ -1526,7 +1516,7 @@ static void json_time(json *j, const char *key, uint64_t wall)
         json_null(j);
         return;
     }
-    iso_time(buf, sizeof(buf), wall);
+    util_iso_time(buf, sizeof(buf), wall, 6);
     json_str(j, buf);
 }
 

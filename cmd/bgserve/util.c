@@ -78,6 +78,20 @@ uint64_t util_wall_us(void)
     return clock_us(CLOCK_REALTIME);
 }
 
+void util_iso_time(char *buf, size_t cap, uint64_t wall_us, unsigned frac_digits)
+{
+    time_t secs = (time_t)(wall_us / 1000000u);
+    unsigned frac = (unsigned)(wall_us % 1000000u);
+    struct tm tm;
+    gmtime_r(&secs, &tm);
+    if (frac_digits == 3)
+        snprintf(buf, cap, "%04d-%02d-%02dT%02d:%02d:%02d.%03uZ", tm.tm_year + 1900,
+                 tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, frac / 1000u);
+    else
+        snprintf(buf, cap, "%04d-%02d-%02dT%02d:%02d:%02d.%06uZ", tm.tm_year + 1900,
+                 tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, frac);
+}
+
 int util_strcaseeq(const char *a, const char *b)
 {
     for (;; a++, b++) {

@@ -24,6 +24,10 @@ uint64_t util_now_us(void);
 /* Wall clock in microseconds since the epoch (CLOCK_REALTIME). */
 uint64_t util_wall_us(void);
 
+/* Wall-clock time wall_us as ISO-8601 UTC ("2026-11-23T19:00:00.123Z")
+ * with frac_digits (3 or 6) digits of the second. */
+void util_iso_time(char *buf, size_t cap, uint64_t wall_us, unsigned frac_digits);
+
 /* Case-insensitive ASCII equality: 1 when equal, 0 otherwise. */
 int util_strcaseeq(const char *a, const char *b);
 
