@@ -173,12 +173,28 @@ void deferred_arm(bgs_deferred *d)
     pthread_mutex_unlock(&lock);
 }
 
-/* Move d to state (if still pending) and drop one reference, the
- * caller's. */
-static void settle(bgs_deferred *d, int state, int abandoned)
+/* The answer a completion carries; NULL for the other final states. */
+typedef struct answer {
+    uint32_t status;
+    char *type;
+    char *body;
+    size_t len;
+} answer;
+
+/* Move d to state (if still pending; with a, the answer is put in place
+ * before the state says so) and drop one reference, the caller's.
+ * Returns 1 when this call moved it. */
+static int settle(bgs_deferred *d, int state, int abandoned, answer *a)
 {
     pthread_mutex_lock(&lock);
     int moved = d->state == DEFERRED_PENDING;
+    if (moved && a) {
+        d->status = a->status;
+        d->type = a->type;
+        d->body = a->body;
+        d->len = a->len;
+        a->type = a->body = NULL;
+    }
     if (moved)
         finish(d, state);
     if (abandoned && d->counted)
@@ -189,6 +205,7 @@ static void settle(bgs_deferred *d, int state, int abandoned)
     pthread_mutex_lock(&lock);
     unref(d);
     pthread_mutex_unlock(&lock);
+    return moved;
 }
 
 int deferred_complete(bgs_deferred *d, uint32_t status, const char *type,
@@ -196,34 +213,22 @@ int deferred_complete(bgs_deferred *d, uint32_t status, const char *type,
 {
     if (d == NULL || (body == NULL && len > 0) || status < 100 || status > 599)
         return BGS_EINVAL; /* nothing happened: the handle is still the plugin's */
-    char *t = xstrdup(type ? type : "text/plain; charset=utf-8");
-    char *b = len ? xmemdup(body, len) : NULL;
-    pthread_mutex_lock(&lock);
-    int pending = d->state == DEFERRED_PENDING;
-    if (pending) {
-        /* The answer is in place before the state says so. */
-        d->status = status;
-        d->type = t;
-        d->body = b;
-        d->len = len;
-        t = b = NULL;
-        finish(d, DEFERRED_COMPLETED);
-    }
-    pthread_mutex_unlock(&lock);
-    free(t);
-    free(b);
-    if (pending)
-        disarm(d); /* the plugin's reference keeps d alive meanwhile */
-    pthread_mutex_lock(&lock);
-    unref(d); /* the plugin's */
-    pthread_mutex_unlock(&lock);
-    return pending ? 0 : BGS_ESTATE;
+    answer a = {
+        .status = status,
+        .type = xstrdup(type ? type : "text/plain; charset=utf-8"),
+        .body = len ? xmemdup(body, len) : NULL,
+        .len = len,
+    };
+    int moved = settle(d, DEFERRED_COMPLETED, 0, &a);
+    free(a.type); /* still ours when the handle was no longer pending */
+    free(a.body);
+    return moved ? 0 : BGS_ESTATE;
 }
 
 void deferred_release(bgs_deferred *d)
 {
     if (d != NULL)
-        settle(d, DEFERRED_RELEASED, 0);
+        settle(d, DEFERRED_RELEASED, 0, NULL);
 }
 
 int deferred_state(bgs_deferred *d, uint32_t *status, const char **type,
@@ -242,7 +247,7 @@ int deferred_state(bgs_deferred *d, uint32_t *status, const char **type,
 void deferred_put(bgs_deferred *d, int delivered)
 {
     if (d != NULL)
-        settle(d, DEFERRED_GONE, !delivered);
+        settle(d, DEFERRED_GONE, !delivered, NULL);
 }
 
 void deferred_shutdown_all(void)
