@@ -25,7 +25,20 @@
 /* ---- request ------------------------------------------------------------ */
 
 static const char *req_method(bgs_req *req) { return req ? req->method : NULL; }
-static const char *req_path(bgs_req *req) { return req ? req->path : NULL; }
+const char *req_decoded_path(struct bgs_req *req)
+{
+    if (req->path == NULL) {
+        size_t n = strlen(req->raw_path);
+        req->path = xmalloc(n + 1);
+        if (router_pct_decode(req->raw_path, n, req->path, 0) < 0) {
+            free(req->path);
+            req->path = NULL;
+        }
+    }
+    return req->path;
+}
+
+static const char *req_path(bgs_req *req) { return req ? req_decoded_path(req) : NULL; }
 
 static const char *req_param(bgs_req *req, const char *name)
 {

@@ -319,20 +319,22 @@ static enum MHD_Result dispatch(struct MHD_Connection *conn, exchange *ex)
     struct bgs_req *req = &ex->req;
     struct bgs_res *res = &ex->res;
 
-    /* Split the target into path and query; decode the whole path once
-     * for bgs_req_path (the router decodes per segment). */
+    /* Split the target into path and query.  The router decodes the path
+     * segment by segment; the whole decoded path is made only when asked
+     * for (req_decoded_path). */
     char *q = strchr(req->url, '?');
     size_t plen = q ? (size_t)(q - req->url) : strlen(req->url);
-    req->path = xmalloc(plen + 1);
     req->scratch = xmalloc(plen + 1);
-    if (router_pct_decode(req->url, plen, req->path, 0) < 0 ||
-        (q && req_parse_query(req, q + 1) != 0))
-        return send_text(conn, ex, 400, "Bad Request: malformed percent-encoding\n", 0);
     req->raw_path = req->raw_path_buf = xstrndup(req->url, plen);
+    if (q && req_parse_query(req, q + 1) != 0)
+        return send_text(conn, ex, 400, "Bad Request: malformed percent-encoding\n", 0);
 
-    if (config.introspection && strncmp(req->path, "/_bgserve", 9) == 0 &&
-        (req->path[9] == '/' || req->path[9] == '\0'))
+    if (config.introspection && strncmp(req->raw_path, "/_bgserve", 9) == 0 &&
+        (req->raw_path[9] == '/' || req->raw_path[9] == '\0')) {
+        if (req_decoded_path(req) == NULL)
+            return send_text(conn, ex, 400, "Bad Request: malformed percent-encoding\n", 0);
         return serve_introspection(conn, ex);
+    }
 
     req->gen = gen_current();
     if (req->gen == NULL)

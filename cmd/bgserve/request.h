@@ -33,7 +33,7 @@ struct bgs_req {
     const char *raw_path;     /* percent-encoded path without query */
     char *raw_path_buf;       /* owned storage behind raw_path */
     char *url;                /* raw request target, owned */
-    char *path;               /* decoded path, owned */
+    char *path;               /* decoded path, owned; made on first use */
     router_match match;       /* params point into scratch */
     char *scratch;            /* owned */
     char *query_buf;          /* owned; decoded pairs live here */
@@ -71,6 +71,11 @@ struct bgs_res {
     uint64_t *queued_ids;     /* tasks queued now (req_enqueue, res_await) */
     size_t nqueued;
 };
+
+/* The whole path percent-decoded (made on first use: the router decodes
+ * segment by segment and most handlers never ask), or NULL when it is
+ * malformed. */
+const char *req_decoded_path(struct bgs_req *req);
 
 /* The decoded value of query parameter name (the first), or NULL. */
 const char *req_query_value(struct bgs_req *req, const char *name);
