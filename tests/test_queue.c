@@ -136,6 +136,33 @@ static void queue_dequeue_woken_by_shutdown(void **state)
     queue_destroy(q);
 }
 
+/* Nobody to wake, nobody woken: pushes with no consumer blocked send no
+ * wake-up, and the count only grows once one waits. */
+static void queue_wakeups_only_for_idle_consumers(void **state)
+{
+    (void)state;
+    consumer c = {.q = queue_mem_new(0)};
+    item its[3];
+    pthread_t t;
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(queue_enqueue(c.q, &its[i].node), 0);
+    assert_int_equal(queue_wakeups(c.q), 0);
+    for (int i = 0; i < 3; i++)
+        assert_ptr_equal(queue_dequeue(c.q), &its[i].node);
+    assert_int_equal(queue_wakeups(c.q), 0);
+
+    /* A consumer blocks on the empty queue; the push must reach it, and
+     * it can only have been reached by a wake-up once it blocked. */
+    assert_int_equal(pthread_create(&t, NULL, consume_one, &c), 0);
+    while (!atomic_load(&c.waiting))
+        sched_yield();
+    assert_int_equal(queue_enqueue(c.q, &its[0].node), 0);
+    pthread_join(t, NULL);
+    assert_ptr_equal(c.got, &its[0].node);
+    assert_true(queue_wakeups(c.q) <= 1);
+    queue_destroy(c.q);
+}
+
 /* A batch goes in whole, in order, or not at all. */
 static void queue_batch_in_order_all_or_nothing(void **state)
 {
@@ -275,6 +302,49 @@ static void queue_many_producers_consumers_lose_nothing(void **state)
     queue_destroy(m.q);
 }
 
+/* Pairs of pushes back to back (a dense stream) to one consumer that
+ * has just gone idle (so it waits as the sentry), then nothing: the
+ * pushes leave their wake-up to each other, and the pair must still be
+ * taken, by the sentry's timeout, without a further push or a shutdown
+ * to shake it loose.  Then a long stream with two consumers: every node
+ * taken exactly once. */
+static void queue_dense_stream_tail_is_taken(void **state)
+{
+    (void)state;
+    enum { PAIRS = 300, TOTAL = 20000 };
+    mpmc st = {.q = queue_mem_new(0)};
+    pthread_t t[2];
+    st.items = calloc(TOTAL, sizeof(item));
+    assert_non_null(st.items);
+    assert_int_equal(pthread_create(&t[0], NULL, consume, &st), 0);
+    uint64_t deadline = util_now_us() + 30u * 1000000u;
+    for (int i = 0; i < PAIRS; i++) {
+        queue_node *pair[2] = {&st.items[2 * i].node, &st.items[2 * i + 1].node};
+        assert_int_equal(queue_enqueue(st.q, pair[0]), 0);
+        assert_int_equal(queue_enqueue(st.q, pair[1]), 0);
+        while (atomic_load(&st.consumed) < 2 * (i + 1) && util_now_us() < deadline)
+            sched_yield();
+        assert_int_equal(atomic_load(&st.consumed), 2 * (i + 1));
+    }
+
+    assert_int_equal(pthread_create(&t[1], NULL, consume, &st), 0);
+    for (int i = 2 * PAIRS; i < TOTAL; i++)
+        assert_int_equal(queue_enqueue(st.q, &st.items[i].node), 0);
+    while (atomic_load(&st.consumed) < TOTAL && util_now_us() < deadline)
+        sched_yield();
+    assert_int_equal(atomic_load(&st.consumed), TOTAL);
+    queue_shutdown(st.q);
+    for (int i = 0; i < 2; i++)
+        pthread_join(t[i], NULL);
+    for (int i = 0; i < TOTAL; i++)
+        assert_int_equal(atomic_load(&st.items[i].seen), 1);
+    /* Coalescing never sends more wake-ups than there were pushes and
+     * pops to send them. */
+    assert_true(queue_wakeups(st.q) <= 2u * TOTAL);
+    free(st.items);
+    queue_destroy(st.q);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -282,6 +352,8 @@ int main(void)
         cmocka_unit_test(queue_capacity_full),
         cmocka_unit_test(queue_dequeue_woken_by_push),
         cmocka_unit_test(queue_dequeue_woken_by_shutdown),
+        cmocka_unit_test(queue_wakeups_only_for_idle_consumers),
+        cmocka_unit_test(queue_dense_stream_tail_is_taken),
         cmocka_unit_test(queue_batch_in_order_all_or_nothing),
         cmocka_unit_test(queue_batch_spreads_over_idle_consumers),
         cmocka_unit_test(queue_many_producers_consumers_lose_nothing),

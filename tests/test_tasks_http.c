@@ -531,6 +531,7 @@ static void tasks_http_stats_shape(void **state)
     assert_non_null(workers);
     assert_true(h_json_num(queue, "depth") >= 0);
     assert_true(h_json_num(queue, "capacity") > 0);
+    assert_true(h_json_num(queue, "wakeups") >= 0);
     assert_true(h_json_num(workers, "busy") >= 0);
     assert_true(h_json_num(workers, "total") > 0);
     assert_true(h_json_num(r.body, "requests") > 0);

@@ -6,35 +6,51 @@
  * guarded by mem_queue.mu.  Producers (HTTP threads, the scheduler) push;
  * workers pop.
  *
- * Wake-ups are the expensive part (a futex wake and two context switches
- * per wake, against well under a microsecond of bookkeeping per task), so
- * there is at most one in flight: `wakeups` counts signals sent to idle
- * consumers and not yet taken.  A push (or a batch: the tasks of one
- * response) signals only when a consumer is idle and wakeups is 0.  A
- * consumer that pops a node and leaves others behind passes the wake on:
- * if a consumer is idle and wakeups is 0 it signals one more.  So a
- * burst of four no-op tasks costs the HTTP thread one wake instead of
- * four, and the woken worker usually runs all four before the one it
- * woke arrives; four slow tasks still spread over four workers, one hop
- * later each.  Signals go out after unlocking, so a woken consumer does
- * not block at once on the mutex its waker still holds.  See
- * bench/README.md for the numbers.
+ * Wake-ups are the expensive part: a futex wake, and a woken worker that
+ * preempts an HTTP thread (two context switches on a busy core), against
+ * well under a microsecond of bookkeeping per task.  So wake-ups are
+ * rationed, and bench/README.md has the numbers behind each rule:
+ *
+ * - At most one in flight.  `wakeups` counts signals sent to idle
+ *   consumers and not yet taken.  A push (or a batch: the tasks of one
+ *   response) signals only when a consumer is idle and wakeups is 0; a
+ *   wake-up not taken within QUEUE_WAKE_LATE_US is late (its consumer
+ *   waits for a CPU) and the next push or pop may send one more.
+ * - Passed on.  A consumer that pops a node and leaves others behind
+ *   applies the same rule for them, so four slow tasks still spread over
+ *   four workers, one hop later each.
+ * - Coalesced under a dense stream.  While pushes arrive less than
+ *   QUEUE_COALESCE_US apart and a sentry waits (below), a young head is
+ *   left for a consumer that is running a task (it comes back for the
+ *   next node) or, while younger than QUEUE_COALESCE_US, for the next
+ *   push: the tasks of several requests share one wake-up.
+ * - The sentry.  A consumer that goes idle while pushes are recent
+ *   (QUEUE_HOT_US) and no other sentry waits, waits with a timeout of
+ *   QUEUE_SENTRY_US instead of forever.  It bounds how long a deferred
+ *   node can wait when the stream stops right after it.  When pushes
+ *   stop for QUEUE_HOT_US it waits without a timeout again: an idle
+ *   server has no timers running.
+ *
+ * Signals go out after unlocking, so a woken consumer does not block at
+ * once on the mutex its waker still holds.
  *
  * No node is stranded.  Invariant (under mu): if the list is not empty
  * then (a) no consumer is idle, or (b) wakeups > 0, or (c) a consumer
- * holds mu in dequeue and is about to pop.  In case (a) every consumer
- * is awake and re-checks the list before it waits again (the while loop
- * in mem_dequeue).  In case (b) an idle consumer will return from
- * pthread_cond_wait, take a wake-up and pop: that is case (c).  A push
- * establishes it (it signals when a consumer is idle and none is owed).
- * A pop in case (c) re-establishes it before unlocking (it signals when
- * nodes remain, a consumer is idle and none is owed).  A consumer going
- * idle only does so when the list is empty.  A counted signal is never
- * lost while still counted: it is sent while `idle` exceeded the wakeups
- * owed, and a waiter that returns from the wait for any reason (that
- * signal, another, or spuriously) takes one count, so a signal that
- * finds no waiter was already paid for by the waiter that left early.
- * Shutdown broadcasts, so every blocked consumer returns.
+ * holds mu in dequeue and is about to pop, or (d) a sentry waits.  In
+ * case (a) every consumer is awake or running a node and re-checks the
+ * list before it waits again (the while loop in mem_dequeue).  In case
+ * (b) an idle consumer will return from the wait, take a wake-up and
+ * pop: that is case (c).  In case (d) the sentry returns by its timeout:
+ * case (c) again.  need_wake_locked establishes the invariant after
+ * every push and every pop: it returns 0 only when idle <= wakeups (a or
+ * b), or wakeups > 0 (b), or a sentry waits (d); otherwise the caller
+ * signals (b).  A consumer going idle only does so when the list is
+ * empty.  A counted signal is never lost while still counted: it is
+ * sent while `idle` exceeded the wake-ups owed, and a waiter that returns
+ * from the wait for any reason (that signal, another, its timeout, or
+ * spuriously) takes one count, so a signal that finds no waiter was
+ * already paid for by the waiter that left early.  Shutdown broadcasts,
+ * so every blocked consumer returns.
  */
 #include "queue.h"
 
@@ -42,35 +58,62 @@
 #include "util.h"
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
+#include <time.h>
 
+/* Tuning (bench/README.md has the measurements behind these numbers). */
 /* A wake-up not taken after this long is late: another idle consumer is
  * woken too (bounds the dispatch latency when a woken worker waits for
- * a CPU). */
+ * a CPU).  A head this old is never left for the next push. */
 #define QUEUE_WAKE_LATE_US 50u
+/* Pushes less than this apart are a dense stream, where a head younger
+ * than this is left for the next push (the dispatch p50 under load sits
+ * near this value). */
+#define QUEUE_COALESCE_US 30u
+/* The sentry's timed wait: the longest a deferred node can wait when
+ * the stream stops right after it. */
+#define QUEUE_SENTRY_US 200u
+/* A consumer going idle becomes the sentry only while pushes are this
+ * recent; after that it waits without a timeout. */
+#define QUEUE_HOT_US 1000u
 
 typedef struct mem_queue {
     queue base;
     pthread_mutex_t mu;
-    pthread_cond_t cv;       /* consumers wait here for a node or shutdown */
+    pthread_cond_t cv;       /* CLOCK_MONOTONIC; consumers wait here for a node or shutdown */
     queue_node *head, *tail; /* guarded by mu */
     size_t depth;            /* guarded by mu */
     size_t cap;              /* immutable; 0: unbounded */
-    unsigned idle;           /* consumers blocked in dequeue; guarded by mu */
+    unsigned idle;           /* consumers blocked in dequeue (sentry included); guarded by mu */
     unsigned wakeups;        /* signals not yet taken by a waiter; guarded by mu */
+    unsigned active;         /* consumers between a pop and their next dequeue; guarded by mu */
+    int sentry;              /* 1 while a consumer is in the sentry's timed wait; guarded by mu */
     uint64_t wake_us;        /* when the last of them was sent; guarded by mu */
+    uint64_t signals;        /* wake-ups sent since start (stats); guarded by mu */
+    uint64_t push_us;        /* when the last push happened; guarded by mu */
+    uint64_t prev_push_us;   /* when the one before it happened; guarded by mu */
     int shut;                /* guarded by mu */
+    uint64_t serial;         /* immutable; tells queues apart in tl_active */
 } mem_queue;
+
+/* The queue a consumer thread popped from last and has not come back to
+ * yet (counted in that queue's `active`), by serial number so that a
+ * queue made later at the same address is not mistaken for it; owned by
+ * the thread itself.  Serials start at 1. */
+static _Thread_local uint64_t tl_active;
+static atomic_uint_fast64_t next_serial = 1;
 
 static mem_queue *mq(queue *q)
 {
     return UTIL_CONTAINER_OF(q, mem_queue, base);
 }
 
-/* Link n at the tail; mu held. */
-static void link_locked(mem_queue *m, queue_node *n)
+/* Link n at the tail, stamped now; mu held. */
+static void link_locked(mem_queue *m, queue_node *n, uint64_t now)
 {
     n->next = NULL;
+    n->queued_us = now;
     if (m->tail)
         m->tail->next = n;
     else
@@ -80,9 +123,9 @@ static void link_locked(mem_queue *m, queue_node *n)
 }
 
 /* Nodes are queued (just pushed, or left behind by a pop); mu held.
- * Returns 1 when the caller must signal cv once it has unlocked mu: a
- * consumer is idle and no wake-up is on its way (see the top of file). */
-static int need_wake_locked(mem_queue *m)
+ * Returns 1 when the caller must signal cv once it has unlocked mu (see
+ * the top of file for why no node is stranded by a 0). */
+static int need_wake_locked(mem_queue *m, uint64_t now)
 {
     if (m->head == NULL || m->idle <= m->wakeups)
         return 0;
@@ -90,14 +133,20 @@ static int need_wake_locked(mem_queue *m)
         /* A wake-up is on its way; add another only when it is late (its
          * consumer is waiting for a CPU), so a busy machine cannot hold
          * every queued task behind one descheduled worker. */
-        uint64_t now = util_now_us();
         if (now - m->wake_us < QUEUE_WAKE_LATE_US)
             return 0;
-        m->wake_us = now;
-    } else {
-        m->wake_us = util_now_us();
+    } else if (m->sentry && m->push_us - m->prev_push_us < QUEUE_COALESCE_US &&
+               now - m->head->queued_us < QUEUE_WAKE_LATE_US) {
+        /* A dense stream, a young head, and a sentry that looks within
+         * QUEUE_SENTRY_US whatever happens: leave the head for a consumer
+         * running a task (it comes back for the next node) or, while the
+         * head is younger than QUEUE_COALESCE_US, for the next push. */
+        if (m->active > 0 || now - m->head->queued_us < QUEUE_COALESCE_US)
+            return 0;
     }
+    m->wake_us = now;
     m->wakeups++;
+    m->signals++;
     return 1;
 }
 
@@ -130,9 +179,12 @@ static int push_nodes(queue *q, queue_node *const *nodes, size_t n, int bounded)
     else if (bounded && m->cap != 0 && (m->depth >= m->cap || n > m->cap - m->depth))
         rc = BGS_EFULL;
     else {
+        uint64_t now = util_now_us();
         for (size_t i = 0; i < n; i++)
-            link_locked(m, nodes[i]);
-        wake = need_wake_locked(m);
+            link_locked(m, nodes[i], now);
+        m->prev_push_us = m->push_us;
+        m->push_us = now;
+        wake = need_wake_locked(m, now);
     }
     pthread_mutex_unlock(&m->mu);
     if (wake)
@@ -155,6 +207,33 @@ static int mem_requeue(queue *q, queue_node *n)
     return push_nodes(q, &n, 1, 0);
 }
 
+/* Block on cv until signalled, or, as the sentry, until QUEUE_SENTRY_US
+ * from now; mu held. */
+static void wait_locked(mem_queue *m)
+{
+    uint64_t now = util_now_us();
+    int sentry = !m->sentry && now - m->push_us < QUEUE_HOT_US;
+
+    m->idle++;
+    if (sentry) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        ts.tv_nsec += (long)QUEUE_SENTRY_US * 1000;
+        if (ts.tv_nsec >= 1000000000L) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000L;
+        }
+        m->sentry = 1;
+        pthread_cond_timedwait(&m->cv, &m->mu, &ts);
+        m->sentry = 0;
+    } else {
+        pthread_cond_wait(&m->cv, &m->mu);
+    }
+    m->idle--;
+    if (m->wakeups > 0) /* ours, or a timeout or spurious wake-up standing in for it */
+        m->wakeups--;
+}
+
 static queue_node *mem_dequeue(queue *q)
 {
     mem_queue *m = mq(q);
@@ -162,16 +241,17 @@ static queue_node *mem_dequeue(queue *q)
     int wake = 0;
 
     pthread_mutex_lock(&m->mu);
-    while (m->head == NULL && !m->shut) {
-        m->idle++;
-        pthread_cond_wait(&m->cv, &m->mu);
-        m->idle--;
-        if (m->wakeups > 0) /* ours, or a spurious wake-up standing in for it */
-            m->wakeups--;
+    if (tl_active == m->serial) { /* back from running the node it popped */
+        m->active--;
+        tl_active = 0;
     }
+    while (m->head == NULL && !m->shut)
+        wait_locked(m);
     if (!m->shut) {
         n = pop_locked(m);
-        wake = need_wake_locked(m); /* pass the wake on for the rest */
+        m->active++;
+        tl_active = m->serial;
+        wake = need_wake_locked(m, util_now_us()); /* pass the wake on for the rest */
     }
     pthread_mutex_unlock(&m->mu);
     if (wake)
@@ -208,6 +288,17 @@ static size_t mem_depth(queue *q)
     return d;
 }
 
+static uint64_t mem_wakeups(queue *q)
+{
+    mem_queue *m = mq(q);
+    uint64_t n;
+
+    pthread_mutex_lock(&m->mu);
+    n = m->signals;
+    pthread_mutex_unlock(&m->mu);
+    return n;
+}
+
 static void mem_shutdown(queue *q)
 {
     mem_queue *m = mq(q);
@@ -236,6 +327,7 @@ static const queue_ops mem_ops = {
     .ack = mem_ack,
     .requeue = mem_requeue,
     .depth = mem_depth,
+    .wakeups = mem_wakeups,
     .shutdown = mem_shutdown,
     .destroy = mem_destroy,
 };
@@ -243,10 +335,15 @@ static const queue_ops mem_ops = {
 queue *queue_mem_new(size_t cap)
 {
     mem_queue *m = xcalloc(1, sizeof(*m));
+    pthread_condattr_t ca;
 
     m->base.ops = &mem_ops;
     m->cap = cap;
+    m->serial = atomic_fetch_add(&next_serial, 1);
     pthread_mutex_init(&m->mu, NULL);
-    pthread_cond_init(&m->cv, NULL);
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&m->cv, &ca);
+    pthread_condattr_destroy(&ca);
     return &m->base;
 }

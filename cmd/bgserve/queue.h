@@ -25,6 +25,7 @@
 
 typedef struct queue_node {
     struct queue_node *next; /* owned by the queue while linked */
+    uint64_t queued_us;      /* when it was linked (util_now_us); the queue's */
 } queue_node;
 
 typedef struct queue queue;
@@ -51,6 +52,9 @@ typedef struct queue_ops {
     int (*requeue)(queue *q, queue_node *n);
     /* Nodes waiting to be dequeued. */
     size_t (*depth)(queue *q);
+    /* Consumers woken since the queue was made (stats: wake-ups per
+     * task is what a task costs the threads that serve HTTP). */
+    uint64_t (*wakeups)(queue *q);
     /* Wake every blocked dequeue; later enqueues fail. */
     void (*shutdown)(queue *q);
     /* Free the queue (not the nodes still linked). */
@@ -65,8 +69,10 @@ struct queue {
  * The in-memory backend: one FIFO list under one mutex, with a condition
  * variable signalled only when a consumer is idle (blocked in dequeue)
  * and no wake-up is on its way already; a woken consumer that leaves
- * nodes behind wakes the next idle one (queue.c explains why no node is
- * stranded).
+ * nodes behind wakes the next idle one; under a dense stream of pushes
+ * the tasks of several requests share one wake-up, with a consumer in a
+ * short timed wait (the sentry) as the backstop (queue.c explains the
+ * rules and why no node is stranded).
  * cap bounds depth (BGS_EFULL beyond it); 0 means no bound.
  */
 queue *queue_mem_new(size_t cap);
@@ -81,6 +87,7 @@ static inline queue_node *queue_try_dequeue(queue *q) { return q->ops->try_deque
 static inline void queue_ack(queue *q, queue_node *n) { q->ops->ack(q, n); }
 static inline int queue_requeue(queue *q, queue_node *n) { return q->ops->requeue(q, n); }
 static inline size_t queue_depth(queue *q) { return q->ops->depth(q); }
+static inline uint64_t queue_wakeups(queue *q) { return q->ops->wakeups(q); }
 static inline void queue_shutdown(queue *q) { q->ops->shutdown(q); }
 static inline void queue_destroy(queue *q) { if (q) q->ops->destroy(q); }
 

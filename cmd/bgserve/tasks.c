@@ -1622,6 +1622,8 @@ void tasks_stats_json(json *j)
     json_u64(j, atomic_load(&accepted));
     json_key(j, "backend");
     json_str(j, Q ? Q->ops->name : "memory");
+    json_key(j, "wakeups");
+    json_u64(j, Q ? queue_wakeups(Q) : 0);
     json_obj_end(j);
 
     pthread_mutex_lock(&life_mu);
