@@ -106,6 +106,23 @@ static void http_path_and_query_params(void **state)
     h_resp_free(&r);
 }
 
+/* bgs_req_query looks at the first 64 non-empty pairs (empty ones, as in
+ * "&&", do not count); a name first seen after them is absent. */
+static void http_query_pair_limit(void **state)
+{
+    (void)state;
+    char url[1024];
+    size_t off = (size_t)snprintf(url, sizeof url, "/echo/p/q?&&");
+    for (int i = 0; i < 63; i++)
+        off += (size_t)snprintf(url + off, sizeof url - off, "k%d=%d&", i, i);
+    snprintf(url + off, sizeof url - off, "x=64th&&missing=65th");
+    h_resp r;
+    assert_int_equal(h_get(&app, url, &r), 0);
+    assert_int_equal(r.status, 200);
+    assert_non_null(strstr(r.body, " x=64th missing=(null) "));
+    h_resp_free(&r);
+}
+
 static void http_literal_beats_param(void **state)
 {
     (void)state;
@@ -305,6 +322,7 @@ int main(void)
         cmocka_unit_test(http_method_not_allowed_lists_allow),
         cmocka_unit_test(http_head_uses_get_without_body),
         cmocka_unit_test(http_path_and_query_params),
+        cmocka_unit_test(http_query_pair_limit),
         cmocka_unit_test(http_literal_beats_param),
         cmocka_unit_test(http_bad_percent_encoding_is_400),
         cmocka_unit_test(http_body_is_collected),

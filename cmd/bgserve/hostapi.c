@@ -97,16 +97,20 @@ static void req_log(bgs_req *req, uint32_t level, const char *fmt, ...)
 
 int req_parse_query(struct bgs_req *req, const char *qs)
 {
-    size_t n = strlen(qs);
+    size_t n = strlen(qs), npairs = 1;
+    for (const char *a = strchr(qs, '&'); a && npairs < REQ_MAX_QUERY; a = strchr(a + 1, '&'))
+        npairs++;
     /* Each pair needs its length + 2 (two NULs; the '=' is reused for one
      * when present), and pairs are at most n: 2n + 2 always suffices
-     * ("k" alone needs 3 bytes, found by fuzz_pct). */
-    req->query_buf = xmalloc(2 * n + 2);
+     * ("k" alone needs 3 bytes, found by fuzz_pct).  The pairs' array
+     * comes first in the same block. */
+    req->query = xmalloc(npairs * sizeof(req_kv) + 2 * n + 2);
+    req->query_buf = (char *)(req->query + npairs);
     char *out = req->query_buf;
     const char *p = qs;
 
     req->nquery = 0;
-    while (*p && req->nquery < REQ_MAX_QUERY) {
+    while (*p && req->nquery < npairs) {
         const char *amp = strchr(p, '&');
         size_t plen = amp ? (size_t)(amp - p) : strlen(p);
         if (plen > 0) {
@@ -133,13 +137,21 @@ int req_parse_query(struct bgs_req *req, const char *qs)
     return 0;
 }
 
+void req_set_url(struct bgs_req *req, const char *uri)
+{
+    size_t n = strlen(uri);
+    req->url = xmalloc(3 * (n + 1));
+    memcpy(req->url, uri, n + 1);
+    req->url_len = n;
+    req->raw_path_buf = req->url + n + 1;
+    req->scratch = req->url + 2 * (n + 1);
+}
+
 void req_free(struct bgs_req *req)
 {
-    free(req->url);
-    free(req->raw_path_buf);
+    free(req->url); /* raw_path_buf and scratch too */
     free(req->path);
-    free(req->scratch);
-    free(req->query_buf);
+    free(req->query); /* query_buf too */
 }
 
 void res_free(struct bgs_res *res)

@@ -322,10 +322,11 @@ static enum MHD_Result dispatch(struct MHD_Connection *conn, exchange *ex)
     /* Split the target into path and query.  The router decodes the path
      * segment by segment; the whole decoded path is made only when asked
      * for (req_decoded_path). */
-    char *q = strchr(req->url, '?');
-    size_t plen = q ? (size_t)(q - req->url) : strlen(req->url);
-    req->scratch = xmalloc(plen + 1);
-    req->raw_path = req->raw_path_buf = xstrndup(req->url, plen);
+    char *q = memchr(req->url, '?', req->url_len);
+    size_t plen = q ? (size_t)(q - req->url) : req->url_len;
+    memcpy(req->raw_path_buf, req->url, plen);
+    req->raw_path_buf[plen] = '\0';
+    req->raw_path = req->raw_path_buf;
     if (q && req_parse_query(req, q + 1) != 0)
         return send_text(conn, ex, 400, "Bad Request: malformed percent-encoding\n", 0);
 
@@ -404,7 +405,7 @@ static void *uri_log(void *cls, const char *uri, struct MHD_Connection *conn)
     (void)conn;
     exchange *ex = xcalloc(1, sizeof *ex);
     ex->start_us = util_now_us();
-    ex->req.url = xstrdup(uri ? uri : "/");
+    req_set_url(&ex->req, uri ? uri : "/");
     ex->req.raw_path = ex->req.url;
     uint64_t n = atomic_fetch_add_explicit(&rid_counter, 1, memory_order_relaxed) + 1;
     format_rid(ex->req.id, sizeof ex->req.id, rid_prefix, n);

@@ -31,13 +31,18 @@ typedef struct req_kv {
 struct bgs_req {
     const char *method;       /* owned by libmicrohttpd, request lifetime */
     const char *raw_path;     /* percent-encoded path without query */
-    char *raw_path_buf;       /* owned storage behind raw_path */
-    char *url;                /* raw request target, owned */
+    /* One allocation per request holds the target and two more buffers of
+     * its size (req_set_url): fewer mallocs on the hot path. */
+    char *url;                /* raw request target, owned (the block) */
+    size_t url_len;
+    char *raw_path_buf;       /* in url's block: raw_path without the query */
+    char *scratch;            /* in url's block: the router's decode buffer */
     char *path;               /* decoded path, owned; made on first use */
     router_match match;       /* params point into scratch */
-    char *scratch;            /* owned */
-    char *query_buf;          /* owned; decoded pairs live here */
-    req_kv query[REQ_MAX_QUERY];
+    /* The query's pairs and their decoded text, in one allocation made
+     * only when there is a query (req_parse_query). */
+    req_kv *query;            /* owned (the block); nquery entries */
+    char *query_buf;          /* in query's block: decoded pairs live here */
     unsigned nquery;
     const char *(*header_fn)(void *conn, const char *name);
     void *conn;
@@ -87,6 +92,10 @@ int req_parse_query(struct bgs_req *req, const char *qs);
 /* Free everything a request and its response own (not the generation
  * reference, the scope or the task group: http handles those). */
 void req_free(struct bgs_req *req);
+
+/* Copy the request target into req (url, url_len), with room for
+ * raw_path_buf and scratch behind it. */
+void req_set_url(struct bgs_req *req, const char *uri);
 void res_free(struct bgs_res *res);
 
 /* Append a header bgserve itself sends (Allow, Retry-After): copied,

@@ -70,7 +70,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             check(strlen(req.query[i].name) <= n && strlen(req.query[i].value) <= n);
         }
     }
-    free(req.query_buf);
+    req_free(&req);
     free(qs);
     return 0;
 }
