@@ -25,32 +25,36 @@
  *   next node) or, while younger than QUEUE_COALESCE_US, for the next
  *   push: the tasks of several requests share one wake-up.
  * - The sentry.  A consumer that goes idle while pushes are recent
- *   (QUEUE_HOT_US) and no other sentry waits, waits with a timeout of
- *   QUEUE_SENTRY_US instead of forever.  It bounds how long a deferred
- *   node can wait when the stream stops right after it.  When pushes
- *   stop for QUEUE_HOT_US it waits without a timeout again: an idle
- *   server has no timers running.
+ *   (QUEUE_HOT_US) and no other sentry waits, waits on its own condition
+ *   variable with a timeout of QUEUE_SENTRY_US instead of on cv forever.
+ *   It bounds how long a deferred node can wait when the stream stops
+ *   right after it.  Wake-ups go to consumers idle on cv first, so the
+ *   sentry keeps watching; it is signalled ("kicked") only when no other
+ *   consumer is idle.  When pushes stop for QUEUE_HOT_US it waits on cv
+ *   without a timeout again: an idle server has no timers running.
  *
  * Signals go out after unlocking, so a woken consumer does not block at
  * once on the mutex its waker still holds.
  *
  * No node is stranded.  Invariant (under mu): if the list is not empty
- * then (a) no consumer is idle, or (b) wakeups > 0, or (c) a consumer
- * holds mu in dequeue and is about to pop, or (d) a sentry waits.  In
- * case (a) every consumer is awake or running a node and re-checks the
- * list before it waits again (the while loop in mem_dequeue).  In case
- * (b) an idle consumer will return from the wait, take a wake-up and
- * pop: that is case (c).  In case (d) the sentry returns by its timeout:
- * case (c) again.  need_wake_locked establishes the invariant after
- * every push and every pop: it returns 0 only when idle <= wakeups (a or
- * b), or wakeups > 0 (b), or a sentry waits (d); otherwise the caller
- * signals (b).  A consumer going idle only does so when the list is
- * empty.  A counted signal is never lost while still counted: it is
- * sent while `idle` exceeded the wake-ups owed, and a waiter that returns
- * from the wait for any reason (that signal, another, its timeout, or
- * spuriously) takes one count, so a signal that finds no waiter was
- * already paid for by the waiter that left early.  Shutdown broadcasts,
- * so every blocked consumer returns.
+ * then (a) no consumer is idle on cv and no sentry waits, or (b) a
+ * wake-up is owed (wakeups > 0, or the sentry was kicked), or (c) a
+ * consumer holds mu in dequeue and is about to pop, or (d) a sentry
+ * waits.  In case (a) every consumer is awake or running a node and
+ * re-checks the list before it waits again (the while loop in
+ * mem_dequeue).  In case (b) a woken consumer returns from its wait and
+ * pops: case (c).  In case (d) the sentry returns by its timeout: case
+ * (c) again.  need_wake_locked keeps the invariant after every push and
+ * every pop: it returns WAKE_NONE only when a wake-up is owed (b), when
+ * it defers, which needs a sentry (d), or when nobody is idle and no
+ * sentry waits (a); otherwise the caller signals (b).  A consumer goes
+ * idle only when the list is empty.  A counted signal on cv is never
+ * lost while still counted: it is sent while `idle` exceeded the
+ * wake-ups owed, and a waiter that returns for any reason (that signal,
+ * another, or spuriously) takes one count, so a signal that finds no
+ * waiter was already paid for by the waiter that left early.  The
+ * sentry is alone on sentry_cv and clears its kick when it returns.
+ * Shutdown broadcasts both, so every blocked consumer returns.
  */
 #include "queue.h"
 
@@ -81,14 +85,16 @@
 typedef struct mem_queue {
     queue base;
     pthread_mutex_t mu;
-    pthread_cond_t cv;       /* CLOCK_MONOTONIC; consumers wait here for a node or shutdown */
+    pthread_cond_t cv;       /* consumers wait here for a node or shutdown */
+    pthread_cond_t sentry_cv; /* CLOCK_MONOTONIC; the sentry waits here */
     queue_node *head, *tail; /* guarded by mu */
     size_t depth;            /* guarded by mu */
     size_t cap;              /* immutable; 0: unbounded */
-    unsigned idle;           /* consumers blocked in dequeue (sentry included); guarded by mu */
-    unsigned wakeups;        /* signals not yet taken by a waiter; guarded by mu */
+    unsigned idle;           /* consumers blocked on cv; guarded by mu */
+    unsigned wakeups;        /* signals on cv not yet taken by a waiter; guarded by mu */
     unsigned active;         /* consumers between a pop and their next dequeue; guarded by mu */
-    int sentry;              /* 1 while a consumer is in the sentry's timed wait; guarded by mu */
+    int sentry;              /* 1 while a consumer waits on sentry_cv; guarded by mu */
+    int sentry_kicked;       /* 1 once sentry_cv was signalled for it; guarded by mu */
     uint64_t wake_us;        /* when the last of them was sent; guarded by mu */
     uint64_t signals;        /* wake-ups sent since start (stats); guarded by mu */
     uint64_t push_us;        /* when the last push happened; guarded by mu */
@@ -122,32 +128,52 @@ static void link_locked(mem_queue *m, queue_node *n, uint64_t now)
     m->depth++;
 }
 
+enum { WAKE_NONE, WAKE_IDLE, WAKE_SENTRY };
+
 /* Nodes are queued (just pushed, or left behind by a pop); mu held.
- * Returns 1 when the caller must signal cv once it has unlocked mu (see
- * the top of file for why no node is stranded by a 0). */
+ * Returns what the caller must signal once it has unlocked mu: nothing,
+ * cv (an idle consumer) or sentry_cv (see the top of file for the rules
+ * and why no node is stranded by WAKE_NONE). */
 static int need_wake_locked(mem_queue *m, uint64_t now)
 {
-    if (m->head == NULL || m->idle <= m->wakeups)
-        return 0;
-    if (m->wakeups > 0) {
-        /* A wake-up is on its way; add another only when it is late (its
-         * consumer is waiting for a CPU), so a busy machine cannot hold
-         * every queued task behind one descheduled worker. */
-        if (now - m->wake_us < QUEUE_WAKE_LATE_US)
-            return 0;
-    } else if (m->sentry && m->push_us - m->prev_push_us < QUEUE_COALESCE_US &&
-               now - m->head->queued_us < QUEUE_WAKE_LATE_US) {
-        /* A dense stream, a young head, and a sentry that looks within
-         * QUEUE_SENTRY_US whatever happens: leave the head for a consumer
-         * running a task (it comes back for the next node) or, while the
-         * head is younger than QUEUE_COALESCE_US, for the next push. */
-        if (m->active > 0 || now - m->head->queued_us < QUEUE_COALESCE_US)
-            return 0;
+    if (m->head == NULL)
+        return WAKE_NONE;
+    /* A wake-up is on its way; add another only when it is late (its
+     * consumer is waiting for a CPU), so a busy machine cannot hold every
+     * queued task behind one descheduled worker. */
+    if ((m->wakeups > 0 || m->sentry_kicked) && now - m->wake_us < QUEUE_WAKE_LATE_US)
+        return WAKE_NONE;
+    /* A dense stream, a young head, and a sentry that looks within
+     * QUEUE_SENTRY_US whatever happens: leave the head for a consumer
+     * running a task (it comes back for the next node) or, while the head
+     * is younger than QUEUE_COALESCE_US, for the next push. */
+    uint64_t age = now - m->head->queued_us;
+    if (m->sentry && !m->sentry_kicked && m->push_us - m->prev_push_us < QUEUE_COALESCE_US &&
+        age < QUEUE_WAKE_LATE_US && (m->active > 0 || age < QUEUE_COALESCE_US))
+        return WAKE_NONE;
+    /* Wake an idle consumer rather than the sentry, which keeps watching. */
+    int what;
+    if (m->idle > m->wakeups) {
+        m->wakeups++;
+        what = WAKE_IDLE;
+    } else if (m->sentry && !m->sentry_kicked) {
+        m->sentry_kicked = 1;
+        what = WAKE_SENTRY;
+    } else {
+        return WAKE_NONE; /* every waiter is owed a wake-up already, or none waits */
     }
     m->wake_us = now;
-    m->wakeups++;
     m->signals++;
-    return 1;
+    return what;
+}
+
+/* Send what need_wake_locked asked for; mu not held. */
+static void wake(mem_queue *m, int what)
+{
+    if (what == WAKE_IDLE)
+        pthread_cond_signal(&m->cv);
+    else if (what == WAKE_SENTRY)
+        pthread_cond_signal(&m->sentry_cv);
 }
 
 static queue_node *pop_locked(mem_queue *m)
@@ -169,7 +195,7 @@ static queue_node *pop_locked(mem_queue *m)
 static int push_nodes(queue *q, queue_node *const *nodes, size_t n, int bounded)
 {
     mem_queue *m = mq(q);
-    int rc = 0, wake = 0;
+    int rc = 0, what = WAKE_NONE;
 
     if (n == 0)
         return 0;
@@ -184,11 +210,10 @@ static int push_nodes(queue *q, queue_node *const *nodes, size_t n, int bounded)
             link_locked(m, nodes[i], now);
         m->prev_push_us = m->push_us;
         m->push_us = now;
-        wake = need_wake_locked(m, now);
+        what = need_wake_locked(m, now);
     }
     pthread_mutex_unlock(&m->mu);
-    if (wake)
-        pthread_cond_signal(&m->cv);
+    wake(m, what);
     return rc;
 }
 
@@ -207,15 +232,11 @@ static int mem_requeue(queue *q, queue_node *n)
     return push_nodes(q, &n, 1, 0);
 }
 
-/* Block on cv until signalled, or, as the sentry, until QUEUE_SENTRY_US
- * from now; mu held. */
+/* Block until signalled: on cv, or, as the sentry, on sentry_cv until
+ * QUEUE_SENTRY_US from now; mu held. */
 static void wait_locked(mem_queue *m)
 {
-    uint64_t now = util_now_us();
-    int sentry = !m->sentry && now - m->push_us < QUEUE_HOT_US;
-
-    m->idle++;
-    if (sentry) {
+    if (!m->sentry && util_now_us() - m->push_us < QUEUE_HOT_US) {
         struct timespec ts;
         clock_gettime(CLOCK_MONOTONIC, &ts);
         ts.tv_nsec += (long)QUEUE_SENTRY_US * 1000;
@@ -224,13 +245,15 @@ static void wait_locked(mem_queue *m)
             ts.tv_nsec -= 1000000000L;
         }
         m->sentry = 1;
-        pthread_cond_timedwait(&m->cv, &m->mu, &ts);
+        pthread_cond_timedwait(&m->sentry_cv, &m->mu, &ts);
         m->sentry = 0;
-    } else {
-        pthread_cond_wait(&m->cv, &m->mu);
+        m->sentry_kicked = 0; /* whether it was that signal or the timeout */
+        return;
     }
+    m->idle++;
+    pthread_cond_wait(&m->cv, &m->mu);
     m->idle--;
-    if (m->wakeups > 0) /* ours, or a timeout or spurious wake-up standing in for it */
+    if (m->wakeups > 0) /* ours, or a spurious wake-up standing in for it */
         m->wakeups--;
 }
 
@@ -238,7 +261,7 @@ static queue_node *mem_dequeue(queue *q)
 {
     mem_queue *m = mq(q);
     queue_node *n = NULL;
-    int wake = 0;
+    int what = WAKE_NONE;
 
     pthread_mutex_lock(&m->mu);
     if (tl_active == m->serial) { /* back from running the node it popped */
@@ -251,11 +274,10 @@ static queue_node *mem_dequeue(queue *q)
         n = pop_locked(m);
         m->active++;
         tl_active = m->serial;
-        wake = need_wake_locked(m, util_now_us()); /* pass the wake on for the rest */
+        what = need_wake_locked(m, util_now_us()); /* pass the wake on for the rest */
     }
     pthread_mutex_unlock(&m->mu);
-    if (wake)
-        pthread_cond_signal(&m->cv);
+    wake(m, what);
     return n;
 }
 
@@ -306,6 +328,7 @@ static void mem_shutdown(queue *q)
     pthread_mutex_lock(&m->mu);
     m->shut = 1;
     pthread_cond_broadcast(&m->cv);
+    pthread_cond_broadcast(&m->sentry_cv);
     pthread_mutex_unlock(&m->mu);
 }
 
@@ -314,6 +337,7 @@ static void mem_destroy(queue *q)
     mem_queue *m = mq(q);
 
     pthread_cond_destroy(&m->cv);
+    pthread_cond_destroy(&m->sentry_cv);
     pthread_mutex_destroy(&m->mu);
     free(m);
 }
@@ -341,9 +365,10 @@ queue *queue_mem_new(size_t cap)
     m->cap = cap;
     m->serial = atomic_fetch_add(&next_serial, 1);
     pthread_mutex_init(&m->mu, NULL);
+    pthread_cond_init(&m->cv, NULL);
     pthread_condattr_init(&ca);
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&m->cv, &ca);
+    pthread_cond_init(&m->sentry_cv, &ca);
     pthread_condattr_destroy(&ca);
     return &m->base;
 }
