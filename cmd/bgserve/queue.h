@@ -25,7 +25,8 @@
 
 typedef struct queue_node {
     struct queue_node *next; /* owned by the queue while linked */
-    uint64_t queued_us;      /* when it was linked (util_now_us); the queue's */
+    uint64_t queued_us;      /* util_now_us() at its last push, set by the
+                              * queue; free for the owner once handed back */
 } queue_node;
 
 typedef struct queue queue;

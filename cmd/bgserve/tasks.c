@@ -136,7 +136,10 @@ typedef struct task_extra {
  */
 struct task_item {
     union {
-        queue_node qnode;            /* in the shared queue */
+        /* In the shared queue.  qnode.queued_us is the item's monotonic
+         * clock (MONO_US): the queue stamps it at every push (dispatch),
+         * and once a run starts its owner stores the run's start there. */
+        queue_node qnode;
         struct task_item *wait_next; /* kind wait list (never queued at
                                       * the same time); conc_mu */
     };
@@ -165,15 +168,16 @@ struct task_item {
     uint32_t max_attempts;       /* immutable */
     atomic_uint cancel;          /* CANCEL_* bits; 0: run on */
     uint64_t created_wall, started_wall, finished_wall; /* 0: null */
-    uint64_t mono_us;            /* monotonic: when it was last dispatched
-                                  * (written by its owner) until a run
-                                  * starts, then when that run started */
     task_rid *rid;               /* our reference; dropped at eviction */
     char *error;
     task_extra *x;               /* NULL until needed (see task_extra) */
     task_watch *watchers;        /* fired once, when final */
     max_align_t inline_data[];   /* a small payload (INLINE_PAYLOAD_MAX) */
 };
+
+/* When the item was last dispatched (queued) until a run starts, then
+ * when that run started (see task_item.qnode). */
+#define MONO_US(it) ((it)->qnode.queued_us)
 
 struct tasks_group {
     generation *gen;             /* reference */
@@ -680,7 +684,7 @@ static void finalize(task_item *it, int st, const char *err)
 
     pthread_mutex_lock(&rec_mu);
     if (it->state == ST_RUNNING)
-        dur = util_now_us() - it->mono_us;
+        dur = util_now_us() - MONO_US(it);
     transition_locked(it, st);
     it->finished_wall = util_wall_us();
     free(it->error);
@@ -757,8 +761,7 @@ static void chain_stop(task_item *next, uint64_t pred_id, const char *pred_name,
 /* Hand it to the workers; if the queue refuses (shut down), cancel it. */
 static void dispatch(task_item *it)
 {
-    it->mono_us = util_now_us();
-    if (queue_enqueue(Q, &it->qnode) != 0)
+    if (queue_enqueue(Q, &it->qnode) != 0) /* stamps MONO_US */
         finalize(it, ST_CANCELLED, "server is shutting down; the task never ran");
 }
 
@@ -766,13 +769,10 @@ static void dispatch(task_item *it)
 static void dispatch_batch(task_item **its, size_t n)
 {
     queue_node *nodes[16];
-    uint64_t now = util_now_us();
 
-    for (size_t i = 0; i < n; i++) {
-        its[i]->mono_us = now;
+    for (size_t i = 0; i < n; i++)
         nodes[i] = &its[i]->qnode;
-    }
-    if (queue_enqueue_batch(Q, nodes, n) != 0)
+    if (queue_enqueue_batch(Q, nodes, n) != 0) /* stamps MONO_US */
         for (size_t i = 0; i < n; i++)
             finalize(its[i], ST_CANCELLED, "server is shutting down; the task never ran");
 }
@@ -826,12 +826,12 @@ static void run_once(task_item *it)
     memset(&ctx, 0, sizeof(ctx));
     ctx.item = it;
 
-    uint64_t submitted = it->mono_us;
+    uint64_t submitted = MONO_US(it);
     pthread_mutex_lock(&rec_mu);
     transition_locked(it, ST_RUNNING);
     ctx.attempt = ++it->attempts;
     it->started_wall = util_wall_us();
-    it->mono_us = now;
+    MONO_US(it) = now;
     pthread_mutex_unlock(&rec_mu);
 
     if (ctx.attempt == 1)
@@ -1366,7 +1366,7 @@ static unfinished *snapshot_live_locked(size_t *n)
         u[i].name = it->kind->name;
         u[i].state = it->state;
         u[i].attempts = it->attempts;
-        u[i].running_us = it->state == ST_RUNNING ? now - it->mono_us : 0;
+        u[i].running_us = it->state == ST_RUNNING ? now - MONO_US(it) : 0;
     }
     *n = i;
     return u;
