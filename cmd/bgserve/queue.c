@@ -2,17 +2,21 @@
  * queue.c - the in-memory queue backend (see queue.h for the interface).
  *
  * State: one singly linked FIFO of queue_nodes embedded in the callers'
- * items, its depth, the number of idle consumers and a shutdown flag, all
+ * items, its depth, a stack of idle consumers and a shutdown flag, all
  * guarded by mem_queue.mu.  Producers (HTTP threads, the scheduler) push;
- * workers pop.
+ * workers pop.  Each consumer thread sleeps on a condition variable of
+ * its own (a `waiter`), so a wake-up goes to the consumer chosen for it:
+ * one that went to sleep on the waker's own CPU if there is one (the
+ * kernel then usually runs it there, with no inter-processor interrupt),
+ * else the one that went idle last (its cache is the warmest).
  *
  * Wake-ups are the expensive part: a futex wake, and a woken worker that
  * preempts an HTTP thread (two context switches on a busy core), against
  * well under a microsecond of bookkeeping per task.  So wake-ups are
  * rationed, and bench/README.md has the numbers behind each rule:
  *
- * - At most one in flight.  `wakeups` counts signals sent to idle
- *   consumers and not yet taken.  A push (or a batch: the tasks of one
+ * - At most one in flight.  `wakeups` counts consumers woken and not
+ *   back yet.  A push (or a batch: the tasks of one
  *   response) signals only when a consumer is idle and wakeups is 0; a
  *   wake-up not taken within QUEUE_WAKE_LATE_US is late (its consumer
  *   waits for a CPU) and the next push or pop may send one more.
@@ -25,36 +29,35 @@
  *   next node) or, while younger than QUEUE_COALESCE_US, for the next
  *   push: the tasks of several requests share one wake-up.
  * - The sentry.  A consumer that goes idle while pushes are recent
- *   (QUEUE_HOT_US) and no other sentry waits, waits on its own condition
- *   variable with a timeout of QUEUE_SENTRY_US instead of on cv forever.
- *   It bounds how long a deferred node can wait when the stream stops
- *   right after it.  Wake-ups go to consumers idle on cv first, so the
- *   sentry keeps watching; it is signalled ("kicked") only when no other
- *   consumer is idle.  When pushes stop for QUEUE_HOT_US it waits on cv
+ *   (QUEUE_HOT_US) and no other sentry waits, waits on sentry_cv with a
+ *   timeout of QUEUE_SENTRY_US instead of on its waiter forever.  It
+ *   bounds how long a deferred node can wait when the stream stops right
+ *   after it.  Wake-ups go to idle consumers first, so the sentry keeps
+ *   watching; it is signalled ("kicked") only when no other consumer is
+ *   idle.  When pushes stop for QUEUE_HOT_US it waits on its waiter
  *   without a timeout again: an idle server has no timers running.
  *
  * Signals go out after unlocking, so a woken consumer does not block at
  * once on the mutex its waker still holds.
  *
  * No node is stranded.  Invariant (under mu): if the list is not empty
- * then (a) no consumer is idle on cv and no sentry waits, or (b) a
- * wake-up is owed (wakeups > 0, or the sentry was kicked), or (c) a
- * consumer holds mu in dequeue and is about to pop, or (d) a sentry
- * waits.  In case (a) every consumer is awake or running a node and
- * re-checks the list before it waits again (the while loop in
- * mem_dequeue).  In case (b) a woken consumer returns from its wait and
- * pops: case (c).  In case (d) the sentry returns by its timeout: case
- * (c) again.  need_wake_locked keeps the invariant after every push and
- * every pop: it returns WAKE_NONE only when a wake-up is owed (b), when
- * it defers, which needs a sentry (d), or when nobody is idle and no
- * sentry waits (a); otherwise the caller signals (b).  A consumer goes
- * idle only when the list is empty.  A counted signal on cv is never
- * lost while still counted: it is sent while `idle` exceeded the
- * wake-ups owed, and a waiter that returns for any reason (that signal,
- * another, or spuriously) takes one count, so a signal that finds no
- * waiter was already paid for by the waiter that left early.  The
- * sentry is alone on sentry_cv and clears its kick when it returns.
- * Shutdown broadcasts both, so every blocked consumer returns.
+ * then (a) no consumer is idle and no sentry waits, or (b) a wake-up is
+ * owed (wakeups > 0, or the sentry was kicked), or (c) a consumer holds
+ * mu in dequeue and is about to pop, or (d) a sentry waits.  In case (a)
+ * every consumer is awake or running a node and re-checks the list
+ * before it waits again (the while loop in mem_dequeue).  In case (b) a
+ * woken consumer returns from its wait and pops: case (c).  In case (d)
+ * the sentry returns by its timeout: case (c) again.  need_wake_locked
+ * keeps the invariant after every push and every pop: it returns
+ * WAKE_NONE only when a wake-up is owed (b), when it defers, which needs
+ * a sentry (d), or when nobody is idle and no sentry waits (a);
+ * otherwise the caller signals (b).  A consumer goes idle only when the
+ * list is empty.  A wake-up cannot be lost: the waker takes the consumer
+ * off the idle stack and sets its `woken` flag under mu, and the consumer
+ * waits only while that flag is clear, so a spurious return waits again
+ * and a signal that arrives before the wait is not needed.  The sentry is
+ * alone on sentry_cv and clears its kick when it returns.  Shutdown
+ * signals every waiter, so every blocked consumer returns.
  */
 #include "queue.h"
 
@@ -62,6 +65,7 @@
 #include "util.h"
 
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <time.h>
@@ -78,20 +82,35 @@
 /* The sentry's timed wait: the longest a deferred node can wait when
  * the stream stops right after it. */
 #define QUEUE_SENTRY_US 200u
+/* How many idle consumers a wake-up looks through for one on its CPU. */
+#define QUEUE_PICK_SCAN 8
 /* A consumer going idle becomes the sentry only while pushes are this
  * recent; after that it waits without a timeout. */
 #define QUEUE_HOT_US 1000u
 
+/* One per consumer thread, made on its first blocking dequeue and kept
+ * until the queue is destroyed (so a waker may signal it after
+ * unlocking). */
+typedef struct waiter {
+    struct waiter *next_idle; /* the idle stack; mu */
+    struct waiter *next_all;  /* every waiter, for destroy; mu */
+    pthread_cond_t cv;
+    const void *owner;        /* the thread's tl_waiter slot: unique while it lives */
+    int cpu;                  /* where it went to sleep; mu */
+    int woken;                /* taken off the idle stack by a waker; mu */
+} waiter;
+
 typedef struct mem_queue {
     queue base;
     pthread_mutex_t mu;
-    pthread_cond_t cv;       /* consumers wait here for a node or shutdown */
     pthread_cond_t sentry_cv; /* CLOCK_MONOTONIC; the sentry waits here */
     queue_node *head, *tail; /* guarded by mu */
     size_t depth;            /* guarded by mu */
     size_t cap;              /* immutable; 0: unbounded */
-    unsigned idle;           /* consumers blocked on cv; guarded by mu */
-    unsigned wakeups;        /* signals on cv not yet taken by a waiter; guarded by mu */
+    waiter *idle_top;        /* consumers blocked on their cv, last first; mu */
+    waiter *all;             /* every waiter; mu */
+    unsigned idle;           /* length of the idle stack; guarded by mu */
+    unsigned wakeups;        /* waiters woken and not yet back; guarded by mu */
     unsigned active;         /* consumers between a pop and their next dequeue; guarded by mu */
     int sentry;              /* 1 while a consumer waits on sentry_cv; guarded by mu */
     int sentry_kicked;       /* 1 once sentry_cv was signalled for it; guarded by mu */
@@ -108,6 +127,9 @@ typedef struct mem_queue {
  * queue made later at the same address is not mistaken for it; owned by
  * the thread itself.  Serials start at 1. */
 static _Thread_local uint64_t tl_active;
+/* This thread's waiter, and the serial of the queue it belongs to. */
+static _Thread_local waiter *tl_waiter;
+static _Thread_local uint64_t tl_waiter_serial;
 static atomic_uint_fast64_t next_serial = 1;
 
 static mem_queue *mq(queue *q)
@@ -130,11 +152,31 @@ static void link_locked(mem_queue *m, queue_node *n, uint64_t now)
 
 enum { WAKE_NONE, WAKE_IDLE, WAKE_SENTRY };
 
+/* Take the consumer to wake off the idle stack (not empty); mu held.  One
+ * that went to sleep on this CPU if any, else the last to go idle. */
+static waiter *pick_idle_locked(mem_queue *m)
+{
+    int cpu = sched_getcpu();
+    waiter **pp = &m->idle_top;
+    int looked = 0;
+    for (waiter **q = &m->idle_top; *q && looked < QUEUE_PICK_SCAN; q = &(*q)->next_idle, looked++)
+        if ((*q)->cpu == cpu) {
+            pp = q;
+            break;
+        }
+    waiter *w = *pp;
+    *pp = w->next_idle;
+    w->next_idle = NULL;
+    w->woken = 1;
+    m->idle--;
+    return w;
+}
+
 /* Nodes are queued (just pushed, or left behind by a pop); mu held.
  * Returns what the caller must signal once it has unlocked mu: nothing,
- * cv (an idle consumer) or sentry_cv (see the top of file for the rules
- * and why no node is stranded by WAKE_NONE). */
-static int need_wake_locked(mem_queue *m, uint64_t now)
+ * an idle consumer (*target) or sentry_cv (see the top of file for the
+ * rules and why no node is stranded by WAKE_NONE). */
+static int need_wake_locked(mem_queue *m, uint64_t now, waiter **target)
 {
     if (m->head == NULL)
         return WAKE_NONE;
@@ -153,7 +195,8 @@ static int need_wake_locked(mem_queue *m, uint64_t now)
         return WAKE_NONE;
     /* Wake an idle consumer rather than the sentry, which keeps watching. */
     int what;
-    if (m->idle > m->wakeups) {
+    if (m->idle > 0) {
+        *target = pick_idle_locked(m);
         m->wakeups++;
         what = WAKE_IDLE;
     } else if (m->sentry && !m->sentry_kicked) {
@@ -168,10 +211,10 @@ static int need_wake_locked(mem_queue *m, uint64_t now)
 }
 
 /* Send what need_wake_locked asked for; mu not held. */
-static void wake(mem_queue *m, int what)
+static void wake(mem_queue *m, int what, waiter *w)
 {
     if (what == WAKE_IDLE)
-        pthread_cond_signal(&m->cv);
+        pthread_cond_signal(&w->cv);
     else if (what == WAKE_SENTRY)
         pthread_cond_signal(&m->sentry_cv);
 }
@@ -196,6 +239,7 @@ static int push_nodes(queue *q, queue_node *const *nodes, size_t n, int bounded)
 {
     mem_queue *m = mq(q);
     int rc = 0, what = WAKE_NONE;
+    waiter *w = NULL;
 
     if (n == 0)
         return 0;
@@ -210,10 +254,10 @@ static int push_nodes(queue *q, queue_node *const *nodes, size_t n, int bounded)
             link_locked(m, nodes[i], now);
         m->prev_push_us = m->push_us;
         m->push_us = now;
-        what = need_wake_locked(m, now);
+        what = need_wake_locked(m, now, &w);
     }
     pthread_mutex_unlock(&m->mu);
-    wake(m, what);
+    wake(m, what, w);
     return rc;
 }
 
@@ -232,8 +276,9 @@ static int mem_requeue(queue *q, queue_node *n)
     return push_nodes(q, &n, 1, 0);
 }
 
-/* Block until signalled: on cv, or, as the sentry, on sentry_cv until
- * QUEUE_SENTRY_US from now; mu held. */
+/* Block until woken: on this thread's waiter (made on its first wait),
+ * or, as the sentry, on sentry_cv until QUEUE_SENTRY_US from now; mu
+ * held. */
 static void wait_locked(mem_queue *m)
 {
     if (!m->sentry && util_now_us() - m->push_us < QUEUE_HOT_US) {
@@ -250,11 +295,39 @@ static void wait_locked(mem_queue *m)
         m->sentry_kicked = 0; /* whether it was that signal or the timeout */
         return;
     }
+    waiter *w = tl_waiter;
+    if (w == NULL || tl_waiter_serial != m->serial) {
+        /* This thread's first wait here (or it waited on another queue
+         * since): find its waiter, or make one. */
+        for (w = m->all; w && w->owner != &tl_waiter; w = w->next_all)
+            ;
+        if (w == NULL) {
+            w = xcalloc(1, sizeof(*w));
+            pthread_cond_init(&w->cv, NULL);
+            w->owner = &tl_waiter;
+            w->next_all = m->all;
+            m->all = w;
+        }
+        tl_waiter = w;
+        tl_waiter_serial = m->serial;
+    }
+    w->cpu = sched_getcpu();
+    w->woken = 0;
+    w->next_idle = m->idle_top;
+    m->idle_top = w;
     m->idle++;
-    pthread_cond_wait(&m->cv, &m->mu);
-    m->idle--;
-    if (m->wakeups > 0) /* ours, or a spurious wake-up standing in for it */
+    while (!w->woken && !m->shut)
+        pthread_cond_wait(&w->cv, &m->mu);
+    if (w->woken)
         m->wakeups--;
+    else { /* shutdown: off the stack */
+        for (waiter **q = &m->idle_top; *q; q = &(*q)->next_idle)
+            if (*q == w) {
+                *q = w->next_idle;
+                m->idle--;
+                break;
+            }
+    }
 }
 
 static queue_node *mem_dequeue(queue *q)
@@ -262,6 +335,7 @@ static queue_node *mem_dequeue(queue *q)
     mem_queue *m = mq(q);
     queue_node *n = NULL;
     int what = WAKE_NONE;
+    waiter *w = NULL;
 
     pthread_mutex_lock(&m->mu);
     if (tl_active == m->serial) { /* back from running the node it popped */
@@ -274,10 +348,10 @@ static queue_node *mem_dequeue(queue *q)
         n = pop_locked(m);
         m->active++;
         tl_active = m->serial;
-        what = need_wake_locked(m, util_now_us()); /* pass the wake on for the rest */
+        what = need_wake_locked(m, util_now_us(), &w); /* pass the wake on for the rest */
     }
     pthread_mutex_unlock(&m->mu);
-    wake(m, what);
+    wake(m, what, w);
     return n;
 }
 
@@ -327,7 +401,8 @@ static void mem_shutdown(queue *q)
 
     pthread_mutex_lock(&m->mu);
     m->shut = 1;
-    pthread_cond_broadcast(&m->cv);
+    for (waiter *w = m->idle_top; w; w = w->next_idle)
+        pthread_cond_signal(&w->cv);
     pthread_cond_broadcast(&m->sentry_cv);
     pthread_mutex_unlock(&m->mu);
 }
@@ -336,7 +411,12 @@ static void mem_destroy(queue *q)
 {
     mem_queue *m = mq(q);
 
-    pthread_cond_destroy(&m->cv);
+    while (m->all) {
+        waiter *w = m->all;
+        m->all = w->next_all;
+        pthread_cond_destroy(&w->cv);
+        free(w);
+    }
     pthread_cond_destroy(&m->sentry_cv);
     pthread_mutex_destroy(&m->mu);
     free(m);
@@ -365,7 +445,6 @@ queue *queue_mem_new(size_t cap)
     m->cap = cap;
     m->serial = atomic_fetch_add(&next_serial, 1);
     pthread_mutex_init(&m->mu, NULL);
-    pthread_cond_init(&m->cv, NULL);
     pthread_condattr_init(&ca);
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
     pthread_cond_init(&m->sentry_cv, &ca);

@@ -67,9 +67,10 @@ struct queue {
 };
 
 /*
- * The in-memory backend: one FIFO list under one mutex, with a condition
- * variable signalled only when a consumer is idle (blocked in dequeue)
- * and no wake-up is on its way already; a woken consumer that leaves
+ * The in-memory backend: one FIFO list under one mutex; a consumer is
+ * woken (on its own condition variable, preferring one that sleeps on
+ * the waker's CPU) only when it is idle (blocked in dequeue) and no
+ * wake-up is on its way already; a woken consumer that leaves
  * nodes behind wakes the next idle one; under a dense stream of pushes
  * the tasks of several requests share one wake-up, with a consumer in a
  * short timed wait (the sentry) as the backstop (queue.c explains the
