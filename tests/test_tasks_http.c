@@ -541,6 +541,15 @@ static void tasks_http_stats_shape(void **state)
     for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++)
         assert_true(h_json_obj_num(r.body, "step", keys[i]) >= 0);
     assert_true(h_json_obj_num(r.body, "step", "succeeded") >= 1);
+
+    /* Reading the stats is not a request to the plugin: it counts apart. */
+    long long req1 = h_json_num(r.body, "requests");
+    long long intro1 = h_json_num(r.body, "introspection_requests");
+    assert_true(intro1 >= 1);
+    h_resp_free(&r);
+    assert_int_equal(h_get(&app, "/_bgserve/stats", &r), 0);
+    assert_int_equal(h_json_num(r.body, "requests"), req1);
+    assert_int_equal(h_json_num(r.body, "introspection_requests"), intro1 + 1);
     h_resp_free(&r);
 }
 

@@ -74,7 +74,8 @@ static int listen_fd = -1;        /* main thread only */
 static uint64_t started_us;       /* written before serving starts */
 static uint32_t rid_prefix;       /* written before serving starts */
 static atomic_uint_fast64_t rid_counter;
-static atomic_uint_fast64_t requests_total;
+static atomic_uint_fast64_t requests_total;  /* not counting /_bgserve/ */
+static atomic_uint_fast64_t introspection_total; /* /_bgserve/ requests */
 static atomic_uint in_flight;
 
 /* ---- small helpers -------------------------------------------------------- */
@@ -87,6 +88,14 @@ const char *http_mhd_version(void)
 uint64_t http_requests_total(void)
 {
     return atomic_load(&requests_total);
+}
+
+/* Is target (path and query, percent-encoded) one of bgserve's own
+ * /_bgserve endpoints rather than the plugin's? */
+static int is_introspection(const char *target)
+{
+    return config.introspection && strncmp(target, "/_bgserve", 9) == 0 &&
+           (target[9] == '/' || target[9] == '?' || target[9] == '\0');
 }
 
 static const char *lookup_header(void *conn, const char *name)
@@ -290,6 +299,7 @@ static enum MHD_Result serve_introspection(struct MHD_Connection *conn, exchange
     introspect_reply rep;
     introspect_counters c = {
         .requests = atomic_load(&requests_total),
+        .introspection_requests = atomic_load(&introspection_total),
         .uptime_s = (util_now_us() - started_us) / 1000000u,
     };
     introspect_handle(ex->req.method, ex->req.path, &c, &rep);
@@ -330,8 +340,7 @@ static enum MHD_Result dispatch(struct MHD_Connection *conn, exchange *ex)
     if (q && req_parse_query(req, q + 1) != 0)
         return send_text(conn, ex, 400, "Bad Request: malformed percent-encoding\n", 0);
 
-    if (config.introspection && strncmp(req->raw_path, "/_bgserve", 9) == 0 &&
-        (req->raw_path[9] == '/' || req->raw_path[9] == '\0')) {
+    if (is_introspection(req->raw_path)) {
         if (req_decoded_path(req) == NULL)
             return send_text(conn, ex, 400, "Bad Request: malformed percent-encoding\n", 0);
         return serve_introspection(conn, ex);
@@ -412,7 +421,8 @@ static void *uri_log(void *cls, const char *uri, struct MHD_Connection *conn)
     ex->req.res = &ex->res;
     ex->res.req = &ex->req;
     atomic_fetch_add(&in_flight, 1);
-    atomic_fetch_add_explicit(&requests_total, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(is_introspection(ex->req.url) ? &introspection_total : &requests_total,
+                              1, memory_order_relaxed);
     return ex;
 }
 

@@ -69,6 +69,8 @@ void introspect_handle(const char *method, const char *path,
         gen_stats_json(&j);
         json_key(&j, "requests");
         json_u64(&j, c->requests);
+        json_key(&j, "introspection_requests");
+        json_u64(&j, c->introspection_requests);
         json_key(&j, "uptime_s");
         json_u64(&j, c->uptime_s);
         json_obj_end(&j);

@@ -18,7 +18,8 @@ typedef struct introspect_reply {
 } introspect_reply;
 
 typedef struct introspect_counters {
-    uint64_t requests;
+    uint64_t requests;               /* served for the plugin */
+    uint64_t introspection_requests; /* to /_bgserve/ */
     uint64_t uptime_s;
 } introspect_counters;
 
