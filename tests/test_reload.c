@@ -680,26 +680,40 @@ static void write_source(const char *src, const char *common, char c)
     write_inplace(src, text, strlen(text));
 }
 
+/* Paths of a --watch/--build test: ROOT/src/app.c built into the served
+ * plugin. */
+typedef struct watched {
+    char srcdir[PATH_MAX + 8], src[PATH_MAX + 16], common[PATH_MAX];
+} watched;
+
+/* Serve letter A built from w->src, with --watch w->srcdir and a --build
+ * command that compiles it over the plugin. */
+static void start_watch_build(rl *t, watched *w)
+{
+    char inc[PATH_MAX], cmd[4 * PATH_MAX + 256];
+
+    assert_non_null(realpath("tests/fixtures/reload_common.h", w->common));
+    assert_non_null(realpath("include", inc));
+    snprintf(w->srcdir, sizeof w->srcdir, "%s/src", t->root);
+    assert_int_equal(mkdir(w->srcdir, 0755), 0);
+    snprintf(w->src, sizeof w->src, "%s/app.c", w->srcdir);
+    write_source(w->src, w->common, 'A');
+    snprintf(cmd, sizeof cmd,
+             "cc -std=c11 -I%s -fPIC -fvisibility=hidden -shared -Wl,-z,defs -o %s %s",
+             inc, t->plugin, w->src);
+
+    put_plugin(t, t->build_a, W_INPLACE);
+    const char *args[] = {"--watch", w->srcdir, "--build", cmd, NULL};
+    rl_start(t, args);
+    expect_letter(&t->s, 'A');
+}
+
 static void reload_watch_and_build(void **state)
 {
     rl *t = *state;
-    char srcdir[PATH_MAX + 8], src[PATH_MAX + 16], common[PATH_MAX], inc[PATH_MAX];
-    char cmd[4 * PATH_MAX + 256];
-
-    assert_non_null(realpath("tests/fixtures/reload_common.h", common));
-    assert_non_null(realpath("include", inc));
-    snprintf(srcdir, sizeof srcdir, "%s/src", t->root);
-    assert_int_equal(mkdir(srcdir, 0755), 0);
-    snprintf(src, sizeof src, "%s/app.c", srcdir);
-    write_source(src, common, 'A');
-    snprintf(cmd, sizeof cmd,
-             "cc -std=c11 -I%s -fPIC -fvisibility=hidden -shared -Wl,-z,defs -o %s %s",
-             inc, t->plugin, src);
-
-    put_plugin(t, t->build_a, W_INPLACE);
-    const char *args[] = {"--watch", srcdir, "--build", cmd, NULL};
-    rl_start(t, args);
-    expect_letter(&t->s, 'A');
+    watched w;
+    start_watch_build(t, &w);
+    const char *src = w.src, *common = w.common;
 
     /* A source change: the build runs, then the new code serves. */
     write_source(src, common, 'C');
@@ -719,6 +733,34 @@ static void reload_watch_and_build(void **state)
     /* The next good build loads. */
     write_source(src, common, 'B');
     expect_log_count(&t->s, "bgserve: build succeeded in ", 2);
+    expect_letter(&t->s, 'B');
+    rl_stop(t);
+    t->passed = 1;
+}
+
+/* A --watch directory deleted and made again (a branch switch, rm -rf and
+ * a fresh copy): it is watched again, the build runs for what changed
+ * while nothing watched, and the next edit builds again. */
+static void reload_watch_dir_recreated(void **state)
+{
+    rl *t = *state;
+    watched w;
+    start_watch_build(t, &w);
+    const char *srcdir = w.srcdir, *src = w.src, *common = w.common;
+
+    assert_int_equal(unlink(src), 0);
+    assert_int_equal(rmdir(srcdir), 0);
+    expect_log(&t->s, "went away; watching for it to come back");
+    assert_int_equal(served_letter(&t->s), 'A'); /* the old code keeps serving */
+
+    assert_int_equal(mkdir(srcdir, 0755), 0);
+    write_source(src, common, 'C');
+    expect_log(&t->s, "--watch: watching ");
+    expect_letter(&t->s, 'C');
+
+    /* Watched again: an edit builds. */
+    h_drain_log(&t->s);
+    write_source(src, common, 'B');
     expect_letter(&t->s, 'B');
     rl_stop(t);
     t->passed = 1;
@@ -939,6 +981,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(reload_failures_keep_serving, setup, teardown),
         cmocka_unit_test_setup_teardown(reload_sighup_without_watching, setup, teardown),
         cmocka_unit_test_setup_teardown(reload_watch_and_build, setup, teardown),
+        cmocka_unit_test_setup_teardown(reload_watch_dir_recreated, setup, teardown),
         cmocka_unit_test_setup_teardown(reload_retired_generations_unloaded, setup, teardown),
         cmocka_unit_test_setup_teardown(reload_handover_passes_state, setup, teardown),
         cmocka_unit_test_setup_teardown(reload_incomplete_file_waits, setup, teardown),

@@ -17,7 +17,12 @@
  * build product (.o .so .a .d ...), not hidden and not an editor's
  * backup starts a `debounce_ms` timer; when it fires the build command
  * runs with its output shown, and a successful build that rewrites the
- * plugin file leads to a reload through the watch above.
+ * plugin file leads to a reload through the watch above.  A watched
+ * directory that goes away (IN_IGNORED: deleted, or moved, which drops
+ * its watch) leaves the list; a subdirectory comes back through its
+ * parent's IN_CREATE or IN_MOVED_TO, a --watch DIR itself through a
+ * check every REWATCH_MS, after which a build runs (its sources may have
+ * changed while nothing watched them).
  */
 #include "reload.h"
 
@@ -60,6 +65,8 @@ static struct {
     char *path;
 } wds[MAX_WDS];                     /* source directories; reload thread */
 static unsigned nwds;
+static unsigned char top_gone[RELOAD_MAX_WATCH]; /* --watch DIR i went away; reload thread */
+static unsigned ntop_gone;
 static atomic_int build_pid;
 
 /* ---- source directories ---------------------------------------------------- */
@@ -90,7 +97,7 @@ static void watch_tree(const char *dir, int depth)
     if (nwds >= MAX_WDS || depth > 8)
         return;
     int wd = inotify_add_watch(ino_fd, dir, IN_CLOSE_WRITE | IN_MOVED_TO | IN_MOVED_FROM |
-                                                IN_CREATE | IN_DELETE | IN_ONLYDIR);
+                                                IN_CREATE | IN_DELETE | IN_MOVE_SELF | IN_ONLYDIR);
     if (wd < 0) {
         log_msg(BGS_LOG_WARN, "--watch: cannot watch %s: %s", dir, strerror(errno));
         return;
@@ -121,6 +128,44 @@ static const char *wd_path(int wd)
         if (wds[i].wd == wd)
             return wds[i].path;
     return NULL;
+}
+
+/* The watch wd is gone (its directory was deleted or moved): forget it,
+ * and when it was a --watch DIR, look for that directory to come back. */
+static void forget_wd(int wd)
+{
+    for (unsigned i = 0; i < nwds; i++) {
+        if (wds[i].wd != wd)
+            continue;
+        for (unsigned k = 0; k < cfg.nwatch; k++)
+            if (!top_gone[k] && strcmp(wds[i].path, cfg.watch_dirs[k]) == 0) {
+                top_gone[k] = 1;
+                ntop_gone++;
+                log_msg(BGS_LOG_WARN, "--watch: %s went away; watching for it to come back",
+                        cfg.watch_dirs[k]);
+            }
+        free(wds[i].path);
+        wds[i] = wds[--nwds];
+        return;
+    }
+}
+
+/* Watch again the --watch directories that are back.  Returns 1 when one
+ * is. */
+static int rewatch_tops(void)
+{
+    int back = 0;
+    for (unsigned k = 0; k < cfg.nwatch; k++) {
+        struct stat st;
+        if (!top_gone[k] || stat(cfg.watch_dirs[k], &st) != 0 || !S_ISDIR(st.st_mode))
+            continue;
+        top_gone[k] = 0;
+        ntop_gone--;
+        watch_tree(cfg.watch_dirs[k], 0);
+        log_msg(BGS_LOG_INFO, "--watch: watching %s again", cfg.watch_dirs[k]);
+        back = 1;
+    }
+    return back;
 }
 
 /* ---- the build ------------------------------------------------------------------ */
@@ -208,7 +253,7 @@ static void *reload_main(void *arg)
         int timeout = -1;
         if (due)
             timeout = due <= now ? 0 : (int)((due - now + 999) / 1000);
-        if (ino_fd >= 0 && plugin_wd < 0 && (timeout < 0 || timeout > REWATCH_MS))
+        if (ino_fd >= 0 && (plugin_wd < 0 || ntop_gone) && (timeout < 0 || timeout > REWATCH_MS))
             timeout = REWATCH_MS;
 
         struct pollfd pf[2] = {{.fd = wake_fd, .events = POLLIN},
@@ -238,6 +283,16 @@ static void *reload_main(void *arg)
                                 "come back (the current code keeps serving)", plugin_dir);
                         continue;
                     }
+                    if (ev->wd != plugin_wd && (ev->mask & IN_MOVE_SELF)) {
+                        /* Its path is no longer where we look: drop the
+                         * watch (IN_IGNORED follows and forgets it). */
+                        inotify_rm_watch(ino_fd, ev->wd);
+                        continue;
+                    }
+                    if (ev->wd != plugin_wd && (ev->mask & IN_IGNORED)) {
+                        forget_wd(ev->wd);
+                        continue;
+                    }
                     if (ev->len == 0)
                         continue;
                     if (ev->wd == plugin_wd && strcmp(ev->name, plugin_base) == 0 &&
@@ -248,7 +303,7 @@ static void *reload_main(void *arg)
                     const char *dir = wd_path(ev->wd);
                     if (dir == NULL)
                         continue;
-                    if ((ev->mask & IN_CREATE) && (ev->mask & IN_ISDIR)) {
+                    if ((ev->mask & (IN_CREATE | IN_MOVED_TO)) && (ev->mask & IN_ISDIR)) {
                         if (!ignored_dir(ev->name)) {
                             char sub[PATH_MAX];
                             if (snprintf(sub, sizeof sub, "%s/%s", dir, ev->name) < (int)sizeof sub)
@@ -268,6 +323,8 @@ static void *reload_main(void *arg)
 
         if (ino_fd >= 0 && plugin_wd < 0 && cfg.watch_plugin && rewatch_plugin_dir())
             plugin_due = util_now_us() + (uint64_t)cfg.settle_ms * 1000u; /* it may be there */
+        if (ino_fd >= 0 && ntop_gone && rewatch_tops() && cfg.build_cmd)
+            build_due = util_now_us() + (uint64_t)cfg.debounce_ms * 1000u;
 
         now = util_now_us();
         if (build_due && now >= build_due) {
@@ -373,6 +430,8 @@ void reload_stop(void)
     for (unsigned i = 0; i < nwds; i++)
         free(wds[i].path);
     nwds = 0;
+    memset(top_gone, 0, sizeof top_gone);
+    ntop_gone = 0;
     if (ino_fd >= 0)
         close(ino_fd);
     close(wake_fd);
