@@ -65,6 +65,7 @@ typedef struct exchange {
     size_t bytes;         /* body bytes queued */
     int responded;
     int longpoll;         /* suspended on /_bgserve/tasks/ID?wait= */
+    int introspection;    /* the target is one of bgserve's /_bgserve endpoints */
     int peer_gone;        /* the client left while suspended */
 } exchange;
 
@@ -340,7 +341,7 @@ static enum MHD_Result dispatch(struct MHD_Connection *conn, exchange *ex)
     if (q && req_parse_query(req, q + 1) != 0)
         return send_text(conn, ex, 400, "Bad Request: malformed percent-encoding\n", 0);
 
-    if (is_introspection(req->raw_path)) {
+    if (ex->introspection) {
         if (req_decoded_path(req) == NULL)
             return send_text(conn, ex, 400, "Bad Request: malformed percent-encoding\n", 0);
         return serve_introspection(conn, ex);
@@ -421,8 +422,9 @@ static void *uri_log(void *cls, const char *uri, struct MHD_Connection *conn)
     ex->req.res = &ex->res;
     ex->res.req = &ex->req;
     atomic_fetch_add(&in_flight, 1);
-    atomic_fetch_add_explicit(is_introspection(ex->req.url) ? &introspection_total : &requests_total,
-                              1, memory_order_relaxed);
+    ex->introspection = is_introspection(ex->req.url);
+    atomic_fetch_add_explicit(ex->introspection ? &introspection_total : &requests_total, 1,
+                              memory_order_relaxed);
     return ex;
 }
 

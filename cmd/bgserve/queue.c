@@ -109,7 +109,6 @@ typedef struct mem_queue {
     size_t cap;              /* immutable; 0: unbounded */
     waiter *idle_top;        /* consumers blocked on their cv, last first; mu */
     waiter *all;             /* every waiter; mu */
-    unsigned idle;           /* length of the idle stack; guarded by mu */
     unsigned wakeups;        /* waiters woken and not yet back; guarded by mu */
     unsigned active;         /* consumers between a pop and their next dequeue; guarded by mu */
     int sentry;              /* 1 while a consumer waits on sentry_cv; guarded by mu */
@@ -168,7 +167,6 @@ static waiter *pick_idle_locked(mem_queue *m)
     *pp = w->next_idle;
     w->next_idle = NULL;
     w->woken = 1;
-    m->idle--;
     return w;
 }
 
@@ -195,7 +193,7 @@ static int need_wake_locked(mem_queue *m, uint64_t now, waiter **target)
         return WAKE_NONE;
     /* Wake an idle consumer rather than the sentry, which keeps watching. */
     int what;
-    if (m->idle > 0) {
+    if (m->idle_top != NULL) {
         *target = pick_idle_locked(m);
         m->wakeups++;
         what = WAKE_IDLE;
@@ -281,14 +279,9 @@ static int mem_requeue(queue *q, queue_node *n)
  * held. */
 static void wait_locked(mem_queue *m)
 {
-    if (!m->sentry && util_now_us() - m->push_us < QUEUE_HOT_US) {
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        ts.tv_nsec += (long)QUEUE_SENTRY_US * 1000;
-        if (ts.tv_nsec >= 1000000000L) {
-            ts.tv_sec++;
-            ts.tv_nsec -= 1000000000L;
-        }
+    uint64_t now = util_now_us();
+    if (!m->sentry && now - m->push_us < QUEUE_HOT_US) {
+        struct timespec ts = util_mono_timespec(now + QUEUE_SENTRY_US);
         m->sentry = 1;
         pthread_cond_timedwait(&m->sentry_cv, &m->mu, &ts);
         m->sentry = 0;
@@ -315,7 +308,6 @@ static void wait_locked(mem_queue *m)
     w->woken = 0;
     w->next_idle = m->idle_top;
     m->idle_top = w;
-    m->idle++;
     while (!w->woken && !m->shut)
         pthread_cond_wait(&w->cv, &m->mu);
     if (w->woken)
@@ -324,7 +316,6 @@ static void wait_locked(mem_queue *m)
         for (waiter **q = &m->idle_top; *q; q = &(*q)->next_idle)
             if (*q == w) {
                 *q = w->next_idle;
-                m->idle--;
                 break;
             }
     }

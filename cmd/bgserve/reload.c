@@ -66,7 +66,6 @@ static struct {
 } wds[MAX_WDS];                     /* source directories; reload thread */
 static unsigned nwds;
 static unsigned char top_gone[RELOAD_MAX_WATCH]; /* --watch DIR i went away; reload thread */
-static unsigned ntop_gone;
 static atomic_int build_pid;
 
 /* ---- source directories ---------------------------------------------------- */
@@ -140,7 +139,6 @@ static void forget_wd(int wd)
         for (unsigned k = 0; k < cfg.nwatch; k++)
             if (!top_gone[k] && strcmp(wds[i].path, cfg.watch_dirs[k]) == 0) {
                 top_gone[k] = 1;
-                ntop_gone++;
                 log_msg(BGS_LOG_WARN, "--watch: %s went away; watching for it to come back",
                         cfg.watch_dirs[k]);
             }
@@ -148,6 +146,14 @@ static void forget_wd(int wd)
         wds[i] = wds[--nwds];
         return;
     }
+}
+
+static int any_top_gone(void)
+{
+    for (unsigned k = 0; k < cfg.nwatch; k++)
+        if (top_gone[k])
+            return 1;
+    return 0;
 }
 
 /* Watch again the --watch directories that are back.  Returns 1 when one
@@ -160,7 +166,6 @@ static int rewatch_tops(void)
         if (!top_gone[k] || stat(cfg.watch_dirs[k], &st) != 0 || !S_ISDIR(st.st_mode))
             continue;
         top_gone[k] = 0;
-        ntop_gone--;
         watch_tree(cfg.watch_dirs[k], 0);
         log_msg(BGS_LOG_INFO, "--watch: watching %s again", cfg.watch_dirs[k]);
         back = 1;
@@ -253,7 +258,7 @@ static void *reload_main(void *arg)
         int timeout = -1;
         if (due)
             timeout = due <= now ? 0 : (int)((due - now + 999) / 1000);
-        if (ino_fd >= 0 && (plugin_wd < 0 || ntop_gone) && (timeout < 0 || timeout > REWATCH_MS))
+        if (ino_fd >= 0 && (plugin_wd < 0 || any_top_gone()) && (timeout < 0 || timeout > REWATCH_MS))
             timeout = REWATCH_MS;
 
         struct pollfd pf[2] = {{.fd = wake_fd, .events = POLLIN},
@@ -323,7 +328,7 @@ static void *reload_main(void *arg)
 
         if (ino_fd >= 0 && plugin_wd < 0 && cfg.watch_plugin && rewatch_plugin_dir())
             plugin_due = util_now_us() + (uint64_t)cfg.settle_ms * 1000u; /* it may be there */
-        if (ino_fd >= 0 && ntop_gone && rewatch_tops() && cfg.build_cmd)
+        if (ino_fd >= 0 && rewatch_tops() && cfg.build_cmd)
             build_due = util_now_us() + (uint64_t)cfg.debounce_ms * 1000u;
 
         now = util_now_us();
@@ -431,7 +436,6 @@ void reload_stop(void)
         free(wds[i].path);
     nwds = 0;
     memset(top_gone, 0, sizeof top_gone);
-    ntop_gone = 0;
     if (ino_fd >= 0)
         close(ino_fd);
     close(wake_fd);

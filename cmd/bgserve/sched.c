@@ -140,11 +140,7 @@ static void *sched_main(void *arg)
             continue;
         }
         if (heap[0]->due_us > now) {
-            uint64_t due = heap[0]->due_us;
-            struct timespec ts = {
-                .tv_sec = (time_t)(due / 1000000u),
-                .tv_nsec = (long)(due % 1000000u) * 1000,
-            };
+            struct timespec ts = util_mono_timespec(heap[0]->due_us);
             pthread_cond_timedwait(&cv, &mu, &ts);
             continue;
         }

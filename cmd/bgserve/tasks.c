@@ -272,15 +272,6 @@ static void rec_cv_init(void)
     pthread_condattr_destroy(&ca);
 }
 
-static struct timespec mono_ts(uint64_t us)
-{
-    struct timespec ts = {
-        .tv_sec = (time_t)(us / 1000000u),
-        .tv_nsec = (long)(us % 1000000u) * 1000,
-    };
-    return ts;
-}
-
 static unsigned hist_bucket(uint64_t v)
 {
     if (v < 16)
@@ -1401,7 +1392,7 @@ size_t tasks_shutdown(unsigned drain_ms)
     fin0 = finished_total;
     draining = 1;
     while (live_count > 0 && util_now_us() < deadline) {
-        struct timespec ts = mono_ts(deadline);
+        struct timespec ts = util_mono_timespec(deadline);
         pthread_cond_timedwait(&rec_cv, &rec_mu, &ts);
     }
     fin1 = finished_total;
@@ -1459,7 +1450,7 @@ size_t tasks_shutdown(unsigned drain_ms)
     uint64_t grace = util_now_us() + SHUTDOWN_GRACE_US;
     pthread_mutex_lock(&rec_mu);
     while (running_now > 0 && util_now_us() < grace) {
-        struct timespec ts = mono_ts(grace);
+        struct timespec ts = util_mono_timespec(grace);
         pthread_cond_timedwait(&rec_cv, &rec_mu, &ts);
     }
     pthread_mutex_unlock(&rec_mu);

@@ -73,6 +73,15 @@ uint64_t util_now_us(void)
     return clock_us(CLOCK_MONOTONIC);
 }
 
+struct timespec util_mono_timespec(uint64_t us)
+{
+    struct timespec ts = {
+        .tv_sec = (time_t)(us / 1000000u),
+        .tv_nsec = (long)(us % 1000000u) * 1000,
+    };
+    return ts;
+}
+
 uint64_t util_wall_us(void)
 {
     return clock_us(CLOCK_REALTIME);

@@ -11,6 +11,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <time.h>
 
 void *xmalloc(size_t n);
 void *xcalloc(size_t count, size_t n);
@@ -23,6 +24,9 @@ void *xmemdup(const void *p, size_t n);
 uint64_t util_now_us(void);
 /* Wall clock in microseconds since the epoch (CLOCK_REALTIME). */
 uint64_t util_wall_us(void);
+/* A util_now_us() time as a struct timespec: the deadline of a
+ * pthread_cond_timedwait on a CLOCK_MONOTONIC condition variable. */
+struct timespec util_mono_timespec(uint64_t us);
 
 /* Wall-clock time wall_us as ISO-8601 UTC ("2026-11-23T19:00:00.123Z")
  * with frac_digits (3 or 6) digits of the second. */

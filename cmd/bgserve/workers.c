@@ -105,10 +105,7 @@ unsigned workers_stop(workers *w, uint64_t deadline_us)
 
     pthread_mutex_lock(&w->mu);
     while (w->exited < w->total) {
-        struct timespec ts = {
-            .tv_sec = (time_t)(deadline_us / 1000000u),
-            .tv_nsec = (long)(deadline_us % 1000000u) * 1000,
-        };
+        struct timespec ts = util_mono_timespec(deadline_us);
         if (pthread_cond_timedwait(&w->cv, &w->mu, &ts) == ETIMEDOUT)
             break;
     }
