@@ -84,6 +84,7 @@ static void cli_defaults(void **state)
     assert_int_equal(r.cfg.max_body, 1024 * 1024);
     assert_int_equal(r.cfg.workers, 16);
     assert_int_equal(r.cfg.queue_cap, 65536);
+    assert_int_equal(r.cfg.linger_us, 30);
     assert_int_equal(r.cfg.keep, 10000);
     assert_int_equal(r.cfg.drain_timeout_ms, 10000);
     assert_int_equal(r.cfg.introspection, 1);
@@ -101,7 +102,7 @@ static void cli_every_option_separate_value(void **state)
     (void)state;
     run r = parse("--host", "0.0.0.0", "--port", "9001", "--threads", "3",
                   "--timeout", "5", "--max-connections", "77", "--max-body",
-                  "2048", "--workers", "4", "--queue", "100", "--keep", "0",
+                  "2048", "--workers", "4", "--queue", "100", "--linger", "0", "--keep", "0",
                   "--drain-timeout", "2.5", "--no-introspection", "--quiet",
                   "--log-format", "json", "--color", "never", "--check",
                   "x.so", NULL);
@@ -116,6 +117,7 @@ static void cli_every_option_separate_value(void **state)
     assert_int_equal(r.cfg.max_body, 2048);
     assert_int_equal(r.cfg.workers, 4);
     assert_int_equal(r.cfg.queue_cap, 100);
+    assert_int_equal(r.cfg.linger_us, 0);
     assert_int_equal(r.cfg.keep, 0);
     assert_int_equal(r.cfg.drain_timeout_ms, 2500);
     assert_int_equal(r.cfg.introspection, 0);
@@ -131,7 +133,7 @@ static void cli_equals_form(void **state)
     (void)state;
     run r = parse("--host=::1", "--port=0", "--threads=1024", "--timeout=86400",
                   "--max-connections=1", "--max-body=1G", "--workers=1024",
-                  "--queue=16777216", "--keep=10000000", "--drain-timeout=0",
+                  "--queue=16777216", "--linger=100000", "--keep=10000000", "--drain-timeout=0",
                   "--log-format=text", "--color=always", "a.so", NULL);
     assert_int_equal(r.rc, CLI_RUN);
     assert_string_equal(r.err, "");
@@ -143,6 +145,7 @@ static void cli_equals_form(void **state)
     assert_int_equal(r.cfg.max_body, 1024ull * 1024 * 1024);
     assert_int_equal(r.cfg.workers, 1024);
     assert_int_equal(r.cfg.queue_cap, 16777216);
+    assert_int_equal(r.cfg.linger_us, 100000);
     assert_int_equal(r.cfg.keep, 10000000);
     assert_int_equal(r.cfg.drain_timeout_ms, 0);
     assert_int_equal(r.cfg.log_json, 0);
@@ -307,6 +310,12 @@ static void cli_usage_errors(void **state)
                  "--workers", "many", "a.so", NULL);
     expect_usage("--queue must be a whole number from 1 to 16777216",
                  "--queue", "16777217", "a.so", NULL);
+    expect_usage("--linger must be a whole number of microseconds from 0 to 100000 (got '100001')",
+                 "--linger", "100001", "a.so", NULL);
+    expect_usage("--linger must be a whole number of microseconds from 0 to 100000 (got '1ms')",
+                 "--linger", "1ms", "a.so", NULL);
+    expect_usage("--linger must be a whole number of microseconds from 0 to 100000 (got '-1')",
+                 "--linger=-1", "a.so", NULL);
     expect_usage("--keep must be a whole number from 0 to 10000000",
                  "--keep", "10000001", "a.so", NULL);
     expect_usage("--drain-timeout must be a number of seconds from 0 to 3600",
@@ -331,7 +340,7 @@ static void cli_help_lists_everything(void **state)
     assert_true(strncmp(r.out, "Usage: bgserve [OPTIONS] APP.so\n", 32) == 0);
     static const char *const words[] = {
         "--host", "--port", "-p,", "--threads", "--timeout",
-        "--max-connections", "--max-body", "--workers", "--queue", "--keep",
+        "--max-connections", "--max-body", "--workers", "--queue", "--linger", "--keep",
         "--drain-timeout", "--no-introspection", "--quiet", "-q,",
         "--log-format", "--color", "--check", "--help", "-h,", "--version",
         "-V,", "PORT", "BGSERVE_DEBUG", "NO_COLOR", "SIGINT", "SIGTERM",

@@ -33,7 +33,7 @@ static item *item_of(queue_node *n)
 static void queue_fifo_order(void **state)
 {
     (void)state;
-    queue *q = queue_mem_new(0);
+    queue *q = queue_mem_new(0, QUEUE_LINGER_DEFAULT_US);
     item items[5];
     for (int i = 0; i < 5; i++) {
         items[i].value = i;
@@ -61,7 +61,7 @@ static void queue_fifo_order(void **state)
 static void queue_capacity_full(void **state)
 {
     (void)state;
-    queue *q = queue_mem_new(2);
+    queue *q = queue_mem_new(2, QUEUE_LINGER_DEFAULT_US);
     item a, b, c;
     assert_int_equal(queue_enqueue(q, &a.node), 0);
     assert_int_equal(queue_enqueue(q, &b.node), 0);
@@ -97,7 +97,7 @@ static void *consume_one(void *p)
 static void queue_dequeue_woken_by_push(void **state)
 {
     (void)state;
-    consumer c = {.q = queue_mem_new(0)};
+    consumer c = {.q = queue_mem_new(0, QUEUE_LINGER_DEFAULT_US)};
     pthread_t t;
     item it = {.value = 42};
     assert_int_equal(pthread_create(&t, NULL, consume_one, &c), 0);
@@ -113,7 +113,7 @@ static void queue_dequeue_woken_by_push(void **state)
 static void queue_dequeue_woken_by_shutdown(void **state)
 {
     (void)state;
-    consumer c = {.q = queue_mem_new(0)};
+    consumer c = {.q = queue_mem_new(0, QUEUE_LINGER_DEFAULT_US)};
     pthread_t t;
     item it;
     assert_int_equal(pthread_create(&t, NULL, consume_one, &c), 0);
@@ -128,7 +128,7 @@ static void queue_dequeue_woken_by_shutdown(void **state)
     assert_null(queue_dequeue(c.q));
     queue_destroy(c.q);
 
-    queue *q = queue_mem_new(0);
+    queue *q = queue_mem_new(0, QUEUE_LINGER_DEFAULT_US);
     assert_int_equal(queue_enqueue(q, &it.node), 0);
     queue_shutdown(q);
     assert_null(queue_dequeue(q));
@@ -141,7 +141,7 @@ static void queue_dequeue_woken_by_shutdown(void **state)
 static void queue_wakeups_only_for_idle_consumers(void **state)
 {
     (void)state;
-    consumer c = {.q = queue_mem_new(0)};
+    consumer c = {.q = queue_mem_new(0, QUEUE_LINGER_DEFAULT_US)};
     item its[3];
     pthread_t t;
     for (int i = 0; i < 3; i++)
@@ -167,7 +167,7 @@ static void queue_wakeups_only_for_idle_consumers(void **state)
 static void queue_batch_in_order_all_or_nothing(void **state)
 {
     (void)state;
-    queue *q = queue_mem_new(3);
+    queue *q = queue_mem_new(3, QUEUE_LINGER_DEFAULT_US);
     item a, b, c, d;
     queue_node *three[] = {&b.node, &c.node, &d.node};
     assert_int_equal(queue_enqueue(q, &a.node), 0);
@@ -216,7 +216,7 @@ static void *consume_slowly(void *p)
 static void queue_batch_spreads_over_idle_consumers(void **state)
 {
     (void)state;
-    slow_pool sp = {.q = queue_mem_new(0)};
+    slow_pool sp = {.q = queue_mem_new(0, QUEUE_LINGER_DEFAULT_US)};
     pthread_t t[BATCH_CONSUMERS];
     item its[BATCH_CONSUMERS];
     queue_node *nodes[BATCH_CONSUMERS];
@@ -269,11 +269,21 @@ static void *consume(void *p)
     return NULL;
 }
 
+/* The lingers the stream tests run under: none (a wake-up for every push
+ * that finds a consumer idle), the default, and a long one (--linger
+ * 2000), where most nodes wait for the sentry or a running consumer. */
+static const unsigned linger_none = 0, linger_default = QUEUE_LINGER_DEFAULT_US,
+                      linger_long = 2000;
+
+static unsigned linger_of(void **state)
+{
+    return *(const unsigned *)*state;
+}
+
 static void queue_many_producers_consumers_lose_nothing(void **state)
 {
-    (void)state;
     const int total = PRODUCERS * PER_PRODUCER;
-    mpmc m = {.q = queue_mem_new(0)};
+    mpmc m = {.q = queue_mem_new(0, linger_of(state))};
     m.items = calloc((size_t)total, sizeof(item));
     assert_non_null(m.items);
     pthread_t pt[PRODUCERS], ct[CONSUMERS];
@@ -310,9 +320,8 @@ static void queue_many_producers_consumers_lose_nothing(void **state)
  * taken exactly once. */
 static void queue_dense_stream_tail_is_taken(void **state)
 {
-    (void)state;
     enum { PAIRS = 300, TOTAL = 20000 };
-    mpmc st = {.q = queue_mem_new(0)};
+    mpmc st = {.q = queue_mem_new(0, linger_of(state))};
     pthread_t t[2];
     st.items = calloc(TOTAL, sizeof(item));
     assert_non_null(st.items);
@@ -345,6 +354,10 @@ static void queue_dense_stream_tail_is_taken(void **state)
     queue_destroy(st.q);
 }
 
+/* One run of test f under the linger called name (shown in its title). */
+#define LINGER_TEST(f, name) \
+    { #f " (linger " #name ")", f, NULL, NULL, (void *)&linger_##name }
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -353,10 +366,14 @@ int main(void)
         cmocka_unit_test(queue_dequeue_woken_by_push),
         cmocka_unit_test(queue_dequeue_woken_by_shutdown),
         cmocka_unit_test(queue_wakeups_only_for_idle_consumers),
-        cmocka_unit_test(queue_dense_stream_tail_is_taken),
+        LINGER_TEST(queue_dense_stream_tail_is_taken, none),
+        LINGER_TEST(queue_dense_stream_tail_is_taken, default),
+        LINGER_TEST(queue_dense_stream_tail_is_taken, long),
         cmocka_unit_test(queue_batch_in_order_all_or_nothing),
         cmocka_unit_test(queue_batch_spreads_over_idle_consumers),
-        cmocka_unit_test(queue_many_producers_consumers_lose_nothing),
+        LINGER_TEST(queue_many_producers_consumers_lose_nothing, none),
+        LINGER_TEST(queue_many_producers_consumers_lose_nothing, default),
+        LINGER_TEST(queue_many_producers_consumers_lose_nothing, long),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

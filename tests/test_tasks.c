@@ -27,6 +27,7 @@
 #include "json.h"
 #include "plugin.h"
 #include "services.h"
+#include "queue.h"
 #include "tasks.h"
 #include "util.h"
 #include "helpers.h"
@@ -425,7 +426,8 @@ static int group_teardown(void **state)
 
 static void start(unsigned workers, unsigned queue_cap, unsigned keep)
 {
-    tasks_config cfg = {.workers = workers, .queue_cap = queue_cap, .keep = keep};
+    tasks_config cfg = {.workers = workers, .queue_cap = queue_cap, .keep = keep,
+                        .linger_us = QUEUE_LINGER_DEFAULT_US};
     atomic_store(&gate_open, 0);
     assert_int_equal(tasks_start(&cfg), 0);
 }

@@ -358,6 +358,37 @@ static void tasks_http_thousand_requests_two_tasks_each(void **state)
     assert_int_equal(h_stat(&app, "pair", "running"), 0);
 }
 
+/* The same stream under no linger (a wake-up per response) and under
+ * the longest (tasks wait for company up to 100 ms): every task runs,
+ * and the stats say which linger the server uses. */
+static void tasks_http_linger_extremes_lose_nothing(void **state)
+{
+    (void)state;
+    static const char *const lingers[] = {"0", "100000"};
+    for (size_t l = 0; l < sizeof lingers / sizeof lingers[0]; l++) {
+        const char *const args[] = {"--quiet", "--linger", lingers[l], NULL};
+        h_server s;
+        h_resp r;
+        unsigned long long ids[4];
+        size_t n;
+
+        assert_int_equal(start_app(&s, args, NULL), 0);
+        for (int i = 0; i < 300; i++) {
+            assert_int_equal(get_tasks(&s, "/pair", ids, 4, &n), 200);
+            assert_int_equal(n, 2);
+        }
+        wait_stat(&s, "pair", "succeeded", 600);
+        assert_int_equal(h_stat(&s, "pair", "failed"), 0);
+        assert_int_equal(h_stat(&s, "pair", "queued"), 0);
+        assert_int_equal(h_get(&s, "/_bgserve/stats", &r), 0);
+        assert_int_equal(h_json_num(strstr(r.body, "\"queue\":{"), "linger_us"),
+                         atoll(lingers[l]));
+        h_resp_free(&r);
+        assert_int_equal(h_stop(&s, SIGTERM), 0);
+        h_free(&s);
+    }
+}
+
 /* ---- retries ------------------------------------------------------------------------ */
 
 static void tasks_http_retries_until_success(void **state)
@@ -532,6 +563,7 @@ static void tasks_http_stats_shape(void **state)
     assert_true(h_json_num(queue, "depth") >= 0);
     assert_true(h_json_num(queue, "capacity") > 0);
     assert_true(h_json_num(queue, "wakeups") >= 0);
+    assert_int_equal(h_json_num(queue, "linger_us"), 30); /* the default */
     assert_true(h_json_num(workers, "busy") >= 0);
     assert_true(h_json_num(workers, "total") > 0);
     assert_true(h_json_num(r.body, "requests") > 0);
@@ -688,6 +720,7 @@ int main(void)
         cmocka_unit_test(tasks_http_sequential_failure_skips_the_rest),
         cmocka_unit_test(tasks_http_concurrent_failure_is_independent),
         cmocka_unit_test(tasks_http_thousand_requests_two_tasks_each),
+        cmocka_unit_test(tasks_http_linger_extremes_lose_nothing),
         cmocka_unit_test(tasks_http_retries_until_success),
         cmocka_unit_test(tasks_http_full_queue_answers_503),
         cmocka_unit_test(tasks_http_handler_failure_discards),

@@ -96,7 +96,8 @@ int main(int argc, char **argv)
     sigaddset(&set, SIGHUP);
     pthread_sigmask(SIG_BLOCK, &set, NULL);
 
-    tasks_config tc = {.workers = cfg.workers, .queue_cap = cfg.queue_cap, .keep = cfg.keep};
+    tasks_config tc = {.workers = cfg.workers, .queue_cap = cfg.queue_cap, .keep = cfg.keep,
+                       .linger_us = cfg.linger_us};
     if (tasks_start(&tc) != 0) {
         log_msg(BGS_LOG_ERROR, "cannot start the task workers");
         return 1;

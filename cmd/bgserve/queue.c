@@ -18,23 +18,24 @@
  * - At most one in flight.  `wakeups` counts consumers woken and not
  *   back yet.  A push (or a batch: the tasks of one
  *   response) signals only when a consumer is idle and wakeups is 0; a
- *   wake-up not taken within QUEUE_WAKE_LATE_US is late (its consumer
+ *   wake-up not taken within late_us is late (its consumer
  *   waits for a CPU) and the next push or pop may send one more.
  * - Passed on.  A consumer that pops a node and leaves others behind
  *   applies the same rule for them, so four slow tasks still spread over
  *   four workers, one hop later each.
  * - Coalesced under a dense stream.  While pushes arrive less than
- *   QUEUE_COALESCE_US apart and a sentry waits (below), a young head is
+ *   coalesce_us (the linger) apart and a sentry waits (below), a young head is
  *   left for a consumer that is running a task (it comes back for the
- *   next node) or, while younger than QUEUE_COALESCE_US, for the next
- *   push: the tasks of several requests share one wake-up.
+ *   next node) or, while younger than coalesce_us, for the next
+ *   push: the tasks of several requests share one wake-up.  A linger of
+ *   0 turns this off.
  * - The sentry.  A consumer that goes idle while pushes are recent
- *   (QUEUE_HOT_US) and no other sentry waits, waits on sentry_cv with a
- *   timeout of QUEUE_SENTRY_US instead of on its waiter forever.  It
+ *   (hot_us) and no other sentry waits, waits on sentry_cv with a
+ *   timeout of sentry_us instead of on its waiter forever.  It
  *   bounds how long a deferred node can wait when the stream stops right
  *   after it.  Wake-ups go to idle consumers first, so the sentry keeps
  *   watching; it is signalled ("kicked") only when no other consumer is
- *   idle.  When pushes stop for QUEUE_HOT_US it waits on its waiter
+ *   idle.  When pushes stop for hot_us it waits on its waiter
  *   without a timeout again: an idle server has no timers running.
  *
  * Signals go out after unlocking, so a woken consumer does not block at
@@ -70,23 +71,25 @@
 #include <stdlib.h>
 #include <time.h>
 
-/* Tuning (bench/README.md has the measurements behind these numbers). */
-/* A wake-up not taken after this long is late: another idle consumer is
- * woken too (bounds the dispatch latency when a woken worker waits for
- * a CPU).  A head this old is never left for the next push. */
-#define QUEUE_WAKE_LATE_US 50u
-/* Pushes less than this apart are a dense stream, where a head younger
- * than this is left for the next push (the dispatch p50 under load sits
- * near this value). */
-#define QUEUE_COALESCE_US 30u
-/* The sentry's timed wait: the longest a deferred node can wait when
- * the stream stops right after it. */
-#define QUEUE_SENTRY_US 200u
+/* Tuning (bench/README.md has the measurements behind these numbers).
+ * The linger (queue_mem_new's linger_us, bgserve --linger) sets the
+ * coalescing window; the others follow from it (queue_mem_new):
+ * - coalesce_us: pushes less than this apart are a dense stream, where a
+ *   head younger than this is left for the next push (the dispatch p50
+ *   under load sits near it);
+ * - late_us: a wake-up not taken after this long is late, and another
+ *   idle consumer is woken too (bounds the dispatch latency when a woken
+ *   worker waits for a CPU); a head this old is never left for the next
+ *   push;
+ * - sentry_us: the sentry's timed wait, the longest a deferred node can
+ *   wait when the stream stops right after it;
+ * - hot_us: a consumer going idle becomes the sentry only while pushes
+ *   are this recent; after that it waits without a timeout. */
+#define QUEUE_LATE_MIN_US 50u
+#define QUEUE_SENTRY_MIN_US 200u
+#define QUEUE_HOT_MIN_US 1000u
 /* How many idle consumers a wake-up looks through for one on its CPU. */
 #define QUEUE_PICK_SCAN 8
-/* A consumer going idle becomes the sentry only while pushes are this
- * recent; after that it waits without a timeout. */
-#define QUEUE_HOT_US 1000u
 
 /* One per consumer thread, made on its first blocking dequeue and kept
  * until the queue is destroyed (so a waker may signal it after
@@ -119,6 +122,7 @@ typedef struct mem_queue {
     uint64_t prev_push_us;   /* when the one before it happened; guarded by mu */
     int shut;                /* guarded by mu */
     uint64_t serial;         /* immutable; tells queues apart in tl_active */
+    unsigned coalesce_us, late_us, sentry_us, hot_us; /* immutable; see Tuning */
 } mem_queue;
 
 /* The queue a consumer thread popped from last and has not come back to
@@ -181,15 +185,15 @@ static int need_wake_locked(mem_queue *m, uint64_t now, waiter **target)
     /* A wake-up is on its way; add another only when it is late (its
      * consumer is waiting for a CPU), so a busy machine cannot hold every
      * queued task behind one descheduled worker. */
-    if ((m->wakeups > 0 || m->sentry_kicked) && now - m->wake_us < QUEUE_WAKE_LATE_US)
+    if ((m->wakeups > 0 || m->sentry_kicked) && now - m->wake_us < m->late_us)
         return WAKE_NONE;
     /* A dense stream, a young head, and a sentry that looks within
-     * QUEUE_SENTRY_US whatever happens: leave the head for a consumer
+     * sentry_us whatever happens: leave the head for a consumer
      * running a task (it comes back for the next node) or, while the head
-     * is younger than QUEUE_COALESCE_US, for the next push. */
+     * is younger than coalesce_us, for the next push. */
     uint64_t age = now - m->head->queued_us;
-    if (m->sentry && !m->sentry_kicked && m->push_us - m->prev_push_us < QUEUE_COALESCE_US &&
-        age < QUEUE_WAKE_LATE_US && (m->active > 0 || age < QUEUE_COALESCE_US))
+    if (m->sentry && !m->sentry_kicked && m->push_us - m->prev_push_us < m->coalesce_us &&
+        age < m->late_us && (m->active > 0 || age < m->coalesce_us))
         return WAKE_NONE;
     /* Wake an idle consumer rather than the sentry, which keeps watching. */
     int what;
@@ -275,13 +279,13 @@ static int mem_requeue(queue *q, queue_node *n)
 }
 
 /* Block until woken: on this thread's waiter (made on its first wait),
- * or, as the sentry, on sentry_cv until QUEUE_SENTRY_US from now; mu
+ * or, as the sentry, on sentry_cv until sentry_us from now; mu
  * held. */
 static void wait_locked(mem_queue *m)
 {
     uint64_t now = util_now_us();
-    if (!m->sentry && now - m->push_us < QUEUE_HOT_US) {
-        struct timespec ts = util_mono_timespec(now + QUEUE_SENTRY_US);
+    if (!m->sentry && now - m->push_us < m->hot_us) {
+        struct timespec ts = util_mono_timespec(now + m->sentry_us);
         m->sentry = 1;
         pthread_cond_timedwait(&m->sentry_cv, &m->mu, &ts);
         m->sentry = 0;
@@ -427,13 +431,24 @@ static const queue_ops mem_ops = {
     .destroy = mem_destroy,
 };
 
-queue *queue_mem_new(size_t cap)
+static unsigned max_u(unsigned a, unsigned b)
+{
+    return a > b ? a : b;
+}
+
+queue *queue_mem_new(size_t cap, unsigned linger_us)
 {
     mem_queue *m = xcalloc(1, sizeof(*m));
     pthread_condattr_t ca;
 
+    if (linger_us > QUEUE_LINGER_MAX_US)
+        linger_us = QUEUE_LINGER_MAX_US;
     m->base.ops = &mem_ops;
     m->cap = cap;
+    m->coalesce_us = linger_us;
+    m->late_us = max_u(QUEUE_LATE_MIN_US, linger_us + linger_us / 2);
+    m->sentry_us = max_u(QUEUE_SENTRY_MIN_US, 3 * linger_us);
+    m->hot_us = max_u(QUEUE_HOT_MIN_US, 2 * linger_us);
     m->serial = atomic_fetch_add(&next_serial, 1);
     pthread_mutex_init(&m->mu, NULL);
     pthread_condattr_init(&ca);

@@ -76,8 +76,14 @@ struct queue {
  * short timed wait (the sentry) as the backstop (queue.c explains the
  * rules and why no node is stranded).
  * cap bounds depth (BGS_EFULL beyond it); 0 means no bound.
+ * linger_us is how long, under a dense stream, a queued node may wait for
+ * company before a consumer is woken for it (bgserve --linger): more
+ * means fewer wake-ups and a later start; 0 wakes a consumer for every
+ * push that finds one idle.  Clamped to QUEUE_LINGER_MAX_US.
  */
-queue *queue_mem_new(size_t cap);
+#define QUEUE_LINGER_DEFAULT_US 30u
+#define QUEUE_LINGER_MAX_US 100000u
+queue *queue_mem_new(size_t cap, unsigned linger_us);
 
 static inline int queue_enqueue(queue *q, queue_node *n) { return q->ops->enqueue(q, n); }
 static inline int queue_enqueue_batch(queue *q, queue_node *const *nodes, size_t n)

@@ -221,6 +221,7 @@ struct bgs_task_ctx {
 static atomic_uint_fast64_t next_id = 1;
 static atomic_size_t accepted;   /* reserved queue capacity */
 static size_t queue_cap = 65536; /* written by tasks_start only */
+static unsigned linger_us;       /* written by tasks_start only */
 static atomic_int accepting;     /* 1 between start and shutdown */
 static atomic_int stopping;      /* cancel phase of a shutdown */
 static atomic_int shut_down;     /* after tasks_shutdown, until restart */
@@ -1320,7 +1321,8 @@ int tasks_start(const tasks_config *cfg)
     if (Q && !abandoned)
         queue_destroy(Q);
     abandoned = 0;
-    Q = queue_mem_new(0); /* bounded by the reservations instead */
+    linger_us = cfg->linger_us;
+    Q = queue_mem_new(0, linger_us); /* bounded by the reservations instead */
     atomic_store(&stopping, 0);
     atomic_store(&shut_down, 0);
     if (sched_start() != 0)
@@ -1626,6 +1628,8 @@ void tasks_stats_json(json *j)
     json_str(j, Q ? Q->ops->name : "memory");
     json_key(j, "wakeups");
     json_u64(j, Q ? queue_wakeups(Q) : 0);
+    json_key(j, "linger_us");
+    json_u64(j, linger_us);
     json_obj_end(j);
 
     pthread_mutex_lock(&life_mu);

@@ -22,6 +22,7 @@ typedef struct tasks_config {
     unsigned workers;           /* task threads */
     unsigned queue_cap;         /* tasks accepted but not finished, at most */
     unsigned keep;              /* finished records kept for introspection */
+    unsigned linger_us;         /* queue coalescing window (queue_mem_new); 0: none */
 } tasks_config;
 
 /* Set up and start the worker threads and the scheduler.  0 or -1. */
