@@ -154,13 +154,17 @@ check-tests: $(TEST_BINS) $(FIXTURES) $(PLUGINS) $(SAMPLE) $(BUILD)/bgserve
 #   make bench-quick   one short round, for iterating on the server
 
 .PHONY: bench bench-quick bench-build deps-bench
-BENCH_BINS := $(BUILD)/bench/mhd_baseline \
+BENCH_BINS := $(BUILD)/bench/mhd_baseline $(BUILD)/bench/wakecost \
               $(patsubst bench/plugins/%.c,$(BUILD)/bench/%.so,$(wildcard bench/plugins/*.c))
 
 $(BUILD)/bench/mhd_baseline: bench/mhd_baseline.c
 	@mkdir -p $(@D)
 	$(CC) $(BASE) -pthread $(shell pkg-config --cflags libmicrohttpd 2>/dev/null) -o $@ $< \
 	  $(shell pkg-config --libs libmicrohttpd 2>/dev/null) -pthread
+
+$(BUILD)/bench/wakecost: bench/wakecost.c
+	@mkdir -p $(@D)
+	$(CC) $(BASE) -pthread -o $@ $<
 
 $(BUILD)/bench/%.so: bench/plugins/%.c include/bgserve.h
 	@mkdir -p $(@D)
