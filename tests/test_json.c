@@ -72,6 +72,10 @@ static void json_numbers(void **state)
     json_init(&j);
     json_arr_begin(&j);
     json_u64(&j, UINT64_MAX);
+    json_u64(&j, 0);
+    json_u64(&j, 9);
+    json_u64(&j, 10);
+    json_u64(&j, 1000000);
     json_i64(&j, INT64_MIN);
     json_double(&j, 0.1);
     json_double(&j, 1.5);
@@ -79,7 +83,7 @@ static void json_numbers(void **state)
     json_double(&j, INFINITY);
     json_double(&j, -INFINITY);
     json_arr_end(&j);
-    assert_string_equal(j.buf, "[18446744073709551615,-9223372036854775808,"
+    assert_string_equal(j.buf, "[18446744073709551615,0,9,10,1000000,-9223372036854775808,"
                                "0.1,1.5,null,null,null]");
     json_free(&j);
 }

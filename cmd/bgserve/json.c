@@ -245,8 +245,8 @@ void json_strn(json *j, const char *s, size_t n)
 
 void json_u64(json *j, uint64_t v)
 {
-    char tmp[32];
-    snprintf(tmp, sizeof(tmp), "%" PRIu64, v);
+    char tmp[UTIL_U64_DEC_MAX];
+    util_u64_dec(tmp, v);
     before_value(j);
     puts_(j, tmp);
 }

@@ -672,7 +672,8 @@ static void finalize(task_item *it, int st, const char *err)
         it->payload = NULL;
         it->len = 0;
     }
-    snprintf(errcopy, sizeof(errcopy), "%s", err ? err : "");
+    if (err) /* used only with err */
+        snprintf(errcopy, sizeof(errcopy), "%s", err);
 
     pthread_mutex_lock(&rec_mu);
     if (it->state == ST_RUNNING)
@@ -1040,15 +1041,17 @@ size_t tasks_group_ids(const tasks_group *g, char *buf, size_t cap)
     if (cap)
         buf[0] = '\0';
     for (const task_item *it = g ? g->head : NULL; it; it = it->group_next) {
-        char one[32];
-        int n = snprintf(one, sizeof(one), "%s%" PRIu64, need ? "," : "", it->id);
+        char one[1 + UTIL_U64_DEC_MAX];
+        size_t n = need ? 1 : 0;
+        one[0] = ',';
+        n += util_u64_dec(one + n, it->id);
         /* Only whole ids are written: a truncated list never shows a
          * wrong id. */
-        if (need + (size_t)n < cap && (need == 0 || buf[need - 1] != '\0'))
-            memcpy(buf + need, one, (size_t)n + 1);
+        if (need + n < cap && (need == 0 || buf[need - 1] != '\0'))
+            memcpy(buf + need, one, n + 1);
         else if (need < cap)
             cap = need; /* stop writing; buf already ends with NUL */
-        need += (size_t)n;
+        need += n;
     }
     return need;
 }

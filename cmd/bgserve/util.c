@@ -87,6 +87,20 @@ uint64_t util_wall_us(void)
     return clock_us(CLOCK_REALTIME);
 }
 
+size_t util_u64_dec(char *buf, uint64_t v)
+{
+    char tmp[UTIL_U64_DEC_MAX];
+    size_t n = 0;
+    do {
+        tmp[n++] = (char)('0' + v % 10u);
+        v /= 10u;
+    } while (v);
+    for (size_t i = 0; i < n; i++)
+        buf[i] = tmp[n - 1 - i];
+    buf[n] = '\0';
+    return n;
+}
+
 void util_iso_time(char *buf, size_t cap, uint64_t wall_us, unsigned frac_digits)
 {
     time_t secs = (time_t)(wall_us / 1000000u);

@@ -32,6 +32,12 @@ struct timespec util_mono_timespec(uint64_t us);
  * with frac_digits (3 or 6) digits of the second. */
 void util_iso_time(char *buf, size_t cap, uint64_t wall_us, unsigned frac_digits);
 
+/* v in decimal at buf, which must hold UTIL_U64_DEC_MAX bytes; returns
+ * the length (without the NUL it writes).  On the per-task paths, where
+ * snprintf's format parsing showed in the profile. */
+#define UTIL_U64_DEC_MAX 21
+size_t util_u64_dec(char *buf, uint64_t v);
+
 /* Case-insensitive ASCII equality: 1 when equal, 0 otherwise. */
 int util_strcaseeq(const char *a, const char *b);
 
