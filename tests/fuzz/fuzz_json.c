@@ -9,12 +9,24 @@
  * valid UTF-8, without raw control characters, and every string must
  * decode back to its input when the input was valid UTF-8 (otherwise to
  * valid UTF-8 of its own).
+ *
+ * Then the same two strings go through the real record: a task whose
+ * request id is the first and which fails with the second as its error
+ * (the tasks subsystem runs with one worker, started on the first
+ * input), and tasks_record_json's output must pass the same checks, with
+ * "request_id" and "error" decoding back to what went in (as far as a C
+ * string carries it: up to a NUL, and the error cut to its buffer).
  */
+#include "generation.h"
 #include "json.h"
+#include "log.h"
+#include "tasks.h"
+#include "util.h"
 
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -301,6 +313,105 @@ static void check_doc(const char *doc, size_t len, const char *const *in,
     free(p.str);
 }
 
+/* The string value of key in the top-level object doc (parsed by p,
+ * which holds it in p->str / p->str_len); 0 if absent or not a string. */
+static int string_field(parser *p, const char *key)
+{
+    size_t klen = strlen(key);
+    p->i = 0;
+    ws(p);
+    check(p->i < p->n && p->s[p->i] == '{');
+    p->i++;
+    for (;;) {
+        ws(p);
+        check(string(p));
+        int match = p->str_len == klen && memcmp(p->str, key, klen) == 0;
+        ws(p);
+        check(p->i < p->n && p->s[p->i++] == ':');
+        ws(p);
+        if (match)
+            return p->i < p->n && p->s[p->i] == '"' && string(p);
+        check(value(p, 1));
+        ws(p);
+        check(p->i < p->n);
+        if (p->s[p->i++] == '}')
+            return 0;
+    }
+}
+
+/* The decoded field must be the input as a C string carries it (up to a
+ * NUL, at most max bytes); cut inputs and invalid UTF-8 only need to give
+ * valid UTF-8. */
+static void check_field(parser *p, const char *key, const char *in, size_t max)
+{
+    check(string_field(p, key));
+    size_t n = strlen(in);
+    if (n <= max && utf8_valid((const unsigned char *)in, n))
+        check(p->str_len == n && memcmp(p->str, in, n) == 0);
+    else
+        check(utf8_valid(p->str, p->str_len));
+}
+
+/* ---- the real record ------------------------------------------------------------ */
+
+#define ERR_CAP 511 /* tasks.c keeps an error of up to ERR_MAX - 1 bytes */
+
+static plugin record_plugin = {.name = "fuzz", .version = "1"};
+static generation record_gen;
+
+static int fail_with(bgs_task_ctx *ctx, void *arg)
+{
+    tasks_ctx_error(ctx, "%s", (const char *)arg);
+    return 1;
+}
+
+static void check_record(const char *request_id, const char *err)
+{
+    static int started;
+    if (!started) {
+        atomic_init(&record_gen.refs, 1); /* ours: never retires */
+        record_gen.number = 1;
+        record_gen.plugin = &record_plugin;
+        record_gen.app.gen = &record_gen;
+        log_config lc = {.quiet = 1}; /* only the failure line of each input */
+        log_init(&lc);
+        tasks_config cfg = {.workers = 1, .queue_cap = 64, .keep = 8, .linger_us = 0};
+        check(tasks_start(&cfg) == 0);
+        started = 1;
+    }
+    uint64_t id;
+    tasks_group *g = tasks_group_new(&record_gen, request_id, BGS_CONCURRENT);
+    check(tasks_group_add_fn(g, fail_with, (void *)err, NULL, &id) == 0);
+    tasks_group_submit(g, 1);
+
+    /* Poll until the record is final (the worker runs it at once). */
+    char *doc = NULL;
+    size_t len = 0;
+    uint64_t deadline = util_now_us() + 10u * 1000000u;
+    for (;;) {
+        json j;
+        json_init(&j);
+        check(tasks_record_json(id, &j) == 0);
+        doc = json_take(&j, &len);
+        if (strstr(doc, "\"state\":\"failed\"") != NULL)
+            break;
+        free(doc);
+        check(util_now_us() < deadline);
+        struct timespec ts = {0, 100000};
+        nanosleep(&ts, NULL);
+    }
+    check(strlen(doc) == len);
+    check(utf8_valid((const unsigned char *)doc, len));
+    parser p = {.s = (const unsigned char *)doc, .n = len};
+    check(value(&p, 0));
+    ws(&p);
+    check(p.i == p.n);
+    check_field(&p, "request_id", request_id, SIZE_MAX);
+    check_field(&p, "error", err, ERR_CAP);
+    free(p.str);
+    free(doc);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     const char *s = (const char *)data;
@@ -341,6 +452,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     size_t in_len[] = {name_len, 6, err_len};
     check_doc(doc, len, in, in_len, 3);
     free(doc);
+
+    char *errz = malloc(err_len + 1);
+    memcpy(errz, err, err_len);
+    errz[err_len] = '\0';
+    check_record(name, errz); /* the task has finished with errz: free it */
+    free(errz);
     free(name);
     json_free(&j);
     return 0;
