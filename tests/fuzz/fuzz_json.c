@@ -278,7 +278,12 @@ static int value(parser *p, int depth)
  * returns its parser, for walking it again. */
 static parser parse_whole(const char *doc, size_t len)
 {
-    parser p = parse_whole(doc, len);
+    check(strlen(doc) == len);
+    check(utf8_valid((const unsigned char *)doc, len));
+    parser p = {.s = (const unsigned char *)doc, .n = len};
+    check(value(&p, 0));
+    ws(&p);
+    check(p.i == p.n);
     return p;
 }
 
