@@ -37,6 +37,7 @@
  *   watching; it is signalled ("kicked") only when no other consumer is
  *   idle.  When pushes stop for hot_us it waits on its waiter
  *   without a timeout again: an idle server has no timers running.
+ *   With a linger of 0 no consumer becomes the sentry.
  *
  * Signals go out after unlocking, so a woken consumer does not block at
  * once on the mutex its waker still holds.
@@ -279,12 +280,12 @@ static int mem_requeue(queue *q, queue_node *n)
 }
 
 /* Block until woken: on this thread's waiter (made on its first wait),
- * or, as the sentry, on sentry_cv until sentry_us from now; mu
- * held. */
+ * or, as the sentry, on sentry_cv until sentry_us from now (never with a
+ * linger of 0: nothing is left for it then); mu held. */
 static void wait_locked(mem_queue *m)
 {
     uint64_t now = util_now_us();
-    if (!m->sentry && now - m->push_us < m->hot_us) {
+    if (m->coalesce_us > 0 && !m->sentry && now - m->push_us < m->hot_us) {
         struct timespec ts = util_mono_timespec(now + m->sentry_us);
         m->sentry = 1;
         pthread_cond_timedwait(&m->sentry_cv, &m->mu, &ts);
