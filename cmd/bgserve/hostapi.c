@@ -168,18 +168,22 @@ void res_free(struct bgs_res *res)
 
 /* ---- response ------------------------------------------------------------- */
 
+/* RFC 9110 tchar: ALPHA, DIGIT and !#$%&'*+-.^_`|~, as a bitmap over
+ * ASCII (a strchr per character showed in the per-request profile). */
+static int is_tchar(unsigned char c)
+{
+    static const uint64_t lo = UINT64_C(0x3ff6cfa00000000); /* 0-63 */
+    static const uint64_t hi = UINT64_C(0x57ffffffc7fffffe); /* 64-127 */
+    return c < 64 ? (int)((lo >> c) & 1u) : c < 128 ? (int)((hi >> (c - 64)) & 1u) : 0;
+}
+
 int res_check_header(const char *name, const char *value)
 {
-    static const char tchar[] = "!#$%&'*+-.^_`|~";
     if (name == NULL || value == NULL || *name == '\0')
         return BGS_EHEADER;
-    for (const char *p = name; *p; p++) {
-        unsigned char c = (unsigned char)*p;
-        int ok = (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') ||
-                 (c >= 'A' && c <= 'Z') || (c && strchr(tchar, c));
-        if (!ok)
+    for (const char *p = name; *p; p++)
+        if (!is_tchar((unsigned char)*p))
             return BGS_EHEADER;
-    }
     for (const char *p = value; *p; p++)
         if (*p == '\r' || *p == '\n')
             return BGS_EHEADER;
@@ -252,18 +256,24 @@ static void body_reserve(bgs_res *res, size_t extra)
     res->body_cap = cap;
 }
 
+/* Append len bytes of data to the body (kept NUL-terminated). */
+static int res_append(bgs_res *res, const void *data, size_t len)
+{
+    body_reserve(res, len);
+    if (len)
+        memcpy(res->body + res->body_len, data, len);
+    res->body_len += len;
+    res->body[res->body_len] = '\0';
+    return 0;
+}
+
 /* Replaces the body: the handler states what the body is. */
 static int res_body(bgs_res *res, const void *data, size_t len)
 {
     if (res == NULL || (data == NULL && len > 0))
         return BGS_EINVAL;
     res->body_len = 0;
-    body_reserve(res, len);
-    if (len)
-        memcpy(res->body, data, len);
-    res->body_len = len;
-    res->body[len] = '\0';
-    return 0;
+    return res_append(res, data, len);
 }
 
 /* Appends, so a body can be written in several calls. */
@@ -274,18 +284,22 @@ static int res_printf(bgs_res *res, const char *fmt, ...)
     if (res == NULL || fmt == NULL)
         return BGS_EINVAL;
     va_start(ap, fmt);
+    if (strcmp(fmt, "%s") == 0) {
+        /* bgs_res_text's call: copy the string, no format to parse. */
+        const char *s = va_arg(ap, const char *);
+        va_end(ap);
+        return res_append(res, s ? s : "(null)", s ? strlen(s) : 6);
+    }
     int n = vsnprintf(small, sizeof small, fmt, ap);
     va_end(ap);
     if (n < 0)
         return BGS_EINVAL;
+    if ((size_t)n < sizeof small)
+        return res_append(res, small, (size_t)n);
     body_reserve(res, (size_t)n);
-    if ((size_t)n < sizeof small) {
-        memcpy(res->body + res->body_len, small, (size_t)n + 1);
-    } else {
-        va_start(ap, fmt);
-        vsnprintf(res->body + res->body_len, (size_t)n + 1, fmt, ap);
-        va_end(ap);
-    }
+    va_start(ap, fmt);
+    vsnprintf(res->body + res->body_len, (size_t)n + 1, fmt, ap);
+    va_end(ap);
     res->body_len += (size_t)n;
     return 0;
 }
