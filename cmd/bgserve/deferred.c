@@ -32,6 +32,7 @@ enum { DEFERRED_GONE = 100 }; /* the connection ended while pending */
 struct bgs_deferred {
     sched_timer timer;    /* the deadline; holds a reference while armed */
     int refs;             /* guarded by lock */
+    int plugin_ref;       /* lock: the plugin has not completed/released yet */
     int state;            /* guarded by lock */
     int armed;            /* guarded by lock: the connection is suspended */
     uint32_t status;      /* the answer, written once under lock */
@@ -133,6 +134,7 @@ static bgs_deferred *create(uint32_t timeout_ms, deferred_resume_fn resume, void
     bgs_deferred *d = xcalloc(1, sizeof *d);
     d->counted = counted;
     d->refs = 2; /* the plugin's and the connection's */
+    d->plugin_ref = 1;
     d->resume = resume;
     d->conn = conn;
     uint64_t due = util_now_us() +
@@ -182,11 +184,21 @@ typedef struct answer {
 } answer;
 
 /* Move d to state (if still pending; with a, the answer is put in place
- * before the state says so) and drop one reference, the caller's.
- * Returns 1 when this call moved it. */
-static int settle(bgs_deferred *d, int state, int abandoned, answer *a)
+ * before the state says so) and drop one reference, the caller's: the
+ * plugin's (plugin set) or the connection's.  The plugin's is dropped only
+ * once: a second completion or release finds it gone and changes nothing
+ * (dropping again would free the answer the connection is sending).
+ * Returns 1 when this call moved it, 0 when it did not, -1 when the
+ * plugin had no reference left. */
+static int settle(bgs_deferred *d, int state, int abandoned, answer *a, int plugin)
 {
     pthread_mutex_lock(&lock);
+    if (plugin && !d->plugin_ref) {
+        pthread_mutex_unlock(&lock);
+        return -1;
+    }
+    if (plugin)
+        d->plugin_ref = 0;
     int moved = d->state == DEFERRED_PENDING;
     if (moved && a) {
         d->status = a->status;
@@ -219,16 +231,16 @@ int deferred_complete(bgs_deferred *d, uint32_t status, const char *type,
         .body = len ? xmemdup(body, len) : NULL,
         .len = len,
     };
-    int moved = settle(d, DEFERRED_COMPLETED, 0, &a);
+    int moved = settle(d, DEFERRED_COMPLETED, 0, &a, 1);
     free(a.type); /* still ours when the handle was no longer pending */
     free(a.body);
-    return moved ? 0 : BGS_ESTATE;
+    return moved == 1 ? 0 : BGS_ESTATE;
 }
 
 void deferred_release(bgs_deferred *d)
 {
     if (d != NULL)
-        settle(d, DEFERRED_RELEASED, 0, NULL);
+        settle(d, DEFERRED_RELEASED, 0, NULL, 1);
 }
 
 int deferred_state(bgs_deferred *d, uint32_t *status, const char **type,
@@ -247,7 +259,7 @@ int deferred_state(bgs_deferred *d, uint32_t *status, const char **type,
 void deferred_put(bgs_deferred *d, int delivered)
 {
     if (d != NULL)
-        settle(d, DEFERRED_GONE, !delivered, NULL);
+        settle(d, DEFERRED_GONE, !delivered, NULL, 0);
 }
 
 void deferred_shutdown_all(void)

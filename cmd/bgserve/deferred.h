@@ -49,8 +49,9 @@ void deferred_arm(bgs_deferred *d);
 
 /* The plugin's answer (any thread).  Copies type and body; drops the
  * plugin's reference.  BGS_ESTATE when the handle is no longer pending
- * (timed out, shut down, or completed twice); BGS_EINVAL for a bad
- * argument, and then nothing happened. */
+ * (timed out, shut down), and then the reference is dropped too; also
+ * BGS_ESTATE, changing nothing, when the plugin already completed or
+ * released it.  BGS_EINVAL for a bad argument, and then nothing happened. */
 int deferred_complete(bgs_deferred *d, uint32_t status, const char *type,
                       const void *body, size_t len);
 /* The plugin gives up (any thread): the client gets 500. */
