@@ -39,9 +39,9 @@ static void abi_old_plugin_passes_check(void **state)
                           h_build_path("tests/abi/old_plugin.so"), NULL};
     char *out;
     assert_int_equal(h_run(argv, &out), 0);
-    assert_non_null(strstr(out, "plugin old_plugin 1.0.0 (ABI 1.0)"));
-    assert_non_null(strstr(out, "routes (6):"));
-    assert_non_null(strstr(out, "tasks (2):"));
+    h_assert_contains(out, "plugin old_plugin 1.0.0 (ABI 1.0)");
+    h_assert_contains(out, "routes (6):");
+    h_assert_contains(out, "tasks (2):");
     free(out);
 }
 

@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "helpers.h"
 #include "http.h"
 
 /* Stands in for http.c, so this test does not link the HTTP room. */
@@ -219,15 +220,15 @@ static void cli_port_env(void **state)
 
     r = parse("a.so", NULL);
     assert_int_equal(r.rc, CLI_EXIT_USAGE);
-    assert_non_null(strstr(r.err, "PORT"));
-    assert_non_null(strstr(r.err, "'nope'"));
-    assert_non_null(strstr(r.err, "Try 'bgserve --help'"));
+    h_assert_contains(r.err, "PORT");
+    h_assert_contains(r.err, "'nope'");
+    h_assert_contains(r.err, "Try 'bgserve --help'");
     run_free(&r);
 
     setenv("PORT", "65536", 1);
     r = parse("a.so", NULL);
     assert_int_equal(r.rc, CLI_EXIT_USAGE);
-    assert_non_null(strstr(r.err, "PORT"));
+    h_assert_contains(r.err, "PORT");
     run_free(&r);
 
     setenv("PORT", "", 1);
@@ -356,7 +357,7 @@ static void cli_help_lists_everything(void **state)
 
     r = parse("a.so", "-h", NULL);
     assert_int_equal(r.rc, CLI_EXIT_OK);
-    assert_non_null(strstr(r.out, "Usage: bgserve"));
+    h_assert_contains(r.out, "Usage: bgserve");
     run_free(&r);
 }
 
@@ -371,7 +372,7 @@ static void cli_version_lines(void **state)
     run_free(&r);
     r = parse("-V", NULL);
     assert_int_equal(r.rc, CLI_EXIT_OK);
-    assert_non_null(strstr(r.out, "bgserve " BGSERVE_VERSION "\n"));
+    h_assert_contains(r.out, "bgserve " BGSERVE_VERSION "\n");
     run_free(&r);
 }
 

@@ -60,10 +60,10 @@ static void crash_segv_in_handler_names_route(void **state)
     assert_int_equal(r.status, 0);
     h_resp_free(&r);
     assert_int_equal(wait_exit(&s, 15000), 128 + SIGSEGV);
-    assert_non_null(strstr(s.log, "bgserve crashed in plugin code: SIGSEGV"));
-    assert_non_null(strstr(s.log, "while running route GET /segv (request "));
-    assert_non_null(strstr(s.log, "generation 1 of plugin 'crash_app'"));
-    assert_non_null(strstr(s.log, "backtrace:\n"));
+    h_assert_contains(s.log, "bgserve crashed in plugin code: SIGSEGV");
+    h_assert_contains(s.log, "while running route GET /segv (request ");
+    h_assert_contains(s.log, "generation 1 of plugin 'crash_app'");
+    h_assert_contains(s.log, "backtrace:\n");
     h_free(&s);
 }
 
@@ -76,10 +76,10 @@ static void crash_fpe_in_handler_names_route(void **state)
     h_get(&s, "/fpe", &r);
     h_resp_free(&r);
     assert_int_equal(wait_exit(&s, 15000), 128 + SIGFPE);
-    assert_non_null(strstr(s.log, "bgserve crashed in plugin code: SIGFPE"));
-    assert_non_null(strstr(s.log, "while running route GET /fpe"));
-    assert_non_null(strstr(s.log, "generation 1"));
-    assert_null(strstr(s.log, "not in plugin code"));
+    h_assert_contains(s.log, "bgserve crashed in plugin code: SIGFPE");
+    h_assert_contains(s.log, "while running route GET /fpe");
+    h_assert_contains(s.log, "generation 1");
+    h_assert_lacks(s.log, "not in plugin code");
     h_free(&s);
 }
 
@@ -92,9 +92,9 @@ static void crash_in_service_create_names_the_service(void **state)
     h_get(&s, "/service", &r);
     h_resp_free(&r);
     assert_int_equal(wait_exit(&s, 15000), 128 + SIGSEGV);
-    assert_non_null(strstr(s.log, "bgserve crashed in plugin code: SIGSEGV"));
-    assert_non_null(strstr(s.log, "while running service 'broken' hook"));
-    assert_non_null(strstr(s.log, "generation 1 of plugin 'crash_app'"));
+    h_assert_contains(s.log, "bgserve crashed in plugin code: SIGSEGV");
+    h_assert_contains(s.log, "while running service 'broken' hook");
+    h_assert_contains(s.log, "generation 1 of plugin 'crash_app'");
     h_free(&s);
 }
 
@@ -112,10 +112,10 @@ static void crash_abort_in_task_names_task_and_id(void **state)
     snprintf(expect, sizeof expect, "while running task 'boom' id %s (request ", ids);
     h_resp_free(&r);
     assert_int_equal(wait_exit(&s, 15000), 128 + SIGABRT);
-    assert_non_null(strstr(s.log, "bgserve crashed in plugin code: SIGABRT"));
-    assert_non_null(strstr(s.log, expect));
-    assert_non_null(strstr(s.log, "generation 1"));
-    assert_non_null(strstr(s.log, "backtrace:\n"));
+    h_assert_contains(s.log, "bgserve crashed in plugin code: SIGABRT");
+    h_assert_contains(s.log, expect);
+    h_assert_contains(s.log, "generation 1");
+    h_assert_contains(s.log, "backtrace:\n");
     h_free(&s);
 }
 
@@ -127,8 +127,8 @@ static void crash_outside_plugin_code_says_so(void **state)
     /* SIGBUS sent from outside: no plugin code is running anywhere. */
     kill(s.pid, SIGBUS);
     assert_int_equal(wait_exit(&s, 15000), 128 + SIGBUS);
-    assert_non_null(strstr(s.log, "bgserve crashed (not in plugin code): SIGBUS"));
-    assert_non_null(strstr(s.log, "backtrace:\n"));
+    h_assert_contains(s.log, "bgserve crashed (not in plugin code): SIGBUS");
+    h_assert_contains(s.log, "backtrace:\n");
     h_free(&s);
 }
 

@@ -274,7 +274,7 @@ static void deferred_await_task_result(void **state)
 
     assert_int_equal(h_get(&s, "/jobs/8/await?ms=1&fail=1", &r), 0);
     assert_int_equal(r.status, 500);
-    assert_non_null(strstr(r.body, "job 8 failed on purpose"));
+    h_assert_contains(r.body, "job 8 failed on purpose");
     h_resp_free(&r);
 
     assert_int_equal(h_get(&s, "/jobs/9/await?ms=2000&timeout=50", &r), 0);
@@ -299,7 +299,7 @@ static void deferred_longpoll_returns_when_task_finishes(void **state)
      * task, long before its 120 s limit */
     assert_int_equal(h_get(&s, path, &r), 0);
     assert_int_equal(r.status, 200);
-    assert_non_null(strstr(r.body, "\"state\":\"succeeded\""));
+    h_assert_contains(r.body, "\"state\":\"succeeded\"");
     h_resp_free(&r);
 
     /* a wait shorter than the task answers with the record as it is */
@@ -308,8 +308,8 @@ static void deferred_longpoll_returns_when_task_finishes(void **state)
     h_resp_free(&r);
     assert_int_equal(h_get(&s, path, &r), 0);
     assert_int_equal(r.status, 200);
-    assert_null(strstr(r.body, "\"state\":\"succeeded\""));
-    assert_non_null(strstr(r.body, "\"id\":"));
+    h_assert_lacks(r.body, "\"state\":\"succeeded\"");
+    h_assert_contains(r.body, "\"id\":");
     h_resp_free(&r);
     /* unknown ids are still 404 with a wait */
     assert_int_equal(h_get(&s, "/_bgserve/tasks/999999?wait=100", &r), 0);

@@ -8,7 +8,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
-#include "harness.h"
+#include "helpers.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -24,7 +24,7 @@ static void docs_examples_build_and_check(void **state)
     if (rc != 0)
         fprintf(stderr, "%s", out);
     assert_int_equal(rc, 0);
-    assert_non_null(strstr(out, "greet.c"));
+    h_assert_contains(out, "greet.c");
     free(out);
 }
 

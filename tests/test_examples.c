@@ -70,7 +70,7 @@ static void examples_accepted_answers_before_the_task_runs(void **state)
     assert_int_equal(r.status, 200);
     assert_int_equal(h_json_str(r.body, "state", st, sizeof st), 0);
     assert_true(strcmp(st, "queued") == 0 || strcmp(st, "running") == 0);
-    assert_non_null(strstr(r.body, "\"name\":\"slow_operation\""));
+    h_assert_contains(r.body, "\"name\":\"slow_operation\"");
     h_resp_free(&r);
 
     char *rec = h_wait_state(&s, loc, "succeeded", DEADLINE_MS);
@@ -220,12 +220,12 @@ static void examples_register_runs_route_tasks_concurrently(void **state)
         assert_int_equal(sscanf(ids[i], "%lu,%lu", &a, &b), 2);
         snprintf(path, sizeof path, "/_bgserve/tasks/%lu", a);
         assert_int_equal(h_get(&s, path, &r), 0);
-        assert_non_null(strstr(r.body, "\"name\":\"send_email_notification\""));
-        assert_non_null(strstr(r.body, "\"mode\":\"concurrent\""));
+        h_assert_contains(r.body, "\"name\":\"send_email_notification\"");
+        h_assert_contains(r.body, "\"mode\":\"concurrent\"");
         h_resp_free(&r);
         snprintf(path, sizeof path, "/_bgserve/tasks/%lu", b);
         assert_int_equal(h_get(&s, path, &r), 0);
-        assert_non_null(strstr(r.body, "\"name\":\"write_in_file\""));
+        h_assert_contains(r.body, "\"name\":\"write_in_file\"");
         h_resp_free(&r);
     }
 

@@ -14,7 +14,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "harness.h"
+#include "helpers.h"
 
 /* nm's full path (h_run uses execv, which does not search PATH). */
 static const char *nm_path(void)
@@ -127,8 +127,8 @@ static void exports_checker_catches_extra_symbol(void **state)
     const char *argv[] = {nm_path(), "-D", "--defined-only", path, NULL};
     char *out = NULL;
     assert_int_equal(h_run(argv, &out), 0);
-    assert_non_null(strstr(out, "some_other_entry"));
-    assert_null(strstr(out, "bgserve_plugin_v1"));
+    h_assert_contains(out, "some_other_entry");
+    h_assert_lacks(out, "bgserve_plugin_v1");
     free(out);
 }
 

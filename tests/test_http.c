@@ -9,7 +9,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
-#include "harness.h"
+#include "helpers.h"
 #include "request.h"
 
 #include <signal.h>
@@ -120,7 +120,7 @@ static void http_query_pair_limit(void **state)
     h_resp r;
     assert_int_equal(h_get(&app, url, &r), 0);
     assert_int_equal(r.status, 200);
-    assert_non_null(strstr(r.body, " x=64th missing=(null) "));
+    h_assert_contains(r.body, " x=64th missing=(null) ");
     h_resp_free(&r);
 }
 
@@ -132,7 +132,7 @@ static void http_literal_beats_param(void **state)
     assert_string_equal(r.body, "literal");
     h_resp_free(&r);
     assert_int_equal(h_get(&app, "/echo/literal/c", &r), 0);
-    assert_non_null(strstr(r.body, "a=literal b=c"));
+    h_assert_contains(r.body, "a=literal b=c");
     h_resp_free(&r);
 }
 
@@ -187,7 +187,7 @@ static void http_failing_handler_is_500(void **state)
     h_resp r;
     assert_int_equal(h_get(&app, "/fail", &r), 0);
     assert_int_equal(r.status, 500);
-    assert_null(strstr(r.body, "never be seen"));
+    h_assert_lacks(r.body, "never be seen");
     assert_null(h_header(&r, "Bgserve-Tasks"));
     h_resp_free(&r);
     assert_true(h_wait_log(&app, "handler for GET /fail failed", 5000));
@@ -276,14 +276,14 @@ static void http_notes_roundtrip(void **state)
 
     assert_int_equal(h_get(&notes, path, &r), 0);
     assert_int_equal(r.status, 200);
-    assert_non_null(strstr(r.body, "\"title\":\"First note\""));
-    assert_non_null(strstr(r.body, "\"author\":\"ada\""));
-    assert_non_null(strstr(r.body, "\"text\":\"remember the milk\""));
+    h_assert_contains(r.body, "\"title\":\"First note\"");
+    h_assert_contains(r.body, "\"author\":\"ada\"");
+    h_assert_contains(r.body, "\"text\":\"remember the milk\"");
     h_resp_free(&r);
 
     assert_int_equal(h_get(&notes, "/notes?q=milk&limit=5", &r), 0);
     assert_int_equal(r.status, 200);
-    assert_non_null(strstr(r.body, "First note"));
+    h_assert_contains(r.body, "First note");
     h_resp_free(&r);
 
     assert_int_equal(h_get(&notes, "/notes/abc", &r), 0);
@@ -300,7 +300,7 @@ static void http_sigterm_stops_cleanly(void **state)
     h_server s;
     assert_int_equal(h_start(&s, h_build_path("plugins/hello.so"), NULL, NULL), 0);
     assert_int_equal(h_stop(&s, SIGTERM), 0);
-    assert_non_null(strstr(s.log, "stopped"));
+    h_assert_contains(s.log, "stopped");
     h_free(&s);
     assert_int_equal(h_start(&s, h_build_path("plugins/hello.so"), NULL, NULL), 0);
     assert_int_equal(h_stop(&s, SIGINT), 0);
@@ -315,8 +315,8 @@ static void http_port_in_use_is_clear(void **state)
     const char *argv[] = {h_build_path("bgserve"), "--port", port, h_build_path("plugins/hello.so"), NULL};
     char *out;
     assert_int_equal(h_run(argv, &out), 1);
-    assert_non_null(strstr(out, "Address already in use"));
-    assert_non_null(strstr(out, "fix:"));
+    h_assert_contains(out, "Address already in use");
+    h_assert_contains(out, "fix:");
     free(out);
 }
 
@@ -333,7 +333,7 @@ static void http_ipv6_loopback(void **state)
             skip(); /* this machine has no IPv6 loopback */
         fail_msg("bgserve --host ::1 did not start");
     }
-    assert_non_null(strstr(s.log, "bgserve: listening on http://[::1]:"));
+    h_assert_contains(s.log, "bgserve: listening on http://[::1]:");
     char url[64];
     snprintf(url, sizeof url, "http://[::1]:%d/", s.port);
     assert_int_equal(h_http(&s, "GET", url, NULL, 0, NULL, &r), 0);

@@ -106,16 +106,16 @@ static void install_puts_every_file(void **state)
     snprintf(path, sizeof path, "%s/usr/lib/pkgconfig/bgserve.pc", dest);
     char *pc = slurp(path);
     assert_non_null(pc);
-    assert_non_null(strstr(pc, "\nprefix=/usr\n"));
-    assert_non_null(strstr(pc, "\nVersion: 0.1.0\n"));
-    assert_null(strstr(pc, "@")); /* every placeholder replaced */
+    h_assert_contains(pc, "\nprefix=/usr\n");
+    h_assert_contains(pc, "\nVersion: 0.1.0\n");
+    h_assert_lacks(pc, "@"); /* every placeholder replaced */
     free(pc);
 
     /* the .pc's version is the binary's */
     char *out;
     const char *argv[] = {bin, "--version", NULL};
     assert_int_equal(h_run(argv, &out), 0);
-    assert_non_null(strstr(out, "bgserve 0.1.0\n"));
+    h_assert_contains(out, "bgserve 0.1.0\n");
     free(out);
 }
 
@@ -125,7 +125,7 @@ static void install_pc_gives_plugin_flags(void **state)
     char *out, want[256];
     assert_int_equal(sh(&out, "%s pkg-config --cflags bgserve", pkgenv), 0);
     snprintf(want, sizeof want, "-I%s/usr/include -fPIC -fvisibility=hidden", dest);
-    assert_non_null(strstr(out, want));
+    h_assert_contains(out, want);
     free(out);
     assert_int_equal(sh(&out, "%s pkg-config --variable=plugin_ldflags bgserve", pkgenv), 0);
     assert_string_equal(out, "-shared -Wl,-z,defs\n");
@@ -145,7 +145,7 @@ static void install_scaffold_builds_checks_and_serves(void **state)
     if (rc != 0)
         fprintf(stderr, "%s", out);
     assert_int_equal(rc, 0);
-    assert_non_null(strstr(out, "created demo/"));
+    h_assert_contains(out, "created demo/");
     free(out);
 
     /* make: built through the installed bgserve.pc, no edits */
@@ -156,7 +156,7 @@ static void install_scaffold_builds_checks_and_serves(void **state)
     assert_int_equal(rc, 0);
     char want[256];
     snprintf(want, sizeof want, "-I%s/usr/include", dest);
-    assert_non_null(strstr(out, want));
+    h_assert_contains(out, want);
     free(out);
     snprintf(plugin, sizeof plugin, "%s/demo/demo.so", root);
     struct stat st;
@@ -173,15 +173,15 @@ static void install_scaffold_builds_checks_and_serves(void **state)
     if (rc != 0)
         fprintf(stderr, "%s", out);
     assert_int_equal(rc, 0);
-    assert_non_null(strstr(out, "ok: ./demo.so can be served"));
-    assert_non_null(strstr(out, "create_job"));
+    h_assert_contains(out, "ok: ./demo.so can be served");
+    h_assert_contains(out, "create_job");
     free(out);
 
     /* make run serves ./demo.so with the chosen binary (dry run) */
     assert_int_equal(sh(&out, "cd '%s/demo' && %s env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL "
                      "make -n run BGSERVE='%s'", root, pkgenv, bin), 0);
-    assert_non_null(strstr(out, "--port 8000 ./demo.so"));
-    assert_non_null(strstr(out, "--reload --watch ."));
+    h_assert_contains(out, "--port 8000 ./demo.so");
+    h_assert_contains(out, "--reload --watch .");
     free(out);
 
     /* serve it with the installed binary and request its routes */
@@ -217,7 +217,7 @@ static void install_scaffold_builds_checks_and_serves(void **state)
 
     /* a second bgserve new demo refuses to overwrite */
     assert_int_equal(sh(&out, "cd '%s' && '%s' new demo", root, bin), 1);
-    assert_non_null(strstr(out, "already exists"));
+    h_assert_contains(out, "already exists");
     free(out);
 }
 
@@ -253,7 +253,7 @@ static void install_man_lists_every_option(void **state)
         }
         if (strstr(man, troff) == NULL)
             fprintf(stderr, "the man page lacks --%.*s\n", (int)n, p);
-        assert_non_null(strstr(man, troff));
+        h_assert_contains(man, troff);
         found++;
     }
     assert_true(found >= 17); /* every option of cli.c at least */
@@ -266,7 +266,7 @@ static void install_man_lists_every_option(void **state)
     for (size_t i = 0; i < sizeof more / sizeof more[0]; i++) {
         if (strstr(man, more[i]) == NULL)
             fprintf(stderr, "the man page lacks %s\n", more[i]);
-        assert_non_null(strstr(man, more[i]));
+        h_assert_contains(man, more[i]);
     }
     free(man);
     free(help);
@@ -286,8 +286,8 @@ static void install_man_renders_without_warnings(void **state)
     assert_string_equal(out, "");
     free(out);
     assert_int_equal(sh(&out, "LC_ALL=C MANWIDTH=80 man -l docs/bgserve.1 2>/dev/null"), 0);
-    assert_non_null(strstr(out, "EXIT STATUS"));
-    assert_non_null(strstr(out, "--drain-timeout"));
+    h_assert_contains(out, "EXIT STATUS");
+    h_assert_contains(out, "--drain-timeout");
     free(out);
 }
 
@@ -318,15 +318,15 @@ static void install_compdb_lists_every_source(void **state)
     char cwd[1024], want[1200];
     assert_non_null(getcwd(cwd, sizeof cwd));
     snprintf(want, sizeof want, "\"file\": \"%s/cmd/bgserve/main.c\"", cwd);
-    assert_non_null(strstr(db, want));
+    h_assert_contains(db, want);
     /* a plugin gets the plugin flags, a test the cmocka include path */
     const char *hello = strstr(db, "plugins/hello.c\"");
     assert_non_null(hello);
     const char *end = strchr(hello, '}');
     const char *vis = strstr(hello, "-fvisibility=hidden");
     assert_true(vis != NULL && vis < end);
-    assert_non_null(strstr(db, "-iquote tests/support"));
-    assert_null(strstr(db, "-MMD"));
+    h_assert_contains(db, "-iquote tests/support");
+    h_assert_lacks(db, "-MMD");
     free(db);
 }
 

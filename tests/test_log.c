@@ -143,12 +143,12 @@ static void log_colour_by_status_and_level(void **state)
     log_msg(BGS_LOG_WARN, "w");
     log_msg(BGS_LOG_ERROR, "e");
     char *out = h_capture_end();
-    assert_non_null(strstr(out, "GET / \033[32m200\033[0m 0.00ms"));
-    assert_non_null(strstr(out, "GET / \033[36m301\033[0m"));
-    assert_non_null(strstr(out, "GET / \033[33m404\033[0m"));
-    assert_non_null(strstr(out, "GET / \033[31m503\033[0m"));
-    assert_non_null(strstr(out, "bgserve: \033[33mwarning:\033[0m w\n"));
-    assert_non_null(strstr(out, "bgserve: \033[31merror:\033[0m e\n"));
+    h_assert_contains(out, "GET / \033[32m200\033[0m 0.00ms");
+    h_assert_contains(out, "GET / \033[36m301\033[0m");
+    h_assert_contains(out, "GET / \033[33m404\033[0m");
+    h_assert_contains(out, "GET / \033[31m503\033[0m");
+    h_assert_contains(out, "bgserve: \033[33mwarning:\033[0m w\n");
+    h_assert_contains(out, "bgserve: \033[31merror:\033[0m e\n");
     free(out);
 
     init(0, 0, 0);
@@ -237,12 +237,12 @@ static void log_quiet_keeps_problems(void **state)
     }
     log_msg(BGS_LOG_INFO, "still here");
     char *out = h_capture_end();
-    assert_null(strstr(out, "GET /"));
-    assert_null(strstr(out, "start"));
-    assert_null(strstr(out, "done"));
+    h_assert_lacks(out, "GET /");
+    h_assert_lacks(out, "start");
+    h_assert_lacks(out, "done");
     for (size_t i = 0; i < 5; i++)
-        assert_non_null(strstr(out, kept[i]));
-    assert_non_null(strstr(out, "bgserve: still here\n"));
+        h_assert_contains(out, kept[i]);
+    h_assert_contains(out, "bgserve: still here\n");
     free(out);
 }
 
@@ -360,7 +360,7 @@ static void log_long_lines_truncated(void **state)
     assert_non_null(nl2);
     check_json_line(nl + 1, (size_t)(nl2 - nl - 1));
     assert_true(nl2 - nl - 1 < 4096);
-    assert_non_null(strstr(nl + 1, "...\",\"status\":200"));
+    h_assert_contains(nl + 1, "...\",\"status\":200");
     assert_string_equal(nl2 + 1, "");
     free(out);
     free(big);

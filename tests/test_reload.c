@@ -357,7 +357,7 @@ static void startup_refusal(rl *t, char *buf, size_t cap)
     if (h_line_with(out, "cannot load plugin", buf, cap) != 0)
         fprintf(stderr, "startup gave no refusal:\n%s\n", out);
     free(out);
-    assert_non_null(strstr(buf, "cannot load plugin"));
+    h_assert_contains(buf, "cannot load plugin");
 }
 
 /* ---- 1. alternating builds under a client loop ------------------------------ */
@@ -622,7 +622,7 @@ static void reload_failures_keep_serving(void **state)
     expect_log_count(&t->s, "reload failed: keeping generation 1", 2);
     assert_int_equal(served_letter(&t->s), 'A');
     startup_refusal(t, refusal, sizeof refusal);
-    assert_non_null(strstr(refusal, "ABI 2.0"));
+    h_assert_contains(refusal, "ABI 2.0");
     if (h_count_log(&t->s, refusal) == 0)
         fprintf(stderr, "reload did not say, as at startup: %s\n", refusal);
     assert_true(h_count_log(&t->s, refusal) > 0);
@@ -727,7 +727,7 @@ static void reload_watch_and_build(void **state)
     char line[512];
     h_drain_log(&t->s);
     assert_int_equal(h_line_with(t->s.log, "build failed (exit ", line, sizeof line), 0);
-    assert_non_null(strstr(line, "; keeping generation "));
+    h_assert_contains(line, "; keeping generation ");
     assert_int_equal(served_letter(&t->s), 'C');
 
     /* The next good build loads. */

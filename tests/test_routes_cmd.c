@@ -33,14 +33,14 @@ static void routes_cmd_text_table_is_aligned(void **state)
     char *out;
     char head[256], row1[256], row2[256];
     assert_int_equal(run_bgserve("routes", h_build_path("tests/fixtures/good.so"), NULL, &out), 0);
-    assert_non_null(strstr(out, "plugin good 1.2.3 (ABI 1.0)"));
+    h_assert_contains(out, "plugin good 1.2.3 (ABI 1.0)");
     h_line_with(out, "METHOD", head, sizeof head);
     h_line_with(out, "/users/{id}", row1, sizeof row1);
     h_line_with(out, "POST", row2, sizeof row2);
     /* handlers are named from the plugin's symbol table */
-    assert_non_null(strstr(row1, "get_user"));
-    assert_non_null(strstr(row2, "create_user"));
-    assert_non_null(strstr(row2, "send_welcome"));
+    h_assert_contains(row1, "get_user");
+    h_assert_contains(row2, "create_user");
+    h_assert_contains(row2, "send_welcome");
     /* every column starts where its heading starts */
     assert_int_equal(col(row1, "/users/{id}"), col(head, "PATH"));
     assert_int_equal(col(row2, "/users"), col(head, "PATH"));
@@ -63,14 +63,14 @@ static void routes_cmd_json_lists_routes_and_tasks(void **state)
     char *out;
     assert_int_equal(run_bgserve("routes", "--json", h_build_path("sample_app.so"), &out), 0);
     assert_true(out[0] == '{');
-    assert_non_null(strstr(out, "\"plugin\":{\"name\":\"notes\",\"version\":\"1.0.0\",\"abi\":\"1.0\""));
-    assert_non_null(strstr(out, "{\"method\":\"DELETE\",\"path\":\"/notes/{id}\","
-                                "\"handler\":\"delete_note\",\"tasks\":[\"audit_log\"]"));
-    assert_non_null(strstr(out, "{\"method\":\"GET\",\"path\":\"/\",\"handler\":\"index_page\","
-                                "\"tasks\":[]"));
-    assert_non_null(strstr(out, "{\"name\":\"export_note\",\"max_attempts\":1,"));
-    assert_non_null(strstr(out, "\"max_concurrency\":2"));
-    assert_non_null(strstr(out, "\"delivered_only\":false"));
+    h_assert_contains(out, "\"plugin\":{\"name\":\"notes\",\"version\":\"1.0.0\",\"abi\":\"1.0\"");
+    h_assert_contains(out, "{\"method\":\"DELETE\",\"path\":\"/notes/{id}\","
+                                "\"handler\":\"delete_note\",\"tasks\":[\"audit_log\"]");
+    h_assert_contains(out, "{\"method\":\"GET\",\"path\":\"/\",\"handler\":\"index_page\","
+                                "\"tasks\":[]");
+    h_assert_contains(out, "{\"name\":\"export_note\",\"max_attempts\":1,");
+    h_assert_contains(out, "\"max_concurrency\":2");
+    h_assert_contains(out, "\"delivered_only\":false");
     assert_string_equal(out + strlen(out) - 2, "}\n");
     free(out);
 }
@@ -80,10 +80,10 @@ static void routes_cmd_check_prints_the_same_tables(void **state)
     (void)state;
     char *out;
     assert_int_equal(run_bgserve("--check", h_build_path("tests/fixtures/good.so"), NULL, &out), 0);
-    assert_non_null(strstr(out, "METHOD  PATH"));
-    assert_non_null(strstr(out, "create_user"));
-    assert_non_null(strstr(out, "TASK          ATTEMPTS"));
-    assert_non_null(strstr(out, "ok: "));
+    h_assert_contains(out, "METHOD  PATH");
+    h_assert_contains(out, "create_user");
+    h_assert_contains(out, "TASK          ATTEMPTS");
+    h_assert_contains(out, "ok: ");
     free(out);
 }
 
@@ -92,13 +92,13 @@ static void routes_cmd_usage_errors_exit_2(void **state)
     (void)state;
     char *out;
     assert_int_equal(run_bgserve("routes", NULL, NULL, &out), 2);
-    assert_non_null(strstr(out, "missing APP.so"));
+    h_assert_contains(out, "missing APP.so");
     free(out);
     assert_int_equal(run_bgserve("routes", "--yaml", h_build_path("sample_app.so"), &out), 2);
-    assert_non_null(strstr(out, "unknown option '--yaml'"));
+    h_assert_contains(out, "unknown option '--yaml'");
     free(out);
     assert_int_equal(run_bgserve("routes", "a.so", "b.so", &out), 2);
-    assert_non_null(strstr(out, "more than one APP.so"));
+    h_assert_contains(out, "more than one APP.so");
     free(out);
 }
 
@@ -107,11 +107,11 @@ static void routes_cmd_refused_plugin_exits_1(void **state)
     (void)state;
     char *out;
     assert_int_equal(run_bgserve("routes", h_build_path("tests/fixtures/bad_magic.so"), NULL, &out), 1);
-    assert_non_null(strstr(out, "cannot load plugin"));
-    assert_null(strstr(out, "METHOD"));
+    h_assert_contains(out, "cannot load plugin");
+    h_assert_lacks(out, "METHOD");
     free(out);
     assert_int_equal(run_bgserve("routes", "--json", "/nonexistent/app.so", &out), 1);
-    assert_non_null(strstr(out, "cannot load plugin"));
+    h_assert_contains(out, "cannot load plugin");
     free(out);
 }
 

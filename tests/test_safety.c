@@ -45,8 +45,8 @@ static void safety_binds_loopback_by_default(void **state)
     (void)state;
     h_server s;
     start(&s, NULL);
-    assert_non_null(strstr(s.log, "bgserve: listening on http://127.0.0.1:"));
-    assert_null(strstr(s.log, "anyone who can reach"));
+    h_assert_contains(s.log, "bgserve: listening on http://127.0.0.1:");
+    h_assert_lacks(s.log, "anyone who can reach");
     stop(&s);
 }
 
@@ -56,9 +56,9 @@ static void safety_public_bind_with_introspection_warns(void **state)
     h_server s;
     static const char *const args[] = {"--host", "0.0.0.0", NULL};
     start(&s, args);
-    assert_non_null(strstr(s.log, "bgserve: listening on http://0.0.0.0:"));
-    assert_non_null(strstr(s.log, "listening on 0.0.0.0 with introspection on"));
-    assert_non_null(strstr(s.log, "--no-introspection"));
+    h_assert_contains(s.log, "bgserve: listening on http://0.0.0.0:");
+    h_assert_contains(s.log, "listening on 0.0.0.0 with introspection on");
+    h_assert_contains(s.log, "--no-introspection");
     h_resp r;
     assert_int_equal(h_get(&s, "/", &r), 0); /* and it serves */
     assert_int_equal(r.status, 200);
@@ -72,8 +72,8 @@ static void safety_public_bind_without_introspection_is_quiet(void **state)
     h_server s;
     static const char *const args[] = {"--host", "0.0.0.0", "--no-introspection", NULL};
     start(&s, args);
-    assert_non_null(strstr(s.log, "bgserve: listening on http://0.0.0.0:"));
-    assert_null(strstr(s.log, "with introspection on"));
+    h_assert_contains(s.log, "bgserve: listening on http://0.0.0.0:");
+    h_assert_lacks(s.log, "with introspection on");
     stop(&s);
 }
 
@@ -164,21 +164,21 @@ static void safety_failing_task_retried_then_failed_with_error(void **state)
 
     char *rec = record_when_failed(&s, id);
     assert_non_null(rec);
-    assert_non_null(strstr(rec, "\"attempts\":3"));
-    assert_non_null(strstr(rec, "\"max_attempts\":3"));
+    h_assert_contains(rec, "\"attempts\":3");
+    h_assert_contains(rec, "\"max_attempts\":3");
     /* the last attempt's error, escaped: quotes, newline, control
      * character, backslash, and U+FFFD for the invalid bytes */
-    assert_non_null(strstr(rec, "\"error\":\"attempt 3: \\\"disk\\\" on fire\\n\\u0001\\\\ bad:"));
-    assert_non_null(strstr(rec, "\\ufffd"));
+    h_assert_contains(rec, "\"error\":\"attempt 3: \\\"disk\\\" on fire\\n\\u0001\\\\ bad:");
+    h_assert_contains(rec, "\\ufffd");
     for (const unsigned char *p = (const unsigned char *)rec; *p; p++)
         if (*p < 0x20 || *p >= 0x80)
             fail_msg("raw byte 0x%02x in the JSON record: %s", *p, rec);
     free(rec);
 
     assert_int_equal(h_get(&s, "/_bgserve/stats", &r), 0);
-    assert_non_null(strstr(r.body, "\"doomed\":{"));
-    assert_non_null(strstr(r.body, "\"retried\":2"));
-    assert_non_null(strstr(r.body, "\"failed\":1"));
+    h_assert_contains(r.body, "\"doomed\":{");
+    h_assert_contains(r.body, "\"retried\":2");
+    h_assert_contains(r.body, "\"failed\":1");
     h_resp_free(&r);
     stop(&s);
 }
@@ -198,7 +198,7 @@ static void safety_header_with_cr_or_lf_refused(void **state)
     assert_null(h_header(&r, "X-Injected"));
     assert_null(h_header(&r, "X-Split"));
     assert_null(h_header(&r, "X-Lf"));
-    assert_null(strstr(r.headers, "X-Injected"));
+    h_assert_lacks(r.headers, "X-Injected");
     assert_string_equal(h_header(&r, "Content-Type"), "text/plain; charset=utf-8");
     h_resp_free(&r);
     stop(&s);

@@ -71,27 +71,27 @@ static void scaffold_creates_source_makefile_and_gitignore(void **state)
     char *out, *err;
     assert_int_equal(run_new("my-app", NULL, &out, &err), 0);
     assert_string_equal(err, "");
-    assert_non_null(strstr(out, "created my-app/"));
-    assert_non_null(strstr(out, "make run"));
+    h_assert_contains(out, "created my-app/");
+    h_assert_contains(out, "make run");
 
     char *src = slurp("my-app/my-app.c");
     assert_non_null(src);
-    assert_non_null(strstr(src, "#include <bgserve.h>"));
-    assert_non_null(strstr(src, "BGS_PLUGIN(.name = \"my-app\""));
-    assert_non_null(strstr(src, "bgs_res_accepted(res, id)"));     /* 202 + monitor */
-    assert_non_null(strstr(src, "{.name = \"process\", .fn = process")); /* a task */
-    assert_non_null(strstr(src, "BGS_GET(\"/\", index_page)"));   /* a route */
-    assert_null(strstr(src, "@NAME@"));
+    h_assert_contains(src, "#include <bgserve.h>");
+    h_assert_contains(src, "BGS_PLUGIN(.name = \"my-app\"");
+    h_assert_contains(src, "bgs_res_accepted(res, id)");     /* 202 + monitor */
+    h_assert_contains(src, "{.name = \"process\", .fn = process"); /* a task */
+    h_assert_contains(src, "BGS_GET(\"/\", index_page)");   /* a route */
+    h_assert_lacks(src, "@NAME@");
 
     char *mk = slurp("my-app/Makefile");
     assert_non_null(mk);
-    assert_non_null(strstr(mk, "BGSERVE    ?= bgserve"));
-    assert_non_null(strstr(mk, "--cflags bgserve"));
-    assert_non_null(strstr(mk, "--variable=plugin_ldflags bgserve"));
-    assert_non_null(strstr(mk, "my-app.so: my-app.c\n\t"));      /* recipes use tabs */
-    assert_non_null(strstr(mk, "check: my-app.so\n\t$(BGSERVE) --check ./my-app.so"));
-    assert_non_null(strstr(mk, "--reload --watch . --build 'make --no-print-directory my-app.so'"));
-    assert_null(strstr(mk, "@NAME@"));
+    h_assert_contains(mk, "BGSERVE    ?= bgserve");
+    h_assert_contains(mk, "--cflags bgserve");
+    h_assert_contains(mk, "--variable=plugin_ldflags bgserve");
+    h_assert_contains(mk, "my-app.so: my-app.c\n\t");      /* recipes use tabs */
+    h_assert_contains(mk, "check: my-app.so\n\t$(BGSERVE) --check ./my-app.so");
+    h_assert_contains(mk, "--reload --watch . --build 'make --no-print-directory my-app.so'");
+    h_assert_lacks(mk, "@NAME@");
 
     char *gi = slurp("my-app/.gitignore");
     assert_non_null(gi);
@@ -114,7 +114,7 @@ static void scaffold_refuses_existing_directory(void **state)
     fclose(f);
 
     assert_int_equal(run_new("taken", NULL, &out, &err), 1);
-    assert_non_null(strstr(err, "'taken' already exists"));
+    h_assert_contains(err, "'taken' already exists");
     assert_string_equal(out, "");
     char *mk = slurp("taken/Makefile");
     assert_string_equal(mk, "mine\n"); /* untouched */
@@ -129,7 +129,7 @@ static void scaffold_refuses_existing_directory(void **state)
     assert_non_null(f);
     fclose(f);
     assert_int_equal(run_new("afile", NULL, &out, &err), 1);
-    assert_non_null(strstr(err, "already exists"));
+    h_assert_contains(err, "already exists");
     free(out);
     free(err);
 }
@@ -151,7 +151,7 @@ static void scaffold_refuses_bad_names(void **state)
         if (rc != 2)
             fprintf(stderr, "name '%s' gave %d\n", name, rc);
         assert_int_equal(rc, 2);
-        assert_non_null(strstr(err, "Usage: bgserve new NAME"));
+        h_assert_contains(err, "Usage: bgserve new NAME");
         if (name[0] && name[0] != '-' && strcmp(name, "..") != 0)
             assert_int_not_equal(stat(name, &st), 0);
         free(out);
@@ -169,17 +169,17 @@ static void scaffold_usage_errors(void **state)
     (void)state;
     char *out, *err;
     assert_int_equal(run_new(NULL, NULL, &out, &err), 2);
-    assert_non_null(strstr(err, "missing NAME"));
+    h_assert_contains(err, "missing NAME");
     free(out);
     free(err);
     assert_int_equal(run_new("one", "two", &out, &err), 2);
-    assert_non_null(strstr(err, "one NAME at a time"));
+    h_assert_contains(err, "one NAME at a time");
     free(out);
     free(err);
     struct stat st;
     assert_int_not_equal(stat("one", &st), 0);
     assert_int_equal(run_new("--help", NULL, &out, &err), 0);
-    assert_non_null(strstr(out, "Usage: bgserve new NAME"));
+    h_assert_contains(out, "Usage: bgserve new NAME");
     free(out);
     free(err);
 }

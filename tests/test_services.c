@@ -276,9 +276,9 @@ static void services_unknown_name_is_null(void **state)
     void *p = services_get(s, &scope, "mailer");
     char *log = h_capture_end();
     assert_null(p);
-    assert_non_null(strstr(log, "error: "));
-    assert_non_null(strstr(log, "service 'mailer'"));
-    assert_non_null(strstr(log, "bgs_app_service()"));
+    h_assert_contains(log, "error: ");
+    h_assert_contains(log, "service 'mailer'");
+    h_assert_contains(log, "bgs_app_service()");
     free(log);
     services_scope_end(scope);
     services_free(s);
@@ -299,8 +299,8 @@ static void services_failed_create_is_null(void **state)
     char *log = h_capture_end();
     assert_null(p1);
     assert_null(p2);
-    assert_non_null(strstr(log, "service 'db' could not be created"));
-    assert_non_null(strstr(log, "service 'conn' could not be created"));
+    h_assert_contains(log, "service 'db' could not be created");
+    h_assert_contains(log, "service 'conn' could not be created");
     free(log);
     services_scope_end(scope);
     services_free(s);
@@ -320,7 +320,7 @@ static void services_scoped_needs_scope(void **state)
     char *log = h_capture_end();
     assert_null(p);
     assert_int_equal(c.created, 0);
-    assert_non_null(strstr(log, "service 'req' is scoped"));
+    h_assert_contains(log, "service 'req' is scoped");
     free(log);
     services_free(s);
 }
@@ -345,10 +345,10 @@ static void services_register_errors(void **state)
     assert_int_equal(r_life4, BGS_EINVAL);
     assert_int_equal(r_first, 0);
     assert_int_equal(r_dup, BGS_EINVAL);
-    assert_non_null(strstr(log, "without a name"));
-    assert_non_null(strstr(log, "service 'nocreate' has no create function"));
-    assert_non_null(strstr(log, "service 'life' has unknown lifetime 4"));
-    assert_non_null(strstr(log, "service 'dup' is already registered"));
+    h_assert_contains(log, "without a name");
+    h_assert_contains(log, "service 'nocreate' has no create function");
+    h_assert_contains(log, "service 'life' has unknown lifetime 4");
+    h_assert_contains(log, "service 'dup' is already registered");
     free(log);
     services_free(s);
 }

@@ -458,9 +458,9 @@ static void tasks_single_task_lifecycle(void **state)
     /* Before submit: queued, not started, delivery not known. */
     char *r = record(id);
     assert_non_null(r);
-    assert_non_null(strstr(r, "\"state\":\"queued\""));
-    assert_non_null(strstr(r, "\"started_at\":null"));
-    assert_non_null(strstr(r, "\"delivered\":null"));
+    h_assert_contains(r, "\"state\":\"queued\"");
+    h_assert_contains(r, "\"started_at\":null");
+    h_assert_contains(r, "\"delivered\":null");
     free(r);
 
     tasks_group_submit(g, 1);
@@ -476,10 +476,10 @@ static void tasks_single_task_lifecycle(void **state)
     uint64_t finished = record_u64(id, "finished_at_us");
     assert_true(finished >= started);
     r = record(id);
-    assert_non_null(strstr(r, "\"request_id\":\"req-1\""));
-    assert_non_null(strstr(r, "\"delivered\":true"));
-    assert_non_null(strstr(r, "\"error\":null"));
-    assert_non_null(strstr(r, "\"generation\":7"));
+    h_assert_contains(r, "\"request_id\":\"req-1\"");
+    h_assert_contains(r, "\"delivered\":true");
+    h_assert_contains(r, "\"error\":null");
+    h_assert_contains(r, "\"generation\":7");
     free(r);
 }
 
@@ -546,7 +546,7 @@ static void tasks_sequential_order(void **state)
     for (int i = 1; i < 5; i++)
         assert_true(record_u64(ids[i], "started_at_us") >= record_u64(ids[i - 1], "finished_at_us"));
     char *r = record(ids[0]);
-    assert_non_null(strstr(r, "\"mode\":\"sequential\""));
+    h_assert_contains(r, "\"mode\":\"sequential\"");
     free(r);
 }
 
@@ -569,8 +569,8 @@ static void tasks_sequential_failure_skips_rest(void **state)
     assert_true(state_is(c, "skipped"));
     assert_int_equal(record_u64(c, "attempts"), 0);
     char *r = record(c);
-    assert_non_null(strstr(r, "failed\""));
-    assert_non_null(strstr(r, "\"started_at\":null"));
+    h_assert_contains(r, "failed\"");
+    h_assert_contains(r, "\"started_at\":null");
     free(r);
     pthread_mutex_lock(&order_mu);
     assert_string_equal(order_log, "A");
@@ -592,7 +592,7 @@ static void tasks_concurrent_failures_independent(void **state)
     assert_true(wait_state(b, "succeeded"));
     assert_true(wait_state(c, "succeeded"));
     char *r = record(b);
-    assert_non_null(strstr(r, "\"mode\":\"concurrent\""));
+    h_assert_contains(r, "\"mode\":\"concurrent\"");
     free(r);
 }
 
@@ -615,7 +615,7 @@ static void tasks_retries_with_backoff(void **state)
     assert_int_equal(record_u64(id, "attempts"), 3);
     assert_int_equal(stat_of("flaky", "retried") - retried0, 2);
     char *r = record(id);
-    assert_non_null(strstr(r, "\"error\":null"));
+    h_assert_contains(r, "\"error\":null");
     free(r);
 }
 
@@ -633,7 +633,7 @@ static void tasks_retrying_state_then_cancelled_at_shutdown(void **state)
     assert_true(wait_state(id, "retrying"));
     assert_int_equal(record_u64(id, "attempts"), 1);
     char *r = record(id);
-    assert_non_null(strstr(r, "\"error\":\"task returned 1\""));
+    h_assert_contains(r, "\"error\":\"task returned 1\"");
     free(r);
 
     h_capture_begin();
@@ -644,8 +644,8 @@ static void tasks_retrying_state_then_cancelled_at_shutdown(void **state)
     assert_int_equal(atomic_load(&slowfail_runs), 1);
     char line[96];
     snprintf(line, sizeof(line), "task %" PRIu64 " slowretry retrying", id);
-    assert_non_null(strstr(log, line));
-    assert_non_null(strstr(log, "drain: 0 tasks finished, 1 did not"));
+    h_assert_contains(log, line);
+    h_assert_contains(log, "drain: 0 tasks finished, 1 did not");
     free(log);
 }
 
@@ -663,7 +663,7 @@ static void tasks_shutdown_drains_retries(void **state)
     char *log = h_capture_end();
     assert_int_equal(unfinished, 0);
     assert_true(state_is(id, "succeeded"));
-    assert_non_null(strstr(log, "1 tasks finished, 0 did not"));
+    h_assert_contains(log, "1 tasks finished, 0 did not");
     free(log);
     /* Refused after shutdown. */
     g = tasks_group_new(&gen, NULL, BGS_SEQUENTIAL);
@@ -742,7 +742,7 @@ static void tasks_full_queue_efull_nothing_lost(void **state)
     tasks_group *g2 = tasks_group_new(&gen, NULL, BGS_CONCURRENT);
     assert_int_equal(tasks_group_add(g2, "count", NULL, 0, NULL), BGS_EFULL);
     char *s = stats();
-    assert_non_null(strstr(s, "\"capacity\":4"));
+    h_assert_contains(s, "\"capacity\":4");
     free(s);
     atomic_store(&gate_open, 1);
     for (int i = 0; i < 4; i++)
@@ -768,11 +768,11 @@ static void tasks_thousand_groups_all_succeed(void **state)
     assert_true(wait_stat_at_least("count", "succeeded", before + 2000));
     assert_int_equal(stat_of("count", "succeeded") - before, 2000);
     char *s = stats();
-    assert_non_null(strstr(s, "\"workers\":{\"busy\":"));
-    assert_non_null(strstr(s, "\"total\":8"));
-    assert_non_null(strstr(s, "\"dispatch_us\":{\"p50\":"));
-    assert_non_null(strstr(s, "\"p99\":"));
-    assert_non_null(strstr(s, "\"queue\":{\"depth\":"));
+    h_assert_contains(s, "\"workers\":{\"busy\":");
+    h_assert_contains(s, "\"total\":8");
+    h_assert_contains(s, "\"dispatch_us\":{\"p50\":");
+    h_assert_contains(s, "\"p99\":");
+    h_assert_contains(s, "\"queue\":{\"depth\":");
     free(s);
 }
 
@@ -813,13 +813,13 @@ static void tasks_discard_records_reason(void **state)
     assert_true(state_is(a, "discarded"));
     assert_true(state_is(b, "discarded"));
     char *r = record(a);
-    assert_non_null(strstr(r, "\"error\":\"handler failed\""));
+    h_assert_contains(r, "\"error\":\"handler failed\"");
     free(r);
     assert_int_equal(atomic_load(&adhoc_frees), 1);
     assert_int_equal(atomic_load(&adhoc_runs), 0);
     assert_int_equal(atomic_load(&runs_ok), 0);
     assert_int_equal(stat_of("order", "discarded") - discarded0, 1);
-    assert_non_null(strstr(log, "discarded"));
+    h_assert_contains(log, "discarded");
     free(log);
 }
 
@@ -842,7 +842,7 @@ static void tasks_adhoc_free_once_after_run(void **state)
     assert_int_equal(atomic_load(&adhoc_free_after_run), 1);
     assert_int_equal(stat_of("adhoc", "succeeded") - before, 1);
     char *r = record(id);
-    assert_non_null(strstr(r, "\"name\":\"adhoc\""));
+    h_assert_contains(r, "\"name\":\"adhoc\"");
     free(r);
 }
 
@@ -860,7 +860,7 @@ static void tasks_delivered_only_skipped_when_undelivered(void **state)
     assert_true(wait_state(b, "succeeded"));
     assert_true(state_is(a, "skipped"));
     char *r = record(a);
-    assert_non_null(strstr(r, "\"delivered\":false"));
+    h_assert_contains(r, "\"delivered\":false");
     free(r);
     pthread_mutex_lock(&order_mu);
     assert_string_equal(order_log, "O");
@@ -919,7 +919,7 @@ static void tasks_timeout_sets_cancel_flag(void **state)
     /* Cancelled: not retried although max_attempts is 3. */
     assert_int_equal(record_u64(id, "attempts"), 1);
     char *r = record(id);
-    assert_non_null(strstr(r, "timed out after 5 ms"));
+    h_assert_contains(r, "timed out after 5 ms");
     free(r);
 }
 
@@ -952,9 +952,9 @@ static void tasks_result_kept_in_record(void **state)
     tasks_group_submit(g, 1);
     assert_true(wait_state(id, "succeeded"));
     char *r = record(id);
-    assert_non_null(strstr(r, "\"status\":201"));
-    assert_non_null(strstr(r, "\"body\":\"made it\""));
-    assert_non_null(strstr(r, "\"content_type\":\"text/plain\""));
+    h_assert_contains(r, "\"status\":201");
+    h_assert_contains(r, "\"body\":\"made it\"");
+    h_assert_contains(r, "\"content_type\":\"text/plain\"");
     free(r);
 }
 
@@ -983,14 +983,14 @@ static void tasks_shutdown_reports_and_cancels_unfinished(void **state)
     assert_int_equal(record_u64(b, "attempts"), 0);
     assert_int_equal(atomic_load(&count_runs), 0);
     char line[96];
-    assert_non_null(strstr(log, "unfinished: 2 tasks"));
-    assert_non_null(strstr(log, "drain: 0 tasks finished, 2 did not"));
+    h_assert_contains(log, "unfinished: 2 tasks");
+    h_assert_contains(log, "drain: 0 tasks finished, 2 did not");
     snprintf(line, sizeof(line), "task %" PRIu64 " waitcancel running", a);
-    assert_non_null(strstr(log, line));
+    h_assert_contains(log, line);
     snprintf(line, sizeof(line), "task %" PRIu64 " count queued", b);
-    assert_non_null(strstr(log, line));
+    h_assert_contains(log, line);
     char *r = record(a);
-    assert_non_null(strstr(r, "stopped early"));
+    h_assert_contains(r, "stopped early");
     free(r);
     free(log);
 }
@@ -1031,8 +1031,8 @@ static void tasks_record_json_escapes_and_keys(void **state)
     char *r = record(id);
     assert_non_null(r);
     assert_null(strchr(r, '\n'));
-    assert_non_null(strstr(r, "\"error\":\"say \\\"hi\\\"\\nbye\""));
-    assert_non_null(strstr(r, "\"request_id\":\"req-\\\"q\\\"\""));
+    h_assert_contains(r, "\"error\":\"say \\\"hi\\\"\\nbye\"");
+    h_assert_contains(r, "\"request_id\":\"req-\\\"q\\\"\"");
     static const char *const keys[] = {
         "\"id\":", "\"name\":\"fail\"", "\"state\":", "\"attempts\":1", "\"created_at\":\"",
         "\"started_at\":\"", "\"finished_at\":\"", "\"created_at_us\":", "\"started_at_us\":",
@@ -1040,7 +1040,7 @@ static void tasks_record_json_escapes_and_keys(void **state)
         "\"generation\":7", "\"result\":null",
     };
     for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++)
-        assert_non_null(strstr(r, keys[i]));
+        h_assert_contains(r, keys[i]);
     /* "2026-11-23T19:00:00.123456Z" */
     const char *t = strstr(r, "\"finished_at\":\"") + strlen("\"finished_at\":\"");
     assert_int_equal(t[4], '-');

@@ -229,7 +229,7 @@ static void tasks_http_slow_reader_task_starts_after_last_byte(void **state)
     }
     close(fd);
 
-    assert_non_null(strstr(head, "HTTP/1.1 200"));
+    h_assert_contains(head, "HTTP/1.1 200");
     assert_int_equal(body, BIG_LEN);
     assert_true(mark_us > 0);
     const char *t = strcasestr(head, "\r\nBgserve-Tasks: ");
@@ -284,7 +284,7 @@ static void tasks_http_sequential_runs_in_attach_order(void **state)
     assert_int_equal(n, 4);
     for (size_t i = 0; i < n; i++) {
         char *rec = wait_state(&app, ids[i], "succeeded");
-        assert_non_null(strstr(rec, "\"mode\":\"sequential\""));
+        h_assert_contains(rec, "\"mode\":\"sequential\"");
         long long started = h_json_num(rec, "started_at_us");
         long long finished = h_json_num(rec, "finished_at_us");
         /* each starts only after the one before it finished */
@@ -319,7 +319,7 @@ static void tasks_http_sequential_failure_skips_the_rest(void **state)
         assert_int_equal(h_json_num(rec, "attempts"), 0);
         assert_int_equal(h_json_num(rec, "started_at_us"), -1); /* null: never ran */
         assert_int_equal(h_json_str(rec, "error", err, sizeof err), 0);
-        assert_non_null(strstr(err, expect));
+        h_assert_contains(err, expect);
         free(rec);
     }
 }
@@ -334,7 +334,7 @@ static void tasks_http_concurrent_failure_is_independent(void **state)
     assert_int_equal(n, 4);
     for (size_t i = 0; i < n; i++) {
         char *rec = wait_state(&app, ids[i], i == 1 ? "failed" : "succeeded");
-        assert_non_null(strstr(rec, "\"mode\":\"concurrent\""));
+        h_assert_contains(rec, "\"mode\":\"concurrent\"");
         free(rec);
     }
 }
@@ -454,7 +454,7 @@ static void tasks_http_full_queue_answers_503(void **state)
     assert_non_null(h_header(&r, "Retry-After"));
     assert_true(atoi(h_header(&r, "Retry-After")) >= 1);
     assert_null(h_header(&r, "Bgserve-Tasks"));
-    assert_null(strstr(r.body, "route task attached"));
+    h_assert_lacks(r.body, "route task attached");
     h_resp_free(&r);
 
     assert_int_equal(h_get(&s, "/_bgserve/stats", &r), 0);
@@ -503,11 +503,11 @@ static void tasks_http_handler_failure_discards(void **state)
     h_resp_free(&r);
     unsigned long long id = id_from_log(&app, "doomed", "discarded");
     assert_int_equal(record(&app, id, &rec), 200);
-    assert_non_null(strstr(rec, "\"state\":\"discarded\""));
-    assert_non_null(strstr(rec, "\"name\":\"doomed\""));
+    h_assert_contains(rec, "\"state\":\"discarded\"");
+    h_assert_contains(rec, "\"name\":\"doomed\"");
     assert_int_equal(h_json_num(rec, "attempts"), 0);
     assert_int_equal(h_json_str(rec, "error", err, sizeof err), 0);
-    assert_non_null(strstr(err, "handler failed"));
+    h_assert_contains(err, "handler failed");
     free(rec);
     assert_int_equal(h_stat(&app, "doomed", "succeeded"), 0);
 }
@@ -524,9 +524,9 @@ static void tasks_http_head_runs_no_tasks(void **state)
     h_resp_free(&r);
     unsigned long long id = id_from_log(&app, "on_get", "discarded");
     assert_int_equal(record(&app, id, &rec), 200);
-    assert_non_null(strstr(rec, "\"state\":\"discarded\""));
+    h_assert_contains(rec, "\"state\":\"discarded\"");
     assert_int_equal(h_json_str(rec, "error", err, sizeof err), 0);
-    assert_non_null(strstr(err, "HEAD"));
+    h_assert_contains(err, "HEAD");
     free(rec);
     assert_int_equal(h_stat(&app, "on_get", "succeeded"), 0);
 
@@ -555,7 +555,7 @@ static void tasks_http_stats_shape(void **state)
     assert_int_equal(r.status, 200);
     assert_string_equal(h_header(&r, "Content-Type"), "application/json");
     assert_int_equal(r.body[0], '{');
-    assert_non_null(strstr(r.body, "\"tasks\":{"));
+    h_assert_contains(r.body, "\"tasks\":{");
     const char *queue = strstr(r.body, "\"queue\":{");
     const char *workers = strstr(r.body, "\"workers\":{");
     assert_non_null(queue);
@@ -605,7 +605,7 @@ static void tasks_http_record_shape_and_unknown_id(void **state)
     static const char *const times[] = {"created_at", "started_at", "finished_at"};
     for (size_t i = 0; i < 3; i++)
         assert_int_equal(h_json_str(rec, times[i], buf, sizeof buf), 0);
-    assert_non_null(strstr(rec, "\"error\":"));
+    h_assert_contains(rec, "\"error\":");
     assert_int_equal(h_json_str(rec, "request_id", buf, sizeof buf), 0);
     assert_string_equal(buf, rid);
     free(rec);
@@ -656,7 +656,7 @@ static void tasks_http_drain_cancels_a_long_task(void **state)
     assert_true(h_wait_log(&s, needle, DEADLINE_MS));
 
     assert_int_equal(h_stop(&s, SIGTERM), 0);
-    assert_non_null(strstr(s.log, "drain: 0 tasks finished, 1 did not"));
+    h_assert_contains(s.log, "drain: 0 tasks finished, 1 did not");
     snprintf(needle, sizeof needle, "  task %llu long running", ids[0]);
     const char *line = strstr(s.log, needle);
     assert_non_null(line);
@@ -664,9 +664,9 @@ static void tasks_http_drain_cancels_a_long_task(void **state)
     assert_non_null(eol);
     char copy[512];
     snprintf(copy, sizeof copy, "%.*s", (int)(eol - line), line);
-    assert_non_null(strstr(copy, "cancelled"));
+    h_assert_contains(copy, "cancelled");
     snprintf(needle, sizeof needle, "task %llu long cancelled", ids[0]);
-    assert_non_null(strstr(s.log, needle));
+    h_assert_contains(s.log, needle);
     h_free(&s);
 }
 
@@ -701,10 +701,10 @@ static void tasks_http_drain_lets_short_tasks_finish(void **state)
     close(fd);
 
     assert_int_equal(h_stop(&s, 0), 0); /* signal 0: just wait for the exit */
-    assert_non_null(strstr(s.log, "tasks finished, 0 did not"));
+    h_assert_contains(s.log, "tasks finished, 0 did not");
     for (int i = 0; i < 3; i++) {
         snprintf(needle, sizeof needle, "task %llu blocker done", ids[i]);
-        assert_non_null(strstr(s.log, needle));
+        h_assert_contains(s.log, needle);
     }
     h_free(&s);
     unlink(release);

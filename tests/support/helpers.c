@@ -21,6 +21,18 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
+/* ---- running one test ---------------------------------------------------- */
+
+/* BGSERVE_TEST_FILTER=PATTERN ('*' and '?' wildcards) runs only the
+ * matching tests of a program: tests/run.sh prints it for a failing test,
+ * and running each test alone shows that none depends on another. */
+__attribute__((constructor)) static void filter_from_env(void)
+{
+    const char *f = getenv("BGSERVE_TEST_FILTER");
+    if (f != NULL && *f != '\0')
+        cmocka_set_test_filter(f);
+}
+
 /* ---- flat JSON text ---------------------------------------------------- */
 
 int h_json_str(const char *json, const char *key, char *buf, size_t cap)
@@ -217,10 +229,23 @@ void h_raise_fd_limit(unsigned long want)
 
 /* ---- text, files, fixtures ---------------------------------------------- */
 
-void h_assert_contains(const char *hay, const char *needle)
+void h_assert_contains_at(const char *hay, const char *needle, const char *file, int line)
 {
-    if (strstr(hay, needle) == NULL)
-        fail_msg("text does not contain '%s':\n%s", needle, hay);
+    if (hay != NULL && strstr(hay, needle) != NULL)
+        return;
+    print_error("text does not contain \"%s\"; the text (%zu bytes) is:\n"
+                "----\n%s\n----\n", needle, hay ? strlen(hay) : 0, hay ? hay : "(null)");
+    _fail(file, line);
+}
+
+void h_assert_lacks_at(const char *hay, const char *needle, const char *file, int line)
+{
+    const char *at = hay ? strstr(hay, needle) : NULL;
+    if (hay != NULL && at == NULL)
+        return;
+    print_error("text contains \"%s\" (at byte %zu) but should not; the text is:\n"
+                "----\n%s\n----\n", needle, at ? (size_t)(at - hay) : 0, hay ? hay : "(null)");
+    _fail(file, line);
 }
 
 int h_line_with(const char *text, const char *needle, char *buf, size_t cap)

@@ -65,8 +65,13 @@ void h_raise_fd_limit(unsigned long want);
 
 /* ---- text, files, fixtures ---------------------------------------------- */
 
-/* Fail the test unless hay contains needle (printing both). */
-void h_assert_contains(const char *hay, const char *needle);
+/* Fail the test unless hay contains needle / unless it does not; the
+ * failure names the caller's file and line and prints the needle and the
+ * whole haystack (a NULL hay fails both, printed as "(null)"). */
+#define h_assert_contains(hay, needle) h_assert_contains_at((hay), (needle), __FILE__, __LINE__)
+#define h_assert_lacks(hay, needle) h_assert_lacks_at((hay), (needle), __FILE__, __LINE__)
+void h_assert_contains_at(const char *hay, const char *needle, const char *file, int line);
+void h_assert_lacks_at(const char *hay, const char *needle, const char *file, int line);
 
 /* The first line of text that contains needle (without its newline),
  * copied into buf and cut at cap-1; 0, or -1 with buf "" when none. */
