@@ -15,6 +15,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "generation.h"
 #include "helpers.h"
 #include "plugin.h"
 
@@ -449,6 +450,21 @@ static void loader_validate_never_writes_err_past_len(void **state)
     assert_int_equal(plugin_validate(&d, err, 0), -1);
 }
 
+/* The generation room is given its host table by whoever wires the server
+ * (gen_setup); loading before that is refused with a message, not a crash.
+ * Linking this test without tasks.o or hostapi.o shows the room needs
+ * neither. */
+static void loader_generation_needs_setup(void **state)
+{
+    (void)state;
+    char err[512] = "";
+    generation *g = (generation *)&err; /* must be reset to NULL */
+    assert_int_equal(gen_create(h_fixture("good"), 1, GEN_CHECK_ONLY, &g, err, sizeof err), -1);
+    assert_null(g);
+    h_assert_contains(err, "before gen_setup()");
+    h_assert_contains(err, h_fixture("good"));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -464,6 +480,7 @@ int main(void)
         cmocka_unit_test(loader_validate_route_checks),
         cmocka_unit_test(loader_validate_task_checks),
         cmocka_unit_test(loader_validate_never_writes_err_past_len),
+        cmocka_unit_test(loader_generation_needs_setup),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -9,7 +9,7 @@
 #include <stdint.h>
 #include <stdio.h>
 
-#define BGSERVE_VERSION "0.1.0"
+#include "version.h"
 
 typedef struct cli_config {
     const char *plugin_path;  /* the APP.so argument */

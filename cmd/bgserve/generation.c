@@ -26,7 +26,6 @@
 #include "crash.h"
 #include "json.h"
 #include "log.h"
-#include "tasks.h"
 #include "util.h"
 
 #include <pthread.h>
@@ -34,6 +33,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+
+static gen_deps deps; /* gen_setup, before any thread; read-only afterwards */
 
 static pthread_mutex_t current_lock = PTHREAD_MUTEX_INITIALIZER;
 static generation *current; /* guarded by current_lock; holds one reference */
@@ -88,7 +89,7 @@ static void free_periodic(generation *g)
 }
 
 /* Runs when the last reference goes; schedules hold references, so they
- * were stopped before (tasks_periodic_stop_gen). */
+ * were stopped before (deps.periodic_stop). */
 static void retire(generation *g)
 {
     uint64_t number = g->number;
@@ -111,13 +112,23 @@ static void retire(generation *g)
     free(g);
 }
 
+void gen_setup(const gen_deps *d)
+{
+    deps = *d;
+}
+
 static int create(const char *path, uint64_t number, unsigned flags, generation *prev,
                   generation **out, char *err, size_t errlen)
 {
     plugin *p = NULL;
     uint64_t t0 = util_now_us();
     *out = NULL;
-    if (plugin_load(path, hostapi_table(), &p, err, errlen) != 0)
+    if (deps.host_api == NULL) {
+        snprintf(err, errlen, "bgserve: internal error: cannot load '%s' before gen_setup() "
+                 "gave the generation room its host API table", path);
+        return -1;
+    }
+    if (plugin_load(path, deps.host_api, &p, err, errlen) != 0)
         return -1;
 
     generation *g = xcalloc(1, sizeof *g);
@@ -172,7 +183,8 @@ int gen_create(const char *path, uint64_t number, unsigned flags,
 void gen_activate(generation *g)
 {
     for (gen_periodic *p = g->periodic; p; p = p->next)
-        if (tasks_periodic_add(g, p->task, p->interval_ms, p->payload, p->len, p->flags) != 0)
+        if (deps.periodic_add == NULL ||
+            deps.periodic_add(g, p->task, p->interval_ms, p->payload, p->len, p->flags) != 0)
             log_msg(BGS_LOG_ERROR, "cannot schedule periodic task '%s' of generation %llu",
                     p->task, (unsigned long long)g->number);
 }
@@ -320,8 +332,8 @@ int gen_reload(const char *path, unsigned max_generations)
 
     /* The swap: the old schedules stop first, so no periodic task runs
      * twice; requests and tasks already holding the old one finish on it. */
-    if (old)
-        tasks_periodic_stop_gen(old);
+    if (old && deps.periodic_stop)
+        deps.periodic_stop(old);
     /* Counted before the swap: whoever sees the new code also sees the
      * reload in /_bgserve/stats. */
     pthread_mutex_lock(&stats_lock);

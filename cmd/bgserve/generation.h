@@ -56,6 +56,26 @@ struct generation {
 };
 
 /*
+ * What generations need from the rooms above them: the host API table
+ * every plugin is given (hostapi_table()), and the task engine's periodic
+ * schedules (tasks_periodic_add, tasks_periodic_stop_gen), which take a
+ * generation reference and so include this header.  Passed in rather than
+ * called directly so that neither room and this one depend on each other
+ * (scripts/check-includes.sh).  The periodic hooks may be NULL in tools
+ * that only load with GEN_CHECK_ONLY and never activate a generation.
+ */
+typedef struct gen_deps {
+    const bgs_host_api *host_api;
+    int (*periodic_add)(generation *g, const char *task, uint32_t interval_ms,
+                        const void *payload, size_t len, uint32_t flags);
+    void (*periodic_stop)(generation *g);
+} gen_deps;
+
+/* Set once, before the first gen_create and before any other thread
+ * starts (main, routes_cmd); copied. */
+void gen_setup(const gen_deps *deps);
+
+/*
  * Load path as generation number `number`: load and validate the plugin,
  * run its start hook, register its periodic tasks.  The new generation
  * has one reference (the caller's).  On failure returns -1 with the full
@@ -101,8 +121,5 @@ generation *gen_current(void);
 /* Make g current (takes over the caller's reference); the previous one
  * loses the reference the "current" slot held. */
 void gen_set_current(generation *g);
-
-/* The host API table (hostapi.c). */
-const bgs_host_api *hostapi_table(void);
 
 #endif

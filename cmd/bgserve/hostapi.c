@@ -8,7 +8,8 @@
  * start hook (registration) or on any thread (data, log); the app's
  * fields are written only while the start hook runs.
  */
-#include "cli.h"
+#include "hostapi.h"
+
 #include "deferred.h"
 #include "generation.h"
 #include "log.h"

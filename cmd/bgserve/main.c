@@ -14,6 +14,7 @@
 #include "crash.h"
 #include "deferred.h"
 #include "generation.h"
+#include "hostapi.h"
 #include "http.h"
 #include "imagefile.h"
 #include "log.h"
@@ -85,6 +86,8 @@ int main(int argc, char **argv)
     log_init(&lc);
     signal(SIGPIPE, SIG_IGN);
     crash_install(); /* before any thread: plugin crashes are reported */
+    gen_setup(&(gen_deps){.host_api = hostapi_table(), .periodic_add = tasks_periodic_add,
+                          .periodic_stop = tasks_periodic_stop_gen});
 
     if (cfg.check)
         return run_check(&cfg);

@@ -17,10 +17,10 @@
  */
 #include "plugin.h"
 
-#include "cli.h"
 #include "imagefile.h"
 #include "log.h"
 #include "util.h"
+#include "version.h"
 
 #include <dlfcn.h>
 #include <stdarg.h>

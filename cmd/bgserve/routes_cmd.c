@@ -14,8 +14,8 @@
  */
 #include "routes_cmd.h"
 
-#include "cli.h"
 #include "generation.h"
+#include "hostapi.h"
 #include "json.h"
 #include "log.h"
 #include "util.h"
@@ -432,6 +432,7 @@ int routes_main(int argc, char **argv, FILE *out, FILE *err)
 
     char msg[2048];
     generation *g = NULL;
+    gen_setup(&(gen_deps){.host_api = hostapi_table()}); /* check-only: never activated */
     if (gen_create(path, 1, GEN_CHECK_ONLY, &g, msg, sizeof msg) != 0) {
         fprintf(err, "%s\n", msg);
         return 1;
