@@ -32,6 +32,24 @@
  * Ownership: strings returned by request accessors belong to the request
  * and stay valid until the handler returns.  Data passed to response and
  * task functions is copied; the caller keeps ownership of what it passed.
+ *
+ * Handles and how long they live.  A handle is not a pointer: it names a
+ * slot and a serial number, and the server checks it on every call, from
+ * any thread.  A call with a handle whose life has ended, or from a
+ * thread that may not use it, returns BGS_ESTATE (or the neutral value
+ * the function documents) and never touches freed memory; a NULL handle
+ * returns BGS_EINVAL.  Both print one warning naming the call, the
+ * plugin and what was running, and count in /_bgserve/stats "misuse".
+ *  - bgs_req, bgs_res: from the handler's call until it returns, on the
+ *    thread that called the handler only.
+ *  - bgs_task_ctx: from the task function's call until it returns, on
+ *    the thread that called it only.
+ *  - bgs_deferred: from bgs_res_defer until bgs_deferred_complete or
+ *    bgs_deferred_release returns (also after its deadline passed: the
+ *    first of those calls then returns BGS_ESTATE and ends it), on any
+ *    thread.  A handle never completed ends when the server stops.
+ *  - bgs_app: from the start hook until the stop hook returns (the
+ *    generation's life), on any thread.
  */
 #ifndef BGSERVE_H
 #define BGSERVE_H

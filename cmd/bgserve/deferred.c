@@ -19,7 +19,9 @@
  */
 #include "deferred.h"
 
+#include "handle.h"
 #include "json.h"
+#include "misuse.h"
 #include "sched.h"
 #include "util.h"
 
@@ -33,6 +35,7 @@ struct bgs_deferred {
     sched_timer timer;    /* the deadline; holds a reference while armed */
     int refs;             /* guarded by lock */
     int plugin_ref;       /* lock: the plugin has not completed/released yet */
+    void *handle;         /* what the plugin holds (handle.h); closed under lock */
     int state;            /* guarded by lock */
     int armed;            /* guarded by lock: the connection is suspended */
     uint32_t status;      /* the answer, written once under lock */
@@ -71,6 +74,7 @@ static void finish(bgs_deferred *d, int state)
 
 static void destroy(bgs_deferred *d)
 {
+    handle_close(d->handle); /* a plugin that never settled it: refused from now */
     d->prev->next = d->next;
     d->next->prev = d->prev;
     free(d->type);
@@ -137,6 +141,8 @@ static bgs_deferred *create(uint32_t timeout_ms, deferred_resume_fn resume, void
     d->plugin_ref = 1;
     d->resume = resume;
     d->conn = conn;
+    if (counted)
+        d->handle = handle_open(HANDLE_DEFERRED, d, 0);
     uint64_t due = util_now_us() +
                    (uint64_t)(timeout_ms ? timeout_ms : DEFERRED_DEFAULT_TIMEOUT_MS) * 1000u;
     pthread_mutex_lock(&lock);
@@ -197,8 +203,10 @@ static int settle(bgs_deferred *d, int state, int abandoned, answer *a, int plug
         pthread_mutex_unlock(&lock);
         return -1;
     }
-    if (plugin)
+    if (plugin) {
         d->plugin_ref = 0;
+        handle_close(d->handle);
+    }
     int moved = d->state == DEFERRED_PENDING;
     if (moved && a) {
         d->status = a->status;
@@ -241,6 +249,63 @@ void deferred_release(bgs_deferred *d)
 {
     if (d != NULL)
         settle(d, DEFERRED_RELEASED, 0, NULL, 1);
+}
+
+void *deferred_handle(bgs_deferred *d)
+{
+    return d->handle;
+}
+
+/* The handle's object with the plugin's reference taken over by the
+ * caller (the handle is closed), or NULL after reporting the misuse. */
+static bgs_deferred *claim(void *h, const void *site, const char *fn, const char *ret,
+                           int *code)
+{
+    pthread_mutex_lock(&lock);
+    bgs_deferred *d = handle_get(HANDLE_DEFERRED, h, NULL);
+    if (d != NULL) {
+        d->plugin_ref = 0;
+        handle_close(d->handle);
+    }
+    pthread_mutex_unlock(&lock);
+    if (d == NULL)
+        misuse_handle(HANDLE_DEFERRED, h, site, fn, ret, code);
+    return d;
+}
+
+int deferred_host_complete(void *h, uint32_t status, const char *type, const void *body,
+                           size_t len, const void *site)
+{
+    int code = BGS_EINVAL;
+    if (body == NULL && len > 0)
+        return misuse(site, BGS_EINVAL, NULL, "bgs_deferred_complete(%u, NULL, %zu): "
+                      "NULL body with a length; the handle is still valid", status, len);
+    if (status < 100 || status > 599)
+        return misuse(site, BGS_EINVAL, NULL, "bgs_deferred_complete(%u): status outside "
+                      "100-599; the handle is still valid", status);
+    if (type != NULL && strpbrk(type, "\r\n") != NULL)
+        return misuse(site, BGS_EINVAL, NULL, "bgs_deferred_complete(%u): content type "
+                      "contains CR or LF; the handle is still valid", status);
+    answer a = {
+        .status = status,
+        .type = xstrdup(type ? type : "text/plain; charset=utf-8"),
+        .body = len ? xmemdup(body, len) : NULL,
+        .len = len,
+    };
+    bgs_deferred *d = claim(h, site, "bgs_deferred_complete", NULL, &code);
+    int moved = d ? settle(d, DEFERRED_COMPLETED, 0, &a, 0) : 0;
+    free(a.type); /* still ours when the handle was no longer pending */
+    free(a.body);
+    if (d == NULL)
+        return code;
+    return moved ? 0 : BGS_ESTATE; /* the deadline or shutdown came first */
+}
+
+void deferred_host_release(void *h, const void *site)
+{
+    bgs_deferred *d = claim(h, site, "bgs_deferred_release", "nothing", NULL);
+    if (d != NULL)
+        settle(d, DEFERRED_RELEASED, 0, NULL, 0);
 }
 
 int deferred_state(bgs_deferred *d, uint32_t *status, const char **type,

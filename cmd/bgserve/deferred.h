@@ -57,6 +57,20 @@ int deferred_complete(bgs_deferred *d, uint32_t status, const char *type,
 /* The plugin gives up (any thread): the client gets 500. */
 void deferred_release(bgs_deferred *d);
 
+/* The plugin's handle for d (handle.h): opened by deferred_new, closed
+ * when the plugin completes or releases it, or when d is freed. */
+void *deferred_handle(bgs_deferred *d);
+
+/* The host API's deferred_complete and deferred_release, on the plugin's
+ * handle h (any thread).  A handle that is NULL, not a deferred handle,
+ * or completed/released already gets BGS_EINVAL/BGS_ESTATE (nothing for
+ * release) and a misuse warning (misuse.h); site is the plugin's call
+ * site.  Otherwise as deferred_complete/deferred_release; bad arguments
+ * give BGS_EINVAL and leave the handle valid. */
+int deferred_host_complete(void *h, uint32_t status, const char *type, const void *body,
+                           size_t len, const void *site);
+void deferred_host_release(void *h, const void *site);
+
 /* The connection side: read the final state and answer (pointers stay
  * valid until deferred_put). */
 int deferred_state(bgs_deferred *d, uint32_t *status, const char **type,

@@ -3,16 +3,23 @@
  * response and app accessors behind it.
  *
  * The table is one static const struct; it only ever grows at its end
- * (see include/bgserve.h).  Request and response functions run on the
- * HTTP thread that owns the request (no locks).  App functions run in the
- * start hook (registration) or on any thread (data, log); the app's
- * fields are written only while the start hook runs.
+ * (see include/bgserve.h).  The plugin holds handles, not pointers
+ * (handle.h): every request and response function first resolves its
+ * handle, which succeeds only on the HTTP thread running the handler and
+ * only until the handler returns, so these functions need no locks and
+ * never reach a finished request.  Every refusal is reported where it
+ * happened (misuse.h), with the plugin's call site (MISUSE_SITE) for the
+ * rate limit.  App functions run in the start hook (registration) or on
+ * any thread (data, log); the app's fields are written only while the
+ * start hook runs.
  */
 #include "hostapi.h"
 
 #include "deferred.h"
 #include "generation.h"
+#include "handle.h"
 #include "log.h"
+#include "misuse.h"
 #include "request.h"
 #include "services.h"
 #include "tasks.h"
@@ -25,7 +32,9 @@
 
 /* ---- request ------------------------------------------------------------ */
 
-static const char *req_method(bgs_req *req) { return req ? req->method : NULL; }
+/* The request behind h, or NULL after the misuse was reported. */
+#define REQ_OF(h, fn) ((struct bgs_req *)misuse_handle(HANDLE_REQ, (h), MISUSE_SITE, (fn), "NULL", NULL))
+
 const char *req_decoded_path(struct bgs_req *req)
 {
     if (req->path == NULL) {
@@ -39,58 +48,107 @@ const char *req_decoded_path(struct bgs_req *req)
     return req->path;
 }
 
-static const char *req_path(bgs_req *req) { return req ? req_decoded_path(req) : NULL; }
-
-static const char *req_param(bgs_req *req, const char *name)
-{
-    if (req == NULL || name == NULL)
-        return NULL;
-    for (unsigned i = 0; i < req->match.nparams; i++)
-        if (strcmp(req->match.params[i].name, name) == 0)
-            return req->match.params[i].value;
-    return NULL;
-}
-
 const char *req_query_value(struct bgs_req *req, const char *name)
 {
-    if (req == NULL || name == NULL)
-        return NULL;
     for (unsigned i = 0; i < req->nquery; i++)
         if (strcmp(req->query[i].name, name) == 0)
             return req->query[i].value;
     return NULL;
 }
 
-static const char *req_header(bgs_req *req, const char *name)
+static const char *host_req_method(bgs_req *h)
 {
-    if (req == NULL || name == NULL || req->header_fn == NULL)
-        return NULL;
-    return req->header_fn(req->conn, name);
+    struct bgs_req *req = REQ_OF(h, "bgs_req_method");
+    return req ? req->method : NULL;
 }
 
-static const void *req_body(bgs_req *req, size_t *len)
+static const char *host_req_path(bgs_req *h)
 {
+    struct bgs_req *req = REQ_OF(h, "bgs_req_path");
+    return req ? req_decoded_path(req) : NULL;
+}
+
+static const char *host_req_param(bgs_req *h, const char *name)
+{
+    struct bgs_req *req = REQ_OF(h, "bgs_req_param");
+    if (req == NULL)
+        return NULL;
+    if (name == NULL) {
+        misuse(MISUSE_SITE, BGS_EINVAL, "NULL", "bgs_req_param(NULL): NULL name");
+        return NULL;
+    }
+    for (unsigned i = 0; i < req->match.nparams; i++)
+        if (strcmp(req->match.params[i].name, name) == 0)
+            return req->match.params[i].value;
+    return NULL;
+}
+
+static const char *host_req_query(bgs_req *h, const char *name)
+{
+    struct bgs_req *req = REQ_OF(h, "bgs_req_query");
+    if (req == NULL)
+        return NULL;
+    if (name == NULL) {
+        misuse(MISUSE_SITE, BGS_EINVAL, "NULL", "bgs_req_query(NULL): NULL name");
+        return NULL;
+    }
+    return req_query_value(req, name);
+}
+
+static const char *host_req_header(bgs_req *h, const char *name)
+{
+    struct bgs_req *req = REQ_OF(h, "bgs_req_header");
+    if (req == NULL)
+        return NULL;
+    if (name == NULL) {
+        misuse(MISUSE_SITE, BGS_EINVAL, "NULL", "bgs_req_header(NULL): NULL name");
+        return NULL;
+    }
+    return req->header_fn ? req->header_fn(req->conn, name) : NULL;
+}
+
+static const void *host_req_body(bgs_req *h, size_t *len)
+{
+    struct bgs_req *req = REQ_OF(h, "bgs_req_body");
     if (len)
         *len = req ? req->body_len : 0;
     return req && req->body_len ? req->body : NULL;
 }
 
-static const char *req_remote_addr(bgs_req *req) { return req ? req->remote : NULL; }
-static const char *req_id(bgs_req *req) { return req ? req->id : NULL; }
-static bgs_app *req_app(bgs_req *req) { return req ? &req->gen->app : NULL; }
-
-static void *req_service(bgs_req *req, const char *name)
+static const char *host_req_remote_addr(bgs_req *h)
 {
+    struct bgs_req *req = REQ_OF(h, "bgs_req_remote_addr");
+    return req ? req->remote : NULL;
+}
+
+static const char *host_req_id(bgs_req *h)
+{
+    struct bgs_req *req = REQ_OF(h, "bgs_req_id");
+    return req ? req->id : NULL;
+}
+
+static bgs_app *host_req_app(bgs_req *h)
+{
+    struct bgs_req *req = REQ_OF(h, "bgs_req_app");
+    return req ? &req->gen->app : NULL;
+}
+
+static void *host_req_service(bgs_req *h, const char *name)
+{
+    struct bgs_req *req = REQ_OF(h, "bgs_req_service");
     if (req == NULL)
         return NULL;
     return services_get(req->gen->services, &req->scope, name);
 }
 
-static void req_log(bgs_req *req, uint32_t level, const char *fmt, ...)
+/* The line is logged even when the handle is refused (tagged "-"): the
+ * plugin's message is worth more than the tag. */
+static void host_req_log(bgs_req *h, uint32_t level, const char *fmt, ...)
 {
     va_list ap;
+    struct bgs_req *req = misuse_handle(HANDLE_REQ, h, MISUSE_SITE, "bgs_req_log", "nothing", NULL);
     va_start(ap, fmt);
-    log_pluginv(level, "req", req ? req->id : "-", fmt, ap);
+    log_pluginv(level, "req", req ? req->id : "-", fmt ? fmt : "(null)", ap);
     va_end(ap);
 }
 
@@ -202,29 +260,41 @@ void res_add_header(struct bgs_res *res, const char *name, const char *value)
     res->nheaders++;
 }
 
-static int res_status(bgs_res *res, uint32_t status)
+/* The response behind h, or NULL after the misuse was reported (code
+ * gets BGS_EINVAL or BGS_ESTATE). */
+#define RES_OF(h, fn, code) \
+    ((struct bgs_res *)misuse_handle(HANDLE_RES, (h), MISUSE_SITE, (fn), NULL, &(code)))
+
+/* A misuse code from fn is reported at the plugin's call site. */
+#define REPORT(rc, ...) (misuse_code(rc) ? misuse(MISUSE_SITE, (rc), NULL, __VA_ARGS__) : (rc))
+
+static int host_res_status(bgs_res *h, uint32_t status)
 {
-    if (res == NULL || status < 100 || status > 599)
-        return BGS_EINVAL;
+    int code;
+    struct bgs_res *res = RES_OF(h, "bgs_res_status", code);
+    if (res == NULL)
+        return code;
+    if (status < 100 || status > 599)
+        return misuse(MISUSE_SITE, BGS_EINVAL, NULL, "bgs_res_status(%u): not an HTTP status (100-599)", status);
     res->status = status;
     return 0;
 }
 
-static int res_header(bgs_res *res, const char *name, const char *value)
+/* Set a header the plugin asked for: 0, BGS_EHEADER or BGS_EINVAL with
+ * *why saying what is wrong. */
+static int set_header(struct bgs_res *res, const char *name, const char *value, const char **why)
 {
-    if (res == NULL)
-        return BGS_EINVAL;
     int rc = res_check_header(name, value);
     if (rc != 0) {
-        log_msg(BGS_LOG_WARN, "refused response header %s%s%s rid=%s: %s",
-                name ? "'" : "", name ? name : "(null)", name ? "'" : "",
-                res->req ? res->req->id : "-", bgs_strerror(rc));
+        *why = "the name is not a token, or the value contains CR or LF";
         return rc;
     }
     /* libmicrohttpd owns framing; a plugin setting these would break it. */
     if (util_strcaseeq(name, "Content-Length") || util_strcaseeq(name, "Transfer-Encoding") ||
-        util_strcaseeq(name, "Connection"))
+        util_strcaseeq(name, "Connection")) {
+        *why = "bgserve sets this header itself";
         return BGS_EINVAL;
+    }
     if (util_strcaseeq(name, "Content-Type")) {
         free(res->content_type);
         res->content_type = xstrdup(value);
@@ -234,18 +304,36 @@ static int res_header(bgs_res *res, const char *name, const char *value)
     return 0;
 }
 
-static int res_content_type(bgs_res *res, const char *type)
+static int host_res_header(bgs_res *h, const char *name, const char *value)
 {
-    if (res == NULL || type == NULL)
-        return BGS_EINVAL;
+    int code;
+    const char *why = "";
+    struct bgs_res *res = RES_OF(h, "bgs_res_header", code);
+    if (res == NULL)
+        return code;
+    int rc = set_header(res, name, value, &why);
+    if (rc != 0)
+        return misuse(MISUSE_SITE, rc, NULL, "bgs_res_header(%s%s%s): %s", name ? "\"" : "",
+                      name ? name : "NULL", name ? "\"" : "", why);
+    return 0;
+}
+
+static int host_res_content_type(bgs_res *h, const char *type)
+{
+    int code;
+    struct bgs_res *res = RES_OF(h, "bgs_res_content_type", code);
+    if (res == NULL)
+        return code;
+    if (type == NULL)
+        return misuse(MISUSE_SITE, BGS_EINVAL, NULL, "bgs_res_content_type(NULL): NULL type");
     if (res_check_header("Content-Type", type) != 0)
-        return BGS_EHEADER;
+        return misuse(MISUSE_SITE, BGS_EHEADER, NULL, "bgs_res_content_type(): the type contains CR or LF");
     free(res->content_type);
     res->content_type = xstrdup(type);
     return 0;
 }
 
-static void body_reserve(bgs_res *res, size_t extra)
+static void body_reserve(struct bgs_res *res, size_t extra)
 {
     size_t need = res->body_len + extra + 1;
     if (need <= res->body_cap)
@@ -258,7 +346,7 @@ static void body_reserve(bgs_res *res, size_t extra)
 }
 
 /* Append len bytes of data to the body (kept NUL-terminated). */
-static int res_append(bgs_res *res, const void *data, size_t len)
+static int res_append(struct bgs_res *res, const void *data, size_t len)
 {
     body_reserve(res, len);
     if (len)
@@ -269,114 +357,164 @@ static int res_append(bgs_res *res, const void *data, size_t len)
 }
 
 /* Replaces the body: the handler states what the body is. */
-static int res_body(bgs_res *res, const void *data, size_t len)
+static int host_res_body(bgs_res *h, const void *data, size_t len)
 {
-    if (res == NULL || (data == NULL && len > 0))
-        return BGS_EINVAL;
+    int code;
+    struct bgs_res *res = RES_OF(h, "bgs_res_body", code);
+    if (res == NULL)
+        return code;
+    if (data == NULL && len > 0)
+        return misuse(MISUSE_SITE, BGS_EINVAL, NULL, "bgs_res_body(NULL, %zu): NULL data with a length", len);
     res->body_len = 0;
     return res_append(res, data, len);
 }
 
 /* Appends, so a body can be written in several calls. */
-static int res_printf(bgs_res *res, const char *fmt, ...)
+static int res_vprintf(struct bgs_res *res, const char *fmt, va_list ap)
 {
-    va_list ap;
     char small[256];
-    if (res == NULL || fmt == NULL)
-        return BGS_EINVAL;
-    va_start(ap, fmt);
+    va_list ap2;
     if (strcmp(fmt, "%s") == 0) {
         /* bgs_res_text's call: copy the string, no format to parse. */
-        const char *s = va_arg(ap, const char *);
-        va_end(ap);
-        return res_append(res, s ? s : "(null)", s ? strlen(s) : 6);
+        const char *str = va_arg(ap, const char *);
+        return res_append(res, str ? str : "(null)", str ? strlen(str) : 6);
     }
+    va_copy(ap2, ap);
     int n = vsnprintf(small, sizeof small, fmt, ap);
-    va_end(ap);
-    if (n < 0)
-        return BGS_EINVAL;
-    if ((size_t)n < sizeof small)
-        return res_append(res, small, (size_t)n);
+    if (n < 0 || (size_t)n < sizeof small) {
+        va_end(ap2);
+        return n < 0 ? BGS_EINVAL : res_append(res, small, (size_t)n);
+    }
     body_reserve(res, (size_t)n);
-    va_start(ap, fmt);
-    vsnprintf(res->body + res->body_len, (size_t)n + 1, fmt, ap);
-    va_end(ap);
+    vsnprintf(res->body + res->body_len, (size_t)n + 1, fmt, ap2);
+    va_end(ap2);
     res->body_len += (size_t)n;
     return 0;
 }
 
-static tasks_group *res_group(bgs_res *res)
+static int host_res_printf(bgs_res *h, const char *fmt, ...)
+{
+    int code;
+    va_list ap;
+    struct bgs_res *res = RES_OF(h, "bgs_res_printf", code);
+    if (res == NULL)
+        return code;
+    if (fmt == NULL)
+        return misuse(MISUSE_SITE, BGS_EINVAL, NULL, "bgs_res_printf(NULL): NULL format");
+    va_start(ap, fmt);
+    int rc = res_vprintf(res, fmt, ap);
+    va_end(ap);
+    return REPORT(rc, "bgs_res_printf(\"%s\"): the format could not be expanded", fmt);
+}
+
+static tasks_group *res_group(struct bgs_res *res)
 {
     if (res->group == NULL)
         res->group = tasks_group_new(res->req->gen, res->req->id, res->mode);
     return res->group;
 }
 
-static int res_task(bgs_res *res, const char *name, const void *payload,
-                    size_t len, uint64_t *id_out)
+static int host_res_task(bgs_res *h, const char *name, const void *payload,
+                         size_t len, uint64_t *id_out)
 {
-    if (res == NULL || name == NULL || (payload == NULL && len > 0))
-        return BGS_EINVAL;
-    if (!res->in_handler)
-        return BGS_ESTATE;
-    return tasks_group_add(res_group(res), name, payload, len, id_out);
+    int code;
+    struct bgs_res *res = RES_OF(h, "bgs_res_task", code);
+    if (res == NULL)
+        return code;
+    if (name == NULL)
+        return misuse(MISUSE_SITE, BGS_EINVAL, NULL, "bgs_res_task(NULL): NULL task name");
+    if (payload == NULL && len > 0)
+        return misuse(MISUSE_SITE, BGS_EINVAL, NULL, "bgs_res_task(\"%s\", NULL, %zu): NULL payload with a length", name, len);
+    int rc = tasks_group_add(res_group(res), name, payload, len, id_out);
+    return REPORT(rc, "bgs_res_task(\"%s\"): %s", name, rc == BGS_ENOTASK ? "no task with that name" : bgs_strerror(rc));
 }
 
-static int res_task_fn(bgs_res *res, bgs_adhoc_fn fn, void *arg,
-                       bgs_free_fn free_fn, uint64_t *id_out)
+static int host_res_task_fn(bgs_res *h, bgs_adhoc_fn fn, void *arg,
+                            bgs_free_fn free_fn, uint64_t *id_out)
 {
-    if (res == NULL || fn == NULL)
-        return BGS_EINVAL;
-    if (!res->in_handler)
-        return BGS_ESTATE;
+    int code;
+    struct bgs_res *res = RES_OF(h, "bgs_res_task_fn", code);
+    if (res == NULL)
+        return code;
+    if (fn == NULL)
+        return misuse(MISUSE_SITE, BGS_EINVAL, NULL, "bgs_res_task_fn(NULL): NULL function");
     return tasks_group_add_fn(res_group(res), fn, arg, free_fn, id_out);
 }
 
-static int res_task_mode(bgs_res *res, uint32_t mode)
+static int host_res_task_mode(bgs_res *h, uint32_t mode)
 {
-    if (res == NULL || (mode != BGS_SEQUENTIAL && mode != BGS_CONCURRENT))
-        return BGS_EINVAL;
+    int code;
+    struct bgs_res *res = RES_OF(h, "bgs_res_task_mode", code);
+    if (res == NULL)
+        return code;
+    if (mode != BGS_SEQUENTIAL && mode != BGS_CONCURRENT)
+        return misuse(MISUSE_SITE, BGS_EINVAL, NULL, "bgs_res_task_mode(%u): not BGS_SEQUENTIAL or BGS_CONCURRENT", mode);
     res->mode = mode;
     if (res->group)
         return tasks_group_set_mode(res->group, mode);
     return 0;
 }
 
-static int res_accepted(bgs_res *res, uint64_t task_id)
+static int host_res_accepted(bgs_res *h, uint64_t task_id)
 {
     char loc[64];
-    if (res == NULL || task_id == 0)
-        return BGS_EINVAL;
+    int code;
+    const char *why = "";
+    struct bgs_res *res = RES_OF(h, "bgs_res_accepted", code);
+    if (res == NULL)
+        return code;
+    if (task_id == 0)
+        return misuse(MISUSE_SITE, BGS_EINVAL, NULL, "bgs_res_accepted(0): task id 0 names no task");
     snprintf(loc, sizeof loc, "/_bgserve/tasks/%llu", (unsigned long long)task_id);
     res->status = 202;
-    return res_header(res, "Location", loc);
+    return set_header(res, "Location", loc, &why);
 }
 
-static bgs_deferred *res_defer(bgs_res *res, uint32_t timeout_ms)
+static bgs_deferred *host_res_defer(bgs_res *h, uint32_t timeout_ms)
 {
-    if (res == NULL || !res->in_handler || res->deferred != NULL)
+    struct bgs_res *res = misuse_handle(HANDLE_RES, h, MISUSE_SITE, "bgs_res_defer", "NULL", NULL);
+    if (res == NULL)
         return NULL;
+    if (res->deferred != NULL) {
+        misuse(MISUSE_SITE, BGS_ESTATE, "NULL", "bgs_res_defer(): the response is deferred already");
+        return NULL;
+    }
     res->deferred = deferred_new(timeout_ms, res->req->resume_fn, res->req->conn);
-    return res->deferred;
+    return deferred_handle(res->deferred);
 }
 
-static void remember_queued(bgs_res *res, uint64_t id)
+static int host_deferred_complete(bgs_deferred *h, uint32_t status, const char *type,
+                                  const void *body, size_t len)
+{
+    return deferred_host_complete(h, status, type, body, len, MISUSE_SITE);
+}
+
+static void host_deferred_release(bgs_deferred *h)
+{
+    deferred_host_release(h, MISUSE_SITE);
+}
+
+static void remember_queued(struct bgs_res *res, uint64_t id)
 {
     res->queued_ids = xrealloc(res->queued_ids, (res->nqueued + 1) * sizeof *res->queued_ids);
     res->queued_ids[res->nqueued++] = id;
 }
 
-static int req_enqueue(bgs_req *req, const char *name, const void *payload,
-                       size_t len, uint64_t *id_out)
+static int host_req_enqueue(bgs_req *h, const char *name, const void *payload,
+                            size_t len, uint64_t *id_out)
 {
     uint64_t id;
-    if (req == NULL || name == NULL || (payload == NULL && len > 0))
-        return BGS_EINVAL;
-    if (!req->res->in_handler)
-        return BGS_ESTATE;
+    int code;
+    struct bgs_req *req = misuse_handle(HANDLE_REQ, h, MISUSE_SITE, "bgs_req_enqueue", NULL, &code);
+    if (req == NULL)
+        return code;
+    if (name == NULL)
+        return misuse(MISUSE_SITE, BGS_EINVAL, NULL, "bgs_req_enqueue(NULL): NULL task name");
+    if (payload == NULL && len > 0)
+        return misuse(MISUSE_SITE, BGS_EINVAL, NULL, "bgs_req_enqueue(\"%s\", NULL, %zu): NULL payload with a length", name, len);
     int rc = tasks_enqueue(req->gen, req->id, name, payload, len, NULL, NULL, &id);
     if (rc != 0)
-        return rc;
+        return REPORT(rc, "bgs_req_enqueue(\"%s\"): %s", name, rc == BGS_ENOTASK ? "no task with that name" : bgs_strerror(rc));
     remember_queued(req->res, id);
     if (id_out)
         *id_out = id;
@@ -404,22 +542,29 @@ static void await_done(void *arg, const tasks_final *f)
                       (size_t)n < sizeof msg ? (size_t)n : sizeof msg - 1);
 }
 
-static int res_await(bgs_res *res, const char *name, const void *payload,
-                     size_t len, uint32_t timeout_ms, uint64_t *id_out)
+static int host_res_await(bgs_res *h, const char *name, const void *payload,
+                          size_t len, uint32_t timeout_ms, uint64_t *id_out)
 {
     uint64_t id;
-    if (res == NULL || name == NULL || (payload == NULL && len > 0))
-        return BGS_EINVAL;
-    if (!res->in_handler || res->deferred != NULL)
-        return BGS_ESTATE;
-    bgs_deferred *d = res_defer(res, timeout_ms);
+    int code;
+    struct bgs_res *res = RES_OF(h, "bgs_res_await", code);
+    if (res == NULL)
+        return code;
+    if (name == NULL)
+        return misuse(MISUSE_SITE, BGS_EINVAL, NULL, "bgs_res_await(NULL): NULL task name");
+    if (payload == NULL && len > 0)
+        return misuse(MISUSE_SITE, BGS_EINVAL, NULL, "bgs_res_await(\"%s\", NULL, %zu): NULL payload with a length", name, len);
+    if (res->deferred != NULL)
+        return misuse(MISUSE_SITE, BGS_ESTATE, NULL, "bgs_res_await(\"%s\"): the response is deferred already", name);
+    bgs_deferred *d = deferred_new(timeout_ms, res->req->resume_fn, res->req->conn);
+    res->deferred = d;
     int rc = tasks_enqueue(res->req->gen, res->req->id, name, payload, len, await_done, d, &id);
     if (rc != 0) {
         /* Nobody else has the handle: undo the deferral entirely. */
         res->deferred = NULL;
         deferred_release(d);
         deferred_put(d, 1);
-        return rc;
+        return REPORT(rc, "bgs_res_await(\"%s\"): %s", name, rc == BGS_ENOTASK ? "no task with that name" : bgs_strerror(rc));
     }
     remember_queued(res, id);
     if (id_out)
@@ -429,76 +574,115 @@ static int res_await(bgs_res *res, const char *name, const void *payload,
 
 /* ---- app ------------------------------------------------------------------ */
 
-static void app_fail(bgs_app *app, const char *fmt, ...)
+/* The app handle lives as long as its generation; these functions refuse
+ * only NULL (reported like any misuse). */
+#define APP_NULL(fn, ret) misuse(MISUSE_SITE, BGS_EINVAL, (ret), fn "(NULL): NULL app handle")
+
+static void app_failv(bgs_app *app, const char *fmt, va_list ap)
 {
-    va_list ap;
-    if (app == NULL)
-        return;
-    va_start(ap, fmt);
     vsnprintf(app->fail_msg, sizeof app->fail_msg, fmt ? fmt : "(no message)", ap);
-    va_end(ap);
     app->failed = 1;
 }
 
-static void app_set_data(bgs_app *app, void *data)
-{
-    if (app)
-        app->data = data;
-}
-
-static void *app_data(bgs_app *app) { return app ? app->data : NULL; }
-
-static int app_service(bgs_app *app, const char *name, uint32_t lifetime,
-                       bgs_service_create_fn create,
-                       bgs_service_destroy_fn destroy, void *arg)
-{
-    if (app == NULL)
-        return BGS_EINVAL;
-    if (!app->starting) {
-        log_msg(BGS_LOG_ERROR, "bgs_app_service('%s') outside the start hook: "
-                "register services in the start hook", name ? name : "(null)");
-        return BGS_ESTATE;
-    }
-    return services_register(app->gen->services, name, lifetime, create, destroy, arg);
-}
-
-static int app_periodic(bgs_app *app, const char *task, uint32_t interval_ms,
-                        const void *payload, size_t len, uint32_t flags)
-{
-    if (app == NULL || task == NULL || interval_ms == 0 || (payload == NULL && len > 0))
-        return BGS_EINVAL;
-    if (!app->starting) {
-        log_msg(BGS_LOG_ERROR, "bgs_app_periodic('%s') outside the start hook: "
-                "register periodic tasks in the start hook", task);
-        return BGS_ESTATE;
-    }
-    return gen_add_periodic(app->gen, task, interval_ms, payload, len, flags);
-}
-
-static void app_log(bgs_app *app, uint32_t level, const char *fmt, ...)
+static void host_app_fail(bgs_app *app, const char *fmt, ...)
 {
     va_list ap;
+    if (app == NULL) {
+        APP_NULL("bgs_app_fail", "nothing");
+        return;
+    }
     va_start(ap, fmt);
-    log_pluginv(level, "app", app && app->gen->plugin->name[0] ? app->gen->plugin->name : "-", fmt, ap);
+    app_failv(app, fmt, ap);
     va_end(ap);
 }
 
-static void app_handover_set(bgs_app *app, void *state)
+static void host_app_set_data(bgs_app *app, void *data)
 {
-    if (app)
+    if (app == NULL)
+        APP_NULL("bgs_app_set_data", "nothing");
+    else
+        app->data = data;
+}
+
+static void *host_app_data(bgs_app *app)
+{
+    if (app == NULL)
+        APP_NULL("bgs_app_data", "NULL");
+    return app ? app->data : NULL;
+}
+
+static int host_app_service(bgs_app *app, const char *name, uint32_t lifetime,
+                            bgs_service_create_fn create,
+                            bgs_service_destroy_fn destroy, void *arg)
+{
+    if (app == NULL)
+        return APP_NULL("bgs_app_service", NULL);
+    if (!app->starting)
+        return misuse(MISUSE_SITE, BGS_ESTATE, NULL, "bgs_app_service(\"%s\"): outside the start "
+                      "hook; register services in the start hook", name ? name : "NULL");
+    int rc = services_register(app->gen->services, name, lifetime, create, destroy, arg);
+    return REPORT(rc, "bgs_app_service(\"%s\"): %s", name ? name : "NULL", bgs_strerror(rc));
+}
+
+static int host_app_periodic(bgs_app *app, const char *task, uint32_t interval_ms,
+                             const void *payload, size_t len, uint32_t flags)
+{
+    if (app == NULL)
+        return APP_NULL("bgs_app_periodic", NULL);
+    if (task == NULL)
+        return misuse(MISUSE_SITE, BGS_EINVAL, NULL, "bgs_app_periodic(NULL): NULL task name");
+    if (interval_ms == 0)
+        return misuse(MISUSE_SITE, BGS_EINVAL, NULL, "bgs_app_periodic(\"%s\", 0): interval 0", task);
+    if (payload == NULL && len > 0)
+        return misuse(MISUSE_SITE, BGS_EINVAL, NULL, "bgs_app_periodic(\"%s\", NULL, %zu): NULL payload with a length", task, len);
+    if (!app->starting)
+        return misuse(MISUSE_SITE, BGS_ESTATE, NULL, "bgs_app_periodic(\"%s\"): outside the start "
+                      "hook; register periodic tasks in the start hook", task);
+    int rc = gen_add_periodic(app->gen, task, interval_ms, payload, len, flags);
+    return REPORT(rc, "bgs_app_periodic(\"%s\"): %s", task,
+                  rc == BGS_ENOTASK ? "no task with that name" : bgs_strerror(rc));
+}
+
+static void app_logv(bgs_app *app, uint32_t level, const char *fmt, va_list ap)
+{
+    log_pluginv(level, "app", app && app->gen->plugin->name[0] ? app->gen->plugin->name : "-",
+                fmt ? fmt : "(null)", ap);
+}
+
+static void host_app_log(bgs_app *app, uint32_t level, const char *fmt, ...)
+{
+    va_list ap;
+    if (app == NULL)
+        APP_NULL("bgs_app_log", "nothing");
+    va_start(ap, fmt);
+    app_logv(app, level, fmt, ap);
+    va_end(ap);
+}
+
+static void host_app_handover_set(bgs_app *app, void *state)
+{
+    if (app == NULL)
+        APP_NULL("bgs_app_handover_set", "nothing");
+    else
         gen_handover_set(app, state);
 }
 
-static void *app_handover_get(bgs_app *app)
+static void *host_app_handover_get(bgs_app *app)
 {
-    if (app == NULL || !app->starting)
+    if (app == NULL) {
+        APP_NULL("bgs_app_handover_get", "NULL");
         return NULL;
-    return gen_handover_get(app);
+    }
+    return app->starting ? gen_handover_get(app) : NULL;
 }
 
-static int app_handover_taken(bgs_app *app)
+static int host_app_handover_taken(bgs_app *app)
 {
-    return app ? gen_handover_taken(app) : 0;
+    if (app == NULL) {
+        APP_NULL("bgs_app_handover_taken", "0");
+        return 0;
+    }
+    return gen_handover_taken(app);
 }
 
 /* ---- the table ------------------------------------------------------------ */
@@ -507,32 +691,32 @@ static const bgs_host_api host_api = {
     .struct_size = sizeof(bgs_host_api),
     .abi_major = BGS_ABI_MAJOR,
     .abi_minor = BGS_ABI_MINOR,
-    .req_method = req_method,
-    .req_path = req_path,
-    .req_param = req_param,
-    .req_query = req_query_value,
-    .req_header = req_header,
-    .req_body = req_body,
-    .req_remote_addr = req_remote_addr,
-    .req_id = req_id,
-    .req_app = req_app,
-    .req_service = req_service,
-    .req_log = req_log,
-    .res_status = res_status,
-    .res_header = res_header,
-    .res_content_type = res_content_type,
-    .res_body = res_body,
-    .res_printf = res_printf,
-    .res_task = res_task,
-    .res_task_fn = res_task_fn,
-    .res_task_mode = res_task_mode,
-    .res_accepted = res_accepted,
-    .app_fail = app_fail,
-    .app_set_data = app_set_data,
-    .app_data = app_data,
-    .app_service = app_service,
-    .app_periodic = app_periodic,
-    .app_log = app_log,
+    .req_method = host_req_method,
+    .req_path = host_req_path,
+    .req_param = host_req_param,
+    .req_query = host_req_query,
+    .req_header = host_req_header,
+    .req_body = host_req_body,
+    .req_remote_addr = host_req_remote_addr,
+    .req_id = host_req_id,
+    .req_app = host_req_app,
+    .req_service = host_req_service,
+    .req_log = host_req_log,
+    .res_status = host_res_status,
+    .res_header = host_res_header,
+    .res_content_type = host_res_content_type,
+    .res_body = host_res_body,
+    .res_printf = host_res_printf,
+    .res_task = host_res_task,
+    .res_task_fn = host_res_task_fn,
+    .res_task_mode = host_res_task_mode,
+    .res_accepted = host_res_accepted,
+    .app_fail = host_app_fail,
+    .app_set_data = host_app_set_data,
+    .app_data = host_app_data,
+    .app_service = host_app_service,
+    .app_periodic = host_app_periodic,
+    .app_log = host_app_log,
     .task_id = tasks_ctx_id,
     .task_name = tasks_ctx_name,
     .task_attempt = tasks_ctx_attempt,
@@ -543,14 +727,14 @@ static const bgs_host_api host_api = {
     .task_app = tasks_ctx_app,
     .task_service = tasks_ctx_service,
     .task_log = tasks_ctx_log,
-    .res_defer = res_defer,
-    .deferred_complete = deferred_complete,
-    .deferred_release = deferred_release,
-    .req_enqueue = req_enqueue,
-    .res_await = res_await,
-    .app_handover_set = app_handover_set,
-    .app_handover_get = app_handover_get,
-    .app_handover_taken = app_handover_taken,
+    .res_defer = host_res_defer,
+    .deferred_complete = host_deferred_complete,
+    .deferred_release = host_deferred_release,
+    .req_enqueue = host_req_enqueue,
+    .res_await = host_res_await,
+    .app_handover_set = host_app_handover_set,
+    .app_handover_get = host_app_handover_get,
+    .app_handover_taken = host_app_handover_taken,
 };
 
 const bgs_host_api *hostapi_table(void)

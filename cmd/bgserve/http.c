@@ -27,6 +27,7 @@
 #include "crash.h"
 #include "deferred.h"
 #include "generation.h"
+#include "handle.h"
 #include "introspect.h"
 #include "log.h"
 #include "request.h"
@@ -364,12 +365,16 @@ static enum MHD_Result dispatch(struct MHD_Connection *conn, exchange *ex)
 
     const plugin_route *route = req->match.data;
     res->status = 200;
-    res->in_handler = 1;
     crash_frame cf; /* names the route if the handler crashes */
     crash_enter_route(&cf, route->method, route->path, req->id, req->gen->number, req->gen->plugin->name);
-    int hrc = route->handler(req, res);
+    /* The plugin gets handles valid on this thread until the handler
+     * returns (handle.h): one kept past that is refused, not followed. */
+    bgs_req *hreq = handle_open(HANDLE_REQ, req, HANDLE_THREAD_BOUND);
+    bgs_res *hres = handle_open(HANDLE_RES, res, HANDLE_THREAD_BOUND);
+    int hrc = route->handler(hreq, hres);
+    handle_close(hres);
+    handle_close(hreq);
     crash_leave(&cf);
-    res->in_handler = 0;
     if (hrc != 0) {
         log_msg(BGS_LOG_ERROR, "handler for %s %s failed (returned %d) rid=%s",
                 route->method, route->path, hrc, req->id);

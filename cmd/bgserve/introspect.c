@@ -10,6 +10,7 @@
 #include "deferred.h"
 #include "generation.h"
 #include "json.h"
+#include "misuse.h"
 #include "tasks.h"
 #include "util.h"
 
@@ -73,6 +74,8 @@ void introspect_handle(const char *method, const char *path,
         json_u64(&j, c->introspection_requests);
         json_key(&j, "uptime_s");
         json_u64(&j, c->uptime_s);
+        json_key(&j, "misuse"); /* host API calls refused, misuse.h */
+        json_u64(&j, misuse_count());
         json_obj_end(&j);
         reply_json(out, 200, &j);
         return;

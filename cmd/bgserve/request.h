@@ -4,7 +4,8 @@
  *
  * Both live inside the http room's per-request state and are touched by
  * exactly one HTTP thread at a time (the one libmicrohttpd runs the
- * request on), so they need no lock.  hostapi.c implements the plugin's
+ * request on), so they need no lock.  The plugin never sees these
+ * addresses: it gets handles (handle.h) valid while the handler runs.  hostapi.c implements the plugin's
  * accessors over them; nothing here knows libmicrohttpd: headers are
  * reached through a lookup function the http room provides.
  */
@@ -71,7 +72,6 @@ struct bgs_res {
     uint32_t mode;            /* BGS_SEQUENTIAL / BGS_CONCURRENT */
     tasks_group *group;       /* tasks attached by the handler, or NULL */
     struct bgs_req *req;
-    int in_handler;           /* 1 while the handler runs */
     bgs_deferred *deferred;   /* set by res_defer; http holds a reference */
     uint64_t *queued_ids;     /* tasks queued now (req_enqueue, res_await) */
     size_t nqueued;

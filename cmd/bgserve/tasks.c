@@ -35,7 +35,9 @@
 #include "tasks.h"
 
 #include "crash.h"
+#include "handle.h"
 #include "log.h"
+#include "misuse.h"
 #include "plugin.h"
 #include "queue.h"
 #include "sched.h"
@@ -837,7 +839,10 @@ static void run_once(task_item *it)
                   on_timeout);
     crash_frame cf; /* names the task if it crashes */
     crash_enter_task(&cf, it->kind->name, it->id, item_rid(it), it->gen_number);
-    rc = def ? def->fn(&ctx, it->payload, it->len) : it->afn(&ctx, it->arg);
+    cf.plugin = it->gen && it->gen->plugin ? it->gen->plugin->name : NULL; /* for misuse warnings */
+    bgs_task_ctx *h = handle_open(HANDLE_TASK, &ctx, HANDLE_THREAD_BOUND);
+    rc = def ? def->fn(h, it->payload, it->len) : it->afn(h, it->arg);
+    handle_close(h); /* a kept handle is refused from now on */
     crash_leave(&cf);
     if (def && def->timeout_ms)
         sched_cancel(&it->x->timeout_timer);
@@ -1659,40 +1664,60 @@ void tasks_stats_json(json *j)
 /* Task context (worker threads, during a run)                         */
 /* ------------------------------------------------------------------ */
 
-uint64_t tasks_ctx_id(bgs_task_ctx *ctx)
+/* The plugin holds a handle (handle.h) opened by run_once for the run and
+ * usable only on its worker thread, so these need no lock.  A handle that
+ * is NULL, ended or used from another thread is refused and reported
+ * (misuse.h) with the neutral result each function documents. */
+#define CTX_OF(h, fn, ret) \
+    ((bgs_task_ctx *)misuse_handle(HANDLE_TASK, (h), MISUSE_SITE, (fn), (ret), NULL))
+
+uint64_t tasks_ctx_id(bgs_task_ctx *h)
 {
-    return ctx->item->id;
+    bgs_task_ctx *ctx = CTX_OF(h, "bgs_task_id", "0");
+    return ctx ? ctx->item->id : 0;
 }
 
-const char *tasks_ctx_name(bgs_task_ctx *ctx)
+const char *tasks_ctx_name(bgs_task_ctx *h)
 {
-    return ctx->item->kind->name;
+    bgs_task_ctx *ctx = CTX_OF(h, "bgs_task_name", "NULL");
+    return ctx ? ctx->item->kind->name : NULL;
 }
 
-uint32_t tasks_ctx_attempt(bgs_task_ctx *ctx)
+uint32_t tasks_ctx_attempt(bgs_task_ctx *h)
 {
-    return ctx->attempt;
+    bgs_task_ctx *ctx = CTX_OF(h, "bgs_task_attempt", "0");
+    return ctx ? ctx->attempt : 0;
 }
 
-int tasks_ctx_cancelled(bgs_task_ctx *ctx)
+int tasks_ctx_cancelled(bgs_task_ctx *h)
 {
-    return atomic_load(&ctx->item->cancel) != 0;
+    bgs_task_ctx *ctx = CTX_OF(h, "bgs_task_cancelled", "1 (stop)");
+    return ctx ? atomic_load(&ctx->item->cancel) != 0 : 1;
 }
 
-void tasks_ctx_error(bgs_task_ctx *ctx, const char *fmt, ...)
+void tasks_ctx_error(bgs_task_ctx *h, const char *fmt, ...)
 {
     va_list ap;
+    bgs_task_ctx *ctx = CTX_OF(h, "bgs_task_error", "nothing");
+    if (ctx == NULL)
+        return;
     va_start(ap, fmt);
-    vsnprintf(ctx->err, sizeof(ctx->err), fmt, ap);
+    vsnprintf(ctx->err, sizeof(ctx->err), fmt ? fmt : "(no message)", ap);
     va_end(ap);
     ctx->has_err = 1;
 }
 
-int tasks_ctx_result(bgs_task_ctx *ctx, uint32_t status, const char *type,
+int tasks_ctx_result(bgs_task_ctx *h, uint32_t status, const char *type,
                      const void *data, size_t len)
 {
-    if (status < 100 || status > 599 || (data == NULL && len != 0))
-        return BGS_EINVAL;
+    int code;
+    bgs_task_ctx *ctx = misuse_handle(HANDLE_TASK, h, MISUSE_SITE, "bgs_task_result", NULL, &code);
+    if (ctx == NULL)
+        return code;
+    if (status < 100 || status > 599)
+        return misuse(MISUSE_SITE, BGS_EINVAL, NULL, "bgs_task_result(%u): not an HTTP status (100-599)", status);
+    if (data == NULL && len != 0)
+        return misuse(MISUSE_SITE, BGS_EINVAL, NULL, "bgs_task_result(%u, NULL, %zu): NULL data with a length", status, len);
     free(ctx->res_type);
     free(ctx->res_data);
     ctx->has_result = 1;
@@ -1703,30 +1728,38 @@ int tasks_ctx_result(bgs_task_ctx *ctx, uint32_t status, const char *type,
     return 0;
 }
 
-const char *tasks_ctx_request_id(bgs_task_ctx *ctx)
+const char *tasks_ctx_request_id(bgs_task_ctx *h)
 {
-    return item_rid(ctx->item);
+    bgs_task_ctx *ctx = CTX_OF(h, "bgs_task_request_id", "NULL");
+    return ctx ? item_rid(ctx->item) : NULL;
 }
 
-bgs_app *tasks_ctx_app(bgs_task_ctx *ctx)
+bgs_app *tasks_ctx_app(bgs_task_ctx *h)
 {
-    return &ctx->item->gen->app;
+    bgs_task_ctx *ctx = CTX_OF(h, "bgs_task_app", "NULL");
+    return ctx ? &ctx->item->gen->app : NULL;
 }
 
-void *tasks_ctx_service(bgs_task_ctx *ctx, const char *name)
+void *tasks_ctx_service(bgs_task_ctx *h, const char *name)
 {
+    bgs_task_ctx *ctx = CTX_OF(h, "bgs_task_service", "NULL");
+    if (ctx == NULL)
+        return NULL;
     services *s = ctx->item->gen->services;
     if (s == NULL || name == NULL)
         return NULL;
     return services_get(s, &ctx->scope, name);
 }
 
-void tasks_ctx_log(bgs_task_ctx *ctx, uint32_t level, const char *fmt, ...)
+/* The line is logged even when the handle is refused (tagged "-"). */
+void tasks_ctx_log(bgs_task_ctx *h, uint32_t level, const char *fmt, ...)
 {
-    char tag[32];
+    char tag[32] = "-";
     va_list ap;
-    snprintf(tag, sizeof(tag), "%" PRIu64, ctx->item->id);
+    bgs_task_ctx *ctx = CTX_OF(h, "bgs_task_log", "nothing");
+    if (ctx)
+        snprintf(tag, sizeof(tag), "%" PRIu64, ctx->item->id);
     va_start(ap, fmt);
-    log_pluginv(level, "task", tag, fmt, ap);
+    log_pluginv(level, "task", tag, fmt ? fmt : "(null)", ap);
     va_end(ap);
 }
