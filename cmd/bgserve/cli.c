@@ -16,6 +16,9 @@
 #include "bgserve.h"
 #include "http.h"
 #include "queue.h"
+#include "tasks.h"
+#include "urls.h"
+#include "util.h"
 
 #include <stdarg.h>
 #include <stdlib.h>
@@ -102,12 +105,12 @@ static void print_help(FILE *out)
 "      --max-connections N    connections at once, 1-1000000 (default 1024)\n"
 "      --max-body SIZE        largest request body, 0 to 1G; suffix k, M or G\n"
 "                             for binary multiples (default 1M)\n"
-"      --workers N            task worker threads, 1-1024 (default 16).  Tasks\n"
+"      --workers N            task worker threads, 1-1024 (default " UTIL_STR(TASKS_DEFAULT_WORKERS) ").  Tasks\n"
 "                             mostly wait on I/O (mail, HTTP calls, files), so\n"
 "                             more workers than cores pays off\n"
 "      --queue N              tasks waiting to run at most, 1-16777216; when\n"
 "                             full, attaching a task fails with BGS_EFULL\n"
-"                             (default 65536)\n"
+"                             (default " UTIL_STR(TASKS_DEFAULT_QUEUE_CAP) ")\n"
 "      --linger USEC          under steady load, how long a queued task may\n"
 "                             wait so that the tasks of several responses\n"
 "                             share one worker wake-up, 0-%u microseconds:\n"
@@ -115,11 +118,11 @@ static void print_help(FILE *out)
 "                             starts; 0 wakes a worker for every response\n"
 "                             (default %u)\n"
 "      --keep N               finished tasks kept for the status monitor,\n"
-"                             0-10000000 (default 10000)\n"
+"                             0-10000000 (default " UTIL_STR(TASKS_DEFAULT_KEEP) ")\n"
 "      --drain-timeout SECONDS  on stop, how long to wait for queued and\n"
 "                             running tasks, 0-3600, fractions allowed\n"
 "                             (default 10)\n"
-"      --no-introspection     don't serve /_bgserve/ (status monitor) or send\n"
+"      --no-introspection     don't serve " URLS_PREFIX "/ (status monitor) or send\n"
 "                             Bgserve-Tasks headers (default: served)\n"
 "  -q, --quiet                no access lines and no task start/done lines\n"
 "                             (failures, retries and discards still print)\n"
@@ -406,10 +409,10 @@ static void set_defaults(cli_config *cfg)
     cfg->timeout_s = 30;
     cfg->conn_limit = 1024;
     cfg->max_body = 1024 * 1024;
-    cfg->workers = 16;
-    cfg->queue_cap = 65536;
+    cfg->workers = TASKS_DEFAULT_WORKERS;
+    cfg->queue_cap = TASKS_DEFAULT_QUEUE_CAP;
     cfg->linger_us = QUEUE_LINGER_DEFAULT_US;
-    cfg->keep = 10000;
+    cfg->keep = TASKS_DEFAULT_KEEP;
     cfg->drain_timeout_ms = 10000;
     cfg->introspection = 1;
     cfg->color = -1;

@@ -23,6 +23,7 @@
 #include "request.h"
 #include "services.h"
 #include "tasks.h"
+#include "urls.h"
 #include "util.h"
 
 #include <stdarg.h>
@@ -465,7 +466,7 @@ static int host_res_accepted(bgs_res *h, uint64_t task_id)
         return code;
     if (task_id == 0)
         return misuse(MISUSE_SITE, BGS_EINVAL, NULL, "bgs_res_accepted(0): task id 0 names no task");
-    snprintf(loc, sizeof loc, "/_bgserve/tasks/%llu", (unsigned long long)task_id);
+    snprintf(loc, sizeof loc, URLS_TASKS "%llu", (unsigned long long)task_id);
     res->status = 202;
     return set_header(res, "Location", loc, &why);
 }

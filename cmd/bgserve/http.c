@@ -32,6 +32,7 @@
 #include "log.h"
 #include "request.h"
 #include "tasks.h"
+#include "urls.h"
 #include "util.h"
 
 #include <microhttpd.h>
@@ -96,8 +97,9 @@ uint64_t http_requests_total(void)
  * /_bgserve endpoints rather than the plugin's? */
 static int is_introspection(const char *target)
 {
-    return config.introspection && strncmp(target, "/_bgserve", 9) == 0 &&
-           (target[9] == '/' || target[9] == '?' || target[9] == '\0');
+    char after = target[URLS_PREFIX_LEN];
+    return config.introspection && strncmp(target, URLS_PREFIX, URLS_PREFIX_LEN) == 0 &&
+           (after == '/' || after == '?' || after == '\0');
 }
 
 static const char *lookup_header(void *conn, const char *name)

@@ -12,6 +12,7 @@
 #include "json.h"
 #include "misuse.h"
 #include "tasks.h"
+#include "urls.h"
 #include "util.h"
 
 #include <stdlib.h>
@@ -36,10 +37,9 @@ static void reply_error(introspect_reply *out, unsigned status, const char *msg)
 
 uint64_t introspect_task_id(const char *path)
 {
-    static const char prefix[] = "/_bgserve/tasks/";
-    if (strncmp(path, prefix, sizeof prefix - 1) != 0)
+    if (strncmp(path, URLS_TASKS, URLS_TASKS_LEN) != 0)
         return 0;
-    const char *s = path + sizeof prefix - 1;
+    const char *s = path + URLS_TASKS_LEN;
     uint64_t v = 0;
     if (*s == '\0' || strlen(s) > 19)
         return 0;
@@ -60,7 +60,7 @@ void introspect_handle(const char *method, const char *path,
         reply_error(out, 405, "introspection endpoints answer GET and HEAD only");
         return;
     }
-    if (strcmp(path, "/_bgserve/stats") == 0) {
+    if (strcmp(path, URLS_STATS) == 0) {
         json j;
         json_init(&j);
         json_obj_begin(&j);
@@ -80,7 +80,7 @@ void introspect_handle(const char *method, const char *path,
         reply_json(out, 200, &j);
         return;
     }
-    if (strncmp(path, "/_bgserve/tasks/", 16) == 0) {
+    if (strncmp(path, URLS_TASKS, URLS_TASKS_LEN) == 0) {
         uint64_t id = introspect_task_id(path);
         json j;
         json_init(&j);
@@ -92,5 +92,5 @@ void introspect_handle(const char *method, const char *path,
         reply_error(out, 404, "no such task: unknown id, or its record was evicted (see --keep)");
         return;
     }
-    reply_error(out, 404, "unknown introspection endpoint; try /_bgserve/stats or /_bgserve/tasks/ID");
+    reply_error(out, 404, "unknown introspection endpoint; try " URLS_STATS " or " URLS_TASKS "ID");
 }

@@ -1,14 +1,12 @@
 /*
- * introspect.h - the /_bgserve/ endpoints: task status monitor and stats.
- * Pure request -> reply; the http room does the I/O.
+ * introspect.h - the /_bgserve/ endpoints (urls.h): task status monitor
+ * and stats.  Pure request -> reply; the http room does the I/O.
  */
 #ifndef BGSERVE_INTROSPECT_H
 #define BGSERVE_INTROSPECT_H
 
 #include <stddef.h>
 #include <stdint.h>
-
-#define INTROSPECT_PREFIX "/_bgserve/"
 
 typedef struct introspect_reply {
     unsigned status;

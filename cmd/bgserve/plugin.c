@@ -19,6 +19,7 @@
 
 #include "imagefile.h"
 #include "log.h"
+#include "urls.h"
 #include "util.h"
 #include "version.h"
 
@@ -43,8 +44,6 @@
 #define MAX_ELEMENT_SIZE 4096u
 #define MAX_TASK_NAME 64u
 #define MAX_PAYLOAD ((uint64_t)16 << 20)
-
-#define RESERVED_PREFIX "/_bgserve"
 
 static const char FIX_REBUILD[] =
     "rebuild the plugin from source with BGS_PLUGIN(...) from this "
@@ -104,9 +103,8 @@ static int task_name_ok(const char *s)
 
 static int is_reserved(const char *path)
 {
-    size_t n = strlen(RESERVED_PREFIX);
-    return strncmp(path, RESERVED_PREFIX, n) == 0 &&
-           (path[n] == '\0' || path[n] == '/');
+    return strncmp(path, URLS_PREFIX, URLS_PREFIX_LEN) == 0 &&
+           (path[URLS_PREFIX_LEN] == '\0' || path[URLS_PREFIX_LEN] == '/');
 }
 
 /* Free the tables of p (partially filled is fine), not p itself. */
@@ -243,9 +241,9 @@ static int build_tasks(const bgs_plugin *dd, plugin *p, char *err,
             plugin_task *pt = &p->tasks[p->ntasks++];
             pt->name = xstrdup(t.name);
             pt->fn = t.fn;
-            pt->max_attempts = t.max_attempts ? t.max_attempts : 1;
-            pt->backoff_base_ms = t.backoff_base_ms ? t.backoff_base_ms : 100;
-            pt->backoff_cap_ms = t.backoff_cap_ms ? t.backoff_cap_ms : 30000;
+            pt->max_attempts = t.max_attempts ? t.max_attempts : PLUGIN_DEFAULT_MAX_ATTEMPTS;
+            pt->backoff_base_ms = t.backoff_base_ms ? t.backoff_base_ms : PLUGIN_DEFAULT_BACKOFF_BASE_MS;
+            pt->backoff_cap_ms = t.backoff_cap_ms ? t.backoff_cap_ms : PLUGIN_DEFAULT_BACKOFF_CAP_MS;
             pt->max_concurrency = t.max_concurrency;
             pt->every_ms = t.every_ms;
             pt->timeout_ms = t.timeout_ms;
@@ -369,10 +367,10 @@ static int build_routes(const bgs_plugin *dd, plugin *p, router *r,
                           path);
         if (is_reserved(rt.path))
             return refuse(err, errlen,
-                          "move the route: /_bgserve/ is reserved for "
+                          "move the route: " URLS_PREFIX "/ is reserved for "
                           "bgserve's own endpoints",
                           "route %u (%s %s) is under the reserved prefix "
-                          "/_bgserve/", i, m, path);
+                          URLS_PREFIX "/", i, m, path);
         plugin_route *pr = p != NULL ? &p->routes[i] : NULL;
         if (router_add(r, rt.method, rt.path, pr, why, sizeof(why)) < 0)
             return refuse(err, errlen, route_fix(why),

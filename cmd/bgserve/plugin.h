@@ -30,12 +30,19 @@ typedef struct plugin_route {
     uint32_t mode;    /* BGS_SEQUENTIAL or BGS_CONCURRENT */
 } plugin_route;
 
+/* What a task definition's zero fields mean, here only: the loader fills
+ * them into plugin_task, and tasks.c uses them for ad hoc tasks, which
+ * have no definition. */
+#define PLUGIN_DEFAULT_MAX_ATTEMPTS 1
+#define PLUGIN_DEFAULT_BACKOFF_BASE_MS 100
+#define PLUGIN_DEFAULT_BACKOFF_CAP_MS 30000
+
 typedef struct plugin_task {
     char *name;       /* copied */
     bgs_task_fn fn;
-    uint32_t max_attempts;    /* >= 1 after loading (0 became 1) */
-    uint32_t backoff_base_ms; /* defaults applied: 100 */
-    uint32_t backoff_cap_ms;  /* defaults applied: 30000 */
+    uint32_t max_attempts;    /* >= 1: defaults applied (PLUGIN_DEFAULT_*) */
+    uint32_t backoff_base_ms; /* defaults applied */
+    uint32_t backoff_cap_ms;  /* defaults applied */
     uint32_t max_concurrency; /* 0: no cap */
     uint32_t every_ms;
     uint32_t timeout_ms;

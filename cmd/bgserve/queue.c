@@ -440,7 +440,6 @@ static unsigned max_u(unsigned a, unsigned b)
 queue *queue_mem_new(size_t cap, unsigned linger_us)
 {
     mem_queue *m = xcalloc(1, sizeof(*m));
-    pthread_condattr_t ca;
 
     if (linger_us > QUEUE_LINGER_MAX_US)
         linger_us = QUEUE_LINGER_MAX_US;
@@ -452,9 +451,6 @@ queue *queue_mem_new(size_t cap, unsigned linger_us)
     m->hot_us = max_u(QUEUE_HOT_MIN_US, 2 * linger_us);
     m->serial = atomic_fetch_add(&next_serial, 1);
     pthread_mutex_init(&m->mu, NULL);
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&m->sentry_cv, &ca);
-    pthread_condattr_destroy(&ca);
+    util_cond_init_mono(&m->sentry_cv);
     return &m->base;
 }

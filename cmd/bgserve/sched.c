@@ -166,11 +166,7 @@ int sched_start(void)
     if (running)
         goto out;
     if (!cv_ready) {
-        pthread_condattr_t ca;
-        pthread_condattr_init(&ca);
-        pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-        pthread_cond_init(&cv, &ca);
-        pthread_condattr_destroy(&ca);
+        util_cond_init_mono(&cv);
         cv_ready = 1;
     }
     stopping = 0;

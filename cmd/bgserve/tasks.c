@@ -222,7 +222,7 @@ struct bgs_task_ctx {
 
 static atomic_uint_fast64_t next_id = 1;
 static atomic_size_t accepted;   /* reserved queue capacity */
-static size_t queue_cap = 65536; /* written by tasks_start only */
+static size_t queue_cap = TASKS_DEFAULT_QUEUE_CAP; /* written by tasks_start only */
 static unsigned linger_us;       /* written by tasks_start only */
 static atomic_int accepting;     /* 1 between start and shutdown */
 static atomic_int stopping;      /* cancel phase of a shutdown */
@@ -268,11 +268,7 @@ static atomic_ulong hist[HIST_BUCKETS];
 
 static void rec_cv_init(void)
 {
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&rec_cv, &ca);
-    pthread_condattr_destroy(&ca);
+    util_cond_init_mono(&rec_cv);
 }
 
 static unsigned hist_bucket(uint64_t v)
@@ -324,8 +320,8 @@ static uint64_t splitmix64(uint64_t x)
  * failed together spread out. */
 static uint64_t backoff_ms(const plugin_task *def, uint64_t id, uint32_t failed)
 {
-    uint64_t base = def && def->backoff_base_ms ? def->backoff_base_ms : 100;
-    uint64_t cap = def && def->backoff_cap_ms ? def->backoff_cap_ms : 30000;
+    uint64_t base = def && def->backoff_base_ms ? def->backoff_base_ms : PLUGIN_DEFAULT_BACKOFF_BASE_MS;
+    uint64_t cap = def && def->backoff_cap_ms ? def->backoff_cap_ms : PLUGIN_DEFAULT_BACKOFF_CAP_MS;
     uint64_t d = base;
     for (uint32_t i = 1; i < failed && d < cap; i++)
         d *= 2;
@@ -606,7 +602,7 @@ static task_item *item_new(generation *gen, task_kind *kind, const plugin_task *
     it->gen = gen;
     gen_retain(gen);
     it->gen_number = gen->number;
-    it->max_attempts = def && def->max_attempts ? def->max_attempts : 1;
+    it->max_attempts = def && def->max_attempts ? def->max_attempts : PLUGIN_DEFAULT_MAX_ATTEMPTS;
     atomic_init(&it->cancel, 0);
     it->delivered = -1;
     it->mode = (uint8_t)mode;
@@ -1320,7 +1316,7 @@ int tasks_start(const tasks_config *cfg)
     if (started)
         return -1;
     pthread_once(&rec_cv_once, rec_cv_init);
-    queue_cap = cfg->queue_cap ? cfg->queue_cap : 65536;
+    queue_cap = cfg->queue_cap ? cfg->queue_cap : TASKS_DEFAULT_QUEUE_CAP;
 
     pthread_mutex_lock(&rec_mu);
     ring_resize_locked(cfg->keep);
@@ -1335,7 +1331,7 @@ int tasks_start(const tasks_config *cfg)
     atomic_store(&shut_down, 0);
     if (sched_start() != 0)
         return -1;
-    workers *w = workers_start(cfg->workers ? cfg->workers : 16, Q, run_node, NULL);
+    workers *w = workers_start(cfg->workers ? cfg->workers : TASKS_DEFAULT_WORKERS, Q, run_node, NULL);
     if (w == NULL) {
         sched_stop();
         return -1;

@@ -18,9 +18,17 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* The defaults, here only: tasks_start applies them to zero fields, and
+ * cli.c prints them and starts from them.  Plain numbers (cli.c's help
+ * text spells them with UTIL_STR). */
+#define TASKS_DEFAULT_WORKERS 16
+#define TASKS_DEFAULT_QUEUE_CAP 65536
+#define TASKS_DEFAULT_KEEP 10000
+
 typedef struct tasks_config {
-    unsigned workers;           /* task threads */
-    unsigned queue_cap;         /* tasks accepted but not finished, at most */
+    unsigned workers;           /* task threads; 0: TASKS_DEFAULT_WORKERS */
+    unsigned queue_cap;         /* tasks accepted but not finished, at most;
+                                 * 0: TASKS_DEFAULT_QUEUE_CAP */
     unsigned keep;              /* finished records kept for introspection */
     unsigned linger_us;         /* queue coalescing window (queue_mem_new); 0: none */
 } tasks_config;

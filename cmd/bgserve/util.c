@@ -73,6 +73,15 @@ uint64_t util_now_us(void)
     return clock_us(CLOCK_MONOTONIC);
 }
 
+void util_cond_init_mono(pthread_cond_t *cv)
+{
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(cv, &ca);
+    pthread_condattr_destroy(&ca);
+}
+
 struct timespec util_mono_timespec(uint64_t us)
 {
     struct timespec ts = {

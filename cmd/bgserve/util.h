@@ -9,6 +9,7 @@
 #ifndef BGSERVE_UTIL_H
 #define BGSERVE_UTIL_H
 
+#include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <time.h>
@@ -27,6 +28,9 @@ uint64_t util_wall_us(void);
 /* A util_now_us() time as a struct timespec: the deadline of a
  * pthread_cond_timedwait on a CLOCK_MONOTONIC condition variable. */
 struct timespec util_mono_timespec(uint64_t us);
+/* pthread_cond_init on the monotonic clock, so that timed waits on cv take
+ * util_mono_timespec deadlines and ignore changes of the wall clock. */
+void util_cond_init_mono(pthread_cond_t *cv);
 
 /* Wall-clock time wall_us as ISO-8601 UTC ("2026-11-23T19:00:00.123Z")
  * with frac_digits (3 or 6) digits of the second. */
@@ -40,6 +44,10 @@ size_t util_u64_dec(char *buf, uint64_t v);
 
 /* Case-insensitive ASCII equality: 1 when equal, 0 otherwise. */
 int util_strcaseeq(const char *a, const char *b);
+
+/* A macro's value as a string literal: UTIL_STR(16) is "16". */
+#define UTIL_STR(x) UTIL_STR_(x)
+#define UTIL_STR_(x) #x
 
 #define UTIL_CONTAINER_OF(ptr, type, member) \
     ((type *)(void *)((char *)(ptr) - offsetof(type, member)))

@@ -59,17 +59,13 @@ static void *worker_main(void *p)
 workers *workers_start(unsigned n, queue *q, workers_run_fn run, void *arg)
 {
     workers *w = xcalloc(1, sizeof(*w));
-    pthread_condattr_t ca;
 
     w->q = q;
     w->run = run;
     w->arg = arg;
     atomic_init(&w->busy, 0);
     pthread_mutex_init(&w->mu, NULL);
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&w->cv, &ca);
-    pthread_condattr_destroy(&ca);
+    util_cond_init_mono(&w->cv);
     w->gone = xcalloc(n ? n : 1, 1);
     w->threads = xcalloc(n ? n : 1, sizeof(pthread_t));
     for (unsigned i = 0; i < n; i++) {
