@@ -3,8 +3,9 @@
  * (tests/fixtures/hostile_app.so, started with small limits): slow
  * headers holding many connections, oversized request lines and headers,
  * a body over --max-body, 1000 idle keep-alive connections, malformed
- * request lines, pipelining, invalid percent-encoding and clients that
- * vanish mid-response.  After each, a normal request (which attaches a
+ * request lines, pipelining, invalid percent-encoding, the request heads
+ * libmicrohttpd 0.9.75 lets through (no Host, a NUL in the target, an
+ * invalid Content-Length) and clients that vanish mid-response.  After each, a normal request (which attaches a
  * task) is answered, and /_bgserve/stats shows no task failed, discarded
  * or cancelled once the queue is empty: nothing was lost.
  * Counts are bounded and every wait polls with a deadline.
@@ -159,6 +160,15 @@ static void assert_healthy(void)
     assert_int_equal(stat_of(r.body, "discarded"), 0);
     assert_int_equal(stat_of(r.body, "cancelled"), 0);
     h_resp_free(&r);
+}
+
+/* assert_healthy, and exactly `more` tasks besides its own one ran since
+ * the noop task had `before` successes. */
+static void assert_healthy_with(long long before, long long more)
+{
+    assert_true(before >= 0);
+    assert_healthy();
+    assert_int_equal(h_stat(&srv, "noop", "succeeded"), before + more + 1);
 }
 
 static int setup(void **state)
@@ -387,6 +397,77 @@ static void hostile_invalid_percent_encoding_is_400(void **state)
     assert_healthy();
 }
 
+/* One request on a new connection (len bytes: it may hold NULs); fails
+ * unless the first response has status `want` and, when needle is not
+ * NULL, contains it. */
+static void expect_raw(const char *req, size_t len, int want, const char *needle)
+{
+    int fd = conn_open();
+    send_all(fd, req, len);
+    char buf[8192];
+    size_t got;
+    read_some(fd, buf, sizeof buf, &got, 1, 15000);
+    close(fd);
+    if (status_of(buf) != want)
+        fail_msg("%.*s: got status %d, want %d", (int)strcspn(req, "\r"), req, status_of(buf), want);
+    if (needle)
+        h_assert_contains(buf, needle);
+}
+
+/* A string literal and its length, NULs inside included. */
+#define RAW(lit) lit, sizeof lit - 1
+
+/* Requests to /task that libmicrohttpd 0.9.75 would have routed and that
+ * HTTP/1.1 forbids: each is a 400 before routing, so no task runs. */
+static void hostile_request_without_host_is_400(void **state)
+{
+    (void)state;
+    long long before = h_stat(&srv, "noop", "succeeded");
+    expect_raw(RAW("GET /task HTTP/1.1\r\nX-Other: 1\r\n\r\n"), 400, "needs a Host header");
+    expect_raw(RAW("GET /task HTTP/1.1\r\n\r\n"), 400, "Connection: close");
+    /* HTTP/1.0 needs none; an empty Host is valid in HTTP/1.1 */
+    expect_raw(RAW("GET /task HTTP/1.0\r\n\r\n"), 200, NULL);
+    expect_raw(RAW("GET /task HTTP/1.1\r\nHost:\r\n\r\n"), 200, NULL);
+    /* the two that were answered ran their task, the refused ones did not */
+    assert_healthy_with(before, 2);
+}
+
+static void hostile_nul_in_request_target_is_400(void **state)
+{
+    (void)state;
+    long long before = h_stat(&srv, "noop", "succeeded");
+    expect_raw(RAW("GET /task\0abc HTTP/1.1\r\nHost: x\r\n\r\n"), 400, "NUL byte in the request target");
+    expect_raw(RAW("GET /task?a=b\0c HTTP/1.1\r\nHost: x\r\n\r\n"), 400, "Connection: close");
+    expect_raw(RAW("GET /task\0 HTTP/1.1\r\nHost: x\r\n\r\n"), 400, NULL);
+    /* none reached the route: no task ran */
+    assert_healthy_with(before, 0);
+}
+
+/* What only libmicrohttpd sees (docs/http.md): an invalid Content-Length
+ * never reaches bgserve.  Whatever libmicrohttpd answers, it is an error
+ * and the connection is closed: no handler runs, no task is queued. */
+static void hostile_invalid_content_length_never_routed(void **state)
+{
+    (void)state;
+    long long before = h_stat(&srv, "noop", "succeeded");
+    static const char *const values[] = {"abc", "-1", "", "99999999999999999999999", "1x"};
+    for (size_t i = 0; i < sizeof values / sizeof values[0]; i++) {
+        char req[256], buf[8192];
+        snprintf(req, sizeof req, "GET /task HTTP/1.1\r\nHost: x\r\nContent-Length: %s\r\n\r\n",
+                 values[i]);
+        int fd = conn_open();
+        send_str(fd, req);
+        size_t got;
+        int closed = read_some(fd, buf, sizeof buf, &got, 0, 15000);
+        close(fd);
+        assert_int_equal(closed, 1);
+        int st = status_of(buf);
+        if (st != 400 && st != 413)
+            fail_msg("Content-Length '%s': status %d, want 400 or 413", values[i], st);
+    }
+    assert_healthy_with(before, 0);
+}
+
 static void hostile_client_disconnects_mid_response(void **state)
 {
     (void)state;
@@ -434,6 +515,9 @@ int main(void)
         cmocka_unit_test(hostile_malformed_request_lines),
         cmocka_unit_test(hostile_pipelined_requests_all_answered),
         cmocka_unit_test(hostile_invalid_percent_encoding_is_400),
+        cmocka_unit_test(hostile_request_without_host_is_400),
+        cmocka_unit_test(hostile_nul_in_request_target_is_400),
+        cmocka_unit_test(hostile_invalid_content_length_never_routed),
         cmocka_unit_test(hostile_client_disconnects_mid_response),
         cmocka_unit_test(hostile_server_stops_cleanly),
     };

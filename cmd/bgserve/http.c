@@ -6,8 +6,9 @@
  * How a request travels here:
  *   uri_log      (MHD thread) allocates the per-request `exchange` and
  *                keeps the raw request target; it becomes *req_cls.
- *   on_request   (same thread) first call: headers are in (a bad or too
- *                large Content-Length is answered here).  Later calls
+ *   on_request   (same thread) first call: headers are in (a request
+ *                HTTP/1.1 forbids but libmicrohttpd passed on, and a
+ *                too large Content-Length, are answered here).  Later calls
  *                collect the body (up to --max-body, else 413); every
  *                request dispatches on the final call, so keep-alive
  *                connections stay open.  dispatch() matches the route on the
@@ -69,6 +70,8 @@ typedef struct exchange {
     int longpoll;         /* suspended on /_bgserve/tasks/ID?wait= */
     int introspection;    /* the target is one of bgserve's /_bgserve endpoints */
     int peer_gone;        /* the client left while suspended */
+    uintptr_t uri_start;  /* where libmicrohttpd's raw target began and its */
+    uintptr_t uri_end;    /* first NUL (see bad_request_line); 0: unknown */
 } exchange;
 
 static http_config config;        /* written before serving starts */
@@ -80,6 +83,7 @@ static atomic_uint_fast64_t rid_counter;
 static atomic_uint_fast64_t requests_total;  /* not counting /_bgserve/ */
 static atomic_uint_fast64_t introspection_total; /* /_bgserve/ requests */
 static atomic_uint in_flight;
+static int nul_check;             /* libmicrohttpd < 1.0: see bad_request_line */
 
 /* ---- small helpers -------------------------------------------------------- */
 
@@ -422,6 +426,10 @@ static void *uri_log(void *cls, const char *uri, struct MHD_Connection *conn)
     (void)conn;
     exchange *ex = xcalloc(1, sizeof *ex);
     ex->start_us = util_now_us();
+    if (uri != NULL && nul_check) {
+        ex->uri_start = (uintptr_t)uri;
+        ex->uri_end = (uintptr_t)(uri + strlen(uri));
+    }
     req_set_url(&ex->req, uri ? uri : "/");
     ex->req.raw_path = ex->req.url;
     uint64_t n = atomic_fetch_add_explicit(&rid_counter, 1, memory_order_relaxed) + 1;
@@ -477,6 +485,35 @@ static enum MHD_Result answer_deferred(struct MHD_Connection *conn, exchange *ex
     }
 }
 
+/* The longest request line bad_request_line believes: libmicrohttpd keeps
+ * the whole request head in a per-connection pool far smaller than this. */
+#define REQUEST_LINE_MAX (1u << 20)
+
+/* What libmicrohttpd 0.9.75 lets through that HTTP/1.1 forbids and bgserve
+ * can still see, answered 400 before routing (docs/http.md lists what
+ * only libmicrohttpd sees):
+ *   - a NUL byte in the request target: libmicrohttpd hands over the
+ *     target cut at the NUL ("GET /t\0abc" would be routed to /t).  In
+ *     0.9.x the version string follows the raw target in the same buffer,
+ *     so a version that starts past the first NUL + 1 means the target
+ *     went on after a NUL.  libmicrohttpd 1.0 refuses such a request line
+ *     itself, and the check is off there (nul_check).
+ *   - an HTTP/1.1 request without Host (RFC 9112 section 3.2).
+ * Returns the 400 body, or NULL when the request is fine. */
+static const char *bad_request_line(struct MHD_Connection *conn, const exchange *ex,
+                                    const char *version)
+{
+    if (ex->uri_end != 0 && version[0] != '\0') {
+        uintptr_t v = (uintptr_t)version;
+        if (v > ex->uri_end + 1 && v - ex->uri_start < REQUEST_LINE_MAX)
+            return "Bad Request: NUL byte in the request target\n";
+    }
+    if (strncmp(version, "HTTP/1.", 7) == 0 && strcmp(version + 7, "0") != 0 &&
+        lookup_header(conn, "Host") == NULL)
+        return "Bad Request: an HTTP/1.1 request needs a Host header\n";
+    return NULL;
+}
+
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn,
                                   const char *url, const char *method,
                                   const char *version, const char *upload_data,
@@ -484,7 +521,6 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn,
 {
     (void)cls;
     (void)url;
-    (void)version;
     exchange *ex = *req_cls;
     if (ex == NULL) /* no uri_log call: cannot happen with our options */
         return MHD_NO;
@@ -496,6 +532,9 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn,
         ex->req.conn = conn;
         ex->req.resume_fn = resume_conn;
         format_remote(conn, ex->req.remote, sizeof ex->req.remote);
+        const char *bad = bad_request_line(conn, ex, version ? version : "");
+        if (bad)
+            return send_text(conn, ex, 400, bad, 1);
         const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Content-Length");
         if (cl) {
             char *end;
@@ -680,6 +719,7 @@ int http_start(const http_config *cfg, char *err, size_t errlen)
     char hostport[INET6_ADDRSTRLEN + 16];
     config = *cfg;
     started_us = util_now_us();
+    nul_check = strncmp(MHD_get_version(), "0.", 2) == 0;
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     rid_prefix = (uint32_t)(ts.tv_nsec ^ ((uint64_t)ts.tv_sec << 8) ^ ((uint64_t)getpid() << 16));
