@@ -21,7 +21,16 @@
  * An exchange is touched only by the thread libmicrohttpd runs its
  * connection on, so it needs no lock.  Shared state: `daemon` and
  * `listen_fd` (written by the main thread before serving starts and at
- * shutdown), and the atomic counters below.
+ * shutdown), the atomic counters below, and the connection slots (one
+ * per open connection, see "connections": the idle list is under
+ * conns_mu, which any libmicrohttpd thread and the main thread take).
+ *
+ * Shutdown (http_quiesce, docs/http.md): `draining` makes every later
+ * response say Connection: close; idle connections are closed at once
+ * and busy ones when their request completes, so http_wait_idle can wait
+ * for the last connection to close rather than for a moment with no
+ * request in flight (a kept-alive connection could start another one
+ * right after, and MHD_stop_daemon would then drop its answer).
  */
 #include "http.h"
 
@@ -42,6 +51,7 @@
 #include <errno.h>
 #include <netdb.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -53,6 +63,8 @@
 /* Past max_body, keep reading (and discarding) at most this much more of
  * a chunked body before giving up on the connection. */
 #define DISCARD_LIMIT (64u << 20)
+
+typedef struct conn_slot conn_slot;
 
 typedef struct exchange {
     struct bgs_req req;
@@ -72,6 +84,7 @@ typedef struct exchange {
     int peer_gone;        /* the client left while suspended */
     uintptr_t uri_start;  /* where libmicrohttpd's raw target began and its */
     uintptr_t uri_end;    /* first NUL (see bad_request_line); 0: unknown */
+    conn_slot *slot;      /* its connection (outlives the exchange) */
 } exchange;
 
 static http_config config;        /* written before serving starts */
@@ -84,6 +97,140 @@ static atomic_uint_fast64_t requests_total;  /* not counting /_bgserve/ */
 static atomic_uint_fast64_t introspection_total; /* /_bgserve/ requests */
 static atomic_uint in_flight;
 static int nul_check;             /* libmicrohttpd < 1.0: see bad_request_line */
+
+/* ---- connections ------------------------------------------------------------ */
+
+/*
+ * Every open connection has a conn_slot (its libmicrohttpd socket
+ * context), made when libmicrohttpd reports the connection started and
+ * freed when it reports it closed, which it does before it closes the
+ * socket: so shutdown(slot->fd) under conns_mu never reaches a reused fd.
+ *
+ * A connection is idle from its start, or from the end of its last
+ * request, until its next request line arrives (uri_log); idle slots are
+ * kept in a list, oldest first.  Closing an idle connection from any
+ * thread is shutdown(fd, SHUT_RD): libmicrohttpd's next read sees end of
+ * file and closes it.  Bytes the client already sent are still read first,
+ * so a request that raced with the close is read and answered (with
+ * Connection: close), never half-read; a request sent after it is never
+ * read and the client sees the connection closed (safe to retry).
+ * libmicrohttpd reads only while it waits for a request, never while a
+ * handler runs or a response is written, so a request that started is
+ * never cut by this.
+ */
+struct conn_slot {
+    conn_slot *prev, *next;   /* the idle list (conns_mu) */
+    int fd;
+    int idle;                 /* in the idle list (conns_mu) */
+    atomic_int closing;       /* read side shut: answer with Connection: close */
+};
+
+static pthread_mutex_t conns_mu = PTHREAD_MUTEX_INITIALIZER;
+static conn_slot *idle_head, *idle_tail;  /* conns_mu */
+static atomic_uint conns_open;            /* written under conns_mu */
+static atomic_int draining;               /* set once, by http_quiesce */
+
+static void idle_push(conn_slot *c)
+{
+    c->prev = idle_tail;
+    c->next = NULL;
+    if (idle_tail)
+        idle_tail->next = c;
+    else
+        idle_head = c;
+    idle_tail = c;
+    c->idle = 1;
+}
+
+static void idle_remove(conn_slot *c)
+{
+    if (!c->idle)
+        return;
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        idle_head = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    else
+        idle_tail = c->prev;
+    c->prev = c->next = NULL;
+    c->idle = 0;
+}
+
+/* Close an idle connection (see above).  Under conns_mu. */
+static void close_idle(conn_slot *c)
+{
+    idle_remove(c);
+    atomic_store(&c->closing, 1);
+    if (c->fd >= 0)
+        shutdown(c->fd, SHUT_RD);
+}
+
+/* The connection has no request in progress: keep it for the next one,
+ * or close it when the server is stopping. */
+static void conn_now_idle(conn_slot *c)
+{
+    pthread_mutex_lock(&conns_mu);
+    if (atomic_load(&c->closing)) {
+        /* closing already */
+    } else if (atomic_load(&draining)) {
+        close_idle(c);
+    } else {
+        idle_push(c);
+    }
+    pthread_mutex_unlock(&conns_mu);
+}
+
+/* libmicrohttpd thread of the connection. */
+static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
+                          enum MHD_ConnectionNotificationCode code)
+{
+    (void)cls;
+    if (code == MHD_CONNECTION_NOTIFY_STARTED) {
+        conn_slot *c = xcalloc(1, sizeof *c);
+        const union MHD_ConnectionInfo *ci =
+            MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+        c->fd = ci ? ci->connect_fd : -1;
+        atomic_init(&c->closing, 0);
+        pthread_mutex_lock(&conns_mu);
+        atomic_fetch_add(&conns_open, 1);
+        pthread_mutex_unlock(&conns_mu);
+        *socket_context = c;
+        conn_now_idle(c);
+        return;
+    }
+    conn_slot *c = *socket_context;
+    if (c == NULL)
+        return;
+    *socket_context = NULL;
+    pthread_mutex_lock(&conns_mu);
+    idle_remove(c);
+    atomic_fetch_sub(&conns_open, 1);
+    pthread_mutex_unlock(&conns_mu);
+    free(c);
+}
+
+/* A request line arrived on conn: its connection is busy until
+ * on_completed.  Returns its slot (NULL: none known). */
+static conn_slot *conn_busy(struct MHD_Connection *conn)
+{
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    conn_slot *c = ci ? ci->socket_context : NULL;
+    if (c == NULL)
+        return NULL;
+    pthread_mutex_lock(&conns_mu);
+    idle_remove(c);
+    pthread_mutex_unlock(&conns_mu);
+    return c;
+}
+
+/* Must the response on ex's connection close it? */
+static int must_close(const exchange *ex)
+{
+    return atomic_load(&draining) || (ex->slot && atomic_load(&ex->slot->closing));
+}
 
 /* ---- small helpers -------------------------------------------------------- */
 
@@ -196,7 +343,7 @@ static enum MHD_Result send_reply(struct MHD_Connection *conn, exchange *ex,
     add_header(r, "X-Request-Id", ex->req.id);
     for (size_t i = 0; i < ex->res.nheaders; i++)
         add_header(r, ex->res.headers[i].name, ex->res.headers[i].value);
-    if (close_conn)
+    if (close_conn || must_close(ex))
         add_header(r, "Connection", "close");
     if (config.introspection) {
         char ids[512];
@@ -423,8 +570,8 @@ static enum MHD_Result dispatch(struct MHD_Connection *conn, exchange *ex)
 static void *uri_log(void *cls, const char *uri, struct MHD_Connection *conn)
 {
     (void)cls;
-    (void)conn;
     exchange *ex = xcalloc(1, sizeof *ex);
+    ex->slot = conn_busy(conn);
     ex->start_us = util_now_us();
     if (uri != NULL && nul_check) {
         ex->uri_start = (uintptr_t)uri;
@@ -634,6 +781,8 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **req_cls,
     }
     if (ex->res.deferred)
         deferred_put(ex->res.deferred, delivered && ex->responded);
+    if (ex->slot)
+        conn_now_idle(ex->slot);
     services_scope_end(ex->req.scope);
     gen_release(ex->req.gen);
     req_free(&ex->req);
@@ -743,6 +892,7 @@ int http_start(const http_config *cfg, char *err, size_t errlen)
         MHD_OPTION_ARRAY, ops,
         MHD_OPTION_URI_LOG_CALLBACK, uri_log, NULL,
         MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL,
+        MHD_OPTION_NOTIFY_CONNECTION, on_connection, NULL,
         MHD_OPTION_EXTERNAL_LOGGER, mhd_logger, NULL,
         MHD_OPTION_END);
     if (daemon_ == NULL) {
@@ -764,25 +914,42 @@ int http_start(const http_config *cfg, char *err, size_t errlen)
 
 void http_quiesce(void)
 {
+    /* From here on every response says Connection: close (must_close). */
+    atomic_store(&draining, 1);
     if (daemon_ == NULL)
         return;
     MHD_socket fd = MHD_quiesce_daemon(daemon_);
-    /* Refuse new clients at once, but close the socket only in http_stop,
-     * after MHD_stop_daemon: libmicrohttpd's pool threads may still be
-     * taking it out of their epoll sets (ThreadSanitizer saw the race). */
+    /* Refuse new clients at once (shutting a listening socket down resets
+     * the connections waiting in its backlog: never read, safe to retry),
+     * but close it only in http_stop, after MHD_stop_daemon:
+     * libmicrohttpd's pool threads may still be taking it out of their
+     * epoll sets (ThreadSanitizer saw the race). */
     if (fd != MHD_INVALID_SOCKET)
         shutdown(fd, SHUT_RDWR);
     listen_fd = fd == MHD_INVALID_SOCKET ? -1 : (int)fd;
+    /* Idle keep-alive connections close now; busy ones when their request
+     * is answered (conn_now_idle). */
+    pthread_mutex_lock(&conns_mu);
+    while (idle_head)
+        close_idle(idle_head);
+    pthread_mutex_unlock(&conns_mu);
 }
 
 unsigned http_wait_idle(unsigned deadline_ms)
 {
     uint64_t end = util_now_us() + (uint64_t)deadline_ms * 1000u;
-    unsigned n;
-    while ((n = atomic_load(&in_flight)) > 0 && util_now_us() < end) {
+    unsigned n, open;
+    while (((n = atomic_load(&in_flight)) > 0 || (open = atomic_load(&conns_open)) > 0) &&
+           util_now_us() < end) {
         struct timespec ts = {0, 2 * 1000000L};
         nanosleep(&ts, NULL);
     }
+    n = atomic_load(&in_flight);
+    open = atomic_load(&conns_open);
+    if (open > n)
+        log_msg(BGS_LOG_WARN, "%u connection%s with no request in flight still open at the "
+                "deadline (a client sending or reading slowly): closing them",
+                open - n, open - n == 1 ? "" : "s");
     return n;
 }
 

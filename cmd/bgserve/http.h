@@ -25,11 +25,19 @@ typedef struct http_config {
  */
 int http_start(const http_config *cfg, char *err, size_t errlen);
 
-/* Stop accepting new connections (requests in flight go on). */
+/*
+ * The shutdown cut-over (docs/http.md): from this call on every response
+ * carries Connection: close; new connections are refused (those waiting
+ * in the listen backlog are reset, never read); idle keep-alive
+ * connections are closed now, busy ones once their request is answered.
+ * Requests in flight go on.  Main thread; safe before http_start.
+ */
 void http_quiesce(void);
 
-/* Wait until no request is in flight, or deadline_ms passes.  Returns
- * the number still in flight. */
+/* After http_quiesce: wait until every connection has closed (so every
+ * request that reached a handler was answered), or deadline_ms passes
+ * (connections still open are then reported).  Returns the number of
+ * requests still in flight. */
 unsigned http_wait_idle(unsigned deadline_ms);
 
 /* Close every connection and stop the threads. */

@@ -176,6 +176,9 @@ int main(int argc, char **argv)
         }
         break;
     }
+    /* The cut-over first (docs/http.md, "Shutdown"): from here on every
+     * response closes its connection and nothing new is accepted. */
+    http_quiesce();
     log_msg(BGS_LOG_INFO, "%s: stopping; finishing requests in flight, then draining tasks "
             "(up to %u ms; a second SIGINT exits at once)",
             sig == SIGINT ? "SIGINT" : "SIGTERM", cfg.drain_timeout_ms);
@@ -189,7 +192,6 @@ int main(int argc, char **argv)
         pthread_detach(waiter);
 
     reload_stop();
-    http_quiesce();
     /* Suspended connections must be answered before libmicrohttpd stops
      * (0.9.75 aborts when stopped with suspended connections). */
     deferred_shutdown_all();
