@@ -60,9 +60,12 @@ all: $(BUILD)/bgserve $(PLUGINS) $(SAMPLE)
 help:
 	@sed -n '3,9p' Makefile | sed 's/^# \{0,1\}//'
 
+# No -rdynamic: the server exports none of its functions, so a plugin that
+# defines one of the same name calls its own (tests/fixtures/symbol_clash.c).
+# Crash backtraces print bgserve's frames as offsets for addr2line.
 $(BUILD)/bgserve: $(SRV_OBJS)
 	@mkdir -p $(@D)
-	$(CC) $(SANFLAGS) -rdynamic -o $@ $^ $(LDLIBS_SRV)
+	$(CC) $(SANFLAGS) -o $@ $^ $(LDLIBS_SRV)
 
 $(BUILD)/obj/%.o: %.c
 	@mkdir -p $(@D)
@@ -81,6 +84,11 @@ $(SAMPLE): $(SAMPLE_SRCS) include/bgserve.h
 $(BUILD)/tests/fixtures/%.so: tests/fixtures/%.c include/bgserve.h
 	@mkdir -p $(@D)
 	$(CC) $(PLUGIN_CFLAGS) $(PLUGIN_LDFLAGS) -o $@ $<
+
+# Built as a careless third party would: without -fvisibility=hidden.
+$(BUILD)/tests/fixtures/symbol_clash.so: tests/fixtures/symbol_clash.c include/bgserve.h
+	@mkdir -p $(@D)
+	$(CC) $(filter-out -fvisibility=hidden,$(PLUGIN_CFLAGS)) $(PLUGIN_LDFLAGS) -o $@ $<
 
 # The reload fixtures' builds A and B share their body.
 $(BUILD)/tests/fixtures/reload_a.so $(BUILD)/tests/fixtures/reload_b.so: tests/fixtures/reload_common.h
@@ -261,7 +269,8 @@ ABI_CC    ?= gcc
 ABIDW     := abidw --no-corpus-path --no-comp-dir-path --no-show-locs
 OLD_PLUGIN := $(BUILD)/tests/abi/old_plugin.so
 # Built to be refused for exporting the wrong symbol: exempt from the check.
-ABI_EXPORT_EXEMPT := $(BUILD)/tests/fixtures/no_symbol.so
+# symbol_clash.so is built without hidden visibility on purpose.
+ABI_EXPORT_EXEMPT := $(BUILD)/tests/fixtures/no_symbol.so $(BUILD)/tests/fixtures/symbol_clash.so
 
 $(OLD_PLUGIN): tests/abi/old_plugin.c tests/abi/bgserve_1_0.h
 	@mkdir -p $(@D)

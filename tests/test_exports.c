@@ -1,6 +1,8 @@
 /*
  * test_exports.c - every built plugin exports exactly one dynamic symbol,
- * bgserve_plugin_v1 (checked with `nm -D --defined-only`).
+ * bgserve_plugin_v1 (checked with `nm -D --defined-only`); the server
+ * exports none of its own functions, so a plugin built without hidden
+ * visibility that defines functions of the same names calls its own.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -132,6 +134,72 @@ static void exports_checker_catches_extra_symbol(void **state)
     free(out);
 }
 
+/* Lines of `nm ARGS... path` (malloc'd). */
+static char *nm_out(const char *opt1, const char *opt2, const char *path)
+{
+    const char *argv[] = {nm_path(), opt1, opt2, path, NULL};
+    char *out = NULL;
+    int rc = h_run(argv, &out);
+    if (rc != 0)
+        fail_msg("nm %s %s %s: exit %d\n%s", opt1, opt2, path, rc, out);
+    return out;
+}
+
+/* How many functions or variables of the server's own objects binary
+ * exports dynamically (each is printed when show). */
+static int internal_exports(const char *binary, int show)
+{
+    char *dyn = nm_out("-D", "--defined-only", binary);
+    char *own = nm_out("-g", "--defined-only", h_build_path("libbgserve.a"));
+    char *main_o = nm_out("-g", "--defined-only", h_build_path("obj/cmd/bgserve/main.o"));
+    int n = 0;
+    char *save = NULL;
+    for (char *line = strtok_r(dyn, "\n", &save); line != NULL;
+         line = strtok_r(NULL, "\n", &save)) {
+        const char *name = strrchr(line, ' ');
+        name = name != NULL ? name + 1 : line;
+        char want[300];
+        /* "0000000000001139 T name" in the objects' listing */
+        snprintf(want, sizeof want, " %s\n", name);
+        if (strlen(name) > 2 && (strstr(own, want) || strstr(main_o, want))) {
+            if (show)
+                fprintf(stderr, "%s exports the internal symbol %s\n", binary, name);
+            n++;
+        }
+    }
+    free(dyn);
+    free(own);
+    free(main_o);
+    return n;
+}
+
+static void exports_server_exports_no_internal_symbol(void **state)
+{
+    (void)state;
+    assert_int_equal(internal_exports(h_build_path("bgserve"), 1), 0);
+    /* the check sees exports where there are some: test programs link
+     * with -rdynamic */
+    assert_true(internal_exports(h_build_path("tests/test_tasks"), 0) > 10);
+}
+
+static void exports_plugin_defining_server_names_calls_its_own(void **state)
+{
+    (void)state;
+    h_server s;
+    h_resp r;
+    /* built without -fvisibility=hidden: it exports those names too */
+    char *dyn = nm_out("-D", "--defined-only", h_fixture("symbol_clash"));
+    h_assert_contains(dyn, " util_strcaseeq\n");
+    free(dyn);
+    assert_int_equal(h_start_app(&s, h_fixture("symbol_clash"), NULL, NULL), 0);
+    assert_int_equal(h_get(&s, "/", &r), 0);
+    assert_int_equal(r.status, 200);
+    assert_string_equal(r.body, "own own own own own\n");
+    h_resp_free(&r);
+    h_stop_clean(&s);
+    h_free(&s);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -139,6 +207,8 @@ int main(void)
         cmocka_unit_test(exports_sample_app_exports_one_symbol),
         cmocka_unit_test(exports_good_fixture_exports_one_symbol),
         cmocka_unit_test(exports_checker_catches_extra_symbol),
+        cmocka_unit_test(exports_server_exports_no_internal_symbol),
+        cmocka_unit_test(exports_plugin_defining_server_names_calls_its_own),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -269,6 +269,11 @@ static void on_fatal(int sig, siginfo_t *si, void *uctx)
     void *frames[MAX_FRAMES];
     int n = backtrace(frames, MAX_FRAMES);
     backtrace_symbols_fd(frames, n, 2);
+    /* bgserve exports no symbols (plugins must not bind to them), so its
+     * own frames are offsets. */
+    put(&o, "  (frames of bgserve itself show as bgserve(+0xOFFSET): "
+            "addr2line -f -e PATH-TO-BGSERVE 0xOFFSET names them)\n");
+    flush(&o);
     die(sig);
 }
 
