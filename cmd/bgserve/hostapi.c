@@ -336,24 +336,13 @@ static int host_res_content_type(bgs_res *h, const char *type)
 
 static void body_reserve(struct bgs_res *res, size_t extra)
 {
-    size_t need = res->body_len + extra + 1;
-    if (need <= res->body_cap)
-        return;
-    size_t cap = res->body_cap ? res->body_cap : 64;
-    while (cap < need)
-        cap *= 2;
-    res->body = xrealloc(res->body, cap);
-    res->body_cap = cap;
+    util_buf_reserve(&res->body, &res->body_cap, res->body_len, extra, 64);
 }
 
 /* Append len bytes of data to the body (kept NUL-terminated). */
 static int res_append(struct bgs_res *res, const void *data, size_t len)
 {
-    body_reserve(res, len);
-    if (len)
-        memcpy(res->body + res->body_len, data, len);
-    res->body_len += len;
-    res->body[res->body_len] = '\0';
+    util_buf_append(&res->body, &res->body_cap, &res->body_len, data, len, 64);
     return 0;
 }
 

@@ -713,16 +713,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn,
             ex->body_len = ex->body_cap = 0;
             return MHD_YES;
         }
-        if (ex->body_len + n + 1 > ex->body_cap) {
-            size_t cap = ex->body_cap ? ex->body_cap : 1024;
-            while (cap < ex->body_len + n + 1)
-                cap *= 2;
-            ex->body = xrealloc(ex->body, cap);
-            ex->body_cap = cap;
-        }
-        memcpy(ex->body + ex->body_len, upload_data, n);
-        ex->body_len += n;
-        ex->body[ex->body_len] = '\0';
+        util_buf_append(&ex->body, &ex->body_cap, &ex->body_len, upload_data, n, 1024);
         return MHD_YES;
     }
 

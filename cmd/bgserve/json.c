@@ -25,26 +25,12 @@
 /* Make room for extra more bytes plus the terminating NUL. */
 static void reserve(json *j, size_t extra)
 {
-    if (extra > SIZE_MAX / 2 - j->len) {
-        fprintf(stderr, "bgserve: JSON document too large\n");
-        abort();
-    }
-    size_t need = j->len + extra + 1;
-    if (need <= j->cap)
-        return;
-    size_t cap = j->cap ? j->cap : 64;
-    while (cap < need)
-        cap *= 2;
-    j->buf = xrealloc(j->buf, cap);
-    j->cap = cap;
+    util_buf_reserve(&j->buf, &j->cap, j->len, extra, 64);
 }
 
 static void put(json *j, const char *s, size_t n)
 {
-    reserve(j, n);
-    memcpy(j->buf + j->len, s, n);
-    j->len += n;
-    j->buf[j->len] = '\0';
+    util_buf_append(&j->buf, &j->cap, &j->len, s, n, 64);
 }
 
 static void puts_(json *j, const char *s)

@@ -61,6 +61,32 @@ void *xmemdup(const void *p, size_t n)
     return q;
 }
 
+void util_buf_reserve(char **buf, size_t *cap, size_t len, size_t extra, size_t first_cap)
+{
+    if (extra > SIZE_MAX / 2 - len) {
+        fprintf(stderr, "bgserve: buffer of %zu + %zu bytes too large\n", len, extra);
+        abort();
+    }
+    size_t need = len + extra + 1;
+    if (need <= *cap)
+        return;
+    size_t c = *cap ? *cap : first_cap ? first_cap : 64;
+    while (c < need)
+        c *= 2;
+    *buf = xrealloc(*buf, c);
+    *cap = c;
+}
+
+void util_buf_append(char **buf, size_t *cap, size_t *len, const void *data, size_t n,
+                     size_t first_cap)
+{
+    util_buf_reserve(buf, cap, *len, n, first_cap);
+    if (n)
+        memcpy(*buf + *len, data, n);
+    *len += n;
+    (*buf)[*len] = '\0';
+}
+
 static uint64_t clock_us(clockid_t id)
 {
     struct timespec ts;

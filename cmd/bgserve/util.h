@@ -21,6 +21,15 @@ char *xstrdup(const char *s);
 char *xstrndup(const char *s, size_t n);
 void *xmemdup(const void *p, size_t n);
 
+/* The one growable byte buffer (JSON documents, response bodies, request
+ * bodies): *buf holds len bytes and a NUL in *cap bytes.  Reserve makes
+ * room for extra more bytes and the NUL, doubling from first_cap; append
+ * copies n bytes after the len used, advances *len and writes the NUL.
+ * Sizes past SIZE_MAX / 2 abort with a message (the out-of-memory rule). */
+void util_buf_reserve(char **buf, size_t *cap, size_t len, size_t extra, size_t first_cap);
+void util_buf_append(char **buf, size_t *cap, size_t *len, const void *data, size_t n,
+                     size_t first_cap);
+
 /* Monotonic clock in microseconds (CLOCK_MONOTONIC). */
 uint64_t util_now_us(void);
 /* Wall clock in microseconds since the epoch (CLOCK_REALTIME). */
