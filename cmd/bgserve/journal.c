@@ -1,0 +1,1226 @@
+/*
+ * journal.c - the durable task journal (journal.h): schema, lock, replay
+ * snapshot, the group-commit writer and the offline connection that the
+ * `bgserve journal` subcommand uses.
+ *
+ * The file: an SQLite database in WAL mode with three tables.  `meta`
+ * holds schema_version and next_id; `tasks` one row per task from its
+ * acceptance to its final state; `dead` the tasks that exhausted their
+ * attempts, with their last error.  Times are microseconds since the
+ * epoch.  Ids never repeat: open commits meta.next_id = first free id +
+ * ID_BLOCK before handing out any id, and the writer moves that ceiling
+ * on, in the same transaction as the records, whenever the ids handed
+ * out come within half a block of it.
+ *
+ * Ownership of the file: a server holds an flock on "PATH-lock" (with its
+ * pid written there) for as long as the journal is open; a second server
+ * is refused.  The subcommand takes no lock; SQLite's own locking keeps
+ * its reads and writes consistent with the server's.
+ *
+ * Threads: records are appended by any thread to a FIFO list under `mu`;
+ * one writer thread takes up to max_batch of them, applies them in one
+ * BEGIN IMMEDIATE ... COMMIT on its own connection (wdb and the prepared
+ * statements are the writer's alone after open) and then calls their
+ * callbacks in append order, outside `mu`.  A failed transaction is rolled
+ * back and every record in it gets the error; the writer goes on with the
+ * next batch and logs once per failing episode.  Lookups use a second
+ * connection under `read_mu`.  The stats counters, the id ceiling and the
+ * replay snapshot are guarded by `mu`.
+ */
+#include "journal.h"
+
+#include "log.h"
+#include "util.h"
+
+#include "bgserve.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <sqlite3.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define ID_BLOCK 4096u
+#define BUSY_TIMEOUT_MS 5000
+#define DEFAULT_MAX_BATCH 1024u
+
+#define COLS "id,name,payload,state,attempts,max_attempts,not_before,created,started," \
+             "finished,last_error,request_id,result"
+#define LIVE "state IN ('queued','running')"
+
+static const char schema_sql[] =
+    "CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);"
+    "CREATE TABLE tasks (id INTEGER PRIMARY KEY, name TEXT NOT NULL, payload BLOB NOT NULL,"
+    " state TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,"
+    " max_attempts INTEGER NOT NULL, not_before INTEGER NOT NULL DEFAULT 0,"
+    " created INTEGER NOT NULL, started INTEGER, finished INTEGER, last_error TEXT,"
+    " request_id TEXT, result TEXT);"
+    "CREATE INDEX tasks_state ON tasks(state);"
+    "CREATE TABLE dead (id INTEGER PRIMARY KEY, name TEXT NOT NULL, payload BLOB NOT NULL,"
+    " state TEXT NOT NULL, attempts INTEGER NOT NULL, max_attempts INTEGER NOT NULL,"
+    " not_before INTEGER NOT NULL, created INTEGER NOT NULL, started INTEGER,"
+    " finished INTEGER, last_error TEXT, request_id TEXT, result TEXT);"
+    "INSERT INTO meta VALUES ('next_id', 1);";
+
+/* ------------------------------------------------------------------ */
+/* Result codes and messages                                           */
+/* ------------------------------------------------------------------ */
+
+const char *journal_strerror(int rc)
+{
+    switch (rc) {
+    case 0:
+        return "success";
+#define JOURNAL__TEXT(name, val, text) \
+    case (val):                        \
+        return text;
+        JOURNAL_ERRNO_MAP(JOURNAL__TEXT)
+#undef JOURNAL__TEXT
+    default:
+        return "unknown journal error";
+    }
+}
+
+int journal_sync_parse(const char *text, journal_sync *out)
+{
+    if (text != NULL && strcmp(text, "normal") == 0) {
+        *out = JOURNAL_SYNC_NORMAL;
+        return 0;
+    }
+    if (text != NULL && strcmp(text, "full") == 0) {
+        *out = JOURNAL_SYNC_FULL;
+        return 0;
+    }
+    return JOURNAL_EINVAL;
+}
+
+/*
+ * Map a failed SQLite call on db to a JOURNAL_E* and write one message:
+ * "journal PATH: DOING: what is wrong (SQLite: ...); what to do".
+ */
+static int sql_fail(sqlite3 *db, int src, const char *path, const char *doing, char *err,
+                    size_t cap)
+{
+    int saved = errno; /* an I/O error's errno, when SQLite did not keep it */
+    int prim = src & 0xff;
+    int sys = db ? sqlite3_system_errno(db) : 0;
+    if (sys == 0 && prim == SQLITE_IOERR)
+        sys = saved;
+    const char *sqlmsg = db ? sqlite3_errmsg(db) : sqlite3_errstr(src);
+    char why[320];
+    if (sys != 0)
+        snprintf(why, sizeof why, "SQLite: %s; %s", sqlmsg, strerror(sys));
+    else
+        snprintf(why, sizeof why, "SQLite: %s", sqlmsg);
+
+    int rc;
+    if (prim == SQLITE_FULL || sys == ENOSPC || sys == EDQUOT || sys == EFBIG) {
+        rc = JOURNAL_EFULL;
+        snprintf(err, cap,
+                 "journal %s: %s: the disk is full (%s); free space on its file system "
+                 "(or raise the file size limit, ulimit -f), or give a --journal FILE on "
+                 "another file system",
+                 path, doing, why);
+    } else if (prim == SQLITE_NOTADB || prim == SQLITE_CORRUPT || prim == SQLITE_FORMAT) {
+        rc = JOURNAL_ECORRUPT;
+        snprintf(err, cap,
+                 "journal %s: %s: the file is corrupt or not an SQLite database (%s); "
+                 "move it aside (mv %s %s.bad) to start a new journal, or give another "
+                 "--journal FILE",
+                 path, doing, why, path, path);
+    } else if (prim == SQLITE_READONLY || prim == SQLITE_CANTOPEN || prim == SQLITE_PERM ||
+               prim == SQLITE_AUTH) {
+        rc = JOURNAL_EACCESS;
+        snprintf(err, cap,
+                 "journal %s: %s: the file cannot be created or written (%s); make the file "
+                 "and its directory writable (SQLite also writes %s-wal and %s-shm next to "
+                 "it), or give another --journal FILE",
+                 path, doing, why, path, path);
+    } else if (prim == SQLITE_BUSY || prim == SQLITE_LOCKED) {
+        rc = JOURNAL_ELOCKED;
+        snprintf(err, cap,
+                 "journal %s: %s: another process held the file's write lock for more than "
+                 "%d ms (%s); finish that process's write (a long `bgserve journal` "
+                 "command?) and try again",
+                 path, doing, BUSY_TIMEOUT_MS, why);
+    } else {
+        rc = JOURNAL_EIO;
+        snprintf(err, cap,
+                 "journal %s: %s: a write failed (%s); check the disk and the kernel log "
+                 "(dmesg), or give another --journal FILE",
+                 path, doing, why);
+    }
+    return rc;
+}
+
+/* ------------------------------------------------------------------ */
+/* Opening a connection: existence, schema, version                    */
+/* ------------------------------------------------------------------ */
+
+static int exec_sql(sqlite3 *db, const char *sql)
+{
+    return sqlite3_exec(db, sql, NULL, NULL, NULL);
+}
+
+/* One integer from sql (first column of the first row) into *out.  An
+ * SQLite result code; SQLITE_DONE when there is no row. */
+static int query_int(sqlite3 *db, const char *sql, int64_t *out)
+{
+    sqlite3_stmt *st = NULL;
+    int rc = sqlite3_prepare_v2(db, sql, -1, &st, NULL);
+    if (rc != SQLITE_OK)
+        return rc;
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+        *out = sqlite3_column_int64(st, 0);
+        rc = SQLITE_OK;
+    }
+    sqlite3_finalize(st);
+    return rc;
+}
+
+/*
+ * Open path as a journal: create it and its schema when create is set
+ * and the file is new (or empty), refuse a file that is not a bgserve
+ * journal or has a newer schema.  0 and *out, or a JOURNAL_E* with err.
+ */
+static int db_connect(const char *path, int create, sqlite3 **out, char *err, size_t cap)
+{
+    sqlite3 *db = NULL;
+    int64_t n = 0, version = 0;
+    int flags = SQLITE_OPEN_READWRITE | (create ? SQLITE_OPEN_CREATE : 0);
+    int rc = sqlite3_open_v2(path, &db, flags, NULL);
+    if (rc != SQLITE_OK) {
+        rc = sql_fail(db, rc, path, "cannot open", err, cap);
+        goto fail;
+    }
+    sqlite3_extended_result_codes(db, 1);
+    sqlite3_busy_timeout(db, BUSY_TIMEOUT_MS);
+
+    rc = query_int(db, "SELECT count(*) FROM sqlite_master", &n);
+    if (rc != SQLITE_OK) {
+        rc = sql_fail(db, rc, path, "cannot read it", err, cap);
+        goto fail;
+    }
+    if (n == 0 && create) {
+        rc = exec_sql(db, "PRAGMA journal_mode=WAL");
+        if (rc == SQLITE_OK)
+            rc = exec_sql(db, "BEGIN IMMEDIATE");
+        if (rc == SQLITE_OK)
+            rc = exec_sql(db, schema_sql);
+        if (rc == SQLITE_OK) {
+            char sql[96];
+            snprintf(sql, sizeof sql, "INSERT INTO meta VALUES ('schema_version', %d)",
+                     JOURNAL_SCHEMA_VERSION);
+            rc = exec_sql(db, sql);
+        }
+        if (rc == SQLITE_OK)
+            rc = exec_sql(db, "COMMIT");
+        if (rc != SQLITE_OK) {
+            rc = sql_fail(db, rc, path, "cannot create the journal", err, cap);
+            if (!sqlite3_get_autocommit(db))
+                exec_sql(db, "ROLLBACK");
+            goto fail;
+        }
+    }
+    rc = query_int(db, "SELECT value FROM meta WHERE key='schema_version'", &version);
+    if (rc != SQLITE_OK || version < 1) {
+        snprintf(err, cap,
+                 "journal %s: the file is an SQLite database but not a bgserve journal (%s); "
+                 "give another --journal FILE (bgserve creates a new one), or move this "
+                 "file aside",
+                 path, rc == SQLITE_OK || rc == SQLITE_DONE ? "no schema version" :
+                 "no meta table");
+        rc = JOURNAL_ECORRUPT;
+        goto fail;
+    }
+    if (version > JOURNAL_SCHEMA_VERSION) {
+        snprintf(err, cap,
+                 "journal %s: it has schema version %" PRId64 " and this bgserve knows "
+                 "versions up to %d; use the newer bgserve that wrote it, or give another "
+                 "--journal FILE",
+                 path, version, JOURNAL_SCHEMA_VERSION);
+        rc = JOURNAL_ESCHEMA;
+        goto fail;
+    }
+    if (sqlite3_db_readonly(db, "main") == 1) {
+        snprintf(err, cap,
+                 "journal %s: the file cannot be written (it is read-only to this process); "
+                 "make the file and its directory writable, or give another --journal FILE",
+                 path);
+        rc = JOURNAL_EACCESS;
+        goto fail;
+    }
+    *out = db;
+    return 0;
+fail:
+    sqlite3_close(db);
+    return rc;
+}
+
+/* ------------------------------------------------------------------ */
+/* Rows                                                                */
+/* ------------------------------------------------------------------ */
+
+static const char *col_text(sqlite3_stmt *st, int i)
+{
+    return (const char *)sqlite3_column_text(st, i);
+}
+
+static uint64_t col_u64(sqlite3_stmt *st, int i)
+{
+    int64_t v = sqlite3_column_int64(st, i);
+    return v > 0 ? (uint64_t)v : 0;
+}
+
+/* r from a row of COLS; pointers valid until the next step. */
+static void row_rec(sqlite3_stmt *st, journal_rec *r)
+{
+    memset(r, 0, sizeof *r);
+    r->id = col_u64(st, 0);
+    r->name = col_text(st, 1);
+    r->payload = sqlite3_column_blob(st, 2);
+    r->payload_len = (size_t)sqlite3_column_bytes(st, 2);
+    r->state = col_text(st, 3);
+    r->attempts = (uint32_t)col_u64(st, 4);
+    r->max_attempts = (uint32_t)col_u64(st, 5);
+    r->not_before_us = col_u64(st, 6);
+    r->created_us = col_u64(st, 7);
+    r->started_us = col_u64(st, 8);
+    r->finished_us = col_u64(st, 9);
+    r->last_error = col_text(st, 10);
+    r->request_id = col_text(st, 11);
+    r->result = col_text(st, 12);
+    r->interrupted = r->state != NULL && strcmp(r->state, "running") == 0;
+    if (r->name == NULL)
+        r->name = "";
+    if (r->state == NULL)
+        r->state = "";
+}
+
+static char *dup_or_null(const char *s)
+{
+    return s ? xstrdup(s) : NULL;
+}
+
+static void rec_copy(journal_rec *dst, const journal_rec *src)
+{
+    *dst = *src;
+    dst->name = xstrdup(src->name);
+    dst->payload = src->payload_len ? xmemdup(src->payload, src->payload_len) : NULL;
+    dst->state = xstrdup(src->state);
+    dst->last_error = dup_or_null(src->last_error);
+    dst->request_id = dup_or_null(src->request_id);
+    dst->result = dup_or_null(src->result);
+}
+
+static void rec_free(journal_rec *r)
+{
+    free((void *)r->name);
+    free((void *)r->payload);
+    free((void *)r->state);
+    free((void *)r->last_error);
+    free((void *)r->request_id);
+    free((void *)r->result);
+}
+
+/* Run sql (binding id as ?1 when id is non-zero) and call fn per row.
+ * The row count, or a negative SQLite code. */
+static long each_row(sqlite3 *db, const char *sql, uint64_t id,
+                     void (*fn)(void *arg, const journal_rec *rec), void *arg, int *sqlrc)
+{
+    sqlite3_stmt *st = NULL;
+    long n = 0;
+    int rc = sqlite3_prepare_v2(db, sql, -1, &st, NULL);
+    if (rc == SQLITE_OK && id != 0)
+        sqlite3_bind_int64(st, 1, (int64_t)id);
+    while (rc == SQLITE_OK && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+        journal_rec r;
+        row_rec(st, &r);
+        fn(arg, &r);
+        n++;
+        rc = SQLITE_OK;
+    }
+    sqlite3_finalize(st);
+    *sqlrc = rc == SQLITE_DONE ? SQLITE_OK : rc;
+    return n;
+}
+
+/* ------------------------------------------------------------------ */
+/* The live journal                                                    */
+/* ------------------------------------------------------------------ */
+
+typedef enum op_kind { OP_ADD, OP_START, OP_SUCCEED, OP_RETRY, OP_FINISH, OP_DEAD } op_kind;
+
+enum { ST_INSERT, ST_START, ST_SUCCEED, ST_RETRY, ST_FINISH, ST_DEAD_COPY, ST_DEAD_DEL,
+       ST_META, ST_COUNT };
+
+static const char *const stmt_sql[ST_COUNT] = {
+    [ST_INSERT] = "INSERT INTO tasks (id,name,payload,state,attempts,max_attempts,not_before,"
+                  "created,request_id) VALUES (?1,?2,?3,'queued',0,?4,?5,?6,?7)",
+    [ST_START] = "UPDATE tasks SET state='running', attempts=?2, started=?3 WHERE id=?1 AND " LIVE,
+    [ST_SUCCEED] = "UPDATE tasks SET state='succeeded', finished=?2, result=?3 WHERE id=?1 AND " LIVE,
+    [ST_RETRY] = "UPDATE tasks SET state='queued', not_before=?2, last_error=?3 WHERE id=?1 AND " LIVE,
+    [ST_FINISH] = "UPDATE tasks SET state=?4, finished=?2, last_error=?3 WHERE id=?1 AND " LIVE,
+    [ST_DEAD_COPY] = "INSERT OR REPLACE INTO dead (" COLS ") SELECT id,name,payload,'dead',"
+                     "attempts,max_attempts,not_before,created,started,?2,?3,request_id,result "
+                     "FROM tasks WHERE id=?1 AND " LIVE,
+    [ST_DEAD_DEL] = "DELETE FROM tasks WHERE id=?1",
+    [ST_META] = "UPDATE meta SET value=?1 WHERE key='next_id'",
+};
+
+/* A copied task of an OP_ADD record. */
+typedef struct jtask {
+    uint64_t id;
+    char *name;
+    void *payload;
+    size_t len;
+    uint32_t max_attempts;
+    uint64_t not_before_us;
+    char *request_id;
+} jtask;
+
+/* One appended record: owned by the list, then by the writer. */
+typedef struct jrec {
+    struct jrec *next;
+    op_kind kind;
+    uint64_t id;
+    uint32_t attempt;
+    uint64_t t_us;        /* OP_RETRY: not before */
+    uint64_t at_us;       /* wall clock of the append */
+    char *text;           /* result or error */
+    char *state;          /* OP_FINISH */
+    jtask *tasks;         /* OP_ADD */
+    size_t ntasks;
+    journal_done_fn done;
+    void *arg;
+    int status;           /* set by the writer */
+    char msg[256];        /* when status is JOURNAL_ENOTFOUND */
+} jrec;
+
+struct journal {
+    char *path;
+    journal_sync sync;
+    unsigned max_batch;
+    int lock_fd;
+
+    sqlite3 *wdb;                   /* the writer thread's, after open */
+    sqlite3_stmt *st[ST_COUNT];     /* the writer thread's */
+    int failing;                    /* writer: in a failing episode */
+    uint64_t failed_in_episode;     /* writer */
+
+    pthread_mutex_t read_mu;
+    sqlite3 *rdb;                   /* lookups; read_mu */
+
+    pthread_mutex_t mu;
+    pthread_cond_t wake;            /* the writer waits for records */
+    pthread_cond_t ext;             /* id takers wait for the ceiling */
+    jrec *head, **tail;             /* mu */
+    uint64_t unwritten;             /* mu */
+    int stopping;                   /* mu */
+    int want_extend;                /* mu */
+    uint64_t fail_gen;              /* mu: failed transactions so far */
+    _Atomic uint64_t next_id;       /* the next id to hand out */
+    _Atomic uint64_t ceiling;       /* ids below it are committed as used; mu to write */
+    uint64_t pending, dead, commits, records, failed_commits, last_commit_us; /* mu */
+    journal_rec *snap;              /* replay snapshot; mu */
+    size_t nsnap;
+    pthread_t thread;
+    int thread_started;
+};
+
+/* ---- the lock ---------------------------------------------------------------- */
+
+static int take_lock(journal *j, char *err, size_t cap)
+{
+    char lpath[4096];
+    snprintf(lpath, sizeof lpath, "%s-lock", j->path);
+    int fd = open(lpath, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (fd < 0) {
+        snprintf(err, cap,
+                 "journal %s: cannot create its lock file %s: %s; make the directory "
+                 "writable, or give another --journal FILE",
+                 j->path, lpath, strerror(errno));
+        return errno == ENOSPC || errno == EDQUOT ? JOURNAL_EFULL : JOURNAL_EACCESS;
+    }
+    if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+        char pid[32] = "";
+        ssize_t n = pread(fd, pid, sizeof pid - 1, 0);
+        pid[n > 0 ? n : 0] = '\0';
+        pid[strcspn(pid, "\n")] = '\0';
+        snprintf(err, cap,
+                 "journal %s: another bgserve (pid %s) has it open (lock %s); stop that "
+                 "server, or give this one another --journal FILE",
+                 j->path, pid[0] ? pid : "unknown", lpath);
+        close(fd);
+        return JOURNAL_ELOCKED;
+    }
+    char pid[32];
+    int len = snprintf(pid, sizeof pid, "%ld\n", (long)getpid());
+    if (ftruncate(fd, 0) != 0 || pwrite(fd, pid, (size_t)len, 0) != len) {
+        /* The pid is only for the message above; the lock is what counts. */
+    }
+    j->lock_fd = fd;
+    return 0;
+}
+
+/* ---- open: first id, snapshot, statements ------------------------------------- */
+
+/* Commit meta.next_id = ceiling on db (open, before the writer runs). */
+static int commit_ceiling(journal *j, sqlite3 *db, uint64_t ceiling, char *err, size_t cap)
+{
+    char sql[128];
+    snprintf(sql, sizeof sql, "UPDATE meta SET value=%" PRIu64 " WHERE key='next_id'", ceiling);
+    int rc = exec_sql(db, "BEGIN IMMEDIATE");
+    if (rc == SQLITE_OK)
+        rc = exec_sql(db, sql);
+    if (rc == SQLITE_OK)
+        rc = exec_sql(db, "COMMIT");
+    if (rc != SQLITE_OK) {
+        int jrc = sql_fail(db, rc, j->path, "cannot write to it", err, cap);
+        if (!sqlite3_get_autocommit(db))
+            exec_sql(db, "ROLLBACK");
+        return jrc;
+    }
+    return 0;
+}
+
+static void snap_add(void *arg, const journal_rec *r)
+{
+    journal *j = arg;
+    if ((j->nsnap & (j->nsnap - 1)) == 0)
+        j->snap = xrealloc(j->snap, (j->nsnap ? j->nsnap * 2 : 1) * sizeof *j->snap);
+    rec_copy(&j->snap[j->nsnap++], r);
+}
+
+static int load_state(journal *j, char *err, size_t cap)
+{
+    sqlite3 *db = j->wdb;
+    int64_t next = 1, maxt = 0, maxd = 0, pending = 0, dead = 0;
+    int rc = query_int(db, "SELECT value FROM meta WHERE key='next_id'", &next);
+    if (rc == SQLITE_OK)
+        rc = query_int(db, "SELECT coalesce(max(id),0) FROM tasks", &maxt);
+    if (rc == SQLITE_OK)
+        rc = query_int(db, "SELECT coalesce(max(id),0) FROM dead", &maxd);
+    if (rc == SQLITE_OK)
+        rc = query_int(db, "SELECT count(*) FROM tasks WHERE " LIVE, &pending);
+    if (rc == SQLITE_OK)
+        rc = query_int(db, "SELECT count(*) FROM dead", &dead);
+    if (rc != SQLITE_OK)
+        return sql_fail(db, rc, j->path, "cannot read it", err, cap);
+
+    uint64_t first = next > 0 ? (uint64_t)next : 1;
+    if ((uint64_t)maxt >= first)
+        first = (uint64_t)maxt + 1;
+    if ((uint64_t)maxd >= first)
+        first = (uint64_t)maxd + 1;
+    int jrc = commit_ceiling(j, db, first + ID_BLOCK, err, cap);
+    if (jrc != 0)
+        return jrc;
+    atomic_store(&j->next_id, first);
+    atomic_store(&j->ceiling, first + ID_BLOCK);
+    j->pending = (uint64_t)pending;
+    j->dead = (uint64_t)dead;
+
+    each_row(db, "SELECT " COLS " FROM tasks WHERE " LIVE " ORDER BY id", 0, snap_add, j, &rc);
+    if (rc != SQLITE_OK)
+        return sql_fail(db, rc, j->path, "cannot read its tasks", err, cap);
+    return 0;
+}
+
+static int check_file(journal *j, char *err, size_t cap)
+{
+    sqlite3_stmt *st = NULL;
+    int rc = sqlite3_prepare_v2(j->wdb, "PRAGMA quick_check", -1, &st, NULL);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+        const char *res = col_text(st, 0);
+        if (res == NULL || strcmp(res, "ok") != 0) {
+            snprintf(err, cap,
+                     "journal %s: the file is corrupt (integrity check: %s); move it aside "
+                     "(mv %s %s.bad) to start a new journal, or give another --journal FILE",
+                     j->path, res ? res : "no answer", j->path, j->path);
+            sqlite3_finalize(st);
+            return JOURNAL_ECORRUPT;
+        }
+        rc = SQLITE_OK;
+    }
+    sqlite3_finalize(st);
+    if (rc != SQLITE_OK)
+        return sql_fail(j->wdb, rc, j->path, "cannot check it", err, cap);
+
+    rc = exec_sql(j->wdb, "PRAGMA journal_mode=WAL");
+    if (rc == SQLITE_OK)
+        rc = exec_sql(j->wdb, j->sync == JOURNAL_SYNC_FULL ? "PRAGMA synchronous=FULL"
+                                                           : "PRAGMA synchronous=NORMAL");
+    if (rc != SQLITE_OK)
+        return sql_fail(j->wdb, rc, j->path, "cannot switch it to WAL mode", err, cap);
+    for (int i = 0; i < ST_COUNT; i++) {
+        rc = sqlite3_prepare_v3(j->wdb, stmt_sql[i], -1, SQLITE_PREPARE_PERSISTENT, &j->st[i],
+                                NULL);
+        if (rc != SQLITE_OK)
+            return sql_fail(j->wdb, rc, j->path, "cannot prepare its statements", err, cap);
+    }
+    return 0;
+}
+
+/* ---- the writer ------------------------------------------------------------------ */
+
+static void bind_text(sqlite3_stmt *st, int i, const char *s)
+{
+    if (s != NULL)
+        sqlite3_bind_text(st, i, s, -1, SQLITE_STATIC);
+    else
+        sqlite3_bind_null(st, i);
+}
+
+/* Step a bound statement and reset it; an SQLite code (SQLITE_DONE). */
+static int run(sqlite3_stmt *st)
+{
+    int rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
+    return rc;
+}
+
+/*
+ * Apply r inside the open transaction.  SQLITE_DONE when applied (or when
+ * it found no live task: r->status is JOURNAL_ENOTFOUND then, the batch
+ * goes on), another SQLite code when the transaction must fail.  rows:
+ * rows written; the pending/dead deltas are applied after the commit.
+ */
+static int apply(journal *j, jrec *r, size_t *rows, int64_t *dpending, int64_t *ddead)
+{
+    sqlite3_stmt *st;
+    int rc = SQLITE_DONE;
+    switch (r->kind) {
+    case OP_ADD:
+        st = j->st[ST_INSERT];
+        for (size_t i = 0; i < r->ntasks && rc == SQLITE_DONE; i++) {
+            const jtask *t = &r->tasks[i];
+            sqlite3_bind_int64(st, 1, (int64_t)t->id);
+            sqlite3_bind_text(st, 2, t->name, -1, SQLITE_STATIC);
+            sqlite3_bind_blob(st, 3, t->len ? t->payload : "", (int)t->len, SQLITE_STATIC);
+            sqlite3_bind_int64(st, 4, t->max_attempts);
+            sqlite3_bind_int64(st, 5, (int64_t)t->not_before_us);
+            sqlite3_bind_int64(st, 6, (int64_t)r->at_us);
+            bind_text(st, 7, t->request_id);
+            rc = run(st);
+        }
+        if (rc == SQLITE_DONE) {
+            *rows += r->ntasks;
+            *dpending += (int64_t)r->ntasks;
+        }
+        return rc;
+    case OP_START:
+        st = j->st[ST_START];
+        sqlite3_bind_int64(st, 2, r->attempt);
+        sqlite3_bind_int64(st, 3, (int64_t)r->at_us);
+        break;
+    case OP_SUCCEED:
+        st = j->st[ST_SUCCEED];
+        sqlite3_bind_int64(st, 2, (int64_t)r->at_us);
+        bind_text(st, 3, r->text);
+        break;
+    case OP_RETRY:
+        st = j->st[ST_RETRY];
+        sqlite3_bind_int64(st, 2, (int64_t)r->t_us);
+        bind_text(st, 3, r->text);
+        break;
+    case OP_FINISH:
+        st = j->st[ST_FINISH];
+        sqlite3_bind_int64(st, 2, (int64_t)r->at_us);
+        bind_text(st, 3, r->text);
+        sqlite3_bind_text(st, 4, r->state, -1, SQLITE_STATIC);
+        break;
+    case OP_DEAD:
+    default:
+        st = j->st[ST_DEAD_COPY];
+        sqlite3_bind_int64(st, 2, (int64_t)r->at_us);
+        bind_text(st, 3, r->text);
+        break;
+    }
+    sqlite3_bind_int64(st, 1, (int64_t)r->id);
+    rc = run(st);
+    if (rc != SQLITE_DONE)
+        return rc;
+    if (sqlite3_changes(j->wdb) == 0) {
+        r->status = JOURNAL_ENOTFOUND;
+        snprintf(r->msg, sizeof r->msg, "journal %s: task %" PRIu64 " is not queued or running",
+                 j->path, r->id);
+        return SQLITE_DONE;
+    }
+    *rows += 1;
+    if (r->kind == OP_DEAD) {
+        st = j->st[ST_DEAD_DEL];
+        sqlite3_bind_int64(st, 1, (int64_t)r->id);
+        rc = run(st);
+        *rows += 1;
+        *dpending -= 1;
+        *ddead += 1;
+    } else if (r->kind == OP_SUCCEED || r->kind == OP_FINISH) {
+        *dpending -= 1;
+    }
+    return rc;
+}
+
+/*
+ * One transaction for the n records from batch (and the id ceiling when
+ * it is non-zero).  0, or the JOURNAL_E* of the failure with err set
+ * (everything rolled back).
+ */
+static int commit_batch(journal *j, jrec *batch, size_t n, uint64_t ceiling, size_t *rows,
+                        int64_t *dpending, int64_t *ddead, char *err, size_t cap)
+{
+    int rc = exec_sql(j->wdb, "BEGIN IMMEDIATE");
+    const char *doing = "cannot begin a transaction";
+    jrec *r = batch;
+    for (size_t i = 0; i < n && rc == SQLITE_OK; i++, r = r->next) {
+        rc = apply(j, r, rows, dpending, ddead);
+        rc = rc == SQLITE_DONE ? SQLITE_OK : rc;
+        doing = "cannot write a task";
+    }
+    if (rc == SQLITE_OK && ceiling != 0) {
+        sqlite3_bind_int64(j->st[ST_META], 1, (int64_t)ceiling);
+        rc = run(j->st[ST_META]);
+        rc = rc == SQLITE_DONE ? SQLITE_OK : rc;
+        doing = "cannot write the next id";
+    }
+    if (rc == SQLITE_OK) {
+        rc = exec_sql(j->wdb, "COMMIT");
+        doing = "cannot commit";
+    }
+    if (rc == SQLITE_OK)
+        return 0;
+    int jrc = sql_fail(j->wdb, rc, j->path, doing, err, cap);
+    if (!sqlite3_get_autocommit(j->wdb))
+        exec_sql(j->wdb, "ROLLBACK");
+    return jrc;
+}
+
+static void jrec_free(jrec *r)
+{
+    for (size_t i = 0; i < r->ntasks; i++) {
+        free(r->tasks[i].name);
+        free(r->tasks[i].payload);
+        free(r->tasks[i].request_id);
+    }
+    free(r->tasks);
+    free(r->text);
+    free(r->state);
+    free(r);
+}
+
+static void *writer_main(void *arg)
+{
+    journal *j = arg;
+    char err[1024];
+    pthread_mutex_lock(&j->mu);
+    for (;;) {
+        while (j->head == NULL && !j->want_extend && !j->stopping)
+            pthread_cond_wait(&j->wake, &j->mu);
+        if (j->head == NULL && !j->want_extend)
+            break; /* stopping, and everything is written */
+
+        jrec *batch = j->head, *last = NULL;
+        size_t n = 0;
+        for (jrec *r = batch; r != NULL && n < j->max_batch; r = r->next) {
+            last = r;
+            n++;
+        }
+        if (last != NULL) {
+            j->head = last->next;
+            if (j->head == NULL)
+                j->tail = &j->head;
+            last->next = NULL;
+        }
+        uint64_t next = atomic_load(&j->next_id);
+        uint64_t ceiling = 0;
+        if (j->want_extend || next + ID_BLOCK / 2 >= atomic_load(&j->ceiling))
+            ceiling = next + ID_BLOCK;
+        j->want_extend = 0;
+        pthread_mutex_unlock(&j->mu);
+
+        size_t rows = 0;
+        int64_t dpending = 0, ddead = 0;
+        int rc = commit_batch(j, batch, n, ceiling, &rows, &dpending, &ddead, err, sizeof err);
+        uint64_t now = util_wall_us();
+
+        pthread_mutex_lock(&j->mu);
+        j->unwritten -= n;
+        if (rc == 0) {
+            j->commits++;
+            j->records += rows;
+            j->last_commit_us = now;
+            j->pending = (uint64_t)((int64_t)j->pending + dpending);
+            j->dead = (uint64_t)((int64_t)j->dead + ddead);
+            if (ceiling > atomic_load(&j->ceiling))
+                atomic_store(&j->ceiling, ceiling);
+        } else {
+            j->failed_commits++;
+            j->fail_gen++;
+        }
+        pthread_cond_broadcast(&j->ext);
+        pthread_mutex_unlock(&j->mu);
+
+        /* Once per episode: the first failure and the recovery. */
+        if (rc != 0 && !j->failing) {
+            j->failing = 1;
+            j->failed_in_episode = 0;
+            log_msg(BGS_LOG_ERROR, "%s (tasks cannot be made durable until this is fixed; "
+                    "bgserve logs again when commits work)", err);
+        } else if (rc == 0 && j->failing) {
+            j->failing = 0;
+            log_msg(BGS_LOG_INFO, "journal %s: commits work again after %" PRIu64
+                    " failed transaction%s", j->path, j->failed_in_episode,
+                    j->failed_in_episode == 1 ? "" : "s");
+        }
+        if (rc != 0)
+            j->failed_in_episode++;
+
+        while (batch != NULL) {
+            jrec *next_rec = batch->next;
+            if (batch->done != NULL) {
+                if (rc != 0)
+                    batch->done(batch->arg, rc, err);
+                else if (batch->status != 0)
+                    batch->done(batch->arg, batch->status, batch->msg);
+                else
+                    batch->done(batch->arg, 0, NULL);
+            }
+            jrec_free(batch);
+            batch = next_rec;
+        }
+        pthread_mutex_lock(&j->mu);
+    }
+    pthread_mutex_unlock(&j->mu);
+    return NULL;
+}
+
+/* ---- public API ------------------------------------------------------------------ */
+
+static void journal_free(journal *j)
+{
+    for (int i = 0; i < ST_COUNT; i++)
+        sqlite3_finalize(j->st[i]);
+    sqlite3_close(j->wdb);
+    sqlite3_close(j->rdb);
+    for (size_t i = 0; i < j->nsnap; i++)
+        rec_free(&j->snap[i]);
+    free(j->snap);
+    if (j->lock_fd >= 0)
+        close(j->lock_fd); /* releases the flock */
+    pthread_mutex_destroy(&j->mu);
+    pthread_mutex_destroy(&j->read_mu);
+    pthread_cond_destroy(&j->wake);
+    pthread_cond_destroy(&j->ext);
+    free(j->path);
+    free(j);
+}
+
+int journal_open(const journal_config *cfg, journal **out, char *err, size_t cap)
+{
+    if (cfg == NULL || cfg->path == NULL || cfg->path[0] == '\0' || out == NULL) {
+        snprintf(err, cap, "journal: no file given; give --journal FILE");
+        return JOURNAL_EINVAL;
+    }
+    journal *j = xcalloc(1, sizeof *j);
+    j->path = xstrdup(cfg->path);
+    j->sync = cfg->sync;
+    j->max_batch = cfg->max_batch ? cfg->max_batch : DEFAULT_MAX_BATCH;
+    j->lock_fd = -1;
+    j->tail = &j->head;
+    pthread_mutex_init(&j->mu, NULL);
+    pthread_mutex_init(&j->read_mu, NULL);
+    pthread_cond_init(&j->wake, NULL);
+    pthread_cond_init(&j->ext, NULL);
+
+    struct stat sb;
+    int rc;
+    if (stat(j->path, &sb) == 0 && !S_ISREG(sb.st_mode)) {
+        snprintf(err, cap, "journal %s: it is not a regular file; give --journal a file path "
+                 "(bgserve creates it)", j->path);
+        rc = JOURNAL_EACCESS;
+        goto fail;
+    }
+    rc = take_lock(j, err, cap);
+    if (rc == 0)
+        rc = db_connect(j->path, 1, &j->wdb, err, cap);
+    if (rc == 0)
+        rc = check_file(j, err, cap);
+    if (rc == 0)
+        rc = load_state(j, err, cap);
+    if (rc == 0)
+        rc = db_connect(j->path, 0, &j->rdb, err, cap);
+    if (rc != 0)
+        goto fail;
+    if (pthread_create(&j->thread, NULL, writer_main, j) != 0) {
+        snprintf(err, cap, "journal %s: cannot start its writer thread: %s", j->path,
+                 strerror(errno));
+        rc = JOURNAL_EIO;
+        goto fail;
+    }
+    j->thread_started = 1;
+    *out = j;
+    return 0;
+fail:
+    journal_free(j);
+    return rc;
+}
+
+void journal_close(journal *j)
+{
+    if (j == NULL)
+        return;
+    pthread_mutex_lock(&j->mu);
+    j->stopping = 1;
+    pthread_cond_broadcast(&j->wake);
+    pthread_cond_broadcast(&j->ext);
+    pthread_mutex_unlock(&j->mu);
+    if (j->thread_started)
+        pthread_join(j->thread, NULL);
+    journal_free(j);
+}
+
+uint64_t journal_next_id(journal *j)
+{
+    uint64_t id = atomic_fetch_add(&j->next_id, 1);
+    if (id + ID_BLOCK / 2 < atomic_load(&j->ceiling))
+        return id;
+    pthread_mutex_lock(&j->mu);
+    j->want_extend = 1;
+    pthread_cond_signal(&j->wake);
+    /* Past the committed ceiling: wait for the writer to move it (or to
+     * fail, when the append that follows fails as well). */
+    uint64_t gen = j->fail_gen;
+    while (id >= atomic_load(&j->ceiling) && j->fail_gen == gen && !j->stopping)
+        pthread_cond_wait(&j->ext, &j->mu);
+    pthread_mutex_unlock(&j->mu);
+    return id;
+}
+
+/* Queue r for the writer; JOURNAL_ECLOSED (r freed) after close began. */
+static int push(journal *j, jrec *r)
+{
+    r->at_us = util_wall_us();
+    pthread_mutex_lock(&j->mu);
+    if (j->stopping) {
+        pthread_mutex_unlock(&j->mu);
+        jrec_free(r);
+        return JOURNAL_ECLOSED;
+    }
+    *j->tail = r;
+    j->tail = &r->next;
+    j->unwritten++;
+    pthread_cond_signal(&j->wake);
+    pthread_mutex_unlock(&j->mu);
+    return 0;
+}
+
+static jrec *rec_new(op_kind kind, uint64_t id, journal_done_fn done, void *arg)
+{
+    jrec *r = xcalloc(1, sizeof *r);
+    r->kind = kind;
+    r->id = id;
+    r->done = done;
+    r->arg = arg;
+    return r;
+}
+
+int journal_add(journal *j, const journal_task *tasks, size_t n, journal_done_fn done,
+                void *arg)
+{
+    if (j == NULL || (tasks == NULL && n > 0) || n == 0)
+        return JOURNAL_EINVAL;
+    for (size_t i = 0; i < n; i++)
+        if (tasks[i].name == NULL || tasks[i].id == 0 ||
+            (tasks[i].payload == NULL && tasks[i].payload_len > 0) ||
+            tasks[i].payload_len > (size_t)INT32_MAX)
+            return JOURNAL_EINVAL;
+    jrec *r = rec_new(OP_ADD, 0, done, arg);
+    r->tasks = xcalloc(n, sizeof *r->tasks);
+    r->ntasks = n;
+    for (size_t i = 0; i < n; i++) {
+        jtask *t = &r->tasks[i];
+        t->id = tasks[i].id;
+        t->name = xstrdup(tasks[i].name);
+        t->len = tasks[i].payload_len;
+        t->payload = t->len ? xmemdup(tasks[i].payload, t->len) : NULL;
+        t->max_attempts = tasks[i].max_attempts;
+        t->not_before_us = tasks[i].not_before_us;
+        t->request_id = dup_or_null(tasks[i].request_id);
+    }
+    return push(j, r);
+}
+
+int journal_start(journal *j, uint64_t id, uint32_t attempt, journal_done_fn done, void *arg)
+{
+    if (j == NULL || id == 0)
+        return JOURNAL_EINVAL;
+    jrec *r = rec_new(OP_START, id, done, arg);
+    r->attempt = attempt;
+    return push(j, r);
+}
+
+int journal_succeed(journal *j, uint64_t id, const char *result, journal_done_fn done,
+                    void *arg)
+{
+    if (j == NULL || id == 0)
+        return JOURNAL_EINVAL;
+    jrec *r = rec_new(OP_SUCCEED, id, done, arg);
+    r->text = dup_or_null(result);
+    return push(j, r);
+}
+
+int journal_retry(journal *j, uint64_t id, uint64_t not_before_us, const char *error,
+                  journal_done_fn done, void *arg)
+{
+    if (j == NULL || id == 0)
+        return JOURNAL_EINVAL;
+    jrec *r = rec_new(OP_RETRY, id, done, arg);
+    r->t_us = not_before_us;
+    r->text = dup_or_null(error);
+    return push(j, r);
+}
+
+int journal_finish(journal *j, uint64_t id, const char *state, const char *error,
+                   journal_done_fn done, void *arg)
+{
+    if (j == NULL || id == 0 || state == NULL || strcmp(state, "queued") == 0 ||
+        strcmp(state, "running") == 0 || strcmp(state, "succeeded") == 0 ||
+        strcmp(state, "dead") == 0)
+        return JOURNAL_EINVAL;
+    jrec *r = rec_new(OP_FINISH, id, done, arg);
+    r->state = xstrdup(state);
+    r->text = dup_or_null(error);
+    return push(j, r);
+}
+
+int journal_dead(journal *j, uint64_t id, const char *error, journal_done_fn done, void *arg)
+{
+    if (j == NULL || id == 0)
+        return JOURNAL_EINVAL;
+    jrec *r = rec_new(OP_DEAD, id, done, arg);
+    r->text = dup_or_null(error);
+    return push(j, r);
+}
+
+size_t journal_replay(journal *j, void (*fn)(void *arg, const journal_rec *rec), void *arg)
+{
+    pthread_mutex_lock(&j->mu);
+    journal_rec *snap = j->snap;
+    size_t n = j->nsnap;
+    j->snap = NULL;
+    j->nsnap = 0;
+    pthread_mutex_unlock(&j->mu);
+    for (size_t i = 0; i < n; i++) {
+        fn(arg, &snap[i]);
+        rec_free(&snap[i]);
+    }
+    free(snap);
+    return n;
+}
+
+int journal_lookup(journal *j, uint64_t id, void (*fn)(void *arg, const journal_rec *rec),
+                   void *arg)
+{
+    int rc = SQLITE_OK;
+    long n;
+    pthread_mutex_lock(&j->read_mu);
+    n = each_row(j->rdb, "SELECT " COLS " FROM tasks WHERE id=?1", id, fn, arg, &rc);
+    if (n == 0 && rc == SQLITE_OK)
+        n = each_row(j->rdb, "SELECT " COLS " FROM dead WHERE id=?1", id, fn, arg, &rc);
+    pthread_mutex_unlock(&j->read_mu);
+    if (rc != SQLITE_OK)
+        return JOURNAL_EIO;
+    return n > 0 ? 0 : JOURNAL_ENOTFOUND;
+}
+
+void journal_get_stats(journal *j, journal_stats *out)
+{
+    memset(out, 0, sizeof *out);
+    out->file = j->path;
+    pthread_mutex_lock(&j->mu);
+    out->pending = j->pending;
+    out->dead = j->dead;
+    out->unwritten = j->unwritten;
+    out->commits = j->commits;
+    out->records = j->records;
+    out->failed_commits = j->failed_commits;
+    out->last_commit_us = j->last_commit_us;
+    pthread_mutex_unlock(&j->mu);
+    out->mean_batch = out->commits ? (double)out->records / (double)out->commits : 0.0;
+}
+
+/* ------------------------------------------------------------------ */
+/* Offline access                                                      */
+/* ------------------------------------------------------------------ */
+
+struct journal_db {
+    sqlite3 *db;
+    char *path;
+};
+
+int journal_db_open(const char *path, journal_db **out, char *err, size_t cap)
+{
+    struct stat sb;
+    if (path == NULL || stat(path, &sb) != 0) {
+        snprintf(err, cap, "journal %s: %s; give the FILE a server wrote with --journal FILE",
+                 path ? path : "(none)", path ? strerror(errno) : "no file given");
+        return JOURNAL_ENOTFOUND;
+    }
+    if (!S_ISREG(sb.st_mode)) {
+        snprintf(err, cap, "journal %s: it is not a regular file; give the FILE a server "
+                 "wrote with --journal FILE", path);
+        return JOURNAL_EINVAL;
+    }
+    sqlite3 *db = NULL;
+    int rc = db_connect(path, 0, &db, err, cap);
+    if (rc != 0)
+        return rc;
+    journal_db *d = xcalloc(1, sizeof *d);
+    d->db = db;
+    d->path = xstrdup(path);
+    *out = d;
+    return 0;
+}
+
+void journal_db_close(journal_db *db)
+{
+    if (db == NULL)
+        return;
+    sqlite3_close(db->db);
+    free(db->path);
+    free(db);
+}
+
+long journal_db_each(journal_db *db, const char *state,
+                     void (*fn)(void *arg, const journal_rec *rec), void *arg, char *err,
+                     size_t cap)
+{
+    int rc = SQLITE_OK;
+    long n = 0;
+    if (state == NULL) {
+        n = each_row(db->db, "SELECT " COLS " FROM tasks ORDER BY id", 0, fn, arg, &rc);
+        if (rc == SQLITE_OK)
+            n += each_row(db->db, "SELECT " COLS " FROM dead ORDER BY id", 0, fn, arg, &rc);
+    } else if (strcmp(state, "dead") == 0) {
+        n = each_row(db->db, "SELECT " COLS " FROM dead ORDER BY id", 0, fn, arg, &rc);
+    } else {
+        sqlite3_stmt *st = NULL;
+        rc = sqlite3_prepare_v2(db->db, "SELECT " COLS " FROM tasks WHERE state=?1 ORDER BY id",
+                                -1, &st, NULL);
+        if (rc == SQLITE_OK)
+            sqlite3_bind_text(st, 1, state, -1, SQLITE_STATIC);
+        while (rc == SQLITE_OK && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+            journal_rec r;
+            row_rec(st, &r);
+            fn(arg, &r);
+            n++;
+            rc = SQLITE_OK;
+        }
+        sqlite3_finalize(st);
+        rc = rc == SQLITE_DONE ? SQLITE_OK : rc;
+    }
+    if (rc != SQLITE_OK)
+        return sql_fail(db->db, rc, db->path, "cannot read its tasks", err, cap);
+    return n;
+}
+
+int journal_db_get(journal_db *db, uint64_t id, void (*fn)(void *arg, const journal_rec *rec),
+                   void *arg, char *err, size_t cap)
+{
+    int rc = SQLITE_OK;
+    long n = each_row(db->db, "SELECT " COLS " FROM tasks WHERE id=?1", id, fn, arg, &rc);
+    if (n == 0 && rc == SQLITE_OK)
+        n = each_row(db->db, "SELECT " COLS " FROM dead WHERE id=?1", id, fn, arg, &rc);
+    if (rc != SQLITE_OK)
+        return sql_fail(db->db, rc, db->path, "cannot read the task", err, cap);
+    if (n == 0) {
+        snprintf(err, cap, "journal %s: no task %" PRIu64 " (see `bgserve journal %s ls`)",
+                 db->path, id, db->path);
+        return JOURNAL_ENOTFOUND;
+    }
+    return 0;
+}
+
+static void get_state(void *arg, const journal_rec *r)
+{
+    snprintf(arg, 32, "%s", r->state);
+}
+
+int journal_db_retry(journal_db *db, uint64_t id, char *err, size_t cap)
+{
+    char state[32] = "";
+    int rc = exec_sql(db->db, "BEGIN IMMEDIATE");
+    if (rc != SQLITE_OK)
+        return sql_fail(db->db, rc, db->path, "cannot begin a transaction", err, cap);
+    int jrc = journal_db_get(db, id, get_state, state, err, cap);
+    if (jrc != 0)
+        goto out;
+    if (strcmp(state, "queued") == 0 || strcmp(state, "running") == 0 ||
+        strcmp(state, "succeeded") == 0) {
+        snprintf(err, cap, "journal %s: task %" PRIu64 " is %s; only dead or failed tasks can "
+                 "be retried", db->path, id, state);
+        jrc = JOURNAL_EINVAL;
+        goto out;
+    }
+    char sql[512];
+    if (strcmp(state, "dead") == 0)
+        snprintf(sql, sizeof sql,
+                 "INSERT OR REPLACE INTO tasks (" COLS ") SELECT id,name,payload,'queued',0,"
+                 "max_attempts,0,created,NULL,NULL,last_error,request_id,NULL FROM dead "
+                 "WHERE id=%" PRIu64 "; DELETE FROM dead WHERE id=%" PRIu64,
+                 id, id);
+    else
+        snprintf(sql, sizeof sql,
+                 "UPDATE tasks SET state='queued', attempts=0, not_before=0, started=NULL, "
+                 "finished=NULL WHERE id=%" PRIu64, id);
+    rc = exec_sql(db->db, sql);
+    if (rc == SQLITE_OK)
+        rc = exec_sql(db->db, "COMMIT");
+    if (rc != SQLITE_OK)
+        jrc = sql_fail(db->db, rc, db->path, "cannot queue the task again", err, cap);
+out:
+    if (!sqlite3_get_autocommit(db->db))
+        exec_sql(db->db, "ROLLBACK");
+    return jrc;
+}
+
+int journal_db_purge(journal_db *db, uint64_t before_us, uint64_t *removed, char *err,
+                     size_t cap)
+{
+    char sql[256];
+    int rc = exec_sql(db->db, "BEGIN IMMEDIATE");
+    uint64_t n = 0;
+    snprintf(sql, sizeof sql, "DELETE FROM tasks WHERE NOT " LIVE " AND coalesce(finished,0) < %"
+             PRIu64, before_us);
+    if (rc == SQLITE_OK)
+        rc = exec_sql(db->db, sql);
+    if (rc == SQLITE_OK)
+        n += (uint64_t)sqlite3_changes(db->db);
+    snprintf(sql, sizeof sql, "DELETE FROM dead WHERE coalesce(finished,0) < %" PRIu64,
+             before_us);
+    if (rc == SQLITE_OK)
+        rc = exec_sql(db->db, sql);
+    if (rc == SQLITE_OK)
+        n += (uint64_t)sqlite3_changes(db->db);
+    if (rc == SQLITE_OK)
+        rc = exec_sql(db->db, "COMMIT");
+    if (rc != SQLITE_OK) {
+        int jrc = sql_fail(db->db, rc, db->path, "cannot purge", err, cap);
+        if (!sqlite3_get_autocommit(db->db))
+            exec_sql(db->db, "ROLLBACK");
+        return jrc;
+    }
+    *removed = n;
+    return 0;
+}

@@ -1,0 +1,943 @@
+/*
+ * test_journal.c - the durable task journal (journal.c) in process:
+ * group commit across threads, callbacks in append order, replay after a
+ * reopen and after a SIGKILL in the middle of a batch, ids that never
+ * repeat, dead letters, and each fault (corrupt file, newer schema, not
+ * writable, locked by another owner, disk full at open and while
+ * writing).  Each test works in its own temporary directory; tests that
+ * kill a process or limit file sizes do it in a forked child.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include "helpers.h"
+#include "journal.h"
+#include "util.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <signal.h>
+#include <sqlite3.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+typedef struct sandbox {
+    char dir[64];
+    char path[128];
+} sandbox;
+
+static int setup(void **state)
+{
+    sandbox *sb = calloc(1, sizeof *sb);
+    if (sb == NULL)
+        return -1;
+    strcpy(sb->dir, "/tmp/bgserve-journal-XXXXXX");
+    if (mkdtemp(sb->dir) == NULL)
+        return -1;
+    snprintf(sb->path, sizeof sb->path, "%s/tasks.db", sb->dir);
+    *state = sb;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    sandbox *sb = *state;
+    h_rm_rf(sb->dir);
+    free(sb);
+    return 0;
+}
+
+static journal *open_ok(const char *path)
+{
+    journal_config cfg = {.path = path, .sync = JOURNAL_SYNC_NORMAL};
+    journal *j = NULL;
+    char err[1024] = "";
+    int rc = journal_open(&cfg, &j, err, sizeof err);
+    if (rc != 0)
+        fprintf(stderr, "journal_open: %s\n", err);
+    assert_int_equal(rc, 0);
+    return j;
+}
+
+/* journal_open expected to fail with want; returns the message. */
+static char *open_fails(const char *path, int want)
+{
+    journal_config cfg = {.path = path, .sync = JOURNAL_SYNC_NORMAL};
+    journal *j = NULL;
+    char err[1024] = "";
+    int rc = journal_open(&cfg, &j, err, sizeof err);
+    if (rc != want)
+        fprintf(stderr, "journal_open: %d (%s), wanted %d\n", rc, err, want);
+    assert_int_equal(rc, want);
+    assert_null(j);
+    return strdup(err);
+}
+
+/* Add one task named name with payload text; returns its id. */
+static uint64_t add_one(journal *j, const char *name, const char *payload,
+                        journal_done_fn done, void *arg)
+{
+    journal_task t = {.id = journal_next_id(j), .name = name, .payload = payload,
+                      .payload_len = payload ? strlen(payload) : 0, .max_attempts = 3,
+                      .request_id = "req-1"};
+    assert_int_equal(journal_add(j, &t, 1, done, arg), 0);
+    return t.id;
+}
+
+/* A completion counter with its last status. */
+typedef struct done_count {
+    pthread_mutex_t mu;
+    int n, failed;
+    int last_status;
+    char last_msg[512];
+} done_count;
+
+#define DONE_COUNT_INIT {.mu = PTHREAD_MUTEX_INITIALIZER}
+
+static void count_done(void *arg, int status, const char *msg)
+{
+    done_count *c = arg;
+    pthread_mutex_lock(&c->mu);
+    c->n++;
+    c->last_status = status;
+    if (status != 0) {
+        c->failed++;
+        snprintf(c->last_msg, sizeof c->last_msg, "%s", msg ? msg : "(null)");
+    }
+    pthread_mutex_unlock(&c->mu);
+}
+
+/* c->n, read under its lock; *status gets the last status. */
+static int count_now(done_count *c, int *status)
+{
+    pthread_mutex_lock(&c->mu);
+    int n = c->n;
+    if (status != NULL)
+        *status = c->last_status;
+    pthread_mutex_unlock(&c->mu);
+    return n;
+}
+
+/* ---- replay records -------------------------------------------------------------- */
+
+typedef struct seen {
+    size_t n;
+    journal_rec recs[64];
+    char names[64][32];
+    char payloads[64][64];
+    char errors[64][64];
+} seen;
+
+static void collect(void *arg, const journal_rec *r)
+{
+    seen *s = arg;
+    if (s->n >= 64)
+        return;
+    s->recs[s->n] = *r;
+    snprintf(s->names[s->n], 32, "%s", r->name);
+    snprintf(s->payloads[s->n], 64, "%.*s", (int)r->payload_len, (const char *)r->payload);
+    snprintf(s->errors[s->n], 64, "%s", r->last_error ? r->last_error : "");
+    s->recs[s->n].name = s->names[s->n];
+    s->recs[s->n].payload = s->payloads[s->n];
+    s->recs[s->n].last_error = s->errors[s->n];
+    s->recs[s->n].state = r->interrupted ? "running" : "queued";
+    s->n++;
+}
+
+static void collect_state(void *arg, const journal_rec *r)
+{
+    char *state = arg;
+    snprintf(state, 96, "%s|%s|%u", r->state, r->last_error ? r->last_error : "",
+             r->attempts);
+}
+
+/* ---- tests ----------------------------------------------------------------------- */
+
+static void journal_replays_queued_tasks_after_reopen(void **state)
+{
+    sandbox *sb = *state;
+    journal *j = open_ok(sb->path);
+    done_count c = DONE_COUNT_INIT;
+    uint64_t a = add_one(j, "send_mail", "to=ann", count_done, &c);
+    uint64_t b = add_one(j, "resize", "img=7", count_done, &c);
+    uint64_t e = add_one(j, "empty", NULL, count_done, &c);
+    journal_close(j);
+    assert_int_equal(c.n, 3);
+    assert_int_equal(c.failed, 0);
+
+    j = open_ok(sb->path);
+    seen s = {0};
+    assert_int_equal(journal_replay(j, collect, &s), 3);
+    assert_int_equal(s.recs[0].id, a);
+    assert_string_equal(s.names[0], "send_mail");
+    assert_string_equal(s.payloads[0], "to=ann");
+    assert_int_equal(s.recs[0].max_attempts, 3);
+    assert_int_equal(s.recs[0].attempts, 0);
+    assert_int_equal(s.recs[0].interrupted, 0);
+    assert_int_equal(s.recs[1].id, b);
+    assert_int_equal(s.recs[2].id, e);
+    assert_int_equal(s.recs[2].payload_len, 0);
+    /* the snapshot is handed out once */
+    assert_int_equal(journal_replay(j, collect, &s), 0);
+    journal_stats st;
+    journal_get_stats(j, &st);
+    assert_int_equal(st.pending, 3);
+    assert_string_equal(st.file, sb->path);
+    journal_close(j);
+}
+
+static void journal_replay_keeps_retries_and_interrupted_runs(void **state)
+{
+    sandbox *sb = *state;
+    journal *j = open_ok(sb->path);
+    done_count c = DONE_COUNT_INIT;
+    uint64_t run = add_one(j, "t_run", "r", NULL, NULL);
+    uint64_t retry = add_one(j, "t_retry", "q", NULL, NULL);
+    uint64_t ok = add_one(j, "t_ok", "o", NULL, NULL);
+    uint64_t failed = add_one(j, "t_failed", "f", NULL, NULL);
+    uint64_t later = util_wall_us() + 3600ull * 1000000ull;
+    assert_int_equal(journal_start(j, run, 2, count_done, &c), 0);
+    assert_int_equal(journal_start(j, retry, 1, count_done, &c), 0);
+    assert_int_equal(journal_retry(j, retry, later, "timeout after 5 s", count_done, &c), 0);
+    assert_int_equal(journal_start(j, ok, 1, count_done, &c), 0);
+    assert_int_equal(journal_succeed(j, ok, "{\"ok\":true}", count_done, &c), 0);
+    assert_int_equal(journal_start(j, failed, 1, count_done, &c), 0);
+    assert_int_equal(journal_finish(j, failed, "failed", "boom", count_done, &c), 0);
+    journal_close(j);
+    assert_int_equal(c.n, 7);
+    assert_int_equal(c.failed, 0);
+
+    j = open_ok(sb->path);
+    seen s = {0};
+    assert_int_equal(journal_replay(j, collect, &s), 2);
+    assert_int_equal(s.recs[0].id, run);
+    assert_int_equal(s.recs[0].interrupted, 1);
+    assert_int_equal(s.recs[0].attempts, 2); /* its next run is attempt 3 */
+    assert_int_equal(s.recs[1].id, retry);
+    assert_int_equal(s.recs[1].interrupted, 0);
+    assert_int_equal(s.recs[1].attempts, 1);
+    assert_int_equal(s.recs[1].not_before_us, later);
+    assert_string_equal(s.errors[1], "timeout after 5 s");
+
+    char st[96] = "";
+    assert_int_equal(journal_lookup(j, ok, collect_state, st), 0);
+    assert_string_equal(st, "succeeded||1");
+    assert_int_equal(journal_lookup(j, failed, collect_state, st), 0);
+    assert_string_equal(st, "failed|boom|1");
+    assert_int_equal(journal_lookup(j, 999999, collect_state, st), JOURNAL_ENOTFOUND);
+    journal_stats jst;
+    journal_get_stats(j, &jst);
+    assert_int_equal(jst.pending, 2);
+    journal_close(j);
+}
+
+static void journal_dead_letters_keep_the_last_error(void **state)
+{
+    sandbox *sb = *state;
+    journal *j = open_ok(sb->path);
+    done_count c = DONE_COUNT_INIT;
+    uint64_t id = add_one(j, "flaky", "x", NULL, NULL);
+    assert_int_equal(journal_start(j, id, 3, NULL, NULL), 0);
+    assert_int_equal(journal_dead(j, id, "3 attempts: connection refused", count_done, &c), 0);
+    /* a transition of a task that is no longer live is refused, alone */
+    done_count late = DONE_COUNT_INIT;
+    assert_int_equal(journal_succeed(j, id, NULL, count_done, &late), 0);
+    journal_close(j);
+    assert_int_equal(c.n, 1);
+    assert_int_equal(c.failed, 0);
+    assert_int_equal(late.n, 1);
+    assert_int_equal(late.last_status, JOURNAL_ENOTFOUND);
+    h_assert_contains(late.last_msg, "is not queued or running");
+
+    j = open_ok(sb->path);
+    seen s = {0};
+    assert_int_equal(journal_replay(j, collect, &s), 0);
+    char st[96] = "";
+    assert_int_equal(journal_lookup(j, id, collect_state, st), 0);
+    assert_string_equal(st, "dead|3 attempts: connection refused|3");
+    journal_stats jst;
+    journal_get_stats(j, &jst);
+    assert_int_equal(jst.dead, 1);
+    assert_int_equal(jst.pending, 0);
+    journal_close(j);
+}
+
+/* ---- callbacks in order, group commit ---------------------------------------------- */
+
+typedef struct order {
+    pthread_mutex_t mu;
+    int next;      /* the sequence number the next callback must carry */
+    int bad;
+} order;
+
+typedef struct order_arg {
+    order *o;
+    int seq;
+} order_arg;
+
+static void order_done(void *arg, int status, const char *msg)
+{
+    (void)msg;
+    order_arg *a = arg;
+    pthread_mutex_lock(&a->o->mu);
+    if (a->seq != a->o->next || status != 0)
+        a->o->bad++;
+    a->o->next++;
+    pthread_mutex_unlock(&a->o->mu);
+}
+
+static void journal_callbacks_run_in_append_order(void **state)
+{
+    sandbox *sb = *state;
+    journal *j = open_ok(sb->path);
+    enum { N = 2000 };
+    order o = {.mu = PTHREAD_MUTEX_INITIALIZER};
+    order_arg *args = calloc(N, sizeof *args);
+    for (int i = 0; i < N; i++) {
+        args[i] = (order_arg){&o, i};
+        if (i % 3 == 0) {
+            add_one(j, "t", "p", order_done, &args[i]);
+        } else {
+            uint64_t id = add_one(j, "t", "p", NULL, NULL);
+            assert_int_equal(journal_start(j, id, 1, order_done, &args[i]), 0);
+        }
+    }
+    journal_close(j);
+    assert_int_equal(o.next, N);
+    assert_int_equal(o.bad, 0);
+    free(args);
+}
+
+/* The first commit's callback holds the writer until the other threads
+ * appended everything: those records then share one transaction. */
+typedef struct gate {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int entered;   /* the writer is in gate_done */
+    int status;
+    int appended;
+    int want;
+} gate;
+
+static void gate_done(void *arg, int status, const char *msg)
+{
+    (void)msg;
+    gate *g = arg;
+    pthread_mutex_lock(&g->mu);
+    g->entered = 1;
+    g->status = status;
+    pthread_cond_broadcast(&g->cv);
+    while (g->appended < g->want)
+        pthread_cond_wait(&g->cv, &g->mu);
+    pthread_mutex_unlock(&g->mu);
+}
+
+/* Add a task whose callback holds the writer; return once it does. */
+static void hold_writer(journal *j, gate *g)
+{
+    add_one(j, "first", "f", gate_done, g);
+    pthread_mutex_lock(&g->mu);
+    while (!g->entered)
+        pthread_cond_wait(&g->cv, &g->mu);
+    pthread_mutex_unlock(&g->mu);
+    assert_int_equal(g->status, 0);
+}
+
+static void wait_count(done_count *c, int want)
+{
+    for (uint64_t deadline = util_now_us() + 20000000; util_now_us() < deadline;) {
+        if (count_now(c, NULL) >= want)
+            break;
+        usleep(1000);
+    }
+    assert_int_equal(count_now(c, NULL), want);
+}
+
+typedef struct producer {
+    journal *j;
+    gate *g;
+    done_count *c;
+    int n;
+} producer;
+
+static void *produce(void *arg)
+{
+    producer *p = arg;
+    for (int i = 0; i < p->n; i++) {
+        journal_task t = {.id = journal_next_id(p->j), .name = "batch", .payload = "b",
+                          .payload_len = 1, .max_attempts = 1};
+        if (journal_add(p->j, &t, 1, count_done, p->c) != 0)
+            return (void *)1;
+        pthread_mutex_lock(&p->g->mu);
+        p->g->appended++;
+        pthread_cond_broadcast(&p->g->cv);
+        pthread_mutex_unlock(&p->g->mu);
+    }
+    return NULL;
+}
+
+static void journal_group_commit_batches_many_threads(void **state)
+{
+    sandbox *sb = *state;
+    enum { THREADS = 4, EACH = 200 };
+    journal *j = open_ok(sb->path);
+    gate g = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER,
+              .want = THREADS * EACH};
+    done_count c = DONE_COUNT_INIT;
+    hold_writer(j, &g);
+
+    pthread_t th[THREADS];
+    producer p[THREADS];
+    for (int i = 0; i < THREADS; i++) {
+        p[i] = (producer){j, &g, &c, EACH};
+        assert_int_equal(pthread_create(&th[i], NULL, produce, &p[i]), 0);
+    }
+    for (int i = 0; i < THREADS; i++) {
+        void *res;
+        pthread_join(th[i], &res);
+        assert_null(res);
+    }
+    /* all of them in the one transaction after the held one */
+    wait_count(&c, THREADS * EACH);
+    journal_stats st;
+    journal_get_stats(j, &st);
+    assert_int_equal(st.commits, 2);
+    assert_int_equal(st.records, THREADS * EACH + 1);
+    journal_close(j);
+    assert_int_equal(c.n, THREADS * EACH);
+    assert_int_equal(c.failed, 0);
+
+    j = open_ok(sb->path);
+    journal_get_stats(j, &st);
+    assert_int_equal(st.pending, THREADS * EACH + 1);
+    journal_close(j);
+}
+
+static void journal_stats_count_commits_and_batches(void **state)
+{
+    sandbox *sb = *state;
+    journal *j = open_ok(sb->path);
+    gate g = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER, .want = 10};
+    hold_writer(j, &g);
+    done_count c = DONE_COUNT_INIT;
+    for (int i = 0; i < 10; i++) {
+        add_one(j, "t", "p", count_done, &c);
+        pthread_mutex_lock(&g.mu);
+        g.appended++;
+        pthread_cond_broadcast(&g.cv);
+        pthread_mutex_unlock(&g.mu);
+    }
+    /* the ten share the second commit */
+    wait_count(&c, 10);
+    journal_stats st;
+    journal_get_stats(j, &st);
+    assert_int_equal(st.commits, 2);
+    assert_int_equal(st.records, 11);
+    assert_true(st.mean_batch == 5.5);
+    assert_int_equal(st.unwritten, 0);
+    assert_int_equal(st.failed_commits, 0);
+    assert_true(st.last_commit_us > 0);
+    journal_close(j);
+}
+
+/* ---- ids ---------------------------------------------------------------------------- */
+
+/* In a child: take n ids (committing one task every 1000), write the
+ * last id to fd, then die by SIGKILL without closing. */
+static void ids_child(const char *path, int fd, int n)
+{
+    journal_config cfg = {.path = path};
+    journal *j = NULL;
+    char err[1024];
+    if (journal_open(&cfg, &j, err, sizeof err) != 0)
+        _exit(3);
+    uint64_t id = 0;
+    for (int i = 0; i < n; i++) {
+        id = journal_next_id(j);
+        if (i % 1000 == 0) {
+            journal_task t = {.id = id, .name = "n", .max_attempts = 1};
+            journal_add(j, &t, 1, NULL, NULL);
+        }
+    }
+    if (write(fd, &id, sizeof id) != sizeof id)
+        _exit(4);
+    kill(getpid(), SIGKILL);
+    _exit(5);
+}
+
+static void journal_ids_never_repeat(void **state)
+{
+    sandbox *sb = *state;
+    journal *j = open_ok(sb->path);
+    uint64_t a = journal_next_id(j), b = journal_next_id(j);
+    assert_true(b > a);
+    journal_close(j); /* no task was ever added with a or b */
+
+    j = open_ok(sb->path);
+    uint64_t c = journal_next_id(j);
+    assert_true(c > b);
+    journal_close(j);
+
+    /* a killed process that went past several id blocks */
+    int fds[2];
+    assert_int_equal(pipe(fds), 0);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        close(fds[0]);
+        ids_child(sb->path, fds[1], 10000);
+    }
+    close(fds[1]);
+    uint64_t last = 0;
+    assert_int_equal(read(fds[0], &last, sizeof last), (ssize_t)sizeof last);
+    close(fds[0]);
+    int status;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
+    assert_true(last >= c + 10000);
+
+    j = open_ok(sb->path);
+    uint64_t d = journal_next_id(j);
+    assert_true(d > last);
+    journal_close(j);
+}
+
+/* ---- SIGKILL in the middle of a batch ------------------------------------------------ */
+
+typedef struct kill_arg {
+    int fd;
+    uint64_t ids[8];
+} kill_arg;
+
+static void report_durable(void *arg, int status, const char *msg)
+{
+    (void)msg;
+    kill_arg *k = arg;
+    if (status == 0 && write(k->fd, k->ids, sizeof k->ids) != (ssize_t)sizeof k->ids)
+        _exit(6);
+    free(k);
+}
+
+/* In a child: add tasks in groups of 8 forever; each group's ids go to fd
+ * once its commit is done. */
+static void kill_child(const char *path, int fd)
+{
+    journal_config cfg = {.path = path};
+    journal *j = NULL;
+    char err[1024];
+    if (journal_open(&cfg, &j, err, sizeof err) != 0)
+        _exit(3);
+    for (;;) {
+        kill_arg *k = calloc(1, sizeof *k);
+        journal_task t[8];
+        k->fd = fd;
+        for (int i = 0; i < 8; i++) {
+            k->ids[i] = journal_next_id(j);
+            t[i] = (journal_task){.id = k->ids[i], .name = "k", .payload = "payload",
+                                  .payload_len = 7, .max_attempts = 2};
+        }
+        if (journal_add(j, t, 8, report_durable, k) != 0)
+            _exit(4);
+    }
+}
+
+typedef struct idset {
+    uint64_t *ids;
+    size_t n, cap;
+} idset;
+
+static void idset_add(void *arg, const journal_rec *r)
+{
+    idset *s = arg;
+    if (s->n == s->cap) {
+        s->cap = s->cap ? s->cap * 2 : 1024;
+        s->ids = realloc(s->ids, s->cap * sizeof *s->ids);
+    }
+    s->ids[s->n++] = r->id;
+}
+
+static int cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+static void journal_sigkill_mid_batch_loses_nothing_durable(void **state)
+{
+    sandbox *sb = *state;
+    int fds[2];
+    assert_int_equal(pipe(fds), 0);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        close(fds[0]);
+        kill_child(sb->path, fds[1]);
+    }
+    close(fds[1]);
+    size_t cap = 1 << 16, n = 0;
+    uint64_t *durable = malloc(cap * sizeof *durable);
+    int killed = 0;
+    for (;;) {
+        uint64_t buf[8];
+        ssize_t got = read(fds[0], buf, sizeof buf);
+        if (got <= 0)
+            break;
+        assert_int_equal(got, (ssize_t)sizeof buf); /* pipe writes of 64 bytes are atomic */
+        if (n + 8 > cap) {
+            cap *= 2;
+            durable = realloc(durable, cap * sizeof *durable);
+        }
+        memcpy(durable + n, buf, sizeof buf);
+        n += 8;
+        if (!killed && n >= 4000) {
+            kill(pid, SIGKILL); /* the writer is mid-batch: the adds never stop */
+            killed = 1;
+        }
+    }
+    close(fds[0]);
+    int status;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
+
+    journal *j = open_ok(sb->path);
+    idset s = {0};
+    journal_replay(j, idset_add, &s);
+    journal_close(j);
+    qsort(s.ids, s.n, sizeof *s.ids, cmp_u64);
+    assert_true(s.n >= n);
+    size_t missing = 0;
+    for (size_t i = 0; i < n; i++)
+        if (bsearch(&durable[i], s.ids, s.n, sizeof *s.ids, cmp_u64) == NULL)
+            missing++;
+    assert_int_equal(missing, 0);
+    free(s.ids);
+    free(durable);
+}
+
+/* ---- faults at open ------------------------------------------------------------------ */
+
+static void journal_refuses_a_corrupt_file(void **state)
+{
+    sandbox *sb = *state;
+    FILE *f = fopen(sb->path, "w");
+    assert_non_null(f);
+    for (int i = 0; i < 200; i++)
+        fputs("this is not an sqlite database at all\n", f);
+    fclose(f);
+    char *msg = open_fails(sb->path, JOURNAL_ECORRUPT);
+    h_assert_contains(msg, sb->path);
+    h_assert_contains(msg, "corrupt or not an SQLite database");
+    h_assert_contains(msg, "move it aside");
+    free(msg);
+}
+
+static void journal_refuses_an_other_sqlite_database(void **state)
+{
+    sandbox *sb = *state;
+    sqlite3 *db;
+    assert_int_equal(sqlite3_open(sb->path, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db, "CREATE TABLE notes (x)", NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(db);
+    char *msg = open_fails(sb->path, JOURNAL_ECORRUPT);
+    h_assert_contains(msg, "not a bgserve journal");
+    free(msg);
+}
+
+static void journal_refuses_a_newer_schema(void **state)
+{
+    sandbox *sb = *state;
+    journal_close(open_ok(sb->path));
+    sqlite3 *db;
+    assert_int_equal(sqlite3_open(sb->path, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db, "UPDATE meta SET value=99 WHERE key='schema_version'",
+                                  NULL, NULL, NULL),
+                     SQLITE_OK);
+    sqlite3_close(db);
+    char *msg = open_fails(sb->path, JOURNAL_ESCHEMA);
+    h_assert_contains(msg, "schema version 99");
+    h_assert_contains(msg, "knows versions up to 1");
+    free(msg);
+    /* the offline tools refuse it the same way */
+    journal_db *d = NULL;
+    char err[1024];
+    assert_int_equal(journal_db_open(sb->path, &d, err, sizeof err), JOURNAL_ESCHEMA);
+}
+
+static void journal_refuses_a_path_it_cannot_create(void **state)
+{
+    sandbox *sb = *state;
+    char path[256];
+    snprintf(path, sizeof path, "%s/no/such/dir/tasks.db", sb->dir);
+    char *msg = open_fails(path, JOURNAL_EACCESS);
+    h_assert_contains(msg, path);
+    h_assert_contains(msg, "No such file or directory");
+    free(msg);
+    msg = open_fails(sb->dir, JOURNAL_EACCESS);
+    h_assert_contains(msg, "not a regular file");
+    free(msg);
+}
+
+/* A read-only journal: as root the check runs in a child that gives up
+ * root first (root may write anything). */
+static void journal_refuses_a_file_it_cannot_write(void **state)
+{
+    sandbox *sb = *state;
+    journal_close(open_ok(sb->path));
+    assert_int_equal(chmod(sb->dir, 0777), 0);
+    char lock[160];
+    snprintf(lock, sizeof lock, "%s-lock", sb->path);
+    assert_int_equal(chmod(sb->path, 0444), 0);
+    assert_int_equal(chmod(lock, 0666), 0);
+    int fds[2];
+    assert_int_equal(pipe(fds), 0);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        close(fds[0]);
+        if (getuid() == 0 && (setgid(65534) != 0 || setuid(65534) != 0))
+            _exit(3);
+        journal_config cfg = {.path = sb->path};
+        journal *j = NULL;
+        char err[1024] = "";
+        int rc = journal_open(&cfg, &j, err, sizeof err);
+        if (write(fds[1], err, strlen(err)) < 0)
+            _exit(4);
+        _exit(rc == JOURNAL_EACCESS ? 0 : 10 + (rc < 0 ? -rc : rc));
+    }
+    close(fds[1]);
+    char msg[1024] = "";
+    ssize_t got = read(fds[0], msg, sizeof msg - 1);
+    msg[got > 0 ? got : 0] = '\0';
+    close(fds[0]);
+    int status;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+        fprintf(stderr, "child status %d, message: %s\n", status, msg);
+    assert_true(WIFEXITED(status));
+    assert_int_equal(WEXITSTATUS(status), 0);
+    h_assert_contains(msg, sb->path);
+    h_assert_contains(msg, "cannot be");
+    h_assert_contains(msg, "writable");
+}
+
+static void journal_refuses_a_second_owner_but_not_the_tools(void **state)
+{
+    sandbox *sb = *state;
+    journal *j = open_ok(sb->path);
+    uint64_t id = add_one(j, "held", "h", NULL, NULL);
+    char *msg = open_fails(sb->path, JOURNAL_ELOCKED);
+    char pid[32];
+    snprintf(pid, sizeof pid, "(pid %ld)", (long)getpid());
+    h_assert_contains(msg, pid);
+    h_assert_contains(msg, "another bgserve");
+    h_assert_contains(msg, "stop that server");
+    free(msg);
+
+    /* the offline connection reads a live journal once the add is durable */
+    journal_close(j);
+    j = open_ok(sb->path);
+    journal_db *d = NULL;
+    char err[1024];
+    assert_int_equal(journal_db_open(sb->path, &d, err, sizeof err), 0);
+    char st[96] = "";
+    assert_int_equal(journal_db_get(d, id, collect_state, st, err, sizeof err), 0);
+    assert_string_equal(st, "queued||0");
+    journal_db_close(d);
+    journal_close(j);
+    /* the lock goes with the owner */
+    journal_close(open_ok(sb->path));
+}
+
+/* ---- disk full ----------------------------------------------------------------------- */
+
+/* Exit codes of the disk-full children: 0 when every check passed. */
+enum { DF_OPEN = 20, DF_NO_FAILURE, DF_WRONG_STATUS, DF_MSG, DF_NOT_RECOVERED, DF_LOST,
+       DF_LOG };
+
+static void limit_file_size(rlim_t bytes)
+{
+    struct rlimit rl;
+    getrlimit(RLIMIT_FSIZE, &rl);
+    rl.rlim_cur = bytes;
+    setrlimit(RLIMIT_FSIZE, &rl);
+}
+
+static void journal_disk_full_at_open_is_one_clear_error(void **state)
+{
+    sandbox *sb = *state;
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        signal(SIGXFSZ, SIG_IGN);
+        limit_file_size(0);
+        journal_config cfg = {.path = sb->path};
+        journal *j = NULL;
+        char err[1024] = "";
+        int rc = journal_open(&cfg, &j, err, sizeof err);
+        fprintf(stderr, "child: rc %d: %s\n", rc, err);
+        if (rc != JOURNAL_EFULL)
+            _exit(DF_WRONG_STATUS);
+        if (strstr(err, "the disk is full") == NULL || strstr(err, sb->path) == NULL)
+            _exit(DF_MSG);
+        _exit(0);
+    }
+    int status;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFEXITED(status));
+    assert_int_equal(WEXITSTATUS(status), 0);
+}
+
+static int df_child(const char *path)
+{
+    signal(SIGXFSZ, SIG_IGN);
+    journal_config cfg = {.path = path};
+    journal *j = NULL;
+    char err[1024] = "";
+    if (journal_open(&cfg, &j, err, sizeof err) != 0)
+        return DF_OPEN;
+    static char big[16384];
+    memset(big, 'x', sizeof big - 1);
+    done_count c = DONE_COUNT_INIT;
+    struct stat st;
+    char wal[160];
+    snprintf(wal, sizeof wal, "%s-wal", path);
+    rlim_t limit = 256 * 1024;
+    if (stat(wal, &st) == 0 && (rlim_t)st.st_size > limit / 2)
+        limit = (rlim_t)st.st_size + limit;
+
+    h_capture_begin();
+    limit_file_size(limit);
+    /* one by one until a commit fails, then two more failures: one log line */
+    int failures = 0, added = 0;
+    for (int i = 0; i < 400 && failures < 3; i++) {
+        int before = count_now(&c, NULL), status = 0;
+        add_one(j, "big", big, count_done, &c);
+        added++;
+        while (count_now(&c, &status) == before)
+            usleep(1000);
+        if (status != 0)
+            failures++;
+    }
+    limit_file_size(RLIM_INFINITY);
+    done_count after = DONE_COUNT_INIT;
+    uint64_t keep = add_one(j, "after", "a", count_done, &after);
+    while (count_now(&after, NULL) == 0)
+        usleep(1000);
+    journal_stats jst;
+    journal_get_stats(j, &jst);
+    journal_close(j);
+    char *log = h_capture_end();
+    fprintf(stderr, "%s", log);
+
+    if (failures == 0)
+        return DF_NO_FAILURE;
+    if (c.last_status != JOURNAL_EFULL)
+        return DF_WRONG_STATUS;
+    if (strstr(c.last_msg, "the disk is full") == NULL || strstr(c.last_msg, path) == NULL)
+        return DF_MSG;
+    if (after.last_status != 0 || jst.failed_commits != 3)
+        return DF_NOT_RECOVERED;
+    int n_fail = 0;
+    for (const char *p = log; (p = strstr(p, "the disk is full")) != NULL; p++)
+        n_fail++;
+    if (n_fail != 1 || strstr(log, "commits work again after 3 failed transactions") == NULL)
+        return DF_LOG;
+    free(log);
+    /* everything whose callback said durable is there */
+    j = NULL;
+    if (journal_open(&cfg, &j, err, sizeof err) != 0)
+        return DF_OPEN;
+    idset s = {0};
+    journal_replay(j, idset_add, &s);
+    journal_close(j);
+    int ok = s.n == (size_t)(added - failures + 1) && s.ids[s.n - 1] == keep;
+    free(s.ids);
+    return ok ? 0 : DF_LOST;
+}
+
+static void journal_disk_full_fails_the_batch_and_recovers(void **state)
+{
+    sandbox *sb = *state;
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0)
+        _exit(df_child(sb->path));
+    int status;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+        fprintf(stderr, "disk-full child: status 0x%x (exit codes: %d open, %d no failure, "
+                "%d status, %d message, %d not recovered, %d lost, %d log)\n",
+                status, DF_OPEN, DF_NO_FAILURE, DF_WRONG_STATUS, DF_MSG, DF_NOT_RECOVERED,
+                DF_LOST, DF_LOG);
+    assert_true(WIFEXITED(status));
+    assert_int_equal(WEXITSTATUS(status), 0);
+}
+
+/* ---- misuse -------------------------------------------------------------------------- */
+
+static void journal_rejects_bad_arguments(void **state)
+{
+    sandbox *sb = *state;
+    journal *j = open_ok(sb->path);
+    journal_task t = {.id = 0, .name = "x"};
+    assert_int_equal(journal_add(j, &t, 1, NULL, NULL), JOURNAL_EINVAL);
+    t.id = journal_next_id(j);
+    t.name = NULL;
+    assert_int_equal(journal_add(j, &t, 1, NULL, NULL), JOURNAL_EINVAL);
+    t.name = "x";
+    t.payload_len = 4;
+    assert_int_equal(journal_add(j, &t, 1, NULL, NULL), JOURNAL_EINVAL);
+    assert_int_equal(journal_add(j, NULL, 0, NULL, NULL), JOURNAL_EINVAL);
+    assert_int_equal(journal_finish(j, 5, "succeeded", NULL, NULL, NULL), JOURNAL_EINVAL);
+    assert_int_equal(journal_finish(j, 5, NULL, NULL, NULL, NULL), JOURNAL_EINVAL);
+    assert_int_equal(journal_start(j, 0, 1, NULL, NULL), JOURNAL_EINVAL);
+    journal_sync s;
+    assert_int_equal(journal_sync_parse("full", &s), 0);
+    assert_int_equal(s, JOURNAL_SYNC_FULL);
+    assert_int_equal(journal_sync_parse("normal", &s), 0);
+    assert_int_equal(s, JOURNAL_SYNC_NORMAL);
+    assert_int_equal(journal_sync_parse("off", &s), JOURNAL_EINVAL);
+    assert_string_equal(journal_strerror(JOURNAL_ELOCKED), "another bgserve has the journal open");
+    journal_close(j);
+    journal_close(NULL);
+    char *msg = open_fails("", JOURNAL_EINVAL);
+    h_assert_contains(msg, "--journal FILE");
+    free(msg);
+}
+
+int main(void)
+{
+#define T(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
+    const struct CMUnitTest tests[] = {
+        T(journal_replays_queued_tasks_after_reopen),
+        T(journal_replay_keeps_retries_and_interrupted_runs),
+        T(journal_dead_letters_keep_the_last_error),
+        T(journal_callbacks_run_in_append_order),
+        T(journal_group_commit_batches_many_threads),
+        T(journal_stats_count_commits_and_batches),
+        T(journal_ids_never_repeat),
+        T(journal_sigkill_mid_batch_loses_nothing_durable),
+        T(journal_refuses_a_corrupt_file),
+        T(journal_refuses_an_other_sqlite_database),
+        T(journal_refuses_a_newer_schema),
+        T(journal_refuses_a_path_it_cannot_create),
+        T(journal_refuses_a_file_it_cannot_write),
+        T(journal_refuses_a_second_owner_but_not_the_tools),
+        T(journal_disk_full_at_open_is_one_clear_error),
+        T(journal_disk_full_fails_the_batch_and_recovers),
+        T(journal_rejects_bad_arguments),
+    };
+#undef T
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
