@@ -1,8 +1,9 @@
 /*
  * main.c - wiring and signals only: parse options, start the rooms in
  * order (log, tasks, generation, http), wait for a signal, stop them in
- * reverse order.  The subcommands `new` (scaffold.c) and `routes`
- * (routes_cmd.c) are dispatched before option parsing.
+ * reverse order.  The subcommands `new` (scaffold.c), `routes`
+ * (routes_cmd.c) and `journal` (journal_cmd.c) are dispatched before
+ * option parsing.
  *
  * Signals: SIGINT, SIGTERM and SIGHUP are blocked in every thread and
  * taken with sigwait() by the main thread, so no handler runs in an
@@ -17,6 +18,7 @@
 #include "hostapi.h"
 #include "http.h"
 #include "imagefile.h"
+#include "journal_cmd.h"
 #include "log.h"
 #include "reload.h"
 #include "routes_cmd.h"
@@ -74,6 +76,8 @@ int main(int argc, char **argv)
         return scaffold_main(argc - 1, argv + 1, stdout, stderr);
     if (argc > 1 && strcmp(argv[1], "routes") == 0)
         return routes_main(argc - 1, argv + 1, stdout, stderr);
+    if (argc > 1 && strcmp(argv[1], "journal") == 0)
+        return journal_cmd_main(argc - 1, argv + 1, stdout, stderr);
 
     cli_config cfg;
     int rc = cli_parse(argc, argv, &cfg, stdout, stderr);
