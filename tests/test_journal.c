@@ -4,8 +4,9 @@
  * reopen and after a SIGKILL in the middle of a batch, ids that never
  * repeat, dead letters, and each fault (corrupt file, newer schema, not
  * writable, locked by another owner, disk full at open and while
- * writing).  Each test works in its own temporary directory; tests that
- * kill a process or limit file sizes do it in a forked child.
+ * writing, by RLIMIT_FSIZE and on a small tmpfs).  Each test works in its
+ * own temporary directory; tests that kill a process, limit file sizes or
+ * mount a file system do it in a forked child.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -27,6 +28,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sched.h>
+#include <sys/mount.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -763,7 +766,7 @@ static void journal_refuses_a_second_owner_but_not_the_tools(void **state)
 
 /* Exit codes of the disk-full children: 0 when every check passed. */
 enum { DF_OPEN = 20, DF_NO_FAILURE, DF_WRONG_STATUS, DF_MSG, DF_NOT_RECOVERED, DF_LOST,
-       DF_LOG };
+       DF_LOG, DF_FILLER, DF_SKIP = 77 };
 
 static void limit_file_size(rlim_t bytes)
 {
@@ -798,7 +801,50 @@ static void journal_disk_full_at_open_is_one_clear_error(void **state)
     assert_int_equal(WEXITSTATUS(status), 0);
 }
 
-static int df_child(const char *path)
+/* How the disk fills up: with RLIMIT_FSIZE (256 KiB past the WAL file's
+ * size), or on a small file system by a filler file that leaves about
+ * 192 KiB free.  df_free undoes it. */
+typedef struct df_fault {
+    int tmpfs;
+    char filler[256];
+} df_fault;
+
+static int df_fill(df_fault *f, const char *path)
+{
+    if (!f->tmpfs) {
+        struct stat st;
+        char wal[160];
+        snprintf(wal, sizeof wal, "%s-wal", path);
+        rlim_t limit = 256 * 1024;
+        if (stat(wal, &st) == 0 && (rlim_t)st.st_size > limit / 2)
+            limit = (rlim_t)st.st_size + limit;
+        limit_file_size(limit);
+        return 0;
+    }
+    snprintf(f->filler, sizeof f->filler, "%s.filler", path);
+    int fd = open(f->filler, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (fd < 0)
+        return -1;
+    static char chunk[65536];
+    off_t size = 0;
+    ssize_t n;
+    while ((n = write(fd, chunk, sizeof chunk)) > 0)
+        size += n;
+    int ok = n < 0 && errno == ENOSPC && size > 192 * 1024 &&
+             ftruncate(fd, size - 192 * 1024) == 0;
+    close(fd);
+    return ok ? 0 : -1;
+}
+
+static void df_free(const df_fault *f)
+{
+    if (f->tmpfs)
+        unlink(f->filler);
+    else
+        limit_file_size(RLIM_INFINITY);
+}
+
+static int df_child(const char *path, df_fault *fault)
 {
     signal(SIGXFSZ, SIG_IGN);
     journal_config cfg = {.path = path};
@@ -809,15 +855,12 @@ static int df_child(const char *path)
     static char big[16384];
     memset(big, 'x', sizeof big - 1);
     done_count c = DONE_COUNT_INIT;
-    struct stat st;
-    char wal[160];
-    snprintf(wal, sizeof wal, "%s-wal", path);
-    rlim_t limit = 256 * 1024;
-    if (stat(wal, &st) == 0 && (rlim_t)st.st_size > limit / 2)
-        limit = (rlim_t)st.st_size + limit;
 
     h_capture_begin();
-    limit_file_size(limit);
+    if (df_fill(fault, path) != 0) {
+        free(h_capture_end());
+        return DF_FILLER;
+    }
     /* one by one until a commit fails, then two more failures: one log line */
     int failures = 0, added = 0;
     for (int i = 0; i < 400 && failures < 3; i++) {
@@ -829,7 +872,7 @@ static int df_child(const char *path)
         if (status != 0)
             failures++;
     }
-    limit_file_size(RLIM_INFINITY);
+    df_free(fault);
     done_count after = DONE_COUNT_INIT;
     uint64_t keep = add_one(j, "after", "a", count_done, &after);
     while (count_now(&after, NULL) == 0)
@@ -866,22 +909,56 @@ static int df_child(const char *path)
     return ok ? 0 : DF_LOST;
 }
 
+/* Wait for a disk-full child; 1 when it skipped (no mount namespace). */
+static int df_wait(pid_t pid)
+{
+    int status;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    if (WIFEXITED(status) && WEXITSTATUS(status) == DF_SKIP)
+        return 1;
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+        fprintf(stderr, "disk-full child: status 0x%x (exit codes: %d open, %d no failure, "
+                "%d status, %d message, %d not recovered, %d lost, %d log, %d filler)\n",
+                status, DF_OPEN, DF_NO_FAILURE, DF_WRONG_STATUS, DF_MSG, DF_NOT_RECOVERED,
+                DF_LOST, DF_LOG, DF_FILLER);
+    assert_true(WIFEXITED(status));
+    assert_int_equal(WEXITSTATUS(status), 0);
+    return 0;
+}
+
 static void journal_disk_full_fails_the_batch_and_recovers(void **state)
 {
     sandbox *sb = *state;
     pid_t pid = fork();
     assert_true(pid >= 0);
-    if (pid == 0)
-        _exit(df_child(sb->path));
-    int status;
-    assert_int_equal(waitpid(pid, &status, 0), pid);
-    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
-        fprintf(stderr, "disk-full child: status 0x%x (exit codes: %d open, %d no failure, "
-                "%d status, %d message, %d not recovered, %d lost, %d log)\n",
-                status, DF_OPEN, DF_NO_FAILURE, DF_WRONG_STATUS, DF_MSG, DF_NOT_RECOVERED,
-                DF_LOST, DF_LOG);
-    assert_true(WIFEXITED(status));
-    assert_int_equal(WEXITSTATUS(status), 0);
+    if (pid == 0) {
+        df_fault f = {.tmpfs = 0};
+        _exit(df_child(sb->path, &f));
+    }
+    df_wait(pid);
+}
+
+/* The same on a 1 MiB tmpfs that the child mounts in a mount namespace of
+ * its own (ENOSPC, SQLITE_FULL); skipped where mounting is not allowed. */
+static void journal_disk_full_on_a_small_file_system(void **state)
+{
+    sandbox *sb = *state;
+    char mnt[128];
+    snprintf(mnt, sizeof mnt, "%s/small", sb->dir);
+    assert_int_equal(mkdir(mnt, 0755), 0);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        if (unshare(CLONE_NEWNS) != 0 || mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0 ||
+            mount("tmpfs", mnt, "tmpfs", 0, "size=1m") != 0)
+            _exit(DF_SKIP);
+        char path[192];
+        snprintf(path, sizeof path, "%s/tasks.db", mnt);
+        df_fault f = {.tmpfs = 1};
+        _exit(df_child(path, &f));
+    }
+    if (df_wait(pid))
+        skip();
 }
 
 /* ---- misuse -------------------------------------------------------------------------- */
@@ -936,6 +1013,7 @@ int main(void)
         T(journal_refuses_a_second_owner_but_not_the_tools),
         T(journal_disk_full_at_open_is_one_clear_error),
         T(journal_disk_full_fails_the_batch_and_recovers),
+        T(journal_disk_full_on_a_small_file_system),
         T(journal_rejects_bad_arguments),
     };
 #undef T
