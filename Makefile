@@ -256,18 +256,22 @@ compdb:
 	  > '$(COMPDB).tmp' && mv '$(COMPDB).tmp' '$(COMPDB)'
 
 # ---- ABI gate (make abi-check; needs abigail-tools) --------------------------
-# abi/bgserve-1.0.abi is the abidw description of the 1.0 plugin ABI, made
+# abi/bgserve-1.N.abi is the abidw description of the 1.N plugin ABI, made
 # from abi/anchor.c (a tiny library using every public struct).  abi-check
 # rebuilds that description from today's include/bgserve.h and fails on any
 # change but members appended at the end of a struct (abi/check.sh), checks
 # that the frozen 1.0 header still matches the baseline, and that every
 # plugin the Makefile builds exports only bgserve_plugin_v1.
-# make abi-baseline rewrites the baseline: only when cutting a new ABI.
+# make abi-baseline writes abi/bgserve-MAJOR.MINOR.abi for the header's
+# version: once, when that minor is cut (ABI 1.1 appended the va_list slots).
 
 .PHONY: abi-check abi-baseline deps-abi
 ABI_CC    ?= gcc
 ABIDW     := abidw --no-corpus-path --no-comp-dir-path --no-show-locs
 OLD_PLUGIN := $(BUILD)/tests/abi/old_plugin.so
+# One baseline per released minor (abi/bgserve-1.N.abi): today's header
+# must keep every one of them as its prefix.
+ABI_BASELINES := $(sort $(wildcard abi/bgserve-*.abi))
 # Built to be refused for exporting the wrong symbol: exempt from the check.
 # symbol_clash.so is built without hidden visibility on purpose.
 ABI_EXPORT_EXEMPT := $(BUILD)/tests/fixtures/no_symbol.so $(BUILD)/tests/fixtures/symbol_clash.so
@@ -306,7 +310,7 @@ abi-check: deps-abi
 	  $(PLUGINS) $(FIXTURES) $(SAMPLE) $(OLD_PLUGIN)
 	$(ABIDW) --out-file build/abi/current.abi build/abi/anchor.so
 	$(ABIDW) --out-file build/abi/frozen.abi build/abi/anchor_1_0.so
-	sh abi/check.sh abi/bgserve-1.0.abi build/abi/current.abi
+	@for b in $(ABI_BASELINES); do sh abi/check.sh $$b build/abi/current.abi || exit 1; done
 	@abidiff abi/bgserve-1.0.abi build/abi/frozen.abi >/dev/null || \
 	  { echo "abi-check: tests/abi/bgserve_1_0.h no longer matches abi/bgserve-1.0.abi: it is frozen, restore it" >&2; exit 1; }
 	@bad=0; for so in $(filter-out $(ABI_EXPORT_EXEMPT),$(PLUGINS) $(FIXTURES) $(SAMPLE) $(OLD_PLUGIN)); do \
@@ -315,7 +319,7 @@ abi-check: deps-abi
 	done; [ $$bad = 0 ] && echo "abi-check: every plugin exports only bgserve_plugin_v1"
 
 abi-baseline: deps-abi build/abi/anchor.so
-	$(ABIDW) --out-file abi/bgserve-1.0.abi build/abi/anchor.so
+	$(ABIDW) --out-file abi/bgserve-$(ABI_VERSION).abi build/abi/anchor.so
 
 # ---- fuzzing (make fuzz; needs clang) --------------------------------------
 #   make fuzz FUZZ_SECONDS=60   run each tests/fuzz/fuzz_*.c target for that

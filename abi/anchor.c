@@ -2,9 +2,10 @@
  * anchor.c - the ABI anchor: a tiny shared library whose one exported
  * function takes every public struct of include/bgserve.h, so that its
  * debug information (read by libabigail's abidw) describes the whole
- * plugin ABI.  `make abi-check` compares that description with the
- * baseline abi/bgserve-1.0.abi; `make abi-baseline` rewrites the baseline
- * (only when a new ABI version is cut).  Never linked into bgserve.
+ * plugin ABI.  `make abi-check` compares that description with every
+ * baseline abi/bgserve-1.N.abi; `make abi-baseline` writes the baseline of
+ * the header's version (only when a new ABI minor is cut).  Never linked
+ * into bgserve.
  */
 #include <bgserve.h>
 

@@ -1,7 +1,9 @@
 #!/bin/sh
 # abi/check.sh BASELINE CURRENT - the plugin ABI gate behind `make abi-check`.
 #
-# BASELINE is abi/bgserve-1.0.abi, CURRENT the abidw description of the
+# BASELINE is one of abi/bgserve-1.N.abi (make abi-check runs this once
+# per baseline, so no member of any released minor changes), CURRENT the
+# abidw description of the
 # anchor library built from today's include/bgserve.h.  Two checks:
 #  1. abidiff with abi/allowed-changes.abignore: the documented rule, any
 #     change except members appended at the end of a public struct fails.
@@ -19,6 +21,7 @@ base=$1
 cur=$2
 here=$(dirname "$0")
 status=0
+ver=$(basename "$base" .abi | sed 's/^bgserve-//')
 
 if ! abidiff --suppressions "$here/allowed-changes.abignore" "$base" "$cur"; then
     echo "abi-check: the public structs changed in a way ABI 1.x does not allow (see above)" >&2
@@ -58,9 +61,9 @@ awk -v structs="bgs_plugin bgs_route bgs_route_task bgs_task_def bgs_host_api" '
 ' "$base" "$cur" > "$cut" || exit 2
 
 if ! abidiff "$base" "$cut" >"$cut.diff"; then
-    echo "abi-check: a member of ABI 1.0 was changed in place (only appending is allowed):" >&2
+    echo "abi-check: a member of ABI $ver was changed in place (only appending is allowed):" >&2
     cat "$cut.diff" >&2
     status=1
 fi
-[ "$status" = 0 ] && echo "abi-check: the public structs keep the ABI 1.0 layout"
+[ "$status" = 0 ] && echo "abi-check: the public structs keep the ABI $ver layout"
 exit "$status"

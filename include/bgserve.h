@@ -54,6 +54,7 @@
 #ifndef BGSERVE_H
 #define BGSERVE_H
 
+#include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -62,7 +63,7 @@ extern "C" {
 #endif
 
 #define BGS_ABI_MAJOR 1
-#define BGS_ABI_MINOR 0
+#define BGS_ABI_MINOR 1
 
 /* "BGSV": the first field of every descriptor. */
 #define BGS_PLUGIN_MAGIC 0x56534742u
@@ -71,6 +72,21 @@ extern "C" {
 /* Result codes: 0 is success, failures are negative.                  */
 /* ------------------------------------------------------------------ */
 
+/*
+ * What each code means to a plugin:
+ *  BGS_EINVAL    a bad argument or a NULL handle: a bug in the plugin.
+ *  BGS_ENOMEM    reserved: never returned (bgserve stops on out of memory).
+ *  BGS_EFULL     the task queue is full: load, answer 503 and retry later.
+ *  BGS_ENOTASK   no task of that name: a bug in the plugin (a typo).
+ *  BGS_ESTATE    the handle's life has ended, it belongs to another thread,
+ *                or the call is not allowed now: a bug in the plugin.
+ *  BGS_EHEADER   a header name that is not a token, or CR/LF in a value.
+ *  BGS_ENOTFOUND reserved for plugins: no host function returns it.
+ *  BGS_ESHUTDOWN the server is stopping and takes no new tasks.
+ *  BGS_ETOOMANY  reserved: never returned by this server.
+ * Every BGS_EINVAL, BGS_ENOTASK, BGS_ESTATE and BGS_EHEADER a host
+ * function returns also prints a warning saying where (docs/ABI.md).
+ */
 #define BGS_ERRNO_MAP(X)                                                   \
     X(EINVAL, -1, "invalid argument")                                      \
     X(ENOMEM, -2, "out of memory")                                         \
@@ -82,13 +98,17 @@ extern "C" {
     X(ESHUTDOWN, -8, "server is shutting down")                            \
     X(ETOOMANY, -9, "too many items")
 
+#define BGS__ERR_ENUM(name, code, text) BGS_##name = (code),
+#define BGS__ERR_ONE(name, code, text) +1
 enum {
     BGS_OK = 0,
-#define BGS__ERR_ENUM(name, code, text) BGS_##name = (code),
     BGS_ERRNO_MAP(BGS__ERR_ENUM)
-#undef BGS__ERR_ENUM
-    BGS__ERR_LAST
+    /* One below the lowest code: every code c has BGS__ERR_LAST < c <= 0.
+     * (In 1.0 it was, by mistake, equal to BGS_ESHUTDOWN.) */
+    BGS__ERR_LAST = -(0 BGS_ERRNO_MAP(BGS__ERR_ONE)) - 1
 };
+#undef BGS__ERR_ENUM
+#undef BGS__ERR_ONE
 
 /* Text for a result code; never NULL. */
 static inline const char *bgs_strerror(int code)
@@ -234,94 +254,165 @@ typedef struct bgs_plugin {
 
 #if defined(__GNUC__) || defined(__clang__)
 #define BGS__PRINTF(f, a) __attribute__((format(printf, f, a)))
+#define BGS__VPRINTF(f) __attribute__((format(printf, f, 0)))
 #else
 #define BGS__PRINTF(f, a)
+#define BGS__VPRINTF(f)
 #endif
 
+/*
+ * The contract, slot by slot.  Unless a slot says otherwise:
+ *  - Handles: see "Handles and how long they live" at the top.  A NULL
+ *    handle gives BGS_EINVAL, an ended one (or one of another thread)
+ *    BGS_ESTATE; slots returning a pointer return NULL then, slots
+ *    returning nothing do nothing.  Each such call prints one warning.
+ *  - Strings passed in are read during the call only (copied if kept);
+ *    a NULL string where a name is needed is BGS_EINVAL (NULL for
+ *    pointer slots).
+ *  - A pointer/length pair with a NULL pointer and a non-zero length is
+ *    BGS_EINVAL; with length 0 the pointer may be NULL.
+ *  - id_out may be NULL; it is written only on success.
+ *  - Threads: req_* and res_* only on the thread running the handler,
+ *    while it runs; task_* only on the thread running the task, while it
+ *    runs; deferred_* and app_* (after start) on any thread.
+ */
 typedef struct bgs_host_api {
     uint32_t struct_size;
     uint32_t abi_major;
     uint32_t abi_minor;
     uint32_t reserved0;
 
-    /* Request (valid until the handler returns). NULL when absent. */
-    const char *(*req_method)(bgs_req *req);
-    const char *(*req_path)(bgs_req *req);          /* decoded path */
+    /* ---- Request: handler thread, until the handler returns.  Returned
+     * strings belong to the request and live until the handler returns.
+     * Lookups of something absent return NULL (not a misuse). */
+    const char *(*req_method)(bgs_req *req);        /* "GET", ... */
+    const char *(*req_path)(bgs_req *req);          /* decoded; NULL if malformed */
     const char *(*req_param)(bgs_req *req, const char *name); /* {name} */
-    const char *(*req_query)(bgs_req *req, const char *name); /* decoded */
+    const char *(*req_query)(bgs_req *req, const char *name); /* decoded, first */
     const char *(*req_header)(bgs_req *req, const char *name); /* any case */
+    /* The body, or NULL when empty; *len (len may be NULL) gets its
+     * length, 0 for a refused handle. */
     const void *(*req_body)(bgs_req *req, size_t *len);
-    const char *(*req_remote_addr)(bgs_req *req);
-    const char *(*req_id)(bgs_req *req);
+    const char *(*req_remote_addr)(bgs_req *req);   /* "127.0.0.1" */
+    const char *(*req_id)(bgs_req *req);            /* as in X-Request-Id */
     bgs_app *(*req_app)(bgs_req *req);
+    /* The instance of service name for this request (BGS_SCOPED: one per
+     * request, destroyed after the response), or NULL when unknown or its
+     * create function failed. */
     void *(*req_service)(bgs_req *req, const char *name);
+    /* A log line tagged with the request id; logged (tagged "-") even
+     * when the handle is refused.  level: BGS_LOG_*. */
     void (*req_log)(bgs_req *req, uint32_t level, const char *fmt, ...) BGS__PRINTF(3, 4);
 
-    /* Response. */
-    int (*res_status)(bgs_res *res, uint32_t status);
+    /* ---- Response: handler thread, until the handler returns.  Results:
+     * 0, BGS_EINVAL (bad argument, NULL handle) or BGS_ESTATE (ended
+     * handle, other thread), and the codes a slot names. */
+    int (*res_status)(bgs_res *res, uint32_t status); /* 100-599, default 200 */
+    /* Adds a header (Content-Type replaces the type).  BGS_EHEADER for a
+     * name that is not a token or a value with CR/LF; BGS_EINVAL for
+     * Content-Length, Transfer-Encoding and Connection (bgserve's). */
     int (*res_header)(bgs_res *res, const char *name, const char *value);
-    int (*res_content_type)(bgs_res *res, const char *type);
-    int (*res_body)(bgs_res *res, const void *data, size_t len);
-    int (*res_printf)(bgs_res *res, const char *fmt, ...) BGS__PRINTF(2, 3);
+    int (*res_content_type)(bgs_res *res, const char *type); /* BGS_EHEADER */
+    int (*res_body)(bgs_res *res, const void *data, size_t len); /* replaces */
+    int (*res_printf)(bgs_res *res, const char *fmt, ...) BGS__PRINTF(2, 3); /* appends */
+    /* Attach task name, run after the response is sent (docs/tasks.md).
+     * BGS_ENOTASK: no such task (a bug: answer 500); BGS_EFULL: the queue
+     * is full (load: answer 503); BGS_ESHUTDOWN: the server is stopping. */
     int (*res_task)(bgs_res *res, const char *name, const void *payload,
                     size_t len, uint64_t *id_out);
+    /* Attach an ad hoc task (fn NULL: BGS_EINVAL).  BGS_EFULL,
+     * BGS_ESHUTDOWN as res_task; then free_fn is not called: arg is
+     * still the caller's. */
     int (*res_task_fn)(bgs_res *res, bgs_adhoc_fn fn, void *arg,
                        bgs_free_fn free_fn, uint64_t *id_out);
-    int (*res_task_mode)(bgs_res *res, uint32_t mode);
+    int (*res_task_mode)(bgs_res *res, uint32_t mode); /* BGS_SEQUENTIAL/CONCURRENT */
+    /* 202 with Location: /_bgserve/tasks/ID (task_id 0: BGS_EINVAL). */
     int (*res_accepted)(bgs_res *res, uint64_t task_id);
 
-    /* App (start hook and later). */
+    /* ---- App: any thread, while the generation lives; registration
+     * only in the start hook.  A NULL app is BGS_EINVAL. */
+    /* In the start hook: the message the server prints when start
+     * returns non-zero. */
     void (*app_fail)(bgs_app *app, const char *fmt, ...) BGS__PRINTF(2, 3);
     void (*app_set_data)(bgs_app *app, void *data);
     void *(*app_data)(bgs_app *app);
+    /* Start hook only (else BGS_ESTATE).  BGS_EINVAL for an empty or
+     * duplicate name, no create function, or an unknown lifetime. */
     int (*app_service)(bgs_app *app, const char *name, uint32_t lifetime,
                        bgs_service_create_fn create,
                        bgs_service_destroy_fn destroy, void *arg);
+    /* Start hook only (else BGS_ESTATE).  BGS_ENOTASK for an unknown
+     * task, BGS_EINVAL for interval 0. */
     int (*app_periodic)(bgs_app *app, const char *task, uint32_t interval_ms,
                         const void *payload, size_t len, uint32_t flags);
     void (*app_log)(bgs_app *app, uint32_t level, const char *fmt, ...) BGS__PRINTF(3, 4);
 
-    /* Task context (valid during the task run). */
+    /* ---- Task context: the task's thread, until the task function
+     * returns.  A refused handle gives 0 / NULL / nothing, and
+     * task_cancelled 1 (stop). */
     uint64_t (*task_id)(bgs_task_ctx *ctx);
-    const char *(*task_name)(bgs_task_ctx *ctx);
+    const char *(*task_name)(bgs_task_ctx *ctx);  /* lives as long as ctx */
     uint32_t (*task_attempt)(bgs_task_ctx *ctx); /* 1 for the first run */
     int (*task_cancelled)(bgs_task_ctx *ctx);    /* non-zero: stop soon */
+    /* The failure message recorded for this attempt (the last call wins). */
     void (*task_error)(bgs_task_ctx *ctx, const char *fmt, ...) BGS__PRINTF(2, 3);
+    /* The result an awaiting response answers with (status 100-599, else
+     * BGS_EINVAL); type and data are copied. */
     int (*task_result)(bgs_task_ctx *ctx, uint32_t status, const char *type,
                        const void *data, size_t len);
     const char *(*task_request_id)(bgs_task_ctx *ctx); /* NULL if none */
     bgs_app *(*task_app)(bgs_task_ctx *ctx);
-    void *(*task_service)(bgs_task_ctx *ctx, const char *name);
+    void *(*task_service)(bgs_task_ctx *ctx, const char *name); /* as req_service */
     void (*task_log)(bgs_task_ctx *ctx, uint32_t level, const char *fmt, ...) BGS__PRINTF(3, 4);
 
-    /* Deferred responses.  res_defer (in a handler) returns a handle the
-     * plugin completes later from any thread, exactly once, with
-     * deferred_complete or deferred_release; the connection holds no HTTP
-     * thread meanwhile.  timeout_ms 0 means 30 s; past it the client gets
-     * 504 and completing returns BGS_ESTATE (the handle is freed either
-     * way).  NULL when called outside a handler or twice. */
+    /* ---- Deferred responses.  res_defer (handler thread) returns a
+     * handle the plugin completes later from any thread, exactly once,
+     * with deferred_complete or deferred_release; the connection holds no
+     * HTTP thread meanwhile.  timeout_ms 0 means 30 s; past it the client
+     * gets 504 and the next complete returns BGS_ESTATE (and ends the
+     * handle).  res_defer returns NULL for a refused response handle or
+     * when the response is deferred already. */
     bgs_deferred *(*res_defer)(bgs_res *res, uint32_t timeout_ms);
+    /* 0: the client gets status/type/body (copied; type NULL: text/plain).
+     * BGS_EINVAL, handle still valid: status outside 100-599, NULL body
+     * with a length, CR/LF in type.  BGS_ESTATE: the deadline or shutdown
+     * came first (the handle ends), or the handle had ended already
+     * (completed or released before). */
     int (*deferred_complete)(bgs_deferred *d, uint32_t status, const char *type,
                              const void *body, size_t len);
     void (*deferred_release)(bgs_deferred *d); /* give up: client gets 500 */
-    /* Queue a task now, without waiting for the response to be sent. */
+    /* Queue a task now (handler thread), without waiting for the response
+     * to be sent.  Codes as res_task. */
     int (*req_enqueue)(bgs_req *req, const char *name, const void *payload,
                        size_t len, uint64_t *id_out);
     /* Queue a task now and answer with its result (bgs_task_result) when
-     * it succeeds, 500 with its error when it fails, 504 at the deadline. */
+     * it succeeds, 500 with its error when it fails, 504 at the deadline.
+     * Codes as res_task; BGS_ESTATE when the response is deferred already. */
     int (*res_await)(bgs_res *res, const char *name, const void *payload,
                      size_t len, uint32_t timeout_ms, uint64_t *id_out);
 
     /* Reload hand-over: one pointer that survives `bgserve --reload`.
      * A generation offers state with app_handover_set (any time); the next
      * generation's start hook takes it with app_handover_get (NULL on the
-     * first load, or when nothing was offered).  The old generation's stop
-     * hook asks app_handover_taken: non-zero means the new generation owns
-     * the state now and the stop hook must not free it. */
+     * first load, or when nothing was offered, or outside the start hook).
+     * The old generation's stop hook asks app_handover_taken: non-zero
+     * means the new generation owns the state now and the stop hook must
+     * not free it. */
     void (*app_handover_set)(bgs_app *app, void *state);
     void *(*app_handover_get)(bgs_app *app);
     int (*app_handover_taken)(bgs_app *app);
     /* ABI 1.0 ends here.  Append only. */
+
+    /* ---- ABI 1.1: va_list forms of the six variadic slots, so a plugin
+     * can forward its own va_list.  Same contract as the variadic slot;
+     * ap is used once (va_copy it to use it again). */
+    void (*req_logv)(bgs_req *req, uint32_t level, const char *fmt, va_list ap) BGS__VPRINTF(3);
+    int (*res_vprintf)(bgs_res *res, const char *fmt, va_list ap) BGS__VPRINTF(2);
+    void (*app_failv)(bgs_app *app, const char *fmt, va_list ap) BGS__VPRINTF(2);
+    void (*app_logv)(bgs_app *app, uint32_t level, const char *fmt, va_list ap) BGS__VPRINTF(3);
+    void (*task_errorv)(bgs_task_ctx *ctx, const char *fmt, va_list ap) BGS__VPRINTF(2);
+    void (*task_logv)(bgs_task_ctx *ctx, uint32_t level, const char *fmt, va_list ap) BGS__VPRINTF(3);
+    /* ABI 1.1 ends here.  Append only. */
 } bgs_host_api;
 
 /* ------------------------------------------------------------------ */
@@ -426,6 +517,13 @@ typedef const bgs_plugin *(*bgs_plugin_entry_fn)(const bgs_host_api *api);
 #define bgs_deferred_release(d) (bgs__api->deferred_release(d))
 #define bgs_req_enqueue(r, name, p, n, idp) (bgs__api->req_enqueue((r), (name), (p), (n), (idp)))
 #define bgs_res_await(r, name, p, n, ms, idp) (bgs__api->res_await((r), (name), (p), (n), (ms), (idp)))
+
+#define bgs_req_logv(r, lvl, fmt, ap) (bgs__api->req_logv((r), (lvl), (fmt), (ap)))
+#define bgs_res_vprintf(r, fmt, ap) (bgs__api->res_vprintf((r), (fmt), (ap)))
+#define bgs_app_failv(a, fmt, ap) (bgs__api->app_failv((a), (fmt), (ap)))
+#define bgs_app_logv(a, lvl, fmt, ap) (bgs__api->app_logv((a), (lvl), (fmt), (ap)))
+#define bgs_task_errorv(c, fmt, ap) (bgs__api->task_errorv((c), (fmt), (ap)))
+#define bgs_task_logv(c, lvl, fmt, ap) (bgs__api->task_logv((c), (lvl), (fmt), (ap)))
 
 #define bgs_app_handover_set(a, p) (bgs__api->app_handover_set((a), (p)))
 #define bgs_app_handover_get(a) (bgs__api->app_handover_get(a))

@@ -12,6 +12,8 @@
 
 #include "helpers.h"
 
+#include <bgserve.h>
+
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -110,6 +112,29 @@ static void abi_old_plugin_await_answers_with_result(void **state)
     h_resp_free(&r);
 }
 
+/* Every result code is distinct, named, above BGS__ERR_LAST, and
+ * BGS__ERR_LAST itself is no code (in 1.0 it equalled BGS_ESHUTDOWN). */
+static void abi_error_codes_above_err_last(void **state)
+{
+    (void)state;
+    static const int codes[] = {
+#define CODE(name, c, text) BGS_##name,
+        BGS_ERRNO_MAP(CODE)
+#undef CODE
+    };
+    size_t n = sizeof codes / sizeof codes[0];
+    for (size_t i = 0; i < n; i++) {
+        assert_true(codes[i] < 0);
+        assert_true(codes[i] > BGS__ERR_LAST);
+        assert_string_not_equal(bgs_errname(codes[i]), "BGS_UNKNOWN");
+        for (size_t k = i + 1; k < n; k++)
+            assert_int_not_equal(codes[i], codes[k]);
+    }
+    assert_int_equal(BGS__ERR_LAST, BGS_ETOOMANY - 1);
+    assert_string_equal(bgs_errname(BGS__ERR_LAST), "BGS_UNKNOWN");
+    assert_string_equal(bgs_strerror(BGS__ERR_LAST), "unknown error");
+}
+
 /* Last: the server stops cleanly after serving the old plugin (the stop
  * hook runs; a sanitizer report would make the exit non-zero). */
 static void abi_old_plugin_server_stops_cleanly(void **state)
@@ -125,6 +150,7 @@ int main(void)
         cmocka_unit_test(abi_old_plugin_serves_routes),
         cmocka_unit_test(abi_old_plugin_tasks_run),
         cmocka_unit_test(abi_old_plugin_await_answers_with_result),
+        cmocka_unit_test(abi_error_codes_above_err_last),
         cmocka_unit_test(abi_old_plugin_server_stops_cleanly),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

@@ -366,7 +366,7 @@ static void cli_version_lines(void **state)
     (void)state;
     run r = parse("--version", NULL);
     assert_int_equal(r.rc, CLI_EXIT_OK);
-    assert_string_equal(r.out, "bgserve 0.1.0\nplugin ABI 1.0\n"
+    assert_string_equal(r.out, "bgserve 0.1.0\nplugin ABI 1.1\n"
                                "libmicrohttpd 9.9.9-test\n");
     assert_string_equal(r.err, "");
     run_free(&r);

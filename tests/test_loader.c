@@ -53,8 +53,8 @@ static void loader_refuses_each_fixture(void **state)
         {"no_symbol", {"no bgserve_plugin_v1 symbol", "BGS_PLUGIN(...)"}},
         {"null_desc", {"returned NULL"}},
         {"bad_magic", {"0x12345678", "0x56534742", "not a bgserve plugin", "corrupt"}},
-        {"major2", {"built for plugin ABI 2.0 but this bgserve supports 1.x (1.0)", "rebuild"}},
-        {"minor_newer", {"built for ABI 1.3, this bgserve 0.1.0 supports up to 1.0", "upgrade bgserve"}},
+        {"major2", {"built for plugin ABI 2.0 but this bgserve supports 1.x (1.1)", "rebuild"}},
+        {"minor_newer", {"built for ABI 1.4, this bgserve 0.1.0 supports up to 1.1", "upgrade bgserve"}},
         {"small_struct", {"struct_size 16", "smaller than the ABI 1.0"}},
         {"null_handler", {"route 1 (GET /users)", "no handler"}},
         {"bad_method", {"route 1 (FETCH /things)", "unknown method 'FETCH'"}},
@@ -339,10 +339,10 @@ static void loader_validate_header_checks(void **state)
     expect_invalid(&d, "0xdeadbeef", "expected 0x56534742");
     d = base_desc(routes, 1, NULL, 0);
     d.abi_major = 0;
-    expect_invalid(&d, "built for plugin ABI 0.0", "supports 1.x");
+    expect_invalid(&d, "built for plugin ABI 0.1", "supports 1.x");
     d = base_desc(routes, 1, NULL, 0);
     d.abi_minor = BGS_ABI_MINOR + 1;
-    expect_invalid(&d, "supports up to 1.0", NULL);
+    expect_invalid(&d, "supports up to 1.1", NULL);
     d = base_desc(routes, 1, NULL, 0);
     d.route_size = 8;
     expect_invalid(&d, "route_size 8", "bgs_route");

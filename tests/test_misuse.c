@@ -217,6 +217,39 @@ static void misuse_warnings_rate_limited_per_call_site(void **state)
     h_free(&s);
 }
 
+/* The ABI 1.1 va_list slots forward the plugin's own va_list. */
+static void misuse_va_list_slots_forward(void **state)
+{
+    (void)state;
+    h_server s;
+    h_resp r;
+    char path[64];
+    start_misuse(&s);
+    assert_int_equal(h_get(&s, "/vlist", &r), 0);
+    assert_int_equal(r.status, 200);
+    unsigned long long id = 0;
+    assert_int_equal(sscanf(r.body, "forwarded body 7 %llu", &id), 1);
+    snprintf(path, sizeof path, "/_bgserve/tasks/%llu", id);
+    h_resp_free(&r);
+    char *rec = h_wait_state(&s, path, "failed", 20000);
+    assert_non_null(rec);
+    h_assert_contains(rec, "forwarded task error 9");
+    free(rec);
+    h_drain_log(&s);
+    h_assert_contains(s.log, "forwarded request line 42");
+    h_assert_contains(s.log, "forwarded app line 5");
+    h_assert_contains(s.log, "forwarded task error 9");
+    assert_int_equal(h_stat(&s, NULL, "misuse"), 0);
+    h_stop_clean(&s);
+    h_free(&s);
+
+    /* bgs_app_failv: the start hook's forwarded refusal is what is shown */
+    static const char *const env[] = {"MISUSE_FAIL_START=no database", NULL};
+    assert_int_equal(h_start(&s, h_fixture("misuse_app"), NULL, env), -1);
+    h_assert_contains(s.log, "forwarded refusal: no database");
+    h_free(&s);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -226,6 +259,7 @@ int main(void)
         cmocka_unit_test(misuse_handles_from_plugin_thread),
         cmocka_unit_test(misuse_null_arguments_and_unknown_names),
         cmocka_unit_test(misuse_warnings_rate_limited_per_call_site),
+        cmocka_unit_test(misuse_va_list_slots_forward),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

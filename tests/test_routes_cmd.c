@@ -33,7 +33,7 @@ static void routes_cmd_text_table_is_aligned(void **state)
     char *out;
     char head[256], row1[256], row2[256];
     assert_int_equal(run_bgserve("routes", h_build_path("tests/fixtures/good.so"), NULL, &out), 0);
-    h_assert_contains(out, "plugin good 1.2.3 (ABI 1.0)");
+    h_assert_contains(out, "plugin good 1.2.3 (ABI 1.1)");
     h_line_with(out, "METHOD", head, sizeof head);
     h_line_with(out, "/users/{id}", row1, sizeof row1);
     h_line_with(out, "POST", row2, sizeof row2);
@@ -63,7 +63,7 @@ static void routes_cmd_json_lists_routes_and_tasks(void **state)
     char *out;
     assert_int_equal(run_bgserve("routes", "--json", h_build_path("sample_app.so"), &out), 0);
     assert_true(out[0] == '{');
-    h_assert_contains(out, "\"plugin\":{\"name\":\"notes\",\"version\":\"1.0.0\",\"abi\":\"1.0\"");
+    h_assert_contains(out, "\"plugin\":{\"name\":\"notes\",\"version\":\"1.0.0\",\"abi\":\"1.1\"");
     h_assert_contains(out, "{\"method\":\"DELETE\",\"path\":\"/notes/{id}\","
                                 "\"handler\":\"delete_note\",\"tasks\":[\"audit_log\"]");
     h_assert_contains(out, "{\"method\":\"GET\",\"path\":\"/\",\"handler\":\"index_page\","

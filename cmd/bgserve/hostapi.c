@@ -144,6 +144,12 @@ static void *host_req_service(bgs_req *h, const char *name)
 
 /* The line is logged even when the handle is refused (tagged "-"): the
  * plugin's message is worth more than the tag. */
+static void host_req_logv(bgs_req *h, uint32_t level, const char *fmt, va_list ap)
+{
+    struct bgs_req *req = misuse_handle(HANDLE_REQ, h, MISUSE_SITE, "bgs_req_logv", "nothing", NULL);
+    log_pluginv(level, "req", req ? req->id : "-", fmt ? fmt : "(null)", ap);
+}
+
 static void host_req_log(bgs_req *h, uint32_t level, const char *fmt, ...)
 {
     va_list ap;
@@ -397,6 +403,18 @@ static int host_res_printf(bgs_res *h, const char *fmt, ...)
     return REPORT(rc, "bgs_res_printf(\"%s\"): the format could not be expanded", fmt);
 }
 
+static int host_res_vprintf(bgs_res *h, const char *fmt, va_list ap)
+{
+    int code;
+    struct bgs_res *res = RES_OF(h, "bgs_res_vprintf", code);
+    if (res == NULL)
+        return code;
+    if (fmt == NULL)
+        return misuse(MISUSE_SITE, BGS_EINVAL, NULL, "bgs_res_vprintf(NULL): NULL format");
+    int rc = res_vprintf(res, fmt, ap);
+    return REPORT(rc, "bgs_res_vprintf(\"%s\"): the format could not be expanded", fmt);
+}
+
 static tasks_group *res_group(struct bgs_res *res)
 {
     if (res->group == NULL)
@@ -586,6 +604,14 @@ static void host_app_fail(bgs_app *app, const char *fmt, ...)
     va_end(ap);
 }
 
+static void host_app_failv(bgs_app *app, const char *fmt, va_list ap)
+{
+    if (app == NULL)
+        APP_NULL("bgs_app_failv", "nothing");
+    else
+        app_failv(app, fmt, ap);
+}
+
 static void host_app_set_data(bgs_app *app, void *data)
 {
     if (app == NULL)
@@ -647,6 +673,13 @@ static void host_app_log(bgs_app *app, uint32_t level, const char *fmt, ...)
     va_start(ap, fmt);
     app_logv(app, level, fmt, ap);
     va_end(ap);
+}
+
+static void host_app_logv(bgs_app *app, uint32_t level, const char *fmt, va_list ap)
+{
+    if (app == NULL)
+        APP_NULL("bgs_app_logv", "nothing");
+    app_logv(app, level, fmt, ap);
 }
 
 static void host_app_handover_set(bgs_app *app, void *state)
@@ -725,6 +758,13 @@ static const bgs_host_api host_api = {
     .app_handover_set = host_app_handover_set,
     .app_handover_get = host_app_handover_get,
     .app_handover_taken = host_app_handover_taken,
+    /* ABI 1.1 */
+    .req_logv = host_req_logv,
+    .res_vprintf = host_res_vprintf,
+    .app_failv = host_app_failv,
+    .app_logv = host_app_logv,
+    .task_errorv = tasks_ctx_errorv,
+    .task_logv = tasks_ctx_logv,
 };
 
 const bgs_host_api *hostapi_table(void)

@@ -1691,6 +1691,15 @@ int tasks_ctx_cancelled(bgs_task_ctx *h)
     return ctx ? atomic_load(&ctx->item->cancel) != 0 : 1;
 }
 
+void tasks_ctx_errorv(bgs_task_ctx *h, const char *fmt, va_list ap)
+{
+    bgs_task_ctx *ctx = CTX_OF(h, "bgs_task_errorv", "nothing");
+    if (ctx == NULL)
+        return;
+    vsnprintf(ctx->err, sizeof(ctx->err), fmt ? fmt : "(no message)", ap);
+    ctx->has_err = 1;
+}
+
 void tasks_ctx_error(bgs_task_ctx *h, const char *fmt, ...)
 {
     va_list ap;
@@ -1748,6 +1757,15 @@ void *tasks_ctx_service(bgs_task_ctx *h, const char *name)
 }
 
 /* The line is logged even when the handle is refused (tagged "-"). */
+void tasks_ctx_logv(bgs_task_ctx *h, uint32_t level, const char *fmt, va_list ap)
+{
+    char tag[32] = "-";
+    bgs_task_ctx *ctx = CTX_OF(h, "bgs_task_logv", "nothing");
+    if (ctx)
+        snprintf(tag, sizeof(tag), "%" PRIu64, ctx->item->id);
+    log_pluginv(level, "task", tag, fmt ? fmt : "(null)", ap);
+}
+
 void tasks_ctx_log(bgs_task_ctx *h, uint32_t level, const char *fmt, ...)
 {
     char tag[32] = "-";

@@ -15,6 +15,7 @@
 #include "generation.h"
 #include "json.h"
 
+#include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -156,5 +157,10 @@ bgs_app *tasks_ctx_app(bgs_task_ctx *ctx);
 void *tasks_ctx_service(bgs_task_ctx *ctx, const char *name);
 void tasks_ctx_log(bgs_task_ctx *ctx, uint32_t level, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+/* ABI 1.1: the va_list forms. */
+void tasks_ctx_errorv(bgs_task_ctx *ctx, const char *fmt, va_list ap)
+    __attribute__((format(printf, 2, 0)));
+void tasks_ctx_logv(bgs_task_ctx *ctx, uint32_t level, const char *fmt, va_list ap)
+    __attribute__((format(printf, 3, 0)));
 
 #endif
