@@ -30,12 +30,13 @@
  *              freed; per-kind counters are atomics).
  *   life_mu  - the workers pointer, for stats vs start/shutdown.
  * Lock-free: ids (next_id), queue reservations (accepted), the accepting
- * and stopping flags, the dispatch-latency histogram.
+ * and stopping flags, the dispatch-latency histogram (latency.c).
  */
 #include "tasks.h"
 
 #include "crash.h"
 #include "handle.h"
+#include "latency.h"
 #include "log.h"
 #include "misuse.h"
 #include "plugin.h"
@@ -258,9 +259,7 @@ static size_t ring_cap, ring_start, ring_len;
 static uint64_t finished_total;
 static int draining;             /* broadcast rec_cv on changes */
 
-/* Dispatch latency histogram (log-linear, microseconds). */
-#define HIST_BUCKETS 320
-static atomic_ulong hist[HIST_BUCKETS];
+static latency_hist dispatch_hist; /* submit to first start (latency.h) */
 
 /* ------------------------------------------------------------------ */
 /* Small helpers                                                       */
@@ -269,42 +268,6 @@ static atomic_ulong hist[HIST_BUCKETS];
 static void rec_cv_init(void)
 {
     util_cond_init_mono(&rec_cv);
-}
-
-static unsigned hist_bucket(uint64_t v)
-{
-    if (v < 16)
-        return (unsigned)v;
-    unsigned e = 63u - (unsigned)__builtin_clzll(v);
-    unsigned b = 16u + (e - 4u) * 8u + (unsigned)((v >> (e - 3u)) & 7u);
-    return b < HIST_BUCKETS ? b : HIST_BUCKETS - 1;
-}
-
-/* The largest value that falls into bucket b. */
-static uint64_t hist_upper(unsigned b)
-{
-    if (b < 16)
-        return b;
-    unsigned e = (b - 16u) / 8u + 4u, sub = (b - 16u) % 8u;
-    return ((uint64_t)(8u + sub + 1u) << (e - 3u)) - 1u;
-}
-
-static uint64_t hist_percentile(unsigned pct)
-{
-    uint64_t counts[HIST_BUCKETS], total = 0, seen = 0;
-    for (unsigned i = 0; i < HIST_BUCKETS; i++) {
-        counts[i] = atomic_load_explicit(&hist[i], memory_order_relaxed);
-        total += counts[i];
-    }
-    if (total == 0)
-        return 0;
-    uint64_t want = (total * pct + 99) / 100;
-    for (unsigned i = 0; i < HIST_BUCKETS; i++) {
-        seen += counts[i];
-        if (seen >= want)
-            return hist_upper(i);
-    }
-    return hist_upper(HIST_BUCKETS - 1);
 }
 
 static uint64_t splitmix64(uint64_t x)
@@ -826,8 +789,7 @@ static void run_once(task_item *it)
     pthread_mutex_unlock(&rec_mu);
 
     if (ctx.attempt == 1)
-        atomic_fetch_add_explicit(&hist[hist_bucket(now - submitted)], 1,
-                                  memory_order_relaxed);
+        latency_add(&dispatch_hist, now - submitted);
     log_event("start", it->id, it->kind->name, ctx.attempt, 0, NULL, 0);
 
     if (def && def->timeout_ms)
@@ -1650,9 +1612,9 @@ void tasks_stats_json(json *j)
     json_key(j, "dispatch_us");
     json_obj_begin(j);
     json_key(j, "p50");
-    json_u64(j, hist_percentile(50));
+    json_u64(j, latency_percentile(&dispatch_hist, 50));
     json_key(j, "p99");
-    json_u64(j, hist_percentile(99));
+    json_u64(j, latency_percentile(&dispatch_hist, 99));
     json_obj_end(j);
 }
 
