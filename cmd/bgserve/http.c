@@ -248,9 +248,10 @@ uint64_t http_requests_total(void)
  * /_bgserve endpoints rather than the plugin's? */
 static int is_introspection(const char *target)
 {
-    char after = target[URLS_PREFIX_LEN];
-    return config.introspection && strncmp(target, URLS_PREFIX, URLS_PREFIX_LEN) == 0 &&
-           (after == '/' || after == '?' || after == '\0');
+    if (!config.introspection || strncmp(target, URLS_PREFIX, URLS_PREFIX_LEN) != 0)
+        return 0;
+    char after = target[URLS_PREFIX_LEN]; /* only now known to be in the string */
+    return after == '/' || after == '?' || after == '\0';
 }
 
 static const char *lookup_header(void *conn, const char *name)
