@@ -2,7 +2,10 @@
  * test_conns.c - connections against the real server
  * (tests/fixtures/hostile_app.so, whose GET /task attaches a no-op task):
  * the shutdown cut-over under keep-alive load, and clients past
- * --max-connections.  docs/http.md describes both.
+ * --max-connections (answered 503, closed at once, or served after the
+ * oldest idle keep-alive connection was closed for them; never left
+ * hanging), and the file limit fitted to --max-connections.
+ * docs/http.md describes all of it.
  *
  * The shutdown case is checked from both ends.  The clients record every
  * response (its X-Request-Id, Bgserve-Tasks ids, Connection header and
@@ -21,7 +24,11 @@
 
 #include "helpers.h"
 
+#include <arpa/inet.h>
 #include <curl/curl.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -29,6 +36,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 /* ---- keep-alive clients ------------------------------------------------------ */
@@ -169,9 +178,8 @@ static int check_log_against_clients(const char *log, const client *cs, const ch
 
 static int burst_going(void *arg)
 {
-    h_server *s = arg;
-    h_drain_log(s); /* keep the server's stderr pipe from filling */
-    return atomic_load(&answered) >= CLIENTS * 8 && strstr(s->log, "blocked until") != NULL;
+    h_drain_log(arg); /* keep the server's stderr pipe from filling */
+    return atomic_load(&answered) >= CLIENTS * 8;
 }
 
 /* A request held inside its handler (GET /block) across the signal. */
@@ -190,30 +198,38 @@ static void *blocker_main(void *arg)
     return NULL;
 }
 
-/* One round: CLIENTS keep-alive clients, SIGTERM once they are going. */
+/* One round: CLIENTS keep-alive clients, SIGTERM once they are going.
+ * The round's state is static so that client threads outliving a failed
+ * assertion never point into a dead stack frame. */
 static void shutdown_round(int round)
 {
-    h_server s;
-    static const char *const args[] = {"--drain-timeout", "5", NULL};
+    static h_server s;
+    static char url[128];
+    static client cs[CLIENTS];
+    static blocker b;
+    /* Two HTTP threads: the blocked request holds one, the other serves
+     * the burst (a thread inside a handler accepts no connections). */
+    static const char *const args[] = {"--drain-timeout", "5", "--threads", "2", NULL};
     assert_int_equal(h_start_app(&s, h_build_path("tests/fixtures/hostile_app.so"), args, NULL), 0);
-    char url[128];
     snprintf(url, sizeof url, "%s/task", s.base);
 
-    client cs[CLIENTS];
+    /* One request held inside its handler across the signal. */
+    char release[128];
+    snprintf(release, sizeof release, "/tmp/bgserve-test-conns-%d-%d", (int)getpid(), round);
+    unlink(release);
+    memset(&b, 0, sizeof b);
+    b.s = &s;
+    snprintf(b.path, sizeof b.path, "/block?file=%s", release);
+    assert_int_equal(pthread_create(&b.thread, NULL, blocker_main, &b), 0);
+    assert_true(h_wait_log(&s, "blocked until", 20000));
+
     memset(cs, 0, sizeof cs);
     atomic_store(&answered, 0);
     for (int i = 0; i < CLIENTS; i++) {
         cs[i].url = url;
         assert_int_equal(pthread_create(&cs[i].thread, NULL, client_main, &cs[i]), 0);
     }
-    char release[128];
-    snprintf(release, sizeof release, "/tmp/bgserve-test-conns-%d-%d", (int)getpid(), round);
-    unlink(release);
-    blocker b = {.s = &s};
-    snprintf(b.path, sizeof b.path, "/block?file=%s", release);
-    assert_int_equal(pthread_create(&b.thread, NULL, blocker_main, &b), 0);
-    /* mid-burst: every client has had a few answers on average, and one
-     * request is inside its handler */
+    /* mid-burst: every client has had a few answers on average */
     assert_true(h_poll(burst_going, &s, 20000));
     kill(s.pid, SIGTERM);
     /* The server says "stopping" after the cut-over: every request sent
@@ -285,11 +301,259 @@ static void conns_shutdown_answers_every_handled_request(void **state)
         shutdown_round(round);
 }
 
+/* ---- connection limits --------------------------------------------------------- */
+
+#define LIMIT 16
+#define OVERFLOW (16 + LIMIT / 16) /* http.c: OVERFLOW_MIN + limit / 16 */
+
+static int raw_open(const h_server *s)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    assert_true(fd >= 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)s->port)};
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    assert_int_equal(connect(fd, (struct sockaddr *)&sa, sizeof sa), 0);
+    return fd;
+}
+
+/* What became of a request on fd within deadline_ms: the response's
+ * status, 0 when the server closed the connection without one (EOF or
+ * reset), or -1 when nothing happened (a silent hang: the failure). */
+static int raw_outcome(int fd, const char *req, unsigned deadline_ms)
+{
+    if (req)
+        send(fd, req, strlen(req), MSG_NOSIGNAL);
+    char buf[4096];
+    size_t len = 0;
+    uint64_t end = h_now_ms() + deadline_ms;
+    for (;;) {
+        buf[len] = '\0';
+        const char *h = strstr(buf, "HTTP/1.1 ");
+        if (h && strstr(h, "\r\n\r\n"))
+            return atoi(h + 9);
+        uint64_t now = h_now_ms();
+        if (now >= end)
+            return -1;
+        struct pollfd pfd = {.fd = fd, .events = POLLIN};
+        if (poll(&pfd, 1, (int)(end - now)) <= 0)
+            continue;
+        ssize_t n = recv(fd, buf + len, sizeof buf - 1 - len, 0);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            return h != NULL ? atoi(h + 9) : 0;
+        len += (size_t)n;
+    }
+}
+
+/* The index of the first of fds[0..n) the server closes (EOF) within
+ * deadline_ms, or -1. */
+static int closed_one(const int *fds, int n, unsigned deadline_ms)
+{
+    struct pollfd pfd[LIMIT];
+    assert_true(n <= LIMIT);
+    for (int i = 0; i < n; i++)
+        pfd[i] = (struct pollfd){.fd = fds[i], .events = POLLIN};
+    uint64_t end = h_now_ms() + deadline_ms;
+    for (uint64_t now; (now = h_now_ms()) < end;) {
+        if (poll(pfd, (nfds_t)n, (int)(end - now)) <= 0)
+            continue;
+        for (int i = 0; i < n; i++) {
+            char c;
+            if (pfd[i].revents && recv(fds[i], &c, 1, MSG_DONTWAIT) <= 0)
+                return i;
+        }
+    }
+    return -1;
+}
+
+static void start_limited(h_server *s)
+{
+    static const char *const args[] = {"--max-connections", "16", "--timeout", "60", NULL};
+    assert_int_equal(h_start_app(s, h_build_path("tests/fixtures/hostile_app.so"), args, NULL), 0);
+}
+
+/* A connection statistic, read once the hogs are gone. */
+static long long conn_stat(h_server *s, const char *key)
+{
+    return h_stat(s, "connections", key);
+}
+
+/* Connections that never send a request fill the limit and are not
+ * closed to make room (they are not idle keep-alive connections): every
+ * client past them gets 503 with Retry-After, or once the overflow is
+ * full too, is closed at once.  Never a silent hang. */
+static void conns_past_limit_get_503_or_closed(void **state)
+{
+    (void)state;
+    h_server s;
+    start_limited(&s);
+    uint64_t t0 = h_now_ms();
+    enum { HOGS = LIMIT + OVERFLOW + 8 };
+    int hogs[HOGS];
+    for (int i = 0; i < HOGS; i++)
+        hogs[i] = raw_open(&s);
+    /* Clients past all of that: each gets its answer or is closed, and
+     * once the server has taken in every hog, they are closed at once. */
+    int extra = 0, closed = 0;
+    while (!closed && extra < 40) {
+        int fd = raw_open(&s);
+        int st = raw_outcome(fd, "GET /task HTTP/1.1\r\nHost: x\r\n\r\n", 10000);
+        close(fd);
+        if (st < 0)
+            fail_msg("client %d past the limit got no answer and was not closed: a silent hang", extra);
+        if (st != 0 && st != 503)
+            fail_msg("client %d past the limit: status %d, want 503 or a closed connection", extra, st);
+        closed = st == 0;
+        extra++;
+    }
+    assert_true(closed);
+    /* The hogs: LIMIT of them are served; the ones past the limit are
+     * answered 503 (those in the overflow) or were closed at once.  (Two
+     * HTTP threads accepting at the same instant may both still see room:
+     * the limit can be passed by as many connections as there are
+     * threads, for that instant.) */
+    int served = 0, got503 = 0;
+    for (int i = 0; i < HOGS; i++) {
+        int st = raw_outcome(hogs[i], "GET /task HTTP/1.1\r\nHost: x\r\n\r\n", 10000);
+        if (st < 0)
+            fail_msg("hog %d: no answer and not closed", i);
+        if (st != 200 && st != 503 && st != 0)
+            fail_msg("hog %d: status %d, want 200, 503 or closed", i, st);
+        served += st == 200;
+        got503 += st == 503;
+    }
+    for (int i = 0; i < HOGS; i++)
+        close(hogs[i]);
+    if (served < LIMIT || served > LIMIT + 4 || got503 < 1)
+        fail_msg("%d hogs served, %d answered 503: want %d served (a few more at most) and some 503",
+                 served, got503, LIMIT);
+
+    /* One warning line (at most one per 10 s), and the counter. */
+    assert_true(h_wait_log(&s, "connection limit reached", 5000));
+    int lines = h_count_log(&s, "connection limit reached");
+    assert_true(lines >= 1 && (uint64_t)lines <= 1 + (h_now_ms() - t0) / 10000);
+    h_assert_contains(s.log, "(--max-connections 16)");
+    assert_true(conn_stat(&s, "rejected") >= extra + got503);
+    assert_int_equal(conn_stat(&s, "limit"), LIMIT);
+    h_stop_clean(&s);
+    h_free(&s);
+}
+
+/* At the limit with idle keep-alive connections, the oldest idle one is
+ * closed to make room and the new client is served. */
+static void conns_at_limit_idle_keepalive_closed_first(void **state)
+{
+    (void)state;
+    h_server s;
+    start_limited(&s);
+    int ka[LIMIT];
+    for (int i = 0; i < LIMIT; i++) {
+        ka[i] = raw_open(&s);
+        assert_int_equal(raw_outcome(ka[i], "GET / HTTP/1.1\r\nHost: x\r\n\r\n", 10000), 200);
+    }
+    /* all LIMIT idle and kept alive: a new client is served */
+    int fd = raw_open(&s);
+    assert_int_equal(raw_outcome(fd, "GET /task HTTP/1.1\r\nHost: x\r\n\r\n", 10000), 200);
+    /* an idle one (the oldest; which one that is depends on when the
+     * server finished each) was closed for it; the others still work */
+    int gone = closed_one(ka, LIMIT, 10000);
+    if (gone < 0)
+        fail_msg("no idle keep-alive connection was closed to make room");
+    int other = gone == 0 ? LIMIT - 1 : 0;
+    assert_int_equal(raw_outcome(ka[other], "GET / HTTP/1.1\r\nHost: x\r\n\r\n", 10000), 200);
+    close(fd);
+    for (int i = 0; i < LIMIT; i++)
+        close(ka[i]);
+    assert_true(conn_stat(&s, "idle_closed") >= 1);
+    assert_int_equal(conn_stat(&s, "rejected"), 0);
+    h_assert_lacks(s.log, "connection limit reached");
+    h_stop_clean(&s);
+    h_free(&s);
+}
+
+/* ---- the file limit -------------------------------------------------------------- */
+
+/* Start bgserve through `sh -c 'ulimit ...; exec bgserve'` with the given
+ * ulimit commands. */
+static void start_with_ulimit(h_server *s, const char *ulimits, const char *max_conns)
+{
+    static char script[64];
+    snprintf(script, sizeof script, "/tmp/bgserve-test-ulimit-XXXXXX");
+    int fd = mkstemp(script);
+    assert_true(fd >= 0);
+    char text[256];
+    int n = snprintf(text, sizeof text, "#!/bin/sh\n%s || exit 99\nexec \"$BGSERVE_REAL\" \"$@\"\n",
+                     ulimits);
+    assert_int_equal(write(fd, text, (size_t)n), n);
+    assert_int_equal(fchmod(fd, 0755), 0);
+    close(fd);
+    char real[512];
+    snprintf(real, sizeof real, "BGSERVE_REAL=%s", h_build_path("bgserve"));
+    const char *const env[] = {real, NULL};
+    const char *const args[] = {"--max-connections", max_conns, NULL};
+    int rc = h_start_bin(s, script, h_build_path("tests/fixtures/hostile_app.so"), args, env);
+    unlink(script);
+    if (rc != 0)
+        fail_msg("bgserve under '%s' did not start:\n%s", ulimits, s->log ? s->log : "");
+}
+
+/* The "Max open files" soft limit of pid. */
+static long long soft_nofile(pid_t pid)
+{
+    char path[64], line[256];
+    snprintf(path, sizeof path, "/proc/%d/limits", (int)pid);
+    FILE *f = fopen(path, "r");
+    assert_non_null(f);
+    long long soft = -1;
+    while (fgets(line, sizeof line, f))
+        if (strncmp(line, "Max open files", 14) == 0)
+            soft = atoll(line + 14);
+    fclose(f);
+    return soft;
+}
+
+/* A soft file limit below what --max-connections needs is raised. */
+static void conns_soft_fd_limit_raised(void **state)
+{
+    (void)state;
+    h_server s;
+    start_with_ulimit(&s, "ulimit -S -n 100", "500");
+    assert_true(soft_nofile(s.pid) >= 500);
+    assert_int_equal(conn_stat(&s, "limit"), 500);
+    h_assert_lacks(s.log, "needs about");
+    h_stop_clean(&s);
+    h_free(&s);
+}
+
+/* A hard file limit below it: fewer connections, and a warning that says
+ * how many and what to do. */
+static void conns_hard_fd_limit_lowers_max_connections(void **state)
+{
+    (void)state;
+    h_server s;
+    start_with_ulimit(&s, "ulimit -S -n 100 && ulimit -H -n 300", "1000");
+    assert_int_equal(soft_nofile(s.pid), 300);
+    h_assert_contains(s.log, "--max-connections 1000 needs about");
+    h_assert_contains(s.log, "ulimit -Hn");
+    const char *at = strstr(s.log, "serving at most ");
+    assert_non_null(at);
+    long long fit = atoll(at + 16);
+    assert_true(fit > 100 && fit < 300);
+    assert_int_equal(conn_stat(&s, "limit"), fit);
+    h_stop_clean(&s);
+    h_free(&s);
+}
+
 int main(void)
 {
     curl_global_init(CURL_GLOBAL_DEFAULT);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(conns_shutdown_answers_every_handled_request),
+        cmocka_unit_test(conns_past_limit_get_503_or_closed),
+        cmocka_unit_test(conns_at_limit_idle_keepalive_closed_first),
+        cmocka_unit_test(conns_soft_fd_limit_raised),
+        cmocka_unit_test(conns_hard_fd_limit_lowers_max_connections),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     curl_global_cleanup();

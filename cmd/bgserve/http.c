@@ -56,6 +56,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -106,80 +107,154 @@ static int nul_check;             /* libmicrohttpd < 1.0: see bad_request_line *
  * freed when it reports it closed, which it does before it closes the
  * socket: so shutdown(slot->fd) under conns_mu never reaches a reused fd.
  *
- * A connection is idle from its start, or from the end of its last
- * request, until its next request line arrives (uri_log); idle slots are
- * kept in a list, oldest first.  Closing an idle connection from any
- * thread is shutdown(fd, SHUT_RD): libmicrohttpd's next read sees end of
- * file and closes it.  Bytes the client already sent are still read first,
- * so a request that raced with the close is read and answered (with
+ * A connection waits for a request from its start ("fresh": nothing read
+ * yet) or from the end of its last request ("idle": kept alive) until its
+ * next request line arrives (uri_log).  Waiting slots are kept in two
+ * lists, oldest first.  Closing a waiting connection from any thread is
+ * shutdown(fd, SHUT_RD): libmicrohttpd's next read sees end of file and
+ * closes it.  Bytes the client already sent are still read first, so a
+ * request that raced with the close is read and answered (with
  * Connection: close), never half-read; a request sent after it is never
  * read and the client sees the connection closed (safe to retry).
  * libmicrohttpd reads only while it waits for a request, never while a
  * handler runs or a response is written, so a request that started is
  * never cut by this.
+ *
+ * The limit (--max-connections) is bgserve's, in on_accept, not
+ * libmicrohttpd's: at its own limit libmicrohttpd 0.9.75 stops accepting,
+ * and new clients wait in the listen backlog, unanswered, until a
+ * connection closes.  Past the limit bgserve closes the oldest idle
+ * keep-alive connection to make room; with none, it accepts up to
+ * `overflow` more connections only to answer their first request 503
+ * with Retry-After (and a short timeout), and closes any beyond at once.
  */
 struct conn_slot {
-    conn_slot *prev, *next;   /* the idle list (conns_mu) */
+    conn_slot *prev, *next;   /* its list (conns_mu) */
+    int list;                 /* LIST_NONE, LIST_FRESH or LIST_IDLE (conns_mu) */
     int fd;
-    int idle;                 /* in the idle list (conns_mu) */
+    int overflow;             /* past the limit: its request is answered 503 */
     atomic_int closing;       /* read side shut: answer with Connection: close */
 };
 
+enum { LIST_NONE = -1, LIST_FRESH = 0, LIST_IDLE = 1 };
+
 static pthread_mutex_t conns_mu = PTHREAD_MUTEX_INITIALIZER;
-static conn_slot *idle_head, *idle_tail;  /* conns_mu */
+static struct { conn_slot *head, *tail; } waiting[2]; /* conns_mu */
 static atomic_uint conns_open;            /* written under conns_mu */
 static atomic_int draining;               /* set once, by http_quiesce */
+static unsigned conn_limit;               /* written before serving starts */
+static unsigned conn_overflow;            /* written before serving starts */
+static atomic_uint_fast64_t conns_rejected; /* past the limit: 503 or closed */
+static atomic_uint_fast64_t conns_evicted;  /* idle ones closed to make room */
+static atomic_uint_fast64_t limit_logged_us; /* the last "limit reached" line */
+/* on_accept's verdict for the connection libmicrohttpd is about to start
+ * on this thread (the accept and the start run in one call). */
+static _Thread_local int accept_overflow;
 
-static void idle_push(conn_slot *c)
+/* Connections past the limit that are accepted to be answered 503:
+ * OVERFLOW_MIN + a sixteenth of the limit. */
+#define OVERFLOW_MIN 16u
+/* Files the process needs besides its connections: the listening socket,
+ * an epoll set and a wake-up fd per HTTP thread (counted apart), stdio,
+ * inotify, the plugin's own files. */
+#define FD_SPARE 64u
+/* A connection past the limit waits at most this long for its request. */
+#define OVERFLOW_TIMEOUT_S 2u
+/* At most one "connection limit reached" line per this many us. */
+#define LIMIT_LOG_EVERY_US (10u * 1000000u)
+
+static void list_push(conn_slot *c, int list)
 {
-    c->prev = idle_tail;
+    c->prev = waiting[list].tail;
     c->next = NULL;
-    if (idle_tail)
-        idle_tail->next = c;
+    if (waiting[list].tail)
+        waiting[list].tail->next = c;
     else
-        idle_head = c;
-    idle_tail = c;
-    c->idle = 1;
+        waiting[list].head = c;
+    waiting[list].tail = c;
+    c->list = list;
 }
 
-static void idle_remove(conn_slot *c)
+static void list_remove(conn_slot *c)
 {
-    if (!c->idle)
+    if (c->list == LIST_NONE)
         return;
     if (c->prev)
         c->prev->next = c->next;
     else
-        idle_head = c->next;
+        waiting[c->list].head = c->next;
     if (c->next)
         c->next->prev = c->prev;
     else
-        idle_tail = c->prev;
+        waiting[c->list].tail = c->prev;
     c->prev = c->next = NULL;
-    c->idle = 0;
+    c->list = LIST_NONE;
 }
 
-/* Close an idle connection (see above).  Under conns_mu. */
-static void close_idle(conn_slot *c)
+/* Close a waiting connection (see above).  Under conns_mu. */
+static void close_waiting(conn_slot *c)
 {
-    idle_remove(c);
+    list_remove(c);
     atomic_store(&c->closing, 1);
     if (c->fd >= 0)
         shutdown(c->fd, SHUT_RD);
 }
 
-/* The connection has no request in progress: keep it for the next one,
- * or close it when the server is stopping. */
-static void conn_now_idle(conn_slot *c)
+/* The connection waits for a request (on `list`): keep it, or close it
+ * when the server is stopping. */
+static void conn_waiting(conn_slot *c, int list)
 {
     pthread_mutex_lock(&conns_mu);
     if (atomic_load(&c->closing)) {
         /* closing already */
     } else if (atomic_load(&draining)) {
-        close_idle(c);
+        close_waiting(c);
     } else {
-        idle_push(c);
+        list_remove(c);
+        list_push(c, list);
     }
     pthread_mutex_unlock(&conns_mu);
+}
+
+/* One line, at most every LIMIT_LOG_EVERY_US, when clients are turned
+ * away. */
+static void note_rejected(unsigned open)
+{
+    uint64_t n = atomic_fetch_add(&conns_rejected, 1) + 1;
+    uint64_t now = util_now_us();
+    uint64_t last = atomic_load(&limit_logged_us);
+    if ((last != 0 && now - last < LIMIT_LOG_EVERY_US) ||
+        !atomic_compare_exchange_strong(&limit_logged_us, &last, now))
+        return;
+    log_msg(BGS_LOG_WARN, "connection limit reached: %u connections open, none idle "
+            "(--max-connections %u); new clients get 503 with Retry-After: 1, or are closed "
+            "at once past %u; %llu turned away so far (/_bgserve/stats: connections.rejected). "
+            "Raise --max-connections, or lower --timeout so idle clients are closed sooner",
+            open, conn_limit, conn_limit + conn_overflow, (unsigned long long)n);
+}
+
+/* MHD_AcceptPolicyCallback, on the libmicrohttpd thread that accepted. */
+static enum MHD_Result on_accept(void *cls, const struct sockaddr *addr, socklen_t addrlen)
+{
+    (void)cls;
+    (void)addr;
+    (void)addrlen;
+    enum { ACCEPT, OVERFLOW, REFUSE } v = ACCEPT;
+    pthread_mutex_lock(&conns_mu);
+    unsigned open = atomic_load(&conns_open);
+    if (open < conn_limit || atomic_load(&draining)) {
+        v = ACCEPT;
+    } else if (waiting[LIST_IDLE].head) {
+        close_waiting(waiting[LIST_IDLE].head); /* the oldest idle keep-alive one */
+        atomic_fetch_add(&conns_evicted, 1);
+    } else {
+        v = open < conn_limit + conn_overflow ? OVERFLOW : REFUSE;
+    }
+    pthread_mutex_unlock(&conns_mu);
+    accept_overflow = v == OVERFLOW;
+    if (v != ACCEPT)
+        note_rejected(open);
+    return v == REFUSE ? MHD_NO : MHD_YES;
 }
 
 /* libmicrohttpd thread of the connection. */
@@ -192,12 +267,17 @@ static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_
         const union MHD_ConnectionInfo *ci =
             MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
         c->fd = ci ? ci->connect_fd : -1;
+        c->list = LIST_NONE;
+        c->overflow = accept_overflow;
+        accept_overflow = 0;
         atomic_init(&c->closing, 0);
+        if (c->overflow && config.timeout_s > OVERFLOW_TIMEOUT_S)
+            MHD_set_connection_option(conn, MHD_CONNECTION_OPTION_TIMEOUT, OVERFLOW_TIMEOUT_S);
         pthread_mutex_lock(&conns_mu);
         atomic_fetch_add(&conns_open, 1);
         pthread_mutex_unlock(&conns_mu);
         *socket_context = c;
-        conn_now_idle(c);
+        conn_waiting(c, LIST_FRESH);
         return;
     }
     conn_slot *c = *socket_context;
@@ -205,7 +285,7 @@ static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_
         return;
     *socket_context = NULL;
     pthread_mutex_lock(&conns_mu);
-    idle_remove(c);
+    list_remove(c);
     atomic_fetch_sub(&conns_open, 1);
     pthread_mutex_unlock(&conns_mu);
     free(c);
@@ -221,7 +301,7 @@ static conn_slot *conn_busy(struct MHD_Connection *conn)
     if (c == NULL)
         return NULL;
     pthread_mutex_lock(&conns_mu);
-    idle_remove(c);
+    list_remove(c);
     pthread_mutex_unlock(&conns_mu);
     return c;
 }
@@ -457,6 +537,10 @@ static enum MHD_Result serve_introspection(struct MHD_Connection *conn, exchange
         .requests = atomic_load(&requests_total),
         .introspection_requests = atomic_load(&introspection_total),
         .uptime_s = (util_now_us() - started_us) / 1000000u,
+        .conns_open = atomic_load(&conns_open),
+        .conns_limit = conn_limit,
+        .conns_rejected = atomic_load(&conns_rejected),
+        .conns_evicted = atomic_load(&conns_evicted),
     };
     introspect_handle(ex->req.method, ex->req.path, &c, &rep);
     if (rep.allow)
@@ -680,6 +764,11 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn,
         ex->req.conn = conn;
         ex->req.resume_fn = resume_conn;
         format_remote(conn, ex->req.remote, sizeof ex->req.remote);
+        if (ex->slot && ex->slot->overflow) {
+            res_add_header(&ex->res, "Retry-After", "1");
+            return send_text(conn, ex, 503, "Service Unavailable: the server is at its connection "
+                             "limit (--max-connections), retry later\n", 1);
+        }
         const char *bad = bad_request_line(conn, ex, version ? version : "");
         if (bad)
             return send_text(conn, ex, 400, bad, 1);
@@ -774,7 +863,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **req_cls,
     if (ex->res.deferred)
         deferred_put(ex->res.deferred, delivered && ex->responded);
     if (ex->slot)
-        conn_now_idle(ex->slot);
+        conn_waiting(ex->slot, LIST_IDLE);
     services_scope_end(ex->req.scope);
     gen_release(ex->req.gen);
     req_free(&ex->req);
@@ -796,6 +885,44 @@ static void mhd_logger(void *cls, const char *fmt, va_list ap)
 }
 
 /* ---- listening -------------------------------------------------------------- */
+
+static unsigned overflow_for(unsigned limit)
+{
+    return OVERFLOW_MIN + limit / 16;
+}
+
+/* Each connection is a file descriptor.  Raise the soft RLIMIT_NOFILE to
+ * what --max-connections needs (Debian's default soft limit, 1024, is
+ * below the default limit's need); when the hard limit is lower, serve
+ * fewer connections and say so, rather than fail at accept() later (then
+ * libmicrohttpd stops accepting until a connection closes: a silent
+ * hang). */
+static void fit_fd_limit(unsigned threads)
+{
+    rlim_t spare = FD_SPARE + 2u * (threads > 1 ? threads : 1);
+    rlim_t want = (rlim_t)conn_limit + conn_overflow + spare;
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY || rl.rlim_cur >= want)
+        return;
+    struct rlimit nr = rl;
+    nr.rlim_cur = rl.rlim_max == RLIM_INFINITY || rl.rlim_max >= want ? want : rl.rlim_max;
+    if (setrlimit(RLIMIT_NOFILE, &nr) == 0)
+        rl.rlim_cur = nr.rlim_cur;
+    if (rl.rlim_cur >= want)
+        return;
+    /* limit + overflow_for(limit) must fit in what is left */
+    rlim_t room = rl.rlim_cur > spare + OVERFLOW_MIN ? rl.rlim_cur - spare - OVERFLOW_MIN : 0;
+    unsigned fit = (unsigned)(room * 16 / 17);
+    if (fit < 1)
+        fit = 1;
+    log_msg(BGS_LOG_WARN, "--max-connections %u needs about %llu open files, but this process may "
+            "open at most %llu (its hard limit, `ulimit -Hn`): serving at most %u connections. "
+            "Raise the hard limit (ulimit -Hn, systemd's LimitNOFILE=) or lower --max-connections",
+            conn_limit, (unsigned long long)want, (unsigned long long)rl.rlim_cur, fit);
+    conn_limit = fit;
+    conn_overflow = overflow_for(fit);
+}
+
 
 static int bind_socket(const http_config *cfg, char *hostport, size_t hplen,
                        char *err, size_t errlen)
@@ -861,6 +988,9 @@ int http_start(const http_config *cfg, char *err, size_t errlen)
     config = *cfg;
     started_us = util_now_us();
     nul_check = strncmp(MHD_get_version(), "0.", 2) == 0;
+    conn_limit = cfg->conn_limit ? cfg->conn_limit : 1;
+    conn_overflow = overflow_for(conn_limit);
+    fit_fd_limit(cfg->threads);
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     rid_prefix = (uint32_t)(ts.tv_nsec ^ ((uint64_t)ts.tv_sec << 8) ^ ((uint64_t)getpid() << 16));
@@ -875,12 +1005,16 @@ int http_start(const http_config *cfg, char *err, size_t errlen)
     if (cfg->threads > 1) /* a pool of 1 is no pool: libmicrohttpd warns */
         ops[n++] = (struct MHD_OptionItem){MHD_OPTION_THREAD_POOL_SIZE, (intptr_t)cfg->threads, NULL};
     ops[n++] = (struct MHD_OptionItem){MHD_OPTION_CONNECTION_TIMEOUT, (intptr_t)cfg->timeout_s, NULL};
-    ops[n++] = (struct MHD_OptionItem){MHD_OPTION_CONNECTION_LIMIT, (intptr_t)cfg->conn_limit, NULL};
+    /* bgserve's own limit is in on_accept; libmicrohttpd's (split evenly
+     * over its threads) must never be reached, or it stops accepting. */
+    unsigned mhd_threads = cfg->threads > 1 ? cfg->threads : 1;
+    ops[n++] = (struct MHD_OptionItem){MHD_OPTION_CONNECTION_LIMIT,
+                                       (intptr_t)(conn_limit + conn_overflow + 1) * mhd_threads, NULL};
     ops[n++] = (struct MHD_OptionItem){MHD_OPTION_END, 0, NULL};
 
     unsigned flags = MHD_USE_EPOLL_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
     daemon_ = MHD_start_daemon(
-        flags, 0, NULL, NULL, on_request, NULL,
+        flags, 0, on_accept, NULL, on_request, NULL,
         MHD_OPTION_ARRAY, ops,
         MHD_OPTION_URI_LOG_CALLBACK, uri_log, NULL,
         MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL,
@@ -919,11 +1053,12 @@ void http_quiesce(void)
     if (fd != MHD_INVALID_SOCKET)
         shutdown(fd, SHUT_RDWR);
     listen_fd = fd == MHD_INVALID_SOCKET ? -1 : (int)fd;
-    /* Idle keep-alive connections close now; busy ones when their request
-     * is answered (conn_now_idle). */
+    /* Connections waiting for a request close now; busy ones when their
+     * request is answered (conn_waiting). */
     pthread_mutex_lock(&conns_mu);
-    while (idle_head)
-        close_idle(idle_head);
+    for (int l = LIST_FRESH; l <= LIST_IDLE; l++)
+        while (waiting[l].head)
+            close_waiting(waiting[l].head);
     pthread_mutex_unlock(&conns_mu);
 }
 

@@ -74,6 +74,17 @@ void introspect_handle(const char *method, const char *path,
         json_u64(&j, c->introspection_requests);
         json_key(&j, "uptime_s");
         json_u64(&j, c->uptime_s);
+        json_key(&j, "connections");
+        json_obj_begin(&j);
+        json_key(&j, "open");
+        json_u64(&j, c->conns_open);
+        json_key(&j, "limit");
+        json_u64(&j, c->conns_limit);
+        json_key(&j, "rejected");
+        json_u64(&j, c->conns_rejected);
+        json_key(&j, "idle_closed");
+        json_u64(&j, c->conns_evicted);
+        json_obj_end(&j);
         json_key(&j, "misuse"); /* host API calls refused, misuse.h */
         json_u64(&j, misuse_count());
         json_obj_end(&j);
