@@ -144,8 +144,9 @@ typedef struct bgs_app bgs_app;           /* the loaded plugin instance */
 typedef struct bgs_task_ctx bgs_task_ctx; /* one run of a task */
 typedef struct bgs_deferred bgs_deferred; /* a response answered later */
 
-/* A route handler.  Return 0 on success; anything else answers 500 and
- * discards the tasks attached to the response. */
+/* A route handler.  Return 0 when the response is the one to send (any
+ * status, 4xx included); anything else answers 500 and discards the
+ * tasks attached to the response and the route's own tasks. */
 typedef int (*bgs_handler_fn)(bgs_req *req, bgs_res *res);
 
 /* A named task.  payload/len are a private copy made when the task was
@@ -191,7 +192,10 @@ typedef void (*bgs_service_destroy_fn)(void *instance, void *arg);
 /* Tables a plugin provides                                            */
 /* ------------------------------------------------------------------ */
 
-/* A task run after every response of a route, with a fixed payload. */
+/* A task run after every response the route's handler produced (any
+ * status), with a fixed payload.  Its queue capacity is taken before the
+ * handler runs: a full queue answers 503 without calling the handler.  A
+ * failing handler (non-zero: 500) discards it; HEAD requests run none. */
 typedef struct bgs_route_task {
     const char *name;     /* a name from the task table */
     const void *payload;  /* may be NULL when payload_len is 0 */

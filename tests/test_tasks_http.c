@@ -448,13 +448,17 @@ static void tasks_http_full_queue_answers_503(void **state)
     assert_null(h_header(&r, "Bgserve-Tasks"));
     h_resp_free(&r);
 
-    /* a route-level task that does not fit turns the response into 503 */
+    /* a route-level task that does not fit answers 503 before the
+     * handler runs: its side effect (a call counter) never happens */
     assert_int_equal(h_get(&s, "/route-block", &r), 0);
     assert_int_equal(r.status, 503);
     assert_non_null(h_header(&r, "Retry-After"));
     assert_true(atoi(h_header(&r, "Retry-After")) >= 1);
     assert_null(h_header(&r, "Bgserve-Tasks"));
     h_assert_lacks(r.body, "route task attached");
+    h_resp_free(&r);
+    assert_int_equal(h_get(&s, "/route-block-calls", &r), 0);
+    assert_string_equal(r.body, "0");
     h_resp_free(&r);
 
     assert_int_equal(h_get(&s, "/_bgserve/stats", &r), 0);
@@ -510,6 +514,29 @@ static void tasks_http_handler_failure_discards(void **state)
     h_assert_contains(err, "handler failed");
     free(rec);
     assert_int_equal(h_stat(&app, "doomed", "succeeded"), 0);
+}
+
+/* Route-level tasks run after any response the handler produced (a 404
+ * it chose too), not after a failing handler's 500. */
+static void tasks_http_route_tasks_follow_any_produced_response(void **state)
+{
+    (void)state;
+    h_server *s = &app;
+    h_resp r;
+    unsigned long long ids[4];
+    size_t n = 0;
+    assert_int_equal(get_tasks(s, "/route-404", ids, 4, &n), 404);
+    assert_int_equal(n, 1);
+    char *rec = wait_state(s, ids[0], "succeeded");
+    h_assert_contains(rec, "route_after_4xx");
+    free(rec);
+
+    assert_int_equal(h_get(s, "/route-fail", &r), 0);
+    assert_int_equal(r.status, 500);
+    assert_null(h_header(&r, "Bgserve-Tasks"));
+    h_resp_free(&r);
+    wait_stat(s, "route_after_fail", "discarded", 1);
+    assert_int_equal(h_stat(s, "route_after_fail", "succeeded"), 0);
 }
 
 static void tasks_http_head_runs_no_tasks(void **state)
@@ -724,6 +751,7 @@ int main(void)
         cmocka_unit_test(tasks_http_retries_until_success),
         cmocka_unit_test(tasks_http_full_queue_answers_503),
         cmocka_unit_test(tasks_http_handler_failure_discards),
+        cmocka_unit_test(tasks_http_route_tasks_follow_any_produced_response),
         cmocka_unit_test(tasks_http_head_runs_no_tasks),
         cmocka_unit_test(tasks_http_stats_shape),
         cmocka_unit_test(tasks_http_record_shape_and_unknown_id),

@@ -602,6 +602,19 @@ static enum MHD_Result dispatch(struct MHD_Connection *conn, exchange *ex)
     }
 
     const plugin_route *route = req->match.data;
+    /* The route's own tasks take their queue capacity before the handler
+     * runs, so a full queue answers 503 before any side effect of the
+     * handler.  They run after any response the handler produced (any
+     * status); a failing handler discards them with its own. */
+    int trc = strcmp(req->method, "HEAD") == 0 ? 0 : attach_route_tasks(ex, route);
+    if (trc != 0) {
+        log_msg(BGS_LOG_WARN, "%s %s: route tasks not accepted (%s); answering 503 without "
+                "running the handler rid=%s", route->method, route->path, bgs_strerror(trc), req->id);
+        discard_groups(ex, trc == BGS_EFULL ? "task queue full: answered 503 before the handler"
+                                            : "server shutting down: answered 503 before the handler");
+        res_add_header(res, "Retry-After", "1");
+        return send_text(conn, ex, 503, "Service Unavailable: task queue is full, retry later\n", 0);
+    }
     res->status = 200;
     crash_frame cf; /* names the route if the handler crashes */
     crash_enter_route(&cf, route->method, route->path, req->id, req->gen->number, req->gen->plugin->name);
@@ -619,16 +632,6 @@ static enum MHD_Result dispatch(struct MHD_Connection *conn, exchange *ex)
         discard_groups(ex, "handler failed");
         reset_response(res);
         return send_text(conn, ex, 500, "Internal Server Error\n", 0);
-    }
-    int trc = attach_route_tasks(ex, route);
-    if (trc != 0) {
-        log_msg(BGS_LOG_WARN, "%s %s: route tasks not accepted (%s); answering 503 rid=%s",
-                route->method, route->path, bgs_strerror(trc), req->id);
-        discard_groups(ex, trc == BGS_EFULL ? "task queue full: response turned into 503"
-                                            : "server shutting down: response turned into 503");
-        reset_response(res);
-        res_add_header(res, "Retry-After", "1");
-        return send_text(conn, ex, 503, "Service Unavailable: task queue is full, retry later\n", 0);
     }
     if (strcmp(req->method, "HEAD") == 0)
         discard_groups(ex, "HEAD request: tasks do not run");
