@@ -472,6 +472,34 @@ static void conns_at_limit_idle_keepalive_closed_first(void **state)
     h_free(&s);
 }
 
+static int two_in_flight(void *arg)
+{
+    return h_stat(arg, "connections", "requests_in_flight") == 2;
+}
+
+/* A request still in progress at --drain-timeout is cut, and said so;
+ * the server still stops cleanly. */
+static void conns_shutdown_deadline_cuts_what_is_left(void **state)
+{
+    (void)state;
+    h_server s;
+    static const char *const args[] = {"--drain-timeout", "0.5", NULL};
+    assert_int_equal(h_start_app(&s, h_build_path("tests/fixtures/hostile_app.so"), args, NULL), 0);
+    int fd = raw_open(&s);
+    /* a request line and a header, never the end of the head */
+    const char *part = "GET /task HTTP/1.1\r\nHost: x\r\n";
+    assert_int_equal(send(fd, part, strlen(part), MSG_NOSIGNAL), (ssize_t)strlen(part));
+    /* the server has read its request line: two requests in flight,
+     * counting the stats request itself */
+    assert_true(h_poll(two_in_flight, &s, 10000));
+    assert_int_equal(h_stop(&s, SIGTERM), 0);
+    h_assert_contains(s.log, "1 requests still in flight at the deadline: closing them");
+    h_assert_contains(s.log, "stopped");
+    assert_int_equal(raw_outcome(fd, NULL, 10000), 0); /* closed, no answer */
+    close(fd);
+    h_free(&s);
+}
+
 /* ---- the file limit -------------------------------------------------------------- */
 
 /* Start bgserve through `sh -c 'ulimit ...; exec bgserve'` with the given
@@ -550,6 +578,7 @@ int main(void)
     curl_global_init(CURL_GLOBAL_DEFAULT);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(conns_shutdown_answers_every_handled_request),
+        cmocka_unit_test(conns_shutdown_deadline_cuts_what_is_left),
         cmocka_unit_test(conns_past_limit_get_503_or_closed),
         cmocka_unit_test(conns_at_limit_idle_keepalive_closed_first),
         cmocka_unit_test(conns_soft_fd_limit_raised),

@@ -35,9 +35,8 @@ int http_start(const http_config *cfg, char *err, size_t errlen);
 void http_quiesce(void);
 
 /* After http_quiesce: wait until every connection has closed (so every
- * request that reached a handler was answered), or deadline_ms passes
- * (connections still open are then reported).  Returns the number of
- * requests still in flight. */
+ * request that reached a handler was answered), or deadline_ms passes.
+ * Returns the number of requests still in flight (cut by http_stop). */
 unsigned http_wait_idle(unsigned deadline_ms);
 
 /* Close every connection and stop the threads. */

@@ -78,6 +78,8 @@ void introspect_handle(const char *method, const char *path,
         json_obj_begin(&j);
         json_key(&j, "open");
         json_u64(&j, c->conns_open);
+        json_key(&j, "requests_in_flight");
+        json_u64(&j, c->in_flight);
         json_key(&j, "limit");
         json_u64(&j, c->conns_limit);
         json_key(&j, "rejected");

@@ -20,6 +20,7 @@ typedef struct introspect_counters {
     uint64_t introspection_requests; /* to /_bgserve/ */
     uint64_t uptime_s;
     uint64_t conns_open;             /* connections open now */
+    uint64_t in_flight;              /* requests in progress, this one too */
     uint64_t conns_limit;            /* --max-connections in force */
     uint64_t conns_rejected;         /* past the limit: answered 503 or closed */
     uint64_t conns_evicted;          /* idle keep-alive ones closed to make room */
