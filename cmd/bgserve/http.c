@@ -6,9 +6,10 @@
  * How a request travels here:
  *   uri_log      (MHD thread) allocates the per-request `exchange` and
  *                keeps the raw request target; it becomes *req_cls.
- *   on_request   (same thread) first call: headers are in (a request
- *                HTTP/1.1 forbids but libmicrohttpd passed on, and a
- *                too large Content-Length, are answered here).  Later calls
+ *   on_request   (same thread) first call: headers are in (a request on
+ *                a connection past the limit, one HTTP/1.1 forbids but
+ *                libmicrohttpd passed on, and a too large Content-Length
+ *                are answered here).  Later calls
  *                collect the body (up to --max-body, else 413); every
  *                request dispatches on the final call, so keep-alive
  *                connections stay open.  dispatch() matches the route on the
@@ -22,8 +23,14 @@
  * connection on, so it needs no lock.  Shared state: `daemon` and
  * `listen_fd` (written by the main thread before serving starts and at
  * shutdown), the atomic counters below, and the connection slots (one
- * per open connection, see "connections": the idle list is under
- * conns_mu, which any libmicrohttpd thread and the main thread take).
+ * per open connection, see "connections": the lists of connections
+ * waiting for a request are under conns_mu, which any libmicrohttpd
+ * thread and the main thread take; never held across a libmicrohttpd
+ * call or a handler).
+ *
+ * Connection limit (on_accept, docs/http.md): bgserve's, not
+ * libmicrohttpd's; past it the oldest idle keep-alive connection is
+ * closed, else the new one is answered 503 or closed at once.
  *
  * Shutdown (http_quiesce, docs/http.md): `draining` makes every later
  * response say Connection: close; idle connections are closed at once
