@@ -36,8 +36,10 @@ static int accept_operation(bgs_req *req, bgs_res *res)
     uint64_t id = 0;
     (void)req;
     int rc = bgs_res_task(res, "slow_operation", NULL, 0, &id);
-    if (rc != 0)
+    if (rc == BGS_EFULL || rc == BGS_ESHUTDOWN) /* load: come back later */
         return bgs_res_text(res, 503, bgs_strerror(rc));
+    if (rc != 0) /* a bug: bgserve printed a warning; 500 */
+        return rc;
     rc = bgs_res_text(res, 202, "Operation accepted");
     if (rc == 0)
         rc = bgs_res_accepted(res, id);

@@ -27,8 +27,10 @@ static int with_tasks(bgs_res *res, int n)
 {
     for (int i = 0; i < n; i++) {
         int rc = bgs_res_task(res, "noop", payload, sizeof payload, NULL);
-        if (rc != 0)
+        if (rc == BGS_EFULL || rc == BGS_ESHUTDOWN) /* load: come back later */
             return bgs_res_text(res, 503, bgs_strerror(rc));
+        if (rc != 0) /* a bug: bgserve printed a warning; 500 */
+            return rc;
     }
     return bgs_res_text(res, 200, "Hello, World!");
 }

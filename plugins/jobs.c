@@ -135,8 +135,10 @@ static int awaited_job(bgs_req *req, bgs_res *res)
         return bgs_res_text(res, 400, "n must be a number\n");
     int rc = bgs_res_await(res, "job_result", &j, sizeof j,
                            (uint32_t)query_ul(req, "timeout", 0), NULL);
-    if (rc != 0)
+    if (rc == BGS_EFULL || rc == BGS_ESHUTDOWN) /* load: come back later */
         return bgs_res_text(res, 503, bgs_strerror(rc));
+    if (rc != 0) /* a bug: bgserve printed a warning; 500 */
+        return rc;
     return 0;
 }
 
@@ -145,8 +147,10 @@ static int sleep_accepted(bgs_req *req, bgs_res *res)
     unsigned long ms = query_ul(req, "ms", 1000);
     uint64_t id;
     int rc = bgs_res_task(res, "sleep", &ms, sizeof ms, &id);
-    if (rc != 0)
+    if (rc == BGS_EFULL || rc == BGS_ESHUTDOWN) /* load: come back later */
         return bgs_res_text(res, 503, bgs_strerror(rc));
+    if (rc != 0) /* a bug: bgserve printed a warning; 500 */
+        return rc;
     bgs_res_accepted(res, id);
     return bgs_res_text(res, 202, "accepted\n");
 }

@@ -79,6 +79,9 @@ static void scaffold_creates_source_makefile_and_gitignore(void **state)
     h_assert_contains(src, "#include <bgserve.h>");
     h_assert_contains(src, "BGS_PLUGIN(.name = \"my-app\"");
     h_assert_contains(src, "bgs_res_accepted(res, id)");     /* 202 + monitor */
+    /* load (503) apart from a bug (500 with bgserve's warning) */
+    h_assert_contains(src, "if (rc == BGS_EFULL || rc == BGS_ESHUTDOWN)");
+    h_assert_contains(src, "return bgs_res_text(res, 503, bgs_strerror(rc));\n    if (rc != 0)");
     h_assert_contains(src, "{.name = \"process\", .fn = process"); /* a task */
     h_assert_contains(src, "BGS_GET(\"/\", index_page)");   /* a route */
     h_assert_lacks(src, "@NAME@");
