@@ -22,16 +22,16 @@ SANFLAGS := -fsanitize=$(SANITIZE) -fno-omit-frame-pointer -fno-sanitize-recover
 endif
 
 # Debian package names, and the pkg-config module each one provides.
-RUN_DEBS  := libmicrohttpd-dev libsqlite3-dev pkg-config
-TEST_DEBS := libmicrohttpd-dev libsqlite3-dev pkg-config libcmocka-dev libcurl4-openssl-dev
-RUN_PCS   := libmicrohttpd sqlite3
-TEST_PCS  := libmicrohttpd sqlite3 cmocka libcurl
+RUN_DEBS  := libmicrohttpd-dev libsqlite3-dev libdw-dev pkg-config
+TEST_DEBS := libmicrohttpd-dev libsqlite3-dev libdw-dev pkg-config libcmocka-dev libcurl4-openssl-dev
+RUN_PCS   := libmicrohttpd sqlite3 libdw
+TEST_PCS  := libmicrohttpd sqlite3 libdw cmocka libcurl
 
 WARN     := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissing-prototypes
 BASE     := -std=c11 -D_GNU_SOURCE -g -O2 $(WARN)
 CFLAGS_SRV = $(BASE) $(SANFLAGS) -Iinclude -iquote cmd/bgserve -pthread \
-             $(shell pkg-config --cflags libmicrohttpd sqlite3 2>/dev/null) -MMD -MP
-LDLIBS_SRV = $(shell pkg-config --libs libmicrohttpd sqlite3 2>/dev/null) -ldl -lm -pthread
+             $(shell pkg-config --cflags libmicrohttpd sqlite3 libdw 2>/dev/null) -MMD -MP
+LDLIBS_SRV = $(shell pkg-config --libs libmicrohttpd sqlite3 libdw 2>/dev/null) -ldl -lm -pthread
 PLUGIN_CFLAGS := -std=c11 -D_GNU_SOURCE -g -O2 $(WARN) -Iinclude -fPIC -fvisibility=hidden
 PLUGIN_LDFLAGS := -shared -Wl,-z,defs
 

@@ -1,7 +1,11 @@
 /*
- * test_crash.c - a fatal signal inside plugin code: bgserve names the
- * route or task (with its id) and the generation, prints a backtrace, and
- * exits with 128+signal.  Uses tests/fixtures/crash_app.so.
+ * test_crash.c - a fatal signal inside plugin code ends only the serving
+ * process: the supervisor prints the report (route or task with its id,
+ * generation, frames named by function and file:line), starts a new
+ * serving process on the same socket, counts the crash in
+ * /_bgserve/stats, stops a crash loop (the crash page under --reload,
+ * else exit 128+signal), and --single-process keeps the old behaviour.
+ * Fixtures: crash_app.so, crash_start.so, crash_every.so.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -11,14 +15,20 @@
 
 #include "helpers.h"
 
+#include <curl/curl.h>
 #include <errno.h>
+#include <limits.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
+#include <unistd.h>
+
+#define DEADLINE_MS 15000u
 
 /* Wait for the server to exit on its own; 128+signal, the exit code, or
  * -1 at the deadline. */
@@ -41,29 +51,94 @@ static int wait_exit(h_server *s, unsigned deadline_ms)
     }
 }
 
-static void start(h_server *s)
+static void start(h_server *s, const char *fixture, const char *const *args)
 {
-    if (h_start_app(s, h_build_path("tests/fixtures/crash_app.so"), NULL, NULL) != 0)
+    if (h_start_app(s, h_fixture(fixture), args, NULL) != 0)
         fail();
 }
 
-static void crash_segv_in_handler_names_route(void **state)
+static int count_in(const char *text, const char *needle)
+{
+    int n = 0;
+    for (const char *p = text; (p = strstr(p, needle)) != NULL; p += strlen(needle))
+        n++;
+    return n;
+}
+
+/* GET /ok answers 200 "fine". */
+static void expect_ok(h_server *s)
+{
+    h_resp r;
+    int rc = h_get(s, "/ok", &r);
+    if (rc != 0)
+        fprintf(stderr, "GET /ok failed: %s\nlog:\n%s\n", curl_easy_strerror((CURLcode)rc),
+                s->log ? s->log : "");
+    assert_int_equal(rc, 0);
+    assert_int_equal(r.status, 200);
+    assert_string_equal(r.body, "fine");
+    h_resp_free(&r);
+}
+
+/* The crashing request's connection fails without an answer (never
+ * refused: the socket stays open). */
+static void expect_dropped(h_server *s, const char *path)
+{
+    h_resp r;
+    int rc = h_get(s, path, &r);
+    assert_int_not_equal(rc, 0);
+    assert_int_not_equal(rc, CURLE_COULDNT_CONNECT);
+    h_resp_free(&r);
+}
+
+/* A client loop around one crashing request: every other request is
+ * answered, none is refused, and the ones after the crash are answered
+ * by a new serving process. */
+static void client_loop_with_crash(h_server *s, const char *crash_path)
+{
+    for (int i = 0; i < 20; i++) {
+        if (i == 5)
+            expect_dropped(s, crash_path);
+        else
+            expect_ok(s);
+    }
+}
+
+static void crash_segv_in_handler_is_reported_and_served_again(void **state)
 {
     (void)state;
     h_server s;
-    h_resp r;
-    start(&s);
-    assert_int_equal(h_get(&s, "/ok", &r), 0); /* serving before the crash */
-    assert_int_equal(r.status, 200);
-    h_resp_free(&r);
-    h_get(&s, "/segv", &r); /* the connection dies with the server */
-    assert_int_equal(r.status, 0);
-    h_resp_free(&r);
-    assert_int_equal(wait_exit(&s, 15000), 128 + SIGSEGV);
+    start(&s, "crash_app", NULL);
+    long long first_pid = h_stat(&s, NULL, "pid");
+    client_loop_with_crash(&s, "/segv");
+    assert_true(h_wait_log(&s, "starting a new serving process", DEADLINE_MS));
     h_assert_contains(s.log, "bgserve crashed in plugin code: SIGSEGV");
     h_assert_contains(s.log, "while running route GET /segv (request ");
     h_assert_contains(s.log, "generation 1 of plugin 'crash_app'");
-    h_assert_contains(s.log, "backtrace:\n");
+    /* The plugin frame: function and file:line, under the user's file name. */
+    h_assert_contains(s.log, "#0  segv at tests/fixtures/crash_app.c:");
+    h_assert_contains(s.log, "(crash_app.so+0x");
+    h_assert_contains(s.log, " on_request at cmd/bgserve/http.c:"); /* server frames too */
+    h_assert_lacks(s.log, "/bgserve-"); /* never the private copy's path */
+    h_assert_contains(s.log, "tasks lost with the serving process: 0 queued, 0 running");
+    h_assert_contains(s.log, "core: ");
+    /* The listening line is printed once. */
+    assert_int_equal(h_count_log(&s, "bgserve: listening on"), 1);
+
+    assert_int_equal(h_stat(&s, NULL, "crashes"), 1);
+    assert_int_equal(h_stat(&s, NULL, "serving_processes"), 2);
+    assert_true(h_stat(&s, NULL, "pid") != first_pid);
+    h_resp r;
+    assert_int_equal(h_get(&s, "/_bgserve/stats", &r), 0);
+    char buf[256];
+    assert_int_equal(h_json_str(r.body, "signal", buf, sizeof buf), 0);
+    assert_string_equal(buf, "SIGSEGV");
+    assert_int_equal(h_json_str(r.body, "what", buf, sizeof buf), 0);
+    assert_non_null(strstr(buf, "route GET /segv"));
+    assert_int_equal(h_json_str(r.body, "when", buf, sizeof buf), 0);
+    h_resp_free(&r);
+
+    assert_int_equal(h_stop(&s, SIGTERM), 0); /* reaches the serving process */
+    h_assert_contains(s.log, "SIGTERM: stopping");
     h_free(&s);
 }
 
@@ -71,15 +146,56 @@ static void crash_fpe_in_handler_names_route(void **state)
 {
     (void)state;
     h_server s;
-    h_resp r;
-    start(&s);
-    h_get(&s, "/fpe", &r);
-    h_resp_free(&r);
-    assert_int_equal(wait_exit(&s, 15000), 128 + SIGFPE);
+    start(&s, "crash_app", NULL);
+    client_loop_with_crash(&s, "/fpe");
+    assert_true(h_wait_log(&s, "starting a new serving process", DEADLINE_MS));
     h_assert_contains(s.log, "bgserve crashed in plugin code: SIGFPE");
     h_assert_contains(s.log, "while running route GET /fpe");
-    h_assert_contains(s.log, "generation 1");
+    h_assert_contains(s.log, " fpe at tests/fixtures/crash_app.c:");
     h_assert_lacks(s.log, "not in plugin code");
+    assert_int_equal(h_stop(&s, SIGINT), 0);
+    h_free(&s);
+}
+
+static void crash_segv_in_task_names_task_and_id(void **state)
+{
+    (void)state;
+    h_server s;
+    start(&s, "crash_app", NULL);
+    h_resp r;
+    assert_int_equal(h_get(&s, "/segv-task", &r), 0);
+    assert_int_equal(r.status, 200);
+    const char *ids = h_header(&r, "Bgserve-Tasks");
+    assert_non_null(ids);
+    char expect[128];
+    snprintf(expect, sizeof expect, "while running task 'segv_fn' id %s (request ", ids);
+    h_resp_free(&r);
+    /* The task crashes after the answer: wait for the new process rather
+     * than race a request into the dying one (its connections are lost). */
+    assert_true(h_wait_log(&s, "starting a new serving process", DEADLINE_MS));
+    h_assert_contains(s.log, expect);
+    h_assert_contains(s.log, " segv_fn at tests/fixtures/crash_app.c:");
+    h_assert_contains(s.log, "tasks lost with the serving process: ");
+    for (int i = 0; i < 5; i++)
+        expect_ok(&s);
+    assert_int_equal(h_stop(&s, SIGINT), 0);
+    h_free(&s);
+}
+
+static void crash_abort_in_task_names_task(void **state)
+{
+    (void)state;
+    h_server s;
+    start(&s, "crash_app", NULL);
+    h_resp r;
+    assert_int_equal(h_get(&s, "/abort-task", &r), 0);
+    h_resp_free(&r);
+    assert_true(h_wait_log(&s, "starting a new serving process", DEADLINE_MS));
+    h_assert_contains(s.log, "bgserve crashed in plugin code: SIGABRT");
+    h_assert_contains(s.log, "while running task 'boom' id ");
+    h_assert_contains(s.log, " boom at tests/fixtures/crash_app.c:");
+    expect_ok(&s);
+    assert_int_equal(h_stop(&s, SIGINT), 0);
     h_free(&s);
 }
 
@@ -87,35 +203,12 @@ static void crash_in_service_create_names_the_service(void **state)
 {
     (void)state;
     h_server s;
-    h_resp r;
-    start(&s);
-    h_get(&s, "/service", &r);
-    h_resp_free(&r);
-    assert_int_equal(wait_exit(&s, 15000), 128 + SIGSEGV);
-    h_assert_contains(s.log, "bgserve crashed in plugin code: SIGSEGV");
+    start(&s, "crash_app", NULL);
+    client_loop_with_crash(&s, "/service");
+    assert_true(h_wait_log(&s, "starting a new serving process", DEADLINE_MS));
     h_assert_contains(s.log, "while running service 'broken' hook");
     h_assert_contains(s.log, "generation 1 of plugin 'crash_app'");
-    h_free(&s);
-}
-
-static void crash_abort_in_task_names_task_and_id(void **state)
-{
-    (void)state;
-    h_server s;
-    h_resp r;
-    start(&s);
-    assert_int_equal(h_get(&s, "/abort-task", &r), 0);
-    assert_int_equal(r.status, 200);
-    const char *ids = h_header(&r, "Bgserve-Tasks");
-    assert_non_null(ids);
-    char expect[128];
-    snprintf(expect, sizeof expect, "while running task 'boom' id %s (request ", ids);
-    h_resp_free(&r);
-    assert_int_equal(wait_exit(&s, 15000), 128 + SIGABRT);
-    h_assert_contains(s.log, "bgserve crashed in plugin code: SIGABRT");
-    h_assert_contains(s.log, expect);
-    h_assert_contains(s.log, "generation 1");
-    h_assert_contains(s.log, "backtrace:\n");
+    assert_int_equal(h_stop(&s, SIGINT), 0);
     h_free(&s);
 }
 
@@ -123,13 +216,220 @@ static void crash_outside_plugin_code_says_so(void **state)
 {
     (void)state;
     h_server s;
-    start(&s);
-    /* SIGBUS sent from outside: no plugin code is running anywhere. */
-    kill(s.pid, SIGBUS);
-    assert_int_equal(wait_exit(&s, 15000), 128 + SIGBUS);
+    start(&s, "crash_app", NULL);
+    long long pid = h_stat(&s, NULL, "pid");
+    assert_true(pid > 0 && pid != s.pid);
+    kill((pid_t)pid, SIGBUS); /* no plugin code is running anywhere */
+    assert_true(h_wait_log(&s, "starting a new serving process", DEADLINE_MS));
     h_assert_contains(s.log, "bgserve crashed (not in plugin code): SIGBUS");
-    h_assert_contains(s.log, "backtrace:\n");
+    h_assert_contains(s.log, "backtrace (serving process ");
+    expect_ok(&s);
+    kill((pid_t)h_stat(&s, NULL, "pid"), SIGKILL); /* from outside: no report */
+    assert_true(h_wait_log(&s, "was killed by SIGKILL", DEADLINE_MS));
+    expect_ok(&s);
+    assert_int_equal(h_stat(&s, NULL, "crashes"), 2);
+    assert_int_equal(h_stop(&s, SIGINT), 0);
     h_free(&s);
+}
+
+static void crash_in_start_hook_gives_up_with_128_plus_signal(void **state)
+{
+    (void)state;
+    const char *argv[] = {h_build_path("bgserve"), "--port", "0", h_fixture("crash_start"), NULL};
+    char *out = NULL;
+    assert_int_equal(h_run(argv, &out), 128 + SIGSEGV);
+    h_assert_contains(out, "while running start hook, generation 1 of plugin 'crash_start'");
+    h_assert_contains(out, " start at tests/fixtures/crash_start.c:");
+    h_assert_contains(out, "bgserve: giving up: it crashed in its start hook");
+    h_assert_lacks(out, "listening on"); /* it never served */
+    assert_int_equal(count_in(out, "bgserve crashed in plugin code"), 1);
+    free(out);
+}
+
+static void crash_loop_without_reload_exits_after_the_limit(void **state)
+{
+    (void)state;
+    h_server s;
+    start(&s, "crash_app", NULL);
+    for (int i = 1; i < 3; i++) { /* SUPERVISOR_CRASH_LIMIT is 3 */
+        expect_dropped(&s, "/segv");
+        expect_ok(&s);
+    }
+    expect_dropped(&s, "/segv");
+    assert_int_equal(wait_exit(&s, DEADLINE_MS), 128 + SIGSEGV);
+    assert_int_equal(h_count_log(&s, "bgserve crashed in plugin code: SIGSEGV"), 3);
+    h_assert_contains(s.log, "bgserve: giving up: it crashed again (3 crashes of this build");
+    h_free(&s);
+}
+
+static void crash_single_process_exits_with_the_signal(void **state)
+{
+    (void)state;
+    h_server s;
+    const char *args[] = {"--single-process", NULL};
+    start(&s, "crash_app", args);
+    expect_dropped(&s, "/segv");
+    assert_int_equal(wait_exit(&s, DEADLINE_MS), 128 + SIGSEGV);
+    h_assert_contains(s.log, "bgserve crashed in plugin code: SIGSEGV");
+    h_assert_contains(s.log, "while running route GET /segv (request ");
+    h_assert_contains(s.log, "backtrace:\n");
+    h_assert_lacks(s.log, "starting a new serving process");
+    h_free(&s);
+}
+
+/* /proc/PID is gone, or PID is a zombie waiting for init. */
+static int gone(void *arg)
+{
+    char path[64], st[512];
+    snprintf(path, sizeof path, "/proc/%ld/stat", *(long *)arg);
+    FILE *f = fopen(path, "r");
+    if (f == NULL)
+        return 1;
+    size_t n = fread(st, 1, sizeof st - 1, f);
+    fclose(f);
+    st[n] = '\0';
+    const char *p = strrchr(st, ')');
+    return p && p[1] == ' ' && p[2] == 'Z';
+}
+
+static void crash_killed_supervisor_leaves_no_serving_process(void **state)
+{
+    (void)state;
+    h_server s;
+    start(&s, "crash_app", NULL);
+    long child = (long)h_stat(&s, NULL, "pid");
+    assert_true(child > 0 && child != s.pid);
+    assert_false(gone(&child));
+    kill(s.pid, SIGKILL);
+    assert_int_equal(wait_exit(&s, DEADLINE_MS), 128 + SIGKILL);
+    assert_true(h_poll(gone, &child, DEADLINE_MS));
+    h_free(&s);
+}
+
+/* ---- crash loops under --reload: the crash page ------------------------- */
+
+typedef struct rl {
+    char dir[PATH_MAX];
+    char app[PATH_MAX + 16];
+} rl;
+
+/* Put fixture NAME in place of t->app the way a linker would (a new file
+ * renamed over it). */
+static void put_build(rl *t, const char *fixture)
+{
+    char tmp[PATH_MAX + 32];
+    snprintf(tmp, sizeof tmp, "%s/.next.so", t->dir);
+    size_t len;
+    char *data = h_slurp(h_fixture(fixture), &len);
+    assert_non_null(data);
+    FILE *f = fopen(tmp, "wb");
+    assert_non_null(f);
+    assert_int_equal(fwrite(data, 1, len, f), len);
+    assert_int_equal(fclose(f), 0);
+    free(data);
+    assert_int_equal(rename(tmp, t->app), 0);
+}
+
+static void rl_setup(rl *t)
+{
+    snprintf(t->dir, sizeof t->dir, "/tmp/bgserve-test-crash-XXXXXX");
+    assert_non_null(mkdtemp(t->dir));
+    snprintf(t->app, sizeof t->app, "%s/app.so", t->dir);
+}
+
+static int crash_page_served(void *arg)
+{
+    h_server *s = arg;
+    h_resp r;
+    int page = h_get(s, "/ok", &r) == 0 && r.status == 500;
+    h_resp_free(&r);
+    return page;
+}
+
+static int fine_again(void *arg)
+{
+    h_server *s = arg;
+    h_resp r;
+    int ok = h_get(s, "/ok", &r) == 0 && r.status == 200;
+    h_resp_free(&r);
+    return ok;
+}
+
+static void crash_every_request_after_reload_gets_the_crash_page(void **state)
+{
+    (void)state;
+    rl t;
+    rl_setup(&t);
+    put_build(&t, "crash_app");
+    h_server s;
+    const char *args[] = {"--reload", NULL};
+    if (h_start_app(&s, t.app, args, NULL) != 0)
+        fail();
+    expect_ok(&s);
+    put_build(&t, "crash_every");
+    assert_true(h_wait_log(&s, "reload: generation 2 serving", DEADLINE_MS));
+    /* Each request crashes the serving process until the third crash of
+     * this build; then every request gets the crash page. */
+    for (int i = 0; i < 3; i++)
+        expect_dropped(&s, "/ok");
+    assert_true(h_wait_log(&s, "not restarting this build", DEADLINE_MS));
+    h_assert_contains(s.log, "it crashed again (3 crashes)");
+
+    const char *html[] = {"Accept: text/html,application/xhtml+xml,*/*;q=0.8", NULL};
+    h_resp r;
+    assert_int_equal(h_http(&s, "GET", "/ok", NULL, 0, html, &r), 0);
+    assert_int_equal(r.status, 500);
+    assert_non_null(strstr(h_header(&r, "Content-Type"), "text/html"));
+    assert_non_null(strstr(r.body, "<!DOCTYPE html>"));
+    assert_non_null(strstr(r.body, "always_crashes at tests/fixtures/crash_every.c:"));
+    assert_non_null(strstr(r.body, "plugin &#39;crash_every&#39;")); /* escaped */
+    h_assert_lacks(r.body, "plugin 'crash_every'");
+    h_assert_lacks(r.body, "http://"); /* no external assets */
+    h_assert_lacks(r.body, "src=");
+    h_resp_free(&r);
+
+    assert_int_equal(h_get(&s, "/ok", &r), 0);
+    assert_int_equal(r.status, 500);
+    assert_non_null(strstr(h_header(&r, "Content-Type"), "text/plain"));
+    assert_non_null(strstr(r.body, "always_crashes at tests/fixtures/crash_every.c:"));
+    h_resp_free(&r);
+    assert_int_equal(h_stat(&s, NULL, "crashes"), 3);
+
+    /* A good build ends the crash page. */
+    put_build(&t, "crash_app");
+    assert_true(h_poll(fine_again, &s, DEADLINE_MS));
+    expect_ok(&s);
+    assert_int_equal(h_count_log(&s, "bgserve: listening on"), 1);
+    assert_int_equal(h_stop(&s, SIGINT), 0);
+    h_free(&s);
+    h_rm_rf(t.dir);
+}
+
+static void crash_in_start_hook_under_reload_waits_for_the_next_build(void **state)
+{
+    (void)state;
+    rl t;
+    rl_setup(&t);
+    put_build(&t, "crash_start");
+    h_server s;
+    const char *args[] = {"--reload", NULL};
+    /* The crash page answers, so bgserve listens. */
+    if (h_start_app(&s, t.app, args, NULL) != 0)
+        fail();
+    assert_true(h_poll(crash_page_served, &s, DEADLINE_MS));
+    h_assert_contains(s.log, "not restarting this build");
+    h_assert_contains(s.log, "it crashed in its start hook");
+    h_resp r;
+    assert_int_equal(h_get(&s, "/anything", &r), 0);
+    assert_int_equal(r.status, 500);
+    assert_non_null(strstr(r.body, "while running start hook"));
+    h_resp_free(&r);
+
+    put_build(&t, "crash_app");
+    assert_true(h_poll(fine_again, &s, DEADLINE_MS));
+    assert_int_equal(h_stop(&s, SIGINT), 0);
+    h_free(&s);
+    h_rm_rf(t.dir);
 }
 
 int main(void)
@@ -138,11 +438,18 @@ int main(void)
     struct rlimit nocore = {0, 0};
     setrlimit(RLIMIT_CORE, &nocore);
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(crash_segv_in_handler_names_route),
+        cmocka_unit_test(crash_segv_in_handler_is_reported_and_served_again),
         cmocka_unit_test(crash_fpe_in_handler_names_route),
-        cmocka_unit_test(crash_abort_in_task_names_task_and_id),
+        cmocka_unit_test(crash_segv_in_task_names_task_and_id),
+        cmocka_unit_test(crash_abort_in_task_names_task),
         cmocka_unit_test(crash_in_service_create_names_the_service),
         cmocka_unit_test(crash_outside_plugin_code_says_so),
+        cmocka_unit_test(crash_in_start_hook_gives_up_with_128_plus_signal),
+        cmocka_unit_test(crash_loop_without_reload_exits_after_the_limit),
+        cmocka_unit_test(crash_single_process_exits_with_the_signal),
+        cmocka_unit_test(crash_killed_supervisor_leaves_no_serving_process),
+        cmocka_unit_test(crash_every_request_after_reload_gets_the_crash_page),
+        cmocka_unit_test(crash_in_start_hook_under_reload_waits_for_the_next_build),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

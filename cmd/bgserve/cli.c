@@ -31,7 +31,7 @@
 enum opt_id {
     O_HOST, O_PORT, O_THREADS, O_TIMEOUT, O_MAXCONN, O_MAXBODY, O_WORKERS,
     O_QUEUE, O_LINGER, O_KEEP, O_DRAIN, O_NOINTRO, O_QUIET, O_LOGFMT, O_COLOR, O_CHECK,
-    O_HELP, O_VERSION, O_RELOAD, O_WATCH, O_BUILD, O_SETTLE, O_MAXGEN
+    O_HELP, O_VERSION, O_RELOAD, O_WATCH, O_BUILD, O_SETTLE, O_MAXGEN, O_SINGLE
 };
 
 typedef struct opt {
@@ -63,6 +63,7 @@ static const opt options[] = {
     {"build", 0, 1, O_BUILD},
     {"reload-settle", 0, 1, O_SETTLE},
     {"max-generations", 0, 1, O_MAXGEN},
+    {"single-process", 0, 0, O_SINGLE},
     {"help", 'h', 0, O_HELP},
     {"version", 'V', 0, O_VERSION},
 };
@@ -145,6 +146,10 @@ static void print_help(FILE *out)
 "                             loading it, 0-10000 (default 50)\n"
 "      --max-generations N    plugin generations loaded at once while old\n"
 "                             ones finish their work, 2-64 (default 8)\n"
+"      --single-process       no supervisor: a crash in plugin code ends\n"
+"                             bgserve (for gdb, valgrind and core files);\n"
+"                             by default a supervisor reports the crash with\n"
+"                             file:line and starts a new serving process\n"
 "  -h, --help                 show this help and exit\n"
 "  -V, --version              show versions and exit\n"
 "\n"
@@ -162,6 +167,9 @@ static void print_help(FILE *out)
 "Exit status:\n"
 "  0  ok\n"
 "  1  plugin refused, or a runtime error\n"
+"  128+N  the serving process crashed with signal N and bgserve gave up\n"
+"         (a crash before serving, or 3 crashes of one build, without\n"
+"         --reload; with --single-process, any crash)\n"
 "  2  usage error\n"
 "\n"
 "See bgserve(1) for the full manual.\n",
@@ -386,6 +394,9 @@ static int apply(const opt *o, const char *val, cli_config *cfg,
         if (parse_uint(val, 0, 10000, &cfg->settle_ms) != 0)
             return usage(err, "--reload-settle must be milliseconds from 0 to 10000 "
                          "(got '%s')", val);
+        break;
+    case O_SINGLE:
+        cfg->single_process = 1;
         break;
     case O_MAXGEN:
         if (parse_uint(val, 2, 64, &cfg->max_generations) != 0)

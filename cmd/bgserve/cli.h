@@ -35,6 +35,7 @@ typedef struct cli_config {
     const char *build_cmd;    /* --build CMD */
     unsigned settle_ms;       /* --reload-settle MS, default 50 */
     unsigned max_generations; /* --max-generations N, default 8 */
+    int single_process;       /* --single-process: no supervisor */
 } cli_config;
 
 enum {

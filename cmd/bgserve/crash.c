@@ -12,18 +12,29 @@
  *   crashing       an atomic_flag: the first thread to take a fatal
  *                  signal reports; any other one goes straight to the
  *                  default action.
- * The handler uses only async-signal-safe calls (write, sigaction,
- * raise) plus backtrace()/backtrace_symbols_fd(), whose lazy loading of
- * libgcc is done up front by crash_install.
+ *   report_fd      the supervisor's pipe, or -1 (--single-process);
+ *                  written once by crash_install.
+ * The handler uses only async-signal-safe calls (open, read, write,
+ * sigaction, raise) plus backtrace()/backtrace_symbols_fd(), whose lazy
+ * loading of libgcc is done up front by crash_install, and the gauges
+ * function (tasks_gauges, lock-free).
+ *
+ * Supervised, the handler prints nothing itself: it sends the signal,
+ * what was running, the task gauges, the raw frames and its memory map
+ * (/proc/self/maps) to the supervisor, which symbolizes the frames with
+ * libdw after the process is gone and prints the report (supervisor.c).
+ * With --single-process it prints the report and raw frames to stderr.
  */
 #include "crash.h"
 
 #include <execinfo.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <ucontext.h>
 #include <unistd.h>
 
 #define ALTSTACK_MIN (64u * 1024u)
@@ -33,6 +44,8 @@ static _Thread_local crash_frame *top;
 static _Thread_local void *altstack;  /* ours, mmap'd; NULL until set */
 
 static int installed;
+static int report_fd = -1;          /* crash_install; read-only afterwards */
+static crash_gauges_fn gauges;      /* crash_set_gauges; read-only afterwards */
 static atomic_flag crashing = ATOMIC_FLAG_INIT;
 static pthread_key_t altstack_key;  /* destructor frees the thread's stack */
 
@@ -92,10 +105,10 @@ static void push(crash_frame *f)
 }
 
 void crash_enter_route(crash_frame *f, const char *method, const char *path,
-                       const char *rid, uint64_t gen, const char *plugin)
+                       const char *rid, uint64_t gen, const char *plugin_name)
 {
     *f = (crash_frame){.kind = CRASH_ROUTE, .a = method, .b = path, .rid = rid,
-                       .gen = gen, .plugin = plugin};
+                       .gen = gen, .plugin = plugin_name};
     push(f);
 }
 
@@ -107,9 +120,9 @@ void crash_enter_task(crash_frame *f, const char *name, uint64_t task_id,
     push(f);
 }
 
-void crash_enter_hook(crash_frame *f, const char *hook, uint64_t gen, const char *plugin)
+void crash_enter_hook(crash_frame *f, const char *hook, uint64_t gen, const char *plugin_name)
 {
-    *f = (crash_frame){.kind = CRASH_HOOK, .a = hook, .gen = gen, .plugin = plugin};
+    *f = (crash_frame){.kind = CRASH_HOOK, .a = hook, .gen = gen, .plugin = plugin_name};
     push(f);
 }
 
@@ -164,11 +177,11 @@ static void put_hex(out *o, uintptr_t v)
         o->buf[o->len++] = tmp[--n];
 }
 
-static void flush(out *o)
+static void flush_to(int fd, out *o)
 {
     size_t off = 0;
     while (off < o->len) {
-        ssize_t n = write(2, o->buf + off, o->len - off);
+        ssize_t n = write(fd, o->buf + off, o->len - off);
         if (n <= 0)
             break;
         off += (size_t)n;
@@ -234,14 +247,113 @@ static void die(int sig)
     raise(sig);
 }
 
+/* The interrupted instruction, from the signal's machine context. */
+static uintptr_t fault_pc(const void *uctx)
+{
+    const ucontext_t *uc = uctx;
+    if (uc == NULL)
+        return 0;
+#if defined(__x86_64__)
+    return (uintptr_t)uc->uc_mcontext.gregs[REG_RIP];
+#elif defined(__aarch64__)
+    return (uintptr_t)uc->uc_mcontext.pc;
+#else
+    return 0;
+#endif
+}
+
+/* The frames from the interrupted instruction outwards (the handler's
+ * own frames and the signal trampoline dropped).  *exact: frames[0] is
+ * the faulting instruction rather than a return address. */
+static int interrupted_frames(void **frames, int max, const void *uctx, int *exact)
+{
+    int n = backtrace(frames, max);
+    uintptr_t pc = fault_pc(uctx);
+    *exact = 0;
+    for (int i = 0; pc != 0 && i < n; i++) {
+        if ((uintptr_t)frames[i] == pc) {
+            memmove(frames, frames + i, (size_t)(n - i) * sizeof *frames);
+            *exact = 1;
+            return n - i;
+        }
+    }
+    return n;
+}
+
+/* Supervised: the machine-readable record the supervisor turns into the
+ * report (symbolize.h).  Lines "KEY value"; after "M" the raw text of
+ * /proc/self/maps up to the end of the stream. */
+static void send_record(int sig, const siginfo_t *si, const void *uctx, const crash_frame *f)
+{
+    out o;
+    o.len = 0;
+    put(&o, "S ");
+    put_u64(&o, (uint64_t)sig);
+    put(&o, "\nH ");
+    put(&o, f ? "bgserve crashed in plugin code: " : "bgserve crashed (not in plugin code): ");
+    put(&o, sig_name(sig));
+    if (f) {
+        put(&o, "\nK ");
+        put_u64(&o, (uint64_t)f->kind);
+        put(&o, " ");
+        put(&o, f->a);
+        put(&o, "\nG ");
+        put_u64(&o, f->gen);
+        put(&o, "\nW ");
+        describe(&o, f);
+    }
+    if ((sig == SIGSEGV || sig == SIGBUS) && si != NULL && si->si_code > 0) {
+        put(&o, "\nA ");
+        put_hex(&o, (uintptr_t)si->si_addr);
+    }
+    uint64_t queued = 0, running = 0;
+    if (gauges) {
+        gauges(&queued, &running);
+        put(&o, "\nQ ");
+        put_u64(&o, queued);
+        put(&o, " ");
+        put_u64(&o, running);
+    }
+    put(&o, "\n");
+    flush_to(report_fd, &o);
+
+    void *frames[MAX_FRAMES];
+    int exact;
+    int n = interrupted_frames(frames, MAX_FRAMES, uctx, &exact);
+    put(&o, exact ? "E\n" : "");
+    for (int i = 0; i < n; i++) {
+        put(&o, "P ");
+        put_hex(&o, (uintptr_t)frames[i]);
+        put(&o, "\n");
+        if (o.len > sizeof o.buf - 40)
+            flush_to(report_fd, &o);
+    }
+    put(&o, "M\n");
+    flush_to(report_fd, &o);
+
+    int fd = open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return;
+    ssize_t r;
+    while ((r = read(fd, o.buf, sizeof o.buf)) > 0) {
+        o.len = (size_t)r;
+        flush_to(report_fd, &o);
+    }
+    close(fd);
+}
+
 static void on_fatal(int sig, siginfo_t *si, void *uctx)
 {
-    (void)uctx;
     if (atomic_flag_test_and_set(&crashing)) {
         die(sig); /* another thread is reporting; it will take us down */
         return;
     }
     const crash_frame *f = top;
+    if (report_fd >= 0) {
+        send_record(sig, si, uctx, f);
+        die(sig);
+        return;
+    }
     out o;
     o.len = 0;
     if (f) {
@@ -260,27 +372,33 @@ static void on_fatal(int sig, siginfo_t *si, void *uctx)
         put_hex(&o, (uintptr_t)si->si_addr);
         put(&o, "\n");
     }
-    if (f)
-        put(&o, "  a crash in plugin code cannot be survived safely: bgserve exits; "
-                "fix the plugin and start it again\n");
+    put(&o, "  --single-process: bgserve exits (without it a supervisor restarts the "
+            "server and names each frame's function and file:line)\n");
     put(&o, "backtrace:\n");
-    flush(&o);
+    flush_to(2, &o);
 
     void *frames[MAX_FRAMES];
-    int n = backtrace(frames, MAX_FRAMES);
+    int exact;
+    int n = interrupted_frames(frames, MAX_FRAMES, uctx, &exact);
     backtrace_symbols_fd(frames, n, 2);
     /* bgserve exports no symbols (plugins must not bind to them), so its
      * own frames are offsets. */
     put(&o, "  (frames of bgserve itself show as bgserve(+0xOFFSET): "
             "addr2line -f -e PATH-TO-BGSERVE 0xOFFSET names them)\n");
-    flush(&o);
+    flush_to(2, &o);
     die(sig);
 }
 
 /* ---- setup -------------------------------------------------------------------- */
 
-void crash_install(void)
+void crash_set_gauges(crash_gauges_fn fn)
 {
+    gauges = fn;
+}
+
+void crash_install(int supervisor_fd)
+{
+    report_fd = supervisor_fd;
     void *warm[2];
     backtrace(warm, 2); /* loads libgcc's unwinder now, not in the handler */
     pthread_key_create(&altstack_key, altstack_free);

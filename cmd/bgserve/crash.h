@@ -1,12 +1,14 @@
 /*
  * crash.h - fatal signals (SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGABRT):
- * say what plugin code was running, print a backtrace, and exit non-zero.
+ * say what plugin code was running, hand the backtrace to the supervisor
+ * (or print it), and die of the signal.
  *
- * A crash inside plugin code cannot be survived safely (the plugin may
- * hold locks or have scribbled on memory), so bgserve does not try: it
- * reports which route, task or hook was running and in which generation,
- * then restores the default action and re-raises the signal, so the exit
- * status is 128+signal and a core can be taken.
+ * A crash inside plugin code cannot be survived safely by the process it
+ * happened in (the plugin may hold locks or have scribbled on memory),
+ * so the serving process does not try: it records which route, task or
+ * hook was running and in which generation, then restores the default
+ * action and re-raises the signal, so it dies of it and a core can be
+ * taken.  The supervisor (supervisor.h) reports and starts a new one.
  *
  * Every call into plugin code is bracketed by a crash_frame on the
  * caller's stack:
@@ -46,8 +48,15 @@ typedef struct crash_frame {
 
 /* Install the handlers and the main thread's alternate stack (main
  * thread, before other threads start).  Also preloads what backtrace()
- * needs, so the handler does not load libraries. */
-void crash_install(void);
+ * needs, so the handler does not load libraries.  supervisor_fd: the
+ * pipe the crash record goes to (supervisor.h), or -1 to print the
+ * report on stderr (--single-process). */
+void crash_install(int supervisor_fd);
+
+/* Tell the handler how to count the tasks a crash loses (queued and
+ * running); fn must be async-signal-safe.  Main thread, at startup. */
+typedef void (*crash_gauges_fn)(uint64_t *queued, uint64_t *running);
+void crash_set_gauges(crash_gauges_fn fn);
 
 void crash_enter_route(crash_frame *f, const char *method, const char *path,
                        const char *rid, uint64_t gen, const char *plugin);

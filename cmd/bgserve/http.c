@@ -42,6 +42,7 @@
 #include "http.h"
 
 #include "crash.h"
+#include "crashpage.h"
 #include "deferred.h"
 #include "generation.h"
 #include "handle.h"
@@ -595,6 +596,15 @@ static enum MHD_Result dispatch(struct MHD_Connection *conn, exchange *ex)
     }
 
     req->gen = gen_current();
+    if (req->gen == NULL && config.crash_page) { /* the build crash-looped */
+        const char *ctype;
+        size_t len;
+        char *page = crashpage_render(
+            config.crash_page, config.plugin_path,
+            crashpage_wants_html(MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Accept")),
+            &len, &ctype);
+        return send_reply(conn, ex, 500, page, len, ctype, 0);
+    }
     if (req->gen == NULL)
         return send_text(conn, ex, 503, "Service Unavailable: no plugin loaded\n", 0);
 
@@ -935,19 +945,37 @@ static void fit_fd_limit(unsigned threads)
 }
 
 
-static int bind_socket(const http_config *cfg, char *hostport, size_t hplen,
-                       char *err, size_t errlen)
+/* "HOST:PORT" (or "[V6]:PORT") of a bound socket. */
+static void socket_name(int fd, char *hostport, size_t hplen)
+{
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof ss;
+    memset(&ss, 0, sizeof ss);
+    getsockname(fd, (struct sockaddr *)&ss, &sl);
+    char addr[INET6_ADDRSTRLEN] = "?";
+    if (ss.ss_family == AF_INET6) {
+        struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&ss;
+        inet_ntop(AF_INET6, &s6->sin6_addr, addr, sizeof addr);
+        snprintf(hostport, hplen, "[%s]:%u", addr, ntohs(s6->sin6_port));
+    } else {
+        struct sockaddr_in *s4 = (struct sockaddr_in *)&ss;
+        inet_ntop(AF_INET, &s4->sin_addr, addr, sizeof addr);
+        snprintf(hostport, hplen, "%s:%u", addr, ntohs(s4->sin_port));
+    }
+}
+
+int http_bind(const char *host, unsigned port_no, char *err, size_t errlen)
 {
     struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
                              .ai_flags = AI_PASSIVE | AI_NUMERICSERV};
     struct addrinfo *res = NULL;
     char port[16];
-    snprintf(port, sizeof port, "%u", cfg->port);
-    int gai = getaddrinfo(cfg->host, port, &hints, &res);
+    snprintf(port, sizeof port, "%u", port_no);
+    int gai = getaddrinfo(host, port, &hints, &res);
     if (gai != 0) {
         snprintf(err, errlen, "bgserve: cannot resolve --host '%s': %s\n"
                  "  fix: give an IP address such as 127.0.0.1 or ::1, or a resolvable name",
-                 cfg->host, gai_strerror(gai));
+                 host, gai_strerror(gai));
         return -1;
     }
     int fd = -1, saved = 0;
@@ -968,27 +996,11 @@ static int bind_socket(const http_config *cfg, char *hostport, size_t hplen,
     freeaddrinfo(res);
     if (fd < 0) {
         snprintf(err, errlen, "bgserve: cannot listen on %s port %u: %s\n"
-                 "  fix: %s", cfg->host, cfg->port, strerror(saved),
+                 "  fix: %s", host, port_no, strerror(saved),
                  saved == EADDRINUSE ? "another program uses that port: stop it, or pick another with --port (0 picks a free one)"
                  : saved == EACCES ? "ports below 1024 need privileges: use a port >= 1024"
                  : "check --host and --port");
         return -1;
-    }
-    struct sockaddr_storage ss;
-    socklen_t sl = sizeof ss;
-    getsockname(fd, (struct sockaddr *)&ss, &sl);
-    char addr[INET6_ADDRSTRLEN] = "?";
-    unsigned bound = 0;
-    if (ss.ss_family == AF_INET6) {
-        struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&ss;
-        inet_ntop(AF_INET6, &s6->sin6_addr, addr, sizeof addr);
-        bound = ntohs(s6->sin6_port);
-        snprintf(hostport, hplen, "[%s]:%u", addr, bound);
-    } else {
-        struct sockaddr_in *s4 = (struct sockaddr_in *)&ss;
-        inet_ntop(AF_INET, &s4->sin_addr, addr, sizeof addr);
-        bound = ntohs(s4->sin_port);
-        snprintf(hostport, hplen, "%s:%u", addr, bound);
     }
     return fd;
 }
@@ -1006,9 +1018,10 @@ int http_start(const http_config *cfg, char *err, size_t errlen)
     clock_gettime(CLOCK_REALTIME, &ts);
     rid_prefix = (uint32_t)(ts.tv_nsec ^ ((uint64_t)ts.tv_sec << 8) ^ ((uint64_t)getpid() << 16));
 
-    listen_fd = bind_socket(cfg, hostport, sizeof hostport, err, errlen);
+    listen_fd = cfg->listen_fd > 0 ? cfg->listen_fd : http_bind(cfg->host, cfg->port, err, errlen);
     if (listen_fd < 0)
         return -1;
+    socket_name(listen_fd, hostport, sizeof hostport);
 
     struct MHD_OptionItem ops[16];
     size_t n = 0;
@@ -1043,7 +1056,7 @@ int http_start(const http_config *cfg, char *err, size_t errlen)
     /* Exactly this line: scripts and tests parse it. */
     char line[128];
     int ln = snprintf(line, sizeof line, "bgserve: listening on http://%s\n", hostport);
-    if (write(2, line, (size_t)ln) < 0) {
+    if (cfg->announce && write(2, line, (size_t)ln) < 0) {
         /* stderr closed: nothing else to tell */
     }
     return 0;

@@ -15,10 +15,23 @@ typedef struct http_config {
     unsigned conn_limit;
     size_t max_body;
     int introspection;      /* serve /_bgserve/ and send Bgserve-Tasks */
+    int listen_fd;          /* > 0: a bound listening socket to serve (the
+                               supervisor's); 0 or -1: bind host:port */
+    int announce;           /* print the listening line */
+    const char *crash_page; /* while no generation serves: the crash
+                               report every request gets (crashpage.h),
+                               or NULL (503) */
+    const char *plugin_path;
 } http_config;
 
+/* Bind and listen on host:port (0: any free port); the socket is
+ * non-blocking and close-on-exec.  Returns it, or -1 with a message
+ * (what failed and what to do) in err. */
+int http_bind(const char *host, unsigned port, char *err, size_t errlen);
+
 /*
- * Bind, start libmicrohttpd and print the listening line
+ * Bind (unless given listen_fd), start libmicrohttpd and print the
+ * listening line (when announce)
  * "bgserve: listening on http://HOST:PORT".  Requests are served by the
  * current generation (generation.h).  Returns 0, or -1 with a message
  * (what failed and what to do) in err.

@@ -11,6 +11,7 @@
 #include "generation.h"
 #include "json.h"
 #include "misuse.h"
+#include "supervisor.h"
 #include "tasks.h"
 #include "urls.h"
 #include "util.h"
@@ -89,6 +90,7 @@ void introspect_handle(const char *method, const char *path,
         json_obj_end(&j);
         json_key(&j, "misuse"); /* host API calls refused, misuse.h */
         json_u64(&j, misuse_count());
+        supervisor_stats_json(&j);
         json_obj_end(&j);
         reply_json(out, 200, &j);
         return;

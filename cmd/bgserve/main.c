@@ -3,7 +3,8 @@
  * order (log, tasks, generation, http), wait for a signal, stop them in
  * reverse order.  The subcommands `new` (scaffold.c), `routes`
  * (routes_cmd.c) and `journal` (journal_cmd.c) are dispatched before
- * option parsing.
+ * option parsing.  Unless --single-process, supervisor_run first binds
+ * the socket and forks: everything after it runs in the serving process.
  *
  * Signals: SIGINT, SIGTERM and SIGHUP are blocked in every thread and
  * taken with sigwait() by the main thread, so no handler runs in an
@@ -23,6 +24,7 @@
 #include "reload.h"
 #include "routes_cmd.h"
 #include "scaffold.h"
+#include "supervisor.h"
 #include "tasks.h"
 #include "util.h"
 
@@ -89,12 +91,27 @@ int main(int argc, char **argv)
     log_config lc = {.color = cfg.color, .json = cfg.log_json, .quiet = cfg.quiet};
     log_init(&lc);
     signal(SIGPIPE, SIG_IGN);
-    crash_install(); /* before any thread: plugin crashes are reported */
     gen_setup(&(gen_deps){.host_api = hostapi_table(), .periodic_add = tasks_periodic_add,
                           .periodic_stop = tasks_periodic_stop_gen});
 
-    if (cfg.check)
+    if (cfg.check) {
+        crash_install(-1);
         return run_check(&cfg);
+    }
+    if (!cfg.single_process) {
+        char berr[1024];
+        int fd = http_bind(cfg.host, cfg.port, berr, sizeof berr);
+        if (fd < 0) {
+            fprintf(stderr, "%s\n", berr);
+            return 1;
+        }
+        supervisor_config sc = {.plugin_path = cfg.plugin_path, .reload = cfg.reload};
+        rc = supervisor_run(&sc, fd); /* returns here in each serving process */
+        if (rc != SUPERVISOR_CHILD)
+            return rc;
+    }
+    crash_set_gauges(tasks_gauges);
+    crash_install(supervisor_report_fd()); /* before any thread */
 
     sigset_t set;
     sigemptyset(&set);
@@ -123,17 +140,21 @@ int main(int argc, char **argv)
 
     char err[2048];
     generation *g = NULL;
-    if (gen_create(cfg.plugin_path, 1, 0, &g, err, sizeof err) != 0) {
+    if (supervisor_crash_mode()) { /* the build crash-looped: wait for the next */
+        log_msg(BGS_LOG_WARN, "serving the crash page until a new build of %s loads",
+                cfg.plugin_path);
+    } else if (gen_create(cfg.plugin_path, 1, 0, &g, err, sizeof err) != 0) {
         fprintf(stderr, "%s\n", err);
         tasks_shutdown(0);
         return 1;
+    } else {
+        log_msg(BGS_LOG_INFO, "serving plugin %s %s from %s: %zu routes, %zu tasks (ABI %u.%u)",
+                g->plugin->name[0] ? g->plugin->name : "(unnamed)",
+                g->plugin->version[0] ? g->plugin->version : "-", cfg.plugin_path,
+                g->plugin->nroutes, g->plugin->ntasks, g->plugin->abi_major, g->plugin->abi_minor);
+        gen_set_current(g);
+        gen_activate(g);
     }
-    log_msg(BGS_LOG_INFO, "serving plugin %s %s from %s: %zu routes, %zu tasks (ABI %u.%u)",
-            g->plugin->name[0] ? g->plugin->name : "(unnamed)",
-            g->plugin->version[0] ? g->plugin->version : "-", cfg.plugin_path,
-            g->plugin->nroutes, g->plugin->ntasks, g->plugin->abi_major, g->plugin->abi_minor);
-    gen_set_current(g);
-    gen_activate(g);
 
     if (!is_loopback(cfg.host) && cfg.introspection)
         log_msg(BGS_LOG_WARN, "listening on %s with introspection on: anyone who can reach "
@@ -144,7 +165,11 @@ int main(int argc, char **argv)
         .host = cfg.host, .port = cfg.port, .threads = cfg.threads,
         .timeout_s = cfg.timeout_s, .conn_limit = cfg.conn_limit,
         .max_body = cfg.max_body, .introspection = cfg.introspection,
+        .listen_fd = supervisor_listen_fd(), .announce = supervisor_announce(),
+        .crash_page = supervisor_crash_mode() ? supervisor_crash_report() : NULL,
+        .plugin_path = cfg.plugin_path,
     };
+    supervisor_ready(); /* past the start hook: a crash now is not a crash loop */
     if (http_start(&hc, err, sizeof err) != 0) {
         fprintf(stderr, "%s\n", err);
         tasks_shutdown(0);
@@ -168,6 +193,9 @@ int main(int argc, char **argv)
         gen_set_current(NULL);
         return 1;
     }
+
+    if (supervisor_build_changed()) /* a new build landed before the watch began */
+        reload_request();
 
     int sig = 0;
     for (;;) {

@@ -1560,6 +1560,17 @@ int tasks_record_json(uint64_t id, json *j)
     return 0;
 }
 
+void tasks_gauges(uint64_t *queued, uint64_t *running)
+{
+    uint64_t q = 0, r = 0;
+    for (task_kind *k = atomic_load_explicit(&kinds, memory_order_acquire); k; k = k->next) {
+        q += atomic_load_explicit(&k->queued, memory_order_relaxed);
+        r += atomic_load_explicit(&k->running, memory_order_relaxed);
+    }
+    *queued = q;
+    *running = r;
+}
+
 /*
  * "queue.depth" is the number of tasks waiting in the shared queue for a
  * worker (ready to run now); "queue.accepted" counts every task accepted

@@ -141,6 +141,10 @@ void tasks_periodic_stop_gen(generation *gen);
 int tasks_record_json(uint64_t id, json *j);
 /* Write the keys "tasks", "queue", "workers" into the open object j. */
 void tasks_stats_json(json *j);
+/* Tasks queued (or waiting to retry) and running now, summed over every
+ * task name.  Lock-free and async-signal-safe: the crash handler calls
+ * it to say how many tasks a crash loses. */
+void tasks_gauges(uint64_t *queued, uint64_t *running);
 
 /* ---- host API: task context functions (worker threads) --------------- */
 
