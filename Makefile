@@ -77,9 +77,11 @@ $(BUILD)/plugins/%.so: plugins/%.c include/bgserve.h
 	@mkdir -p $(@D)
 	$(CC) $(PLUGIN_CFLAGS) $(PLUGIN_LDFLAGS) -o $@ $<
 
+# Built with the server's sanitizer (make dev SANITIZE=address): an
+# instrumented plugin needs an instrumented server, and the reverse helps.
 $(SAMPLE): $(SAMPLE_SRCS) include/bgserve.h
 	@mkdir -p $(@D)
-	$(CC) $(PLUGIN_CFLAGS) $(PLUGIN_LDFLAGS) -o $@ $(SAMPLE_SRCS)
+	$(CC) $(PLUGIN_CFLAGS) $(SANFLAGS) $(PLUGIN_LDFLAGS) -o $@ $(SAMPLE_SRCS)
 
 $(BUILD)/tests/fixtures/%.so: tests/fixtures/%.c include/bgserve.h
 	@mkdir -p $(@D)
@@ -141,7 +143,7 @@ sample_app: $(SAMPLE)
 dev: deps-run
 	@$(MAKE) --no-print-directory all
 	./$(BUILD)/bgserve --port $(PORT) --reload --watch sample_app \
-	  --build "make --no-print-directory sample_app" $(SAMPLE)
+	  --build "make --no-print-directory SANITIZE=$(SANITIZE) sample_app" $(SAMPLE)
 
 run: deps-run
 	@$(MAKE) --no-print-directory all

@@ -93,6 +93,8 @@ static void cli_defaults(void **state)
     assert_int_equal(r.cfg.log_json, 0);
     assert_int_equal(r.cfg.color, -1);
     assert_int_equal(r.cfg.check, 0);
+    assert_int_equal(r.cfg.debounce_ms, 20);
+    assert_int_equal(r.cfg.single_process, 0);
     assert_string_equal(r.out, "");
     assert_string_equal(r.err, "");
     run_free(&r);
@@ -106,7 +108,7 @@ static void cli_every_option_separate_value(void **state)
                   "2048", "--workers", "4", "--queue", "100", "--linger", "0", "--keep", "0",
                   "--drain-timeout", "2.5", "--no-introspection", "--quiet",
                   "--log-format", "json", "--color", "never", "--check",
-                  "x.so", NULL);
+                  "--watch-debounce", "5", "--single-process", "x.so", NULL);
     assert_int_equal(r.rc, CLI_RUN);
     assert_string_equal(r.err, "");
     assert_string_equal(r.cfg.plugin_path, "x.so");
@@ -126,6 +128,8 @@ static void cli_every_option_separate_value(void **state)
     assert_int_equal(r.cfg.log_json, 1);
     assert_int_equal(r.cfg.color, 0);
     assert_int_equal(r.cfg.check, 1);
+    assert_int_equal(r.cfg.debounce_ms, 5);
+    assert_int_equal(r.cfg.single_process, 1);
     run_free(&r);
 }
 
@@ -325,6 +329,8 @@ static void cli_usage_errors(void **state)
                  "--drain-timeout", "1.", "a.so", NULL);
     expect_usage("--drain-timeout must be a number of seconds from 0 to 3600",
                  "--drain-timeout", "nan", "a.so", NULL);
+    expect_usage("--watch-debounce must be milliseconds from 0 to 10000 (got '10001')",
+                 "--watch-debounce", "10001", "a.so", NULL);
     expect_usage("--log-format must be text or json (got 'xml')",
                  "--log-format", "xml", "a.so", NULL);
     expect_usage("--color must be auto, always or never (got 'yes')",

@@ -729,11 +729,22 @@ static void reload_watch_and_build(void **state)
     assert_int_equal(h_line_with(t->s.log, "build failed (exit ", line, sizeof line), 0);
     h_assert_contains(line, "; keeping generation ");
     assert_int_equal(served_letter(&t->s), 'C');
+    /* Counted, with the compiler's first error line. */
+    assert_int_equal(stat_num(&t->s, "reload_failures"), 1);
+    h_resp r;
+    assert_int_equal(h_get(&t->s, "/_bgserve/stats", &r), 0);
+    char why[512];
+    assert_int_equal(h_json_str(r.body, "last_reload_error", why, sizeof why), 0);
+    h_resp_free(&r);
+    h_assert_contains(why, "build failed (exit 1): ");
+    h_assert_contains(why, "app.c:");
+    h_assert_contains(why, "error");
 
     /* The next good build loads. */
     write_source(src, common, 'B');
     expect_log_count(&t->s, "bgserve: build succeeded in ", 2);
     expect_letter(&t->s, 'B');
+    assert_int_equal(stat_kind(&t->s, "last_reload_error"), 'n');
     rl_stop(t);
     t->passed = 1;
 }

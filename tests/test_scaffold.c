@@ -91,9 +91,14 @@ static void scaffold_creates_source_makefile_and_gitignore(void **state)
     h_assert_contains(mk, "BGSERVE    ?= bgserve");
     h_assert_contains(mk, "--cflags bgserve");
     h_assert_contains(mk, "--variable=plugin_ldflags bgserve");
-    h_assert_contains(mk, "my-app.so: my-app.c\n\t");      /* recipes use tabs */
+    h_assert_contains(mk, "my-app.so: $(SRCS) $(HDRS)\n\t"); /* recipes use tabs */
+    h_assert_contains(mk, "SRCS       := $(wildcard *.c)"); /* every .c, not only my-app.c */
+    h_assert_contains(mk, "-o $@ $(SRCS)");
+    h_assert_contains(mk, "CFLAGS     ?= -std=c11 -O0 -g -Wall -Wextra\n"); /* fast dev build */
+    h_assert_lacks(mk, "-Werror\n");   /* warnings never fail the edit loop */
+    h_assert_contains(mk, "-fsanitize=$(SANITIZE)");
     h_assert_contains(mk, "check: my-app.so\n\t$(BGSERVE) --check ./my-app.so");
-    h_assert_contains(mk, "--reload --watch . --build 'make --no-print-directory my-app.so'");
+    h_assert_contains(mk, "--reload --watch . --build 'make --no-print-directory SANITIZE=$(SANITIZE) my-app.so'");
     h_assert_lacks(mk, "@NAME@");
 
     char *gi = slurp("my-app/.gitignore");

@@ -31,7 +31,7 @@
 enum opt_id {
     O_HOST, O_PORT, O_THREADS, O_TIMEOUT, O_MAXCONN, O_MAXBODY, O_WORKERS,
     O_QUEUE, O_LINGER, O_KEEP, O_DRAIN, O_NOINTRO, O_QUIET, O_LOGFMT, O_COLOR, O_CHECK,
-    O_HELP, O_VERSION, O_RELOAD, O_WATCH, O_BUILD, O_SETTLE, O_MAXGEN, O_SINGLE
+    O_HELP, O_VERSION, O_RELOAD, O_WATCH, O_BUILD, O_SETTLE, O_MAXGEN, O_SINGLE, O_DEBOUNCE
 };
 
 typedef struct opt {
@@ -62,6 +62,7 @@ static const opt options[] = {
     {"watch", 0, 1, O_WATCH},
     {"build", 0, 1, O_BUILD},
     {"reload-settle", 0, 1, O_SETTLE},
+    {"watch-debounce", 0, 1, O_DEBOUNCE},
     {"max-generations", 0, 1, O_MAXGEN},
     {"single-process", 0, 0, O_SINGLE},
     {"help", 'h', 0, O_HELP},
@@ -142,6 +143,8 @@ static void print_help(FILE *out)
 "                             implies --reload); a change runs --build\n"
 "      --build CMD            build command run by /bin/sh on source changes,\n"
 "                             e.g. --build \"make sample_app\"\n"
+"      --watch-debounce MS    wait after the last source change before\n"
+"                             running --build, 0-10000 (default 20)\n"
 "      --reload-settle MS     wait after the last write to APP.so before\n"
 "                             loading it, 0-10000 (default 50)\n"
 "      --max-generations N    plugin generations loaded at once while old\n"
@@ -390,6 +393,11 @@ static int apply(const opt *o, const char *val, cli_config *cfg,
             return usage(err, "--build needs a command, like --build \"make\"");
         cfg->build_cmd = val;
         break;
+    case O_DEBOUNCE:
+        if (parse_uint(val, 0, 10000, &cfg->debounce_ms) != 0)
+            return usage(err, "--watch-debounce must be milliseconds from 0 to 10000 "
+                         "(got '%s')", val);
+        break;
     case O_SETTLE:
         if (parse_uint(val, 0, 10000, &cfg->settle_ms) != 0)
             return usage(err, "--reload-settle must be milliseconds from 0 to 10000 "
@@ -430,6 +438,7 @@ static void set_defaults(cli_config *cfg)
     cfg->introspection = 1;
     cfg->color = -1;
     cfg->settle_ms = 50;
+    cfg->debounce_ms = 20;
     cfg->max_generations = 8;
 }
 

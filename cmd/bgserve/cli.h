@@ -34,6 +34,7 @@ typedef struct cli_config {
     unsigned nwatch;
     const char *build_cmd;    /* --build CMD */
     unsigned settle_ms;       /* --reload-settle MS, default 50 */
+    unsigned debounce_ms;     /* --watch-debounce MS, default 20 */
     unsigned max_generations; /* --max-generations N, default 8 */
     int single_process;       /* --single-process: no supervisor */
 } cli_config;

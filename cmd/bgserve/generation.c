@@ -310,6 +310,11 @@ static void note_failure(const char *err)
     pthread_mutex_unlock(&stats_lock);
 }
 
+void gen_note_build_failure(const char *why)
+{
+    note_failure(why);
+}
+
 int gen_reload(const char *path, unsigned max_generations)
 {
     char err[2048];

@@ -112,6 +112,10 @@ int gen_handover_taken(bgs_app *app);
  */
 int gen_reload(const char *path, unsigned max_generations);
 
+/* A build run for a reload failed: counted in reload_failures, and why
+ * (e.g. the compiler's first error line) becomes last_reload_error. */
+void gen_note_build_failure(const char *why);
+
 /* Write "generation", "reloads", "reload_failures", "last_reload_error". */
 struct json;
 void gen_stats_json(struct json *j);

@@ -180,6 +180,7 @@ int main(int argc, char **argv)
     reload_config rc_cfg = {
         .plugin_path = cfg.plugin_path, .watch_plugin = cfg.reload, .nwatch = cfg.nwatch,
         .build_cmd = cfg.build_cmd, .settle_ms = cfg.settle_ms,
+        .debounce_ms = cfg.debounce_ms,
         .max_generations = cfg.max_generations,
     };
     for (unsigned i = 0; i < cfg.nwatch; i++)

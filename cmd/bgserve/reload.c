@@ -33,6 +33,7 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <poll.h>
 #include <pthread.h>
@@ -175,23 +176,83 @@ static int rewatch_tops(void)
 
 /* ---- the build ------------------------------------------------------------------ */
 
+/* Is this output line the compiler's error (gcc and clang: "FILE:L:C:
+ * error: ...", "fatal error:"; ld: "undefined reference")? */
+static int error_line(const char *line)
+{
+    return strstr(line, "error:") != NULL || strstr(line, "Error ") != NULL ||
+           strstr(line, "undefined reference") != NULL;
+}
+
+/* Pass the build's output through to stderr line by line and keep its
+ * first error line (else its first line) in first. */
+static void relay_output(int fd, char *first, size_t cap)
+{
+    char buf[4096], line[1024];
+    size_t ll = 0;
+    int have_error = 0;
+    first[0] = '\0';
+    ssize_t n;
+    while ((n = read(fd, buf, sizeof buf)) != 0) {
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            break;
+        }
+        if (write(2, buf, (size_t)n) < 0) {
+            /* stderr closed: keep reading so the build does not block */
+        }
+        for (ssize_t k = 0; k < n; k++) {
+            if (buf[k] != '\n') {
+                if (ll < sizeof line - 1)
+                    line[ll++] = buf[k];
+                continue;
+            }
+            line[ll] = '\0';
+            if (ll > 0 && !have_error && (first[0] == '\0' || error_line(line))) {
+                size_t c = ll < cap - 1 ? ll : cap - 1;
+                memcpy(first, line, c);
+                first[c] = '\0';
+                have_error = error_line(line);
+            }
+            ll = 0;
+        }
+    }
+}
+
+/* Run the build command; its output is shown as it comes.  0 when it
+ * exited 0.  A failure counts in reload_failures with the compiler's
+ * first error line as last_reload_error. */
 static int run_build(void)
 {
     log_msg(BGS_LOG_INFO, "build: running '%s'", cfg.build_cmd);
     uint64_t t0 = util_now_us();
+    int out[2];
+    if (pipe2(out, O_CLOEXEC) != 0) {
+        log_msg(BGS_LOG_ERROR, "build: cannot start: %s", strerror(errno));
+        return -1;
+    }
     pid_t pid = fork();
     if (pid < 0) {
         log_msg(BGS_LOG_ERROR, "build: cannot start: %s", strerror(errno));
+        close(out[0]);
+        close(out[1]);
         return -1;
     }
     if (pid == 0) {
         sigset_t none;
         sigemptyset(&none);
         pthread_sigmask(SIG_SETMASK, &none, NULL);
+        dup2(out[1], 1);
+        dup2(out[1], 2);
         execl("/bin/sh", "sh", "-c", cfg.build_cmd, (char *)NULL);
         _exit(127);
     }
+    close(out[1]);
     atomic_store(&build_pid, pid);
+    char first[512];
+    relay_output(out[0], first, sizeof first);
+    close(out[0]);
     int status = 0;
     while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
         ;
@@ -204,12 +265,15 @@ static int run_build(void)
     generation *g = gen_current();
     unsigned long long keep = g ? (unsigned long long)g->number : 0;
     gen_release(g);
+    char why[700];
     if (WIFEXITED(status))
-        log_msg(BGS_LOG_ERROR, "build failed (exit %d) in %.2f s; keeping generation %llu",
-                WEXITSTATUS(status), secs, keep);
+        snprintf(why, sizeof why, "build failed (exit %d): %s", WEXITSTATUS(status),
+                 first[0] ? first : "(no output)");
     else
-        log_msg(BGS_LOG_ERROR, "build failed (killed by signal %d) in %.2f s; keeping "
-                "generation %llu", WTERMSIG(status), secs, keep);
+        snprintf(why, sizeof why, "build failed (killed by signal %d): %s", WTERMSIG(status),
+                 first[0] ? first : "(no output)");
+    gen_note_build_failure(why);
+    log_msg(BGS_LOG_ERROR, "%s (in %.2f s); keeping generation %llu", why, secs, keep);
     return -1;
 }
 
@@ -247,6 +311,9 @@ static void *reload_main(void *arg)
 {
     (void)arg;
     uint64_t plugin_due = 0, build_due = 0; /* monotonic us; 0: none */
+    /* A build we ran exited 0: the writes to the plugin it made are
+     * complete, so they load without the settle delay. */
+    int own_build = 0;
     char buf[8192] __attribute__((aligned(__alignof__(struct inotify_event))));
 
     for (;;) {
@@ -302,7 +369,7 @@ static void *reload_main(void *arg)
                         continue;
                     if (ev->wd == plugin_wd && strcmp(ev->name, plugin_base) == 0 &&
                         (ev->mask & (IN_CLOSE_WRITE | IN_MOVED_TO))) {
-                        plugin_due = util_now_us() + (uint64_t)cfg.settle_ms * 1000u;
+                        plugin_due = util_now_us() + (own_build ? 0 : (uint64_t)cfg.settle_ms * 1000u);
                         continue;
                     }
                     const char *dir = wd_path(ev->wd);
@@ -331,10 +398,12 @@ static void *reload_main(void *arg)
         if (ino_fd >= 0 && rewatch_tops() && cfg.build_cmd)
             build_due = util_now_us() + (uint64_t)cfg.debounce_ms * 1000u;
 
+        own_build = 0; /* its events were read above */
         now = util_now_us();
         if (build_due && now >= build_due) {
             build_due = 0;
-            run_build(); /* the .so it writes arrives as an event */
+            /* the .so it writes arrives as an event, read at once */
+            own_build = run_build() == 0;
         }
         if (plugin_due && now >= plugin_due) {
             plugin_due = 0;
@@ -364,8 +433,6 @@ int reload_start(const reload_config *c, char *err, size_t errlen)
     cfg = *c;
     if (cfg.settle_ms == 0)
         cfg.settle_ms = 50;
-    if (cfg.debounce_ms == 0)
-        cfg.debounce_ms = 200;
     atomic_init(&build_pid, 0);
     wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (wake_fd < 0) {
