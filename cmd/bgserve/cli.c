@@ -20,9 +20,11 @@
 #include "urls.h"
 #include "util.h"
 
+#include <errno.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #define DEFAULT_PORT 8000u
@@ -510,5 +512,13 @@ int cli_parse(int argc, char **argv, cli_config *cfg, FILE *out, FILE *err)
     if (cfg->build_cmd != NULL && cfg->nwatch == 0)
         return usage(err, "--build runs on source changes: give the sources with "
                      "--watch DIR");
+    /* Checked here, before anything starts or prints "listening". */
+    for (unsigned w = 0; w < cfg->nwatch; w++) {
+        struct stat st;
+        if (stat(cfg->watch[w], &st) != 0 || !S_ISDIR(st.st_mode))
+            return usage(err, "--watch %s: not a directory (%s); give a directory of "
+                         "sources to watch", cfg->watch[w],
+                         stat(cfg->watch[w], &st) != 0 ? strerror(errno) : "a file");
+    }
     return CLI_RUN;
 }

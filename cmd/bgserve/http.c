@@ -1037,13 +1037,15 @@ int http_start(const http_config *cfg, char *err, size_t errlen)
     ops[n++] = (struct MHD_OptionItem){MHD_OPTION_END, 0, NULL};
 
     unsigned flags = MHD_USE_EPOLL_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
+    /* The logger first: libmicrohttpd reports options given before it on
+     * stderr as "MHD_OPTION_EXTERNAL_LOGGER is not the first option". */
     daemon_ = MHD_start_daemon(
         flags, 0, on_accept, NULL, on_request, NULL,
+        MHD_OPTION_EXTERNAL_LOGGER, mhd_logger, NULL,
         MHD_OPTION_ARRAY, ops,
         MHD_OPTION_URI_LOG_CALLBACK, uri_log, NULL,
         MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL,
         MHD_OPTION_NOTIFY_CONNECTION, on_connection, NULL,
-        MHD_OPTION_EXTERNAL_LOGGER, mhd_logger, NULL,
         MHD_OPTION_END);
     if (daemon_ == NULL) {
         close(listen_fd);

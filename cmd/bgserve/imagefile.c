@@ -245,7 +245,9 @@ void image_remove(const char *copy_path)
         unlink(copy_path);
 }
 
-int image_clean_stale(void)
+/* Remove the copies in the directory made by process pid (any pid when
+ * 0 and gone_only: those whose process is gone).  Returns how many. */
+static int remove_copies(pid_t only, int gone_only)
 {
     const char *dir = image_dir();
     int removed = 0;
@@ -260,7 +262,9 @@ int image_clean_stale(void)
         long pid = strtol(e->d_name, &end, 10);
         if (end == e->d_name || *end != '.' || pid <= 0)
             continue;
-        if (kill((pid_t)pid, 0) == 0 || errno != ESRCH)
+        if (only != 0 && (pid_t)pid != only)
+            continue;
+        if (gone_only && (kill((pid_t)pid, 0) == 0 || errno != ESRCH))
             continue; /* alive (or not ours to judge) */
         char full[PATH_MAX];
         if (snprintf(full, sizeof full, "%s/%s", dir, e->d_name) >= (int)sizeof full)
@@ -270,4 +274,14 @@ int image_clean_stale(void)
     }
     closedir(d);
     return removed;
+}
+
+int image_clean_stale(void)
+{
+    return remove_copies(0, 1);
+}
+
+int image_remove_own(void)
+{
+    return remove_copies(getpid(), 0);
 }

@@ -42,6 +42,11 @@ void image_remove(const char *copy_path);
  * how many were removed. */
 int image_clean_stale(void);
 
+/* Delete this process's own copies, still loaded or not: at exit, when
+ * a generation could not be unloaded (a task stuck in plugin code still
+ * runs its code).  Returns how many were removed. */
+int image_remove_own(void);
+
 /* The directory of the private copies (created if needed), or NULL. */
 const char *image_dir(void);
 

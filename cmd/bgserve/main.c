@@ -35,6 +35,10 @@
 #include <string.h>
 #include <unistd.h>
 
+/* Exit status when the drain ended with tasks cancelled or abandoned
+ * (docs/bgserve.1, EXIT STATUS). */
+#define BGSERVE_EXIT_UNFINISHED 3
+
 static int run_check(const cli_config *cfg)
 {
     char err[2048];
@@ -98,13 +102,15 @@ int main(int argc, char **argv)
         crash_install(-1);
         return run_check(&cfg);
     }
+    /* The options are valid (cli_parse); the host must resolve and the
+     * port bind before anything starts, the start hook included. */
+    char berr[1024];
+    int fd = http_bind(cfg.host, cfg.port, berr, sizeof berr);
+    if (fd < 0) {
+        fprintf(stderr, "%s\n", berr);
+        return 1;
+    }
     if (!cfg.single_process) {
-        char berr[1024];
-        int fd = http_bind(cfg.host, cfg.port, berr, sizeof berr);
-        if (fd < 0) {
-            fprintf(stderr, "%s\n", berr);
-            return 1;
-        }
         supervisor_config sc = {.plugin_path = cfg.plugin_path, .reload = cfg.reload};
         rc = supervisor_run(&sc, fd); /* returns here in each serving process */
         if (rc != SUPERVISOR_CHILD)
@@ -165,7 +171,8 @@ int main(int argc, char **argv)
         .host = cfg.host, .port = cfg.port, .threads = cfg.threads,
         .timeout_s = cfg.timeout_s, .conn_limit = cfg.conn_limit,
         .max_body = cfg.max_body, .introspection = cfg.introspection,
-        .listen_fd = supervisor_listen_fd(), .announce = supervisor_announce(),
+        .listen_fd = cfg.single_process ? fd : supervisor_listen_fd(),
+        .announce = supervisor_announce(),
         .crash_page = supervisor_crash_mode() ? supervisor_crash_report() : NULL,
         .plugin_path = cfg.plugin_path,
     };
@@ -235,6 +242,9 @@ int main(int argc, char **argv)
     size_t unfinished = tasks_shutdown(cfg.drain_timeout_ms);
     deferred_stop(); /* after the tasks: they may still complete handles */
     gen_set_current(NULL);
+    /* A generation held by a stuck task is never unloaded: its private
+     * copy would stay behind. */
+    image_remove_own();
     log_msg(BGS_LOG_INFO, "stopped%s", unfinished ? " (some tasks did not finish: see above)" : "");
-    return 0;
+    return unfinished ? BGSERVE_EXIT_UNFINISHED : 0;
 }

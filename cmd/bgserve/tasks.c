@@ -1431,9 +1431,11 @@ size_t tasks_shutdown(unsigned drain_ms)
     if (stuck)
         abandoned = 1;
 
-    /* 5. The report. */
-    log_msg(nu ? BGS_LOG_WARN : BGS_LOG_INFO, "drain: %" PRIu64 " tasks finished, %zu did not",
-            fin1 - fin0, nu);
+    /* 5. The report; nothing when no task ever existed (a server that
+     * stopped before serving, e.g. its plugin was refused). */
+    if (nu || fin1 != fin0 || atomic_load(&next_id) != 1)
+        log_msg(nu ? BGS_LOG_WARN : BGS_LOG_INFO, "drain: %" PRIu64 " tasks finished, %zu did not",
+                fin1 - fin0, nu);
     for (size_t i = 0; i < nu; i++) {
         char outcome[96];
         pthread_mutex_lock(&rec_mu);
