@@ -14,7 +14,9 @@
  * run.  Then: every request the log shows was answered reached its client,
  * every task id a client got ran to done, every task that ran was handed
  * to a client, and every request sent after the server said "stopping"
- * was answered with Connection: close.
+ * was answered with Connection: close.  One request is held inside its
+ * handler (GET /block) from before the signal until after the cut-over:
+ * it must be answered, with Connection: close, and its task run.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -146,8 +148,8 @@ static int client_got_task(const client *cs, uint64_t id)
 
 /* Fail unless every access line for /task names a request a client got,
  * and every task that started was handed to a client (the burst's, or
- * btask, the blocked request's).  Returns the
- * number of access lines seen. */
+ * btask, the blocked request's).  Returns the number of access lines
+ * seen. */
 static int check_log_against_clients(const char *log, const client *cs, const char *btask)
 {
     int lines = 0;
