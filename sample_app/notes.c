@@ -16,7 +16,11 @@
  * PUT /notes answers 405 with Allow; unknown paths answer 404.
  *
  * State lives in the app (bgs_app_set_data), guarded by one mutex since
- * handlers run on several HTTP threads and tasks on worker threads.
+ * handlers run on several HTTP threads and tasks on worker threads.  It
+ * survives a reload: each generation offers the store to the next one
+ * (bgs_app_handover_set), whose start hook takes it, so `make dev` keeps
+ * your notes while you edit.  A change to the layout of `store` or `note`
+ * needs a restart of bgserve: new code would misread the old store.
  */
 #include <bgserve.h>
 
@@ -296,22 +300,26 @@ static int export_task(bgs_task_ctx *ctx, const void *p, size_t len)
 
 static int start(bgs_app *app)
 {
-    store *st = calloc(1, sizeof *st);
+    store *st = bgs_app_handover_get(app); /* the previous generation's notes */
     if (st == NULL) {
-        bgs_app_fail(app, "out of memory");
-        return -1;
+        st = calloc(1, sizeof *st);
+        if (st == NULL) {
+            bgs_app_fail(app, "out of memory");
+            return -1;
+        }
+        pthread_mutex_init(&st->lock, NULL);
+        st->next_id = 1;
     }
-    pthread_mutex_init(&st->lock, NULL);
-    st->next_id = 1;
     bgs_app_set_data(app, st);
+    bgs_app_handover_set(app, st); /* offered to the next build */
     return 0;
 }
 
 static void stop(bgs_app *app)
 {
     store *st = get_store(app);
-    if (st == NULL)
-        return;
+    if (st == NULL || bgs_app_handover_taken(app))
+        return; /* the next generation owns it now */
     for (unsigned i = 0; i < st->count; i++)
         free(st->notes[i].text);
     pthread_mutex_destroy(&st->lock);

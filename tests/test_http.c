@@ -294,6 +294,28 @@ static void http_notes_roundtrip(void **state)
     h_resp_free(&r);
 }
 
+/* The sample app hands its notes to the next generation: a reload (here
+ * SIGHUP, in make dev a rebuild) keeps them. */
+static void http_notes_survive_reload(void **state)
+{
+    (void)state;
+    h_server s;
+    h_resp r;
+    assert_int_equal(h_start(&s, h_build_path("sample_app.so"), NULL, NULL), 0);
+    assert_int_equal(h_http(&s, "POST", "/notes?title=kept", "across reloads", 14, NULL, &r), 0);
+    assert_int_equal(r.status, 201);
+    h_resp_free(&r);
+    kill(s.pid, SIGHUP);
+    assert_true(h_wait_log(&s, "reload: generation 2 serving", 15000));
+    assert_true(h_wait_log(&s, "generation 1 retired", 15000)); /* its stop hook ran */
+    assert_int_equal(h_get(&s, "/notes/1", &r), 0);
+    assert_int_equal(r.status, 200);
+    h_assert_contains(r.body, "across reloads");
+    h_resp_free(&r);
+    h_stop_clean(&s);
+    h_free(&s);
+}
+
 static void http_sigterm_stops_cleanly(void **state)
 {
     (void)state;
@@ -364,6 +386,7 @@ int main(void)
         cmocka_unit_test(http_header_injection_refused),
         cmocka_unit_test(http_request_ids_are_unique),
         cmocka_unit_test(http_notes_roundtrip),
+        cmocka_unit_test(http_notes_survive_reload),
         cmocka_unit_test(http_sigterm_stops_cleanly),
         cmocka_unit_test(http_port_in_use_is_clear),
         cmocka_unit_test(http_ipv6_loopback),
