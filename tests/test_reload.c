@@ -982,6 +982,29 @@ static void reload_survives_make_clean(void **state)
     t->passed = 1;
 }
 
+/* A periodic task keeps its phase across reloads: reloading (here with
+ * SIGHUP) much more often than its 1000 ms interval does not restart its
+ * timer, so it still runs. */
+static void reload_periodic_keeps_its_phase(void **state)
+{
+    (void)state;
+    h_server s;
+    if (h_start_app(&s, h_build_path("plugins/periodic.so"), NULL, NULL) != 0)
+        fail();
+    char gen_line[64];
+    int ran = 0;
+    uint64_t end = h_now_ms() + 15000;
+    for (int g = 2; !ran && h_now_ms() < end; g++) {
+        kill(s.pid, SIGHUP);
+        snprintf(gen_line, sizeof gen_line, "reload: generation %d serving", g);
+        assert_true(h_wait_log(&s, gen_line, LOG_DEADLINE_MS));
+        ran = h_stat(&s, "tick", "succeeded") > 0;
+    }
+    assert_true(ran);
+    h_stop_clean(&s);
+    h_free(&s);
+}
+
 int main(void)
 {
     curl_global_init(CURL_GLOBAL_DEFAULT); /* before any thread */
@@ -999,6 +1022,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(reload_incomplete_file_waits, setup, teardown),
         cmocka_unit_test_setup_teardown(reload_waits_for_room_past_max_generations, setup, teardown),
         cmocka_unit_test_setup_teardown(reload_survives_make_clean, setup, teardown),
+        cmocka_unit_test(reload_periodic_keeps_its_phase),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     curl_global_cleanup();

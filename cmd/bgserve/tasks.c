@@ -244,6 +244,43 @@ static pthread_mutex_t conc_mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_mutex_t p_mu = PTHREAD_MUTEX_INITIALIZER;
 static periodic *plist;          /* p_mu */
 
+/* The phase of the schedules a reload stopped, so the next generation's
+ * schedules of the same task and interval go on at the same time instead
+ * of restarting their timers (saving every 4 s would otherwise starve a
+ * task that runs every 5 s).  p_mu; replaced at each reload. */
+typedef struct phase_memo {
+    struct phase_memo *next;
+    char *name;
+    uint64_t interval_us, next_due;
+} phase_memo;
+static phase_memo *phases;       /* p_mu */
+
+static void phases_clear(void)
+{
+    while (phases) {
+        phase_memo *m = phases;
+        phases = m->next;
+        free(m->name);
+        free(m);
+    }
+}
+
+/* The remembered next run of name every interval_us, or 0; consumed. */
+static uint64_t phase_take(const char *name, uint64_t interval_us)
+{
+    for (phase_memo **mp = &phases; *mp; mp = &(*mp)->next) {
+        phase_memo *m = *mp;
+        if (m->interval_us == interval_us && strcmp(m->name, name) == 0) {
+            uint64_t due = m->next_due;
+            *mp = m->next;
+            free(m->name);
+            free(m);
+            return due;
+        }
+    }
+    return 0;
+}
+
 /* Adaptive: taken by HTTP threads and workers for a few hundred
  * nanoseconds per task, so a short spin beats sleeping in the kernel
  * and waking the holder's waiter (bench/README.md). */
@@ -1223,9 +1260,13 @@ int tasks_periodic_add(generation *gen, const char *name, uint32_t interval_ms,
     p->len = len;
     p->interval_us = (uint64_t)interval_ms * 1000u;
     p->refs = 1;
-    p->next_due = util_now_us() + ((flags & BGS_TASK_RUN_AT_START) ? 0 : p->interval_us);
+    uint64_t now = util_now_us();
+    p->next_due = now + ((flags & BGS_TASK_RUN_AT_START) ? 0 : p->interval_us);
 
     pthread_mutex_lock(&p_mu);
+    uint64_t kept = phase_take(def->name, p->interval_us); /* a reload keeps the phase */
+    if (kept)
+        p->next_due = kept > now ? kept : now;
     p->next = plist;
     plist = p;
     sched_add(&p->timer, p->next_due, on_tick);
@@ -1239,11 +1280,20 @@ static void periodic_stop(generation *gen)
     periodic *stop = NULL;
 
     pthread_mutex_lock(&p_mu);
+    phases_clear();
     for (periodic **pp = &plist; *pp;) {
         periodic *p = *pp;
         if (gen == NULL || p->gen == gen) {
             *pp = p->next;
             p->stopped = 1;
+            if (gen != NULL) { /* a reload: remember when it was due */
+                phase_memo *m = xcalloc(1, sizeof *m);
+                m->name = xstrdup(p->kind->name);
+                m->interval_us = p->interval_us;
+                m->next_due = p->next_due;
+                m->next = phases;
+                phases = m;
+            }
             p->next = stop;
             stop = p;
         } else {
