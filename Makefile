@@ -165,8 +165,10 @@ check-tests: $(TEST_BINS) $(FIXTURES) $(PLUGINS) $(SAMPLE) $(BUILD)/bgserve
 #                      (when Debian has them) Starlette; writes
 #                      bench/results/latest.md.  See bench/README.md.
 #   make bench-quick   one short round, for iterating on the server
+#   make bench-devloop save → served for the scaffold's project, alone
+#                      (20 saves; no wrk)
 
-.PHONY: bench bench-quick bench-build deps-bench
+.PHONY: bench bench-quick bench-devloop bench-build deps-bench
 BENCH_BINS := $(BUILD)/bench/mhd_baseline $(BUILD)/bench/wakecost \
               $(patsubst bench/plugins/%.c,$(BUILD)/bench/%.so,$(wildcard bench/plugins/*.c))
 
@@ -214,6 +216,10 @@ bench: deps-run deps-bench
 bench-quick: deps-run
 	@$(MAKE) --no-print-directory bench-build
 	python3 bench/run --build $(BUILD) --quick
+
+bench-devloop: deps-run
+	@$(MAKE) --no-print-directory all
+	python3 bench/run --build $(BUILD) --only devloop
 
 # ---- install, plugin authors, editors ----------------------------------
 #   make install [PREFIX=/usr/local] [DESTDIR=]   bgserve, bgserve.h,
