@@ -1,8 +1,10 @@
 /*
  * test_queue.c - the in-memory queue backend: FIFO order, its capacity,
- * blocking dequeue woken by a push and by shutdown, batches (whole, in
- * order, spread over idle consumers), and many producers and consumers
- * losing nothing.
+ * blocking take woken by a push and by shutdown, batches (whole, in
+ * order, spread over idle consumers), many producers and consumers
+ * losing nothing, and the operations of the backend contract: enqueue
+ * with a not-before time, nack with a retry time, the durability
+ * completion, and waiting nodes handed back after shutdown.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -17,6 +19,7 @@
 
 #include "bgserve.h"
 #include "queue.h"
+#include "sched.h"
 #include "util.h"
 
 typedef struct item {
@@ -41,19 +44,19 @@ static void queue_fifo_order(void **state)
     }
     assert_int_equal(queue_depth(q), 5);
     for (int i = 0; i < 5; i++) {
-        queue_node *n = queue_dequeue(q);
+        queue_node *n = queue_take(q);
         assert_non_null(n);
         assert_int_equal(item_of(n)->value, i);
     }
     assert_int_equal(queue_depth(q), 0);
-    assert_null(queue_try_dequeue(q));
+    assert_null(queue_try_take(q));
     /* A requeued node goes to the back. */
     assert_int_equal(queue_enqueue(q, &items[0].node), 0);
     assert_int_equal(queue_enqueue(q, &items[1].node), 0);
-    queue_node *first = queue_dequeue(q);
-    assert_int_equal(queue_requeue(q, first), 0);
-    assert_int_equal(item_of(queue_dequeue(q))->value, 1);
-    assert_int_equal(item_of(queue_dequeue(q))->value, 0);
+    queue_node *first = queue_take(q);
+    assert_int_equal(queue_nack(q, first, 0, NULL), 0);
+    assert_int_equal(item_of(queue_take(q))->value, 1);
+    assert_int_equal(item_of(queue_take(q))->value, 0);
     assert_string_equal(q->ops->name, "memory");
     queue_destroy(q);
 }
@@ -68,13 +71,13 @@ static void queue_capacity_full(void **state)
     assert_int_equal(queue_enqueue(q, &c.node), BGS_EFULL);
     assert_int_equal(queue_depth(q), 2);
     /* A retry of an accepted job is never refused for capacity. */
-    assert_ptr_equal(queue_dequeue(q), &a.node);
+    assert_ptr_equal(queue_take(q), &a.node);
     assert_int_equal(queue_enqueue(q, &c.node), 0);
-    assert_int_equal(queue_requeue(q, &a.node), 0);
+    assert_int_equal(queue_nack(q, &a.node, 0, NULL), 0);
     assert_int_equal(queue_depth(q), 3);
-    assert_ptr_equal(queue_dequeue(q), &b.node);
-    assert_ptr_equal(queue_dequeue(q), &c.node);
-    assert_ptr_equal(queue_dequeue(q), &a.node);
+    assert_ptr_equal(queue_take(q), &b.node);
+    assert_ptr_equal(queue_take(q), &c.node);
+    assert_ptr_equal(queue_take(q), &a.node);
     queue_destroy(q);
 }
 
@@ -89,7 +92,7 @@ static void *consume_one(void *p)
 {
     consumer *c = p;
     atomic_store(&c->waiting, 1);
-    c->got = queue_dequeue(c->q);
+    c->got = queue_take(c->q);
     atomic_store(&c->done, 1);
     return NULL;
 }
@@ -125,14 +128,14 @@ static void queue_dequeue_woken_by_shutdown(void **state)
     /* After shutdown: pushes fail, blocking dequeue returns at once,
      * try_dequeue still hands back what is left. */
     assert_int_equal(queue_enqueue(c.q, &it.node), BGS_ESHUTDOWN);
-    assert_null(queue_dequeue(c.q));
+    assert_null(queue_take(c.q));
     queue_destroy(c.q);
 
     queue *q = queue_mem_new(0, QUEUE_LINGER_DEFAULT_US);
     assert_int_equal(queue_enqueue(q, &it.node), 0);
     queue_shutdown(q);
-    assert_null(queue_dequeue(q));
-    assert_ptr_equal(queue_try_dequeue(q), &it.node);
+    assert_null(queue_take(q));
+    assert_ptr_equal(queue_try_take(q), &it.node);
     queue_destroy(q);
 }
 
@@ -148,7 +151,7 @@ static void queue_wakeups_only_for_idle_consumers(void **state)
         assert_int_equal(queue_enqueue(c.q, &its[i].node), 0);
     assert_int_equal(queue_wakeups(c.q), 0);
     for (int i = 0; i < 3; i++)
-        assert_ptr_equal(queue_dequeue(c.q), &its[i].node);
+        assert_ptr_equal(queue_take(c.q), &its[i].node);
     assert_int_equal(queue_wakeups(c.q), 0);
 
     /* A consumer blocks on the empty queue; the push must reach it, and
@@ -175,10 +178,10 @@ static void queue_batch_in_order_all_or_nothing(void **state)
     assert_int_equal(queue_depth(q), 1);
     assert_int_equal(queue_enqueue_batch(q, three, 2), 0);
     assert_int_equal(queue_depth(q), 3);
-    assert_ptr_equal(queue_dequeue(q), &a.node);
-    assert_ptr_equal(queue_dequeue(q), &b.node);
-    assert_ptr_equal(queue_dequeue(q), &c.node);
-    assert_null(queue_try_dequeue(q));
+    assert_ptr_equal(queue_take(q), &a.node);
+    assert_ptr_equal(queue_take(q), &b.node);
+    assert_ptr_equal(queue_take(q), &c.node);
+    assert_null(queue_try_take(q));
     queue_shutdown(q);
     assert_int_equal(queue_enqueue_batch(q, three, 1), BGS_ESHUTDOWN);
     queue_destroy(q);
@@ -199,7 +202,7 @@ static void *consume_slowly(void *p)
 {
     slow_pool *sp = p;
     atomic_fetch_add(&sp->blocked, 1);
-    queue_node *n = queue_dequeue(sp->q);
+    queue_node *n = queue_take(sp->q);
     if (n == NULL)
         return NULL;
     atomic_fetch_add(&sp->took, 1);
@@ -262,7 +265,7 @@ static void *consume(void *p)
 {
     mpmc *m = p;
     queue_node *n;
-    while ((n = queue_dequeue(m->q)) != NULL) {
+    while ((n = queue_take(m->q)) != NULL) {
         atomic_fetch_add(&item_of(n)->seen, 1);
         atomic_fetch_add(&m->consumed, 1);
     }
@@ -354,6 +357,171 @@ static void queue_dense_stream_tail_is_taken(void **state)
     queue_destroy(st.q);
 }
 
+/* ---- not-before, nack/retry-at, durability (queue.h's contract) ---- */
+
+typedef struct done_rec {
+    atomic_int calls;
+    int status;
+} done_rec;
+
+static void note_done(void *arg, int status, const char *msg)
+{
+    done_rec *d = arg;
+    (void)msg;
+    d->status = status;
+    atomic_fetch_add(&d->calls, 1);
+}
+
+/* Poll try_take until it hands back a node or the deadline passes. */
+static queue_node *take_within(queue *q, uint64_t us)
+{
+    uint64_t deadline = util_now_us() + us;
+    queue_node *n;
+    while ((n = queue_try_take(q)) == NULL && util_now_us() < deadline)
+        sched_yield();
+    return n;
+}
+
+/* The in-memory backend says "durable" once per accepted batch, before
+ * enqueue returns, and never for a refused one. */
+static void queue_durable_completion_once_per_batch(void **state)
+{
+    (void)state;
+    queue *q = queue_mem_new(2, QUEUE_LINGER_DEFAULT_US);
+    item a, b, c;
+    queue_node *two[] = {&a.node, &b.node};
+    done_rec d = {.status = 99};
+    assert_int_equal(queue_enqueue_at(q, two, 2, 0, note_done, &d), 0);
+    assert_int_equal(atomic_load(&d.calls), 1);
+    assert_int_equal(d.status, 0);
+    queue_node *one[] = {&c.node};
+    assert_int_equal(queue_enqueue_at(q, one, 1, 0, note_done, &d), BGS_EFULL);
+    assert_int_equal(atomic_load(&d.calls), 1);
+    queue_shutdown(q);
+    assert_int_equal(queue_enqueue_at(q, one, 1, 0, note_done, &d), BGS_ESHUTDOWN);
+    assert_int_equal(atomic_load(&d.calls), 1);
+    queue_destroy(q);
+}
+
+/* A node with a not-before time in the future is not handed out before
+ * it (try_take finds nothing, depth counts only ready nodes) and is,
+ * once the timer thread says it is due; a time in the past is now. */
+static void queue_not_before_waits_for_its_time(void **state)
+{
+    (void)state;
+    assert_int_equal(sched_start(), 0);
+    queue *q = queue_mem_new(0, QUEUE_LINGER_DEFAULT_US);
+    item later = {.value = 1}, now = {.value = 2}, past = {.value = 3};
+    queue_node *l[] = {&later.node}, *n[] = {&now.node}, *p[] = {&past.node};
+    uint64_t due = util_now_us() + 50000;
+    assert_int_equal(queue_enqueue_at(q, l, 1, due, NULL, NULL), 0);
+    assert_int_equal(queue_enqueue_at(q, n, 1, 0, NULL, NULL), 0);
+    assert_int_equal(queue_enqueue_at(q, p, 1, 1, NULL, NULL), 0);
+    assert_int_equal(queue_depth(q), 2);
+    assert_ptr_equal(queue_try_take(q), &now.node);
+    assert_ptr_equal(queue_try_take(q), &past.node);
+    queue_node *got = take_within(q, 30u * 1000000u);
+    assert_ptr_equal(got, &later.node);
+    assert_true(util_now_us() >= due);
+    assert_true(got->queued_us >= due); /* ready since its time, not its push */
+    assert_int_equal(queue_depth(q), 0);
+    queue_shutdown(q);
+    queue_destroy(q);
+    sched_stop();
+}
+
+/* A blocked consumer is woken when a waiting node becomes due. */
+static void queue_due_node_wakes_a_consumer(void **state)
+{
+    (void)state;
+    assert_int_equal(sched_start(), 0);
+    consumer c = {.q = queue_mem_new(0, QUEUE_LINGER_DEFAULT_US)};
+    pthread_t t;
+    item it = {.value = 7};
+    queue_node *one[] = {&it.node};
+    assert_int_equal(pthread_create(&t, NULL, consume_one, &c), 0);
+    while (!atomic_load(&c.waiting))
+        sched_yield();
+    assert_int_equal(queue_enqueue_at(c.q, one, 1, util_now_us() + 20000, NULL, NULL), 0);
+    pthread_join(t, NULL);
+    assert_ptr_equal(c.got, &it.node);
+    queue_shutdown(c.q);
+    queue_destroy(c.q);
+    sched_stop();
+}
+
+/* nack puts a taken node back, at once or at its retry time, never
+ * refused for capacity; after shutdown it is refused and the caller
+ * keeps the node. */
+static void queue_nack_retry_at(void **state)
+{
+    (void)state;
+    assert_int_equal(sched_start(), 0);
+    queue *q = queue_mem_new(1, QUEUE_LINGER_DEFAULT_US);
+    item a, b;
+    assert_int_equal(queue_enqueue(q, &a.node), 0);
+    assert_ptr_equal(queue_take(q), &a.node);
+    assert_int_equal(queue_enqueue(q, &b.node), 0);
+    uint64_t due = util_now_us() + 30000;
+    assert_int_equal(queue_nack(q, &a.node, due, "boom"), 0); /* past the cap of 1 */
+    assert_ptr_equal(queue_try_take(q), &b.node);
+    assert_null(queue_try_take(q)); /* a waits for its retry time */
+    assert_ptr_equal(take_within(q, 30u * 1000000u), &a.node);
+    assert_true(util_now_us() >= due);
+    queue_shutdown(q);
+    assert_int_equal(queue_nack(q, &a.node, 0, NULL), BGS_ESHUTDOWN);
+    assert_null(queue_try_take(q));
+    queue_destroy(q);
+    sched_stop();
+}
+
+/* After shutdown try_take hands back the ready nodes, then those still
+ * waiting for their time, so their owner can finish every one; nothing
+ * becomes ready after shutdown.  destroy frees the records of waiting
+ * nodes it still holds. */
+static void queue_shutdown_hands_back_waiting_nodes(void **state)
+{
+    (void)state;
+    assert_int_equal(sched_start(), 0);
+    queue *q = queue_mem_new(0, QUEUE_LINGER_DEFAULT_US);
+    item ready, w1, w2;
+    queue_node *r[] = {&ready.node}, *w[] = {&w1.node, &w2.node};
+    uint64_t far = util_now_us() + 3600u * 1000000u;
+    assert_int_equal(queue_enqueue_at(q, w, 2, far, NULL, NULL), 0);
+    assert_int_equal(queue_enqueue_at(q, r, 1, 0, NULL, NULL), 0);
+    queue_shutdown(q);
+    assert_null(queue_take(q));
+    assert_ptr_equal(queue_try_take(q), &ready.node);
+    queue_node *x = queue_try_take(q), *y = queue_try_take(q);
+    assert_true((x == &w1.node && y == &w2.node) || (x == &w2.node && y == &w1.node));
+    assert_null(queue_try_take(q));
+    queue_destroy(q);
+
+    /* Destroyed with a node still waiting: its timer is disarmed. */
+    size_t before = sched_pending();
+    q = queue_mem_new(0, QUEUE_LINGER_DEFAULT_US);
+    assert_int_equal(queue_enqueue_at(q, r, 1, far, NULL, NULL), 0);
+    assert_int_equal(sched_pending(), before + 1);
+    queue_shutdown(q);
+    queue_destroy(q);
+    assert_int_equal(sched_pending(), before);
+    sched_stop();
+}
+
+/* Waiting nodes count against the capacity. */
+static void queue_capacity_counts_waiting_nodes(void **state)
+{
+    (void)state;
+    queue *q = queue_mem_new(1, QUEUE_LINGER_DEFAULT_US);
+    item a, b;
+    queue_node *one[] = {&a.node};
+    assert_int_equal(queue_enqueue_at(q, one, 1, util_now_us() + 3600u * 1000000u, NULL, NULL), 0);
+    assert_int_equal(queue_enqueue(q, &b.node), BGS_EFULL);
+    queue_shutdown(q);
+    assert_ptr_equal(queue_try_take(q), &a.node);
+    queue_destroy(q);
+}
+
 /* One run of test f under the linger called name (shown in its title). */
 #define LINGER_TEST(f, name) \
     { #f " (linger " #name ")", f, NULL, NULL, (void *)&linger_##name }
@@ -371,6 +539,12 @@ int main(void)
         LINGER_TEST(queue_dense_stream_tail_is_taken, long),
         cmocka_unit_test(queue_batch_in_order_all_or_nothing),
         cmocka_unit_test(queue_batch_spreads_over_idle_consumers),
+        cmocka_unit_test(queue_durable_completion_once_per_batch),
+        cmocka_unit_test(queue_not_before_waits_for_its_time),
+        cmocka_unit_test(queue_due_node_wakes_a_consumer),
+        cmocka_unit_test(queue_nack_retry_at),
+        cmocka_unit_test(queue_shutdown_hands_back_waiting_nodes),
+        cmocka_unit_test(queue_capacity_counts_waiting_nodes),
         LINGER_TEST(queue_many_producers_consumers_lose_nothing, none),
         LINGER_TEST(queue_many_producers_consumers_lose_nothing, default),
         LINGER_TEST(queue_many_producers_consumers_lose_nothing, long),

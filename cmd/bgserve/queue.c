@@ -42,12 +42,25 @@
  * Signals go out after unlocking, so a woken consumer does not block at
  * once on the mutex its waker still holds.
  *
+ * Nodes with a time (enqueue's not_before_us, nack's retry_at_us) wait on
+ * the `later` list, each with a small record holding a timer of the
+ * timer thread (sched.h): retries and delayed jobs are rare, so one
+ * allocation and one timer each is cheaper than a second structure the
+ * consumers would have to watch.  The timer's callback (on_due) moves the
+ * node to the FIFO like a push.  A record is freed by whoever unlinks it
+ * from `later` under mu: the callback, or try_take/destroy after
+ * shutdown, which mark it claimed and sched_cancel its timer before
+ * freeing it (the callback of a claimed record touches nothing).  A timer
+ * is armed under mu (lock order: mu, then the timer thread's lock; the
+ * callback takes mu with no timer lock held), so a record on `later` is
+ * always armed or already firing.
+ *
  * No node is stranded.  Invariant (under mu): if the list is not empty
  * then (a) no consumer is idle and no sentry waits, or (b) a wake-up is
  * owed (wakeups > 0, or the sentry was kicked), or (c) a consumer holds
- * mu in dequeue and is about to pop, or (d) a sentry waits.  In case (a)
+ * mu in take and is about to pop, or (d) a sentry waits.  In case (a)
  * every consumer is awake or running a node and re-checks the list
- * before it waits again (the while loop in mem_dequeue).  In case (b) a
+ * before it waits again (the while loop in mem_take).  In case (b) a
  * woken consumer returns from its wait and pops: case (c).  In case (d)
  * the sentry returns by its timeout: case (c) again.  need_wake_locked
  * keeps the invariant after every push and every pop: it returns
@@ -64,6 +77,7 @@
 #include "queue.h"
 
 #include "bgserve.h"
+#include "sched.h"
 #include "util.h"
 
 #include <pthread.h>
@@ -92,7 +106,7 @@
 /* How many idle consumers a wake-up looks through for one on its CPU. */
 #define QUEUE_PICK_SCAN 8
 
-/* One per consumer thread, made on its first blocking dequeue and kept
+/* One per consumer thread, made on its first blocking take and kept
  * until the queue is destroyed (so a waker may signal it after
  * unlocking). */
 typedef struct waiter {
@@ -104,17 +118,30 @@ typedef struct waiter {
     int woken;                /* taken off the idle stack by a waker; mu */
 } waiter;
 
+struct mem_queue;
+
+/* A node waiting for its time (top of file). */
+typedef struct later_rec {
+    sched_timer timer;
+    struct mem_queue *m;
+    queue_node *node;
+    struct later_rec *prev, *next; /* the later list; mu */
+    int claimed;                   /* taken off by try_take/destroy; mu */
+} later_rec;
+
 typedef struct mem_queue {
     queue base;
     pthread_mutex_t mu;
     pthread_cond_t sentry_cv; /* CLOCK_MONOTONIC; the sentry waits here */
     queue_node *head, *tail; /* guarded by mu */
     size_t depth;            /* guarded by mu */
+    later_rec *later;        /* nodes waiting for their time; mu */
+    size_t nlater;           /* guarded by mu */
     size_t cap;              /* immutable; 0: unbounded */
     waiter *idle_top;        /* consumers blocked on their cv, last first; mu */
     waiter *all;             /* every waiter; mu */
     unsigned wakeups;        /* waiters woken and not yet back; guarded by mu */
-    unsigned active;         /* consumers between a pop and their next dequeue; guarded by mu */
+    unsigned active;         /* consumers between a pop and their next take; guarded by mu */
     int sentry;              /* 1 while a consumer waits on sentry_cv; guarded by mu */
     int sentry_kicked;       /* 1 once sentry_cv was signalled for it; guarded by mu */
     uint64_t wake_us;        /* when the last of them was sent; guarded by mu */
@@ -235,10 +262,28 @@ static queue_node *pop_locked(mem_queue *m)
     return n;
 }
 
-/* Link nodes[0..n) at the tail, all or none.  bounded: refuse with
- * BGS_EFULL past the capacity (a requeue is not bounded: its node was
- * counted when it was first queued). */
-static int push_nodes(queue *q, queue_node *const *nodes, size_t n, int bounded)
+static void on_due(sched_timer *t);
+
+/* Unlink r from the later list; mu held. */
+static void later_unlink_locked(mem_queue *m, later_rec *r)
+{
+    if (r->prev)
+        r->prev->next = r->next;
+    else
+        m->later = r->next;
+    if (r->next)
+        r->next->prev = r->prev;
+    r->prev = r->next = NULL;
+    m->nlater--;
+}
+
+/* Link nodes[0..n) at the tail, or on the later list until due_us, all
+ * or none.  bounded: refuse with BGS_EFULL past the capacity (a nack is
+ * not bounded: its node was counted when it was first queued).  recs:
+ * n records for a later push, allocated by the caller (freed here when
+ * unused). */
+static int push_nodes(queue *q, queue_node *const *nodes, size_t n, int bounded,
+                      uint64_t due_us, later_rec **recs)
 {
     mem_queue *m = mq(q);
     int rc = 0, what = WAKE_NONE;
@@ -247,11 +292,26 @@ static int push_nodes(queue *q, queue_node *const *nodes, size_t n, int bounded)
     if (n == 0)
         return 0;
     pthread_mutex_lock(&m->mu);
+    size_t linked = m->depth + m->nlater;
     if (m->shut)
         rc = BGS_ESHUTDOWN;
-    else if (bounded && m->cap != 0 && (m->depth >= m->cap || n > m->cap - m->depth))
+    else if (bounded && m->cap != 0 && (linked >= m->cap || n > m->cap - linked))
         rc = BGS_EFULL;
-    else {
+    else if (recs) {
+        for (size_t i = 0; i < n; i++) {
+            later_rec *r = recs[i];
+            r->m = m;
+            r->node = nodes[i];
+            r->node->next = NULL;
+            r->node->queued_us = due_us;
+            r->next = m->later;
+            if (m->later)
+                m->later->prev = r;
+            m->later = r;
+            m->nlater++;
+            sched_add(&r->timer, due_us, on_due); /* under mu: see top of file */
+        }
+    } else {
         uint64_t now = util_now_us();
         for (size_t i = 0; i < n; i++)
             link_locked(m, nodes[i], now);
@@ -261,22 +321,66 @@ static int push_nodes(queue *q, queue_node *const *nodes, size_t n, int bounded)
     }
     pthread_mutex_unlock(&m->mu);
     wake(m, what, w);
+    if (rc != 0 && recs)
+        for (size_t i = 0; i < n; i++)
+            free(recs[i]);
     return rc;
 }
 
-static int mem_enqueue(queue *q, queue_node *n)
+/* push_nodes, with the records a push at a later time needs. */
+static int push_at(queue *q, queue_node *const *nodes, size_t n, int bounded, uint64_t at_us)
 {
-    return push_nodes(q, &n, 1, 1);
+    if (at_us <= util_now_us())
+        return push_nodes(q, nodes, n, bounded, 0, NULL);
+    later_rec *one, **recs = n == 1 ? &one : xcalloc(n, sizeof(*recs));
+    for (size_t i = 0; i < n; i++)
+        recs[i] = xcalloc(1, sizeof(**recs));
+    int rc = push_nodes(q, nodes, n, bounded, at_us, recs);
+    if (recs != &one)
+        free(recs);
+    return rc;
 }
 
-static int mem_enqueue_batch(queue *q, queue_node *const *nodes, size_t n)
+/* A waiting node's time came (timer thread): move it to the FIFO as a
+ * push would.  After shutdown it stays for try_take. */
+static void on_due(sched_timer *t)
 {
-    return push_nodes(q, nodes, n, 1);
+    later_rec *r = UTIL_CONTAINER_OF(t, later_rec, timer);
+    mem_queue *m = r->m;
+    int what = WAKE_NONE;
+    waiter *w = NULL;
+
+    pthread_mutex_lock(&m->mu);
+    if (r->claimed || m->shut) {
+        pthread_mutex_unlock(&m->mu);
+        return; /* a claimed record is its claimer's to free */
+    }
+    later_unlink_locked(m, r);
+    uint64_t now = util_now_us();
+    link_locked(m, r->node, now);
+    m->prev_push_us = m->push_us;
+    m->push_us = now;
+    what = need_wake_locked(m, now, &w);
+    /* Signalled before unlocking (a rare path): once mu is released this
+     * callback touches nothing of m, so destroy need not wait for it. */
+    wake(m, what, w);
+    pthread_mutex_unlock(&m->mu);
+    free(r);
 }
 
-static int mem_requeue(queue *q, queue_node *n)
+static int mem_enqueue(queue *q, queue_node *const *nodes, size_t n, uint64_t not_before_us,
+                       queue_done_fn done, void *done_arg)
 {
-    return push_nodes(q, &n, 1, 0);
+    int rc = push_at(q, nodes, n, 1, not_before_us);
+    if (rc == 0 && done)
+        done(done_arg, 0, NULL); /* memory is as durable as it gets */
+    return rc;
+}
+
+static int mem_nack(queue *q, queue_node *n, uint64_t retry_at_us, const char *why)
+{
+    (void)why; /* nothing to record it in */
+    return push_at(q, &n, 1, 0, retry_at_us);
 }
 
 /* Block until woken: on this thread's waiter (made on its first wait),
@@ -326,7 +430,7 @@ static void wait_locked(mem_queue *m)
     }
 }
 
-static queue_node *mem_dequeue(queue *q)
+static queue_node *mem_take(queue *q)
 {
     mem_queue *m = mq(q);
     queue_node *n = NULL;
@@ -351,22 +455,34 @@ static queue_node *mem_dequeue(queue *q)
     return n;
 }
 
-static queue_node *mem_try_dequeue(queue *q)
+static queue_node *mem_try_take(queue *q)
 {
     mem_queue *m = mq(q);
     queue_node *n;
+    later_rec *r = NULL;
 
     pthread_mutex_lock(&m->mu);
     n = pop_locked(m);
+    if (n == NULL && m->shut && m->later) { /* hand back the waiting ones too */
+        r = m->later;
+        later_unlink_locked(m, r);
+        r->claimed = 1;
+    }
     pthread_mutex_unlock(&m->mu);
+    if (r) {
+        sched_cancel(&r->timer); /* waits out a callback in progress */
+        n = r->node;
+        free(r);
+    }
     return n;
 }
 
-static void mem_ack(queue *q, queue_node *n)
+static void mem_ack(queue *q, queue_node *n, const queue_outcome *o)
 {
     /* Nothing is journalled in memory: the item itself is the record. */
     (void)q;
     (void)n;
+    (void)o;
 }
 
 static size_t mem_depth(queue *q)
@@ -407,6 +523,20 @@ static void mem_destroy(queue *q)
 {
     mem_queue *m = mq(q);
 
+    pthread_mutex_lock(&m->mu);
+    later_rec *rest = m->later;
+    m->later = NULL;
+    m->nlater = 0;
+    for (later_rec *r = rest; r; r = r->next)
+        r->claimed = 1;
+    pthread_mutex_unlock(&m->mu);
+    while (rest) {
+        later_rec *r = rest;
+        rest = r->next;
+        sched_cancel(&r->timer);
+        free(r);
+    }
+
     while (m->all) {
         waiter *w = m->all;
         m->all = w->next_all;
@@ -421,11 +551,10 @@ static void mem_destroy(queue *q)
 static const queue_ops mem_ops = {
     .name = "memory",
     .enqueue = mem_enqueue,
-    .enqueue_batch = mem_enqueue_batch,
-    .dequeue = mem_dequeue,
-    .try_dequeue = mem_try_dequeue,
+    .take = mem_take,
+    .try_take = mem_try_take,
     .ack = mem_ack,
-    .requeue = mem_requeue,
+    .nack = mem_nack,
     .depth = mem_depth,
     .wakeups = mem_wakeups,
     .shutdown = mem_shutdown,

@@ -8,8 +8,8 @@
  * attach (HTTP thread, or the scheduler for periodic ticks) and is, until
  * it reaches a final state, in exactly one place whose owner alone may
  * move it: an unsubmitted group (the HTTP thread), behind its sequential
- * predecessor (the thread running that one), the shared queue, a name's
- * wait list (conc_mu), a retry timer (the scheduler), or a worker.  Once
+ * predecessor (the thread running that one), the shared queue (also while
+ * it waits there for a retry), a name's wait list (conc_mu), or a worker.  Once
  * final it sits in the record ring until evicted and freed.
  *
  * Threads: HTTP threads (attach, submit, discard, stats, records),
@@ -23,7 +23,7 @@
  *   rec_mu   - every record field (state, attempts, times, error,
  *              delivered, mode, result), the id hash, the live list,
  *              the ring, finished_total, running_now; rec_cv signals
- *              progress while draining.  May call sched_add.
+ *              progress while draining.
  *   conc_mu  - each kind's conc_running and wait list.
  *   kinds_mu - serialises inserts into the prepend-only kind list, which
  *              readers walk without a lock (nodes are immutable and never
@@ -108,13 +108,12 @@ typedef struct task_rid {
 
 typedef struct task_item task_item;
 
-/* What few tasks need, allocated on first use: the timers of a retry or a
- * timeout and the result of bgs_task_result.  The pointer to it is set
- * under rec_mu; the timers are owned like the item; the result fields
- * are guarded by rec_mu. */
+/* What few tasks need, allocated on first use: the timer of a timeout
+ * and the result of bgs_task_result.  The pointer to it is set under
+ * rec_mu; the timer is owned like the item; the result fields are
+ * guarded by rec_mu.  (A retry waits in the queue: queue_nack.) */
 typedef struct task_extra {
     task_item *item;
-    sched_timer retry_timer;     /* pending while retrying */
     sched_timer timeout_timer;   /* pending while a run with timeout_ms is on */
     int has_result;
     uint32_t res_status;
@@ -799,13 +798,6 @@ static void on_timeout(sched_timer *t)
     atomic_fetch_or(&it->cancel, CANCEL_SET | CANCEL_TIMEOUT);
 }
 
-static void on_retry(sched_timer *t)
-{
-    task_item *it = UTIL_CONTAINER_OF(t, task_extra, retry_timer)->item;
-    if (queue_requeue(Q, &it->qnode) != 0)
-        finalize(it, ST_CANCELLED, "server is shutting down; the retry never ran");
-}
-
 /* One attempt of it on this worker, up to its next state. */
 static void run_once(task_item *it)
 {
@@ -858,7 +850,7 @@ static void run_once(task_item *it)
     }
 
     if (rc == 0) {
-        queue_ack(Q, &it->qnode);
+        queue_ack(Q, &it->qnode, &(queue_outcome){.succeeded = 1, .state = state_names[ST_SUCCEEDED]});
         finalize(it, ST_SUCCEEDED, NULL);
         return;
     }
@@ -874,30 +866,28 @@ static void run_once(task_item *it)
                      def->timeout_ms, err);
         else
             snprintf(why, sizeof(why), "cancelled at shutdown: %s", err);
-        queue_ack(Q, &it->qnode);
+        queue_ack(Q, &it->qnode, &(queue_outcome){.state = state_names[ST_CANCELLED], .error = why});
         finalize(it, ST_CANCELLED, why);
         return;
     }
     if (ctx.attempt >= it->max_attempts) {
-        queue_ack(Q, &it->qnode);
+        queue_ack(Q, &it->qnode, &(queue_outcome){.state = state_names[ST_FAILED], .error = err});
         finalize(it, ST_FAILED, err);
         return;
     }
 
     uint64_t delay = backoff_ms(def, it->id, ctx.attempt);
-    uint64_t id = it->id;
-    task_kind *kind = it->kind;
-    task_extra *x = item_extra(it);
     pthread_mutex_lock(&rec_mu);
-    /* Armed under rec_mu, so the shutdown's collection of retrying items
-     * (also under rec_mu) always finds the timer pending or fired. */
     transition_locked(it, ST_RETRYING);
     free(it->error);
     it->error = xstrdup(err);
-    sched_add(&x->retry_timer, util_now_us() + delay * 1000u, on_retry);
     pthread_mutex_unlock(&rec_mu);
-    /* it may already be running again: log from copies. */
-    log_event("retry", id, kind->name, ctx.attempt, dur, err, delay);
+    log_event("retry", it->id, it->kind->name, ctx.attempt, dur, err, delay);
+    /* The queue holds it until the backoff is over.  A shutdown that
+     * began meanwhile refuses it (it would never run): cancel it here.
+     * One that comes later hands it back with try_take. */
+    if (queue_nack(Q, &it->qnode, util_now_us() + delay * 1000u, err) != 0)
+        finalize(it, ST_CANCELLED, "server is shutting down; the retry never ran");
 }
 
 /* The worker's run function: enforce the per-name cap, run, and when a
@@ -1422,28 +1412,23 @@ size_t tasks_shutdown(unsigned drain_ms)
     queue_shutdown(Q);
     sched_stop();
 
-    size_t nu, nretry = 0;
+    size_t nu;
     unfinished *u;
-    task_item **retrying;
     pthread_mutex_lock(&rec_mu);
     u = snapshot_live_locked(&nu);
-    retrying = xcalloc(live_count ? live_count : 1, sizeof(*retrying));
-    for (task_item *it = live.lnext; it != &live; it = it->lnext) {
+    for (task_item *it = live.lnext; it != &live; it = it->lnext)
         atomic_fetch_or(&it->cancel, CANCEL_SET);
-        if (it->state == ST_RETRYING)
-            retrying[nretry++] = it;
-    }
     pthread_mutex_unlock(&rec_mu);
 
-    for (size_t i = 0; i < nretry; i++)
-        if (sched_cancel(&retrying[i]->x->retry_timer))
-            finalize(retrying[i], ST_CANCELLED, "cancelled at shutdown before its retry ran");
-    free(retrying);
-
+    /* The queue hands back the ready ones, then those waiting to retry. */
     queue_node *n;
-    while ((n = queue_try_dequeue(Q)) != NULL) {
+    while ((n = queue_try_take(Q)) != NULL) {
         task_item *it = UTIL_CONTAINER_OF(n, task_item, qnode);
-        finalize(it, ST_CANCELLED, "cancelled at shutdown; the task never ran");
+        pthread_mutex_lock(&rec_mu);
+        int retrying = it->state == ST_RETRYING;
+        pthread_mutex_unlock(&rec_mu);
+        finalize(it, ST_CANCELLED, retrying ? "cancelled at shutdown before its retry ran"
+                                            : "cancelled at shutdown; the task never ran");
     }
 
     task_item *waiting = NULL;

@@ -1,7 +1,7 @@
 /*
  * workers.c - the task thread pool (see workers.h).
  *
- * Each thread loops: block in queue_dequeue, run the node, repeat, until
+ * Each thread loops: block in queue_take, run the node, repeat, until
  * the queue is shut down.  `busy` is an atomic gauge read by stats.
  * `exited` and `gone` (per thread) are guarded by mu; workers_stop waits
  * on cv for threads to leave, with a deadline, because a thread stuck in
@@ -43,7 +43,7 @@ static void *worker_main(void *p)
     queue_node *n;
 
     free(wa);
-    while ((n = queue_dequeue(w->q)) != NULL) {
+    while ((n = queue_take(w->q)) != NULL) {
         atomic_fetch_add(&w->busy, 1);
         w->run(n, w->arg);
         atomic_fetch_sub(&w->busy, 1);
