@@ -22,16 +22,19 @@ SANFLAGS := -fsanitize=$(SANITIZE) -fno-omit-frame-pointer -fno-sanitize-recover
 endif
 
 # Debian package names, and the pkg-config module each one provides.
-RUN_DEBS  := libmicrohttpd-dev libsqlite3-dev libdw-dev pkg-config
-TEST_DEBS := libmicrohttpd-dev libsqlite3-dev libdw-dev pkg-config libcmocka-dev libcurl4-openssl-dev
-RUN_PCS   := libmicrohttpd sqlite3 libdw
-TEST_PCS  := libmicrohttpd sqlite3 libdw cmocka libcurl
+# TEST_CMDS: programs the tests run (the broker's tests start redis-server).
+RUN_DEBS  := libmicrohttpd-dev libsqlite3-dev libdw-dev libhiredis-dev pkg-config
+TEST_DEBS := libmicrohttpd-dev libsqlite3-dev libdw-dev libhiredis-dev pkg-config libcmocka-dev \
+             libcurl4-openssl-dev redis-server
+RUN_PCS   := libmicrohttpd sqlite3 libdw hiredis
+TEST_PCS  := libmicrohttpd sqlite3 libdw hiredis cmocka libcurl
+TEST_CMDS := redis-server
 
 WARN     := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissing-prototypes
 BASE     := -std=c11 -D_GNU_SOURCE -g -O2 $(WARN)
 CFLAGS_SRV = $(BASE) $(SANFLAGS) -Iinclude -iquote cmd/bgserve -pthread \
-             $(shell pkg-config --cflags libmicrohttpd sqlite3 libdw 2>/dev/null) -MMD -MP
-LDLIBS_SRV = $(shell pkg-config --libs libmicrohttpd sqlite3 libdw 2>/dev/null) -ldl -lm -pthread
+             $(shell pkg-config --cflags libmicrohttpd sqlite3 libdw hiredis 2>/dev/null) -MMD -MP
+LDLIBS_SRV = $(shell pkg-config --libs libmicrohttpd sqlite3 libdw hiredis 2>/dev/null) -ldl -lm -pthread
 PLUGIN_CFLAGS := -std=c11 -D_GNU_SOURCE -g -O2 $(WARN) -Iinclude -fPIC -fvisibility=hidden
 PLUGIN_LDFLAGS := -shared -Wl,-z,defs
 
@@ -112,10 +115,12 @@ $(BUILD)/tests/test_%: $(BUILD)/obj/tests/test_%.o $(TEST_SUPPORT) $(BUILD)/libb
 
 # ---- system packages ---------------------------------------------------
 
-# Checks the pkg-config modules; installs the missing Debian packages when
-# run as root, otherwise prints the exact command and stops.
+# Checks the pkg-config modules (and the programs in $(3)); installs the
+# missing Debian packages when run as root, otherwise prints the exact
+# command and stops.
 define ensure_debs
-	@if ! command -v pkg-config >/dev/null 2>&1 || ! pkg-config --exists $(2); then \
+	@if ! command -v pkg-config >/dev/null 2>&1 || ! pkg-config --exists $(2) || \
+	    ! ( for c in $(3); do command -v $$c >/dev/null 2>&1 || exit 1; done ); then \
 	  missing=""; \
 	  for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	  if [ -z "$$missing" ]; then missing="$(1)"; fi; \
@@ -135,7 +140,7 @@ deps-run:
 	$(call ensure_debs,$(RUN_DEBS),$(RUN_PCS))
 
 deps-test:
-	$(call ensure_debs,$(TEST_DEBS),$(TEST_PCS))
+	$(call ensure_debs,$(TEST_DEBS),$(TEST_PCS),$(TEST_CMDS))
 
 # The iterate loop: rebuild and reload the sample app on every save.
 sample_app: $(SAMPLE)

@@ -112,17 +112,6 @@ static long lit_find(const node *n, const char *seg, size_t len, size_t *ins)
     return -1;
 }
 
-static int hexval(unsigned char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 static int is_name_start(char c)
 {
     return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || c == '_';
@@ -374,8 +363,8 @@ long router_pct_decode(const char *src, size_t len, char *dst, int plus_is_space
         if (c == '%') {
             if (len - i < 3) /* fewer than two characters follow */
                 return -1;
-            int hi = hexval((unsigned char)src[i + 1]);
-            int lo = hexval((unsigned char)src[i + 2]);
+            int hi = util_hexval((unsigned char)src[i + 1]);
+            int lo = util_hexval((unsigned char)src[i + 2]);
             if (hi < 0 || lo < 0 || (hi == 0 && lo == 0))
                 return -1;
             dst[o++] = (char)(hi * 16 + lo);

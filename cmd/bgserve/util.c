@@ -150,6 +150,17 @@ void util_iso_time(char *buf, size_t cap, uint64_t wall_us, unsigned frac_digits
                  tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, frac);
 }
 
+int util_hexval(unsigned char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
 int util_strcaseeq(const char *a, const char *b)
 {
     for (;; a++, b++) {

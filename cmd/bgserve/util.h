@@ -51,6 +51,9 @@ void util_iso_time(char *buf, size_t cap, uint64_t wall_us, unsigned frac_digits
 #define UTIL_U64_DEC_MAX 21
 size_t util_u64_dec(char *buf, uint64_t v);
 
+/* The value of hex digit c (0-15), or -1 when c is not one. */
+int util_hexval(unsigned char c);
+
 /* Case-insensitive ASCII equality: 1 when equal, 0 otherwise. */
 int util_strcaseeq(const char *a, const char *b);
 
