@@ -301,8 +301,9 @@ typedef struct bgs_host_api {
     const char *(*req_id)(bgs_req *req);            /* as in X-Request-Id */
     bgs_app *(*req_app)(bgs_req *req);
     /* The instance of service name for this request (BGS_SCOPED: one per
-     * request, destroyed after the response), or NULL when unknown or its
-     * create function failed. */
+     * request, destroyed after the response), or NULL: for a NULL or
+     * unknown name with a misuse warning (BGS_EINVAL), for a create
+     * function that returned NULL with an error line. */
     void *(*req_service)(bgs_req *req, const char *name);
     /* A log line tagged with the request id; logged (tagged "-") even
      * when the handle is refused.  level: BGS_LOG_*. */
@@ -334,7 +335,9 @@ typedef struct bgs_host_api {
     int (*res_accepted)(bgs_res *res, uint64_t task_id);
 
     /* ---- App: any thread, while the generation lives; registration
-     * only in the start hook.  A NULL app is BGS_EINVAL. */
+     * only in the start hook.  A NULL app is BGS_EINVAL; a retired
+     * generation's app (say, one handed over) or another kind of handle
+     * is BGS_ESTATE (app_data returns NULL, the void ones do nothing). */
     /* In the start hook: the message the server prints when start
      * returns non-zero. */
     void (*app_fail)(bgs_app *app, const char *fmt, ...) BGS__PRINTF(2, 3);

@@ -4,7 +4,8 @@
  * gets its documented result code and one warning line saying where it
  * happened, is counted in /_bgserve/stats, and no other request is
  * affected.  Handles kept past their life are used from a later request,
- * from a task and from the plugin's own thread.
+ * from a task and from the plugin's own thread; a retired generation's
+ * app handle after a reload.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -250,6 +251,53 @@ static void misuse_va_list_slots_forward(void **state)
     h_free(&s);
 }
 
+/* The app handle is checked like the others: a handle of another kind,
+ * and the previous generation's (handed over through a reload) once that
+ * generation retired, are refused; service misuse (in the start hook and
+ * in a handler) is reported once, where it happened. */
+static void misuse_app_handles_and_services(void **state)
+{
+    (void)state;
+    h_server s;
+    static const char *const args[] = {"--quiet", NULL};
+    static const char *const env[] = {"MISUSE_START_SERVICES=1", NULL};
+    assert_int_equal(h_start_app(&s, h_fixture("misuse_app"), args, env), 0);
+    const char *rid = get_plain(&s, "/app", "app old=none");
+    char want[256];
+    h_drain_log(&s);
+    /* one line each, from the host API alone (no second error line) */
+    assert_int_equal(h_count_log(&s, "service 'svc' is already registered"), 1);
+    h_assert_contains(s.log, "bgserve: warning: bgs_app_service(\"svc\"): service 'svc' is already "
+                      "registered; each name can be registered once in plugin 'misuse' "
+                      "(the start hook): returns BGS_EINVAL");
+    assert_int_equal(h_count_log(&s, "service 'nocreate' has no create function"), 1);
+    h_assert_contains(s.log, "bgs_app_data(): app handle: not a handle of this kind");
+    h_assert_contains(s.log, "bgs_app_service(\"late\"): outside the start hook");
+    snprintf(want, sizeof want, "bgs_req_service(\"nosuch\"): service 'nosuch' is not registered; "
+             "register it in the start hook with bgs_app_service() in plugin 'misuse' "
+             "(route GET /app, request %s): returns NULL (BGS_EINVAL)", rid);
+    h_assert_contains(s.log, want);
+    assert_int_equal(h_count_log(&s, "service 'nosuch' is not registered"), 1);
+    long long before = h_stat(&s, NULL, "misuse");
+
+    kill(s.pid, SIGHUP); /* the same file again: generation 2 gets 1's handle */
+    assert_true(h_wait_log(&s, "generation 1 retired", 20000));
+    get_plain(&s, "/app", "app old=refused");
+    h_drain_log(&s);
+    h_assert_contains(s.log, "bgs_app_data(): app handle: the handle's life has ended "
+                      "(it is valid from the start hook until the stop hook returns)");
+    h_assert_contains(s.log, "bgs_app_set_data(): app handle: the handle's life has ended");
+    h_assert_contains(s.log, "bgs_app_service(): app handle: the handle's life has ended");
+    h_assert_contains(s.log, "bgs_app_periodic(): app handle: the handle's life has ended");
+    h_assert_contains(s.log, "bgs_app_handover_taken(): app handle: the handle's life has ended");
+    h_assert_contains(s.log, "line through a retired app handle");
+    /* 2 in generation 2's start hook, 3 as before, 6 for the old handle */
+    assert_int_equal(h_stat(&s, NULL, "misuse"), before + 2 + 3 + 6);
+    assert_codes_ok(&s);
+    h_stop_clean(&s);
+    h_free(&s);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -260,6 +308,7 @@ int main(void)
         cmocka_unit_test(misuse_null_arguments_and_unknown_names),
         cmocka_unit_test(misuse_warnings_rate_limited_per_call_site),
         cmocka_unit_test(misuse_va_list_slots_forward),
+        cmocka_unit_test(misuse_app_handles_and_services),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

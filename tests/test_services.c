@@ -87,11 +87,11 @@ static void services_lifetimes_across_two_scopes(void **state)
     svc_arg as = {&cs, "single"}, ac = {&cc, "scoped"}, at = {&ct, "trans"};
     services *s = services_new();
     assert_int_equal(services_register(s, "single", BGS_SINGLETON, svc_create,
-                                       svc_destroy, &as), 0);
+                                       svc_destroy, &as, NULL, 0), 0);
     assert_int_equal(services_register(s, "scoped", BGS_SCOPED, svc_create,
-                                       svc_destroy, &ac), 0);
+                                       svc_destroy, &ac, NULL, 0), 0);
     assert_int_equal(services_register(s, "trans", BGS_TRANSIENT, svc_create,
-                                       svc_destroy, &at), 0);
+                                       svc_destroy, &at, NULL, 0), 0);
 
     for (int round = 0; round < 2; round++) {
         services_scope *scope = NULL;
@@ -131,7 +131,7 @@ static void services_singleton_without_scope(void **state)
     svc_arg a = {&c, "one"};
     services *s = services_new();
     assert_int_equal(services_register(s, "one", BGS_SINGLETON, svc_create,
-                                       svc_destroy, &a), 0);
+                                       svc_destroy, &a, NULL, 0), 0);
     assert_non_null(services_get(s, NULL, "one"));
     assert_int_equal(c.created, 1);
     services_free(s);
@@ -146,11 +146,11 @@ static void services_scope_destroys_in_reverse(void **state)
     svc_arg a = {&c, "a"}, b = {&c, "b"}, t = {&c, "t"};
     services *s = services_new();
     assert_int_equal(services_register(s, "a", BGS_SCOPED, svc_create,
-                                       svc_destroy, &a), 0);
+                                       svc_destroy, &a, NULL, 0), 0);
     assert_int_equal(services_register(s, "b", BGS_SCOPED, svc_create,
-                                       svc_destroy, &b), 0);
+                                       svc_destroy, &b, NULL, 0), 0);
     assert_int_equal(services_register(s, "t", BGS_TRANSIENT, svc_create,
-                                       svc_destroy, &t), 0);
+                                       svc_destroy, &t, NULL, 0), 0);
     services_scope *scope = NULL;
     /* creation order: b, t, a (registration order is a, b, t) */
     assert_non_null(services_get(s, &scope, "b"));
@@ -173,13 +173,13 @@ static void services_singletons_destroyed_in_reverse(void **state)
     svc_arg x = {&c, "x"}, y = {&c, "y"}, z = {&c, "z"}, u = {&c, "unused"};
     services *s = services_new();
     assert_int_equal(services_register(s, "x", BGS_SINGLETON, svc_create,
-                                       svc_destroy, &x), 0);
+                                       svc_destroy, &x, NULL, 0), 0);
     assert_int_equal(services_register(s, "y", BGS_SINGLETON, svc_create,
-                                       svc_destroy, &y), 0);
+                                       svc_destroy, &y, NULL, 0), 0);
     assert_int_equal(services_register(s, "z", BGS_SINGLETON, svc_create,
-                                       svc_destroy, &z), 0);
+                                       svc_destroy, &z, NULL, 0), 0);
     assert_int_equal(services_register(s, "unused", BGS_SINGLETON, svc_create,
-                                       svc_destroy, &u), 0);
+                                       svc_destroy, &u, NULL, 0), 0);
     assert_non_null(services_get(s, NULL, "z"));
     assert_non_null(services_get(s, NULL, "x"));
     assert_non_null(services_get(s, NULL, "y"));
@@ -237,7 +237,7 @@ static void services_concurrent_singleton_created_once(void **state)
         pthread_cond_init(&r.cond, NULL);
         r.s = services_new();
         assert_int_equal(services_register(r.s, "shared", BGS_SINGLETON,
-                                           svc_create, svc_destroy, &a), 0);
+                                           svc_create, svc_destroy, &a, NULL, 0), 0);
         pthread_t th[NTHREADS];
         racer rs[NTHREADS];
         for (int i = 0; i < NTHREADS; i++) {
@@ -289,9 +289,9 @@ static void services_failed_create_is_null(void **state)
     (void)state;
     services *s = services_new();
     assert_int_equal(services_register(s, "db", BGS_SINGLETON, null_create,
-                                       NULL, NULL), 0);
+                                       NULL, NULL, NULL, 0), 0);
     assert_int_equal(services_register(s, "conn", BGS_SCOPED, null_create,
-                                       NULL, NULL), 0);
+                                       NULL, NULL, NULL, 0), 0);
     services_scope *scope = NULL;
     h_capture_begin();
     void *p1 = services_get(s, &scope, "db");
@@ -314,7 +314,7 @@ static void services_scoped_needs_scope(void **state)
     svc_arg a = {&c, "req"};
     services *s = services_new();
     assert_int_equal(services_register(s, "req", BGS_SCOPED, svc_create,
-                                       svc_destroy, &a), 0);
+                                       svc_destroy, &a, NULL, 0), 0);
     h_capture_begin();
     void *p = services_get(s, NULL, "req");
     char *log = h_capture_end();
@@ -325,18 +325,21 @@ static void services_scoped_needs_scope(void **state)
     services_free(s);
 }
 
+/* Each refusal says why, and logs nothing itself: the host API reports
+ * it once, as a misuse at the plugin's call site (test_misuse). */
 static void services_register_errors(void **state)
 {
     (void)state;
     services *s = services_new();
+    char w_null[256], w_empty[256], w_create[256], w_life4[256], w_dup[256], w_first[256];
     h_capture_begin();
-    int r_null = services_register(s, NULL, BGS_SINGLETON, null_create, NULL, NULL);
-    int r_empty = services_register(s, "", BGS_SINGLETON, null_create, NULL, NULL);
-    int r_create = services_register(s, "nocreate", BGS_SINGLETON, NULL, NULL, NULL);
-    int r_life0 = services_register(s, "life", 0, null_create, NULL, NULL);
-    int r_life4 = services_register(s, "life", 4, null_create, NULL, NULL);
-    int r_first = services_register(s, "dup", BGS_SCOPED, null_create, NULL, NULL);
-    int r_dup = services_register(s, "dup", BGS_SINGLETON, null_create, NULL, NULL);
+    int r_null = services_register(s, NULL, BGS_SINGLETON, null_create, NULL, NULL, w_null, sizeof w_null);
+    int r_empty = services_register(s, "", BGS_SINGLETON, null_create, NULL, NULL, w_empty, sizeof w_empty);
+    int r_create = services_register(s, "nocreate", BGS_SINGLETON, NULL, NULL, NULL, w_create, sizeof w_create);
+    int r_life0 = services_register(s, "life", 0, null_create, NULL, NULL, NULL, 0);
+    int r_life4 = services_register(s, "life", 4, null_create, NULL, NULL, w_life4, sizeof w_life4);
+    int r_first = services_register(s, "dup", BGS_SCOPED, null_create, NULL, NULL, w_first, sizeof w_first);
+    int r_dup = services_register(s, "dup", BGS_SINGLETON, null_create, NULL, NULL, w_dup, sizeof w_dup);
     char *log = h_capture_end();
     assert_int_equal(r_null, BGS_EINVAL);
     assert_int_equal(r_empty, BGS_EINVAL);
@@ -345,10 +348,40 @@ static void services_register_errors(void **state)
     assert_int_equal(r_life4, BGS_EINVAL);
     assert_int_equal(r_first, 0);
     assert_int_equal(r_dup, BGS_EINVAL);
-    h_assert_contains(log, "without a name");
-    h_assert_contains(log, "service 'nocreate' has no create function");
-    h_assert_contains(log, "service 'life' has unknown lifetime 4");
-    h_assert_contains(log, "service 'dup' is already registered");
+    h_assert_contains(w_null, "non-empty name");
+    h_assert_contains(w_empty, "non-empty name");
+    h_assert_contains(w_create, "service 'nocreate' has no create function");
+    h_assert_contains(w_life4, "service 'life' has unknown lifetime 4");
+    h_assert_contains(w_dup, "service 'dup' is already registered");
+    assert_string_equal(log, "");
+    free(log);
+    services_free(s);
+}
+
+/* services_lookup explains a lookup the plugin got wrong instead of
+ * logging it; a create function that failed is still logged. */
+static void services_lookup_explains_misuse(void **state)
+{
+    (void)state;
+    services *s = services_new();
+    assert_int_equal(services_register(s, "db", BGS_SINGLETON, null_create, NULL, NULL, NULL, 0), 0);
+    assert_int_equal(services_register(s, "conn", BGS_SCOPED, null_create, NULL, NULL, NULL, 0), 0);
+    char why[256];
+    h_capture_begin();
+    assert_null(services_lookup(s, NULL, "mailer", why, sizeof why));
+    h_assert_contains(why, "service 'mailer' is not registered");
+    assert_null(services_lookup(s, NULL, NULL, why, sizeof why));
+    h_assert_contains(why, "NULL service name");
+    assert_null(services_lookup(s, NULL, "conn", why, sizeof why));
+    h_assert_contains(why, "service 'conn' is scoped and needs a request or task scope");
+    char *quiet = h_capture_end();
+    assert_string_equal(quiet, "");
+    free(quiet);
+    h_capture_begin();
+    assert_null(services_lookup(s, NULL, "db", why, sizeof why));
+    char *log = h_capture_end();
+    assert_string_equal(why, "");
+    h_assert_contains(log, "service 'db' could not be created");
     free(log);
     services_free(s);
 }
@@ -365,6 +398,7 @@ int main(void)
         cmocka_unit_test(services_failed_create_is_null),
         cmocka_unit_test(services_scoped_needs_scope),
         cmocka_unit_test(services_register_errors),
+        cmocka_unit_test(services_lookup_explains_misuse),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -412,7 +412,7 @@ static int group_setup(void **state)
     gen.plugin = &fake_plugin;
     gen.app.gen = &gen;
     gen.services = services_new();
-    if (services_register(gen.services, "conn", BGS_SCOPED, svc_create, svc_destroy, NULL) != 0)
+    if (services_register(gen.services, "conn", BGS_SCOPED, svc_create, svc_destroy, NULL, NULL, 0) != 0)
         return -1;
     return 0;
 }

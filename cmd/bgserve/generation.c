@@ -17,6 +17,10 @@
  *                   retirement signals (the bound on overlapping ones).
  *   stats_lock    - reload counters and the last reload error.
  *   handover_lock - every app's hand-over fields.
+ *   app_lock      - the app handles (rwlock): host functions look one up
+ *                   and use its app holding it for reading; retire closes
+ *                   the handle holding it for writing, after the stop
+ *                   hook, so no call is using the app when it is freed.
  *   reload_lock   - serialises gen_reload.
  * A generation's other fields are written only while it is created (one
  * thread, before it is shared) and in retire (after the last reference).
@@ -24,6 +28,7 @@
 #include "generation.h"
 
 #include "crash.h"
+#include "handle.h"
 #include "json.h"
 #include "log.h"
 #include "util.h"
@@ -50,6 +55,7 @@ static char *last_error;                  /* stats_lock; NULL when none */
 static uint64_t next_number = 2;          /* reload_lock */
 
 static pthread_mutex_t handover_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_rwlock_t app_lock = PTHREAD_RWLOCK_INITIALIZER;
 static pthread_mutex_t reload_lock = PTHREAD_MUTEX_INITIALIZER;
 
 /* ---- life and death ------------------------------------------------------- */
@@ -98,9 +104,13 @@ static void retire(generation *g)
         g->app.starting = 0;
         crash_frame cf; /* names the hook if it crashes */
         crash_enter_hook(&cf, "stop", g->number, g->plugin->name);
-        g->plugin->stop(&g->app);
+        g->plugin->stop(g->app.handle);
         crash_leave(&cf);
     }
+    pthread_rwlock_wrlock(&app_lock);
+    handle_close(g->app.handle);
+    g->app.handle = NULL;
+    pthread_rwlock_unlock(&app_lock);
     services_free(g->services);
     plugin_unload(g->plugin);
     free_periodic(g);
@@ -138,6 +148,7 @@ static int create(const char *path, uint64_t number, unsigned flags, generation 
     g->services = services_new();
     services_set_origin(g->services, number, p->name);
     g->app.gen = g;
+    g->app.handle = handle_open(HANDLE_APP, &g->app, 0);
     g->app.check_only = (flags & GEN_CHECK_ONLY) != 0;
     live_add(g);
 
@@ -152,7 +163,7 @@ static int create(const char *path, uint64_t number, unsigned flags, generation 
         g->app.handover_from = prev;
         crash_frame cf; /* names the hook if it crashes */
         crash_enter_hook(&cf, "start", g->number, p->name);
-        int rc = p->start(&g->app);
+        int rc = p->start(g->app.handle);
         crash_leave(&cf);
         g->app.starting = 0;
         pthread_mutex_lock(&handover_lock);
@@ -228,6 +239,27 @@ generation *gen_current(void)
         gen_retain(g);
     pthread_mutex_unlock(&current_lock);
     return g;
+}
+
+void gen_current_name(char *buf, size_t cap)
+{
+    pthread_mutex_lock(&current_lock);
+    snprintf(buf, cap, "%s", current ? current->plugin->name : "?");
+    pthread_mutex_unlock(&current_lock);
+}
+
+struct bgs_app *gen_app_enter(const void *h, int *why)
+{
+    pthread_rwlock_rdlock(&app_lock);
+    struct bgs_app *app = handle_get(HANDLE_APP, h, why);
+    if (app == NULL)
+        pthread_rwlock_unlock(&app_lock);
+    return app;
+}
+
+void gen_app_leave(void)
+{
+    pthread_rwlock_unlock(&app_lock);
 }
 
 void gen_set_current(generation *g)

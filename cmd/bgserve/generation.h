@@ -19,9 +19,11 @@
 
 typedef struct generation generation;
 
-/* The app handle plugins see.  Owned by its generation. */
+/* The app behind the handle plugins see.  Owned by its generation. */
 struct bgs_app {
     generation *gen;
+    void *handle;          /* what the plugin holds (handle.h): opened before
+                            * the start hook, closed after the stop hook */
     void *data;            /* bgs_app_set_data; the plugin's to use */
     int failed;            /* set by bgs_app_fail */
     int starting;          /* 1 while the start hook runs */
@@ -97,6 +99,21 @@ void gen_activate(generation *g);
  * BGS_EINVAL. */
 int gen_add_periodic(generation *g, const char *task, uint32_t interval_ms,
                      const void *payload, size_t len, uint32_t flags);
+
+/*
+ * The app behind plugin handle h (bgs_app *), for a host function: on
+ * success the app-handle lock is held for reading until gen_app_leave, so
+ * its generation cannot retire meanwhile (never call gen_release, or
+ * anything that may, in between).  NULL, with the HANDLE_* reason in
+ * *why and no lock held, for a handle that is NULL, of another kind or
+ * whose generation has retired.
+ */
+struct bgs_app *gen_app_enter(const void *h, int *why);
+void gen_app_leave(void);
+
+/* The current generation's plugin name ("?" when none), copied into buf;
+ * takes no reference. */
+void gen_current_name(char *buf, size_t cap);
 
 /* Hand-over between generations (hostapi). */
 void gen_handover_set(bgs_app *app, void *state);

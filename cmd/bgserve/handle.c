@@ -170,6 +170,7 @@ const char *handle_kind_name(int kind)
     case HANDLE_RES: return "response";
     case HANDLE_TASK: return "task context";
     case HANDLE_DEFERRED: return "deferred response";
+    case HANDLE_APP: return "app";
     default: return "handle";
     }
 }

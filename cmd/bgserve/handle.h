@@ -1,6 +1,6 @@
 /*
  * handle.h - what the plugin holds in place of a pointer: the opaque
- * bgs_req, bgs_res, bgs_task_ctx and bgs_deferred handles.
+ * bgs_req, bgs_res, bgs_task_ctx, bgs_deferred and bgs_app handles.
  *
  * A handle names a slot in one process-wide table and the slot's serial
  * number; closing the handle bumps the serial, so every later use of it,
@@ -13,9 +13,10 @@
  *    thread that opened it, until that thread closes it (the handler or
  *    the task run returned).  handle_get needs no lock: only the owner
  *    closes, and the owner is the caller.
- *  - any-thread (deferred responses): the caller of handle_get must hold
- *    the lock under which the owning room closes its handles (deferred.c
- *    holds its `lock`), so the object cannot go away meanwhile.
+ *  - any-thread (deferred responses, apps): the caller of handle_get must
+ *    hold the lock under which the owning room closes its handles
+ *    (deferred.c holds its `lock`, generation.c its `app_lock`), so the
+ *    object cannot go away meanwhile.
  */
 #ifndef BGSERVE_HANDLE_H
 #define BGSERVE_HANDLE_H
@@ -25,6 +26,7 @@ enum {
     HANDLE_RES = 2,
     HANDLE_TASK = 3,
     HANDLE_DEFERRED = 4,
+    HANDLE_APP = 5,
 };
 
 #define HANDLE_THREAD_BOUND 1 /* handle_open flag: usable on this thread only */
@@ -53,7 +55,7 @@ void *handle_get(int kind, const void *h, int *why);
 /* Text for a HANDLE_* reason ("the handle's life has ended"). */
 const char *handle_why(int why);
 
-/* "request", "response", "task context", "deferred response". */
+/* "request", "response", "task context", "deferred response", "app". */
 const char *handle_kind_name(int kind);
 
 #endif

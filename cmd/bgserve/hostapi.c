@@ -131,7 +131,7 @@ static const char *host_req_id(bgs_req *h)
 static bgs_app *host_req_app(bgs_req *h)
 {
     struct bgs_req *req = REQ_OF(h, "bgs_req_app");
-    return req ? &req->gen->app : NULL;
+    return req ? req->gen->app.handle : NULL;
 }
 
 static void *host_req_service(bgs_req *h, const char *name)
@@ -139,7 +139,12 @@ static void *host_req_service(bgs_req *h, const char *name)
     struct bgs_req *req = REQ_OF(h, "bgs_req_service");
     if (req == NULL)
         return NULL;
-    return services_get(req->gen->services, &req->scope, name);
+    char why[256];
+    void *inst = services_lookup(req->gen->services, &req->scope, name, why, sizeof why);
+    if (inst == NULL && why[0])
+        misuse(MISUSE_SITE, BGS_EINVAL, "NULL", "bgs_req_service(\"%s\"): %s",
+               name ? name : "NULL", why);
+    return inst;
 }
 
 /* The line is logged even when the handle is refused (tagged "-"): the
@@ -582,130 +587,174 @@ static int host_res_await(bgs_res *h, const char *name, const void *payload,
 
 /* ---- app ------------------------------------------------------------------ */
 
-/* The app handle lives as long as its generation; these functions refuse
- * only NULL (reported like any misuse). */
-#define APP_NULL(fn, ret) misuse(MISUSE_SITE, BGS_EINVAL, (ret), fn "(NULL): NULL app handle")
+/* The app behind h, with the app-handle lock held for reading until
+ * APP_LEAVE (generation.h), or NULL after the misuse was reported (code
+ * gets BGS_EINVAL for NULL, BGS_ESTATE for a retired generation's or a
+ * wrong handle).  A macro, so the call site is the plugin's. */
+#define APP_ENTER(h, fn, ret, code) app_enter((h), MISUSE_SITE, (fn), (ret), (code))
+#define APP_LEAVE() gen_app_leave()
 
-static void app_failv(bgs_app *app, const char *fmt, va_list ap)
+static struct bgs_app *app_enter(bgs_app *h, const void *site, const char *fn,
+                                 const char *ret, int *code)
+{
+    int why;
+    struct bgs_app *app = gen_app_enter(h, &why);
+    if (app == NULL) {
+        int rc = misuse_bad_handle(HANDLE_APP, why, site, fn, ret);
+        if (code)
+            *code = rc;
+    }
+    return app;
+}
+
+static void app_failv(struct bgs_app *app, const char *fmt, va_list ap)
 {
     vsnprintf(app->fail_msg, sizeof app->fail_msg, fmt ? fmt : "(no message)", ap);
     app->failed = 1;
 }
 
-static void host_app_fail(bgs_app *app, const char *fmt, ...)
+static void host_app_fail(bgs_app *h, const char *fmt, ...)
 {
     va_list ap;
-    if (app == NULL) {
-        APP_NULL("bgs_app_fail", "nothing");
+    struct bgs_app *app = APP_ENTER(h, "bgs_app_fail", "nothing", NULL);
+    if (app == NULL)
         return;
-    }
     va_start(ap, fmt);
     app_failv(app, fmt, ap);
     va_end(ap);
+    APP_LEAVE();
 }
 
-static void host_app_failv(bgs_app *app, const char *fmt, va_list ap)
+static void host_app_failv(bgs_app *h, const char *fmt, va_list ap)
 {
+    struct bgs_app *app = APP_ENTER(h, "bgs_app_failv", "nothing", NULL);
     if (app == NULL)
-        APP_NULL("bgs_app_failv", "nothing");
-    else
-        app_failv(app, fmt, ap);
+        return;
+    app_failv(app, fmt, ap);
+    APP_LEAVE();
 }
 
-static void host_app_set_data(bgs_app *app, void *data)
+static void host_app_set_data(bgs_app *h, void *data)
 {
+    struct bgs_app *app = APP_ENTER(h, "bgs_app_set_data", "nothing", NULL);
     if (app == NULL)
-        APP_NULL("bgs_app_set_data", "nothing");
-    else
-        app->data = data;
+        return;
+    app->data = data;
+    APP_LEAVE();
 }
 
-static void *host_app_data(bgs_app *app)
+static void *host_app_data(bgs_app *h)
 {
+    struct bgs_app *app = APP_ENTER(h, "bgs_app_data", "NULL", NULL);
     if (app == NULL)
-        APP_NULL("bgs_app_data", "NULL");
-    return app ? app->data : NULL;
+        return NULL;
+    void *data = app->data;
+    APP_LEAVE();
+    return data;
 }
 
-static int host_app_service(bgs_app *app, const char *name, uint32_t lifetime,
+static int host_app_service(bgs_app *h, const char *name, uint32_t lifetime,
                             bgs_service_create_fn create,
                             bgs_service_destroy_fn destroy, void *arg)
 {
+    int rc;
+    struct bgs_app *app = APP_ENTER(h, "bgs_app_service", NULL, &rc);
     if (app == NULL)
-        return APP_NULL("bgs_app_service", NULL);
-    if (!app->starting)
-        return misuse(MISUSE_SITE, BGS_ESTATE, NULL, "bgs_app_service(\"%s\"): outside the start "
-                      "hook; register services in the start hook", name ? name : "NULL");
-    int rc = services_register(app->gen->services, name, lifetime, create, destroy, arg);
-    return REPORT(rc, "bgs_app_service(\"%s\"): %s", name ? name : "NULL", bgs_strerror(rc));
+        return rc;
+    char why[256];
+    if (!app->starting) {
+        rc = BGS_ESTATE;
+        snprintf(why, sizeof why, "outside the start hook; register services in the start hook");
+    } else {
+        rc = services_register(app->gen->services, name, lifetime, create, destroy, arg,
+                               why, sizeof why);
+    }
+    APP_LEAVE();
+    return REPORT(rc, "bgs_app_service(\"%s\"): %s", name ? name : "NULL", why);
 }
 
-static int host_app_periodic(bgs_app *app, const char *task, uint32_t interval_ms,
+static int host_app_periodic(bgs_app *h, const char *task, uint32_t interval_ms,
                              const void *payload, size_t len, uint32_t flags)
 {
+    int rc;
+    struct bgs_app *app = APP_ENTER(h, "bgs_app_periodic", NULL, &rc);
     if (app == NULL)
-        return APP_NULL("bgs_app_periodic", NULL);
+        return rc;
+    int starting = app->starting;
+    if (task == NULL || interval_ms == 0 || (payload == NULL && len > 0) || !starting)
+        rc = 0; /* reported below, without the lock */
+    else
+        rc = gen_add_periodic(app->gen, task, interval_ms, payload, len, flags);
+    APP_LEAVE();
     if (task == NULL)
         return misuse(MISUSE_SITE, BGS_EINVAL, NULL, "bgs_app_periodic(NULL): NULL task name");
     if (interval_ms == 0)
         return misuse(MISUSE_SITE, BGS_EINVAL, NULL, "bgs_app_periodic(\"%s\", 0): interval 0", task);
     if (payload == NULL && len > 0)
         return misuse(MISUSE_SITE, BGS_EINVAL, NULL, "bgs_app_periodic(\"%s\", NULL, %zu): NULL payload with a length", task, len);
-    if (!app->starting)
+    if (!starting)
         return misuse(MISUSE_SITE, BGS_ESTATE, NULL, "bgs_app_periodic(\"%s\"): outside the start "
                       "hook; register periodic tasks in the start hook", task);
-    int rc = gen_add_periodic(app->gen, task, interval_ms, payload, len, flags);
     return REPORT(rc, "bgs_app_periodic(\"%s\"): %s", task,
                   rc == BGS_ENOTASK ? "no task with that name" : bgs_strerror(rc));
 }
 
-static void app_logv(bgs_app *app, uint32_t level, const char *fmt, va_list ap)
+/* The line is logged even when the handle is refused (tagged "-"): the
+ * plugin's message is worth more than the tag. */
+static void host_app_logv(bgs_app *h, uint32_t level, const char *fmt, va_list ap)
 {
-    log_pluginv(level, "app", app && app->gen->plugin->name[0] ? app->gen->plugin->name : "-",
-                fmt ? fmt : "(null)", ap);
+    char name[128] = "-";
+    struct bgs_app *app = APP_ENTER(h, "bgs_app_logv", "nothing", NULL);
+    if (app != NULL) {
+        if (app->gen->plugin->name[0])
+            snprintf(name, sizeof name, "%s", app->gen->plugin->name);
+        APP_LEAVE();
+    }
+    log_pluginv(level, "app", name, fmt ? fmt : "(null)", ap);
 }
 
-static void host_app_log(bgs_app *app, uint32_t level, const char *fmt, ...)
+static void host_app_log(bgs_app *h, uint32_t level, const char *fmt, ...)
 {
+    char name[128] = "-";
     va_list ap;
-    if (app == NULL)
-        APP_NULL("bgs_app_log", "nothing");
+    struct bgs_app *app = APP_ENTER(h, "bgs_app_log", "nothing", NULL);
+    if (app != NULL) {
+        if (app->gen->plugin->name[0])
+            snprintf(name, sizeof name, "%s", app->gen->plugin->name);
+        APP_LEAVE();
+    }
     va_start(ap, fmt);
-    app_logv(app, level, fmt, ap);
+    log_pluginv(level, "app", name, fmt ? fmt : "(null)", ap);
     va_end(ap);
 }
 
-static void host_app_logv(bgs_app *app, uint32_t level, const char *fmt, va_list ap)
+static void host_app_handover_set(bgs_app *h, void *state)
 {
+    struct bgs_app *app = APP_ENTER(h, "bgs_app_handover_set", "nothing", NULL);
     if (app == NULL)
-        APP_NULL("bgs_app_logv", "nothing");
-    app_logv(app, level, fmt, ap);
+        return;
+    gen_handover_set(app, state);
+    APP_LEAVE();
 }
 
-static void host_app_handover_set(bgs_app *app, void *state)
+static void *host_app_handover_get(bgs_app *h)
 {
+    struct bgs_app *app = APP_ENTER(h, "bgs_app_handover_get", "NULL", NULL);
     if (app == NULL)
-        APP_NULL("bgs_app_handover_set", "nothing");
-    else
-        gen_handover_set(app, state);
-}
-
-static void *host_app_handover_get(bgs_app *app)
-{
-    if (app == NULL) {
-        APP_NULL("bgs_app_handover_get", "NULL");
         return NULL;
-    }
-    return app->starting ? gen_handover_get(app) : NULL;
+    void *state = app->starting ? gen_handover_get(app) : NULL;
+    APP_LEAVE();
+    return state;
 }
 
-static int host_app_handover_taken(bgs_app *app)
+static int host_app_handover_taken(bgs_app *h)
 {
-    if (app == NULL) {
-        APP_NULL("bgs_app_handover_taken", "0");
+    struct bgs_app *app = APP_ENTER(h, "bgs_app_handover_taken", "0", NULL);
+    if (app == NULL)
         return 0;
-    }
-    return gen_handover_taken(app);
+    int taken = gen_handover_taken(app);
+    APP_LEAVE();
+    return taken;
 }
 
 /* ---- the table ------------------------------------------------------------ */

@@ -90,9 +90,10 @@ static void running(char *buf, size_t cap, char *plugin_name, size_t pcap)
     else
         snprintf(buf, cap, "the %s hook", f->a ? f->a : "plugin");
     if (p == NULL) {
-        generation *g = gen_current(); /* one plugin per server: its name */
-        snprintf(plugin_name, pcap, "%s", g ? g->plugin->name : "?");
-        gen_release(g);
+        /* One plugin per server: its name.  No reference is taken, so a
+         * misuse reported under a room's lock never retires a generation
+         * (and runs its stop hook) there. */
+        gen_current_name(plugin_name, pcap);
     } else {
         snprintf(plugin_name, pcap, "%s", p);
     }
@@ -122,6 +123,17 @@ int misuse(const void *site, int code, const char *ret, const char *what, ...)
     return code;
 }
 
+int misuse_bad_handle(int kind, int why, const void *site, const char *fn, const char *ret)
+{
+    int rc = why == HANDLE_NULL ? BGS_EINVAL : BGS_ESTATE;
+    const char *life = kind == HANDLE_TASK ? "it is valid during the task run, on its thread"
+                       : kind == HANDLE_DEFERRED ? "it is valid until completed or released"
+                       : kind == HANDLE_APP ? "it is valid from the start hook until the stop hook returns"
+                                            : "it is valid until the handler returns, on its thread";
+    return misuse(site, rc, ret, "%s(): %s handle: %s (%s)", fn, handle_kind_name(kind),
+                  handle_why(why), life);
+}
+
 void *misuse_handle(int kind, const void *h, const void *site, const char *fn,
                     const char *ret, int *code)
 {
@@ -129,13 +141,8 @@ void *misuse_handle(int kind, const void *h, const void *site, const char *fn,
     void *obj = handle_get(kind, h, &why);
     if (obj != NULL)
         return obj;
-    int rc = why == HANDLE_NULL ? BGS_EINVAL : BGS_ESTATE;
+    int rc = misuse_bad_handle(kind, why, site, fn, ret);
     if (code)
         *code = rc;
-    const char *life = kind == HANDLE_TASK ? "it is valid during the task run, on its thread"
-                       : kind == HANDLE_DEFERRED ? "it is valid until completed or released"
-                                                 : "it is valid until the handler returns, on its thread";
-    misuse(site, rc, ret, "%s(): %s handle: %s (%s)", fn, handle_kind_name(kind),
-           handle_why(why), life);
     return NULL;
 }

@@ -37,4 +37,9 @@ uint64_t misuse_count(void);
 void *misuse_handle(int kind, const void *h, const void *site, const char *fn,
                     const char *ret, int *code);
 
+/* Report a handle of kind refused for reason why (HANDLE_*, from
+ * handle_get) as misuse_handle does; returns the code (BGS_EINVAL for
+ * HANDLE_NULL, else BGS_ESTATE).  For lookups a room makes itself. */
+int misuse_bad_handle(int kind, int why, const void *site, const char *fn, const char *ret);
+
 #endif

@@ -147,25 +147,28 @@ static entry *find(services *s, const char *name)
 
 int services_register(services *s, const char *name, uint32_t lifetime,
                       bgs_service_create_fn create,
-                      bgs_service_destroy_fn destroy, void *arg)
+                      bgs_service_destroy_fn destroy, void *arg,
+                      char *why, size_t whylen)
 {
     int rc = 0;
+    char dummy[1];
 
+    if (why == NULL) {
+        why = dummy;
+        whylen = sizeof dummy;
+    }
     if (name == NULL || name[0] == '\0') {
-        log_msg(BGS_LOG_ERROR, "cannot register a service without a name; "
-                "pass a non-empty name to bgs_app_service()");
+        snprintf(why, whylen, "a service needs a non-empty name");
         return BGS_EINVAL;
     }
     if (create == NULL) {
-        log_msg(BGS_LOG_ERROR, "service '%s' has no create function; "
-                "pass one to bgs_app_service()", name);
+        snprintf(why, whylen, "service '%s' has no create function; pass one", name);
         return BGS_EINVAL;
     }
     if (lifetime != BGS_SINGLETON && lifetime != BGS_SCOPED &&
         lifetime != BGS_TRANSIENT) {
-        log_msg(BGS_LOG_ERROR, "service '%s' has unknown lifetime %u; use "
-                "BGS_SINGLETON, BGS_SCOPED or BGS_TRANSIENT", name,
-                (unsigned)lifetime);
+        snprintf(why, whylen, "service '%s' has unknown lifetime %u; use "
+                 "BGS_SINGLETON, BGS_SCOPED or BGS_TRANSIENT", name, (unsigned)lifetime);
         return BGS_EINVAL;
     }
 
@@ -193,8 +196,8 @@ int services_register(services *s, const char *name, uint32_t lifetime,
 out:
     pthread_mutex_unlock(&s->mu);
     if (rc != 0)
-        log_msg(BGS_LOG_ERROR, "service '%s' is already registered; each "
-                "name can be registered once", name);
+        snprintf(why, whylen, "service '%s' is already registered; each "
+                 "name can be registered once", name);
     return rc;
 }
 
@@ -202,16 +205,16 @@ out:
 /* Lookups                                                             */
 /* ------------------------------------------------------------------ */
 
-static void *get_singleton(services *s, entry *e)
+static void *get_singleton(services *s, entry *e, char *why, size_t whylen)
 {
     void *inst = NULL;
 
     /* s->mu is held on entry and on return. */
     while (e->state == S_CREATING) {
         if (pthread_equal(e->creator, pthread_self())) {
-            log_msg(BGS_LOG_ERROR, "service '%s' was looked up while it was "
-                    "being created (its create function depends on "
-                    "itself); break the cycle", e->name);
+            snprintf(why, whylen, "service '%s' was looked up while it was "
+                     "being created (its create function depends on "
+                     "itself); break the cycle", e->name);
             return NULL;
         }
         pthread_cond_wait(&s->cond, &s->mu);
@@ -244,19 +247,19 @@ static void scope_add(services_scope *sc, const entry *e, void *inst,
     sc->items[sc->n++] = (scope_item){e, inst, destroy, arg};
 }
 
-void *services_get(services *s, services_scope **scope, const char *name)
+void *services_lookup(services *s, services_scope **scope, const char *name,
+                      char *why, size_t whylen)
 {
     void *inst = NULL;
 
+    why[0] = '\0';
     if (name == NULL) {
-        log_msg(BGS_LOG_ERROR, "service lookup without a name; pass the "
-                "name given to bgs_app_service()");
+        snprintf(why, whylen, "NULL service name; pass the name given to bgs_app_service()");
         return NULL;
     }
     if (s == NULL) {
-        log_msg(BGS_LOG_ERROR, "service '%s' is not registered: this app "
-                "registers no services; register it in the start hook "
-                "with bgs_app_service()", name);
+        snprintf(why, whylen, "service '%s' is not registered: this app registers no "
+                 "services; register it in the start hook with bgs_app_service()", name);
         return NULL;
     }
 
@@ -264,12 +267,12 @@ void *services_get(services *s, services_scope **scope, const char *name)
     entry *e = find(s, name);
     if (e == NULL) {
         pthread_mutex_unlock(&s->mu);
-        log_msg(BGS_LOG_ERROR, "service '%s' is not registered; register it "
-                "in the start hook with bgs_app_service()", name);
+        snprintf(why, whylen, "service '%s' is not registered; register it "
+                 "in the start hook with bgs_app_service()", name);
         return NULL;
     }
     if (e->lifetime == BGS_SINGLETON) {
-        inst = get_singleton(s, e);
+        inst = get_singleton(s, e, why, whylen);
         pthread_mutex_unlock(&s->mu);
         goto check;
     }
@@ -281,10 +284,9 @@ void *services_get(services *s, services_scope **scope, const char *name)
     pthread_mutex_unlock(&s->mu);
 
     if (scope == NULL) {
-        log_msg(BGS_LOG_ERROR, "service '%s' is %s and needs a request or "
-                "task scope; look it up with bgs_req_service() or "
-                "bgs_task_service()", name,
-                lifetime == BGS_SCOPED ? "scoped" : "transient");
+        snprintf(why, whylen, "service '%s' is %s and needs a request or task scope; "
+                 "look it up with bgs_req_service() or bgs_task_service()", name,
+                 lifetime == BGS_SCOPED ? "scoped" : "transient");
         return NULL;
     }
     if (*scope == NULL)
@@ -299,10 +301,19 @@ void *services_get(services *s, services_scope **scope, const char *name)
     if (inst != NULL)
         scope_add(sc, e, inst, destroy, arg);
 check:
-    if (inst == NULL)
+    if (inst == NULL && why[0] == '\0')
         log_msg(BGS_LOG_ERROR, "service '%s' could not be created: its "
                 "create function returned NULL; check it (and any message "
                 "it logged above)", name);
+    return inst;
+}
+
+void *services_get(services *s, services_scope **scope, const char *name)
+{
+    char why[256];
+    void *inst = services_lookup(s, scope, name, why, sizeof why);
+    if (inst == NULL && why[0])
+        log_msg(BGS_LOG_ERROR, "%s", why);
     return inst;
 }
 

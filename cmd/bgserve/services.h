@@ -27,11 +27,14 @@ void services_set_origin(services *s, uint64_t gen, const char *plugin);
 /* Destroy the singletons created so far (reverse order) and free. */
 void services_free(services *s);
 
-/* Returns 0, BGS_EINVAL (NULL name/create, bad lifetime), or BGS_EINVAL
- * with a duplicate name.  The registry copies name. */
+/* Returns 0, or BGS_EINVAL (NULL or empty name, NULL create, unknown
+ * lifetime, a name already registered) with the reason in why (may be
+ * NULL): logging it is the caller's, which knows the plugin's call site.
+ * The registry copies name. */
 int services_register(services *s, const char *name, uint32_t lifetime,
                       bgs_service_create_fn create,
-                      bgs_service_destroy_fn destroy, void *arg);
+                      bgs_service_destroy_fn destroy, void *arg,
+                      char *why, size_t whylen);
 
 /*
  * Look a service up.  Singleton: the one instance.  Scoped: the scope's
@@ -42,6 +45,14 @@ int services_register(services *s, const char *name, uint32_t lifetime,
  * logged naming the service.
  */
 void *services_get(services *s, services_scope **scope, const char *name);
+
+/* services_get for the host API: a lookup the plugin got wrong (NULL or
+ * unknown name, a scoped or transient service without a scope) is not
+ * logged but explained in why, for a misuse warning at the plugin's call
+ * site; why is "" for success and for a create function that returned
+ * NULL (logged here, as by services_get). */
+void *services_lookup(services *s, services_scope **scope, const char *name,
+                      char *why, size_t whylen);
 
 /* Destroy the scope's instances in reverse order of creation and free
  * the scope.  NULL is fine. */

@@ -1752,7 +1752,7 @@ const char *tasks_ctx_request_id(bgs_task_ctx *h)
 bgs_app *tasks_ctx_app(bgs_task_ctx *h)
 {
     bgs_task_ctx *ctx = CTX_OF(h, "bgs_task_app", "NULL");
-    return ctx ? &ctx->item->gen->app : NULL;
+    return ctx ? ctx->item->gen->app.handle : NULL;
 }
 
 void *tasks_ctx_service(bgs_task_ctx *h, const char *name)
@@ -1760,10 +1760,12 @@ void *tasks_ctx_service(bgs_task_ctx *h, const char *name)
     bgs_task_ctx *ctx = CTX_OF(h, "bgs_task_service", "NULL");
     if (ctx == NULL)
         return NULL;
-    services *s = ctx->item->gen->services;
-    if (s == NULL || name == NULL)
-        return NULL;
-    return services_get(s, &ctx->scope, name);
+    char why[256];
+    void *inst = services_lookup(ctx->item->gen->services, &ctx->scope, name, why, sizeof why);
+    if (inst == NULL && why[0])
+        misuse(MISUSE_SITE, BGS_EINVAL, "NULL", "bgs_task_service(\"%s\"): %s",
+               name ? name : "NULL", why);
+    return inst;
 }
 
 /* The line is logged even when the handle is refused (tagged "-"). */
