@@ -1,8 +1,9 @@
 /*
  * test_startup.c - what bgserve says, and when, around serving: options,
  * the host and the port are checked before the plugin's start hook runs
- * and before "listening"; a server that never served says nothing about
- * draining; a drain that leaves tasks unfinished exits with status 3 and
+ * and before "listening", and so are inotify's limits under --reload; a
+ * server that never served says nothing about draining or retiring (also
+ * when libmicrohttpd fails after the start hook); a drain that leaves tasks unfinished exits with status 3 and
  * leaves no private plugin copy behind; BGSERVE_DEBUG shows no stray
  * libmicrohttpd line.  The plugin is tests/fixtures/misuse_app.so, whose
  * start hook logs "forwarded app line 5" (or refuses to start when
@@ -201,6 +202,58 @@ static void shutdown_abandoned_task_exits_3_and_removes_the_copy(void **state)
     h_rm_rf(runtime);
 }
 
+/* libmicrohttpd refuses to start after the start hook ran (here: 200
+ * HTTP threads need 400 descriptors, the hard limit is 256): the error,
+ * and nothing about serving, draining or retiring. */
+static void startup_http_failure_after_start_hook_says_only_that(void **state)
+{
+    (void)state;
+    char cmd[512];
+    snprintf(cmd, sizeof cmd, "ulimit -n 256 && exec \"$0\" \"$@\"");
+    for (int single = 0; single < 2; single++) {
+        const char *argv[] = {"/bin/sh", "-c", cmd, h_build_path("bgserve"), "--port", "0",
+                              "--threads", "200", h_fixture("misuse_app"), NULL, NULL};
+        if (single) {
+            argv[8] = "--single-process";
+            argv[9] = h_fixture("misuse_app");
+        }
+        char *out = NULL;
+        assert_int_equal(h_run(argv, &out), 1);
+        h_assert_contains(out, START_HOOK_LINE);
+        h_assert_contains(out, "could not start on 127.0.0.1:");
+        assert_never_served(out);
+        free(out);
+    }
+}
+
+/* inotify cannot be had (no instances allowed, in a user namespace of
+ * the test's own): refused before the start hook, never listening. */
+static void startup_reload_without_inotify_refused_before_start_hook(void **state)
+{
+    (void)state;
+    const char *argv[] = {"/usr/bin/unshare", "--user", "--map-root-user", "/bin/sh", "-c",
+                          "echo 0 > /proc/sys/user/max_inotify_instances || exit 99; "
+                          "exec \"$0\" \"$@\"",
+                          h_build_path("bgserve"), "--port", "0", "--reload",
+                          h_fixture("misuse_app"), NULL};
+    if (access(argv[0], X_OK) != 0) {
+        print_message("no %s: skipped\n", argv[0]);
+        skip();
+    }
+    char *out = NULL;
+    int rc = h_run(argv, &out);
+    if (rc == 99 || strstr(out, "unshare: ") != NULL) {
+        print_message("no user namespaces here (%s): skipped\n", out);
+        free(out);
+        skip();
+    }
+    assert_int_equal(rc, 1);
+    h_assert_contains(out, "--reload: inotify is not available");
+    h_assert_lacks(out, START_HOOK_LINE);
+    assert_never_served(out);
+    free(out);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -211,6 +264,8 @@ int main(void)
         cmocka_unit_test(startup_failed_start_hook_says_nothing_about_draining),
         cmocka_unit_test(startup_listening_after_the_start_hook),
         cmocka_unit_test(startup_debug_shows_no_stray_logger_line),
+        cmocka_unit_test(startup_http_failure_after_start_hook_says_only_that),
+        cmocka_unit_test(startup_reload_without_inotify_refused_before_start_hook),
         cmocka_unit_test(shutdown_abandoned_task_exits_3_and_removes_the_copy),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -99,7 +99,7 @@ static void free_periodic(generation *g)
 static void retire(generation *g)
 {
     uint64_t number = g->number;
-    int announce = g->started && !g->app.check_only;
+    int announce = g->started && !g->app.check_only && !atomic_load(&g->quiet);
     if (g->started && g->plugin->stop) {
         g->app.starting = 0;
         crash_frame cf; /* names the hook if it crashes */
@@ -143,6 +143,7 @@ static int create(const char *path, uint64_t number, unsigned flags, generation 
 
     generation *g = xcalloc(1, sizeof *g);
     atomic_init(&g->refs, 1);
+    atomic_init(&g->quiet, 0);
     g->number = number;
     g->plugin = p;
     g->services = services_new();
@@ -239,6 +240,17 @@ generation *gen_current(void)
         gen_retain(g);
     pthread_mutex_unlock(&current_lock);
     return g;
+}
+
+void gen_abandon_current(void)
+{
+    pthread_mutex_lock(&current_lock);
+    generation *g = current;
+    current = NULL;
+    pthread_mutex_unlock(&current_lock);
+    if (g)
+        atomic_store(&g->quiet, 1);
+    gen_release(g);
 }
 
 void gen_current_name(char *buf, size_t cap)

@@ -55,6 +55,7 @@ struct generation {
     int started;           /* the start hook succeeded: stop hook runs */
     gen_periodic *periodic; /* registered at start, scheduled at activation */
     uint64_t load_us;      /* how long loading and starting took */
+    atomic_int quiet;      /* gen_abandon_current: retire without a line */
 };
 
 /*
@@ -142,5 +143,10 @@ generation *gen_current(void);
 /* Make g current (takes over the caller's reference); the previous one
  * loses the reference the "current" slot held. */
 void gen_set_current(generation *g);
+
+/* Start-up failed after the start hook (the server never served): drop
+ * the current generation like gen_set_current(NULL), but its retirement
+ * (stop hook, unload) prints no "generation N retired". */
+void gen_abandon_current(void);
 
 #endif

@@ -144,13 +144,29 @@ int main(int argc, char **argv)
         log_msg(BGS_LOG_INFO, "removed %d private plugin cop%s left by a crashed run",
                 stale, stale == 1 ? "y" : "ies");
 
+    /* inotify and the watches can fail: say so before the start hook. */
     char err[2048];
+    reload_config rc_cfg = {
+        .plugin_path = cfg.plugin_path, .watch_plugin = cfg.reload, .nwatch = cfg.nwatch,
+        .build_cmd = cfg.build_cmd, .settle_ms = cfg.settle_ms,
+        .debounce_ms = cfg.debounce_ms,
+        .max_generations = cfg.max_generations,
+    };
+    for (unsigned i = 0; i < cfg.nwatch; i++)
+        rc_cfg.watch_dirs[i] = cfg.watch[i];
+    if (reload_prepare(&rc_cfg, err, sizeof err) != 0) {
+        fprintf(stderr, "%s\n", err);
+        tasks_shutdown(0);
+        return 1;
+    }
+
     generation *g = NULL;
     if (supervisor_crash_mode()) { /* the build crash-looped: wait for the next */
         log_msg(BGS_LOG_WARN, "serving the crash page until a new build of %s loads",
                 cfg.plugin_path);
     } else if (gen_create(cfg.plugin_path, 1, 0, &g, err, sizeof err) != 0) {
         fprintf(stderr, "%s\n", err);
+        reload_stop();
         tasks_shutdown(0);
         return 1;
     } else {
@@ -179,23 +195,17 @@ int main(int argc, char **argv)
     supervisor_ready(); /* past the start hook: a crash now is not a crash loop */
     if (http_start(&hc, err, sizeof err) != 0) {
         fprintf(stderr, "%s\n", err);
+        reload_stop();
         tasks_shutdown(0);
-        gen_set_current(NULL);
+        gen_abandon_current(); /* it never served: no "retired" line */
         return 1;
     }
 
-    reload_config rc_cfg = {
-        .plugin_path = cfg.plugin_path, .watch_plugin = cfg.reload, .nwatch = cfg.nwatch,
-        .build_cmd = cfg.build_cmd, .settle_ms = cfg.settle_ms,
-        .debounce_ms = cfg.debounce_ms,
-        .max_generations = cfg.max_generations,
-    };
-    for (unsigned i = 0; i < cfg.nwatch; i++)
-        rc_cfg.watch_dirs[i] = cfg.watch[i];
-    if (reload_start(&rc_cfg, err, sizeof err) != 0) {
+    if (reload_start(err, sizeof err) != 0) {
         fprintf(stderr, "%s\n", err);
         http_quiesce();
         http_stop();
+        reload_stop();
         tasks_shutdown(0);
         deferred_stop();
         gen_set_current(NULL);

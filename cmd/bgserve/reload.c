@@ -428,7 +428,21 @@ static int dir_of(const char *path, char *out, size_t len)
     return 0;
 }
 
-int reload_start(const reload_config *c, char *err, size_t errlen)
+/* Close what reload_prepare opened (nothing runs on it). */
+static void unprepare(void)
+{
+    for (unsigned i = 0; i < nwds; i++)
+        free(wds[i].path);
+    nwds = 0;
+    memset(top_gone, 0, sizeof top_gone);
+    if (ino_fd >= 0)
+        close(ino_fd);
+    if (wake_fd >= 0)
+        close(wake_fd);
+    ino_fd = wake_fd = -1;
+}
+
+int reload_prepare(const reload_config *c, char *err, size_t errlen)
 {
     cfg = *c;
     if (cfg.settle_ms == 0)
@@ -445,6 +459,7 @@ int reload_start(const reload_config *c, char *err, size_t errlen)
             snprintf(err, errlen, "bgserve: --reload: inotify is not available: %s\n"
                      "  fix: raise fs.inotify.max_user_instances, or reload with SIGHUP",
                      strerror(errno));
+            unprepare();
             return -1;
         }
         plugin_base = strrchr(cfg.plugin_path, '/');
@@ -454,6 +469,7 @@ int reload_start(const reload_config *c, char *err, size_t errlen)
             snprintf(err, errlen, "bgserve: --reload: cannot watch the plugin's directory '%s': %s\n"
                      "  fix: check that the directory exists and is readable",
                      plugin_dir, strerror(errno));
+            unprepare();
             return -1;
         }
         for (unsigned i = 0; i < cfg.nwatch; i++) {
@@ -461,11 +477,17 @@ int reload_start(const reload_config *c, char *err, size_t errlen)
             if (stat(cfg.watch_dirs[i], &st) != 0 || !S_ISDIR(st.st_mode)) {
                 snprintf(err, errlen, "bgserve: --watch %s: not a directory\n"
                          "  fix: give a directory of sources to watch", cfg.watch_dirs[i]);
+                unprepare();
                 return -1;
             }
             watch_tree(cfg.watch_dirs[i], 0);
         }
     }
+    return 0;
+}
+
+int reload_start(char *err, size_t errlen)
+{
     if (pthread_create(&thread, NULL, reload_main, NULL) != 0) {
         snprintf(err, errlen, "bgserve: cannot start the reload thread");
         return -1;
@@ -488,8 +510,10 @@ void reload_request(void)
 
 void reload_stop(void)
 {
-    if (!running)
+    if (!running) {
+        unprepare(); /* prepared, never started (or nothing at all) */
         return;
+    }
     pid_t pid = atomic_load(&build_pid);
     if (pid > 0)
         kill(pid, SIGTERM);
@@ -499,12 +523,5 @@ void reload_stop(void)
     }
     pthread_join(thread, NULL);
     running = 0;
-    for (unsigned i = 0; i < nwds; i++)
-        free(wds[i].path);
-    nwds = 0;
-    memset(top_gone, 0, sizeof top_gone);
-    if (ino_fd >= 0)
-        close(ino_fd);
-    close(wake_fd);
-    ino_fd = wake_fd = -1;
+    unprepare();
 }

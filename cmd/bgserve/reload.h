@@ -21,14 +21,23 @@ typedef struct reload_config {
     unsigned max_generations;
 } reload_config;
 
-/* Start the reload thread.  Returns 0, or -1 with a message in err (a
- * watched directory that cannot be watched, say). */
-int reload_start(const reload_config *cfg, char *err, size_t errlen);
+/* Everything that can fail before the thread runs: the wake-up eventfd,
+ * inotify and its watches (events that arrive from here on are kept for
+ * the thread).  Returns 0, or -1 with a message in err (inotify not
+ * available, a watched directory that cannot be watched) and nothing
+ * left open.  Called before the plugin's start hook, so these are
+ * reported before anything starts. */
+int reload_prepare(const reload_config *cfg, char *err, size_t errlen);
+
+/* Start the reload thread on what reload_prepare set up (once serving).
+ * Returns 0, or -1 with a message in err. */
+int reload_start(char *err, size_t errlen);
 
 /* Ask for a reload now (SIGHUP); returns at once. */
 void reload_request(void);
 
-/* Stop the thread (a running build is terminated). */
+/* Stop the thread (a running build is terminated) and close what
+ * reload_prepare opened; also after a reload_prepare without a start. */
 void reload_stop(void);
 
 #endif
