@@ -142,6 +142,34 @@ static void crash_segv_in_handler_is_reported_and_served_again(void **state)
     h_free(&s);
 }
 
+/* The report counts the tasks the crash took with it: with one worker,
+ * one holding it and two waiting behind it. */
+static void crash_report_counts_lost_tasks(void **state)
+{
+    (void)state;
+    h_server s;
+    const char *args[] = {"--workers", "1", NULL};
+    start(&s, "crash_app", args);
+    char first[64] = "";
+    for (int i = 0; i < 3; i++) {
+        h_resp r;
+        assert_int_equal(h_get(&s, "/hold", &r), 0);
+        assert_int_equal(r.status, 200);
+        if (i == 0)
+            snprintf(first, sizeof first, "/_bgserve/tasks/%s", h_header(&r, "Bgserve-Tasks"));
+        h_resp_free(&r);
+    }
+    char *rec = h_wait_state(&s, first, "running", DEADLINE_MS);
+    assert_non_null(rec);
+    free(rec);
+    expect_dropped(&s, "/segv");
+    assert_true(h_wait_log(&s, "starting a new serving process", DEADLINE_MS));
+    h_assert_contains(s.log, "tasks lost with the serving process: 2 queued, 1 running");
+    expect_ok(&s);
+    assert_int_equal(h_stop(&s, SIGINT), 0);
+    h_free(&s);
+}
+
 static void crash_fpe_in_handler_names_route(void **state)
 {
     (void)state;
@@ -439,6 +467,7 @@ int main(void)
     setrlimit(RLIMIT_CORE, &nocore);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(crash_segv_in_handler_is_reported_and_served_again),
+        cmocka_unit_test(crash_report_counts_lost_tasks),
         cmocka_unit_test(crash_fpe_in_handler_names_route),
         cmocka_unit_test(crash_segv_in_task_names_task_and_id),
         cmocka_unit_test(crash_abort_in_task_names_task),
