@@ -4,7 +4,8 @@
  * and before "listening", and so are inotify's limits under --reload; a
  * server that never served says nothing about draining or retiring (also
  * when libmicrohttpd fails after the start hook); a drain that leaves tasks unfinished exits with status 3 and
- * leaves no private plugin copy behind; BGSERVE_DEBUG shows no stray
+ * leaves no private plugin copy behind, and a second SIGINT cuts it short
+ * with status 1, with or without the supervisor; BGSERVE_DEBUG shows no stray
  * libmicrohttpd line.  The plugin is tests/fixtures/misuse_app.so, whose
  * start hook logs "forwarded app line 5" (or refuses to start when
  * MISUSE_FAIL_START is set).
@@ -254,6 +255,32 @@ static void startup_reload_without_inotify_refused_before_start_hook(void **stat
     free(out);
 }
 
+/* A second SIGINT during the drain exits at once with status 1 and the
+ * list of unfinished tasks, through the supervisor as without it (the
+ * drain alone would take 60 s: past h_stop's deadline). */
+static void shutdown_second_sigint_exits_at_once(void **state)
+{
+    (void)state;
+    for (int single = 0; single < 2; single++) {
+        static const char *const sup[] = {"--drain-timeout", "60", NULL};
+        static const char *const one[] = {"--drain-timeout", "60", "--single-process", NULL};
+        h_server s;
+        h_resp r;
+        assert_int_equal(h_start_app(&s, h_fixture("misuse_app"), single ? one : sup, NULL), 0);
+        assert_int_equal(h_get(&s, "/stuck", &r), 0);
+        assert_int_equal(r.status, 200);
+        h_resp_free(&r);
+        assert_true(h_wait_log(&s, "stuck start", 20000));
+        assert_int_equal(kill(s.pid, SIGINT), 0);
+        assert_true(h_wait_log(&s, "SIGINT: stopping", 20000));
+        assert_int_equal(h_stop(&s, SIGINT), 1);
+        h_assert_contains(s.log, "second SIGINT: exiting now");
+        h_assert_contains(s.log, "unfinished: 1 task");
+        h_assert_contains(s.log, "stuck");
+        h_free(&s);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -267,6 +294,7 @@ int main(void)
         cmocka_unit_test(startup_http_failure_after_start_hook_says_only_that),
         cmocka_unit_test(startup_reload_without_inotify_refused_before_start_hook),
         cmocka_unit_test(shutdown_abandoned_task_exits_3_and_removes_the_copy),
+        cmocka_unit_test(shutdown_second_sigint_exits_at_once),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
