@@ -167,6 +167,32 @@ static void install_scaffold_builds_checks_and_serves(void **state)
     assert_string_equal(out, "bgserve_plugin_v1\n");
     free(out);
 
+    /* other flags rebuild it (an ASan plugin needs an ASan server, so a
+     * plugin left from a plain build would be the wrong one), and a
+     * second make with the same flags does nothing */
+    rc = sh(&out, "cd '%s/demo' && %s env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL "
+            "make SANITIZE=address BGSERVE='%s'", root, pkgenv, bin);
+    if (rc != 0)
+        fprintf(stderr, "%s", out);
+    assert_int_equal(rc, 0);
+    h_assert_contains(out, "-fsanitize=address");
+    free(out);
+    assert_int_equal(sh(&out, "nm -D --undefined-only '%s' | grep -c __asan_", plugin), 0);
+    free(out);
+    rc = sh(&out, "cd '%s/demo' && %s env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL make BGSERVE='%s' "
+            "&& %s env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL make BGSERVE='%s'",
+            root, pkgenv, bin, pkgenv, bin);
+    if (rc != 0)
+        fprintf(stderr, "%s", out);
+    assert_int_equal(rc, 0);
+    const char *cc = strstr(out, "-o demo.so");
+    assert_non_null(cc);
+    assert_null(strstr(cc + 1, "-o demo.so")); /* built by the first make only */
+    h_assert_lacks(out, "-fsanitize");
+    free(out);
+    assert_int_not_equal(sh(&out, "nm -D --undefined-only '%s' | grep -c __asan_", plugin), 0);
+    free(out);
+
     /* make check: bgserve --check through the installed binary */
     rc = sh(&out, "cd '%s/demo' && %s env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL "
             "make check BGSERVE='%s'", root, pkgenv, bin);

@@ -91,7 +91,7 @@ static void scaffold_creates_source_makefile_and_gitignore(void **state)
     h_assert_contains(mk, "BGSERVE    ?= bgserve");
     h_assert_contains(mk, "--cflags bgserve");
     h_assert_contains(mk, "--variable=plugin_ldflags bgserve");
-    h_assert_contains(mk, "my-app.so: $(SRCS) $(HDRS)\n\t"); /* recipes use tabs */
+    h_assert_contains(mk, "my-app.so: $(SRCS) $(HDRS) .my-app.flags\n\t"); /* recipes use tabs */
     h_assert_contains(mk, "SRCS       := $(wildcard *.c)"); /* every .c, not only my-app.c */
     h_assert_contains(mk, "-o $@ $(SRCS)");
     h_assert_contains(mk, "CFLAGS     ?= -std=c11 -O0 -g -Wall -Wextra\n"); /* fast dev build */
@@ -103,7 +103,7 @@ static void scaffold_creates_source_makefile_and_gitignore(void **state)
 
     char *gi = slurp("my-app/.gitignore");
     assert_non_null(gi);
-    assert_string_equal(gi, "*.so\n");
+    assert_string_equal(gi, "*.so\n.*.flags\n");
     free(src);
     free(mk);
     free(gi);

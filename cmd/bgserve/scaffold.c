@@ -140,12 +140,18 @@ static const char makefile_template[] =
 "\n"
 "BGS_CFLAGS  := $(shell $(PKG_CONFIG) --cflags bgserve 2>/dev/null)\n"
 "BGS_LDFLAGS := $(shell $(PKG_CONFIG) --variable=plugin_ldflags bgserve 2>/dev/null)\n"
+"BUILD_FLAGS := $(CC) $(CFLAGS) $(BGS_CFLAGS) $(BGS_LDFLAGS) $(LDFLAGS)\n"
 "\n"
-".PHONY: all check run clean\n"
+".PHONY: all check run clean FORCE\n"
 "\n"
 "all: @NAME@.so\n"
 "\n"
-"@NAME@.so: $(SRCS) $(HDRS)\n"
+"# The flags of the last build: other flags (make SANITIZE=address after a\n"
+"# plain make, or back) rebuild @NAME@.so instead of keeping the old one.\n"
+".@NAME@.flags: FORCE\n"
+"\t@echo '$(BUILD_FLAGS)' | cmp -s - $@ || echo '$(BUILD_FLAGS)' > $@\n"
+"\n"
+"@NAME@.so: $(SRCS) $(HDRS) .@NAME@.flags\n"
 "\t@$(PKG_CONFIG) --exists bgserve || { echo \"@NAME@: pkg-config cannot find bgserve.pc;\" \\\n"
 "\t  \"install bgserve (make install) or point PKG_CONFIG_PATH at its directory\" >&2; exit 1; }\n"
 "\t$(CC) $(CFLAGS) $(BGS_CFLAGS) $(BGS_LDFLAGS) -o $@ $(SRCS) $(LDFLAGS)\n"
@@ -158,9 +164,9 @@ static const char makefile_template[] =
 "\t  --port $(PORT) ./@NAME@.so\n"
 "\n"
 "clean:\n"
-"\trm -f @NAME@.so\n";
+"\trm -f @NAME@.so .@NAME@.flags\n";
 
-static const char gitignore_template[] = "*.so\n";
+static const char gitignore_template[] = "*.so\n.*.flags\n";
 
 /* ------------------------------------------------------------------ */
 /* Writing the project                                                 */
