@@ -76,6 +76,10 @@ $(BUILD)/obj/%.o: %.c
 
 $(BUILD)/obj/tests/%.o: EXTRA_CFLAGS = $(CFLAGS_TEST_EXTRA)
 
+# The dashboard's page is compiled into the binary (.incbin in dashboard.c).
+DASHBOARD_ASSETS := $(wildcard cmd/bgserve/dashboard/*)
+$(BUILD)/obj/cmd/bgserve/dashboard.o build/fuzz/obj/cmd/bgserve/dashboard.o: $(DASHBOARD_ASSETS)
+
 $(BUILD)/plugins/%.so: plugins/%.c include/bgserve.h
 	@mkdir -p $(@D)
 	$(CC) $(PLUGIN_CFLAGS) $(PLUGIN_LDFLAGS) -o $@ $<

@@ -28,6 +28,7 @@
 #include "generation.h"
 
 #include "crash.h"
+#include "events.h"
 #include "handle.h"
 #include "json.h"
 #include "log.h"
@@ -182,6 +183,7 @@ static int create(const char *path, uint64_t number, unsigned flags, generation 
     }
     g->started = 1;
     g->load_us = util_now_us() - t0;
+    g->loaded_wall_us = util_wall_us();
     *out = g;
     return 0;
 }
@@ -189,7 +191,10 @@ static int create(const char *path, uint64_t number, unsigned flags, generation 
 int gen_create(const char *path, uint64_t number, unsigned flags,
                generation **out, char *err, size_t errlen)
 {
-    return create(path, number, flags, NULL, out, err, errlen);
+    int rc = create(path, number, flags, NULL, out, err, errlen);
+    if (!(flags & GEN_CHECK_ONLY))
+        events_reload("load", number, rc == 0, rc == 0 ? (*out)->load_us : 0, rc == 0 ? NULL : err);
+    return rc;
 }
 
 void gen_activate(generation *g)
@@ -357,6 +362,7 @@ static void note_failure(const char *err)
 void gen_note_build_failure(const char *why)
 {
     note_failure(why);
+    events_reload("build", 0, 0, 0, why);
 }
 
 int gen_reload(const char *path, unsigned max_generations)
@@ -370,6 +376,7 @@ int gen_reload(const char *path, unsigned max_generations)
     if (create(path, next_number, 0, old, &g, err, sizeof err) != 0) {
         /* The same words as at startup, then what happens now. */
         note_failure(err); /* counted before it is said */
+        events_reload("reload", 0, 0, 0, err);
         fprintf(stderr, "%s\n", err);
         log_msg(BGS_LOG_ERROR, "reload failed: keeping generation %llu",
                 (unsigned long long)old_number);
@@ -390,6 +397,7 @@ int gen_reload(const char *path, unsigned max_generations)
     free(last_error);
     last_error = NULL;
     pthread_mutex_unlock(&stats_lock);
+    events_reload("reload", g->number, 1, g->load_us, NULL);
     gen_retain(g); /* ours, for the log line below */
     gen_set_current(g);
     gen_activate(g);

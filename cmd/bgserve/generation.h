@@ -56,6 +56,7 @@ struct generation {
     gen_periodic *periodic; /* registered at start, scheduled at activation */
     uint64_t load_us;      /* how long loading and starting took */
     atomic_int quiet;      /* gen_abandon_current: retire without a line */
+    uint64_t loaded_wall_us; /* when it finished loading (wall clock) */
 };
 
 /*

@@ -15,6 +15,11 @@
  *                connections stay open.  dispatch() matches the route on the
  *                current generation, runs the handler and queues the
  *                response.
+ *                Introspection (/_bgserve/) goes to dashboard.c (the
+ *                page, the retry action) or introspect.c; the
+ *                dashboard's event stream is answered here with a
+ *                callback response (serve_events) that reads from
+ *                dashboard.c and suspends while there is nothing new.
  *   on_completed (same thread) libmicrohttpd has written the last byte
  *                (or given up): the task group is submitted (or
  *                discarded), the access line is written, and the
@@ -43,6 +48,7 @@
 
 #include "crash.h"
 #include "crashpage.h"
+#include "dashboard.h"
 #include "deferred.h"
 #include "generation.h"
 #include "handle.h"
@@ -94,6 +100,7 @@ typedef struct exchange {
     uintptr_t uri_start;  /* where libmicrohttpd's raw target began and its */
     uintptr_t uri_end;    /* first NUL (see bad_request_line); 0: unknown */
     conn_slot *slot;      /* its connection (outlives the exchange) */
+    const plugin_route *route; /* the route it matched (counted at completion) */
 } exchange;
 
 static http_config config;        /* written before serving starts */
@@ -104,6 +111,7 @@ static uint32_t rid_prefix;       /* written before serving starts */
 static atomic_uint_fast64_t rid_counter;
 static atomic_uint_fast64_t requests_total;  /* not counting /_bgserve/ */
 static atomic_uint_fast64_t introspection_total; /* /_bgserve/ requests */
+static atomic_uint_fast64_t errors_total;    /* plugin requests answered 5xx */
 static atomic_uint in_flight;
 static int nul_check;             /* libmicrohttpd < 1.0: see bad_request_line */
 
@@ -536,13 +544,11 @@ static int start_longpoll(struct MHD_Connection *conn, exchange *ex)
     return 1;
 }
 
-static enum MHD_Result serve_introspection(struct MHD_Connection *conn, exchange *ex)
+static void fill_counters(introspect_counters *c)
 {
-    if (!ex->longpoll && start_longpoll(conn, ex))
-        return MHD_YES;
-    introspect_reply rep;
-    introspect_counters c = {
+    *c = (introspect_counters){
         .requests = atomic_load(&requests_total),
+        .errors = atomic_load(&errors_total),
         .introspection_requests = atomic_load(&introspection_total),
         .uptime_s = (util_now_us() - started_us) / 1000000u,
         .conns_open = atomic_load(&conns_open),
@@ -551,10 +557,80 @@ static enum MHD_Result serve_introspection(struct MHD_Connection *conn, exchange
         .conns_rejected = atomic_load(&conns_rejected),
         .conns_evicted = atomic_load(&conns_evicted),
     };
-    introspect_handle(ex->req.method, ex->req.path, &c, &rep);
+}
+
+/* ---- the dashboard's event stream (dashboard.h) ---------------------------- */
+
+/* A stream's reader: libmicrohttpd calls it whenever it can send more.
+ * With nothing to send the connection is suspended until the dashboard
+ * wakes it (resume_conn); a wake that comes before the suspension
+ * cancels it (libmicrohttpd), and the reader is simply called again. */
+typedef struct sse_stream {
+    dashboard_client *client;
+    struct MHD_Connection *conn;
+} sse_stream;
+
+static ssize_t sse_read(void *cls, uint64_t pos, char *buf, size_t max)
+{
+    (void)pos;
+    sse_stream *s = cls;
+    long n = dashboard_client_read(s->client, buf, max);
+    if (n > 0)
+        return n;
+    if (n < 0)
+        return MHD_CONTENT_READER_END_OF_STREAM;
+    MHD_suspend_connection(s->conn);
+    return 0;
+}
+
+static void sse_free(void *cls)
+{
+    sse_stream *s = cls;
+    dashboard_client_free(s->client);
+    free(s);
+}
+
+static enum MHD_Result serve_events(struct MHD_Connection *conn, exchange *ex)
+{
+    sse_stream *s = xcalloc(1, sizeof *s);
+    s->conn = conn;
+    s->client = dashboard_client_new(lookup_header(conn, "Last-Event-ID"), resume_conn, conn);
+    struct MHD_Response *r = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16384,
+                                                               sse_read, s, sse_free);
+    if (r == NULL) {
+        sse_free(s);
+        return MHD_NO;
+    }
+    add_header(r, "Content-Type", "text/event-stream");
+    add_header(r, "Cache-Control", "no-store");
+    add_header(r, "X-Request-Id", ex->req.id);
+    if (must_close(ex))
+        add_header(r, "Connection", "close");
+    ex->status = 200;
+    ex->responded = 1;
+    enum MHD_Result rc = MHD_queue_response(conn, 200, r);
+    MHD_destroy_response(r);
+    return rc;
+}
+
+static enum MHD_Result serve_introspection(struct MHD_Connection *conn, exchange *ex)
+{
+    if (!ex->longpoll && start_longpoll(conn, ex))
+        return MHD_YES;
+    if (strcmp(ex->req.path, URLS_EVENTS) == 0 && strcmp(ex->req.method, "GET") == 0)
+        return serve_events(conn, ex);
+    introspect_reply rep;
+    if (!dashboard_handle(ex->req.method, ex->req.path, lookup_header, conn, &rep)) {
+        introspect_counters c;
+        fill_counters(&c);
+        introspect_handle(ex->req.method, ex->req.path, &c, &rep);
+    }
     if (rep.allow)
         res_add_header(&ex->res, "Allow", rep.allow);
-    return send_reply(conn, ex, rep.status, rep.body, rep.len, "application/json", 0);
+    for (size_t i = 0; i < INTROSPECT_MAX_HEADERS && rep.headers[i].name; i++)
+        res_add_header(&ex->res, rep.headers[i].name, rep.headers[i].value);
+    return send_reply(conn, ex, rep.status, rep.body, rep.len,
+                      rep.ctype ? rep.ctype : "application/json", 0);
 }
 
 /* Attach the route's own tasks.  0, or BGS_EFULL/BGS_ESHUTDOWN when the
@@ -620,6 +696,7 @@ static enum MHD_Result dispatch(struct MHD_Connection *conn, exchange *ex)
     }
 
     const plugin_route *route = req->match.data;
+    ex->route = route;
     /* The route's own tasks take their queue capacity before the handler
      * runs, so a full queue answers 503 before any side effect of the
      * handler.  They run after any response the handler produced (any
@@ -880,6 +957,15 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **req_cls,
                     : ex->responded ? termination_note(toe) : "no response",
         };
         log_access(&rec);
+        if (!ex->introspection && ex->responded && ex->status >= 500)
+            atomic_fetch_add_explicit(&errors_total, 1, memory_order_relaxed);
+        if (ex->route && ex->route->stats) {
+            plugin_route_stats *rs = ex->route->stats;
+            atomic_fetch_add_explicit(&rs->requests, 1, memory_order_relaxed);
+            if (!ex->responded || ex->status >= 500)
+                atomic_fetch_add_explicit(&rs->errors, 1, memory_order_relaxed);
+            latency_add(&rs->latency, rec.duration_us);
+        }
     }
     if (ex->res.deferred)
         deferred_put(ex->res.deferred, delivered && ex->responded);
@@ -1055,6 +1141,15 @@ int http_start(const http_config *cfg, char *err, size_t errlen)
                  MHD_get_version(), hostport);
         return -1;
     }
+    if (cfg->introspection && dashboard_start(&(dashboard_config){.counters = fill_counters}) != 0) {
+        MHD_stop_daemon(daemon_);
+        daemon_ = NULL;
+        close(listen_fd);
+        listen_fd = -1;
+        snprintf(err, errlen, "bgserve: cannot start the dashboard's thread\n"
+                 "  fix: the system is out of threads or memory; or run with --no-introspection");
+        return -1;
+    }
     /* Exactly this line: scripts and tests parse it. */
     char line[128];
     int ln = snprintf(line, sizeof line, "bgserve: listening on http://%s\n", hostport);
@@ -1068,6 +1163,7 @@ void http_quiesce(void)
 {
     /* From here on every response says Connection: close (must_close). */
     atomic_store(&draining, 1);
+    dashboard_end_streams(); /* event streams end: their connections close */
     if (daemon_ == NULL)
         return;
     MHD_socket fd = MHD_quiesce_daemon(daemon_);
@@ -1103,6 +1199,7 @@ unsigned http_wait_idle(unsigned deadline_ms)
 
 void http_stop(void)
 {
+    dashboard_stop(); /* no wake-up may reach libmicrohttpd once it stops */
     if (daemon_ == NULL)
         return;
     MHD_stop_daemon(daemon_);

@@ -1,6 +1,7 @@
 /*
  * introspect.c - GET /_bgserve/tasks/ID (the status monitor that a 202
- * Accepted's Location points at) and GET /_bgserve/stats.
+ * Accepted's Location points at) and GET /_bgserve/stats.  The live
+ * dashboard's page, event stream and actions are dashboard.c's.
  *
  * Stateless: every answer is built from tasks.h and the counters the
  * http room passes in, on the calling HTTP thread.
@@ -8,6 +9,7 @@
 #include "introspect.h"
 
 #include "deferred.h"
+#include "events.h"
 #include "generation.h"
 #include "json.h"
 #include "misuse.h"
@@ -25,7 +27,7 @@ static void reply_json(introspect_reply *out, unsigned status, json *j)
     out->body = json_take(j, &out->len);
 }
 
-static void reply_error(introspect_reply *out, unsigned status, const char *msg)
+void introspect_reply_error(introspect_reply *out, unsigned status, const char *msg)
 {
     json j;
     json_init(&j);
@@ -52,45 +54,57 @@ uint64_t introspect_task_id(const char *path)
     return v;
 }
 
+void introspect_stats_json(json *j, const introspect_counters *c)
+{
+    tasks_stats_json(j);
+    json_key(j, "deferred");
+    deferred_stats_json(j);
+    gen_stats_json(j);
+    json_key(j, "requests");
+    json_u64(j, c->requests);
+    json_key(j, "errors");
+    json_u64(j, c->errors);
+    json_key(j, "introspection_requests");
+    json_u64(j, c->introspection_requests);
+    json_key(j, "uptime_s");
+    json_u64(j, c->uptime_s);
+    json_key(j, "connections");
+    json_obj_begin(j);
+    json_key(j, "open");
+    json_u64(j, c->conns_open);
+    json_key(j, "requests_in_flight");
+    json_u64(j, c->in_flight);
+    json_key(j, "limit");
+    json_u64(j, c->conns_limit);
+    json_key(j, "rejected");
+    json_u64(j, c->conns_rejected);
+    json_key(j, "idle_closed");
+    json_u64(j, c->conns_evicted);
+    json_obj_end(j);
+    json_key(j, "misuse"); /* host API calls refused, misuse.h */
+    json_u64(j, misuse_count());
+    supervisor_stats_json(j);
+    json_key(j, "dashboard");
+    json_obj_begin(j);
+    json_key(j, "watchers"); /* event streams open now (dashboard.h) */
+    json_u64(j, events_watchers());
+    json_obj_end(j);
+}
+
 void introspect_handle(const char *method, const char *path,
                        const introspect_counters *c, introspect_reply *out)
 {
     memset(out, 0, sizeof *out);
     if (strcmp(method, "GET") != 0 && strcmp(method, "HEAD") != 0) {
         out->allow = "GET, HEAD";
-        reply_error(out, 405, "introspection endpoints answer GET and HEAD only");
+        introspect_reply_error(out, 405, "introspection endpoints answer GET and HEAD only");
         return;
     }
     if (strcmp(path, URLS_STATS) == 0) {
         json j;
         json_init(&j);
         json_obj_begin(&j);
-        tasks_stats_json(&j);
-        json_key(&j, "deferred");
-        deferred_stats_json(&j);
-        gen_stats_json(&j);
-        json_key(&j, "requests");
-        json_u64(&j, c->requests);
-        json_key(&j, "introspection_requests");
-        json_u64(&j, c->introspection_requests);
-        json_key(&j, "uptime_s");
-        json_u64(&j, c->uptime_s);
-        json_key(&j, "connections");
-        json_obj_begin(&j);
-        json_key(&j, "open");
-        json_u64(&j, c->conns_open);
-        json_key(&j, "requests_in_flight");
-        json_u64(&j, c->in_flight);
-        json_key(&j, "limit");
-        json_u64(&j, c->conns_limit);
-        json_key(&j, "rejected");
-        json_u64(&j, c->conns_rejected);
-        json_key(&j, "idle_closed");
-        json_u64(&j, c->conns_evicted);
-        json_obj_end(&j);
-        json_key(&j, "misuse"); /* host API calls refused, misuse.h */
-        json_u64(&j, misuse_count());
-        supervisor_stats_json(&j);
+        introspect_stats_json(&j, c);
         json_obj_end(&j);
         reply_json(out, 200, &j);
         return;
@@ -104,8 +118,8 @@ void introspect_handle(const char *method, const char *path,
             return;
         }
         json_free(&j);
-        reply_error(out, 404, "no such task: unknown id, or its record was evicted (see --keep)");
+        introspect_reply_error(out, 404, "no such task: unknown id, or its record was evicted (see --keep)");
         return;
     }
-    reply_error(out, 404, "unknown introspection endpoint; try " URLS_STATS " or " URLS_TASKS "ID");
+    introspect_reply_error(out, 404, "unknown introspection endpoint; try " URLS_DASHBOARD ", " URLS_STATS " or " URLS_TASKS "ID");
 }

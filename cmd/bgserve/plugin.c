@@ -119,6 +119,7 @@ static void free_tables(plugin *p)
         free(r->tasks);
         free(r->method);
         free(r->path);
+        free(r->stats);
     }
     free(p->routes);
     p->routes = NULL;
@@ -382,6 +383,7 @@ static int build_routes(const bgs_plugin *dd, plugin *p, router *r,
             pr->path = xstrdup(rt.path);
             pr->handler = rt.handler;
             pr->mode = rt.task_mode;
+            pr->stats = xcalloc(1, sizeof *pr->stats);
         }
         if (build_route_tasks(dd, &rt, i, pr, err, errlen) < 0)
             return -1;

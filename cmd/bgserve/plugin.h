@@ -10,6 +10,7 @@
 #define BGSERVE_PLUGIN_H
 
 #include "bgserve.h"
+#include "latency.h"
 #include "router.h"
 
 #include <stddef.h>
@@ -21,6 +22,14 @@ typedef struct plugin_route_task {
     size_t len;
 } plugin_route_task;
 
+/* What the route served in this generation: counted by the http room
+ * when a request it matched completes (relaxed atomics, any thread). */
+typedef struct plugin_route_stats {
+    atomic_ulong requests;
+    atomic_ulong errors;       /* answered 5xx, or not answered */
+    latency_hist latency;      /* request start to completion, us */
+} plugin_route_stats;
+
 typedef struct plugin_route {
     char *method;     /* copied, upper case */
     char *path;       /* copied template */
@@ -28,6 +37,7 @@ typedef struct plugin_route {
     plugin_route_task *tasks;
     uint32_t ntasks;
     uint32_t mode;    /* BGS_SEQUENTIAL or BGS_CONCURRENT */
+    plugin_route_stats *stats; /* owned; mutable through a const route */
 } plugin_route;
 
 /* What a task definition's zero fields mean, here only: the loader fills

@@ -35,6 +35,7 @@
 #include "tasks.h"
 
 #include "crash.h"
+#include "events.h"
 #include "handle.h"
 #include "latency.h"
 #include "log.h"
@@ -551,6 +552,7 @@ static void transition_locked(task_item *it, int st)
     it->state = st;
     if (draining)
         pthread_cond_broadcast(&rec_cv);
+    events_task_changed(it->id); /* the live dashboard; a load when none */
 }
 
 static int is_final(int st)
@@ -664,10 +666,11 @@ static void finalize(task_item *it, int st, const char *err)
         f(it->arg);
         crash_leave(&cf);
     }
-    if (!payload_inline(it)) {
-        free(it->payload); /* a large one: do not keep it in the ring */
+    if (!payload_inline(it) && st != ST_FAILED) {
+        /* A large one: do not keep it in the ring (a failed one is kept
+         * for tasks_retry; len stays, for the record). */
+        free(it->payload);
         it->payload = NULL;
-        it->len = 0;
     }
     if (err) /* used only with err */
         snprintf(errcopy, sizeof(errcopy), "%s", err);
@@ -1574,6 +1577,8 @@ int tasks_record_json(uint64_t id, json *j)
     json_str(j, it->mode == BGS_CONCURRENT ? "concurrent" : "sequential");
     json_key(j, "generation");
     json_u64(j, it->gen_number);
+    json_key(j, "payload_bytes");
+    json_u64(j, it->len);
     json_key(j, "adhoc");
     json_bool(j, it->kind == atomic_load(&adhoc_kind));
     json_key(j, "result");
@@ -1595,6 +1600,53 @@ int tasks_record_json(uint64_t id, json *j)
     json_obj_end(j);
     pthread_mutex_unlock(&rec_mu);
     return 0;
+}
+
+size_t tasks_recent_ids(uint64_t *ids, size_t max)
+{
+    size_t n = 0, nl = 0;
+    pthread_mutex_lock(&rec_mu);
+    /* Live ones, newest first (the live list is in creation order)... */
+    for (task_item *it = live.lprev; it != &live && nl < max; it = it->lprev)
+        ids[nl++] = it->id;
+    /* ...then merged with the ring's, newest first: ids grow with time. */
+    uint64_t *live_ids = nl ? xmemdup(ids, nl * sizeof *ids) : NULL;
+    size_t li = 0, ri = 0;
+    while (n < max && (li < nl || ri < ring_len)) {
+        uint64_t r = ri < ring_len ? ring[(ring_start + ring_len - 1 - ri) % ring_cap]->id : 0;
+        if (li < nl && live_ids[li] > r) {
+            ids[n++] = live_ids[li++];
+        } else {
+            ids[n++] = r;
+            ri++;
+        }
+    }
+    pthread_mutex_unlock(&rec_mu);
+    free(live_ids);
+    return n;
+}
+
+int tasks_retry(generation *gen, uint64_t id, uint64_t *new_id, char *name, size_t name_cap)
+{
+    pthread_mutex_lock(&rec_mu);
+    task_item *it = hash_find_locked(id);
+    if (it == NULL) {
+        pthread_mutex_unlock(&rec_mu);
+        return BGS_ENOTFOUND;
+    }
+    snprintf(name, name_cap, "%s", it->kind->name);
+    if (it->state != ST_FAILED || it->def == NULL || (it->payload == NULL && it->len != 0)) {
+        pthread_mutex_unlock(&rec_mu);
+        return BGS_ESTATE;
+    }
+    size_t len = it->len;
+    void *payload = len ? xmemdup(it->payload, len) : NULL;
+    char *rid = item_rid(it) ? xstrdup(item_rid(it)) : NULL;
+    pthread_mutex_unlock(&rec_mu);
+    int rc = tasks_enqueue(gen, rid, name, payload, len, NULL, NULL, new_id);
+    free(payload);
+    free(rid);
+    return rc;
 }
 
 void tasks_gauges(uint64_t *queued, uint64_t *running)

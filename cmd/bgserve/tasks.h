@@ -139,6 +139,14 @@ void tasks_periodic_stop_gen(generation *gen);
 /* The record of task id as a JSON object; BGS_ENOTFOUND if unknown or
  * evicted. */
 int tasks_record_json(uint64_t id, json *j);
+/* The ids of the newest records (live and finished), newest first, at
+ * most max; returns how many. */
+size_t tasks_recent_ids(uint64_t *ids, size_t max);
+/* Queue a failed named task again on gen, with the same payload and
+ * request id.  0 with *new_id set; BGS_ENOTFOUND (unknown or evicted),
+ * BGS_ESTATE (not failed, or an ad hoc task), or what tasks_enqueue
+ * returns.  The task's name is copied into name (when known). */
+int tasks_retry(generation *gen, uint64_t id, uint64_t *new_id, char *name, size_t name_cap);
 /* Write the keys "tasks", "queue", "workers" into the open object j. */
 void tasks_stats_json(json *j);
 /* Tasks queued (or waiting to retry) and running now, summed over every
