@@ -16,6 +16,7 @@
 
 #include "helpers.h"
 #include "journal.h"
+#include "journal_sandbox.h"
 #include "util.h"
 
 #include <errno.h>
@@ -34,44 +35,6 @@
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
-
-typedef struct sandbox {
-    char dir[64];
-    char path[128];
-} sandbox;
-
-static int setup(void **state)
-{
-    sandbox *sb = calloc(1, sizeof *sb);
-    if (sb == NULL)
-        return -1;
-    strcpy(sb->dir, "/tmp/bgserve-journal-XXXXXX");
-    if (mkdtemp(sb->dir) == NULL)
-        return -1;
-    snprintf(sb->path, sizeof sb->path, "%s/tasks.db", sb->dir);
-    *state = sb;
-    return 0;
-}
-
-static int teardown(void **state)
-{
-    sandbox *sb = *state;
-    h_rm_rf(sb->dir);
-    free(sb);
-    return 0;
-}
-
-static journal *open_ok(const char *path)
-{
-    journal_config cfg = {.path = path, .sync = JOURNAL_SYNC_NORMAL};
-    journal *j = NULL;
-    char err[1024] = "";
-    int rc = journal_open(&cfg, &j, err, sizeof err);
-    if (rc != 0)
-        fprintf(stderr, "journal_open: %s\n", err);
-    assert_int_equal(rc, 0);
-    return j;
-}
 
 /* journal_open expected to fail with want; returns the message. */
 static char *open_fails(const char *path, int want)
@@ -96,40 +59,6 @@ static uint64_t add_one(journal *j, const char *name, const char *payload,
                       .request_id = "req-1"};
     assert_int_equal(journal_add(j, &t, 1, done, arg), 0);
     return t.id;
-}
-
-/* A completion counter with its last status. */
-typedef struct done_count {
-    pthread_mutex_t mu;
-    int n, failed;
-    int last_status;
-    char last_msg[512];
-} done_count;
-
-#define DONE_COUNT_INIT {.mu = PTHREAD_MUTEX_INITIALIZER}
-
-static void count_done(void *arg, int status, const char *msg)
-{
-    done_count *c = arg;
-    pthread_mutex_lock(&c->mu);
-    c->n++;
-    c->last_status = status;
-    if (status != 0) {
-        c->failed++;
-        snprintf(c->last_msg, sizeof c->last_msg, "%s", msg ? msg : "(null)");
-    }
-    pthread_mutex_unlock(&c->mu);
-}
-
-/* c->n, read under its lock; *status gets the last status. */
-static int count_now(done_count *c, int *status)
-{
-    pthread_mutex_lock(&c->mu);
-    int n = c->n;
-    if (status != NULL)
-        *status = c->last_status;
-    pthread_mutex_unlock(&c->mu);
-    return n;
 }
 
 /* ---- replay records -------------------------------------------------------------- */
@@ -170,7 +99,7 @@ static void collect_state(void *arg, const journal_rec *r)
 static void journal_replays_queued_tasks_after_reopen(void **state)
 {
     sandbox *sb = *state;
-    journal *j = open_ok(sb->path);
+    journal *j = js_open_ok(sb->path);
     done_count c = DONE_COUNT_INIT;
     uint64_t a = add_one(j, "send_mail", "to=ann", count_done, &c);
     uint64_t b = add_one(j, "resize", "img=7", count_done, &c);
@@ -179,7 +108,7 @@ static void journal_replays_queued_tasks_after_reopen(void **state)
     assert_int_equal(c.n, 3);
     assert_int_equal(c.failed, 0);
 
-    j = open_ok(sb->path);
+    j = js_open_ok(sb->path);
     seen s = {0};
     assert_int_equal(journal_replay(j, collect, &s), 3);
     assert_int_equal(s.recs[0].id, a);
@@ -203,7 +132,7 @@ static void journal_replays_queued_tasks_after_reopen(void **state)
 static void journal_replay_keeps_retries_and_interrupted_runs(void **state)
 {
     sandbox *sb = *state;
-    journal *j = open_ok(sb->path);
+    journal *j = js_open_ok(sb->path);
     done_count c = DONE_COUNT_INIT;
     uint64_t run = add_one(j, "t_run", "r", NULL, NULL);
     uint64_t retry = add_one(j, "t_retry", "q", NULL, NULL);
@@ -221,7 +150,7 @@ static void journal_replay_keeps_retries_and_interrupted_runs(void **state)
     assert_int_equal(c.n, 7);
     assert_int_equal(c.failed, 0);
 
-    j = open_ok(sb->path);
+    j = js_open_ok(sb->path);
     seen s = {0};
     assert_int_equal(journal_replay(j, collect, &s), 2);
     assert_int_equal(s.recs[0].id, run);
@@ -248,7 +177,7 @@ static void journal_replay_keeps_retries_and_interrupted_runs(void **state)
 static void journal_dead_letters_keep_the_last_error(void **state)
 {
     sandbox *sb = *state;
-    journal *j = open_ok(sb->path);
+    journal *j = js_open_ok(sb->path);
     done_count c = DONE_COUNT_INIT;
     uint64_t id = add_one(j, "flaky", "x", NULL, NULL);
     assert_int_equal(journal_start(j, id, 3, NULL, NULL), 0);
@@ -263,7 +192,7 @@ static void journal_dead_letters_keep_the_last_error(void **state)
     assert_int_equal(late.last_status, JOURNAL_ENOTFOUND);
     h_assert_contains(late.last_msg, "is not queued or running");
 
-    j = open_ok(sb->path);
+    j = js_open_ok(sb->path);
     seen s = {0};
     assert_int_equal(journal_replay(j, collect, &s), 0);
     char st[96] = "";
@@ -303,7 +232,7 @@ static void order_done(void *arg, int status, const char *msg)
 static void journal_callbacks_run_in_append_order(void **state)
 {
     sandbox *sb = *state;
-    journal *j = open_ok(sb->path);
+    journal *j = js_open_ok(sb->path);
     enum { N = 2000 };
     order o = {.mu = PTHREAD_MUTEX_INITIALIZER};
     order_arg *args = calloc(N, sizeof *args);
@@ -394,7 +323,7 @@ static void journal_group_commit_batches_many_threads(void **state)
 {
     sandbox *sb = *state;
     enum { THREADS = 4, EACH = 200 };
-    journal *j = open_ok(sb->path);
+    journal *j = js_open_ok(sb->path);
     gate g = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER,
               .want = THREADS * EACH};
     done_count c = DONE_COUNT_INIT;
@@ -421,7 +350,7 @@ static void journal_group_commit_batches_many_threads(void **state)
     assert_int_equal(c.n, THREADS * EACH);
     assert_int_equal(c.failed, 0);
 
-    j = open_ok(sb->path);
+    j = js_open_ok(sb->path);
     journal_get_stats(j, &st);
     assert_int_equal(st.pending, THREADS * EACH + 1);
     journal_close(j);
@@ -430,7 +359,7 @@ static void journal_group_commit_batches_many_threads(void **state)
 static void journal_stats_count_commits_and_batches(void **state)
 {
     sandbox *sb = *state;
-    journal *j = open_ok(sb->path);
+    journal *j = js_open_ok(sb->path);
     gate g = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER, .want = 10};
     hold_writer(j, &g);
     done_count c = DONE_COUNT_INIT;
@@ -482,12 +411,12 @@ static void ids_child(const char *path, int fd, int n)
 static void journal_ids_never_repeat(void **state)
 {
     sandbox *sb = *state;
-    journal *j = open_ok(sb->path);
+    journal *j = js_open_ok(sb->path);
     uint64_t a = journal_next_id(j), b = journal_next_id(j);
     assert_true(b > a);
     journal_close(j); /* no task was ever added with a or b */
 
-    j = open_ok(sb->path);
+    j = js_open_ok(sb->path);
     uint64_t c = journal_next_id(j);
     assert_true(c > b);
     journal_close(j);
@@ -510,7 +439,7 @@ static void journal_ids_never_repeat(void **state)
     assert_true(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
     assert_true(last >= c + 10000);
 
-    j = open_ok(sb->path);
+    j = js_open_ok(sb->path);
     uint64_t d = journal_next_id(j);
     assert_true(d > last);
     journal_close(j);
@@ -613,7 +542,7 @@ static void journal_sigkill_mid_batch_loses_nothing_durable(void **state)
     assert_int_equal(waitpid(pid, &status, 0), pid);
     assert_true(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
 
-    journal *j = open_ok(sb->path);
+    journal *j = js_open_ok(sb->path);
     idset s = {0};
     journal_replay(j, idset_add, &s);
     journal_close(j);
@@ -660,7 +589,7 @@ static void journal_refuses_an_other_sqlite_database(void **state)
 static void journal_refuses_a_newer_schema(void **state)
 {
     sandbox *sb = *state;
-    journal_close(open_ok(sb->path));
+    journal_close(js_open_ok(sb->path));
     sqlite3 *db;
     assert_int_equal(sqlite3_open(sb->path, &db), SQLITE_OK);
     assert_int_equal(sqlite3_exec(db, "UPDATE meta SET value=99 WHERE key='schema_version'",
@@ -696,7 +625,7 @@ static void journal_refuses_a_path_it_cannot_create(void **state)
 static void journal_refuses_a_file_it_cannot_write(void **state)
 {
     sandbox *sb = *state;
-    journal_close(open_ok(sb->path));
+    journal_close(js_open_ok(sb->path));
     assert_int_equal(chmod(sb->dir, 0777), 0);
     char lock[160];
     snprintf(lock, sizeof lock, "%s-lock", sb->path);
@@ -737,7 +666,7 @@ static void journal_refuses_a_file_it_cannot_write(void **state)
 static void journal_refuses_a_second_owner_but_not_the_tools(void **state)
 {
     sandbox *sb = *state;
-    journal *j = open_ok(sb->path);
+    journal *j = js_open_ok(sb->path);
     uint64_t id = add_one(j, "held", "h", NULL, NULL);
     char *msg = open_fails(sb->path, JOURNAL_ELOCKED);
     char pid[32];
@@ -749,7 +678,7 @@ static void journal_refuses_a_second_owner_but_not_the_tools(void **state)
 
     /* the offline connection reads a live journal once the add is durable */
     journal_close(j);
-    j = open_ok(sb->path);
+    j = js_open_ok(sb->path);
     journal_db *d = NULL;
     char err[1024];
     assert_int_equal(journal_db_open(sb->path, &d, err, sizeof err), 0);
@@ -759,7 +688,7 @@ static void journal_refuses_a_second_owner_but_not_the_tools(void **state)
     journal_db_close(d);
     journal_close(j);
     /* the lock goes with the owner */
-    journal_close(open_ok(sb->path));
+    journal_close(js_open_ok(sb->path));
 }
 
 /* ---- disk full ----------------------------------------------------------------------- */
@@ -768,14 +697,6 @@ static void journal_refuses_a_second_owner_but_not_the_tools(void **state)
 enum { DF_OPEN = 20, DF_NO_FAILURE, DF_WRONG_STATUS, DF_MSG, DF_NOT_RECOVERED, DF_LOST,
        DF_LOG, DF_FILLER, DF_SKIP = 77 };
 
-static void limit_file_size(rlim_t bytes)
-{
-    struct rlimit rl;
-    getrlimit(RLIMIT_FSIZE, &rl);
-    rl.rlim_cur = bytes;
-    setrlimit(RLIMIT_FSIZE, &rl);
-}
-
 static void journal_disk_full_at_open_is_one_clear_error(void **state)
 {
     sandbox *sb = *state;
@@ -783,7 +704,7 @@ static void journal_disk_full_at_open_is_one_clear_error(void **state)
     assert_true(pid >= 0);
     if (pid == 0) {
         signal(SIGXFSZ, SIG_IGN);
-        limit_file_size(0);
+        js_limit_file_size(0);
         journal_config cfg = {.path = sb->path};
         journal *j = NULL;
         char err[1024] = "";
@@ -818,7 +739,7 @@ static int df_fill(df_fault *f, const char *path)
         rlim_t limit = 256 * 1024;
         if (stat(wal, &st) == 0 && (rlim_t)st.st_size > limit / 2)
             limit = (rlim_t)st.st_size + limit;
-        limit_file_size(limit);
+        js_limit_file_size(limit);
         return 0;
     }
     snprintf(f->filler, sizeof f->filler, "%s.filler", path);
@@ -841,7 +762,7 @@ static void df_free(const df_fault *f)
     if (f->tmpfs)
         unlink(f->filler);
     else
-        limit_file_size(RLIM_INFINITY);
+        js_limit_file_size(RLIM_INFINITY);
 }
 
 static int df_child(const char *path, df_fault *fault)
@@ -966,7 +887,7 @@ static void journal_disk_full_on_a_small_file_system(void **state)
 static void journal_rejects_bad_arguments(void **state)
 {
     sandbox *sb = *state;
-    journal *j = open_ok(sb->path);
+    journal *j = js_open_ok(sb->path);
     journal_task t = {.id = 0, .name = "x"};
     assert_int_equal(journal_add(j, &t, 1, NULL, NULL), JOURNAL_EINVAL);
     t.id = journal_next_id(j);
@@ -995,7 +916,7 @@ static void journal_rejects_bad_arguments(void **state)
 
 int main(void)
 {
-#define T(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
+#define T(name) cmocka_unit_test_setup_teardown(name, js_setup, js_teardown)
     const struct CMUnitTest tests[] = {
         T(journal_replays_queued_tasks_after_reopen),
         T(journal_replay_keeps_retries_and_interrupted_runs),

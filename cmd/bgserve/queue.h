@@ -4,9 +4,10 @@
  * A backend moves jobs from the side that accepts them (HTTP threads at
  * submit, the scheduler for periodic ticks, workers for retries) to the
  * worker threads.  The in-memory backend (queue_mem_new, below) is the
- * first implementation; a SQLite journal (journal.h) and a Redis Streams
- * consumer group are meant to be the next, behind the same vtable, with
- * no change to tasks.h or the plugin ABI.
+ * first implementation; the SQLite journal (queue_journal.h, over
+ * journal.h) is the second, and a Redis Streams consumer group is meant
+ * to be the next, behind the same vtable, with no change to tasks.h or
+ * the plugin ABI.
  *
  * The contract every backend keeps:
  *
@@ -75,12 +76,15 @@ typedef struct queue queue;
 typedef void (*queue_done_fn)(void *arg, int status, const char *msg);
 
 /* What a durable backend writes for a job, filled in by the owner of the
- * nodes (queue_describe_fn); pointers valid until the node is acked. */
+ * nodes (queue_describe_fn); pointers valid until the node is acked.  A
+ * job without a name (an ad hoc function task) cannot be written out: a
+ * durable backend keeps it in memory only and counts it apart. */
 typedef struct queue_job {
     uint64_t id;
-    const char *name;
+    const char *name;       /* NULL: memory only */
     const void *payload;
     size_t len;
+    uint32_t attempts;      /* runs started so far (the next is attempts + 1) */
     uint32_t max_attempts;
     const char *request_id; /* NULL when none */
 } queue_job;
@@ -89,7 +93,9 @@ typedef void (*queue_describe_fn)(const queue_node *n, queue_job *out, void *arg
 /* How a job ended, for ack (a durable backend records it). */
 typedef struct queue_outcome {
     int succeeded;
-    const char *state;       /* the final state as printed ("failed", ...) */
+    const char *state;       /* the final state as printed; "failed" means
+                              * the attempts are exhausted (a durable
+                              * backend dead-letters it) */
     const char *error;       /* NULL when none */
 } queue_outcome;
 

@@ -1,0 +1,313 @@
+/*
+ * queue_journal.c - the durable queue backend (queue_journal.h): an
+ * in-memory queue (queue_mem_new) that orders, times and hands out the
+ * nodes, and the journal that records each job's life beside it.
+ *
+ * Order of writes.  A job's records must reach the journal in the order
+ * of its life, or a later record would find no row (journal_start before
+ * journal_add) or be undone by an earlier one.  So a record is appended
+ * before the node becomes visible to a consumer: enqueue appends the add
+ * and then links the nodes, nack appends the retry and then puts the
+ * node back; take appends the start after the node was handed out (only
+ * its holder writes until it acks or nacks).  The journal's single
+ * writer applies records in append order.
+ *
+ * State: the inner queue (its own lock), the journal (borrowed, its own
+ * locks), `linked` (nodes between enqueue/nack/adopt and take: the
+ * capacity; atomic), the counters (atomic), and `shut`, written under
+ * `mu`.  `mu` is held across "append, then link" in enqueue, nack and
+ * adopt, so that a shutdown can never fall between the two: a job the
+ * journal holds as queued is either linked or refused with its record
+ * still saying what the next start should do.  Lock order: mu, then the
+ * journal's lock, then the inner queue's (and the timer thread's).
+ * Completions run on the journal's writer thread with no lock of ours.
+ */
+#include "queue_journal.h"
+
+#include "bgserve.h"
+#include "log.h"
+#include "util.h"
+
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct jqueue {
+    queue base;
+    queue *mem;                 /* immutable; the inner in-memory queue */
+    journal *j;                 /* immutable, borrowed */
+    queue_describe_fn describe; /* immutable */
+    void *describe_arg;         /* immutable */
+    size_t cap;                 /* immutable; 0: unbounded */
+    pthread_mutex_t mu;
+    atomic_int shut;            /* written under mu */
+    atomic_size_t linked;
+    atomic_uint_fast64_t journaled, memory_only, unrecorded;
+} jqueue;
+
+/* The caller's completion, carried through the journal's. */
+typedef struct done_ctx {
+    queue_done_fn done;
+    void *arg;
+} done_ctx;
+
+static jqueue *jq(queue *q)
+{
+    return UTIL_CONTAINER_OF(q, jqueue, base);
+}
+
+/* Monotonic time t as wall clock, and back; 0 (and any time already
+ * past) is 0: "at once". */
+static uint64_t mono_to_wall(uint64_t t)
+{
+    uint64_t now = util_now_us();
+    return t > now ? util_wall_us() + (t - now) : 0;
+}
+
+static uint64_t wall_to_mono(uint64_t t)
+{
+    uint64_t now = util_wall_us();
+    return t > now ? util_now_us() + (t - now) : 0;
+}
+
+static void describe(jqueue *q, const queue_node *n, queue_job *out)
+{
+    *out = (queue_job){0};
+    q->describe(n, out, q->describe_arg);
+}
+
+/* A record the journal would not take (it is closing): logged, since
+ * nobody is told (queue.h: ack and nack are fire-and-forget). */
+static void unrecorded(jqueue *q, const char *what, uint64_t id, int rc)
+{
+    atomic_fetch_add(&q->unrecorded, 1);
+    log_msg(BGS_LOG_WARN, "journal: the %s of task %" PRIu64 " was not recorded (%s); after "
+            "a restart the task may run once more", what, id, journal_strerror(rc));
+}
+
+/* The journal's completion of an enqueue, told in the queue's terms.
+ * Runs on the writer thread, possibly after the queue was destroyed:
+ * it touches only its own context. */
+static void on_durable(void *arg, int status, const char *msg)
+{
+    done_ctx *c = arg;
+    if (c->done)
+        c->done(c->arg, status == 0 ? 0 : status == JOURNAL_ECLOSED ? BGS_ESHUTDOWN : BGS_EFULL,
+                msg);
+    free(c);
+}
+
+static int jq_enqueue(queue *qq, queue_node *const *nodes, size_t n, uint64_t not_before_us,
+                      queue_done_fn done, void *done_arg)
+{
+    jqueue *q = jq(qq);
+    journal_task one, *tasks = n <= 1 ? &one : xcalloc(n, sizeof(*tasks));
+    size_t named = 0;
+    int rc = 0;
+
+    if (n == 0)
+        goto out;
+    uint64_t nb_wall = mono_to_wall(not_before_us);
+    for (size_t i = 0; i < n; i++) {
+        queue_job d;
+        describe(q, nodes[i], &d);
+        if (d.name == NULL)
+            continue;
+        tasks[named++] = (journal_task){.id = d.id, .name = d.name, .payload = d.payload,
+                                        .payload_len = d.len, .max_attempts = d.max_attempts,
+                                        .not_before_us = nb_wall, .request_id = d.request_id};
+    }
+
+    pthread_mutex_lock(&q->mu);
+    size_t before = atomic_fetch_add(&q->linked, n);
+    if (atomic_load(&q->shut))
+        rc = BGS_ESHUTDOWN;
+    else if (q->cap != 0 && (before >= q->cap || n > q->cap - before))
+        rc = BGS_EFULL;
+    else if (named > 0) {
+        done_ctx *c = xcalloc(1, sizeof(*c));
+        *c = (done_ctx){.done = done, .arg = done_arg};
+        int jrc = journal_add(q->j, tasks, named, on_durable, c);
+        if (jrc != 0) {
+            free(c);
+            rc = jrc == JOURNAL_ECLOSED ? BGS_ESHUTDOWN : BGS_EINVAL;
+        }
+    }
+    if (rc == 0) /* unbounded and not shut down (mu): cannot fail */
+        rc = queue_enqueue_at(q->mem, nodes, n, not_before_us, NULL, NULL);
+    if (rc != 0)
+        atomic_fetch_sub(&q->linked, n);
+    pthread_mutex_unlock(&q->mu);
+
+    if (rc == 0) {
+        atomic_fetch_add(&q->journaled, named);
+        atomic_fetch_add(&q->memory_only, n - named);
+        if (named == 0 && done)
+            done(done_arg, 0, NULL); /* nothing to make durable */
+    }
+out:
+    if (tasks != &one)
+        free(tasks);
+    return rc;
+}
+
+/* A node was handed out: it is no longer linked, and its holder is about
+ * to run it (record the start), unless the queue is shut down and it is
+ * being handed back to be finished without a run. */
+static queue_node *handed_out(jqueue *q, queue_node *n)
+{
+    if (n == NULL)
+        return NULL;
+    atomic_fetch_sub(&q->linked, 1);
+    if (atomic_load(&q->shut))
+        return n; /* its record stays: the next start offers it again */
+    queue_job d;
+    describe(q, n, &d);
+    if (d.name != NULL) {
+        int rc = journal_start(q->j, d.id, d.attempts + 1, NULL, NULL);
+        if (rc != 0)
+            unrecorded(q, "start", d.id, rc);
+    }
+    return n;
+}
+
+static queue_node *jq_take(queue *qq)
+{
+    jqueue *q = jq(qq);
+    return handed_out(q, queue_take(q->mem));
+}
+
+static queue_node *jq_try_take(queue *qq)
+{
+    jqueue *q = jq(qq);
+    return handed_out(q, queue_try_take(q->mem));
+}
+
+static void jq_ack(queue *qq, queue_node *n, const queue_outcome *o)
+{
+    jqueue *q = jq(qq);
+    queue_job d;
+    int rc;
+
+    describe(q, n, &d);
+    if (d.name == NULL)
+        return;
+    if (o->succeeded)
+        rc = journal_succeed(q->j, d.id, NULL, NULL, NULL);
+    else if (o->state != NULL && strcmp(o->state, "failed") == 0)
+        rc = journal_dead(q->j, d.id, o->error, NULL, NULL);
+    else
+        rc = journal_finish(q->j, d.id, o->state ? o->state : "failed", o->error, NULL, NULL);
+    if (rc != 0)
+        unrecorded(q, "end", d.id, rc);
+}
+
+static int jq_nack(queue *qq, queue_node *n, uint64_t retry_at_us, const char *why)
+{
+    jqueue *q = jq(qq);
+    queue_job d;
+    int rc = 0;
+
+    describe(q, n, &d);
+    pthread_mutex_lock(&q->mu);
+    /* Recorded even when refused below: the retry then happens at the
+     * next start, at its time. */
+    if (d.name != NULL) {
+        int jrc = journal_retry(q->j, d.id, mono_to_wall(retry_at_us), why, NULL, NULL);
+        if (jrc != 0)
+            unrecorded(q, "retry", d.id, jrc);
+    }
+    if (atomic_load(&q->shut))
+        rc = BGS_ESHUTDOWN;
+    else {
+        atomic_fetch_add(&q->linked, 1);
+        rc = queue_nack(q->mem, n, retry_at_us, why);
+        if (rc != 0)
+            atomic_fetch_sub(&q->linked, 1);
+    }
+    pthread_mutex_unlock(&q->mu);
+    return rc;
+}
+
+int queue_journal_adopt(queue *qq, queue_node *n, uint64_t not_before_wall_us)
+{
+    jqueue *q = jq(qq);
+    queue_node *one[] = {n};
+    int rc;
+
+    pthread_mutex_lock(&q->mu);
+    if (atomic_load(&q->shut))
+        rc = BGS_ESHUTDOWN;
+    else {
+        atomic_fetch_add(&q->linked, 1);
+        rc = queue_enqueue_at(q->mem, one, 1, wall_to_mono(not_before_wall_us), NULL, NULL);
+        if (rc != 0)
+            atomic_fetch_sub(&q->linked, 1);
+    }
+    pthread_mutex_unlock(&q->mu);
+    return rc;
+}
+
+static size_t jq_depth(queue *qq)
+{
+    return queue_depth(jq(qq)->mem);
+}
+
+static uint64_t jq_wakeups(queue *qq)
+{
+    return queue_wakeups(jq(qq)->mem);
+}
+
+static void jq_shutdown(queue *qq)
+{
+    jqueue *q = jq(qq);
+    pthread_mutex_lock(&q->mu);
+    atomic_store(&q->shut, 1);
+    pthread_mutex_unlock(&q->mu);
+    queue_shutdown(q->mem);
+}
+
+static void jq_destroy(queue *qq)
+{
+    jqueue *q = jq(qq);
+    queue_destroy(q->mem);
+    pthread_mutex_destroy(&q->mu);
+    free(q);
+}
+
+void queue_journal_get_counts(queue *qq, queue_journal_counts *out)
+{
+    jqueue *q = jq(qq);
+    out->journaled = atomic_load(&q->journaled);
+    out->memory_only = atomic_load(&q->memory_only);
+    out->unrecorded = atomic_load(&q->unrecorded);
+}
+
+static const queue_ops journal_ops = {
+    .name = "journal",
+    .enqueue = jq_enqueue,
+    .take = jq_take,
+    .try_take = jq_try_take,
+    .ack = jq_ack,
+    .nack = jq_nack,
+    .depth = jq_depth,
+    .wakeups = jq_wakeups,
+    .shutdown = jq_shutdown,
+    .destroy = jq_destroy,
+};
+
+queue *queue_journal_new(journal *j, size_t cap, unsigned linger_us, queue_describe_fn describe_fn,
+                         void *describe_arg)
+{
+    jqueue *q = xcalloc(1, sizeof(*q));
+    q->base.ops = &journal_ops;
+    q->mem = queue_mem_new(0, linger_us); /* bounded here, by `linked` */
+    q->j = j;
+    q->describe = describe_fn;
+    q->describe_arg = describe_arg;
+    q->cap = cap;
+    pthread_mutex_init(&q->mu, NULL);
+    return &q->base;
+}
