@@ -285,6 +285,21 @@ static void broker_enqueue_read_finish(void **state)
     assert_int_equal(s.delayed, 0);
     assert_int_equal(s.dead, 0);
 
+    /* The enqueuing process learns it is final from PREFIX:done. */
+    char cursor[BROKER_ENTRY_MAX] = "0-0";
+    uint64_t *ids;
+    size_t nids;
+    assert_int_equal(broker_done_read(b, cursor, sizeof cursor, 0, &ids, &nids), 0);
+    assert_int_equal(nids, 1);
+    assert_int_equal(ids[0], first);
+    free(ids);
+    assert_int_equal(broker_done_read(b, cursor, sizeof cursor, 1, &ids, &nids), 0);
+    assert_int_equal(nids, 0);
+    assert_null(ids);
+    char last[BROKER_ENTRY_MAX];
+    assert_int_equal(broker_done_cursor(b, last, sizeof last), 0);
+    assert_string_equal(last, cursor);
+
     assert_int_equal(broker_record_get(b, 999999, &rec), BROKER_ENOTFOUND);
     broker_msgs_free(m, 3);
     broker_close(b);
@@ -485,7 +500,7 @@ static void broker_touch_keeps_an_entry(void **state)
     redisReply *x = h_redis_cmd(&r, "XCLAIM bgserve:{app}:tasks workers w1 0 %s IDLE 3600000 "
                                     "JUSTID", m[0].entry);
     freeReplyObject(x);
-    const broker_msg *one = &m[0];
+    const char *one = m[0].entry;
     assert_int_equal(broker_touch(a, &one, 1), 0);
     redisReply *p = h_redis_cmd(&r, "XPENDING bgserve:{app}:tasks workers - + 10");
     assert_int_equal(p->type, REDIS_REPLY_ARRAY);

@@ -43,6 +43,7 @@
 #define PROMOTE_BATCH 256
 #define CLAIM_BATCH 64
 #define DEFAULT_GROUP "workers"
+#define DONE_MAXLEN "100000" /* final-state notices kept in PREFIX:done */
 
 /* ------------------------------------------------------------------ */
 /* Result codes                                                        */
@@ -293,8 +294,8 @@ static const char *const script_text[S_COUNT] = {
     "redis.call('HSET', KEYS[3], 'state', ARGV[4])\n"
     "if ARGV[5] ~= '' then redis.call('HSET', KEYS[3], 'error', ARGV[5]) end\n"
     "return acked\n",
-    /* FINISH  KEYS: stream record
-     * ARGV: group entry ttl state error has_result status type result */
+    /* FINISH  KEYS: stream record done
+     * ARGV: group entry ttl state error has_result status type result id */
     [S_FINISH] = LUA_NOW
     "local acked = redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])\n"
     "redis.call('XDEL', KEYS[1], ARGV[2])\n"
@@ -304,9 +305,10 @@ static const char *const script_text[S_COUNT] = {
     "  redis.call('HSET', KEYS[2], 'res_status', ARGV[7], 'res_type', ARGV[8], 'res', ARGV[9])\n"
     "end\n"
     "redis.call('EXPIRE', KEYS[2], tonumber(ARGV[3]))\n"
+    "redis.call('XADD', KEYS[3], 'MAXLEN', '~', " DONE_MAXLEN ", '*', 'id', ARGV[10], 'state', ARGV[4])\n"
     "return acked\n",
-    /* DEAD  KEYS: stream dead record
-     * ARGV: group entry error ttl worker write_record */
+    /* DEAD  KEYS: stream dead record done
+     * ARGV: group entry error ttl worker write_record id */
     [S_DEAD] = LUA_NOW
     "local e = redis.call('XRANGE', KEYS[1], ARGV[2], ARGV[2])\n"
     "local acked = redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])\n"
@@ -320,6 +322,7 @@ static const char *const script_text[S_COUNT] = {
     "if ARGV[6] == '1' then\n"
     "  redis.call('HSET', KEYS[3], 'state', 'failed', 'error', ARGV[3], 'finished', now)\n"
     "  redis.call('EXPIRE', KEYS[3], tonumber(ARGV[4]))\n"
+    "  redis.call('XADD', KEYS[4], 'MAXLEN', '~', " DONE_MAXLEN ", '*', 'id', ARGV[7], 'state', 'failed')\n"
     "end\n"
     "return acked\n",
     /* CONC  KEYS: leases  ARGV: max token lease_ms */
@@ -352,7 +355,7 @@ struct broker {
     broker_url url;
     char shown[320];
     char *app, *prefix, *group, *consumer;
-    char *k_stream, *k_delayed, *k_dead, *k_ids, *k_meta;
+    char *k_stream, *k_delayed, *k_dead, *k_ids, *k_meta, *k_done;
     unsigned connect_ms, cmd_ms, visibility_ms, record_ttl_s, capacity;
     char sha[S_COUNT][41];
 
@@ -795,6 +798,7 @@ int broker_open(const broker_config *cfg, broker **out, char *err, size_t cap)
     b->k_dead = key(b, "dead");
     b->k_ids = key(b, "ids");
     b->k_meta = key(b, "meta");
+    b->k_done = key(b, "done");
     b->connect_ms = cfg->connect_ms ? cfg->connect_ms : BROKER_DEFAULT_CONNECT_MS;
     b->cmd_ms = cfg->cmd_ms ? cfg->cmd_ms : BROKER_DEFAULT_CMD_MS;
     b->visibility_ms = cfg->visibility_ms ? cfg->visibility_ms : BROKER_DEFAULT_VISIBILITY_MS;
@@ -839,12 +843,14 @@ void broker_close(broker *b)
     free(b->k_dead);
     free(b->k_ids);
     free(b->k_meta);
+    free(b->k_done);
     free(b);
 }
 
 const char *broker_url_shown(const broker *b) { return b->shown; }
 const char *broker_prefix(const broker *b) { return b->prefix; }
 const char *broker_consumer(const broker *b) { return b->consumer; }
+unsigned broker_visibility_ms(const broker *b) { return b->visibility_ms; }
 
 /* ------------------------------------------------------------------ */
 /* Ids and enqueueing                                                  */
@@ -913,7 +919,7 @@ int broker_enqueue(broker *b, const broker_job *jobs, size_t n)
 /* Reading                                                             */
 /* ------------------------------------------------------------------ */
 
-static void msg_clear(broker_msg *m)
+void broker_msg_clear(broker_msg *m)
 {
     free(m->name);
     free(m->request_id);
@@ -924,7 +930,7 @@ static void msg_clear(broker_msg *m)
 void broker_msgs_free(broker_msg *msgs, size_t n)
 {
     for (size_t i = 0; i < n; i++)
-        msg_clear(&msgs[i]);
+        broker_msg_clear(&msgs[i]);
     free(msgs);
 }
 
@@ -1019,15 +1025,17 @@ static void dead_foreign(broker *b, const char *entry, const char *why)
 {
     log_msg(BGS_LOG_WARN, "broker: moved to %s: %s", b->k_dead, why);
     args a = {0};
-    args_script(&a, S_DEAD, 3, b->sha[S_DEAD]);
+    args_script(&a, S_DEAD, 4, b->sha[S_DEAD]);
     args_str(&a, b->k_stream);
     args_str(&a, b->k_dead);
-    args_str(&a, b->k_meta); /* not written: write_record is 0 */
+    args_str(&a, b->k_meta); /* neither is written: write_record is 0 */
+    args_str(&a, b->k_done);
     args_str(&a, b->group);
     args_str(&a, entry);
     args_str(&a, why);
     args_u64(&a, b->record_ttl_s);
     args_str(&a, b->consumer);
+    args_str(&a, "0");
     args_str(&a, "0");
     int rc;
     redisReply *r = conn_script(b, &b->rd, S_DEAD, &a, &rc);
@@ -1055,7 +1063,7 @@ static void take_entries(broker *b, const redisReply *entries, int reclaimed,
         if (parse_entry(b, e, m, why, sizeof why) < 0) {
             if (m->entry[0])
                 dead_foreign(b, m->entry, why);
-            msg_clear(m);
+            broker_msg_clear(m);
             continue;
         }
         m->reclaimed = reclaimed;
@@ -1203,6 +1211,90 @@ int broker_read(broker *b, unsigned max, unsigned block_ms, broker_msg **out, si
     return *n ? 0 : rc;
 }
 
+/* The final-state notices after cursor (an entry id of PREFIX:done;
+ * "0-0" for all), on the reader's connection. */
+int broker_done_read(broker *b, char *cursor, size_t cursor_cap, unsigned block_ms,
+                     uint64_t **ids, size_t *n)
+{
+    *ids = NULL;
+    *n = 0;
+    args a = {0};
+    args_str(&a, "XREAD");
+    args_str(&a, "COUNT");
+    args_u64(&a, 1024);
+    if (block_ms) {
+        args_str(&a, "BLOCK");
+        args_u64(&a, block_ms);
+    }
+    args_str(&a, "STREAMS");
+    args_str(&a, b->k_done);
+    args_str(&a, cursor);
+    pthread_mutex_lock(&b->read_mu);
+    int rc = conn_ensure(b, &b->rd);
+    redisReply *r = NULL;
+    if (rc == 0) {
+        redisSetTimeout(b->rd.c, tv_ms(block_ms + b->cmd_ms));
+        r = conn_cmd(b, &b->rd, &a, &rc);
+        if (b->rd.c)
+            redisSetTimeout(b->rd.c, tv_ms(b->cmd_ms));
+    }
+    pthread_mutex_unlock(&b->read_mu);
+    args_free(&a);
+    if (!r)
+        return rc;
+    if (r->type == REDIS_REPLY_NIL) {
+        freeReplyObject(r);
+        return 0;
+    }
+    if (r->type != REDIS_REPLY_ARRAY || r->elements != 1 ||
+        r->element[0]->type != REDIS_REPLY_ARRAY || r->element[0]->elements != 2)
+        return unexpected(r, "reading final-state notices");
+    const redisReply *es = r->element[0]->element[1];
+    uint64_t *out = xmalloc((es->elements ? es->elements : 1) * sizeof *out);
+    for (size_t i = 0; i < es->elements; i++) {
+        const redisReply *e = es->element[i];
+        if (e->type != REDIS_REPLY_ARRAY || e->elements != 2 ||
+            e->element[0]->type != REDIS_REPLY_STRING || e->element[0]->len >= cursor_cap)
+            continue;
+        memcpy(cursor, e->element[0]->str, e->element[0]->len + 1);
+        const redisReply *f = e->element[1];
+        for (size_t k = 0; f->type == REDIS_REPLY_ARRAY && k + 1 < f->elements; k += 2)
+            if (f->element[k]->type == REDIS_REPLY_STRING &&
+                f->element[k + 1]->type == REDIS_REPLY_STRING &&
+                strcmp(f->element[k]->str, "id") == 0 &&
+                parse_u64(f->element[k + 1]->str, f->element[k + 1]->len, &out[*n]) == 0)
+                (*n)++;
+    }
+    freeReplyObject(r);
+    if (*n == 0)
+        free(out);
+    else
+        *ids = out;
+    return 0;
+}
+
+int broker_done_cursor(broker *b, char *cursor, size_t cap)
+{
+    args a = {0};
+    args_str(&a, "XREVRANGE");
+    args_str(&a, b->k_done);
+    args_str(&a, "+");
+    args_str(&a, "-");
+    args_str(&a, "COUNT");
+    args_str(&a, "1");
+    int rc;
+    redisReply *r = cmd_expect(b, &a, REDIS_REPLY_ARRAY, 0, "reading the last notice", &rc);
+    if (!r)
+        return rc;
+    snprintf(cursor, cap, "0-0");
+    if (r->elements == 1 && r->element[0]->type == REDIS_REPLY_ARRAY &&
+        r->element[0]->elements == 2 && r->element[0]->element[0]->type == REDIS_REPLY_STRING &&
+        r->element[0]->element[0]->len < cap)
+        memcpy(cursor, r->element[0]->element[0]->str, r->element[0]->element[0]->len + 1);
+    freeReplyObject(r);
+    return 0;
+}
+
 /* ------------------------------------------------------------------ */
 /* Running and finishing                                               */
 /* ------------------------------------------------------------------ */
@@ -1228,7 +1320,7 @@ int broker_start(broker *b, broker_msg *m)
     return rc;
 }
 
-int broker_touch(broker *b, const broker_msg *const *msgs, size_t n)
+int broker_touch(broker *b, const char *const *entries, size_t n)
 {
     if (n == 0)
         return 0;
@@ -1239,7 +1331,7 @@ int broker_touch(broker *b, const broker_msg *const *msgs, size_t n)
     args_str(&a, b->consumer);
     args_str(&a, "0");
     for (size_t i = 0; i < n; i++)
-        args_str(&a, msgs[i]->entry);
+        args_str(&a, entries[i]);
     args_str(&a, "JUSTID");
     int rc;
     redisReply *r = cmd_expect(b, &a, REDIS_REPLY_ARRAY, 0, "XCLAIM (touching running entries)",
@@ -1253,9 +1345,10 @@ int broker_touch(broker *b, const broker_msg *const *msgs, size_t n)
 int broker_finish(broker *b, const broker_msg *m, const broker_outcome *o)
 {
     args a = {0};
-    args_script(&a, S_FINISH, 2, b->sha[S_FINISH]);
+    args_script(&a, S_FINISH, 3, b->sha[S_FINISH]);
     args_str(&a, b->k_stream);
     args_record_key(&a, b, m->id);
+    args_str(&a, b->k_done);
     args_str(&a, b->group);
     args_str(&a, m->entry);
     args_u64(&a, b->record_ttl_s);
@@ -1265,6 +1358,7 @@ int broker_finish(broker *b, const broker_msg *m, const broker_outcome *o)
     args_u64(&a, o->result_status);
     args_str(&a, o->result_type);
     args_add(&a, o->result, o->has_result ? o->result_len : 0);
+    args_u64(&a, m->id);
     long long acked = 0;
     int rc = cmd_script_int(b, S_FINISH, &a, "finishing a task", &acked);
     if (rc == 0 && acked == 0)
@@ -1304,16 +1398,18 @@ int broker_defer(broker *b, const broker_msg *m, unsigned delay_ms)
 int broker_dead(broker *b, const broker_msg *m, const char *error)
 {
     args a = {0};
-    args_script(&a, S_DEAD, 3, b->sha[S_DEAD]);
+    args_script(&a, S_DEAD, 4, b->sha[S_DEAD]);
     args_str(&a, b->k_stream);
     args_str(&a, b->k_dead);
     args_record_key(&a, b, m->id);
+    args_str(&a, b->k_done);
     args_str(&a, b->group);
     args_str(&a, m->entry);
     args_str(&a, error ? error : "failed");
     args_u64(&a, b->record_ttl_s);
     args_str(&a, b->consumer);
     args_str(&a, "1");
+    args_u64(&a, m->id);
     return cmd_script_int(b, S_DEAD, &a, "dead-lettering a task", NULL);
 }
 

@@ -21,6 +21,9 @@
  *                       across workers)
  *   PREFIX:periodic:K   the lease of periodic schedule K (once per
  *                       interval across processes)
+ *   PREFIX:done         notices of final states (id, state), so that the
+ *                       process that enqueued a task learns it is done
+ *                       (capped at about 100000 entries)
  *   PREFIX:meta         which app owns the prefix
  *
  * Threads: a broker may be used from any thread.  It keeps two
@@ -121,6 +124,7 @@ void broker_close(broker *b);
 const char *broker_url_shown(const broker *b);
 const char *broker_prefix(const broker *b);
 const char *broker_consumer(const broker *b);
+unsigned broker_visibility_ms(const broker *b);
 
 /* ---- ids and enqueueing ------------------------------------------------ */
 
@@ -175,14 +179,17 @@ typedef struct broker_msg {
  */
 int broker_read(broker *b, unsigned max, unsigned block_ms, broker_msg **out, size_t *n);
 void broker_msgs_free(broker_msg *msgs, size_t n);
+/* Free what one message holds (not m itself). */
+void broker_msg_clear(broker_msg *m);
 
 /* A run of m starts: count the attempt in its record (state "running",
  * started, worker) and set m->attempt to it. */
 int broker_start(broker *b, broker_msg *m);
 
-/* Reset the idle time of the n entries (still running here), so that no
- * other worker claims them.  Call more often than visibility_ms. */
-int broker_touch(broker *b, const broker_msg *const *msgs, size_t n);
+/* Reset the idle time of the n entries (ids of messages still running
+ * here), so that no other worker claims them.  Call more often than
+ * visibility_ms. */
+int broker_touch(broker *b, const char *const *entries, size_t n);
 
 typedef struct broker_outcome {
     const char *state;          /* "succeeded", "failed", "cancelled", ... */
@@ -194,8 +201,9 @@ typedef struct broker_outcome {
     size_t result_len;
 } broker_outcome;
 
-/* m reached a final state: acknowledge and delete its entry and write the
- * record (expiring after record_ttl_s), in one transaction. */
+/* m reached a final state: acknowledge and delete its entry, write the
+ * record (expiring after record_ttl_s) and a notice in PREFIX:done, in
+ * one transaction. */
 int broker_finish(broker *b, const broker_msg *m, const broker_outcome *o);
 
 /* A run of m failed and it runs again in delay_ms: acknowledge it and put
@@ -207,8 +215,19 @@ int broker_retry(broker *b, const broker_msg *m, unsigned delay_ms, const char *
 int broker_defer(broker *b, const broker_msg *m, unsigned delay_ms);
 
 /* m is out of attempts (or cannot run): acknowledge it, add it to the
- * dead-letter stream with error, record state "failed". */
+ * dead-letter stream with error, record state "failed" (and a notice). */
 int broker_dead(broker *b, const broker_msg *m, const char *error);
+
+/* ---- final-state notices ---------------------------------------------- */
+
+/* The id of the newest notice in PREFIX:done ("0-0" when none) into
+ * cursor: where a process that starts listening begins. */
+int broker_done_cursor(broker *b, char *cursor, size_t cap);
+/* The ids of the tasks that reached a final state after cursor (which
+ * moves on), waiting up to block_ms when none did (0: no wait); *ids is
+ * malloc'd (NULL when *n is 0).  Uses the reader's connection. */
+int broker_done_read(broker *b, char *cursor, size_t cursor_cap, unsigned block_ms,
+                     uint64_t **ids, size_t *n);
 
 /* ---- leases ------------------------------------------------------------ */
 

@@ -1,0 +1,622 @@
+/*
+ * queue_redis.c - the queue backend on the Redis Streams broker (see
+ * queue_redis.h for the two roles, queue.h for the contract).
+ *
+ * State, all guarded by `mu`:
+ *   held   - jobs read from the stream that this process runs: each node
+ *            with its delivery (the stream entry, to acknowledge it) and
+ *            its concurrency lease; hashed by node.  A held node is in the
+ *            inner memory queue or with whoever took it.
+ *   sent   - nodes enqueued here and added to the stream, waiting for the
+ *            notice of their final state; hashed by task id.
+ *   rel    - nodes nacked into the delayed set, waiting for the
+ *            background thread to hand them to the `released` hook
+ *            (linked through queue_node.next).
+ *   stop, shut - shutdown flags.
+ * The background thread alone uses the notice cursor and the touch and
+ * sweep clocks.  The broker calls are made with mu released; ownership
+ * of a node moves under mu (out of `sent` or `held`) before any hook
+ * sees it, so a node reaches its owner exactly once.
+ *
+ * The inner memory queue (queue_mem_new) does the handing out: adopted
+ * jobs and ad hoc ones are pushed to it, take and try_take come from it.
+ */
+#include "queue_redis.h"
+
+#include "log.h"
+#include "util.h"
+
+#include "bgserve.h"
+
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define NBUCKET 4096u
+#define IDLE_WAIT_MS 100u
+#define DEFER_MS 200u          /* a name at its cap is read again after this */
+#define SWEEP_US 5000000u      /* look up records of nodes whose notice is late */
+#define SWEEP_MAX 256u
+
+typedef struct held {
+    struct held *next;         /* bucket chain */
+    queue_node *node;
+    broker_msg msg;
+    unsigned conc;             /* max_concurrency; 0: no lease held */
+    char token[BROKER_ENTRY_MAX + 8];
+} held;
+
+typedef struct sent {
+    struct sent *next;         /* bucket chain */
+    uint64_t id;
+    uint64_t since_us;
+    queue_node *node;
+} sent;
+
+typedef struct rq {
+    queue base;                /* first: a queue * is an rq * */
+    broker *b;
+    queue *mem;
+    queue_redis_hooks h;
+    unsigned consume;
+
+    pthread_mutex_t mu;
+    pthread_cond_t cv;         /* monotonic; the background thread waits */
+    held *hb[NBUCKET];         /* mu */
+    sent *sb[NBUCKET];         /* mu */
+    size_t nheld, nsent;       /* mu */
+    queue_node *rel;           /* mu */
+    int stop, shut;            /* mu */
+
+    char cursor[BROKER_ENTRY_MAX]; /* background thread */
+    int have_cursor;               /* background thread */
+    uint64_t next_touch_us, next_sweep_us; /* background thread */
+    pthread_t thr;
+} rq;
+
+static rq *R(queue *q) { return (rq *)(void *)q; }
+
+static size_t hptr(const void *p) { return ((uintptr_t)p >> 4) % NBUCKET; }
+static size_t hid(uint64_t id) { return (size_t)(id * 0x9E3779B97F4A7C15ull >> 52) % NBUCKET; }
+
+/* ---- the maps (mu held) -------------------------------------------------- */
+
+static void held_put_locked(rq *r, held *x)
+{
+    size_t i = hptr(x->node);
+    x->next = r->hb[i];
+    r->hb[i] = x;
+    r->nheld++;
+}
+
+static held *held_take_locked(rq *r, const queue_node *n)
+{
+    for (held **pp = &r->hb[hptr(n)]; *pp; pp = &(*pp)->next) {
+        if ((*pp)->node == n) {
+            held *x = *pp;
+            *pp = x->next;
+            r->nheld--;
+            return x;
+        }
+    }
+    return NULL;
+}
+
+static void sent_put_locked(rq *r, sent *s)
+{
+    size_t i = hid(s->id);
+    s->next = r->sb[i];
+    r->sb[i] = s;
+    r->nsent++;
+}
+
+static sent *sent_take_locked(rq *r, uint64_t id)
+{
+    for (sent **pp = &r->sb[hid(id)]; *pp; pp = &(*pp)->next) {
+        if ((*pp)->id == id) {
+            sent *s = *pp;
+            *pp = s->next;
+            r->nsent--;
+            return s;
+        }
+    }
+    return NULL;
+}
+
+static sent *sent_take_any_locked(rq *r)
+{
+    for (size_t i = 0; r->nsent && i < NBUCKET; i++) {
+        if (r->sb[i]) {
+            sent *s = r->sb[i];
+            r->sb[i] = s->next;
+            r->nsent--;
+            return s;
+        }
+    }
+    return NULL;
+}
+
+static void held_free(held *x)
+{
+    broker_msg_clear(&x->msg);
+    free(x);
+}
+
+/* Give back the lease of x (no lock held). */
+static void conc_release(rq *r, held *x)
+{
+    if (x->conc)
+        broker_conc_release(r->b, x->msg.name, x->token);
+}
+
+/* ---- enqueue --------------------------------------------------------------- */
+
+static int rq_enqueue(queue *q, queue_node *const *nodes, size_t n, uint64_t not_before_us,
+                      queue_done_fn done, void *done_arg)
+{
+    rq *r = R(q);
+    broker_job *jobs = xcalloc(n ? n : 1, sizeof *jobs);
+    sent **ss = xcalloc(n ? n : 1, sizeof *ss);
+    queue_node **locals = xcalloc(n ? n : 1, sizeof *locals);
+    size_t nj = 0, nl = 0;
+    int later = not_before_us > util_now_us();
+    for (size_t i = 0; i < n; i++) {
+        queue_job job = {0};
+        r->h.describe(nodes[i], &job, r->h.arg);
+        /* A job with a time of its own waits here (the stream has no
+         * not-before). */
+        if (!job.name || later) {
+            locals[nl++] = nodes[i];
+            continue;
+        }
+        jobs[nj] = (broker_job){.id = job.id, .name = job.name, .request_id = job.request_id,
+                                .max_attempts = job.max_attempts, .payload = job.payload,
+                                .len = job.len};
+        ss[nj] = xcalloc(1, sizeof *ss[nj]);
+        ss[nj]->id = job.id;
+        ss[nj]->node = nodes[i];
+        ss[nj]->since_us = util_now_us();
+        nj++;
+    }
+    int rc = 0;
+    pthread_mutex_lock(&r->mu);
+    if (r->shut)
+        rc = BGS_ESHUTDOWN;
+    /* Known before the entries exist: a notice cannot come first. */
+    for (size_t i = 0; rc == 0 && i < nj; i++)
+        sent_put_locked(r, ss[i]);
+    pthread_mutex_unlock(&r->mu);
+    /* Over capacity or Redis away: load, for the caller (503). */
+    if (rc == 0 && nj && broker_enqueue(r->b, jobs, nj) < 0)
+        rc = BGS_EFULL;
+    if (rc == 0 && nl) {
+        rc = queue_enqueue_at(r->mem, locals, nl, not_before_us, NULL, NULL);
+        if (rc < 0 && nj)
+            log_msg(BGS_LOG_WARN, "broker: %zu task(s) were added to the stream while the "
+                    "server stopped; they run on the workers, untracked here", nj);
+    }
+    if (rc < 0 && nj) {
+        pthread_mutex_lock(&r->mu);
+        for (size_t i = 0; i < nj; i++)
+            free(sent_take_locked(r, ss[i]->id));
+        pthread_mutex_unlock(&r->mu);
+    } else if (nj) {
+        pthread_cond_signal(&r->cv);
+    }
+    free(jobs);
+    free(ss);
+    free(locals);
+    if (rc == 0 && done)
+        done(done_arg, 0, NULL);
+    return rc;
+}
+
+/* ---- take, ack, nack ------------------------------------------------------ */
+
+static queue_node *rq_take(queue *q) { return queue_take(R(q)->mem); }
+
+static queue_node *rq_try_take(queue *q)
+{
+    rq *r = R(q);
+    queue_node *n = queue_try_take(r->mem);
+    if (n)
+        return n;
+    /* After shutdown, the nodes still waiting for a notice go back to
+     * their owner too (their tasks run on in the workers). */
+    pthread_mutex_lock(&r->mu);
+    sent *s = r->shut ? sent_take_any_locked(r) : NULL;
+    pthread_mutex_unlock(&r->mu);
+    if (!s)
+        return NULL;
+    n = s->node;
+    free(s);
+    return n;
+}
+
+static void rq_ack(queue *q, queue_node *n, const queue_outcome *o)
+{
+    rq *r = R(q);
+    pthread_mutex_lock(&r->mu);
+    held *x = held_take_locked(r, n);
+    int shut = r->shut;
+    pthread_mutex_unlock(&r->mu);
+    if (!x) {
+        queue_ack(r->mem, n, o);
+        return;
+    }
+    if (shut && !o->succeeded && o->state && strcmp(o->state, "cancelled") == 0) {
+        /* Stopped by this worker's shutdown: another worker runs it. */
+        broker_retry(r->b, &x->msg, 0, "cancelled: its worker stopped");
+    } else {
+        broker_outcome bo = {.state = o->state, .error = o->error};
+        if (r->h.result)
+            r->h.result(r->h.arg, n, &bo);
+        int rc = broker_finish(r->b, &x->msg, &bo);
+        if (rc < 0)
+            log_msg(BGS_LOG_WARN, "broker: task %" PRIu64 " (%s) is %s but redis did not "
+                    "record it (%s): after the visibility timeout it runs again",
+                    x->msg.id, x->msg.name, o->state, broker_strerror(rc));
+    }
+    conc_release(r, x);
+    held_free(x);
+    pthread_cond_signal(&r->cv); /* room to read more */
+}
+
+static int rq_nack(queue *q, queue_node *n, uint64_t retry_at_us, const char *why)
+{
+    rq *r = R(q);
+    pthread_mutex_lock(&r->mu);
+    held *x = held_take_locked(r, n);
+    pthread_mutex_unlock(&r->mu);
+    if (!x)
+        return queue_nack(r->mem, n, retry_at_us, why);
+    uint64_t now = util_now_us();
+    uint64_t delay_ms = retry_at_us > now ? (retry_at_us - now + 999) / 1000 : 0;
+    int rc = broker_retry(r->b, &x->msg, delay_ms > UINT32_MAX ? UINT32_MAX : (unsigned)delay_ms,
+                          why);
+    if (rc < 0) {
+        /* Redis is away: retry here; the entry stays ours (touched). */
+        pthread_mutex_lock(&r->mu);
+        held_put_locked(r, x);
+        pthread_mutex_unlock(&r->mu);
+        return queue_nack(r->mem, n, retry_at_us, why);
+    }
+    conc_release(r, x);
+    held_free(x);
+    pthread_mutex_lock(&r->mu);
+    n->next = r->rel;
+    r->rel = n;
+    pthread_mutex_unlock(&r->mu);
+    pthread_cond_signal(&r->cv);
+    return 0;
+}
+
+static size_t rq_depth(queue *q) { return queue_depth(R(q)->mem); }
+static uint64_t rq_wakeups(queue *q) { return queue_wakeups(R(q)->mem); }
+
+void queue_redis_counts(queue *q, size_t *nheld, size_t *nsent)
+{
+    rq *r = R(q);
+    pthread_mutex_lock(&r->mu);
+    *nheld = r->nheld;
+    *nsent = r->nsent;
+    pthread_mutex_unlock(&r->mu);
+}
+
+/* ---- the background thread ------------------------------------------------- */
+
+/* A job read from the stream: check it, take its lease, count the
+ * attempt, make its node and queue it here. */
+static void take_job(rq *r, broker_msg *m)
+{
+    char why[512] = "";
+    unsigned conc = 0;
+    if (r->h.limits(r->h.arg, m->name, &conc, why, sizeof why) < 0) {
+        log_msg(BGS_LOG_WARN, "broker: task %" PRIu64 ": %s; moved to the dead letters",
+                m->id, why);
+        broker_dead(r->b, m, why);
+        broker_msg_clear(m);
+        return;
+    }
+    held *x = xcalloc(1, sizeof *x);
+    snprintf(x->token, sizeof x->token, "%" PRIu64 "@%s", m->id, m->entry);
+    if (conc) {
+        int got = broker_conc_take(r->b, m->name, conc, x->token, broker_visibility_ms(r->b));
+        if (got == 0)
+            broker_defer(r->b, m, DEFER_MS);
+        if (got <= 0) {
+            /* Not deferred (Redis away): the entry stays pending and is
+             * claimed again after the visibility timeout. */
+            broker_msg_clear(m);
+            free(x);
+            return;
+        }
+        x->conc = conc;
+    }
+    x->msg = *m;
+    memset(m, 0, sizeof *m);
+    if (broker_start(r->b, &x->msg) < 0) {
+        conc_release(r, x);
+        held_free(x);
+        return;
+    }
+    if (x->msg.max_attempts && x->msg.attempt > x->msg.max_attempts) {
+        snprintf(why, sizeof why, "attempt %" PRIu32 " of at most %" PRIu32 ": the worker "
+                 "running the last one stopped before it finished", x->msg.attempt,
+                 x->msg.max_attempts);
+        log_msg(BGS_LOG_WARN, "broker: task %" PRIu64 " (%s): %s; moved to the dead letters",
+                x->msg.id, x->msg.name, why);
+        broker_dead(r->b, &x->msg, why);
+        conc_release(r, x);
+        held_free(x);
+        return;
+    }
+    /* One of ours (added by this process): run the node it came from. */
+    pthread_mutex_lock(&r->mu);
+    sent *s = sent_take_locked(r, x->msg.id);
+    pthread_mutex_unlock(&r->mu);
+    if (s) {
+        x->node = s->node;
+        free(s);
+    } else {
+        x->node = r->h.adopt(r->h.arg, &x->msg, why, sizeof why);
+    }
+    if (!x->node) {
+        log_msg(BGS_LOG_WARN, "broker: task %" PRIu64 " (%s) cannot run here: %s; moved to "
+                "the dead letters", x->msg.id, x->msg.name, why);
+        broker_dead(r->b, &x->msg, why);
+        conc_release(r, x);
+        held_free(x);
+        return;
+    }
+    queue_node *node = x->node;
+    pthread_mutex_lock(&r->mu);
+    held_put_locked(r, x);
+    pthread_mutex_unlock(&r->mu);
+    /* Shutdown race: the node goes back to the stream. */
+    if (queue_enqueue(r->mem, node) < 0) {
+        pthread_mutex_lock(&r->mu);
+        x = held_take_locked(r, node);
+        pthread_mutex_unlock(&r->mu);
+        if (x) {
+            broker_retry(r->b, &x->msg, 0, "its worker stopped");
+            conc_release(r, x);
+            held_free(x);
+            r->h.released(r->h.arg, node);
+        }
+    }
+}
+
+/* Touch every running entry and renew its lease. */
+static void touch_all(rq *r)
+{
+    pthread_mutex_lock(&r->mu);
+    size_t n = r->nheld, k = 0;
+    char (*entries)[BROKER_ENTRY_MAX] = xmalloc((n ? n : 1) * sizeof *entries);
+    typedef struct lease {
+        char name[128];
+        char token[BROKER_ENTRY_MAX + 8];
+        unsigned conc;
+    } lease;
+    lease *ls = xmalloc((n ? n : 1) * sizeof *ls);
+    size_t nl = 0;
+    for (size_t i = 0; i < NBUCKET && k < n; i++) {
+        for (held *x = r->hb[i]; x; x = x->next) {
+            memcpy(entries[k++], x->msg.entry, BROKER_ENTRY_MAX);
+            if (x->conc) {
+                snprintf(ls[nl].name, sizeof ls[nl].name, "%s", x->msg.name);
+                memcpy(ls[nl].token, x->token, sizeof ls[nl].token);
+                ls[nl].conc = x->conc;
+                nl++;
+            }
+        }
+    }
+    pthread_mutex_unlock(&r->mu);
+    const char **ptrs = xmalloc((k ? k : 1) * sizeof *ptrs);
+    for (size_t i = 0; i < k; i++)
+        ptrs[i] = entries[i];
+    if (k)
+        broker_touch(r->b, ptrs, k);
+    for (size_t i = 0; i < nl; i++)
+        broker_conc_take(r->b, ls[i].name, ls[i].conc, ls[i].token, broker_visibility_ms(r->b));
+    free(ptrs);
+    free(entries);
+    free(ls);
+}
+
+/* The node of task id, enqueued here, is final elsewhere. */
+static void finish_sent(rq *r, uint64_t id, const broker_record *known)
+{
+    pthread_mutex_lock(&r->mu);
+    sent *s = sent_take_locked(r, id);
+    pthread_mutex_unlock(&r->mu);
+    if (!s)
+        return;
+    broker_record rec;
+    const broker_record *use = known;
+    if (!use && broker_record_get(r->b, id, &rec) == 0)
+        use = &rec;
+    r->h.finished(r->h.arg, s->node, use);
+    if (use == &rec)
+        broker_record_clear(&rec);
+    free(s);
+}
+
+static int is_final_state(const char *st)
+{
+    return st && strcmp(st, "queued") != 0 && strcmp(st, "running") != 0 &&
+           strcmp(st, "retrying") != 0;
+}
+
+/* Notices can be lost (trimmed, a Redis restarted without persistence):
+ * look up the records of nodes that have waited a while. */
+static void sweep(rq *r)
+{
+    uint64_t ids[SWEEP_MAX];
+    size_t n = 0;
+    uint64_t old = util_now_us() - SWEEP_US;
+    pthread_mutex_lock(&r->mu);
+    for (size_t i = 0; i < NBUCKET && n < SWEEP_MAX; i++)
+        for (sent *s = r->sb[i]; s && n < SWEEP_MAX; s = s->next)
+            if (s->since_us < old)
+                ids[n++] = s->id;
+    pthread_mutex_unlock(&r->mu);
+    for (size_t i = 0; i < n; i++) {
+        broker_record rec;
+        if (broker_record_get(r->b, ids[i], &rec) == 0) {
+            if (is_final_state(rec.state))
+                finish_sent(r, ids[i], &rec);
+            broker_record_clear(&rec);
+        }
+    }
+}
+
+static void wait_ms(rq *r, unsigned ms)
+{
+    struct timespec ts = util_mono_timespec(util_now_us() + (uint64_t)ms * 1000u);
+    pthread_mutex_lock(&r->mu);
+    if (!r->stop && !r->rel)
+        pthread_cond_timedwait(&r->cv, &r->mu, &ts);
+    pthread_mutex_unlock(&r->mu);
+}
+
+static void *bg_main(void *arg)
+{
+    rq *r = arg;
+    for (;;) {
+        pthread_mutex_lock(&r->mu);
+        int stop = r->stop;
+        queue_node *rel = r->rel;
+        r->rel = NULL;
+        size_t room = r->consume > r->nheld ? r->consume - r->nheld : 0;
+        size_t nsent = r->nsent;
+        pthread_mutex_unlock(&r->mu);
+        while (rel) {
+            queue_node *next = rel->next;
+            r->h.released(r->h.arg, rel);
+            rel = next;
+        }
+        if (stop)
+            break;
+        uint64_t now = util_now_us();
+        if (r->consume && now >= r->next_touch_us) {
+            touch_all(r);
+            r->next_touch_us = now + (uint64_t)broker_visibility_ms(r->b) * 1000u / 3;
+        }
+        /* Each read waits (up to IDLE_WAIT_MS) when there is nothing; with
+         * neither to do, or Redis away, wait here instead. */
+        int waited = 0;
+        if (room) {
+            broker_msg *msgs;
+            size_t k;
+            int rc = broker_read(r->b, (unsigned)room, nsent ? 20 : IDLE_WAIT_MS, &msgs, &k);
+            for (size_t i = 0; i < k; i++)
+                take_job(r, &msgs[i]);
+            free(msgs);
+            waited = rc == 0;
+        }
+        if (nsent) {
+            if (!r->have_cursor)
+                r->have_cursor = broker_done_cursor(r->b, r->cursor, sizeof r->cursor) == 0;
+            uint64_t *ids = NULL;
+            size_t k = 0;
+            int rc = r->have_cursor
+                         ? broker_done_read(r->b, r->cursor, sizeof r->cursor,
+                                            room ? 0 : IDLE_WAIT_MS, &ids, &k)
+                         : BROKER_EDOWN;
+            for (size_t i = 0; i < k; i++)
+                finish_sent(r, ids[i], NULL);
+            free(ids);
+            waited = waited || (rc == 0 && !room);
+            if (now >= r->next_sweep_us) {
+                sweep(r);
+                r->next_sweep_us = now + SWEEP_US;
+            }
+        }
+        if (!waited)
+            wait_ms(r, IDLE_WAIT_MS);
+    }
+    return NULL;
+}
+
+/* ---- shutdown, destroy, making one -------------------------------------- */
+
+static void rq_shutdown(queue *q)
+{
+    rq *r = R(q);
+    pthread_mutex_lock(&r->mu);
+    int first = !r->shut;
+    r->shut = 1;
+    r->stop = 1;
+    pthread_mutex_unlock(&r->mu);
+    pthread_cond_broadcast(&r->cv);
+    if (first)
+        pthread_join(r->thr, NULL);
+    queue_shutdown(r->mem);
+}
+
+static void rq_destroy(queue *q)
+{
+    rq *r = R(q);
+    pthread_mutex_lock(&r->mu);
+    int joined = r->shut;
+    r->stop = 1;
+    pthread_mutex_unlock(&r->mu);
+    if (!joined) {
+        pthread_cond_broadcast(&r->cv);
+        pthread_join(r->thr, NULL);
+    }
+    for (size_t i = 0; i < NBUCKET; i++) {
+        while (r->hb[i]) {
+            held *x = r->hb[i];
+            r->hb[i] = x->next;
+            held_free(x);
+        }
+        while (r->sb[i]) {
+            sent *s = r->sb[i];
+            r->sb[i] = s->next;
+            free(s);
+        }
+    }
+    queue_destroy(r->mem);
+    pthread_cond_destroy(&r->cv);
+    pthread_mutex_destroy(&r->mu);
+    free(r);
+}
+
+static const queue_ops rq_ops = {
+    .name = "redis",
+    .enqueue = rq_enqueue,
+    .take = rq_take,
+    .try_take = rq_try_take,
+    .ack = rq_ack,
+    .nack = rq_nack,
+    .depth = rq_depth,
+    .wakeups = rq_wakeups,
+    .shutdown = rq_shutdown,
+    .destroy = rq_destroy,
+};
+
+queue *queue_redis_new(broker *b, const queue_redis_config *cfg, const queue_redis_hooks *h)
+{
+    rq *r = xcalloc(1, sizeof *r);
+    r->base.ops = &rq_ops;
+    r->b = b;
+    r->h = *h;
+    r->consume = cfg->consume;
+    r->mem = queue_mem_new(0, cfg->linger_us);
+    pthread_mutex_init(&r->mu, NULL);
+    util_cond_init_mono(&r->cv);
+    r->have_cursor = broker_done_cursor(b, r->cursor, sizeof r->cursor) == 0;
+    r->next_sweep_us = util_now_us() + SWEEP_US;
+    if (pthread_create(&r->thr, NULL, bg_main, r) != 0) {
+        queue_destroy(r->mem);
+        pthread_cond_destroy(&r->cv);
+        pthread_mutex_destroy(&r->mu);
+        free(r);
+        return NULL;
+    }
+    return &r->base;
+}

@@ -1,0 +1,74 @@
+/*
+ * queue_redis.h - the queue backend on the Redis Streams broker
+ * (broker.h), behind queue.h's vtable: named tasks go to the app's
+ * stream, jobs that stay in this process (ad hoc tasks) to an in-memory
+ * queue inside it.
+ *
+ * Two roles, one backend:
+ * - A server (consume = 0) adds its named tasks to the stream and does not
+ *   read it.  A node it added stays linked here until the notice of its
+ *   final state arrives (PREFIX:done, written by whichever worker ran
+ *   it); then the `finished` hook hands the node back with the task's
+ *   record, so watchers, ?wait= and deferred responses complete here.
+ * - A worker (consume = N) also reads the stream through the consumer
+ *   group, up to N jobs at a time: each becomes a node through the
+ *   `adopt` hook and is handed out by take.  ack finishes it in Redis
+ *   (XACK, the record with its result, the notice); nack sends it to the
+ *   delayed set, to run again on whichever worker reads it when due, and
+ *   hands the node back through `released`.  Jobs of a name at its
+ *   max_concurrency across all workers are put back for a moment (a
+ *   lease per running job, renewed with the entry).
+ *
+ * Threads: the queue operations are thread-safe (queue.h).  One
+ * background thread of the backend reads the stream (worker), reads the
+ * notices (when nodes added here wait for them), touches running entries
+ * and their leases more often than the visibility timeout, and calls the
+ * hooks, one at a time, with no lock of the backend held.
+ */
+#ifndef BGSERVE_QUEUE_REDIS_H
+#define BGSERVE_QUEUE_REDIS_H
+
+#include "broker.h"
+#include "queue.h"
+
+typedef struct queue_redis_hooks {
+    /* The job of a node enqueued here; a NULL name keeps it in this
+     * process (an ad hoc task).  Required. */
+    queue_describe_fn describe;
+    /* The task name's limits in this app: 0 with *max_concurrency (0: no
+     * cap), or -1 when the app has no such task (why says so: the job is
+     * dead-lettered).  Required when consuming. */
+    int (*limits)(void *arg, const char *name, unsigned *max_concurrency, char *why,
+                  size_t cap);
+    /* Make a node for job m read from the stream; m->attempt is the
+     * number of this run.  NULL: it cannot run here (why says so; it is
+     * dead-lettered).  Required when consuming. */
+    queue_node *(*adopt)(void *arg, const broker_msg *m, char *why, size_t cap);
+    /* A node enqueued here reached its final state elsewhere: rec is its
+     * record (NULL when it expired or could not be read).  The node is
+     * no longer linked.  Required. */
+    void (*finished)(void *arg, queue_node *n, const broker_record *rec);
+    /* A node this process ran goes on elsewhere (nack sent it to the
+     * delayed set): free it.  Required when consuming. */
+    void (*released)(void *arg, queue_node *n);
+    /* Called by ack, before the job is finished in Redis: the result to
+     * record (leave o as it is for none).  May be NULL. */
+    void (*result)(void *arg, queue_node *n, broker_outcome *o);
+    void *arg;
+} queue_redis_hooks;
+
+typedef struct queue_redis_config {
+    unsigned consume;     /* 0: a server (never reads the stream);
+                           * N: a worker running up to N jobs at once */
+    unsigned linger_us;   /* of the in-memory queue inside */
+} queue_redis_config;
+
+/* A backend on b (not owned: close it after queue_destroy).  Starts the
+ * background thread.  NULL when the thread cannot start. */
+queue *queue_redis_new(broker *b, const queue_redis_config *cfg, const queue_redis_hooks *h);
+
+/* Jobs read from the stream and not yet acked or nacked, and nodes added
+ * here waiting for their final state (stats). */
+void queue_redis_counts(queue *q, size_t *held, size_t *sent);
+
+#endif

@@ -1,0 +1,462 @@
+/*
+ * test_queue_redis.c - the queue backend on the broker (queue_redis.c)
+ * with a small stand-in for the task engine, against a redis-server of
+ * each test's own: a "server" backend (consume 0) adds jobs that
+ * "worker" backends (consume N) adopt, run and acknowledge, and the
+ * server hears of each final state once; retries go through the delayed
+ * set and come back with the attempt counted; unknown names are
+ * dead-lettered; max_concurrency holds across workers; ad hoc jobs stay
+ * local; a Redis that is down is load (BGS_EFULL), not a hang.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include "bgserve.h"
+#include "broker.h"
+#include "helpers.h"
+#include "queue_redis.h"
+#include "redis.h"
+#include "sched.h"
+#include "util.h"
+
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* The stand-in engine: items, and what the hooks saw. */
+typedef struct item {
+    queue_node node;
+    uint64_t id;
+    char name[32];
+    char payload[32];
+    uint32_t attempt;
+    int adopted;
+} item;
+
+typedef struct engine {
+    pthread_mutex_t mu;
+    unsigned conc;               /* max_concurrency of "capped" */
+    int finished[256];           /* by id: times the finished hook saw it */
+    char state[256][16];
+    char error[256][160];
+    char result[256][32];
+    int released;
+    int adopted;
+} engine;
+
+static item *item_of(queue_node *n) { return UTIL_CONTAINER_OF(n, item, node); }
+
+static void describe(const queue_node *n, queue_job *out, void *arg)
+{
+    (void)arg;
+    const item *it = UTIL_CONTAINER_OF(n, item, node);
+    out->id = it->id;
+    out->name = strcmp(it->name, "adhoc") == 0 ? NULL : it->name;
+    out->payload = it->payload;
+    out->len = strlen(it->payload);
+    out->max_attempts = 3;
+    out->request_id = "rq";
+}
+
+static int limits(void *arg, const char *name, unsigned *max_conc, char *why, size_t cap)
+{
+    engine *e = arg;
+    if (strcmp(name, "unknown") == 0) {
+        snprintf(why, cap, "no task named '%s' in this app", name);
+        return -1;
+    }
+    *max_conc = strcmp(name, "capped") == 0 ? e->conc : 0;
+    return 0;
+}
+
+static queue_node *adopt(void *arg, const broker_msg *m, char *why, size_t cap)
+{
+    engine *e = arg;
+    (void)why;
+    (void)cap;
+    item *it = calloc(1, sizeof *it);
+    it->id = m->id;
+    snprintf(it->name, sizeof it->name, "%s", m->name);
+    snprintf(it->payload, sizeof it->payload, "%.*s", (int)m->len, (const char *)m->payload);
+    it->attempt = m->attempt;
+    it->adopted = 1;
+    pthread_mutex_lock(&e->mu);
+    e->adopted++;
+    pthread_mutex_unlock(&e->mu);
+    return &it->node;
+}
+
+static void finished(void *arg, queue_node *n, const broker_record *rec)
+{
+    engine *e = arg;
+    item *it = item_of(n);
+    pthread_mutex_lock(&e->mu);
+    if (it->id < 256) {
+        e->finished[it->id]++;
+        snprintf(e->state[it->id], sizeof e->state[0], "%s", rec ? rec->state : "?");
+        snprintf(e->error[it->id], sizeof e->error[0], "%s", rec && rec->error ? rec->error : "");
+        snprintf(e->result[it->id], sizeof e->result[0], "%s",
+                 rec && rec->result ? rec->result : "");
+    }
+    pthread_mutex_unlock(&e->mu);
+    free(it);
+}
+
+static void released(void *arg, queue_node *n)
+{
+    engine *e = arg;
+    pthread_mutex_lock(&e->mu);
+    e->released++;
+    pthread_mutex_unlock(&e->mu);
+    free(item_of(n));
+}
+
+static void result(void *arg, queue_node *n, broker_outcome *o)
+{
+    (void)arg;
+    item *it = item_of(n);
+    static _Thread_local char buf[64];
+    snprintf(buf, sizeof buf, "done:%s", it->payload);
+    o->has_result = 1;
+    o->result_status = 200;
+    o->result_type = "text/plain";
+    o->result = buf;
+    o->result_len = strlen(buf);
+}
+
+typedef struct rig {
+    h_redis redis;
+    engine e;
+    broker *bs, *bw1, *bw2;
+    queue *server, *w1, *w2;
+} rig;
+
+static broker *open_b(rig *g, const char *consumer)
+{
+    broker_config cfg = {.url = g->redis.url, .app = "app", .consumer = consumer,
+                         .visibility_ms = 2000};
+    broker *b;
+    char err[512];
+    int rc = broker_open(&cfg, &b, err, sizeof err);
+    if (rc)
+        fail_msg("broker_open: %s", err);
+    return b;
+}
+
+static queue *backend(rig *g, broker *b, unsigned consume)
+{
+    queue_redis_hooks h = {.describe = describe, .limits = limits, .adopt = adopt,
+                           .finished = finished, .released = released, .result = result,
+                           .arg = &g->e};
+    queue_redis_config cfg = {.consume = consume};
+    queue *q = queue_redis_new(b, &cfg, &h);
+    assert_non_null(q);
+    return q;
+}
+
+static void rig_up(rig *g, unsigned w1, unsigned w2)
+{
+    memset(g, 0, sizeof *g);
+    pthread_mutex_init(&g->e.mu, NULL);
+    assert_int_equal(sched_start(), 0);
+    h_redis_start(&g->redis, NULL, NULL);
+    g->bs = open_b(g, "server");
+    g->server = backend(g, g->bs, 0);
+    if (w1) {
+        g->bw1 = open_b(g, "w1");
+        g->w1 = backend(g, g->bw1, w1);
+    }
+    if (w2) {
+        g->bw2 = open_b(g, "w2");
+        g->w2 = backend(g, g->bw2, w2);
+    }
+}
+
+static void rig_down(rig *g)
+{
+    queue *qs[3] = {g->server, g->w1, g->w2};
+    broker *bs[3] = {g->bs, g->bw1, g->bw2};
+    for (int i = 0; i < 3; i++) {
+        if (!qs[i])
+            continue;
+        queue_shutdown(qs[i]);
+        queue_node *n;
+        while ((n = queue_try_take(qs[i])) != NULL)
+            free(item_of(n));
+        queue_destroy(qs[i]);
+        broker_close(bs[i]);
+    }
+    sched_stop();
+    h_redis_stop(&g->redis);
+    pthread_mutex_destroy(&g->e.mu);
+}
+
+static item *new_item(uint64_t id, const char *name)
+{
+    item *it = calloc(1, sizeof *it);
+    it->id = id;
+    snprintf(it->name, sizeof it->name, "%s", name);
+    snprintf(it->payload, sizeof it->payload, "p%" PRIu64, id);
+    return it;
+}
+
+static int done_calls;
+static int done_status = 1;
+static void on_done(void *arg, int status, const char *msg)
+{
+    (void)arg;
+    (void)msg;
+    done_calls++;
+    done_status = status;
+}
+
+/* Take from whichever worker has a job, until the deadline. */
+static queue_node *take_any(queue *a, queue *b, queue **from, unsigned deadline_ms)
+{
+    uint64_t end = h_now_ms() + deadline_ms;
+    while (h_now_ms() < end) {
+        queue_node *n = a ? queue_try_take(a) : NULL;
+        if (n) {
+            *from = a;
+            return n;
+        }
+        n = b ? queue_try_take(b) : NULL;
+        if (n) {
+            *from = b;
+            return n;
+        }
+        struct timespec ts = {0, 2000000};
+        nanosleep(&ts, NULL); /* polling interval */
+    }
+    return NULL;
+}
+
+static int count_finished(engine *e, uint64_t lo, uint64_t hi)
+{
+    pthread_mutex_lock(&e->mu);
+    int n = 0;
+    for (uint64_t i = lo; i <= hi; i++)
+        n += e->finished[i];
+    pthread_mutex_unlock(&e->mu);
+    return n;
+}
+
+static int wait_finished(engine *e, uint64_t lo, uint64_t hi, int want, unsigned deadline_ms)
+{
+    uint64_t end = h_now_ms() + deadline_ms;
+    int n;
+    while ((n = count_finished(e, lo, hi)) < want && h_now_ms() < end) {
+        struct timespec ts = {0, 2000000};
+        nanosleep(&ts, NULL); /* polling interval */
+    }
+    return n;
+}
+
+static void queue_redis_workers_share_and_server_hears_once(void **state)
+{
+    (void)state;
+    rig g;
+    rig_up(&g, 4, 4);
+    enum { N = 40 };
+    queue_node *nodes[N];
+    for (int i = 0; i < N; i++)
+        nodes[i] = &new_item((uint64_t)i + 1, "job")->node;
+    done_calls = 0;
+    assert_int_equal(queue_enqueue_at(g.server, nodes, N, 0, on_done, NULL), 0);
+    assert_int_equal(done_calls, 1);
+    assert_int_equal(done_status, 0);
+    size_t held, sent;
+    queue_redis_counts(g.server, &held, &sent);
+    assert_int_equal(sent, N);
+
+    int by[2] = {0, 0};
+    int seen[N + 1] = {0};
+    /* Each worker holds at most 4 jobs it has not acknowledged: the first
+     * 8 taken without acknowledging come 4 from each. */
+    queue_node *first[8];
+    queue *first_from[8];
+    for (int i = 0; i < N; i++) {
+        queue *from = NULL;
+        queue_node *n = take_any(g.w1, g.w2, &from, 10000);
+        assert_non_null(n);
+        item *it = item_of(n);
+        assert_true(it->adopted);
+        assert_int_equal(it->attempt, 1);
+        assert_true(it->id >= 1 && it->id <= N);
+        seen[it->id]++;
+        by[from == g.w2]++;
+        if (i < 8) {
+            first[i] = n;
+            first_from[i] = from;
+            if (i == 7) {
+                assert_int_equal(by[0], 4);
+                assert_int_equal(by[1], 4);
+                for (int k = 0; k < 8; k++) {
+                    queue_ack(first_from[k], first[k],
+                              &(queue_outcome){.succeeded = 1, .state = "succeeded"});
+                    free(item_of(first[k]));
+                }
+            }
+            continue;
+        }
+        queue_ack(from, n, &(queue_outcome){.succeeded = 1, .state = "succeeded"});
+        free(it);
+    }
+    for (int i = 1; i <= N; i++)
+        assert_int_equal(seen[i], 1);
+    assert_int_equal(wait_finished(&g.e, 1, N, N, 10000), N);
+    /* Once each, with the record and the result the worker wrote. */
+    for (int i = 1; i <= N; i++) {
+        assert_int_equal(g.e.finished[i], 1);
+        assert_string_equal(g.e.state[i], "succeeded");
+    }
+    char want[32];
+    snprintf(want, sizeof want, "done:p%d", 7);
+    assert_string_equal(g.e.result[7], want);
+    queue_redis_counts(g.server, &held, &sent);
+    assert_int_equal(sent, 0);
+    rig_down(&g);
+}
+
+static void queue_redis_retry_goes_through_the_delayed_set(void **state)
+{
+    (void)state;
+    rig g;
+    rig_up(&g, 1, 0);
+    queue_node *n = &new_item(5, "flaky")->node;
+    assert_int_equal(queue_enqueue_at(g.server, &n, 1, 0, NULL, NULL), 0);
+    queue *from;
+    queue_node *got = take_any(g.w1, NULL, &from, 10000);
+    assert_non_null(got);
+    assert_int_equal(item_of(got)->attempt, 1);
+    assert_int_equal(queue_nack(g.w1, got, util_now_us() + 1000, "try again"), 0);
+    got = take_any(g.w1, NULL, &from, 10000);
+    assert_non_null(got);
+    assert_int_equal(item_of(got)->id, 5);
+    assert_int_equal(item_of(got)->attempt, 2);
+    pthread_mutex_lock(&g.e.mu);
+    int rel = g.e.released;
+    pthread_mutex_unlock(&g.e.mu);
+    assert_int_equal(rel, 1);
+    queue_ack(g.w1, got, &(queue_outcome){.state = "failed", .error = "still broken"});
+    free(item_of(got));
+    assert_int_equal(wait_finished(&g.e, 5, 5, 1, 10000), 1);
+    assert_string_equal(g.e.state[5], "failed");
+    assert_string_equal(g.e.error[5], "still broken");
+    rig_down(&g);
+}
+
+static void queue_redis_unknown_name_is_dead_lettered(void **state)
+{
+    (void)state;
+    rig g;
+    rig_up(&g, 1, 0);
+    queue_node *n = &new_item(9, "unknown")->node;
+    h_capture_begin();
+    assert_int_equal(queue_enqueue_at(g.server, &n, 1, 0, NULL, NULL), 0);
+    int got = wait_finished(&g.e, 9, 9, 1, 10000);
+    char *log = h_capture_end();
+    assert_int_equal(got, 1);
+    assert_string_equal(g.e.state[9], "failed");
+    assert_string_equal(g.e.error[9], "no task named 'unknown' in this app");
+    h_assert_contains(log, "task 9: no task named 'unknown' in this app; moved to the dead letters");
+    free(log);
+    assert_int_equal(h_redis_int(&g.redis, "XLEN bgserve:{app}:dead"), 1);
+    assert_int_equal(g.e.adopted, 0);
+    rig_down(&g);
+}
+
+static void queue_redis_max_concurrency_across_workers(void **state)
+{
+    (void)state;
+    rig g;
+    rig_up(&g, 3, 3);
+    g.e.conc = 1;
+    enum { N = 4 };
+    queue_node *nodes[N];
+    for (int i = 0; i < N; i++)
+        nodes[i] = &new_item((uint64_t)i + 1, "capped")->node;
+    assert_int_equal(queue_enqueue_at(g.server, nodes, N, 0, NULL, NULL), 0);
+    for (int i = 0; i < N; i++) {
+        queue *from;
+        queue_node *got = take_any(g.w1, g.w2, &from, 10000);
+        assert_non_null(got);
+        /* While it runs, no worker holds a second one: the other jobs
+         * wait in the stream or the delayed set. */
+        for (int k = 0; k < 20; k++) {
+            size_t h1, h2, s;
+            queue_redis_counts(g.w1, &h1, &s);
+            queue_redis_counts(g.w2, &h2, &s);
+            assert_int_equal(h1 + h2, 1);
+            assert_true(h_redis_int(&g.redis, "ZCARD bgserve:{app}:conc:capped") <= 1);
+        }
+        queue_ack(from, got, &(queue_outcome){.succeeded = 1, .state = "succeeded"});
+        free(item_of(got));
+    }
+    assert_int_equal(wait_finished(&g.e, 1, N, N, 10000), N);
+    rig_down(&g);
+}
+
+static void queue_redis_adhoc_stays_local(void **state)
+{
+    (void)state;
+    rig g;
+    rig_up(&g, 0, 0);
+    queue_node *n = &new_item(3, "adhoc")->node;
+    assert_int_equal(queue_enqueue_at(g.server, &n, 1, 0, NULL, NULL), 0);
+    assert_int_equal(queue_depth(g.server), 1);
+    queue_node *got = queue_take(g.server);
+    assert_ptr_equal(got, n);
+    queue_ack(g.server, got, &(queue_outcome){.succeeded = 1, .state = "succeeded"});
+    free(item_of(got));
+    assert_int_equal(h_redis_int(&g.redis, "XLEN bgserve:{app}:tasks"), 0);
+    rig_down(&g);
+}
+
+static void queue_redis_down_is_load_not_a_hang(void **state)
+{
+    (void)state;
+    rig g;
+    rig_up(&g, 0, 0);
+    h_redis_halt(&g.redis);
+    h_capture_begin();
+    item *it = new_item(1, "job");
+    queue_node *n = &it->node;
+    done_calls = 0;
+    int rc1 = queue_enqueue_at(g.server, &n, 1, 0, on_done, NULL);
+    int rc2 = queue_enqueue_at(g.server, &n, 1, 0, on_done, NULL);
+    size_t held, sent;
+    queue_redis_counts(g.server, &held, &sent);
+    char *log = h_capture_end();
+    assert_int_equal(rc1, BGS_EFULL);
+    assert_int_equal(rc2, BGS_EFULL);
+    assert_int_equal(done_calls, 0);
+    assert_int_equal(sent, 0);
+    h_assert_contains(log, "lost the command connection");
+    free(log);
+    h_redis_restart(&g.redis);
+    uint64_t end = h_now_ms() + 15000;
+    int rc = BGS_EFULL;
+    while (rc != 0 && h_now_ms() < end)
+        rc = queue_enqueue_at(g.server, &n, 1, 0, NULL, NULL);
+    assert_int_equal(rc, 0);
+    rig_down(&g); /* hands the node back through try_take */
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(queue_redis_workers_share_and_server_hears_once),
+        cmocka_unit_test(queue_redis_retry_goes_through_the_delayed_set),
+        cmocka_unit_test(queue_redis_unknown_name_is_dead_lettered),
+        cmocka_unit_test(queue_redis_max_concurrency_across_workers),
+        cmocka_unit_test(queue_redis_adhoc_stays_local),
+        cmocka_unit_test(queue_redis_down_is_load_not_a_hang),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
