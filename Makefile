@@ -22,13 +22,15 @@ SANFLAGS := -fsanitize=$(SANITIZE) -fno-omit-frame-pointer -fno-sanitize-recover
 endif
 
 # Debian package names, and the pkg-config module each one provides.
-# TEST_CMDS: programs the tests run (the broker's tests start redis-server).
+# TEST_CMDS: programs the tests run (the broker's tests start redis-server;
+# the dashboard's browser tests, tests/browser/, drive chromium).
 RUN_DEBS  := libmicrohttpd-dev libsqlite3-dev libdw-dev libhiredis-dev pkg-config
 TEST_DEBS := libmicrohttpd-dev libsqlite3-dev libdw-dev libhiredis-dev pkg-config libcmocka-dev \
-             libcurl4-openssl-dev redis-server
+             libcurl4-openssl-dev redis-server chromium chromium-driver python3-selenium \
+             fonts-dejavu-core
 RUN_PCS   := libmicrohttpd sqlite3 libdw hiredis
 TEST_PCS  := libmicrohttpd sqlite3 libdw hiredis cmocka libcurl
-TEST_CMDS := redis-server
+TEST_CMDS := redis-server chromium chromedriver
 
 WARN     := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissing-prototypes
 BASE     := -std=c11 -D_GNU_SOURCE -g -O2 $(WARN)
