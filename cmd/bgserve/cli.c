@@ -15,6 +15,7 @@
 
 #include "bgserve.h"
 #include "http.h"
+#include "journal.h"
 #include "queue.h"
 #include "tasks.h"
 #include "urls.h"
@@ -33,7 +34,8 @@
 enum opt_id {
     O_HOST, O_PORT, O_THREADS, O_TIMEOUT, O_MAXCONN, O_MAXBODY, O_WORKERS,
     O_QUEUE, O_LINGER, O_KEEP, O_DRAIN, O_NOINTRO, O_QUIET, O_LOGFMT, O_COLOR, O_CHECK,
-    O_HELP, O_VERSION, O_RELOAD, O_WATCH, O_BUILD, O_SETTLE, O_MAXGEN, O_SINGLE, O_DEBOUNCE
+    O_HELP, O_VERSION, O_RELOAD, O_WATCH, O_BUILD, O_SETTLE, O_MAXGEN, O_SINGLE, O_DEBOUNCE,
+    O_JOURNAL, O_JSYNC
 };
 
 typedef struct opt {
@@ -55,6 +57,8 @@ static const opt options[] = {
     {"linger", 0, 1, O_LINGER},
     {"keep", 0, 1, O_KEEP},
     {"drain-timeout", 0, 1, O_DRAIN},
+    {"journal", 0, 1, O_JOURNAL},
+    {"journal-sync", 0, 1, O_JSYNC},
     {"no-introspection", 0, 0, O_NOINTRO},
     {"quiet", 'q', 0, O_QUIET},
     {"log-format", 0, 1, O_LOGFMT},
@@ -128,6 +132,14 @@ static void print_help(FILE *out)
 "      --drain-timeout SECONDS  on stop, how long to wait for queued and\n"
 "                             running tasks, 0-3600, fractions allowed\n"
 "                             (default 10)\n"
+"      --journal FILE         keep named tasks in FILE (SQLite, created on\n"
+"                             first use) until they finish: queued, retrying\n"
+"                             and interrupted tasks run again after a crash,\n"
+"                             a kill or a restart (docs/journal.md)\n"
+"      --journal-sync normal|full\n"
+"                             normal survives a crash of bgserve, full a\n"
+"                             power loss too, at an fsync per commit\n"
+"                             (default normal)\n"
 "      --no-introspection     don't serve " URLS_PREFIX "/ (status monitor) or send\n"
 "                             Bgserve-Tasks headers (default: served)\n"
 "  -q, --quiet                no access lines and no task start/done lines\n"
@@ -352,6 +364,16 @@ static int apply(const opt *o, const char *val, cli_config *cfg,
             return usage(err, "--drain-timeout must be a number of seconds "
                          "from 0 to 3600, like 10 or 0.5 (got '%s')", val);
         break;
+    case O_JOURNAL:
+        if (*val == '\0')
+            return usage(err, "--journal needs a file, like --journal tasks.db");
+        cfg->journal_path = val;
+        break;
+    case O_JSYNC:
+        if (journal_sync_parse(val, &cfg->journal_sync) != 0)
+            return usage(err, "--journal-sync must be normal or full (got '%s')", val);
+        cfg->journal_sync_given = 1;
+        break;
     case O_NOINTRO:
         cfg->introspection = 0;
         break;
@@ -509,6 +531,9 @@ int cli_parse(int argc, char **argv, cli_config *cfg, FILE *out, FILE *err)
     }
     if (cfg->plugin_path == NULL)
         return usage(err, "missing APP.so (the plugin to serve)");
+    if (cfg->journal_sync_given && cfg->journal_path == NULL)
+        return usage(err, "--journal-sync sets how the journal is written: give the "
+                     "journal with --journal FILE");
     if (cfg->build_cmd != NULL && cfg->nwatch == 0)
         return usage(err, "--build runs on source changes: give the sources with "
                      "--watch DIR");

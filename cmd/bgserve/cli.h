@@ -9,6 +9,7 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "journal.h"
 #include "version.h"
 
 typedef struct cli_config {
@@ -37,6 +38,9 @@ typedef struct cli_config {
     unsigned debounce_ms;     /* --watch-debounce MS, default 20 */
     unsigned max_generations; /* --max-generations N, default 8 */
     int single_process;       /* --single-process: no supervisor */
+    const char *journal_path; /* --journal FILE, NULL: tasks in memory only */
+    journal_sync journal_sync;/* --journal-sync, default normal */
+    int journal_sync_given;
 } cli_config;
 
 enum {

@@ -19,6 +19,7 @@
 #include "hostapi.h"
 #include "http.h"
 #include "imagefile.h"
+#include "journal.h"
 #include "journal_cmd.h"
 #include "log.h"
 #include "reload.h"
@@ -111,7 +112,8 @@ int main(int argc, char **argv)
         return 1;
     }
     if (!cfg.single_process) {
-        supervisor_config sc = {.plugin_path = cfg.plugin_path, .reload = cfg.reload};
+        supervisor_config sc = {.plugin_path = cfg.plugin_path, .reload = cfg.reload,
+                                .journal = cfg.journal_path != NULL};
         rc = supervisor_run(&sc, fd); /* returns here in each serving process */
         if (rc != SUPERVISOR_CHILD)
             return rc;
@@ -126,16 +128,29 @@ int main(int argc, char **argv)
     sigaddset(&set, SIGHUP);
     pthread_sigmask(SIG_BLOCK, &set, NULL);
 
+    /* The journal: each serving process opens it (the lock dies with a
+     * crashed one) before any task can be accepted. */
+    journal *jr = NULL;
+    if (cfg.journal_path != NULL) {
+        journal_config jc = {.path = cfg.journal_path, .sync = cfg.journal_sync};
+        char jerr[1024];
+        if (journal_open(&jc, &jr, jerr, sizeof jerr) != 0) {
+            fprintf(stderr, "bgserve: %s\n", jerr);
+            return 1;
+        }
+    }
     tasks_config tc = {.workers = cfg.workers, .queue_cap = cfg.queue_cap, .keep = cfg.keep,
-                       .linger_us = cfg.linger_us};
+                       .linger_us = cfg.linger_us, .journal = jr};
     if (tasks_start(&tc) != 0) {
         log_msg(BGS_LOG_ERROR, "cannot start the task workers");
+        journal_close(jr);
         return 1;
     }
 
     if (deferred_start() != 0) {
         log_msg(BGS_LOG_ERROR, "cannot start the deferred-response thread");
         tasks_shutdown(0);
+        journal_close(jr);
         return 1;
     }
 
@@ -157,6 +172,7 @@ int main(int argc, char **argv)
     if (reload_prepare(&rc_cfg, err, sizeof err) != 0) {
         fprintf(stderr, "%s\n", err);
         tasks_shutdown(0);
+        journal_close(jr);
         return 1;
     }
 
@@ -168,6 +184,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "%s\n", err);
         reload_stop();
         tasks_shutdown(0);
+        journal_close(jr);
         return 1;
     } else {
         log_msg(BGS_LOG_INFO, "serving plugin %s %s from %s: %zu routes, %zu tasks (ABI %u.%u)",
@@ -197,9 +214,16 @@ int main(int argc, char **argv)
         fprintf(stderr, "%s\n", err);
         reload_stop();
         tasks_shutdown(0);
+        journal_close(jr);
         gen_abandon_current(); /* it never served: no "retired" line */
         return 1;
     }
+
+    /* The tasks an earlier process left unfinished, once serving: a task
+     * that crashes again is then a crash like any other, not a crash
+     * loop before serving. */
+    if (jr != NULL && g != NULL)
+        tasks_replay(g); /* before any reload can retire g */
 
     if (reload_start(err, sizeof err) != 0) {
         fprintf(stderr, "%s\n", err);
@@ -207,6 +231,7 @@ int main(int argc, char **argv)
         http_stop();
         reload_stop();
         tasks_shutdown(0);
+        journal_close(jr);
         deferred_stop();
         gen_set_current(NULL);
         return 1;
@@ -250,6 +275,11 @@ int main(int argc, char **argv)
         log_msg(BGS_LOG_WARN, "%u requests still in flight at the deadline: closing them", left);
     http_stop();
     size_t unfinished = tasks_shutdown(cfg.drain_timeout_ms);
+    /* What is left stays in the journal for the next start.  With tasks
+     * abandoned on stuck workers it is left open: they may still record
+     * their end, and exit releases the lock. */
+    if (!unfinished)
+        journal_close(jr);
     deferred_stop(); /* after the tasks: they may still complete handles */
     gen_set_current(NULL);
     /* A generation held by a stuck task is never unloaded: its private

@@ -258,7 +258,12 @@ static char *report(const record *r, pid_t pid, int status, int sig)
             fprintf(o, "  while running %s\n", r->what);
         if (r->fault)
             fprintf(o, "  fault address %s\n", r->fault);
-        if (r->have_gauges)
+        if (r->have_gauges && sv.cfg->journal)
+            fprintf(o, "  tasks to be retried from the journal by the next serving process: "
+                    "%lu queued, %lu running (ad hoc function tasks among them are lost: "
+                    "they are never journaled)\n",
+                    (unsigned long)r->queued, (unsigned long)r->running);
+        else if (r->have_gauges)
             fprintf(o, "  tasks lost with the serving process: %lu queued, %lu running "
                     "(the in-memory queue does not survive a crash)\n",
                     (unsigned long)r->queued, (unsigned long)r->running);

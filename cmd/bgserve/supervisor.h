@@ -29,6 +29,8 @@ enum { SUPERVISOR_CHILD = -1 };
 typedef struct supervisor_config {
     const char *plugin_path; /* APP.so as given */
     int reload;              /* --reload: wait for the next build of a crash loop */
+    int journal;             /* --journal: the next serving process runs the
+                              * crashed one's tasks again (the report says so) */
 } supervisor_config;
 
 /*

@@ -42,6 +42,8 @@
 #include "misuse.h"
 #include "plugin.h"
 #include "queue.h"
+#include "queue_journal.h"
+#include "journal_json.h"
 #include "sched.h"
 #include "services.h"
 #include "util.h"
@@ -231,6 +233,7 @@ static atomic_int shut_down;     /* after tasks_shutdown, until restart */
 static int started;              /* main thread only */
 static int abandoned;            /* workers stuck: keep Q; main only */
 static queue *Q;                 /* written by tasks_start only */
+static journal *J;               /* --journal, or NULL; written by tasks_start only */
 
 static pthread_mutex_t life_mu = PTHREAD_MUTEX_INITIALIZER;
 static workers *W;               /* life_mu */
@@ -583,8 +586,9 @@ static void unreserve(void)
 /* A new queued item holding its own generation reference and a reference
  * to rid, with a copy of the payload, registered in the id table and the
  * live list.  Capacity was reserved by the caller. */
-static task_item *item_new(generation *gen, task_kind *kind, const plugin_task *def,
-                           task_rid *rid, uint32_t mode, const void *payload, size_t len)
+static task_item *item_new_id(generation *gen, task_kind *kind, const plugin_task *def,
+                              task_rid *rid, uint32_t mode, const void *payload, size_t len,
+                              uint64_t id)
 {
     size_t inl = len <= INLINE_PAYLOAD_MAX ? len : 0;
     task_item *it = xcalloc(1, sizeof(*it) + inl);
@@ -597,7 +601,8 @@ static task_item *item_new(generation *gen, task_kind *kind, const plugin_task *
     }
     it->len = len;
 
-    it->id = atomic_fetch_add(&next_id, 1);
+    /* With a journal, ids never repeat across runs (journal_next_id). */
+    it->id = id ? id : J ? journal_next_id(J) : atomic_fetch_add(&next_id, 1);
     it->kind = kind;
     it->def = def;
     it->gen = gen;
@@ -621,6 +626,12 @@ static task_item *item_new(generation *gen, task_kind *kind, const plugin_task *
     transition_locked(it, ST_QUEUED);
     pthread_mutex_unlock(&rec_mu);
     return it;
+}
+
+static task_item *item_new(generation *gen, task_kind *kind, const plugin_task *def,
+                           task_rid *rid, uint32_t mode, const void *payload, size_t len)
+{
+    return item_new_id(gen, kind, def, rid, mode, payload, len, 0);
 }
 
 static void log_event(const char *event, uint64_t id, const char *name,
@@ -1316,6 +1327,78 @@ void tasks_periodic_stop_gen(generation *gen)
 /* Start and shutdown (main thread)                                    */
 /* ------------------------------------------------------------------ */
 
+/* ------------------------------------------------------------------ */
+/* The journal (--journal): what the durable queue writes, and replay  */
+/* ------------------------------------------------------------------ */
+
+/* What queue_journal writes for an item (queue_describe_fn).  Called by
+ * the item's owner of the moment (enqueuer, taker, acker), which alone
+ * writes the fields read here.  Ad hoc items have no name: memory only. */
+static void describe_item(const queue_node *n, queue_job *out, void *arg)
+{
+    const task_item *it = UTIL_CONTAINER_OF(n, task_item, qnode);
+    (void)arg;
+    out->id = it->id;
+    out->name = it->def ? it->kind->name : NULL;
+    out->payload = it->payload;
+    out->len = it->payload ? it->len : 0;
+    out->attempts = it->attempts;
+    out->max_attempts = it->max_attempts;
+    out->request_id = item_rid(it);
+}
+
+typedef struct replay_ctx {
+    generation *gen;
+    size_t queued, interrupted, gone;
+} replay_ctx;
+
+/* One task an earlier run left queued or running: run it on gen, by
+ * name; a name gen does not have goes to the dead letters. */
+static void replay_one(void *arg, const journal_rec *r)
+{
+    replay_ctx *c = arg;
+    const plugin_task *def = c->gen->plugin ? plugin_find_task(c->gen->plugin, r->name) : NULL;
+    if (def == NULL) {
+        char why[320];
+        snprintf(why, sizeof why, "task '%s' no longer exists in %s (generation %" PRIu64 ")",
+                 r->name, c->gen->plugin ? c->gen->plugin->name : "the plugin", c->gen->number);
+        log_msg(BGS_LOG_WARN, "journal: task %" PRIu64 " moved to the dead letters: %s "
+                "(bgserve journal FILE retry %" PRIu64 " queues it again)", r->id, why, r->id);
+        journal_dead(J, r->id, why, NULL, NULL);
+        c->gone++;
+        return;
+    }
+    atomic_fetch_add(&accepted, 1); /* accepted by an earlier run: never refused */
+    task_rid *rid = rid_new(r->request_id);
+    task_item *it = item_new_id(c->gen, kind_get(def->name), def, rid, BGS_CONCURRENT,
+                                r->payload, r->payload_len, r->id);
+    rid_unref(rid);
+    pthread_mutex_lock(&rec_mu);
+    it->attempts = r->attempts;     /* the next run is attempts + 1 */
+    if (r->max_attempts)
+        it->max_attempts = r->max_attempts;
+    it->created_wall = r->created_us;
+    pthread_mutex_unlock(&rec_mu);
+    if (r->interrupted)
+        c->interrupted++;
+    else
+        c->queued++;
+    if (queue_journal_adopt(Q, &it->qnode, r->not_before_us) != 0)
+        finalize(it, ST_CANCELLED, "server is shutting down; the task never ran");
+}
+
+void tasks_replay(generation *gen)
+{
+    if (J == NULL || gen == NULL)
+        return;
+    replay_ctx c = {.gen = gen};
+    size_t n = journal_replay(J, replay_one, &c);
+    if (n > 0)
+        log_msg(BGS_LOG_INFO, "journal: %zu task%s from an earlier run: %zu queued, %zu "
+                "interrupted (run again, attempt + 1), %zu dead-lettered (function gone)",
+                n, n == 1 ? "" : "s", c.queued, c.interrupted, c.gone);
+}
+
 int tasks_start(const tasks_config *cfg)
 {
     if (started)
@@ -1331,7 +1414,9 @@ int tasks_start(const tasks_config *cfg)
         queue_destroy(Q);
     abandoned = 0;
     linger_us = cfg->linger_us;
-    Q = queue_mem_new(0, linger_us); /* bounded by the reservations instead */
+    /* Bounded by the reservations instead of a queue capacity. */
+    J = cfg->journal;
+    Q = J ? queue_journal_new(J, 0, linger_us, describe_item, NULL) : queue_mem_new(0, linger_us);
     atomic_store(&stopping, 0);
     atomic_store(&shut_down, 0);
     if (sched_start() != 0)
@@ -1545,7 +1630,8 @@ int tasks_record_json(uint64_t id, json *j)
     task_item *it = hash_find_locked(id);
     if (it == NULL) {
         pthread_mutex_unlock(&rec_mu);
-        return BGS_ENOTFOUND;
+        /* No longer in memory (evicted, or an earlier run's): the journal. */
+        return J && journal_json_record(J, id, j) == 0 ? 0 : BGS_ENOTFOUND;
     }
     json_obj_begin(j);
     json_key(j, "id");
@@ -1708,6 +1794,9 @@ void tasks_stats_json(json *j)
     json_key(j, "total");
     json_u64(j, total);
     json_obj_end(j);
+
+    if (J)
+        journal_json_stats(J, Q, j);
 
     json_key(j, "dispatch_us");
     json_obj_begin(j);

@@ -13,6 +13,7 @@
 
 #include "bgserve.h"
 #include "generation.h"
+#include "journal.h"
 #include "json.h"
 
 #include <stdarg.h>
@@ -32,10 +33,21 @@ typedef struct tasks_config {
                                  * 0: TASKS_DEFAULT_QUEUE_CAP */
     unsigned keep;              /* finished records kept for introspection */
     unsigned linger_us;         /* queue coalescing window (queue_mem_new); 0: none */
+    journal *journal;           /* --journal (borrowed; closed after tasks_shutdown),
+                                 * or NULL: tasks live in memory only */
 } tasks_config;
 
-/* Set up and start the worker threads and the scheduler.  0 or -1. */
+/* Set up and start the worker threads and the scheduler.  0 or -1.
+ * With a journal, named tasks go through queue_journal (queue_journal.h)
+ * and their ids come from the journal (they never repeat). */
 int tasks_start(const tasks_config *cfg);
+
+/* With a journal: run on gen the tasks an earlier run left queued or
+ * running (interrupted ones with attempt + 1, each at its not-before
+ * time); a task whose name gen does not have goes to the dead letters
+ * with that reason, and a warning.  Once, after tasks_start, when the
+ * first generation is loaded. */
+void tasks_replay(generation *gen);
 
 /*
  * Shutdown: refuse new tasks (BGS_ESHUTDOWN), stop periodic schedules,

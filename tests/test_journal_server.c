@@ -1,0 +1,476 @@
+/*
+ * test_journal_server.c - bgserve --journal, the real binary: each
+ * startup fault (corrupt file, newer schema, a path it cannot create,
+ * locked by another bgserve) is one message and exit 1; tasks accepted
+ * and committed before a SIGKILL all run after the restart, none that was
+ * never accepted, duplicates only from tasks the journal had as running;
+ * a task that crashes the serving process under the supervisor does not
+ * lose the others; a retry's schedule survives a restart; dead letters
+ * after the last attempt, answered from the journal after a restart; a
+ * replayed task whose function is gone is dead-lettered with a warning;
+ * /_bgserve/stats shows the journal.  Fixture: journal_app.so.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include "helpers.h"
+#include "journal.h"
+#include "journal_sandbox.h"
+#include "util.h"
+
+#include <inttypes.h>
+#include <signal.h>
+#include <sqlite3.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define DEADLINE_MS 30000u
+
+/* Run bgserve with args (NULL-terminated, plugin last): exit status and
+ * output. */
+static int run_bgserve(const char *const *args, char **out)
+{
+    const char *argv[20] = {h_build_path("bgserve")};
+    size_t n = 1;
+    for (size_t i = 0; args[i] && n < 19; i++)
+        argv[n++] = args[i];
+    argv[n] = NULL;
+    return h_run(argv, out);
+}
+
+/* A startup refused with exit 1, one message naming the file, never
+ * serving. */
+static char *refused(const char *path)
+{
+    char *out = NULL;
+    const char *args[] = {"--port", "0", "--journal", path, h_fixture("journal_app"), NULL};
+    int rc = run_bgserve(args, &out);
+    if (rc != 1)
+        fprintf(stderr, "exit %d: %s\n", rc, out);
+    assert_int_equal(rc, 1);
+    h_assert_contains(out, path);
+    h_assert_lacks(out, "listening on");
+    return out;
+}
+
+static void journal_server_startup_faults_exit_1(void **state)
+{
+    sandbox *sb = *state;
+
+    /* not a database */
+    FILE *f = fopen(sb->path, "w");
+    assert_non_null(f);
+    fputs("this is not an SQLite database, just text that is long enough to matter....\n", f);
+    fclose(f);
+    char *out = refused(sb->path);
+    h_assert_contains(out, "corrupt or not an SQLite database");
+    h_assert_contains(out, "move it aside");
+    free(out);
+    unlink(sb->path);
+
+    /* a newer schema */
+    journal_close(js_open_ok(sb->path));
+    sqlite3 *db;
+    assert_int_equal(sqlite3_open(sb->path, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db, "UPDATE meta SET value=99 WHERE key='schema_version'",
+                                  NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(db);
+    out = refused(sb->path);
+    h_assert_contains(out, "schema version 99");
+    free(out);
+
+    /* a path it cannot create */
+    char missing[256];
+    snprintf(missing, sizeof missing, "%s/no/such/dir/tasks.db", sb->dir);
+    out = refused(missing);
+    h_assert_contains(out, "No such file or directory");
+    free(out);
+
+    /* a bad --journal-sync is a usage error */
+    const char *args[] = {"--port", "0", "--journal", missing, "--journal-sync", "fast",
+                          h_fixture("journal_app"), NULL};
+    assert_int_equal(run_bgserve(args, &out), 2);
+    h_assert_contains(out, "--journal-sync must be normal or full (got 'fast')");
+    free(out);
+}
+
+static void journal_server_refuses_a_journal_another_bgserve_has(void **state)
+{
+    sandbox *sb = *state;
+    h_server a;
+    const char *args[] = {"--journal", sb->path, NULL};
+    assert_int_equal(h_start_app(&a, h_fixture("journal_app"), args, NULL), 0);
+    char *out = refused(sb->path);
+    h_assert_contains(out, "another bgserve (pid");
+    h_assert_contains(out, "stop that server");
+    free(out);
+    h_stop_clean(&a);
+    h_free(&a);
+}
+
+/* ---- which tasks ran ------------------------------------------------------------------ */
+
+/* The lines "PAYLOAD ATTEMPT" of the fixture's log: how often each
+ * payload ran, and the highest attempt seen. */
+typedef struct runs {
+    size_t n;
+    char **payload;
+    int *count, *max_attempt;
+} runs;
+
+static void runs_free(runs *r)
+{
+    for (size_t i = 0; i < r->n; i++)
+        free(r->payload[i]);
+    free(r->payload);
+    free(r->count);
+    free(r->max_attempt);
+    memset(r, 0, sizeof *r);
+}
+
+static long runs_find(const runs *r, const char *p)
+{
+    for (size_t i = 0; i < r->n; i++)
+        if (strcmp(r->payload[i], p) == 0)
+            return (long)i;
+    return -1;
+}
+
+static runs read_runs(const char *log)
+{
+    runs r = {0};
+    char *text = h_slurp(log, NULL);
+    if (text == NULL)
+        return r;
+    size_t cap = 0;
+    for (char *line = strtok(text, "\n"); line; line = strtok(NULL, "\n")) {
+        char p[128];
+        int attempt;
+        if (sscanf(line, "%127s %d", p, &attempt) != 2)
+            continue;
+        long i = runs_find(&r, p);
+        if (i < 0) {
+            if (r.n == cap) {
+                cap = cap ? 2 * cap : 256;
+                r.payload = realloc(r.payload, cap * sizeof *r.payload);
+                r.count = realloc(r.count, cap * sizeof *r.count);
+                r.max_attempt = realloc(r.max_attempt, cap * sizeof *r.max_attempt);
+            }
+            i = (long)r.n++;
+            r.payload[i] = strdup(p);
+            r.count[i] = 0;
+            r.max_attempt[i] = 0;
+        }
+        r.count[i]++;
+        if (attempt > r.max_attempt[i])
+            r.max_attempt[i] = attempt;
+    }
+    free(text);
+    return r;
+}
+
+typedef struct all_ran {
+    const char *log;
+    int requests, per_request;
+    const char *prefix;
+} all_ran;
+
+/* Every payload PREFIX<k>-<i> for the accepted requests has run. */
+static int every_accepted_ran(void *arg)
+{
+    all_ran *a = arg;
+    runs r = read_runs(a->log);
+    int ok = 1;
+    for (int k = 0; k < a->requests && ok; k++)
+        for (int i = 1; i <= a->per_request && ok; i++) {
+            char p[64];
+            snprintf(p, sizeof p, "%s%d-%d", a->prefix, k, i);
+            ok = runs_find(&r, p) >= 0;
+        }
+    runs_free(&r);
+    return ok;
+}
+
+/* The number after "label " in the line of log that contains needle;
+ * -1 when absent. */
+static long number_before(const char *log, const char *needle, const char *label)
+{
+    char line[512];
+    if (h_line_with(log, needle, line, sizeof line) != 0)
+        return -1;
+    const char *p = strstr(line, label);
+    if (p == NULL)
+        return -1;
+    while (p > line && p[-1] == ' ')
+        p--;
+    while (p > line && p[-1] >= '0' && p[-1] <= '9')
+        p--;
+    return strtol(p, NULL, 10);
+}
+
+#define KILL_REQUESTS 50
+#define KILL_PER_REQUEST 40
+
+/* 2000 tasks accepted by 50 requests (each answered 202) and committed,
+ * a SIGKILL while most are still queued, a restart on the same journal:
+ * every accepted task runs, nothing else runs, and a task runs twice only
+ * if the journal had it as running at the kill (its second run is
+ * attempt 2). */
+static void journal_server_sigkill_then_restart_runs_every_accepted_task(void **state)
+{
+    sandbox *sb = *state;
+    char log[192];
+    snprintf(log, sizeof log, "%s/runs.log", sb->dir);
+    char env_log[256];
+    snprintf(env_log, sizeof env_log, "JOURNAL_APP_LOG=%s", log);
+    const char *env[] = {env_log, "JOURNAL_APP_SLEEP_MS=2", NULL};
+    const char *args[] = {"--journal", sb->path, "--single-process", "--workers", "2", "--quiet",
+                          NULL};
+    h_server s;
+    assert_int_equal(h_start_app(&s, h_fixture("journal_app"), args, env), 0);
+    for (int k = 0; k < KILL_REQUESTS; k++) {
+        char path[96];
+        snprintf(path, sizeof path, "/enq?n=%d&tag=k%d", KILL_PER_REQUEST, k);
+        h_resp r;
+        assert_int_equal(h_get(&s, path, &r), 0);
+        assert_int_equal(r.status, 202);
+        h_resp_free(&r);
+    }
+    /* committed: nothing appended and not yet written */
+    assert_true(h_wait_stat(&s, "journal", "unwritten", 0, DEADLINE_MS));
+    assert_int_equal(h_stop(&s, SIGKILL), 128 + SIGKILL);
+    h_free(&s);
+    runs before = read_runs(log);
+    assert_true(before.n < KILL_REQUESTS * KILL_PER_REQUEST); /* killed in the middle */
+    runs_free(&before);
+
+    const char *env2[] = {env_log, NULL};
+    assert_int_equal(h_start_app(&s, h_fixture("journal_app"), args, env2), 0);
+    all_ran a = {.log = log, .requests = KILL_REQUESTS, .per_request = KILL_PER_REQUEST,
+                 .prefix = "k"};
+    assert_true(h_poll(every_accepted_ran, &a, DEADLINE_MS));
+    assert_true(h_wait_stat(&s, "journal", "pending", 0, DEADLINE_MS));
+    assert_true(h_wait_log(&s, "from an earlier run", DEADLINE_MS));
+    long interrupted = number_before(s.log, "from an earlier run", "interrupted");
+    assert_true(interrupted >= 0);
+
+    runs r = read_runs(log);
+    long dups = 0;
+    for (size_t i = 0; i < r.n; i++) {
+        int k, idx;
+        assert_int_equal(sscanf(r.payload[i], "k%d-%d", &k, &idx), 2);
+        assert_true(k >= 0 && k < KILL_REQUESTS && idx >= 1 && idx <= KILL_PER_REQUEST);
+        assert_true(r.count[i] <= 2);
+        if (r.count[i] == 2) {
+            dups++;
+            assert_int_equal(r.max_attempt[i], 2);
+        }
+    }
+    assert_int_equal(r.n, KILL_REQUESTS * KILL_PER_REQUEST);
+    fprintf(stderr, "sigkill: %ld duplicate runs, %ld tasks were running at the kill\n", dups,
+            interrupted);
+    assert_true(dups <= interrupted);
+    runs_free(&r);
+    h_stop_clean(&s);
+    h_free(&s);
+}
+
+/* ---- the journal as seen from outside --------------------------------------------- */
+
+typedef struct on_disk {
+    char state[32];
+    char error[256];
+    uint32_t attempts;
+    uint64_t not_before_us;
+} on_disk;
+
+static void on_disk_fill(void *arg, const journal_rec *r)
+{
+    on_disk *d = arg;
+    snprintf(d->state, sizeof d->state, "%s", r->state);
+    snprintf(d->error, sizeof d->error, "%s", r->last_error ? r->last_error : "");
+    d->attempts = r->attempts;
+    d->not_before_us = r->not_before_us;
+}
+
+typedef struct disk_wait {
+    const char *path;
+    uint64_t id;
+    const char *state;
+    on_disk got;
+} disk_wait;
+
+/* Task id is in state on disk (read through an offline connection, as
+ * `bgserve journal` does, while the server runs). */
+static int disk_state_is(void *arg)
+{
+    disk_wait *w = arg;
+    journal_db *db = NULL;
+    char err[512];
+    if (journal_db_open(w->path, &db, err, sizeof err) != 0)
+        return 0;
+    memset(&w->got, 0, sizeof w->got);
+    int rc = journal_db_get(db, w->id, on_disk_fill, &w->got, err, sizeof err);
+    journal_db_close(db);
+    return rc == 0 && strcmp(w->got.state, w->state) == 0;
+}
+
+static on_disk wait_disk_state(const char *path, uint64_t id, const char *state)
+{
+    disk_wait w = {.path = path, .id = id, .state = state};
+    if (!h_poll(disk_state_is, &w, DEADLINE_MS))
+        fail_msg("task %" PRIu64 " on disk: '%s', wanted '%s'", id, w.got.state, state);
+    return w.got;
+}
+
+static uint64_t queue_task(h_server *s, const char *route)
+{
+    h_resp r;
+    assert_int_equal(h_get(s, route, &r), 0);
+    assert_int_equal(r.status, 202);
+    uint64_t id = strtoull(r.body, NULL, 10);
+    h_resp_free(&r);
+    assert_true(id > 0);
+    return id;
+}
+
+/* A retry one minute away is on disk with its time; after a kill and a
+ * restart the task waits for it (not run again at once). */
+static void journal_server_retry_schedule_survives_a_restart(void **state)
+{
+    sandbox *sb = *state;
+    const char *args[] = {"--journal", sb->path, "--single-process", NULL};
+    h_server s;
+    assert_int_equal(h_start_app(&s, h_fixture("journal_app"), args, NULL), 0);
+    uint64_t id = queue_task(&s, "/retry");
+    on_disk d = wait_disk_state(sb->path, id, "queued");
+    uint64_t now = util_wall_us();
+    assert_int_equal(d.attempts, 1);
+    assert_string_equal(d.error, "not yet");
+    assert_true(d.not_before_us > now + 30u * 1000000u);
+    assert_int_equal(h_stop(&s, SIGKILL), 128 + SIGKILL);
+    h_free(&s);
+
+    assert_int_equal(h_start_app(&s, h_fixture("journal_app"), args, NULL), 0);
+    char path[64];
+    snprintf(path, sizeof path, "/_bgserve/tasks/%" PRIu64, id);
+    char *body = h_wait_state(&s, path, "queued", DEADLINE_MS);
+    assert_non_null(body);
+    assert_int_equal(h_json_num(body, "attempts"), 1);
+    free(body);
+    on_disk again = wait_disk_state(sb->path, id, "queued");
+    assert_int_equal(again.not_before_us, d.not_before_us);
+    assert_true(h_wait_log(&s, "1 task from an earlier run: 1 queued", DEADLINE_MS));
+    assert_int_equal(h_stop(&s, SIGKILL), 128 + SIGKILL);
+    h_free(&s);
+}
+
+/* A task that fails its last attempt is a dead letter; after a restart
+ * /_bgserve/tasks/ID answers from the journal; stats count it. */
+static void journal_server_dead_letter_after_the_last_attempt(void **state)
+{
+    sandbox *sb = *state;
+    const char *args[] = {"--journal", sb->path, "--single-process", NULL};
+    h_server s;
+    assert_int_equal(h_start_app(&s, h_fixture("journal_app"), args, NULL), 0);
+    uint64_t id = queue_task(&s, "/dead");
+    char path[64];
+    snprintf(path, sizeof path, "/_bgserve/tasks/%" PRIu64, id);
+    free(h_wait_state(&s, path, "failed", DEADLINE_MS));
+    on_disk d = wait_disk_state(sb->path, id, "dead");
+    assert_string_equal(d.error, "broken on attempt 2");
+    assert_int_equal(d.attempts, 2);
+    assert_true(h_wait_stat(&s, "journal", "dead", 1, DEADLINE_MS));
+    h_stop_clean(&s);
+    h_free(&s);
+
+    assert_int_equal(h_start_app(&s, h_fixture("journal_app"), args, NULL), 0);
+    h_resp r;
+    assert_int_equal(h_get(&s, path, &r), 0);
+    assert_int_equal(r.status, 200);
+    h_assert_contains(r.body, "\"state\":\"dead\"");
+    h_assert_contains(r.body, "\"source\":\"journal\"");
+    h_assert_contains(r.body, "broken on attempt 2");
+    h_resp_free(&r);
+    /* ids never repeat across runs */
+    assert_true(queue_task(&s, "/retry") > id);
+    assert_int_equal(h_stat(&s, "journal", "dead"), 1);
+    assert_int_equal(h_stop(&s, SIGKILL), 128 + SIGKILL); /* the retry is a minute away */
+    h_free(&s);
+}
+
+/* A task the journal holds whose function the plugin no longer has:
+ * dead-lettered at start with the reason, and one warning. */
+static void journal_server_replayed_task_without_its_function_is_dead(void **state)
+{
+    sandbox *sb = *state;
+    journal *j = js_open_ok(sb->path);
+    journal_task t = {.id = journal_next_id(j), .name = "vanished", .payload = "x",
+                      .payload_len = 1, .max_attempts = 1};
+    assert_int_equal(journal_add(j, &t, 1, NULL, NULL), 0);
+    journal_close(j);
+
+    const char *args[] = {"--journal", sb->path, "--single-process", NULL};
+    h_server s;
+    assert_int_equal(h_start_app(&s, h_fixture("journal_app"), args, NULL), 0);
+    on_disk d = wait_disk_state(sb->path, t.id, "dead");
+    h_assert_contains(d.error, "task 'vanished' no longer exists in journal_app");
+    assert_true(h_wait_log(&s, "moved to the dead letters", DEADLINE_MS));
+    assert_int_equal(h_count_log(&s, "moved to the dead letters"), 1);
+    h_stop_clean(&s);
+    h_free(&s);
+}
+
+/* /_bgserve/stats has the journal; ad hoc tasks are counted apart and
+ * never written. */
+static void journal_server_stats_show_the_journal(void **state)
+{
+    sandbox *sb = *state;
+    const char *args[] = {"--journal", sb->path, "--single-process", NULL};
+    h_server s;
+    assert_int_equal(h_start_app(&s, h_fixture("journal_app"), args, NULL), 0);
+    h_resp r;
+    assert_int_equal(h_get(&s, "/enq?n=3&tag=st", &r), 0);
+    assert_int_equal(r.status, 202);
+    h_resp_free(&r);
+    assert_int_equal(h_get(&s, "/adhoc", &r), 0);
+    assert_int_equal(r.status, 200);
+    h_resp_free(&r);
+    assert_true(h_wait_stat(&s, "journal", "memory_only", 1, DEADLINE_MS));
+    assert_true(h_wait_stat(&s, "journal", "journaled", 3, DEADLINE_MS));
+    assert_true(h_wait_stat(&s, "journal", "pending", 0, DEADLINE_MS));
+    assert_true(h_stat(&s, "journal", "commits") >= 1);
+    assert_true(h_stat(&s, "journal", "last_commit_us") > 0);
+    assert_int_equal(h_get(&s, "/_bgserve/stats", &r), 0);
+    char file[256];
+    assert_int_equal(h_json_str(strstr(r.body, "\"journal\""), "file", file, sizeof file), 0);
+    assert_string_equal(file, sb->path);
+    h_assert_contains(r.body, "\"backend\":\"journal\"");
+    h_resp_free(&r);
+    h_stop_clean(&s);
+    h_free(&s);
+}
+
+#define T(f) cmocka_unit_test_setup_teardown(f, js_setup, js_teardown)
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        T(journal_server_startup_faults_exit_1),
+        T(journal_server_refuses_a_journal_another_bgserve_has),
+        T(journal_server_sigkill_then_restart_runs_every_accepted_task),
+        T(journal_server_retry_schedule_survives_a_restart),
+        T(journal_server_dead_letter_after_the_last_attempt),
+        T(journal_server_replayed_task_without_its_function_is_dead),
+        T(journal_server_stats_show_the_journal),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
