@@ -22,6 +22,7 @@
 
 #include <curl/curl.h>
 #include <signal.h>
+#include <sys/stat.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -585,6 +586,39 @@ static void dashboard_absent_without_introspection(void **state)
     h_free(&s);
 }
 
+/* A failed build reaches the stream with the compiler's output, not only
+ * its first error line. */
+static void dashboard_failed_build_carries_its_output(void **state)
+{
+    (void)state;
+    char dir[300], src[340];
+    snprintf(dir, sizeof dir, "%s/src", tmpdir);
+    snprintf(src, sizeof src, "%s/app.c", dir);
+    assert_int_equal(mkdir(dir, 0700), 0);
+    const char *args[] = {"--watch", dir, "--watch-debounce", "0", "--build",
+                          "echo 'app.c:1:9: error: expected expression' >&2; "
+                          "echo '    1 | int x = ;' >&2; exit 1", NULL};
+    h_server srv;
+    assert_int_equal(h_start_app(&srv, h_fixture("dash_app"), args, NULL), 0);
+    sse s;
+    sse_event ev;
+    sse_open(&s, &srv, NULL);
+    assert_true(sse_next(&s, &ev, DEADLINE_MS));
+    event_free(&ev);
+    FILE *f = fopen(src, "w");
+    assert_non_null(f);
+    fputs("int x = ;\n", f);
+    fclose(f);
+    assert_true(sse_until(&s, "\"kind\":\"build\",\"generation\":0,\"ok\":false", &ev, DEADLINE_MS, NULL));
+    h_assert_contains(ev.data, "\"error\":\"build failed (exit 1): app.c:1:9: error: expected expression\\n\\n");
+    h_assert_contains(ev.data, "\\n    1 | int x = ;\\n");
+    event_free(&ev);
+    sse_close(&s);
+    h_stop_clean(&srv);
+    h_free(&srv);
+    h_rm_rf(dir);
+}
+
 /* A stream open at shutdown ends, and the server stops cleanly. */
 static void dashboard_stream_ends_at_shutdown(void **state)
 {
@@ -621,6 +655,7 @@ int main(void)
         cmocka_unit_test(dashboard_retry_action),
         cmocka_unit_test(dashboard_route_counters),
         cmocka_unit_test(dashboard_absent_without_introspection),
+        cmocka_unit_test(dashboard_failed_build_carries_its_output),
         cmocka_unit_test(dashboard_stream_ends_at_shutdown),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

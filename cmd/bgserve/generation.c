@@ -361,8 +361,7 @@ static void note_failure(const char *err)
 
 void gen_note_build_failure(const char *why)
 {
-    note_failure(why);
-    events_reload("build", 0, 0, 0, why);
+    note_failure(why); /* the dashboard hears of it from reload.c, with the output */
 }
 
 int gen_reload(const char *path, unsigned max_generations)

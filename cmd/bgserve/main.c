@@ -197,7 +197,8 @@ int main(int argc, char **argv)
 
     if (!is_loopback(cfg.host) && cfg.introspection)
         log_msg(BGS_LOG_WARN, "listening on %s with introspection on: anyone who can reach "
-                "this address can read /_bgserve/ (task records, stats); "
+                "this address can read /_bgserve/ (task records, stats, the dashboard) and "
+                "retry failed tasks from the dashboard; "
                 "use --no-introspection to turn it off", cfg.host);
 
     http_config hc = {

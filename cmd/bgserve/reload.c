@@ -26,6 +26,7 @@
  */
 #include "reload.h"
 
+#include "events.h"
 #include "generation.h"
 #include "imagefile.h"
 #include "log.h"
@@ -184,10 +185,18 @@ static int error_line(const char *line)
            strstr(line, "undefined reference") != NULL;
 }
 
-/* Pass the build's output through to stderr line by line and keep its
- * first error line (else its first line) in first. */
-static void relay_output(int fd, char *first, size_t cap)
+/* The start of a failed build's output kept for the dashboard (the
+ * compiler's first errors are at the start). */
+#define BUILD_OUTPUT_KEEP (16u << 10)
+
+/* Pass the build's output through to stderr line by line, keep its first
+ * error line (else its first line) in first, and its first
+ * BUILD_OUTPUT_KEEP bytes in *kept (malloc'd, NUL-terminated). */
+static void relay_output(int fd, char *first, size_t cap, char **kept)
 {
+    size_t klen = 0, kcap = 0;
+    *kept = NULL;
+    util_buf_append(kept, &kcap, &klen, "", 0, 256);
     char buf[4096], line[1024];
     size_t ll = 0;
     int have_error = 0;
@@ -202,6 +211,9 @@ static void relay_output(int fd, char *first, size_t cap)
         if (write(2, buf, (size_t)n) < 0) {
             /* stderr closed: keep reading so the build does not block */
         }
+        if (klen < BUILD_OUTPUT_KEEP)
+            util_buf_append(kept, &kcap, &klen, buf,
+                            (size_t)n < BUILD_OUTPUT_KEEP - klen ? (size_t)n : BUILD_OUTPUT_KEEP - klen, 256);
         for (ssize_t k = 0; k < n; k++) {
             if (buf[k] != '\n') {
                 if (ll < sizeof line - 1)
@@ -250,8 +262,8 @@ static int run_build(void)
     }
     close(out[1]);
     atomic_store(&build_pid, pid);
-    char first[512];
-    relay_output(out[0], first, sizeof first);
+    char first[512], *output;
+    relay_output(out[0], first, sizeof first, &output);
     close(out[0]);
     int status = 0;
     while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
@@ -259,6 +271,7 @@ static int run_build(void)
     atomic_store(&build_pid, 0);
     double secs = (double)(util_now_us() - t0) / 1e6;
     if (WIFEXITED(status) && WEXITSTATUS(status) == 0) {
+        free(output);
         log_msg(BGS_LOG_INFO, "build succeeded in %.2f s", secs);
         return 0;
     }
@@ -273,6 +286,15 @@ static int run_build(void)
         snprintf(why, sizeof why, "build failed (killed by signal %d): %s", WTERMSIG(status),
                  first[0] ? first : "(no output)");
     gen_note_build_failure(why);
+    /* The dashboard shows the line, then the compiler's output. */
+    size_t wl = strlen(why), ol = strlen(output);
+    char *full = xmalloc(wl + 2 + ol + 1);
+    memcpy(full, why, wl);
+    memcpy(full + wl, "\n\n", 2);
+    memcpy(full + wl + 2, output, ol + 1);
+    events_reload("build", 0, 0, 0, full);
+    free(full);
+    free(output);
     log_msg(BGS_LOG_ERROR, "%s (in %.2f s); keeping generation %llu", why, secs, keep);
     return -1;
 }

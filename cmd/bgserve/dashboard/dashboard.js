@@ -327,7 +327,7 @@
       tr.appendChild(el("td", r.ok ? fmtNum(r.load_ms, 1) + " ms" : "-", "num"));
       const res = el("td");
       if (r.ok) res.textContent = "serving";
-      else res.appendChild(el("pre", r.error, "error"));
+      else res.appendChild(el("pre", (r.error || "").split("\n")[0], "error"));
       tr.appendChild(res);
       body.appendChild(tr);
     }
