@@ -388,7 +388,26 @@
     scheduleRender();
   }
   for (const id of ["filter-state", "filter-name"]) $(id).addEventListener("change", filtersChanged);
-  $("filter-id").addEventListener("input", filtersChanged);
+  // A task the page does not hold (older than its 500 records) is asked
+  // for by id.
+  $("filter-id").addEventListener("input", function () {
+    filtersChanged();
+    const id = $("filter-id").value.trim();
+    if (!/^[0-9]+$/.test(id) || state.tasks.has(Number(id))) return;
+    fetch("/_bgserve/tasks/" + id).then(function (r) {
+      if (r.status !== 200) {
+        say("no task " + id + " (unknown, or its record was evicted)", true);
+        return null;
+      }
+      return r.json();
+    }).then(function (rec) {
+      if (!rec) return;
+      applyTasks([rec]);
+      scheduleRender();
+    }).catch(function (e) {
+      say("cannot ask for task " + id + ": " + e, true);
+    });
+  });
   $("detail-close").addEventListener("click", function () {
     state.selected = null;
     scheduleRender();
