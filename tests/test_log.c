@@ -21,7 +21,7 @@
 
 static void init(int color, int json, int quiet)
 {
-    log_config c = {color, json, quiet};
+    log_config c = {color, json, quiet, NULL, NULL};
     log_init(&c);
 }
 
@@ -215,6 +215,53 @@ static void log_plugin_text(void **state)
                              "[task 42] warning: slow\n"
                              "[app hello] error: db down\n");
     free(out);
+}
+
+/* A sink set in log_init is offered each plugin line first (formatted,
+ * levels applied) and keeps the ones it returns 1 for; bgserve's own
+ * lines never reach it. */
+typedef struct sunk {
+    int n;
+    char kinds[4][8], tags[4][24], texts[4][64];
+    uint32_t levels[4];
+} sunk;
+
+static int keep_tasks(void *arg, uint32_t level, const char *kind, const char *tag,
+                      const char *text)
+{
+    sunk *s = arg;
+    if (s->n < 4) {
+        snprintf(s->kinds[s->n], sizeof s->kinds[0], "%s", kind);
+        snprintf(s->tags[s->n], sizeof s->tags[0], "%s", tag);
+        snprintf(s->texts[s->n], sizeof s->texts[0], "%s", text);
+        s->levels[s->n] = level;
+        s->n++;
+    }
+    return strcmp(kind, "task") == 0;
+}
+
+static void log_plugin_sink_keeps_what_it_takes(void **state)
+{
+    (void)state;
+    sunk s = {0};
+    log_config c = {0, 0, 0, keep_tasks, &s};
+    log_init(&c);
+    h_capture_begin();
+    plugin(BGS_LOG_WARN, "task", "42", "slow %d", 3);
+    plugin(BGS_LOG_INFO, "req", "r1", "user %d", 7);
+    plugin(BGS_LOG_DEBUG, "task", "42", "hidden");
+    log_msg(BGS_LOG_INFO, "own line");
+    char *out = h_capture_end();
+    assert_string_equal(out, "[req r1] user 7\nbgserve: own line\n");
+    free(out);
+    assert_int_equal(s.n, 2);
+    assert_string_equal(s.kinds[0], "task");
+    assert_string_equal(s.tags[0], "42");
+    assert_string_equal(s.texts[0], "slow 3");
+    assert_int_equal(s.levels[0], BGS_LOG_WARN);
+    assert_string_equal(s.kinds[1], "req");
+    assert_string_equal(s.texts[1], "user 7");
+    init(0, 0, 0);
 }
 
 static void log_quiet_keeps_problems(void **state)
@@ -420,6 +467,7 @@ int main(void)
         cmocka_unit_test_setup(log_colour_by_status_and_level, setup),
         cmocka_unit_test_setup(log_task_text, setup),
         cmocka_unit_test_setup(log_plugin_text, setup),
+        cmocka_unit_test_setup(log_plugin_sink_keeps_what_it_takes, setup),
         cmocka_unit_test_setup(log_quiet_keeps_problems, setup),
         cmocka_unit_test_setup(log_json_lines, setup),
         cmocka_unit_test_setup(log_long_lines_truncated, setup),

@@ -57,6 +57,8 @@ static struct {
     int json;
     int quiet;
     int debug;
+    log_sink_fn plugin_sink;
+    void *plugin_sink_arg;
 } g;
 
 static int color_auto(void)
@@ -75,6 +77,8 @@ void log_init(const log_config *cfg)
     g.json = cfg->json != 0;
     g.quiet = cfg->quiet != 0;
     g.debug = getenv("BGSERVE_DEBUG") != NULL;
+    g.plugin_sink = cfg->plugin_sink;
+    g.plugin_sink_arg = cfg->plugin_sink_arg;
     g.inited = 1;
 }
 
@@ -323,13 +327,9 @@ static void build_msg(json *j, const void *arg, size_t limit)
     json_obj_end(j);
 }
 
-static void vmsg(uint32_t level, const char *kind, const char *tag,
-                 const char *fmt, va_list ap)
+/* Write one formatted message line. */
+static void emit_msg(uint32_t level, const char *kind, const char *tag, const char *text)
 {
-    char text[LINE_MAX_];
-    if (!level_shown(level))
-        return;
-    format_msg(text, sizeof(text), fmt, ap);
     if (g.json) {
         msg_arg m = {level, kind, tag, text};
         emit_json(build_msg, &m);
@@ -349,6 +349,19 @@ static void vmsg(uint32_t level, const char *kind, const char *tag,
     level_word(&l, level);
     luser(&l, text);
     lflush(&l);
+}
+
+static void vmsg(uint32_t level, const char *kind, const char *tag,
+                 const char *fmt, va_list ap)
+{
+    char text[LINE_MAX_];
+    if (!level_shown(level))
+        return;
+    format_msg(text, sizeof(text), fmt, ap);
+    if (kind != NULL && g.plugin_sink != NULL &&
+        g.plugin_sink(g.plugin_sink_arg, level, kind, tag, text))
+        return;
+    emit_msg(level, kind, tag, text);
 }
 
 void log_msg(uint32_t level, const char *fmt, ...)

@@ -15,10 +15,19 @@
 
 #define LOG_COLOR_AUTO (-1)
 
+/* Offered each plugin line (log_pluginv) that its level lets through,
+ * formatted (text, without the tag): return 1 to keep it (then it is not
+ * written), 0 to have it written as usual.  Any thread, no lock held;
+ * must be quick. */
+typedef int (*log_sink_fn)(void *arg, uint32_t level, const char *kind, const char *tag,
+                           const char *text);
+
 typedef struct log_config {
     int color;        /* LOG_COLOR_AUTO, 0 or 1 */
     int json;         /* 1: one JSON object per line */
     int quiet;        /* 1: no access lines and no task start/finish lines */
+    log_sink_fn plugin_sink;  /* NULL: every plugin line is written */
+    void *plugin_sink_arg;
 } log_config;
 
 void log_init(const log_config *cfg);
