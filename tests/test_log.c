@@ -21,7 +21,7 @@
 
 static void init(int color, int json, int quiet)
 {
-    log_config c = {color, json, quiet, NULL, NULL};
+    log_config c = {color, json, quiet, NULL, NULL, 0};
     log_init(&c);
 }
 
@@ -244,7 +244,7 @@ static void log_plugin_sink_keeps_what_it_takes(void **state)
 {
     (void)state;
     sunk s = {0};
-    log_config c = {0, 0, 0, keep_tasks, &s};
+    log_config c = {0, 0, 0, keep_tasks, &s, 0};
     log_init(&c);
     h_capture_begin();
     plugin(BGS_LOG_WARN, "task", "42", "slow %d", 3);
@@ -261,6 +261,22 @@ static void log_plugin_sink_keeps_what_it_takes(void **state)
     assert_int_equal(s.levels[0], BGS_LOG_WARN);
     assert_string_equal(s.kinds[1], "req");
     assert_string_equal(s.texts[1], "user 7");
+    init(0, 0, 0);
+}
+
+/* own_min_level drops bgserve's own lines below it, never a plugin's. */
+static void log_own_min_level_spares_plugin_lines(void **state)
+{
+    (void)state;
+    log_config c = {.own_min_level = BGS_LOG_WARN};
+    log_init(&c);
+    h_capture_begin();
+    log_msg(BGS_LOG_INFO, "serving");
+    log_msg(BGS_LOG_WARN, "careful");
+    plugin(BGS_LOG_INFO, "app", "hello", "started");
+    char *out = h_capture_end();
+    assert_string_equal(out, "bgserve: warning: careful\n[app hello] started\n");
+    free(out);
     init(0, 0, 0);
 }
 
@@ -468,6 +484,7 @@ int main(void)
         cmocka_unit_test_setup(log_task_text, setup),
         cmocka_unit_test_setup(log_plugin_text, setup),
         cmocka_unit_test_setup(log_plugin_sink_keeps_what_it_takes, setup),
+        cmocka_unit_test_setup(log_own_min_level_spares_plugin_lines, setup),
         cmocka_unit_test_setup(log_quiet_keeps_problems, setup),
         cmocka_unit_test_setup(log_json_lines, setup),
         cmocka_unit_test_setup(log_long_lines_truncated, setup),

@@ -265,8 +265,7 @@ static int parse_size(const char *s, size_t *out)
     return 0;
 }
 
-/* Seconds with an optional fraction ("0.5"), 0..3600, into ms. */
-static int parse_seconds_ms(const char *s, unsigned *out_ms)
+int cli_seconds_ms(const char *s, unsigned *out_ms)
 {
     unsigned long long whole, frac_ms = 0;
     const char *p;
@@ -360,7 +359,7 @@ static int apply(const opt *o, const char *val, cli_config *cfg,
             return RANGE("keep", "0", "10000000");
         break;
     case O_DRAIN:
-        if (parse_seconds_ms(val, &cfg->drain_timeout_ms) != 0)
+        if (cli_seconds_ms(val, &cfg->drain_timeout_ms) != 0)
             return usage(err, "--drain-timeout must be a number of seconds "
                          "from 0 to 3600, like 10 or 0.5 (got '%s')", val);
         break;

@@ -57,4 +57,9 @@ enum {
  */
 int cli_parse(int argc, char **argv, cli_config *cfg, FILE *out, FILE *err);
 
+/* Seconds with an optional fraction ("0.5"; digits past milliseconds are
+ * ignored), 0 to 3600, into *out_ms.  0, or -1 when s is not that (the
+ * subcommands' --timeout takes the same form as --drain-timeout). */
+int cli_seconds_ms(const char *s, unsigned *out_ms);
+
 #endif

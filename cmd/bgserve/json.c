@@ -175,6 +175,15 @@ char *json_take(json *j, size_t *len)
     return out;
 }
 
+void json_print_line(json *j, FILE *out)
+{
+    size_t len;
+    char *text = json_take(j, &len);
+    fwrite(text, 1, len, out);
+    fputc('\n', out);
+    free(text);
+}
+
 static void open_(json *j, char c)
 {
     before_value(j);

@@ -11,6 +11,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #define JSON_MAX_DEPTH 32
 
@@ -26,6 +27,9 @@ void json_init(json *j);
 void json_free(json *j);
 /* Hand the buffer to the caller (free() it); the writer is reset. */
 char *json_take(json *j, size_t *len);
+/* Write the text and a newline to out (a command's JSON output); the
+ * writer is reset. */
+void json_print_line(json *j, FILE *out);
 
 void json_obj_begin(json *j);
 void json_obj_end(json *j);

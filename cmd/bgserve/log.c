@@ -59,6 +59,7 @@ static struct {
     int debug;
     log_sink_fn plugin_sink;
     void *plugin_sink_arg;
+    uint32_t own_min_level;
 } g;
 
 static int color_auto(void)
@@ -79,6 +80,7 @@ void log_init(const log_config *cfg)
     g.debug = getenv("BGSERVE_DEBUG") != NULL;
     g.plugin_sink = cfg->plugin_sink;
     g.plugin_sink_arg = cfg->plugin_sink_arg;
+    g.own_min_level = cfg->own_min_level;
     g.inited = 1;
 }
 
@@ -355,7 +357,7 @@ static void vmsg(uint32_t level, const char *kind, const char *tag,
                  const char *fmt, va_list ap)
 {
     char text[LINE_MAX_];
-    if (!level_shown(level))
+    if (!level_shown(level) || (kind == NULL && level < g.own_min_level))
         return;
     format_msg(text, sizeof(text), fmt, ap);
     if (kind != NULL && g.plugin_sink != NULL &&

@@ -28,6 +28,8 @@ typedef struct log_config {
     int quiet;        /* 1: no access lines and no task start/finish lines */
     log_sink_fn plugin_sink;  /* NULL: every plugin line is written */
     void *plugin_sink_arg;
+    uint32_t own_min_level;   /* bgserve's own lines (log_msg) below this
+                               * BGS_LOG_* level are not written; 0: all */
 } log_config;
 
 void log_init(const log_config *cfg);

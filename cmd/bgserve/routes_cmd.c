@@ -379,11 +379,7 @@ void routes_print_json(const plugin *p, FILE *out)
     json_arr_end(&j);
     json_obj_end(&j);
 
-    size_t len;
-    char *text = json_take(&j, &len);
-    fwrite(text, 1, len, out);
-    fputc('\n', out);
-    free(text);
+    json_print_line(&j, out);
     json_free(&j);
 }
 
