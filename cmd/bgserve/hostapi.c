@@ -1,6 +1,8 @@
 /*
  * hostapi.c - the function table handed to plugins, and the request,
- * response and app accessors behind it.
+ * response and app accessors behind it: each checks the plugin's handle
+ * and arguments, reports misuse, and calls request.c, which owns the
+ * request and response structs.
  *
  * The table is one static const struct; it only ever grows at its end
  * (see include/bgserve.h).  The plugin holds handles, not pointers
@@ -36,27 +38,6 @@
 /* The request behind h, or NULL after the misuse was reported. */
 #define REQ_OF(h, fn) ((struct bgs_req *)misuse_handle(HANDLE_REQ, (h), MISUSE_SITE, (fn), "NULL", NULL))
 
-const char *req_decoded_path(struct bgs_req *req)
-{
-    if (req->path == NULL) {
-        size_t n = strlen(req->raw_path);
-        req->path = xmalloc(n + 1);
-        if (router_pct_decode(req->raw_path, n, req->path, 0) < 0) {
-            free(req->path);
-            req->path = NULL;
-        }
-    }
-    return req->path;
-}
-
-const char *req_query_value(struct bgs_req *req, const char *name)
-{
-    for (unsigned i = 0; i < req->nquery; i++)
-        if (strcmp(req->query[i].name, name) == 0)
-            return req->query[i].value;
-    return NULL;
-}
-
 static const char *host_req_method(bgs_req *h)
 {
     struct bgs_req *req = REQ_OF(h, "bgs_req_method");
@@ -78,10 +59,7 @@ static const char *host_req_param(bgs_req *h, const char *name)
         misuse(MISUSE_SITE, BGS_EINVAL, "NULL", "bgs_req_param(NULL): NULL name");
         return NULL;
     }
-    for (unsigned i = 0; i < req->match.nparams; i++)
-        if (strcmp(req->match.params[i].name, name) == 0)
-            return req->match.params[i].value;
-    return NULL;
+    return req_param(req, name);
 }
 
 static const char *host_req_query(bgs_req *h, const char *name)
@@ -105,7 +83,7 @@ static const char *host_req_header(bgs_req *h, const char *name)
         misuse(MISUSE_SITE, BGS_EINVAL, "NULL", "bgs_req_header(NULL): NULL name");
         return NULL;
     }
-    return req->header_fn ? req->header_fn(req->conn, name) : NULL;
+    return req_header(req, name);
 }
 
 static const void *host_req_body(bgs_req *h, size_t *len)
@@ -164,113 +142,7 @@ static void host_req_log(bgs_req *h, uint32_t level, const char *fmt, ...)
     va_end(ap);
 }
 
-/* ---- query parsing -------------------------------------------------------- */
-
-int req_parse_query(struct bgs_req *req, const char *qs)
-{
-    size_t n = strlen(qs), npairs = 1;
-    for (const char *a = strchr(qs, '&'); a && npairs < REQ_MAX_QUERY; a = strchr(a + 1, '&'))
-        npairs++;
-    /* Each pair needs its length + 2 (two NULs; the '=' is reused for one
-     * when present), and pairs are at most n: 2n + 2 always suffices
-     * ("k" alone needs 3 bytes, found by fuzz_pct).  The pairs' array
-     * comes first in the same block. */
-    req->query = xmalloc(npairs * sizeof(req_kv) + 2 * n + 2);
-    req->query_buf = (char *)(req->query + npairs);
-    char *out = req->query_buf;
-    const char *p = qs;
-
-    req->nquery = 0;
-    while (*p && req->nquery < npairs) {
-        const char *amp = strchr(p, '&');
-        size_t plen = amp ? (size_t)(amp - p) : strlen(p);
-        if (plen > 0) {
-            const char *eq = memchr(p, '=', plen);
-            size_t klen = eq ? (size_t)(eq - p) : plen;
-            long k = router_pct_decode(p, klen, out, 1);
-            if (k < 0)
-                return -1;
-            req->query[req->nquery].name = out;
-            out += k + 1;
-            const char *v = eq ? eq + 1 : p + plen;
-            size_t vlen = eq ? plen - klen - 1 : 0;
-            long vl = router_pct_decode(v, vlen, out, 1);
-            if (vl < 0)
-                return -1;
-            req->query[req->nquery].value = out;
-            out += vl + 1;
-            req->nquery++;
-        }
-        if (amp == NULL)
-            break;
-        p = amp + 1;
-    }
-    return 0;
-}
-
-void req_set_url(struct bgs_req *req, const char *uri)
-{
-    size_t n = strlen(uri);
-    req->url = xmalloc(3 * (n + 1));
-    memcpy(req->url, uri, n + 1);
-    req->url_len = n;
-    req->raw_path_buf = req->url + n + 1;
-    req->scratch = req->url + 2 * (n + 1);
-}
-
-void req_free(struct bgs_req *req)
-{
-    free(req->url); /* raw_path_buf and scratch too */
-    free(req->path);
-    free(req->query); /* query_buf too */
-}
-
-void res_free(struct bgs_res *res)
-{
-    for (size_t i = 0; i < res->nheaders; i++) {
-        free(res->headers[i].name);
-        free(res->headers[i].value);
-    }
-    free(res->headers);
-    free(res->content_type);
-    free(res->body);
-    free(res->queued_ids);
-}
-
 /* ---- response ------------------------------------------------------------- */
-
-/* RFC 9110 tchar: ALPHA, DIGIT and !#$%&'*+-.^_`|~, as a bitmap over
- * ASCII (a strchr per character showed in the per-request profile). */
-static int is_tchar(unsigned char c)
-{
-    static const uint64_t lo = UINT64_C(0x3ff6cfa00000000); /* 0-63 */
-    static const uint64_t hi = UINT64_C(0x57ffffffc7fffffe); /* 64-127 */
-    return c < 64 ? (int)((lo >> c) & 1u) : c < 128 ? (int)((hi >> (c - 64)) & 1u) : 0;
-}
-
-int res_check_header(const char *name, const char *value)
-{
-    if (name == NULL || value == NULL || *name == '\0')
-        return BGS_EHEADER;
-    for (const char *p = name; *p; p++)
-        if (!is_tchar((unsigned char)*p))
-            return BGS_EHEADER;
-    for (const char *p = value; *p; p++)
-        if (*p == '\r' || *p == '\n')
-            return BGS_EHEADER;
-    return 0;
-}
-
-void res_add_header(struct bgs_res *res, const char *name, const char *value)
-{
-    if (res->nheaders == res->cap_headers) {
-        res->cap_headers = res->cap_headers ? res->cap_headers * 2 : 4;
-        res->headers = xrealloc(res->headers, res->cap_headers * sizeof *res->headers);
-    }
-    res->headers[res->nheaders].name = xstrdup(name);
-    res->headers[res->nheaders].value = xstrdup(value);
-    res->nheaders++;
-}
 
 /* The response behind h, or NULL after the misuse was reported (code
  * gets BGS_EINVAL or BGS_ESTATE). */
@@ -292,30 +164,6 @@ static int host_res_status(bgs_res *h, uint32_t status)
     return 0;
 }
 
-/* Set a header the plugin asked for: 0, BGS_EHEADER or BGS_EINVAL with
- * *why saying what is wrong. */
-static int set_header(struct bgs_res *res, const char *name, const char *value, const char **why)
-{
-    int rc = res_check_header(name, value);
-    if (rc != 0) {
-        *why = "the name is not a token, or the value contains CR or LF";
-        return rc;
-    }
-    /* libmicrohttpd owns framing; a plugin setting these would break it. */
-    if (util_strcaseeq(name, "Content-Length") || util_strcaseeq(name, "Transfer-Encoding") ||
-        util_strcaseeq(name, "Connection")) {
-        *why = "bgserve sets this header itself";
-        return BGS_EINVAL;
-    }
-    if (util_strcaseeq(name, "Content-Type")) {
-        free(res->content_type);
-        res->content_type = xstrdup(value);
-        return 0;
-    }
-    res_add_header(res, name, value);
-    return 0;
-}
-
 static int host_res_header(bgs_res *h, const char *name, const char *value)
 {
     int code;
@@ -323,7 +171,7 @@ static int host_res_header(bgs_res *h, const char *name, const char *value)
     struct bgs_res *res = RES_OF(h, "bgs_res_header", code);
     if (res == NULL)
         return code;
-    int rc = set_header(res, name, value, &why);
+    int rc = res_set_header(res, name, value, &why);
     if (rc != 0)
         return misuse(MISUSE_SITE, rc, NULL, "bgs_res_header(%s%s%s): %s", name ? "\"" : "",
                       name ? name : "NULL", name ? "\"" : "", why);
@@ -340,20 +188,7 @@ static int host_res_content_type(bgs_res *h, const char *type)
         return misuse(MISUSE_SITE, BGS_EINVAL, NULL, "bgs_res_content_type(NULL): NULL type");
     if (res_check_header("Content-Type", type) != 0)
         return misuse(MISUSE_SITE, BGS_EHEADER, NULL, "bgs_res_content_type(): the type contains CR or LF");
-    free(res->content_type);
-    res->content_type = xstrdup(type);
-    return 0;
-}
-
-static void body_reserve(struct bgs_res *res, size_t extra)
-{
-    util_buf_reserve(&res->body, &res->body_cap, res->body_len, extra, 64);
-}
-
-/* Append len bytes of data to the body (kept NUL-terminated). */
-static int res_append(struct bgs_res *res, const void *data, size_t len)
-{
-    util_buf_append(&res->body, &res->body_cap, &res->body_len, data, len, 64);
+    res_set_content_type(res, type);
     return 0;
 }
 
@@ -366,30 +201,8 @@ static int host_res_body(bgs_res *h, const void *data, size_t len)
         return code;
     if (data == NULL && len > 0)
         return misuse(MISUSE_SITE, BGS_EINVAL, NULL, "bgs_res_body(NULL, %zu): NULL data with a length", len);
-    res->body_len = 0;
-    return res_append(res, data, len);
-}
-
-/* Appends, so a body can be written in several calls. */
-static int res_vprintf(struct bgs_res *res, const char *fmt, va_list ap)
-{
-    char small[256];
-    va_list ap2;
-    if (strcmp(fmt, "%s") == 0) {
-        /* bgs_res_text's call: copy the string, no format to parse. */
-        const char *str = va_arg(ap, const char *);
-        return res_append(res, str ? str : "(null)", str ? strlen(str) : 6);
-    }
-    va_copy(ap2, ap);
-    int n = vsnprintf(small, sizeof small, fmt, ap);
-    if (n < 0 || (size_t)n < sizeof small) {
-        va_end(ap2);
-        return n < 0 ? BGS_EINVAL : res_append(res, small, (size_t)n);
-    }
-    body_reserve(res, (size_t)n);
-    vsnprintf(res->body + res->body_len, (size_t)n + 1, fmt, ap2);
-    va_end(ap2);
-    res->body_len += (size_t)n;
+    res->body_len = 0; /* replaces */
+    res_append(res, data, len);
     return 0;
 }
 
@@ -480,7 +293,7 @@ static int host_res_accepted(bgs_res *h, uint64_t task_id)
         return misuse(MISUSE_SITE, BGS_EINVAL, NULL, "bgs_res_accepted(0): task id 0 names no task");
     snprintf(loc, sizeof loc, URLS_TASKS "%llu", (unsigned long long)task_id);
     res->status = 202;
-    return set_header(res, "Location", loc, &why);
+    return res_set_header(res, "Location", loc, &why);
 }
 
 static bgs_deferred *host_res_defer(bgs_res *h, uint32_t timeout_ms)
@@ -492,7 +305,7 @@ static bgs_deferred *host_res_defer(bgs_res *h, uint32_t timeout_ms)
         misuse(MISUSE_SITE, BGS_ESTATE, "NULL", "bgs_res_defer(): the response is deferred already");
         return NULL;
     }
-    res->deferred = deferred_new(timeout_ms, res->req->resume_fn, res->req->conn);
+    res->deferred = deferred_new(timeout_ms, res->req->resume_fn, res->req->resume_ctx);
     return deferred_handle(res->deferred);
 }
 
@@ -505,12 +318,6 @@ static int host_deferred_complete(bgs_deferred *h, uint32_t status, const char *
 static void host_deferred_release(bgs_deferred *h)
 {
     deferred_host_release(h, MISUSE_SITE);
-}
-
-static void remember_queued(struct bgs_res *res, uint64_t id)
-{
-    res->queued_ids = xrealloc(res->queued_ids, (res->nqueued + 1) * sizeof *res->queued_ids);
-    res->queued_ids[res->nqueued++] = id;
 }
 
 static int host_req_enqueue(bgs_req *h, const char *name, const void *payload,
@@ -528,7 +335,7 @@ static int host_req_enqueue(bgs_req *h, const char *name, const void *payload,
     int rc = tasks_enqueue(req->gen, req->id, name, payload, len, NULL, NULL, &id);
     if (rc != 0)
         return REPORT(rc, "bgs_req_enqueue(\"%s\"): %s", name, rc == BGS_ENOTASK ? "no task with that name" : bgs_strerror(rc));
-    remember_queued(req->res, id);
+    res_note_queued(req->res, id);
     if (id_out)
         *id_out = id;
     return 0;
@@ -569,7 +376,7 @@ static int host_res_await(bgs_res *h, const char *name, const void *payload,
         return misuse(MISUSE_SITE, BGS_EINVAL, NULL, "bgs_res_await(\"%s\", NULL, %zu): NULL payload with a length", name, len);
     if (res->deferred != NULL)
         return misuse(MISUSE_SITE, BGS_ESTATE, NULL, "bgs_res_await(\"%s\"): the response is deferred already", name);
-    bgs_deferred *d = deferred_new(timeout_ms, res->req->resume_fn, res->req->conn);
+    bgs_deferred *d = deferred_new(timeout_ms, res->req->resume_fn, res->req->resume_ctx);
     res->deferred = d;
     int rc = tasks_enqueue(res->req->gen, res->req->id, name, payload, len, await_done, d, &id);
     if (rc != 0) {
@@ -579,7 +386,7 @@ static int host_res_await(bgs_res *h, const char *name, const void *payload,
         deferred_put(d, 1);
         return REPORT(rc, "bgs_res_await(\"%s\"): %s", name, rc == BGS_ENOTASK ? "no task with that name" : bgs_strerror(rc));
     }
-    remember_queued(res, id);
+    res_note_queued(res, id);
     if (id_out)
         *id_out = id;
     return 0;

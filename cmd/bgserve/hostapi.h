@@ -1,6 +1,6 @@
 /*
- * hostapi.h - the function table handed to plugins (hostapi.c).  Its
- * request and response half is declared in request.h.
+ * hostapi.h - the function table handed to plugins (hostapi.c).  The
+ * request and response it works on are request.h's (request.c).
  *
  * Only the rooms that wire the server together (main, routes_cmd) take the
  * table and give it to the generation room (gen_setup): generation.c does

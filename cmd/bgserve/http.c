@@ -1,29 +1,32 @@
 /*
- * http.c - libmicrohttpd glue: the access handler, request bodies, the
- * completion notice, and the listening socket.  The only room that
- * includes microhttpd.h.
+ * http.c - libmicrohttpd glue: the access handler, request bodies,
+ * suspend/resume, the completion notice, connections and the listening
+ * socket.  The only room that includes microhttpd.h.  What a request
+ * means (routes, handlers, tasks, bgserve's endpoints) is dispatch.c's;
+ * the request and response structs are request.c's.
  *
  * How a request travels here:
  *   uri_log      (MHD thread) allocates the per-request `exchange` and
- *                keeps the raw request target; it becomes *req_cls.
+ *                sets its request up from the raw target (req_init); it
+ *                becomes *req_cls.
  *   on_request   (same thread) first call: headers are in (a request on
  *                a connection past the limit, one HTTP/1.1 forbids but
  *                libmicrohttpd passed on, and a too large Content-Length
  *                are answered here).  Later calls
  *                collect the body (up to --max-body, else 413); every
  *                request dispatches on the final call, so keep-alive
- *                connections stay open.  dispatch() matches the route on the
- *                current generation, runs the handler and queues the
- *                response.
- *                Introspection (/_bgserve/) goes to dashboard.c (the
- *                page, the retry action) or introspect.c; the
- *                dashboard's event stream is answered here with a
- *                callback response (serve_events) that reads from
- *                dashboard.c and suspends while there is nothing new.
+ *                connections stay open.  dispatch_request answers into
+ *                the response, which send_answer queues, or asks to
+ *                suspend (a deferred answer): the connection is resumed
+ *                when it is final and dispatch_resumed answers.
+ *                The dashboard's event stream (dispatch says
+ *                DISPATCH_STREAM) is answered here with a callback
+ *                response (serve_events) that reads from dashboard.c and
+ *                suspends while there is nothing new.
  *   on_completed (same thread) libmicrohttpd has written the last byte
- *                (or given up): the task group is submitted (or
- *                discarded), the access line is written, and the
- *                generation reference is dropped.
+ *                (or given up): dispatch_finish settles the tasks and
+ *                the generation reference, and the access line is
+ *                written.
  * An exchange is touched only by the thread libmicrohttpd runs its
  * connection on, so it needs no lock.  Shared state: `daemon` and
  * `listen_fd` (written by the main thread before serving starts and at
@@ -46,17 +49,10 @@
  */
 #include "http.h"
 
-#include "crash.h"
-#include "crashpage.h"
 #include "dashboard.h"
-#include "deferred.h"
-#include "generation.h"
-#include "handle.h"
-#include "introspect.h"
+#include "dispatch.h"
 #include "log.h"
 #include "request.h"
-#include "tasks.h"
-#include "urls.h"
 #include "util.h"
 
 #include <microhttpd.h>
@@ -81,6 +77,9 @@
 
 typedef struct conn_slot conn_slot;
 
+/* One request on its way through libmicrohttpd: the request and its
+ * response (request.h; their answer is what gets sent) and what only the
+ * glue needs. */
 typedef struct exchange {
     struct bgs_req req;
     struct bgs_res res;
@@ -88,22 +87,16 @@ typedef struct exchange {
     int started;          /* on_request has seen this request */
     int too_large;
     size_t discarded;
-    char *body;
-    size_t body_len, body_cap;
-    tasks_group *route_group; /* route-level tasks */
-    unsigned status;      /* what was queued */
-    size_t bytes;         /* body bytes queued */
-    int responded;
-    int longpoll;         /* suspended on /_bgserve/tasks/ID?wait= */
-    int introspection;    /* the target is one of bgserve's /_bgserve endpoints */
+    int responded;        /* res was queued to libmicrohttpd */
     int peer_gone;        /* the client left while suspended */
     uintptr_t uri_start;  /* where libmicrohttpd's raw target began and its */
     uintptr_t uri_end;    /* first NUL (see bad_request_line); 0: unknown */
     conn_slot *slot;      /* its connection (outlives the exchange) */
-    const plugin_route *route; /* the route it matched (counted at completion) */
+    int introspection;    /* one of bgserve's /_bgserve requests (counted apart) */
 } exchange;
 
 static http_config config;        /* written before serving starts */
+static dispatch_env denv;          /* written before serving starts */
 static struct MHD_Daemon *daemon_; /* main thread only */
 static int listen_fd = -1;        /* main thread only */
 static uint64_t started_us;       /* written before serving starts */
@@ -340,14 +333,20 @@ uint64_t http_requests_total(void)
     return atomic_load(&requests_total);
 }
 
-/* Is target (path and query, percent-encoded) one of bgserve's own
- * /_bgserve endpoints rather than the plugin's? */
-static int is_introspection(const char *target)
+/* /_bgserve/stats' counters (dispatch_env and dashboard_config.counters). */
+static void fill_counters(introspect_counters *c)
 {
-    if (!config.introspection || strncmp(target, URLS_PREFIX, URLS_PREFIX_LEN) != 0)
-        return 0;
-    char after = target[URLS_PREFIX_LEN]; /* only now known to be in the string */
-    return after == '/' || after == '?' || after == '\0';
+    *c = (introspect_counters){
+        .requests = atomic_load(&requests_total),
+        .errors = atomic_load(&errors_total),
+        .introspection_requests = atomic_load(&introspection_total),
+        .uptime_s = (util_now_us() - started_us) / 1000000u,
+        .conns_open = atomic_load(&conns_open),
+        .in_flight = atomic_load(&in_flight),
+        .conns_limit = conn_limit,
+        .conns_rejected = atomic_load(&conns_rejected),
+        .conns_evicted = atomic_load(&conns_evicted),
+    };
 }
 
 static const char *lookup_header(void *conn, const char *name)
@@ -421,12 +420,15 @@ static void add_header(struct MHD_Response *r, const char *name, const char *val
         log_msg(BGS_LOG_WARN, "libmicrohttpd refused response header '%s'", name);
 }
 
-/* Queue status + body (taken over: freed by libmicrohttpd) + headers. */
-static enum MHD_Result send_reply(struct MHD_Connection *conn, exchange *ex,
-                                  unsigned status, char *body, size_t len,
-                                  const char *ctype, int close_conn)
+/* Queue the answer in ex->res: its status, body (handed to
+ * libmicrohttpd, which frees it), content type and headers. */
+static enum MHD_Result send_answer(struct MHD_Connection *conn, exchange *ex)
 {
     struct MHD_Response *r;
+    struct bgs_res *res = &ex->res;
+    const char *ctype = res_content_type(res);
+    size_t len;
+    char *body = res_take_body(res, &len);
     if (len > 0)
         r = MHD_create_response_from_buffer(len, body, MHD_RESPMEM_MUST_FREE);
     else {
@@ -438,125 +440,61 @@ static enum MHD_Result send_reply(struct MHD_Connection *conn, exchange *ex,
     if (ctype)
         add_header(r, "Content-Type", ctype);
     add_header(r, "X-Request-Id", ex->req.id);
-    for (size_t i = 0; i < ex->res.nheaders; i++)
-        add_header(r, ex->res.headers[i].name, ex->res.headers[i].value);
-    if (close_conn || must_close(ex))
+    for (size_t i = 0; i < res->nheaders; i++)
+        add_header(r, res->headers[i].name, res->headers[i].value);
+    if (res->close || must_close(ex))
         add_header(r, "Connection", "close");
-    if (config.introspection) {
-        char ids[512];
-        size_t off = 0;
-        ids[0] = '\0';
-        if (ex->res.group && tasks_group_count(ex->res.group))
-            off = tasks_group_ids(ex->res.group, ids, sizeof ids);
-        if (ex->route_group && tasks_group_count(ex->route_group) && off + 2 < sizeof ids) {
-            if (off)
-                ids[off++] = ',';
-            off += tasks_group_ids(ex->route_group, ids + off, sizeof ids - off);
-        }
-        for (size_t i = 0; i < ex->res.nqueued && off + 24 < sizeof ids; i++)
-            off += (size_t)snprintf(ids + off, sizeof ids - off, "%s%llu", off ? "," : "",
-                                    (unsigned long long)ex->res.queued_ids[i]);
-        if (ids[0])
-            add_header(r, "Bgserve-Tasks", ids);
-    }
-    ex->status = status;
-    ex->bytes = len;
     ex->responded = 1;
-    enum MHD_Result rc = MHD_queue_response(conn, status, r);
+    enum MHD_Result rc = MHD_queue_response(conn, res->status, r);
     MHD_destroy_response(r);
     return rc;
 }
 
+/* An answer the glue gives itself, before dispatch. */
 static enum MHD_Result send_text(struct MHD_Connection *conn, exchange *ex,
                                  unsigned status, const char *text, int close_conn)
 {
-    return send_reply(conn, ex, status, xstrdup(text), strlen(text),
-                      "text/plain; charset=utf-8", close_conn);
+    res_set_text(&ex->res, status, text);
+    ex->res.close = close_conn;
+    return send_answer(conn, ex);
 }
 
-/* Forget what the handler built, for an error answer; keep what must
- * outlive it (a deferral's connection reference, the ids of tasks already
- * queued: both are settled when the request completes). */
-static void reset_response(struct bgs_res *res)
-{
-    bgs_deferred *d = res->deferred;
-    uint64_t *ids = res->queued_ids;
-    size_t n = res->nqueued;
-    struct bgs_req *req = res->req;
-    res->deferred = NULL;
-    res->queued_ids = NULL;
-    res_free(res);
-    memset(res, 0, sizeof *res);
-    res->deferred = d;
-    res->queued_ids = ids;
-    res->nqueued = n;
-    res->req = req;
-}
+/* ---- libmicrohttpd callbacks ---------------------------------------------- */
 
-static void discard_groups(exchange *ex, const char *why)
+static void *uri_log(void *cls, const char *uri, struct MHD_Connection *conn)
 {
-    if (ex->res.group) {
-        tasks_group_discard(ex->res.group, why);
-        ex->res.group = NULL;
+    (void)cls;
+    exchange *ex = xcalloc(1, sizeof *ex);
+    ex->slot = conn_busy(conn);
+    ex->start_us = util_now_us();
+    if (uri != NULL && nul_check) {
+        ex->uri_start = (uintptr_t)uri;
+        ex->uri_end = (uintptr_t)(uri + strlen(uri));
     }
-    if (ex->route_group) {
-        tasks_group_discard(ex->route_group, why);
-        ex->route_group = NULL;
-    }
+    req_init(&ex->req, &ex->res, uri ? uri : "/");
+    uint64_t n = atomic_fetch_add_explicit(&rid_counter, 1, memory_order_relaxed) + 1;
+    char rid[sizeof ex->req.id];
+    format_rid(rid, sizeof rid, rid_prefix, n);
+    req_set_id(&ex->req, rid);
+    atomic_fetch_add(&in_flight, 1);
+    ex->introspection = dispatch_is_introspection(&denv, ex->req.url);
+    atomic_fetch_add_explicit(ex->introspection ? &introspection_total : &requests_total, 1,
+                              memory_order_relaxed);
+    return ex;
 }
 
-/* ---- dispatch -------------------------------------------------------------- */
-
-/* Long-poll limit for GET /_bgserve/tasks/ID?wait=MS. */
-#define LONGPOLL_MAX_MS 300000u
-
-static void longpoll_done(void *arg, const tasks_final *f)
+/* Did the client close its side while we held the connection?  A write
+ * into a closed socket still succeeds once, so libmicrohttpd alone would
+ * report such a response as delivered. */
+static int peer_gone(struct MHD_Connection *conn)
 {
-    (void)f;
-    deferred_complete(arg, 200, NULL, NULL, 0); /* wakes the connection */
-}
-
-/* GET /_bgserve/tasks/ID?wait=MS on a task not yet final: suspend until
- * it is, or until MS pass.  Returns 1 when suspended. */
-static int start_longpoll(struct MHD_Connection *conn, exchange *ex)
-{
-    const char *wait = req_query_value(&ex->req, "wait");
-    uint64_t id = introspect_task_id(ex->req.path);
-    if (wait == NULL || id == 0)
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+    if (ci == NULL)
         return 0;
-    char *end;
-    unsigned long ms = strtoul(wait, &end, 10);
-    if (*wait == '\0' || *end != '\0' || ms == 0)
-        return 0;
-    if (ms > LONGPOLL_MAX_MS)
-        ms = LONGPOLL_MAX_MS;
-    bgs_deferred *d = deferred_new_internal((uint32_t)ms, resume_conn, conn);
-    if (tasks_watch(id, longpoll_done, d) != 0) {
-        /* final already, or unknown: answer now */
-        deferred_release(d);
-        deferred_put(d, 1);
-        return 0;
-    }
-    ex->res.deferred = d;
-    ex->longpoll = 1;
-    MHD_suspend_connection(conn);
-    deferred_arm(d);
-    return 1;
-}
-
-static void fill_counters(introspect_counters *c)
-{
-    *c = (introspect_counters){
-        .requests = atomic_load(&requests_total),
-        .errors = atomic_load(&errors_total),
-        .introspection_requests = atomic_load(&introspection_total),
-        .uptime_s = (util_now_us() - started_us) / 1000000u,
-        .conns_open = atomic_load(&conns_open),
-        .in_flight = atomic_load(&in_flight),
-        .conns_limit = conn_limit,
-        .conns_rejected = atomic_load(&conns_rejected),
-        .conns_evicted = atomic_load(&conns_evicted),
-    };
+    char c;
+    ssize_t n = recv(ci->connect_fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+    return n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
 }
 
 /* ---- the dashboard's event stream (dashboard.h) ---------------------------- */
@@ -606,185 +544,25 @@ static enum MHD_Result serve_events(struct MHD_Connection *conn, exchange *ex)
     add_header(r, "X-Request-Id", ex->req.id);
     if (must_close(ex))
         add_header(r, "Connection", "close");
-    ex->status = 200;
+    ex->res.status = 200;
     ex->responded = 1;
     enum MHD_Result rc = MHD_queue_response(conn, 200, r);
     MHD_destroy_response(r);
     return rc;
 }
 
-static enum MHD_Result serve_introspection(struct MHD_Connection *conn, exchange *ex)
+/* Send what dispatch answered, or stream the dashboard's events, or
+ * suspend the connection until the deferred answer is final. */
+static enum MHD_Result answer_dispatched(struct MHD_Connection *conn, exchange *ex, int how)
 {
-    if (!ex->longpoll && start_longpoll(conn, ex))
-        return MHD_YES;
-    if (strcmp(ex->req.path, URLS_EVENTS) == 0 && strcmp(ex->req.method, "GET") == 0)
+    if (how == DISPATCH_ANSWERED)
+        return send_answer(conn, ex);
+    if (how == DISPATCH_STREAM)
         return serve_events(conn, ex);
-    introspect_reply rep;
-    if (!dashboard_handle(ex->req.method, ex->req.path, lookup_header, conn, &rep)) {
-        introspect_counters c;
-        fill_counters(&c);
-        introspect_handle(ex->req.method, ex->req.path, &c, &rep);
-    }
-    if (rep.allow)
-        res_add_header(&ex->res, "Allow", rep.allow);
-    for (size_t i = 0; i < INTROSPECT_MAX_HEADERS && rep.headers[i].name; i++)
-        res_add_header(&ex->res, rep.headers[i].name, rep.headers[i].value);
-    return send_reply(conn, ex, rep.status, rep.body, rep.len,
-                      rep.ctype ? rep.ctype : "application/json", 0);
-}
-
-/* Attach the route's own tasks.  0, or BGS_EFULL/BGS_ESHUTDOWN when the
- * queue cannot take them (the caller answers 503). */
-static int attach_route_tasks(exchange *ex, const plugin_route *route)
-{
-    if (route->ntasks == 0)
-        return 0;
-    ex->route_group = tasks_group_new(ex->req.gen, ex->req.id, route->mode);
-    for (uint32_t i = 0; i < route->ntasks; i++) {
-        const plugin_route_task *t = &route->tasks[i];
-        int rc = tasks_group_add(ex->route_group, t->name, t->payload, t->len, NULL);
-        if (rc != 0)
-            return rc;
-    }
-    return 0;
-}
-
-static enum MHD_Result dispatch(struct MHD_Connection *conn, exchange *ex)
-{
-    struct bgs_req *req = &ex->req;
-    struct bgs_res *res = &ex->res;
-
-    /* Split the target into path and query.  The router decodes the path
-     * segment by segment; the whole decoded path is made only when asked
-     * for (req_decoded_path). */
-    char *q = memchr(req->url, '?', req->url_len);
-    size_t plen = q ? (size_t)(q - req->url) : req->url_len;
-    memcpy(req->raw_path_buf, req->url, plen);
-    req->raw_path_buf[plen] = '\0';
-    req->raw_path = req->raw_path_buf;
-    if (q && req_parse_query(req, q + 1) != 0)
-        return send_text(conn, ex, 400, "Bad Request: malformed percent-encoding\n", 0);
-
-    if (ex->introspection) {
-        if (req_decoded_path(req) == NULL)
-            return send_text(conn, ex, 400, "Bad Request: malformed percent-encoding\n", 0);
-        return serve_introspection(conn, ex);
-    }
-
-    req->gen = gen_current();
-    if (req->gen == NULL && config.crash_page) { /* the build crash-looped */
-        const char *ctype;
-        size_t len;
-        char *page = crashpage_render(
-            config.crash_page, config.plugin_path,
-            crashpage_wants_html(MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Accept")),
-            &len, &ctype);
-        return send_reply(conn, ex, 500, page, len, ctype, 0);
-    }
-    if (req->gen == NULL)
-        return send_text(conn, ex, 503, "Service Unavailable: no plugin loaded\n", 0);
-
-    int m = router_lookup(req->gen->plugin->router, req->method, req->raw_path,
-                         req->scratch, &req->match);
-    if (m == ROUTER_NOT_FOUND)
-        return send_text(conn, ex, 404, "Not Found\n", 0);
-    if (m == ROUTER_BAD_PATH)
-        return send_text(conn, ex, 400, "Bad Request: malformed path\n", 0);
-    if (m == ROUTER_BAD_METHOD) {
-        res_add_header(res, "Allow", req->match.allow);
-        return send_text(conn, ex, 405, "Method Not Allowed\n", 0);
-    }
-
-    const plugin_route *route = req->match.data;
-    ex->route = route;
-    /* The route's own tasks take their queue capacity before the handler
-     * runs, so a full queue answers 503 before any side effect of the
-     * handler.  They run after any response the handler produced (any
-     * status); a failing handler discards them with its own. */
-    int trc = strcmp(req->method, "HEAD") == 0 ? 0 : attach_route_tasks(ex, route);
-    if (trc != 0) {
-        log_msg(BGS_LOG_WARN, "%s %s: route tasks not accepted (%s); answering 503 without "
-                "running the handler rid=%s", route->method, route->path, bgs_strerror(trc), req->id);
-        discard_groups(ex, trc == BGS_EFULL ? "task queue full: answered 503 before the handler"
-                                            : "server shutting down: answered 503 before the handler");
-        res_add_header(res, "Retry-After", "1");
-        return send_text(conn, ex, 503, "Service Unavailable: task queue is full, retry later\n", 0);
-    }
-    res->status = 200;
-    crash_frame cf; /* names the route if the handler crashes */
-    crash_enter_route(&cf, route->method, route->path, req->id, req->gen->number, req->gen->plugin->name);
-    /* The plugin gets handles valid on this thread until the handler
-     * returns (handle.h): one kept past that is refused, not followed. */
-    bgs_req *hreq = handle_open(HANDLE_REQ, req, HANDLE_THREAD_BOUND);
-    bgs_res *hres = handle_open(HANDLE_RES, res, HANDLE_THREAD_BOUND);
-    int hrc = route->handler(hreq, hres);
-    handle_close(hres);
-    handle_close(hreq);
-    crash_leave(&cf);
-    if (hrc != 0) {
-        log_msg(BGS_LOG_ERROR, "handler for %s %s failed (returned %d) rid=%s",
-                route->method, route->path, hrc, req->id);
-        discard_groups(ex, "handler failed");
-        reset_response(res);
-        return send_text(conn, ex, 500, "Internal Server Error\n", 0);
-    }
-    if (strcmp(req->method, "HEAD") == 0)
-        discard_groups(ex, "HEAD request: tasks do not run");
-
-    if (res->deferred) {
-        /* Answer later: hold no HTTP thread meanwhile.  Arm only once
-         * suspended, so a completion racing with us cannot resume a
-         * connection that is not suspended yet. */
-        MHD_suspend_connection(conn);
-        deferred_arm(res->deferred);
-        return MHD_YES;
-    }
-
-    char *body = res->body;
-    size_t len = res->body_len;
-    res->body = NULL;
-    res->body_len = res->body_cap = 0;
-    return send_reply(conn, ex, res->status, body, len,
-                      res->content_type ? res->content_type : "text/plain; charset=utf-8", 0);
-}
-
-/* ---- libmicrohttpd callbacks ---------------------------------------------- */
-
-static void *uri_log(void *cls, const char *uri, struct MHD_Connection *conn)
-{
-    (void)cls;
-    exchange *ex = xcalloc(1, sizeof *ex);
-    ex->slot = conn_busy(conn);
-    ex->start_us = util_now_us();
-    if (uri != NULL && nul_check) {
-        ex->uri_start = (uintptr_t)uri;
-        ex->uri_end = (uintptr_t)(uri + strlen(uri));
-    }
-    req_set_url(&ex->req, uri ? uri : "/");
-    ex->req.raw_path = ex->req.url;
-    uint64_t n = atomic_fetch_add_explicit(&rid_counter, 1, memory_order_relaxed) + 1;
-    format_rid(ex->req.id, sizeof ex->req.id, rid_prefix, n);
-    ex->req.res = &ex->res;
-    ex->res.req = &ex->req;
-    atomic_fetch_add(&in_flight, 1);
-    ex->introspection = is_introspection(ex->req.url);
-    atomic_fetch_add_explicit(ex->introspection ? &introspection_total : &requests_total, 1,
-                              memory_order_relaxed);
-    return ex;
-}
-
-/* Did the client close its side while we held the connection?  A write
- * into a closed socket still succeeds once, so libmicrohttpd alone would
- * report such a response as delivered. */
-static int peer_gone(struct MHD_Connection *conn)
-{
-    const union MHD_ConnectionInfo *ci =
-        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
-    if (ci == NULL)
-        return 0;
-    char c;
-    ssize_t n = recv(ci->connect_fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
-    return n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
+    /* Answer later: hold no HTTP thread meanwhile. */
+    MHD_suspend_connection(conn);
+    dispatch_arm(&ex->res);
+    return MHD_YES;
 }
 
 /* Called when libmicrohttpd runs the access handler again after a
@@ -795,24 +573,7 @@ static enum MHD_Result answer_deferred(struct MHD_Connection *conn, exchange *ex
         ex->peer_gone = 1;
         return MHD_NO; /* close: nobody is there to answer */
     }
-    uint32_t status;
-    const char *type, *body;
-    size_t len;
-    int state = deferred_state(ex->res.deferred, &status, &type, &body, &len);
-    if (ex->longpoll && state != DEFERRED_SHUTDOWN)
-        return serve_introspection(conn, ex); /* the record as it is now */
-    switch (state) {
-    case DEFERRED_COMPLETED:
-        return send_reply(conn, ex, status, len ? xmemdup(body, len) : NULL, len, type, 0);
-    case DEFERRED_TIMED_OUT:
-        return send_text(conn, ex, 504, "Gateway Timeout: the deferred response was not completed in time\n", 0);
-    case DEFERRED_SHUTDOWN:
-        return send_text(conn, ex, 503, "Service Unavailable: the server is shutting down\n", 1);
-    case DEFERRED_RELEASED:
-        return send_text(conn, ex, 500, "Internal Server Error: the deferred response was abandoned\n", 0);
-    default:
-        return MHD_YES; /* not final: cannot happen, resumed only when final */
-    }
+    return answer_dispatched(conn, ex, dispatch_resumed(&denv, &ex->req, &ex->res));
 }
 
 /* The longest request line bad_request_line believes: libmicrohttpd keeps
@@ -856,12 +617,12 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn,
         return MHD_NO;
 
     if (!ex->started) {
+        char remote[sizeof ex->req.remote];
         ex->started = 1;
-        ex->req.method = method;
-        ex->req.header_fn = lookup_header;
-        ex->req.conn = conn;
-        ex->req.resume_fn = resume_conn;
-        format_remote(conn, ex->req.remote, sizeof ex->req.remote);
+        format_remote(conn, remote, sizeof remote);
+        req_set_origin(&ex->req, &(req_origin){.method = method, .header_fn = lookup_header,
+                                               .header_ctx = conn, .resume_fn = resume_conn,
+                                               .resume_ctx = conn, .remote = remote});
         if (ex->slot && ex->slot->overflow) {
             res_add_header(&ex->res, "Retry-After", "1");
             return send_text(conn, ex, 503, "Service Unavailable: the server is at its connection "
@@ -894,14 +655,12 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn,
             ex->discarded += n;
             return ex->discarded > DISCARD_LIMIT ? MHD_NO : MHD_YES;
         }
-        if (ex->body_len + n > config.max_body) {
+        if (ex->req.body_len + n > config.max_body) {
             ex->too_large = 1;
-            free(ex->body);
-            ex->body = NULL;
-            ex->body_len = ex->body_cap = 0;
+            req_body_drop(&ex->req);
             return MHD_YES;
         }
-        util_buf_append(&ex->body, &ex->body_cap, &ex->body_len, upload_data, n, 1024);
+        req_body_append(&ex->req, upload_data, n);
         return MHD_YES;
     }
 
@@ -911,9 +670,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn,
         return MHD_YES;
     if (ex->too_large)
         return send_text(conn, ex, 413, "Payload Too Large\n", 1);
-    ex->req.body = ex->body;
-    ex->req.body_len = ex->body_len;
-    return dispatch(conn, ex);
+    return answer_dispatched(conn, ex, dispatch_request(&denv, &ex->req, &ex->res));
 }
 
 static const char *termination_note(enum MHD_RequestTerminationCode toe)
@@ -938,44 +695,29 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **req_cls,
     if (ex == NULL)
         return;
     *req_cls = NULL;
-    int delivered = toe == MHD_REQUEST_TERMINATED_COMPLETED_OK && !ex->peer_gone;
-    for (size_t i = 0; i < ex->res.nqueued; i++)
-        tasks_note_delivery(ex->res.queued_ids[i], delivered && ex->responded);
-    if (ex->res.group)
-        tasks_group_submit(ex->res.group, delivered);
-    if (ex->route_group)
-        tasks_group_submit(ex->route_group, delivered);
+    /* Completed means the last byte was written, so a response was sent. */
+    int delivered = toe == MHD_REQUEST_TERMINATED_COMPLETED_OK && !ex->peer_gone && ex->responded;
+    uint64_t duration_us = util_now_us() - ex->start_us;
+    dispatch_finish(&ex->req, &ex->res, ex->responded, delivered, duration_us);
     if (ex->started) {
         log_access_rec rec = {
             .method = ex->req.method ? ex->req.method : "-",
             .path = ex->req.url,
-            .status = ex->responded ? ex->status : 0,
-            .duration_us = util_now_us() - ex->start_us,
-            .bytes = ex->bytes,
+            .status = ex->responded ? ex->res.status : 0,
+            .duration_us = duration_us,
+            .bytes = ex->responded ? ex->res.body_len : 0,
             .request_id = ex->req.id,
             .note = ex->peer_gone ? "client left while the response was deferred"
                     : ex->responded ? termination_note(toe) : "no response",
         };
         log_access(&rec);
-        if (!ex->introspection && ex->responded && ex->status >= 500)
+        if (!ex->introspection && ex->responded && ex->res.status >= 500)
             atomic_fetch_add_explicit(&errors_total, 1, memory_order_relaxed);
-        if (ex->route && ex->route->stats) {
-            plugin_route_stats *rs = ex->route->stats;
-            atomic_fetch_add_explicit(&rs->requests, 1, memory_order_relaxed);
-            if (!ex->responded || ex->status >= 500)
-                atomic_fetch_add_explicit(&rs->errors, 1, memory_order_relaxed);
-            latency_add(&rs->latency, rec.duration_us);
-        }
     }
-    if (ex->res.deferred)
-        deferred_put(ex->res.deferred, delivered && ex->responded);
     if (ex->slot)
         conn_waiting(ex->slot, LIST_IDLE);
-    services_scope_end(ex->req.scope);
-    gen_release(ex->req.gen);
     req_free(&ex->req);
     res_free(&ex->res);
-    free(ex->body);
     free(ex);
     atomic_fetch_sub(&in_flight, 1);
 }
@@ -1095,6 +837,8 @@ int http_start(const http_config *cfg, char *err, size_t errlen)
 {
     char hostport[INET6_ADDRSTRLEN + 16];
     config = *cfg;
+    denv = (dispatch_env){.introspection = cfg->introspection, .crash_page = cfg->crash_page,
+                          .plugin_path = cfg->plugin_path, .counters = fill_counters};
     started_us = util_now_us();
     nul_check = strncmp(MHD_get_version(), "0.", 2) == 0;
     conn_limit = cfg->conn_limit ? cfg->conn_limit : 1;

@@ -22,7 +22,7 @@ typedef struct plugin_route_task {
     size_t len;
 } plugin_route_task;
 
-/* What the route served in this generation: counted by the http room
+/* What the route served in this generation: counted by dispatch_finish
  * when a request it matched completes (relaxed atomics, any thread). */
 typedef struct plugin_route_stats {
     atomic_ulong requests;

@@ -1,0 +1,301 @@
+/*
+ * dispatch.c - route -> handler -> answer for one request, with no
+ * socket (dispatch.h says how a carrier drives it).
+ *
+ * A request goes: split its target (request.c); bgserve's own
+ * /_bgserve/ endpoints (introspect.c, long-polls through a deferral);
+ * otherwise the current generation's router; the route's own tasks take
+ * their queue capacity; the handler runs behind handles (handle.h) with
+ * a crash frame naming it; its answer, or 500 when it failed, or a
+ * deferral the carrier suspends on.  dispatch_finish settles the tasks
+ * once the carrier knows whether the answer was delivered.
+ *
+ * State: none of its own besides the request and response it is given
+ * (one thread at a time, request.h); the environment is the carrier's
+ * and read-only here.
+ */
+#include "dispatch.h"
+
+#include "crash.h"
+#include "crashpage.h"
+#include "dashboard.h"
+#include "deferred.h"
+#include "generation.h"
+#include "handle.h"
+#include "latency.h"
+#include "log.h"
+#include "tasks.h"
+#include "urls.h"
+#include "util.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Long-poll limit for GET /_bgserve/tasks/ID?wait=MS. */
+#define LONGPOLL_MAX_MS 300000u
+
+int dispatch_is_introspection(const dispatch_env *env, const char *target)
+{
+    if (!env->introspection || strncmp(target, URLS_PREFIX, URLS_PREFIX_LEN) != 0)
+        return 0;
+    char after = target[URLS_PREFIX_LEN]; /* only now known to be in the string */
+    return after == '/' || after == '?' || after == '\0';
+}
+
+/* The ids of the response's tasks, "12,13" (handler's, route's, queued
+ * now), as Bgserve-Tasks. */
+static void add_task_ids(const dispatch_env *env, struct bgs_res *res)
+{
+    char ids[512];
+    size_t off = 0;
+    if (!env->introspection)
+        return;
+    ids[0] = '\0';
+    if (res->group && tasks_group_count(res->group))
+        off = tasks_group_ids(res->group, ids, sizeof ids);
+    if (res->route_group && tasks_group_count(res->route_group) && off + 2 < sizeof ids) {
+        if (off)
+            ids[off++] = ',';
+        off += tasks_group_ids(res->route_group, ids + off, sizeof ids - off);
+    }
+    for (size_t i = 0; i < res->nqueued && off + 24 < sizeof ids; i++)
+        off += (size_t)snprintf(ids + off, sizeof ids - off, "%s%llu", off ? "," : "",
+                                (unsigned long long)res->queued_ids[i]);
+    if (ids[0])
+        res_add_header(res, "Bgserve-Tasks", ids);
+}
+
+/* An answer bgserve gives itself (not the handler's). */
+static int answer_text(const dispatch_env *env, struct bgs_res *res, unsigned status,
+                       const char *text)
+{
+    res_set_text(res, status, text);
+    add_task_ids(env, res);
+    return DISPATCH_ANSWERED;
+}
+
+static void discard_groups(struct bgs_res *res, const char *why)
+{
+    if (res->group) {
+        tasks_group_discard(res->group, why);
+        res->group = NULL;
+    }
+    if (res->route_group) {
+        tasks_group_discard(res->route_group, why);
+        res->route_group = NULL;
+    }
+}
+
+/* ---- bgserve's endpoints ---------------------------------------------------- */
+
+static void longpoll_done(void *arg, const tasks_final *f)
+{
+    (void)f;
+    deferred_complete(arg, 200, NULL, NULL, 0); /* wakes the connection */
+}
+
+/* GET /_bgserve/tasks/ID?wait=MS on a task not yet final: suspend until
+ * it is, or until MS pass.  Returns 1 when suspending. */
+static int start_longpoll(struct bgs_req *req, struct bgs_res *res)
+{
+    const char *wait = req_query_value(req, "wait");
+    uint64_t id = introspect_task_id(req->path);
+    if (wait == NULL || id == 0)
+        return 0;
+    char *end;
+    unsigned long ms = strtoul(wait, &end, 10);
+    if (*wait == '\0' || *end != '\0' || ms == 0)
+        return 0;
+    if (ms > LONGPOLL_MAX_MS)
+        ms = LONGPOLL_MAX_MS;
+    bgs_deferred *d = deferred_new_internal((uint32_t)ms, req->resume_fn, req->resume_ctx);
+    if (tasks_watch(id, longpoll_done, d) != 0) {
+        /* final already, or unknown: answer now */
+        deferred_release(d);
+        deferred_put(d, 1);
+        return 0;
+    }
+    res->deferred = d;
+    res->longpoll = 1;
+    return 1;
+}
+
+static int serve_introspection(const dispatch_env *env, struct bgs_req *req, struct bgs_res *res)
+{
+    if (!res->longpoll && start_longpoll(req, res))
+        return DISPATCH_SUSPEND;
+    if (strcmp(req->path, URLS_EVENTS) == 0 && strcmp(req->method, "GET") == 0)
+        return DISPATCH_STREAM;
+    introspect_reply rep;
+    if (!dashboard_handle(req->method, req->path, req->header_fn, req->header_ctx, &rep)) {
+        introspect_counters c;
+        memset(&c, 0, sizeof c);
+        if (env->counters)
+            env->counters(&c);
+        introspect_handle(req->method, req->path, &c, &rep);
+    }
+    if (rep.allow)
+        res_add_header(res, "Allow", rep.allow);
+    for (size_t i = 0; i < INTROSPECT_MAX_HEADERS && rep.headers[i].name; i++)
+        res_add_header(res, rep.headers[i].name, rep.headers[i].value);
+    res_take_answer(res, rep.status, rep.ctype ? rep.ctype : "application/json", rep.body, rep.len);
+    return DISPATCH_ANSWERED;
+}
+
+/* ---- the plugin's routes ---------------------------------------------------- */
+
+/* Attach the route's own tasks.  0, or BGS_EFULL/BGS_ESHUTDOWN when the
+ * queue cannot take them (the caller answers 503). */
+static int attach_route_tasks(struct bgs_req *req, struct bgs_res *res, const plugin_route *route)
+{
+    if (route->ntasks == 0)
+        return 0;
+    res->route_group = tasks_group_new(req->gen, req->id, route->mode);
+    for (uint32_t i = 0; i < route->ntasks; i++) {
+        const plugin_route_task *t = &route->tasks[i];
+        int rc = tasks_group_add(res->route_group, t->name, t->payload, t->len, NULL);
+        if (rc != 0)
+            return rc;
+    }
+    return 0;
+}
+
+static int run_route(const dispatch_env *env, struct bgs_req *req, struct bgs_res *res)
+{
+    int m = router_lookup(req->gen->plugin->router, req->method, req->raw_path,
+                          req->scratch, &req->match);
+    if (m == ROUTER_NOT_FOUND)
+        return answer_text(env, res, 404, "Not Found\n");
+    if (m == ROUTER_BAD_PATH)
+        return answer_text(env, res, 400, "Bad Request: malformed path\n");
+    if (m == ROUTER_BAD_METHOD) {
+        res_add_header(res, "Allow", req->match.allow);
+        return answer_text(env, res, 405, "Method Not Allowed\n");
+    }
+
+    const plugin_route *route = req->match.data;
+    req->route = route;
+    int head = strcmp(req->method, "HEAD") == 0;
+    /* The route's own tasks take their queue capacity before the handler
+     * runs, so a full queue answers 503 before any side effect of the
+     * handler.  They run after any response the handler produced (any
+     * status); a failing handler discards them with its own. */
+    int trc = head ? 0 : attach_route_tasks(req, res, route);
+    if (trc != 0) {
+        log_msg(BGS_LOG_WARN, "%s %s: route tasks not accepted (%s); answering 503 without "
+                "running the handler rid=%s", route->method, route->path, bgs_strerror(trc), req->id);
+        discard_groups(res, trc == BGS_EFULL ? "task queue full: answered 503 before the handler"
+                                             : "server shutting down: answered 503 before the handler");
+        res_add_header(res, "Retry-After", "1");
+        return answer_text(env, res, 503, "Service Unavailable: task queue is full, retry later\n");
+    }
+    res->status = 200;
+    crash_frame cf; /* names the route if the handler crashes */
+    crash_enter_route(&cf, route->method, route->path, req->id, req->gen->number, req->gen->plugin->name);
+    /* The plugin gets handles valid on this thread until the handler
+     * returns (handle.h): one kept past that is refused, not followed. */
+    bgs_req *hreq = handle_open(HANDLE_REQ, req, HANDLE_THREAD_BOUND);
+    bgs_res *hres = handle_open(HANDLE_RES, res, HANDLE_THREAD_BOUND);
+    int hrc = route->handler(hreq, hres);
+    handle_close(hres);
+    handle_close(hreq);
+    crash_leave(&cf);
+    if (hrc != 0) {
+        log_msg(BGS_LOG_ERROR, "handler for %s %s failed (returned %d) rid=%s",
+                route->method, route->path, hrc, req->id);
+        discard_groups(res, "handler failed");
+        res_reset(res);
+        return answer_text(env, res, 500, "Internal Server Error\n");
+    }
+    if (head)
+        discard_groups(res, "HEAD request: tasks do not run");
+    if (res->deferred)
+        return DISPATCH_SUSPEND; /* answered by dispatch_resumed */
+    add_task_ids(env, res);
+    return DISPATCH_ANSWERED;
+}
+
+int dispatch_request(const dispatch_env *env, struct bgs_req *req, struct bgs_res *res)
+{
+    if (req_parse_target(req) != 0)
+        return answer_text(env, res, 400, "Bad Request: malformed percent-encoding\n");
+
+    if (dispatch_is_introspection(env, req->url)) {
+        if (req_decoded_path(req) == NULL)
+            return answer_text(env, res, 400, "Bad Request: malformed percent-encoding\n");
+        return serve_introspection(env, req, res);
+    }
+
+    req->gen = gen_current();
+    if (req->gen == NULL && env->crash_page) { /* the build crash-looped */
+        const char *ctype;
+        size_t len;
+        char *page = crashpage_render(env->crash_page, env->plugin_path,
+                                      crashpage_wants_html(req_header(req, "Accept")),
+                                      &len, &ctype);
+        res_take_answer(res, 500, ctype, page, len);
+        return DISPATCH_ANSWERED;
+    }
+    if (req->gen == NULL)
+        return answer_text(env, res, 503, "Service Unavailable: no plugin loaded\n");
+    return run_route(env, req, res);
+}
+
+void dispatch_arm(struct bgs_res *res)
+{
+    /* Armed only once the carrier suspended, so a completion racing with
+     * us cannot resume a request that is not suspended yet. */
+    deferred_arm(res->deferred);
+}
+
+int dispatch_resumed(const dispatch_env *env, struct bgs_req *req, struct bgs_res *res)
+{
+    uint32_t status;
+    const char *type, *body;
+    size_t len;
+    int state = deferred_state(res->deferred, &status, &type, &body, &len);
+    if (res->longpoll && state != DEFERRED_SHUTDOWN)
+        return serve_introspection(env, req, res); /* the record as it is now */
+    switch (state) {
+    case DEFERRED_COMPLETED:
+        res_take_answer(res, status, type, len ? xmemdup(body, len) : NULL, len);
+        add_task_ids(env, res);
+        return DISPATCH_ANSWERED;
+    case DEFERRED_TIMED_OUT:
+        return answer_text(env, res, 504, "Gateway Timeout: the deferred response was not completed in time\n");
+    case DEFERRED_SHUTDOWN:
+        res->close = 1;
+        return answer_text(env, res, 503, "Service Unavailable: the server is shutting down\n");
+    case DEFERRED_RELEASED:
+    default: /* not final: cannot happen, resumed only when final */
+        return answer_text(env, res, 500, "Internal Server Error: the deferred response was abandoned\n");
+    }
+}
+
+void dispatch_finish(struct bgs_req *req, struct bgs_res *res, int answered, int delivered,
+                     uint64_t duration_us)
+{
+    /* The route lives in the generation: count before releasing it. */
+    if (req->route && req->route->stats) {
+        plugin_route_stats *rs = req->route->stats;
+        atomic_fetch_add_explicit(&rs->requests, 1, memory_order_relaxed);
+        if (!answered || res->status >= 500)
+            atomic_fetch_add_explicit(&rs->errors, 1, memory_order_relaxed);
+        latency_add(&rs->latency, duration_us);
+    }
+    for (size_t i = 0; i < res->nqueued; i++)
+        tasks_note_delivery(res->queued_ids[i], delivered);
+    if (res->group)
+        tasks_group_submit(res->group, delivered);
+    if (res->route_group)
+        tasks_group_submit(res->route_group, delivered);
+    res->group = res->route_group = NULL;
+    if (res->deferred)
+        deferred_put(res->deferred, delivered);
+    res->deferred = NULL;
+    services_scope_end(req->scope);
+    req->scope = NULL;
+    gen_release(req->gen);
+    req->gen = NULL;
+}

@@ -1,0 +1,84 @@
+/*
+ * dispatch.h - route -> handler -> answer, with no socket: bgserve's own
+ * /_bgserve/ endpoints, the router, the plugin's handler, the route's and
+ * the handler's tasks, deferred answers.  No libmicrohttpd here (http.c
+ * is one carrier of requests; an in-process caller is another).
+ *
+ * How to serve one request without a socket (one thread at a time per
+ * request; any number of requests at once):
+ *
+ *     struct bgs_req req;
+ *     struct bgs_res res;
+ *     req_init(&req, &res, "/notes/1?x=y");            // request.h
+ *     req_set_origin(&req, &(req_origin){.method = "POST",
+ *                    .header_fn = my_lookup, .header_ctx = my_headers,
+ *                    .resume_fn = my_wake, .resume_ctx = my_waiter});
+ *     req_set_id(&req, "test-1");
+ *     req_body_append(&req, body, len);                // as often as needed
+ *     if (dispatch_request(&env, &req, &res) == DISPATCH_SUSPEND) {
+ *         dispatch_arm(&res);                          // my_wake runs once final
+ *         ... wait until my_wake was called (any thread) ...
+ *         dispatch_resumed(&env, &req, &res);          // may suspend again
+ *     }
+ *     // the answer: res.status, res_content_type(&res), res.headers[0..nheaders),
+ *     // res.body / res.body_len (res_take_body to keep it), res.close
+ *     dispatch_finish(&req, &res, 1, 1, 0);            // answered, delivered
+ *     req_free(&req);
+ *     res_free(&res);
+ *
+ * The generation serving the request is gen_current() at dispatch time;
+ * the task engine must be started (tasks_start, deferred_start) for
+ * tasks and deferred answers.  Headers the answer must carry besides
+ * res.headers are the carrier's (Content-Length, Connection, the request
+ * id); Bgserve-Tasks is added to res.headers here when env->introspection.
+ */
+#ifndef BGSERVE_DISPATCH_H
+#define BGSERVE_DISPATCH_H
+
+#include "introspect.h"
+#include "request.h"
+
+typedef struct dispatch_env {
+    int introspection;      /* serve /_bgserve/ and add Bgserve-Tasks */
+    const char *crash_page; /* while no generation serves: the crash report
+                               every request gets (crashpage.h), or NULL (503) */
+    const char *plugin_path;
+    /* Fills the counters of /_bgserve/stats; NULL: zeros. */
+    void (*counters)(introspect_counters *c);
+} dispatch_env;
+
+enum {
+    DISPATCH_ANSWERED = 0, /* res holds the answer */
+    DISPATCH_SUSPEND = 1,  /* answered later: suspend, then dispatch_arm */
+    DISPATCH_STREAM = 2,   /* GET /_bgserve/events: the carrier streams the
+                              dashboard's events (dashboard.h), or answers
+                              with a status of its own if it cannot */
+};
+
+/* Is target (path and query, percent-encoded) one of bgserve's own
+ * /_bgserve endpoints rather than the plugin's? */
+int dispatch_is_introspection(const dispatch_env *env, const char *target);
+
+/* Route the request and answer it into res: bgserve's endpoints, or the
+ * plugin's handler (with its tasks).  req must have its target, origin,
+ * id and body.  DISPATCH_ANSWERED, DISPATCH_SUSPEND or DISPATCH_STREAM. */
+int dispatch_request(const dispatch_env *env, struct bgs_req *req, struct bgs_res *res);
+
+/* The carrier has suspended the request: from now on a final state of the
+ * deferred answer calls req->resume_fn (perhaps at once, on this thread). */
+void dispatch_arm(struct bgs_res *res);
+
+/* The request was resumed: put the final answer into res (the deferred
+ * one, 504, 503 at shutdown, 500 when abandoned; a long-poll's record as
+ * it is now).  DISPATCH_ANSWERED. */
+int dispatch_resumed(const dispatch_env *env, struct bgs_req *req, struct bgs_res *res);
+
+/* The request is over: count it in its route's stats (answered: an
+ * answer was sent; duration_us: from its start), hand its tasks to the
+ * workers (delivered: the client got the whole answer), record the
+ * delivery of tasks queued during it, drop the deferral's connection
+ * reference, end scoped services, release the generation.  Call once. */
+void dispatch_finish(struct bgs_req *req, struct bgs_res *res, int answered, int delivered,
+                     uint64_t duration_us);
+
+#endif

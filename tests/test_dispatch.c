@@ -1,0 +1,179 @@
+/*
+ * test_dispatch.c - route -> handler -> answer in process, with no socket
+ * (dispatch.h): the fixture http_app.so is loaded as the current
+ * generation, and requests are fed as method, target, headers and body;
+ * the answer is read back as status, headers and body.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include "deferred.h"
+#include "dispatch.h"
+#include "generation.h"
+#include "helpers.h"
+#include "hostapi.h"
+#include "request.h"
+#include "tasks.h"
+#include "util.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+static const dispatch_env env = {.introspection = 1};
+
+/* The request headers: "Name: value" strings, NULL-terminated. */
+static const char *find_header(void *ctx, const char *name)
+{
+    size_t n = strlen(name);
+    for (const char *const *h = ctx; *h; h++)
+        if (strncasecmp(*h, name, n) == 0 && (*h)[n] == ':')
+            return *h + n + 2;
+    return NULL;
+}
+
+typedef struct answer {
+    struct bgs_req req;
+    struct bgs_res res;
+} answer;
+
+/* Serve one request in process; the answer stays in a (answer_free). */
+static void serve(answer *a, const char *method, const char *target,
+                  const char *const *headers, const char *body)
+{
+    static const char *const none[] = {NULL};
+    req_init(&a->req, &a->res, target);
+    req_set_origin(&a->req, &(req_origin){.method = method, .header_fn = find_header,
+                                          .header_ctx = (void *)(headers ? headers : none),
+                                          .remote = "in-process"});
+    req_set_id(&a->req, "test-1");
+    if (body)
+        req_body_append(&a->req, body, strlen(body));
+    assert_int_equal(dispatch_request(&env, &a->req, &a->res), DISPATCH_ANSWERED);
+}
+
+static const char *res_header_value(const struct bgs_res *res, const char *name)
+{
+    for (size_t i = 0; i < res->nheaders; i++)
+        if (util_strcaseeq(res->headers[i].name, name))
+            return res->headers[i].value;
+    return NULL;
+}
+
+static void answer_free(answer *a)
+{
+    dispatch_finish(&a->req, &a->res, 1, 1, 0);
+    req_free(&a->req);
+    res_free(&a->res);
+}
+
+static int setup(void **state)
+{
+    (void)state;
+    char err[2048];
+    generation *g = NULL;
+    gen_setup(&(gen_deps){.host_api = hostapi_table(), .periodic_add = tasks_periodic_add,
+                          .periodic_stop = tasks_periodic_stop_gen});
+    if (tasks_start(&(tasks_config){.workers = 2}) != 0 || deferred_start() != 0)
+        return -1;
+    if (gen_create(h_fixture("http_app"), 1, 0, &g, err, sizeof err) != 0) {
+        fprintf(stderr, "%s\n", err);
+        return -1;
+    }
+    gen_set_current(g);
+    gen_activate(g);
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    gen_set_current(NULL);
+    tasks_shutdown(5000);
+    deferred_stop();
+    return 0;
+}
+
+static void dispatch_body_and_headers_in_and_out(void **state)
+{
+    (void)state;
+    static const char *const hdrs[] = {"Content-Type: text/x-test", NULL};
+    answer a;
+    serve(&a, "POST", "/echo", hdrs, "hello");
+    assert_int_equal(a.res.status, 200);
+    assert_string_equal(res_content_type(&a.res), "application/octet-stream");
+    assert_string_equal(res_header_value(&a.res, "X-Body-Length"), "see body");
+    assert_string_equal(a.res.body, "hello"); /* bgs_res_body replaces */
+    answer_free(&a);
+}
+
+static void dispatch_params_query_and_remote(void **state)
+{
+    (void)state;
+    answer a;
+    serve(&a, "GET", "/echo/one/t%20wo?x=a%2Bb", NULL, NULL);
+    assert_int_equal(a.res.status, 200);
+    assert_string_equal(a.res.body, "a=one b=t wo x=a+b missing=(null) path=/echo/one/t wo "
+                                    "method=GET remote=in-process");
+    assert_string_equal(res_content_type(&a.res), "text/plain; charset=utf-8");
+    answer_free(&a);
+}
+
+static void dispatch_bgserve_answers_without_handler(void **state)
+{
+    (void)state;
+    answer a;
+    serve(&a, "GET", "/nope", NULL, NULL);
+    assert_int_equal(a.res.status, 404);
+    assert_string_equal(a.res.body, "Not Found\n");
+    answer_free(&a);
+
+    serve(&a, "DELETE", "/echo", NULL, NULL);
+    assert_int_equal(a.res.status, 405);
+    h_assert_contains(res_header_value(&a.res, "Allow"), "POST");
+    answer_free(&a);
+
+    serve(&a, "GET", "/echo/a/b?x=%zz", NULL, NULL);
+    assert_int_equal(a.res.status, 400);
+    answer_free(&a);
+}
+
+/* A failing handler: 500, and neither its body nor its task survives. */
+static void dispatch_failing_handler_answers_500(void **state)
+{
+    (void)state;
+    answer a;
+    serve(&a, "GET", "/fail", NULL, NULL);
+    assert_int_equal(a.res.status, 500);
+    assert_string_equal(a.res.body, "Internal Server Error\n");
+    assert_null(res_header_value(&a.res, "Bgserve-Tasks"));
+    assert_null(a.res.group);
+    answer_free(&a);
+}
+
+static void dispatch_introspection_in_process(void **state)
+{
+    (void)state;
+    answer a;
+    serve(&a, "GET", "/_bgserve/stats", NULL, NULL);
+    assert_int_equal(a.res.status, 200);
+    assert_string_equal(res_content_type(&a.res), "application/json");
+    h_assert_contains(a.res.body, "\"generation\"");
+    answer_free(&a);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(dispatch_body_and_headers_in_and_out),
+        cmocka_unit_test(dispatch_params_query_and_remote),
+        cmocka_unit_test(dispatch_bgserve_answers_without_handler),
+        cmocka_unit_test(dispatch_failing_handler_answers_500),
+        cmocka_unit_test(dispatch_introspection_in_process),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
