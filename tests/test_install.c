@@ -49,6 +49,10 @@ static int sh(char **out, const char *fmt, ...)
 
 /* make in the repository, without the outer make's jobserver flags. */
 #define MAKE_REPO "env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL make --no-print-directory -s"
+/* The environment for make in the scaffolded project: neither the outer
+ * make's flags nor its SANITIZE (make exports command-line variables, so
+ * under `make test SANITIZE=...` every demo build would be instrumented). */
+#define DEMO_ENV "env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL -u SANITIZE"
 
 static char *slurp(const char *path)
 {
@@ -149,7 +153,7 @@ static void install_scaffold_builds_checks_and_serves(void **state)
     free(out);
 
     /* make: built through the installed bgserve.pc, no edits */
-    rc = sh(&out, "cd '%s/demo' && %s env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL "
+    rc = sh(&out, "cd '%s/demo' && %s " DEMO_ENV " "
             "make BGSERVE='%s'", root, pkgenv, bin);
     if (rc != 0)
         fprintf(stderr, "%s", out);
@@ -170,7 +174,7 @@ static void install_scaffold_builds_checks_and_serves(void **state)
     /* other flags rebuild it (an ASan plugin needs an ASan server, so a
      * plugin left from a plain build would be the wrong one), and a
      * second make with the same flags does nothing */
-    rc = sh(&out, "cd '%s/demo' && %s env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL "
+    rc = sh(&out, "cd '%s/demo' && %s " DEMO_ENV " "
             "make SANITIZE=address BGSERVE='%s'", root, pkgenv, bin);
     if (rc != 0)
         fprintf(stderr, "%s", out);
@@ -179,8 +183,8 @@ static void install_scaffold_builds_checks_and_serves(void **state)
     free(out);
     assert_int_equal(sh(&out, "nm -D --undefined-only '%s' | grep -c __asan_", plugin), 0);
     free(out);
-    rc = sh(&out, "cd '%s/demo' && %s env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL make BGSERVE='%s' "
-            "&& %s env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL make BGSERVE='%s'",
+    rc = sh(&out, "cd '%s/demo' && %s " DEMO_ENV " make BGSERVE='%s' "
+            "&& %s " DEMO_ENV " make BGSERVE='%s'",
             root, pkgenv, bin, pkgenv, bin);
     if (rc != 0)
         fprintf(stderr, "%s", out);
@@ -194,7 +198,7 @@ static void install_scaffold_builds_checks_and_serves(void **state)
     free(out);
 
     /* make check: bgserve --check through the installed binary */
-    rc = sh(&out, "cd '%s/demo' && %s env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL "
+    rc = sh(&out, "cd '%s/demo' && %s " DEMO_ENV " "
             "make check BGSERVE='%s'", root, pkgenv, bin);
     if (rc != 0)
         fprintf(stderr, "%s", out);
@@ -204,7 +208,7 @@ static void install_scaffold_builds_checks_and_serves(void **state)
     free(out);
 
     /* make run serves ./demo.so with the chosen binary (dry run) */
-    assert_int_equal(sh(&out, "cd '%s/demo' && %s env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL "
+    assert_int_equal(sh(&out, "cd '%s/demo' && %s " DEMO_ENV " "
                      "make -n run BGSERVE='%s'", root, pkgenv, bin), 0);
     h_assert_contains(out, "--port 8000 ./demo.so");
     h_assert_contains(out, "--reload --watch .");
