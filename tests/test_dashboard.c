@@ -1,11 +1,12 @@
 /*
  * test_dashboard.c - the live dashboard without a browser, against the
  * real build/bgserve serving tests/fixtures/dash_app.so: the event
- * stream's format (GET /_bgserve/events), task changes arriving live,
- * resumption with Last-Event-ID, coalescing, a client that disconnects,
- * no task bookkeeping while nobody watches; the page and its assets, the
- * retry action and its same-origin header, per-route counters, and that
- * none of it exists with --no-introspection.  The browser tests are in
+ * stream's format (GET /_bgserve/events), task changes and task log
+ * lines arriving live, resumption with Last-Event-ID, coalescing, a
+ * client that disconnects, no task bookkeeping while nobody watches, a
+ * failed build's output, reconnecting after a crash; the page and its
+ * assets, the retry action and its same-origin header, per-route
+ * counters, and that none of it exists with --no-introspection.  The browser tests are in
  * tests/browser/.
  *
  * The event stream is read with libcurl's multi interface, so a test can
@@ -69,15 +70,20 @@ static size_t sse_sink(char *p, size_t size, size_t n, void *arg)
     return k;
 }
 
-/* Streams still open when a test fails (cmocka leaves the test function
- * at the failed assertion) are closed by close_streams, so the next test
- * starts with none of them. */
+/* The streams live here, not on a test's stack: one still open when a
+ * test fails (cmocka leaves the test function at the failed assertion)
+ * is closed by close_streams, so the next test starts with none. */
 #define MAX_OPEN 8
-static sse *open_streams[MAX_OPEN];
+static sse pool[MAX_OPEN];
 
-static void sse_open(sse *s, h_server *srv, const char *last_id)
+static sse *sse_open(h_server *srv, const char *last_id)
 {
     char url[128], hdr[128];
+    sse *s = NULL;
+    for (int i = 0; i < MAX_OPEN && s == NULL; i++)
+        if (pool[i].m == NULL)
+            s = &pool[i];
+    assert_non_null(s);
     memset(s, 0, sizeof *s);
     snprintf(url, sizeof url, "%s/_bgserve/events", srv->base);
     s->m = curl_multi_init();
@@ -93,20 +99,13 @@ static void sse_open(sse *s, h_server *srv, const char *last_id)
     }
     curl_easy_setopt(s->e, CURLOPT_HTTPHEADER, s->hdrs);
     curl_multi_add_handle(s->m, s->e);
-    for (int i = 0; i < MAX_OPEN; i++)
-        if (open_streams[i] == NULL) {
-            open_streams[i] = s;
-            break;
-        }
+    return s;
 }
 
 static void sse_close(sse *s)
 {
     if (s->m == NULL)
         return;
-    for (int i = 0; i < MAX_OPEN; i++)
-        if (open_streams[i] == s)
-            open_streams[i] = NULL;
     curl_multi_remove_handle(s->m, s->e);
     curl_easy_cleanup(s->e);
     curl_multi_cleanup(s->m);
@@ -237,8 +236,7 @@ static int close_streams(void **state)
 {
     (void)state;
     for (int i = 0; i < MAX_OPEN; i++)
-        if (open_streams[i])
-            sse_close(open_streams[i]);
+        sse_close(&pool[i]);
     return 0;
 }
 
@@ -273,11 +271,11 @@ static int teardown(void **state)
 static void dashboard_stream_format(void **state)
 {
     (void)state;
-    sse s;
+    sse *s;
     sse_event ev;
-    sse_open(&s, &app, NULL);
-    assert_true(sse_next(&s, &ev, DEADLINE_MS));
-    assert_string_equal(s.ctype, "text/event-stream");
+    s = sse_open(&app, NULL);
+    assert_true(sse_next(s, &ev, DEADLINE_MS));
+    assert_string_equal(s->ctype, "text/event-stream");
     assert_string_equal(ev.name, "snapshot");
     assert_int_equal(ev.retry_ms, 1000);
     assert_non_null(strchr(ev.id, '-'));
@@ -293,7 +291,7 @@ static void dashboard_stream_format(void **state)
     event_free(&ev);
     /* Stats come every second: two updates, numbered one after the other. */
     for (int i = 1; i <= 2; i++) {
-        assert_true(sse_until(&s, "\"stats\":", &ev, DEADLINE_MS, NULL));
+        assert_true(sse_until(s, "\"stats\":", &ev, DEADLINE_MS, NULL));
         assert_string_equal(ev.name, "update");
         assert_int_equal(ev.retry_ms, -1);
         assert_true(id_seq(ev.id) > first);
@@ -302,7 +300,7 @@ static void dashboard_stream_format(void **state)
         first = id_seq(ev.id);
         event_free(&ev);
     }
-    sse_close(&s);
+    sse_close(s);
 }
 
 /* A task attached by a request shows up while it waits, then as
@@ -310,12 +308,12 @@ static void dashboard_stream_format(void **state)
 static void dashboard_task_goes_live(void **state)
 {
     (void)state;
-    sse s;
+    sse *s;
     sse_event ev;
     char want[128];
     unlink(release_file);
-    sse_open(&s, &app, NULL);
-    assert_true(sse_next(&s, &ev, DEADLINE_MS)); /* the snapshot */
+    s = sse_open(&app, NULL);
+    assert_true(sse_next(s, &ev, DEADLINE_MS)); /* the snapshot */
     event_free(&ev);
     /* One runs and waits; the other is queued behind it (one at a time).
      * Tasks are handed over when their response is sent, so either may be
@@ -323,7 +321,7 @@ static void dashboard_task_goes_live(void **state)
     unsigned long long ids[2] = {get_id(&app, "/gated"), get_id(&app, "/gated")};
     unsigned long long queued = 0;
     uint64_t end = h_now_ms() + DEADLINE_MS;
-    while (!queued && h_now_ms() < end && sse_next(&s, &ev, DEADLINE_MS)) {
+    while (!queued && h_now_ms() < end && sse_next(s, &ev, DEADLINE_MS)) {
         for (int i = 0; i < 2 && !queued; i++) {
             snprintf(want, sizeof want, "{\"id\":%llu,\"name\":\"gated\",\"state\":\"queued\"", ids[i]);
             if (ev.data && strstr(ev.data, want))
@@ -334,10 +332,30 @@ static void dashboard_task_goes_live(void **state)
     assert_true(queued != 0);
     touch(release_file);
     snprintf(want, sizeof want, "{\"id\":%llu,\"name\":\"gated\",\"state\":\"succeeded\"", queued);
-    assert_true(sse_until(&s, want, &ev, DEADLINE_MS, NULL));
+    assert_true(sse_until(s, want, &ev, DEADLINE_MS, NULL));
     event_free(&ev);
     unlink(release_file);
-    sse_close(&s);
+    sse_close(s);
+}
+
+/* A line a task logs while a dashboard watches reaches the stream, tagged
+ * with the task's id. */
+static void dashboard_task_log_lines_arrive(void **state)
+{
+    (void)state;
+    sse *s;
+    sse_event ev;
+    char want[128];
+    s = sse_open(&app, NULL);
+    assert_true(sse_next(s, &ev, DEADLINE_MS));
+    event_free(&ev);
+    unsigned long long id = get_id(&app, "/fail?msg=log-me");
+    snprintf(want, sizeof want, "[%llu,1,", id);
+    assert_true(sse_until(s, want, &ev, DEADLINE_MS, NULL));
+    h_assert_contains(ev.data, "\"logs\":[");
+    h_assert_contains(strstr(ev.data, want), ",\"trying log-me\"]");
+    event_free(&ev);
+    sse_close(s);
 }
 
 /* A client that reconnects with the last id it saw gets the updates it
@@ -346,13 +364,13 @@ static void dashboard_task_goes_live(void **state)
 static void dashboard_resumes_with_last_event_id(void **state)
 {
     (void)state;
-    sse s;
+    sse *s;
     sse_event ev;
     char last[64], want[128];
-    sse_open(&s, &app, NULL);
-    assert_true(sse_next(&s, &ev, DEADLINE_MS));
+    s = sse_open(&app, NULL);
+    assert_true(sse_next(s, &ev, DEADLINE_MS));
     event_free(&ev);
-    assert_true(sse_until(&s, "\"stats\":", &ev, DEADLINE_MS, NULL));
+    assert_true(sse_until(s, "\"stats\":", &ev, DEADLINE_MS, NULL));
     snprintf(last, sizeof last, "%s", ev.id);
     event_free(&ev);
     /* While the stream is still open (the server does not know yet that
@@ -362,34 +380,34 @@ static void dashboard_resumes_with_last_event_id(void **state)
     char path[64];
     snprintf(path, sizeof path, "/_bgserve/tasks/%llu", id);
     free(h_wait_state(&app, path, "failed", DEADLINE_MS));
-    sse_close(&s);
+    sse_close(s);
 
-    sse_open(&s, &app, last);
-    assert_true(sse_next(&s, &ev, DEADLINE_MS));
+    s = sse_open(&app, last);
+    assert_true(sse_next(s, &ev, DEADLINE_MS));
     assert_string_equal(ev.name, "update");
     assert_int_equal(id_seq(ev.id), id_seq(last) + 1);
     /* The failed record is in one of the replayed updates. */
     int found = strstr(ev.data, want) != NULL;
     event_free(&ev);
     uint64_t end = h_now_ms() + DEADLINE_MS;
-    while (!found && h_now_ms() < end && sse_next(&s, &ev, DEADLINE_MS)) {
+    while (!found && h_now_ms() < end && sse_next(s, &ev, DEADLINE_MS)) {
         assert_string_equal(ev.name, "update");
         found = strstr(ev.data, want) != NULL;
         event_free(&ev);
     }
     assert_true(found);
-    sse_close(&s);
+    sse_close(s);
 
-    sse_open(&s, &app, "0123456789ab-3");
-    assert_true(sse_next(&s, &ev, DEADLINE_MS));
+    s = sse_open(&app, "0123456789ab-3");
+    assert_true(sse_next(s, &ev, DEADLINE_MS));
     assert_string_equal(ev.name, "snapshot");
     event_free(&ev);
-    sse_close(&s);
-    sse_open(&s, &app, "garbage");
-    assert_true(sse_next(&s, &ev, DEADLINE_MS));
+    sse_close(s);
+    s = sse_open(&app, "garbage");
+    assert_true(sse_next(s, &ev, DEADLINE_MS));
     assert_string_equal(ev.name, "snapshot");
     event_free(&ev);
-    sse_close(&s);
+    sse_close(s);
 }
 
 /* Hundreds of task changes arrive in a few updates, each task once per
@@ -397,11 +415,11 @@ static void dashboard_resumes_with_last_event_id(void **state)
 static void dashboard_coalesces_updates(void **state)
 {
     (void)state;
-    sse s;
+    sse *s;
     sse_event ev;
     enum { N = 300 };
-    sse_open(&s, &app, NULL);
-    assert_true(sse_next(&s, &ev, DEADLINE_MS));
+    s = sse_open(&app, NULL);
+    assert_true(sse_next(s, &ev, DEADLINE_MS));
     event_free(&ev);
     long long before = h_stat(&app, "quick", "succeeded");
     if (before < 0)
@@ -418,7 +436,7 @@ static void dashboard_coalesces_updates(void **state)
     unsigned long long prev = 0;
     uint64_t end = h_now_ms() + DEADLINE_MS;
     int done = 0;
-    while (!done && h_now_ms() < end && sse_next(&s, &ev, DEADLINE_MS)) {
+    while (!done && h_now_ms() < end && sse_next(s, &ev, DEADLINE_MS)) {
         events++;
         unsigned long long q = id_seq(ev.id);
         if (prev)
@@ -436,23 +454,23 @@ static void dashboard_coalesces_updates(void **state)
     assert_true(records >= N);
     assert_true(with_tasks < N);
     assert_true(events < 3 * N);
-    sse_close(&s);
+    sse_close(s);
 }
 
 /* A client that goes away is forgotten: the watchers count drops back. */
 static void dashboard_forgets_disconnected_clients(void **state)
 {
     (void)state;
-    sse s[3];
+    sse *s[3];
     sse_event ev;
     for (int i = 0; i < 3; i++) {
-        sse_open(&s[i], &app, NULL);
-        assert_true(sse_next(&s[i], &ev, DEADLINE_MS));
+        s[i] = sse_open(&app, NULL);
+        assert_true(sse_next(s[i], &ev, DEADLINE_MS));
         event_free(&ev);
     }
     assert_true(h_wait_stat(&app, "dashboard", "watchers", 3, DEADLINE_MS));
     for (int i = 0; i < 3; i++)
-        sse_close(&s[i]);
+        sse_close(s[i]);
     assert_true(h_wait_stat(&app, "dashboard", "watchers", 0, DEADLINE_MS));
 }
 
@@ -462,24 +480,24 @@ static void dashboard_forgets_disconnected_clients(void **state)
 static void dashboard_no_bookkeeping_without_watchers(void **state)
 {
     (void)state;
-    sse s;
+    sse *s;
     sse_event ev;
     char last[64];
-    sse_open(&s, &app, NULL);
-    assert_true(sse_until(&s, "\"stats\":", &ev, DEADLINE_MS, NULL));
+    s = sse_open(&app, NULL);
+    assert_true(sse_until(s, "\"stats\":", &ev, DEADLINE_MS, NULL));
     snprintf(last, sizeof last, "%s", ev.id);
     event_free(&ev);
-    sse_close(&s);
+    sse_close(s);
     assert_true(h_wait_stat(&app, "dashboard", "watchers", 0, DEADLINE_MS));
     unsigned long long id = get_id(&app, "/fail?msg=nobody-watched");
     char path[64];
     snprintf(path, sizeof path, "/_bgserve/tasks/%llu", id);
     free(h_wait_state(&app, path, "failed", DEADLINE_MS));
 
-    sse_open(&s, &app, last);
+    s = sse_open(&app, last);
     int fresh_stats = 0;
     uint64_t end = h_now_ms() + DEADLINE_MS;
-    while (fresh_stats < 2 && h_now_ms() < end && sse_next(&s, &ev, DEADLINE_MS)) {
+    while (fresh_stats < 2 && h_now_ms() < end && sse_next(s, &ev, DEADLINE_MS)) {
         assert_string_equal(ev.name, "update");
         h_assert_lacks(ev.data, "nobody-watched");
         if (strstr(ev.data, "\"stats\":"))
@@ -487,14 +505,14 @@ static void dashboard_no_bookkeeping_without_watchers(void **state)
         event_free(&ev);
     }
     assert_int_equal(fresh_stats, 2);
-    sse_close(&s);
+    sse_close(s);
     /* A snapshot has it. */
-    sse_open(&s, &app, NULL);
-    assert_true(sse_next(&s, &ev, DEADLINE_MS));
+    s = sse_open(&app, NULL);
+    assert_true(sse_next(s, &ev, DEADLINE_MS));
     assert_string_equal(ev.name, "snapshot");
     h_assert_contains(ev.data, "nobody-watched");
     event_free(&ev);
-    sse_close(&s);
+    sse_close(s);
 }
 
 /* ---- the page, the action, the counters ---------------------------------------- */
@@ -585,13 +603,13 @@ static void dashboard_route_counters(void **state)
         h_resp_free(&r);
     }
     assert_int_equal(h_stat(&app, NULL, "errors"), errors + 3);
-    sse s;
+    sse *s;
     sse_event ev;
-    sse_open(&s, &app, NULL);
-    assert_true(sse_next(&s, &ev, DEADLINE_MS));
+    s = sse_open(&app, NULL);
+    assert_true(sse_next(s, &ev, DEADLINE_MS));
     h_assert_contains(ev.data, "{\"method\":\"GET\",\"path\":\"/boom\",\"tasks\":0,\"requests\":3,\"errors\":3,\"p50_us\":");
     event_free(&ev);
-    sse_close(&s);
+    sse_close(s);
 }
 
 /* With --no-introspection the dashboard does not exist: its URLs are the
@@ -599,23 +617,23 @@ static void dashboard_route_counters(void **state)
 static void dashboard_absent_without_introspection(void **state)
 {
     (void)state;
-    h_server s;
+    h_server srv;
     const char *args[] = {"--no-introspection", NULL};
-    assert_int_equal(h_start_app(&s, h_fixture("dash_app"), args, NULL), 0);
+    assert_int_equal(h_start_app(&srv, h_fixture("dash_app"), args, NULL), 0);
     const char *paths[] = {"/_bgserve/", "/_bgserve/events", "/_bgserve/dashboard.js"};
     for (size_t i = 0; i < 3; i++) {
         h_resp r;
-        assert_int_equal(h_get(&s, paths[i], &r), 0);
+        assert_int_equal(h_get(&srv, paths[i], &r), 0);
         assert_int_equal(r.status, 404);
         h_resp_free(&r);
     }
     h_resp r;
     const char *hdrs[] = {"X-Bgserve-Action: retry", NULL};
-    assert_int_equal(h_http(&s, "POST", "/_bgserve/tasks/1/retry", "", 0, hdrs, &r), 0);
+    assert_int_equal(h_http(&srv, "POST", "/_bgserve/tasks/1/retry", "", 0, hdrs, &r), 0);
     assert_int_equal(r.status, 404);
     h_resp_free(&r);
-    h_stop_clean(&s);
-    h_free(&s);
+    h_stop_clean(&srv);
+    h_free(&srv);
 }
 
 /* A failed build reaches the stream with the compiler's output, not only
@@ -632,23 +650,78 @@ static void dashboard_failed_build_carries_its_output(void **state)
                           "echo '    1 | int x = ;' >&2; exit 1", NULL};
     h_server srv;
     assert_int_equal(h_start_app(&srv, h_fixture("dash_app"), args, NULL), 0);
-    sse s;
+    sse *s;
     sse_event ev;
-    sse_open(&s, &srv, NULL);
-    assert_true(sse_next(&s, &ev, DEADLINE_MS));
+    s = sse_open(&srv, NULL);
+    assert_true(sse_next(s, &ev, DEADLINE_MS));
     event_free(&ev);
     FILE *f = fopen(src, "w");
     assert_non_null(f);
     fputs("int x = ;\n", f);
     fclose(f);
-    assert_true(sse_until(&s, "\"kind\":\"build\",\"generation\":0,\"ok\":false", &ev, DEADLINE_MS, NULL));
+    assert_true(sse_until(s, "\"kind\":\"build\",\"generation\":0,\"ok\":false", &ev, DEADLINE_MS, NULL));
     h_assert_contains(ev.data, "\"error\":\"build failed (exit 1): app.c:1:9: error: expected expression\\n\\n");
     h_assert_contains(ev.data, "\\n    1 | int x = ;\\n");
     event_free(&ev);
-    sse_close(&s);
+    sse_close(s);
     h_stop_clean(&srv);
     h_free(&srv);
     h_rm_rf(dir);
+}
+
+/* After a crash the stream ends; the page reconnects to the next serving
+ * process with the old id and gets a snapshot (another BOOT) that holds
+ * the crash. */
+static void dashboard_reconnect_after_a_crash_shows_it(void **state)
+{
+    (void)state;
+    h_server srv;
+    assert_int_equal(h_start_app(&srv, h_fixture("crash_app"), NULL, NULL), 0);
+    sse *s;
+    sse_event ev;
+    char last[64];
+    s = sse_open(&srv, NULL);
+    assert_true(sse_next(s, &ev, DEADLINE_MS));
+    assert_string_equal(ev.name, "snapshot");
+    h_assert_contains(ev.data, "\"last_crash\":null");
+    snprintf(last, sizeof last, "%s", ev.id);
+    event_free(&ev);
+    h_resp r;
+    h_get(&srv, "/segv", &r); /* the connection drops: no answer */
+    h_resp_free(&r);
+    uint64_t end = h_now_ms() + DEADLINE_MS;
+    while (sse_pump(s, 50) && h_now_ms() < end) {
+    }
+    assert_true(h_now_ms() < end); /* the stream ended with its process */
+    sse_close(s);
+
+    /* Reconnect as a browser does, until the next process answers (the
+     * crashed one may still accept a connection while its crash report
+     * is written, then drop it). */
+    size_t bl = (size_t)(strchr(last, '-') - last);
+    int fresh = 0;
+    end = h_now_ms() + DEADLINE_MS;
+    while (!fresh && h_now_ms() < end) {
+        s = sse_open(&srv, last);
+        if (sse_next(s, &ev, (unsigned)(end - h_now_ms())) && strncmp(ev.id, last, bl + 1) != 0)
+            fresh = 1;
+        else {
+            event_free(&ev);
+            sse_close(s);
+        }
+    }
+    if (!fresh) {
+        h_drain_log(&srv);
+        fprintf(stderr, "no snapshot from a new serving process; the log:\n%s\n", srv.log);
+    }
+    assert_true(fresh);
+    assert_string_equal(ev.name, "snapshot");
+    h_assert_contains(ev.data, "\"crashes\":1,\"last_crash\":{\"what\":");
+    h_assert_contains(ev.data, "\"signal\":\"SIGSEGV\"");
+    event_free(&ev);
+    sse_close(s);
+    h_stop_clean(&srv);
+    h_free(&srv);
 }
 
 /* A stream open at shutdown ends, and the server stops cleanly. */
@@ -657,17 +730,17 @@ static void dashboard_stream_ends_at_shutdown(void **state)
     (void)state;
     h_server srv;
     assert_int_equal(h_start_app(&srv, h_fixture("dash_app"), NULL, NULL), 0);
-    sse s;
+    sse *s;
     sse_event ev;
-    sse_open(&s, &srv, NULL);
-    assert_true(sse_next(&s, &ev, DEADLINE_MS));
+    s = sse_open(&srv, NULL);
+    assert_true(sse_next(s, &ev, DEADLINE_MS));
     event_free(&ev);
     kill(srv.pid, SIGTERM);
     uint64_t end = h_now_ms() + DEADLINE_MS;
-    while (sse_pump(&s, 50) && h_now_ms() < end) {
+    while (sse_pump(s, 50) && h_now_ms() < end) {
     }
     assert_true(h_now_ms() < end); /* the stream ended */
-    sse_close(&s);
+    sse_close(s);
     assert_int_equal(h_stop(&srv, 0), 0);
     h_assert_lacks(srv.log, "ERROR: AddressSanitizer");
     h_assert_lacks(srv.log, "WARNING: ThreadSanitizer");
@@ -679,6 +752,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_teardown(dashboard_stream_format, close_streams),
         cmocka_unit_test_teardown(dashboard_task_goes_live, close_streams),
+        cmocka_unit_test_teardown(dashboard_task_log_lines_arrive, close_streams),
         cmocka_unit_test_teardown(dashboard_resumes_with_last_event_id, close_streams),
         cmocka_unit_test_teardown(dashboard_coalesces_updates, close_streams),
         cmocka_unit_test_teardown(dashboard_forgets_disconnected_clients, close_streams),
@@ -688,6 +762,7 @@ int main(void)
         cmocka_unit_test_teardown(dashboard_route_counters, close_streams),
         cmocka_unit_test_teardown(dashboard_absent_without_introspection, close_streams),
         cmocka_unit_test_teardown(dashboard_failed_build_carries_its_output, close_streams),
+        cmocka_unit_test_teardown(dashboard_reconnect_after_a_crash_shows_it, close_streams),
         cmocka_unit_test_teardown(dashboard_stream_ends_at_shutdown, close_streams),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

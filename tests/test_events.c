@@ -80,6 +80,44 @@ static void events_overflow_is_reported(void **state)
     events_watch_end();
 }
 
+/* Task log lines: kept only while watched, numbered, cut to
+ * EVENTS_LOG_LINE, the oldest dropped past EVENTS_LOGS_MAX. */
+static void events_task_lines(void **state)
+{
+    (void)state;
+    uint64_t since = events_log_seq();
+    events_task_log(5, 1, "unwatched");
+    assert_int_equal(events_log_seq(), since);
+    events_watch_begin();
+    events_task_log(5, 2, "first <b>");
+    events_task_log(6, 1, "second");
+    json j;
+    json_init(&j);
+    assert_int_equal(events_logs_json(&j, &since), 2);
+    size_t len;
+    char *out = json_take(&j, &len);
+    h_assert_contains(out, "[[5,2,");
+    h_assert_contains(out, ",\"first <b>\"],[6,1,");
+    free(out);
+    assert_int_equal(events_logs_json(&j, &since), 0);
+    free(json_take(&j, &len));
+    char big[EVENTS_LOG_LINE * 2];
+    memset(big, 'x', sizeof big - 1);
+    big[sizeof big - 1] = '\0';
+    for (int i = 0; i < EVENTS_LOGS_MAX + 3; i++)
+        events_task_log(7, 1, big);
+    uint64_t none = 0;
+    assert_int_equal(events_logs_json(&j, &none), EVENTS_LOGS_MAX);
+    out = json_take(&j, &len);
+    assert_non_null(strstr(out, "\"]"));
+    /* Each text is cut to EVENTS_LOG_LINE - 1 characters. */
+    const char *q = strstr(out, ",\"x");
+    assert_non_null(q);
+    assert_int_equal(strcspn(q + 2, "\""), EVENTS_LOG_LINE - 1);
+    free(out);
+    events_watch_end();
+}
+
 /* The history keeps the newest entries, oldest first, errors escaped. */
 static void events_reload_history_wraps(void **state)
 {
@@ -113,6 +151,7 @@ int main(void)
         cmocka_unit_test(events_nothing_kept_without_watchers),
         cmocka_unit_test(events_changes_kept_while_watched),
         cmocka_unit_test(events_overflow_is_reported),
+        cmocka_unit_test(events_task_lines),
         cmocka_unit_test(events_reload_history_wraps),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -127,6 +127,7 @@ static size_t sample_start, sample_len; /* d_mu */
 /* The ticker's own (its thread only). */
 static uint64_t last_requests, last_errors, last_stats_us;
 static uint64_t sent_reload_seq = UINT64_MAX;
+static uint64_t sent_log_seq;
 
 static void event_unref(event *e)
 {
@@ -285,6 +286,9 @@ static event *snapshot(uint64_t at)
     gen_release(g);
     json_key(&j, "reloads");
     events_reloads_json(&j);
+    uint64_t since = 0;
+    json_key(&j, "logs");
+    events_logs_json(&j, &since);
     uint64_t ids[DASHBOARD_RECENT_TASKS];
     task_list_json(&j, ids, tasks_recent_ids(ids, DASHBOARD_RECENT_TASKS));
     sample copy[SAMPLES];
@@ -496,12 +500,17 @@ static void tick(unsigned n)
     int with_stats = n % DASHBOARD_STATS_EVERY == 0;
     uint64_t rs = events_reload_seq();
     int with_reloads = rs != sent_reload_seq;
-    if (nid == 0 && !with_stats && !with_reloads)
+    int with_logs = events_log_seq() != sent_log_seq;
+    if (nid == 0 && !with_stats && !with_reloads && !with_logs)
         return;
 
     json j;
     json_init(&j);
     json_obj_begin(&j);
+    if (with_logs) {
+        json_key(&j, "logs");
+        events_logs_json(&j, &sent_log_seq);
+    }
     if (nid > 0 || missed)
         task_list_json(&j, ids, nid);
     if (missed) {

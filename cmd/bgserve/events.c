@@ -6,7 +6,8 @@
  * State: `watchers` (atomic); under ev_mu (a leaf lock: nothing is
  * called while it is held, so the task engine may call in while holding
  * its record lock) the dirty id list and its overflow flag, and the
- * reload history ring with its sequence number.  Dirty ids are kept only
+ * reload history ring with its sequence number, and the ring of task log
+ * lines (kept, like the dirty ids, only while a dashboard watches).  Dirty ids are kept only
  * while watchers > 0, so a server with no dashboard open does nothing
  * here but one relaxed load per task state change.
  */
@@ -16,6 +17,7 @@
 
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -28,6 +30,14 @@ typedef struct reload_rec {
     char *error; /* NULL when ok */
 } reload_rec;
 
+typedef struct log_rec {
+    uint64_t seq;
+    uint64_t id;
+    uint32_t level;
+    uint64_t at_wall_us;
+    char text[EVENTS_LOG_LINE];
+} log_rec;
+
 static atomic_uint watchers;
 
 static pthread_mutex_t ev_mu = PTHREAD_MUTEX_INITIALIZER;
@@ -37,6 +47,8 @@ static int dirty_missed;                 /* ev_mu */
 static reload_rec reloads[EVENTS_RELOADS_MAX]; /* ev_mu; a ring */
 static size_t reload_start, reload_len;  /* ev_mu */
 static atomic_uint_fast64_t reload_seq;  /* written under ev_mu */
+static log_rec logs[EVENTS_LOGS_MAX];    /* ev_mu; a ring */
+static uint64_t log_seq;                 /* the last line's number; ev_mu */
 
 void events_watch_begin(void)
 {
@@ -113,6 +125,51 @@ void events_reload(const char *kind, uint64_t generation, int ok, uint64_t load_
     atomic_fetch_add(&reload_seq, 1);
     pthread_mutex_unlock(&ev_mu);
     free(old);
+}
+
+void events_task_log(uint64_t id, uint32_t level, const char *line)
+{
+    if (atomic_load_explicit(&watchers, memory_order_relaxed) == 0)
+        return;
+    pthread_mutex_lock(&ev_mu);
+    log_rec *r = &logs[log_seq % EVENTS_LOGS_MAX];
+    r->seq = ++log_seq;
+    r->id = id;
+    r->level = level;
+    r->at_wall_us = util_wall_us();
+    snprintf(r->text, sizeof r->text, "%s", line);
+    pthread_mutex_unlock(&ev_mu);
+}
+
+uint64_t events_log_seq(void)
+{
+    pthread_mutex_lock(&ev_mu);
+    uint64_t s = log_seq;
+    pthread_mutex_unlock(&ev_mu);
+    return s;
+}
+
+size_t events_logs_json(json *j, uint64_t *since)
+{
+    size_t n = 0;
+    json_arr_begin(j);
+    pthread_mutex_lock(&ev_mu);
+    uint64_t first = log_seq > EVENTS_LOGS_MAX ? log_seq - EVENTS_LOGS_MAX + 1 : 1;
+    if (*since + 1 > first)
+        first = *since + 1;
+    for (uint64_t s = first; s <= log_seq; s++, n++) {
+        const log_rec *r = &logs[(s - 1) % EVENTS_LOGS_MAX];
+        json_arr_begin(j);
+        json_u64(j, r->id);
+        json_u64(j, r->level);
+        json_u64(j, r->at_wall_us / 1000u);
+        json_str(j, r->text);
+        json_arr_end(j);
+    }
+    *since = log_seq;
+    pthread_mutex_unlock(&ev_mu);
+    json_arr_end(j);
+    return n;
 }
 
 uint64_t events_reload_seq(void)

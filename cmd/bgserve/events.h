@@ -38,6 +38,23 @@ void events_task_changed(uint64_t id);
  * cap), else 0. */
 size_t events_take_tasks(uint64_t *ids, size_t cap, int *missed);
 
+/* Task log lines kept for the dashboard (while one watches), and the
+ * longest kept (longer ones are cut). */
+#define EVENTS_LOGS_MAX 512
+#define EVENTS_LOG_LINE 256
+
+/* Task id logged line at level (BGS_LOG_*); kept only while a dashboard
+ * watches (the caller checks events_watchers() first to skip formatting). */
+void events_task_log(uint64_t id, uint32_t level, const char *line);
+
+/* The number of the last line kept (0: none yet). */
+uint64_t events_log_seq(void);
+
+/* The kept lines numbered after *since as a JSON array of [task id,
+ * level, wall ms, text], oldest first; *since becomes the last one's
+ * number.  Returns how many were written. */
+size_t events_logs_json(json *j, uint64_t *since);
+
 /* A load of the plugin: generation number (0 when it failed), ok, how
  * long loading took, and the error (copied; NULL when ok).  kind:
  * "load", "reload" or "build". */

@@ -866,6 +866,15 @@ int http_start(const http_config *cfg, char *err, size_t errlen)
                                        (intptr_t)(conn_limit + conn_overflow + 1) * mhd_threads, NULL};
     ops[n++] = (struct MHD_OptionItem){MHD_OPTION_END, 0, NULL};
 
+    /* Before libmicrohttpd: a client waiting in the backlog (a page
+     * reconnecting after a crash) may ask for the event stream at once. */
+    if (cfg->introspection && dashboard_start(&(dashboard_config){.counters = fill_counters}) != 0) {
+        close(listen_fd);
+        listen_fd = -1;
+        snprintf(err, errlen, "bgserve: cannot start the dashboard's thread\n"
+                 "  fix: the system is out of threads or memory; or run with --no-introspection");
+        return -1;
+    }
     unsigned flags = MHD_USE_EPOLL_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
     /* The logger first: libmicrohttpd reports options given before it on
      * stderr as "MHD_OPTION_EXTERNAL_LOGGER is not the first option". */
@@ -878,20 +887,12 @@ int http_start(const http_config *cfg, char *err, size_t errlen)
         MHD_OPTION_NOTIFY_CONNECTION, on_connection, NULL,
         MHD_OPTION_END);
     if (daemon_ == NULL) {
+        dashboard_stop();
         close(listen_fd);
         listen_fd = -1;
         snprintf(err, errlen, "bgserve: libmicrohttpd %s could not start on %s\n"
                  "  fix: run with BGSERVE_DEBUG=1 to see libmicrohttpd's reason",
                  MHD_get_version(), hostport);
-        return -1;
-    }
-    if (cfg->introspection && dashboard_start(&(dashboard_config){.counters = fill_counters}) != 0) {
-        MHD_stop_daemon(daemon_);
-        daemon_ = NULL;
-        close(listen_fd);
-        listen_fd = -1;
-        snprintf(err, errlen, "bgserve: cannot start the dashboard's thread\n"
-                 "  fix: the system is out of threads or memory; or run with --no-introspection");
         return -1;
     }
     /* Exactly this line: scripts and tests parse it. */

@@ -1910,12 +1910,26 @@ void *tasks_ctx_service(bgs_task_ctx *h, const char *name)
 }
 
 /* The line is logged even when the handle is refused (tagged "-"). */
+/* The live dashboard keeps the lines of the tasks it watches (events.h). */
+static void dashboard_line(bgs_task_ctx *ctx, uint32_t level, const char *fmt, va_list ap)
+{
+    if (ctx == NULL || fmt == NULL || events_watchers() == 0)
+        return;
+    char line[EVENTS_LOG_LINE];
+    vsnprintf(line, sizeof(line), fmt, ap);
+    events_task_log(ctx->item->id, level, line);
+}
+
 void tasks_ctx_logv(bgs_task_ctx *h, uint32_t level, const char *fmt, va_list ap)
 {
     char tag[32] = "-";
+    va_list ap2;
     bgs_task_ctx *ctx = CTX_OF(h, "bgs_task_logv", "nothing");
     if (ctx)
         snprintf(tag, sizeof(tag), "%" PRIu64, ctx->item->id);
+    va_copy(ap2, ap);
+    dashboard_line(ctx, level, fmt, ap2);
+    va_end(ap2);
     log_pluginv(level, "task", tag, fmt ? fmt : "(null)", ap);
 }
 
@@ -1926,6 +1940,9 @@ void tasks_ctx_log(bgs_task_ctx *h, uint32_t level, const char *fmt, ...)
     bgs_task_ctx *ctx = CTX_OF(h, "bgs_task_log", "nothing");
     if (ctx)
         snprintf(tag, sizeof(tag), "%" PRIu64, ctx->item->id);
+    va_start(ap, fmt);
+    dashboard_line(ctx, level, fmt, ap);
+    va_end(ap);
     va_start(ap, fmt);
     log_pluginv(level, "task", tag, fmt ? fmt : "(null)", ap);
     va_end(ap);

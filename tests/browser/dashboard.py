@@ -265,6 +265,9 @@ def sc_escape(drv, srv, build, tmp):
           "the error became markup")
     wait_for("a click on the row", lambda: click(row(drv, tid)))
     wait_for("the detail view", lambda: drv.find_element(By.ID, "detail-error").text == evil)
+    wait_for("the task's log line", lambda: ("info trying " + evil) in drv.find_element(By.ID, "detail-logs").text)
+    check(not drv.find_elements(By.CSS_SELECTOR, "#task-detail script, #task-detail img, #task-detail b"),
+          "the detail view made markup")
     check(drv.execute_script("return window.__xss;") is None, "the error's script ran")
     shot(drv, build, "escape")
 

@@ -17,6 +17,7 @@
     routes: [],
     reloads: [],
     tasks: new Map(),         // id -> record
+    logs: new Map(),          // task id -> [[level, wall ms, text], ...]
     samples: [],              // [ms, rps, eps, queued, running]
     outcomes: [],             // [succeeded, failed] per stats sample
     lastTotals: null,
@@ -71,7 +72,20 @@
     if (state.tasks.size > MAX_TASKS) {
       const ids = Array.from(state.tasks.keys()).sort((a, b) => a - b);
       for (let i = 0; i < ids.length - MAX_TASKS; i++)
-        if (ids[i] !== state.selected) state.tasks.delete(ids[i]);
+        if (ids[i] !== state.selected) {
+          state.tasks.delete(ids[i]);
+          state.logs.delete(ids[i]);
+        }
+    }
+  }
+
+  const MAX_LINES = 100;      // log lines kept per task
+  function applyLogs(lines) {
+    for (const l of lines) {
+      let list = state.logs.get(l[0]);
+      if (!list) state.logs.set(l[0], (list = []));
+      list.push([l[1], l[2], l[3]]);
+      if (list.length > MAX_LINES) list.shift();
     }
   }
 
@@ -97,6 +111,7 @@
   function apply(msg, snapshot) {
     if (snapshot) {
       state.tasks.clear();
+      state.logs.clear();
       state.tasksVersion++;
       state.samples = msg.samples || [];
       state.outcomes = [];
@@ -106,6 +121,7 @@
     if ("plugin" in msg) state.plugin = msg.plugin;
     if (msg.routes) state.routes = msg.routes;
     if (msg.reloads) state.reloads = msg.reloads;
+    if (msg.logs) applyLogs(msg.logs);
     if (msg.tasks) applyTasks(msg.tasks);
     if (msg.sample) {
       state.samples.push(msg.sample);
@@ -293,6 +309,13 @@
     clear(ol);
     for (const step of [["created", t.created_at], ["started", t.started_at], ["finished", t.finished_at]])
       if (step[1]) ol.appendChild(el("li", step[0] + " " + step[1]));
+    const logs = $("detail-logs");
+    clear(logs);
+    const LEVELS = ["debug", "info", "warn", "error"];
+    for (const l of state.logs.get(t.id) || [])
+      logs.appendChild(el("li", new Date(l[1]).toISOString() + " " + (LEVELS[l[0]] || l[0]) + " " + l[2],
+        l[0] >= 2 ? "bad" : ""));
+    if (!logs.firstChild) logs.appendChild(el("li", "none seen", "muted"));
     $("detail-error").textContent = t.error === null ? "none" : t.error;
     $("detail-result").textContent = t.result ? t.result.status + " " + (t.result.content_type || "") +
       " (" + t.result.length + " bytes)\n" + t.result.body : "none";
