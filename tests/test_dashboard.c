@@ -541,6 +541,11 @@ static void dashboard_page_and_assets(void **state)
     assert_int_equal(h_http(&app, "POST", "/_bgserve/", "", 0, NULL, &r), 0);
     assert_int_equal(r.status, 405);
     h_resp_free(&r);
+    /* Without the slash: sent to the page. */
+    assert_int_equal(h_get(&app, "/_bgserve", &r), 0);
+    assert_int_equal(r.status, 308);
+    assert_string_equal(h_header(&r, "Location"), "/_bgserve/");
+    h_resp_free(&r);
 }
 
 /* Retry re-runs a failed task, only with the action header, only a

@@ -706,6 +706,13 @@ int dashboard_handle(const char *method, const char *path,
         retry(path, header, ctx, out);
         return 1;
     }
+    if (strcmp(path, URLS_PREFIX) == 0 && (strcmp(method, "GET") == 0 || strcmp(method, "HEAD") == 0)) {
+        /* /_bgserve without its slash: the page is one step away. */
+        out->headers[0].name = "Location";
+        out->headers[0].value = URLS_DASHBOARD;
+        reply(out, 308, "the dashboard is at " URLS_DASHBOARD);
+        return 1;
+    }
     for (size_t i = 0; i < sizeof assets / sizeof assets[0]; i++) {
         if (strcmp(path, assets[i].path) != 0)
             continue;
