@@ -46,6 +46,7 @@ if [ -n "$obj" ]; then
         [ -f "$o" ] || { echo "check-includes: no objects in '$obj'" >&2; exit 2; }
         m=${o##*/}; m=${m%.o}
         [ "$m" = main ] && continue
+        [ -f "$src/$m.c" ] || continue # left over from a file that is gone
         nm -g --defined-only "$o" | awk -v m="$m" 'NF == 3 { print $3 "\t" m }' >>"$edges.defs"
         nm -u "$o" | awk -v m="$m" '{ print $NF "\t" m }' >>"$edges.uses"
     done

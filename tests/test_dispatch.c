@@ -24,7 +24,8 @@
 #include <string.h>
 #include <strings.h>
 
-static const dispatch_env env = {.introspection = 1};
+static dispatch_env env = {.introspection = 1}; /* .tasks: setup */
+static tasks_engine *engine;
 
 /* The request headers: "Name: value" strings, NULL-terminated. */
 static const char *find_header(void *ctx, const char *name)
@@ -76,10 +77,11 @@ static int setup(void **state)
     (void)state;
     char err[2048];
     generation *g = NULL;
-    gen_setup(&(gen_deps){.host_api = hostapi_table(), .periodic_add = tasks_periodic_add,
-                          .periodic_stop = tasks_periodic_stop_gen});
-    if (tasks_start(&(tasks_config){.workers = 2}) != 0 || deferred_start() != 0)
+    engine = tasks_new(&(tasks_config){.workers = 2});
+    if (engine == NULL || deferred_start() != 0)
         return -1;
+    env.tasks = engine;
+    gen_setup(&(gen_deps){.host_api = hostapi_table(), .tasks = engine});
     if (gen_create(h_fixture("http_app"), 1, 0, &g, err, sizeof err) != 0) {
         fprintf(stderr, "%s\n", err);
         return -1;
@@ -93,8 +95,10 @@ static int teardown(void **state)
 {
     (void)state;
     gen_set_current(NULL);
-    tasks_shutdown(5000);
+    tasks_shutdown(engine, 5000);
     deferred_stop();
+    tasks_free(engine);
+    engine = NULL;
     return 0;
 }
 

@@ -1,9 +1,11 @@
 /*
- * test_tasks.c - the background-task engine with real workers and a fake
- * generation in memory: records and their states, payload copies,
+ * test_tasks.c - the background-task engine with real workers, a task
+ * table in memory and a test owner (no plugin, no generation): each test
+ * makes its own engine.  Records and their states, payload copies,
  * sequential and concurrent groups, retries, per-name caps, backpressure,
  * discards, DELIVERED_ONLY, ad hoc tasks, periodic schedules, timeouts,
- * service scopes, the shutdown drain, the record ring and the JSON.
+ * service scopes, the shutdown drain, the record ring and the JSON, and
+ * two engines side by side.
  *
  * Every wait polls with a deadline; sleeps inside task functions only
  * stand for work or pace a poll loop.
@@ -23,7 +25,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "generation.h"
+#include "introspect.h"
 #include "json.h"
 #include "plugin.h"
 #include "services.h"
@@ -33,6 +35,8 @@
 #include "helpers.h"
 
 #define DEADLINE_US (30u * 1000000u)
+
+static tasks_engine *E; /* the engine of the test running (start, teardown) */
 
 /* ------------------------------------------------------------------ */
 /* Helpers                                                             */
@@ -49,7 +53,7 @@ static char *record(uint64_t id)
 {
     json j;
     json_init(&j);
-    if (tasks_record_json(id, &j) != 0) {
+    if (introspect_task_json(E, id, &j) != 0) {
         json_free(&j);
         return NULL;
     }
@@ -104,7 +108,7 @@ static char *stats(void)
     json j;
     json_init(&j);
     json_obj_begin(&j);
-    tasks_stats_json(&j);
+    tasks_stats_json(E, &j);
     json_obj_end(&j);
     return json_take(&j, NULL);
 }
@@ -371,7 +375,7 @@ static int t_result(bgs_task_ctx *ctx, const void *payload, size_t len)
 }
 
 /* ------------------------------------------------------------------ */
-/* The fake plugin and generation                                      */
+/* The task table and the test owner                                   */
 /* ------------------------------------------------------------------ */
 
 static plugin_task fake_tasks[] = {
@@ -395,24 +399,65 @@ static plugin_task fake_tasks[] = {
     {.name = "result", .fn = t_result, .max_attempts = 1},
 };
 
-static plugin fake_plugin = {
-    .name = "fake",
-    .version = "1",
-    .tasks = fake_tasks,
-    .ntasks = sizeof(fake_tasks) / sizeof(fake_tasks[0]),
+/* The test owner: counts the references its tasks hold. */
+static atomic_long owner_refs;
+static services *owner_svcs;
+
+static void owner_retain(const tasks_owner *o)
+{
+    (void)o;
+    atomic_fetch_add(&owner_refs, 1);
+}
+
+static void owner_release(const tasks_owner *o)
+{
+    (void)o;
+    atomic_fetch_sub(&owner_refs, 1);
+}
+
+static services *owner_services(const tasks_owner *o)
+{
+    (void)o;
+    return owner_svcs;
+}
+
+static const tasks_owner owner = {
+    .retain = owner_retain, .release = owner_release, .services = owner_services,
+    .number = 7, .label = "fake", /* no app: bgs_task_app gives NULL */
 };
 
-static generation gen;
+/* The definition named name in fake_tasks, or NULL (as the loader would
+ * resolve it). */
+static const plugin_task *def_of(const char *name)
+{
+    for (size_t i = 0; i < BGS_COUNT(fake_tasks); i++)
+        if (strcmp(fake_tasks[i].name, name) == 0)
+            return &fake_tasks[i];
+    return NULL;
+}
+
+static tasks_group *group_new(const char *rid, uint32_t mode)
+{
+    return tasks_group_new(E, &owner, rid, mode);
+}
+
+static int group_add(tasks_group *g, const char *name, const void *payload, size_t len,
+                     uint64_t *id_out)
+{
+    return tasks_group_add(g, def_of(name), payload, len, id_out);
+}
+
+static int periodic_add(const char *name, uint32_t interval_ms, const void *payload, size_t len,
+                        uint32_t flags)
+{
+    return tasks_periodic_add(E, &owner, def_of(name), interval_ms, payload, len, flags);
+}
 
 static int group_setup(void **state)
 {
     (void)state;
-    atomic_init(&gen.refs, 1); /* ours: the generation never retires */
-    gen.number = 7;
-    gen.plugin = &fake_plugin;
-    gen.app.gen = &gen;
-    gen.services = services_new();
-    if (services_register(gen.services, "conn", BGS_SCOPED, svc_create, svc_destroy, NULL, NULL, 0) != 0)
+    owner_svcs = services_new();
+    if (services_register(owner_svcs, "conn", BGS_SCOPED, svc_create, svc_destroy, NULL, NULL, 0) != 0)
         return -1;
     return 0;
 }
@@ -420,7 +465,7 @@ static int group_setup(void **state)
 static int group_teardown(void **state)
 {
     (void)state;
-    services_free(gen.services);
+    services_free(owner_svcs);
     return 0;
 }
 
@@ -429,16 +474,19 @@ static void start(unsigned workers, unsigned queue_cap, unsigned keep)
     tasks_config cfg = {.workers = workers, .queue_cap = queue_cap, .keep = keep,
                         .linger_us = QUEUE_LINGER_DEFAULT_US};
     atomic_store(&gate_open, 0);
-    assert_int_equal(tasks_start(&cfg), 0);
+    E = tasks_new(&cfg);
+    assert_non_null(E);
 }
 
 static int teardown(void **state)
 {
     (void)state;
     atomic_store(&gate_open, 1);
-    tasks_shutdown(30000);
-    /* Everything the test attached is final: only our reference is left. */
-    return atomic_load(&gen.refs) == 1 ? 0 : -1;
+    tasks_shutdown(E, 30000);
+    tasks_free(E);
+    E = NULL;
+    /* Everything the test attached is final: no reference is left. */
+    return atomic_load(&owner_refs) == 0 ? 0 : -1;
 }
 
 /* ------------------------------------------------------------------ */
@@ -449,9 +497,9 @@ static void tasks_single_task_lifecycle(void **state)
 {
     (void)state;
     start(2, 100, 100);
-    tasks_group *g = tasks_group_new(&gen, "req-1", BGS_SEQUENTIAL);
+    tasks_group *g = group_new("req-1", BGS_SEQUENTIAL);
     uint64_t id = 0;
-    assert_int_equal(tasks_group_add(g, "gate", NULL, 0, &id), 0);
+    assert_int_equal(group_add(g, "gate", NULL, 0, &id), 0);
     assert_true(id > 0);
     assert_int_equal(tasks_group_count(g), 1);
 
@@ -487,11 +535,11 @@ static void tasks_ids_increase_and_list(void **state)
 {
     (void)state;
     start(2, 100, 100);
-    tasks_group *g = tasks_group_new(&gen, NULL, BGS_CONCURRENT);
+    tasks_group *g = group_new(NULL, BGS_CONCURRENT);
     uint64_t a, b, c;
-    assert_int_equal(tasks_group_add(g, "count", NULL, 0, &a), 0);
-    assert_int_equal(tasks_group_add(g, "count", NULL, 0, &b), 0);
-    assert_int_equal(tasks_group_add(g, "count", NULL, 0, &c), 0);
+    assert_int_equal(group_add(g, "count", NULL, 0, &a), 0);
+    assert_int_equal(group_add(g, "count", NULL, 0, &b), 0);
+    assert_int_equal(group_add(g, "count", NULL, 0, &c), 0);
     assert_true(a < b && b < c);
     char want[96], buf[96];
     snprintf(want, sizeof(want), "%" PRIu64 ",%" PRIu64 ",%" PRIu64, a, b, c);
@@ -503,7 +551,7 @@ static void tasks_ids_increase_and_list(void **state)
     memset(small, 'X', sizeof(small));
     assert_int_equal(tasks_group_ids(g, small, strlen(first) + 2), strlen(want));
     assert_string_equal(small, first);
-    assert_int_equal(tasks_group_add(g, "nope", NULL, 0, NULL), BGS_ENOTASK);
+    assert_int_equal(group_add(g, "nope", NULL, 0, NULL), BGS_ENOTASK);
     assert_int_equal(tasks_group_count(g), 3);
     assert_int_equal(tasks_group_set_mode(g, 9), BGS_EINVAL);
     tasks_group_submit(g, 1);
@@ -517,8 +565,8 @@ static void tasks_payload_is_copied(void **state)
     start(2, 100, 100);
     char buf[8] = "abc";
     uint64_t id;
-    tasks_group *g = tasks_group_new(&gen, NULL, BGS_SEQUENTIAL);
-    assert_int_equal(tasks_group_add(g, "payload", buf, 3, &id), 0);
+    tasks_group *g = group_new(NULL, BGS_SEQUENTIAL);
+    assert_int_equal(group_add(g, "payload", buf, 3, &id), 0);
     memcpy(buf, "xyz", 3);
     tasks_group_submit(g, 1);
     assert_true(wait_state(id, "succeeded"));
@@ -532,10 +580,10 @@ static void tasks_sequential_order(void **state)
     order_len = 0;
     order_log[0] = '\0';
     uint64_t ids[5];
-    tasks_group *g = tasks_group_new(&gen, NULL, BGS_SEQUENTIAL);
+    tasks_group *g = group_new(NULL, BGS_SEQUENTIAL);
     for (int i = 0; i < 5; i++) {
         char c = (char)('A' + i);
-        assert_int_equal(tasks_group_add(g, "order", &c, 1, &ids[i]), 0);
+        assert_int_equal(group_add(g, "order", &c, 1, &ids[i]), 0);
     }
     tasks_group_submit(g, 1);
     assert_true(wait_state(ids[4], "succeeded"));
@@ -557,11 +605,11 @@ static void tasks_sequential_failure_skips_rest(void **state)
     order_len = 0;
     order_log[0] = '\0';
     uint64_t a, b, c, d;
-    tasks_group *g = tasks_group_new(&gen, NULL, BGS_SEQUENTIAL);
-    assert_int_equal(tasks_group_add(g, "order", "A", 1, &a), 0);
-    assert_int_equal(tasks_group_add(g, "fail", NULL, 0, &b), 0);
-    assert_int_equal(tasks_group_add(g, "order", "C", 1, &c), 0);
-    assert_int_equal(tasks_group_add(g, "order", "D", 1, &d), 0);
+    tasks_group *g = group_new(NULL, BGS_SEQUENTIAL);
+    assert_int_equal(group_add(g, "order", "A", 1, &a), 0);
+    assert_int_equal(group_add(g, "fail", NULL, 0, &b), 0);
+    assert_int_equal(group_add(g, "order", "C", 1, &c), 0);
+    assert_int_equal(group_add(g, "order", "D", 1, &d), 0);
     tasks_group_submit(g, 1);
     assert_true(wait_state(d, "skipped"));
     assert_true(state_is(a, "succeeded"));
@@ -582,11 +630,11 @@ static void tasks_concurrent_failures_independent(void **state)
     (void)state;
     start(4, 100, 100);
     uint64_t a, b, c;
-    tasks_group *g = tasks_group_new(&gen, NULL, BGS_SEQUENTIAL);
+    tasks_group *g = group_new(NULL, BGS_SEQUENTIAL);
     assert_int_equal(tasks_group_set_mode(g, BGS_CONCURRENT), 0);
-    assert_int_equal(tasks_group_add(g, "fail", NULL, 0, &a), 0);
-    assert_int_equal(tasks_group_add(g, "order", "x", 1, &b), 0);
-    assert_int_equal(tasks_group_add(g, "order", "y", 1, &c), 0);
+    assert_int_equal(group_add(g, "fail", NULL, 0, &a), 0);
+    assert_int_equal(group_add(g, "order", "x", 1, &b), 0);
+    assert_int_equal(group_add(g, "order", "y", 1, &c), 0);
     tasks_group_submit(g, 1);
     assert_true(wait_state(a, "failed"));
     assert_true(wait_state(b, "succeeded"));
@@ -603,8 +651,8 @@ static void tasks_retries_with_backoff(void **state)
     atomic_store(&flaky_runs, 0);
     uint64_t retried0 = stat_of("flaky", "retried");
     uint64_t id;
-    tasks_group *g = tasks_group_new(&gen, NULL, BGS_SEQUENTIAL);
-    assert_int_equal(tasks_group_add(g, "flaky", NULL, 0, &id), 0);
+    tasks_group *g = group_new(NULL, BGS_SEQUENTIAL);
+    assert_int_equal(group_add(g, "flaky", NULL, 0, &id), 0);
     tasks_group_submit(g, 1);
     assert_true(wait_state(id, "succeeded"));
     assert_int_equal(atomic_load(&flaky_runs), 3);
@@ -627,8 +675,8 @@ static void tasks_retrying_state_then_cancelled_at_shutdown(void **state)
     start(2, 100, 100);
     atomic_store(&slowfail_runs, 0);
     uint64_t id;
-    tasks_group *g = tasks_group_new(&gen, NULL, BGS_SEQUENTIAL);
-    assert_int_equal(tasks_group_add(g, "slowretry", NULL, 0, &id), 0);
+    tasks_group *g = group_new(NULL, BGS_SEQUENTIAL);
+    assert_int_equal(group_add(g, "slowretry", NULL, 0, &id), 0);
     tasks_group_submit(g, 1);
     assert_true(wait_state(id, "retrying"));
     assert_int_equal(record_u64(id, "attempts"), 1);
@@ -637,7 +685,7 @@ static void tasks_retrying_state_then_cancelled_at_shutdown(void **state)
     free(r);
 
     h_capture_begin();
-    size_t unfinished = tasks_shutdown(0);
+    size_t unfinished = tasks_shutdown(E, 0);
     char *log = h_capture_end();
     assert_int_equal(unfinished, 1);
     assert_true(state_is(id, "cancelled"));
@@ -655,19 +703,19 @@ static void tasks_shutdown_drains_retries(void **state)
     start(2, 100, 100);
     atomic_store(&flaky_runs, 0);
     uint64_t id;
-    tasks_group *g = tasks_group_new(&gen, NULL, BGS_SEQUENTIAL);
-    assert_int_equal(tasks_group_add(g, "flaky", NULL, 0, &id), 0);
+    tasks_group *g = group_new(NULL, BGS_SEQUENTIAL);
+    assert_int_equal(group_add(g, "flaky", NULL, 0, &id), 0);
     tasks_group_submit(g, 1);
     h_capture_begin();
-    size_t unfinished = tasks_shutdown(30000);
+    size_t unfinished = tasks_shutdown(E, 30000);
     char *log = h_capture_end();
     assert_int_equal(unfinished, 0);
     assert_true(state_is(id, "succeeded"));
     h_assert_contains(log, "1 tasks finished, 0 did not");
     free(log);
     /* Refused after shutdown. */
-    g = tasks_group_new(&gen, NULL, BGS_SEQUENTIAL);
-    assert_int_equal(tasks_group_add(g, "count", NULL, 0, NULL), BGS_ESHUTDOWN);
+    g = group_new(NULL, BGS_SEQUENTIAL);
+    assert_int_equal(group_add(g, "count", NULL, 0, NULL), BGS_ESHUTDOWN);
     tasks_group_discard(g, "unused");
 }
 
@@ -680,9 +728,9 @@ static void tasks_max_concurrency_never_exceeded(void **state)
     atomic_store(&conc_runs, 0);
     enum { N = 40 };
     for (int i = 0; i < N; i++) {
-        tasks_group *g = tasks_group_new(&gen, NULL, BGS_CONCURRENT);
-        assert_int_equal(tasks_group_add(g, "capped", NULL, 0, NULL), 0);
-        assert_int_equal(tasks_group_add(g, "capped", NULL, 0, NULL), 0);
+        tasks_group *g = group_new(NULL, BGS_CONCURRENT);
+        assert_int_equal(group_add(g, "capped", NULL, 0, NULL), 0);
+        assert_int_equal(group_add(g, "capped", NULL, 0, NULL), 0);
         tasks_group_submit(g, 1);
     }
     assert_true(wait_atomic_at_least(&conc_runs, 2 * N));
@@ -699,13 +747,13 @@ static void tasks_capped_waits_without_worker(void **state)
     start(2, 100, 100);
     atomic_store(&runs_gate, 0);
     uint64_t a, b, c;
-    tasks_group *g = tasks_group_new(&gen, NULL, BGS_CONCURRENT);
-    assert_int_equal(tasks_group_add(g, "capgate", NULL, 0, &a), 0);
+    tasks_group *g = group_new(NULL, BGS_CONCURRENT);
+    assert_int_equal(group_add(g, "capgate", NULL, 0, &a), 0);
     tasks_group_submit(g, 1);
     assert_true(wait_state(a, "running"));
-    g = tasks_group_new(&gen, NULL, BGS_CONCURRENT);
-    assert_int_equal(tasks_group_add(g, "capgate", NULL, 0, &b), 0);
-    assert_int_equal(tasks_group_add(g, "count", NULL, 0, &c), 0);
+    g = group_new(NULL, BGS_CONCURRENT);
+    assert_int_equal(group_add(g, "capgate", NULL, 0, &b), 0);
+    assert_int_equal(group_add(g, "count", NULL, 0, &c), 0);
     tasks_group_submit(g, 1);
     assert_true(wait_state(c, "succeeded"));
     assert_true(state_is(b, "queued"));
@@ -727,11 +775,11 @@ static void tasks_full_queue_efull_nothing_lost(void **state)
     (void)state;
     start(1, 4, 100);
     uint64_t ids[4];
-    tasks_group *g = tasks_group_new(&gen, NULL, BGS_CONCURRENT);
-    assert_int_equal(tasks_group_add(g, "gate", NULL, 0, &ids[0]), 0);
+    tasks_group *g = group_new(NULL, BGS_CONCURRENT);
+    assert_int_equal(group_add(g, "gate", NULL, 0, &ids[0]), 0);
     for (int i = 1; i < 4; i++)
-        assert_int_equal(tasks_group_add(g, "count", NULL, 0, &ids[i]), 0);
-    assert_int_equal(tasks_group_add(g, "count", NULL, 0, NULL), BGS_EFULL);
+        assert_int_equal(group_add(g, "count", NULL, 0, &ids[i]), 0);
+    assert_int_equal(group_add(g, "count", NULL, 0, NULL), BGS_EFULL);
     uint64_t fn_id = 99;
     assert_int_equal(tasks_group_add_fn(g, noop_adhoc, NULL, NULL, &fn_id), BGS_EFULL);
     assert_int_equal(fn_id, 99);
@@ -739,8 +787,8 @@ static void tasks_full_queue_efull_nothing_lost(void **state)
     tasks_group_submit(g, 1);
 
     /* Still full while they are accepted but not finished. */
-    tasks_group *g2 = tasks_group_new(&gen, NULL, BGS_CONCURRENT);
-    assert_int_equal(tasks_group_add(g2, "count", NULL, 0, NULL), BGS_EFULL);
+    tasks_group *g2 = group_new(NULL, BGS_CONCURRENT);
+    assert_int_equal(group_add(g2, "count", NULL, 0, NULL), BGS_EFULL);
     char *s = stats();
     h_assert_contains(s, "\"capacity\":4");
     free(s);
@@ -749,7 +797,7 @@ static void tasks_full_queue_efull_nothing_lost(void **state)
         assert_true(wait_state(ids[i], "succeeded"));
     /* Capacity is back once they are final. */
     uint64_t id;
-    assert_int_equal(tasks_group_add(g2, "count", NULL, 0, &id), 0);
+    assert_int_equal(group_add(g2, "count", NULL, 0, &id), 0);
     tasks_group_submit(g2, 1);
     assert_true(wait_state(id, "succeeded"));
 }
@@ -760,9 +808,9 @@ static void tasks_thousand_groups_all_succeed(void **state)
     start(8, 65536, 100);
     uint64_t before = stat_of("count", "succeeded");
     for (int i = 0; i < 1000; i++) {
-        tasks_group *g = tasks_group_new(&gen, "r", i % 2 ? BGS_CONCURRENT : BGS_SEQUENTIAL);
-        assert_int_equal(tasks_group_add(g, "count", NULL, 0, NULL), 0);
-        assert_int_equal(tasks_group_add(g, "count", NULL, 0, NULL), 0);
+        tasks_group *g = group_new("r", i % 2 ? BGS_CONCURRENT : BGS_SEQUENTIAL);
+        assert_int_equal(group_add(g, "count", NULL, 0, NULL), 0);
+        assert_int_equal(group_add(g, "count", NULL, 0, NULL), 0);
         tasks_group_submit(g, 1);
     }
     assert_true(wait_stat_at_least("count", "succeeded", before + 2000));
@@ -804,8 +852,8 @@ static void tasks_discard_records_reason(void **state)
     uint64_t discarded0 = stat_of("order", "discarded");
     uint64_t a, b;
     static char arg[] = "arg";
-    tasks_group *g = tasks_group_new(&gen, "req-9", BGS_SEQUENTIAL);
-    assert_int_equal(tasks_group_add(g, "order", "A", 1, &a), 0);
+    tasks_group *g = group_new("req-9", BGS_SEQUENTIAL);
+    assert_int_equal(group_add(g, "order", "A", 1, &a), 0);
     assert_int_equal(tasks_group_add_fn(g, adhoc_fn, arg, adhoc_free, &b), 0);
     h_capture_begin();
     tasks_group_discard(g, "handler failed");
@@ -833,7 +881,7 @@ static void tasks_adhoc_free_once_after_run(void **state)
     static char arg[] = "arg";
     uint64_t id;
     uint64_t before = stat_of("adhoc", "succeeded");
-    tasks_group *g = tasks_group_new(&gen, NULL, BGS_SEQUENTIAL);
+    tasks_group *g = group_new(NULL, BGS_SEQUENTIAL);
     assert_int_equal(tasks_group_add_fn(g, adhoc_fn, arg, adhoc_free, &id), 0);
     tasks_group_submit(g, 1);
     assert_true(wait_state(id, "succeeded"));
@@ -853,9 +901,9 @@ static void tasks_delivered_only_skipped_when_undelivered(void **state)
     order_len = 0;
     order_log[0] = '\0';
     uint64_t a, b, c;
-    tasks_group *g = tasks_group_new(&gen, NULL, BGS_SEQUENTIAL);
-    assert_int_equal(tasks_group_add(g, "delivered", "D", 1, &a), 0);
-    assert_int_equal(tasks_group_add(g, "order", "O", 1, &b), 0);
+    tasks_group *g = group_new(NULL, BGS_SEQUENTIAL);
+    assert_int_equal(group_add(g, "delivered", "D", 1, &a), 0);
+    assert_int_equal(group_add(g, "order", "O", 1, &b), 0);
     tasks_group_submit(g, 0);
     assert_true(wait_state(b, "succeeded"));
     assert_true(state_is(a, "skipped"));
@@ -866,8 +914,8 @@ static void tasks_delivered_only_skipped_when_undelivered(void **state)
     assert_string_equal(order_log, "O");
     pthread_mutex_unlock(&order_mu);
 
-    g = tasks_group_new(&gen, NULL, BGS_SEQUENTIAL);
-    assert_int_equal(tasks_group_add(g, "delivered", "D", 1, &c), 0);
+    g = group_new(NULL, BGS_SEQUENTIAL);
+    assert_int_equal(group_add(g, "delivered", "D", 1, &c), 0);
     tasks_group_submit(g, 1);
     assert_true(wait_state(c, "succeeded"));
 }
@@ -880,15 +928,15 @@ static void tasks_periodic_never_overlaps(void **state)
     atomic_store(&pslow_max, 0);
     atomic_store(&runs_pslow, 0);
     uint64_t skipped0 = stat_of("pslow", "ticks_skipped");
-    assert_int_equal(tasks_periodic_add(&gen, "pslow", 0, NULL, 0, 0), BGS_EINVAL);
-    assert_int_equal(tasks_periodic_add(&gen, "nope", 1, NULL, 0, 0), BGS_ENOTASK);
-    assert_int_equal(tasks_periodic_add(&gen, "pslow", 1, NULL, 0, BGS_TASK_RUN_AT_START), 0);
+    assert_int_equal(periodic_add("pslow", 0, NULL, 0, 0), BGS_EINVAL);
+    assert_int_equal(periodic_add("nope", 1, NULL, 0, 0), BGS_ENOTASK);
+    assert_int_equal(periodic_add("pslow", 1, NULL, 0, BGS_TASK_RUN_AT_START), 0);
     /* The first run blocks on the gate; the next ticks are skipped. */
     assert_true(wait_stat_at_least("pslow", "ticks_skipped", skipped0 + 3));
     assert_int_equal(atomic_load(&pslow_max), 1);
     atomic_store(&gate_open, 1);
     assert_true(wait_atomic_at_least(&runs_pslow, 3));
-    tasks_periodic_stop_gen(&gen);
+    tasks_periodic_stop_owner(E, &owner);
     assert_int_equal(atomic_load(&pslow_max), 1);
 }
 
@@ -898,13 +946,13 @@ static void tasks_periodic_run_at_start(void **state)
     start(2, 100, 100);
     atomic_store(&runs_pstart, 0);
     atomic_store(&runs_plater, 0);
-    long refs = atomic_load(&gen.refs);
-    assert_int_equal(tasks_periodic_add(&gen, "plater", 3600000, NULL, 0, 0), 0);
-    assert_int_equal(tasks_periodic_add(&gen, "pstart", 3600000, NULL, 0, BGS_TASK_RUN_AT_START), 0);
-    assert_true(atomic_load(&gen.refs) >= refs + 2); /* schedules hold references */
+    long refs = atomic_load(&owner_refs);
+    assert_int_equal(periodic_add("plater", 3600000, NULL, 0, 0), 0);
+    assert_int_equal(periodic_add("pstart", 3600000, NULL, 0, BGS_TASK_RUN_AT_START), 0);
+    assert_true(atomic_load(&owner_refs) >= refs + 2); /* schedules hold references */
     assert_true(wait_atomic_at_least(&runs_pstart, 1));
     assert_int_equal(atomic_load(&runs_plater), 0);
-    tasks_periodic_stop_gen(&gen);
+    tasks_periodic_stop_owner(E, &owner);
 }
 
 static void tasks_timeout_sets_cancel_flag(void **state)
@@ -912,8 +960,8 @@ static void tasks_timeout_sets_cancel_flag(void **state)
     (void)state;
     start(2, 100, 100);
     uint64_t id;
-    tasks_group *g = tasks_group_new(&gen, NULL, BGS_SEQUENTIAL);
-    assert_int_equal(tasks_group_add(g, "timeout", NULL, 0, &id), 0);
+    tasks_group *g = group_new(NULL, BGS_SEQUENTIAL);
+    assert_int_equal(group_add(g, "timeout", NULL, 0, &id), 0);
     tasks_group_submit(g, 1);
     assert_true(wait_state(id, "cancelled"));
     /* Cancelled: not retried although max_attempts is 3. */
@@ -931,9 +979,9 @@ static void tasks_service_scope_ended_after_run(void **state)
     int destroyed0 = atomic_load(&svc_destroyed);
     atomic_store(&svc_same, 0);
     uint64_t a, b;
-    tasks_group *g = tasks_group_new(&gen, NULL, BGS_SEQUENTIAL);
-    assert_int_equal(tasks_group_add(g, "service", NULL, 0, &a), 0);
-    assert_int_equal(tasks_group_add(g, "service", NULL, 0, &b), 0);
+    tasks_group *g = group_new(NULL, BGS_SEQUENTIAL);
+    assert_int_equal(group_add(g, "service", NULL, 0, &a), 0);
+    assert_int_equal(group_add(g, "service", NULL, 0, &b), 0);
     tasks_group_submit(g, 1);
     assert_true(wait_state(b, "succeeded"));
     assert_true(state_is(a, "succeeded"));
@@ -947,8 +995,8 @@ static void tasks_result_kept_in_record(void **state)
     (void)state;
     start(2, 100, 100);
     uint64_t id;
-    tasks_group *g = tasks_group_new(&gen, NULL, BGS_SEQUENTIAL);
-    assert_int_equal(tasks_group_add(g, "result", NULL, 0, &id), 0);
+    tasks_group *g = group_new(NULL, BGS_SEQUENTIAL);
+    assert_int_equal(group_add(g, "result", NULL, 0, &id), 0);
     tasks_group_submit(g, 1);
     assert_true(wait_state(id, "succeeded"));
     char *r = record(id);
@@ -965,15 +1013,15 @@ static void tasks_shutdown_reports_and_cancels_unfinished(void **state)
     atomic_store(&waitcancel_started, 0);
     atomic_store(&count_runs, 0);
     uint64_t a, b;
-    tasks_group *g = tasks_group_new(&gen, NULL, BGS_CONCURRENT);
-    assert_int_equal(tasks_group_add(g, "waitcancel", NULL, 0, &a), 0);
-    assert_int_equal(tasks_group_add(g, "count", NULL, 0, &b), 0);
+    tasks_group *g = group_new(NULL, BGS_CONCURRENT);
+    assert_int_equal(group_add(g, "waitcancel", NULL, 0, &a), 0);
+    assert_int_equal(group_add(g, "count", NULL, 0, &b), 0);
     tasks_group_submit(g, 1);
     assert_true(wait_state(a, "running"));
 
     h_capture_begin();
-    tasks_report_unfinished();
-    size_t unfinished = tasks_shutdown(20);
+    tasks_report_unfinished(E);
+    size_t unfinished = tasks_shutdown(E, 20);
     char *log = h_capture_end();
 
     assert_int_equal(unfinished, 2);
@@ -1000,9 +1048,9 @@ static void tasks_ring_evicts_oldest(void **state)
     (void)state;
     start(1, 100, 3);
     uint64_t ids[5];
-    tasks_group *g = tasks_group_new(&gen, NULL, BGS_SEQUENTIAL);
+    tasks_group *g = group_new(NULL, BGS_SEQUENTIAL);
     for (int i = 0; i < 5; i++)
-        assert_int_equal(tasks_group_add(g, "count", NULL, 0, &ids[i]), 0);
+        assert_int_equal(group_add(g, "count", NULL, 0, &ids[i]), 0);
     /* Live records are always findable, whatever keep says. */
     for (int i = 0; i < 5; i++)
         assert_true(state_is(ids[i], "queued"));
@@ -1010,10 +1058,10 @@ static void tasks_ring_evicts_oldest(void **state)
     assert_true(wait_state(ids[4], "succeeded"));
     json j;
     json_init(&j);
-    assert_int_equal(tasks_record_json(ids[0], &j), BGS_ENOTFOUND);
-    assert_int_equal(tasks_record_json(ids[1], &j), BGS_ENOTFOUND);
-    assert_int_equal(tasks_record_json(0, &j), BGS_ENOTFOUND);
-    assert_int_equal(tasks_record_json(UINT64_MAX, &j), BGS_ENOTFOUND);
+    assert_int_equal(introspect_task_json(E, ids[0], &j), BGS_ENOTFOUND);
+    assert_int_equal(introspect_task_json(E, ids[1], &j), BGS_ENOTFOUND);
+    assert_int_equal(introspect_task_json(E, 0, &j), BGS_ENOTFOUND);
+    assert_int_equal(introspect_task_json(E, UINT64_MAX, &j), BGS_ENOTFOUND);
     json_free(&j);
     for (int i = 2; i < 5; i++)
         assert_true(state_is(ids[i], "succeeded"));
@@ -1024,8 +1072,8 @@ static void tasks_record_json_escapes_and_keys(void **state)
     (void)state;
     start(2, 100, 100);
     uint64_t id;
-    tasks_group *g = tasks_group_new(&gen, "req-\"q\"", BGS_SEQUENTIAL);
-    assert_int_equal(tasks_group_add(g, "fail", NULL, 0, &id), 0);
+    tasks_group *g = group_new("req-\"q\"", BGS_SEQUENTIAL);
+    assert_int_equal(group_add(g, "fail", NULL, 0, &id), 0);
     tasks_group_submit(g, 1);
     assert_true(wait_state(id, "failed"));
     char *r = record(id);
@@ -1069,6 +1117,136 @@ static void tasks_record_json_escapes_and_keys(void **state)
     free(r);
 }
 
+/* A watcher takes the result over (it is handed, not copied, on to a
+ * deferred response); the record keeps its own for introspection.  The
+ * watcher sees the state as the enum. */
+typedef struct taken {
+    atomic_int calls;
+    tasks_state state;
+    uint32_t status;
+    char *type;
+    void *body;
+    size_t len;
+} taken;
+
+static void take_result(void *arg, tasks_final *f)
+{
+    taken *t = arg;
+    t->state = f->state;
+    t->status = f->result_status;
+    t->type = f->result_type;
+    t->body = f->result;
+    t->len = f->result_len;
+    f->result_type = NULL;
+    f->result = NULL;
+    atomic_fetch_add(&t->calls, 1);
+}
+
+static void tasks_watcher_takes_the_result(void **state)
+{
+    (void)state;
+    start(2, 100, 100);
+    taken t = {0};
+    uint64_t id;
+    assert_int_equal(tasks_enqueue(E, &owner, "req-t", NULL, NULL, 0, take_result, &t, &id),
+                     BGS_ENOTASK);
+    assert_int_equal(tasks_enqueue(E, &owner, "req-t", def_of("result"), NULL, 0, take_result,
+                                   &t, &id), 0);
+    assert_true(wait_atomic_at_least(&t.calls, 1));
+    assert_int_equal(t.state, TASKS_SUCCEEDED);
+    assert_string_equal(tasks_state_name(t.state), "succeeded");
+    assert_int_equal(t.status, 201);
+    assert_string_equal(t.type, "text/plain");
+    assert_int_equal(t.len, 7);
+    assert_memory_equal(t.body, "made it", 7);
+    free(t.type);
+    free(t.body);
+    char *r = record(id);
+    h_assert_contains(r, "\"body\":\"made it\"");
+    h_assert_contains(r, "\"request_id\":\"req-t\"");
+    free(r);
+    /* Watching a final task says so; an unknown one is not found. */
+    assert_int_equal(tasks_watch(E, id, take_result, &t), 1);
+    assert_int_equal(tasks_watch(E, 999999, take_result, &t), BGS_ENOTFOUND);
+    assert_int_equal(atomic_load(&t.calls), 1);
+}
+
+/* Two engines at once: each has its own ids, records, counters and
+ * shutdown; neither sees the other's tasks. */
+static void tasks_two_engines_side_by_side(void **state)
+{
+    (void)state;
+    start(2, 100, 100);
+    atomic_store(&gate_open, 1);
+    tasks_config cfg = {.workers = 1, .queue_cap = 10, .keep = 10};
+    tasks_engine *e2 = tasks_new(&cfg);
+    assert_non_null(e2);
+
+    uint64_t a, b;
+    tasks_group *g = group_new(NULL, BGS_CONCURRENT);
+    assert_int_equal(group_add(g, "count", NULL, 0, &a), 0);
+    tasks_group_submit(g, 1);
+    tasks_group *g2 = tasks_group_new(e2, &owner, NULL, BGS_CONCURRENT);
+    assert_int_equal(tasks_group_add(g2, def_of("count"), NULL, 0, &b), 0);
+    assert_int_equal(tasks_group_add(g2, def_of("count"), NULL, 0, NULL), 0);
+    tasks_group_submit(g2, 1);
+    assert_int_equal(a, 1); /* ids are the engine's own */
+    assert_int_equal(b, 1);
+    assert_true(wait_state(a, "succeeded"));
+    assert_true(wait_stat_at_least("count", "succeeded", 1));
+
+    json j;
+    uint64_t deadline = util_now_us() + DEADLINE_US;
+    for (;;) { /* e2's two runs, counted in e2 only */
+        json_init(&j);
+        json_obj_begin(&j);
+        tasks_stats_json(e2, &j);
+        json_obj_end(&j);
+        char *st = json_take(&j, NULL);
+        int done = strstr(st, "\"count\":{\"queued\":0,\"running\":0,\"succeeded\":2") != NULL;
+        free(st);
+        if (done)
+            break;
+        assert_true(util_now_us() < deadline);
+        pause_ms(1);
+    }
+    assert_int_equal(stat_of("count", "succeeded"), 1);
+    json_init(&j);
+    assert_int_equal(introspect_task_json(e2, 2, &j), 0);
+    json_free(&j);
+    json_init(&j);
+    assert_int_equal(introspect_task_json(E, 2, &j), BGS_ENOTFOUND);
+    json_free(&j);
+
+    /* Stopping one leaves the other accepting. */
+    assert_int_equal(tasks_shutdown(e2, 1000), 0);
+    tasks_group *g3 = tasks_group_new(e2, &owner, NULL, BGS_CONCURRENT);
+    assert_int_equal(tasks_group_add(g3, def_of("count"), NULL, 0, NULL), BGS_ESHUTDOWN);
+    tasks_group_discard(g3, "unused");
+    tasks_free(e2);
+    g = group_new(NULL, BGS_CONCURRENT);
+    assert_int_equal(group_add(g, "count", NULL, 0, &a), 0);
+    tasks_group_submit(g, 1);
+    assert_true(wait_state(a, "succeeded"));
+}
+
+/* Definitions resolved at load time (tasks_resolve) count under their
+ * name together with the same name found without resolving. */
+static void tasks_resolved_definitions_share_the_name(void **state)
+{
+    (void)state;
+    start(2, 100, 100);
+    plugin_task defs[1] = {*def_of("count")};
+    defs[0].kind = NULL;
+    tasks_resolve(E, defs, 1);
+    assert_non_null(defs[0].kind);
+    tasks_group *g = group_new(NULL, BGS_CONCURRENT);
+    assert_int_equal(tasks_group_add(g, &defs[0], NULL, 0, NULL), 0);
+    assert_int_equal(group_add(g, "count", NULL, 0, NULL), 0);
+    tasks_group_submit(g, 1);
+    assert_true(wait_stat_at_least("count", "succeeded", 2));
+}
+
 #define T(name) cmocka_unit_test_teardown(name, teardown)
 
 int main(void)
@@ -1098,6 +1276,9 @@ int main(void)
         T(tasks_shutdown_reports_and_cancels_unfinished),
         T(tasks_ring_evicts_oldest),
         T(tasks_record_json_escapes_and_keys),
+        T(tasks_watcher_takes_the_result),
+        T(tasks_two_engines_side_by_side),
+        T(tasks_resolved_definitions_share_the_name),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

@@ -17,7 +17,7 @@
  * The handler uses only async-signal-safe calls (open, read, write,
  * sigaction, raise) plus backtrace()/backtrace_symbols_fd(), whose lazy
  * loading of libgcc is done up front by crash_install, and the gauges
- * function (tasks_gauges, lock-free).
+ * function (tasks_gauges on the engine, lock-free).
  *
  * Supervised, the handler prints nothing itself: it sends the signal,
  * what was running, the task gauges, the raw frames and its memory map
@@ -46,6 +46,7 @@ static _Thread_local void *altstack;  /* ours, mmap'd; NULL until set */
 static int installed;
 static int report_fd = -1;          /* crash_install; read-only afterwards */
 static crash_gauges_fn gauges;      /* crash_set_gauges; read-only afterwards */
+static void *gauges_arg;            /* crash_set_gauges; read-only afterwards */
 static atomic_flag crashing = ATOMIC_FLAG_INIT;
 static pthread_key_t altstack_key;  /* destructor frees the thread's stack */
 
@@ -308,7 +309,7 @@ static void send_record(int sig, const siginfo_t *si, const void *uctx, const cr
     }
     uint64_t queued = 0, running = 0;
     if (gauges) {
-        gauges(&queued, &running);
+        gauges(gauges_arg, &queued, &running);
         put(&o, "\nQ ");
         put_u64(&o, queued);
         put(&o, " ");
@@ -391,9 +392,10 @@ static void on_fatal(int sig, siginfo_t *si, void *uctx)
 
 /* ---- setup -------------------------------------------------------------------- */
 
-void crash_set_gauges(crash_gauges_fn fn)
+void crash_set_gauges(crash_gauges_fn fn, void *arg)
 {
     gauges = fn;
+    gauges_arg = arg;
 }
 
 void crash_install(int supervisor_fd)

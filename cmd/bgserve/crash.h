@@ -55,8 +55,11 @@ void crash_install(int supervisor_fd);
 
 /* Tell the handler how to count the tasks a crash loses (queued and
  * running); fn must be async-signal-safe.  Main thread, at startup. */
-typedef void (*crash_gauges_fn)(uint64_t *queued, uint64_t *running);
-void crash_set_gauges(crash_gauges_fn fn);
+typedef void (*crash_gauges_fn)(void *arg, uint64_t *queued, uint64_t *running);
+/* The task gauges a crash report prints: fn(arg, ...) must be lock-free
+ * and async-signal-safe (tasks_gauges with the engine).  The handler is
+ * the process's, so this is the one process-wide pointer to the engine. */
+void crash_set_gauges(crash_gauges_fn fn, void *arg);
 
 void crash_enter_route(crash_frame *f, const char *method, const char *path,
                        const char *rid, uint64_t gen, const char *plugin);

@@ -214,7 +214,7 @@ static void task_list_json(json *j, const uint64_t *ids, size_t n)
     json_key(j, "tasks");
     json_arr_begin(j);
     for (size_t i = 0; i < n; i++)
-        tasks_record_json(ids[i], j); /* evicted meanwhile: nothing */
+        introspect_task_json(cfg.tasks, ids[i], j); /* evicted meanwhile: nothing */
     json_arr_end(j);
 }
 
@@ -246,7 +246,7 @@ static void stats_part(json *j)
     last_stats_us = now;
     last_requests = c.requests;
     last_errors = c.errors;
-    tasks_gauges(&s.queued, &s.running);
+    tasks_gauges(cfg.tasks, &s.queued, &s.running);
     pthread_mutex_lock(&d_mu);
     if (sample_len == SAMPLES)
         sample_start = (sample_start + 1) % SAMPLES;
@@ -290,7 +290,7 @@ static event *snapshot(uint64_t at)
     json_key(&j, "logs");
     events_logs_json(&j, &since);
     uint64_t ids[DASHBOARD_RECENT_TASKS];
-    task_list_json(&j, ids, tasks_recent_ids(ids, DASHBOARD_RECENT_TASKS));
+    task_list_json(&j, ids, tasks_recent_ids(cfg.tasks, ids, DASHBOARD_RECENT_TASKS));
     sample copy[SAMPLES];
     pthread_mutex_lock(&d_mu);
     size_t n = sample_len;
@@ -488,7 +488,7 @@ static void tick(unsigned n)
     int missed = 0;
     size_t nid = events_take_tasks(ids, EVENTS_DIRTY_MAX, &missed);
     if (missed) {
-        nid = tasks_recent_ids(ids, DASHBOARD_RECENT_TASKS);
+        nid = tasks_recent_ids(cfg.tasks, ids, DASHBOARD_RECENT_TASKS);
     } else if (nid > 1) {
         qsort(ids, nid, sizeof ids[0], cmp_u64);
         size_t k = 1;
@@ -651,7 +651,7 @@ static void retry(const char *path, const char *(*header)(void *ctx, const char 
     }
     char name[256] = "";
     uint64_t nid = 0;
-    int rc = tasks_retry(g, id, &nid, name, sizeof name);
+    int rc = tasks_retry(cfg.tasks, &g->owner, g->plugin, id, &nid, name, sizeof name);
     gen_release(g);
     switch (rc) {
     case 0: {

@@ -31,6 +31,7 @@ typedef struct dashboard_config {
     /* The http room's counters (requests, errors, connections); called
      * on the dashboard's thread and on HTTP threads. */
     void (*counters)(introspect_counters *c);
+    struct tasks_engine *tasks; /* the engine whose tasks are shown */
 } dashboard_config;
 
 /* Start the thread that builds updates (it sleeps while no client is

@@ -228,21 +228,35 @@ static int settle(bgs_deferred *d, int state, int abandoned, answer *a, int plug
     return moved;
 }
 
+int deferred_complete_take(bgs_deferred *d, uint32_t status, char *type, void *body,
+                           size_t len)
+{
+    if (d == NULL || (body == NULL && len > 0) || status < 100 || status > 599) {
+        free(type);
+        free(body);
+        return BGS_EINVAL; /* nothing happened: the handle is still the plugin's */
+    }
+    answer a = {
+        .status = status,
+        .type = type ? type : xstrdup("text/plain; charset=utf-8"),
+        .body = len ? body : NULL,
+        .len = len,
+    };
+    if (len == 0)
+        free(body);
+    int moved = settle(d, DEFERRED_COMPLETED, 0, &a, 1);
+    free(a.type); /* still ours when the handle was no longer pending */
+    free(a.body);
+    return moved == 1 ? 0 : BGS_ESTATE;
+}
+
 int deferred_complete(bgs_deferred *d, uint32_t status, const char *type,
                       const void *body, size_t len)
 {
     if (d == NULL || (body == NULL && len > 0) || status < 100 || status > 599)
         return BGS_EINVAL; /* nothing happened: the handle is still the plugin's */
-    answer a = {
-        .status = status,
-        .type = xstrdup(type ? type : "text/plain; charset=utf-8"),
-        .body = len ? xmemdup(body, len) : NULL,
-        .len = len,
-    };
-    int moved = settle(d, DEFERRED_COMPLETED, 0, &a, 1);
-    free(a.type); /* still ours when the handle was no longer pending */
-    free(a.body);
-    return moved == 1 ? 0 : BGS_ESTATE;
+    return deferred_complete_take(d, status, type ? xstrdup(type) : NULL,
+                                  len ? xmemdup(body, len) : NULL, len);
 }
 
 void deferred_release(bgs_deferred *d)
@@ -306,6 +320,15 @@ void deferred_host_release(void *h, const void *site)
     bgs_deferred *d = claim(h, site, "bgs_deferred_release", "nothing", NULL);
     if (d != NULL)
         settle(d, DEFERRED_RELEASED, 0, NULL, 0);
+}
+
+void *deferred_take_body(bgs_deferred *d)
+{
+    pthread_mutex_lock(&lock);
+    void *body = d->body;
+    d->body = NULL;
+    pthread_mutex_unlock(&lock);
+    return body;
 }
 
 int deferred_state(bgs_deferred *d, uint32_t *status, const char **type,

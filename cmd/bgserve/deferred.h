@@ -29,7 +29,7 @@ enum {
 typedef void (*deferred_resume_fn)(void *conn);
 
 /* Deadlines run on the scheduler thread (sched.h, started by
- * tasks_start), so start after tasks_start.  deferred_stop, after
+ * tasks_new), so start after tasks_new.  deferred_stop, after
  * tasks_shutdown, frees the handles a plugin never settled.  0 or -1. */
 int deferred_start(void);
 void deferred_stop(void);
@@ -47,6 +47,12 @@ bgs_deferred *deferred_new_internal(uint32_t timeout_ms, deferred_resume_fn resu
  */
 void deferred_arm(bgs_deferred *d);
 
+/* deferred_complete taking over type and body (malloc'd; type may be
+ * NULL for text/plain) instead of copying them: bgserve's own answers
+ * (a task's result for bgs_res_await).  They are freed whatever
+ * happens. */
+int deferred_complete_take(bgs_deferred *d, uint32_t status, char *type, void *body,
+                           size_t len);
 /* The plugin's answer (any thread).  Copies type and body; drops the
  * plugin's reference.  BGS_ESTATE when the handle is no longer pending
  * (timed out, shut down), and then the reference is dropped too; also
@@ -75,6 +81,10 @@ void deferred_host_release(void *h, const void *site);
  * valid until deferred_put). */
 int deferred_state(bgs_deferred *d, uint32_t *status, const char **type,
                    const char **body, size_t *len);
+/* The answer's body handed over to the caller (malloc'd, NULL when
+ * empty), for the response that sends it: the body a task produced
+ * reaches the client without another copy.  Once only; NULL after. */
+void *deferred_take_body(bgs_deferred *d);
 /* The connection side is done; delivered: the answer reached the client. */
 void deferred_put(bgs_deferred *d, int delivered);
 

@@ -89,7 +89,7 @@ static void discard_groups(struct bgs_res *res, const char *why)
 
 /* ---- bgserve's endpoints ---------------------------------------------------- */
 
-static void longpoll_done(void *arg, const tasks_final *f)
+static void longpoll_done(void *arg, tasks_final *f)
 {
     (void)f;
     deferred_complete(arg, 200, NULL, NULL, 0); /* wakes the connection */
@@ -97,7 +97,7 @@ static void longpoll_done(void *arg, const tasks_final *f)
 
 /* GET /_bgserve/tasks/ID?wait=MS on a task not yet final: suspend until
  * it is, or until MS pass.  Returns 1 when suspending. */
-static int start_longpoll(struct bgs_req *req, struct bgs_res *res)
+static int start_longpoll(const dispatch_env *env, struct bgs_req *req, struct bgs_res *res)
 {
     const char *wait = req_query_value(req, "wait");
     uint64_t id = introspect_task_id(req->path);
@@ -110,7 +110,7 @@ static int start_longpoll(struct bgs_req *req, struct bgs_res *res)
     if (ms > LONGPOLL_MAX_MS)
         ms = LONGPOLL_MAX_MS;
     bgs_deferred *d = deferred_new_internal((uint32_t)ms, req->resume_fn, req->resume_ctx);
-    if (tasks_watch(id, longpoll_done, d) != 0) {
+    if (tasks_watch(env->tasks, id, longpoll_done, d) != 0) {
         /* final already, or unknown: answer now */
         deferred_release(d);
         deferred_put(d, 1);
@@ -123,7 +123,7 @@ static int start_longpoll(struct bgs_req *req, struct bgs_res *res)
 
 static int serve_introspection(const dispatch_env *env, struct bgs_req *req, struct bgs_res *res)
 {
-    if (!res->longpoll && start_longpoll(req, res))
+    if (!res->longpoll && start_longpoll(env, req, res))
         return DISPATCH_SUSPEND;
     if (strcmp(req->path, URLS_EVENTS) == 0 && strcmp(req->method, "GET") == 0)
         return DISPATCH_STREAM;
@@ -133,6 +133,7 @@ static int serve_introspection(const dispatch_env *env, struct bgs_req *req, str
         memset(&c, 0, sizeof c);
         if (env->counters)
             env->counters(&c);
+        c.tasks = env->tasks;
         introspect_handle(req->method, req->path, &c, &rep);
     }
     if (rep.allow)
@@ -151,10 +152,10 @@ static int attach_route_tasks(struct bgs_req *req, struct bgs_res *res, const pl
 {
     if (route->ntasks == 0)
         return 0;
-    res->route_group = tasks_group_new(req->gen, req->id, route->mode);
+    res->route_group = tasks_group_new(req->gen->tasks, &req->gen->owner, req->id, route->mode);
     for (uint32_t i = 0; i < route->ntasks; i++) {
         const plugin_route_task *t = &route->tasks[i];
-        int rc = tasks_group_add(res->route_group, t->name, t->payload, t->len, NULL);
+        int rc = tasks_group_add(res->route_group, t->def, t->payload, t->len, NULL);
         if (rc != 0)
             return rc;
     }
@@ -259,7 +260,8 @@ int dispatch_resumed(const dispatch_env *env, struct bgs_req *req, struct bgs_re
         return serve_introspection(env, req, res); /* the record as it is now */
     switch (state) {
     case DEFERRED_COMPLETED:
-        res_take_answer(res, status, type, len ? xmemdup(body, len) : NULL, len);
+        (void)body; /* handed over, not copied */
+        res_take_answer(res, status, type, len ? deferred_take_body(res->deferred) : NULL, len);
         add_task_ids(env, res);
         return DISPATCH_ANSWERED;
     case DEFERRED_TIMED_OUT:
@@ -284,8 +286,8 @@ void dispatch_finish(struct bgs_req *req, struct bgs_res *res, int answered, int
             atomic_fetch_add_explicit(&rs->errors, 1, memory_order_relaxed);
         latency_add(&rs->latency, duration_us);
     }
-    for (size_t i = 0; i < res->nqueued; i++)
-        tasks_note_delivery(res->queued_ids[i], delivered);
+    for (size_t i = 0; req->gen && i < res->nqueued; i++) /* queued: gen is set */
+        tasks_note_delivery(req->gen->tasks, res->queued_ids[i], delivered);
     if (res->group)
         tasks_group_submit(res->group, delivered);
     if (res->route_group)

@@ -27,8 +27,8 @@
  *     res_free(&res);
  *
  * The generation serving the request is gen_current() at dispatch time;
- * the task engine must be started (tasks_start, deferred_start) for
- * tasks and deferred answers.  Headers the answer must carry besides
+ * the task engine (tasks_new, in env->tasks and the generation's) and
+ * deferred_start must be running for tasks and deferred answers.  Headers the answer must carry besides
  * res.headers are the carrier's (Content-Length, Connection, the request
  * id); Bgserve-Tasks is added to res.headers here when env->introspection.
  */
@@ -45,6 +45,7 @@ typedef struct dispatch_env {
     const char *plugin_path;
     /* Fills the counters of /_bgserve/stats; NULL: zeros. */
     void (*counters)(introspect_counters *c);
+    struct tasks_engine *tasks; /* the engine: records, stats, long-polls */
 } dispatch_env;
 
 enum {

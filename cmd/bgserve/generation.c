@@ -3,8 +3,11 @@
  * pointer, reloads and retirement.
  *
  * Each load of the plugin is a generation.  Requests and tasks hold a
- * reference to the generation they started in; so do periodic schedules,
- * until they are stopped at the swap.  When the last reference goes the
+ * reference to the generation they started in (tasks through the owner
+ * handle each generation embeds, which the task engine retains and
+ * releases without knowing what it is); so do periodic schedules, until
+ * they are stopped at the swap.  The plugin's task definitions are
+ * resolved for the engine once, when the generation is made.  When the last reference goes the
  * generation retires on the thread that dropped it: stop hook, services
  * destroyed, dlclose (with an RTLD_NOLOAD check) and the private copy
  * deleted.
@@ -89,14 +92,13 @@ static void free_periodic(generation *g)
     while (g->periodic) {
         gen_periodic *p = g->periodic;
         g->periodic = p->next;
-        free(p->task);
         free(p->payload);
         free(p);
     }
 }
 
 /* Runs when the last reference goes; schedules hold references, so they
- * were stopped before (deps.periodic_stop). */
+ * were stopped before (tasks_periodic_stop_owner). */
 static void retire(generation *g)
 {
     uint64_t number = g->number;
@@ -128,6 +130,30 @@ void gen_setup(const gen_deps *d)
     deps = *d;
 }
 
+static void add_periodic(generation *g, const plugin_task *def, uint32_t interval_ms,
+                         const void *payload, size_t len, uint32_t flags);
+
+/* The owner handle a generation gives its tasks (tasks.h). */
+static void owner_retain(const tasks_owner *o)
+{
+    gen_retain(o->ctx);
+}
+
+static void owner_release(const tasks_owner *o)
+{
+    gen_release(o->ctx);
+}
+
+static services *owner_services(const tasks_owner *o)
+{
+    return ((generation *)o->ctx)->services;
+}
+
+static bgs_app *owner_app(const tasks_owner *o)
+{
+    return ((generation *)o->ctx)->app.handle;
+}
+
 static int create(const char *path, uint64_t number, unsigned flags, generation *prev,
                   generation **out, char *err, size_t errlen)
 {
@@ -147,6 +173,12 @@ static int create(const char *path, uint64_t number, unsigned flags, generation 
     atomic_init(&g->quiet, 0);
     g->number = number;
     g->plugin = p;
+    g->owner = (tasks_owner){.retain = owner_retain, .release = owner_release,
+                             .services = owner_services, .app = owner_app, .ctx = g,
+                             .number = number, .label = p->name};
+    g->tasks = deps.tasks;
+    if (deps.tasks)
+        tasks_resolve(deps.tasks, p->tasks, p->ntasks);
     g->services = services_new();
     services_set_origin(g->services, number, p->name);
     g->app.gen = g;
@@ -157,7 +189,7 @@ static int create(const char *path, uint64_t number, unsigned flags, generation 
     for (size_t i = 0; i < p->ntasks; i++) {
         const plugin_task *t = &p->tasks[i];
         if (t->every_ms)
-            gen_add_periodic(g, t->name, t->every_ms, NULL, 0, t->flags);
+            add_periodic(g, t, t->every_ms, NULL, 0, t->flags);
     }
 
     if (p->start) {
@@ -200,10 +232,11 @@ int gen_create(const char *path, uint64_t number, unsigned flags,
 void gen_activate(generation *g)
 {
     for (gen_periodic *p = g->periodic; p; p = p->next)
-        if (deps.periodic_add == NULL ||
-            deps.periodic_add(g, p->task, p->interval_ms, p->payload, p->len, p->flags) != 0)
+        if (deps.tasks == NULL ||
+            tasks_periodic_add(deps.tasks, &g->owner, p->def, p->interval_ms, p->payload,
+                               p->len, p->flags) != 0)
             log_msg(BGS_LOG_ERROR, "cannot schedule periodic task '%s' of generation %llu",
-                    p->task, (unsigned long long)g->number);
+                    p->def->name, (unsigned long long)g->number);
 }
 
 int gen_add_periodic(generation *g, const char *task, uint32_t interval_ms,
@@ -211,17 +244,24 @@ int gen_add_periodic(generation *g, const char *task, uint32_t interval_ms,
 {
     if (task == NULL || interval_ms == 0 || (payload == NULL && len > 0))
         return BGS_EINVAL;
-    if (plugin_find_task(g->plugin, task) == NULL)
+    const plugin_task *def = plugin_find_task(g->plugin, task);
+    if (def == NULL)
         return BGS_ENOTASK;
+    add_periodic(g, def, interval_ms, payload, len, flags);
+    return 0;
+}
+
+static void add_periodic(generation *g, const plugin_task *def, uint32_t interval_ms,
+                         const void *payload, size_t len, uint32_t flags)
+{
     gen_periodic *p = xcalloc(1, sizeof *p);
-    p->task = xstrdup(task);
+    p->def = def;
     p->interval_ms = interval_ms;
     p->payload = len ? xmemdup(payload, len) : NULL;
     p->len = len;
     p->flags = flags;
     p->next = g->periodic;
     g->periodic = p;
-    return 0;
 }
 
 void gen_retain(generation *g)
@@ -387,8 +427,8 @@ int gen_reload(const char *path, unsigned max_generations)
 
     /* The swap: the old schedules stop first, so no periodic task runs
      * twice; requests and tasks already holding the old one finish on it. */
-    if (old && deps.periodic_stop)
-        deps.periodic_stop(old);
+    if (old && deps.tasks)
+        tasks_periodic_stop_owner(deps.tasks, &old->owner);
     /* Counted before the swap: whoever sees the new code also sees the
      * reload in /_bgserve/stats. */
     pthread_mutex_lock(&stats_lock);

@@ -13,6 +13,7 @@
 #include "bgserve.h"
 #include "plugin.h"
 #include "services.h"
+#include "tasks.h"
 
 #include <stdatomic.h>
 #include <stdint.h>
@@ -39,7 +40,7 @@ struct bgs_app {
  * until the generation is activated (made current). */
 typedef struct gen_periodic {
     struct gen_periodic *next;
-    char *task;
+    const plugin_task *def;    /* in the generation's plugin */
     uint32_t interval_ms;
     void *payload;
     size_t len;
@@ -54,25 +55,25 @@ struct generation {
     services *services;
     int started;           /* the start hook succeeded: stop hook runs */
     gen_periodic *periodic; /* registered at start, scheduled at activation */
+    tasks_owner owner;     /* what the generation's tasks hold (gen_retain) */
+    tasks_engine *tasks;          /* the engine its tasks go to (gen_deps); NULL
+                            * in check-only tools */
     uint64_t load_us;      /* how long loading and starting took */
     atomic_int quiet;      /* gen_abandon_current: retire without a line */
     uint64_t loaded_wall_us; /* when it finished loading (wall clock) */
 };
 
 /*
- * What generations need from the rooms above them: the host API table
- * every plugin is given (hostapi_table()), and the task engine's periodic
- * schedules (tasks_periodic_add, tasks_periodic_stop_gen), which take a
- * generation reference and so include this header.  Passed in rather than
- * called directly so that neither room and this one depend on each other
- * (scripts/check-includes.sh).  The periodic hooks may be NULL in tools
- * that only load with GEN_CHECK_ONLY and never activate a generation.
+ * What generations need: the host API table every plugin is given
+ * (hostapi_table(), passed in because hostapi sits above this room), and
+ * the task engine their tasks and periodic schedules go to.  A
+ * generation's tasks hold it through its owner handle (tasks_owner),
+ * so the engine never sees this header.  tasks may be NULL in tools that
+ * only load with GEN_CHECK_ONLY and never activate a generation.
  */
 typedef struct gen_deps {
     const bgs_host_api *host_api;
-    int (*periodic_add)(generation *g, const char *task, uint32_t interval_ms,
-                        const void *payload, size_t len, uint32_t flags);
-    void (*periodic_stop)(generation *g);
+    tasks_engine *tasks;
 } gen_deps;
 
 /* Set once, before the first gen_create and before any other thread

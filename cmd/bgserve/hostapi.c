@@ -236,7 +236,8 @@ static int host_res_vprintf(bgs_res *h, const char *fmt, va_list ap)
 static tasks_group *res_group(struct bgs_res *res)
 {
     if (res->group == NULL)
-        res->group = tasks_group_new(res->req->gen, res->req->id, res->mode);
+        res->group = tasks_group_new(res->req->gen->tasks, &res->req->gen->owner, res->req->id,
+                                     res->mode);
     return res->group;
 }
 
@@ -251,7 +252,8 @@ static int host_res_task(bgs_res *h, const char *name, const void *payload,
         return misuse(MISUSE_SITE, BGS_EINVAL, NULL, "bgs_res_task(NULL): NULL task name");
     if (payload == NULL && len > 0)
         return misuse(MISUSE_SITE, BGS_EINVAL, NULL, "bgs_res_task(\"%s\", NULL, %zu): NULL payload with a length", name, len);
-    int rc = tasks_group_add(res_group(res), name, payload, len, id_out);
+    int rc = tasks_group_add(res_group(res), plugin_find_task(res->req->gen->plugin, name),
+                             payload, len, id_out);
     return REPORT(rc, "bgs_res_task(\"%s\"): %s", name, rc == BGS_ENOTASK ? "no task with that name" : bgs_strerror(rc));
 }
 
@@ -332,7 +334,8 @@ static int host_req_enqueue(bgs_req *h, const char *name, const void *payload,
         return misuse(MISUSE_SITE, BGS_EINVAL, NULL, "bgs_req_enqueue(NULL): NULL task name");
     if (payload == NULL && len > 0)
         return misuse(MISUSE_SITE, BGS_EINVAL, NULL, "bgs_req_enqueue(\"%s\", NULL, %zu): NULL payload with a length", name, len);
-    int rc = tasks_enqueue(req->gen, req->id, name, payload, len, NULL, NULL, &id);
+    int rc = tasks_enqueue(req->gen->tasks, &req->gen->owner, req->id,
+                           plugin_find_task(req->gen->plugin, name), payload, len, NULL, NULL, &id);
     if (rc != 0)
         return REPORT(rc, "bgs_req_enqueue(\"%s\"): %s", name, rc == BGS_ENOTASK ? "no task with that name" : bgs_strerror(rc));
     res_note_queued(req->res, id);
@@ -341,21 +344,26 @@ static int host_req_enqueue(bgs_req *h, const char *name, const void *payload,
     return 0;
 }
 
-/* The awaited task is final: answer with its result or its error. */
-static void await_done(void *arg, const tasks_final *f)
+/* The awaited task is final: answer with its result (handed over, not
+ * copied) or its error. */
+static void await_done(void *arg, tasks_final *f)
 {
     bgs_deferred *d = arg;
-    if (f->succeeded) {
-        if (f->has_result)
-            deferred_complete(d, f->result_status ? f->result_status : 200, f->result_type,
-                              f->result, f->result_len);
-        else
+    if (f->state == TASKS_SUCCEEDED) {
+        if (f->has_result) {
+            deferred_complete_take(d, f->result_status ? f->result_status : 200,
+                                   f->result_type, f->result, f->result_len);
+            f->result_type = NULL;
+            f->result = NULL;
+        } else {
             deferred_complete(d, 200, NULL, NULL, 0);
+        }
         return;
     }
     char msg[700];
     int n = snprintf(msg, sizeof msg, "task %llu (%s) %s%s%s\n", (unsigned long long)f->id,
-                     f->name, f->state, f->error ? ": " : "", f->error ? f->error : "");
+                     f->name, tasks_state_name(f->state), f->error ? ": " : "",
+                     f->error ? f->error : "");
     if (n < 0)
         n = 0;
     deferred_complete(d, 500, "text/plain; charset=utf-8", msg,
@@ -378,7 +386,9 @@ static int host_res_await(bgs_res *h, const char *name, const void *payload,
         return misuse(MISUSE_SITE, BGS_ESTATE, NULL, "bgs_res_await(\"%s\"): the response is deferred already", name);
     bgs_deferred *d = deferred_new(timeout_ms, res->req->resume_fn, res->req->resume_ctx);
     res->deferred = d;
-    int rc = tasks_enqueue(res->req->gen, res->req->id, name, payload, len, await_done, d, &id);
+    int rc = tasks_enqueue(res->req->gen->tasks, &res->req->gen->owner, res->req->id,
+                           plugin_find_task(res->req->gen->plugin, name), payload, len,
+                           await_done, d, &id);
     if (rc != 0) {
         /* Nobody else has the handle: undo the deferral entirely. */
         res->deferred = NULL;

@@ -346,6 +346,7 @@ static void fill_counters(introspect_counters *c)
         .conns_limit = conn_limit,
         .conns_rejected = atomic_load(&conns_rejected),
         .conns_evicted = atomic_load(&conns_evicted),
+        .tasks = config.tasks,
     };
 }
 
@@ -838,7 +839,8 @@ int http_start(const http_config *cfg, char *err, size_t errlen)
     char hostport[INET6_ADDRSTRLEN + 16];
     config = *cfg;
     denv = (dispatch_env){.introspection = cfg->introspection, .crash_page = cfg->crash_page,
-                          .plugin_path = cfg->plugin_path, .counters = fill_counters};
+                          .plugin_path = cfg->plugin_path, .counters = fill_counters,
+                          .tasks = cfg->tasks};
     started_us = util_now_us();
     nul_check = strncmp(MHD_get_version(), "0.", 2) == 0;
     conn_limit = cfg->conn_limit ? cfg->conn_limit : 1;
@@ -868,7 +870,7 @@ int http_start(const http_config *cfg, char *err, size_t errlen)
 
     /* Before libmicrohttpd: a client waiting in the backlog (a page
      * reconnecting after a crash) may ask for the event stream at once. */
-    if (cfg->introspection && dashboard_start(&(dashboard_config){.counters = fill_counters}) != 0) {
+    if (cfg->introspection && dashboard_start(&(dashboard_config){.counters = fill_counters, .tasks = config.tasks}) != 0) {
         close(listen_fd);
         listen_fd = -1;
         snprintf(err, errlen, "bgserve: cannot start the dashboard's thread\n"

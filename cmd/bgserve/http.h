@@ -22,6 +22,8 @@ typedef struct http_config {
                                report every request gets (crashpage.h),
                                or NULL (503) */
     const char *plugin_path;
+    struct tasks_engine *tasks;    /* the engine: records and stats for
+                               /_bgserve/, long-polls, deliveries */
 } http_config;
 
 /* Bind and listen on host:port (0: any free port); the socket is

@@ -3,14 +3,17 @@
  * Accepted's Location points at) and GET /_bgserve/stats.  The live
  * dashboard's page, event stream and actions are dashboard.c's.
  *
- * Stateless: every answer is built from tasks.h and the counters the
- * http room passes in, on the calling HTTP thread.
+ * Stateless: every answer is built from the task engine the http room
+ * passes in (its stats; a record, printed here from the engine's
+ * tasks_record view: the JSON of a task record lives in this file) and
+ * the counters, on the calling HTTP thread.
  */
 #include "introspect.h"
 
 #include "deferred.h"
 #include "events.h"
 #include "generation.h"
+#include "journal_json.h"
 #include "json.h"
 #include "misuse.h"
 #include "supervisor.h"
@@ -56,7 +59,7 @@ uint64_t introspect_task_id(const char *path)
 
 void introspect_stats_json(json *j, const introspect_counters *c)
 {
-    tasks_stats_json(j);
+    tasks_stats_json(c->tasks, j);
     json_key(j, "deferred");
     deferred_stats_json(j);
     gen_stats_json(j);
@@ -91,6 +94,94 @@ void introspect_stats_json(json *j, const introspect_counters *c)
     json_obj_end(j);
 }
 
+/* ---- a task's record (GET /_bgserve/tasks/ID) ------------------------------- */
+
+static void json_time(json *j, const char *key, uint64_t wall)
+{
+    char buf[96];
+    json_key(j, key);
+    if (wall == 0) {
+        json_null(j);
+        return;
+    }
+    util_iso_time(buf, sizeof(buf), wall, 6);
+    json_str(j, buf);
+}
+
+static void json_time_us(json *j, const char *key, uint64_t wall)
+{
+    json_key(j, key);
+    if (wall == 0)
+        json_null(j);
+    else
+        json_u64(j, wall);
+}
+
+/* Runs under the engine's records lock (tasks_record_visit). */
+static void record_json(void *arg, const tasks_record *r)
+{
+    json *j = arg;
+    json_obj_begin(j);
+    json_key(j, "id");
+    json_u64(j, r->id);
+    json_key(j, "name");
+    json_str(j, r->name);
+    json_key(j, "state");
+    json_str(j, tasks_state_name(r->state));
+    json_key(j, "attempts");
+    json_u64(j, r->attempts);
+    json_key(j, "max_attempts");
+    json_u64(j, r->max_attempts);
+    json_time(j, "created_at", r->created_wall);
+    json_time(j, "started_at", r->started_wall);
+    json_time(j, "finished_at", r->finished_wall);
+    json_time_us(j, "created_at_us", r->created_wall);
+    json_time_us(j, "started_at_us", r->started_wall);
+    json_time_us(j, "finished_at_us", r->finished_wall);
+    json_key(j, "error");
+    json_str(j, r->error);
+    json_key(j, "request_id");
+    json_str(j, r->request_id);
+    json_key(j, "delivered");
+    if (r->delivered < 0)
+        json_null(j);
+    else
+        json_bool(j, r->delivered);
+    json_key(j, "mode");
+    json_str(j, r->mode == BGS_CONCURRENT ? "concurrent" : "sequential");
+    json_key(j, "generation");
+    json_u64(j, r->generation);
+    json_key(j, "payload_bytes");
+    json_u64(j, r->payload_len);
+    json_key(j, "adhoc");
+    json_bool(j, r->adhoc);
+    json_key(j, "result");
+    if (!r->has_result) {
+        json_null(j);
+    } else {
+        json_obj_begin(j);
+        json_key(j, "status");
+        json_u64(j, r->result_status);
+        json_key(j, "content_type");
+        json_str(j, r->result_type);
+        json_key(j, "length");
+        json_u64(j, r->result_len);
+        json_key(j, "body");
+        json_strn(j, r->result ? r->result : "", r->result_len);
+        json_obj_end(j);
+    }
+    json_obj_end(j);
+}
+
+int introspect_task_json(tasks_engine *t, uint64_t id, json *j)
+{
+    if (tasks_record_visit(t, id, record_json, j) == 0)
+        return 0;
+    /* No longer in memory (evicted, or an earlier run's): the journal. */
+    journal *jr = tasks_journal(t);
+    return jr && journal_json_record(jr, id, j) == 0 ? 0 : BGS_ENOTFOUND;
+}
+
 void introspect_handle(const char *method, const char *path,
                        const introspect_counters *c, introspect_reply *out)
 {
@@ -113,7 +204,7 @@ void introspect_handle(const char *method, const char *path,
         uint64_t id = introspect_task_id(path);
         json j;
         json_init(&j);
-        if (id != 0 && tasks_record_json(id, &j) == 0) {
+        if (id != 0 && introspect_task_json(c->tasks, id, &j) == 0) {
             reply_json(out, 200, &j);
             return;
         }

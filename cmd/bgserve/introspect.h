@@ -33,6 +33,7 @@ typedef struct introspect_counters {
     uint64_t conns_limit;            /* --max-connections in force */
     uint64_t conns_rejected;         /* past the limit: answered 503 or closed */
     uint64_t conns_evicted;          /* idle keep-alive ones closed to make room */
+    struct tasks_engine *tasks;             /* the engine whose tasks are shown */
 } introspect_counters;
 
 /* The id in "/_bgserve/tasks/ID" (decimal), or 0 when path is not a
@@ -44,6 +45,12 @@ void introspect_reply_error(introspect_reply *out, unsigned status, const char *
 
 /* Write the keys of GET /_bgserve/stats into the open object j. */
 void introspect_stats_json(json *j, const introspect_counters *c);
+
+/* The record of task id of engine t as a JSON object into j:
+ * 0, or BGS_ENOTFOUND if unknown or evicted. */
+struct tasks_engine;
+struct json;
+int introspect_task_json(struct tasks_engine *t, uint64_t id, struct json *j);
 
 /* path is the decoded path starting with "/_bgserve". */
 void introspect_handle(const char *method, const char *path,

@@ -55,15 +55,20 @@ static int run_check(const cli_config *cfg)
     return 0;
 }
 
+typedef struct second_signal_arg {
+    sigset_t set;
+    tasks_engine *engine;
+} second_signal_arg;
+
 /* Waits for a second SIGINT during the drain. */
 static void *second_signal(void *arg)
 {
-    sigset_t *set = arg;
+    second_signal_arg *a = arg;
     int sig;
-    while (sigwait(set, &sig) == 0) {
+    while (sigwait(&a->set, &sig) == 0) {
         if (sig == SIGINT || sig == SIGTERM) {
             log_msg(BGS_LOG_WARN, "second %s: exiting now", sig == SIGINT ? "SIGINT" : "SIGTERM");
-            tasks_report_unfinished();
+            tasks_report_unfinished(a->engine);
             _exit(1);
         }
     }
@@ -96,10 +101,8 @@ int main(int argc, char **argv)
     log_config lc = {.color = cfg.color, .json = cfg.log_json, .quiet = cfg.quiet};
     log_init(&lc);
     signal(SIGPIPE, SIG_IGN);
-    gen_setup(&(gen_deps){.host_api = hostapi_table(), .periodic_add = tasks_periodic_add,
-                          .periodic_stop = tasks_periodic_stop_gen});
-
     if (cfg.check) {
+        gen_setup(&(gen_deps){.host_api = hostapi_table()}); /* never activated */
         crash_install(-1);
         return run_check(&cfg);
     }
@@ -118,7 +121,6 @@ int main(int argc, char **argv)
         if (rc != SUPERVISOR_CHILD)
             return rc;
     }
-    crash_set_gauges(tasks_gauges);
     crash_install(supervisor_report_fd()); /* before any thread */
 
     sigset_t set;
@@ -141,15 +143,18 @@ int main(int argc, char **argv)
     }
     tasks_config tc = {.workers = cfg.workers, .queue_cap = cfg.queue_cap, .keep = cfg.keep,
                        .linger_us = cfg.linger_us, .journal = jr};
-    if (tasks_start(&tc) != 0) {
+    tasks_engine *engine = tasks_new(&tc);
+    if (engine == NULL) {
         log_msg(BGS_LOG_ERROR, "cannot start the task workers");
         journal_close(jr);
         return 1;
     }
+    crash_set_gauges(tasks_gauges, engine);
+    gen_setup(&(gen_deps){.host_api = hostapi_table(), .tasks = engine});
 
     if (deferred_start() != 0) {
         log_msg(BGS_LOG_ERROR, "cannot start the deferred-response thread");
-        tasks_shutdown(0);
+        tasks_shutdown(engine, 0);
         journal_close(jr);
         return 1;
     }
@@ -171,7 +176,7 @@ int main(int argc, char **argv)
         rc_cfg.watch_dirs[i] = cfg.watch[i];
     if (reload_prepare(&rc_cfg, err, sizeof err) != 0) {
         fprintf(stderr, "%s\n", err);
-        tasks_shutdown(0);
+        tasks_shutdown(engine, 0);
         journal_close(jr);
         return 1;
     }
@@ -183,7 +188,7 @@ int main(int argc, char **argv)
     } else if (gen_create(cfg.plugin_path, 1, 0, &g, err, sizeof err) != 0) {
         fprintf(stderr, "%s\n", err);
         reload_stop();
-        tasks_shutdown(0);
+        tasks_shutdown(engine, 0);
         journal_close(jr);
         return 1;
     } else {
@@ -209,12 +214,13 @@ int main(int argc, char **argv)
         .announce = supervisor_announce(),
         .crash_page = supervisor_crash_mode() ? supervisor_crash_report() : NULL,
         .plugin_path = cfg.plugin_path,
+        .tasks = engine,
     };
     supervisor_ready(); /* past the start hook: a crash now is not a crash loop */
     if (http_start(&hc, err, sizeof err) != 0) {
         fprintf(stderr, "%s\n", err);
         reload_stop();
-        tasks_shutdown(0);
+        tasks_shutdown(engine, 0);
         journal_close(jr);
         gen_abandon_current(); /* it never served: no "retired" line */
         return 1;
@@ -224,14 +230,14 @@ int main(int argc, char **argv)
      * that crashes again is then a crash like any other, not a crash
      * loop before serving. */
     if (jr != NULL && g != NULL)
-        tasks_replay(g); /* before any reload can retire g */
+        tasks_replay(engine, &g->owner, g->plugin); /* before any reload can retire g */
 
     if (reload_start(err, sizeof err) != 0) {
         fprintf(stderr, "%s\n", err);
         http_quiesce();
         http_stop();
         reload_stop();
-        tasks_shutdown(0);
+        tasks_shutdown(engine, 0);
         journal_close(jr);
         deferred_stop();
         gen_set_current(NULL);
@@ -260,11 +266,12 @@ int main(int argc, char **argv)
             sig == SIGINT ? "SIGINT" : "SIGTERM", cfg.drain_timeout_ms);
 
     pthread_t waiter;
-    sigset_t wset;
-    sigemptyset(&wset);
-    sigaddset(&wset, SIGINT);
-    sigaddset(&wset, SIGTERM);
-    if (pthread_create(&waiter, NULL, second_signal, &wset) == 0)
+    static second_signal_arg wa; /* the waiter may outlive this frame's end */
+    wa.engine = engine;
+    sigemptyset(&wa.set);
+    sigaddset(&wa.set, SIGINT);
+    sigaddset(&wa.set, SIGTERM);
+    if (pthread_create(&waiter, NULL, second_signal, &wa) == 0)
         pthread_detach(waiter);
 
     reload_stop();
@@ -275,7 +282,9 @@ int main(int argc, char **argv)
     if (left)
         log_msg(BGS_LOG_WARN, "%u requests still in flight at the deadline: closing them", left);
     http_stop();
-    size_t unfinished = tasks_shutdown(cfg.drain_timeout_ms);
+    /* The engine is not freed: the second-signal thread may still report
+     * from it until exit (its records are all that is left). */
+    size_t unfinished = tasks_shutdown(engine, cfg.drain_timeout_ms);
     /* What is left stays in the journal for the next start.  With tasks
      * abandoned on stuck workers it is left open: they may still record
      * their end, and exit releases the lock. */

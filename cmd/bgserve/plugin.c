@@ -411,6 +411,10 @@ static int build(const bgs_plugin *d, plugin *p, char *err, size_t errlen)
     if (rc < 0)
         return -1;
     if (p != NULL) {
+        /* Route tasks name their definitions once, here, not per request. */
+        for (size_t i = 0; i < p->nroutes; i++)
+            for (uint32_t k = 0; k < p->routes[i].ntasks; k++)
+                p->routes[i].tasks[k].def = plugin_find_task(p, p->routes[i].tasks[k].name);
         p->name = xstrdup(str_or(dd.name, ""));
         p->version = xstrdup(str_or(dd.version, ""));
         p->abi_major = dd.abi_major;

@@ -16,8 +16,11 @@
 #include <stddef.h>
 #include <stdint.h>
 
+struct plugin_task;
+
 typedef struct plugin_route_task {
     char *name;       /* copied */
+    const struct plugin_task *def; /* the task it names, resolved at load */
     void *payload;    /* copied; NULL when len is 0 */
     size_t len;
 } plugin_route_task;
@@ -41,7 +44,7 @@ typedef struct plugin_route {
 } plugin_route;
 
 /* What a task definition's zero fields mean, here only: the loader fills
- * them into plugin_task, and tasks.c uses them for ad hoc tasks, which
+ * them into plugin_task, and the task engine uses them for ad hoc tasks, which
  * have no definition. */
 #define PLUGIN_DEFAULT_MAX_ATTEMPTS 1
 #define PLUGIN_DEFAULT_BACKOFF_BASE_MS 100
@@ -57,6 +60,9 @@ typedef struct plugin_task {
     uint32_t every_ms;
     uint32_t timeout_ms;
     uint32_t flags;
+    struct task_kind *kind;   /* the task engine's counters for this name,
+                               * set by tasks_resolve when a generation is
+                               * made; NULL: found by name */
 } plugin_task;
 
 typedef struct plugin {

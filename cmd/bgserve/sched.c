@@ -27,6 +27,7 @@ static sched_timer **heap;        /* guarded by mu */
 static size_t heap_len, heap_cap; /* guarded by mu */
 static sched_timer *firing;       /* guarded by mu */
 static int running, stopping;     /* guarded by mu */
+static unsigned users;            /* sched_start calls not yet stopped; mu */
 static pthread_t thread;          /* written by start, joined by stop */
 
 /* ---- heap (mu held) ------------------------------------------------- */
@@ -163,8 +164,10 @@ int sched_start(void)
     int rc = 0;
 
     pthread_mutex_lock(&mu);
-    if (running)
+    if (running) {
+        users++;
         goto out;
+    }
     if (!cv_ready) {
         util_cond_init_mono(&cv);
         cv_ready = 1;
@@ -175,6 +178,7 @@ int sched_start(void)
         goto out;
     }
     running = 1;
+    users = 1;
 out:
     pthread_mutex_unlock(&mu);
     return rc;
@@ -183,7 +187,7 @@ out:
 void sched_stop(void)
 {
     pthread_mutex_lock(&mu);
-    if (!running) {
+    if (!running || --users > 0) { /* another user still needs it */
         pthread_mutex_unlock(&mu);
         return;
     }

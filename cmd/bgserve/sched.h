@@ -25,10 +25,12 @@ struct sched_timer {
     size_t slot;       /* heap index + 1 while pending, 0 otherwise */
 };
 
-/* Start the timer thread.  0 or -1. */
+/* Start the timer thread, or count one more user of the running one
+ * (each task engine is one).  0 or -1. */
 int sched_start(void);
-/* Stop and join the timer thread.  Pending timers stay pending (they
- * do not fire); a callback in progress finishes first. */
+/* One user less; the last stops and joins the timer thread.  Pending
+ * timers stay pending (they do not fire); a callback in progress
+ * finishes first. */
 void sched_stop(void);
 
 /* Arm t to call fn at due_us (monotonic microseconds).  t must not be

@@ -1,31 +1,51 @@
 /*
- * tasks.h - background tasks: records, groups, retries, the status ring,
- * stats, periodic runs and shutdown drain.  The queue backend and the
- * worker pool sit behind this interface (queue.h, workers.h).
+ * tasks.h - the background task engine: records, groups, retries, the
+ * status ring, stats, periodic runs and the shutdown drain.
  *
- * The HTTP side only ever talks to this header:
+ * The engine is a value: main makes one with tasks_new and hands it to
+ * whoever attaches tasks (the generation room for periodic runs, hostapi
+ * and http through the generation and the request), and frees it with
+ * tasks_free.  Nothing in it is global, so tests make as many engines as
+ * they like, each with its own workers, records, ids and counters.  (The
+ * timer thread, sched.h, is the process's and is shared.)
+ *
+ * Tasks do not know generations.  Whoever attaches a task names it by a
+ * resolved definition (plugin_task, looked up once by the caller: the
+ * loader resolves route tasks at load time) and an owner (tasks_owner):
+ * a small struct of function pointers and a context the task holds a
+ * reference to while it is not final, and through which a running task
+ * reaches its app and services.
+ *
+ * The HTTP side talks only to this header:
  *   handler attaches  -> tasks_group_new / tasks_group_add  (HTTP thread)
  *   request completed -> tasks_group_submit or tasks_group_discard
  * tasks never calls back into http.
+ *
+ * The engine is implemented by the tasks_*.c files, one job each, around
+ * the private tasks_internal.h (its top comment has the map and the
+ * locks); the JSON of a task record is introspect's (tasks_record_visit).
  */
 #ifndef BGSERVE_TASKS_H
 #define BGSERVE_TASKS_H
 
 #include "bgserve.h"
-#include "generation.h"
 #include "journal.h"
 #include "json.h"
+#include "plugin.h"
+#include "services.h"
 
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 
-/* The defaults, here only: tasks_start applies them to zero fields, and
+/* The defaults, here only: tasks_new applies them to zero fields, and
  * cli.c prints them and starts from them.  Plain numbers (cli.c's help
  * text spells them with UTIL_STR). */
 #define TASKS_DEFAULT_WORKERS 16
 #define TASKS_DEFAULT_QUEUE_CAP 65536
 #define TASKS_DEFAULT_KEEP 10000
+
+typedef struct tasks_engine tasks_engine;
 
 typedef struct tasks_config {
     unsigned workers;           /* task threads; 0: TASKS_DEFAULT_WORKERS */
@@ -37,17 +57,11 @@ typedef struct tasks_config {
                                  * or NULL: tasks live in memory only */
 } tasks_config;
 
-/* Set up and start the worker threads and the scheduler.  0 or -1.
- * With a journal, named tasks go through queue_journal (queue_journal.h)
- * and their ids come from the journal (they never repeat). */
-int tasks_start(const tasks_config *cfg);
-
-/* With a journal: run on gen the tasks an earlier run left queued or
- * running (interrupted ones with attempt + 1, each at its not-before
- * time); a task whose name gen does not have goes to the dead letters
- * with that reason, and a warning.  Once, after tasks_start, when the
- * first generation is loaded. */
-void tasks_replay(generation *gen);
+/* A new engine with its workers running (and the timer thread, sched.h),
+ * accepting tasks.  NULL when its threads cannot be started.  With a
+ * journal, named tasks go through queue_journal (queue_journal.h) and
+ * their ids come from the journal (they never repeat). */
+tasks_engine *tasks_new(const tasks_config *cfg);
 
 /*
  * Shutdown: refuse new tasks (BGS_ESHUTDOWN), stop periodic schedules,
@@ -55,31 +69,87 @@ void tasks_replay(generation *gen);
  * cancellation flag, wait briefly for running ones to return, stop the
  * workers, and print the report: how many finished, and every task that
  * did not (id, name, state), one line each.  Returns the number of tasks
- * that did not finish.
+ * that did not finish.  Records stay readable until tasks_free.  A second
+ * call does nothing and returns 0.
  */
-size_t tasks_shutdown(unsigned drain_ms);
+size_t tasks_shutdown(tasks_engine *t, unsigned drain_ms);
+
+/* Free the engine (shutting it down first, with no drain, if that was not
+ * done).  When worker threads were left stuck in plugin code, the engine
+ * stays allocated for them.  NULL is fine.  Main thread. */
+void tasks_free(tasks_engine *t);
 
 /* Print the same report at once (second SIGINT); async-signal-unsafe,
  * call from a normal thread. */
-void tasks_report_unfinished(void);
+void tasks_report_unfinished(tasks_engine *t);
+
+/* A task's state.  Kept as this enum everywhere; tasks_state_name gives
+ * the word records, logs and the report print. */
+typedef enum tasks_state {
+    TASKS_QUEUED,
+    TASKS_RUNNING,
+    TASKS_RETRYING,
+    TASKS_SUCCEEDED, /* the final states from here on */
+    TASKS_FAILED,
+    TASKS_SKIPPED,
+    TASKS_DISCARDED,
+    TASKS_CANCELLED,
+} tasks_state;
+
+const char *tasks_state_name(tasks_state st);
+
+/*
+ * Whoever attaches a task: a task holds a reference (retain at attach,
+ * release once final) and, while it runs, reaches the app and the
+ * services through it.  The struct itself must stay valid while any task
+ * holds a reference (a generation embeds its own).  retain and release
+ * may be NULL (nothing to hold: tests); so may services (none).
+ */
+typedef struct tasks_owner {
+    void (*retain)(const struct tasks_owner *o);
+    void (*release)(const struct tasks_owner *o);
+    services *(*services)(const struct tasks_owner *o);
+    bgs_app *(*app)(const struct tasks_owner *o);
+    void *ctx;                  /* the owner's own (a generation) */
+    uint64_t number;            /* recorded as the task's "generation" */
+    const char *label;          /* the plugin's name, for warnings; lives
+                                 * as long as the owner */
+} tasks_owner;
+
+/*
+ * Resolve definitions once, at load time: each plugin_task's kind (the
+ * engine's counters for its name) is set, so attaching one needs no
+ * lookup by name.  Definitions belong to this engine from then on; one
+ * never resolved is found by name instead.
+ */
+void tasks_resolve(tasks_engine *t, plugin_task *defs, size_t n);
+
+/* With a journal: run for owner, as the tasks of plugin p (looked up by
+ * name, once each), the tasks an earlier run left queued or running
+ * (interrupted ones with attempt + 1, each at its not-before time); a
+ * task whose name p does not have goes to the dead letters with that
+ * reason, and a warning.  Once, after tasks_new, when the first
+ * generation is loaded. */
+void tasks_replay(tasks_engine *t, const tasks_owner *owner, const plugin *p);
 
 /* ---- attaching (HTTP threads) ---------------------------------------- */
 
 typedef struct tasks_group tasks_group;
 
-/* A group of tasks attached to one response.  Holds a reference to gen.
- * request_id is copied.  mode: BGS_SEQUENTIAL or BGS_CONCURRENT. */
-tasks_group *tasks_group_new(generation *gen, const char *request_id,
+/* A group of tasks attached to one response.  Holds a reference to the
+ * owner; request_id is copied.  mode: BGS_SEQUENTIAL or BGS_CONCURRENT. */
+tasks_group *tasks_group_new(tasks_engine *t, const tasks_owner *owner, const char *request_id,
                              uint32_t mode);
 int tasks_group_set_mode(tasks_group *g, uint32_t mode); /* BGS_EINVAL */
 
 /*
- * Attach a named task; the payload is copied.  Reserves queue capacity
- * now, so a task accepted here is never dropped later.  Returns 0 with
- * *id_out set (id_out may be NULL), BGS_ENOTASK, BGS_EFULL (queue full),
- * BGS_ESHUTDOWN.  On error nothing was attached.
+ * Attach the task def (NULL: the name was not found: BGS_ENOTASK); the
+ * payload is copied.  Reserves queue capacity now, so a task accepted
+ * here is never dropped later.  Returns 0 with *id_out set (id_out may be
+ * NULL), BGS_ENOTASK, BGS_EFULL (queue full), BGS_ESHUTDOWN.  On error
+ * nothing was attached.
  */
-int tasks_group_add(tasks_group *g, const char *name, const void *payload,
+int tasks_group_add(tasks_group *g, const plugin_task *def, const void *payload,
                     size_t len, uint64_t *id_out);
 /* Attach an ad hoc task.  On error free_fn(arg) has NOT been called: the
  * caller still owns arg. */
@@ -101,70 +171,104 @@ void tasks_group_discard(tasks_group *g, const char *reason);
 /* ---- tasks queued at once, and watching for final states ---------------- */
 
 /* What a watcher learns when its task reaches a final state.  Pointers
- * are valid only during the callback. */
+ * are valid only during the callback, except result and result_type: a
+ * watcher may take them over (set them to NULL in f and free them later);
+ * what is left is freed after the callback. */
 typedef struct tasks_final {
     uint64_t id;
     const char *name;
-    const char *state;          /* "succeeded", "failed", ... */
-    int succeeded;
+    tasks_state state;
     const char *error;          /* NULL when none */
     int has_result;             /* the task called bgs_task_result */
     uint32_t result_status;
-    const char *result_type;    /* NULL when none */
-    const void *result;
+    char *result_type;          /* NULL when none */
+    void *result;
     size_t result_len;
 } tasks_final;
 
 /* Runs once, on the thread that finalised the task (a worker, the timer
  * thread, or shutdown), with no tasks lock held.  Must be quick. */
-typedef void (*tasks_final_fn)(void *arg, const tasks_final *f);
+typedef void (*tasks_final_fn)(void *arg, tasks_final *f);
 
 /*
- * Queue a named task now, not tied to a response (deferred responses,
+ * Queue the task def now, not tied to a response (deferred responses,
  * awaiting a task).  cb (may be NULL) is called when it is final.
- * Returns 0 with *id_out set, BGS_ENOTASK, BGS_EFULL, BGS_ESHUTDOWN; on
- * error cb is never called.
+ * Returns 0 with *id_out set, BGS_ENOTASK (def NULL), BGS_EFULL,
+ * BGS_ESHUTDOWN; on error cb is never called.
  */
-int tasks_enqueue(generation *gen, const char *request_id, const char *name,
-                  const void *payload, size_t len, tasks_final_fn cb, void *arg,
-                  uint64_t *id_out);
+int tasks_enqueue(tasks_engine *t, const tasks_owner *owner, const char *request_id,
+                  const plugin_task *def, const void *payload, size_t len,
+                  tasks_final_fn cb, void *arg, uint64_t *id_out);
 
 /* Call cb when task id is final.  0: registered; 1: already final (cb is
  * not called); BGS_ENOTFOUND: unknown or evicted. */
-int tasks_watch(uint64_t id, tasks_final_fn cb, void *arg);
+int tasks_watch(tasks_engine *t, uint64_t id, tasks_final_fn cb, void *arg);
 
 /* Record whether the response of the request that queued task id reached
  * the client (for tasks queued with tasks_enqueue). */
-void tasks_note_delivery(uint64_t id, int delivered);
+void tasks_note_delivery(tasks_engine *t, uint64_t id, int delivered);
 
 /* ---- periodic (start hook thread, scheduler thread) -------------------- */
 
-/* Register a periodic run of task `name` of generation gen.  BGS_ENOTASK,
- * BGS_EINVAL (interval 0). */
-int tasks_periodic_add(generation *gen, const char *name, uint32_t interval_ms,
-                       const void *payload, size_t len, uint32_t flags);
-/* Stop every schedule of gen (at reload swap or shutdown). */
-void tasks_periodic_stop_gen(generation *gen);
+/* Run def every interval_ms for owner (held until stopped).  BGS_ENOTASK
+ * (def NULL), BGS_EINVAL (interval 0), BGS_ESHUTDOWN. */
+int tasks_periodic_add(tasks_engine *t, const tasks_owner *owner, const plugin_task *def,
+                       uint32_t interval_ms, const void *payload, size_t len,
+                       uint32_t flags);
+/* Stop every schedule of owner (at reload swap), remembering their phase
+ * for the next owner's schedules of the same task and interval. */
+void tasks_periodic_stop_owner(tasks_engine *t, const tasks_owner *owner);
 
 /* ---- introspection ---------------------------------------------------- */
 
-/* The record of task id as a JSON object; BGS_ENOTFOUND if unknown or
- * evicted. */
-int tasks_record_json(uint64_t id, json *j);
+/* A task's record as introspection shows it (introspect.c prints it).
+ * Valid only during the tasks_record_visit callback. */
+typedef struct tasks_record {
+    uint64_t id;
+    const char *name;
+    tasks_state state;
+    uint32_t attempts, max_attempts;
+    uint64_t created_wall, started_wall, finished_wall; /* 0: not yet */
+    const char *error;          /* NULL when none */
+    const char *request_id;     /* NULL when none */
+    int delivered;              /* -1: not known */
+    uint32_t mode;              /* BGS_SEQUENTIAL or BGS_CONCURRENT */
+    uint64_t generation;        /* the owner's number */
+    size_t payload_len;         /* kept for a failed task (tasks_retry) */
+    int adhoc;
+    int has_result;
+    uint32_t result_status;
+    const char *result_type;    /* NULL when none */
+    const void *result;
+    size_t result_len;
+} tasks_record;
+
+/* Call fn with the record of task id, under the records lock (fn must be
+ * quick and must not call the engine).  0, or BGS_ENOTFOUND if unknown or
+ * evicted (fn not called). */
+int tasks_record_visit(tasks_engine *t, uint64_t id, void (*fn)(void *arg, const tasks_record *r),
+                       void *arg);
 /* The ids of the newest records (live and finished), newest first, at
  * most max; returns how many. */
-size_t tasks_recent_ids(uint64_t *ids, size_t max);
-/* Queue a failed named task again on gen, with the same payload and
- * request id.  0 with *new_id set; BGS_ENOTFOUND (unknown or evicted),
- * BGS_ESTATE (not failed, or an ad hoc task), or what tasks_enqueue
- * returns.  The task's name is copied into name (when known). */
-int tasks_retry(generation *gen, uint64_t id, uint64_t *new_id, char *name, size_t name_cap);
-/* Write the keys "tasks", "queue", "workers" into the open object j. */
-void tasks_stats_json(json *j);
-/* Tasks queued (or waiting to retry) and running now, summed over every
- * task name.  Lock-free and async-signal-safe: the crash handler calls
- * it to say how many tasks a crash loses. */
-void tasks_gauges(uint64_t *queued, uint64_t *running);
+size_t tasks_recent_ids(tasks_engine *t, uint64_t *ids, size_t max);
+/* Queue the failed named task id again for owner, as the task of the same
+ * name in plugin p (the current one: the definition is looked up by name
+ * once, here), with the same payload and request id.  0 with *new_id
+ * set; BGS_ENOTFOUND (unknown or evicted), BGS_ESTATE (not failed, or an
+ * ad hoc task), or what tasks_enqueue returns.  The task's name is copied
+ * into name (when known). */
+int tasks_retry(tasks_engine *t, const tasks_owner *owner, const plugin *p, uint64_t id,
+                uint64_t *new_id, char *name, size_t name_cap);
+/* The journal the engine writes (tasks_config), or NULL. */
+journal *tasks_journal(tasks_engine *t);
+/* Write the keys "tasks", "queue", "workers", "dispatch_us" (and
+ * "journal" with one) into the open object j. */
+void tasks_stats_json(tasks_engine *t, json *j);
+/* Tasks queued (or waiting to retry) and running now in engine arg (a
+ * tasks_engine *), summed over every task name.  Lock-free and
+ * async-signal-safe: the crash handler calls it to say how many tasks a
+ * crash loses (crash_set_gauges). */
+void tasks_gauges(void *arg, uint64_t *queued, uint64_t *running);
 
 /* ---- host API: task context functions (worker threads) --------------- */
 

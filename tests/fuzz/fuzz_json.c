@@ -13,11 +13,11 @@
  * Then the same two strings go through the real record: a task whose
  * request id is the first and which fails with the second as its error
  * (the tasks subsystem runs with one worker, started on the first
- * input), and tasks_record_json's output must pass the same checks, with
+ * input), and introspect_task_json's output must pass the same checks, with
  * "request_id" and "error" decoding back to what went in (as far as a C
  * string carries it: up to a NUL, and the error cut to its buffer).
  */
-#include "generation.h"
+#include "introspect.h"
 #include "json.h"
 #include "log.h"
 #include "tasks.h"
@@ -362,10 +362,10 @@ static void check_field(parser *p, const char *key, const char *in, size_t max)
 
 /* ---- the real record ------------------------------------------------------------ */
 
-#define ERR_CAP 511 /* tasks.c keeps an error of up to ERR_MAX - 1 bytes */
+#define ERR_CAP 511 /* the engine keeps an error of up to TASKS_ERR_MAX - 1 bytes */
 
-static plugin record_plugin = {.name = "fuzz", .version = "1"};
-static generation record_gen;
+static tasks_engine *record_engine;
+static const tasks_owner record_owner = {.number = 1, .label = "fuzz"};
 
 static int fail_with(bgs_task_ctx *ctx, void *arg)
 {
@@ -375,20 +375,15 @@ static int fail_with(bgs_task_ctx *ctx, void *arg)
 
 static void check_record(const char *request_id, const char *err)
 {
-    static int started;
-    if (!started) {
-        atomic_init(&record_gen.refs, 1); /* ours: never retires */
-        record_gen.number = 1;
-        record_gen.plugin = &record_plugin;
-        record_gen.app.gen = &record_gen;
+    if (record_engine == NULL) {
         log_config lc = {.quiet = 1}; /* only the failure line of each input */
         log_init(&lc);
         tasks_config cfg = {.workers = 1, .queue_cap = 64, .keep = 8, .linger_us = 0};
-        check(tasks_start(&cfg) == 0);
-        started = 1;
+        record_engine = tasks_new(&cfg);
+        check(record_engine != NULL);
     }
     uint64_t id;
-    tasks_group *g = tasks_group_new(&record_gen, request_id, BGS_CONCURRENT);
+    tasks_group *g = tasks_group_new(record_engine, &record_owner, request_id, BGS_CONCURRENT);
     check(tasks_group_add_fn(g, fail_with, (void *)err, NULL, &id) == 0);
     tasks_group_submit(g, 1);
 
@@ -399,7 +394,7 @@ static void check_record(const char *request_id, const char *err)
     for (;;) {
         json j;
         json_init(&j);
-        check(tasks_record_json(id, &j) == 0);
+        check(introspect_task_json(record_engine, id, &j) == 0);
         doc = json_take(&j, &len);
         if (strstr(doc, "\"state\":\"failed\"") != NULL)
             break;

@@ -1,0 +1,360 @@
+/*
+ * tasks_engine.c - the task engine's life: tasks_new (the queue, the
+ * workers, the timer thread), tasks_shutdown (stop accepting, drain,
+ * cancel, the report of what did not finish), tasks_free, and the stats.
+ *
+ * Owns the "life" part of struct tasks_engine (tasks_internal.h): life_mu guards
+ * the workers pointer (stats read it while the shutdown stops them); shut
+ * and abandoned belong to the thread that makes and frees the engine
+ * (main).  The drain waits on the records' rec_cv.  With a journal
+ * (--journal) the queue is queue_journal's, and tasks_replay runs what an
+ * earlier process left unfinished.  Calls the other files of the engine;
+ * none calls back in here.
+ */
+#include "tasks_internal.h"
+
+#include "journal_json.h"
+#include "log.h"
+#include "queue_journal.h"
+#include "util.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#define SHUTDOWN_GRACE_US 1000000u /* running tasks get this after cancel */
+
+/* What queue_journal writes for an item (queue_describe_fn).  Called by
+ * the item's owner of the moment (enqueuer, taker, acker), which alone
+ * writes the fields read here.  Ad hoc items have no name: memory only. */
+static void describe_item(const queue_node *n, queue_job *out, void *arg)
+{
+    const task_item *it = UTIL_CONTAINER_OF(n, task_item, qnode);
+    (void)arg;
+    out->id = it->id;
+    out->name = it->def ? it->kind->name : NULL;
+    out->payload = it->payload;
+    out->len = it->payload ? it->len : 0;
+    out->attempts = it->attempts;
+    out->max_attempts = it->max_attempts;
+    out->request_id = tasks_records_rid(it);
+}
+
+tasks_engine *tasks_new(const tasks_config *cfg)
+{
+    tasks_engine *t = xcalloc(1, sizeof(*t));
+
+    tasks_records_init(t, cfg->keep);
+    pthread_mutex_init(&t->conc_mu, NULL);
+    pthread_mutex_init(&t->p_mu, NULL);
+    pthread_mutex_init(&t->life_mu, NULL);
+    t->queue_cap = cfg->queue_cap ? cfg->queue_cap : TASKS_DEFAULT_QUEUE_CAP;
+    t->linger_us = cfg->linger_us;
+    /* Bounded by the reservations instead of a queue capacity. */
+    t->journal = cfg->journal;
+    t->q = t->journal ? queue_journal_new(t->journal, 0, t->linger_us, describe_item, NULL)
+                      : queue_mem_new(0, t->linger_us);
+    if (sched_start() != 0) {
+        log_msg(BGS_LOG_ERROR, "cannot start the timer thread");
+        goto fail;
+    }
+    t->w = workers_start(cfg->workers ? cfg->workers : TASKS_DEFAULT_WORKERS, t->q,
+                         tasks_runs_node, t);
+    if (t->w == NULL) {
+        sched_stop();
+        goto fail;
+    }
+    atomic_store(&t->accepting, 1);
+    return t;
+fail:
+    queue_destroy(t->q);
+    tasks_records_destroy(t);
+    pthread_mutex_destroy(&t->conc_mu);
+    pthread_mutex_destroy(&t->p_mu);
+    pthread_mutex_destroy(&t->life_mu);
+    free(t);
+    return NULL;
+}
+
+typedef struct replay_ctx {
+    tasks_engine *t;
+    const tasks_owner *owner;
+    const plugin *p;
+    size_t queued, interrupted, gone;
+} replay_ctx;
+
+/* One task an earlier run left queued or running: run it for the owner,
+ * by name; a name the plugin does not have goes to the dead letters. */
+static void replay_one(void *arg, const journal_rec *r)
+{
+    replay_ctx *c = arg;
+    tasks_engine *t = c->t;
+    const plugin_task *def = c->p ? plugin_find_task(c->p, r->name) : NULL;
+    if (def == NULL) {
+        char why[320];
+        snprintf(why, sizeof why, "task '%s' no longer exists in %s (generation %" PRIu64 ")",
+                 r->name, c->p ? c->p->name : "the plugin", c->owner ? c->owner->number : 0);
+        log_msg(BGS_LOG_WARN, "journal: task %" PRIu64 " moved to the dead letters: %s "
+                "(bgserve journal FILE retry %" PRIu64 " queues it again)", r->id, why, r->id);
+        journal_dead(t->journal, r->id, why, NULL, NULL);
+        c->gone++;
+        return;
+    }
+    atomic_fetch_add(&t->accepted, 1); /* accepted by an earlier run: never refused */
+    task_rid *rid = tasks_records_rid_new(r->request_id);
+    task_item *it = tasks_records_new(t, c->owner, tasks_records_kind_of(t, def), def, rid,
+                                      BGS_CONCURRENT, r->payload, r->payload_len, r->id);
+    tasks_records_rid_unref(rid);
+    pthread_mutex_lock(&t->rec_mu);
+    it->attempts = r->attempts;     /* the next run is attempts + 1 */
+    if (r->max_attempts)
+        it->max_attempts = r->max_attempts;
+    it->created_wall = r->created_us;
+    pthread_mutex_unlock(&t->rec_mu);
+    if (r->interrupted)
+        c->interrupted++;
+    else
+        c->queued++;
+    if (queue_journal_adopt(t->q, &it->qnode, r->not_before_us) != 0)
+        tasks_runs_finalize(it, TASKS_CANCELLED, "server is shutting down; the task never ran");
+}
+
+void tasks_replay(tasks_engine *t, const tasks_owner *owner, const plugin *p)
+{
+    if (t == NULL || t->journal == NULL || p == NULL)
+        return;
+    replay_ctx c = {.t = t, .owner = owner, .p = p};
+    size_t n = journal_replay(t->journal, replay_one, &c);
+    if (n > 0)
+        log_msg(BGS_LOG_INFO, "journal: %zu task%s from an earlier run: %zu queued, %zu "
+                "interrupted (run again, attempt + 1), %zu dead-lettered (function gone)",
+                n, n == 1 ? "" : "s", c.queued, c.interrupted, c.gone);
+}
+
+typedef struct unfinished {
+    uint64_t id;
+    const char *name; /* kinds live as long as the engine */
+    int state;
+    uint32_t attempts;
+    uint64_t running_us;
+} unfinished;
+
+/* Copy the live records (rec_mu held).  *n gets the count. */
+static unfinished *snapshot_live_locked(tasks_engine *t, size_t *n)
+{
+    unfinished *u = xcalloc(t->live_count ? t->live_count : 1, sizeof(*u));
+    size_t i = 0;
+    uint64_t now = util_now_us();
+    for (task_item *it = t->live_head; it; it = it->lnext, i++) {
+        u[i].id = it->id;
+        u[i].name = it->kind->name;
+        u[i].state = it->state;
+        u[i].attempts = it->attempts;
+        u[i].running_us = it->state == TASKS_RUNNING ? now - TASKS_MONO_US(it) : 0;
+    }
+    *n = i;
+    return u;
+}
+
+static void print_unfinished_line(const unfinished *u, const char *outcome)
+{
+    if (u->state == TASKS_RUNNING)
+        log_msg(BGS_LOG_WARN, "  task %" PRIu64 " %s %s (attempt %" PRIu32 ", running for %.3f s%s%s)",
+                u->id, u->name, tasks_state_name(u->state), u->attempts,
+                (double)u->running_us / 1e6, outcome ? "; " : "", outcome ? outcome : "");
+    else
+        log_msg(BGS_LOG_WARN, "  task %" PRIu64 " %s %s (%" PRIu32 " attempts so far%s%s)",
+                u->id, u->name, tasks_state_name(u->state), u->attempts,
+                outcome ? "; " : "", outcome ? outcome : "");
+}
+
+size_t tasks_shutdown(tasks_engine *t, unsigned drain_ms)
+{
+    if (t == NULL || t->shut)
+        return 0;
+    t->shut = 1;
+    uint64_t deadline = util_now_us() + (uint64_t)drain_ms * 1000u;
+    uint64_t fin0, fin1;
+
+    /* 1. No new work; periodic schedules release their owners. */
+    atomic_store(&t->accepting, 0);
+    tasks_periodic_stop_all(t);
+
+    /* 2. Drain: queued, running and retrying tasks go on until the deadline. */
+    pthread_mutex_lock(&t->rec_mu);
+    fin0 = t->finished_total;
+    t->draining = 1;
+    while (t->live_count > 0 && util_now_us() < deadline) {
+        struct timespec ts = util_mono_timespec(deadline);
+        pthread_cond_timedwait(&t->rec_cv, &t->rec_mu, &ts);
+    }
+    fin1 = t->finished_total;
+    pthread_mutex_unlock(&t->rec_mu);
+
+    /* 3. Cancel what is left.  Stop the queue and the timer thread first,
+     * so that nothing moves while we collect. */
+    atomic_store(&t->stopping, 1);
+    queue_shutdown(t->q);
+    sched_stop();
+
+    size_t nu;
+    unfinished *u;
+    pthread_mutex_lock(&t->rec_mu);
+    u = snapshot_live_locked(t, &nu);
+    for (task_item *it = t->live_head; it; it = it->lnext)
+        atomic_fetch_or(&it->cancel, TASKS_CANCEL_SET);
+    pthread_mutex_unlock(&t->rec_mu);
+
+    /* The queue hands back the ready ones, then those waiting to retry. */
+    queue_node *n;
+    while ((n = queue_try_take(t->q)) != NULL) {
+        task_item *it = UTIL_CONTAINER_OF(n, task_item, qnode);
+        pthread_mutex_lock(&t->rec_mu);
+        int retrying = it->state == TASKS_RETRYING;
+        pthread_mutex_unlock(&t->rec_mu);
+        tasks_runs_finalize(it, TASKS_CANCELLED, retrying ? "cancelled at shutdown before its retry ran"
+                                                          : "cancelled at shutdown; the task never ran");
+    }
+    tasks_runs_cancel_waiting(t);
+
+    /* 4. Grace for running tasks to notice the flag and return. */
+    uint64_t grace = util_now_us() + SHUTDOWN_GRACE_US;
+    pthread_mutex_lock(&t->rec_mu);
+    while (t->running_now > 0 && util_now_us() < grace) {
+        struct timespec ts = util_mono_timespec(grace);
+        pthread_cond_timedwait(&t->rec_cv, &t->rec_mu, &ts);
+    }
+    pthread_mutex_unlock(&t->rec_mu);
+
+    pthread_mutex_lock(&t->life_mu);
+    workers *w = t->w;
+    t->w = NULL;
+    pthread_mutex_unlock(&t->life_mu);
+    unsigned stuck = workers_stop(w, grace);
+    if (stuck)
+        t->abandoned = 1;
+
+    /* 5. The report; nothing when no task ever existed (a server that
+     * stopped before serving, e.g. its plugin was refused). */
+    if (nu || fin1 != fin0 || atomic_load(&t->next_id) != 1)
+        log_msg(nu ? BGS_LOG_WARN : BGS_LOG_INFO, "drain: %" PRIu64 " tasks finished, %zu did not",
+                fin1 - fin0, nu);
+    for (size_t i = 0; i < nu; i++) {
+        char outcome[96];
+        pthread_mutex_lock(&t->rec_mu);
+        task_item *it = tasks_records_find_locked(t, u[i].id);
+        int now_state = it ? it->state : -1;
+        pthread_mutex_unlock(&t->rec_mu);
+        if (now_state < 0)
+            snprintf(outcome, sizeof(outcome), "finished after the deadline");
+        else if (tasks_is_final(now_state))
+            snprintf(outcome, sizeof(outcome), "now %s", tasks_state_name(now_state));
+        else if (now_state == TASKS_RUNNING)
+            snprintf(outcome, sizeof(outcome), "did not return within the grace period; abandoned");
+        else
+            snprintf(outcome, sizeof(outcome), "never ran; still %s", tasks_state_name(now_state));
+        print_unfinished_line(&u[i], outcome);
+    }
+    free(u);
+    if (stuck)
+        log_msg(BGS_LOG_WARN, "drain: %u worker thread%s stuck in plugin code; not waiting for %s",
+                stuck, stuck == 1 ? "" : "s", stuck == 1 ? "it" : "them");
+
+    pthread_mutex_lock(&t->rec_mu);
+    t->draining = 0;
+    pthread_mutex_unlock(&t->rec_mu);
+    return nu;
+}
+
+void tasks_free(tasks_engine *t)
+{
+    if (t == NULL)
+        return;
+    tasks_shutdown(t, 0);
+    if (t->abandoned)
+        return; /* stuck workers still use the queue and the records */
+    queue_destroy(t->q);
+    tasks_records_destroy(t); /* every task is final: the shutdown saw to it */
+    pthread_mutex_destroy(&t->conc_mu);
+    pthread_mutex_destroy(&t->p_mu);
+    pthread_mutex_destroy(&t->life_mu);
+    free(t);
+}
+
+void tasks_report_unfinished(tasks_engine *t)
+{
+    size_t nu;
+    pthread_mutex_lock(&t->rec_mu);
+    unfinished *u = snapshot_live_locked(t, &nu);
+    pthread_mutex_unlock(&t->rec_mu);
+    log_msg(BGS_LOG_WARN, "unfinished: %zu task%s", nu, nu == 1 ? "" : "s");
+    for (size_t i = 0; i < nu; i++)
+        print_unfinished_line(&u[i], NULL);
+    free(u);
+}
+
+/*
+ * "queue.depth" is the number of tasks waiting in the queue for a worker
+ * (ready to run now); "queue.accepted" counts every task accepted and not
+ * yet final (the figure queue_cap bounds).
+ */
+void tasks_stats_json(tasks_engine *t, json *j)
+{
+    json_key(j, "tasks");
+    json_obj_begin(j);
+    for (task_kind *k = atomic_load_explicit(&t->kinds, memory_order_acquire); k; k = k->next) {
+        json_key(j, k->name);
+        json_obj_begin(j);
+#define KEY(f)           \
+    json_key(j, #f);     \
+    json_u64(j, atomic_load_explicit(&k->f, memory_order_relaxed));
+        KEY(queued) KEY(running) KEY(succeeded) KEY(failed) KEY(retried)
+        KEY(skipped) KEY(discarded) KEY(cancelled) KEY(ticks_skipped)
+#undef KEY
+        json_obj_end(j);
+    }
+    json_obj_end(j);
+
+    json_key(j, "queue");
+    json_obj_begin(j);
+    json_key(j, "depth");
+    json_u64(j, queue_depth(t->q));
+    json_key(j, "capacity");
+    json_u64(j, t->queue_cap);
+    json_key(j, "accepted");
+    json_u64(j, atomic_load(&t->accepted));
+    json_key(j, "backend");
+    json_str(j, t->q->ops->name);
+    json_key(j, "wakeups");
+    json_u64(j, queue_wakeups(t->q));
+    json_key(j, "linger_us");
+    json_u64(j, t->linger_us);
+    json_obj_end(j);
+
+    pthread_mutex_lock(&t->life_mu);
+    unsigned busy = workers_busy(t->w), total = workers_total(t->w);
+    pthread_mutex_unlock(&t->life_mu);
+    json_key(j, "workers");
+    json_obj_begin(j);
+    json_key(j, "busy");
+    json_u64(j, busy);
+    json_key(j, "total");
+    json_u64(j, total);
+    json_obj_end(j);
+
+    if (t->journal)
+        journal_json_stats(t->journal, t->q, j);
+
+    json_key(j, "dispatch_us");
+    json_obj_begin(j);
+    json_key(j, "p50");
+    json_u64(j, latency_percentile(&t->dispatch_hist, 50));
+    json_key(j, "p99");
+    json_u64(j, latency_percentile(&t->dispatch_hist, 99));
+    json_obj_end(j);
+}
+
+journal *tasks_journal(tasks_engine *t)
+{
+    return t ? t->journal : NULL;
+}

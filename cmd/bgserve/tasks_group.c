@@ -1,0 +1,176 @@
+/*
+ * tasks_group.c - the tasks attached to one response: made when the
+ * handler (or the route) attaches the first, handed to the workers when
+ * the response completed (submit) or dropped when it failed (discard).
+ *
+ * A group is owned by the HTTP thread serving its request and needs no
+ * lock; its items are reserved and recorded at attach (tasks_records.c,
+ * tasks_runs.c), so a full queue answers before the handler's side
+ * effects are sent, and a discarded task leaves a record.  The group
+ * holds a reference to its owner until it is submitted or discarded.
+ */
+#include "tasks_internal.h"
+
+#include "util.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+struct tasks_group {
+    tasks_engine *engine;
+    const tasks_owner *owner;    /* retained */
+    task_rid *rid;               /* our reference; shared by the tasks */
+    uint32_t mode;
+    task_item *head, *tail;
+    size_t count;
+};
+
+tasks_group *tasks_group_new(tasks_engine *t, const tasks_owner *owner, const char *request_id,
+                             uint32_t mode)
+{
+    tasks_group *g = xcalloc(1, sizeof(*g));
+    g->engine = t;
+    g->owner = owner;
+    if (owner && owner->retain)
+        owner->retain(owner);
+    g->rid = tasks_records_rid_new(request_id);
+    g->mode = mode == BGS_CONCURRENT ? BGS_CONCURRENT : BGS_SEQUENTIAL;
+    return g;
+}
+
+int tasks_group_set_mode(tasks_group *g, uint32_t mode)
+{
+    if (g == NULL || (mode != BGS_SEQUENTIAL && mode != BGS_CONCURRENT))
+        return BGS_EINVAL;
+    g->mode = mode;
+    return 0;
+}
+
+static void group_append(tasks_group *g, task_item *it, uint64_t *id_out)
+{
+    if (g->tail)
+        g->tail->group_next = it;
+    else
+        g->head = it;
+    g->tail = it;
+    g->count++;
+    if (id_out)
+        *id_out = it->id;
+}
+
+int tasks_group_add(tasks_group *g, const plugin_task *def, const void *payload,
+                    size_t len, uint64_t *id_out)
+{
+    if (g == NULL || (payload == NULL && len != 0))
+        return BGS_EINVAL;
+    tasks_engine *t = g->engine;
+    int rc = tasks_runs_admit(t, def, 0);
+    if (rc != 0)
+        return rc;
+    task_item *it = tasks_records_new(t, g->owner, tasks_records_kind_of(t, def), def, g->rid,
+                                      g->mode, payload, len, 0);
+    group_append(g, it, id_out);
+    return 0;
+}
+
+int tasks_group_add_fn(tasks_group *g, bgs_adhoc_fn fn, void *arg,
+                       bgs_free_fn free_fn, uint64_t *id_out)
+{
+    if (g == NULL || fn == NULL)
+        return BGS_EINVAL;
+    tasks_engine *t = g->engine;
+    int rc = tasks_runs_admit(t, NULL, 1);
+    if (rc != 0)
+        return rc;
+    task_item *it = tasks_records_new(t, g->owner, tasks_records_adhoc_kind(t), NULL, g->rid, g->mode, NULL, 0, 0);
+    it->afn = fn;
+    it->arg = arg;
+    it->free_fn = free_fn;
+    group_append(g, it, id_out);
+    return 0;
+}
+
+size_t tasks_group_count(const tasks_group *g)
+{
+    return g ? g->count : 0;
+}
+
+size_t tasks_group_ids(const tasks_group *g, char *buf, size_t cap)
+{
+    size_t need = 0;
+
+    if (cap)
+        buf[0] = '\0';
+    for (const task_item *it = g ? g->head : NULL; it; it = it->group_next) {
+        char one[1 + UTIL_U64_DEC_MAX];
+        size_t n = need ? 1 : 0;
+        one[0] = ',';
+        n += util_u64_dec(one + n, it->id);
+        /* Only whole ids are written: a truncated list never shows a
+         * wrong id. */
+        if (need + n < cap && (need == 0 || buf[need - 1] != '\0'))
+            memcpy(buf + need, one, n + 1);
+        else if (need < cap)
+            cap = need; /* stop writing; buf already ends with NUL */
+        need += n;
+    }
+    return need;
+}
+
+static void group_free(tasks_group *g)
+{
+    tasks_records_rid_unref(g->rid);
+    if (g->owner && g->owner->release)
+        g->owner->release(g->owner);
+    free(g);
+}
+
+void tasks_group_submit(tasks_group *g, int delivered)
+{
+    if (g == NULL)
+        return;
+    tasks_engine *t = g->engine;
+    pthread_mutex_lock(&t->rec_mu);
+    for (task_item *it = g->head; it; it = it->group_next) {
+        it->delivered = delivered ? 1 : 0;
+        it->mode = (uint8_t)g->mode;
+    }
+    pthread_mutex_unlock(&t->rec_mu);
+    if (g->mode == BGS_CONCURRENT) {
+        /* Every task that may run goes to the queue in one batch: one
+         * lock and at most one wake-up for the whole response. */
+        task_item *batch[16];
+        size_t n = 0;
+        task_item *it = g->head;
+        while (it) {
+            task_item *next = it->group_next;
+            it->group_next = NULL;
+            if (tasks_runs_skip_undelivered(it))
+                tasks_runs_finalize(it, TASKS_SKIPPED, "response was not fully delivered");
+            else
+                batch[n++] = it;
+            if (n == BGS_COUNT(batch) || (next == NULL && n > 0)) {
+                tasks_runs_dispatch_batch(batch, n);
+                n = 0;
+            }
+            it = next;
+        }
+    } else if (g->head) {
+        tasks_runs_seq_start(g->head);
+    }
+    group_free(g);
+}
+
+void tasks_group_discard(tasks_group *g, const char *reason)
+{
+    if (g == NULL)
+        return;
+    task_item *it = g->head;
+    while (it) {
+        task_item *next = it->group_next;
+        it->group_next = NULL;
+        tasks_runs_finalize(it, TASKS_DISCARDED, reason ? reason : "discarded");
+        it = next;
+    }
+    group_free(g);
+}

@@ -1,0 +1,454 @@
+/*
+ * tasks_runs.c - the task engine's runs: queue reservations, dispatch
+ * to the queue, one attempt on a worker, retries (back into the queue
+ * with queue_nack), timeouts, the per-name concurrency caps, sequences,
+ * bringing a task to its final state, and tasks queued at once
+ * (tasks_enqueue, and tasks_retry for a failed one).
+ *
+ * Owns the "runs" part of struct tasks_engine (tasks_internal.h): the queue, the
+ * reservations (`accepted`, an atomic bounded by queue_cap), the
+ * accepting/stopping flags, the dispatch histogram, and conc_mu, which
+ * guards each kind's conc_running and wait list.  Record fields are
+ * changed through tasks_records.c under rec_mu.  No lock is held while
+ * plugin code runs (the task, its free function, watchers).  Calls only
+ * tasks_records.c of the engine; a periodic run learns that its item is
+ * final through the watcher tasks_periodic.c put on it.
+ */
+#include "tasks_internal.h"
+
+#include "crash.h"
+#include "handle.h"
+#include "log.h"
+#include "util.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- small helpers ---------------------------------------------------------- */
+
+static uint64_t splitmix64(uint64_t x)
+{
+    x += 0x9e3779b97f4a7c15ull;
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+    return x ^ (x >> 31);
+}
+
+/* Delay before attempt `failed + 1`: base * 2^(failed-1), capped, with
+ * "equal jitter" (half fixed, half random) so retries of many tasks that
+ * failed together spread out. */
+static uint64_t backoff_ms(const plugin_task *def, uint64_t id, uint32_t failed)
+{
+    uint64_t base = def && def->backoff_base_ms ? def->backoff_base_ms : PLUGIN_DEFAULT_BACKOFF_BASE_MS;
+    uint64_t cap = def && def->backoff_cap_ms ? def->backoff_cap_ms : PLUGIN_DEFAULT_BACKOFF_CAP_MS;
+    uint64_t d = base;
+    for (uint32_t i = 1; i < failed && d < cap; i++)
+        d *= 2;
+    if (d > cap)
+        d = cap;
+    uint64_t half = d / 2;
+    return d - half + splitmix64(id * 131u + failed) % (half + 1);
+}
+
+static void log_event(const char *event, uint64_t id, const char *name,
+                      uint32_t attempt, uint64_t dur, const char *err, uint64_t retry_ms)
+{
+    log_task_rec r = {
+        .event = event, .id = id, .name = name, .attempt = attempt,
+        .duration_us = dur, .error = err, .retry_in_ms = retry_ms,
+    };
+    log_task(&r);
+}
+
+/* ---- reservations ------------------------------------------------------------ */
+
+int tasks_runs_reserve(tasks_engine *t)
+{
+    size_t n = atomic_fetch_add(&t->accepted, 1);
+    if (n >= t->queue_cap) {
+        atomic_fetch_sub(&t->accepted, 1);
+        return BGS_EFULL;
+    }
+    return 0;
+}
+
+int tasks_runs_admit(tasks_engine *t, const plugin_task *def, int adhoc)
+{
+    if (!atomic_load(&t->accepting))
+        return BGS_ESHUTDOWN;
+    if (def == NULL && !adhoc)
+        return BGS_ENOTASK;
+    return tasks_runs_reserve(t);
+}
+
+static void unreserve(tasks_engine *t)
+{
+    atomic_fetch_sub(&t->accepted, 1);
+}
+
+/* ---- final states --------------------------------------------------------------- */
+
+static void chain_stop(task_item *next, uint64_t pred_id, const char *pred_name,
+                       int pred_state);
+
+/*
+ * Bring it to final state st with error err (copied; NULL for none).
+ * Releases what the item owns first (free_fn, payload), then publishes
+ * the final record, calls the watchers, continues or stops its sequence,
+ * releases the capacity and the owner.  The caller must own it;
+ * afterwards it may be freed at any time by ring eviction.
+ */
+void tasks_runs_finalize(task_item *it, int st, const char *err)
+{
+    task_kind *kind = it->kind;
+    tasks_engine *t = kind->engine;
+    const tasks_owner *owner = it->owner;
+    task_item *next = it->group_next;
+    uint64_t id = it->id, dur;
+    uint32_t attempts;
+    char errcopy[TASKS_ERR_MAX];
+
+    it->group_next = NULL;
+    it->owner = NULL;
+    if (it->free_fn) {
+        bgs_free_fn f = it->free_fn;
+        it->free_fn = NULL;
+        crash_frame cf; /* names the task if its free function crashes */
+        crash_enter_task(&cf, kind->name, id, tasks_records_rid(it), it->owner_number);
+        f(it->arg);
+        crash_leave(&cf);
+    }
+    if (!tasks_records_payload_inline(it) && st != TASKS_FAILED) {
+        /* A large one: do not keep it in the ring (a failed one is kept
+         * for tasks_retry; len stays, for the record). */
+        free(it->payload);
+        it->payload = NULL;
+    }
+    if (err) /* it may be evicted once published: log from a copy */
+        snprintf(errcopy, sizeof(errcopy), "%s", err);
+
+    tasks_final fin = {.id = id, .name = kind->name, .state = (tasks_state)st,
+                       .error = err ? errcopy : NULL};
+    task_watch *watchers = tasks_records_finish(it, st, err, &fin, &dur, &attempts);
+
+    static const char *const events[] = {
+        [TASKS_SUCCEEDED] = "done", [TASKS_FAILED] = "failed", [TASKS_SKIPPED] = "skipped",
+        [TASKS_DISCARDED] = "discarded", [TASKS_CANCELLED] = "cancelled",
+    };
+    log_event(events[st], id, kind->name, attempts, dur, err ? errcopy : NULL, 0);
+
+    while (watchers) {
+        task_watch *w = watchers;
+        watchers = w->next;
+        w->cb(w->arg, &fin);
+        free(w);
+    }
+    free(fin.result_type); /* unless a watcher took them */
+    free(fin.result);
+
+    if (next) {
+        if (st == TASKS_SUCCEEDED)
+            tasks_runs_seq_start(next);
+        else
+            chain_stop(next, id, kind->name, st);
+    }
+    unreserve(t);
+    if (owner && owner->release)
+        owner->release(owner);
+}
+
+/* The rest of a sequence after a task that did not succeed: skipped, or
+ * cancelled when the engine is shutting down. */
+static void chain_stop(task_item *next, uint64_t pred_id, const char *pred_name,
+                       int pred_state)
+{
+    char msg[256];
+    int st = atomic_load(&next->kind->engine->stopping) ? TASKS_CANCELLED : TASKS_SKIPPED;
+
+    snprintf(msg, sizeof(msg), "previous task %" PRIu64 " (%s) %s", pred_id, pred_name,
+             tasks_state_name(pred_state));
+    while (next) {
+        task_item *n2 = next->group_next;
+        next->group_next = NULL;
+        tasks_runs_finalize(next, st, msg);
+        next = n2;
+    }
+}
+
+/* ---- dispatch ---------------------------------------------------------------------- */
+
+void tasks_runs_dispatch(task_item *it)
+{
+    if (queue_enqueue(it->kind->engine->q, &it->qnode) != 0) /* stamps TASKS_MONO_US */
+        tasks_runs_finalize(it, TASKS_CANCELLED, "server is shutting down; the task never ran");
+}
+
+void tasks_runs_dispatch_batch(task_item **its, size_t n)
+{
+    queue_node *nodes[16];
+
+    if (n == 0)
+        return;
+    for (size_t i = 0; i < n; i++)
+        nodes[i] = &its[i]->qnode;
+    if (queue_enqueue_batch(its[0]->kind->engine->q, nodes, n) != 0) /* stamps TASKS_MONO_US */
+        for (size_t i = 0; i < n; i++)
+            tasks_runs_finalize(its[i], TASKS_CANCELLED, "server is shutting down; the task never ran");
+}
+
+int tasks_runs_skip_undelivered(const task_item *it)
+{
+    return it->def && (it->def->flags & BGS_TASK_DELIVERED_ONLY) && it->delivered == 0;
+}
+
+void tasks_runs_seq_start(task_item *it)
+{
+    while (it) {
+        if (!tasks_runs_skip_undelivered(it)) {
+            tasks_runs_dispatch(it);
+            return;
+        }
+        task_item *next = it->group_next;
+        it->group_next = NULL;
+        tasks_runs_finalize(it, TASKS_SKIPPED, "response was not fully delivered");
+        it = next;
+    }
+}
+
+/* ---- one attempt (worker threads) ---------------------------------------------------- */
+
+static void on_timeout(sched_timer *tm)
+{
+    task_item *it = UTIL_CONTAINER_OF(tm, task_extra, timeout_timer)->item;
+    atomic_fetch_or(&it->cancel, TASKS_CANCEL_SET | TASKS_CANCEL_TIMEOUT);
+}
+
+/* Tell the queue the job is final (a durable backend records it). */
+static void ack(tasks_engine *t, task_item *it, int st, const char *err)
+{
+    queue_outcome o = {.succeeded = st == TASKS_SUCCEEDED, .state = tasks_state_name(st),
+                       .error = err};
+    queue_ack(t->q, &it->qnode, &o);
+}
+
+/* One attempt of it on this worker, up to its next state. */
+static void run_once(task_item *it)
+{
+    bgs_task_ctx ctx;
+    tasks_engine *t = it->kind->engine;
+    const plugin_task *def = it->def;
+    uint64_t now = util_now_us(), dur;
+    int rc;
+
+    memset(&ctx, 0, sizeof(ctx));
+    ctx.item = it;
+
+    uint64_t submitted = TASKS_MONO_US(it);
+    pthread_mutex_lock(&t->rec_mu);
+    tasks_records_transition_locked(it, TASKS_RUNNING);
+    ctx.attempt = ++it->attempts;
+    it->started_wall = util_wall_us();
+    TASKS_MONO_US(it) = now;
+    pthread_mutex_unlock(&t->rec_mu);
+
+    if (ctx.attempt == 1)
+        latency_add(&t->dispatch_hist, now - submitted);
+    log_event("start", it->id, it->kind->name, ctx.attempt, 0, NULL, 0);
+
+    if (def && def->timeout_ms)
+        sched_add(&tasks_records_extra(it)->timeout_timer,
+                  now + (uint64_t)def->timeout_ms * 1000u, on_timeout);
+    crash_frame cf; /* names the task if it crashes */
+    crash_enter_task(&cf, it->kind->name, it->id, tasks_records_rid(it), it->owner_number);
+    cf.plugin = it->owner ? it->owner->label : NULL; /* for misuse warnings */
+    bgs_task_ctx *h = handle_open(HANDLE_TASK, &ctx, HANDLE_THREAD_BOUND);
+    rc = def ? def->fn(h, it->payload, it->len) : it->afn(h, it->arg);
+    handle_close(h); /* a kept handle is refused from now on */
+    crash_leave(&cf);
+    if (def && def->timeout_ms)
+        sched_cancel(&it->x->timeout_timer);
+    services_scope_end(ctx.scope);
+    dur = util_now_us() - now;
+
+    if (ctx.has_result) { /* moved into the record */
+        task_extra *x = tasks_records_extra(it);
+        pthread_mutex_lock(&t->rec_mu);
+        free(x->res_type);
+        free(x->res_data);
+        x->has_result = 1;
+        x->res_status = ctx.res_status;
+        x->res_type = ctx.res_type;
+        x->res_data = ctx.res_data;
+        x->res_len = ctx.res_len;
+        pthread_mutex_unlock(&t->rec_mu);
+    }
+
+    if (rc == 0) {
+        ack(t, it, TASKS_SUCCEEDED, NULL);
+        tasks_runs_finalize(it, TASKS_SUCCEEDED, NULL);
+        return;
+    }
+    char err[TASKS_ERR_MAX + 64];
+    if (ctx.has_err)
+        snprintf(err, sizeof(err), "%s", ctx.err);
+    else
+        snprintf(err, sizeof(err), "task returned %d", rc);
+    if (atomic_load(&it->cancel)) {
+        char why[TASKS_ERR_MAX + 128];
+        if (atomic_load(&it->cancel) & TASKS_CANCEL_TIMEOUT)
+            snprintf(why, sizeof(why), "timed out after %" PRIu32 " ms: %s",
+                     def->timeout_ms, err);
+        else
+            snprintf(why, sizeof(why), "cancelled at shutdown: %s", err);
+        ack(t, it, TASKS_CANCELLED, why);
+        tasks_runs_finalize(it, TASKS_CANCELLED, why);
+        return;
+    }
+    if (ctx.attempt >= it->max_attempts) {
+        ack(t, it, TASKS_FAILED, err);
+        tasks_runs_finalize(it, TASKS_FAILED, err);
+        return;
+    }
+
+    uint64_t delay = backoff_ms(def, it->id, ctx.attempt);
+    pthread_mutex_lock(&t->rec_mu);
+    tasks_records_transition_locked(it, TASKS_RETRYING);
+    free(it->error);
+    it->error = xstrdup(err);
+    pthread_mutex_unlock(&t->rec_mu);
+    log_event("retry", it->id, it->kind->name, ctx.attempt, dur, err, delay);
+    /* The queue holds it until the backoff is over.  A shutdown that
+     * began meanwhile refuses it (it would never run): cancel it here.
+     * One that comes later hands it back with try_take. */
+    if (queue_nack(t->q, &it->qnode, util_now_us() + delay * 1000u, err) != 0)
+        tasks_runs_finalize(it, TASKS_CANCELLED, "server is shutting down; the retry never ran");
+}
+
+void tasks_runs_node(queue_node *n, void *arg)
+{
+    task_item *it = UTIL_CONTAINER_OF(n, task_item, qnode);
+    tasks_engine *t = arg;
+
+    /* Enforce the per-name cap, run, and when a capped run ends, run the
+     * next task of that name waiting for a slot. */
+    while (it) {
+        task_kind *kind = it->kind;
+        uint32_t cap = it->def ? it->def->max_concurrency : 0;
+        if (atomic_load(&t->stopping)) {
+            /* Taken just before the queue shut down: do not start it. */
+            tasks_runs_finalize(it, TASKS_CANCELLED, "cancelled at shutdown; the task never ran");
+            return;
+        }
+        if (cap) {
+            pthread_mutex_lock(&t->conc_mu);
+            if (kind->conc_running >= cap && atomic_load(&t->stopping)) {
+                /* The shutdown has emptied the wait lists already. */
+                pthread_mutex_unlock(&t->conc_mu);
+                tasks_runs_finalize(it, TASKS_CANCELLED, "cancelled at shutdown; the task never ran");
+                return;
+            }
+            if (kind->conc_running >= cap) {
+                /* Wait for a slot without holding this worker. */
+                it->wait_next = NULL;
+                if (kind->wait_tail)
+                    kind->wait_tail->wait_next = it;
+                else
+                    kind->wait_head = it;
+                kind->wait_tail = it;
+                pthread_mutex_unlock(&t->conc_mu);
+                return;
+            }
+            kind->conc_running++;
+            pthread_mutex_unlock(&t->conc_mu);
+        }
+        run_once(it); /* it is no longer ours */
+        it = NULL;
+        if (cap) {
+            pthread_mutex_lock(&t->conc_mu);
+            kind->conc_running--;
+            if (!atomic_load(&t->stopping) && kind->wait_head) {
+                it = kind->wait_head;
+                kind->wait_head = it->wait_next;
+                if (kind->wait_head == NULL)
+                    kind->wait_tail = NULL;
+                it->wait_next = NULL;
+            }
+            pthread_mutex_unlock(&t->conc_mu);
+        }
+    }
+}
+
+void tasks_runs_cancel_waiting(tasks_engine *t)
+{
+    task_item *waiting = NULL;
+    pthread_mutex_lock(&t->conc_mu);
+    for (task_kind *k = atomic_load(&t->kinds); k; k = k->next) {
+        while (k->wait_head) {
+            task_item *it = k->wait_head;
+            k->wait_head = it->wait_next;
+            it->wait_next = waiting;
+            waiting = it;
+        }
+        k->wait_tail = NULL;
+    }
+    pthread_mutex_unlock(&t->conc_mu);
+    while (waiting) {
+        task_item *next = waiting->wait_next;
+        tasks_runs_finalize(waiting, TASKS_CANCELLED, "cancelled at shutdown; the task never ran");
+        waiting = next;
+    }
+}
+
+/* ---- tasks queued at once (any thread) ------------------------------------------------ */
+
+int tasks_enqueue(tasks_engine *t, const tasks_owner *owner, const char *request_id,
+                  const plugin_task *def, const void *payload, size_t len,
+                  tasks_final_fn cb, void *arg, uint64_t *id_out)
+{
+    if (t == NULL || (payload == NULL && len != 0))
+        return BGS_EINVAL;
+    int rc = tasks_runs_admit(t, def, 0);
+    if (rc != 0)
+        return rc;
+    task_rid *rid = tasks_records_rid_new(request_id);
+    task_item *it = tasks_records_new(t, owner, tasks_records_kind_of(t, def), def, rid,
+                                      BGS_CONCURRENT, payload, len, 0);
+    tasks_records_rid_unref(rid);
+    if (cb) {
+        pthread_mutex_lock(&t->rec_mu);
+        tasks_records_watch_locked(it, cb, arg);
+        pthread_mutex_unlock(&t->rec_mu);
+    }
+    if (id_out)
+        *id_out = it->id; /* read before dispatch: it may finish at once */
+    tasks_runs_seq_start(it);
+    return 0;
+}
+
+int tasks_retry(tasks_engine *t, const tasks_owner *owner, const plugin *p, uint64_t id,
+                uint64_t *new_id, char *name, size_t name_cap)
+{
+    pthread_mutex_lock(&t->rec_mu);
+    task_item *it = tasks_records_find_locked(t, id);
+    if (it == NULL) {
+        pthread_mutex_unlock(&t->rec_mu);
+        return BGS_ENOTFOUND;
+    }
+    snprintf(name, name_cap, "%s", it->kind->name);
+    if (it->state != TASKS_FAILED || it->def == NULL || (it->payload == NULL && it->len != 0)) {
+        pthread_mutex_unlock(&t->rec_mu);
+        return BGS_ESTATE;
+    }
+    size_t len = it->len;
+    void *payload = len ? xmemdup(it->payload, len) : NULL;
+    const char *r = tasks_records_rid(it);
+    char *rid = r ? xstrdup(r) : NULL;
+    pthread_mutex_unlock(&t->rec_mu);
+    int rc = tasks_enqueue(t, owner, rid, plugin_find_task(p, name), payload, len, NULL, NULL,
+                           new_id);
+    free(payload);
+    free(rid);
+    return rc;
+}
