@@ -570,6 +570,18 @@ static void dashboard_retry_action(void **state)
     assert_int_equal(r.status, 405);
     assert_string_equal(h_header(&r, "Allow"), "POST");
     h_resp_free(&r);
+    /* With it, but under another site's name (DNS rebinding): refused. */
+    const char *rebound[] = {"X-Bgserve-Action: retry", "Host: evil.example:8000", NULL};
+    snprintf(path, sizeof path, "/_bgserve/tasks/%llu/retry", id);
+    assert_int_equal(h_http(&app, "POST", path, "", 0, rebound, &r), 0);
+    assert_int_equal(r.status, 403);
+    h_assert_contains(r.body, "Host 'evil.example:8000'");
+    h_resp_free(&r);
+    const char *local[] = {"X-Bgserve-Action: retry", "Host: localhost:8000", NULL};
+    snprintf(path, sizeof path, "/_bgserve/tasks/999999998/retry");
+    assert_int_equal(h_http(&app, "POST", path, "", 0, local, &r), 0);
+    assert_int_equal(r.status, 404); /* past the checks: no such task */
+    h_resp_free(&r);
     assert_int_equal(h_stat(&app, "failing", "failed"), failed);
     assert_int_equal(h_stat(&app, "failing", "succeeded") <= 0, 1);
 

@@ -36,6 +36,7 @@
 #include "urls.h"
 #include "util.h"
 
+#include <arpa/inet.h>
 #include <inttypes.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -621,6 +622,30 @@ static void reply(introspect_reply *out, unsigned status, const char *fmt, ...)
     introspect_reply_error(out, status, msg);
 }
 
+/* Is host (a Host header: NAME or NAME:PORT, [V6]:PORT) a name a DNS
+ * rebinding attack cannot use: an IP address, "localhost" or a name under
+ * ".localhost"?  A page of another site that rebinds its own name to
+ * 127.0.0.1 is same-origin with bgserve and may send any header, but its
+ * requests carry its own name in Host. */
+static int host_is_local(const char *host)
+{
+    char name[256];
+    if (host == NULL || *host == '\0' || strlen(host) >= sizeof name)
+        return 0;
+    if (host[0] == '[')
+        return strchr(host, ']') != NULL; /* an IPv6 literal */
+    snprintf(name, sizeof name, "%s", host);
+    char *colon = strrchr(name, ':');
+    if (colon)
+        *colon = '\0';
+    size_t n = strlen(name);
+    if (util_strcaseeq(name, "localhost") ||
+        (n > 10 && util_strcaseeq(name + n - 10, ".localhost")))
+        return 1;
+    struct in_addr a4;
+    return inet_pton(AF_INET, name, &a4) == 1;
+}
+
 /* POST /_bgserve/tasks/ID/retry */
 static void retry(const char *path, const char *(*header)(void *ctx, const char *name), void *ctx,
                   introspect_reply *out)
@@ -629,6 +654,13 @@ static void retry(const char *path, const char *(*header)(void *ctx, const char 
     if (action == NULL || *action == '\0') {
         reply(out, 403, "dashboard actions need the header " URLS_ACTION_HEADER
               " (the page sends it; another site cannot)");
+        return;
+    }
+    const char *host = header(ctx, "Host");
+    if (!host_is_local(host)) {
+        reply(out, 403, "dashboard actions are refused for Host '%s': open the dashboard at "
+              "an IP address or localhost (a name could be another site's, rebound to this "
+              "server)", host ? host : "");
         return;
     }
     char idpath[64];
