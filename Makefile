@@ -178,8 +178,10 @@ check-tests: $(TEST_BINS) $(FIXTURES) $(PLUGINS) $(SAMPLE) $(BUILD)/bgserve
 #   make bench-quick   one short round, for iterating on the server
 #   make bench-devloop save → served for the scaffold's project, alone
 #                      (20 saves; no wrk)
+#   make bench-broker  tasks/s through a private redis-server with 1 and 2
+#                      bgserve worker processes, alone (no wrk)
 
-.PHONY: bench bench-quick bench-devloop bench-build deps-bench
+.PHONY: bench bench-quick bench-devloop bench-broker bench-build deps-bench
 BENCH_BINS := $(BUILD)/bench/mhd_baseline $(BUILD)/bench/wakecost \
               $(patsubst bench/plugins/%.c,$(BUILD)/bench/%.so,$(wildcard bench/plugins/*.c))
 
@@ -231,6 +233,10 @@ bench-quick: deps-run
 bench-devloop: deps-run
 	@$(MAKE) --no-print-directory all
 	python3 bench/run --build $(BUILD) --only devloop
+
+bench-broker: deps-run
+	@$(MAKE) --no-print-directory bench-build
+	python3 bench/run --build $(BUILD) --only broker
 
 # ---- install, plugin authors, editors ----------------------------------
 #   make install [PREFIX=/usr/local] [DESTDIR=]   bgserve, bgserve.h,

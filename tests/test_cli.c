@@ -336,6 +336,40 @@ static void cli_usage_errors(void **state)
     expect_usage("--color must be auto, always or never (got 'yes')",
                  "--color=yes", "a.so", NULL);
     expect_usage("--host needs an address", "--host=", "a.so", NULL);
+    expect_usage("--broker-name must be a word without braces, colons or spaces (got 'a:b')",
+                 "--broker-name", "a:b", "a.so", NULL);
+    expect_usage("--broker-name must be a word without braces, colons or spaces (got '')",
+                 "--broker-name=", "a.so", NULL);
+    expect_usage("--broker-visibility must be milliseconds from 100 to 86400000 (got '99')",
+                 "--broker-visibility", "99", "a.so", NULL);
+    expect_usage("--journal and --broker are two homes for the same tasks: give one of them",
+                 "--journal", "j.db", "--broker", "redis://h", "a.so", NULL);
+}
+
+static void cli_broker_options(void **state)
+{
+    (void)state;
+    unsetenv("BGSERVE_BROKER");
+    run r = parse("--broker", "redis://h:1", "--broker-name", "shop", "--broker-visibility",
+                  "2500", "--concurrency", "8", "a.so", NULL);
+    assert_int_equal(r.rc, CLI_RUN);
+    assert_string_equal(r.cfg.broker_url, "redis://h:1");
+    assert_string_equal(r.cfg.broker_name, "shop");
+    assert_int_equal(r.cfg.broker_visibility_ms, 2500);
+    assert_int_equal(r.cfg.workers, 8);
+    run_free(&r);
+    r = parse("a.so", NULL);
+    assert_null(r.cfg.broker_url);
+    run_free(&r);
+    /* The environment is the default; the option wins. */
+    setenv("BGSERVE_BROKER", "redis://from-env:2", 1);
+    r = parse("a.so", NULL);
+    assert_string_equal(r.cfg.broker_url, "redis://from-env:2");
+    run_free(&r);
+    r = parse("--broker", "redis://opt:3", "a.so", NULL);
+    assert_string_equal(r.cfg.broker_url, "redis://opt:3");
+    run_free(&r);
+    unsetenv("BGSERVE_BROKER");
 }
 
 static void cli_help_lists_everything(void **state)
@@ -355,6 +389,8 @@ static void cli_help_lists_everything(void **state)
         "default 1024", "default 1M", "default 16", "default 65536",
         "default 10000", "(default 10)", "default text", "default auto",
         "I/O", "Exit status", "0  ok", "1  plugin refused", "2  usage error",
+        "worker --broker URL", "--broker URL", "--broker-name", "--broker-visibility",
+        "BGSERVE_BROKER",
     };
     for (size_t i = 0; i < sizeof(words) / sizeof(words[0]); i++)
         if (strstr(r.out, words[i]) == NULL)
@@ -404,6 +440,7 @@ static void cli_reentrant(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup(cli_broker_options, setup),
         cmocka_unit_test_setup(cli_defaults, setup),
         cmocka_unit_test_setup(cli_every_option_separate_value, setup),
         cmocka_unit_test_setup(cli_equals_form, setup),

@@ -7,6 +7,8 @@
  *                  server has no bgs_req_enqueue yet
  *   GET /hold100   attaches 100 "park" tasks (concurrent, 64-byte payload)
  *   GET /release   lets every parked task return
+ *   GET /burst?n=N attaches N "noop" tasks (default 100) and answers the
+ *                  first one's id (bench/run's tasks-through-Redis case)
  *
  * The memory case runs bgserve with --workers 1: the first park task
  * holds the only worker until /release, so every other one stays queued.
@@ -16,6 +18,8 @@
 #include <bgserve.h>
 
 #include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
@@ -80,7 +84,35 @@ static int deferred(bgs_req *req, bgs_res *res)
     return 0;
 }
 
+static int noop(bgs_task_ctx *ctx, const void *data, size_t len)
+{
+    (void)ctx;
+    (void)data;
+    (void)len;
+    return 0;
+}
+
+static int burst(bgs_req *req, bgs_res *res)
+{
+    const char *ns = bgs_req_query(req, "n");
+    long n = ns ? strtol(ns, NULL, 10) : 100;
+    uint64_t first = 0;
+    bgs_res_task_mode(res, BGS_CONCURRENT);
+    for (long i = 0; i < n; i++) {
+        uint64_t id;
+        int rc = bgs_res_task(res, "noop", payload, sizeof payload, &id);
+        if (rc != 0)
+            return bgs_res_text(res, 503, bgs_strerror(rc));
+        if (i == 0)
+            first = id;
+    }
+    char body[32];
+    snprintf(body, sizeof body, "%llu\n", (unsigned long long)first);
+    return bgs_res_text(res, 200, body);
+}
+
 static const bgs_route routes[] = {
+    BGS_GET("/burst", burst),
     BGS_GET("/deferred", deferred),
     BGS_GET("/hold100", hold100),
     BGS_GET("/release", release),
@@ -89,6 +121,7 @@ static const bgs_route routes[] = {
 static const bgs_task_def tasks[] = {
     {.name = "park", .fn = park},
     {.name = "answer", .fn = answer},
+    {.name = "noop", .fn = noop},
 };
 
 BGS_PLUGIN(.name = "benchapp", .version = "1.0.0",

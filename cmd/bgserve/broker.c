@@ -245,7 +245,8 @@ char *broker_url_redacted(const broker_url *u, char *buf, size_t cap)
 
 #define LUA_NOW "local t = redis.call('TIME'); local now = t[1] * 1000 + math.floor(t[2] / 1000)\n"
 
-enum { S_ENQUEUE, S_PROMOTE, S_START, S_REQUEUE, S_FINISH, S_DEAD, S_CONC, S_COUNT };
+enum { S_ENQUEUE, S_PROMOTE, S_START, S_REQUEUE, S_FINISH, S_DEAD, S_CONC, S_RETRY_HERE,
+       S_COUNT };
 
 static const char *const script_text[S_COUNT] = {
     /* ENQUEUE  KEYS: stream delayed
@@ -334,6 +335,9 @@ static const char *const script_text[S_COUNT] = {
     "redis.call('ZADD', KEYS[1], now + ms, ARGV[2])\n"
     "redis.call('PEXPIRE', KEYS[1], ms * 2)\n"
     "return 1\n",
+    /* RETRY_HERE  KEYS: record  ARGV: error */
+    [S_RETRY_HERE] = ("redis.call('HSET', KEYS[1], 'state', 'retrying', 'error', ARGV[1])\n"
+                      "return redis.call('HINCRBY', KEYS[1], 'attempts', 1)\n"),
 };
 
 /* ------------------------------------------------------------------ */
@@ -368,6 +372,7 @@ struct broker {
     char claim_cursor[BROKER_ENTRY_MAX]; /* read_mu */
 
     atomic_ullong reconnects;
+    atomic_int cmd_up;          /* cmd.c is connected (broker_available) */
 };
 
 /* A command's arguments: pointers and lengths, with the strings it made
@@ -570,6 +575,8 @@ static void conn_lost(broker *b, conn *k)
     if (k->c)
         redisFree(k->c);
     k->c = NULL;
+    if (k == &b->cmd)
+        atomic_store(&b->cmd_up, 0);
     k->down_since_us = util_now_us();
     k->backoff_ms = BACKOFF_FIRST_MS;
     k->next_try_us = k->down_since_us; /* one try at once */
@@ -599,6 +606,8 @@ static int conn_ensure(broker *b, conn *k)
             "%" PRIu64 ".%01" PRIu64 " s", k->role, b->shown, down_ms / 1000,
             down_ms % 1000 / 100);
     k->c = c;
+    if (k == &b->cmd)
+        atomic_store(&b->cmd_up, 1);
     k->backoff_ms = 0;
     k->down_since_us = 0;
     atomic_fetch_add(&b->reconnects, 1);
@@ -608,19 +617,27 @@ static int conn_ensure(broker *b, conn *k)
 /*
  * Run a command on k (its lock held): the reply, or NULL with *rc set
  * (BROKER_EDOWN: unreachable or broken, the connection is dropped).  An
- * error reply is returned as a reply, with *rc 0.
+ * error reply is returned as a reply, with *rc 0.  A connection that
+ * broke while idle (Redis restarted) shows it only at its next command:
+ * that command is sent once more on a new connection (at least once: a
+ * command Redis ran before the break may run twice).
  */
 static redisReply *conn_cmd(broker *b, conn *k, args *a, int *rc)
 {
-    *rc = conn_ensure(b, k);
-    if (*rc < 0)
-        return NULL;
-    redisReply *r = redisCommandArgv(k->c, (int)a->n, a->v, a->len);
-    if (!r) {
+    for (int attempt = 0; attempt < 2; attempt++) {
+        *rc = conn_ensure(b, k);
+        if (*rc < 0)
+            return NULL;
+        redisReply *r = redisCommandArgv(k->c, (int)a->n, a->v, a->len);
+        if (r)
+            return r;
+        int timed_out = k->c->err == REDIS_ERR_IO && (errno == EAGAIN || errno == EWOULDBLOCK);
         conn_lost(b, k);
         *rc = BROKER_EDOWN;
+        if (timed_out) /* slow, not gone: do not pile on */
+            return NULL;
     }
-    return r;
+    return NULL;
 }
 
 /* Start a script call in a: EVALSHA SHA NKEYS. */
@@ -819,6 +836,7 @@ int broker_open(const broker_config *cfg, broker **out, char *err, size_t cap)
         broker_close(b);
         return rc;
     }
+    atomic_store(&b->cmd_up, 1);
     *out = b;
     return 0;
 }
@@ -847,6 +865,18 @@ void broker_close(broker *b)
     free(b);
 }
 
+int broker_available(broker *b)
+{
+    if (atomic_load(&b->cmd_up))
+        return 1;
+    /* Down: try to reconnect when the backoff allows (at once otherwise);
+     * a caller that finds the connection busy hears "down" this time. */
+    if (pthread_mutex_trylock(&b->cmd_mu) != 0)
+        return 0;
+    int rc = conn_ensure(b, &b->cmd);
+    pthread_mutex_unlock(&b->cmd_mu);
+    return rc == 0;
+}
 const char *broker_url_shown(const broker *b) { return b->shown; }
 const char *broker_prefix(const broker *b) { return b->prefix; }
 const char *broker_consumer(const broker *b) { return b->consumer; }
@@ -1388,6 +1418,19 @@ static int requeue(broker *b, const broker_msg *m, unsigned delay_ms, const char
 int broker_retry(broker *b, const broker_msg *m, unsigned delay_ms, const char *error)
 {
     return requeue(b, m, delay_ms, "retrying", error);
+}
+
+int broker_retry_here(broker *b, broker_msg *m, const char *error)
+{
+    args a = {0};
+    args_script(&a, S_RETRY_HERE, 1, b->sha[S_RETRY_HERE]);
+    args_record_key(&a, b, m->id);
+    args_str(&a, error ? error : "");
+    long long v = 0;
+    int rc = cmd_script_int(b, S_RETRY_HERE, &a, "counting a retry", &v);
+    if (rc == 0 && v > 0 && v <= UINT32_MAX)
+        m->attempt = (uint32_t)v;
+    return rc;
 }
 
 int broker_defer(broker *b, const broker_msg *m, unsigned delay_ms)

@@ -120,6 +120,11 @@ int broker_open(const broker_config *cfg, broker **out, char *err, size_t cap);
 /* Close both connections and free b. */
 void broker_close(broker *b);
 
+/* 0 while the command connection is known to be down (lost, and not
+ * re-made yet): callers answer 503 at once.  While down it tries to
+ * reconnect when the backoff allows, so it also brings the broker back. */
+int broker_available(broker *b);
+
 /* The URL without password, the key prefix, the group, the consumer. */
 const char *broker_url_shown(const broker *b);
 const char *broker_prefix(const broker *b);
@@ -209,6 +214,11 @@ int broker_finish(broker *b, const broker_msg *m, const broker_outcome *o);
 /* A run of m failed and it runs again in delay_ms: acknowledge it and put
  * it in the delayed set (state "retrying", error kept). */
 int broker_retry(broker *b, const broker_msg *m, unsigned delay_ms, const char *error);
+
+/* A run of m failed and it runs again in this process: record state
+ * "retrying" with error and count the next attempt now (m->attempt is
+ * set to it); the entry stays pending here. */
+int broker_retry_here(broker *b, broker_msg *m, const char *error);
 
 /* m was not run (its name is at its max_concurrency): put it back in
  * delay_ms without counting an attempt (state "queued"). */

@@ -35,7 +35,7 @@ enum opt_id {
     O_HOST, O_PORT, O_THREADS, O_TIMEOUT, O_MAXCONN, O_MAXBODY, O_WORKERS,
     O_QUEUE, O_LINGER, O_KEEP, O_DRAIN, O_NOINTRO, O_QUIET, O_LOGFMT, O_COLOR, O_CHECK,
     O_HELP, O_VERSION, O_RELOAD, O_WATCH, O_BUILD, O_SETTLE, O_MAXGEN, O_SINGLE, O_DEBOUNCE,
-    O_JOURNAL, O_JSYNC
+    O_JOURNAL, O_JSYNC, O_BROKER, O_BROKER_NAME, O_BROKER_VIS
 };
 
 typedef struct opt {
@@ -71,6 +71,10 @@ static const opt options[] = {
     {"watch-debounce", 0, 1, O_DEBOUNCE},
     {"max-generations", 0, 1, O_MAXGEN},
     {"single-process", 0, 0, O_SINGLE},
+    {"broker", 0, 1, O_BROKER},
+    {"broker-name", 0, 1, O_BROKER_NAME},
+    {"broker-visibility", 0, 1, O_BROKER_VIS},
+    {"concurrency", 0, 1, O_WORKERS}, /* bgserve worker's word for --workers */
     {"help", 'h', 0, O_HELP},
     {"version", 'V', 0, O_VERSION},
 };
@@ -95,6 +99,7 @@ static void print_help(FILE *out)
 "Usage: bgserve [OPTIONS] APP.so\n"
 "       bgserve new NAME\n"
 "       bgserve routes [--json] APP.so\n"
+"       bgserve worker --broker URL [--concurrency N] [--reload] APP.so\n"
 "Serve a plugin's routes over HTTP and run the background tasks its\n"
 "responses attach, on worker threads, after each response is sent.\n"
 "\n"
@@ -103,6 +108,9 @@ static void print_help(FILE *out)
 "                             (make, make check, make run; built through\n"
 "                             pkg-config bgserve) and a .gitignore\n"
 "  routes [--json] APP.so     print the plugin's route and task tables\n"
+"  worker --broker URL APP.so run APP.so's named tasks from the broker, with\n"
+"                             no HTTP (--concurrency N at once, default " UTIL_STR(TASKS_DEFAULT_WORKERS) ";\n"
+"                             --reload, --watch, --build as for serving)\n"
 "\n"
 "Options:\n"
 "      --host HOST            address to listen on (default 127.0.0.1)\n"
@@ -167,12 +175,22 @@ static void print_help(FILE *out)
 "                             bgserve (for gdb, valgrind and core files);\n"
 "                             by default a supervisor reports the crash with\n"
 "                             file:line and starts a new serving process\n"
+"      --broker URL           named tasks go to a Redis stream, run by\n"
+"                             `bgserve worker` processes anywhere:\n"
+"                             redis://[:PASSWORD@]HOST[:PORT][/DB] (ad hoc\n"
+"                             tasks stay here; docs/broker.md)\n"
+"      --broker-name NAME     the NAME in the Redis keys bgserve:{NAME}:...\n"
+"                             (default: APP.so's file name without .so)\n"
+"      --broker-visibility MS a running task whose worker stops touching it\n"
+"                             (crashed) runs again elsewhere after this,\n"
+"                             100-86400000 (default 30000)\n"
 "  -h, --help                 show this help and exit\n"
 "  -V, --version              show versions and exit\n"
 "\n"
 "Environment:\n"
 "  PORT            default for --port\n"
 "  BGSERVE_DEBUG   when set (to anything), print debug lines\n"
+"  BGSERVE_BROKER  default for --broker (keeps a password out of ps)\n"
 "  NO_COLOR        when set, no colour with --color auto\n"
 "\n"
 "Signals:\n"
@@ -429,6 +447,20 @@ static int apply(const opt *o, const char *val, cli_config *cfg,
     case O_SINGLE:
         cfg->single_process = 1;
         break;
+    case O_BROKER:
+        cfg->broker_url = val;
+        break;
+    case O_BROKER_NAME:
+        if (!*val || strpbrk(val, "{}: \t"))
+            return usage(err, "--broker-name must be a word without braces, colons or "
+                         "spaces (got '%s')", val);
+        cfg->broker_name = val;
+        break;
+    case O_BROKER_VIS:
+        if (parse_uint(val, 100, 86400000, &cfg->broker_visibility_ms) != 0)
+            return usage(err, "--broker-visibility must be milliseconds from 100 to 86400000 "
+                         "(got '%s')", val);
+        break;
     case O_MAXGEN:
         if (parse_uint(val, 2, 64, &cfg->max_generations) != 0)
             return usage(err, "--max-generations must be a number from 2 to 64 "
@@ -533,6 +565,13 @@ int cli_parse(int argc, char **argv, cli_config *cfg, FILE *out, FILE *err)
     if (cfg->journal_sync_given && cfg->journal_path == NULL)
         return usage(err, "--journal-sync sets how the journal is written: give the "
                      "journal with --journal FILE");
+    /* The environment keeps a password out of ps's view of argv. */
+    const char *env_broker = getenv("BGSERVE_BROKER");
+    if (cfg->broker_url == NULL && cfg->journal_path == NULL && env_broker && *env_broker)
+        cfg->broker_url = env_broker;
+    if (cfg->broker_url != NULL && cfg->journal_path != NULL)
+        return usage(err, "--journal and --broker are two homes for the same tasks: give "
+                     "one of them");
     if (cfg->build_cmd != NULL && cfg->nwatch == 0)
         return usage(err, "--build runs on source changes: give the sources with "
                      "--watch DIR");

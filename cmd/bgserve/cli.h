@@ -41,6 +41,9 @@ typedef struct cli_config {
     const char *journal_path; /* --journal FILE, NULL: tasks in memory only */
     journal_sync journal_sync;/* --journal-sync, default normal */
     int journal_sync_given;
+    const char *broker_url;   /* --broker URL, or NULL */
+    const char *broker_name;  /* --broker-name NAME, or NULL */
+    unsigned broker_visibility_ms; /* --broker-visibility MS; 0: the default */
 } cli_config;
 
 enum {

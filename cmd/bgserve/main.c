@@ -3,7 +3,9 @@
  * order (log, tasks, generation, http), wait for a signal, stop them in
  * reverse order.  The subcommands `new` (scaffold.c), `routes`
  * (routes_cmd.c) and `journal` (journal_cmd.c) are dispatched before
- * option parsing.  Unless --single-process, supervisor_run first binds
+ * option parsing.  `bgserve worker` is this same wiring without HTTP and
+ * without the supervisor: the engine on the broker (--broker) runs the
+ * named tasks it reads from Redis.  Unless --single-process, supervisor_run first binds
  * the socket and forks: everything after it runs in the serving process.
  *
  * Signals: SIGINT, SIGTERM and SIGHUP are blocked in every thread and
@@ -12,6 +14,7 @@
  * drains; a helper thread waits for a second SIGINT and then exits at
  * once with the report of unfinished tasks.  SIGPIPE is ignored.
  */
+#include "broker.h"
 #include "cli.h"
 #include "crash.h"
 #include "deferred.h"
@@ -75,6 +78,46 @@ static void *second_signal(void *arg)
     return NULL;
 }
 
+/* The current generation's task name (tasks_config.resolve): a
+ * worker runs what a server accepted with the code loaded now. */
+static int resolve_task(void *arg, const char *name, const plugin_task **def,
+                        const tasks_owner **owner)
+{
+    (void)arg;
+    generation *g = gen_current();
+    if (g == NULL)
+        return -1;
+    const plugin_task *d = plugin_find_task(g->plugin, name);
+    if (d == NULL) {
+        gen_release(g);
+        return -1;
+    }
+    *def = d;
+    *owner = &g->owner; /* carries the reference gen_current took */
+    return 0;
+}
+
+/* Open the broker of --broker: NAME is --broker-name or APP.so's file
+ * name without its extension.  NULL after printing why. */
+static broker *open_broker(const cli_config *cfg)
+{
+    char name[128];
+    const char *base = strrchr(cfg->plugin_path, '/');
+    base = base ? base + 1 : cfg->plugin_path;
+    snprintf(name, sizeof name, "%.*s", (int)strcspn(base, "."), base);
+    if (cfg->broker_name)
+        snprintf(name, sizeof name, "%s", cfg->broker_name);
+    broker_config bc = {.url = cfg->broker_url, .app = name,
+                        .visibility_ms = cfg->broker_visibility_ms};
+    broker *b = NULL;
+    char err[1024];
+    if (broker_open(&bc, &b, err, sizeof err) != 0) {
+        fprintf(stderr, "bgserve: --broker: %s\n", err);
+        return NULL;
+    }
+    return b;
+}
+
 static int is_loopback(const char *host)
 {
     return strcmp(host, "127.0.0.1") == 0 || strncmp(host, "127.", 4) == 0 ||
@@ -91,12 +134,24 @@ int main(int argc, char **argv)
     if (argc > 1 && strcmp(argv[1], "journal") == 0)
         return journal_cmd_main(argc - 1, argv + 1, stdout, stderr);
 
+    int worker = argc > 1 && strcmp(argv[1], "worker") == 0;
+    if (worker) { /* the options follow "worker" */
+        argc--;
+        argv++;
+    }
     cli_config cfg;
     int rc = cli_parse(argc, argv, &cfg, stdout, stderr);
     if (rc == CLI_EXIT_OK)
         return 0;
     if (rc != CLI_RUN)
         return 2;
+    if (worker && cfg.broker_url == NULL && !cfg.check) {
+        fprintf(stderr, "bgserve worker: no broker: give --broker redis://HOST:PORT (or set "
+                "BGSERVE_BROKER)\n");
+        return 2;
+    }
+    if (worker)
+        cfg.single_process = 1; /* no HTTP to keep serving through a crash */
 
     log_config lc = {.color = cfg.color, .json = cfg.log_json, .quiet = cfg.quiet};
     log_init(&lc);
@@ -109,7 +164,7 @@ int main(int argc, char **argv)
     /* The options are valid (cli_parse); the host must resolve and the
      * port bind before anything starts, the start hook included. */
     char berr[1024];
-    int fd = http_bind(cfg.host, cfg.port, berr, sizeof berr);
+    int fd = worker ? 0 : http_bind(cfg.host, cfg.port, berr, sizeof berr);
     if (fd < 0) {
         fprintf(stderr, "%s\n", berr);
         return 1;
@@ -141,14 +196,27 @@ int main(int argc, char **argv)
             return 1;
         }
     }
+    broker *bk = NULL;
+    if (cfg.broker_url && (bk = open_broker(&cfg)) == NULL)
+        return 1;
     tasks_config tc = {.workers = cfg.workers, .queue_cap = cfg.queue_cap, .keep = cfg.keep,
-                       .linger_us = cfg.linger_us, .journal = jr};
+                       .linger_us = cfg.linger_us, .journal = jr, .broker = bk,
+                       .consume = worker ? cfg.workers : 0, .resolve = resolve_task};
     tasks_engine *engine = tasks_new(&tc);
     if (engine == NULL) {
         log_msg(BGS_LOG_ERROR, "cannot start the task workers");
         journal_close(jr);
+        broker_close(bk);
         return 1;
     }
+    if (bk && worker)
+        log_msg(BGS_LOG_INFO, "worker %s: running the named tasks from %s (stream %s:tasks), "
+                "up to %u at a time", broker_consumer(bk), broker_url_shown(bk),
+                broker_prefix(bk), cfg.workers);
+    else if (bk)
+        log_msg(BGS_LOG_INFO, "broker: named tasks go to %s (stream %s:tasks) for bgserve "
+                "worker processes; ad hoc tasks run here", broker_url_shown(bk),
+                broker_prefix(bk));
     crash_set_gauges(tasks_gauges, engine);
     gen_setup(&(gen_deps){.host_api = hostapi_table(), .tasks = engine});
 
@@ -200,7 +268,7 @@ int main(int argc, char **argv)
         gen_activate(g);
     }
 
-    if (!is_loopback(cfg.host) && cfg.introspection)
+    if (!worker && !is_loopback(cfg.host) && cfg.introspection)
         log_msg(BGS_LOG_WARN, "listening on %s with introspection on: anyone who can reach "
                 "this address can read /_bgserve/ (task records, stats, the dashboard) and "
                 "retry failed tasks from the dashboard; "
@@ -217,7 +285,7 @@ int main(int argc, char **argv)
         .tasks = engine,
     };
     supervisor_ready(); /* past the start hook: a crash now is not a crash loop */
-    if (http_start(&hc, err, sizeof err) != 0) {
+    if (!worker && http_start(&hc, err, sizeof err) != 0) {
         fprintf(stderr, "%s\n", err);
         reload_stop();
         tasks_shutdown(engine, 0);
@@ -234,8 +302,10 @@ int main(int argc, char **argv)
 
     if (reload_start(err, sizeof err) != 0) {
         fprintf(stderr, "%s\n", err);
-        http_quiesce();
-        http_stop();
+        if (!worker) {
+            http_quiesce();
+            http_stop();
+        }
         reload_stop();
         tasks_shutdown(engine, 0);
         journal_close(jr);
@@ -246,6 +316,8 @@ int main(int argc, char **argv)
 
     if (supervisor_build_changed()) /* a new build landed before the watch began */
         reload_request();
+    if (worker)
+        log_msg(BGS_LOG_INFO, "worker ready: reading %s:tasks", broker_prefix(bk));
 
     int sig = 0;
     for (;;) {
@@ -260,7 +332,8 @@ int main(int argc, char **argv)
     }
     /* The cut-over first (docs/http.md, "Shutdown"): from here on every
      * response closes its connection and nothing new is accepted. */
-    http_quiesce();
+    if (!worker)
+        http_quiesce();
     log_msg(BGS_LOG_INFO, "%s: stopping; finishing requests in flight, then draining tasks "
             "(up to %u ms; a second SIGINT exits at once)",
             sig == SIGINT ? "SIGINT" : "SIGTERM", cfg.drain_timeout_ms);
@@ -278,12 +351,16 @@ int main(int argc, char **argv)
     /* Suspended connections must be answered before libmicrohttpd stops
      * (0.9.75 aborts when stopped with suspended connections). */
     deferred_shutdown_all();
-    unsigned left = http_wait_idle(cfg.drain_timeout_ms);
-    if (left)
-        log_msg(BGS_LOG_WARN, "%u requests still in flight at the deadline: closing them", left);
-    http_stop();
+    if (!worker) {
+        unsigned left = http_wait_idle(cfg.drain_timeout_ms);
+        if (left)
+            log_msg(BGS_LOG_WARN, "%u requests still in flight at the deadline: closing them",
+                    left);
+        http_stop();
+    }
     /* The engine is not freed: the second-signal thread may still report
-     * from it until exit (its records are all that is left). */
+     * from it until exit (its records are all that is left).  Nor is the
+     * broker it uses. */
     size_t unfinished = tasks_shutdown(engine, cfg.drain_timeout_ms);
     /* What is left stays in the journal for the next start.  With tasks
      * abandoned on stuck workers it is left open: they may still record

@@ -249,6 +249,13 @@ static void rq_ack(queue *q, queue_node *n, const queue_outcome *o)
     if (shut && !o->succeeded && o->state && strcmp(o->state, "cancelled") == 0) {
         /* Stopped by this worker's shutdown: another worker runs it. */
         broker_retry(r->b, &x->msg, 0, "cancelled: its worker stopped");
+    } else if (!o->succeeded && o->state && strcmp(o->state, "failed") == 0) {
+        /* Out of attempts: the dead letters keep it, with its last error. */
+        int rc = broker_dead(r->b, &x->msg, o->error ? o->error : "failed");
+        if (rc < 0)
+            log_msg(BGS_LOG_WARN, "broker: task %" PRIu64 " (%s) failed but redis did not "
+                    "record it (%s): after the visibility timeout it runs again",
+                    x->msg.id, x->msg.name, broker_strerror(rc));
     } else {
         broker_outcome bo = {.state = o->state, .error = o->error};
         if (r->h.result)
@@ -272,6 +279,15 @@ static int rq_nack(queue *q, queue_node *n, uint64_t retry_at_us, const char *wh
     pthread_mutex_unlock(&r->mu);
     if (!x)
         return queue_nack(r->mem, n, retry_at_us, why);
+    if (!r->h.released) {
+        /* No hook to give the node up: retry here, the entry stays ours
+         * (touched), so only this worker's death hands it on. */
+        broker_retry_here(r->b, &x->msg, why);
+        pthread_mutex_lock(&r->mu);
+        held_put_locked(r, x);
+        pthread_mutex_unlock(&r->mu);
+        return queue_nack(r->mem, n, retry_at_us, why);
+    }
     uint64_t now = util_now_us();
     uint64_t delay_ms = retry_at_us > now ? (retry_at_us - now + 999) / 1000 : 0;
     int rc = broker_retry(r->b, &x->msg, delay_ms > UINT32_MAX ? UINT32_MAX : (unsigned)delay_ms,
@@ -307,12 +323,34 @@ void queue_redis_counts(queue *q, size_t *nheld, size_t *nsent)
 
 /* ---- the background thread ------------------------------------------------- */
 
+/* 1 when this process holds the entry already (mu held). */
+static int held_has_entry_locked(rq *r, const char *entry)
+{
+    size_t seen = 0;
+    for (size_t i = 0; i < NBUCKET && seen < r->nheld; i++)
+        for (held *x = r->hb[i]; x; x = x->next, seen++)
+            if (strcmp(x->msg.entry, entry) == 0)
+                return 1;
+    return 0;
+}
+
 /* A job read from the stream: check it, take its lease, count the
  * attempt, make its node and queue it here. */
 static void take_job(rq *r, broker_msg *m)
 {
     char why[512] = "";
     unsigned conc = 0;
+    if (m->reclaimed) {
+        /* Our own entry, idle because this thread was slow to touch it:
+         * it runs here already. */
+        pthread_mutex_lock(&r->mu);
+        int ours = held_has_entry_locked(r, m->entry);
+        pthread_mutex_unlock(&r->mu);
+        if (ours) {
+            broker_msg_clear(m);
+            return;
+        }
+    }
     if (r->h.limits(r->h.arg, m->name, &conc, why, sizeof why) < 0) {
         log_msg(BGS_LOG_WARN, "broker: task %" PRIu64 ": %s; moved to the dead letters",
                 m->id, why);

@@ -13,9 +13,10 @@
  * - A worker (consume = N) also reads the stream through the consumer
  *   group, up to N jobs at a time: each becomes a node through the
  *   `adopt` hook and is handed out by take.  ack finishes it in Redis
- *   (XACK, the record with its result, the notice); nack sends it to the
- *   delayed set, to run again on whichever worker reads it when due, and
- *   hands the node back through `released`.  Jobs of a name at its
+ *   (XACK, the record with its result, the notice; a "failed" job goes
+ *   to the dead letters); nack sends it to the delayed set, to run again
+ *   on whichever worker reads it when due, and hands the node back
+ *   through `released` (without that hook it retries here).  Jobs of a name at its
  *   max_concurrency across all workers are put back for a moment (a
  *   lease per running job, renewed with the entry).
  *
@@ -49,7 +50,8 @@ typedef struct queue_redis_hooks {
      * no longer linked.  Required. */
     void (*finished)(void *arg, queue_node *n, const broker_record *rec);
     /* A node this process ran goes on elsewhere (nack sent it to the
-     * delayed set): free it.  Required when consuming. */
+     * delayed set): free it.  NULL: nack retries the job here instead,
+     * its entry still pending (and touched) in the stream. */
     void (*released)(void *arg, queue_node *n);
     /* Called by ack, before the job is finished in Redis: the result to
      * record (leave o as it is for none).  May be NULL. */

@@ -30,6 +30,7 @@
 
 #include "bgserve.h"
 #include "journal.h"
+#include "broker.h"
 #include "json.h"
 #include "plugin.h"
 #include "services.h"
@@ -47,6 +48,14 @@
 
 typedef struct tasks_engine tasks_engine;
 
+struct tasks_owner;
+
+/* The task name of the app now loaded (the current generation), for a
+ * task another process accepted: 0 with *def and *owner set and a
+ * reference to the owner held for the caller (release it), or -1. */
+typedef int (*tasks_resolve_fn)(void *arg, const char *name, const plugin_task **def,
+                                const struct tasks_owner **owner);
+
 typedef struct tasks_config {
     unsigned workers;           /* task threads; 0: TASKS_DEFAULT_WORKERS */
     unsigned queue_cap;         /* tasks accepted but not finished, at most;
@@ -55,6 +64,15 @@ typedef struct tasks_config {
     unsigned linger_us;         /* queue coalescing window (queue_mem_new); 0: none */
     journal *journal;           /* --journal (borrowed; closed after tasks_shutdown),
                                  * or NULL: tasks live in memory only */
+    /* With a broker (not owned; close it after tasks_free) named tasks go
+     * to its stream (queue_redis.h): a server (consume 0) adds them there,
+     * a worker (bgserve worker: consume = workers) also runs what it
+     * reads, resolving names through resolve.  Ids then come from a
+     * block the broker reserves, unique across processes. */
+    broker *broker;
+    unsigned consume;
+    tasks_resolve_fn resolve;
+    void *resolve_arg;
 } tasks_config;
 
 /* A new engine with its workers running (and the timer thread, sched.h),

@@ -52,8 +52,13 @@ tasks_engine *tasks_new(const tasks_config *cfg)
     t->linger_us = cfg->linger_us;
     /* Bounded by the reservations instead of a queue capacity. */
     t->journal = cfg->journal;
-    t->q = t->journal ? queue_journal_new(t->journal, 0, t->linger_us, describe_item, NULL)
-                      : queue_mem_new(0, t->linger_us);
+    t->q = cfg->broker ? tasks_broker_queue(t, cfg)
+           : t->journal ? queue_journal_new(t->journal, 0, t->linger_us, describe_item, NULL)
+                        : queue_mem_new(0, t->linger_us);
+    if (t->q == NULL) {
+        log_msg(BGS_LOG_ERROR, "cannot start the broker's thread");
+        goto fail;
+    }
     if (sched_start() != 0) {
         log_msg(BGS_LOG_ERROR, "cannot start the timer thread");
         goto fail;
@@ -344,6 +349,8 @@ void tasks_stats_json(tasks_engine *t, json *j)
 
     if (t->journal)
         journal_json_stats(t->journal, t->q, j);
+    if (t->broker)
+        tasks_broker_stats_json(t, j);
 
     json_key(j, "dispatch_us");
     json_obj_begin(j);

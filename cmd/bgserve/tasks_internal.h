@@ -203,6 +203,11 @@ struct tasks_engine {
     atomic_int stopping;         /* the cancel phase of the shutdown */
     latency_hist dispatch_hist;  /* submit to first start */
 
+    /* the broker (tasks_broker.c); immutable after tasks_new, NULL: none */
+    broker *broker;
+    tasks_resolve_fn resolve;
+    void *resolve_arg;
+
     /* periodic (tasks_periodic.c) */
     pthread_mutex_t p_mu;
     periodic *plist;             /* p_mu */
@@ -293,6 +298,15 @@ int tasks_runs_skip_undelivered(const task_item *it);
 void tasks_runs_node(queue_node *n, void *arg);
 /* Shutdown: finalise every task waiting for a slot under its name's cap. */
 void tasks_runs_cancel_waiting(tasks_engine *t);
+
+/* ---- tasks_broker.c ------------------------------------------------------ */
+
+/* The queue on the broker (cfg->broker set): the engine's hooks for
+ * queue_redis.  NULL when its thread cannot start. */
+queue *tasks_broker_queue(tasks_engine *t, const tasks_config *cfg);
+/* Write the key "broker" (URL without password, the stream's numbers)
+ * into the open object j: one round trip to Redis. */
+void tasks_broker_stats_json(tasks_engine *t, json *j);
 
 /* ---- tasks_periodic.c ---------------------------------------------------- */
 

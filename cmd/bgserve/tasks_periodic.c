@@ -115,6 +115,24 @@ static void on_tick(sched_timer *tm)
                 p->kind->name);
         return;
     }
+    if (t->broker) {
+        /* Once per interval across every process on the broker: whoever
+         * takes the lease (for 9/10 of the interval) runs the tick. */
+        pthread_mutex_unlock(&t->p_mu);
+        uint64_t ms = p->interval_us / 1000u * 9u / 10u;
+        int got = broker_lease(t->broker, p->kind->name,
+                               ms == 0 ? 1u : ms > UINT32_MAX ? UINT32_MAX : (unsigned)ms);
+        if (got != 1) {
+            log_msg(BGS_LOG_DEBUG, "periodic task %s: this tick runs in another process%s",
+                    p->kind->name, got < 0 ? " (or nowhere: redis is away)" : "");
+            return;
+        }
+        pthread_mutex_lock(&t->p_mu);
+        if (p->stopped) {
+            pthread_mutex_unlock(&t->p_mu);
+            return;
+        }
+    }
     if (!atomic_load(&t->accepting) || tasks_runs_reserve(t) != 0) {
         pthread_mutex_unlock(&t->p_mu);
         tasks_kadd(&p->kind->ticks_skipped, 1);

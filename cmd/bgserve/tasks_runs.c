@@ -80,6 +80,9 @@ int tasks_runs_admit(tasks_engine *t, const plugin_task *def, int adhoc)
         return BGS_ESHUTDOWN;
     if (def == NULL && !adhoc)
         return BGS_ENOTASK;
+    /* Redis known to be away: a named task is load (503), not lost. */
+    if (!adhoc && t->broker && !broker_available(t->broker))
+        return BGS_EFULL;
     return tasks_runs_reserve(t);
 }
 

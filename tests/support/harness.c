@@ -121,6 +121,93 @@ static void child_exec(const char *const *argv, const char *const *extra_env, in
     _exit(127);
 }
 
+/* Start argv[0] with stdout and stderr going to s's log; 0 or -1. */
+static int spawn(h_server *s, const char *const *argv, const char *const *extra_env)
+{
+    /* The server writes into an unlinked temporary file, never a pipe:
+     * a pipe nobody drains would block a chatty server. */
+    char tmpl[] = "/tmp/bgserve-test-log-XXXXXX";
+    int wfd = mkostemp(tmpl, O_CLOEXEC);
+    if (wfd < 0)
+        return -1;
+    s->err_fd = open(tmpl, O_RDONLY | O_CLOEXEC);
+    unlink(tmpl);
+    if (s->err_fd < 0) {
+        close(wfd);
+        return -1;
+    }
+    s->pid = fork();
+    if (s->pid < 0)
+        return -1;
+    if (s->pid == 0) {
+        dup2(wfd, 1); /* stdout too, so --check output is seen */
+        child_exec(argv, extra_env, wfd);
+    }
+    close(wfd);
+
+    return 0;
+}
+
+/* Poll s's log until ready(s, arg) says 1 (0 is returned) or -1, the
+ * process exits or the deadline passes (-1 is returned). */
+static int await_log(h_server *s, unsigned deadline_ms,
+                     int (*ready)(h_server *s, const void *arg), const void *arg)
+{
+    uint64_t end = h_now_ms() + deadline_ms;
+    while (h_now_ms() < end) {
+        h_drain_log(s);
+        int r = ready(s, arg);
+        if (r != 0)
+            return r > 0 ? 0 : -1;
+        int status;
+        if (waitpid(s->pid, &status, WNOHANG) == s->pid) {
+            h_drain_log(s);
+            s->pid = 0;
+            return -1;
+        }
+        struct timespec ts = {0, 5 * 1000000L};
+        nanosleep(&ts, NULL); /* polling interval */
+    }
+    return -1;
+}
+
+static int log_has(h_server *s, const void *needle)
+{
+    return s->log && strstr(s->log, needle) ? 1 : 0;
+}
+
+/* The "listening on http://HOST:PORT" line: s->port and s->base. */
+static int listening(h_server *s, const void *arg)
+{
+    (void)arg;
+    const char *marker = "bgserve: listening on http://";
+    const char *line = s->log ? strstr(s->log, marker) : NULL;
+    if (!line || !strchr(line, '\n'))
+        return 0;
+    const char *hostport = line + strlen(marker);
+    const char *nl = strchr(hostport, '\n');
+    /* the last ':' before the end of this line (IPv6 has more) */
+    const char *colon = NULL;
+    for (const char *c = hostport; c < nl; c++)
+        if (*c == ':')
+            colon = c;
+    if (!colon)
+        return 0;
+    s->port = atoi(colon + 1);
+    snprintf(s->base, sizeof s->base, "http://127.0.0.1:%d", s->port);
+    return s->port > 0 ? 1 : -1;
+}
+
+int h_spawn(h_server *s, const char *const *argv, const char *const *extra_env,
+            const char *ready, unsigned deadline_ms)
+{
+    memset(s, 0, sizeof *s);
+    s->err_fd = -1;
+    if (spawn(s, argv, extra_env) != 0)
+        return -1;
+    return await_log(s, deadline_ms, log_has, ready);
+}
+
 int h_start(h_server *s, const char *plugin, const char *const *args,
             const char *const *extra_env)
 {
@@ -144,57 +231,10 @@ int h_start_bin(h_server *s, const char *bin, const char *plugin,
             argv[n++] = *a;
     argv[n++] = plugin;
     argv[n] = NULL;
+    if (spawn(s, argv, extra_env) != 0)
+        return -1;
 
-    /* The server writes into an unlinked temporary file, never a pipe:
-     * a pipe nobody drains would block a chatty server. */
-    char tmpl[] = "/tmp/bgserve-test-log-XXXXXX";
-    int wfd = mkostemp(tmpl, O_CLOEXEC);
-    if (wfd < 0)
-        return -1;
-    s->err_fd = open(tmpl, O_RDONLY | O_CLOEXEC);
-    unlink(tmpl);
-    if (s->err_fd < 0) {
-        close(wfd);
-        return -1;
-    }
-    s->pid = fork();
-    if (s->pid < 0)
-        return -1;
-    if (s->pid == 0) {
-        dup2(wfd, 1); /* stdout too, so --check output is seen */
-        child_exec(argv, extra_env, wfd);
-    }
-    close(wfd);
-
-    const char *marker = "bgserve: listening on http://";
-    uint64_t end = h_now_ms() + 10000;
-    while (h_now_ms() < end) {
-        h_drain_log(s);
-        const char *line = s->log ? strstr(s->log, marker) : NULL;
-        if (line && strchr(line, '\n')) {
-            const char *hostport = line + strlen(marker);
-            const char *nl = strchr(hostport, '\n');
-            /* the last ':' before the end of this line (IPv6 has more) */
-            const char *colon = NULL;
-            for (const char *c = hostport; c < nl; c++)
-                if (*c == ':')
-                    colon = c;
-            if (colon) {
-                s->port = atoi(colon + 1);
-                snprintf(s->base, sizeof s->base, "http://127.0.0.1:%d", s->port);
-                return s->port > 0 ? 0 : -1;
-            }
-        }
-        int status;
-        if (waitpid(s->pid, &status, WNOHANG) == s->pid) {
-            h_drain_log(s);
-            s->pid = 0;
-            return -1;
-        }
-        struct timespec ts = {0, 5 * 1000000L};
-        nanosleep(&ts, NULL); /* polling interval */
-    }
-    return -1;
+    return await_log(s, 10000, listening, NULL);
 }
 
 /* Wait for pid to exit, reading its output meanwhile (s may be NULL):

@@ -42,6 +42,12 @@ int h_start(h_server *s, const char *plugin, const char *const *args,
 int h_start_bin(h_server *s, const char *bin, const char *plugin,
                 const char *const *args, const char *const *extra_env);
 
+/* Start any program (argv[0] a path; argv NULL-terminated) the same way,
+ * and wait (deadline_ms) for its log to contain ready.  0, or -1 when
+ * it exited or never said it (its log is in s->log).  s->port is 0. */
+int h_spawn(h_server *s, const char *const *argv, const char *const *extra_env,
+            const char *ready, unsigned deadline_ms);
+
 /* Read what the server wrote to stderr so far into s->log. */
 void h_drain_log(h_server *s);
 

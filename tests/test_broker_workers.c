@@ -1,0 +1,369 @@
+/*
+ * test_broker_workers.c - one server and `bgserve worker` processes on a
+ * redis-server of the test's own (tests/support/redis.h), all on
+ * loopback, with the fixture broker_app: tasks run exactly once and the
+ * workers share them; a worker killed mid-task has its task claimed and
+ * finished by another with the attempt counted; retries end in the dead
+ * letters with the last error; the server answers 503 (not a hang) for
+ * named tasks while Redis is down and runs ad hoc tasks itself; refusals
+ * of the command line.  The fixture's tasks write "WHAT PID ID ATTEMPT"
+ * lines to a file the test reads.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include "helpers.h"
+#include "redis.h"
+
+#include <inttypes.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/types.h>
+#include <time.h>
+#include <unistd.h>
+
+#define DEADLINE_MS 20000
+
+typedef struct rig {
+    h_redis redis;
+    char logpath[128];
+    char envlog[160];
+    const char *env[2];
+    h_server server;
+    int have_server;
+} rig;
+
+static void rig_up(rig *g)
+{
+    memset(g, 0, sizeof *g);
+    h_redis_start(&g->redis, NULL, NULL);
+    snprintf(g->logpath, sizeof g->logpath, "%s/ran.log", g->redis.dir);
+    snprintf(g->envlog, sizeof g->envlog, "BROKER_APP_LOG=%s", g->logpath);
+    g->env[0] = g->envlog;
+    g->env[1] = NULL;
+}
+
+static void start_server(rig *g)
+{
+    const char *args[] = {"--broker", g->redis.url, NULL};
+    assert_int_equal(h_start_app(&g->server, h_fixture("broker_app"), args, g->env), 0);
+    g->have_server = 1;
+}
+
+static void start_worker(rig *g, h_server *w, const char *visibility)
+{
+    const char *argv[16];
+    size_t n = 0;
+    argv[n++] = h_build_path("bgserve");
+    argv[n++] = "worker";
+    argv[n++] = "--broker";
+    argv[n++] = g->redis.url;
+    argv[n++] = "--concurrency";
+    argv[n++] = "4";
+    argv[n++] = "--color";
+    argv[n++] = "never";
+    if (visibility) {
+        argv[n++] = "--broker-visibility";
+        argv[n++] = visibility;
+    }
+    argv[n++] = h_fixture("broker_app");
+    argv[n] = NULL;
+    if (h_spawn(w, argv, g->env, "worker ready", DEADLINE_MS) != 0) {
+        fprintf(stderr, "worker did not start:\n%s\n", w->log ? w->log : "");
+        fail();
+    }
+}
+
+static void rig_down(rig *g)
+{
+    if (g->have_server) {
+        h_stop_clean(&g->server);
+        h_free(&g->server);
+    }
+    h_redis_stop(&g->redis);
+}
+
+/* Lines of the log that start with "what " and, when pid > 0, name pid. */
+static int count_lines(rig *g, const char *what, pid_t pid)
+{
+    char *text = h_slurp(g->logpath, NULL);
+    int n = 0;
+    for (char *line = text; line && *line;) {
+        char *nl = strchr(line, '\n');
+        char w[16];
+        long p;
+        if (sscanf(line, "%15s %ld", w, &p) == 2 && strcmp(w, what) == 0 &&
+            (pid <= 0 || p == (long)pid))
+            n++;
+        line = nl ? nl + 1 : line + strlen(line);
+    }
+    free(text);
+    return n;
+}
+
+static int wait_lines(rig *g, const char *what, pid_t pid, int want)
+{
+    uint64_t end = h_now_ms() + DEADLINE_MS;
+    int n;
+    while ((n = count_lines(g, what, pid)) < want && h_now_ms() < end) {
+        struct timespec ts = {0, 5 * 1000000L};
+        nanosleep(&ts, NULL); /* polling interval */
+    }
+    return n;
+}
+
+static uint64_t add(rig *g, const char *task, int n)
+{
+    char path[96];
+    snprintf(path, sizeof path, "/add?task=%s&n=%d", task, n);
+    h_resp r;
+    assert_int_equal(h_get(&g->server, path, &r), 0);
+    if (r.status != 200)
+        fail_msg("GET %s: %ld %s", path, r.status, r.body);
+    uint64_t id = strtoull(r.body, NULL, 10);
+    h_resp_free(&r);
+    return id;
+}
+
+static void stop_worker(h_server *w)
+{
+    int rc = h_stop(w, SIGTERM);
+    if (rc != 0)
+        fprintf(stderr, "worker log:\n%s\n", w->log);
+    assert_int_equal(rc, 0);
+    h_assert_lacks(w->log, "ERROR: AddressSanitizer");
+    h_assert_lacks(w->log, "WARNING: ThreadSanitizer");
+    h_free(w);
+}
+
+static void broker_workers_share_and_run_once(void **state)
+{
+    (void)state;
+    rig g;
+    rig_up(&g);
+    start_server(&g);
+    h_server w1, w2;
+    start_worker(&g, &w1, NULL);
+    start_worker(&g, &w2, NULL);
+    enum { REQS = 10, PER = 50, N = REQS * PER };
+    uint64_t first = 0;
+    for (int i = 0; i < REQS; i++) {
+        uint64_t id = add(&g, "count", PER);
+        if (i == 0)
+            first = id;
+    }
+    assert_int_equal(wait_lines(&g, "ran", 0, N), N);
+    /* Each task once; both workers ran some, the server none. */
+    char *text = h_slurp(g.logpath, NULL);
+    int lines = 0;
+    for (char *line = text; *line;) {
+        char *nl = strchr(line, '\n');
+        unsigned long long id;
+        unsigned attempt;
+        char w[16];
+        long pid;
+        assert_int_equal(sscanf(line, "%15s %ld %llu %u", w, &pid, &id, &attempt), 4);
+        assert_int_equal(attempt, 1);
+        char needle[48];
+        snprintf(needle, sizeof needle, " %llu 1\n", id);
+        const char *at = strstr(text, needle);
+        assert_non_null(at);
+        assert_null(strstr(at + 1, needle));
+        lines++;
+        line = nl ? nl + 1 : line + strlen(line);
+    }
+    free(text);
+    assert_int_equal(lines, N);
+    assert_true(count_lines(&g, "ran", w1.pid) > 0);
+    assert_true(count_lines(&g, "ran", w2.pid) > 0);
+    assert_int_equal(count_lines(&g, "ran", w1.pid) + count_lines(&g, "ran", w2.pid), N);
+    /* The server hears of the final states. */
+    char path[64];
+    snprintf(path, sizeof path, "/_bgserve/tasks/%" PRIu64, first);
+    char *rec = h_wait_state(&g.server, path, "succeeded", DEADLINE_MS);
+    assert_non_null(rec);
+    free(rec);
+    assert_int_equal(h_redis_int(&g.redis, "XLEN bgserve:{broker_app}:tasks"), 0);
+    /* The stats show the broker, without a password. */
+    assert_int_equal(h_stat(&g.server, "broker", "consumers"), 2);
+    assert_int_equal(h_stat(&g.server, "broker", "dead"), 0);
+    h_resp r;
+    assert_int_equal(h_get(&g.server, "/_bgserve/stats", &r), 0);
+    char want[160];
+    snprintf(want, sizeof want, "\"url\":\"redis://127.0.0.1:%d/0\"", g.redis.port);
+    h_assert_contains(r.body, want);
+    h_resp_free(&r);
+    stop_worker(&w1);
+    stop_worker(&w2);
+    rig_down(&g);
+}
+
+static void broker_result_reaches_the_server(void **state)
+{
+    (void)state;
+    rig g;
+    rig_up(&g);
+    start_server(&g);
+    h_server w;
+    start_worker(&g, &w, NULL);
+    uint64_t id = add(&g, "answer", 1);
+    char path[64];
+    snprintf(path, sizeof path, "/_bgserve/tasks/%" PRIu64, id);
+    char *rec = h_wait_state(&g.server, path, "succeeded", DEADLINE_MS);
+    assert_non_null(rec);
+    h_assert_contains(rec, "\"body\":\"forty-two\"");
+    free(rec);
+    /* Ad hoc tasks run in the server. */
+    h_resp r;
+    assert_int_equal(h_get(&g.server, "/adhoc", &r), 0);
+    assert_int_equal(r.status, 200);
+    h_resp_free(&r);
+    assert_int_equal(wait_lines(&g, "adhoc", 0, 1), 1);
+    assert_int_equal(count_lines(&g, "adhoc", w.pid), 0);
+    stop_worker(&w);
+    rig_down(&g);
+}
+
+static void broker_killed_worker_task_is_reclaimed(void **state)
+{
+    (void)state;
+    rig g;
+    rig_up(&g);
+    start_server(&g);
+    h_server a;
+    start_worker(&g, &a, "1000");
+    uint64_t id = add(&g, "slow", 1);
+    assert_int_equal(wait_lines(&g, "start", a.pid, 1), 1);
+    kill(a.pid, SIGKILL);
+    assert_int_equal(h_stop(&a, 0), 128 + SIGKILL);
+    h_free(&a);
+    h_server b;
+    start_worker(&g, &b, "1000");
+    assert_int_equal(wait_lines(&g, "ran", b.pid, 1), 1);
+    char needle[64];
+    snprintf(needle, sizeof needle, "ran %ld %" PRIu64 " 2\n", (long)b.pid, id);
+    char *text = h_slurp(g.logpath, NULL);
+    h_assert_contains(text, needle);
+    free(text);
+    char path[64];
+    snprintf(path, sizeof path, "/_bgserve/tasks/%" PRIu64, id);
+    char *rec = h_wait_state(&g.server, path, "succeeded", DEADLINE_MS);
+    assert_non_null(rec);
+    assert_int_equal(h_json_num(rec, "attempts"), 2);
+    free(rec);
+    assert_true(h_wait_log(&b, "claimed task", DEADLINE_MS));
+    stop_worker(&b);
+    rig_down(&g);
+}
+
+static void broker_retries_end_in_the_dead_letters(void **state)
+{
+    (void)state;
+    rig g;
+    rig_up(&g);
+    start_server(&g);
+    h_server w;
+    start_worker(&g, &w, NULL);
+    uint64_t id = add(&g, "fail", 1);
+    char path[64];
+    snprintf(path, sizeof path, "/_bgserve/tasks/%" PRIu64, id);
+    char *rec = h_wait_state(&g.server, path, "failed", DEADLINE_MS);
+    assert_non_null(rec);
+    h_assert_contains(rec, "\"error\":\"always fails\"");
+    assert_int_equal(h_json_num(rec, "attempts"), 2);
+    free(rec);
+    assert_int_equal(count_lines(&g, "fail", w.pid), 2);
+    assert_int_equal(h_redis_int(&g.redis, "XLEN bgserve:{broker_app}:dead"), 1);
+    stop_worker(&w);
+    rig_down(&g);
+}
+
+static int add_status(rig *g)
+{
+    h_resp r;
+    if (h_get(&g->server, "/add?task=count&n=1", &r) != 0)
+        return -1;
+    int st = (int)r.status;
+    h_resp_free(&r);
+    return st;
+}
+
+static void broker_503_while_redis_is_down(void **state)
+{
+    (void)state;
+    rig g;
+    rig_up(&g);
+    start_server(&g);
+    h_server w;
+    start_worker(&g, &w, NULL);
+    h_redis_halt(&g.redis);
+    uint64_t end = h_now_ms() + DEADLINE_MS;
+    int st = 0;
+    while (st != 503 && h_now_ms() < end)
+        st = add_status(&g);
+    assert_int_equal(st, 503);
+    /* The rest is served meanwhile, ad hoc tasks included. */
+    h_resp r;
+    assert_int_equal(h_get(&g.server, "/adhoc", &r), 0);
+    assert_int_equal(r.status, 200);
+    h_resp_free(&r);
+    assert_true(h_wait_log(&g.server, "lost the command connection to redis", DEADLINE_MS));
+    h_redis_restart(&g.redis);
+    end = h_now_ms() + DEADLINE_MS;
+    while (st != 200 && h_now_ms() < end)
+        st = add_status(&g);
+    assert_int_equal(st, 200);
+    assert_true(h_wait_log(&g.server, "reconnected the command connection", DEADLINE_MS));
+    /* What was accepted runs (Redis had no persistence: the worker makes
+     * the group again). */
+    int ran = wait_lines(&g, "ran", w.pid, 1);
+    if (ran != 1) {
+        h_drain_log(&w);
+        fprintf(stderr, "worker log:\n%s\n", w.log);
+    }
+    assert_int_equal(ran, 1);
+    stop_worker(&w);
+    rig_down(&g);
+}
+
+static void broker_command_line_refusals(void **state)
+{
+    (void)state;
+    char *out;
+    const char *no_broker[] = {h_build_path("bgserve"), "worker", h_fixture("broker_app"),
+                               NULL};
+    assert_int_equal(h_run(no_broker, &out), 2);
+    h_assert_contains(out, "bgserve worker: no broker: give --broker");
+    free(out);
+    char url[96];
+    snprintf(url, sizeof url, "redis://:sekrit@127.0.0.1:%d", h_free_port());
+    const char *down[] = {h_build_path("bgserve"), "--single-process", "--port", "0",
+                          "--broker", url, h_fixture("broker_app"), NULL};
+    assert_int_equal(h_run(down, &out), 1);
+    h_assert_contains(out, "--broker: cannot reach redis at 127.0.0.1:");
+    h_assert_lacks(out, "sekrit");
+    free(out);
+    const char *tls[] = {h_build_path("bgserve"), "worker", "--broker", "rediss://h:1",
+                         h_fixture("broker_app"), NULL};
+    assert_int_equal(h_run(tls, &out), 1);
+    h_assert_contains(out, "rediss:// (TLS) needs hiredis with TLS support");
+    free(out);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(broker_workers_share_and_run_once),
+        cmocka_unit_test(broker_result_reaches_the_server),
+        cmocka_unit_test(broker_killed_worker_task_is_reclaimed),
+        cmocka_unit_test(broker_retries_end_in_the_dead_letters),
+        cmocka_unit_test(broker_503_while_redis_is_down),
+        cmocka_unit_test(broker_command_line_refusals),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
