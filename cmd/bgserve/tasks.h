@@ -16,9 +16,10 @@
  * reference to while it is not final, and through which a running task
  * reaches its app and services.
  *
- * The HTTP side talks only to this header:
- *   handler attaches  -> tasks_group_new / tasks_group_add  (HTTP thread)
- *   request completed -> tasks_group_submit or tasks_group_discard
+ * The request side (dispatch.c for route tasks, hostapi.c for the
+ * handler's) talks only to this header:
+ *   route or handler attaches -> tasks_group_new / tasks_group_add
+ *   request completed         -> tasks_group_submit or tasks_group_discard
  * tasks never calls back into http.
  *
  * The engine is implemented by the tasks_*.c files, one job each, around
