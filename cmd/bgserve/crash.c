@@ -302,6 +302,10 @@ static void send_record(int sig, const siginfo_t *si, const void *uctx, const cr
         put_u64(&o, f->gen);
         put(&o, "\nW ");
         describe(&o, f);
+        if (f->kind == CRASH_TASK) { /* the journal's replay must not run it blindly */
+            put(&o, "\nT ");
+            put_u64(&o, f->task_id);
+        }
     }
     if ((sig == SIGSEGV || sig == SIGBUS) && si != NULL && si->si_code > 0) {
         put(&o, "\nA ");

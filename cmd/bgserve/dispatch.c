@@ -20,6 +20,7 @@
 #include "crashpage.h"
 #include "dashboard.h"
 #include "deferred.h"
+#include "durable.h"
 #include "generation.h"
 #include "handle.h"
 #include "latency.h"
@@ -144,6 +145,55 @@ static int serve_introspection(const dispatch_env *env, struct bgs_req *req, str
     return DISPATCH_ANSWERED;
 }
 
+/* ---- --journal: the answer waits for its tasks' commit ------------------------ */
+
+/* The journal could not record the request's tasks: 503, and the tasks
+ * of its groups never run (those queued at once with bgs_req_enqueue
+ * were handed to the workers already and do). */
+static int answer_not_durable(const dispatch_env *env, struct bgs_res *res, const char *why)
+{
+    char body[768];
+    discard_groups(res, "the journal could not record the task: answered 503");
+    res_reset(res);
+    res_add_header(res, "Retry-After", "1");
+    snprintf(body, sizeof body, "Service Unavailable: the tasks of this request could not be "
+             "made durable (%s), retry later\n", why);
+    return answer_text(env, res, 503, body);
+}
+
+/*
+ * The handler's answer is ready: write its groups' named tasks to the
+ * journal (tasks_group_persist) and, while a commit of the request's
+ * tasks is still to come, hold it (DISPATCH_SUSPEND; dispatch_arm lets
+ * the last completion resume the carrier).  Else the answer, or 503.
+ */
+static int hold_for_journal(const dispatch_env *env, struct bgs_req *req, struct bgs_res *res)
+{
+    char why[512];
+    if (tasks_group_persist(res->group, req->gate) != 0 ||
+        tasks_group_persist(res->route_group, req->gate) != 0)
+        return answer_not_durable(env, res, "the server is shutting down");
+    if (durable_pending(req->gate) > 0) {
+        res->held = 1;
+        return DISPATCH_SUSPEND;
+    }
+    if (durable_status(req->gate, why, sizeof why) != 0)
+        return answer_not_durable(env, res, why);
+    add_task_ids(env, res);
+    return DISPATCH_ANSWERED;
+}
+
+/* Resumed after the commits: the held answer, or 503. */
+static int answer_held(const dispatch_env *env, struct bgs_req *req, struct bgs_res *res)
+{
+    char why[512];
+    res->held = 0;
+    if (durable_status(req->gate, why, sizeof why) != 0)
+        return answer_not_durable(env, res, why);
+    add_task_ids(env, res);
+    return DISPATCH_ANSWERED;
+}
+
 /* ---- the plugin's routes ---------------------------------------------------- */
 
 /* Attach the route's own tasks.  0, or BGS_EFULL/BGS_ESHUTDOWN when the
@@ -213,6 +263,8 @@ static int run_route(const dispatch_env *env, struct bgs_req *req, struct bgs_re
         discard_groups(res, "HEAD request: tasks do not run");
     if (res->deferred)
         return DISPATCH_SUSPEND; /* answered by dispatch_resumed */
+    if (req->gate)
+        return hold_for_journal(env, req, res);
     add_task_ids(env, res);
     return DISPATCH_ANSWERED;
 }
@@ -240,6 +292,8 @@ int dispatch_request(const dispatch_env *env, struct bgs_req *req, struct bgs_re
     }
     if (req->gen == NULL)
         return answer_text(env, res, 503, "Service Unavailable: no plugin loaded\n");
+    if (env->durable)
+        req->gate = durable_new(); /* counts the commits of its tasks */
     return run_route(env, req, res);
 }
 
@@ -247,7 +301,10 @@ void dispatch_arm(struct bgs_res *res)
 {
     /* Armed only once the carrier suspended, so a completion racing with
      * us cannot resume a request that is not suspended yet. */
-    deferred_arm(res->deferred);
+    if (res->held)
+        durable_arm(res->req->gate, res->req->resume_fn, res->req->resume_ctx);
+    else
+        deferred_arm(res->deferred);
 }
 
 int dispatch_resumed(const dispatch_env *env, struct bgs_req *req, struct bgs_res *res)
@@ -255,6 +312,8 @@ int dispatch_resumed(const dispatch_env *env, struct bgs_req *req, struct bgs_re
     uint32_t status;
     const char *type, *body;
     size_t len;
+    if (res->held)
+        return answer_held(env, req, res);
     int state = deferred_state(res->deferred, &status, &type, &body, &len);
     if (res->longpoll && state != DEFERRED_SHUTDOWN)
         return serve_introspection(env, req, res); /* the record as it is now */
@@ -298,6 +357,8 @@ void dispatch_finish(struct bgs_req *req, struct bgs_res *res, int answered, int
     res->deferred = NULL;
     services_scope_end(req->scope);
     req->scope = NULL;
+    durable_release(req->gate);
+    req->gate = NULL;
     gen_release(req->gen);
     req->gen = NULL;
 }

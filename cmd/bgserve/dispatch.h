@@ -46,11 +46,17 @@ typedef struct dispatch_env {
     /* Fills the counters of /_bgserve/stats; NULL: zeros. */
     void (*counters)(introspect_counters *c);
     struct tasks_engine *tasks; /* the engine: records, stats, long-polls */
+    /* --journal: an answer that carries tasks is held (DISPATCH_SUSPEND)
+     * until the journal has committed them, or becomes a 503. */
+    int durable;
 } dispatch_env;
 
 enum {
     DISPATCH_ANSWERED = 0, /* res holds the answer */
-    DISPATCH_SUSPEND = 1,  /* answered later: suspend, then dispatch_arm */
+    DISPATCH_SUSPEND = 1,  /* answered later (a deferral, a long-poll, or
+                              with env->durable an answer held until its
+                              tasks are committed): suspend, then
+                              dispatch_arm */
     DISPATCH_STREAM = 2,   /* GET /_bgserve/events: the carrier streams the
                               dashboard's events (dashboard.h), or answers
                               with a status of its own if it cannot */

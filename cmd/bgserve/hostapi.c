@@ -334,8 +334,9 @@ static int host_req_enqueue(bgs_req *h, const char *name, const void *payload,
         return misuse(MISUSE_SITE, BGS_EINVAL, NULL, "bgs_req_enqueue(NULL): NULL task name");
     if (payload == NULL && len > 0)
         return misuse(MISUSE_SITE, BGS_EINVAL, NULL, "bgs_req_enqueue(\"%s\", NULL, %zu): NULL payload with a length", name, len);
-    int rc = tasks_enqueue(req->gen->tasks, &req->gen->owner, req->id,
-                           plugin_find_task(req->gen->plugin, name), payload, len, NULL, NULL, &id);
+    int rc = tasks_enqueue_gated(req->gen->tasks, &req->gen->owner, req->id,
+                                 plugin_find_task(req->gen->plugin, name), payload, len, NULL,
+                                 NULL, &id, req->gate);
     if (rc != 0)
         return REPORT(rc, "bgs_req_enqueue(\"%s\"): %s", name, rc == BGS_ENOTASK ? "no task with that name" : bgs_strerror(rc));
     res_note_queued(req->res, id);

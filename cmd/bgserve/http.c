@@ -665,7 +665,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn,
         return MHD_YES;
     }
 
-    if (ex->res.deferred && !ex->responded)
+    if ((ex->res.deferred || ex->res.held) && !ex->responded) /* resumed */
         return answer_deferred(conn, ex);
     if (ex->responded)
         return MHD_YES;
@@ -840,7 +840,7 @@ int http_start(const http_config *cfg, char *err, size_t errlen)
     config = *cfg;
     denv = (dispatch_env){.introspection = cfg->introspection, .crash_page = cfg->crash_page,
                           .plugin_path = cfg->plugin_path, .counters = fill_counters,
-                          .tasks = cfg->tasks};
+                          .tasks = cfg->tasks, .durable = cfg->durable};
     started_us = util_now_us();
     nul_check = strncmp(MHD_get_version(), "0.", 2) == 0;
     conn_limit = cfg->conn_limit ? cfg->conn_limit : 1;

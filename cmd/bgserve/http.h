@@ -24,6 +24,8 @@ typedef struct http_config {
     const char *plugin_path;
     struct tasks_engine *tasks;    /* the engine: records and stats for
                                /_bgserve/, long-polls, deliveries */
+    int durable;            /* --journal: a response waits for the commit of
+                               its tasks (durable.h) */
 } http_config;
 
 /* Bind and listen on host:port (0: any free port); the socket is

@@ -283,6 +283,7 @@ int main(int argc, char **argv)
         .crash_page = supervisor_crash_mode() ? supervisor_crash_report() : NULL,
         .plugin_path = cfg.plugin_path,
         .tasks = engine,
+        .durable = jr != NULL,
     };
     supervisor_ready(); /* past the start hook: a crash now is not a crash loop */
     if (!worker && http_start(&hc, err, sizeof err) != 0) {
@@ -297,8 +298,12 @@ int main(int argc, char **argv)
     /* The tasks an earlier process left unfinished, once serving: a task
      * that crashes again is then a crash like any other, not a crash
      * loop before serving. */
-    if (jr != NULL && g != NULL)
-        tasks_replay(engine, &g->owner, g->plugin); /* before any reload can retire g */
+    if (jr != NULL && g != NULL) {
+        int csig = 0;
+        uint64_t crashed = supervisor_crashed_task(&csig);
+        /* before any reload can retire g */
+        tasks_replay(engine, &g->owner, g->plugin, crashed, csig);
+    }
 
     if (reload_start(err, sizeof err) != 0) {
         fprintf(stderr, "%s\n", err);

@@ -25,6 +25,7 @@
 
 #include "bgserve.h"
 #include "deferred.h"
+#include "durable.h"
 #include "generation.h"
 #include "router.h"
 #include "services.h"
@@ -81,6 +82,7 @@ struct bgs_req {
     char id[24];
     generation *gen;          /* a reference, released by dispatch_finish */
     services_scope *scope;    /* scoped services, ended by dispatch_finish */
+    durable_gate *gate;       /* --journal: the commits of its tasks (dispatch's) */
     struct bgs_res *res;
 };
 
@@ -108,6 +110,7 @@ struct bgs_res {
                                  connection's reference is dropped by
                                  dispatch_finish */
     int longpoll;             /* suspended on /_bgserve/tasks/ID?wait= */
+    int held;                 /* suspended until its tasks are durable */
     uint64_t *queued_ids;     /* tasks queued now (req_enqueue, res_await) */
     size_t nqueued, cap_queued;
 };

@@ -62,6 +62,7 @@ static struct {
     int last_signal;           /* 0: no crash yet */
     uint64_t last_when_us;     /* wall clock */
     char *last_what;           /* what was running, or a sentence */
+    uint64_t last_task_id;     /* the task the last crash ran in, 0: none */
     char *last_report;         /* the whole report */
 } child = {.listen_fd = -1, .report_fd = -1, .announce = 1};
 
@@ -88,6 +89,12 @@ static struct {
 int supervisor_listen_fd(void) { return child.supervised ? child.listen_fd : -1; }
 int supervisor_report_fd(void) { return child.supervised ? child.report_fd : -1; }
 int supervisor_announce(void) { return child.announce; }
+uint64_t supervisor_crashed_task(int *sig)
+{
+    if (sig)
+        *sig = child.last_signal;
+    return child.last_task_id;
+}
 int supervisor_crash_mode(void) { return child.crash_mode; }
 const char *supervisor_crash_report(void) { return child.last_report; }
 
@@ -172,6 +179,7 @@ typedef struct record {
     int kind;
     uint64_t queued, running;
     int have_gauges;
+    uint64_t task_id;          /* the task that was running, 0: none */
     int exact;
     uintptr_t pcs[MAX_PCS];
     size_t npcs;
@@ -207,6 +215,7 @@ static void parse_record(record *r)
             r->have_gauges = sscanf(val, "%lu %lu", &r->queued, &r->running) == 2;
             break;
         case 'E': r->exact = 1; break;
+        case 'T': r->task_id = strtoull(val, NULL, 10); break;
         case 'P':
             if (r->npcs < MAX_PCS)
                 r->pcs[r->npcs++] = (uintptr_t)strtoull(val, NULL, 16);
@@ -387,6 +396,7 @@ static int crashed(int status, int sig)
 
     child.crashes++;
     child.last_signal = sig;
+    child.last_task_id = r.task_id;
     child.last_when_us = util_wall_us();
     free(child.last_what);
     child.last_what = xstrdup(r.what ? r.what : r.headline ? r.headline

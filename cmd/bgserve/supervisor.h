@@ -50,6 +50,9 @@ int supervisor_report_fd(void);
 /* 1 when this process must print the listening line (the first one to
  * serve; also 1 when not supervised). */
 int supervisor_announce(void);
+/* In a serving process started after a crash in a task: that task's id
+ * (and the signal in *sig, may be NULL); 0 otherwise. */
+uint64_t supervisor_crashed_task(int *sig);
 /* 1 when the previous build crash-looped: start without a generation
  * and answer with the crash page until a reload loads a new build. */
 int supervisor_crash_mode(void);

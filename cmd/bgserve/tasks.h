@@ -30,6 +30,7 @@
 #define BGSERVE_TASKS_H
 
 #include "bgserve.h"
+#include "durable.h"
 #include "journal.h"
 #include "broker.h"
 #include "json.h"
@@ -147,9 +148,12 @@ void tasks_resolve(tasks_engine *t, plugin_task *defs, size_t n);
  * name, once each), the tasks an earlier run left queued or running
  * (interrupted ones with attempt + 1, each at its not-before time); a
  * task whose name p does not have goes to the dead letters with that
- * reason, and a warning.  Once, after tasks_new, when the first
+ * reason, and a warning, and so does task crashed_id (0: none; the one
+ * the last serving process crashed in, with signal crashed_sig) when
+ * that was its last attempt.  Once, after tasks_new, when the first
  * generation is loaded. */
-void tasks_replay(tasks_engine *t, const tasks_owner *owner, const plugin *p);
+void tasks_replay(tasks_engine *t, const tasks_owner *owner, const plugin *p,
+                  uint64_t crashed_id, int crashed_sig);
 
 /* ---- attaching (HTTP threads) ---------------------------------------- */
 
@@ -186,6 +190,12 @@ void tasks_group_submit(tasks_group *g, int delivered);
 /* Drop the group (consumes g): every task is recorded as discarded with
  * reason as its error, and logged. */
 void tasks_group_discard(tasks_group *g, const char *reason);
+/* With a journal: write the group's named tasks to the journal now, as one
+ * record, counted on gate (durable.h), ahead of tasks_group_submit (which
+ * then links them without writing them again).  Without a journal, with
+ * g NULL or with no named task, nothing happens.  0, or BGS_ESHUTDOWN
+ * (the journal is closing: nothing was written). */
+int tasks_group_persist(tasks_group *g, durable_gate *gate);
 
 /* ---- tasks queued at once, and watching for final states ---------------- */
 
@@ -218,6 +228,11 @@ typedef void (*tasks_final_fn)(void *arg, tasks_final *f);
 int tasks_enqueue(tasks_engine *t, const tasks_owner *owner, const char *request_id,
                   const plugin_task *def, const void *payload, size_t len,
                   tasks_final_fn cb, void *arg, uint64_t *id_out);
+/* tasks_enqueue whose journal commit is counted on gate (durable.h; NULL:
+ * not counted).  Without a journal, the same as tasks_enqueue. */
+int tasks_enqueue_gated(tasks_engine *t, const tasks_owner *owner, const char *request_id,
+                        const plugin_task *def, const void *payload, size_t len,
+                        tasks_final_fn cb, void *arg, uint64_t *id_out, durable_gate *gate);
 
 /* Call cb when task id is final.  0: registered; 1: already final (cb is
  * not called); BGS_ENOTFOUND: unknown or evicted. */

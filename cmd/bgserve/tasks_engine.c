@@ -85,8 +85,18 @@ typedef struct replay_ctx {
     tasks_engine *t;
     const tasks_owner *owner;
     const plugin *p;
-    size_t queued, interrupted, gone;
+    uint64_t crashed_id;        /* the task the last crash ran in, 0: none */
+    int crashed_sig;
+    size_t queued, interrupted, gone, crashed;
 } replay_ctx;
+
+/* Move task id to the dead letters with why, and say so once. */
+static void replay_dead(tasks_engine *t, uint64_t id, const char *why)
+{
+    log_msg(BGS_LOG_WARN, "journal: task %" PRIu64 " moved to the dead letters: %s "
+            "(bgserve journal FILE retry %" PRIu64 " queues it again)", id, why, id);
+    journal_dead(t->journal, id, why, NULL, NULL);
+}
 
 /* One task an earlier run left queued or running: run it for the owner,
  * by name; a name the plugin does not have goes to the dead letters. */
@@ -99,10 +109,23 @@ static void replay_one(void *arg, const journal_rec *r)
         char why[320];
         snprintf(why, sizeof why, "task '%s' no longer exists in %s (generation %" PRIu64 ")",
                  r->name, c->p ? c->p->name : "the plugin", c->owner ? c->owner->number : 0);
-        log_msg(BGS_LOG_WARN, "journal: task %" PRIu64 " moved to the dead letters: %s "
-                "(bgserve journal FILE retry %" PRIu64 " queues it again)", r->id, why, r->id);
-        journal_dead(t->journal, r->id, why, NULL, NULL);
+        replay_dead(t, r->id, why);
         c->gone++;
+        return;
+    }
+    uint32_t max = r->max_attempts ? r->max_attempts : 1;
+    /* The attempt the last crash ran: recorded as running, or started
+     * before its start reached the disk. */
+    uint32_t crashed_attempt = r->interrupted ? r->attempts : r->attempts + 1;
+    int crashed = r->id == c->crashed_id;
+    if (crashed && crashed_attempt >= max) {
+        /* It crashed the last serving process on its last attempt: run
+         * again, it would most likely crash this one too. */
+        char why[320];
+        snprintf(why, sizeof why, "attempt %" PRIu32 " of %" PRIu32 " crashed the serving "
+                 "process (signal %d)", crashed_attempt, max, c->crashed_sig);
+        replay_dead(t, r->id, why);
+        c->crashed++;
         return;
     }
     atomic_fetch_add(&t->accepted, 1); /* accepted by an earlier run: never refused */
@@ -111,7 +134,8 @@ static void replay_one(void *arg, const journal_rec *r)
                                       BGS_CONCURRENT, r->payload, r->payload_len, r->id);
     tasks_records_rid_unref(rid);
     pthread_mutex_lock(&t->rec_mu);
-    it->attempts = r->attempts;     /* the next run is attempts + 1 */
+    /* The next run is attempts + 1; a crash counts as an attempt. */
+    it->attempts = crashed ? crashed_attempt : r->attempts;
     if (r->max_attempts)
         it->max_attempts = r->max_attempts;
     it->created_wall = r->created_us;
@@ -124,16 +148,19 @@ static void replay_one(void *arg, const journal_rec *r)
         tasks_runs_finalize(it, TASKS_CANCELLED, "server is shutting down; the task never ran");
 }
 
-void tasks_replay(tasks_engine *t, const tasks_owner *owner, const plugin *p)
+void tasks_replay(tasks_engine *t, const tasks_owner *owner, const plugin *p,
+                  uint64_t crashed_id, int crashed_sig)
 {
     if (t == NULL || t->journal == NULL || p == NULL)
         return;
-    replay_ctx c = {.t = t, .owner = owner, .p = p};
+    replay_ctx c = {.t = t, .owner = owner, .p = p, .crashed_id = crashed_id,
+                    .crashed_sig = crashed_sig};
     size_t n = journal_replay(t->journal, replay_one, &c);
     if (n > 0)
         log_msg(BGS_LOG_INFO, "journal: %zu task%s from an earlier run: %zu queued, %zu "
-                "interrupted (run again, attempt + 1), %zu dead-lettered (function gone)",
-                n, n == 1 ? "" : "s", c.queued, c.interrupted, c.gone);
+                "interrupted (run again, attempt + 1), %zu dead-lettered (function gone), "
+                "%zu dead-lettered (crashed the process on its last attempt)",
+                n, n == 1 ? "" : "s", c.queued, c.interrupted, c.gone, c.crashed);
 }
 
 typedef struct unfinished {

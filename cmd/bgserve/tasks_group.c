@@ -125,6 +125,41 @@ static void group_free(tasks_group *g)
     free(g);
 }
 
+int tasks_group_persist(tasks_group *g, durable_gate *gate)
+{
+    if (g == NULL || g->engine->journal == NULL)
+        return 0;
+    size_t n = 0, cap = 0;
+    journal_task *jt = NULL;
+    for (task_item *it = g->head; it; it = it->group_next) {
+        if (it->def == NULL || (it->jflags & TASKS_JF_WRITTEN))
+            continue; /* ad hoc: memory only */
+        if (n == cap) {
+            cap = cap ? 2 * cap : 8;
+            jt = xrealloc(jt, cap * sizeof(*jt));
+        }
+        jt[n++] = (journal_task){.id = it->id, .name = it->kind->name, .payload = it->payload,
+                                 .payload_len = it->payload ? it->len : 0,
+                                 .max_attempts = it->max_attempts,
+                                 .request_id = tasks_records_rid(it)};
+    }
+    int rc = 0;
+    if (n > 0) {
+        durable_expect(gate);
+        rc = journal_add(g->engine->journal, jt, n, durable_done, gate);
+        if (rc != 0) {
+            durable_unexpect(gate);
+            rc = rc == JOURNAL_ECLOSED ? BGS_ESHUTDOWN : BGS_EINVAL;
+        } else {
+            for (task_item *it = g->head; it; it = it->group_next)
+                if (it->def != NULL)
+                    it->jflags |= TASKS_JF_WRITTEN;
+        }
+    }
+    free(jt);
+    return rc;
+}
+
 void tasks_group_submit(tasks_group *g, int delivered)
 {
     if (g == NULL)

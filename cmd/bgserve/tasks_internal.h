@@ -39,6 +39,7 @@
 #ifndef BGSERVE_TASKS_INTERNAL_H
 #define BGSERVE_TASKS_INTERNAL_H
 
+#include "durable.h"
 #include "latency.h"
 #include "queue.h"
 #include "sched.h"
@@ -143,6 +144,7 @@ struct task_item {
     int8_t state;                /* tasks_state; -1 before the first */
     int8_t delivered;            /* -1: not known (periodic, unsubmitted) */
     uint8_t mode;                /* BGS_SEQUENTIAL or BGS_CONCURRENT */
+    uint8_t jflags;              /* TASKS_JF_*: the item's owner */
     uint32_t attempts;
     uint32_t max_attempts;       /* immutable */
     atomic_uint cancel;          /* TASKS_CANCEL_* bits; 0: run on */
@@ -153,6 +155,11 @@ struct task_item {
     task_watch *watchers;        /* fired once, when final */
     max_align_t inline_data[];   /* a small payload (TASKS_INLINE_PAYLOAD_MAX) */
 };
+
+/* task_item.jflags, with --journal: written to the journal ahead of its
+ * dispatch (tasks_group_persist), and linked into the queue since. */
+#define TASKS_JF_WRITTEN 1u
+#define TASKS_JF_LINKED 2u
 
 /* When the item was last dispatched (queued) until a run starts, then
  * when that run started (see task_item.qnode). */
@@ -287,7 +294,9 @@ int tasks_runs_reserve(tasks_engine *t);
 int tasks_runs_admit(tasks_engine *t, const plugin_task *def, int adhoc);
 /* Bring it to final state st with error err (see tasks_runs.c). */
 void tasks_runs_finalize(task_item *it, int st, const char *err);
-/* Hand it to the workers; cancel it if the queue refuses. */
+/* Hand it to the workers; cancel it if the queue refuses.  One the
+ * journal has already (TASKS_JF_WRITTEN) is linked without a second
+ * write. */
 void tasks_runs_dispatch(task_item *it);
 /* The same for n items at once, in one batch. */
 void tasks_runs_dispatch_batch(task_item **its, size_t n);

@@ -19,6 +19,7 @@
 #include "crash.h"
 #include "handle.h"
 #include "log.h"
+#include "queue_journal.h"
 #include "util.h"
 
 #include <inttypes.h>
@@ -115,6 +116,10 @@ void tasks_runs_finalize(task_item *it, int st, const char *err)
 
     it->group_next = NULL;
     it->owner = NULL;
+    if (t->journal && (it->jflags & (TASKS_JF_WRITTEN | TASKS_JF_LINKED)) == TASKS_JF_WRITTEN)
+        /* Written ahead of a dispatch that never came (discarded,
+         * skipped): the journal must not run it at the next start. */
+        journal_finish(t->journal, id, tasks_state_name((tasks_state)st), err, NULL, NULL);
     if (it->free_fn) {
         bgs_free_fn f = it->free_fn;
         it->free_fn = NULL;
@@ -182,10 +187,27 @@ static void chain_stop(task_item *next, uint64_t pred_id, const char *pred_name,
 
 /* ---- dispatch ---------------------------------------------------------------------- */
 
+/* tasks_runs_dispatch; done/arg (may be NULL): told when it is durable. */
+static void dispatch_done(task_item *it, queue_done_fn done, void *arg)
+{
+    queue *q = it->kind->engine->q;
+    int rc, written = it->jflags & TASKS_JF_WRITTEN;
+    it->jflags |= TASKS_JF_LINKED; /* now: once linked, a worker owns it */
+    if (written)
+        rc = queue_journal_adopt(q, &it->qnode, 0);
+    else
+        rc = queue_enqueue_at(q, (queue_node *const[]){&it->qnode}, 1, 0, done, arg);
+    if (rc != 0) { /* refused: still ours (a push stamps TASKS_MONO_US) */
+        it->jflags &= (uint8_t)~TASKS_JF_LINKED;
+        if (done && !written)
+            durable_unexpect(arg);
+        tasks_runs_finalize(it, TASKS_CANCELLED, "server is shutting down; the task never ran");
+    }
+}
+
 void tasks_runs_dispatch(task_item *it)
 {
-    if (queue_enqueue(it->kind->engine->q, &it->qnode) != 0) /* stamps TASKS_MONO_US */
-        tasks_runs_finalize(it, TASKS_CANCELLED, "server is shutting down; the task never ran");
+    dispatch_done(it, NULL, NULL);
 }
 
 void tasks_runs_dispatch_batch(task_item **its, size_t n)
@@ -194,6 +216,11 @@ void tasks_runs_dispatch_batch(task_item **its, size_t n)
 
     if (n == 0)
         return;
+    if (its[0]->kind->engine->journal) { /* written ahead, or ad hoc: one by one */
+        for (size_t i = 0; i < n; i++)
+            tasks_runs_dispatch(its[i]);
+        return;
+    }
     for (size_t i = 0; i < n; i++)
         nodes[i] = &its[i]->qnode;
     if (queue_enqueue_batch(its[0]->kind->engine->q, nodes, n) != 0) /* stamps TASKS_MONO_US */
@@ -410,6 +437,13 @@ int tasks_enqueue(tasks_engine *t, const tasks_owner *owner, const char *request
                   const plugin_task *def, const void *payload, size_t len,
                   tasks_final_fn cb, void *arg, uint64_t *id_out)
 {
+    return tasks_enqueue_gated(t, owner, request_id, def, payload, len, cb, arg, id_out, NULL);
+}
+
+int tasks_enqueue_gated(tasks_engine *t, const tasks_owner *owner, const char *request_id,
+                        const plugin_task *def, const void *payload, size_t len,
+                        tasks_final_fn cb, void *arg, uint64_t *id_out, durable_gate *gate)
+{
     if (t == NULL || (payload == NULL && len != 0))
         return BGS_EINVAL;
     int rc = tasks_runs_admit(t, def, 0);
@@ -426,7 +460,12 @@ int tasks_enqueue(tasks_engine *t, const tasks_owner *owner, const char *request
     }
     if (id_out)
         *id_out = it->id; /* read before dispatch: it may finish at once */
-    tasks_runs_seq_start(it);
+    if (t->journal && gate) {
+        durable_expect(gate); /* undone by dispatch_done if refused */
+        dispatch_done(it, durable_done, gate);
+    } else {
+        tasks_runs_seq_start(it);
+    }
     return 0;
 }
 
