@@ -241,6 +241,17 @@ def sc_retry(drv, srv, build, tmp):
     wait_for("task %d failed" % failed, lambda: row_state(drv, failed) == "failed")
     check(drv.execute_script("return document.querySelector('#tasks-body tr.failed') !== null;"),
           "a failed row does not stand out")
+    # Other tasks changing, or an update naming the failed task again
+    # unchanged, must not replace its row: a button redrawn between a
+    # press and its release loses the user's click.
+    drv.execute_script("document.querySelector('#tasks-body tr[data-id=\"' + arguments[0] + '\"]')"
+                       ".__kept = true;", failed)
+    srv.get("/many?n=3")
+    wait_for("the quick tasks' rows", lambda: drv.execute_script(
+        "return document.querySelectorAll('#tasks-body tr.succeeded').length;") == 3)
+    check(drv.execute_script(
+        "const r = document.querySelector('#tasks-body tr[data-id=\"' + arguments[0] + '\"]');"
+        "return r !== null && r.__kept === true;", failed), "the failed task's row was redrawn")
     open(srv.heal, "w").close()  # the next run succeeds
     wait_for("a click on retry", lambda: click(row(drv, failed).find_element(By.CSS_SELECTOR, "button.retry")))
     msg = wait_for("the retry's answer", lambda: re.search(

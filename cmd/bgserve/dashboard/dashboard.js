@@ -66,9 +66,19 @@
 
   // ---- receiving ---------------------------------------------------------
 
+  // An update may name a record the page already holds unchanged (the
+  // server reads a record when it sends it, so a task that finished
+  // while one update was being built is sent again, the same, in the
+  // next); only a real change makes the table redraw.
   function applyTasks(list) {
-    for (const t of list) state.tasks.set(t.id, t);
-    state.tasksVersion++;
+    let changed = false;
+    for (const t of list) {
+      const old = state.tasks.get(t.id);
+      if (old && JSON.stringify(old) === JSON.stringify(t)) continue;
+      state.tasks.set(t.id, t);
+      changed = true;
+    }
+    if (changed) state.tasksVersion++;
     if (state.tasks.size > MAX_TASKS) {
       const ids = Array.from(state.tasks.keys()).sort((a, b) => a - b);
       for (let i = 0; i < ids.length - MAX_TASKS; i++)
@@ -246,8 +256,18 @@
     return b;
   }
 
+  // The rows drawn, by task id: [the row, what it shows but its duration].
+  const drawnRows = new Map();
+
+  function rowKey(t) {
+    return JSON.stringify([t.state, t.name, t.attempts, t.max_attempts, t.error, t.request_id, t.adhoc]);
+  }
+
   // Redrawn only when something in it changed (or a running task's
-  // duration grew), so a row is not replaced under the pointer.
+  // duration grew), and then a row whose task did not change is kept (a
+  // running one gets its new duration in place), so a row, and its retry
+  // button, is never replaced under the pointer: a click whose press and
+  // release land on different elements is no click.
   function renderTasks() {
     if (state.drawnVersion === state.tasksVersion && !state.drawnRunning) return;
     state.drawnVersion = state.tasksVersion;
@@ -257,31 +277,53 @@
       .filter((t) => (!fState || t.state === fState) && (!fName || t.name === fName) &&
         (!fId || String(t.id) === fId))
       .sort((a, b) => b.id - a.id);
-    const body = $("tasks-body");
-    clear(body);
-    for (const t of list.slice(0, MAX_ROWS)) {
-      const tr = el("tr", null, "task " + t.state);
-      tr.dataset.id = String(t.id);
-      tr.dataset.state = t.state;
-      tr.appendChild(el("td", t.id, "num"));
-      tr.appendChild(el("td", t.name));
-      tr.appendChild(el("td", t.state, "state"));
-      tr.appendChild(el("td", t.attempts + "/" + t.max_attempts, "num"));
-      tr.appendChild(el("td", taskDuration(t), "num"));
-      tr.appendChild(el("td", t.error === null ? "" : t.error, "error"));
-      tr.appendChild(el("td", t.request_id === null ? "" : t.request_id, "rid"));
-      const td = el("td");
-      if (t.state === "failed" && !t.adhoc) td.appendChild(retryButton(t.id));
-      tr.appendChild(td);
-      tr.addEventListener("click", function () {
-        state.selected = t.id;
-        renderDetail();
-      });
-      body.appendChild(tr);
+    const body = $("tasks-body"), shown = list.slice(0, MAX_ROWS), keep = new Map();
+    let at = body.firstChild;
+    for (const t of shown) {
+      const old = drawnRows.get(t.id), key = rowKey(t);
+      let tr;
+      if (old && old[1] === key) {
+        tr = old[0];
+        const dur = tr.children[4], text = taskDuration(t);
+        if (dur.textContent !== text) dur.textContent = text;
+      } else {
+        tr = taskRow(t);
+      }
+      keep.set(t.id, [tr, key]);
+      if (tr === at) at = at.nextSibling;
+      else body.insertBefore(tr, at);
     }
-    state.drawnRunning = list.slice(0, MAX_ROWS).some((t) => t.state === "running");
+    while (at) {
+      const next = at.nextSibling;
+      body.removeChild(at);
+      at = next;
+    }
+    drawnRows.clear();
+    for (const [id, v] of keep) drawnRows.set(id, v);
+    state.drawnRunning = shown.some((t) => t.state === "running");
     $("task-count").textContent = (list.length > MAX_ROWS ? "the newest " + MAX_ROWS + " of " : "") +
       list.length + " matching, of " + state.tasks.size + " records";
+  }
+
+  function taskRow(t) {
+    const tr = el("tr", null, "task " + t.state);
+    tr.dataset.id = String(t.id);
+    tr.dataset.state = t.state;
+    tr.appendChild(el("td", t.id, "num"));
+    tr.appendChild(el("td", t.name));
+    tr.appendChild(el("td", t.state, "state"));
+    tr.appendChild(el("td", t.attempts + "/" + t.max_attempts, "num"));
+    tr.appendChild(el("td", taskDuration(t), "num"));
+    tr.appendChild(el("td", t.error === null ? "" : t.error, "error"));
+    tr.appendChild(el("td", t.request_id === null ? "" : t.request_id, "rid"));
+    const td = el("td");
+    if (t.state === "failed" && !t.adhoc) td.appendChild(retryButton(t.id));
+    tr.appendChild(td);
+    tr.addEventListener("click", function () {
+      state.selected = t.id;
+      renderDetail();
+    });
+    return tr;
   }
 
   function renderDetail() {
