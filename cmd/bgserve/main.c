@@ -26,6 +26,7 @@
 #include "journal_cmd.h"
 #include "log.h"
 #include "reload.h"
+#include "request_cmd.h"
 #include "routes_cmd.h"
 #include "scaffold.h"
 #include "supervisor.h"
@@ -133,6 +134,8 @@ int main(int argc, char **argv)
         return routes_main(argc - 1, argv + 1, stdout, stderr);
     if (argc > 1 && strcmp(argv[1], "journal") == 0)
         return journal_cmd_main(argc - 1, argv + 1, stdout, stderr);
+    if (argc > 1 && strcmp(argv[1], "request") == 0)
+        return request_main(argc - 1, argv + 1, stdout, stderr);
 
     int worker = argc > 1 && strcmp(argv[1], "worker") == 0;
     if (worker) { /* the options follow "worker" */
