@@ -208,7 +208,8 @@ typedef struct bgs_route {
     bgs_handler_fn handler;
     const bgs_route_task *tasks; /* route-level tasks, or NULL */
     uint32_t task_count;
-    uint32_t task_mode;     /* BGS_SEQUENTIAL or BGS_CONCURRENT */
+    uint32_t task_mode;     /* BGS_SEQUENTIAL or BGS_CONCURRENT: the mode of the
+                               response's one task group (docs/tasks.md) */
 } bgs_route;
 
 typedef struct bgs_task_def {

@@ -339,6 +339,79 @@ static void tasks_http_concurrent_failure_is_independent(void **state)
     }
 }
 
+/* One group per response (docs/tasks.md): the route's own task first,
+ * then the handler's, one sequence; Bgserve-Tasks lists them so. */
+static void tasks_http_route_tasks_run_before_handler_tasks(void **state)
+{
+    (void)state;
+    unsigned long long ids[8];
+    size_t n;
+    long long prev_finished = 0;
+
+    assert_int_equal(get_tasks(&app, "/mixed?n=2", ids, 8, &n), 200);
+    assert_int_equal(n, 3);
+    for (size_t i = 0; i < n; i++) {
+        char *rec = wait_state(&app, ids[i], "succeeded");
+        h_assert_contains(rec, "\"mode\":\"sequential\"");
+        /* the route's payload is "r1", the handler's "1" and "2" */
+        assert_int_equal(h_json_num(rec, "payload_bytes"), i == 0 ? 2 : 1);
+        long long started = h_json_num(rec, "started_at_us");
+        assert_true(started > 0 && started >= prev_finished);
+        prev_finished = h_json_num(rec, "finished_at_us");
+        free(rec);
+    }
+}
+
+/* In sequential mode a failing task skips the rest, whichever kind: the
+ * route's failing task skips the handler's, and a failing handler task
+ * skips the handler's after it once the route's has run. */
+static void tasks_http_failure_skips_across_route_and_handler(void **state)
+{
+    (void)state;
+    unsigned long long ids[8];
+    size_t n;
+    char *rec, err[128], expect[64];
+
+    assert_int_equal(get_tasks(&app, "/mixed-fail?n=2", ids, 8, &n), 200);
+    assert_int_equal(n, 3);
+    rec = wait_state(&app, ids[0], "failed");
+    assert_int_equal(h_json_str(rec, "error", err, sizeof err), 0);
+    assert_string_equal(err, "step r fails on purpose");
+    free(rec);
+    snprintf(expect, sizeof expect, "previous task %llu", ids[0]);
+    for (size_t i = 1; i < n; i++) {
+        rec = wait_state(&app, ids[i], "skipped");
+        assert_int_equal(h_json_num(rec, "attempts"), 0);
+        assert_int_equal(h_json_str(rec, "error", err, sizeof err), 0);
+        h_assert_contains(err, expect);
+        free(rec);
+    }
+
+    assert_int_equal(get_tasks(&app, "/mixed?n=3&fail=1", ids, 8, &n), 200);
+    assert_int_equal(n, 4);
+    free(wait_state(&app, ids[0], "succeeded"));
+    free(wait_state(&app, ids[1], "failed"));
+    free(wait_state(&app, ids[2], "skipped"));
+    free(wait_state(&app, ids[3], "skipped"));
+}
+
+/* The route's task_mode is the group's: concurrent, so the route's
+ * failing task leaves the handler's alone. */
+static void tasks_http_concurrent_route_mode_covers_handler_tasks(void **state)
+{
+    (void)state;
+    unsigned long long ids[8];
+    size_t n;
+
+    assert_int_equal(get_tasks(&app, "/mixed-concurrent?n=2", ids, 8, &n), 200);
+    assert_int_equal(n, 3);
+    for (size_t i = 0; i < n; i++) {
+        char *rec = wait_state(&app, ids[i], i == 0 ? "failed" : "succeeded");
+        h_assert_contains(rec, "\"mode\":\"concurrent\"");
+        free(rec);
+    }
+}
+
 static void tasks_http_thousand_requests_two_tasks_each(void **state)
 {
     (void)state;
@@ -746,6 +819,9 @@ int main(void)
         cmocka_unit_test(tasks_http_sequential_runs_in_attach_order),
         cmocka_unit_test(tasks_http_sequential_failure_skips_the_rest),
         cmocka_unit_test(tasks_http_concurrent_failure_is_independent),
+        cmocka_unit_test(tasks_http_route_tasks_run_before_handler_tasks),
+        cmocka_unit_test(tasks_http_failure_skips_across_route_and_handler),
+        cmocka_unit_test(tasks_http_concurrent_route_mode_covers_handler_tasks),
         cmocka_unit_test(tasks_http_thousand_requests_two_tasks_each),
         cmocka_unit_test(tasks_http_linger_extremes_lose_nothing),
         cmocka_unit_test(tasks_http_retries_until_success),

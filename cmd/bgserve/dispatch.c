@@ -44,25 +44,14 @@ int dispatch_is_introspection(const dispatch_env *env, const char *target)
     return after == '/' || after == '?' || after == '\0';
 }
 
-/* The ids of the response's tasks, "12,13" (handler's, route's, queued
- * now), as Bgserve-Tasks. */
+/* The ids of the response's tasks, "12,13" (attached in order, then
+ * queued now), as Bgserve-Tasks. */
 static void add_task_ids(const dispatch_env *env, struct bgs_res *res)
 {
     char ids[512];
-    size_t off = 0;
-    if (!env->introspection)
+    if (!env->introspection || tasks_group_count(res->group) == 0)
         return;
-    ids[0] = '\0';
-    if (res->group && tasks_group_count(res->group))
-        off = tasks_group_ids(res->group, ids, sizeof ids);
-    if (res->route_group && tasks_group_count(res->route_group) && off + 2 < sizeof ids) {
-        if (off)
-            ids[off++] = ',';
-        off += tasks_group_ids(res->route_group, ids + off, sizeof ids - off);
-    }
-    for (size_t i = 0; i < res->nqueued && off + 24 < sizeof ids; i++)
-        off += (size_t)snprintf(ids + off, sizeof ids - off, "%s%llu", off ? "," : "",
-                                (unsigned long long)res->queued_ids[i]);
+    tasks_group_ids(res->group, ids, sizeof ids);
     if (ids[0])
         res_add_header(res, "Bgserve-Tasks", ids);
 }
@@ -76,17 +65,7 @@ static int answer_text(const dispatch_env *env, struct bgs_res *res, unsigned st
     return DISPATCH_ANSWERED;
 }
 
-static void discard_groups(struct bgs_res *res, const char *why)
-{
-    if (res->group) {
-        tasks_group_discard(res->group, why);
-        res->group = NULL;
-    }
-    if (res->route_group) {
-        tasks_group_discard(res->route_group, why);
-        res->route_group = NULL;
-    }
-}
+
 
 /* ---- bgserve's endpoints ---------------------------------------------------- */
 
@@ -153,7 +132,7 @@ static int serve_introspection(const dispatch_env *env, struct bgs_req *req, str
 static int answer_not_durable(const dispatch_env *env, struct bgs_res *res, const char *why)
 {
     char body[768];
-    discard_groups(res, "the journal could not record the task: answered 503");
+    tasks_group_drop(res->group, "the journal could not record the task: answered 503");
     res_reset(res);
     res_add_header(res, "Retry-After", "1");
     snprintf(body, sizeof body, "Service Unavailable: the tasks of this request could not be "
@@ -170,8 +149,7 @@ static int answer_not_durable(const dispatch_env *env, struct bgs_res *res, cons
 static int hold_for_journal(const dispatch_env *env, struct bgs_req *req, struct bgs_res *res)
 {
     char why[512];
-    if (tasks_group_persist(res->group, req->gate) != 0 ||
-        tasks_group_persist(res->route_group, req->gate) != 0)
+    if (tasks_group_persist(res->group, req->gate) != 0)
         return answer_not_durable(env, res, "the server is shutting down");
     if (durable_pending(req->gate) > 0) {
         res->held = 1;
@@ -196,16 +174,19 @@ static int answer_held(const dispatch_env *env, struct bgs_req *req, struct bgs_
 
 /* ---- the plugin's routes ---------------------------------------------------- */
 
-/* Attach the route's own tasks.  0, or BGS_EFULL/BGS_ESHUTDOWN when the
- * queue cannot take them (the caller answers 503). */
+/* Start the response's task group with the route's own tasks, in the
+ * route's mode (docs/tasks.md, "One group per response").  0, or
+ * BGS_EFULL/BGS_ESHUTDOWN when the queue cannot take them (the caller
+ * answers 503). */
 static int attach_route_tasks(struct bgs_req *req, struct bgs_res *res, const plugin_route *route)
 {
     if (route->ntasks == 0)
         return 0;
-    res->route_group = tasks_group_new(req->gen->tasks, &req->gen->owner, req->id, route->mode);
+    res->mode = route->mode;
+    res->group = tasks_group_new(req->gen->tasks, &req->gen->owner, req->id, res->mode);
     for (uint32_t i = 0; i < route->ntasks; i++) {
         const plugin_route_task *t = &route->tasks[i];
-        int rc = tasks_group_add(res->route_group, t->def, t->payload, t->len, NULL);
+        int rc = tasks_group_add(res->group, t->def, t->payload, t->len, NULL);
         if (rc != 0)
             return rc;
     }
@@ -236,8 +217,8 @@ static int run_route(const dispatch_env *env, struct bgs_req *req, struct bgs_re
     if (trc != 0) {
         log_msg(BGS_LOG_WARN, "%s %s: route tasks not accepted (%s); answering 503 without "
                 "running the handler rid=%s", route->method, route->path, bgs_strerror(trc), req->id);
-        discard_groups(res, trc == BGS_EFULL ? "task queue full: answered 503 before the handler"
-                                             : "server shutting down: answered 503 before the handler");
+        tasks_group_drop(res->group, trc == BGS_EFULL ? "task queue full: answered 503 before the handler"
+                                                      : "server shutting down: answered 503 before the handler");
         res_add_header(res, "Retry-After", "1");
         return answer_text(env, res, 503, "Service Unavailable: task queue is full, retry later\n");
     }
@@ -255,12 +236,12 @@ static int run_route(const dispatch_env *env, struct bgs_req *req, struct bgs_re
     if (hrc != 0) {
         log_msg(BGS_LOG_ERROR, "handler for %s %s failed (returned %d) rid=%s",
                 route->method, route->path, hrc, req->id);
-        discard_groups(res, "handler failed");
+        tasks_group_drop(res->group, "handler failed");
         res_reset(res);
         return answer_text(env, res, 500, "Internal Server Error\n");
     }
     if (head)
-        discard_groups(res, "HEAD request: tasks do not run");
+        tasks_group_drop(res->group, "HEAD request: tasks do not run");
     if (res->deferred)
         return DISPATCH_SUSPEND; /* answered by dispatch_resumed */
     if (req->gate)
@@ -345,13 +326,8 @@ void dispatch_finish(struct bgs_req *req, struct bgs_res *res, int answered, int
             atomic_fetch_add_explicit(&rs->errors, 1, memory_order_relaxed);
         latency_add(&rs->latency, duration_us);
     }
-    for (size_t i = 0; req->gen && i < res->nqueued; i++) /* queued: gen is set */
-        tasks_note_delivery(req->gen->tasks, res->queued_ids[i], delivered);
-    if (res->group)
-        tasks_group_submit(res->group, delivered);
-    if (res->route_group)
-        tasks_group_submit(res->route_group, delivered);
-    res->group = res->route_group = NULL;
+    tasks_group_submit(res->group, delivered);
+    res->group = NULL;
     if (res->deferred)
         deferred_put(res->deferred, delivered);
     res->deferred = NULL;

@@ -233,6 +233,8 @@ static int host_res_vprintf(bgs_res *h, const char *fmt, va_list ap)
     return REPORT(rc, "bgs_res_vprintf(\"%s\"): the format could not be expanded", fmt);
 }
 
+/* The response's one task group (docs/tasks.md), made on first use
+ * unless the route's own tasks made it. */
 static tasks_group *res_group(struct bgs_res *res)
 {
     if (res->group == NULL)
@@ -334,12 +336,10 @@ static int host_req_enqueue(bgs_req *h, const char *name, const void *payload,
         return misuse(MISUSE_SITE, BGS_EINVAL, NULL, "bgs_req_enqueue(NULL): NULL task name");
     if (payload == NULL && len > 0)
         return misuse(MISUSE_SITE, BGS_EINVAL, NULL, "bgs_req_enqueue(\"%s\", NULL, %zu): NULL payload with a length", name, len);
-    int rc = tasks_enqueue_gated(req->gen->tasks, &req->gen->owner, req->id,
-                                 plugin_find_task(req->gen->plugin, name), payload, len, NULL,
-                                 NULL, &id, req->gate);
+    int rc = tasks_group_enqueue(res_group(req->res), plugin_find_task(req->gen->plugin, name),
+                                 payload, len, NULL, NULL, &id, req->gate);
     if (rc != 0)
         return REPORT(rc, "bgs_req_enqueue(\"%s\"): %s", name, rc == BGS_ENOTASK ? "no task with that name" : bgs_strerror(rc));
-    res_note_queued(req->res, id);
     if (id_out)
         *id_out = id;
     return 0;
@@ -387,9 +387,8 @@ static int host_res_await(bgs_res *h, const char *name, const void *payload,
         return misuse(MISUSE_SITE, BGS_ESTATE, NULL, "bgs_res_await(\"%s\"): the response is deferred already", name);
     bgs_deferred *d = deferred_new(timeout_ms, res->req->resume_fn, res->req->resume_ctx);
     res->deferred = d;
-    int rc = tasks_enqueue(res->req->gen->tasks, &res->req->gen->owner, res->req->id,
-                           plugin_find_task(res->req->gen->plugin, name), payload, len,
-                           await_done, d, &id);
+    int rc = tasks_group_enqueue(res_group(res), plugin_find_task(res->req->gen->plugin, name),
+                                 payload, len, await_done, d, &id, NULL);
     if (rc != 0) {
         /* Nobody else has the handle: undo the deferral entirely. */
         res->deferred = NULL;
@@ -397,7 +396,6 @@ static int host_res_await(bgs_res *h, const char *name, const void *payload,
         deferred_put(d, 1);
         return REPORT(rc, "bgs_res_await(\"%s\"): %s", name, rc == BGS_ENOTASK ? "no task with that name" : bgs_strerror(rc));
     }
-    res_note_queued(res, id);
     if (id_out)
         *id_out = id;
     return 0;

@@ -180,7 +180,6 @@ void res_free(struct bgs_res *res)
     free_headers(res);
     free(res->content_type);
     free(res->body);
-    free(res->queued_ids);
 }
 
 /* RFC 9110 tchar: ALPHA, DIGIT and !#$%&'*+-.^_`|~, as a bitmap over
@@ -322,13 +321,4 @@ void res_reset(struct bgs_res *res)
     res->body = NULL;
     res->body_len = res->body_cap = 0;
     res->status = 200;
-}
-
-void res_note_queued(struct bgs_res *res, uint64_t id)
-{
-    if (res->nqueued == res->cap_queued) {
-        res->cap_queued = res->cap_queued ? res->cap_queued * 2 : 4;
-        res->queued_ids = xrealloc(res->queued_ids, res->cap_queued * sizeof *res->queued_ids);
-    }
-    res->queued_ids[res->nqueued++] = id;
 }

@@ -102,17 +102,15 @@ struct bgs_res {
      * body is NULL and body_len still says how many bytes it was. */
     char *body;               /* owned (malloc), kept NUL-terminated */
     size_t body_len, body_cap;
-    uint32_t mode;            /* BGS_SEQUENTIAL / BGS_CONCURRENT */
-    tasks_group *group;       /* tasks attached by the handler, or NULL */
-    tasks_group *route_group; /* the route's own tasks, or NULL */
+    uint32_t mode;            /* BGS_SEQUENTIAL / BGS_CONCURRENT: the group's */
+    tasks_group *group;       /* the response's tasks (route's, handler's,
+                                 queued now: docs/tasks.md), or NULL */
     struct bgs_req *req;
     bgs_deferred *deferred;   /* set by the handler or a long-poll; the
                                  connection's reference is dropped by
                                  dispatch_finish */
     int longpoll;             /* suspended on /_bgserve/tasks/ID?wait= */
     int held;                 /* suspended until its tasks are durable */
-    uint64_t *queued_ids;     /* tasks queued now (req_enqueue, res_await) */
-    size_t nqueued, cap_queued;
 };
 
 /* ---- the request ------------------------------------------------------- */
@@ -202,12 +200,8 @@ void res_take_answer(struct bgs_res *res, unsigned status, const char *type,
 char *res_take_body(struct bgs_res *res, size_t *len);
 
 /* Forget what the handler built (status, headers, body, content type),
- * for an error answer; keep what must outlive it (a deferral, the ids of
- * tasks queued already, the task groups: dispatch settles them). */
+ * for an error answer; keep what must outlive it (a deferral, the task
+ * group with the tasks queued already: dispatch settles them). */
 void res_reset(struct bgs_res *res);
-
-/* Remember a task queued now for this response (bgs_req_enqueue,
- * bgs_res_await): its delivery is recorded when the request ends. */
-void res_note_queued(struct bgs_res *res, uint64_t id);
 
 #endif

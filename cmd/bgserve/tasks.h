@@ -16,10 +16,12 @@
  * reference to while it is not final, and through which a running task
  * reaches its app and services.
  *
- * The request side (dispatch.c for route tasks, hostapi.c for the
- * handler's) talks only to this header:
- *   route or handler attaches -> tasks_group_new / tasks_group_add
- *   request completed         -> tasks_group_submit or tasks_group_discard
+ * The request side (dispatch.c, hostapi.c) talks only to this header,
+ * with one group per response (docs/tasks.md, "One group per response"):
+ *   route, then handler attach -> tasks_group_new / tasks_group_add (HTTP thread)
+ *   queued at once             -> tasks_group_enqueue
+ *   handler failed, HEAD       -> tasks_group_drop
+ *   request completed          -> tasks_group_submit
  * tasks never calls back into http.
  *
  * The engine is implemented by the tasks_*.c files, one job each, around
@@ -179,16 +181,22 @@ int tasks_group_add(tasks_group *g, const plugin_task *def, const void *payload,
 int tasks_group_add_fn(tasks_group *g, bgs_adhoc_fn fn, void *arg,
                        bgs_free_fn free_fn, uint64_t *id_out);
 
+/* Tasks attached plus tasks queued (tasks_group_enqueue). */
 size_t tasks_group_count(const tasks_group *g);
-/* "12,13,14" into buf (truncated safely); returns the needed length. */
+/* "12,13,14" into buf (truncated safely): the attached ones in order,
+ * then the queued ones; returns the needed length. */
 size_t tasks_group_ids(const tasks_group *g, char *buf, size_t cap);
 
-/* Hand the group to the workers (consumes g).  delivered: 1 when the
- * response was fully sent; tasks flagged BGS_TASK_DELIVERED_ONLY are
- * recorded as skipped when it is 0. */
+/* Hand the attached tasks to the workers and record the delivery of the
+ * queued ones (consumes g).  delivered: 1 when the response was fully
+ * sent; tasks flagged BGS_TASK_DELIVERED_ONLY are recorded as skipped
+ * when it is 0. */
 void tasks_group_submit(tasks_group *g, int delivered);
-/* Drop the group (consumes g): every task is recorded as discarded with
- * reason as its error, and logged. */
+/* Discard the attached tasks: each is recorded as discarded with reason
+ * as its error, and logged.  The group stays, with its queued tasks, to
+ * be submitted (a failing handler, HEAD). */
+void tasks_group_drop(tasks_group *g, const char *reason);
+/* tasks_group_drop, then free the group (consumes g). */
 void tasks_group_discard(tasks_group *g, const char *reason);
 /* With a journal: write the group's named tasks to the journal now, as one
  * record, counted on gate (durable.h), ahead of tasks_group_submit (which
@@ -234,12 +242,19 @@ int tasks_enqueue_gated(tasks_engine *t, const tasks_owner *owner, const char *r
                         const plugin_task *def, const void *payload, size_t len,
                         tasks_final_fn cb, void *arg, uint64_t *id_out, durable_gate *gate);
 
+/* tasks_enqueue for a response: the task runs at once, on its own (never
+ * in the group's sequence), with the group's owner and request id, and g
+ * remembers it: tasks_group_ids lists it and tasks_group_submit records
+ * whether the response reached the client.  The same returns. */
+int tasks_group_enqueue(tasks_group *g, const plugin_task *def, const void *payload, size_t len,
+                        tasks_final_fn cb, void *arg, uint64_t *id_out, durable_gate *gate);
+
 /* Call cb when task id is final.  0: registered; 1: already final (cb is
  * not called); BGS_ENOTFOUND: unknown or evicted. */
 int tasks_watch(tasks_engine *t, uint64_t id, tasks_final_fn cb, void *arg);
 
 /* Record whether the response of the request that queued task id reached
- * the client (for tasks queued with tasks_enqueue). */
+ * the client (tasks_group_submit does, for the group's queued tasks). */
 void tasks_note_delivery(tasks_engine *t, uint64_t id, int delivered);
 
 /* ---- periodic (start hook thread, scheduler thread) -------------------- */

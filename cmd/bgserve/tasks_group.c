@@ -1,7 +1,11 @@
 /*
- * tasks_group.c - the tasks attached to one response: made when the
- * handler (or the route) attaches the first, handed to the workers when
- * the response completed (submit) or dropped when it failed (discard).
+ * tasks_group.c - the tasks of one response (docs/tasks.md, "One group
+ * per response"): made when the route or the handler attaches the first
+ * (the route's first, then the handler's: one order, one mode), handed to
+ * the workers when the response completed (submit); a failing handler
+ * drops the attached ones.  Tasks queued at once for the response
+ * (tasks_group_enqueue) run straight away and are only remembered by id,
+ * so that the group lists them and records their delivery at submit.
  *
  * A group is owned by the HTTP thread serving its request and needs no
  * lock; its items are reserved and recorded at attach (tasks_records.c,
@@ -22,7 +26,9 @@ struct tasks_group {
     task_rid *rid;               /* our reference; shared by the tasks */
     uint32_t mode;
     task_item *head, *tail;
-    size_t count;
+    size_t count;                /* attached */
+    uint64_t *queued;            /* ids queued at once */
+    size_t nqueued, cap_queued;
 };
 
 tasks_group *tasks_group_new(tasks_engine *t, const tasks_owner *owner, const char *request_id,
@@ -90,9 +96,29 @@ int tasks_group_add_fn(tasks_group *g, bgs_adhoc_fn fn, void *arg,
     return 0;
 }
 
+int tasks_group_enqueue(tasks_group *g, const plugin_task *def, const void *payload, size_t len,
+                        tasks_final_fn cb, void *arg, uint64_t *id_out, durable_gate *gate)
+{
+    uint64_t id;
+    if (g == NULL)
+        return BGS_EINVAL;
+    int rc = tasks_enqueue_gated(g->engine, g->owner, g->rid ? g->rid->s : NULL, def, payload,
+                                 len, cb, arg, &id, gate);
+    if (rc != 0)
+        return rc;
+    if (g->nqueued == g->cap_queued) {
+        g->cap_queued = g->cap_queued ? 2 * g->cap_queued : 4;
+        g->queued = xrealloc(g->queued, g->cap_queued * sizeof(*g->queued));
+    }
+    g->queued[g->nqueued++] = id;
+    if (id_out)
+        *id_out = id;
+    return 0;
+}
+
 size_t tasks_group_count(const tasks_group *g)
 {
-    return g ? g->count : 0;
+    return g ? g->count + g->nqueued : 0;
 }
 
 size_t tasks_group_ids(const tasks_group *g, char *buf, size_t cap)
@@ -101,11 +127,12 @@ size_t tasks_group_ids(const tasks_group *g, char *buf, size_t cap)
 
     if (cap)
         buf[0] = '\0';
-    for (const task_item *it = g ? g->head : NULL; it; it = it->group_next) {
+    const task_item *it = g ? g->head : NULL;
+    for (size_t q = 0; it || (g && q < g->nqueued); it = it ? it->group_next : NULL) {
         char one[1 + UTIL_U64_DEC_MAX];
         size_t n = need ? 1 : 0;
         one[0] = ',';
-        n += util_u64_dec(one + n, it->id);
+        n += util_u64_dec(one + n, it ? it->id : g->queued[q++]);
         /* Only whole ids are written: a truncated list never shows a
          * wrong id. */
         if (need + n < cap && (need == 0 || buf[need - 1] != '\0'))
@@ -119,6 +146,7 @@ size_t tasks_group_ids(const tasks_group *g, char *buf, size_t cap)
 
 static void group_free(tasks_group *g)
 {
+    free(g->queued);
     tasks_records_rid_unref(g->rid);
     if (g->owner && g->owner->release)
         g->owner->release(g->owner);
@@ -165,6 +193,8 @@ void tasks_group_submit(tasks_group *g, int delivered)
     if (g == NULL)
         return;
     tasks_engine *t = g->engine;
+    for (size_t i = 0; i < g->nqueued; i++)
+        tasks_note_delivery(t, g->queued[i], delivered);
     pthread_mutex_lock(&t->rec_mu);
     for (task_item *it = g->head; it; it = it->group_next) {
         it->delivered = delivered ? 1 : 0;
@@ -196,16 +226,25 @@ void tasks_group_submit(tasks_group *g, int delivered)
     group_free(g);
 }
 
-void tasks_group_discard(tasks_group *g, const char *reason)
+void tasks_group_drop(tasks_group *g, const char *reason)
 {
     if (g == NULL)
         return;
     task_item *it = g->head;
+    g->head = g->tail = NULL;
+    g->count = 0;
     while (it) {
         task_item *next = it->group_next;
         it->group_next = NULL;
         tasks_runs_finalize(it, TASKS_DISCARDED, reason ? reason : "discarded");
         it = next;
     }
+}
+
+void tasks_group_discard(tasks_group *g, const char *reason)
+{
+    if (g == NULL)
+        return;
+    tasks_group_drop(g, reason);
     group_free(g);
 }
