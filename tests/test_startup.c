@@ -227,6 +227,38 @@ static void startup_http_failure_after_start_hook_says_only_that(void **state)
     }
 }
 
+/* Start-up is a table of steps: when one fails after others started
+ * (libmicrohttpd, as above), those are stopped in reverse order, each
+ * once, and bgserve exits 1 with the failing step's message only. */
+static void startup_failed_step_stops_the_earlier_ones_in_reverse(void **state)
+{
+    (void)state;
+    static const char *const stops[] = {
+        "stopping: drain", "stopping: plugin", "stopping: reload watches",
+        "stopping: private copies", "stopping: tasks", "stopping: deferred", "stopping: broker",
+        "stopping: journal",
+    };
+    const char *argv[] = {"/bin/sh", "-c", "ulimit -n 256 && BGSERVE_DEBUG=1 exec \"$0\" \"$@\"",
+                          h_build_path("bgserve"), "--single-process", "--port", "0",
+                          "--threads", "200", h_fixture("misuse_app"), NULL};
+    char *out = NULL;
+    assert_int_equal(h_run(argv, &out), 1);
+    h_assert_contains(out, "starting: http");
+    h_assert_contains(out, "could not start on 127.0.0.1:");
+    h_assert_lacks(out, "stopping: http");
+    h_assert_lacks(out, "starting: replay");
+    const char *at = strstr(out, "could not start on");
+    for (size_t i = 0; i < sizeof stops / sizeof stops[0]; i++) {
+        const char *p = strstr(at, stops[i]);
+        if (p == NULL)
+            fail_msg("'%s' missing, or out of order, after the failure:\n%s", stops[i], out);
+        at = p;
+        assert_null(strstr(p + 1, stops[i])); /* once */
+    }
+    assert_never_served(out);
+    free(out);
+}
+
 /* inotify cannot be had (no instances allowed, in a user namespace of
  * the test's own): refused before the start hook, never listening. */
 static void startup_reload_without_inotify_refused_before_start_hook(void **state)
@@ -292,6 +324,7 @@ int main(void)
         cmocka_unit_test(startup_listening_after_the_start_hook),
         cmocka_unit_test(startup_debug_shows_no_stray_logger_line),
         cmocka_unit_test(startup_http_failure_after_start_hook_says_only_that),
+        cmocka_unit_test(startup_failed_step_stops_the_earlier_ones_in_reverse),
         cmocka_unit_test(startup_reload_without_inotify_refused_before_start_hook),
         cmocka_unit_test(shutdown_abandoned_task_exits_3_and_removes_the_copy),
         cmocka_unit_test(shutdown_second_sigint_exits_at_once),

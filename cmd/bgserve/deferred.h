@@ -28,9 +28,10 @@ enum {
 
 typedef void (*deferred_resume_fn)(void *conn);
 
-/* Deadlines run on the scheduler thread (sched.h, started by
- * tasks_new), so start after tasks_new.  deferred_stop, after
- * tasks_shutdown, frees the handles a plugin never settled.  0 or -1. */
+/* Ready the room (before or after tasks_new: deadlines run on the
+ * scheduler thread tasks_new starts, and only handles armed while
+ * serving have one).  deferred_stop, after tasks_shutdown, frees the
+ * handles a plugin never settled.  0 or -1. */
 int deferred_start(void);
 void deferred_stop(void);
 

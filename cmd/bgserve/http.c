@@ -99,6 +99,7 @@ static http_config config;        /* written before serving starts */
 static dispatch_env denv;          /* written before serving starts */
 static struct MHD_Daemon *daemon_; /* main thread only */
 static int listen_fd = -1;        /* main thread only */
+static int quiesced;              /* main thread only: http_quiesce ran */
 static uint64_t started_us;       /* written before serving starts */
 static uint32_t rid_prefix;       /* written before serving starts */
 static atomic_uint_fast64_t rid_counter;
@@ -911,8 +912,9 @@ void http_quiesce(void)
     /* From here on every response says Connection: close (must_close). */
     atomic_store(&draining, 1);
     dashboard_end_streams(); /* event streams end: their connections close */
-    if (daemon_ == NULL)
+    if (daemon_ == NULL || quiesced)
         return;
+    quiesced = 1;
     MHD_socket fd = MHD_quiesce_daemon(daemon_);
     /* Refuse new clients at once (shutting a listening socket down resets
      * the connections waiting in its backlog: never read, safe to retry),

@@ -47,7 +47,8 @@ int http_start(const http_config *cfg, char *err, size_t errlen);
  * carries Connection: close; new connections are refused (those waiting
  * in the listen backlog are reset, never read); idle keep-alive
  * connections are closed now, busy ones once their request is answered.
- * Requests in flight go on.  Main thread; safe before http_start.
+ * Requests in flight go on.  Main thread; safe before http_start, and
+ * a second call does nothing.
  */
 void http_quiesce(void);
 

@@ -1,7 +1,11 @@
 /*
- * main.c - wiring and signals only: parse options, start the rooms in
- * order (log, tasks, generation, http), wait for a signal, stop them in
- * reverse order.  The subcommands `new` (scaffold.c), `routes`
+ * main.c - wiring and signals only: parse options, start the rooms as a
+ * table of steps (`steps`: journal, broker, deferred, tasks, private copies,
+ * reload watches, plugin, drain, http, replay, reload; each with its
+ * start and its stop), wait for a signal, stop them in reverse order.  A
+ * step that fails to start stops the ones before it, in reverse, and
+ * bgserve exits 1; BGSERVE_DEBUG=1 logs each step as it starts and
+ * stops.  The subcommands `new` (scaffold.c), `routes`
  * (routes_cmd.c) and `journal` (journal_cmd.c) are dispatched before
  * option parsing.  `bgserve worker` is this same wiring without HTTP and
  * without the supervisor: the engine on the broker (--broker) runs the
@@ -125,6 +129,306 @@ static int is_loopback(const char *host)
            strcmp(host, "::1") == 0 || strcmp(host, "localhost") == 0;
 }
 
+/* ---- serving: start-up as a table of steps -------------------------------- */
+
+/* What the steps share; main thread only. */
+typedef struct serving {
+    const cli_config *cfg;
+    int fd;                 /* the socket bound before the fork (--single-process) */
+    int worker;             /* bgserve worker: no HTTP */
+    journal *jr;            /* --journal, or NULL */
+    broker *bk;             /* --broker, or NULL; never closed once the
+                               engine uses it */
+    tasks_engine *engine;   /* never freed: the second-signal thread may
+                               report from it until exit */
+    generation *g;          /* the first generation, or NULL (crash page) */
+    int served;             /* http started: the generation has served */
+    unsigned drain_ms;      /* the drain's deadline; 0 when a start failed */
+    size_t unfinished;      /* tasks the drain left */
+    reload_config rc_cfg;
+    char err[2048];
+} serving;
+
+static int start_journal(serving *s)
+{
+    /* Each serving process opens it (the lock dies with a crashed one)
+     * before any task can be accepted. */
+    if (s->cfg->journal_path == NULL)
+        return 0;
+    journal_config jc = {.path = s->cfg->journal_path, .sync = s->cfg->journal_sync};
+    if (journal_open(&jc, &s->jr, s->err, sizeof s->err) != 0) {
+        fprintf(stderr, "bgserve: %s\n", s->err);
+        return -1;
+    }
+    return 0;
+}
+
+static void stop_journal(serving *s)
+{
+    /* What is left stays in the journal for the next start.  With tasks
+     * abandoned on stuck workers it is left open: they may still record
+     * their end, and exit releases the lock. */
+    if (!s->unfinished)
+        journal_close(s->jr);
+}
+
+static int start_broker(serving *s)
+{
+    if (s->cfg->broker_url && (s->bk = open_broker(s->cfg)) == NULL)
+        return -1;
+    return 0;
+}
+
+static void stop_broker(serving *s)
+{
+    if (s->engine == NULL) /* the engine keeps using it until exit */
+        broker_close(s->bk);
+}
+
+static int start_deferred(serving *s)
+{
+    (void)s;
+    if (deferred_start() != 0) {
+        log_msg(BGS_LOG_ERROR, "cannot start the deferred-response thread");
+        return -1;
+    }
+    return 0;
+}
+
+static void stop_deferred(serving *s)
+{
+    (void)s;
+    deferred_stop(); /* after the tasks: they may still complete handles */
+}
+
+static int start_tasks(serving *s)
+{
+    const cli_config *c = s->cfg;
+    tasks_config tc = {.workers = c->workers, .queue_cap = c->queue_cap, .keep = c->keep,
+                       .linger_us = c->linger_us, .journal = s->jr, .broker = s->bk,
+                       .consume = s->worker ? c->workers : 0, .resolve = resolve_task};
+    s->engine = tasks_new(&tc);
+    if (s->engine == NULL) {
+        log_msg(BGS_LOG_ERROR, "cannot start the task workers");
+        return -1;
+    }
+    if (s->bk && s->worker)
+        log_msg(BGS_LOG_INFO, "worker %s: running the named tasks from %s (stream %s:tasks), "
+                "up to %u at a time", broker_consumer(s->bk), broker_url_shown(s->bk),
+                broker_prefix(s->bk), c->workers);
+    else if (s->bk)
+        log_msg(BGS_LOG_INFO, "broker: named tasks go to %s (stream %s:tasks) for bgserve "
+                "worker processes; ad hoc tasks run here", broker_url_shown(s->bk),
+                broker_prefix(s->bk));
+    crash_set_gauges(tasks_gauges, s->engine);
+    gen_setup(&(gen_deps){.host_api = hostapi_table(), .tasks = s->engine});
+    return 0;
+}
+
+static void stop_tasks(serving *s)
+{
+    tasks_shutdown(s->engine, 0); /* nothing left to do after the drain step */
+}
+
+static int start_copies(serving *s)
+{
+    (void)s;
+    int stale = image_clean_stale();
+    if (stale > 0)
+        log_msg(BGS_LOG_INFO, "removed %d private plugin cop%s left by a crashed run",
+                stale, stale == 1 ? "y" : "ies");
+    return 0;
+}
+
+static void stop_copies(serving *s)
+{
+    (void)s;
+    /* A generation held by a stuck task is never unloaded: its private
+     * copy would stay behind. */
+    image_remove_own();
+}
+
+/* inotify and the watches can fail: say so before the start hook. */
+static int start_watches(serving *s)
+{
+    const cli_config *c = s->cfg;
+    s->rc_cfg = (reload_config){
+        .plugin_path = c->plugin_path, .watch_plugin = c->reload, .nwatch = c->nwatch,
+        .build_cmd = c->build_cmd, .settle_ms = c->settle_ms,
+        .debounce_ms = c->debounce_ms,
+        .max_generations = c->max_generations,
+    };
+    for (unsigned i = 0; i < c->nwatch; i++)
+        s->rc_cfg.watch_dirs[i] = c->watch[i];
+    if (reload_prepare(&s->rc_cfg, s->err, sizeof s->err) != 0) {
+        fprintf(stderr, "%s\n", s->err);
+        return -1;
+    }
+    return 0;
+}
+
+static void stop_reload(serving *s)
+{
+    (void)s;
+    reload_stop(); /* the thread if it runs, then the watches */
+}
+
+static int start_plugin(serving *s)
+{
+    const char *path = s->cfg->plugin_path;
+    if (supervisor_crash_mode()) { /* the build crash-looped: wait for the next */
+        log_msg(BGS_LOG_WARN, "serving the crash page until a new build of %s loads", path);
+        return 0;
+    }
+    if (gen_create(path, 1, 0, &s->g, s->err, sizeof s->err) != 0) {
+        fprintf(stderr, "%s\n", s->err);
+        return -1;
+    }
+    const plugin *p = s->g->plugin;
+    log_msg(BGS_LOG_INFO, "serving plugin %s %s from %s: %zu routes, %zu tasks (ABI %u.%u)",
+            p->name[0] ? p->name : "(unnamed)", p->version[0] ? p->version : "-", path,
+            p->nroutes, p->ntasks, p->abi_major, p->abi_minor);
+    gen_set_current(s->g);
+    gen_activate(s->g);
+    return 0;
+}
+
+static void stop_plugin(serving *s)
+{
+    if (s->served)
+        gen_set_current(NULL);
+    else
+        gen_abandon_current(); /* it never served: no "retired" line */
+}
+
+/* Stopping lets the tasks drain (up to drain_ms) before the generation
+ * they run on is let go. */
+static void stop_drain(serving *s)
+{
+    s->unfinished = tasks_shutdown(s->engine, s->drain_ms);
+}
+
+static int start_http(serving *s)
+{
+    const cli_config *c = s->cfg;
+    if (s->worker) {
+        supervisor_ready();
+        return 0;
+    }
+    if (!is_loopback(c->host) && c->introspection)
+        log_msg(BGS_LOG_WARN, "listening on %s with introspection on: anyone who can reach "
+                "this address can read /_bgserve/ (task records, stats, the dashboard) and "
+                "retry failed tasks from the dashboard; "
+                "use --no-introspection to turn it off", c->host);
+    http_config hc = {
+        .host = c->host, .port = c->port, .threads = c->threads,
+        .timeout_s = c->timeout_s, .conn_limit = c->conn_limit,
+        .max_body = c->max_body, .introspection = c->introspection,
+        .listen_fd = c->single_process ? s->fd : supervisor_listen_fd(),
+        .announce = supervisor_announce(),
+        .crash_page = supervisor_crash_mode() ? supervisor_crash_report() : NULL,
+        .plugin_path = c->plugin_path,
+        .tasks = s->engine,
+        .durable = s->jr != NULL,
+    };
+    supervisor_ready(); /* past the start hook: a crash now is not a crash loop */
+    if (http_start(&hc, s->err, sizeof s->err) != 0) {
+        fprintf(stderr, "%s\n", s->err);
+        return -1;
+    }
+    s->served = 1;
+    return 0;
+}
+
+static void stop_http(serving *s)
+{
+    if (!s->worker)
+        http_quiesce(); /* done already after a signal */
+    /* Suspended connections must be answered before libmicrohttpd stops
+     * (0.9.75 aborts when stopped with suspended connections). */
+    deferred_shutdown_all();
+    if (s->worker)
+        return;
+    unsigned left = http_wait_idle(s->drain_ms);
+    if (left)
+        log_msg(BGS_LOG_WARN, "%u requests still in flight at the deadline: closing them", left);
+    http_stop();
+}
+
+/* The tasks an earlier process left unfinished, once serving: a task that
+ * crashes again is then a crash like any other, not a crash loop before
+ * serving. */
+static int start_replay(serving *s)
+{
+    if (s->jr != NULL && s->g != NULL) {
+        int csig = 0;
+        uint64_t crashed = supervisor_crashed_task(&csig);
+        /* before any reload can retire g */
+        tasks_replay(s->engine, &s->g->owner, s->g->plugin, crashed, csig);
+    }
+    return 0;
+}
+
+static int start_reload(serving *s)
+{
+    if (reload_start(s->err, sizeof s->err) != 0) {
+        fprintf(stderr, "%s\n", s->err);
+        return -1;
+    }
+    if (supervisor_build_changed()) /* a new build landed before the watch began */
+        reload_request();
+    if (s->worker)
+        log_msg(BGS_LOG_INFO, "worker ready: reading %s:tasks", broker_prefix(s->bk));
+    return 0;
+}
+
+typedef struct step {
+    const char *name;
+    int (*start)(serving *s);  /* 0, or -1 having said why; NULL: nothing */
+    void (*stop)(serving *s);  /* undoes start; NULL: nothing */
+} step;
+
+/* In start order; stopped in reverse, on a failed start from the step
+ * before the one that failed, at shutdown from the last. */
+static const step steps[] = {
+    {"journal", start_journal, stop_journal},
+    {"broker", start_broker, stop_broker},
+    {"deferred", start_deferred, stop_deferred},
+    {"tasks", start_tasks, stop_tasks},
+    {"private copies", start_copies, stop_copies},
+    {"reload watches", start_watches, stop_reload},
+    {"plugin", start_plugin, stop_plugin},
+    {"drain", NULL, stop_drain},
+    {"http", start_http, stop_http},
+    {"replay", start_replay, NULL},
+    {"reload", start_reload, stop_reload},
+};
+
+/* Stop steps[0..n) in reverse. */
+static void unwind(serving *s, size_t n)
+{
+    while (n-- > 0) {
+        log_msg(BGS_LOG_DEBUG, "stopping: %s", steps[n].name);
+        if (steps[n].stop)
+            steps[n].stop(s);
+    }
+}
+
+/* Start every step; on a failure stop those started, in reverse, and
+ * return -1 (the failing step has said why). */
+static int start_all(serving *s)
+{
+    for (size_t i = 0; i < BGS_COUNT(steps); i++) {
+        log_msg(BGS_LOG_DEBUG, "starting: %s", steps[i].name);
+        if (steps[i].start && steps[i].start(s) != 0) {
+            s->drain_ms = 0;
+            unwind(s, i);
+            return -1;
+        }
+    }
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     /* Subcommands come before the serve options. */
@@ -188,144 +492,12 @@ int main(int argc, char **argv)
     sigaddset(&set, SIGHUP);
     pthread_sigmask(SIG_BLOCK, &set, NULL);
 
-    /* The journal: each serving process opens it (the lock dies with a
-     * crashed one) before any task can be accepted. */
-    journal *jr = NULL;
-    if (cfg.journal_path != NULL) {
-        journal_config jc = {.path = cfg.journal_path, .sync = cfg.journal_sync};
-        char jerr[1024];
-        if (journal_open(&jc, &jr, jerr, sizeof jerr) != 0) {
-            fprintf(stderr, "bgserve: %s\n", jerr);
-            return 1;
-        }
-    }
-    broker *bk = NULL;
-    if (cfg.broker_url && (bk = open_broker(&cfg)) == NULL)
+    static serving s; /* static: the steps' state for the whole run */
+    s.cfg = &cfg;
+    s.fd = fd;
+    s.worker = worker;
+    if (start_all(&s) != 0)
         return 1;
-    tasks_config tc = {.workers = cfg.workers, .queue_cap = cfg.queue_cap, .keep = cfg.keep,
-                       .linger_us = cfg.linger_us, .journal = jr, .broker = bk,
-                       .consume = worker ? cfg.workers : 0, .resolve = resolve_task};
-    tasks_engine *engine = tasks_new(&tc);
-    if (engine == NULL) {
-        log_msg(BGS_LOG_ERROR, "cannot start the task workers");
-        journal_close(jr);
-        broker_close(bk);
-        return 1;
-    }
-    if (bk && worker)
-        log_msg(BGS_LOG_INFO, "worker %s: running the named tasks from %s (stream %s:tasks), "
-                "up to %u at a time", broker_consumer(bk), broker_url_shown(bk),
-                broker_prefix(bk), cfg.workers);
-    else if (bk)
-        log_msg(BGS_LOG_INFO, "broker: named tasks go to %s (stream %s:tasks) for bgserve "
-                "worker processes; ad hoc tasks run here", broker_url_shown(bk),
-                broker_prefix(bk));
-    crash_set_gauges(tasks_gauges, engine);
-    gen_setup(&(gen_deps){.host_api = hostapi_table(), .tasks = engine});
-
-    if (deferred_start() != 0) {
-        log_msg(BGS_LOG_ERROR, "cannot start the deferred-response thread");
-        tasks_shutdown(engine, 0);
-        journal_close(jr);
-        return 1;
-    }
-
-    int stale = image_clean_stale();
-    if (stale > 0)
-        log_msg(BGS_LOG_INFO, "removed %d private plugin cop%s left by a crashed run",
-                stale, stale == 1 ? "y" : "ies");
-
-    /* inotify and the watches can fail: say so before the start hook. */
-    char err[2048];
-    reload_config rc_cfg = {
-        .plugin_path = cfg.plugin_path, .watch_plugin = cfg.reload, .nwatch = cfg.nwatch,
-        .build_cmd = cfg.build_cmd, .settle_ms = cfg.settle_ms,
-        .debounce_ms = cfg.debounce_ms,
-        .max_generations = cfg.max_generations,
-    };
-    for (unsigned i = 0; i < cfg.nwatch; i++)
-        rc_cfg.watch_dirs[i] = cfg.watch[i];
-    if (reload_prepare(&rc_cfg, err, sizeof err) != 0) {
-        fprintf(stderr, "%s\n", err);
-        tasks_shutdown(engine, 0);
-        journal_close(jr);
-        return 1;
-    }
-
-    generation *g = NULL;
-    if (supervisor_crash_mode()) { /* the build crash-looped: wait for the next */
-        log_msg(BGS_LOG_WARN, "serving the crash page until a new build of %s loads",
-                cfg.plugin_path);
-    } else if (gen_create(cfg.plugin_path, 1, 0, &g, err, sizeof err) != 0) {
-        fprintf(stderr, "%s\n", err);
-        reload_stop();
-        tasks_shutdown(engine, 0);
-        journal_close(jr);
-        return 1;
-    } else {
-        log_msg(BGS_LOG_INFO, "serving plugin %s %s from %s: %zu routes, %zu tasks (ABI %u.%u)",
-                g->plugin->name[0] ? g->plugin->name : "(unnamed)",
-                g->plugin->version[0] ? g->plugin->version : "-", cfg.plugin_path,
-                g->plugin->nroutes, g->plugin->ntasks, g->plugin->abi_major, g->plugin->abi_minor);
-        gen_set_current(g);
-        gen_activate(g);
-    }
-
-    if (!worker && !is_loopback(cfg.host) && cfg.introspection)
-        log_msg(BGS_LOG_WARN, "listening on %s with introspection on: anyone who can reach "
-                "this address can read /_bgserve/ (task records, stats, the dashboard) and "
-                "retry failed tasks from the dashboard; "
-                "use --no-introspection to turn it off", cfg.host);
-
-    http_config hc = {
-        .host = cfg.host, .port = cfg.port, .threads = cfg.threads,
-        .timeout_s = cfg.timeout_s, .conn_limit = cfg.conn_limit,
-        .max_body = cfg.max_body, .introspection = cfg.introspection,
-        .listen_fd = cfg.single_process ? fd : supervisor_listen_fd(),
-        .announce = supervisor_announce(),
-        .crash_page = supervisor_crash_mode() ? supervisor_crash_report() : NULL,
-        .plugin_path = cfg.plugin_path,
-        .tasks = engine,
-        .durable = jr != NULL,
-    };
-    supervisor_ready(); /* past the start hook: a crash now is not a crash loop */
-    if (!worker && http_start(&hc, err, sizeof err) != 0) {
-        fprintf(stderr, "%s\n", err);
-        reload_stop();
-        tasks_shutdown(engine, 0);
-        journal_close(jr);
-        gen_abandon_current(); /* it never served: no "retired" line */
-        return 1;
-    }
-
-    /* The tasks an earlier process left unfinished, once serving: a task
-     * that crashes again is then a crash like any other, not a crash
-     * loop before serving. */
-    if (jr != NULL && g != NULL) {
-        int csig = 0;
-        uint64_t crashed = supervisor_crashed_task(&csig);
-        /* before any reload can retire g */
-        tasks_replay(engine, &g->owner, g->plugin, crashed, csig);
-    }
-
-    if (reload_start(err, sizeof err) != 0) {
-        fprintf(stderr, "%s\n", err);
-        if (!worker) {
-            http_quiesce();
-            http_stop();
-        }
-        reload_stop();
-        tasks_shutdown(engine, 0);
-        journal_close(jr);
-        deferred_stop();
-        gen_set_current(NULL);
-        return 1;
-    }
-
-    if (supervisor_build_changed()) /* a new build landed before the watch began */
-        reload_request();
-    if (worker)
-        log_msg(BGS_LOG_INFO, "worker ready: reading %s:tasks", broker_prefix(bk));
 
     int sig = 0;
     for (;;) {
@@ -348,38 +520,15 @@ int main(int argc, char **argv)
 
     pthread_t waiter;
     static second_signal_arg wa; /* the waiter may outlive this frame's end */
-    wa.engine = engine;
+    wa.engine = s.engine;
     sigemptyset(&wa.set);
     sigaddset(&wa.set, SIGINT);
     sigaddset(&wa.set, SIGTERM);
     if (pthread_create(&waiter, NULL, second_signal, &wa) == 0)
         pthread_detach(waiter);
 
-    reload_stop();
-    /* Suspended connections must be answered before libmicrohttpd stops
-     * (0.9.75 aborts when stopped with suspended connections). */
-    deferred_shutdown_all();
-    if (!worker) {
-        unsigned left = http_wait_idle(cfg.drain_timeout_ms);
-        if (left)
-            log_msg(BGS_LOG_WARN, "%u requests still in flight at the deadline: closing them",
-                    left);
-        http_stop();
-    }
-    /* The engine is not freed: the second-signal thread may still report
-     * from it until exit (its records are all that is left).  Nor is the
-     * broker it uses. */
-    size_t unfinished = tasks_shutdown(engine, cfg.drain_timeout_ms);
-    /* What is left stays in the journal for the next start.  With tasks
-     * abandoned on stuck workers it is left open: they may still record
-     * their end, and exit releases the lock. */
-    if (!unfinished)
-        journal_close(jr);
-    deferred_stop(); /* after the tasks: they may still complete handles */
-    gen_set_current(NULL);
-    /* A generation held by a stuck task is never unloaded: its private
-     * copy would stay behind. */
-    image_remove_own();
-    log_msg(BGS_LOG_INFO, "stopped%s", unfinished ? " (some tasks did not finish: see above)" : "");
-    return unfinished ? BGSERVE_EXIT_UNFINISHED : 0;
+    s.drain_ms = cfg.drain_timeout_ms;
+    unwind(&s, BGS_COUNT(steps));
+    log_msg(BGS_LOG_INFO, "stopped%s", s.unfinished ? " (some tasks did not finish: see above)" : "");
+    return s.unfinished ? BGSERVE_EXIT_UNFINISHED : 0;
 }
