@@ -271,6 +271,11 @@ int h_stop(h_server *s, int sig)
     }
     s->pid = 0;
     h_drain_log(s);
+    /* An abort or a sanitizer's report is never what a test stops a
+     * server for: show the log, so a rare failure can be read from CI. */
+    if (rc == 128 + SIGABRT || (s->log && strstr(s->log, "Sanitizer")))
+        fprintf(stderr, "bgserve, sent signal %d, exited %d; its log:\n%s\n", sig, rc,
+                s->log ? s->log : "");
     return rc;
 }
 
