@@ -108,6 +108,8 @@ $(patsubst %,$(BUILD)/tests/fixtures/%.so,bad_magic major2 minor_newer small_str
   tests/fixtures/handmade.h tests/fixtures/noop.h
 $(patsubst %,$(BUILD)/tests/fixtures/%.so,bad_method bad_param bad_path dup_route dup_task \
   null_handler reserved_route unknown_route_task): tests/fixtures/noop.h
+# The queue fixtures share their task log and /adhoc route.
+$(patsubst %,$(BUILD)/tests/fixtures/%.so,broker_app journal_app): tests/fixtures/task_log.h
 
 # Tests link the server's objects through an archive, so each test pulls
 # in only the rooms it uses.

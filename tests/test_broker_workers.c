@@ -36,17 +36,9 @@ typedef struct rig {
     const char *env[2];
     h_server server;
     int have_server;
+    h_server w[2];              /* the workers rig_up started */
+    int nw;
 } rig;
-
-static void rig_up(rig *g)
-{
-    memset(g, 0, sizeof *g);
-    h_redis_start(&g->redis, NULL, NULL);
-    snprintf(g->logpath, sizeof g->logpath, "%s/ran.log", g->redis.dir);
-    snprintf(g->envlog, sizeof g->envlog, "BROKER_APP_LOG=%s", g->logpath);
-    g->env[0] = g->envlog;
-    g->env[1] = NULL;
-}
 
 static void start_server(rig *g)
 {
@@ -77,15 +69,6 @@ static void start_worker(rig *g, h_server *w, const char *visibility)
         fprintf(stderr, "worker did not start:\n%s\n", w->log ? w->log : "");
         fail();
     }
-}
-
-static void rig_down(rig *g)
-{
-    if (g->have_server) {
-        h_stop_clean(&g->server);
-        h_free(&g->server);
-    }
-    h_redis_stop(&g->redis);
 }
 
 /* Lines of the log that start with "what " and, when pid > 0, name pid. */
@@ -141,15 +124,38 @@ static void stop_worker(h_server *w)
     h_free(w);
 }
 
+/* A redis-server, the server and nworkers workers (at most 2) in g->w. */
+static void rig_up(rig *g, int nworkers)
+{
+    memset(g, 0, sizeof *g);
+    h_redis_start(&g->redis, NULL, NULL);
+    snprintf(g->logpath, sizeof g->logpath, "%s/ran.log", g->redis.dir);
+    snprintf(g->envlog, sizeof g->envlog, "BROKER_APP_LOG=%s", g->logpath);
+    g->env[0] = g->envlog;
+    g->env[1] = NULL;
+    start_server(g);
+    for (; g->nw < nworkers; g->nw++)
+        start_worker(g, &g->w[g->nw], NULL);
+}
+
+/* Stop the workers rig_up started, the server and redis-server. */
+static void rig_down(rig *g)
+{
+    while (g->nw > 0)
+        stop_worker(&g->w[--g->nw]);
+    if (g->have_server) {
+        h_stop_clean(&g->server);
+        h_free(&g->server);
+    }
+    h_redis_stop(&g->redis);
+}
+
 static void broker_workers_share_and_run_once(void **state)
 {
     (void)state;
     rig g;
-    rig_up(&g);
-    start_server(&g);
-    h_server w1, w2;
-    start_worker(&g, &w1, NULL);
-    start_worker(&g, &w2, NULL);
+    rig_up(&g, 2);
+    const h_server *w1 = &g.w[0], *w2 = &g.w[1];
     enum { REQS = 10, PER = 50, N = REQS * PER };
     uint64_t first = 0;
     for (int i = 0; i < REQS; i++) {
@@ -179,9 +185,9 @@ static void broker_workers_share_and_run_once(void **state)
     }
     free(text);
     assert_int_equal(lines, N);
-    assert_true(count_lines(&g, "ran", w1.pid) > 0);
-    assert_true(count_lines(&g, "ran", w2.pid) > 0);
-    assert_int_equal(count_lines(&g, "ran", w1.pid) + count_lines(&g, "ran", w2.pid), N);
+    assert_true(count_lines(&g, "ran", w1->pid) > 0);
+    assert_true(count_lines(&g, "ran", w2->pid) > 0);
+    assert_int_equal(count_lines(&g, "ran", w1->pid) + count_lines(&g, "ran", w2->pid), N);
     /* The server hears of the final states. */
     char path[64];
     snprintf(path, sizeof path, "/_bgserve/tasks/%" PRIu64, first);
@@ -198,8 +204,6 @@ static void broker_workers_share_and_run_once(void **state)
     snprintf(want, sizeof want, "\"url\":\"redis://127.0.0.1:%d/0\"", g.redis.port);
     h_assert_contains(r.body, want);
     h_resp_free(&r);
-    stop_worker(&w1);
-    stop_worker(&w2);
     rig_down(&g);
 }
 
@@ -207,10 +211,8 @@ static void broker_result_reaches_the_server(void **state)
 {
     (void)state;
     rig g;
-    rig_up(&g);
-    start_server(&g);
-    h_server w;
-    start_worker(&g, &w, NULL);
+    rig_up(&g, 1);
+    h_server *w = &g.w[0];
     uint64_t id = add(&g, "answer", 1);
     char path[64];
     snprintf(path, sizeof path, "/_bgserve/tasks/%" PRIu64, id);
@@ -224,8 +226,7 @@ static void broker_result_reaches_the_server(void **state)
     assert_int_equal(r.status, 200);
     h_resp_free(&r);
     assert_int_equal(wait_lines(&g, "adhoc", 0, 1), 1);
-    assert_int_equal(count_lines(&g, "adhoc", w.pid), 0);
-    stop_worker(&w);
+    assert_int_equal(count_lines(&g, "adhoc", w->pid), 0);
     rig_down(&g);
 }
 
@@ -233,8 +234,7 @@ static void broker_killed_worker_task_is_reclaimed(void **state)
 {
     (void)state;
     rig g;
-    rig_up(&g);
-    start_server(&g);
+    rig_up(&g, 0);
     h_server a;
     start_worker(&g, &a, "1000");
     uint64_t id = add(&g, "slow", 1);
@@ -265,10 +265,8 @@ static void broker_retries_end_in_the_dead_letters(void **state)
 {
     (void)state;
     rig g;
-    rig_up(&g);
-    start_server(&g);
-    h_server w;
-    start_worker(&g, &w, NULL);
+    rig_up(&g, 1);
+    h_server *w = &g.w[0];
     uint64_t id = add(&g, "fail", 1);
     char path[64];
     snprintf(path, sizeof path, "/_bgserve/tasks/%" PRIu64, id);
@@ -277,9 +275,8 @@ static void broker_retries_end_in_the_dead_letters(void **state)
     h_assert_contains(rec, "\"error\":\"always fails\"");
     assert_int_equal(h_json_num(rec, "attempts"), 2);
     free(rec);
-    assert_int_equal(count_lines(&g, "fail", w.pid), 2);
+    assert_int_equal(count_lines(&g, "fail", w->pid), 2);
     assert_int_equal(h_redis_int(&g.redis, "XLEN bgserve:{broker_app}:dead"), 1);
-    stop_worker(&w);
     rig_down(&g);
 }
 
@@ -297,10 +294,8 @@ static void broker_503_while_redis_is_down(void **state)
 {
     (void)state;
     rig g;
-    rig_up(&g);
-    start_server(&g);
-    h_server w;
-    start_worker(&g, &w, NULL);
+    rig_up(&g, 1);
+    h_server *w = &g.w[0];
     h_redis_halt(&g.redis);
     uint64_t end = h_now_ms() + DEADLINE_MS;
     int st = 0;
@@ -321,13 +316,12 @@ static void broker_503_while_redis_is_down(void **state)
     assert_true(h_wait_log(&g.server, "reconnected the command connection", DEADLINE_MS));
     /* What was accepted runs (Redis had no persistence: the worker makes
      * the group again). */
-    int ran = wait_lines(&g, "ran", w.pid, 1);
+    int ran = wait_lines(&g, "ran", w->pid, 1);
     if (ran != 1) {
-        h_drain_log(&w);
-        fprintf(stderr, "worker log:\n%s\n", w.log);
+        h_drain_log(w);
+        fprintf(stderr, "worker log:\n%s\n", w->log);
     }
     assert_int_equal(ran, 1);
-    stop_worker(&w);
     rig_down(&g);
 }
 

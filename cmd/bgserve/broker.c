@@ -450,10 +450,23 @@ static struct timeval tv_ms(unsigned ms)
     return tv;
 }
 
-/* One command on a fresh context during connect; the reply or NULL. */
-static redisReply *raw(redisContext *c, args *a)
+/* Send a (emptied afterwards) on c, a fresh context during connect.
+ * -1: no answer (the connection failed; *r is NULL).  0: Redis answered
+ * an error, left in *r for the caller's message.  1: any other answer,
+ * in *r when keep is set, else freed (*r NULL). */
+static int command_ok(redisContext *c, args *a, int keep, redisReply **r)
 {
-    return redisCommandArgv(c, (int)a->n, a->v, a->len);
+    *r = redisCommandArgv(c, (int)a->n, a->v, a->len);
+    args_free(a);
+    if (!*r)
+        return -1;
+    if ((*r)->type == REDIS_REPLY_ERROR)
+        return 0;
+    if (!keep) {
+        freeReplyObject(*r);
+        *r = NULL;
+    }
+    return 1;
 }
 
 /* Make a connection: connect, AUTH, SELECT, PING, load the scripts (the
@@ -473,7 +486,7 @@ static int connect_one(broker *b, redisContext **out, int load_scripts, char *er
     }
     redisSetTimeout(c, tv_ms(b->cmd_ms));
     redisEnableKeepAlive(c);
-    int rc = 0;
+    int rc = 0, ok;
     redisReply *r = NULL;
     args a = {0};
     if (b->url.password) {
@@ -481,25 +494,19 @@ static int connect_one(broker *b, redisContext **out, int load_scripts, char *er
         if (b->url.user)
             args_str(&a, b->url.user);
         args_str(&a, b->url.password);
-        r = raw(c, &a);
-        args_free(&a);
-        if (!r)
+        if ((ok = command_ok(c, &a, 0, &r)) < 0)
             goto io;
-        if (r->type == REDIS_REPLY_ERROR) {
+        if (!ok) {
             snprintf(err, cap, "redis at %s:%u refused the credentials in the broker URL "
                      "(%s): check the password", b->url.host, b->url.port, r->str);
             rc = BROKER_EAUTH;
             goto out;
         }
-        freeReplyObject(r);
-        r = NULL;
     }
     args_str(&a, "PING");
-    r = raw(c, &a);
-    args_free(&a);
-    if (!r)
+    if ((ok = command_ok(c, &a, 0, &r)) < 0)
         goto io;
-    if (r->type == REDIS_REPLY_ERROR) {
+    if (!ok) {
         if (strncmp(r->str, "NOAUTH", 6) == 0) {
             snprintf(err, cap, "redis at %s:%u needs a password: give it in the broker "
                      "URL, redis://:PASSWORD@%s:%u", b->url.host, b->url.port,
@@ -512,34 +519,26 @@ static int connect_one(broker *b, redisContext **out, int load_scripts, char *er
         }
         goto out;
     }
-    freeReplyObject(r);
-    r = NULL;
     if (b->url.db) {
         args_str(&a, "SELECT");
         args_u64(&a, b->url.db);
-        r = raw(c, &a);
-        args_free(&a);
-        if (!r)
+        if ((ok = command_ok(c, &a, 0, &r)) < 0)
             goto io;
-        if (r->type == REDIS_REPLY_ERROR) {
+        if (!ok) {
             snprintf(err, cap, "redis at %s:%u has no database %u (%s): use a smaller "
                      "number after the '/' in the URL", b->url.host, b->url.port,
                      b->url.db, r->str);
             rc = BROKER_EINVAL;
             goto out;
         }
-        freeReplyObject(r);
-        r = NULL;
     }
     for (int i = 0; load_scripts && i < S_COUNT; i++) {
         args_str(&a, "SCRIPT");
         args_str(&a, "LOAD");
         args_str(&a, script_text[i]);
-        r = raw(c, &a);
-        args_free(&a);
-        if (!r)
+        if ((ok = command_ok(c, &a, 1, &r)) < 0)
             goto io;
-        if (r->type != REDIS_REPLY_STRING || r->len != 40) {
+        if (!ok || r->type != REDIS_REPLY_STRING || r->len != 40) {
             snprintf(err, cap, "redis at %s:%u did not load bgserve's Lua scripts (%s): "
                      "bgserve needs Redis 6.2 or later with scripting enabled",
                      b->url.host, b->url.port,
