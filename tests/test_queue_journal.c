@@ -182,12 +182,12 @@ static void queue_journal_records_each_step(void **state)
 
     for (int i = 0; i < 6; i++)
         assert_ptr_equal(take_run(q), item_of(nodes[i]));
-    queue_ack(q, &ok.node, &(queue_outcome){.succeeded = 1, .state = "succeeded"});
-    queue_ack(q, &bad.node, &(queue_outcome){.state = "failed", .error = "out of tries"});
-    queue_ack(q, &cancel.node, &(queue_outcome){.state = "cancelled", .error = "timed out"});
+    queue_ack(q, &ok.node, &(queue_outcome){.end = QUEUE_SUCCEEDED});
+    queue_ack(q, &bad.node, &(queue_outcome){.end = QUEUE_FAILED, .error = "out of tries"});
+    queue_ack(q, &cancel.node, &(queue_outcome){.end = QUEUE_CANCELLED, .error = "timed out"});
     uint64_t wall_before = util_wall_us();
     assert_int_equal(queue_nack(q, &retry.node, util_now_us() + 3600u * 1000000u, "flaky"), 0);
-    queue_ack(q, &adhoc.node, &(queue_outcome){.succeeded = 1, .state = "succeeded"});
+    queue_ack(q, &adhoc.node, &(queue_outcome){.end = QUEUE_SUCCEEDED});
     /* crash is left running */
     queue_shutdown(q);
     assert_ptr_equal(queue_try_take(q), &retry.node); /* handed back to be finished */
@@ -241,7 +241,7 @@ static void queue_journal_memory_only_batch_is_done_at_once(void **state)
     assert_int_equal(count_now(&d, NULL), 1); /* before enqueue returned */
     assert_int_equal(d.last_status, 0);
     queue_ack(q, take_run(q) == &a ? &a.node : &b.node,
-              &(queue_outcome){.succeeded = 1, .state = "succeeded"});
+              &(queue_outcome){.end = QUEUE_SUCCEEDED});
     queue_journal_counts c;
     queue_journal_get_counts(q, &c);
     assert_int_equal(c.journaled, 0);
@@ -280,7 +280,7 @@ static void queue_journal_refusals_write_nothing(void **state)
     assert_int_equal(queue_nack(q, &a.node, 0, "again"), 0);
     assert_int_equal(queue_depth(q), 3);
     assert_ptr_equal(take_run(q), &b);
-    queue_ack(q, &b.node, &(queue_outcome){.succeeded = 1, .state = "succeeded"});
+    queue_ack(q, &b.node, &(queue_outcome){.end = QUEUE_SUCCEEDED});
     assert_ptr_equal(take_run(q), &c);
     queue_shutdown(q);
     assert_int_equal(queue_enqueue_at(q, ee, 1, 0, count_done, &d), BGS_ESHUTDOWN);
@@ -413,7 +413,7 @@ static void *consume(void *arg)
             queue_nack(r->q, n, 0, "once more"); /* a retry, at once */
             continue;
         }
-        queue_ack(r->q, n, &(queue_outcome){.succeeded = 1, .state = "succeeded"});
+        queue_ack(r->q, n, &(queue_outcome){.end = QUEUE_SUCCEEDED});
         atomic_fetch_add(&r->acked, 1);
     }
     return NULL;
@@ -501,7 +501,7 @@ static void *kill_consumer(void *arg)
         item *it = item_of(n);
         it->attempts++;
         if (it->id % 2)
-            queue_ack(q, n, &(queue_outcome){.succeeded = 1, .state = "succeeded"});
+            queue_ack(q, n, &(queue_outcome){.end = QUEUE_SUCCEEDED});
         /* the others stay "running": interrupted at the kill */
     }
     return NULL;
@@ -634,7 +634,7 @@ static int disk_full_child(const char *path)
             return DF_NOT_RUN;
         items[n].it.attempts++;
         if (durable[n] && n % 2)
-            queue_ack(q, got, &(queue_outcome){.succeeded = 1, .state = "succeeded"});
+            queue_ack(q, got, &(queue_outcome){.end = QUEUE_SUCCEEDED});
     }
     if (failures < 3)
         return DF_NO_FAILURE;

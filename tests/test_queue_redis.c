@@ -298,13 +298,13 @@ static void queue_redis_workers_share_and_server_hears_once(void **state)
                 assert_int_equal(by[1], 4);
                 for (int k = 0; k < 8; k++) {
                     queue_ack(first_from[k], first[k],
-                              &(queue_outcome){.succeeded = 1, .state = "succeeded"});
+                              &(queue_outcome){.end = QUEUE_SUCCEEDED});
                     free(item_of(first[k]));
                 }
             }
             continue;
         }
-        queue_ack(from, n, &(queue_outcome){.succeeded = 1, .state = "succeeded"});
+        queue_ack(from, n, &(queue_outcome){.end = QUEUE_SUCCEEDED});
         free(it);
     }
     for (int i = 1; i <= N; i++)
@@ -343,7 +343,7 @@ static void queue_redis_retry_goes_through_the_delayed_set(void **state)
     int rel = g.e.released;
     pthread_mutex_unlock(&g.e.mu);
     assert_int_equal(rel, 1);
-    queue_ack(g.w1, got, &(queue_outcome){.state = "failed", .error = "still broken"});
+    queue_ack(g.w1, got, &(queue_outcome){.end = QUEUE_FAILED, .error = "still broken"});
     free(item_of(got));
     assert_int_equal(wait_finished(&g.e, 5, 5, 1, 10000), 1);
     assert_string_equal(g.e.state[5], "failed");
@@ -395,7 +395,7 @@ static void queue_redis_max_concurrency_across_workers(void **state)
             assert_int_equal(h1 + h2, 1);
             assert_true(h_redis_int(&g.redis, "ZCARD bgserve:{app}:conc:capped") <= 1);
         }
-        queue_ack(from, got, &(queue_outcome){.succeeded = 1, .state = "succeeded"});
+        queue_ack(from, got, &(queue_outcome){.end = QUEUE_SUCCEEDED});
         free(item_of(got));
     }
     assert_int_equal(wait_finished(&g.e, 1, N, N, 10000), N);
@@ -412,7 +412,7 @@ static void queue_redis_adhoc_stays_local(void **state)
     assert_int_equal(queue_depth(g.server), 1);
     queue_node *got = queue_take(g.server);
     assert_ptr_equal(got, n);
-    queue_ack(g.server, got, &(queue_outcome){.succeeded = 1, .state = "succeeded"});
+    queue_ack(g.server, got, &(queue_outcome){.end = QUEUE_SUCCEEDED});
     free(item_of(got));
     assert_int_equal(h_redis_int(&g.redis, "XLEN bgserve:{app}:tasks"), 0);
     rig_down(&g);

@@ -477,6 +477,16 @@ static queue_node *mem_try_take(queue *q)
     return n;
 }
 
+const char *queue_end_name(queue_end e)
+{
+    switch (e) {
+    case QUEUE_SUCCEEDED: return "succeeded";
+    case QUEUE_FAILED: return "failed";
+    case QUEUE_CANCELLED: return "cancelled";
+    }
+    return "failed";
+}
+
 static void mem_ack(queue *q, queue_node *n, const queue_outcome *o)
 {
     /* Nothing is journalled in memory: the item itself is the record. */

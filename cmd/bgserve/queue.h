@@ -90,14 +90,21 @@ typedef struct queue_job {
 } queue_job;
 typedef void (*queue_describe_fn)(const queue_node *n, queue_job *out, void *arg);
 
-/* How a job ended, for ack (a durable backend records it). */
+/* How a job ended, for ack (a durable backend records it).  A value until
+ * a backend writes it out: queue_end_name gives its text at that edge. */
+typedef enum queue_end {
+    QUEUE_SUCCEEDED,
+    QUEUE_FAILED,    /* the attempts are exhausted: a durable backend
+                      * dead-letters it */
+    QUEUE_CANCELLED, /* stopped (a timeout, a cancel, shutdown) */
+} queue_end;
 typedef struct queue_outcome {
-    int succeeded;
-    const char *state;       /* the final state as printed; "failed" means
-                              * the attempts are exhausted (a durable
-                              * backend dead-letters it) */
+    queue_end end;
     const char *error;       /* NULL when none */
 } queue_outcome;
+
+/* "succeeded", "failed", "cancelled" (the task states of the same names). */
+const char *queue_end_name(queue_end e);
 
 typedef struct queue_ops {
     const char *name; /* "memory" */

@@ -194,12 +194,12 @@ static void jq_ack(queue *qq, queue_node *n, const queue_outcome *o)
     describe(q, n, &d);
     if (d.name == NULL)
         return;
-    if (o->succeeded)
+    if (o->end == QUEUE_SUCCEEDED)
         rc = journal_succeed(q->j, d.id, NULL, NULL, NULL);
-    else if (o->state != NULL && strcmp(o->state, "failed") == 0)
+    else if (o->end == QUEUE_FAILED)
         rc = journal_dead(q->j, d.id, o->error, NULL, NULL);
     else
-        rc = journal_finish(q->j, d.id, o->state ? o->state : "failed", o->error, NULL, NULL);
+        rc = journal_finish(q->j, d.id, queue_end_name(o->end), o->error, NULL, NULL);
     if (rc != 0)
         unrecorded(q, "end", d.id, rc);
 }

@@ -7,10 +7,10 @@
  *   enqueue   journal_add of the batch's named jobs, as one unit; the
  *             completion is the journal's commit (status 0: on disk).
  *   take      journal_start with attempt = queue_job.attempts + 1.
- *   ack       succeeded: journal_succeed; state "failed" (attempts
+ *   ack       QUEUE_SUCCEEDED: journal_succeed; QUEUE_FAILED (attempts
  *             exhausted, or a function that no longer exists):
- *             journal_dead with the error; any other state:
- *             journal_finish.
+ *             journal_dead with the error; QUEUE_CANCELLED:
+ *             journal_finish with state "cancelled".
  *   nack      journal_retry with the retry time (as wall clock), so the
  *             schedule survives a restart.
  * Jobs without a name (ad hoc function tasks) are never written: they run

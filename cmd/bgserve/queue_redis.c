@@ -246,10 +246,10 @@ static void rq_ack(queue *q, queue_node *n, const queue_outcome *o)
         queue_ack(r->mem, n, o);
         return;
     }
-    if (shut && !o->succeeded && o->state && strcmp(o->state, "cancelled") == 0) {
+    if (shut && o->end == QUEUE_CANCELLED) {
         /* Stopped by this worker's shutdown: another worker runs it. */
         broker_retry(r->b, &x->msg, 0, "cancelled: its worker stopped");
-    } else if (!o->succeeded && o->state && strcmp(o->state, "failed") == 0) {
+    } else if (o->end == QUEUE_FAILED) {
         /* Out of attempts: the dead letters keep it, with its last error. */
         int rc = broker_dead(r->b, &x->msg, o->error ? o->error : "failed");
         if (rc < 0)
@@ -257,14 +257,14 @@ static void rq_ack(queue *q, queue_node *n, const queue_outcome *o)
                     "record it (%s): after the visibility timeout it runs again",
                     x->msg.id, x->msg.name, broker_strerror(rc));
     } else {
-        broker_outcome bo = {.state = o->state, .error = o->error};
+        broker_outcome bo = {.state = queue_end_name(o->end), .error = o->error};
         if (r->h.result)
             r->h.result(r->h.arg, n, &bo);
         int rc = broker_finish(r->b, &x->msg, &bo);
         if (rc < 0)
             log_msg(BGS_LOG_WARN, "broker: task %" PRIu64 " (%s) is %s but redis did not "
                     "record it (%s): after the visibility timeout it runs again",
-                    x->msg.id, x->msg.name, o->state, broker_strerror(rc));
+                    x->msg.id, x->msg.name, bo.state, broker_strerror(rc));
     }
     conc_release(r, x);
     held_free(x);

@@ -256,10 +256,9 @@ static void on_timeout(sched_timer *tm)
 }
 
 /* Tell the queue the job is final (a durable backend records it). */
-static void ack(tasks_engine *t, task_item *it, int st, const char *err)
+static void ack(tasks_engine *t, task_item *it, queue_end end, const char *err)
 {
-    queue_outcome o = {.succeeded = st == TASKS_SUCCEEDED, .state = tasks_state_name(st),
-                       .error = err};
+    queue_outcome o = {.end = end, .error = err};
     queue_ack(t->q, &it->qnode, &o);
 }
 
@@ -316,7 +315,7 @@ static void run_once(task_item *it)
     }
 
     if (rc == 0) {
-        ack(t, it, TASKS_SUCCEEDED, NULL);
+        ack(t, it, QUEUE_SUCCEEDED, NULL);
         tasks_runs_finalize(it, TASKS_SUCCEEDED, NULL);
         return;
     }
@@ -332,12 +331,12 @@ static void run_once(task_item *it)
                      def->timeout_ms, err);
         else
             snprintf(why, sizeof(why), "cancelled at shutdown: %s", err);
-        ack(t, it, TASKS_CANCELLED, why);
+        ack(t, it, QUEUE_CANCELLED, why);
         tasks_runs_finalize(it, TASKS_CANCELLED, why);
         return;
     }
     if (ctx.attempt >= it->max_attempts) {
-        ack(t, it, TASKS_FAILED, err);
+        ack(t, it, QUEUE_FAILED, err);
         tasks_runs_finalize(it, TASKS_FAILED, err);
         return;
     }
