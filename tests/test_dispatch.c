@@ -47,13 +47,13 @@ static void serve(answer *a, const char *method, const char *target,
                   const char *const *headers, const char *body)
 {
     static const char *const none[] = {NULL};
-    req_init(&a->req, &a->res, target);
-    req_set_origin(&a->req, &(req_origin){.method = method, .header_fn = find_header,
+    request_init(&a->req, &a->res, target);
+    request_set_origin(&a->req, &(request_origin){.method = method, .header_fn = find_header,
                                           .header_ctx = (void *)(headers ? headers : none),
                                           .remote = "in-process"});
-    req_set_id(&a->req, "test-1");
+    request_set_id(&a->req, "test-1");
     if (body)
-        req_body_append(&a->req, body, strlen(body));
+        request_body_append(&a->req, body, strlen(body));
     assert_int_equal(dispatch_request(&env, &a->req, &a->res), DISPATCH_ANSWERED);
 }
 
@@ -68,8 +68,8 @@ static const char *res_header_value(const struct bgs_res *res, const char *name)
 static void answer_free(answer *a)
 {
     dispatch_finish(&a->req, &a->res, 1, 1, 0);
-    req_free(&a->req);
-    res_free(&a->res);
+    request_free(&a->req);
+    response_free(&a->res);
 }
 
 static int setup(void **state)
@@ -109,7 +109,7 @@ static void dispatch_body_and_headers_in_and_out(void **state)
     answer a;
     serve(&a, "POST", "/echo", hdrs, "hello");
     assert_int_equal(a.res.status, 200);
-    assert_string_equal(res_content_type(&a.res), "application/octet-stream");
+    assert_string_equal(response_content_type(&a.res), "application/octet-stream");
     assert_string_equal(res_header_value(&a.res, "X-Body-Length"), "see body");
     assert_string_equal(a.res.body, "hello"); /* bgs_res_body replaces */
     answer_free(&a);
@@ -123,7 +123,7 @@ static void dispatch_params_query_and_remote(void **state)
     assert_int_equal(a.res.status, 200);
     assert_string_equal(a.res.body, "a=one b=t wo x=a+b missing=(null) path=/echo/one/t wo "
                                     "method=GET remote=in-process");
-    assert_string_equal(res_content_type(&a.res), "text/plain; charset=utf-8");
+    assert_string_equal(response_content_type(&a.res), "text/plain; charset=utf-8");
     answer_free(&a);
 }
 
@@ -165,7 +165,7 @@ static void dispatch_introspection_in_process(void **state)
     answer a;
     serve(&a, "GET", "/_bgserve/stats", NULL, NULL);
     assert_int_equal(a.res.status, 200);
-    assert_string_equal(res_content_type(&a.res), "application/json");
+    assert_string_equal(response_content_type(&a.res), "application/json");
     h_assert_contains(a.res.body, "\"generation\"");
     answer_free(&a);
 }

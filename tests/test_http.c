@@ -230,13 +230,13 @@ static void http_header_name_chars(void **state)
     for (int c = 1; c < 256; c++) {
         char name[2] = {(char)c, '\0'};
         int want = strchr(tchar, c) ? 0 : BGS_EHEADER;
-        if (res_check_header(name, "v") != want)
+        if (response_check_header(name, "v") != want)
             fail_msg("header name byte 0x%02x: got %d, want %d", c,
-                     res_check_header(name, "v"), want);
+                     response_check_header(name, "v"), want);
     }
-    assert_int_equal(res_check_header("", "v"), BGS_EHEADER);
-    assert_int_equal(res_check_header("Content-Type", "a\rb"), BGS_EHEADER);
-    assert_int_equal(res_check_header("X-A.b_c~1", "ok"), 0);
+    assert_int_equal(response_check_header("", "v"), BGS_EHEADER);
+    assert_int_equal(response_check_header("Content-Type", "a\rb"), BGS_EHEADER);
+    assert_int_equal(response_check_header("X-A.b_c~1", "ok"), 0);
 }
 
 static void http_request_ids_are_unique(void **state)

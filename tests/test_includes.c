@@ -1,7 +1,8 @@
 /*
  * test_includes.c - scripts/check-includes.sh: the server's rooms have no
- * dependency cycle and keep their walls, and the script fails, naming the
- * chain and each link's reason, when a scratch tree breaks one.
+ * dependency cycle, keep their walls and export names with their room's
+ * prefix, and the script fails, naming the chain and each link's reason
+ * (or the misnamed symbol), when a scratch tree breaks one.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -33,6 +34,14 @@ static void put(const char *dir, const char *name, const char *text)
     assert_non_null(f);
     fputs(text, f);
     assert_int_equal(fclose(f), 0);
+}
+
+/* cc -c the files (a space-separated list) in dir. */
+static void compile(const char *dir, const char *files)
+{
+    char cmd[512];
+    snprintf(cmd, sizeof cmd, "cd %s && cc -c %s", dir, files);
+    assert_int_equal(system(cmd), 0);
 }
 
 /* Run the script on src (and objects in obj, may be NULL); its exit status. */
@@ -89,9 +98,7 @@ static void includes_symbol_cycle_found_in_objects(void **state)
     put(dir, "one.c", "#include \"one.h\"\nint one(void) { return two(); }\n");
     put(dir, "two.h", "\n");
     put(dir, "two.c", "#include \"two.h\"\nint one(void);\nint two(void) { return one(); }\n");
-    char cmd[512];
-    snprintf(cmd, sizeof cmd, "cd %s && cc -c one.c two.c", dir);
-    assert_int_equal(system(cmd), 0);
+    compile(dir, "one.c two.c");
     char *out;
     assert_int_equal(check(dir, NULL, &out), 0); /* the includes alone are fine */
     free(out);
@@ -99,6 +106,28 @@ static void includes_symbol_cycle_found_in_objects(void **state)
     h_assert_contains(out, ": one -> two -> one\n");
     h_assert_contains(out, "  one -> two: one.o uses two (two.o)\n");
     h_assert_contains(out, "  two -> one: two.o uses one (one.o)\n");
+    free(out);
+    h_rm_rf(dir);
+    free(dir);
+}
+
+static void includes_exported_name_without_prefix_fails(void **state)
+{
+    (void)state;
+    char *dir = scratch();
+    put(dir, "room.h", "int room_ok(void);\nint helper(void);\n");
+    put(dir, "room.c", "#include \"room.h\"\nint room_ok(void) { return 1; }\n"
+                       "int helper(void) { return 2; }\n");
+    /* A part of the room "eng" (eng.h, no eng.c) may use eng_. */
+    put(dir, "eng.h", "int eng_run(void);\n");
+    put(dir, "eng_part.c", "#include \"eng.h\"\nint eng_run(void) { return 3; }\n");
+    compile(dir, "room.c eng_part.c");
+    char *out;
+    assert_int_equal(check(dir, dir, &out), 1);
+    h_assert_contains(out, "check-includes: room.o exports helper: name it room_... "
+                           "(the room's prefix) or make it static\n");
+    h_assert_lacks(out, "room_ok");
+    h_assert_lacks(out, "eng_run");
     free(out);
     h_rm_rf(dir);
     free(dir);
@@ -144,6 +173,7 @@ int main(void)
         cmocka_unit_test(includes_server_has_no_cycle),
         cmocka_unit_test(includes_cycle_printed_as_a_chain),
         cmocka_unit_test(includes_symbol_cycle_found_in_objects),
+        cmocka_unit_test(includes_exported_name_without_prefix_fails),
         cmocka_unit_test(includes_walls_kept),
         cmocka_unit_test(includes_missing_directory_is_a_usage_error),
     };

@@ -53,14 +53,14 @@ static void add_task_ids(const dispatch_env *env, struct bgs_res *res)
         return;
     tasks_group_ids(res->group, ids, sizeof ids);
     if (ids[0])
-        res_add_header(res, "Bgserve-Tasks", ids);
+        response_add_header(res, "Bgserve-Tasks", ids);
 }
 
 /* An answer bgserve gives itself (not the handler's). */
 static int answer_text(const dispatch_env *env, struct bgs_res *res, unsigned status,
                        const char *text)
 {
-    res_set_text(res, status, text);
+    response_set_text(res, status, text);
     add_task_ids(env, res);
     return DISPATCH_ANSWERED;
 }
@@ -79,7 +79,7 @@ static void longpoll_done(void *arg, tasks_final *f)
  * it is, or until MS pass.  Returns 1 when suspending. */
 static int start_longpoll(const dispatch_env *env, struct bgs_req *req, struct bgs_res *res)
 {
-    const char *wait = req_query_value(req, "wait");
+    const char *wait = request_query_value(req, "wait");
     uint64_t id = introspect_task_id(req->path);
     if (wait == NULL || id == 0)
         return 0;
@@ -117,10 +117,10 @@ static int serve_introspection(const dispatch_env *env, struct bgs_req *req, str
         introspect_handle(req->method, req->path, &c, &rep);
     }
     if (rep.allow)
-        res_add_header(res, "Allow", rep.allow);
+        response_add_header(res, "Allow", rep.allow);
     for (size_t i = 0; i < INTROSPECT_MAX_HEADERS && rep.headers[i].name; i++)
-        res_add_header(res, rep.headers[i].name, rep.headers[i].value);
-    res_take_answer(res, rep.status, rep.ctype ? rep.ctype : "application/json", rep.body, rep.len);
+        response_add_header(res, rep.headers[i].name, rep.headers[i].value);
+    response_take_answer(res, rep.status, rep.ctype ? rep.ctype : "application/json", rep.body, rep.len);
     return DISPATCH_ANSWERED;
 }
 
@@ -133,8 +133,8 @@ static int answer_not_durable(const dispatch_env *env, struct bgs_res *res, cons
 {
     char body[768];
     tasks_group_drop(res->group, "the journal could not record the task: answered 503");
-    res_reset(res);
-    res_add_header(res, "Retry-After", "1");
+    response_reset(res);
+    response_add_header(res, "Retry-After", "1");
     snprintf(body, sizeof body, "Service Unavailable: the tasks of this request could not be "
              "made durable (%s), retry later\n", why);
     return answer_text(env, res, 503, body);
@@ -202,7 +202,7 @@ static int run_route(const dispatch_env *env, struct bgs_req *req, struct bgs_re
     if (m == ROUTER_BAD_PATH)
         return answer_text(env, res, 400, "Bad Request: malformed path\n");
     if (m == ROUTER_BAD_METHOD) {
-        res_add_header(res, "Allow", req->match.allow);
+        response_add_header(res, "Allow", req->match.allow);
         return answer_text(env, res, 405, "Method Not Allowed\n");
     }
 
@@ -219,7 +219,7 @@ static int run_route(const dispatch_env *env, struct bgs_req *req, struct bgs_re
                 "running the handler rid=%s", route->method, route->path, bgs_strerror(trc), req->id);
         tasks_group_drop(res->group, trc == BGS_EFULL ? "task queue full: answered 503 before the handler"
                                                       : "server shutting down: answered 503 before the handler");
-        res_add_header(res, "Retry-After", "1");
+        response_add_header(res, "Retry-After", "1");
         return answer_text(env, res, 503, "Service Unavailable: task queue is full, retry later\n");
     }
     res->status = 200;
@@ -237,7 +237,7 @@ static int run_route(const dispatch_env *env, struct bgs_req *req, struct bgs_re
         log_msg(BGS_LOG_ERROR, "handler for %s %s failed (returned %d) rid=%s",
                 route->method, route->path, hrc, req->id);
         tasks_group_drop(res->group, "handler failed");
-        res_reset(res);
+        response_reset(res);
         return answer_text(env, res, 500, "Internal Server Error\n");
     }
     if (head)
@@ -252,11 +252,11 @@ static int run_route(const dispatch_env *env, struct bgs_req *req, struct bgs_re
 
 int dispatch_request(const dispatch_env *env, struct bgs_req *req, struct bgs_res *res)
 {
-    if (req_parse_target(req) != 0)
+    if (request_parse_target(req) != 0)
         return answer_text(env, res, 400, "Bad Request: malformed percent-encoding\n");
 
     if (dispatch_is_introspection(env, req->url)) {
-        if (req_decoded_path(req) == NULL)
+        if (request_decoded_path(req) == NULL)
             return answer_text(env, res, 400, "Bad Request: malformed percent-encoding\n");
         return serve_introspection(env, req, res);
     }
@@ -266,9 +266,9 @@ int dispatch_request(const dispatch_env *env, struct bgs_req *req, struct bgs_re
         const char *ctype;
         size_t len;
         char *page = crashpage_render(env->crash_page, env->plugin_path,
-                                      crashpage_wants_html(req_header(req, "Accept")),
+                                      crashpage_wants_html(request_header(req, "Accept")),
                                       &len, &ctype);
-        res_take_answer(res, 500, ctype, page, len);
+        response_take_answer(res, 500, ctype, page, len);
         return DISPATCH_ANSWERED;
     }
     if (req->gen == NULL)
@@ -301,7 +301,7 @@ int dispatch_resumed(const dispatch_env *env, struct bgs_req *req, struct bgs_re
     switch (state) {
     case DEFERRED_COMPLETED:
         (void)body; /* handed over, not copied */
-        res_take_answer(res, status, type, len ? deferred_take_body(res->deferred) : NULL, len);
+        response_take_answer(res, status, type, len ? deferred_take_body(res->deferred) : NULL, len);
         add_task_ids(env, res);
         return DISPATCH_ANSWERED;
     case DEFERRED_TIMED_OUT:

@@ -9,22 +9,22 @@
  *
  *     struct bgs_req req;
  *     struct bgs_res res;
- *     req_init(&req, &res, "/notes/1?x=y");            // request.h
- *     req_set_origin(&req, &(req_origin){.method = "POST",
+ *     request_init(&req, &res, "/notes/1?x=y");            // request.h
+ *     request_set_origin(&req, &(request_origin){.method = "POST",
  *                    .header_fn = my_lookup, .header_ctx = my_headers,
  *                    .resume_fn = my_wake, .resume_ctx = my_waiter});
- *     req_set_id(&req, "test-1");
- *     req_body_append(&req, body, len);                // as often as needed
+ *     request_set_id(&req, "test-1");
+ *     request_body_append(&req, body, len);                // as often as needed
  *     if (dispatch_request(&env, &req, &res) == DISPATCH_SUSPEND) {
  *         dispatch_arm(&res);                          // my_wake runs once final
  *         ... wait until my_wake was called (any thread) ...
  *         dispatch_resumed(&env, &req, &res);          // may suspend again
  *     }
- *     // the answer: res.status, res_content_type(&res), res.headers[0..nheaders),
- *     // res.body / res.body_len (res_take_body to keep it), res.close
+ *     // the answer: res.status, response_content_type(&res), res.headers[0..nheaders),
+ *     // res.body / res.body_len (response_take_body to keep it), res.close
  *     dispatch_finish(&req, &res, 1, 1, 0);            // answered, delivered
- *     req_free(&req);
- *     res_free(&res);
+ *     request_free(&req);
+ *     response_free(&res);
  *
  * The generation serving the request is gen_current() at dispatch time;
  * the task engine (tasks_new, in env->tasks and the generation's) and

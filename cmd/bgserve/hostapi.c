@@ -47,7 +47,7 @@ static const char *host_req_method(bgs_req *h)
 static const char *host_req_path(bgs_req *h)
 {
     struct bgs_req *req = REQ_OF(h, "bgs_req_path");
-    return req ? req_decoded_path(req) : NULL;
+    return req ? request_decoded_path(req) : NULL;
 }
 
 static const char *host_req_param(bgs_req *h, const char *name)
@@ -59,7 +59,7 @@ static const char *host_req_param(bgs_req *h, const char *name)
         misuse(MISUSE_SITE, BGS_EINVAL, "NULL", "bgs_req_param(NULL): NULL name");
         return NULL;
     }
-    return req_param(req, name);
+    return request_param(req, name);
 }
 
 static const char *host_req_query(bgs_req *h, const char *name)
@@ -71,7 +71,7 @@ static const char *host_req_query(bgs_req *h, const char *name)
         misuse(MISUSE_SITE, BGS_EINVAL, "NULL", "bgs_req_query(NULL): NULL name");
         return NULL;
     }
-    return req_query_value(req, name);
+    return request_query_value(req, name);
 }
 
 static const char *host_req_header(bgs_req *h, const char *name)
@@ -83,7 +83,7 @@ static const char *host_req_header(bgs_req *h, const char *name)
         misuse(MISUSE_SITE, BGS_EINVAL, "NULL", "bgs_req_header(NULL): NULL name");
         return NULL;
     }
-    return req_header(req, name);
+    return request_header(req, name);
 }
 
 static const void *host_req_body(bgs_req *h, size_t *len)
@@ -171,7 +171,7 @@ static int host_res_header(bgs_res *h, const char *name, const char *value)
     struct bgs_res *res = RES_OF(h, "bgs_res_header", code);
     if (res == NULL)
         return code;
-    int rc = res_set_header(res, name, value, &why);
+    int rc = response_set_header(res, name, value, &why);
     if (rc != 0)
         return misuse(MISUSE_SITE, rc, NULL, "bgs_res_header(%s%s%s): %s", name ? "\"" : "",
                       name ? name : "NULL", name ? "\"" : "", why);
@@ -186,9 +186,9 @@ static int host_res_content_type(bgs_res *h, const char *type)
         return code;
     if (type == NULL)
         return misuse(MISUSE_SITE, BGS_EINVAL, NULL, "bgs_res_content_type(NULL): NULL type");
-    if (res_check_header("Content-Type", type) != 0)
+    if (response_check_header("Content-Type", type) != 0)
         return misuse(MISUSE_SITE, BGS_EHEADER, NULL, "bgs_res_content_type(): the type contains CR or LF");
-    res_set_content_type(res, type);
+    response_set_content_type(res, type);
     return 0;
 }
 
@@ -202,7 +202,7 @@ static int host_res_body(bgs_res *h, const void *data, size_t len)
     if (data == NULL && len > 0)
         return misuse(MISUSE_SITE, BGS_EINVAL, NULL, "bgs_res_body(NULL, %zu): NULL data with a length", len);
     res->body_len = 0; /* replaces */
-    res_append(res, data, len);
+    response_append(res, data, len);
     return 0;
 }
 
@@ -216,7 +216,7 @@ static int host_res_printf(bgs_res *h, const char *fmt, ...)
     if (fmt == NULL)
         return misuse(MISUSE_SITE, BGS_EINVAL, NULL, "bgs_res_printf(NULL): NULL format");
     va_start(ap, fmt);
-    int rc = res_vprintf(res, fmt, ap);
+    int rc = response_vprintf(res, fmt, ap);
     va_end(ap);
     return REPORT(rc, "bgs_res_printf(\"%s\"): the format could not be expanded", fmt);
 }
@@ -229,7 +229,7 @@ static int host_res_vprintf(bgs_res *h, const char *fmt, va_list ap)
         return code;
     if (fmt == NULL)
         return misuse(MISUSE_SITE, BGS_EINVAL, NULL, "bgs_res_vprintf(NULL): NULL format");
-    int rc = res_vprintf(res, fmt, ap);
+    int rc = response_vprintf(res, fmt, ap);
     return REPORT(rc, "bgs_res_vprintf(\"%s\"): the format could not be expanded", fmt);
 }
 
@@ -297,7 +297,7 @@ static int host_res_accepted(bgs_res *h, uint64_t task_id)
         return misuse(MISUSE_SITE, BGS_EINVAL, NULL, "bgs_res_accepted(0): task id 0 names no task");
     snprintf(loc, sizeof loc, URLS_TASKS "%llu", (unsigned long long)task_id);
     res->status = 202;
-    return res_set_header(res, "Location", loc, &why);
+    return response_set_header(res, "Location", loc, &why);
 }
 
 static bgs_deferred *host_res_defer(bgs_res *h, uint32_t timeout_ms)

@@ -7,7 +7,7 @@
  *
  * How a request travels here:
  *   uri_log      (MHD thread) allocates the per-request `exchange` and
- *                sets its request up from the raw target (req_init); it
+ *                sets its request up from the raw target (request_init); it
  *                becomes *req_cls.
  *   on_request   (same thread) first call: headers are in (a request on
  *                a connection past the limit, one HTTP/1.1 forbids but
@@ -428,9 +428,9 @@ static enum MHD_Result send_answer(struct MHD_Connection *conn, exchange *ex)
 {
     struct MHD_Response *r;
     struct bgs_res *res = &ex->res;
-    const char *ctype = res_content_type(res);
+    const char *ctype = response_content_type(res);
     size_t len;
-    char *body = res_take_body(res, &len);
+    char *body = response_take_body(res, &len);
     if (len > 0)
         r = MHD_create_response_from_buffer(len, body, MHD_RESPMEM_MUST_FREE);
     else {
@@ -456,7 +456,7 @@ static enum MHD_Result send_answer(struct MHD_Connection *conn, exchange *ex)
 static enum MHD_Result send_text(struct MHD_Connection *conn, exchange *ex,
                                  unsigned status, const char *text, int close_conn)
 {
-    res_set_text(&ex->res, status, text);
+    response_set_text(&ex->res, status, text);
     ex->res.close = close_conn;
     return send_answer(conn, ex);
 }
@@ -473,11 +473,11 @@ static void *uri_log(void *cls, const char *uri, struct MHD_Connection *conn)
         ex->uri_start = (uintptr_t)uri;
         ex->uri_end = (uintptr_t)(uri + strlen(uri));
     }
-    req_init(&ex->req, &ex->res, uri ? uri : "/");
+    request_init(&ex->req, &ex->res, uri ? uri : "/");
     uint64_t n = atomic_fetch_add_explicit(&rid_counter, 1, memory_order_relaxed) + 1;
     char rid[sizeof ex->req.id];
     format_rid(rid, sizeof rid, rid_prefix, n);
-    req_set_id(&ex->req, rid);
+    request_set_id(&ex->req, rid);
     atomic_fetch_add(&in_flight, 1);
     ex->introspection = dispatch_is_introspection(&denv, ex->req.url);
     atomic_fetch_add_explicit(ex->introspection ? &introspection_total : &requests_total, 1,
@@ -622,11 +622,11 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn,
         char remote[sizeof ex->req.remote];
         ex->started = 1;
         format_remote(conn, remote, sizeof remote);
-        req_set_origin(&ex->req, &(req_origin){.method = method, .header_fn = lookup_header,
+        request_set_origin(&ex->req, &(request_origin){.method = method, .header_fn = lookup_header,
                                                .header_ctx = conn, .resume_fn = resume_conn,
                                                .resume_ctx = conn, .remote = remote});
         if (ex->slot && ex->slot->overflow) {
-            res_add_header(&ex->res, "Retry-After", "1");
+            response_add_header(&ex->res, "Retry-After", "1");
             return send_text(conn, ex, 503, "Service Unavailable: the server is at its connection "
                              "limit (--max-connections), retry later\n", 1);
         }
@@ -659,10 +659,10 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn,
         }
         if (ex->req.body_len + n > config.max_body) {
             ex->too_large = 1;
-            req_body_drop(&ex->req);
+            request_body_drop(&ex->req);
             return MHD_YES;
         }
-        req_body_append(&ex->req, upload_data, n);
+        request_body_append(&ex->req, upload_data, n);
         return MHD_YES;
     }
 
@@ -718,8 +718,8 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **req_cls,
     }
     if (ex->slot)
         conn_waiting(ex->slot, LIST_IDLE);
-    req_free(&ex->req);
-    res_free(&ex->res);
+    request_free(&ex->req);
+    response_free(&ex->res);
     free(ex);
     atomic_fetch_sub(&in_flight, 1);
 }

@@ -25,7 +25,7 @@
 #include "generation.h"
 #include "hostapi.h"
 #include "http.h"
-#include "imagefile.h"
+#include "image.h"
 #include "journal.h"
 #include "journal_cmd.h"
 #include "log.h"
@@ -56,7 +56,7 @@ static int run_check(const cli_config *cfg)
         fprintf(stderr, "%s\n", err);
         return 1;
     }
-    routes_print_tables(g->plugin, stdout);
+    routes_cmd_print_tables(g->plugin, stdout);
     printf("ok: %s can be served by bgserve %s\n", cfg->plugin_path, BGSERVE_VERSION);
     fflush(stdout);
     gen_release(g);
@@ -435,11 +435,11 @@ int main(int argc, char **argv)
     if (argc > 1 && strcmp(argv[1], "new") == 0)
         return scaffold_main(argc - 1, argv + 1, stdout, stderr);
     if (argc > 1 && strcmp(argv[1], "routes") == 0)
-        return routes_main(argc - 1, argv + 1, stdout, stderr);
+        return routes_cmd_main(argc - 1, argv + 1, stdout, stderr);
     if (argc > 1 && strcmp(argv[1], "journal") == 0)
         return journal_cmd_main(argc - 1, argv + 1, stdout, stderr);
     if (argc > 1 && strcmp(argv[1], "request") == 0)
-        return request_main(argc - 1, argv + 1, stdout, stderr);
+        return request_cmd_main(argc - 1, argv + 1, stdout, stderr);
 
     int worker = argc > 1 && strcmp(argv[1], "worker") == 0;
     if (worker) { /* the options follow "worker" */

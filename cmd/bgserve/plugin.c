@@ -17,7 +17,7 @@
  */
 #include "plugin.h"
 
-#include "imagefile.h"
+#include "image.h"
 #include "log.h"
 #include "urls.h"
 #include "util.h"

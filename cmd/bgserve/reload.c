@@ -28,7 +28,7 @@
 
 #include "events.h"
 #include "generation.h"
-#include "imagefile.h"
+#include "image.h"
 #include "log.h"
 #include "util.h"
 

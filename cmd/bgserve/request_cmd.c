@@ -95,7 +95,7 @@ static int add_header(args *a, const char *h, FILE *err)
     const char *value = colon + 1;
     while (*value == ' ' || *value == '\t')
         value++;
-    if (res_check_header(name, value) != 0) {
+    if (response_check_header(name, value) != 0) {
         free(name);
         return usage(err, "-H '%s': the name must be a token and the value must not "
                      "hold CR, LF or NUL", h);
@@ -433,7 +433,7 @@ static void collect_answer(answer *an, struct bgs_req *req, struct bgs_res *res,
         an->names[an->nheaders] = res->headers[i].name;
         an->values[an->nheaders++] = res->headers[i].value;
     }
-    const char *type = res->untyped ? NULL : res_content_type(res);
+    const char *type = res->untyped ? NULL : response_content_type(res);
     if (type) {
         an->names[an->nheaders] = "Content-Type";
         an->values[an->nheaders++] = type;
@@ -633,7 +633,7 @@ static void print(const args *a, FILE *out, const answer *an, const task_out *ts
     fflush(out);
 }
 
-int request_main(int argc, char **argv, FILE *out, FILE *err)
+int request_cmd_main(int argc, char **argv, FILE *out, FILE *err)
 {
     args a = {0};
     int rc = parse(argc, argv, &a, out, err);
@@ -677,19 +677,19 @@ int request_main(int argc, char **argv, FILE *out, FILE *err)
     clock_gettime(CLOCK_REALTIME, &now);
     snprintf(rid, sizeof rid, "%08x00000001",
              (unsigned)(now.tv_nsec ^ (now.tv_sec << 8) ^ ((long)getpid() << 16)));
-    req_init(&req, &res, a.target);
-    req_set_origin(&req, &(req_origin){.method = a.method, .header_fn = find_header,
+    request_init(&req, &res, a.target);
+    request_set_origin(&req, &(request_origin){.method = a.method, .header_fn = find_header,
                                        .header_ctx = &a, .resume_fn = resumed,
                                        .remote = "127.0.0.1"});
-    req_set_id(&req, rid);
+    request_set_id(&req, rid);
     if (a.body)
-        req_body_append(&req, a.body, a.body_len);
+        request_body_append(&req, a.body, a.body_len);
     answer an = {0};
     int timed_out = 0;
     uint64_t t0 = util_now_us();
     int how = dispatch_request(&env, &req, &res);
     if (how == DISPATCH_STREAM) /* the dashboard's event stream needs a socket */
-        res_set_text(&res, 501, "bgserve request does not stream /_bgserve/events; "
+        response_set_text(&res, 501, "bgserve request does not stream /_bgserve/events; "
                      "use a running server\n");
     if (how == DISPATCH_SUSPEND) {
         dispatch_arm(&res);
@@ -733,8 +733,8 @@ int request_main(int argc, char **argv, FILE *out, FILE *err)
         _exit(code);
     }
 
-    req_free(&req);
-    res_free(&res);
+    request_free(&req);
+    response_free(&res);
     for (size_t i = 0; i < nt; i++)
         free(ts[i].error);
     free(ts);

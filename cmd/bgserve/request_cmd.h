@@ -26,6 +26,6 @@ enum {
  * the exit status above; a crash in plugin code ends the process with
  * the signal, like `bgserve --single-process`.
  */
-int request_main(int argc, char **argv, FILE *out, FILE *err);
+int request_cmd_main(int argc, char **argv, FILE *out, FILE *err);
 
 #endif

@@ -256,7 +256,7 @@ static char *task_flags_text(uint32_t flags)
     return xstrdup(buf[0] ? buf : "-");
 }
 
-void routes_print_tables(const plugin *p, FILE *out)
+void routes_cmd_print_tables(const plugin *p, FILE *out)
 {
     char buf[64];
     fprintf(out, "plugin %s %s (ABI %u.%u) from %s\n",
@@ -307,7 +307,7 @@ void routes_print_tables(const plugin *p, FILE *out)
 /* JSON                                                                */
 /* ------------------------------------------------------------------ */
 
-void routes_print_json(const plugin *p, FILE *out)
+void routes_cmd_print_json(const plugin *p, FILE *out)
 {
     json j;
     char abi[32];
@@ -395,7 +395,7 @@ static int routes_usage(FILE *err, const char *msg, const char *arg)
     return 2;
 }
 
-int routes_main(int argc, char **argv, FILE *out, FILE *err)
+int routes_cmd_main(int argc, char **argv, FILE *out, FILE *err)
 {
     const char *path = NULL;
     int as_json = 0, options_done = 0;
@@ -434,9 +434,9 @@ int routes_main(int argc, char **argv, FILE *out, FILE *err)
         return 1;
     }
     if (as_json)
-        routes_print_json(g->plugin, out);
+        routes_cmd_print_json(g->plugin, out);
     else
-        routes_print_tables(g->plugin, out);
+        routes_cmd_print_tables(g->plugin, out);
     fflush(out);
     gen_release(g);
     return 0;

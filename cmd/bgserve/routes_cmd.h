@@ -15,10 +15,10 @@
  * FLAGS) as aligned text columns.  Handlers are named from the plugin
  * file's symbol table; a stripped plugin shows "NAME.so+0xOFFSET".
  */
-void routes_print_tables(const plugin *p, FILE *out);
+void routes_cmd_print_tables(const plugin *p, FILE *out);
 
 /* The same information as one JSON object (and a newline). */
-void routes_print_json(const plugin *p, FILE *out);
+void routes_cmd_print_json(const plugin *p, FILE *out);
 
 /*
  * `bgserve routes ...`: argv[0] is "routes".  Loads the plugin like
@@ -26,6 +26,6 @@ void routes_print_json(const plugin *p, FILE *out);
  * and returns the exit status: 0, 1 when the plugin is refused, 2 for a
  * usage error (printed to err).
  */
-int routes_main(int argc, char **argv, FILE *out, FILE *err);
+int routes_cmd_main(int argc, char **argv, FILE *out, FILE *err);
 
 #endif

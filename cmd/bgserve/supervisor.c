@@ -30,7 +30,7 @@
 #include "supervisor.h"
 
 #include "crash.h"
-#include "imagefile.h"
+#include "image.h"
 #include "symbolize.h"
 #include "util.h"
 

@@ -1,12 +1,12 @@
 /*
  * fuzz_pct.c - libFuzzer target: percent-decoding of paths and query
- * strings (router_pct_decode and req_parse_query).
+ * strings (router_pct_decode and request_parse_query).
  *
  * Checks: the decoded length never exceeds the input, the output is
  * NUL-terminated inside the buffer the contract promises (exactly
  * len + 1 bytes, so AddressSanitizer sees any overrun), decoding the
  * fully %XX-encoded form of a result gives the result back, and a parsed
- * query never has more than REQ_MAX_QUERY pairs, none longer than the
+ * query never has more than REQUEST_MAX_QUERY pairs, none longer than the
  * query (AddressSanitizer watches query_buf; "k" without '=' once
  * overflowed it).
  */
@@ -61,16 +61,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     qs[size] = '\0';
     struct bgs_req req;
     memset(&req, 0, sizeof req);
-    if (req_parse_query(&req, qs) == 0) {
+    if (request_parse_query(&req, qs) == 0) {
         size_t n = strlen(qs);
-        check(req.nquery <= REQ_MAX_QUERY);
+        check(req.nquery <= REQUEST_MAX_QUERY);
         for (unsigned i = 0; i < req.nquery; i++) {
             /* query_buf's size is the parser's business: ASan checks it */
             check(req.query[i].name >= req.query_buf && req.query[i].value > req.query[i].name);
             check(strlen(req.query[i].name) <= n && strlen(req.query[i].value) <= n);
         }
     }
-    req_free(&req);
+    request_free(&req);
     free(qs);
     return 0;
 }

@@ -1,5 +1,5 @@
 /*
- * imagefile.h - the plugin's file on disk: is it a complete ELF image we
+ * image.h - the plugin's file on disk: is it a complete ELF image we
  * may load, and the private copy bgserve actually dlopens.
  *
  * bgserve never dlopens the build output itself: glibc hands back the
@@ -10,8 +10,8 @@
  * mode 0700) and loads the copy; the copy is deleted when the generation
  * is unloaded, and copies left by a crashed run are deleted at startup.
  */
-#ifndef BGSERVE_IMAGEFILE_H
-#define BGSERVE_IMAGEFILE_H
+#ifndef BGSERVE_IMAGE_H
+#define BGSERVE_IMAGE_H
 
 #include <stddef.h>
 

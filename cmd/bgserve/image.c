@@ -1,6 +1,6 @@
 /*
- * imagefile.c - checks on the plugin file and its private copies (see
- * imagefile.h for why bgserve loads a copy).
+ * image.c - checks on the plugin file and its private copies (see
+ * image.h for why bgserve loads a copy).
  *
  * State: the directory name, computed once under dir_once; a counter for
  * unique copy names (atomic).  Everything else is per call.
@@ -11,7 +11,7 @@
  * cp) fails it, so a reload waits for the next write instead of loading
  * half a library.
  */
-#include "imagefile.h"
+#include "image.h"
 
 #include "util.h"
 
