@@ -16,6 +16,7 @@
 #include "cli.h"
 #include "helpers.h"
 #include "http.h"
+#include "queue.h"
 
 /* Stands in for http.c, so this test does not link the HTTP room. */
 const char *http_mhd_version(void)
@@ -85,7 +86,7 @@ static void cli_defaults(void **state)
     assert_int_equal(r.cfg.max_body, 1024 * 1024);
     assert_int_equal(r.cfg.workers, 16);
     assert_int_equal(r.cfg.queue_cap, 65536);
-    assert_int_equal(r.cfg.linger_us, 30);
+    assert_int_equal(r.cfg.linger_us, QUEUE_LINGER_ADAPTIVE);
     assert_int_equal(r.cfg.keep, 10000);
     assert_int_equal(r.cfg.drain_timeout_ms, 10000);
     assert_int_equal(r.cfg.introspection, 1);
@@ -174,6 +175,21 @@ static void cli_short_options(void **state)
     assert_int_equal(r.rc, CLI_RUN);
     assert_int_equal(r.cfg.color, -1);
     assert_string_equal(r.cfg.plugin_path, "-weird.so");
+    run_free(&r);
+}
+
+/* --linger takes "adaptive" (the default, said explicitly) as well as a
+ * number; the last one given wins. */
+static void cli_linger_adaptive(void **state)
+{
+    (void)state;
+    run r = parse("--linger", "250", "--linger", "adaptive", "a.so", NULL);
+    assert_int_equal(r.rc, CLI_RUN);
+    assert_int_equal(r.cfg.linger_us, QUEUE_LINGER_ADAPTIVE);
+    run_free(&r);
+    r = parse("--linger=adaptive", "--linger=250", "a.so", NULL);
+    assert_int_equal(r.rc, CLI_RUN);
+    assert_int_equal(r.cfg.linger_us, 250);
     run_free(&r);
 }
 
@@ -315,11 +331,13 @@ static void cli_usage_errors(void **state)
                  "--workers", "many", "a.so", NULL);
     expect_usage("--queue must be a whole number from 1 to 16777216",
                  "--queue", "16777217", "a.so", NULL);
-    expect_usage("--linger must be a whole number of microseconds from 0 to 100000 (got '100001')",
+    expect_usage("--linger must be 'adaptive' or a whole number of microseconds from 0 to 100000 (got '100001')",
                  "--linger", "100001", "a.so", NULL);
-    expect_usage("--linger must be a whole number of microseconds from 0 to 100000 (got '1ms')",
+    expect_usage("--linger must be 'adaptive' or a whole number of microseconds from 0 to 100000 (got 'Adaptive')",
+                 "--linger", "Adaptive", "a.so", NULL);
+    expect_usage("--linger must be 'adaptive' or a whole number of microseconds from 0 to 100000 (got '1ms')",
                  "--linger", "1ms", "a.so", NULL);
-    expect_usage("--linger must be a whole number of microseconds from 0 to 100000 (got '-1')",
+    expect_usage("--linger must be 'adaptive' or a whole number of microseconds from 0 to 100000 (got '-1')",
                  "--linger=-1", "a.so", NULL);
     expect_usage("--keep must be a whole number from 0 to 10000000",
                  "--keep", "10000001", "a.so", NULL);
@@ -445,6 +463,7 @@ int main(void)
         cmocka_unit_test_setup(cli_every_option_separate_value, setup),
         cmocka_unit_test_setup(cli_equals_form, setup),
         cmocka_unit_test_setup(cli_short_options, setup),
+        cmocka_unit_test_setup(cli_linger_adaptive, setup),
         cmocka_unit_test_setup(cli_max_body_suffixes, setup),
         cmocka_unit_test_setup(cli_drain_timeout_fractions, setup),
         cmocka_unit_test_setup(cli_port_env, setup),

@@ -2,7 +2,8 @@
  * test_queue.c - the in-memory queue backend: FIFO order, its capacity,
  * blocking take woken by a push and by shutdown, batches (whole, in
  * order, spread over idle consumers), many producers and consumers
- * losing nothing, and the operations of the backend contract: enqueue
+ * losing nothing (under fixed lingers, the adaptive one, and the adaptive
+ * one swinging between its ends under the stream), and the operations of the backend contract: enqueue
  * with a not-before time, nack with a retry time, the durability
  * completion, and waiting nodes handed back after shutdown.
  */
@@ -18,6 +19,7 @@
 #include <string.h>
 
 #include "bgserve.h"
+#include "pace.h"
 #include "queue.h"
 #include "sched.h"
 #include "util.h"
@@ -36,7 +38,7 @@ static item *item_of(queue_node *n)
 static void queue_fifo_order(void **state)
 {
     (void)state;
-    queue *q = queue_mem_new(0, QUEUE_LINGER_DEFAULT_US);
+    queue *q = queue_mem_new(0, QUEUE_LINGER_DEFAULT);
     item items[5];
     for (int i = 0; i < 5; i++) {
         items[i].value = i;
@@ -64,7 +66,7 @@ static void queue_fifo_order(void **state)
 static void queue_capacity_full(void **state)
 {
     (void)state;
-    queue *q = queue_mem_new(2, QUEUE_LINGER_DEFAULT_US);
+    queue *q = queue_mem_new(2, QUEUE_LINGER_DEFAULT);
     item a, b, c;
     assert_int_equal(queue_enqueue(q, &a.node), 0);
     assert_int_equal(queue_enqueue(q, &b.node), 0);
@@ -100,7 +102,7 @@ static void *consume_one(void *p)
 static void queue_dequeue_woken_by_push(void **state)
 {
     (void)state;
-    consumer c = {.q = queue_mem_new(0, QUEUE_LINGER_DEFAULT_US)};
+    consumer c = {.q = queue_mem_new(0, QUEUE_LINGER_DEFAULT)};
     pthread_t t;
     item it = {.value = 42};
     assert_int_equal(pthread_create(&t, NULL, consume_one, &c), 0);
@@ -116,7 +118,7 @@ static void queue_dequeue_woken_by_push(void **state)
 static void queue_dequeue_woken_by_shutdown(void **state)
 {
     (void)state;
-    consumer c = {.q = queue_mem_new(0, QUEUE_LINGER_DEFAULT_US)};
+    consumer c = {.q = queue_mem_new(0, QUEUE_LINGER_DEFAULT)};
     pthread_t t;
     item it;
     assert_int_equal(pthread_create(&t, NULL, consume_one, &c), 0);
@@ -131,7 +133,7 @@ static void queue_dequeue_woken_by_shutdown(void **state)
     assert_null(queue_take(c.q));
     queue_destroy(c.q);
 
-    queue *q = queue_mem_new(0, QUEUE_LINGER_DEFAULT_US);
+    queue *q = queue_mem_new(0, QUEUE_LINGER_DEFAULT);
     assert_int_equal(queue_enqueue(q, &it.node), 0);
     queue_shutdown(q);
     assert_null(queue_take(q));
@@ -144,7 +146,7 @@ static void queue_dequeue_woken_by_shutdown(void **state)
 static void queue_wakeups_only_for_idle_consumers(void **state)
 {
     (void)state;
-    consumer c = {.q = queue_mem_new(0, QUEUE_LINGER_DEFAULT_US)};
+    consumer c = {.q = queue_mem_new(0, QUEUE_LINGER_DEFAULT)};
     item its[3];
     pthread_t t;
     for (int i = 0; i < 3; i++)
@@ -170,7 +172,7 @@ static void queue_wakeups_only_for_idle_consumers(void **state)
 static void queue_batch_in_order_all_or_nothing(void **state)
 {
     (void)state;
-    queue *q = queue_mem_new(3, QUEUE_LINGER_DEFAULT_US);
+    queue *q = queue_mem_new(3, QUEUE_LINGER_DEFAULT);
     item a, b, c, d;
     queue_node *three[] = {&b.node, &c.node, &d.node};
     assert_int_equal(queue_enqueue(q, &a.node), 0);
@@ -219,7 +221,7 @@ static void *consume_slowly(void *p)
 static void queue_batch_spreads_over_idle_consumers(void **state)
 {
     (void)state;
-    slow_pool sp = {.q = queue_mem_new(0, QUEUE_LINGER_DEFAULT_US)};
+    slow_pool sp = {.q = queue_mem_new(0, QUEUE_LINGER_DEFAULT)};
     pthread_t t[BATCH_CONSUMERS];
     item its[BATCH_CONSUMERS];
     queue_node *nodes[BATCH_CONSUMERS];
@@ -273,14 +275,53 @@ static void *consume(void *p)
 }
 
 /* The lingers the stream tests run under: none (a wake-up for every push
- * that finds a consumer idle), the default, and a long one (--linger
- * 2000), where most nodes wait for the sentry or a running consumer. */
-static const unsigned linger_none = 0, linger_default = QUEUE_LINGER_DEFAULT_US,
-                      linger_long = 2000;
+ * that finds a consumer idle), the default (adaptive: whatever this
+ * machine's load gives), the adaptive one's bound (PACE_MAX_US, where it
+ * sits when the CPUs are saturated), a long one (--linger 2000), where
+ * most nodes wait for the sentry or a running consumer, and the adaptive
+ * one fed a test source that swings it from 0 to its bound and back
+ * every few hundred microseconds, so that it changes under the stream. */
+typedef struct linger_case {
+    unsigned linger;
+    int swinging;
+} linger_case;
+static const linger_case linger_none = {0, 0}, linger_default = {QUEUE_LINGER_DEFAULT, 0},
+                         linger_bound = {PACE_MAX_US, 0}, linger_long = {2000, 0},
+                         linger_swinging = {QUEUE_LINGER_ADAPTIVE, 1};
 
 static unsigned linger_of(void **state)
 {
-    return *(const unsigned *)*state;
+    return ((const linger_case *)*state)->linger;
+}
+
+/* Five windows saturated, five with time to spare, and again: the
+ * linger goes up to its bound and down to 0 (pace.h).  Called by one
+ * thread at a time (the pace's measure lock). */
+static int swing(void *arg, pace_reading *r)
+{
+    static uint64_t n, idle_sum;
+    (void)arg;
+    n++;
+    if ((n / 5) % 2)
+        idle_sum += 1000;
+    r->idle = idle_sum;
+    r->total = n * 1000;
+    r->own = n * 1000 - idle_sum;
+    return 0;
+}
+
+static int setup_linger(void **state)
+{
+    if (((const linger_case *)*state)->swinging)
+        pace_test_source(swing, NULL, 100);
+    return 0;
+}
+
+static int teardown_linger(void **state)
+{
+    (void)state;
+    pace_test_source(NULL, NULL, 0);
+    return 0;
 }
 
 static void queue_many_producers_consumers_lose_nothing(void **state)
@@ -387,7 +428,7 @@ static queue_node *take_within(queue *q, uint64_t us)
 static void queue_durable_completion_once_per_batch(void **state)
 {
     (void)state;
-    queue *q = queue_mem_new(2, QUEUE_LINGER_DEFAULT_US);
+    queue *q = queue_mem_new(2, QUEUE_LINGER_DEFAULT);
     item a, b, c;
     queue_node *two[] = {&a.node, &b.node};
     done_rec d = {.status = 99};
@@ -410,7 +451,7 @@ static void queue_not_before_waits_for_its_time(void **state)
 {
     (void)state;
     assert_int_equal(sched_start(), 0);
-    queue *q = queue_mem_new(0, QUEUE_LINGER_DEFAULT_US);
+    queue *q = queue_mem_new(0, QUEUE_LINGER_DEFAULT);
     item later = {.value = 1}, now = {.value = 2}, past = {.value = 3};
     queue_node *l[] = {&later.node}, *n[] = {&now.node}, *p[] = {&past.node};
     uint64_t due = util_now_us() + 50000;
@@ -435,7 +476,7 @@ static void queue_due_node_wakes_a_consumer(void **state)
 {
     (void)state;
     assert_int_equal(sched_start(), 0);
-    consumer c = {.q = queue_mem_new(0, QUEUE_LINGER_DEFAULT_US)};
+    consumer c = {.q = queue_mem_new(0, QUEUE_LINGER_DEFAULT)};
     pthread_t t;
     item it = {.value = 7};
     queue_node *one[] = {&it.node};
@@ -457,7 +498,7 @@ static void queue_nack_retry_at(void **state)
 {
     (void)state;
     assert_int_equal(sched_start(), 0);
-    queue *q = queue_mem_new(1, QUEUE_LINGER_DEFAULT_US);
+    queue *q = queue_mem_new(1, QUEUE_LINGER_DEFAULT);
     item a, b;
     assert_int_equal(queue_enqueue(q, &a.node), 0);
     assert_ptr_equal(queue_take(q), &a.node);
@@ -483,7 +524,7 @@ static void queue_shutdown_hands_back_waiting_nodes(void **state)
 {
     (void)state;
     assert_int_equal(sched_start(), 0);
-    queue *q = queue_mem_new(0, QUEUE_LINGER_DEFAULT_US);
+    queue *q = queue_mem_new(0, QUEUE_LINGER_DEFAULT);
     item ready, w1, w2;
     queue_node *r[] = {&ready.node}, *w[] = {&w1.node, &w2.node};
     uint64_t far = util_now_us() + 3600u * 1000000u;
@@ -499,7 +540,7 @@ static void queue_shutdown_hands_back_waiting_nodes(void **state)
 
     /* Destroyed with a node still waiting: its timer is disarmed. */
     size_t before = sched_pending();
-    q = queue_mem_new(0, QUEUE_LINGER_DEFAULT_US);
+    q = queue_mem_new(0, QUEUE_LINGER_DEFAULT);
     assert_int_equal(queue_enqueue_at(q, r, 1, far, NULL, NULL), 0);
     assert_int_equal(sched_pending(), before + 1);
     queue_shutdown(q);
@@ -512,7 +553,7 @@ static void queue_shutdown_hands_back_waiting_nodes(void **state)
 static void queue_capacity_counts_waiting_nodes(void **state)
 {
     (void)state;
-    queue *q = queue_mem_new(1, QUEUE_LINGER_DEFAULT_US);
+    queue *q = queue_mem_new(1, QUEUE_LINGER_DEFAULT);
     item a, b;
     queue_node *one[] = {&a.node};
     assert_int_equal(queue_enqueue_at(q, one, 1, util_now_us() + 3600u * 1000000u, NULL, NULL), 0);
@@ -524,7 +565,7 @@ static void queue_capacity_counts_waiting_nodes(void **state)
 
 /* One run of test f under the linger called name (shown in its title). */
 #define LINGER_TEST(f, name) \
-    { #f " (linger " #name ")", f, NULL, NULL, (void *)&linger_##name }
+    { #f " (linger " #name ")", f, setup_linger, teardown_linger, (void *)&linger_##name }
 
 int main(void)
 {
@@ -536,7 +577,9 @@ int main(void)
         cmocka_unit_test(queue_wakeups_only_for_idle_consumers),
         LINGER_TEST(queue_dense_stream_tail_is_taken, none),
         LINGER_TEST(queue_dense_stream_tail_is_taken, default),
+        LINGER_TEST(queue_dense_stream_tail_is_taken, bound),
         LINGER_TEST(queue_dense_stream_tail_is_taken, long),
+        LINGER_TEST(queue_dense_stream_tail_is_taken, swinging),
         cmocka_unit_test(queue_batch_in_order_all_or_nothing),
         cmocka_unit_test(queue_batch_spreads_over_idle_consumers),
         cmocka_unit_test(queue_durable_completion_once_per_batch),
@@ -547,7 +590,9 @@ int main(void)
         cmocka_unit_test(queue_capacity_counts_waiting_nodes),
         LINGER_TEST(queue_many_producers_consumers_lose_nothing, none),
         LINGER_TEST(queue_many_producers_consumers_lose_nothing, default),
+        LINGER_TEST(queue_many_producers_consumers_lose_nothing, bound),
         LINGER_TEST(queue_many_producers_consumers_lose_nothing, long),
+        LINGER_TEST(queue_many_producers_consumers_lose_nothing, swinging),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

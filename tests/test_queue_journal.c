@@ -159,7 +159,7 @@ static void queue_journal_records_each_step(void **state)
 {
     sandbox *sb = *state;
     journal *j = js_open_ok(sb->path);
-    queue *q = queue_journal_new(j, 0, QUEUE_LINGER_DEFAULT_US, describe, NULL);
+    queue *q = queue_journal_new(j, 0, QUEUE_LINGER_DEFAULT, describe, NULL);
     assert_string_equal(q->ops->name, "journal");
     item ok, bad, cancel, retry, crash, adhoc;
     item_init(&ok, j, "ok", "p1");
@@ -231,7 +231,7 @@ static void queue_journal_memory_only_batch_is_done_at_once(void **state)
 {
     sandbox *sb = *state;
     journal *j = js_open_ok(sb->path);
-    queue *q = queue_journal_new(j, 0, QUEUE_LINGER_DEFAULT_US, describe, NULL);
+    queue *q = queue_journal_new(j, 0, QUEUE_LINGER_DEFAULT, describe, NULL);
     item a, b;
     item_init(&a, j, NULL, "");
     item_init(&b, j, NULL, "");
@@ -263,7 +263,7 @@ static void queue_journal_refusals_write_nothing(void **state)
 {
     sandbox *sb = *state;
     journal *j = js_open_ok(sb->path);
-    queue *q = queue_journal_new(j, 2, QUEUE_LINGER_DEFAULT_US, describe, NULL);
+    queue *q = queue_journal_new(j, 2, QUEUE_LINGER_DEFAULT, describe, NULL);
     item a, b, c, e;
     item_init(&a, j, "a", "1");
     item_init(&b, j, "b", "2");
@@ -317,7 +317,7 @@ static void queue_journal_adopt_keeps_not_before(void **state)
     sandbox *sb = *state;
     assert_int_equal(sched_start(), 0);
     journal *j = js_open_ok(sb->path);
-    queue *q = queue_journal_new(j, 0, QUEUE_LINGER_DEFAULT_US, describe, NULL);
+    queue *q = queue_journal_new(j, 0, QUEUE_LINGER_DEFAULT, describe, NULL);
     item later, soon;
     item_init(&later, j, "later", "L");
     item_init(&soon, j, "soon", "S");
@@ -337,7 +337,7 @@ static void queue_journal_adopt_keeps_not_before(void **state)
     j = js_open_ok(sb->path);
     replayed s = {0};
     assert_int_equal(journal_replay(j, replay_collect, &s), 2);
-    q = queue_journal_new(j, 0, QUEUE_LINGER_DEFAULT_US, describe, NULL);
+    q = queue_journal_new(j, 0, QUEUE_LINGER_DEFAULT, describe, NULL);
     item back[2];
     for (size_t i = 0; i < 2; i++) {
         memset(&back[i], 0, sizeof back[i]);
@@ -428,7 +428,7 @@ static void queue_journal_consumers_race_the_writer(void **state)
     const int total = RACE_PRODUCERS * RACE_PER_PRODUCER;
     race r = {.done = DONE_COUNT_INIT};
     r.j = js_open_ok(sb->path);
-    r.q = queue_journal_new(r.j, 0, QUEUE_LINGER_DEFAULT_US, describe, NULL);
+    r.q = queue_journal_new(r.j, 0, QUEUE_LINGER_DEFAULT, describe, NULL);
     r.items = calloc((size_t)total, sizeof *r.items);
     for (int i = 0; i < total; i++)
         item_init(&r.items[i], r.j, (i % 10 == 9) ? NULL : "job", "x");
@@ -510,7 +510,7 @@ static void *kill_consumer(void *arg)
 static void kill_child(const char *path, int fd)
 {
     journal *j = js_open_ok(path);
-    queue *q = queue_journal_new(j, 0, QUEUE_LINGER_DEFAULT_US, describe, NULL);
+    queue *q = queue_journal_new(j, 0, QUEUE_LINGER_DEFAULT, describe, NULL);
     pthread_t t;
     if (pthread_create(&t, NULL, kill_consumer, q) != 0)
         _exit(4);
@@ -603,7 +603,7 @@ static int disk_full_child(const char *path)
     char err[1024];
     if (journal_open(&cfg, &j, err, sizeof err) != 0)
         return DF_OPEN;
-    queue *q = queue_journal_new(j, 0, QUEUE_LINGER_DEFAULT_US, describe_big, NULL);
+    queue *q = queue_journal_new(j, 0, QUEUE_LINGER_DEFAULT, describe_big, NULL);
     enum { MAX = 400 };
     static big_item items[MAX + 1];
     static int durable[MAX + 1];

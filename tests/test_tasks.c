@@ -472,7 +472,7 @@ static int group_teardown(void **state)
 static void start(unsigned workers, unsigned queue_cap, unsigned keep)
 {
     tasks_config cfg = {.workers = workers, .queue_cap = queue_cap, .keep = keep,
-                        .linger_us = QUEUE_LINGER_DEFAULT_US};
+                        .linger_us = QUEUE_LINGER_DEFAULT};
     atomic_store(&gate_open, 0);
     E = tasks_new(&cfg);
     assert_non_null(E);

@@ -16,6 +16,8 @@
 #include <cmocka.h>
 
 #include "helpers.h"
+#include "pace.h"
+#include "queue.h"
 
 #include <arpa/inet.h>
 #include <ctype.h>
@@ -431,13 +433,14 @@ static void tasks_http_thousand_requests_two_tasks_each(void **state)
     assert_int_equal(h_stat(&app, "pair", "running"), 0);
 }
 
-/* The same stream under no linger (a wake-up per response) and under
- * the longest (tasks wait for company up to 100 ms): every task runs,
- * and the stats say which linger the server uses. */
+/* The same stream under no linger (a wake-up per response), under the
+ * longest (tasks wait for company up to 100 ms) and under the adaptive
+ * one (the default, said explicitly): every task runs, and the stats say
+ * which linger the server uses and the bound it keeps. */
 static void tasks_http_linger_extremes_lose_nothing(void **state)
 {
     (void)state;
-    static const char *const lingers[] = {"0", "100000"};
+    static const char *const lingers[] = {"0", "100000", "adaptive"};
     for (size_t l = 0; l < sizeof lingers / sizeof lingers[0]; l++) {
         const char *const args[] = {"--quiet", "--linger", lingers[l], NULL};
         h_server s;
@@ -454,8 +457,18 @@ static void tasks_http_linger_extremes_lose_nothing(void **state)
         assert_int_equal(h_stat(&s, "pair", "failed"), 0);
         assert_int_equal(h_stat(&s, "pair", "queued"), 0);
         assert_int_equal(h_get(&s, "/_bgserve/stats", &r), 0);
-        assert_int_equal(h_json_num(strstr(r.body, "\"queue\":{"), "linger_us"),
-                         atoll(lingers[l]));
+        const char *qstats = strstr(r.body, "\"queue\":{");
+        if (strcmp(lingers[l], "adaptive") == 0) {
+            h_assert_contains(qstats, "\"linger_mode\":\"adaptive\"");
+            assert_true(h_json_num(qstats, "linger_us") <= PACE_MAX_US);
+            assert_int_equal(h_json_num(qstats, "linger_bound_us"),
+                             queue_linger_bound_us(PACE_MAX_US));
+        } else {
+            h_assert_contains(qstats, "\"linger_mode\":\"fixed\"");
+            assert_int_equal(h_json_num(qstats, "linger_us"), atoll(lingers[l]));
+            assert_int_equal(h_json_num(qstats, "linger_bound_us"),
+                             queue_linger_bound_us((unsigned)atoll(lingers[l])));
+        }
         h_resp_free(&r);
         assert_int_equal(h_stop(&s, SIGTERM), 0);
         h_free(&s);
@@ -656,14 +669,17 @@ static void tasks_http_stats_shape(void **state)
     assert_string_equal(h_header(&r, "Content-Type"), "application/json");
     assert_int_equal(r.body[0], '{');
     h_assert_contains(r.body, "\"tasks\":{");
-    const char *queue = strstr(r.body, "\"queue\":{");
+    const char *qstats = strstr(r.body, "\"queue\":{");
     const char *workers = strstr(r.body, "\"workers\":{");
-    assert_non_null(queue);
+    assert_non_null(qstats);
     assert_non_null(workers);
-    assert_true(h_json_num(queue, "depth") >= 0);
-    assert_true(h_json_num(queue, "capacity") > 0);
-    assert_true(h_json_num(queue, "wakeups") >= 0);
-    assert_int_equal(h_json_num(queue, "linger_us"), 30); /* the default */
+    assert_true(h_json_num(qstats, "depth") >= 0);
+    assert_true(h_json_num(qstats, "capacity") > 0);
+    assert_true(h_json_num(qstats, "wakeups") >= 0);
+    /* The default: the linger follows the load, within its bound. */
+    h_assert_contains(qstats, "\"linger_mode\":\"adaptive\"");
+    assert_true(h_json_num(qstats, "linger_us") <= PACE_MAX_US);
+    assert_true(h_json_num(qstats, "linger_bound_us") > 0);
     assert_true(h_json_num(workers, "busy") >= 0);
     assert_true(h_json_num(workers, "total") > 0);
     assert_true(h_json_num(r.body, "requests") > 0);

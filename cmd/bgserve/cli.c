@@ -16,6 +16,7 @@
 #include "bgserve.h"
 #include "http.h"
 #include "journal.h"
+#include "pace.h"
 #include "queue.h"
 #include "tasks.h"
 #include "urls.h"
@@ -133,12 +134,16 @@ static void print_help(FILE *out)
 "      --queue N              tasks waiting to run at most, 1-16777216; when\n"
 "                             full, attaching a task fails with BGS_EFULL\n"
 "                             (default " UTIL_STR(TASKS_DEFAULT_QUEUE_CAP) ")\n"
-"      --linger USEC          under steady load, how long a queued task may\n"
+"      --linger USEC|adaptive under steady load, how long a queued task may\n"
 "                             wait so that the tasks of several responses\n"
-"                             share one worker wake-up, 0-%u microseconds:\n"
-"                             more gives more requests/s and later task\n"
-"                             starts; 0 wakes a worker for every response\n"
-"                             (default %u)\n"
+"                             share one worker wake-up.  adaptive (the\n"
+"                             default) follows the load: a worker is woken at\n"
+"                             once while the CPUs have time to spare, and\n"
+"                             tasks wait up to %u microseconds for company\n"
+"                             while bgserve keeps them saturated.  A number,\n"
+"                             0-%u microseconds, fixes it: more gives more\n"
+"                             requests/s and later task starts; 0 wakes a\n"
+"                             worker for every response\n"
 "      --keep N               finished tasks kept for the status monitor,\n"
 "                             0-10000000 (default " UTIL_STR(TASKS_DEFAULT_KEEP) ")\n"
 "      --drain-timeout SECONDS  on stop, how long to wait for queued and\n"
@@ -212,7 +217,7 @@ static void print_help(FILE *out)
 "  2  usage error\n"
 "\n"
 "See bgserve(1) for the full manual.\n",
-            online_cores(), QUEUE_LINGER_MAX_US, QUEUE_LINGER_DEFAULT_US);
+            online_cores(), queue_linger_bound_us(PACE_MAX_US), QUEUE_LINGER_MAX_US);
 }
 
 static void print_version(FILE *out)
@@ -372,9 +377,11 @@ static int apply(const opt *o, const char *val, cli_config *cfg,
             return RANGE("queue", "1", "16777216");
         break;
     case O_LINGER:
-        if (parse_uint(val, 0, QUEUE_LINGER_MAX_US, &cfg->linger_us) != 0)
-            return usage(err, "--linger must be a whole number of microseconds "
-                         "from 0 to %u (got '%s')", QUEUE_LINGER_MAX_US, val);
+        if (strcmp(val, "adaptive") == 0)
+            cfg->linger_us = QUEUE_LINGER_ADAPTIVE;
+        else if (parse_uint(val, 0, QUEUE_LINGER_MAX_US, &cfg->linger_us) != 0)
+            return usage(err, "--linger must be 'adaptive' or a whole number of "
+                         "microseconds from 0 to %u (got '%s')", QUEUE_LINGER_MAX_US, val);
         break;
     case O_KEEP:
         if (parse_uint(val, 0, 10000000, &cfg->keep) != 0)
@@ -491,7 +498,7 @@ static void set_defaults(cli_config *cfg)
     cfg->max_body = 1024 * 1024;
     cfg->workers = TASKS_DEFAULT_WORKERS;
     cfg->queue_cap = TASKS_DEFAULT_QUEUE_CAP;
-    cfg->linger_us = QUEUE_LINGER_DEFAULT_US;
+    cfg->linger_us = QUEUE_LINGER_DEFAULT;
     cfg->keep = TASKS_DEFAULT_KEEP;
     cfg->drain_timeout_ms = 10000;
     cfg->introspection = 1;

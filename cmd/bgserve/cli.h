@@ -22,7 +22,7 @@ typedef struct cli_config {
     size_t max_body;          /* --max-body, default 1 MiB */
     unsigned workers;         /* --workers, default 16 */
     unsigned queue_cap;       /* --queue, default 65536 */
-    unsigned linger_us;       /* --linger, default QUEUE_LINGER_DEFAULT_US */
+    unsigned linger_us;       /* --linger, default QUEUE_LINGER_DEFAULT */
     unsigned keep;            /* --keep, default 10000 */
     unsigned drain_timeout_ms;/* --drain-timeout (seconds, fractions ok), default 10 s */
     int introspection;        /* 1 unless --no-introspection */

@@ -28,7 +28,12 @@
  *   left for a consumer that is running a task (it comes back for the
  *   next node) or, while younger than coalesce_us, for the next
  *   push: the tasks of several requests share one wake-up.  A linger of
- *   0 turns this off.
+ *   0 turns this off.  The linger is fixed (--linger USEC) or follows the
+ *   load (QUEUE_LINGER_ADAPTIVE: pace.h, asked at every push, outside
+ *   mu); the rules use the linger of the last push (cur_linger), and a
+ *   sentry keeps the timeout it started with, so however the linger
+ *   moves no deferred node waits longer than queue_linger_bound_us of
+ *   the largest linger in use.
  * - The sentry.  A consumer that goes idle while pushes are recent
  *   (hot_us) and no other sentry waits, waits on sentry_cv with a
  *   timeout of sentry_us instead of on its waiter forever.  It
@@ -77,6 +82,7 @@
 #include "queue.h"
 
 #include "bgserve.h"
+#include "pace.h"
 #include "sched.h"
 #include "util.h"
 
@@ -87,8 +93,9 @@
 #include <time.h>
 
 /* Tuning (bench/README.md has the measurements behind these numbers).
- * The linger (queue_mem_new's linger_us, bgserve --linger) sets the
- * coalescing window; the others follow from it (queue_mem_new):
+ * The linger (a fixed --linger, or the adaptive one of pace.h, read at
+ * every push) sets the coalescing window; the others follow from it
+ * (tuning_of):
  * - coalesce_us: pushes less than this apart are a dense stream, where a
  *   head younger than this is left for the next push (the dispatch p50
  *   under load sits near it);
@@ -97,7 +104,7 @@
  *   worker waits for a CPU); a head this old is never left for the next
  *   push;
  * - sentry_us: the sentry's timed wait, the longest a deferred node can
- *   wait when the stream stops right after it;
+ *   wait when the stream stops right after it (queue_linger_bound_us);
  * - hot_us: a consumer going idle becomes the sentry only while pushes
  *   are this recent; after that it waits without a timeout. */
 #define QUEUE_LATE_MIN_US 50u
@@ -150,8 +157,38 @@ typedef struct mem_queue {
     uint64_t prev_push_us;   /* when the one before it happened; guarded by mu */
     int shut;                /* guarded by mu */
     uint64_t serial;         /* immutable; tells queues apart in tl_active */
-    unsigned coalesce_us, late_us, sentry_us, hot_us; /* immutable; see Tuning */
+    unsigned linger_us;      /* immutable: a fixed linger, or QUEUE_LINGER_ADAPTIVE */
+    unsigned cur_linger;     /* the linger of the last push; guarded by mu */
 } mem_queue;
+
+typedef struct tuning {
+    unsigned coalesce_us, late_us, sentry_us, hot_us; /* see Tuning */
+} tuning;
+
+static unsigned max_u(unsigned a, unsigned b)
+{
+    return a > b ? a : b;
+}
+
+static tuning tuning_of(unsigned linger_us)
+{
+    return (tuning){.coalesce_us = linger_us,
+                    .late_us = max_u(QUEUE_LATE_MIN_US, linger_us + linger_us / 2),
+                    .sentry_us = max_u(QUEUE_SENTRY_MIN_US, 3 * linger_us),
+                    .hot_us = max_u(QUEUE_HOT_MIN_US, 2 * linger_us)};
+}
+
+unsigned queue_linger_bound_us(unsigned linger_us)
+{
+    return linger_us == 0 ? 0 : tuning_of(linger_us).sentry_us;
+}
+
+/* The linger for a push at now: the fixed one, or the pace's (which may
+ * measure the CPUs first: called with mu not held). */
+static unsigned linger_now(const mem_queue *m, uint64_t now)
+{
+    return m->linger_us == QUEUE_LINGER_ADAPTIVE ? pace_linger(now) : m->linger_us;
+}
 
 /* The queue a consumer thread popped from last and has not come back to
  * yet (counted in that queue's `active`), by serial number so that a
@@ -210,18 +247,19 @@ static int need_wake_locked(mem_queue *m, uint64_t now, waiter **target)
 {
     if (m->head == NULL)
         return WAKE_NONE;
+    tuning tu = tuning_of(m->cur_linger);
     /* A wake-up is on its way; add another only when it is late (its
      * consumer is waiting for a CPU), so a busy machine cannot hold every
      * queued task behind one descheduled worker. */
-    if ((m->wakeups > 0 || m->sentry_kicked) && now - m->wake_us < m->late_us)
+    if ((m->wakeups > 0 || m->sentry_kicked) && now - m->wake_us < tu.late_us)
         return WAKE_NONE;
     /* A dense stream, a young head, and a sentry that looks within
      * sentry_us whatever happens: leave the head for a consumer
      * running a task (it comes back for the next node) or, while the head
      * is younger than coalesce_us, for the next push. */
     uint64_t age = now - m->head->queued_us;
-    if (m->sentry && !m->sentry_kicked && m->push_us - m->prev_push_us < m->coalesce_us &&
-        age < m->late_us && (m->active > 0 || age < m->coalesce_us))
+    if (m->sentry && !m->sentry_kicked && m->push_us - m->prev_push_us < tu.coalesce_us &&
+        age < tu.late_us && (m->active > 0 || age < tu.coalesce_us))
         return WAKE_NONE;
     /* Wake an idle consumer rather than the sentry, which keeps watching. */
     int what;
@@ -291,6 +329,7 @@ static int push_nodes(queue *q, queue_node *const *nodes, size_t n, int bounded,
 
     if (n == 0)
         return 0;
+    unsigned linger = recs ? 0 : linger_now(m, util_now_us());
     pthread_mutex_lock(&m->mu);
     size_t linked = m->depth + m->nlater;
     if (m->shut)
@@ -317,6 +356,7 @@ static int push_nodes(queue *q, queue_node *const *nodes, size_t n, int bounded,
             link_locked(m, nodes[i], now);
         m->prev_push_us = m->push_us;
         m->push_us = now;
+        m->cur_linger = linger;
         what = need_wake_locked(m, now, &w);
     }
     pthread_mutex_unlock(&m->mu);
@@ -389,8 +429,9 @@ static int mem_nack(queue *q, queue_node *n, uint64_t retry_at_us, const char *w
 static void wait_locked(mem_queue *m)
 {
     uint64_t now = util_now_us();
-    if (m->coalesce_us > 0 && !m->sentry && now - m->push_us < m->hot_us) {
-        struct timespec ts = util_mono_timespec(now + m->sentry_us);
+    tuning tu = tuning_of(m->cur_linger);
+    if (tu.coalesce_us > 0 && !m->sentry && now - m->push_us < tu.hot_us) {
+        struct timespec ts = util_mono_timespec(now + tu.sentry_us);
         m->sentry = 1;
         pthread_cond_timedwait(&m->sentry_cv, &m->mu, &ts);
         m->sentry = 0;
@@ -571,23 +612,16 @@ static const queue_ops mem_ops = {
     .destroy = mem_destroy,
 };
 
-static unsigned max_u(unsigned a, unsigned b)
-{
-    return a > b ? a : b;
-}
-
 queue *queue_mem_new(size_t cap, unsigned linger_us)
 {
     mem_queue *m = xcalloc(1, sizeof(*m));
 
-    if (linger_us > QUEUE_LINGER_MAX_US)
+    if (linger_us > QUEUE_LINGER_MAX_US && linger_us != QUEUE_LINGER_ADAPTIVE)
         linger_us = QUEUE_LINGER_MAX_US;
     m->base.ops = &mem_ops;
     m->cap = cap;
-    m->coalesce_us = linger_us;
-    m->late_us = max_u(QUEUE_LATE_MIN_US, linger_us + linger_us / 2);
-    m->sentry_us = max_u(QUEUE_SENTRY_MIN_US, 3 * linger_us);
-    m->hot_us = max_u(QUEUE_HOT_MIN_US, 2 * linger_us);
+    m->linger_us = linger_us;
+    m->cur_linger = linger_us == QUEUE_LINGER_ADAPTIVE ? pace_current() : linger_us;
     m->serial = atomic_fetch_add(&next_serial, 1);
     pthread_mutex_init(&m->mu, NULL);
     util_cond_init_mono(&m->sentry_cv);

@@ -61,6 +61,7 @@
 #ifndef BGSERVE_QUEUE_H
 #define BGSERVE_QUEUE_H
 
+#include <limits.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -156,11 +157,18 @@ struct queue {
  * linger_us is how long, under a dense stream, a queued node may wait for
  * company before a consumer is woken for it (bgserve --linger): more
  * means fewer wake-ups and a later start; 0 wakes a consumer for every
- * push that finds one idle.  Clamped to QUEUE_LINGER_MAX_US.
+ * push that finds one idle; QUEUE_LINGER_ADAPTIVE (the default) follows
+ * the load, from 0 when the CPUs have time to spare up to PACE_MAX_US
+ * when they are saturated (pace.h).  Clamped to QUEUE_LINGER_MAX_US.
  */
-#define QUEUE_LINGER_DEFAULT_US 30u
+#define QUEUE_LINGER_ADAPTIVE UINT_MAX
+#define QUEUE_LINGER_DEFAULT QUEUE_LINGER_ADAPTIVE
 #define QUEUE_LINGER_MAX_US 100000u
 queue *queue_mem_new(size_t cap, unsigned linger_us);
+/* The longest a node waits for company under a fixed linger_us: the
+ * sentry's watch (0 for a linger of 0).  With QUEUE_LINGER_ADAPTIVE it is
+ * queue_linger_bound_us(PACE_MAX_US). */
+unsigned queue_linger_bound_us(unsigned linger_us);
 
 static inline int queue_enqueue_at(queue *q, queue_node *const *nodes, size_t n,
                                    uint64_t not_before_us, queue_done_fn done, void *arg)

@@ -65,7 +65,8 @@ typedef struct tasks_config {
     unsigned queue_cap;         /* tasks accepted but not finished, at most;
                                  * 0: TASKS_DEFAULT_QUEUE_CAP */
     unsigned keep;              /* finished records kept for introspection */
-    unsigned linger_us;         /* queue coalescing window (queue_mem_new); 0: none */
+    unsigned linger_us;         /* queue coalescing window (queue_mem_new); 0: none;
+                                 * QUEUE_LINGER_ADAPTIVE: follows the load */
     journal *journal;           /* --journal (borrowed; closed after tasks_shutdown),
                                  * or NULL: tasks live in memory only */
     /* With a broker (not owned; close it after tasks_free) named tasks go

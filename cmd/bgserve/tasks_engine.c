@@ -15,6 +15,7 @@
 
 #include "journal_json.h"
 #include "log.h"
+#include "pace.h"
 #include "queue_journal.h"
 #include "util.h"
 
@@ -359,8 +360,27 @@ void tasks_stats_json(tasks_engine *t, json *j)
     json_str(j, t->q->ops->name);
     json_key(j, "wakeups");
     json_u64(j, queue_wakeups(t->q));
+    /* The wake-up policy (docs/tasks.md, "When tasks run"): the linger
+     * now, the longest a task may wait for company, and for the adaptive
+     * one the shares of the CPUs' time it follows (idle, and ours). */
+    int adaptive = t->linger_us == QUEUE_LINGER_ADAPTIVE;
+    json_key(j, "linger_mode");
+    json_str(j, adaptive ? "adaptive" : "fixed");
     json_key(j, "linger_us");
-    json_u64(j, t->linger_us);
+    json_u64(j, adaptive ? pace_current() : t->linger_us);
+    json_key(j, "linger_bound_us");
+    json_u64(j, queue_linger_bound_us(adaptive ? PACE_MAX_US : t->linger_us));
+    if (adaptive) {
+        int pm[2] = {pace_idle_permille(), pace_own_permille()};
+        static const char *const keys[2] = {"cpu_idle_pct", "cpu_own_pct"};
+        for (int i = 0; i < 2; i++) {
+            json_key(j, keys[i]);
+            if (pm[i] < 0)
+                json_null(j);
+            else
+                json_double(j, pm[i] / 10.0);
+        }
+    }
     json_obj_end(j);
 
     pthread_mutex_lock(&t->life_mu);
