@@ -108,18 +108,13 @@ static int add_header(args *a, const char *h, FILE *err)
 /* All of f into *data. */
 static int read_all(FILE *f, char **data, size_t *len)
 {
-    size_t cap = 4096, n = 0;
-    char *buf = xmalloc(cap);
-    for (;;) {
-        if (n == cap) {
-            cap *= 2;
-            buf = xrealloc(buf, cap);
-        }
-        size_t got = fread(buf + n, 1, cap - n, f);
+    size_t cap = 0, n = 0, got;
+    char *buf = NULL;
+    do {
+        util_buf_reserve(&buf, &cap, n, 4096, 4096);
+        got = fread(buf + n, 1, cap - n - 1, f); /* (cap counts the NUL) */
         n += got;
-        if (got == 0)
-            break;
-    }
+    } while (got > 0);
     if (ferror(f)) {
         free(buf);
         return -1;

@@ -76,7 +76,7 @@ static struct {
     pid_t pid;                 /* the serving process, or 0 */
     int rd;                    /* its pipe, or -1 */
     char *buf;                 /* what it sent */
-    size_t len, cap;
+    size_t len, cap;           /* a util_buf */
     int served;                /* it sent "R" */
     int announced;             /* some serving process printed the line */
     int stopping;              /* SIGINT/SIGTERM passed on */
@@ -293,17 +293,16 @@ static char *report(const record *r, pid_t pid, int status, int sig)
 static void read_pipe(void)
 {
     for (;;) {
-        if (sv.cap - sv.len < 4096) {
+        if (sv.cap - sv.len <= 4096) { /* (cap counts the buffer's NUL) */
             if (sv.cap >= MAX_RECORD) {
                 char sink[4096]; /* cut: keep the head, drop the rest */
                 if (read(sv.rd, sink, sizeof sink) > 0)
                     continue;
                 break;
             }
-            sv.cap = sv.cap ? sv.cap * 2 : 16384;
-            sv.buf = xrealloc(sv.buf, sv.cap + 1);
+            util_buf_reserve(&sv.buf, &sv.cap, sv.len, 4096, 16384);
         }
-        ssize_t n = read(sv.rd, sv.buf + sv.len, sv.cap - sv.len);
+        ssize_t n = read(sv.rd, sv.buf + sv.len, sv.cap - sv.len - 1);
         if (n > 0) {
             if (!sv.served && sv.len + (size_t)n >= 2 && memcmp(sv.buf, "R\n", 2) == 0)
                 sv.served = 1; /* (it may also come after a crash record's start) */
