@@ -1,6 +1,6 @@
 /*
  * image.c - checks on the plugin file and its private copies (see
- * image.h for why bgserve loads a copy).
+ * image.h for err bgserve loads a copy).
  *
  * State: the directory name, computed once under dir_once; a counter for
  * unique copy names (atomic).  Everything else is per call.
@@ -38,24 +38,24 @@ static atomic_uint copy_counter;
 /* ---- reading and checking ------------------------------------------------ */
 
 static int read_all(const char *path, unsigned char **data, size_t *len,
-                    char *why, size_t whylen)
+                    char *err, size_t errlen)
 {
     struct stat st;
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
-        snprintf(why, whylen, "%s", strerror(errno));
+        snprintf(err, errlen, "%s", strerror(errno));
         return IMAGE_EOPEN;
     }
     if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
         int e = errno;
-        snprintf(why, whylen, "%s",
+        snprintf(err, errlen, "%s",
                  fstat(fd, &st) != 0 ? strerror(e)
                  : S_ISDIR(st.st_mode) ? "Is a directory" : "not a regular file");
         close(fd);
         return IMAGE_EOPEN;
     }
     if ((size_t)st.st_size > MAX_IMAGE) {
-        snprintf(why, whylen, "larger than 1 GiB");
+        snprintf(err, errlen, "larger than 1 GiB");
         close(fd);
         return IMAGE_ENOTELF;
     }
@@ -80,37 +80,37 @@ static int in_file(uint64_t off, uint64_t size, size_t len)
     return off <= len && size <= len - off;
 }
 
-static int check_bytes(const unsigned char *b, size_t len, char *why, size_t whylen)
+static int check_bytes(const unsigned char *b, size_t len, char *err, size_t errlen)
 {
     Elf64_Ehdr eh;
     if (len < EI_NIDENT || memcmp(b, ELFMAG, SELFMAG) != 0) {
-        snprintf(why, whylen, "not an ELF file%s",
+        snprintf(err, errlen, "not an ELF file%s",
                  len == 0 ? " (it is empty)" : "");
         return len == 0 ? IMAGE_EINCOMPLETE : IMAGE_ENOTELF;
     }
     if (b[EI_CLASS] != ELFCLASS64 || b[EI_DATA] != ELFDATA2LSB) {
-        snprintf(why, whylen, "not a 64-bit little-endian ELF file");
+        snprintf(err, errlen, "not a 64-bit little-endian ELF file");
         return IMAGE_ENOTELF;
     }
     if (len < sizeof eh) {
-        snprintf(why, whylen, "incomplete ELF image (%zu bytes, shorter than its header)",
+        snprintf(err, errlen, "incomplete ELF image (%zu bytes, shorter than its header)",
                  len);
         return IMAGE_EINCOMPLETE;
     }
     memcpy(&eh, b, sizeof eh);
     if (eh.e_type != ET_DYN) {
-        snprintf(why, whylen, "not a shared object (ELF type %u)", eh.e_type);
+        snprintf(err, errlen, "not a shared object (ELF type %u)", eh.e_type);
         return IMAGE_ENOTELF;
     }
     if (eh.e_phentsize != sizeof(Elf64_Phdr) ||
         !in_file(eh.e_phoff, (uint64_t)eh.e_phnum * sizeof(Elf64_Phdr), len)) {
-        snprintf(why, whylen, "incomplete ELF image (program headers past the end "
+        snprintf(err, errlen, "incomplete ELF image (program headers past the end "
                  "of its %zu bytes)", len);
         return IMAGE_EINCOMPLETE;
     }
     if (eh.e_shoff != 0 &&
         !in_file(eh.e_shoff, (uint64_t)eh.e_shnum * eh.e_shentsize, len)) {
-        snprintf(why, whylen, "incomplete ELF image (section headers past the end "
+        snprintf(err, errlen, "incomplete ELF image (section headers past the end "
                  "of its %zu bytes)", len);
         return IMAGE_EINCOMPLETE;
     }
@@ -119,7 +119,7 @@ static int check_bytes(const unsigned char *b, size_t len, char *why, size_t why
         memcpy(&ph, b + eh.e_phoff + (uint64_t)i * sizeof ph, sizeof ph);
         if ((ph.p_type == PT_LOAD || ph.p_type == PT_DYNAMIC) &&
             !in_file(ph.p_offset, ph.p_filesz, len)) {
-            snprintf(why, whylen, "incomplete ELF image (a segment ends past the "
+            snprintf(err, errlen, "incomplete ELF image (a segment ends past the "
                      "end of its %zu bytes)", len);
             return IMAGE_EINCOMPLETE;
         }
@@ -131,7 +131,7 @@ static int check_bytes(const unsigned char *b, size_t len, char *why, size_t why
             if (d.d_tag == DT_NULL)
                 break;
             if (d.d_tag == DT_FLAGS && (d.d_un.d_val & DF_STATIC_TLS)) {
-                snprintf(why, whylen, "flagged STATIC_TLS (it uses initial-exec "
+                snprintf(err, errlen, "flagged STATIC_TLS (it uses initial-exec "
                          "thread-local storage), so it cannot be unloaded and reloaded");
                 return IMAGE_ESTATICTLS;
             }
@@ -140,13 +140,13 @@ static int check_bytes(const unsigned char *b, size_t len, char *why, size_t why
     return IMAGE_OK;
 }
 
-int image_check(const char *path, char *why, size_t whylen)
+int image_check(const char *path, char *err, size_t errlen)
 {
     unsigned char *b = NULL;
     size_t len = 0;
-    int rc = read_all(path, &b, &len, why, whylen);
+    int rc = read_all(path, &b, &len, err, errlen);
     if (rc == IMAGE_OK)
-        rc = check_bytes(b, len, why, whylen);
+        rc = check_bytes(b, len, err, errlen);
     free(b);
     return rc;
 }
@@ -184,14 +184,14 @@ const char *image_dir(void)
 
 /* ---- copies ------------------------------------------------------------------ */
 
-int image_prepare(const char *path, char **copy_path, char *why, size_t whylen)
+int image_prepare(const char *path, char **copy_path, char *err, size_t errlen)
 {
     unsigned char *b = NULL;
     size_t len = 0;
     *copy_path = NULL;
-    int rc = read_all(path, &b, &len, why, whylen);
+    int rc = read_all(path, &b, &len, err, errlen);
     if (rc == IMAGE_OK)
-        rc = check_bytes(b, len, why, whylen);
+        rc = check_bytes(b, len, err, errlen);
     if (rc != IMAGE_OK) {
         free(b);
         return rc;
@@ -199,7 +199,7 @@ int image_prepare(const char *path, char **copy_path, char *why, size_t whylen)
 
     const char *dir = image_dir();
     if (dir == NULL) {
-        snprintf(why, whylen, "no private directory for plugin copies "
+        snprintf(err, errlen, "no private directory for plugin copies "
                  "(tried $XDG_RUNTIME_DIR/bgserve and /tmp/bgserve-%u)", (unsigned)geteuid());
         free(b);
         return IMAGE_ECOPY;
@@ -209,13 +209,13 @@ int image_prepare(const char *path, char **copy_path, char *why, size_t whylen)
     char copy[PATH_MAX];
     if (snprintf(copy, sizeof copy, "%s/%ld.%u.%s", dir, (long)getpid(),
                  atomic_fetch_add(&copy_counter, 1), base) >= (int)sizeof copy) {
-        snprintf(why, whylen, "the private copy's path would be too long");
+        snprintf(err, errlen, "the private copy's path would be too long");
         free(b);
         return IMAGE_ECOPY;
     }
     int fd = open(copy, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0700);
     if (fd < 0) {
-        snprintf(why, whylen, "cannot create the private copy %s: %s", copy, strerror(errno));
+        snprintf(err, errlen, "cannot create the private copy %s: %s", copy, strerror(errno));
         free(b);
         return IMAGE_ECOPY;
     }
@@ -231,7 +231,7 @@ int image_prepare(const char *path, char **copy_path, char *why, size_t whylen)
     int closed = close(fd);
     free(b);
     if (done < len || closed != 0) {
-        snprintf(why, whylen, "cannot write the private copy %s: %s", copy, strerror(errno));
+        snprintf(err, errlen, "cannot write the private copy %s: %s", copy, strerror(errno));
         unlink(copy);
         return IMAGE_ECOPY;
     }

@@ -17,7 +17,7 @@
 
 enum {
     IMAGE_OK = 0,
-    IMAGE_EOPEN = -1,       /* cannot open or read: errno text in why */
+    IMAGE_EOPEN = -1,       /* cannot open or read: errno text in err */
     IMAGE_ENOTELF = -2,     /* not an ELF shared object of this machine */
     IMAGE_EINCOMPLETE = -3, /* truncated: still being written? */
     IMAGE_ESTATICTLS = -4,  /* flagged STATIC_TLS: cannot be reloaded */
@@ -28,12 +28,12 @@ enum {
  * Read path, check it is a complete ELF shared object without the
  * STATIC_TLS flag, and write a private copy.  On success returns
  * IMAGE_OK and *copy_path (malloc'd) names the copy.  On failure returns
- * an IMAGE_E* code with a one-line reason in why; nothing is left behind.
+ * an IMAGE_E* code with a one-line reason in err; nothing is left behind.
  */
-int image_prepare(const char *path, char **copy_path, char *why, size_t whylen);
+int image_prepare(const char *path, char **copy_path, char *err, size_t errlen);
 
 /* Check only (no copy): IMAGE_OK or an IMAGE_E* code with a reason. */
-int image_check(const char *path, char *why, size_t whylen);
+int image_check(const char *path, char *err, size_t errlen);
 
 /* Delete a private copy made by image_prepare. */
 void image_remove(const char *copy_path);

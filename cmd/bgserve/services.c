@@ -148,26 +148,26 @@ static entry *find(services *s, const char *name)
 int services_register(services *s, const char *name, uint32_t lifetime,
                       bgs_service_create_fn create,
                       bgs_service_destroy_fn destroy, void *arg,
-                      char *why, size_t whylen)
+                      char *err, size_t errlen)
 {
     int rc = 0;
     char dummy[1];
 
-    if (why == NULL) {
-        why = dummy;
-        whylen = sizeof dummy;
+    if (err == NULL) {
+        err = dummy;
+        errlen = sizeof dummy;
     }
     if (name == NULL || name[0] == '\0') {
-        snprintf(why, whylen, "a service needs a non-empty name");
+        snprintf(err, errlen, "a service needs a non-empty name");
         return BGS_EINVAL;
     }
     if (create == NULL) {
-        snprintf(why, whylen, "service '%s' has no create function; pass one", name);
+        snprintf(err, errlen, "service '%s' has no create function; pass one", name);
         return BGS_EINVAL;
     }
     if (lifetime != BGS_SINGLETON && lifetime != BGS_SCOPED &&
         lifetime != BGS_TRANSIENT) {
-        snprintf(why, whylen, "service '%s' has unknown lifetime %u; use "
+        snprintf(err, errlen, "service '%s' has unknown lifetime %u; use "
                  "BGS_SINGLETON, BGS_SCOPED or BGS_TRANSIENT", name, (unsigned)lifetime);
         return BGS_EINVAL;
     }
@@ -196,7 +196,7 @@ int services_register(services *s, const char *name, uint32_t lifetime,
 out:
     pthread_mutex_unlock(&s->mu);
     if (rc != 0)
-        snprintf(why, whylen, "service '%s' is already registered; each "
+        snprintf(err, errlen, "service '%s' is already registered; each "
                  "name can be registered once", name);
     return rc;
 }
@@ -205,14 +205,14 @@ out:
 /* Lookups                                                             */
 /* ------------------------------------------------------------------ */
 
-static void *get_singleton(services *s, entry *e, char *why, size_t whylen)
+static void *get_singleton(services *s, entry *e, char *err, size_t errlen)
 {
     void *inst = NULL;
 
     /* s->mu is held on entry and on return. */
     while (e->state == S_CREATING) {
         if (pthread_equal(e->creator, pthread_self())) {
-            snprintf(why, whylen, "service '%s' was looked up while it was "
+            snprintf(err, errlen, "service '%s' was looked up while it was "
                      "being created (its create function depends on "
                      "itself); break the cycle", e->name);
             return NULL;
@@ -248,17 +248,17 @@ static void scope_add(services_scope *sc, const entry *e, void *inst,
 }
 
 void *services_lookup(services *s, services_scope **scope, const char *name,
-                      char *why, size_t whylen)
+                      char *err, size_t errlen)
 {
     void *inst = NULL;
 
-    why[0] = '\0';
+    err[0] = '\0';
     if (name == NULL) {
-        snprintf(why, whylen, "NULL service name; pass the name given to bgs_app_service()");
+        snprintf(err, errlen, "NULL service name; pass the name given to bgs_app_service()");
         return NULL;
     }
     if (s == NULL) {
-        snprintf(why, whylen, "service '%s' is not registered: this app registers no "
+        snprintf(err, errlen, "service '%s' is not registered: this app registers no "
                  "services; register it in the start hook with bgs_app_service()", name);
         return NULL;
     }
@@ -267,12 +267,12 @@ void *services_lookup(services *s, services_scope **scope, const char *name,
     entry *e = find(s, name);
     if (e == NULL) {
         pthread_mutex_unlock(&s->mu);
-        snprintf(why, whylen, "service '%s' is not registered; register it "
+        snprintf(err, errlen, "service '%s' is not registered; register it "
                  "in the start hook with bgs_app_service()", name);
         return NULL;
     }
     if (e->lifetime == BGS_SINGLETON) {
-        inst = get_singleton(s, e, why, whylen);
+        inst = get_singleton(s, e, err, errlen);
         pthread_mutex_unlock(&s->mu);
         goto check;
     }
@@ -284,7 +284,7 @@ void *services_lookup(services *s, services_scope **scope, const char *name,
     pthread_mutex_unlock(&s->mu);
 
     if (scope == NULL) {
-        snprintf(why, whylen, "service '%s' is %s and needs a request or task scope; "
+        snprintf(err, errlen, "service '%s' is %s and needs a request or task scope; "
                  "look it up with bgs_req_service() or bgs_task_service()", name,
                  lifetime == BGS_SCOPED ? "scoped" : "transient");
         return NULL;
@@ -301,7 +301,7 @@ void *services_lookup(services *s, services_scope **scope, const char *name,
     if (inst != NULL)
         scope_add(sc, e, inst, destroy, arg);
 check:
-    if (inst == NULL && why[0] == '\0')
+    if (inst == NULL && err[0] == '\0')
         log_msg(BGS_LOG_ERROR, "service '%s' could not be created: its "
                 "create function returned NULL; check it (and any message "
                 "it logged above)", name);
@@ -310,10 +310,10 @@ check:
 
 void *services_get(services *s, services_scope **scope, const char *name)
 {
-    char why[256];
-    void *inst = services_lookup(s, scope, name, why, sizeof why);
-    if (inst == NULL && why[0])
-        log_msg(BGS_LOG_ERROR, "%s", why);
+    char err[256];
+    void *inst = services_lookup(s, scope, name, err, sizeof err);
+    if (inst == NULL && err[0])
+        log_msg(BGS_LOG_ERROR, "%s", err);
     return inst;
 }
 

@@ -28,13 +28,13 @@ void services_set_origin(services *s, uint64_t gen, const char *plugin);
 void services_free(services *s);
 
 /* Returns 0, or BGS_EINVAL (NULL or empty name, NULL create, unknown
- * lifetime, a name already registered) with the reason in why (may be
+ * lifetime, a name already registered) with the reason in err (may be
  * NULL): logging it is the caller's, which knows the plugin's call site.
  * The registry copies name. */
 int services_register(services *s, const char *name, uint32_t lifetime,
                       bgs_service_create_fn create,
                       bgs_service_destroy_fn destroy, void *arg,
-                      char *why, size_t whylen);
+                      char *err, size_t errlen);
 
 /*
  * Look a service up.  Singleton: the one instance.  Scoped: the scope's
@@ -48,11 +48,11 @@ void *services_get(services *s, services_scope **scope, const char *name);
 
 /* services_get for the host API: a lookup the plugin got wrong (NULL or
  * unknown name, a scoped or transient service without a scope) is not
- * logged but explained in why, for a misuse warning at the plugin's call
- * site; why is "" for success and for a create function that returned
+ * logged but explained in err, for a misuse warning at the plugin's call
+ * site; err is "" for success and for a create function that returned
  * NULL (logged here, as by services_get). */
 void *services_lookup(services *s, services_scope **scope, const char *name,
-                      char *why, size_t whylen);
+                      char *err, size_t errlen);
 
 /* Destroy the scope's instances in reverse order of creation and free
  * the scope.  NULL is fine. */

@@ -5,6 +5,25 @@
  * xstrdup, which print a message and abort when the system is out of
  * memory.  No caller checks their result.  (A development server that
  * cannot allocate a few bytes cannot do anything useful either.)
+ *
+ * Errors, in every room of cmd/bgserve/ (one convention; keep to it):
+ *   - A function that can fail returns int: 0 on success, a negative value
+ *     on failure; never a positive failure, never 1 for success.  One that
+ *     returns a pointer returns NULL on failure.
+ *   - The value is -1 when callers need not tell failures apart, else a
+ *     named code ROOM_E*.  Codes that are printed come from one X-macro
+ *     table that also yields ROOM_strerror (BGS_ERRNO_MAP in bgserve.h,
+ *     JOURNAL_ERRNO_MAP, BROKER_ERRNO_MAP); codes that come with a message
+ *     (IMAGE_E*) need no table.
+ *   - A failure the user must act on is described by the callee in the
+ *     caller's buffer (char *err, size_t errlen, last): one line saying what
+ *     went wrong and what to do.  The callee does not log it; the one caller
+ *     that decides (main, a subcommand, the loader, reload) prints it once.
+ *     Code with nobody to return to (a worker, a timer, a background
+ *     thread) logs with log_msg, saying what happens next.
+ *   - 1/0 answers (predicates, "handled it": dashboard_handle,
+ *     crashpage_wants_html) and reasons (HANDLE_*, tasks_state) are values,
+ *     not errors; where such a function can also fail, failure is negative.
  */
 #ifndef BGSERVE_UTIL_H
 #define BGSERVE_UTIL_H
