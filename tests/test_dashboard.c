@@ -218,20 +218,6 @@ static void touch(const char *path)
     fclose(f);
 }
 
-static long post_retry(h_server *s, unsigned long long id, int with_header, char **body)
-{
-    char path[96];
-    const char *hdrs[] = {"X-Bgserve-Action: retry", NULL};
-    snprintf(path, sizeof path, "/_bgserve/tasks/%llu/retry", id);
-    h_resp r;
-    assert_int_equal(h_http(s, "POST", path, "", 0, with_header ? hdrs : NULL, &r), 0);
-    long st = r.status;
-    if (body)
-        *body = strdup(r.body);
-    h_resp_free(&r);
-    return st;
-}
-
 static int close_streams(void **state)
 {
     (void)state;
@@ -561,7 +547,7 @@ static void dashboard_retry_action(void **state)
     long long failed = h_stat(&app, "failing", "failed");
 
     /* Without the header: refused, and nothing runs. */
-    assert_int_equal(post_retry(&app, id, 0, &body), 403);
+    assert_int_equal(h_post_retry(&app, id, 0, &body), 403);
     h_assert_contains(body, "X-Bgserve-Action");
     free(body);
     h_resp r;
@@ -587,7 +573,7 @@ static void dashboard_retry_action(void **state)
 
     /* With it, healed: a new task with the same payload succeeds. */
     touch(heal_file);
-    assert_int_equal(post_retry(&app, id, 1, &body), 202);
+    assert_int_equal(h_post_retry(&app, id, 1, &body), 202);
     char expect[96];
     snprintf(expect, sizeof expect, "\"retry_of\":%llu,\"name\":\"failing\"", id);
     h_assert_contains(body, expect);
@@ -600,10 +586,10 @@ static void dashboard_retry_action(void **state)
     h_assert_contains(rec, "\"payload_bytes\":8");
     free(rec);
     /* A succeeded task cannot be retried; an unknown one is 404. */
-    assert_int_equal(post_retry(&app, nid, 1, &body), 409);
+    assert_int_equal(h_post_retry(&app, nid, 1, &body), 409);
     h_assert_contains(body, "only a failed named task");
     free(body);
-    assert_int_equal(post_retry(&app, 999999999, 1, NULL), 404);
+    assert_int_equal(h_post_retry(&app, 999999999, 1, NULL), 404);
     unlink(heal_file);
 }
 

@@ -9,6 +9,7 @@
  * to requests with tasks and serves the rest; a retry's schedule survives a restart; dead letters
  * after the last attempt, answered from the journal after a restart; a
  * replayed task whose function is gone is dead-lettered with a warning;
+ * the dashboard's retry queues a dead letter of an earlier run again;
  * /_bgserve/stats shows the journal.  Fixture: journal_app.so.
  */
 #include <stdarg.h>
@@ -540,6 +541,74 @@ static void journal_server_replayed_task_without_its_function_is_dead(void **sta
     h_free(&s);
 }
 
+/* The dashboard's retry (POST /_bgserve/tasks/ID/retry) reaches the dead
+ * letters of an earlier run: one is queued again as a new task with its
+ * payload and request id, and its entry stays; a task the journal holds
+ * as succeeded, or a dead letter whose function is gone, is refused with
+ * 409; an id the journal does not have either is 404. */
+static void journal_server_dashboard_retries_a_dead_letter(void **state)
+{
+    sandbox *sb = *state;
+    journal *j = js_open_ok(sb->path);
+    journal_task dead = {.id = journal_next_id(j), .name = "record", .payload = "dl-payload",
+                         .payload_len = 10, .max_attempts = 1, .request_id = "req-dl"};
+    journal_task done = {.id = journal_next_id(j), .name = "record", .payload = "x",
+                         .payload_len = 1, .max_attempts = 1};
+    journal_task gone = {.id = journal_next_id(j), .name = "vanished", .payload = "x",
+                         .payload_len = 1, .max_attempts = 1};
+    journal_task all[] = {dead, done, gone};
+    assert_int_equal(journal_add(j, all, 3, NULL, NULL), 0);
+    assert_int_equal(journal_start(j, dead.id, 1, NULL, NULL), 0);
+    assert_int_equal(journal_dead(j, dead.id, "broken in an earlier run", NULL, NULL), 0);
+    assert_int_equal(journal_start(j, done.id, 1, NULL, NULL), 0);
+    assert_int_equal(journal_succeed(j, done.id, NULL, NULL, NULL), 0);
+    journal_close(j);
+
+    char log[160], env_log[200];
+    snprintf(log, sizeof log, "%s/runs.log", sb->dir);
+    snprintf(env_log, sizeof env_log, "JOURNAL_APP_LOG=%s", log);
+    const char *env[] = {env_log, NULL};
+    const char *args[] = {"--journal", sb->path, "--single-process", NULL};
+    h_server s;
+    assert_int_equal(h_start_app(&s, h_fixture("journal_app"), args, env), 0);
+    wait_disk_state(sb->path, gone.id, "dead"); /* replayed: its function is gone */
+
+    char *body = NULL;
+    assert_int_equal(h_post_retry(&s, dead.id, 0, &body), 403); /* the header still counts */
+    free(body);
+    assert_int_equal(h_post_retry(&s, dead.id, 1, &body), 202);
+    char want[96];
+    snprintf(want, sizeof want, "\"retry_of\":%" PRIu64 ",\"name\":\"record\"", dead.id);
+    h_assert_contains(body, want);
+    const char *at = strstr(body, "\"id\":");
+    assert_non_null(at);
+    uint64_t nid = strtoull(at + 5, NULL, 10);
+    assert_true(nid > gone.id);
+    free(body);
+    char path[64];
+    snprintf(path, sizeof path, "/_bgserve/tasks/%" PRIu64, nid);
+    body = h_wait_state(&s, path, "succeeded", DEADLINE_MS);
+    assert_non_null(body);
+    h_assert_contains(body, "\"request_id\":\"req-dl\"");
+    free(body);
+    char *ran = h_slurp(log, NULL);
+    h_assert_contains(ran, "dl-payload 1\n");
+    free(ran);
+    wait_disk_state(sb->path, nid, "succeeded");
+    wait_disk_state(sb->path, dead.id, "dead"); /* the dead letter stays */
+
+    assert_int_equal(h_post_retry(&s, done.id, 1, &body), 409);
+    h_assert_contains(body, "cannot be retried");
+    free(body);
+    assert_int_equal(h_post_retry(&s, gone.id, 1, &body), 409);
+    h_assert_contains(body, "no task named 'vanished'");
+    free(body);
+    assert_int_equal(h_post_retry(&s, 999999999, 1, &body), 404);
+    free(body);
+    h_stop_clean(&s);
+    h_free(&s);
+}
+
 /* /_bgserve/stats has the journal; ad hoc tasks are counted apart and
  * never written. */
 static void journal_server_stats_show_the_journal(void **state)
@@ -583,6 +652,7 @@ int main(void)
         T(journal_server_retry_schedule_survives_a_restart),
         T(journal_server_dead_letter_after_the_last_attempt),
         T(journal_server_replayed_task_without_its_function_is_dead),
+        T(journal_server_dashboard_retries_a_dead_letter),
         T(journal_server_stats_show_the_journal),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -303,10 +303,14 @@ int tasks_record_visit(tasks_engine *t, uint64_t id, void (*fn)(void *arg, const
 size_t tasks_recent_ids(tasks_engine *t, uint64_t *ids, size_t max);
 /* Queue the failed named task id again for owner, as the task of the same
  * name in plugin p (the current one: the definition is looked up by name
- * once, here), with the same payload and request id.  0 with *new_id
- * set; BGS_ENOTFOUND (unknown or evicted), BGS_ESTATE (not failed, or an
- * ad hoc task), or what tasks_enqueue returns.  The task's name is copied
- * into name (when known). */
+ * once, here), with the same payload and request id.  With a journal, a
+ * task no longer in memory is looked up there: a dead letter (or a task
+ * failed for good) of this run or an earlier one is queued the same way
+ * (its entry stays).  0 with *new_id set; BGS_ENOTFOUND (unknown, or
+ * evicted and not in the journal), BGS_ESTATE (not failed, or an ad hoc
+ * task), BGS_ESHUTDOWN, or what tasks_enqueue returns (BGS_ENOTASK: p has
+ * no task of that name).  The task's name is copied into name (when
+ * known). */
 int tasks_retry(tasks_engine *t, const tasks_owner *owner, const plugin *p, uint64_t id,
                 uint64_t *new_id, char *name, size_t name_cap);
 /* The journal the engine writes (tasks_config), or NULL. */

@@ -468,6 +468,53 @@ int tasks_enqueue_gated(tasks_engine *t, const tasks_owner *owner, const char *r
     return 0;
 }
 
+/* What a retry takes of a task the journal holds (copied out of the
+ * record, which lives only during the lookup's callback). */
+typedef struct journal_copy {
+    char *name, *rid;
+    void *payload;
+    size_t len;
+    int retriable;   /* a dead letter, or failed for good */
+} journal_copy;
+
+static void copy_from_journal(void *arg, const journal_rec *r)
+{
+    journal_copy *c = arg;
+    c->name = xstrdup(r->name);
+    c->rid = r->request_id ? xstrdup(r->request_id) : NULL;
+    c->len = r->payload_len;
+    c->payload = r->payload_len ? xmemdup(r->payload, r->payload_len) : NULL;
+    c->retriable = strcmp(r->state, "dead") == 0 || strcmp(r->state, "failed") == 0;
+}
+
+/* tasks_retry for a task no longer in memory: a dead letter (or a task
+ * that failed for good) of this run or an earlier one, found in the
+ * journal.  It is queued as a new task; its journal entry stays. */
+static int retry_from_journal(tasks_engine *t, const tasks_owner *owner, const plugin *p,
+                              uint64_t id, uint64_t *new_id, char *name, size_t name_cap)
+{
+    journal_copy c = {0};
+    int rc = journal_lookup(t->journal, id, copy_from_journal, &c);
+    if (rc == JOURNAL_ECLOSED)
+        return BGS_ESHUTDOWN;
+    if (rc != 0) {
+        if (rc != JOURNAL_ENOTFOUND)
+            log_msg(BGS_LOG_WARN, "retry of task %" PRIu64 ": the journal cannot be read (%s)",
+                    id, journal_strerror(rc));
+        return BGS_ENOTFOUND;
+    }
+    snprintf(name, name_cap, "%s", c.name);
+    if (!c.retriable)
+        rc = BGS_ESTATE;
+    else
+        rc = tasks_enqueue(t, owner, c.rid, plugin_find_task(p, c.name), c.payload, c.len, NULL,
+                           NULL, new_id);
+    free(c.name);
+    free(c.rid);
+    free(c.payload);
+    return rc;
+}
+
 int tasks_retry(tasks_engine *t, const tasks_owner *owner, const plugin *p, uint64_t id,
                 uint64_t *new_id, char *name, size_t name_cap)
 {
@@ -475,7 +522,8 @@ int tasks_retry(tasks_engine *t, const tasks_owner *owner, const plugin *p, uint
     task_item *it = tasks_records_find_locked(t, id);
     if (it == NULL) {
         pthread_mutex_unlock(&t->rec_mu);
-        return BGS_ENOTFOUND;
+        return t->journal ? retry_from_journal(t, owner, p, id, new_id, name, name_cap)
+                          : BGS_ENOTFOUND;
     }
     snprintf(name, name_cap, "%s", it->kind->name);
     if (it->state != TASKS_FAILED || it->def == NULL || (it->payload == NULL && it->len != 0)) {

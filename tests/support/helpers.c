@@ -336,3 +336,17 @@ char *h_capture_end(void)
     cap_file = NULL;
     return out;
 }
+
+long h_post_retry(h_server *s, unsigned long long id, int with_header, char **body)
+{
+    char path[96];
+    const char *hdrs[] = {"X-Bgserve-Action: retry", NULL};
+    snprintf(path, sizeof path, "/_bgserve/tasks/%llu/retry", id);
+    h_resp r;
+    assert_int_equal(h_http(s, "POST", path, "", 0, with_header ? hdrs : NULL, &r), 0);
+    long st = r.status;
+    if (body)
+        *body = strdup(r.body);
+    h_resp_free(&r);
+    return st;
+}

@@ -45,6 +45,11 @@ int h_wait_stat(h_server *s, const char *obj, const char *key, long long want,
  * NULL at the deadline after printing the last answer and the log's end. */
 char *h_wait_state(h_server *s, const char *path, const char *state, unsigned deadline_ms);
 
+/* POST /_bgserve/tasks/ID/retry, with the dashboard's action header when
+ * with_header; the status, and the body (malloc'd) in *body when body is
+ * not NULL. */
+long h_post_retry(h_server *s, unsigned long long id, int with_header, char **body);
+
 /* The same with a substring of the body in place of the state. */
 char *h_wait_body(h_server *s, const char *path, const char *needle, unsigned deadline_ms);
 

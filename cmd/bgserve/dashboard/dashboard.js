@@ -305,6 +305,12 @@
       list.length + " matching, of " + state.tasks.size + " records";
   }
 
+  // A failed named task, or a dead letter the journal holds (found by id,
+  // "source": "journal"), can be queued again.
+  function retriable(t) {
+    return (t.state === "failed" || t.state === "dead") && !t.adhoc;
+  }
+
   function taskRow(t) {
     const tr = el("tr", null, "task " + t.state);
     tr.dataset.id = String(t.id);
@@ -317,7 +323,7 @@
     tr.appendChild(el("td", t.error === null ? "" : t.error, "error"));
     tr.appendChild(el("td", t.request_id === null ? "" : t.request_id, "rid"));
     const td = el("td");
-    if (t.state === "failed" && !t.adhoc) td.appendChild(retryButton(t.id));
+    if (retriable(t)) td.appendChild(retryButton(t.id));
     tr.appendChild(td);
     tr.addEventListener("click", function () {
       state.selected = t.id;
@@ -337,7 +343,7 @@
     $("detail-name").textContent = t.name;
     $("detail-state").textContent = t.state;
     $("detail-state").className = "state " + t.state;
-    $("detail-retry").hidden = !(t.state === "failed" && !t.adhoc);
+    $("detail-retry").hidden = !retriable(t);
     const dl = $("detail-fields");
     clear(dl);
     const fields = [["attempts", t.attempts + " of " + t.max_attempts], ["payload", t.payload_bytes + " bytes"],
