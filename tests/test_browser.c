@@ -66,6 +66,14 @@ static void browser_retry_button_reruns_a_failed_task(void **state)
     run_scenario("retry");
 }
 
+/* With --journal, a dead letter of an earlier run, searched by id, is
+ * re-run by its retry button. */
+static void browser_retry_button_reruns_a_dead_letter(void **state)
+{
+    (void)state;
+    run_scenario("dead_letter");
+}
+
 /* An error holding <script> shows as text and never runs. */
 static void browser_html_in_an_error_is_text(void **state)
 {
@@ -87,6 +95,7 @@ int main(void)
         cmocka_unit_test(browser_task_goes_queued_to_succeeded),
         cmocka_unit_test(browser_failed_reload_shows_its_error),
         cmocka_unit_test(browser_retry_button_reruns_a_failed_task),
+        cmocka_unit_test(browser_retry_button_reruns_a_dead_letter),
         cmocka_unit_test(browser_html_in_an_error_is_text),
         cmocka_unit_test(browser_tour_screenshot),
     };

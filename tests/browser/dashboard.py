@@ -15,6 +15,8 @@ Scenarios:
                 succeeded, without reloading the page
   reload_error  a failed build shows its compiler error at the top
   retry         the retry button re-runs a failed task (healed meanwhile)
+  dead_letter   with --journal, a dead letter of an earlier run, found by
+                its id, is re-run by its retry button
   escape        an error holding <script> and <img onerror> shows as text
   tour          a bit of everything, screenshot of the whole page (the one
                 in docs/dashboard.png)
@@ -75,6 +77,7 @@ class Server:
     """build/bgserve on port 0, its stderr read for the listening line."""
 
     def __init__(self, build, tmp, args=()):
+        self.args = args
         self.release = os.path.join(tmp, "release")
         self.heal = os.path.join(tmp, "heal")
         env = dict(os.environ, BGSERVE_RELEASE_FILE=self.release, BGSERVE_HEAL_FILE=self.heal)
@@ -185,6 +188,17 @@ def shot(drv, build, name, full=False):
     print("screenshot: " + path)
 
 
+def heal_and_retry(drv, srv, task_id):
+    """Make the next run succeed, click the row's retry button; the new id."""
+    open(srv.heal, "w").close()
+    wait_for("a click on retry", lambda: click(row(drv, task_id).find_element(By.CSS_SELECTOR, "button.retry")))
+    msg = wait_for("the retry's answer", lambda: re.search(
+        r"task %d queued again as task (\d+)" % task_id, drv.find_element(By.ID, "action-msg").text))
+    new = int(msg.group(1))
+    check(new > task_id, "new id %d" % new)
+    return new
+
+
 # ---- scenarios ----------------------------------------------------------------
 
 def sc_load(drv, srv, build, tmp):
@@ -252,17 +266,37 @@ def sc_retry(drv, srv, build, tmp):
     check(drv.execute_script(
         "const r = document.querySelector('#tasks-body tr[data-id=\"' + arguments[0] + '\"]');"
         "return r !== null && r.__kept === true;", failed), "the failed task's row was redrawn")
-    open(srv.heal, "w").close()  # the next run succeeds
-    wait_for("a click on retry", lambda: click(row(drv, failed).find_element(By.CSS_SELECTOR, "button.retry")))
-    msg = wait_for("the retry's answer", lambda: re.search(
-        r"task %d queued again as task (\d+)" % failed, drv.find_element(By.ID, "action-msg").text))
-    new = int(msg.group(1))
-    check(new > failed, "new id %d" % new)
+    new = heal_and_retry(drv, srv, failed)
     wait_for("task %d succeeded" % new, lambda: row_state(drv, new) == "succeeded")
     rec = json.loads(srv.get("/_bgserve/tasks/%d" % new))
     check(rec["name"] == "failing" and rec["state"] == "succeeded", "record %r" % rec)
     same_page(drv)
     shot(drv, build, "retry")
+
+
+def sc_dead_letter(drv, srv, build, tmp):
+    # Fails its only attempt: a dead letter in the journal.  After a
+    # restart only the journal has it.
+    dead = int(srv.get("/fail?msg=dead-letter"))
+    wait_for("task %d failed" % dead,
+             lambda: json.loads(srv.get("/_bgserve/tasks/%d" % dead))["state"] == "failed")
+    srv.stop()
+    srv.__init__(build, tmp, srv.args)
+    check(json.loads(srv.get("/_bgserve/tasks/%d" % dead))["state"] == "dead",
+          "task %d is not a dead letter after the restart" % dead)
+    open_page(drv, srv)
+    check(row(drv, dead) is None, "the page holds task %d without asking" % dead)
+    drv.find_element(By.ID, "filter-id").send_keys(str(dead))
+    wait_for("task %d as a dead letter" % dead, lambda: row_state(drv, dead) == "dead")
+    new = heal_and_retry(drv, srv, dead)
+    drv.execute_script("const f = document.getElementById('filter-id'); f.value = '';"
+                       "f.dispatchEvent(new Event('input'));")
+    wait_for("task %d succeeded" % new, lambda: row_state(drv, new) == "succeeded")
+    rec = json.loads(srv.get("/_bgserve/tasks/%d" % new))
+    check(rec["name"] == "failing" and rec["state"] == "succeeded", "record %r" % rec)
+    same_page(drv)
+    check(not console_errors(drv), "console errors: %r" % console_errors(drv))
+    shot(drv, build, "dead_letter")
 
 
 def sc_escape(drv, srv, build, tmp):
@@ -313,7 +347,8 @@ def sc_tour(drv, srv, build, tmp):
 
 
 SCENARIOS = {"load": sc_load, "task_live": sc_task_live, "reload_error": sc_reload_error,
-             "retry": sc_retry, "escape": sc_escape, "tour": sc_tour}
+             "retry": sc_retry, "dead_letter": sc_dead_letter, "escape": sc_escape,
+             "tour": sc_tour}
 
 # The build command the watching scenarios run: a compiler's error line,
 # with markup in it, and a failing exit status.
@@ -333,6 +368,8 @@ def main():
         args = []
         if name in ("reload_error", "tour"):
             args = ["--watch", os.path.join(tmp, "src"), "--watch-debounce", "0", "--build", FAILING_BUILD]
+        if name == "dead_letter":
+            args = ["--journal", os.path.join(tmp, "tasks.db")]
         srv = Server(build, tmp, args)
         drv = browser(tmp)
         SCENARIOS[name](drv, srv, build, tmp)
