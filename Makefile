@@ -200,18 +200,22 @@ $(BUILD)/bench/%.so: bench/plugins/%.c include/bgserve.h
 	@mkdir -p $(@D)
 	$(CC) $(PLUGIN_CFLAGS) $(PLUGIN_LDFLAGS) -o $@ $<
 
-# wrk is required; python3-starlette and python3-uvicorn are optional (the
-# Starlette rows are skipped without them), so their install may fail.
+# wrk (saturation) and h2load (Debian's nghttp2-client: the fixed-rate
+# rows) are required; python3-starlette and python3-uvicorn are optional
+# (the Starlette rows are skipped without them), so their install may fail.
 deps-bench:
-	@if ! command -v wrk >/dev/null 2>&1; then \
+	@missing=""; \
+	command -v wrk >/dev/null 2>&1 || missing="$$missing wrk"; \
+	command -v h2load >/dev/null 2>&1 || missing="$$missing nghttp2-client"; \
+	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    echo "bgserve: installing system packages: wrk"; \
+	    echo "bgserve: installing system packages:$$missing"; \
 	    DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null && \
-	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends wrk >/dev/null || \
-	      { echo "bgserve: apt-get install wrk failed" >&2; exit 1; }; \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing >/dev/null || \
+	      { echo "bgserve: apt-get install$$missing failed" >&2; exit 1; }; \
 	  else \
-	    echo "bgserve: missing system package: wrk" >&2; \
-	    echo "Install it with:  sudo apt-get install wrk" >&2; exit 1; \
+	    echo "bgserve: missing system packages:$$missing" >&2; \
+	    echo "Install them with:  sudo apt-get install$$missing" >&2; exit 1; \
 	  fi; \
 	fi
 	@if ! /usr/bin/python3 -c 'import starlette, uvicorn' >/dev/null 2>&1 && \
