@@ -325,6 +325,49 @@ static void broker_503_while_redis_is_down(void **state)
     rig_down(&g);
 }
 
+/* The first request after Redis went away, before anything noticed: its
+ * answer waits for the XADD, so it is a 503 with Retry-After, never a
+ * 2xx for a task Redis does not have. */
+static void broker_no_2xx_without_the_xadd(void **state)
+{
+    (void)state;
+    rig g;
+    rig_up(&g, 1);
+    h_server *w = &g.w[0];
+    /* The server reads the first task's record: after that it sends
+     * nothing to Redis until the next request, which finds it gone. */
+    char path[64];
+    snprintf(path, sizeof path, "/_bgserve/tasks/%" PRIu64, add(&g, "count", 1));
+    char *rec = h_wait_state(&g.server, path, "succeeded", DEADLINE_MS);
+    assert_non_null(rec);
+    free(rec);
+    h_redis_halt(&g.redis);
+    h_resp r;
+    assert_int_equal(h_get(&g.server, "/add?task=count&n=3", &r), 0);
+    assert_int_equal(r.status, 503);
+    assert_non_null(h_header(&r, "Retry-After"));
+    h_assert_contains(r.body, "could not be made durable (redis at redis://127.0.0.1:");
+    h_resp_free(&r);
+    assert_true(h_wait_log(&g.server, "task(s) (count, ...) not added: redis at", DEADLINE_MS));
+    h_redis_restart(&g.redis);
+    uint64_t end = h_now_ms() + DEADLINE_MS;
+    do {
+        assert_int_equal(h_get(&g.server, "/add?task=count&n=1", &r), 0);
+        if (r.status != 200)
+            h_resp_free(&r);
+    } while (r.status != 200 && h_now_ms() < end);
+    assert_int_equal(r.status, 200);
+    uint64_t id = strtoull(r.body, NULL, 10);
+    h_resp_free(&r);
+    /* Only the accepted task ran: none of the refused three. */
+    snprintf(path, sizeof path, "/_bgserve/tasks/%" PRIu64, id);
+    rec = h_wait_state(&g.server, path, "succeeded", DEADLINE_MS);
+    assert_non_null(rec);
+    free(rec);
+    assert_int_equal(count_lines(&g, "ran", w->pid), 2);
+    rig_down(&g);
+}
+
 static void broker_command_line_refusals(void **state)
 {
     (void)state;
@@ -357,6 +400,7 @@ int main(void)
         cmocka_unit_test(broker_killed_worker_task_is_reclaimed),
         cmocka_unit_test(broker_retries_end_in_the_dead_letters),
         cmocka_unit_test(broker_503_while_redis_is_down),
+        cmocka_unit_test(broker_no_2xx_without_the_xadd),
         cmocka_unit_test(broker_command_line_refusals),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

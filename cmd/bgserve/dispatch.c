@@ -124,15 +124,16 @@ static int serve_introspection(const dispatch_env *env, struct bgs_req *req, str
     return DISPATCH_ANSWERED;
 }
 
-/* ---- --journal: the answer waits for its tasks' commit ------------------------ */
+/* ---- --journal, --broker: the answer waits until its tasks are kept ------------ */
 
-/* The journal could not record the request's tasks: 503, and the tasks
- * of its groups never run (those queued at once with bgs_req_enqueue
- * were handed to the workers already and do). */
+/* The journal or the broker could not keep the request's tasks: 503, and
+ * the tasks of its groups never run here (those queued at once with
+ * bgs_req_enqueue were handed to the workers already and do). */
 static int answer_not_durable(const dispatch_env *env, struct bgs_res *res, const char *why)
 {
     char body[768];
-    tasks_group_drop(res->group, "the journal could not record the task: answered 503");
+    tasks_group_drop(res->group, "the journal or the broker could not keep the task: "
+                                 "answered 503");
     response_reset(res);
     response_add_header(res, "Retry-After", "1");
     snprintf(body, sizeof body, "Service Unavailable: the tasks of this request could not be "
@@ -142,7 +143,7 @@ static int answer_not_durable(const dispatch_env *env, struct bgs_res *res, cons
 
 /*
  * The handler's answer is ready: write its groups' named tasks to the
- * journal (tasks_group_persist) and, while a commit of the request's
+ * journal or the broker (tasks_group_persist) and, while a commit of the request's
  * tasks is still to come, hold it (DISPATCH_SUSPEND; dispatch_arm lets
  * the last completion resume the carrier).  Else the answer, or 503.
  */

@@ -46,8 +46,8 @@ typedef struct dispatch_env {
     /* Fills the counters of /_bgserve/stats; NULL: zeros. */
     void (*counters)(introspect_counters *c);
     struct tasks_engine *tasks; /* the engine: records, stats, long-polls */
-    /* --journal: an answer that carries tasks is held (DISPATCH_SUSPEND)
-     * until the journal has committed them, or becomes a 503. */
+    /* --journal, --broker: an answer that carries tasks is held (DISPATCH_SUSPEND)
+     * until the journal committed them or Redis has them, or becomes a 503. */
     int durable;
 } dispatch_env;
 

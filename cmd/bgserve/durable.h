@@ -2,10 +2,11 @@
  * durable.h - a request's wait for the journal: how many of the commits
  * that cover its tasks are still to come, and whether one failed.
  *
- * With --journal, the http room gives each request a gate.  The task
- * engine counts on it every batch it hands to the journal for that
- * request (durable_expect, then durable_done as the batch's completion,
- * from the journal's writer thread).  Before the response leaves, http
+ * With --journal or --broker, the http room gives each request a gate.
+ * The task engine counts on it every batch it hands to the journal (or
+ * adds to the broker's stream) for that request (durable_expect, then
+ * durable_done as the batch's completion, from the journal's writer
+ * thread, or at once after the broker's round trip).  Before the response leaves, http
  * looks at the gate: nothing pending, send; else suspend the connection
  * and durable_arm it, so the last completion resumes it; then answer
  * 503 instead when a commit failed (durable_status).

@@ -24,7 +24,7 @@ typedef struct http_config {
     const char *plugin_path;
     struct tasks_engine *tasks;    /* the engine: records and stats for
                                /_bgserve/, long-polls, deliveries */
-    int durable;            /* --journal: a response waits for the commit of
+    int durable;            /* --journal, --broker: a response waits for the commit of
                                its tasks (durable.h) */
 } http_config;
 

@@ -329,7 +329,7 @@ static int start_http(serving *s)
         .crash_page = supervisor_crash_mode() ? supervisor_crash_report() : NULL,
         .plugin_path = c->plugin_path,
         .tasks = s->engine,
-        .durable = s->jr != NULL,
+        .durable = s->jr != NULL || s->bk != NULL, /* a 2xx: its tasks are kept */
     };
     supervisor_ready(); /* past the start hook: a crash now is not a crash loop */
     if (http_start(&hc, s->err, sizeof s->err) != 0) {

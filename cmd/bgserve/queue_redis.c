@@ -9,6 +9,9 @@
  *            inner memory queue or with whoever took it.
  *   sent   - nodes enqueued here and added to the stream, waiting for the
  *            notice of their final state; hashed by task id.
+ *            A node written ahead (queue_redis_write) stays its owner's
+ *            until queue_redis_link; a notice that comes first is kept
+ *            (final_seen) and acted on once it is linked (`late`).
  *   rel    - nodes nacked into the delayed set, waiting for the
  *            background thread to hand them to the `released` hook
  *            (linked through queue_node.next).
@@ -53,6 +56,9 @@ typedef struct sent {
     uint64_t id;
     uint64_t since_us;
     queue_node *node;
+    int linked;                /* 0: written ahead (queue_redis_write), its
+                                * owner has not handed it over yet */
+    int final_seen;            /* its notice came before queue_redis_link */
 } sent;
 
 typedef struct rq {
@@ -68,6 +74,7 @@ typedef struct rq {
     sent *sb[NBUCKET];         /* mu */
     size_t nheld, nsent;       /* mu */
     queue_node *rel;           /* mu */
+    size_t late;               /* mu: linked nodes whose notice came early */
     int stop, shut;            /* mu */
 
     char cursor[BROKER_ENTRY_MAX]; /* background thread */
@@ -112,29 +119,37 @@ static void sent_put_locked(rq *r, sent *s)
     r->nsent++;
 }
 
-static sent *sent_take_locked(rq *r, uint64_t id)
+/* The link that points at the entry of task id, or at the NULL ending
+ * its bucket. */
+static sent **sent_slot_locked(rq *r, uint64_t id)
 {
-    for (sent **pp = &r->sb[hid(id)]; *pp; pp = &(*pp)->next) {
-        if ((*pp)->id == id) {
-            sent *s = *pp;
-            *pp = s->next;
-            r->nsent--;
-            return s;
-        }
-    }
-    return NULL;
+    sent **pp = &r->sb[hid(id)];
+    while (*pp && (*pp)->id != id)
+        pp = &(*pp)->next;
+    return pp;
 }
 
+static sent *sent_unlink_locked(rq *r, sent **pp)
+{
+    sent *s = *pp;
+    *pp = s->next;
+    r->nsent--;
+    return s;
+}
+
+static sent *sent_take_locked(rq *r, uint64_t id)
+{
+    sent **pp = sent_slot_locked(r, id);
+    return *pp ? sent_unlink_locked(r, pp) : NULL;
+}
+
+/* Any linked node (after shutdown: back to its owner). */
 static sent *sent_take_any_locked(rq *r)
 {
-    for (size_t i = 0; r->nsent && i < NBUCKET; i++) {
-        if (r->sb[i]) {
-            sent *s = r->sb[i];
-            r->sb[i] = s->next;
-            r->nsent--;
-            return s;
-        }
-    }
+    for (size_t i = 0; r->nsent && i < NBUCKET; i++)
+        for (sent **pp = &r->sb[i]; *pp; pp = &(*pp)->next)
+            if ((*pp)->linked)
+                return sent_unlink_locked(r, pp);
     return NULL;
 }
 
@@ -153,12 +168,69 @@ static void conc_release(rq *r, held *x)
 
 /* ---- enqueue --------------------------------------------------------------- */
 
+/*
+ * Add the n named jobs of nodes[] to the stream, all or none, and know
+ * them (sent) until their notices; linked 0 keeps them their owner's
+ * until queue_redis_link.  0, BGS_ESHUTDOWN, or BGS_EFULL (Redis away or
+ * over capacity: load) with why saying which and a log line.
+ */
+static int add_to_stream(rq *r, queue_node *const *nodes, size_t n, int linked, char *why,
+                         size_t cap)
+{
+    if (n == 0)
+        return 0;
+    broker_job *jobs = xcalloc(n, sizeof *jobs);
+    sent **ss = xcalloc(n, sizeof *ss);
+    for (size_t i = 0; i < n; i++) {
+        queue_job job = {0};
+        r->h.describe(nodes[i], &job, r->h.arg);
+        jobs[i] = (broker_job){.id = job.id, .name = job.name, .request_id = job.request_id,
+                               .max_attempts = job.max_attempts, .payload = job.payload,
+                               .len = job.len};
+        ss[i] = xcalloc(1, sizeof *ss[i]);
+        *ss[i] = (sent){.id = job.id, .node = nodes[i], .since_us = util_now_us(),
+                        .linked = linked};
+    }
+    int rc = 0;
+    pthread_mutex_lock(&r->mu);
+    if (r->shut)
+        rc = BGS_ESHUTDOWN;
+    /* Known before the entries exist: a notice cannot come first. */
+    for (size_t i = 0; rc == 0 && i < n; i++)
+        sent_put_locked(r, ss[i]);
+    pthread_mutex_unlock(&r->mu);
+    int brc = rc == 0 ? broker_enqueue(r->b, jobs, n) : 0;
+    if (brc < 0) {
+        /* Over capacity or Redis away: load, for the caller (503). */
+        if (brc == BROKER_EFULL)
+            snprintf(why, cap, "the broker %s is over its capacity (--broker-capacity)",
+                     broker_url_shown(r->b));
+        else
+            snprintf(why, cap, "redis at %s did not take them (%s)", broker_url_shown(r->b),
+                     broker_strerror(brc));
+        log_msg(BGS_LOG_WARN, "broker: %zu task(s) (%s, ...) not added: %s", n, jobs[0].name,
+                why);
+        rc = BGS_EFULL;
+        pthread_mutex_lock(&r->mu);
+        for (size_t i = 0; i < n; i++)
+            free(sent_take_locked(r, ss[i]->id));
+        pthread_mutex_unlock(&r->mu);
+    } else if (rc == 0) {
+        pthread_cond_signal(&r->cv);
+    } else {
+        for (size_t i = 0; i < n; i++)
+            free(ss[i]);
+    }
+    free(jobs);
+    free(ss);
+    return rc;
+}
+
 static int rq_enqueue(queue *q, queue_node *const *nodes, size_t n, uint64_t not_before_us,
                       queue_done_fn done, void *done_arg)
 {
     rq *r = R(q);
-    broker_job *jobs = xcalloc(n ? n : 1, sizeof *jobs);
-    sent **ss = xcalloc(n ? n : 1, sizeof *ss);
+    queue_node **named = xcalloc(n ? n : 1, sizeof *named);
     queue_node **locals = xcalloc(n ? n : 1, sizeof *locals);
     size_t nj = 0, nl = 0;
     int later = not_before_us > util_now_us();
@@ -167,50 +239,68 @@ static int rq_enqueue(queue *q, queue_node *const *nodes, size_t n, uint64_t not
         r->h.describe(nodes[i], &job, r->h.arg);
         /* A job with a time of its own waits here (the stream has no
          * not-before). */
-        if (!job.name || later) {
+        if (!job.name || later)
             locals[nl++] = nodes[i];
-            continue;
-        }
-        jobs[nj] = (broker_job){.id = job.id, .name = job.name, .request_id = job.request_id,
-                                .max_attempts = job.max_attempts, .payload = job.payload,
-                                .len = job.len};
-        ss[nj] = xcalloc(1, sizeof *ss[nj]);
-        ss[nj]->id = job.id;
-        ss[nj]->node = nodes[i];
-        ss[nj]->since_us = util_now_us();
-        nj++;
+        else
+            named[nj++] = nodes[i];
     }
-    int rc = 0;
-    pthread_mutex_lock(&r->mu);
-    if (r->shut)
-        rc = BGS_ESHUTDOWN;
-    /* Known before the entries exist: a notice cannot come first. */
-    for (size_t i = 0; rc == 0 && i < nj; i++)
-        sent_put_locked(r, ss[i]);
-    pthread_mutex_unlock(&r->mu);
-    /* Over capacity or Redis away: load, for the caller (503). */
-    if (rc == 0 && nj && broker_enqueue(r->b, jobs, nj) < 0)
-        rc = BGS_EFULL;
+    char why[256];
+    int rc = add_to_stream(r, named, nj, 1, why, sizeof why);
     if (rc == 0 && nl) {
         rc = queue_enqueue_at(r->mem, locals, nl, not_before_us, NULL, NULL);
-        if (rc < 0 && nj)
+        if (rc < 0 && nj) {
             log_msg(BGS_LOG_WARN, "broker: %zu task(s) were added to the stream while the "
                     "server stopped; they run on the workers, untracked here", nj);
+            pthread_mutex_lock(&r->mu);
+            for (size_t i = 0; i < nj; i++) {
+                queue_job job = {0};
+                r->h.describe(named[i], &job, r->h.arg);
+                free(sent_take_locked(r, job.id));
+            }
+            pthread_mutex_unlock(&r->mu);
+        }
     }
-    if (rc < 0 && nj) {
-        pthread_mutex_lock(&r->mu);
-        for (size_t i = 0; i < nj; i++)
-            free(sent_take_locked(r, ss[i]->id));
-        pthread_mutex_unlock(&r->mu);
-    } else if (nj) {
-        pthread_cond_signal(&r->cv);
-    }
-    free(jobs);
-    free(ss);
+    free(named);
     free(locals);
     if (rc == 0 && done)
         done(done_arg, 0, NULL);
     return rc;
+}
+
+int queue_redis_write(queue *q, queue_node *const *nodes, size_t n, char *why, size_t cap)
+{
+    return add_to_stream(R(q), nodes, n, 0, why, cap);
+}
+
+int queue_redis_link(queue *q, queue_node *n)
+{
+    rq *r = R(q);
+    queue_job job = {0};
+    r->h.describe(n, &job, r->h.arg);
+    pthread_mutex_lock(&r->mu);
+    sent *s = *sent_slot_locked(r, job.id);
+    int late = s && !s->linked && s->final_seen;
+    if (s)
+        s->linked = 1;
+    r->late += (size_t)late;
+    pthread_mutex_unlock(&r->mu);
+    if (late)
+        pthread_cond_signal(&r->cv);
+    return s ? 0 : BGS_EINVAL;
+}
+
+void queue_redis_forget(queue *q, uint64_t id)
+{
+    rq *r = R(q);
+    pthread_mutex_lock(&r->mu);
+    sent **pp = sent_slot_locked(r, id);
+    sent *s = *pp && !(*pp)->linked ? sent_unlink_locked(r, pp) : NULL;
+    pthread_mutex_unlock(&r->mu);
+    if (s)
+        log_msg(BGS_LOG_WARN, "broker: task %" PRIu64 " was added to redis but its request "
+                "did not hand it over here (answered with an error, or the server stopped): "
+                "it runs on the workers, untracked here", id);
+    free(s);
 }
 
 /* ---- take, ack, nack ------------------------------------------------------ */
@@ -393,7 +483,8 @@ static void take_job(rq *r, broker_msg *m)
     }
     /* One of ours (added by this process): run the node it came from. */
     pthread_mutex_lock(&r->mu);
-    sent *s = sent_take_locked(r, x->msg.id);
+    sent **pp = sent_slot_locked(r, x->msg.id);
+    sent *s = *pp && (*pp)->linked ? sent_unlink_locked(r, pp) : NULL;
     pthread_mutex_unlock(&r->mu);
     if (s) {
         x->node = s->node;
@@ -468,7 +559,12 @@ static void touch_all(rq *r)
 static void finish_sent(rq *r, uint64_t id, const broker_record *known)
 {
     pthread_mutex_lock(&r->mu);
-    sent *s = sent_take_locked(r, id);
+    sent **pp = sent_slot_locked(r, id);
+    sent *s = NULL;
+    if (*pp && !(*pp)->linked)
+        (*pp)->final_seen = 1; /* finished once its owner links it */
+    else if (*pp)
+        s = sent_unlink_locked(r, pp);
     pthread_mutex_unlock(&r->mu);
     if (!s)
         return;
@@ -486,6 +582,22 @@ static int is_final_state(const char *st)
 {
     return st && strcmp(st, "queued") != 0 && strcmp(st, "running") != 0 &&
            strcmp(st, "retrying") != 0;
+}
+
+/* The nodes whose notice came before they were linked. */
+static void finish_late(rq *r)
+{
+    uint64_t ids[SWEEP_MAX];
+    size_t n = 0;
+    pthread_mutex_lock(&r->mu);
+    for (size_t i = 0; i < NBUCKET && n < SWEEP_MAX; i++)
+        for (sent *s = r->sb[i]; s && n < SWEEP_MAX; s = s->next)
+            if (s->linked && s->final_seen)
+                ids[n++] = s->id;
+    r->late = n < SWEEP_MAX ? 0 : r->late; /* more: the next turn */
+    pthread_mutex_unlock(&r->mu);
+    for (size_t i = 0; i < n; i++)
+        finish_sent(r, ids[i], NULL);
 }
 
 /* Notices can be lost (trimmed, a Redis restarted without persistence):
@@ -515,7 +627,7 @@ static void wait_ms(rq *r, unsigned ms)
 {
     struct timespec ts = util_mono_timespec(util_now_us() + (uint64_t)ms * 1000u);
     pthread_mutex_lock(&r->mu);
-    if (!r->stop && !r->rel)
+    if (!r->stop && !r->rel && !r->late)
         pthread_cond_timedwait(&r->cv, &r->mu, &ts);
     pthread_mutex_unlock(&r->mu);
 }
@@ -529,7 +641,7 @@ static void *bg_main(void *arg)
         queue_node *rel = r->rel;
         r->rel = NULL;
         size_t room = r->consume > r->nheld ? r->consume - r->nheld : 0;
-        size_t nsent = r->nsent;
+        size_t nsent = r->nsent, late = r->late;
         pthread_mutex_unlock(&r->mu);
         while (rel) {
             queue_node *next = rel->next;
@@ -538,6 +650,8 @@ static void *bg_main(void *arg)
         }
         if (stop)
             break;
+        if (late)
+            finish_late(r);
         uint64_t now = util_now_us();
         if (r->consume && now >= r->next_touch_us) {
             touch_all(r);

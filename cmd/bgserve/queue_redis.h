@@ -69,6 +69,22 @@ typedef struct queue_redis_config {
  * background thread.  NULL when the thread cannot start. */
 queue *queue_redis_new(broker *b, const queue_redis_config *cfg, const queue_redis_hooks *h);
 
+/*
+ * A server's write-ahead (a response held until Redis has its tasks):
+ * add the n named jobs of nodes[] to the stream now, all or none, while
+ * the nodes stay their owner's.  0; BGS_EFULL (Redis away or over its
+ * capacity: why says which, and a line is logged); BGS_ESHUTDOWN.
+ * The owner then hands each over with queue_redis_link (instead of
+ * enqueue: it is in the stream already), or, if it never will, calls
+ * queue_redis_forget (the job runs on the workers, untracked here).
+ */
+int queue_redis_write(queue *q, queue_node *const *nodes, size_t n, char *why, size_t cap);
+/* Link n, written ahead: from now on it is the queue's until its final
+ * state (a notice that came meanwhile is acted on now).  0, or
+ * BGS_EINVAL when n was not written ahead. */
+int queue_redis_link(queue *q, queue_node *n);
+void queue_redis_forget(queue *q, uint64_t id);
+
 /* Jobs read from the stream and not yet acked or nacked, and nodes added
  * here waiting for their final state (stats). */
 void queue_redis_counts(queue *q, size_t *held, size_t *sent);

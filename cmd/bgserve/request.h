@@ -83,7 +83,7 @@ struct bgs_req {
     char id[24];
     generation *gen;          /* a reference, released by dispatch_finish */
     services_scope *scope;    /* scoped services, ended by dispatch_finish */
-    durable_gate *gate;       /* --journal: the commits of its tasks (dispatch's) */
+    durable_gate *gate;       /* --journal, --broker: its tasks being kept (dispatch's) */
     struct bgs_res *res;
 };
 

@@ -15,6 +15,7 @@
  */
 #include "tasks_internal.h"
 
+#include "queue_redis.h"
 #include "util.h"
 
 #include <stdlib.h>
@@ -153,9 +154,53 @@ static void group_free(tasks_group *g)
     free(g);
 }
 
+/* --broker: the tasks the response's 2xx promises are in Redis: those of
+ * a concurrent group, or the first of a sequence (the rest are added as
+ * their predecessors finish), except ad hoc ones (memory only) and
+ * BGS_TASK_DELIVERED_ONLY ones (added once the response is delivered,
+ * so that an undelivered one never runs).  Synchronous: one round
+ * trip. */
+static int persist_broker(tasks_group *g, durable_gate *gate)
+{
+    size_t n = 0, cap = 0;
+    queue_node **nodes = NULL;
+    for (task_item *it = g->head; it; it = it->group_next) {
+        if (it->def != NULL && !(it->jflags & TASKS_JF_WRITTEN) &&
+            !(it->def->flags & BGS_TASK_DELIVERED_ONLY)) {
+            if (n == cap) {
+                cap = cap ? 2 * cap : 8;
+                nodes = xrealloc(nodes, cap * sizeof(*nodes));
+            }
+            nodes[n++] = &it->qnode;
+        }
+        if (g->mode == BGS_SEQUENTIAL)
+            break;
+    }
+    int rc = 0;
+    if (n > 0) {
+        char why[256];
+        durable_expect(gate);
+        rc = queue_redis_write(g->engine->q, nodes, n, why, sizeof why);
+        if (rc == BGS_ESHUTDOWN) {
+            durable_unexpect(gate);
+        } else {
+            durable_done(gate, rc, why);
+            for (size_t i = 0; rc == 0 && i < n; i++)
+                UTIL_CONTAINER_OF(nodes[i], task_item, qnode)->jflags |= TASKS_JF_WRITTEN;
+            rc = 0; /* told through the gate */
+        }
+    }
+    free(nodes);
+    return rc;
+}
+
 int tasks_group_persist(tasks_group *g, durable_gate *gate)
 {
-    if (g == NULL || g->engine->journal == NULL)
+    if (g == NULL)
+        return 0;
+    if (g->engine->broker && !g->engine->journal)
+        return persist_broker(g, gate);
+    if (g->engine->journal == NULL)
         return 0;
     size_t n = 0, cap = 0;
     journal_task *jt = NULL;

@@ -156,8 +156,9 @@ struct task_item {
     max_align_t inline_data[];   /* a small payload (TASKS_INLINE_PAYLOAD_MAX) */
 };
 
-/* task_item.jflags, with --journal: written to the journal ahead of its
- * dispatch (tasks_group_persist), and linked into the queue since. */
+/* task_item.jflags, with --journal or --broker: written to the journal
+ * (or added to the broker's stream) ahead of its dispatch
+ * (tasks_group_persist), and linked into the queue since. */
 #define TASKS_JF_WRITTEN 1u
 #define TASKS_JF_LINKED 2u
 

@@ -20,6 +20,7 @@
 #include "handle.h"
 #include "log.h"
 #include "queue_journal.h"
+#include "queue_redis.h"
 #include "util.h"
 
 #include <inttypes.h>
@@ -116,10 +117,15 @@ void tasks_runs_finalize(task_item *it, int st, const char *err)
 
     it->group_next = NULL;
     it->owner = NULL;
-    if (t->journal && (it->jflags & (TASKS_JF_WRITTEN | TASKS_JF_LINKED)) == TASKS_JF_WRITTEN)
+    if ((it->jflags & (TASKS_JF_WRITTEN | TASKS_JF_LINKED)) == TASKS_JF_WRITTEN) {
         /* Written ahead of a dispatch that never came (discarded,
-         * skipped): the journal must not run it at the next start. */
-        journal_finish(t->journal, id, tasks_state_name((tasks_state)st), err, NULL, NULL);
+         * skipped): the journal must not run it at the next start; the
+         * broker's workers will, untracked here. */
+        if (t->journal)
+            journal_finish(t->journal, id, tasks_state_name((tasks_state)st), err, NULL, NULL);
+        else if (t->broker)
+            queue_redis_forget(t->q, id);
+    }
     if (it->free_fn) {
         bgs_free_fn f = it->free_fn;
         it->free_fn = NULL;
@@ -193,15 +199,20 @@ static void dispatch_done(task_item *it, queue_done_fn done, void *arg)
     queue *q = it->kind->engine->q;
     int rc, written = it->jflags & TASKS_JF_WRITTEN;
     it->jflags |= TASKS_JF_LINKED; /* now: once linked, a worker owns it */
-    if (written)
+    if (written && it->kind->engine->journal)
         rc = queue_journal_adopt(q, &it->qnode, 0);
+    else if (written)
+        rc = queue_redis_link(q, &it->qnode);
     else
         rc = queue_enqueue_at(q, (queue_node *const[]){&it->qnode}, 1, 0, done, arg);
     if (rc != 0) { /* refused: still ours (a push stamps TASKS_MONO_US) */
+        const char *why = rc == BGS_EFULL ? "the task queue (or its broker) did not take it; "
+                                            "the task never ran"
+                                          : "server is shutting down; the task never ran";
         it->jflags &= (uint8_t)~TASKS_JF_LINKED;
         if (done && !written)
-            durable_unexpect(arg);
-        tasks_runs_finalize(it, TASKS_CANCELLED, "server is shutting down; the task never ran");
+            done(arg, rc, why); /* the request answers 503 */
+        tasks_runs_finalize(it, TASKS_CANCELLED, why);
     }
 }
 
@@ -216,7 +227,8 @@ void tasks_runs_dispatch_batch(task_item **its, size_t n)
 
     if (n == 0)
         return;
-    if (its[0]->kind->engine->journal) { /* written ahead, or ad hoc: one by one */
+    tasks_engine *t = its[0]->kind->engine;
+    if (t->journal || t->broker) { /* written ahead, or ad hoc: one by one */
         for (size_t i = 0; i < n; i++)
             tasks_runs_dispatch(its[i]);
         return;
@@ -459,7 +471,7 @@ int tasks_enqueue_gated(tasks_engine *t, const tasks_owner *owner, const char *r
     }
     if (id_out)
         *id_out = it->id; /* read before dispatch: it may finish at once */
-    if (t->journal && gate) {
+    if ((t->journal || t->broker) && gate) {
         durable_expect(gate); /* undone by dispatch_done if refused */
         dispatch_done(it, durable_done, gate);
     } else {
