@@ -18,6 +18,7 @@
 #include "journal.h"
 #include "pace.h"
 #include "queue.h"
+#include "reload.h"
 #include "tasks.h"
 #include "urls.h"
 #include "util.h"
@@ -30,6 +31,11 @@
 #include <unistd.h>
 
 #define DEFAULT_PORT 8000u
+/* Defaults of options no other room owns (each written here only: the
+ * help text prints them with UTIL_STR). */
+#define CLI_DEFAULT_TIMEOUT_S 30
+#define CLI_DEFAULT_CONN_LIMIT 1024
+#define CLI_DEFAULT_DRAIN_S 10
 #define MAX_BODY_CAP (1024ull * 1024 * 1024)
 
 enum opt_id {
@@ -122,8 +128,8 @@ static void print_help(FILE *out)
 "  -p, --port N               port, 0-65535; 0 picks a free one\n"
 "                             (default: $PORT if set, else 8000)\n"
 "      --threads N            HTTP threads, 1-1024 (default: online cores, %u)\n"
-"      --timeout SECONDS      idle connection timeout, 1-86400 (default 30)\n"
-"      --max-connections N    connections at once, 1-1000000 (default 1024); past\n"
+"      --timeout SECONDS      idle connection timeout, 1-86400 (default " UTIL_STR(CLI_DEFAULT_TIMEOUT_S) ")\n"
+"      --max-connections N    connections at once, 1-1000000 (default " UTIL_STR(CLI_DEFAULT_CONN_LIMIT) "); past\n"
 "                             it the oldest idle keep-alive connection is\n"
 "                             closed, else new clients get 503 + Retry-After\n"
 "      --max-body SIZE        largest request body, 0 to 1G; suffix k, M or G\n"
@@ -148,7 +154,7 @@ static void print_help(FILE *out)
 "                             0-10000000 (default " UTIL_STR(TASKS_DEFAULT_KEEP) ")\n"
 "      --drain-timeout SECONDS  on stop, how long to wait for queued and\n"
 "                             running tasks, 0-3600, fractions allowed\n"
-"                             (default 10)\n"
+"                             (default " UTIL_STR(CLI_DEFAULT_DRAIN_S) ")\n"
 "      --journal FILE         keep named tasks in FILE (SQLite, created on\n"
 "                             first use) until they finish: queued, retrying\n"
 "                             and interrupted tasks run again after a crash,\n"
@@ -175,11 +181,11 @@ static void print_help(FILE *out)
 "      --build CMD            build command run by /bin/sh on source changes,\n"
 "                             e.g. --build \"make sample_app\"\n"
 "      --watch-debounce MS    wait after the last source change before\n"
-"                             running --build, 0-10000 (default 20)\n"
+"                             running --build, 0-10000 (default " UTIL_STR(RELOAD_DEFAULT_DEBOUNCE_MS) ")\n"
 "      --reload-settle MS     wait after the last write to APP.so before\n"
-"                             loading it, 0-10000 (default 50)\n"
+"                             loading it, 0-10000 (default " UTIL_STR(RELOAD_DEFAULT_SETTLE_MS) ")\n"
 "      --max-generations N    plugin generations loaded at once while old\n"
-"                             ones finish their work, 2-64 (default 8)\n"
+"                             ones finish their work, 2-64 (default " UTIL_STR(RELOAD_DEFAULT_MAX_GENERATIONS) ")\n"
 "      --single-process       no supervisor: a crash in plugin code ends\n"
 "                             bgserve (for gdb, valgrind and core files);\n"
 "                             by default a supervisor reports the crash with\n"
@@ -493,19 +499,19 @@ static void set_defaults(cli_config *cfg)
     cfg->host = "127.0.0.1";
     cfg->port = DEFAULT_PORT;
     cfg->threads = online_cores();
-    cfg->timeout_s = 30;
-    cfg->conn_limit = 1024;
+    cfg->timeout_s = CLI_DEFAULT_TIMEOUT_S;
+    cfg->conn_limit = CLI_DEFAULT_CONN_LIMIT;
     cfg->max_body = 1024 * 1024;
     cfg->workers = TASKS_DEFAULT_WORKERS;
     cfg->queue_cap = TASKS_DEFAULT_QUEUE_CAP;
     cfg->linger_us = QUEUE_LINGER_DEFAULT;
     cfg->keep = TASKS_DEFAULT_KEEP;
-    cfg->drain_timeout_ms = 10000;
+    cfg->drain_timeout_ms = CLI_DEFAULT_DRAIN_S * 1000u;
     cfg->introspection = 1;
     cfg->color = -1;
-    cfg->settle_ms = 50;
-    cfg->debounce_ms = 20;
-    cfg->max_generations = 8;
+    cfg->settle_ms = RELOAD_DEFAULT_SETTLE_MS;
+    cfg->debounce_ms = RELOAD_DEFAULT_DEBOUNCE_MS;
+    cfg->max_generations = RELOAD_DEFAULT_MAX_GENERATIONS;
 }
 
 /* ------------------------------------------------------------------ */

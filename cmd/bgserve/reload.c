@@ -468,7 +468,7 @@ int reload_prepare(const reload_config *c, char *err, size_t errlen)
 {
     cfg = *c;
     if (cfg.settle_ms == 0)
-        cfg.settle_ms = 50;
+        cfg.settle_ms = RELOAD_DEFAULT_SETTLE_MS;
     atomic_init(&build_pid, 0);
     wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (wake_fd < 0) {

@@ -9,6 +9,11 @@
 #include <stddef.h>
 
 #define RELOAD_MAX_WATCH 16
+/* The defaults of --reload-settle, --watch-debounce and --max-generations
+ * (cli.c sets them; a settle of 0 here is taken as the default). */
+#define RELOAD_DEFAULT_SETTLE_MS 50
+#define RELOAD_DEFAULT_DEBOUNCE_MS 20
+#define RELOAD_DEFAULT_MAX_GENERATIONS 8
 
 typedef struct reload_config {
     const char *plugin_path;
