@@ -24,6 +24,9 @@
 #include "sched.h"
 #include "util.h"
 
+/* The timers of every queue here (the engine's, in the server). */
+static sched *timers;
+
 typedef struct item {
     queue_node node;
     int value;
@@ -38,7 +41,7 @@ static item *item_of(queue_node *n)
 static void queue_fifo_order(void **state)
 {
     (void)state;
-    queue *q = queue_mem_new(0, QUEUE_LINGER_DEFAULT);
+    queue *q = queue_mem_new(timers, 0, QUEUE_LINGER_DEFAULT);
     item items[5];
     for (int i = 0; i < 5; i++) {
         items[i].value = i;
@@ -66,7 +69,7 @@ static void queue_fifo_order(void **state)
 static void queue_capacity_full(void **state)
 {
     (void)state;
-    queue *q = queue_mem_new(2, QUEUE_LINGER_DEFAULT);
+    queue *q = queue_mem_new(timers, 2, QUEUE_LINGER_DEFAULT);
     item a, b, c;
     assert_int_equal(queue_enqueue(q, &a.node), 0);
     assert_int_equal(queue_enqueue(q, &b.node), 0);
@@ -102,7 +105,7 @@ static void *consume_one(void *p)
 static void queue_dequeue_woken_by_push(void **state)
 {
     (void)state;
-    consumer c = {.q = queue_mem_new(0, QUEUE_LINGER_DEFAULT)};
+    consumer c = {.q = queue_mem_new(timers, 0, QUEUE_LINGER_DEFAULT)};
     pthread_t t;
     item it = {.value = 42};
     assert_int_equal(pthread_create(&t, NULL, consume_one, &c), 0);
@@ -118,7 +121,7 @@ static void queue_dequeue_woken_by_push(void **state)
 static void queue_dequeue_woken_by_shutdown(void **state)
 {
     (void)state;
-    consumer c = {.q = queue_mem_new(0, QUEUE_LINGER_DEFAULT)};
+    consumer c = {.q = queue_mem_new(timers, 0, QUEUE_LINGER_DEFAULT)};
     pthread_t t;
     item it;
     assert_int_equal(pthread_create(&t, NULL, consume_one, &c), 0);
@@ -133,7 +136,7 @@ static void queue_dequeue_woken_by_shutdown(void **state)
     assert_null(queue_take(c.q));
     queue_destroy(c.q);
 
-    queue *q = queue_mem_new(0, QUEUE_LINGER_DEFAULT);
+    queue *q = queue_mem_new(timers, 0, QUEUE_LINGER_DEFAULT);
     assert_int_equal(queue_enqueue(q, &it.node), 0);
     queue_shutdown(q);
     assert_null(queue_take(q));
@@ -146,7 +149,7 @@ static void queue_dequeue_woken_by_shutdown(void **state)
 static void queue_wakeups_only_for_idle_consumers(void **state)
 {
     (void)state;
-    consumer c = {.q = queue_mem_new(0, QUEUE_LINGER_DEFAULT)};
+    consumer c = {.q = queue_mem_new(timers, 0, QUEUE_LINGER_DEFAULT)};
     item its[3];
     pthread_t t;
     for (int i = 0; i < 3; i++)
@@ -172,7 +175,7 @@ static void queue_wakeups_only_for_idle_consumers(void **state)
 static void queue_batch_in_order_all_or_nothing(void **state)
 {
     (void)state;
-    queue *q = queue_mem_new(3, QUEUE_LINGER_DEFAULT);
+    queue *q = queue_mem_new(timers, 3, QUEUE_LINGER_DEFAULT);
     item a, b, c, d;
     queue_node *three[] = {&b.node, &c.node, &d.node};
     assert_int_equal(queue_enqueue(q, &a.node), 0);
@@ -221,7 +224,7 @@ static void *consume_slowly(void *p)
 static void queue_batch_spreads_over_idle_consumers(void **state)
 {
     (void)state;
-    slow_pool sp = {.q = queue_mem_new(0, QUEUE_LINGER_DEFAULT)};
+    slow_pool sp = {.q = queue_mem_new(timers, 0, QUEUE_LINGER_DEFAULT)};
     pthread_t t[BATCH_CONSUMERS];
     item its[BATCH_CONSUMERS];
     queue_node *nodes[BATCH_CONSUMERS];
@@ -327,7 +330,7 @@ static int teardown_linger(void **state)
 static void queue_many_producers_consumers_lose_nothing(void **state)
 {
     const int total = PRODUCERS * PER_PRODUCER;
-    mpmc m = {.q = queue_mem_new(0, linger_of(state))};
+    mpmc m = {.q = queue_mem_new(timers, 0, linger_of(state))};
     m.items = calloc((size_t)total, sizeof(item));
     assert_non_null(m.items);
     pthread_t pt[PRODUCERS], ct[CONSUMERS];
@@ -365,7 +368,7 @@ static void queue_many_producers_consumers_lose_nothing(void **state)
 static void queue_dense_stream_tail_is_taken(void **state)
 {
     enum { PAIRS = 300, TOTAL = 20000 };
-    mpmc st = {.q = queue_mem_new(0, linger_of(state))};
+    mpmc st = {.q = queue_mem_new(timers, 0, linger_of(state))};
     pthread_t t[2];
     st.items = calloc(TOTAL, sizeof(item));
     assert_non_null(st.items);
@@ -428,7 +431,7 @@ static queue_node *take_within(queue *q, uint64_t us)
 static void queue_durable_completion_once_per_batch(void **state)
 {
     (void)state;
-    queue *q = queue_mem_new(2, QUEUE_LINGER_DEFAULT);
+    queue *q = queue_mem_new(timers, 2, QUEUE_LINGER_DEFAULT);
     item a, b, c;
     queue_node *two[] = {&a.node, &b.node};
     done_rec d = {.status = 99};
@@ -450,8 +453,8 @@ static void queue_durable_completion_once_per_batch(void **state)
 static void queue_not_before_waits_for_its_time(void **state)
 {
     (void)state;
-    assert_int_equal(sched_start(), 0);
-    queue *q = queue_mem_new(0, QUEUE_LINGER_DEFAULT);
+    assert_int_equal(sched_run(timers), 0);
+    queue *q = queue_mem_new(timers, 0, QUEUE_LINGER_DEFAULT);
     item later = {.value = 1}, now = {.value = 2}, past = {.value = 3};
     queue_node *l[] = {&later.node}, *n[] = {&now.node}, *p[] = {&past.node};
     uint64_t due = util_now_us() + 50000;
@@ -468,15 +471,15 @@ static void queue_not_before_waits_for_its_time(void **state)
     assert_int_equal(queue_depth(q), 0);
     queue_shutdown(q);
     queue_destroy(q);
-    sched_stop();
+    sched_halt(timers);
 }
 
 /* A blocked consumer is woken when a waiting node becomes due. */
 static void queue_due_node_wakes_a_consumer(void **state)
 {
     (void)state;
-    assert_int_equal(sched_start(), 0);
-    consumer c = {.q = queue_mem_new(0, QUEUE_LINGER_DEFAULT)};
+    assert_int_equal(sched_run(timers), 0);
+    consumer c = {.q = queue_mem_new(timers, 0, QUEUE_LINGER_DEFAULT)};
     pthread_t t;
     item it = {.value = 7};
     queue_node *one[] = {&it.node};
@@ -488,7 +491,7 @@ static void queue_due_node_wakes_a_consumer(void **state)
     assert_ptr_equal(c.got, &it.node);
     queue_shutdown(c.q);
     queue_destroy(c.q);
-    sched_stop();
+    sched_halt(timers);
 }
 
 /* nack puts a taken node back, at once or at its retry time, never
@@ -497,8 +500,8 @@ static void queue_due_node_wakes_a_consumer(void **state)
 static void queue_nack_retry_at(void **state)
 {
     (void)state;
-    assert_int_equal(sched_start(), 0);
-    queue *q = queue_mem_new(1, QUEUE_LINGER_DEFAULT);
+    assert_int_equal(sched_run(timers), 0);
+    queue *q = queue_mem_new(timers, 1, QUEUE_LINGER_DEFAULT);
     item a, b;
     assert_int_equal(queue_enqueue(q, &a.node), 0);
     assert_ptr_equal(queue_take(q), &a.node);
@@ -513,7 +516,7 @@ static void queue_nack_retry_at(void **state)
     assert_int_equal(queue_nack(q, &a.node, 0, NULL), BGS_ESHUTDOWN);
     assert_null(queue_try_take(q));
     queue_destroy(q);
-    sched_stop();
+    sched_halt(timers);
 }
 
 /* After shutdown try_take hands back the ready nodes, then those still
@@ -523,8 +526,8 @@ static void queue_nack_retry_at(void **state)
 static void queue_shutdown_hands_back_waiting_nodes(void **state)
 {
     (void)state;
-    assert_int_equal(sched_start(), 0);
-    queue *q = queue_mem_new(0, QUEUE_LINGER_DEFAULT);
+    assert_int_equal(sched_run(timers), 0);
+    queue *q = queue_mem_new(timers, 0, QUEUE_LINGER_DEFAULT);
     item ready, w1, w2;
     queue_node *r[] = {&ready.node}, *w[] = {&w1.node, &w2.node};
     uint64_t far = util_now_us() + 3600u * 1000000u;
@@ -539,21 +542,21 @@ static void queue_shutdown_hands_back_waiting_nodes(void **state)
     queue_destroy(q);
 
     /* Destroyed with a node still waiting: its timer is disarmed. */
-    size_t before = sched_pending();
-    q = queue_mem_new(0, QUEUE_LINGER_DEFAULT);
+    size_t before = sched_pending(timers);
+    q = queue_mem_new(timers, 0, QUEUE_LINGER_DEFAULT);
     assert_int_equal(queue_enqueue_at(q, r, 1, far, NULL, NULL), 0);
-    assert_int_equal(sched_pending(), before + 1);
+    assert_int_equal(sched_pending(timers), before + 1);
     queue_shutdown(q);
     queue_destroy(q);
-    assert_int_equal(sched_pending(), before);
-    sched_stop();
+    assert_int_equal(sched_pending(timers), before);
+    sched_halt(timers);
 }
 
 /* Waiting nodes count against the capacity. */
 static void queue_capacity_counts_waiting_nodes(void **state)
 {
     (void)state;
-    queue *q = queue_mem_new(1, QUEUE_LINGER_DEFAULT);
+    queue *q = queue_mem_new(timers, 1, QUEUE_LINGER_DEFAULT);
     item a, b;
     queue_node *one[] = {&a.node};
     assert_int_equal(queue_enqueue_at(q, one, 1, util_now_us() + 3600u * 1000000u, NULL, NULL), 0);
@@ -594,5 +597,8 @@ int main(void)
         LINGER_TEST(queue_many_producers_consumers_lose_nothing, long),
         LINGER_TEST(queue_many_producers_consumers_lose_nothing, swinging),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    timers = sched_new();
+    int failed = cmocka_run_group_tests(tests, NULL, NULL);
+    sched_free(timers);
+    return failed;
 }

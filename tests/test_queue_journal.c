@@ -24,6 +24,9 @@
 #include "sched.h"
 #include "util.h"
 
+/* The timers of every queue here (the engine's, in the server). */
+static sched *timers;
+
 #include <errno.h>
 #include <inttypes.h>
 #include <pthread.h>
@@ -159,7 +162,7 @@ static void queue_journal_records_each_step(void **state)
 {
     sandbox *sb = *state;
     journal *j = js_open_ok(sb->path);
-    queue *q = queue_journal_new(j, 0, QUEUE_LINGER_DEFAULT, describe, NULL);
+    queue *q = queue_journal_new(j, timers, 0, QUEUE_LINGER_DEFAULT, describe, NULL);
     assert_string_equal(q->ops->name, "journal");
     item ok, bad, cancel, retry, crash, adhoc;
     item_init(&ok, j, "ok", "p1");
@@ -231,7 +234,7 @@ static void queue_journal_memory_only_batch_is_done_at_once(void **state)
 {
     sandbox *sb = *state;
     journal *j = js_open_ok(sb->path);
-    queue *q = queue_journal_new(j, 0, QUEUE_LINGER_DEFAULT, describe, NULL);
+    queue *q = queue_journal_new(j, timers, 0, QUEUE_LINGER_DEFAULT, describe, NULL);
     item a, b;
     item_init(&a, j, NULL, "");
     item_init(&b, j, NULL, "");
@@ -263,7 +266,7 @@ static void queue_journal_refusals_write_nothing(void **state)
 {
     sandbox *sb = *state;
     journal *j = js_open_ok(sb->path);
-    queue *q = queue_journal_new(j, 2, QUEUE_LINGER_DEFAULT, describe, NULL);
+    queue *q = queue_journal_new(j, timers, 2, QUEUE_LINGER_DEFAULT, describe, NULL);
     item a, b, c, e;
     item_init(&a, j, "a", "1");
     item_init(&b, j, "b", "2");
@@ -315,9 +318,9 @@ static void queue_journal_refusals_write_nothing(void **state)
 static void queue_journal_adopt_keeps_not_before(void **state)
 {
     sandbox *sb = *state;
-    assert_int_equal(sched_start(), 0);
+    assert_int_equal(sched_run(timers), 0);
     journal *j = js_open_ok(sb->path);
-    queue *q = queue_journal_new(j, 0, QUEUE_LINGER_DEFAULT, describe, NULL);
+    queue *q = queue_journal_new(j, timers, 0, QUEUE_LINGER_DEFAULT, describe, NULL);
     item later, soon;
     item_init(&later, j, "later", "L");
     item_init(&soon, j, "soon", "S");
@@ -337,7 +340,7 @@ static void queue_journal_adopt_keeps_not_before(void **state)
     j = js_open_ok(sb->path);
     replayed s = {0};
     assert_int_equal(journal_replay(j, replay_collect, &s), 2);
-    q = queue_journal_new(j, 0, QUEUE_LINGER_DEFAULT, describe, NULL);
+    q = queue_journal_new(j, timers, 0, QUEUE_LINGER_DEFAULT, describe, NULL);
     item back[2];
     for (size_t i = 0; i < 2; i++) {
         memset(&back[i], 0, sizeof back[i]);
@@ -368,7 +371,7 @@ static void queue_journal_adopt_keeps_not_before(void **state)
     assert_int_equal(replayed_find(&s, soon.id)->interrupted, 1);
     assert_int_equal(replayed_find(&s, later.id)->interrupted, 0);
     journal_close(j);
-    sched_stop();
+    sched_halt(timers);
 }
 
 /* ---- many threads ------------------------------------------------------------------ */
@@ -428,7 +431,7 @@ static void queue_journal_consumers_race_the_writer(void **state)
     const int total = RACE_PRODUCERS * RACE_PER_PRODUCER;
     race r = {.done = DONE_COUNT_INIT};
     r.j = js_open_ok(sb->path);
-    r.q = queue_journal_new(r.j, 0, QUEUE_LINGER_DEFAULT, describe, NULL);
+    r.q = queue_journal_new(r.j, timers, 0, QUEUE_LINGER_DEFAULT, describe, NULL);
     r.items = calloc((size_t)total, sizeof *r.items);
     for (int i = 0; i < total; i++)
         item_init(&r.items[i], r.j, (i % 10 == 9) ? NULL : "job", "x");
@@ -510,7 +513,7 @@ static void *kill_consumer(void *arg)
 static void kill_child(const char *path, int fd)
 {
     journal *j = js_open_ok(path);
-    queue *q = queue_journal_new(j, 0, QUEUE_LINGER_DEFAULT, describe, NULL);
+    queue *q = queue_journal_new(j, timers, 0, QUEUE_LINGER_DEFAULT, describe, NULL);
     pthread_t t;
     if (pthread_create(&t, NULL, kill_consumer, q) != 0)
         _exit(4);
@@ -603,7 +606,7 @@ static int disk_full_child(const char *path)
     char err[1024];
     if (journal_open(&cfg, &j, err, sizeof err) != 0)
         return DF_OPEN;
-    queue *q = queue_journal_new(j, 0, QUEUE_LINGER_DEFAULT, describe_big, NULL);
+    queue *q = queue_journal_new(j, timers, 0, QUEUE_LINGER_DEFAULT, describe_big, NULL);
     enum { MAX = 400 };
     static big_item items[MAX + 1];
     static int durable[MAX + 1];
@@ -707,5 +710,8 @@ int main(void)
         T(queue_journal_kill_loses_nothing_durable),
         T(queue_journal_disk_full_completion_says_so),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    timers = sched_new();
+    int failed = cmocka_run_group_tests(tests, NULL, NULL);
+    sched_free(timers);
+    return failed;
 }

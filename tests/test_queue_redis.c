@@ -22,6 +22,9 @@
 #include "sched.h"
 #include "util.h"
 
+/* The timers of every queue here (the engine's, in the server). */
+static sched *timers;
+
 #include <inttypes.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -153,7 +156,7 @@ static queue *backend(rig *g, broker *b, unsigned consume)
     queue_redis_hooks h = {.describe = describe, .limits = limits, .adopt = adopt,
                            .finished = finished, .released = released, .result = result,
                            .arg = &g->e};
-    queue_redis_config cfg = {.consume = consume};
+    queue_redis_config cfg = {.consume = consume, .sched = timers};
     queue *q = queue_redis_new(b, &cfg, &h);
     assert_non_null(q);
     return q;
@@ -163,7 +166,7 @@ static void rig_up(rig *g, unsigned w1, unsigned w2)
 {
     memset(g, 0, sizeof *g);
     pthread_mutex_init(&g->e.mu, NULL);
-    assert_int_equal(sched_start(), 0);
+    assert_int_equal(sched_run(timers), 0);
     h_redis_start(&g->redis, NULL, NULL);
     g->bs = open_b(g, "server");
     g->server = backend(g, g->bs, 0);
@@ -191,7 +194,7 @@ static void rig_down(rig *g)
         queue_destroy(qs[i]);
         broker_close(bs[i]);
     }
-    sched_stop();
+    sched_halt(timers);
     h_redis_stop(&g->redis);
     pthread_mutex_destroy(&g->e.mu);
 }
@@ -458,5 +461,8 @@ int main(void)
         cmocka_unit_test(queue_redis_adhoc_stays_local),
         cmocka_unit_test(queue_redis_down_is_load_not_a_hang),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    timers = sched_new();
+    int failed = cmocka_run_group_tests(tests, NULL, NULL);
+    sched_free(timers);
+    return failed;
 }

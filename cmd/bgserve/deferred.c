@@ -10,8 +10,10 @@
  * libmicrohttpd (it never calls back into this file), so calling it under
  * `lock` is safe.
  *
- * Deadlines are timers on the scheduler thread (sched.h), the one that
- * also runs task retries and periodic ticks.  An armed timer holds a
+ * Deadlines are timers on the scheduler (sched.h) of the task engine the
+ * request belongs to, the one that also runs its retries and periodic
+ * ticks; each handle remembers which (d->sched), so one engine's handles
+ * can be settled and freed apart from another's (deferred_stop_for).  An armed timer holds a
  * reference of its own, so a handle outlives its pending deadline.  The
  * timer callback takes `lock`, and sched_cancel waits for a running
  * callback, so sched_cancel is only ever called with `lock` released
@@ -33,6 +35,7 @@ enum { DEFERRED_GONE = 100 }; /* the connection ended while pending */
 
 struct bgs_deferred {
     sched_timer timer;    /* the deadline; holds a reference while armed */
+    sched *sched;         /* the timer's scheduler; immutable */
     int refs;             /* guarded by lock */
     int plugin_ref;       /* lock: the plugin has not completed/released yet */
     void *handle;         /* what the plugin holds (handle.h); closed under lock */
@@ -104,7 +107,7 @@ static void on_deadline(sched_timer *t)
  * reference the timer held.  lock must not be held (see the top). */
 static void disarm(bgs_deferred *d)
 {
-    if (sched_cancel(&d->timer)) {
+    if (sched_cancel(d->sched, &d->timer)) {
         pthread_mutex_lock(&lock);
         unref(d);
         pthread_mutex_unlock(&lock);
@@ -130,12 +133,60 @@ void deferred_stop(void)
     pthread_mutex_unlock(&lock);
 }
 
+/* Move every pending handle on s (NULL: every handle) to
+ * DEFERRED_SHUTDOWN, resume it and take its deadline back. */
+static void shutdown_matching(sched *s)
+{
+    size_t n = 0, cap = 0;
+    bgs_deferred **moved = NULL;
+    pthread_mutex_lock(&lock);
+    if (s == NULL)
+        shutting_down = 1;
+    for (bgs_deferred *d = all.next; d != &all; d = d->next) {
+        if (d->state != DEFERRED_PENDING || (s && d->sched != s))
+            continue;
+        if (n == cap) {
+            cap = cap ? cap * 2 : 64;
+            moved = xrealloc(moved, cap * sizeof *moved);
+        }
+        d->refs++; /* ours, while we take its deadline back */
+        finish(d, DEFERRED_SHUTDOWN);
+        moved[n++] = d;
+    }
+    pthread_mutex_unlock(&lock);
+    for (size_t i = 0; i < n; i++) {
+        disarm(moved[i]);
+        pthread_mutex_lock(&lock);
+        unref(moved[i]);
+        pthread_mutex_unlock(&lock);
+    }
+    free(moved);
+}
+
+void deferred_stop_for(sched *s)
+{
+    shutdown_matching(s);
+    pthread_mutex_lock(&lock);
+    for (bgs_deferred *d = all.next, *next; d != &all; d = next) {
+        next = d->next;
+        if (d->sched != s)
+            continue;
+        /* A deadline still armed (a request that ended before its
+         * answer): s's thread is halted (tasks_shutdown), so no callback
+         * can be running and cancelling under lock cannot wait. */
+        sched_cancel(s, &d->timer);
+        destroy(d);
+    }
+    pthread_mutex_unlock(&lock);
+}
+
 /* ---- the API ------------------------------------------------------------------ */
 
-static bgs_deferred *create(uint32_t timeout_ms, deferred_resume_fn resume, void *conn,
-                            int counted)
+static bgs_deferred *create(sched *s, uint32_t timeout_ms, deferred_resume_fn resume,
+                            void *conn, int counted)
 {
     bgs_deferred *d = xcalloc(1, sizeof *d);
+    d->sched = s;
     d->counted = counted;
     d->refs = 2; /* the plugin's and the connection's */
     d->plugin_ref = 1;
@@ -156,20 +207,22 @@ static bgs_deferred *create(uint32_t timeout_ms, deferred_resume_fn resume, void
         finish(d, DEFERRED_SHUTDOWN);
     } else {
         d->refs++; /* the timer's */
-        sched_add(&d->timer, due, on_deadline);
+        sched_add(s, &d->timer, due, on_deadline);
     }
     pthread_mutex_unlock(&lock);
     return d;
 }
 
-bgs_deferred *deferred_new(uint32_t timeout_ms, deferred_resume_fn resume, void *conn)
+bgs_deferred *deferred_new(sched *s, uint32_t timeout_ms, deferred_resume_fn resume,
+                           void *conn)
 {
-    return create(timeout_ms, resume, conn, 1);
+    return create(s, timeout_ms, resume, conn, 1);
 }
 
-bgs_deferred *deferred_new_internal(uint32_t timeout_ms, deferred_resume_fn resume, void *conn)
+bgs_deferred *deferred_new_internal(sched *s, uint32_t timeout_ms, deferred_resume_fn resume,
+                                    void *conn)
 {
-    return create(timeout_ms, resume, conn, 0);
+    return create(s, timeout_ms, resume, conn, 0);
 }
 
 void deferred_arm(bgs_deferred *d)
@@ -352,29 +405,7 @@ void deferred_put(bgs_deferred *d, int delivered)
 
 void deferred_shutdown_all(void)
 {
-    size_t n = 0, cap = 0;
-    bgs_deferred **moved = NULL;
-    pthread_mutex_lock(&lock);
-    shutting_down = 1;
-    for (bgs_deferred *d = all.next; d != &all; d = d->next) {
-        if (d->state != DEFERRED_PENDING)
-            continue;
-        if (n == cap) {
-            cap = cap ? cap * 2 : 64;
-            moved = xrealloc(moved, cap * sizeof *moved);
-        }
-        d->refs++; /* ours, while we take its deadline back */
-        finish(d, DEFERRED_SHUTDOWN);
-        moved[n++] = d;
-    }
-    pthread_mutex_unlock(&lock);
-    for (size_t i = 0; i < n; i++) {
-        disarm(moved[i]);
-        pthread_mutex_lock(&lock);
-        unref(moved[i]);
-        pthread_mutex_unlock(&lock);
-    }
-    free(moved);
+    shutdown_matching(NULL);
 }
 
 void deferred_stats_json(json *j)

@@ -12,6 +12,7 @@
 #define BGSERVE_DEFERRED_H
 
 #include "bgserve.h"
+#include "sched.h"
 
 #include <stddef.h>
 #include <stdint.h>
@@ -34,12 +35,21 @@ typedef void (*deferred_resume_fn)(void *conn);
  * handles a plugin never settled.  0 or -1. */
 int deferred_start(void);
 void deferred_stop(void);
+/* deferred_stop for the handles whose deadlines run on s only (one task
+ * engine's: the testing library closing one instance while others go
+ * on): pending ones are answered DEFERRED_SHUTDOWN first, then every
+ * handle on s is freed.  Call after that engine's tasks_shutdown, before
+ * tasks_free. */
+void deferred_stop_for(sched *s);
 
-/* A new pending handle with both references.  timeout_ms 0 means the
- * default.  Not armed yet: see deferred_arm. */
-bgs_deferred *deferred_new(uint32_t timeout_ms, deferred_resume_fn resume, void *conn);
+/* A new pending handle with both references; its deadline runs on s (the
+ * request's task engine's scheduler, tasks_sched).  timeout_ms 0 means
+ * the default.  Not armed yet: see deferred_arm. */
+bgs_deferred *deferred_new(sched *s, uint32_t timeout_ms, deferred_resume_fn resume,
+                           void *conn);
 /* The same for bgserve's own long-polls: not counted in the stats. */
-bgs_deferred *deferred_new_internal(uint32_t timeout_ms, deferred_resume_fn resume, void *conn);
+bgs_deferred *deferred_new_internal(sched *s, uint32_t timeout_ms, deferred_resume_fn resume,
+                                    void *conn);
 
 /*
  * The connection is suspended: from now on a final state resumes it.  If

@@ -89,7 +89,7 @@ static int start_longpoll(const dispatch_env *env, struct bgs_req *req, struct b
         return 0;
     if (ms > LONGPOLL_MAX_MS)
         ms = LONGPOLL_MAX_MS;
-    bgs_deferred *d = deferred_new_internal((uint32_t)ms, req->resume_fn, req->resume_ctx);
+    bgs_deferred *d = deferred_new_internal(tasks_sched(env->tasks), (uint32_t)ms, req->resume_fn, req->resume_ctx);
     if (tasks_watch(env->tasks, id, longpoll_done, d) != 0) {
         /* final already, or unknown: answer now */
         deferred_release(d);
@@ -262,7 +262,7 @@ int dispatch_request(const dispatch_env *env, struct bgs_req *req, struct bgs_re
         return serve_introspection(env, req, res);
     }
 
-    req->gen = gen_current();
+    req->gen = gen_slot_get(env->slot);
     if (req->gen == NULL && env->crash_page) { /* the build crash-looped */
         const char *ctype;
         size_t len;

@@ -26,7 +26,7 @@
  *     request_free(&req);
  *     response_free(&res);
  *
- * The generation serving the request is gen_current() at dispatch time;
+ * The generation serving the request is env->slot's at dispatch time;
  * the task engine (tasks_new, in env->tasks and the generation's) and
  * deferred_start must be running for tasks and deferred answers.  Headers the answer must carry besides
  * res.headers are the carrier's (Content-Length, Connection, the request
@@ -46,6 +46,8 @@ typedef struct dispatch_env {
     /* Fills the counters of /_bgserve/stats; NULL: zeros. */
     void (*counters)(introspect_counters *c);
     struct tasks_engine *tasks; /* the engine: records, stats, long-polls */
+    struct gen_slot *slot;      /* whose generation serves (generation.h);
+                                   NULL: the process's current one */
     /* --journal, --broker: an answer that carries tasks is held (DISPATCH_SUSPEND)
      * until the journal committed them or Redis has them, or becomes a 503. */
     int durable;

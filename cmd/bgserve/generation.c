@@ -12,10 +12,15 @@
  * destroyed, dlclose (with an RTLD_NOLOAD check) and the private copy
  * deleted.
  *
+ * The "current" pointer is a value, gen_slot: the process's own
+ * (`process_slot`, what gen_current and reloads use) and one per
+ * instance of the testing library (gen_slot_new), so several plugins
+ * loaded in one process each serve their own requests.
+ *
  * Locks:
- *   current_lock  - `current`; readers take a reference under it, so a
- *                   generation cannot be freed between reading the
- *                   pointer and retaining it.
+ *   slot->lock    - that slot's `current`; readers take a reference under
+ *                   it, so a generation cannot be freed between reading
+ *                   the pointer and retaining it.
  *   live_lock     - the count of loaded generations and live_cv, which
  *                   retirement signals (the bound on overlapping ones).
  *   stats_lock    - reload counters and the last reload error.
@@ -45,8 +50,12 @@
 
 static gen_deps deps; /* gen_setup, before any thread; read-only afterwards */
 
-static pthread_mutex_t current_lock = PTHREAD_MUTEX_INITIALIZER;
-static generation *current; /* guarded by current_lock; holds one reference */
+struct gen_slot {
+    pthread_mutex_t lock;
+    generation *current; /* guarded by lock; holds one reference */
+};
+
+static gen_slot process_slot = {.lock = PTHREAD_MUTEX_INITIALIZER};
 
 static pthread_mutex_t live_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t live_cv = PTHREAD_COND_INITIALIZER;
@@ -155,7 +164,7 @@ static bgs_app *owner_app(const tasks_owner *o)
 }
 
 static int create(const char *path, uint64_t number, unsigned flags, generation *prev,
-                  generation **out, char *err, size_t errlen)
+                  tasks_engine *engine, generation **out, char *err, size_t errlen)
 {
     plugin *p = NULL;
     uint64_t t0 = util_now_us();
@@ -176,9 +185,9 @@ static int create(const char *path, uint64_t number, unsigned flags, generation 
     g->owner = (tasks_owner){.retain = owner_retain, .release = owner_release,
                              .services = owner_services, .app = owner_app, .ctx = g,
                              .number = number, .label = p->name};
-    g->tasks = deps.tasks;
-    if (deps.tasks)
-        tasks_resolve(deps.tasks, p->tasks, p->ntasks);
+    g->tasks = engine;
+    if (engine)
+        tasks_resolve(engine, p->tasks, p->ntasks);
     g->services = services_new();
     services_set_origin(g->services, number, p->name);
     g->app.gen = g;
@@ -223,17 +232,23 @@ static int create(const char *path, uint64_t number, unsigned flags, generation 
 int gen_create(const char *path, uint64_t number, unsigned flags,
                generation **out, char *err, size_t errlen)
 {
-    int rc = create(path, number, flags, NULL, out, err, errlen);
+    int rc = create(path, number, flags, NULL, deps.tasks, out, err, errlen);
     if (!(flags & GEN_CHECK_ONLY))
         events_reload("load", number, rc == 0, rc == 0 ? (*out)->load_us : 0, rc == 0 ? NULL : err);
     return rc;
 }
 
+int gen_create_for(tasks_engine *engine, const char *path, uint64_t number, unsigned flags,
+                   generation **out, char *err, size_t errlen)
+{
+    return create(path, number, flags, NULL, engine, out, err, errlen);
+}
+
 void gen_activate(generation *g)
 {
     for (gen_periodic *p = g->periodic; p; p = p->next)
-        if (deps.tasks == NULL ||
-            tasks_periodic_add(deps.tasks, &g->owner, p->def, p->interval_ms, p->payload,
+        if (g->tasks == NULL ||
+            tasks_periodic_add(g->tasks, &g->owner, p->def, p->interval_ms, p->payload,
                                p->len, p->flags) != 0)
             log_msg(BGS_LOG_ERROR, "cannot schedule periodic task '%s' of generation %llu",
                     p->def->name, (unsigned long long)g->number);
@@ -277,32 +292,73 @@ void gen_release(generation *g)
         retire(g);
 }
 
-generation *gen_current(void)
+gen_slot *gen_slot_new(void)
 {
-    pthread_mutex_lock(&current_lock);
-    generation *g = current;
+    gen_slot *s = xcalloc(1, sizeof *s);
+    pthread_mutex_init(&s->lock, NULL);
+    return s;
+}
+
+void gen_slot_free(gen_slot *s)
+{
+    if (s == NULL)
+        return;
+    gen_slot_set(s, NULL);
+    pthread_mutex_destroy(&s->lock);
+    free(s);
+}
+
+generation *gen_slot_get(gen_slot *s)
+{
+    if (s == NULL)
+        s = &process_slot;
+    pthread_mutex_lock(&s->lock);
+    generation *g = s->current;
     if (g)
         gen_retain(g);
-    pthread_mutex_unlock(&current_lock);
+    pthread_mutex_unlock(&s->lock);
     return g;
 }
 
-void gen_abandon_current(void)
+void gen_slot_set(gen_slot *s, generation *g)
 {
-    pthread_mutex_lock(&current_lock);
-    generation *g = current;
-    current = NULL;
-    pthread_mutex_unlock(&current_lock);
+    if (s == NULL)
+        s = &process_slot;
+    pthread_mutex_lock(&s->lock);
+    generation *old = s->current;
+    s->current = g;
+    pthread_mutex_unlock(&s->lock);
+    gen_release(old);
+}
+
+void gen_slot_abandon(gen_slot *s)
+{
+    if (s == NULL)
+        s = &process_slot;
+    pthread_mutex_lock(&s->lock);
+    generation *g = s->current;
+    s->current = NULL;
+    pthread_mutex_unlock(&s->lock);
     if (g)
         atomic_store(&g->quiet, 1);
     gen_release(g);
 }
 
+generation *gen_current(void)
+{
+    return gen_slot_get(&process_slot);
+}
+
+void gen_abandon_current(void)
+{
+    gen_slot_abandon(&process_slot);
+}
+
 void gen_current_name(char *buf, size_t cap)
 {
-    pthread_mutex_lock(&current_lock);
-    snprintf(buf, cap, "%s", current ? current->plugin->name : "?");
-    pthread_mutex_unlock(&current_lock);
+    pthread_mutex_lock(&process_slot.lock);
+    snprintf(buf, cap, "%s", process_slot.current ? process_slot.current->plugin->name : "?");
+    pthread_mutex_unlock(&process_slot.lock);
 }
 
 struct bgs_app *gen_app_enter(const void *h, int *why)
@@ -321,11 +377,7 @@ void gen_app_leave(void)
 
 void gen_set_current(generation *g)
 {
-    pthread_mutex_lock(&current_lock);
-    generation *old = current;
-    current = g;
-    pthread_mutex_unlock(&current_lock);
-    gen_release(old);
+    gen_slot_set(&process_slot, g);
 }
 
 /* ---- hand-over ---------------------------------------------------------------- */
@@ -412,7 +464,7 @@ int gen_reload(const char *path, unsigned max_generations)
     generation *old = gen_current();
     uint64_t old_number = old ? old->number : 0;
     generation *g = NULL;
-    if (create(path, next_number, 0, old, &g, err, sizeof err) != 0) {
+    if (create(path, next_number, 0, old, deps.tasks, &g, err, sizeof err) != 0) {
         /* The same words as at startup, then what happens now. */
         note_failure(err); /* counted before it is said */
         events_reload("reload", 0, 0, 0, err);
@@ -427,8 +479,8 @@ int gen_reload(const char *path, unsigned max_generations)
 
     /* The swap: the old schedules stop first, so no periodic task runs
      * twice; requests and tasks already holding the old one finish on it. */
-    if (old && deps.tasks)
-        tasks_periodic_stop_owner(deps.tasks, &old->owner);
+    if (old && old->tasks)
+        tasks_periodic_stop_owner(old->tasks, &old->owner);
     /* Counted before the swap: whoever sees the new code also sees the
      * reload in /_bgserve/stats. */
     pthread_mutex_lock(&stats_lock);

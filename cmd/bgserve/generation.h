@@ -90,6 +90,11 @@ void gen_setup(const gen_deps *deps);
 
 int gen_create(const char *path, uint64_t number, unsigned flags,
                generation **out, char *err, size_t errlen);
+/* gen_create for another task engine than gen_setup's (the testing
+ * library: one engine per instance).  engine may be NULL only with
+ * GEN_CHECK_ONLY.  Says nothing to the dashboard's events. */
+int gen_create_for(tasks_engine *engine, const char *path, uint64_t number, unsigned flags,
+                   generation **out, char *err, size_t errlen);
 
 void gen_retain(generation *g);
 /* Drop a reference; the last one retires the generation. */
@@ -139,6 +144,27 @@ void gen_note_build_failure(const char *why);
 /* Write "generation", "reloads", "reload_failures", "last_reload_error". */
 struct json;
 void gen_stats_json(struct json *j);
+
+/*
+ * Where "the current generation" lives.  The process has one (NULL below
+ * means it: gen_current, gen_set_current, reloads and the dashboard use
+ * it); the testing library makes one per instance, so requests
+ * dispatched for that instance (dispatch_env.slot) are served by its own
+ * plugin.  A slot holds one reference to its generation.
+ */
+typedef struct gen_slot gen_slot;
+/* A new empty slot; gen_slot_free drops its generation (the stop hook
+ * runs when that was the last reference).  Never NULL. */
+gen_slot *gen_slot_new(void);
+void gen_slot_free(gen_slot *s);
+/* The slot's generation with a reference the caller must release, or
+ * NULL.  Any thread. */
+generation *gen_slot_get(gen_slot *s);
+/* Make g the slot's (takes over the caller's reference); the previous one
+ * loses the reference the slot held.  Any thread. */
+void gen_slot_set(gen_slot *s, generation *g);
+/* gen_slot_set(s, NULL), its retirement printing no "retired" line. */
+void gen_slot_abandon(gen_slot *s);
 
 /* The current generation, with a reference the caller must release. */
 generation *gen_current(void);

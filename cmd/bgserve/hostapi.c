@@ -309,7 +309,7 @@ static bgs_deferred *host_res_defer(bgs_res *h, uint32_t timeout_ms)
         misuse(MISUSE_SITE, BGS_ESTATE, "NULL", "bgs_res_defer(): the response is deferred already");
         return NULL;
     }
-    res->deferred = deferred_new(timeout_ms, res->req->resume_fn, res->req->resume_ctx);
+    res->deferred = deferred_new(tasks_sched(res->req->gen->tasks), timeout_ms, res->req->resume_fn, res->req->resume_ctx);
     return deferred_handle(res->deferred);
 }
 
@@ -385,7 +385,7 @@ static int host_res_await(bgs_res *h, const char *name, const void *payload,
         return misuse(MISUSE_SITE, BGS_EINVAL, NULL, "bgs_res_await(\"%s\", NULL, %zu): NULL payload with a length", name, len);
     if (res->deferred != NULL)
         return misuse(MISUSE_SITE, BGS_ESTATE, NULL, "bgs_res_await(\"%s\"): the response is deferred already", name);
-    bgs_deferred *d = deferred_new(timeout_ms, res->req->resume_fn, res->req->resume_ctx);
+    bgs_deferred *d = deferred_new(tasks_sched(res->req->gen->tasks), timeout_ms, res->req->resume_fn, res->req->resume_ctx);
     res->deferred = d;
     int rc = tasks_group_enqueue(res_group(res), plugin_find_task(res->req->gen->plugin, name),
                                  payload, len, await_done, d, &id, NULL);

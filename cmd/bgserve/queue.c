@@ -138,6 +138,7 @@ typedef struct later_rec {
 
 typedef struct mem_queue {
     queue base;
+    sched *sched;             /* times the later list; borrowed, immutable */
     pthread_mutex_t mu;
     pthread_cond_t sentry_cv; /* CLOCK_MONOTONIC; the sentry waits here */
     queue_node *head, *tail; /* guarded by mu */
@@ -348,7 +349,7 @@ static int push_nodes(queue *q, queue_node *const *nodes, size_t n, int bounded,
                 m->later->prev = r;
             m->later = r;
             m->nlater++;
-            sched_add(&r->timer, due_us, on_due); /* under mu: see top of file */
+            sched_add(m->sched, &r->timer, due_us, on_due); /* under mu: see top of file */
         }
     } else {
         uint64_t now = util_now_us();
@@ -511,7 +512,7 @@ static queue_node *mem_try_take(queue *q)
     }
     pthread_mutex_unlock(&m->mu);
     if (r) {
-        sched_cancel(&r->timer); /* waits out a callback in progress */
+        sched_cancel(m->sched, &r->timer); /* waits out a callback in progress */
         n = r->node;
         free(r);
     }
@@ -584,7 +585,7 @@ static void mem_destroy(queue *q)
     while (rest) {
         later_rec *r = rest;
         rest = r->next;
-        sched_cancel(&r->timer);
+        sched_cancel(m->sched, &r->timer);
         free(r);
     }
 
@@ -612,9 +613,10 @@ static const queue_ops mem_ops = {
     .destroy = mem_destroy,
 };
 
-queue *queue_mem_new(size_t cap, unsigned linger_us)
+queue *queue_mem_new(sched *s, size_t cap, unsigned linger_us)
 {
     mem_queue *m = xcalloc(1, sizeof(*m));
+    m->sched = s;
 
     if (linger_us > QUEUE_LINGER_MAX_US && linger_us != QUEUE_LINGER_ADAPTIVE)
         linger_us = QUEUE_LINGER_MAX_US;

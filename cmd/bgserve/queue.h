@@ -61,6 +61,8 @@
 #ifndef BGSERVE_QUEUE_H
 #define BGSERVE_QUEUE_H
 
+#include "sched.h"
+
 #include <limits.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -164,7 +166,9 @@ struct queue {
 #define QUEUE_LINGER_ADAPTIVE UINT_MAX
 #define QUEUE_LINGER_DEFAULT QUEUE_LINGER_ADAPTIVE
 #define QUEUE_LINGER_MAX_US 100000u
-queue *queue_mem_new(size_t cap, unsigned linger_us);
+/* Jobs waiting for a later time are timed on s (borrowed: it outlives
+ * the queue; the engine's, tasks_sched). */
+queue *queue_mem_new(sched *s, size_t cap, unsigned linger_us);
 /* The longest a node waits for company under a fixed linger_us: the
  * sentry's watch (0 for a linger of 0).  With QUEUE_LINGER_ADAPTIVE it is
  * queue_linger_bound_us(PACE_MAX_US). */

@@ -298,12 +298,12 @@ static const queue_ops journal_ops = {
     .destroy = jq_destroy,
 };
 
-queue *queue_journal_new(journal *j, size_t cap, unsigned linger_us, queue_describe_fn describe_fn,
-                         void *describe_arg)
+queue *queue_journal_new(journal *j, sched *s, size_t cap, unsigned linger_us,
+                         queue_describe_fn describe_fn, void *describe_arg)
 {
     jqueue *q = xcalloc(1, sizeof(*q));
     q->base.ops = &journal_ops;
-    q->mem = queue_mem_new(0, linger_us); /* bounded here, by `linked` */
+    q->mem = queue_mem_new(s, 0, linger_us); /* bounded here, by `linked` */
     q->j = j;
     q->describe = describe_fn;
     q->describe_arg = describe_arg;

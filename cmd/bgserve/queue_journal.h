@@ -36,14 +36,14 @@
  * A queue writing to j (borrowed; open until after queue_destroy and
  * journal_close comes after it).  cap bounds the nodes linked, ready or
  * waiting (BGS_EFULL beyond it; 0: no bound); linger_us as for
- * queue_mem_new.  describe tells what to write for a node; it is called
+ * queue_mem_new (s too).  describe tells what to write for a node; it is called
  * on the enqueuing and taking threads, with no lock of the queue's held.
  * A completion's status is 0, BGS_ESHUTDOWN when the journal was closing,
  * or BGS_EFULL for any write failure (the disk is full, an I/O error),
  * with the journal's message saying which.
  */
-queue *queue_journal_new(journal *j, size_t cap, unsigned linger_us, queue_describe_fn describe,
-                         void *describe_arg);
+queue *queue_journal_new(journal *j, sched *s, size_t cap, unsigned linger_us,
+                         queue_describe_fn describe, void *describe_arg);
 
 /*
  * Link n, a job the journal holds already (replay): nothing is written;

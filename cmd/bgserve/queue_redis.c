@@ -758,7 +758,7 @@ queue *queue_redis_new(broker *b, const queue_redis_config *cfg, const queue_red
     r->b = b;
     r->h = *h;
     r->consume = cfg->consume;
-    r->mem = queue_mem_new(0, cfg->linger_us);
+    r->mem = queue_mem_new(cfg->sched, 0, cfg->linger_us);
     pthread_mutex_init(&r->mu, NULL);
     util_cond_init_mono(&r->cv);
     r->have_cursor = broker_done_cursor(b, r->cursor, sizeof r->cursor) == 0;

@@ -63,6 +63,7 @@ typedef struct queue_redis_config {
     unsigned consume;     /* 0: a server (never reads the stream);
                            * N: a worker running up to N jobs at once */
     unsigned linger_us;   /* of the in-memory queue inside */
+    sched *sched;         /* its timer (borrowed; outlives the queue) */
 } queue_redis_config;
 
 /* A backend on b (not owned: close it after queue_destroy).  Starts the

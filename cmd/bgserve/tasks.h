@@ -6,8 +6,9 @@
  * whoever attaches tasks (the generation room for periodic runs, hostapi
  * and http through the generation and the request), and frees it with
  * tasks_free.  Nothing in it is global, so tests make as many engines as
- * they like, each with its own workers, records, ids and counters.  (The
- * timer thread, sched.h, is the process's and is shared.)
+ * they like, each with its own workers, records, ids, counters and timer
+ * thread (sched.h: its retries, timeouts, periodic ticks and the
+ * deadlines of its requests' deferred answers).
  *
  * Tasks do not know generations.  Whoever attaches a task names it by a
  * resolved definition (plugin_task, looked up once by the caller: the
@@ -37,6 +38,7 @@
 #include "broker.h"
 #include "json.h"
 #include "plugin.h"
+#include "sched.h"
 #include "services.h"
 
 #include <stdarg.h>
@@ -80,7 +82,7 @@ typedef struct tasks_config {
     void *resolve_arg;
 } tasks_config;
 
-/* A new engine with its workers running (and the timer thread, sched.h),
+/* A new engine with its workers running (and its timer thread, sched.h),
  * accepting tasks.  NULL when its threads cannot be started.  With a
  * journal, named tasks go through queue_journal (queue_journal.h) and
  * their ids come from the journal (they never repeat). */
@@ -313,6 +315,16 @@ size_t tasks_recent_ids(tasks_engine *t, uint64_t *ids, size_t max);
  * known). */
 int tasks_retry(tasks_engine *t, const tasks_owner *owner, const plugin *p, uint64_t id,
                 uint64_t *new_id, char *name, size_t name_cap);
+/* The engine's scheduler (owned by it, valid until tasks_free): deferred
+ * answers time their deadlines on it, and tests move its clock
+ * (sched_advance). */
+sched *tasks_sched(tasks_engine *t);
+/* 1 while a task runs or is ready to run (queued and due), 0 when every
+ * live task waits for a timer or there is none: the testing library
+ * moves the clock only then (skip_delays). */
+int tasks_busy(tasks_engine *t);
+/* Tasks not final yet (queued, waiting to retry, running). */
+size_t tasks_live(tasks_engine *t);
 /* The journal the engine writes (tasks_config), or NULL. */
 journal *tasks_journal(tasks_engine *t);
 /* Write the keys "tasks", "queue", "workers", "dispatch_us" (and

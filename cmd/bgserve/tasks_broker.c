@@ -183,6 +183,7 @@ queue *tasks_broker_queue(tasks_engine *t, const tasks_config *cfg)
                 "its tasks from 1, which other processes may use too");
     queue_redis_hooks h = {.describe = describe, .limits = limits, .adopt = adopt,
                            .finished = finished, .result = result, .arg = t};
-    queue_redis_config qc = {.consume = cfg->consume, .linger_us = cfg->linger_us};
+    queue_redis_config qc = {.consume = cfg->consume, .linger_us = cfg->linger_us,
+                             .sched = t->sched};
     return queue_redis_new(cfg->broker, &qc, &h);
 }

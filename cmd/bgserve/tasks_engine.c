@@ -1,6 +1,6 @@
 /*
- * tasks_engine.c - the task engine's life: tasks_new (the queue, the
- * workers, the timer thread), tasks_shutdown (stop accepting, drain,
+ * tasks_engine.c - the task engine's life: tasks_new (its scheduler, the
+ * queue, the workers), tasks_shutdown (stop accepting, drain,
  * cancel, the report of what did not finish), tasks_free, and the stats.
  *
  * Owns the "life" part of struct tasks_engine (tasks_internal.h): life_mu guards
@@ -45,6 +45,7 @@ tasks_engine *tasks_new(const tasks_config *cfg)
 {
     tasks_engine *t = xcalloc(1, sizeof(*t));
 
+    t->sched = sched_new(); /* first: the queues time their jobs on it */
     tasks_records_init(t, cfg->keep);
     pthread_mutex_init(&t->conc_mu, NULL);
     pthread_mutex_init(&t->p_mu, NULL);
@@ -54,26 +55,26 @@ tasks_engine *tasks_new(const tasks_config *cfg)
     /* Bounded by the reservations instead of a queue capacity. */
     t->journal = cfg->journal;
     t->q = cfg->broker ? tasks_broker_queue(t, cfg)
-           : t->journal ? queue_journal_new(t->journal, 0, t->linger_us, describe_item, NULL)
-                        : queue_mem_new(0, t->linger_us);
+           : t->journal ? queue_journal_new(t->journal, t->sched, 0, t->linger_us, describe_item, NULL)
+                        : queue_mem_new(t->sched, 0, t->linger_us);
     if (t->q == NULL) {
         log_msg(BGS_LOG_ERROR, "cannot start the broker's thread");
         goto fail;
     }
-    if (sched_start() != 0) {
+    if (sched_run(t->sched) != 0) {
         log_msg(BGS_LOG_ERROR, "cannot start the timer thread");
         goto fail;
     }
     t->w = workers_start(cfg->workers ? cfg->workers : TASKS_DEFAULT_WORKERS, t->q,
                          tasks_runs_node, t);
-    if (t->w == NULL) {
-        sched_stop();
+    if (t->w == NULL)
         goto fail;
-    }
     atomic_store(&t->accepting, 1);
     return t;
 fail:
-    queue_destroy(t->q);
+    if (t->q)
+        queue_destroy(t->q);
+    sched_free(t->sched);
     tasks_records_destroy(t);
     pthread_mutex_destroy(&t->conc_mu);
     pthread_mutex_destroy(&t->p_mu);
@@ -228,7 +229,7 @@ size_t tasks_shutdown(tasks_engine *t, unsigned drain_ms)
      * so that nothing moves while we collect. */
     atomic_store(&t->stopping, 1);
     queue_shutdown(t->q);
-    sched_stop();
+    sched_halt(t->sched);
 
     size_t nu;
     unfinished *u;
@@ -306,7 +307,9 @@ void tasks_free(tasks_engine *t)
     tasks_shutdown(t, 0);
     if (t->abandoned)
         return; /* stuck workers still use the queue and the records */
-    queue_destroy(t->q);
+    if (t->q)
+        queue_destroy(t->q);
+    sched_free(t->sched);
     tasks_records_destroy(t); /* every task is final: the shutdown saw to it */
     pthread_mutex_destroy(&t->conc_mu);
     pthread_mutex_destroy(&t->p_mu);
@@ -406,6 +409,27 @@ void tasks_stats_json(tasks_engine *t, json *j)
     json_key(j, "p99");
     json_u64(j, latency_percentile(&t->dispatch_hist, 99));
     json_obj_end(j);
+}
+
+int tasks_busy(tasks_engine *t)
+{
+    pthread_mutex_lock(&t->rec_mu);
+    size_t running = t->running_now;
+    pthread_mutex_unlock(&t->rec_mu);
+    return running > 0 || queue_depth(t->q) > 0;
+}
+
+size_t tasks_live(tasks_engine *t)
+{
+    pthread_mutex_lock(&t->rec_mu);
+    size_t n = t->live_count;
+    pthread_mutex_unlock(&t->rec_mu);
+    return n;
+}
+
+sched *tasks_sched(tasks_engine *t)
+{
+    return t->sched;
 }
 
 journal *tasks_journal(tasks_engine *t)

@@ -216,6 +216,10 @@ struct tasks_engine {
     tasks_resolve_fn resolve;
     void *resolve_arg;
 
+    /* the timers of its retries, timeouts, periodic ticks and deferred
+     * deadlines (sched.h): owned, made first and freed last */
+    sched *sched;
+
     /* periodic (tasks_periodic.c) */
     pthread_mutex_t p_mu;
     periodic *plist;             /* p_mu */

@@ -104,10 +104,10 @@ static void on_tick(sched_timer *tm)
         pthread_mutex_unlock(&t->p_mu);
         return;
     }
-    p->next_due += p->interval_us;
+    p->next_due = tm->due_us + p->interval_us; /* due_us: moved by sched_advance too */
     if (p->next_due <= now)
         p->next_due = now + p->interval_us; /* missed ticks are not caught up */
-    sched_add(&p->timer, p->next_due, on_tick);
+    sched_add(t->sched, &p->timer, p->next_due, on_tick);
     if (p->inflight) {
         pthread_mutex_unlock(&t->p_mu);
         tasks_kadd(&p->kind->ticks_skipped, 1);
@@ -185,7 +185,7 @@ int tasks_periodic_add(tasks_engine *t, const tasks_owner *owner, const plugin_t
         p->next_due = kept > now ? kept : now;
     p->next = t->plist;
     t->plist = p;
-    sched_add(&p->timer, p->next_due, on_tick);
+    sched_add(t->sched, &p->timer, p->next_due, on_tick);
     pthread_mutex_unlock(&t->p_mu);
     return 0;
 }
@@ -220,7 +220,7 @@ static void periodic_stop(tasks_engine *t, const tasks_owner *owner)
 
     while (stop) {
         periodic *next = stop->next;
-        sched_cancel(&stop->timer); /* a tick in progress finishes first */
+        sched_cancel(t->sched, &stop->timer); /* a tick in progress finishes first */
         const tasks_owner *o = stop->owner;
         stop->owner = NULL;
         if (o && o->release)

@@ -299,7 +299,7 @@ static void run_once(task_item *it)
     log_event("start", it->id, it->kind->name, ctx.attempt, 0, NULL, 0);
 
     if (def && def->timeout_ms)
-        sched_add(&tasks_records_extra(it)->timeout_timer,
+        sched_add(t->sched, &tasks_records_extra(it)->timeout_timer,
                   now + (uint64_t)def->timeout_ms * 1000u, on_timeout);
     crash_frame cf; /* names the task if it crashes */
     crash_enter_task(&cf, it->kind->name, it->id, tasks_records_rid(it), it->owner_number);
@@ -309,7 +309,7 @@ static void run_once(task_item *it)
     handle_close(h); /* a kept handle is refused from now on */
     crash_leave(&cf);
     if (def && def->timeout_ms)
-        sched_cancel(&it->x->timeout_timer);
+        sched_cancel(t->sched, &it->x->timeout_timer);
     services_scope_end(ctx.scope);
     dur = util_now_us() - now;
 
