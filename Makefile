@@ -1,6 +1,7 @@
 # bgserve - build, run and test.
 #
 #   make            build build/bgserve, build/plugins/*.so, build/sample_app.so
+#                   and the testing library (build/lib/libbgserve-testing.*)
 #   make run        install missing system packages (as root), build, serve sample_app
 #   make test       the same package step, then build and run every test
 #   make test SANITIZE=address,undefined   (or SANITIZE=thread)
@@ -50,9 +51,11 @@ SAMPLE    := $(BUILD)/sample_app.so
 SAMPLE_SRCS := $(wildcard sample_app/*.c)
 
 TEST_SRCS    := $(wildcard tests/test_*.c)
+# Tests written with the testing library (bgserve/testing.h) link it.
+LIBTEST_SRCS := $(wildcard tests/test_testing*.c)
 TEST_BINS    := $(patsubst tests/%.c,$(BUILD)/tests/%,$(TEST_SRCS))
 TEST_SUPPORT := $(patsubst %.c,$(BUILD)/obj/%.o,$(wildcard tests/support/*.c))
-CFLAGS_TEST_EXTRA = -iquote tests/support $(shell pkg-config --cflags cmocka libcurl 2>/dev/null)
+CFLAGS_TEST_EXTRA = -iquote tests/support -Itesting $(shell pkg-config --cflags cmocka libcurl 2>/dev/null)
 LDLIBS_TEST   = $(LDLIBS_SRV) $(shell pkg-config --libs cmocka libcurl 2>/dev/null)
 
 .PHONY: all run dev sample_app test check-tests deps-run deps-test clean help
@@ -60,7 +63,7 @@ LDLIBS_TEST   = $(LDLIBS_SRV) $(shell pkg-config --libs cmocka libcurl 2>/dev/nu
 .SECONDARY:
 .DEFAULT_GOAL := all
 
-all: $(BUILD)/bgserve $(PLUGINS) $(SAMPLE)
+all: $(BUILD)/bgserve $(PLUGINS) $(SAMPLE) testlib
 
 help:
 	@sed -n '3,9p' Makefile | sed 's/^# \{0,1\}//'
@@ -120,6 +123,65 @@ $(BUILD)/libbgserve.a: $(LIB_OBJS)
 $(BUILD)/tests/test_%: $(BUILD)/obj/tests/test_%.o $(TEST_SUPPORT) $(BUILD)/libbgserve.a
 	@mkdir -p $(@D)
 	$(CC) $(SANFLAGS) -rdynamic -o $@ $^ $(LDLIBS_TEST)
+
+# ---- the testing library ------------------------------------------------
+# bgserve/testing.h (in testing/, installed as $(INCLUDEDIR)/bgserve/testing.h)
+# and libbgserve-testing.{a,so}: the server's rooms and testing/testing.c,
+# built position independent with hidden visibility, linked into one
+# object whose only global symbols are the bgst_ functions (objcopy
+# --localize-hidden), so neither library clashes with a test's own names.
+# Versioned apart from the plugin ABI (BGST_VERSION in the header; the
+# soname carries its major).  build/pkgconfig/ holds
+# bgserve-testing-uninstalled.pc, which pkg-config prefers when
+# PKG_CONFIG_PATH names that directory: the same flags, in the tree.
+
+.PHONY: testlib
+TESTLIB_VERSION := $(shell sed -n 's/^\#define BGST_VERSION "\(.*\)"/\1/p' testing/bgserve/testing.h)
+TESTLIB_MAJOR   := $(firstword $(subst ., ,$(TESTLIB_VERSION)))
+TESTLIB_OBJS    := $(patsubst %.c,$(BUILD)/pic/%.o,$(filter-out cmd/bgserve/main.c,$(SRV_SRCS)) testing/testing.c)
+TESTLIB_A       := $(BUILD)/lib/libbgserve-testing.a
+TESTLIB_SO      := $(BUILD)/lib/libbgserve-testing.so.$(TESTLIB_VERSION)
+TESTLIB_PC      := $(BUILD)/pkgconfig/bgserve-testing-uninstalled.pc
+TESTLIB_LIBS    := $(RUN_PCS)
+
+testlib: $(TESTLIB_A) $(TESTLIB_SO) $(TESTLIB_PC)
+
+$(BUILD)/pic/%.o: %.c
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS_SRV) -fPIC -fvisibility=hidden -Itesting -c -o $@ $<
+
+$(BUILD)/pic/cmd/bgserve/dashboard.o: $(DASHBOARD_ASSETS)
+
+$(BUILD)/pic/bgserve-testing.o: $(TESTLIB_OBJS)
+	$(CC) $(SANFLAGS) -nostdlib -r -o $@.all $^
+	objcopy --localize-hidden $@.all $@
+	rm -f $@.all
+
+$(TESTLIB_A): $(BUILD)/pic/bgserve-testing.o
+	@mkdir -p $(@D)
+	rm -f $@ && $(AR) rcs $@ $^
+
+$(TESTLIB_SO): $(BUILD)/pic/bgserve-testing.o
+	@mkdir -p $(@D)
+	$(CC) $(SANFLAGS) -shared -Wl,-soname,libbgserve-testing.so.$(TESTLIB_MAJOR) -Wl,-z,defs \
+	  -o $@ $^ $(LDLIBS_SRV)
+	ln -sf $(notdir $@) $(@D)/libbgserve-testing.so.$(TESTLIB_MAJOR)
+	ln -sf $(notdir $@) $(@D)/libbgserve-testing.so
+
+$(TESTLIB_PC): bgserve-testing.pc.in testing/bgserve/testing.h
+	@mkdir -p $(@D)
+	sed -e 's|@VERSION@|$(TESTLIB_VERSION)|g' -e 's|@REQUIRES@|$(TESTLIB_LIBS)|g' \
+	  -e 's|^includedir=.*|includedir=$(CURDIR)/testing|' \
+	  -e 's|^libdir=.*|libdir=$(CURDIR)/$(BUILD)/lib|' \
+	  -e 's|^Cflags:.*|Cflags: -I$${includedir} -I$(CURDIR)/include|' \
+	  -e 's|^prefix=.*|prefix=$(CURDIR)|' bgserve-testing.pc.in > $@
+
+# Tests of the library link its archive (the server's rooms inside are
+# local to it, so libbgserve.a, for the helpers, does not clash).
+$(patsubst tests/%.c,$(BUILD)/tests/%,$(LIBTEST_SRCS)): $(BUILD)/tests/%: $(BUILD)/obj/tests/%.o \
+    $(TEST_SUPPORT) $(TESTLIB_A) $(BUILD)/libbgserve.a
+	@mkdir -p $(@D)
+	$(CC) $(SANFLAGS) -o $@ $^ $(LDLIBS_TEST)
 
 # ---- system packages ---------------------------------------------------
 
@@ -246,28 +308,39 @@ bench-broker: deps-run
 
 # ---- install, plugin authors, editors ----------------------------------
 #   make install [PREFIX=/usr/local] [DESTDIR=]   bgserve, bgserve.h,
-#        bgserve.pc (pkg-config --cflags bgserve) and the bgserve(1) page
+#        bgserve.pc (pkg-config --cflags bgserve), the bgserve(1) page, and
+#        the testing library: bgserve/testing.h, libbgserve-testing.{a,so}
+#        and bgserve-testing.pc
 #   make uninstall [PREFIX=...] [DESTDIR=...]     removes exactly those
 #   make compdb    compile_commands.json for clangd / clang-tidy
-# INSTALL_BIN picks the binary to install (tests pass a sanitizer build's).
+# INSTALL_BIN picks the binary to install, INSTALL_LIB the directory of the
+# testing library's builds (tests pass a sanitizer build's).
 
 PREFIX       ?= /usr/local
 DESTDIR      ?=
 BINDIR       ?= $(PREFIX)/bin
 INCLUDEDIR   ?= $(PREFIX)/include
+LIBDIR       ?= $(PREFIX)/lib
 PKGCONFIGDIR ?= $(PREFIX)/lib/pkgconfig
 MANDIR       ?= $(PREFIX)/share/man
 INSTALL_BIN  ?= $(BUILD)/bgserve
+INSTALL_LIB  ?= $(BUILD)/lib
 COMPDB       ?= compile_commands.json
 VERSION      := $(shell sed -n 's/^\#define BGSERVE_VERSION "\(.*\)"/\1/p' cmd/bgserve/version.h)
 ABI_VERSION  := $(shell sed -n 's/^\#define BGS_ABI_MAJOR \([0-9]*\)/\1/p' include/bgserve.h).$(shell sed -n 's/^\#define BGS_ABI_MINOR \([0-9]*\)/\1/p' include/bgserve.h)
+TESTLIB_SONAMES := libbgserve-testing.so.$(TESTLIB_VERSION) libbgserve-testing.so.$(TESTLIB_MAJOR) \
+                   libbgserve-testing.so
 INSTALLED    := $(BINDIR)/bgserve $(INCLUDEDIR)/bgserve.h $(PKGCONFIGDIR)/bgserve.pc \
-                $(MANDIR)/man1/bgserve.1
+                $(MANDIR)/man1/bgserve.1 $(INCLUDEDIR)/bgserve/testing.h \
+                $(LIBDIR)/libbgserve-testing.a $(TESTLIB_SONAMES:%=$(LIBDIR)/%) \
+                $(PKGCONFIGDIR)/bgserve-testing.pc
 
 .PHONY: install uninstall compdb
 
-install: $(INSTALL_BIN) include/bgserve.h bgserve.pc.in docs/bgserve.1
-	install -d '$(DESTDIR)$(BINDIR)' '$(DESTDIR)$(INCLUDEDIR)' \
+install: $(INSTALL_BIN) include/bgserve.h bgserve.pc.in docs/bgserve.1 testing/bgserve/testing.h \
+         bgserve-testing.pc.in $(INSTALL_LIB)/libbgserve-testing.a \
+         $(INSTALL_LIB)/libbgserve-testing.so.$(TESTLIB_VERSION)
+	install -d '$(DESTDIR)$(BINDIR)' '$(DESTDIR)$(INCLUDEDIR)/bgserve' '$(DESTDIR)$(LIBDIR)' \
 	  '$(DESTDIR)$(PKGCONFIGDIR)' '$(DESTDIR)$(MANDIR)/man1'
 	install -m 755 $(INSTALL_BIN) '$(DESTDIR)$(BINDIR)/bgserve'
 	install -m 644 include/bgserve.h '$(DESTDIR)$(INCLUDEDIR)/bgserve.h'
@@ -275,9 +348,19 @@ install: $(INSTALL_BIN) include/bgserve.h bgserve.pc.in docs/bgserve.1
 	  -e 's|@ABI@|$(ABI_VERSION)|g' bgserve.pc.in > '$(DESTDIR)$(PKGCONFIGDIR)/bgserve.pc'
 	chmod 644 '$(DESTDIR)$(PKGCONFIGDIR)/bgserve.pc'
 	install -m 644 docs/bgserve.1 '$(DESTDIR)$(MANDIR)/man1/bgserve.1'
+	install -m 644 testing/bgserve/testing.h '$(DESTDIR)$(INCLUDEDIR)/bgserve/testing.h'
+	install -m 644 $(INSTALL_LIB)/libbgserve-testing.a '$(DESTDIR)$(LIBDIR)/libbgserve-testing.a'
+	install -m 755 $(INSTALL_LIB)/libbgserve-testing.so.$(TESTLIB_VERSION) '$(DESTDIR)$(LIBDIR)/'
+	ln -sf libbgserve-testing.so.$(TESTLIB_VERSION) '$(DESTDIR)$(LIBDIR)/libbgserve-testing.so.$(TESTLIB_MAJOR)'
+	ln -sf libbgserve-testing.so.$(TESTLIB_VERSION) '$(DESTDIR)$(LIBDIR)/libbgserve-testing.so'
+	sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@VERSION@|$(TESTLIB_VERSION)|g' \
+	  -e 's|@REQUIRES@|$(TESTLIB_LIBS)|g' -e 's|^libdir=.*|libdir=$(LIBDIR)|' \
+	  bgserve-testing.pc.in > '$(DESTDIR)$(PKGCONFIGDIR)/bgserve-testing.pc'
+	chmod 644 '$(DESTDIR)$(PKGCONFIGDIR)/bgserve-testing.pc'
 
 uninstall:
 	rm -f $(foreach f,$(INSTALLED),'$(DESTDIR)$(f)')
+	-rmdir '$(DESTDIR)$(INCLUDEDIR)/bgserve' 2>/dev/null
 
 compdb:
 	sh scripts/compdb.sh '$(CURDIR)' '$(CC)' \

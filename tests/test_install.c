@@ -17,6 +17,8 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <bgserve/testing.h> /* BGST_VERSION */
+
 #include "helpers.h"
 
 #include <ctype.h>
@@ -70,8 +72,8 @@ static int setup(void **state)
     snprintf(bin, sizeof bin, "%s/usr/bin/bgserve", dest);
     snprintf(pkgenv, sizeof pkgenv,
              "PKG_CONFIG_PATH='%s/usr/lib/pkgconfig' PKG_CONFIG_SYSROOT_DIR='%s'", dest, dest);
-    int rc = sh(&out, MAKE_REPO " install DESTDIR='%s' PREFIX=/usr INSTALL_BIN='%s'",
-                dest, h_build_path("bgserve"));
+    int rc = sh(&out, MAKE_REPO " install DESTDIR='%s' PREFIX=/usr INSTALL_BIN='%s' "
+                "INSTALL_LIB='%s'", dest, h_build_path("bgserve"), h_build_path("lib"));
     if (rc != 0)
         fprintf(stderr, "make install failed (%d):\n%s\n", rc, out);
     free(out);
@@ -115,11 +117,49 @@ static void install_puts_every_file(void **state)
     h_assert_lacks(pc, "@"); /* every placeholder replaced */
     free(pc);
 
+    /* the testing library: its header, both builds, its own .pc */
+    snprintf(path, sizeof path, "%s/usr/include/bgserve/testing.h", dest);
+    installed = slurp(path);
+    source = slurp("testing/bgserve/testing.h");
+    assert_non_null(installed);
+    assert_non_null(source);
+    assert_string_equal(installed, source);
+    free(installed);
+    free(source);
+    snprintf(path, sizeof path, "%s/usr/lib/libbgserve-testing.a", dest);
+    assert_int_equal(stat(path, &st), 0);
+    snprintf(path, sizeof path, "%s/usr/lib/libbgserve-testing.so.0", dest);
+    assert_int_equal(stat(path, &st), 0); /* the soname's link, to the file */
+    snprintf(path, sizeof path, "%s/usr/lib/pkgconfig/bgserve-testing.pc", dest);
+    pc = slurp(path);
+    assert_non_null(pc);
+    h_assert_contains(pc, "\nlibdir=/usr/lib\n");
+    h_assert_contains(pc, "\nVersion: " BGST_VERSION "\n"); /* its own, not the server's */
+    h_assert_lacks(pc, "@");
+    free(pc);
+
     /* the .pc's version is the binary's */
     char *out;
     const char *argv[] = {bin, "--version", NULL};
     assert_int_equal(h_run(argv, &out), 0);
     h_assert_contains(out, "bgserve 0.1.0\n");
+    free(out);
+}
+
+static void install_testing_pc_gives_library_flags(void **state)
+{
+    (void)state;
+    char *out, want[256];
+    assert_int_equal(sh(&out, "%s pkg-config --cflags bgserve-testing", pkgenv), 0);
+    snprintf(want, sizeof want, "-I%s/usr/include", dest);
+    h_assert_contains(out, want);
+    free(out);
+    assert_int_equal(sh(&out, "%s pkg-config --libs bgserve-testing", pkgenv), 0);
+    snprintf(want, sizeof want, "-L%s/usr/lib -lbgserve-testing", dest);
+    h_assert_contains(out, want);
+    free(out);
+    assert_int_equal(sh(&out, "%s pkg-config --static --libs bgserve-testing", pkgenv), 0);
+    h_assert_contains(out, "-lmicrohttpd"); /* what the archive needs */
     free(out);
 }
 
@@ -380,6 +420,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(install_puts_every_file),
         cmocka_unit_test(install_pc_gives_plugin_flags),
+        cmocka_unit_test(install_testing_pc_gives_library_flags),
         cmocka_unit_test(install_scaffold_builds_checks_and_serves),
         cmocka_unit_test(install_man_lists_every_option),
         cmocka_unit_test(install_man_renders_without_warnings),
