@@ -144,7 +144,14 @@ TESTLIB_SO      := $(BUILD)/lib/libbgserve-testing.so.$(TESTLIB_VERSION)
 TESTLIB_PC      := $(BUILD)/pkgconfig/bgserve-testing-uninstalled.pc
 TESTLIB_LIBS    := $(RUN_PCS)
 
-testlib: $(TESTLIB_A) $(TESTLIB_SO) $(TESTLIB_PC)
+testlib: $(TESTLIB_A) $(TESTLIB_SO) $(TESTLIB_PC) $(BUILD)/pkgconfig/bgserve-uninstalled.pc
+
+# The plugin flags in the tree too, for a project built against this
+# checkout (PKG_CONFIG_PATH=.../build/pkgconfig; test_scaffold does).
+$(BUILD)/pkgconfig/bgserve-uninstalled.pc: bgserve.pc.in include/bgserve.h cmd/bgserve/version.h
+	@mkdir -p $(@D)
+	sed -e 's|@PREFIX@|$(CURDIR)|g' -e 's|@VERSION@|$(VERSION)|g' -e 's|@ABI@|$(ABI_VERSION)|g' \
+	  bgserve.pc.in > $@
 
 $(BUILD)/pic/%.o: %.c
 	@mkdir -p $(@D)
@@ -364,7 +371,7 @@ uninstall:
 
 compdb:
 	sh scripts/compdb.sh '$(CURDIR)' '$(CC)' \
-	  '$(filter-out -MMD -MP,$(CFLAGS_SRV))' '$(SRV_SRCS)' \
+	  '$(filter-out -MMD -MP,$(CFLAGS_SRV)) -Itesting' '$(SRV_SRCS) testing/testing.c' \
 	  '$(PLUGIN_CFLAGS)' '$(wildcard plugins/*.c) $(SAMPLE_SRCS) $(wildcard tests/fixtures/*.c)' \
 	  '$(filter-out -MMD -MP,$(CFLAGS_SRV)) $(CFLAGS_TEST_EXTRA)' '$(TEST_SRCS) $(wildcard tests/support/*.c)' \
 	  > '$(COMPDB).tmp' && mv '$(COMPDB).tmp' '$(COMPDB)'

@@ -380,7 +380,7 @@ static void install_compdb_lists_every_source(void **state)
     int entries = 0;
     for (const char *p = db; (p = strstr(p, "\"file\": ")) != NULL; p++)
         entries++;
-    assert_int_equal(sh(&out, "ls cmd/bgserve/*.c plugins/*.c sample_app/*.c "
+    assert_int_equal(sh(&out, "ls cmd/bgserve/*.c testing/*.c plugins/*.c sample_app/*.c "
                      "tests/fixtures/*.c tests/test_*.c tests/support/*.c | wc -l"), 0);
     assert_int_equal(entries, atoi(out));
     free(out);
