@@ -66,8 +66,8 @@ static void browser_retry_button_reruns_a_failed_task(void **state)
     run_scenario("retry");
 }
 
-/* With --journal, a dead letter of an earlier run, searched by id, is
- * re-run by its retry button. */
+/* With --journal, a dead letter of an earlier run is on the page, and
+ * its retry button re-runs it. */
 static void browser_retry_button_reruns_a_dead_letter(void **state)
 {
     (void)state;

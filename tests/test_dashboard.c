@@ -273,6 +273,7 @@ static void dashboard_stream_format(void **state)
     h_assert_contains(ev.data, "\"tasks\":[");
     h_assert_contains(ev.data, "\"samples\":[");
     h_assert_contains(ev.data, "\"stats\":{");
+    h_assert_lacks(ev.data, "\"dead\":"); /* no journal, no dead letters */
     unsigned long long first = id_seq(ev.id);
     event_free(&ev);
     /* Stats come every second: two updates, numbered one after the other. */
@@ -639,6 +640,39 @@ static void dashboard_absent_without_introspection(void **state)
     h_free(&srv);
 }
 
+/* With --journal, a snapshot holds the dead letters the journal keeps,
+ * of earlier runs too (state "dead"), for the page to retry. */
+static void dashboard_snapshot_holds_dead_letters(void **state)
+{
+    (void)state;
+    char db[340];
+    snprintf(db, sizeof db, "%s/dead.db", tmpdir);
+    const char *args[] = {"--journal", db, NULL};
+    h_server srv;
+    assert_int_equal(h_start_app(&srv, h_fixture("dash_app"), args, NULL), 0);
+    unsigned long long id = get_id(&srv, "/fail?msg=dead-one"); /* its only attempt */
+    char path[64];
+    snprintf(path, sizeof path, "/_bgserve/tasks/%llu", id);
+    free(h_wait_state(&srv, path, "failed", DEADLINE_MS));
+    h_stop_clean(&srv); /* the dead letter is committed at the latest here */
+    h_free(&srv);
+
+    assert_int_equal(h_start_app(&srv, h_fixture("dash_app"), args, NULL), 0);
+    sse *s = sse_open(&srv, NULL);
+    sse_event ev;
+    assert_true(sse_next(s, &ev, DEADLINE_MS));
+    assert_string_equal(ev.name, "snapshot");
+    char want[96];
+    snprintf(want, sizeof want, "\"dead\":[{\"id\":%llu,\"name\":\"failing\",\"state\":\"dead\"",
+             id);
+    h_assert_contains(ev.data, want);
+    h_assert_contains(ev.data, "\"error\":\"dead-one\"");
+    event_free(&ev);
+    sse_close(s);
+    h_stop_clean(&srv);
+    h_free(&srv);
+}
+
 /* A failed build reaches the stream with the compiler's output, not only
  * its first error line. */
 static void dashboard_failed_build_carries_its_output(void **state)
@@ -764,6 +798,7 @@ int main(void)
         cmocka_unit_test_teardown(dashboard_retry_action, close_streams),
         cmocka_unit_test_teardown(dashboard_route_counters, close_streams),
         cmocka_unit_test_teardown(dashboard_absent_without_introspection, close_streams),
+        cmocka_unit_test_teardown(dashboard_snapshot_holds_dead_letters, close_streams),
         cmocka_unit_test_teardown(dashboard_failed_build_carries_its_output, close_streams),
         cmocka_unit_test_teardown(dashboard_reconnect_after_a_crash_shows_it, close_streams),
         cmocka_unit_test_teardown(dashboard_stream_ends_at_shutdown, close_streams),

@@ -31,7 +31,9 @@
 
 #include "events.h"
 #include "generation.h"
+#include "journal_json.h"
 #include "json.h"
+#include "log.h"
 #include "tasks.h"
 #include "urls.h"
 #include "util.h"
@@ -219,6 +221,47 @@ static void task_list_json(json *j, const uint64_t *ids, size_t n)
     json_arr_end(j);
 }
 
+/* The newest DASHBOARD_DEAD_LETTERS ids of the journal's dead letters. */
+typedef struct dead_ring {
+    uint64_t ids[DASHBOARD_DEAD_LETTERS];
+    size_t n; /* seen; the ring holds the last of them */
+} dead_ring;
+
+static void dead_note(void *arg, const journal_rec *r)
+{
+    dead_ring *d = arg;
+    d->ids[d->n++ % DASHBOARD_DEAD_LETTERS] = r->id;
+}
+
+/* "dead": with --journal, the newest dead letters the journal holds (of
+ * this run and earlier ones), newest first, as records in state "dead",
+ * so that the page can retry them.  Read once per snapshot through a
+ * reader connection of its own (the server's writer is not held up). */
+static void dead_letters_json(json *j)
+{
+    journal *jr = tasks_journal(cfg.tasks);
+    if (jr == NULL)
+        return;
+    journal_stats st;
+    journal_get_stats(jr, &st);
+    journal_db *db = NULL;
+    dead_ring d = {.n = 0};
+    char err[512];
+    long rc = journal_db_open(st.file, &db, err, sizeof err);
+    if (rc == 0) {
+        rc = journal_db_each(db, "dead", dead_note, &d, err, sizeof err);
+        journal_db_close(db);
+    }
+    if (rc < 0)
+        log_msg(BGS_LOG_WARN, "dashboard: the dead letters are not shown: %s", err);
+    json_key(j, "dead");
+    json_arr_begin(j);
+    size_t have = d.n < DASHBOARD_DEAD_LETTERS ? d.n : DASHBOARD_DEAD_LETTERS;
+    for (size_t i = 0; i < have; i++) /* one purged meanwhile: nothing */
+        journal_json_record(jr, d.ids[(d.n - 1 - i) % DASHBOARD_DEAD_LETTERS], j);
+    json_arr_end(j);
+}
+
 static void sample_json(json *j, const sample *s)
 {
     json_arr_begin(j);
@@ -292,6 +335,7 @@ static event *snapshot(uint64_t at)
     events_logs_json(&j, &since);
     uint64_t ids[DASHBOARD_RECENT_TASKS];
     task_list_json(&j, ids, tasks_recent_ids(cfg.tasks, ids, DASHBOARD_RECENT_TASKS));
+    dead_letters_json(&j);
     sample copy[SAMPLES];
     pthread_mutex_lock(&d_mu);
     size_t n = sample_len;

@@ -26,6 +26,8 @@
 #define DASHBOARD_RING_BYTES (4u << 20)
 /* Task records in a snapshot, and in an update after missed changes. */
 #define DASHBOARD_RECENT_TASKS 200u
+/* The dead letters (--journal) a snapshot holds at most, the newest. */
+#define DASHBOARD_DEAD_LETTERS 100u
 
 typedef struct dashboard_config {
     /* The http room's counters (requests, errors, connections); called

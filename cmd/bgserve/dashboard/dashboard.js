@@ -132,6 +132,8 @@
     if (msg.routes) state.routes = msg.routes;
     if (msg.reloads) state.reloads = msg.reloads;
     if (msg.logs) applyLogs(msg.logs);
+    // Dead letters first: a record this run still holds (failed) wins.
+    if (msg.dead) applyTasks(msg.dead);
     if (msg.tasks) applyTasks(msg.tasks);
     if (msg.sample) {
       state.samples.push(msg.sample);
