@@ -493,6 +493,48 @@ static int teardown(void **state)
 /* Tests                                                               */
 /* ------------------------------------------------------------------ */
 
+/* Records evicted from a small ring give their items to the next tasks
+ * (tasks_records.c, "spares"): a task that failed with an error, a
+ * payload and another request id, reused for one that succeeds, leaves
+ * it nothing: every record reads as its own. */
+static void tasks_reused_items_carry_nothing_over(void **state)
+{
+    (void)state;
+    start(2, 100, 1);
+    char payload[65]; /* up to one past the small items' inline size */
+    for (int round = 0; round < 20; round++) {
+        char rid[32];
+        snprintf(rid, sizeof rid, "req-%d", round);
+        tasks_group *g = group_new(rid, BGS_SEQUENTIAL);
+        uint64_t id = 0;
+        size_t len = (size_t)(round * 7) % sizeof payload;
+        memset(payload, 'a' + round, len);
+        if (round % 2 == 0) /* fails, with an error and a payload */
+            assert_int_equal(group_add(g, "fail", payload, len, &id), 0);
+        else
+            assert_int_equal(group_add(g, "payload", payload, len, &id), 0);
+        tasks_group_submit(g, 1);
+        assert_true(wait_state(id, round % 2 == 0 ? "failed" : "succeeded"));
+        char *r = record(id);
+        assert_non_null(r);
+        char want[64];
+        snprintf(want, sizeof want, "\"request_id\":\"%s\"", rid);
+        h_assert_contains(r, want);
+        h_assert_contains(r, "\"attempts\":1");
+        if (round % 2) {
+            h_assert_contains(r, "\"error\":null");
+            assert_int_equal(strlen(seen_payload), len < sizeof seen_payload ? len : 0);
+            for (size_t i = 0; i < strlen(seen_payload); i++)
+                assert_int_equal(seen_payload[i], 'a' + round);
+        } else {
+            h_assert_contains(r, "\"error\":\"say");
+        }
+        snprintf(want, sizeof want, "\"payload_bytes\":%zu", len);
+        h_assert_contains(r, want);
+        free(r);
+    }
+}
+
 static void tasks_single_task_lifecycle(void **state)
 {
     (void)state;
@@ -1253,6 +1295,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         T(tasks_single_task_lifecycle),
+        T(tasks_reused_items_carry_nothing_over),
         T(tasks_ids_increase_and_list),
         T(tasks_payload_is_copied),
         T(tasks_sequential_order),

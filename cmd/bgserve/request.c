@@ -43,12 +43,12 @@ void request_set_origin(struct bgs_req *req, const request_origin *o)
     req->header_ctx = o->header_ctx;
     req->resume_fn = o->resume_fn;
     req->resume_ctx = o->resume_ctx;
-    snprintf(req->remote, sizeof req->remote, "%s", o->remote ? o->remote : "-");
+    util_copy_str(req->remote, sizeof req->remote, o->remote ? o->remote : "-");
 }
 
 void request_set_id(struct bgs_req *req, const char *id)
 {
-    snprintf(req->id, sizeof req->id, "%s", id);
+    util_copy_str(req->id, sizeof req->id, id);
 }
 
 void request_body_append(struct bgs_req *req, const void *data, size_t n)

@@ -4,9 +4,10 @@
  *
  * The engine is split along its locks, one job per file, each the owner
  * of its part of struct tasks_engine (below) and of the lock that guards it:
- *   tasks_records.c  - task records: kinds (per-name counters), items,
- *                      the id hash, the live list, the finished ring,
- *                      watchers.  rec_mu, kinds_mu.
+ *   tasks_records.c  - task records: kinds (per-name counters), items
+ *                      (and the spare ones kept for reuse), the id hash,
+ *                      the live list, the finished ring, watchers.
+ *                      rec_mu, spare_mu, kinds_mu.
  *   tasks_runs.c     - runs: queue reservations, dispatch, one attempt on
  *                      a worker, retries (queue_nack), per-name caps,
  *                      sequences, finalising, tasks queued at once.
@@ -23,7 +24,7 @@
  *
  * Lock order (never hold two except in this order; none is held while
  * plugin code runs, and sched_cancel is never called holding any):
- *   p_mu -> rec_mu -> conc_mu; kinds_mu and life_mu alone.
+ *   p_mu -> rec_mu -> conc_mu; spare_mu, kinds_mu and life_mu alone.
  * Lock-free: ids (next_id), queue reservations (accepted), the accepting
  * and stopping flags, the per-name counters (atomics), the dispatch
  * latency histogram (latency.h).
@@ -103,6 +104,12 @@ typedef struct task_extra {
  * malloc instead of two); larger ones get their own, freed as soon as the
  * task is final rather than when the record is evicted. */
 #define TASKS_INLINE_PAYLOAD_MAX 256u
+/* Items with a payload up to this size (or none) are all made this size,
+ * and a finished one is kept for the next (tasks_records.c, "spares"):
+ * items are made by HTTP threads and freed by workers, which glibc's
+ * per-thread caches cannot pair up (bench/README.md, section 12). */
+#define TASKS_SMALL_PAYLOAD 64u
+#define TASKS_SPARES_MAX 1024u
 
 /* task_item.cancel: cancellation was asked for (shutdown or timeout), and
  * whether it was the timeout. */
@@ -196,6 +203,9 @@ struct tasks_engine {
     size_t ring_cap, ring_start, ring_len; /* rec_mu */
     uint64_t finished_total;     /* rec_mu */
     int draining;                /* broadcast rec_cv on changes; rec_mu */
+    pthread_mutex_t spare_mu;    /* adaptive, like rec_mu */
+    task_item *spares;           /* small items to reuse, by wait_next; spare_mu */
+    size_t nspares;              /* spare_mu */
     pthread_mutex_t kinds_mu;
     _Atomic(task_kind *) kinds;  /* inserts under kinds_mu */
     _Atomic(task_kind *) adhoc_kind; /* the kind "adhoc", made on first use */

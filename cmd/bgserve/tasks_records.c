@@ -8,7 +8,11 @@
  * guards every record field of every item (state, attempts, times,
  * error, delivered, mode, result, watchers), the id hash, the live list,
  * the ring, finished_total and running_now; rec_cv signals progress
- * while the shutdown drains.  kinds_mu serialises inserts into the
+ * while the shutdown drains.  spare_mu guards the spare items: small
+ * items of finished records, kept (up to TASKS_SPARES_MAX) when evicted
+ * so that the next record made reuses one instead of asking malloc,
+ * which would otherwise free on the workers what it allocated on the
+ * HTTP threads.  kinds_mu serialises inserts into the
  * prepend-only kind list, which readers walk without a lock.  Item ids
  * come from an atomic counter.  Nothing here calls another file of the
  * engine; every state change is told to the live dashboard
@@ -183,8 +187,27 @@ task_extra *tasks_records_extra(task_item *it)
     return it->x;
 }
 
+/* ---- spares: small items kept for reuse (spare_mu) ----------------------------- */
+
+/* A zeroed small item: a spare one if there is, else a new one. */
+static task_item *small_item(tasks_engine *t)
+{
+    pthread_mutex_lock(&t->spare_mu);
+    task_item *it = t->spares;
+    if (it) {
+        t->spares = it->wait_next;
+        t->nspares--;
+    }
+    pthread_mutex_unlock(&t->spare_mu);
+    if (it == NULL)
+        return xcalloc(1, sizeof(*it) + TASKS_SMALL_PAYLOAD);
+    memset(it, 0, sizeof(*it)); /* the payload area is written before it is read */
+    return it;
+}
+
 void tasks_records_free(task_item *it)
 {
+    tasks_engine *t = it->kind->engine;
     tasks_records_rid_unref(it->rid);
     free(it->error);
     if (it->x) {
@@ -194,6 +217,16 @@ void tasks_records_free(task_item *it)
     }
     if (!tasks_records_payload_inline(it))
         free(it->payload);
+    if (it->len <= TASKS_SMALL_PAYLOAD) {
+        pthread_mutex_lock(&t->spare_mu);
+        if (t->nspares < TASKS_SPARES_MAX) {
+            it->wait_next = t->spares;
+            t->spares = it;
+            t->nspares++;
+            it = NULL;
+        }
+        pthread_mutex_unlock(&t->spare_mu);
+    }
     free(it);
 }
 
@@ -202,7 +235,7 @@ task_item *tasks_records_new(tasks_engine *t, const tasks_owner *owner, task_kin
                              const void *payload, size_t len, uint64_t id)
 {
     size_t inl = len <= TASKS_INLINE_PAYLOAD_MAX ? len : 0;
-    task_item *it = xcalloc(1, sizeof(*it) + inl);
+    task_item *it = len <= TASKS_SMALL_PAYLOAD ? small_item(t) : xcalloc(1, sizeof(*it) + inl);
 
     if (inl) {
         it->payload = it->inline_data;
@@ -366,6 +399,7 @@ void tasks_records_init(tasks_engine *t, size_t keep)
     pthread_mutexattr_init(&a);
     pthread_mutexattr_settype(&a, PTHREAD_MUTEX_ADAPTIVE_NP);
     pthread_mutex_init(&t->rec_mu, &a);
+    pthread_mutex_init(&t->spare_mu, &a);
     pthread_mutexattr_destroy(&a);
     util_cond_init_mono(&t->rec_cv);
     pthread_mutex_init(&t->kinds_mu, NULL);
@@ -382,6 +416,11 @@ void tasks_records_destroy(tasks_engine *t)
         evict_locked(t, t->ring[(t->ring_start + i) % t->ring_cap]);
     free(t->ring);
     free(t->htab);
+    while (t->spares) {
+        task_item *it = t->spares;
+        t->spares = it->wait_next;
+        free(it);
+    }
     task_kind *k = atomic_load(&t->kinds);
     while (k) {
         task_kind *next = k->next;
@@ -391,6 +430,7 @@ void tasks_records_destroy(tasks_engine *t)
     }
     pthread_cond_destroy(&t->rec_cv);
     pthread_mutex_destroy(&t->rec_mu);
+    pthread_mutex_destroy(&t->spare_mu);
     pthread_mutex_destroy(&t->kinds_mu);
 }
 

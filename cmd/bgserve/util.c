@@ -175,3 +175,10 @@ int util_strcaseeq(const char *a, const char *b)
             return 1;
     }
 }
+
+void util_copy_str(char *buf, size_t cap, const char *s)
+{
+    size_t n = strnlen(s, cap - 1);
+    memcpy(buf, s, n);
+    buf[n] = '\0';
+}

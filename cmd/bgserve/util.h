@@ -70,6 +70,11 @@ void util_iso_time(char *buf, size_t cap, uint64_t wall_us, unsigned frac_digits
 #define UTIL_U64_DEC_MAX 21
 size_t util_u64_dec(char *buf, uint64_t v);
 
+/* Copy s into buf of cap bytes (cap > 0), cut to cap - 1 characters and
+ * always NUL-terminated, as snprintf(buf, cap, "%s", s) does without
+ * parsing a format: on the per-request path. */
+void util_copy_str(char *buf, size_t cap, const char *s);
+
 /* The value of hex digit c (0-15), or -1 when c is not one. */
 int util_hexval(unsigned char c);
 
