@@ -40,11 +40,16 @@ typedef struct rig {
     int nw;
 } rig;
 
+static void start_server_with(rig *g, const char *const *args)
+{
+    assert_int_equal(h_start_app(&g->server, h_fixture("broker_app"), args, g->env), 0);
+    g->have_server = 1;
+}
+
 static void start_server(rig *g)
 {
     const char *args[] = {"--broker", g->redis.url, NULL};
-    assert_int_equal(h_start_app(&g->server, h_fixture("broker_app"), args, g->env), 0);
-    g->have_server = 1;
+    start_server_with(g, args);
 }
 
 static void start_worker(rig *g, h_server *w, const char *visibility)
@@ -124,8 +129,8 @@ static void stop_worker(h_server *w)
     h_free(w);
 }
 
-/* A redis-server, the server and nworkers workers (at most 2) in g->w. */
-static void rig_up(rig *g, int nworkers)
+/* A redis-server and the fixture's log, nothing started on it yet. */
+static void rig_redis(rig *g)
 {
     memset(g, 0, sizeof *g);
     h_redis_start(&g->redis, NULL, NULL);
@@ -133,6 +138,12 @@ static void rig_up(rig *g, int nworkers)
     snprintf(g->envlog, sizeof g->envlog, "BROKER_APP_LOG=%s", g->logpath);
     g->env[0] = g->envlog;
     g->env[1] = NULL;
+}
+
+/* A redis-server, the server and nworkers workers (at most 2) in g->w. */
+static void rig_up(rig *g, int nworkers)
+{
+    rig_redis(g);
     start_server(g);
     for (; g->nw < nworkers; g->nw++)
         start_worker(g, &g->w[g->nw], NULL);
@@ -325,6 +336,19 @@ static void broker_503_while_redis_is_down(void **state)
     rig_down(&g);
 }
 
+/* GET path is refused: 503 with Retry-After, body saying why, and the
+ * server's log line. */
+static void expect_refused(rig *g, const char *path, const char *body, const char *line)
+{
+    h_resp r;
+    assert_int_equal(h_get(&g->server, path, &r), 0);
+    assert_int_equal(r.status, 503);
+    assert_non_null(h_header(&r, "Retry-After"));
+    h_assert_contains(r.body, body);
+    h_resp_free(&r);
+    assert_true(h_wait_log(&g->server, line, DEADLINE_MS));
+}
+
 /* The first request after Redis went away, before anything noticed: its
  * answer waits for the XADD, so it is a 503 with Retry-After, never a
  * 2xx for a task Redis does not have. */
@@ -342,13 +366,9 @@ static void broker_no_2xx_without_the_xadd(void **state)
     assert_non_null(rec);
     free(rec);
     h_redis_halt(&g.redis);
+    expect_refused(&g, "/add?task=count&n=3", "could not be made durable (redis at redis://",
+                   "task(s) (count, ...) not added: redis at");
     h_resp r;
-    assert_int_equal(h_get(&g.server, "/add?task=count&n=3", &r), 0);
-    assert_int_equal(r.status, 503);
-    assert_non_null(h_header(&r, "Retry-After"));
-    h_assert_contains(r.body, "could not be made durable (redis at redis://127.0.0.1:");
-    h_resp_free(&r);
-    assert_true(h_wait_log(&g.server, "task(s) (count, ...) not added: redis at", DEADLINE_MS));
     h_redis_restart(&g.redis);
     uint64_t end = h_now_ms() + DEADLINE_MS;
     do {
@@ -365,6 +385,37 @@ static void broker_no_2xx_without_the_xadd(void **state)
     assert_non_null(rec);
     free(rec);
     assert_int_equal(count_lines(&g, "ran", w->pid), 2);
+    rig_down(&g);
+}
+
+/* --broker-capacity: with no worker, the third task would pass a bound of
+ * two: 503 with Retry-After, the log says why, the stream keeps two.  A
+ * worker started then runs the two (also those it reads before its app
+ * is loaded) and makes room. */
+static void broker_capacity_answers_503(void **state)
+{
+    (void)state;
+    rig g;
+    rig_redis(&g);
+    const char *args[] = {"--broker", g.redis.url, "--broker-capacity", "2", NULL};
+    start_server_with(&g, args);
+    assert_int_equal(add_status(&g), 200);
+    assert_int_equal(add_status(&g), 200);
+    expect_refused(&g, "/add?task=count&n=1", "is over its capacity (--broker-capacity)",
+                   "not added: the broker redis://127.0.0.1:");
+    assert_int_equal(h_redis_int(&g.redis, "XLEN bgserve:{broker_app}:tasks"), 2);
+    assert_int_equal(h_stat(&g.server, "broker", "capacity"), 2);
+    /* A worker makes room: the next request is accepted. */
+    h_server w;
+    start_worker(&g, &w, NULL);
+    assert_int_equal(wait_lines(&g, "ran", w.pid, 2), 2);
+    uint64_t end = h_now_ms() + DEADLINE_MS;
+    int st;
+    while ((st = add_status(&g)) != 200 && h_now_ms() < end)
+        continue; /* until the worker has acknowledged the two */
+    assert_int_equal(st, 200);
+    assert_int_equal(wait_lines(&g, "ran", w.pid, 3), 3);
+    stop_worker(&w);
     rig_down(&g);
 }
 
@@ -401,6 +452,7 @@ int main(void)
         cmocka_unit_test(broker_retries_end_in_the_dead_letters),
         cmocka_unit_test(broker_503_while_redis_is_down),
         cmocka_unit_test(broker_no_2xx_without_the_xadd),
+        cmocka_unit_test(broker_capacity_answers_503),
         cmocka_unit_test(broker_command_line_refusals),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

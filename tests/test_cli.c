@@ -360,6 +360,8 @@ static void cli_usage_errors(void **state)
                  "--broker-name=", "a.so", NULL);
     expect_usage("--broker-visibility must be milliseconds from 100 to 86400000 (got '99')",
                  "--broker-visibility", "99", "a.so", NULL);
+    expect_usage("--broker-capacity must be a number of tasks from 1 to 1000000000 (got '0')",
+                 "--broker-capacity", "0", "a.so", NULL);
     expect_usage("--journal and --broker are two homes for the same tasks: give one of them",
                  "--journal", "j.db", "--broker", "redis://h", "a.so", NULL);
 }
@@ -369,11 +371,12 @@ static void cli_broker_options(void **state)
     (void)state;
     unsetenv("BGSERVE_BROKER");
     run r = parse("--broker", "redis://h:1", "--broker-name", "shop", "--broker-visibility",
-                  "2500", "--concurrency", "8", "a.so", NULL);
+                  "2500", "--broker-capacity", "1000", "--concurrency", "8", "a.so", NULL);
     assert_int_equal(r.rc, CLI_RUN);
     assert_string_equal(r.cfg.broker_url, "redis://h:1");
     assert_string_equal(r.cfg.broker_name, "shop");
     assert_int_equal(r.cfg.broker_visibility_ms, 2500);
+    assert_int_equal(r.cfg.broker_capacity, 1000);
     assert_int_equal(r.cfg.workers, 8);
     run_free(&r);
     r = parse("a.so", NULL);
@@ -408,7 +411,7 @@ static void cli_help_lists_everything(void **state)
         "default 10000", "(default 10)", "default text", "default auto",
         "I/O", "Exit status", "0  ok", "1  plugin refused", "2  usage error",
         "worker --broker URL", "--broker URL", "--broker-name", "--broker-visibility",
-        "BGSERVE_BROKER",
+        "--broker-capacity", "BGSERVE_BROKER",
     };
     for (size_t i = 0; i < sizeof(words) / sizeof(words[0]); i++)
         if (strstr(r.out, words[i]) == NULL)

@@ -880,6 +880,7 @@ const char *broker_url_shown(const broker *b) { return b->shown; }
 const char *broker_prefix(const broker *b) { return b->prefix; }
 const char *broker_consumer(const broker *b) { return b->consumer; }
 unsigned broker_visibility_ms(const broker *b) { return b->visibility_ms; }
+unsigned broker_capacity(const broker *b) { return b->capacity; }
 
 /* ------------------------------------------------------------------ */
 /* Ids and enqueueing                                                  */

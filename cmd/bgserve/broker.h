@@ -130,6 +130,8 @@ const char *broker_url_shown(const broker *b);
 const char *broker_prefix(const broker *b);
 const char *broker_consumer(const broker *b);
 unsigned broker_visibility_ms(const broker *b);
+/* broker_config.capacity (0: no bound). */
+unsigned broker_capacity(const broker *b);
 
 /* ---- ids and enqueueing ------------------------------------------------ */
 

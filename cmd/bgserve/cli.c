@@ -42,7 +42,7 @@ enum opt_id {
     O_HOST, O_PORT, O_THREADS, O_TIMEOUT, O_MAXCONN, O_MAXBODY, O_WORKERS,
     O_QUEUE, O_LINGER, O_KEEP, O_DRAIN, O_NOINTRO, O_QUIET, O_LOGFMT, O_COLOR, O_CHECK,
     O_HELP, O_VERSION, O_RELOAD, O_WATCH, O_BUILD, O_SETTLE, O_MAXGEN, O_SINGLE, O_DEBOUNCE,
-    O_JOURNAL, O_JSYNC, O_BROKER, O_BROKER_NAME, O_BROKER_VIS
+    O_JOURNAL, O_JSYNC, O_BROKER, O_BROKER_NAME, O_BROKER_VIS, O_BROKER_CAP
 };
 
 typedef struct opt {
@@ -81,6 +81,7 @@ static const opt options[] = {
     {"broker", 0, 1, O_BROKER},
     {"broker-name", 0, 1, O_BROKER_NAME},
     {"broker-visibility", 0, 1, O_BROKER_VIS},
+    {"broker-capacity", 0, 1, O_BROKER_CAP},
     {"concurrency", 0, 1, O_WORKERS}, /* bgserve worker's word for --workers */
     {"help", 'h', 0, O_HELP},
     {"version", 'V', 0, O_VERSION},
@@ -199,6 +200,10 @@ static void print_help(FILE *out)
 "      --broker-visibility MS a running task whose worker stops touching it\n"
 "                             (crashed) runs again elsewhere after this,\n"
 "                             100-86400000 (default 30000)\n"
+"      --broker-capacity N    tasks the broker holds at most (queued, running\n"
+"                             and waiting to retry, across all servers and\n"
+"                             workers); beyond it requests that attach named\n"
+"                             tasks get 503, 1-1000000000 (default: no bound)\n"
 "  -h, --help                 show this help and exit\n"
 "  -V, --version              show versions and exit\n"
 "\n"
@@ -477,6 +482,11 @@ static int apply(const opt *o, const char *val, cli_config *cfg,
         if (parse_uint(val, 100, 86400000, &cfg->broker_visibility_ms) != 0)
             return usage(err, "--broker-visibility must be milliseconds from 100 to 86400000 "
                          "(got '%s')", val);
+        break;
+    case O_BROKER_CAP:
+        if (parse_uint(val, 1, 1000000000, &cfg->broker_capacity) != 0)
+            return usage(err, "--broker-capacity must be a number of tasks from 1 to "
+                         "1000000000 (got '%s')", val);
         break;
     case O_MAXGEN:
         if (parse_uint(val, 2, 64, &cfg->max_generations) != 0)

@@ -44,6 +44,7 @@ typedef struct cli_config {
     const char *broker_url;   /* --broker URL, or NULL */
     const char *broker_name;  /* --broker-name NAME, or NULL */
     unsigned broker_visibility_ms; /* --broker-visibility MS; 0: the default */
+    unsigned broker_capacity; /* --broker-capacity N; 0: no bound */
 } cli_config;
 
 enum {

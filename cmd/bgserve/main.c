@@ -91,7 +91,7 @@ static int resolve_task(void *arg, const char *name, const plugin_task **def,
     (void)arg;
     generation *g = gen_current();
     if (g == NULL)
-        return -1;
+        return -2; /* not loaded yet: the job waits */
     const plugin_task *d = plugin_find_task(g->plugin, name);
     if (d == NULL) {
         gen_release(g);
@@ -113,7 +113,8 @@ static broker *open_broker(const cli_config *cfg)
     if (cfg->broker_name)
         snprintf(name, sizeof name, "%s", cfg->broker_name);
     broker_config bc = {.url = cfg->broker_url, .app = name,
-                        .visibility_ms = cfg->broker_visibility_ms};
+                        .visibility_ms = cfg->broker_visibility_ms,
+                        .capacity = cfg->broker_capacity};
     broker *b = NULL;
     char err[1024];
     if (broker_open(&bc, &b, err, sizeof err) != 0) {

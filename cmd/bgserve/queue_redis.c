@@ -441,7 +441,13 @@ static void take_job(rq *r, broker_msg *m)
             return;
         }
     }
-    if (r->h.limits(r->h.arg, m->name, &conc, why, sizeof why) < 0) {
+    int lim = r->h.limits(r->h.arg, m->name, &conc, why, sizeof why);
+    if (lim == -2) { /* read before the app was loaded: later */
+        broker_defer(r->b, m, DEFER_MS);
+        broker_msg_clear(m);
+        return;
+    }
+    if (lim < 0) {
         log_msg(BGS_LOG_WARN, "broker: task %" PRIu64 ": %s; moved to the dead letters",
                 m->id, why);
         broker_dead(r->b, m, why);

@@ -37,8 +37,9 @@ typedef struct queue_redis_hooks {
      * process (an ad hoc task).  Required. */
     queue_describe_fn describe;
     /* The task name's limits in this app: 0 with *max_concurrency (0: no
-     * cap), or -1 when the app has no such task (why says so: the job is
-     * dead-lettered).  Required when consuming. */
+     * cap), -1 when the app has no such task (why says so: the job is
+     * dead-lettered), or -2 when no app is loaded yet (the job is put
+     * back for a moment, no attempt counted).  Required when consuming. */
     int (*limits)(void *arg, const char *name, unsigned *max_concurrency, char *why,
                   size_t cap);
     /* Make a node for job m read from the stream; m->attempt is the

@@ -58,7 +58,8 @@ struct tasks_owner;
 
 /* The task name of the app now loaded (the current generation), for a
  * task another process accepted: 0 with *def and *owner set and a
- * reference to the owner held for the caller (release it), or -1. */
+ * reference to the owner held for the caller (release it), -1 when the
+ * app has no such task, or -2 when no app is loaded yet (starting). */
 typedef int (*tasks_resolve_fn)(void *arg, const char *name, const plugin_task **def,
                                 const struct tasks_owner **owner);
 

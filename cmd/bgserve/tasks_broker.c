@@ -52,7 +52,12 @@ static int limits(void *arg, const char *name, unsigned *max_conc, char *why, si
     tasks_engine *t = arg;
     const plugin_task *def;
     const tasks_owner *owner;
-    if (!t->resolve || t->resolve(t->resolve_arg, name, &def, &owner) != 0) {
+    int rc = t->resolve ? t->resolve(t->resolve_arg, name, &def, &owner) : -1;
+    if (rc == -2) {
+        snprintf(why, cap, "the app is not loaded yet");
+        return -2;
+    }
+    if (rc != 0) {
         snprintf(why, cap, "no task named '%s' in the app this worker runs", name);
         return -1;
     }
@@ -162,6 +167,7 @@ void tasks_broker_stats_json(tasks_engine *t, json *j)
     NUM("delayed", s.delayed)
     NUM("dead", s.dead)
     NUM("reconnects", s.reconnects)
+    NUM("capacity", broker_capacity(t->broker)) /* 0: no bound */
     NUM("running_here", held)
     NUM("awaited_here", sent)
 #undef NUM
