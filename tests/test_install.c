@@ -292,6 +292,25 @@ static void install_scaffold_builds_checks_and_serves(void **state)
 }
 
 /* Every --long-option that --help lists is in the man page. */
+/* After the scaffold test (same demo/): its make test passes against the
+ * installed library and bgserve-testing.pc, with the build's sanitizer
+ * (the installed library is that build's). */
+static void install_scaffold_make_test_passes(void **state)
+{
+    (void)state;
+    char *out;
+    int rc = sh(&out, "cd '%s/demo' && %s " DEMO_ENV " make test SANITIZE='%s' BGSERVE='%s'",
+                root, pkgenv, h_build_sanitize(), bin);
+    if (rc != 0)
+        fprintf(stderr, "%s", out);
+    assert_int_equal(rc, 0);
+    char want[256];
+    snprintf(want, sizeof want, "-L%s/usr/lib -lbgserve-testing", dest);
+    h_assert_contains(out, want);
+    h_assert_contains(out, "[  PASSED  ] 4 test(s).");
+    free(out);
+}
+
 static void install_man_lists_every_option(void **state)
 {
     (void)state;
@@ -422,6 +441,7 @@ int main(void)
         cmocka_unit_test(install_pc_gives_plugin_flags),
         cmocka_unit_test(install_testing_pc_gives_library_flags),
         cmocka_unit_test(install_scaffold_builds_checks_and_serves),
+        cmocka_unit_test(install_scaffold_make_test_passes),
         cmocka_unit_test(install_man_lists_every_option),
         cmocka_unit_test(install_man_renders_without_warnings),
         cmocka_unit_test(install_compdb_lists_every_source),

@@ -101,14 +101,63 @@ static void scaffold_creates_source_makefile_and_gitignore(void **state)
     h_assert_contains(mk, "--reload --watch . --build 'make --no-print-directory SANITIZE=$(SANITIZE) my-app.so'");
     h_assert_lacks(mk, "@NAME@");
 
+    /* make test: the tests built with the testing library and cmocka */
+    h_assert_contains(mk, "--cflags bgserve-testing cmocka");
+    h_assert_contains(mk, "tests/test_%: tests/test_%.c .my-app.flags\n\t");
+    h_assert_contains(mk, "test: my-app.so $(TESTS)\n\t@for t in $(TESTS); do ./$$t ./my-app.so");
+    char *test = slurp("my-app/tests/test_my-app.c");
+    assert_non_null(test);
+    h_assert_contains(test, "#include <bgserve/testing.h>");
+    h_assert_contains(test, "static const char *plugin = \"./my-app.so\";");
+    h_assert_contains(test, "\"Hello from my-app!\\n\"");
+    h_assert_lacks(test, "@NAME@");
+    free(test);
+    h_assert_contains(out, "make test");
+
     char *gi = slurp("my-app/.gitignore");
     assert_non_null(gi);
-    assert_string_equal(gi, "*.so\n.*.flags\n");
+    assert_string_equal(gi, "*.so\n.*.flags\ntests/test_*\n!tests/test_*.c\n");
     free(src);
     free(mk);
     free(gi);
     free(out);
     free(err);
+}
+
+/* The generated project's `make test` passes as generated, built against
+ * this checkout through build/pkgconfig (the -uninstalled .pc files), as
+ * a user trying a bgserve they have not installed would (test_install
+ * does the same against an installed one). */
+static void scaffold_make_test_passes_in_tree(void **state)
+{
+    sandbox *sb = *state;
+    char *out, *err, cmd[PATH_MAX + 2048];
+    assert_int_equal(run_new("demo", NULL, &out, &err), 0);
+    free(out);
+    free(err);
+    snprintf(cmd, sizeof cmd,
+             "cd demo && env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL -u SANITIZE "
+             "PKG_CONFIG_PATH='%s/%s' make --no-print-directory test SANITIZE='%s' 2>&1",
+             sb->old_cwd, h_build_path("pkgconfig"), h_build_sanitize());
+    const char *argv[] = {"/bin/sh", "-c", cmd, NULL};
+    int rc = h_run(argv, &out);
+    if (rc != 0)
+        fprintf(stderr, "%s\n%s", cmd, out);
+    assert_int_equal(rc, 0);
+    h_assert_contains(out, "-lbgserve-testing");
+    h_assert_contains(out, "[  PASSED  ] 4 test(s).");
+    h_assert_contains(out, "processed 9 bytes (attempt 1)"); /* its task ran */
+    free(out);
+    /* A plugin that breaks the tests fails make test. */
+    snprintf(cmd, sizeof cmd,
+             "cd demo && sed -i 's/Hello from demo/Bye from demo/' demo.c && "
+             "env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL -u SANITIZE "
+             "PKG_CONFIG_PATH='%s/%s' make --no-print-directory test SANITIZE='%s' 2>&1",
+             sb->old_cwd, h_build_path("pkgconfig"), h_build_sanitize());
+    rc = h_run(argv, &out);
+    assert_int_not_equal(rc, 0);
+    h_assert_contains(out, "[  FAILED  ] index_says_hello");
+    free(out);
 }
 
 static void scaffold_refuses_existing_directory(void **state)
@@ -196,6 +245,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(scaffold_creates_source_makefile_and_gitignore, setup, teardown),
+        cmocka_unit_test_setup_teardown(scaffold_make_test_passes_in_tree, setup, teardown),
         cmocka_unit_test_setup_teardown(scaffold_refuses_existing_directory, setup, teardown),
         cmocka_unit_test_setup_teardown(scaffold_refuses_bad_names, setup, teardown),
         cmocka_unit_test_setup_teardown(scaffold_usage_errors, setup, teardown),

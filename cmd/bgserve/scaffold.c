@@ -1,6 +1,8 @@
 /*
  * scaffold.c - `bgserve new NAME`: writes a plugin project that builds
- * against an installed bgserve (pkg-config bgserve) with no edits.
+ * against an installed bgserve (pkg-config bgserve) with no edits, and
+ * its tests (tests/test_NAME.c, with the testing library: pkg-config
+ * bgserve-testing) that `make test` runs.
  *
  * The templates live here as strings with @NAME@ placeholders, so an
  * installed bgserve needs no data files.  Files are created with O_EXCL
@@ -38,6 +40,7 @@ static const char plugin_template[] =
 " *\n"
 " *   make          build @NAME@.so (flags from pkg-config bgserve)\n"
 " *   make check    validate it and print its route and task tables\n"
+" *   make test     run tests/test_@NAME@.c (bgserve's testing library)\n"
 " *   make run      serve it on http://127.0.0.1:8000\n"
 " *\n"
 " *   curl -i -X POST http://127.0.0.1:8000/jobs --data 'some work'\n"
@@ -118,14 +121,19 @@ static const char makefile_template[] =
 "#   make SANITIZE=address   the same with AddressSanitizer; serve it with an\n"
 "#                ASan bgserve: make run SANITIZE=address BGSERVE=.../build/san-address/bgserve\n"
 "#   make check   validate it with bgserve --check (prints its tables)\n"
+"#   make test    build and run tests/test_*.c: cmocka tests written with\n"
+"#                bgserve's testing library (#include <bgserve/testing.h>):\n"
+"#                the plugin in process, no server, no port\n"
 "#   make run     serve it on http://127.0.0.1:$(PORT) and rebuild and\n"
 "#                reload it whenever a source in this directory changes\n"
 "#   make clean\n"
 "#\n"
-"# Compiler flags come from the bgserve.pc that bgserve's `make install`\n"
-"# put on the pkg-config path; for another prefix set PKG_CONFIG_PATH (and\n"
-"# PKG_CONFIG_SYSROOT_DIR for a DESTDIR staging tree).  BGSERVE picks the\n"
-"# server binary (default: bgserve from PATH).\n"
+"# Compiler flags come from the bgserve.pc and bgserve-testing.pc that\n"
+"# bgserve's `make install` put on the pkg-config path; for another prefix\n"
+"# set PKG_CONFIG_PATH (and PKG_CONFIG_SYSROOT_DIR for a DESTDIR staging\n"
+"# tree); for a bgserve built but not installed, its build/pkgconfig.\n"
+"# cmocka comes from Debian's libcmocka-dev.  BGSERVE picks the server\n"
+"# binary (default: bgserve from PATH).\n"
 "\n"
 "BGSERVE    ?= bgserve\n"
 "PKG_CONFIG ?= pkg-config\n"
@@ -142,7 +150,15 @@ static const char makefile_template[] =
 "BGS_LDFLAGS := $(shell $(PKG_CONFIG) --variable=plugin_ldflags bgserve 2>/dev/null)\n"
 "BUILD_FLAGS := $(CC) $(CFLAGS) $(BGS_CFLAGS) $(BGS_LDFLAGS) $(LDFLAGS)\n"
 "\n"
-".PHONY: all check run clean FORCE\n"
+"# The tests: one program per tests/test_*.c, linked with the testing\n"
+"# library (found again at run time through an rpath to its directory).\n"
+"comma       := ,\n"
+"TEST_CFLAGS := $(shell $(PKG_CONFIG) --cflags bgserve-testing cmocka 2>/dev/null)\n"
+"TEST_LIBS   := $(shell $(PKG_CONFIG) --libs bgserve-testing cmocka 2>/dev/null)\n"
+"TEST_RPATH  := $(patsubst -L%,-Wl$(comma)-rpath$(comma)%,$(filter -L%,$(TEST_LIBS)))\n"
+"TESTS       := $(patsubst %.c,%,$(wildcard tests/test_*.c))\n"
+"\n"
+".PHONY: all check test run clean FORCE\n"
 "\n"
 "all: @NAME@.so\n"
 "\n"
@@ -156,6 +172,15 @@ static const char makefile_template[] =
 "\t  \"install bgserve (make install) or point PKG_CONFIG_PATH at its directory\" >&2; exit 1; }\n"
 "\t$(CC) $(CFLAGS) $(BGS_CFLAGS) $(BGS_LDFLAGS) -o $@ $(SRCS) $(LDFLAGS)\n"
 "\n"
+"tests/test_%: tests/test_%.c .@NAME@.flags\n"
+"\t@$(PKG_CONFIG) --exists bgserve-testing cmocka || { echo \"@NAME@: pkg-config cannot find\" \\\n"
+"\t  \"bgserve-testing.pc or cmocka.pc; install bgserve (make install) and libcmocka-dev,\" \\\n"
+"\t  \"or point PKG_CONFIG_PATH at their directories\" >&2; exit 1; }\n"
+"\t$(CC) $(CFLAGS) $(TEST_CFLAGS) -o $@ $< $(TEST_LIBS) $(TEST_RPATH) $(LDFLAGS)\n"
+"\n"
+"test: @NAME@.so $(TESTS)\n"
+"\t@for t in $(TESTS); do ./$$t ./@NAME@.so || exit 1; done\n"
+"\n"
 "check: @NAME@.so\n"
 "\t$(BGSERVE) --check ./@NAME@.so\n"
 "\n"
@@ -164,9 +189,116 @@ static const char makefile_template[] =
 "\t  --port $(PORT) ./@NAME@.so\n"
 "\n"
 "clean:\n"
-"\trm -f @NAME@.so .@NAME@.flags\n";
+"\trm -f @NAME@.so .@NAME@.flags $(TESTS)\n";
 
-static const char gitignore_template[] = "*.so\n.*.flags\n";
+static const char test_template[] =
+"/*\n"
+" * test_@NAME@.c - tests of @NAME@.so, in process: no server, no port.\n"
+" * `make test` builds and runs them (cmocka and bgserve's testing\n"
+" * library; its API and contract are in <bgserve/testing.h>).\n"
+" *\n"
+" * Each test gets its own client: the plugin loaded as `bgserve\n"
+" * @NAME@.so` would load it (start hook included), with its own task\n"
+" * workers.  skip_delays makes retries and backoff take no time.\n"
+" */\n"
+"#include <setjmp.h>\n"
+"#include <stdarg.h>\n"
+"#include <stddef.h>\n"
+"#include <stdint.h>\n"
+"#include <cmocka.h>\n"
+"\n"
+"#include <bgserve/testing.h>\n"
+"\n"
+"#include <stdio.h>\n"
+"#include <string.h>\n"
+"\n"
+"#define WAIT_MS 10000u\n"
+"\n"
+"static const char *plugin = \"./@NAME@.so\"; /* or the first argument */\n"
+"\n"
+"static int open_client(void **state)\n"
+"{\n"
+"    bgst_client *c = NULL;\n"
+"    if (bgst_open(&c, plugin, &(bgst_options){.skip_delays = 1}) != BGST_OK) {\n"
+"        fprintf(stderr, \"%s\\n\", bgst_errmsg(c));\n"
+"        bgst_close(c);\n"
+"        return -1;\n"
+"    }\n"
+"    *state = c;\n"
+"    return 0;\n"
+"}\n"
+"\n"
+"static int close_client(void **state)\n"
+"{\n"
+"    bgst_close(*state); /* the stop hook runs here */\n"
+"    return 0;\n"
+"}\n"
+"\n"
+"static void index_says_hello(void **state)\n"
+"{\n"
+"    bgst_client *c = *state;\n"
+"    bgst_response *r = NULL;\n"
+"    assert_int_equal(bgst_send(c, \"GET\", \"/\", NULL, &r), BGST_OK);\n"
+"    assert_int_equal(bgst_status(r), 200);\n"
+"    assert_string_equal(bgst_body(r, NULL), \"Hello from @NAME@!\\n\");\n"
+"    bgst_response_free(r);\n"
+"}\n"
+"\n"
+"static void hello_greets_by_name(void **state)\n"
+"{\n"
+"    bgst_client *c = *state;\n"
+"    bgst_response *r = NULL;\n"
+"    assert_int_equal(bgst_send(c, \"GET\", \"/hello/ada\", NULL, &r), BGST_OK);\n"
+"    assert_int_equal(bgst_status(r), 200);\n"
+"    assert_string_equal(bgst_body(r, NULL), \"hello, ada\\n\");\n"
+"    bgst_response_free(r);\n"
+"}\n"
+"\n"
+"static void jobs_runs_process_after_the_answer(void **state)\n"
+"{\n"
+"    bgst_client *c = *state;\n"
+"    bgst_response *r = NULL;\n"
+"    assert_int_equal(bgst_send(c, \"POST\", \"/jobs\", \"some work\", &r), BGST_OK);\n"
+"    assert_int_equal(bgst_status(r), 202);\n"
+"    assert_int_equal(bgst_response_task_count(r), 1);\n"
+"    uint64_t id = bgst_response_task(r, 0);\n"
+"    char monitor[64];\n"
+"    snprintf(monitor, sizeof monitor, \"/_bgserve/tasks/%llu\", (unsigned long long)id);\n"
+"    assert_string_equal(bgst_header_get(r, \"Location\"), monitor);\n"
+"    bgst_response_free(r);\n"
+"\n"
+"    bgst_task t;\n"
+"    assert_int_equal(bgst_task_wait(c, id, WAIT_MS, &t), BGST_OK);\n"
+"    assert_string_equal(t.name, \"process\");\n"
+"    assert_int_equal(t.state, BGST_SUCCEEDED);\n"
+"    assert_int_equal(t.attempts, 1);\n"
+"    bgst_task_clear(&t);\n"
+"}\n"
+"\n"
+"static void unknown_path_is_404(void **state)\n"
+"{\n"
+"    bgst_client *c = *state;\n"
+"    bgst_response *r = NULL;\n"
+"    assert_int_equal(bgst_send(c, \"GET\", \"/nowhere\", NULL, &r), BGST_OK);\n"
+"    assert_int_equal(bgst_status(r), 404);\n"
+"    bgst_response_free(r);\n"
+"}\n"
+"\n"
+"int main(int argc, char **argv)\n"
+"{\n"
+"    if (argc > 1)\n"
+"        plugin = argv[1];\n"
+"    const struct CMUnitTest tests[] = {\n"
+"        cmocka_unit_test_setup_teardown(index_says_hello, open_client, close_client),\n"
+"        cmocka_unit_test_setup_teardown(hello_greets_by_name, open_client, close_client),\n"
+"        cmocka_unit_test_setup_teardown(jobs_runs_process_after_the_answer, open_client,\n"
+"                                        close_client),\n"
+"        cmocka_unit_test_setup_teardown(unknown_path_is_404, open_client, close_client),\n"
+"    };\n"
+"    return cmocka_run_group_tests(tests, NULL, NULL);\n"
+"}\n";
+
+static const char gitignore_template[] = "*.so\n.*.flags\ntests/test_*\n!tests/test_*.c\n";
 
 /* ------------------------------------------------------------------ */
 /* Writing the project                                                 */
@@ -248,8 +380,8 @@ static int usage(FILE *err, const char *fmt, const char *arg)
 {
     fputs("bgserve new: ", err);
     fprintf(err, fmt, arg);
-    fputs("\nUsage: bgserve new NAME   (creates ./NAME/ with a plugin, a Makefile "
-          "and a .gitignore)\n", err);
+    fputs("\nUsage: bgserve new NAME   (creates ./NAME/ with a plugin, its tests, a "
+          "Makefile and a .gitignore)\n", err);
     return 2;
 }
 
@@ -257,15 +389,17 @@ int scaffold_main(int argc, char **argv, FILE *out, FILE *err)
 {
     const char *name = NULL;
     struct stat st;
-    char src[NAME_MAX_LEN + 3];
+    char src[NAME_MAX_LEN + 3], test[NAME_MAX_LEN + 16], tests_dir[NAME_MAX_LEN + 8];
 
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
             fputs("Usage: bgserve new NAME\n"
                   "Create ./NAME/ with NAME.c (a route, a task, a 202 Accepted with\n"
-                  "its status monitor), a Makefile that builds NAME.so through\n"
-                  "`pkg-config bgserve` (make, make check, make run) and a .gitignore.\n"
+                  "its status monitor), tests/test_NAME.c (cmocka tests with bgserve's\n"
+                  "testing library, <bgserve/testing.h>), a Makefile that builds NAME.so\n"
+                  "through `pkg-config bgserve` (make, make check, make test, make run)\n"
+                  "and a .gitignore.\n"
                   "NAME: a letter, then letters, digits, '_' or '-'.  An existing\n"
                   "NAME is never overwritten.\n", out);
             return 0;
@@ -294,27 +428,38 @@ int scaffold_main(int argc, char **argv, FILE *out, FILE *err)
     }
 
     snprintf(src, sizeof src, "%s.c", name);
+    snprintf(test, sizeof test, "tests/test_%s.c", name);
+    snprintf(tests_dir, sizeof tests_dir, "%s/tests", name);
     if (write_new(name, src, plugin_template, name, err) != 0 ||
         write_new(name, "Makefile", makefile_template, name, err) != 0 ||
         write_new(name, ".gitignore", gitignore_template, name, err) != 0)
         goto fail;
+    if (mkdir(tests_dir, 0777) != 0) {
+        fprintf(err, "bgserve new: cannot create directory '%s': %s\n", tests_dir,
+                strerror(errno));
+        goto fail;
+    }
+    if (write_new(name, test, test_template, name, err) != 0)
+        goto fail;
 
-    fprintf(out, "created %s/ with %s, Makefile and .gitignore\n"
+    fprintf(out, "created %s/ with %s, %s, Makefile and .gitignore\n"
             "next:\n"
             "  cd %s\n"
             "  make check   # build %s.so and validate it\n"
+            "  make test    # run its tests, in process\n"
             "  make run     # serve it on http://127.0.0.1:8000\n",
-            name, src, name, name);
+            name, src, test, name, name);
     return 0;
 
 fail: {
         /* Remove exactly what this command created. */
-        const char *files[] = {src, "Makefile", ".gitignore"};
+        const char *files[] = {src, "Makefile", ".gitignore", test};
         char path[512];
         for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
             snprintf(path, sizeof path, "%s/%s", name, files[i]);
             unlink(path);
         }
+        rmdir(tests_dir);
         rmdir(name);
         return 1;
     }

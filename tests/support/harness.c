@@ -39,6 +39,18 @@ const char *h_build_path(const char *rel)
     return buf;
 }
 
+const char *h_build_sanitize(void)
+{
+    static char san[128];
+    const char *build = getenv("BGSERVE_BUILD");
+    const char *p = build ? strstr(build, "san-") : NULL;
+    snprintf(san, sizeof san, "%s", p ? p + 4 : "");
+    for (char *c = san; *c; c++)
+        if (*c == '-')
+            *c = ',';
+    return san;
+}
+
 /* Append to a buffer only this function allocates: its size is the
  * smallest power of two (at least 64) above len, so it doubles rather
  * than growing by each chunk (a server's log read 4 KiB at a time cost

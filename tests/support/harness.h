@@ -16,6 +16,11 @@
  * round robin): e.g. h_build_path("plugins/hello.so"). */
 const char *h_build_path(const char *rel);
 
+/* The SANITIZE value the build in BGSERVE_BUILD was made with:
+ * "address,undefined" for build/san-address-undefined, "" for a plain
+ * build.  Whatever links that build's libraries needs the same flags. */
+const char *h_build_sanitize(void);
+
 /* A running server. */
 typedef struct h_server {
     pid_t pid;
