@@ -1,6 +1,8 @@
 /*
  * test_docs.c - every C example in README.md and docs/ (every *.md) builds as a
- * plugin and passes bgserve --check (tests/docs/check.sh does the work).
+ * plugin and passes bgserve --check, and every test example (test_NAME.c)
+ * builds with the testing library and passes against its plugin
+ * (tests/docs/check.sh does the work).
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -25,6 +27,7 @@ static void docs_examples_build_and_check(void **state)
         fprintf(stderr, "%s", out);
     assert_int_equal(rc, 0);
     h_assert_contains(out, "greet.c");
+    h_assert_contains(out, "test_counter.c (ran against counter.so)"); /* docs/testing.md */
     free(out);
 }
 
