@@ -512,5 +512,5 @@ fuzz: deps-run deps-fuzz
 clean:
 	rm -rf build
 
--include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)
+-include $(shell find $(BUILD)/obj $(BUILD)/pic -name '*.d' 2>/dev/null)
 -include $(shell find build/fuzz/obj -name '*.d' 2>/dev/null)
