@@ -419,6 +419,46 @@ static void broker_capacity_answers_503(void **state)
     rig_down(&g);
 }
 
+/* A server that stops while a worker runs a task it added does not call
+ * that task cancelled: the report says it is in Redis, and its record
+ * there still says running. */
+static void broker_stopping_server_hands_tasks_on(void **state)
+{
+    (void)state;
+    rig g;
+    rig_redis(&g);
+    const char *args[] = {"--broker", g.redis.url, "--drain-timeout", "0", NULL};
+    start_server_with(&g, args);
+    h_server w;
+    start_worker(&g, &w, NULL);
+    uint64_t id = add(&g, "slow", 1);
+    assert_int_equal(wait_lines(&g, "start", w.pid, 1), 1);
+    h_stop_clean(&g.server);
+    g.have_server = 0;
+    char line[96];
+    snprintf(line, sizeof line, "task %" PRIu64 " slow", id);
+    char found[512];
+    assert_int_equal(h_line_with(g.server.log, "in redis: it runs on the workers", found,
+                                 sizeof found), 0);
+    h_assert_contains(found, line);
+    snprintf(line, sizeof line, "task %" PRIu64 " slow cancelled", id);
+    h_assert_lacks(g.server.log, line);
+    h_assert_contains(g.server.log, "drain: 0 tasks finished, 0 did not, 1 stay in redis");
+    h_free(&g.server);
+    redisReply *rep = h_redis_cmd(&g.redis, "HGET bgserve:{broker_app}:task:%" PRIu64 " state",
+                                  id);
+    assert_int_equal(rep->type, REDIS_REPLY_STRING);
+    assert_string_equal(rep->str, "running");
+    freeReplyObject(rep);
+    /* The worker's own stop interrupts the task (exit 3: a task of its
+     * own did not finish) and hands it back (the delayed set, due now). */
+    assert_int_equal(h_stop(&w, SIGTERM), 3);
+    h_assert_lacks(w.log, "Sanitizer");
+    h_free(&w);
+    assert_int_equal(h_redis_int(&g.redis, "ZCARD bgserve:{broker_app}:delayed"), 1);
+    rig_down(&g);
+}
+
 static void broker_command_line_refusals(void **state)
 {
     (void)state;
@@ -453,6 +493,7 @@ int main(void)
         cmocka_unit_test(broker_503_while_redis_is_down),
         cmocka_unit_test(broker_no_2xx_without_the_xadd),
         cmocka_unit_test(broker_capacity_answers_503),
+        cmocka_unit_test(broker_stopping_server_hands_tasks_on),
         cmocka_unit_test(broker_command_line_refusals),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

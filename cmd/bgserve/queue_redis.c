@@ -307,14 +307,12 @@ void queue_redis_forget(queue *q, uint64_t id)
 
 static queue_node *rq_take(queue *q) { return queue_take(R(q)->mem); }
 
-static queue_node *rq_try_take(queue *q)
+static queue_node *rq_try_take(queue *q) { return queue_try_take(R(q)->mem); }
+
+queue_node *queue_redis_take_sent(queue *q)
 {
     rq *r = R(q);
-    queue_node *n = queue_try_take(r->mem);
-    if (n)
-        return n;
-    /* After shutdown, the nodes still waiting for a notice go back to
-     * their owner too (their tasks run on in the workers). */
+    queue_node *n;
     pthread_mutex_lock(&r->mu);
     sent *s = r->shut ? sent_take_any_locked(r) : NULL;
     pthread_mutex_unlock(&r->mu);

@@ -87,6 +87,12 @@ int queue_redis_write(queue *q, queue_node *const *nodes, size_t n, char *why, s
 int queue_redis_link(queue *q, queue_node *n);
 void queue_redis_forget(queue *q, uint64_t id);
 
+/* After shutdown: a node added here that is still waiting for the notice
+ * of its final state (its task is in Redis, queued or running on a
+ * worker), back to its owner; NULL when none is left.  try_take hands
+ * back only the jobs of this process. */
+queue_node *queue_redis_take_sent(queue *q);
+
 /* Jobs read from the stream and not yet acked or nacked, and nodes added
  * here waiting for their final state (stats). */
 void queue_redis_counts(queue *q, size_t *held, size_t *sent);

@@ -95,7 +95,8 @@ tasks_engine *tasks_new(const tasks_config *cfg);
  * cancellation flag, wait briefly for running ones to return, stop the
  * workers, and print the report: how many finished, and every task that
  * did not (id, name, state), one line each.  Returns the number of tasks
- * that did not finish.  Records stay readable until tasks_free.  A second
+ * that did not finish (with a broker, not counting those that stay in
+ * Redis for the workers).  Records stay readable until tasks_free.  A second
  * call does nothing and returns 0.
  */
 size_t tasks_shutdown(tasks_engine *t, unsigned drain_ms);

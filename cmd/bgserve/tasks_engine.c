@@ -17,6 +17,7 @@
 #include "log.h"
 #include "pace.h"
 #include "queue_journal.h"
+#include "queue_redis.h"
 #include "util.h"
 
 #include <inttypes.h>
@@ -250,6 +251,21 @@ size_t tasks_shutdown(tasks_engine *t, unsigned drain_ms)
                                                           : "cancelled at shutdown; the task never ran");
     }
     tasks_runs_cancel_waiting(t);
+    /* --broker: the tasks added to Redis are the workers' now; their
+     * records here end without a word (the report says where they are). */
+    size_t nelse = 0, capelse = 0;
+    uint64_t *elsewhere = NULL;
+    while (t->broker && (n = queue_redis_take_sent(t->q)) != NULL) {
+        task_item *it = UTIL_CONTAINER_OF(n, task_item, qnode);
+        if (nelse == capelse) {
+            capelse = capelse ? 2 * capelse : 16;
+            elsewhere = xrealloc(elsewhere, capelse * sizeof(*elsewhere));
+        }
+        elsewhere[nelse++] = it->id;
+        it->jflags |= TASKS_JF_ELSEWHERE;
+        tasks_runs_finalize(it, TASKS_CANCELLED, "this server stopped; the task stays in redis "
+                                                 "and runs on the workers");
+    }
 
     /* 4. Grace for running tasks to notice the flag and return. */
     uint64_t grace = util_now_us() + SHUTDOWN_GRACE_US;
@@ -270,16 +286,25 @@ size_t tasks_shutdown(tasks_engine *t, unsigned drain_ms)
 
     /* 5. The report; nothing when no task ever existed (a server that
      * stopped before serving, e.g. its plugin was refused). */
+    size_t nlost = nu - (nelse < nu ? nelse : nu); /* not counting those in redis */
+    char inredis[64] = "";
+    if (t->broker)
+        snprintf(inredis, sizeof inredis, ", %zu stay in redis for the workers", nu - nlost);
     if (nu || fin1 != fin0 || atomic_load(&t->next_id) != 1)
-        log_msg(nu ? BGS_LOG_WARN : BGS_LOG_INFO, "drain: %" PRIu64 " tasks finished, %zu did not",
-                fin1 - fin0, nu);
+        log_msg(nlost ? BGS_LOG_WARN : BGS_LOG_INFO, "drain: %" PRIu64 " tasks finished, %zu did "
+                "not%s", fin1 - fin0, nlost, inredis);
     for (size_t i = 0; i < nu; i++) {
         char outcome[96];
         pthread_mutex_lock(&t->rec_mu);
         task_item *it = tasks_records_find_locked(t, u[i].id);
         int now_state = it ? it->state : -1;
         pthread_mutex_unlock(&t->rec_mu);
-        if (now_state < 0)
+        int away = 0;
+        for (size_t k = 0; k < nelse && !away; k++)
+            away = elsewhere[k] == u[i].id;
+        if (away)
+            snprintf(outcome, sizeof(outcome), "in redis: it runs on the workers");
+        else if (now_state < 0)
             snprintf(outcome, sizeof(outcome), "finished after the deadline");
         else if (tasks_is_final(now_state))
             snprintf(outcome, sizeof(outcome), "now %s", tasks_state_name(now_state));
@@ -290,6 +315,7 @@ size_t tasks_shutdown(tasks_engine *t, unsigned drain_ms)
         print_unfinished_line(&u[i], outcome);
     }
     free(u);
+    free(elsewhere);
     if (stuck)
         log_msg(BGS_LOG_WARN, "drain: %u worker thread%s stuck in plugin code; not waiting for %s",
                 stuck, stuck == 1 ? "" : "s", stuck == 1 ? "it" : "them");
@@ -297,7 +323,7 @@ size_t tasks_shutdown(tasks_engine *t, unsigned drain_ms)
     pthread_mutex_lock(&t->rec_mu);
     t->draining = 0;
     pthread_mutex_unlock(&t->rec_mu);
-    return nu;
+    return nlost;
 }
 
 void tasks_free(tasks_engine *t)

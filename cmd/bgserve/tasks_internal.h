@@ -168,6 +168,9 @@ struct task_item {
  * (tasks_group_persist), and linked into the queue since. */
 #define TASKS_JF_WRITTEN 1u
 #define TASKS_JF_LINKED 2u
+/* --broker, at shutdown: its task stays in Redis for the workers; this
+ * process finalises its record without a "cancelled" line. */
+#define TASKS_JF_ELSEWHERE 4u
 
 /* When the item was last dispatched (queued) until a run starts, then
  * when that run started (see task_item.qnode). */

@@ -151,7 +151,8 @@ void tasks_runs_finalize(task_item *it, int st, const char *err)
         [TASKS_SUCCEEDED] = "done", [TASKS_FAILED] = "failed", [TASKS_SKIPPED] = "skipped",
         [TASKS_DISCARDED] = "discarded", [TASKS_CANCELLED] = "cancelled",
     };
-    log_event(events[st], id, kind->name, attempts, dur, err ? errcopy : NULL, 0);
+    if (!(it->jflags & TASKS_JF_ELSEWHERE))
+        log_event(events[st], id, kind->name, attempts, dur, err ? errcopy : NULL, 0);
 
     while (watchers) {
         task_watch *w = watchers;
