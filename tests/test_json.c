@@ -1,6 +1,7 @@
 /*
  * test_json.c - the JSON writer: commas, escapes, invalid UTF-8, numbers,
- * large strings and buffer ownership.
+ * large strings and buffer ownership; times; a task's record (task_json.c)
+ * byte for byte, from memory and from the journal.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -14,6 +15,7 @@
 #include <string.h>
 
 #include "json.h"
+#include "task_json.h"
 
 /* The escaped form of one string value, quotes included. */
 static char *str_json(const char *s, size_t n)
@@ -214,6 +216,109 @@ static void json_escape_into_appends(void **state)
     json_free(&j);
 }
 
+static void json_times_iso_us_pair_and_null(void **state)
+{
+    (void)state;
+    json j;
+    json_init(&j);
+    json_obj_begin(&j);
+    json_time(&j, "a", 1795000000000100ull);
+    json_time_us(&j, "b", 1795000000000100ull);
+    json_time_pair(&j, "c", "c_us", 1795000000123456ull);
+    json_time_pair(&j, "d", "d_us", 0); /* not yet: null */
+    json_obj_end(&j);
+    assert_string_equal(j.buf, "{\"a\":\"2026-11-18T11:06:40.000100Z\",\"b\":1795000000000100,"
+                               "\"c\":\"2026-11-18T11:06:40.123456Z\",\"c_us\":1795000000123456,"
+                               "\"d\":null,\"d_us\":null}");
+    json_free(&j);
+}
+
+static void check_task(const task_json_view *v, const char *want)
+{
+    json j;
+    json_init(&j);
+    task_json_write(&j, v);
+    assert_string_equal(j.buf, want);
+    json_free(&j);
+}
+
+/* A record in memory, byte for byte as introspect.c wrote it before the
+ * writer was shared with the journal's (so no client sees a change). */
+static void json_task_record_from_memory_unchanged(void **state)
+{
+    (void)state;
+    task_json_view v = {
+        .source = TASK_JSON_MEMORY, .id = 42, .name = "send_mail", .state = "retrying",
+        .attempts = 2, .max_attempts = 5, .created_us = 1795000000000100ull,
+        .started_us = 1795000000123456ull, .error = "smtp: \"refused\"",
+        .request_id = "5f2c9a3e00000001", .delivered = -1, .mode = "concurrent",
+        .generation = 3, .payload_len = 17};
+    check_task(&v,
+        "{\"id\":42,\"name\":\"send_mail\",\"state\":\"retrying\",\"attempts\":2,\"max_attemp"
+        "ts\":5,\"created_at\":\"2026-11-18T11:06:40.000100Z\",\"started_at\":\"2026-11-18T11"
+        ":06:40.123456Z\",\"finished_at\":null,\"created_at_us\":1795000000000100,\"started_a"
+        "t_us\":1795000000123456,\"finished_at_us\":null,\"error\":\"smtp: \\\"refused\\\"\","
+        "\"request_id\":\"5f2c9a3e00000001\",\"delivered\":null,\"mode\":\"concurrent\",\"gen"
+        "eration\":3,\"payload_bytes\":17,\"adhoc\":false,\"result\":null}");
+    task_json_view r = {
+        .source = TASK_JSON_MEMORY, .id = 7, .name = "fn", .state = "succeeded",
+        .attempts = 1, .max_attempts = 1, .created_us = 1795000000000000ull,
+        .started_us = 1795000000000001ull, .finished_us = 1795000001000000ull,
+        .delivered = 1, .mode = "sequential", .generation = 1, .adhoc = 1, .has_result = 1,
+        .result_status = 201, .result_type = "application/json", .result = "{\"a\":1}",
+        .result_len = 7};
+    check_task(&r,
+        "{\"id\":7,\"name\":\"fn\",\"state\":\"succeeded\",\"attempts\":1,\"max_attempts\":1,"
+        "\"created_at\":\"2026-11-18T11:06:40.000000Z\",\"started_at\":\"2026-11-18T11:06:40."
+        "000001Z\",\"finished_at\":\"2026-11-18T11:06:41.000000Z\",\"created_at_us\":17950000"
+        "00000000,\"started_at_us\":1795000000000001,\"finished_at_us\":1795000001000000,\"er"
+        "ror\":null,\"request_id\":null,\"delivered\":true,\"mode\":\"sequential\",\"generati"
+        "on\":1,\"payload_bytes\":0,\"adhoc\":true,\"result\":{\"status\":201,\"content_type\""
+        ":\"application/json\",\"length\":7,\"body\":\"{\\\"a\\\":1}\"}}");
+    r.delivered = 0;
+    r.result_type = NULL;
+    r.result = NULL;
+    r.result_len = 0;
+    check_task(&r,
+        "{\"id\":7,\"name\":\"fn\",\"state\":\"succeeded\",\"attempts\":1,\"max_attempts\":1,"
+        "\"created_at\":\"2026-11-18T11:06:40.000000Z\",\"started_at\":\"2026-11-18T11:06:40."
+        "000001Z\",\"finished_at\":\"2026-11-18T11:06:41.000000Z\",\"created_at_us\":17950000"
+        "00000000,\"started_at_us\":1795000000000001,\"finished_at_us\":1795000001000000,\"er"
+        "ror\":null,\"request_id\":null,\"delivered\":false,\"mode\":\"sequential\",\"generat"
+        "ion\":1,\"payload_bytes\":0,\"adhoc\":true,\"result\":{\"status\":201,\"content_type"
+        "\":null,\"length\":0,\"body\":\"\"}}");
+}
+
+/* A journal row: the keys and values it always had, in the order of a
+ * record in memory, with not_before after the other times and "source"
+ * last; no delivery, mode, generation or result. */
+static void json_task_record_from_journal(void **state)
+{
+    (void)state;
+    task_json_view v = {
+        .source = TASK_JSON_JOURNAL, .id = 9, .name = "export", .state = "dead",
+        .attempts = 3, .max_attempts = 3, .created_us = 1795000000000100ull,
+        .started_us = 1795000000500000ull, .finished_us = 1795000000900000ull,
+        .not_before_us = 1795000002000000ull, .error = "boom", .request_id = "abc",
+        .payload_len = 3, .delivered = 1, .has_result = 1 /* not written for a row */};
+    check_task(&v,
+        "{\"id\":9,\"name\":\"export\",\"state\":\"dead\",\"attempts\":3,\"max_attempts\":3,\""
+        "created_at\":\"2026-11-18T11:06:40.000100Z\",\"started_at\":\"2026-11-18T11:06:40.50"
+        "0000Z\",\"finished_at\":\"2026-11-18T11:06:40.900000Z\",\"not_before\":\"2026-11-18T"
+        "11:06:42.000000Z\",\"created_at_us\":1795000000000100,\"started_at_us\":179500000050"
+        "0000,\"finished_at_us\":1795000000900000,\"not_before_us\":1795000002000000,\"error\""
+        ":\"boom\",\"request_id\":\"abc\",\"payload_bytes\":3,\"adhoc\":false,\"source\":\"jo"
+        "urnal\"}");
+    task_json_view q = {.source = TASK_JSON_JOURNAL, .id = 10, .name = "q", .state = "queued",
+                        .max_attempts = 1, .created_us = 1795000000000100ull};
+    check_task(&q,
+        "{\"id\":10,\"name\":\"q\",\"state\":\"queued\",\"attempts\":0,\"max_attempts\":1,\"c"
+        "reated_at\":\"2026-11-18T11:06:40.000100Z\",\"started_at\":null,\"finished_at\":null"
+        ",\"not_before\":null,\"created_at_us\":1795000000000100,\"started_at_us\":null,\"fin"
+        "ished_at_us\":null,\"not_before_us\":null,\"error\":null,\"request_id\":null,\"paylo"
+        "ad_bytes\":0,\"adhoc\":false,\"source\":\"journal\"}");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -227,6 +332,9 @@ int main(void)
         cmocka_unit_test(json_large_string),
         cmocka_unit_test(json_take_transfers_ownership),
         cmocka_unit_test(json_escape_into_appends),
+        cmocka_unit_test(json_times_iso_us_pair_and_null),
+        cmocka_unit_test(json_task_record_from_memory_unchanged),
+        cmocka_unit_test(json_task_record_from_journal),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -5,7 +5,7 @@
  *
  * Stateless: every answer is built from the task engine the http room
  * passes in (its stats; a record, printed here from the engine's
- * tasks_record view: the JSON of a task record lives in this file) and
+ * tasks_record view, written by task_json.c like a journal row) and
  * the counters, on the calling HTTP thread.
  */
 #include "introspect.h"
@@ -17,6 +17,7 @@
 #include "json.h"
 #include "misuse.h"
 #include "supervisor.h"
+#include "task_json.h"
 #include "tasks.h"
 #include "urls.h"
 #include "util.h"
@@ -96,81 +97,20 @@ void introspect_stats_json(json *j, const introspect_counters *c)
 
 /* ---- a task's record (GET /_bgserve/tasks/ID) ------------------------------- */
 
-static void json_time(json *j, const char *key, uint64_t wall)
-{
-    char buf[96];
-    json_key(j, key);
-    if (wall == 0) {
-        json_null(j);
-        return;
-    }
-    util_iso_time(buf, sizeof(buf), wall, 6);
-    json_str(j, buf);
-}
-
-static void json_time_us(json *j, const char *key, uint64_t wall)
-{
-    json_key(j, key);
-    if (wall == 0)
-        json_null(j);
-    else
-        json_u64(j, wall);
-}
-
 /* Runs under the engine's records lock (tasks_record_visit). */
 static void record_json(void *arg, const tasks_record *r)
 {
-    json *j = arg;
-    json_obj_begin(j);
-    json_key(j, "id");
-    json_u64(j, r->id);
-    json_key(j, "name");
-    json_str(j, r->name);
-    json_key(j, "state");
-    json_str(j, tasks_state_name(r->state));
-    json_key(j, "attempts");
-    json_u64(j, r->attempts);
-    json_key(j, "max_attempts");
-    json_u64(j, r->max_attempts);
-    json_time(j, "created_at", r->created_wall);
-    json_time(j, "started_at", r->started_wall);
-    json_time(j, "finished_at", r->finished_wall);
-    json_time_us(j, "created_at_us", r->created_wall);
-    json_time_us(j, "started_at_us", r->started_wall);
-    json_time_us(j, "finished_at_us", r->finished_wall);
-    json_key(j, "error");
-    json_str(j, r->error);
-    json_key(j, "request_id");
-    json_str(j, r->request_id);
-    json_key(j, "delivered");
-    if (r->delivered < 0)
-        json_null(j);
-    else
-        json_bool(j, r->delivered);
-    json_key(j, "mode");
-    json_str(j, r->mode == BGS_CONCURRENT ? "concurrent" : "sequential");
-    json_key(j, "generation");
-    json_u64(j, r->generation);
-    json_key(j, "payload_bytes");
-    json_u64(j, r->payload_len);
-    json_key(j, "adhoc");
-    json_bool(j, r->adhoc);
-    json_key(j, "result");
-    if (!r->has_result) {
-        json_null(j);
-    } else {
-        json_obj_begin(j);
-        json_key(j, "status");
-        json_u64(j, r->result_status);
-        json_key(j, "content_type");
-        json_str(j, r->result_type);
-        json_key(j, "length");
-        json_u64(j, r->result_len);
-        json_key(j, "body");
-        json_strn(j, r->result ? r->result : "", r->result_len);
-        json_obj_end(j);
-    }
-    json_obj_end(j);
+    task_json_write(arg, &(task_json_view){
+        .source = TASK_JSON_MEMORY, .id = r->id, .name = r->name,
+        .state = tasks_state_name(r->state), .attempts = r->attempts,
+        .max_attempts = r->max_attempts, .created_us = r->created_wall,
+        .started_us = r->started_wall, .finished_us = r->finished_wall, .error = r->error,
+        .request_id = r->request_id, .payload_len = r->payload_len, .adhoc = r->adhoc,
+        .delivered = r->delivered,
+        .mode = r->mode == BGS_CONCURRENT ? "concurrent" : "sequential",
+        .generation = r->generation, .has_result = r->has_result,
+        .result_status = r->result_status, .result_type = r->result_type,
+        .result = r->result, .result_len = r->result_len});
 }
 
 int introspect_task_json(tasks_engine *t, uint64_t id, json *j)

@@ -1,64 +1,24 @@
 /*
  * journal_json.c - the journal in the status monitor's JSON (see
- * journal_json.h).  A record is copied out of journal_lookup's callback
- * (valid only during it) and written afterwards; no lock is held while
- * writing.
+ * journal_json.h).  A task's row is written by task_json.c, the writer
+ * of a record in memory too, inside journal_lookup's callback (the row
+ * is valid only during it).
  */
 #include "journal_json.h"
 
 #include "queue_journal.h"
-#include "util.h"
-
-#include <stdlib.h>
-#include <string.h>
-
-static void time_keys(json *j, const char *iso_key, const char *us_key, uint64_t wall)
-{
-    char buf[96];
-    json_key(j, iso_key);
-    if (wall == 0) {
-        json_null(j);
-    } else {
-        util_iso_time(buf, sizeof buf, wall, 6);
-        json_str(j, buf);
-    }
-    json_key(j, us_key);
-    if (wall == 0)
-        json_null(j);
-    else
-        json_u64(j, wall);
-}
+#include "task_json.h"
 
 /* The record, written while journal_lookup holds it. */
 static void write_rec(void *arg, const journal_rec *r)
 {
-    json *j = arg;
-    json_obj_begin(j);
-    json_key(j, "id");
-    json_u64(j, r->id);
-    json_key(j, "name");
-    json_str(j, r->name);
-    json_key(j, "state");
-    json_str(j, r->state);
-    json_key(j, "attempts");
-    json_u64(j, r->attempts);
-    json_key(j, "max_attempts");
-    json_u64(j, r->max_attempts);
-    time_keys(j, "created_at", "created_at_us", r->created_us);
-    time_keys(j, "started_at", "started_at_us", r->started_us);
-    time_keys(j, "finished_at", "finished_at_us", r->finished_us);
-    time_keys(j, "not_before", "not_before_us", r->not_before_us);
-    json_key(j, "error");
-    json_str(j, r->last_error);
-    json_key(j, "request_id");
-    json_str(j, r->request_id);
-    json_key(j, "payload_bytes");
-    json_u64(j, r->payload_len);
-    json_key(j, "adhoc");
-    json_bool(j, 0);
-    json_key(j, "source");
-    json_str(j, "journal");
-    json_obj_end(j);
+    task_json_write(arg, &(task_json_view){
+        .source = TASK_JSON_JOURNAL, .id = r->id, .name = r->name, .state = r->state,
+        .attempts = r->attempts, .max_attempts = r->max_attempts,
+        .created_us = r->created_us, .started_us = r->started_us,
+        .finished_us = r->finished_us, .error = r->last_error,
+        .request_id = r->request_id, .payload_len = r->payload_len,
+        .not_before_us = r->not_before_us});
 }
 
 int journal_json_record(journal *jr, uint64_t id, json *j)
@@ -89,7 +49,7 @@ void journal_json_stats(journal *jr, queue *q, json *j)
     json_u64(j, st.failed_commits);
     json_key(j, "mean_batch");
     json_double(j, st.mean_batch);
-    time_keys(j, "last_commit", "last_commit_us", st.last_commit_us);
+    json_time_pair(j, "last_commit", "last_commit_us", st.last_commit_us);
     json_key(j, "journaled");
     json_u64(j, c.journaled);
     json_key(j, "memory_only");

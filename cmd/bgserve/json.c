@@ -282,3 +282,34 @@ void json_null(json *j)
     before_value(j);
     puts_(j, "null");
 }
+
+/* ------------------------------------------------------------------ */
+/* Times                                                               */
+/* ------------------------------------------------------------------ */
+
+void json_time(json *j, const char *key, uint64_t wall_us)
+{
+    char buf[96];
+    json_key(j, key);
+    if (wall_us == 0) {
+        json_null(j);
+        return;
+    }
+    util_iso_time(buf, sizeof buf, wall_us, 6);
+    json_str(j, buf);
+}
+
+void json_time_us(json *j, const char *key, uint64_t wall_us)
+{
+    json_key(j, key);
+    if (wall_us == 0)
+        json_null(j);
+    else
+        json_u64(j, wall_us);
+}
+
+void json_time_pair(json *j, const char *key, const char *us_key, uint64_t wall_us)
+{
+    json_time(j, key, wall_us);
+    json_time_us(j, us_key, wall_us);
+}

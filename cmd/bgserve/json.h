@@ -44,6 +44,14 @@ void json_double(json *j, double v);
 void json_bool(json *j, int v);
 void json_null(json *j);
 
+/* Times (wall clock, µs since the epoch; 0 means "not yet" and writes
+ * null), each under its key: json_time as ISO 8601 UTC with microseconds
+ * ("2026-11-23T19:00:00.000100Z"), json_time_us as the number, and
+ * json_time_pair both, as key and us_key, one after the other. */
+void json_time(json *j, const char *key, uint64_t wall_us);
+void json_time_us(json *j, const char *key, uint64_t wall_us);
+void json_time_pair(json *j, const char *key, const char *us_key, uint64_t wall_us);
+
 /* Append the escaped form of s[0..n) without the surrounding quotes (for
  * callers that assemble a string value piece by piece). */
 void json_escape_into(json *j, const char *s, size_t n);
