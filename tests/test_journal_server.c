@@ -6,7 +6,8 @@
  * accepted, duplicates only from runs that began before the kill; a task
  * that crashes the serving process under the supervisor does not lose
  * the others and is not run into a second crash; a full disk answers 503
- * to requests with tasks and serves the rest; a retry's schedule survives a restart; dead letters
+ * to requests with tasks and serves the rest; deferred and awaited
+ * answers wait for the commit of their tasks too (503 on a full disk); a retry's schedule survives a restart; dead letters
  * after the last attempt, answered from the journal after a restart; a
  * replayed task whose function is gone is dead-lettered with a warning;
  * the dashboard's retry queues a dead letter of an earlier run again;
@@ -337,6 +338,15 @@ static int disk_state_is(void *arg)
     return rc == 0 && strcmp(w->got.state, w->state) == 0 && w->got.attempts >= w->attempts;
 }
 
+/* Task id on disk now, in any state (no waiting): 1 and *d, or 0. */
+static int on_disk_now(const char *path, uint64_t id, on_disk *d)
+{
+    disk_wait w = {.path = path, .id = id, .state = ""};
+    disk_state_is(&w);
+    *d = w.got;
+    return w.got.state[0] != '\0';
+}
+
 /* Wait until task id is in state on disk, after at least attempts runs. */
 static on_disk wait_disk_runs(const char *path, uint64_t id, const char *state,
                               uint32_t attempts)
@@ -407,27 +417,42 @@ static void journal_server_crash_in_a_task_loses_no_other_task(void **state)
  * ignored, as a shell script sets it before exec): requests that queue
  * tasks get 503 saying why, requests without tasks are still served, and
  * the log says it once per failing episode. */
-static void journal_server_full_disk_answers_503_and_serves_the_rest(void **state)
+/* A deferred answer and an awaited one are held for the commit of their
+ * tasks like any other: when the 200 arrives, the task is on disk. */
+static void journal_server_deferred_answers_wait_for_the_commit(void **state)
 {
     sandbox *sb = *state;
-    char script[192];
-    snprintf(script, sizeof script, "%s/limited.sh", sb->dir);
-    FILE *f = fopen(script, "w");
-    assert_non_null(f);
-    fprintf(f, "#!/bin/sh\ntrap '' XFSZ\nulimit -f 1024\nexec %s \"$@\"\n",
-            h_build_path("bgserve"));
-    fclose(f);
-    assert_int_equal(chmod(script, 0755), 0);
     const char *args[] = {"--journal", sb->path, "--single-process", "--quiet", NULL};
     h_server s;
-    assert_int_equal(h_start_bin(&s, script, h_fixture("journal_app"), args, NULL), 0);
+    assert_int_equal(h_start_app(&s, h_fixture("journal_app"), args, NULL), 0);
+    static const char *const paths[] = {"/defer?tag=d1", "/await?tag=a1"};
+    for (size_t i = 0; i < 2; i++) {
+        h_resp r = {0};
+        assert_int_equal(h_get(&s, paths[i], &r), 0);
+        assert_int_equal(r.status, 200);
+        const char *ids = h_header(&r, "Bgserve-Tasks");
+        assert_non_null(ids);
+        uint64_t id = strtoull(ids, NULL, 10);
+        assert_true(id > 0);
+        on_disk d;
+        if (!on_disk_now(sb->path, id, &d))
+            fail_msg("%s: task %" PRIu64 " is not on disk when its 200 arrived", paths[i], id);
+        h_resp_free(&r);
+    }
+    h_stop_clean(&s);
+    h_free(&s);
+}
+
+/* Fill the disk (ulimit -f) with requests that queue tasks until one is
+ * answered 503: the journal cannot commit. */
+static void fill_the_disk(h_server *s)
+{
     long status = 0;
-    int sent = 0;
     h_resp r = {0};
-    for (; sent < 5000 && status != 503; sent++) {
+    for (int sent = 0; sent < 5000 && status != 503; sent++) {
         char path[64];
         snprintf(path, sizeof path, "/enq?n=4&tag=f%d", sent);
-        assert_int_equal(h_get(&s, path, &r), 0);
+        assert_int_equal(h_get(s, path, &r), 0);
         status = r.status;
         if (status != 503) {
             assert_int_equal(status, 202);
@@ -439,6 +464,65 @@ static void journal_server_full_disk_answers_503_and_serves_the_rest(void **stat
     h_assert_contains(r.body, "the disk is full");
     assert_non_null(h_header(&r, "Retry-After"));
     h_resp_free(&r);
+}
+
+/* Start bgserve with args under `ulimit -f 1024` (SIGXFSZ ignored). */
+static void start_limited(h_server *s, sandbox *sb, const char *const *args)
+{
+    char script[192];
+    snprintf(script, sizeof script, "%s/limited.sh", sb->dir);
+    FILE *f = fopen(script, "w");
+    assert_non_null(f);
+    fprintf(f, "#!/bin/sh\ntrap '' XFSZ\nulimit -f 1024\nexec %s \"$@\"\n",
+            h_build_path("bgserve"));
+    fclose(f);
+    assert_int_equal(chmod(script, 0755), 0);
+    assert_int_equal(h_start_bin(s, script, h_fixture("journal_app"), args, NULL), 0);
+}
+
+/* Once the disk is full, a deferred or awaited answer whose task cannot
+ * be committed is a 503 with Retry-After too, not its 200. */
+static void journal_server_full_disk_deferred_answers_503(void **state)
+{
+    sandbox *sb = *state;
+    const char *args[] = {"--journal", sb->path, "--single-process", "--quiet", NULL};
+    h_server s;
+    start_limited(&s, sb, args);
+    fill_the_disk(&s);
+    static const char *const routes[] = {"/defer", "/await"};
+    for (size_t i = 0; i < 2; i++) {
+        /* A commit fits now and then (SQLite reuses WAL pages): ask until
+         * one is refused; each answer is 200 or that 503. */
+        long status = 0;
+        h_resp r = {0};
+        for (int sent = 0; sent < 2000 && status != 503; sent++) {
+            char path[64];
+            snprintf(path, sizeof path, "%s?tag=x%d", routes[i], sent);
+            assert_int_equal(h_get(&s, path, &r), 0);
+            status = r.status;
+            if (status != 503) {
+                assert_int_equal(status, 200);
+                h_resp_free(&r);
+            }
+        }
+        if (status != 503)
+            fail_msg("%s: never answered 503 on a full disk", routes[i]);
+        h_assert_contains(r.body, "could not be made durable");
+        assert_non_null(h_header(&r, "Retry-After"));
+        h_resp_free(&r);
+    }
+    assert_int_equal(h_stop(&s, SIGKILL), 128 + SIGKILL);
+    h_free(&s);
+}
+
+static void journal_server_full_disk_answers_503_and_serves_the_rest(void **state)
+{
+    sandbox *sb = *state;
+    const char *args[] = {"--journal", sb->path, "--single-process", "--quiet", NULL};
+    h_server s;
+    h_resp r = {0};
+    start_limited(&s, sb, args);
+    fill_the_disk(&s);
     assert_int_equal(h_get(&s, "/adhoc", &r), 0); /* no task to write: served */
     assert_int_equal(r.status, 200);
     h_resp_free(&r);
@@ -649,6 +733,8 @@ int main(void)
         T(journal_server_sigkill_then_restart_runs_every_accepted_task),
         T(journal_server_crash_in_a_task_loses_no_other_task),
         T(journal_server_full_disk_answers_503_and_serves_the_rest),
+        T(journal_server_deferred_answers_wait_for_the_commit),
+        T(journal_server_full_disk_deferred_answers_503),
         T(journal_server_retry_schedule_survives_a_restart),
         T(journal_server_dead_letter_after_the_last_attempt),
         T(journal_server_replayed_task_without_its_function_is_dead),

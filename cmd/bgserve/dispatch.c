@@ -243,8 +243,15 @@ static int run_route(const dispatch_env *env, struct bgs_req *req, struct bgs_re
     }
     if (head)
         tasks_group_drop(res->group, "HEAD request: tasks do not run");
-    if (res->deferred)
+    if (res->deferred) {
+        /* With --journal the attached tasks are written now, so their
+         * commit overlaps the wait; the answer, once there, is held for
+         * it like any other (dispatch_resumed).  A failure to hand them
+         * to the journal is answered then too. */
+        if (req->gate)
+            (void)tasks_group_persist(res->group, req->gate);
         return DISPATCH_SUSPEND; /* answered by dispatch_resumed */
+    }
     if (req->gate)
         return hold_for_journal(env, req, res);
     add_task_ids(env, res);
@@ -303,6 +310,8 @@ int dispatch_resumed(const dispatch_env *env, struct bgs_req *req, struct bgs_re
     case DEFERRED_COMPLETED:
         (void)body; /* handed over, not copied */
         response_take_answer(res, status, type, len ? deferred_take_body(res->deferred) : NULL, len);
+        if (req->gate) /* the commit of its tasks, as for an answer at once */
+            return hold_for_journal(env, req, res);
         add_task_ids(env, res);
         return DISPATCH_ANSWERED;
     case DEFERRED_TIMED_OUT:

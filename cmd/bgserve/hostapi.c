@@ -388,7 +388,7 @@ static int host_res_await(bgs_res *h, const char *name, const void *payload,
     bgs_deferred *d = deferred_new(tasks_sched(res->req->gen->tasks), timeout_ms, res->req->resume_fn, res->req->resume_ctx);
     res->deferred = d;
     int rc = tasks_group_enqueue(res_group(res), plugin_find_task(res->req->gen->plugin, name),
-                                 payload, len, await_done, d, &id, NULL);
+                                 payload, len, await_done, d, &id, res->req->gate);
     if (rc != 0) {
         /* Nobody else has the handle: undo the deferral entirely. */
         res->deferred = NULL;
