@@ -281,7 +281,7 @@ static void journal_server_sigkill_then_restart_runs_every_accepted_task(void **
         assert_true(r.count[i] <= 2);
         if (r.count[i] == 2) {
             /* its first run began before the kill: it was running then
-             * (recorded as running, or started and not yet recorded) */
+             * (and recorded as running) */
             dups++;
             long b = runs_find(&before, r.payload[i]);
             assert_true(b >= 0);
@@ -290,6 +290,9 @@ static void journal_server_sigkill_then_restart_runs_every_accepted_task(void **
     }
     runs_free(&before);
     assert_int_equal(r.n, KILL_REQUESTS * (KILL_PER_REQUEST + 1));
+    /* a run's start is committed before it begins: each run again was
+     * on disk as running (interrupted) */
+    assert_true(dups <= interrupted);
     fprintf(stderr, "sigkill: %ld duplicate runs; the journal had %ld tasks as running\n", dups,
             interrupted);
     runs_free(&r);
@@ -375,6 +378,47 @@ static uint64_t queue_task(h_server *s, const char *route)
     h_resp_free(&r);
     assert_true(id > 0);
     return id;
+}
+
+/* The fixture's log, in the sandbox, and the environment naming it. */
+typedef struct app_log {
+    char path[192];
+    char env[256];
+} app_log;
+
+static void app_log_init(app_log *l, const sandbox *sb)
+{
+    snprintf(l->path, sizeof l->path, "%s/runs.log", sb->dir);
+    snprintf(l->env, sizeof l->env, "JOURNAL_APP_LOG=%s", l->path);
+}
+
+/* A run that a crash interrupts (the task kills the process at once, on
+ * its first attempt) comes back after the restart as attempt 2, never as
+ * attempt 1 again: its start was committed before it ran. */
+static void journal_server_crash_in_a_run_replays_the_next_attempt(void **state)
+{
+    sandbox *sb = *state;
+    app_log l;
+    app_log_init(&l, sb);
+    const char *env[] = {l.env, NULL};
+    const char *args[] = {"--journal", sb->path, "--single-process", "--quiet", NULL};
+    h_server s;
+    assert_int_equal(h_start_app(&s, h_fixture("journal_app"), args, env), 0);
+    uint64_t id = queue_task(&s, "/die?tag=k");
+    assert_int_equal(h_stop(&s, 0), 128 + SIGKILL); /* the task killed it */
+    h_free(&s);
+
+    assert_int_equal(h_start_app(&s, h_fixture("journal_app"), args, env), 0);
+    on_disk d = wait_disk_state(sb->path, id, "succeeded");
+    assert_int_equal(d.attempts, 2);
+    char *text = h_slurp(l.path, NULL);
+    assert_non_null(text);
+    assert_string_equal(text, "k 1\nk 2\nk end\n");
+    free(text);
+    assert_true(h_wait_log(&s, "1 task from an earlier run: 0 queued, 1 interrupted",
+                           DEADLINE_MS));
+    h_stop_clean(&s);
+    h_free(&s);
 }
 
 /* Under the supervisor, a task that crashes the serving process: the
@@ -735,6 +779,7 @@ int main(void)
         T(journal_server_full_disk_answers_503_and_serves_the_rest),
         T(journal_server_deferred_answers_wait_for_the_commit),
         T(journal_server_full_disk_deferred_answers_503),
+        T(journal_server_crash_in_a_run_replays_the_next_attempt),
         T(journal_server_retry_schedule_survives_a_restart),
         T(journal_server_dead_letter_after_the_last_attempt),
         T(journal_server_replayed_task_without_its_function_is_dead),

@@ -9,8 +9,9 @@
  * before the node becomes visible to a consumer: enqueue appends the add
  * and then links the nodes, nack appends the retry and then puts the
  * node back; take appends the start after the node was handed out (only
- * its holder writes until it acks or nacks).  The journal's single
- * writer applies records in append order.
+ * its holder writes until it acks or nacks), and take returns only once
+ * that start is committed, so the attempt a replay gives is honest.  The
+ * journal's single writer applies records in append order.
  *
  * State: the inner queue (its own lock), the journal (borrowed, its own
  * locks), `linked` (nodes between enqueue/nack/adopt and take: the
@@ -153,9 +154,34 @@ out:
     return rc;
 }
 
-/* A node was handed out: it is no longer linked, and its holder is about
- * to run it (record the start), unless the queue is shut down and it is
- * being handed back to be finished without a run. */
+/* The taker's wait for the commit of its start (on its own stack). */
+typedef struct start_wait {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int done;   /* mu */
+} start_wait;
+
+/* Writer thread: the start is committed, or failed (a full disk: the
+ * writer logs the episode; the run goes ahead, it was accepted). */
+static void start_done(void *arg, int status, const char *msg)
+{
+    start_wait *w = arg;
+    (void)status;
+    (void)msg;
+    pthread_mutex_lock(&w->mu);
+    w->done = 1;
+    pthread_cond_signal(&w->cv);
+    pthread_mutex_unlock(&w->mu);
+}
+
+/*
+ * A node was handed out: it is no longer linked, and its holder is about
+ * to run it, unless the queue is shut down and it is being handed back
+ * to be finished without a run.  The start is committed before the node
+ * is returned, so a crash during the run is always replayed as an
+ * interrupted attempt (attempt + 1), never as the same attempt again.
+ * The wait costs the taker one group commit per run.
+ */
 static queue_node *handed_out(jqueue *q, queue_node *n)
 {
     if (n == NULL)
@@ -165,11 +191,22 @@ static queue_node *handed_out(jqueue *q, queue_node *n)
         return n; /* its record stays: the next start offers it again */
     queue_job d;
     describe(q, n, &d);
-    if (d.name != NULL) {
-        int rc = journal_start(q->j, d.id, d.attempts + 1, NULL, NULL);
-        if (rc != 0)
-            unrecorded(q, "start", d.id, rc);
+    if (d.name == NULL)
+        return n;
+    start_wait w = {.done = 0};
+    pthread_mutex_init(&w.mu, NULL);
+    pthread_cond_init(&w.cv, NULL);
+    int rc = journal_start(q->j, d.id, d.attempts + 1, start_done, &w);
+    if (rc != 0) {
+        unrecorded(q, "start", d.id, rc);
+    } else {
+        pthread_mutex_lock(&w.mu);
+        while (!w.done)
+            pthread_cond_wait(&w.cv, &w.mu);
+        pthread_mutex_unlock(&w.mu);
     }
+    pthread_cond_destroy(&w.cv);
+    pthread_mutex_destroy(&w.mu);
     return n;
 }
 

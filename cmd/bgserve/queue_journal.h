@@ -6,7 +6,10 @@
  * What each operation writes (through the journal's group-commit writer):
  *   enqueue   journal_add of the batch's named jobs, as one unit; the
  *             completion is the journal's commit (status 0: on disk).
- *   take      journal_start with attempt = queue_job.attempts + 1.
+ *   take      journal_start with attempt = queue_job.attempts + 1, and
+ *             waits for its commit before it returns the node: a run
+ *             that a crash interrupts is on disk as running, so the next
+ *             start runs it as attempt + 1, never as the same attempt.
  *   ack       QUEUE_SUCCEEDED: journal_succeed; QUEUE_FAILED (attempts
  *             exhausted, or a function that no longer exists):
  *             journal_dead with the error; QUEUE_CANCELLED:

@@ -117,8 +117,9 @@ static void replay_one(void *arg, const journal_rec *r)
         return;
     }
     uint32_t max = r->max_attempts ? r->max_attempts : 1;
-    /* The attempt the last crash ran: recorded as running, or started
-     * before its start reached the disk. */
+    /* The attempt the last crash ran: recorded as running (a start is
+     * committed before its run, queue_journal.c); the other case is a
+     * journal written before that was so. */
     uint32_t crashed_attempt = r->interrupted ? r->attempts : r->attempts + 1;
     int crashed = r->id == c->crashed_id;
     if (crashed && crashed_attempt >= max) {
