@@ -129,6 +129,65 @@ static void journal_replays_queued_tasks_after_reopen(void **state)
     journal_close(j);
 }
 
+/* A task's sequence link (prev_id) comes back with the replay. */
+static void journal_replay_keeps_the_sequence_link(void **state)
+{
+    sandbox *sb = *state;
+    journal *j = js_open_ok(sb->path);
+    journal_task t[2] = {
+        {.id = journal_next_id(j), .name = "first", .max_attempts = 1},
+        {.id = journal_next_id(j), .name = "second", .max_attempts = 1},
+    };
+    t[1].prev_id = t[0].id;
+    assert_int_equal(journal_add(j, t, 2, NULL, NULL), 0);
+    journal_close(j);
+
+    j = js_open_ok(sb->path);
+    seen s = {0};
+    assert_int_equal(journal_replay(j, collect, &s), 2);
+    assert_int_equal(s.recs[0].prev_id, 0);
+    assert_int_equal(s.recs[1].prev_id, t[0].id);
+    journal_close(j);
+}
+
+/* A journal of schema version 1 (no sequence link) is brought up to
+ * version 2 when a server opens it, and its tasks replay as before. */
+static void journal_upgrades_schema_version_1(void **state)
+{
+    sandbox *sb = *state;
+    journal *j = js_open_ok(sb->path);
+    uint64_t a = add_one(j, "old", "v1", NULL, NULL);
+    journal_close(j);
+    sqlite3 *db;
+    assert_int_equal(sqlite3_open(sb->path, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db, "ALTER TABLE tasks DROP COLUMN prev;"
+                                      "UPDATE meta SET value=1 WHERE key='schema_version'",
+                                  NULL, NULL, NULL),
+                     SQLITE_OK);
+    sqlite3_close(db);
+
+    j = js_open_ok(sb->path);
+    seen s = {0};
+    assert_int_equal(journal_replay(j, collect, &s), 1);
+    assert_int_equal(s.recs[0].id, a);
+    assert_int_equal(s.recs[0].prev_id, 0);
+    uint64_t b = add_one(j, "new", "v2", NULL, NULL);
+    journal_close(j);
+    assert_int_equal(sqlite3_open(sb->path, &db), SQLITE_OK);
+    sqlite3_stmt *st;
+    assert_int_equal(sqlite3_prepare_v2(db, "SELECT value FROM meta WHERE "
+                                            "key='schema_version'", -1, &st, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    assert_int_equal(sqlite3_column_int(st, 0), 2);
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    j = js_open_ok(sb->path);
+    s.n = 0;
+    assert_int_equal(journal_replay(j, collect, &s), 2);
+    assert_int_equal(s.recs[1].id, b);
+    journal_close(j);
+}
+
 static void journal_replay_keeps_retries_and_interrupted_runs(void **state)
 {
     sandbox *sb = *state;
@@ -598,7 +657,7 @@ static void journal_refuses_a_newer_schema(void **state)
     sqlite3_close(db);
     char *msg = open_fails(sb->path, JOURNAL_ESCHEMA);
     h_assert_contains(msg, "schema version 99");
-    h_assert_contains(msg, "knows versions up to 1");
+    h_assert_contains(msg, "knows versions up to 2");
     free(msg);
     /* the offline tools refuse it the same way */
     journal_db *d = NULL;
@@ -920,6 +979,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         T(journal_replays_queued_tasks_after_reopen),
         T(journal_replay_keeps_retries_and_interrupted_runs),
+        T(journal_replay_keeps_the_sequence_link),
+        T(journal_upgrades_schema_version_1),
         T(journal_dead_letters_keep_the_last_error),
         T(journal_callbacks_run_in_append_order),
         T(journal_group_commit_batches_many_threads),

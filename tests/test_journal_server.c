@@ -380,16 +380,37 @@ static uint64_t queue_task(h_server *s, const char *route)
     return id;
 }
 
-/* The fixture's log, in the sandbox, and the environment naming it. */
-typedef struct app_log {
-    char path[192];
-    char env[256];
-} app_log;
+/* journal_app on the sandbox's journal (--single-process: a crash ends
+ * the process) with its log in the sandbox. */
+typedef struct app_run {
+    char path[192];            /* the fixture's log */
+    char env_log[256];
+    const char *env[2];
+    const char *args[6];
+} app_run;
 
-static void app_log_init(app_log *l, const sandbox *sb)
+static void app_run_init(app_run *a, sandbox *sb)
 {
-    snprintf(l->path, sizeof l->path, "%s/runs.log", sb->dir);
-    snprintf(l->env, sizeof l->env, "JOURNAL_APP_LOG=%s", l->path);
+    snprintf(a->path, sizeof a->path, "%s/runs.log", sb->dir);
+    snprintf(a->env_log, sizeof a->env_log, "JOURNAL_APP_LOG=%s", a->path);
+    a->env[0] = a->env_log;
+    a->env[1] = NULL;
+    const char *args[] = {"--journal", sb->path, "--single-process", "--quiet", NULL};
+    memcpy(a->args, args, sizeof args);
+}
+
+static void app_run_start(app_run *a, h_server *s)
+{
+    assert_int_equal(h_start_app(s, h_fixture("journal_app"), a->args, a->env), 0);
+}
+
+/* The fixture's log is exactly want. */
+static void app_run_log_is(const app_run *a, const char *want)
+{
+    char *text = h_slurp(a->path, NULL);
+    assert_non_null(text);
+    assert_string_equal(text, want);
+    free(text);
 }
 
 /* A run that a crash interrupts (the task kills the process at once, on
@@ -398,27 +419,100 @@ static void app_log_init(app_log *l, const sandbox *sb)
 static void journal_server_crash_in_a_run_replays_the_next_attempt(void **state)
 {
     sandbox *sb = *state;
-    app_log l;
-    app_log_init(&l, sb);
-    const char *env[] = {l.env, NULL};
-    const char *args[] = {"--journal", sb->path, "--single-process", "--quiet", NULL};
+    app_run l;
+    app_run_init(&l, sb);
     h_server s;
-    assert_int_equal(h_start_app(&s, h_fixture("journal_app"), args, env), 0);
+    app_run_start(&l, &s);
     uint64_t id = queue_task(&s, "/die?tag=k");
     assert_int_equal(h_stop(&s, 0), 128 + SIGKILL); /* the task killed it */
     h_free(&s);
 
-    assert_int_equal(h_start_app(&s, h_fixture("journal_app"), args, env), 0);
+    app_run_start(&l, &s);
     on_disk d = wait_disk_state(sb->path, id, "succeeded");
     assert_int_equal(d.attempts, 2);
-    char *text = h_slurp(l.path, NULL);
-    assert_non_null(text);
-    assert_string_equal(text, "k 1\nk 2\nk end\n");
-    free(text);
+    app_run_log_is(&l, "k 1\nk 2\nk end\n");
     assert_true(h_wait_log(&s, "1 task from an earlier run: 0 queued, 1 interrupted",
                            DEADLINE_MS));
     h_stop_clean(&s);
     h_free(&s);
+}
+
+/* Start the app and GET /seq?tag=s (four tasks in sequence, the second
+ * kills the process on its first attempt): the ids of its tasks, once
+ * the process is dead. */
+static void sequence_then_crash(app_run *a, h_server *s, uint64_t ids[4])
+{
+    h_resp r;
+    app_run_start(a, s);
+    assert_int_equal(h_get(s, "/seq?tag=s", &r), 0);
+    assert_int_equal(r.status, 200);
+    const char *list = h_header(&r, "Bgserve-Tasks");
+    assert_non_null(list);
+    char *end = (char *)list;
+    for (int i = 0; i < 4; i++) {
+        ids[i] = strtoull(end, &end, 10);
+        assert_true(ids[i] > 0);
+        if (*end == ',')
+            end++;
+    }
+    h_resp_free(&r);
+    assert_int_equal(h_stop(s, 0), 128 + SIGKILL); /* s-2 killed it */
+    h_free(s);
+}
+
+/* A sequence that a crash interrupts goes on after the restart in its
+ * order: the task that was running runs again (attempt 2), then each one
+ * after it, one at a time (s-3 starts after s-2 ended); none runs twice. */
+static void journal_server_sequence_keeps_its_order_after_a_crash(void **state)
+{
+    sandbox *sb = *state;
+    app_run l;
+    app_run_init(&l, sb);
+    h_server s;
+    uint64_t ids[4];
+    sequence_then_crash(&l, &s, ids);
+
+    app_run_start(&l, &s);
+    wait_disk_state(sb->path, ids[3], "succeeded");
+    app_run_log_is(&l, "s-1 1\ns-2 1\ns-2 2\ns-2 end\ns-3 1\ns-4 1\n");
+    assert_true(h_wait_log(&s, "3 tasks from an earlier run: 2 queued, 1 interrupted",
+                           DEADLINE_MS));
+    h_stop_clean(&s);
+    h_free(&s);
+}
+
+/* The rest of an interrupted sequence whose earlier task did not succeed
+ * (here: marked failed on disk before the restart) is skipped, with the
+ * reason, and does not run. */
+static void journal_server_sequence_after_a_failure_is_skipped(void **state)
+{
+    sandbox *sb = *state;
+    app_run l;
+    app_run_init(&l, sb);
+    h_server s;
+    uint64_t ids[4];
+    sequence_then_crash(&l, &s, ids);
+    sqlite3 *db;
+    char sql[128];
+    snprintf(sql, sizeof sql, "UPDATE tasks SET state='failed' WHERE id=%" PRIu64, ids[1]);
+    assert_int_equal(sqlite3_open(sb->path, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db, sql, NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(db);
+
+    app_run_start(&l, &s);
+    on_disk d = wait_disk_state(sb->path, ids[2], "skipped");
+    char want[96];
+    snprintf(want, sizeof want, "previous task %" PRIu64 " of its sequence failed", ids[1]);
+    assert_string_equal(d.error, want);
+    d = wait_disk_state(sb->path, ids[3], "skipped");
+    snprintf(want, sizeof want, "previous task %" PRIu64 " of its sequence will not run",
+             ids[2]);
+    assert_string_equal(d.error, want);
+    assert_true(h_wait_log(&s, "some skipped: an earlier task of their sequence did not "
+                               "succeed", DEADLINE_MS));
+    h_stop_clean(&s);
+    h_free(&s);
+    app_run_log_is(&l, "s-1 1\ns-2 1\n"); /* neither s-3 nor s-4 ran */
 }
 
 /* Under the supervisor, a task that crashes the serving process: the
@@ -780,6 +874,8 @@ int main(void)
         T(journal_server_deferred_answers_wait_for_the_commit),
         T(journal_server_full_disk_deferred_answers_503),
         T(journal_server_crash_in_a_run_replays_the_next_attempt),
+        T(journal_server_sequence_keeps_its_order_after_a_crash),
+        T(journal_server_sequence_after_a_failure_is_skipped),
         T(journal_server_retry_schedule_survives_a_restart),
         T(journal_server_dead_letter_after_the_last_attempt),
         T(journal_server_replayed_task_without_its_function_is_dead),

@@ -61,13 +61,18 @@ static const char schema_sql[] =
     " state TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,"
     " max_attempts INTEGER NOT NULL, not_before INTEGER NOT NULL DEFAULT 0,"
     " created INTEGER NOT NULL, started INTEGER, finished INTEGER, last_error TEXT,"
-    " request_id TEXT, result TEXT);"
+    " request_id TEXT, result TEXT, prev INTEGER NOT NULL DEFAULT 0);"
     "CREATE INDEX tasks_state ON tasks(state);"
     "CREATE TABLE dead (id INTEGER PRIMARY KEY, name TEXT NOT NULL, payload BLOB NOT NULL,"
     " state TEXT NOT NULL, attempts INTEGER NOT NULL, max_attempts INTEGER NOT NULL,"
     " not_before INTEGER NOT NULL, created INTEGER NOT NULL, started INTEGER,"
     " finished INTEGER, last_error TEXT, request_id TEXT, result TEXT);"
     "INSERT INTO meta VALUES ('next_id', 1);";
+
+/* From schema version 1: the sequence link (tasks.prev). */
+static const char upgrade_v2_sql[] =
+    "ALTER TABLE tasks ADD COLUMN prev INTEGER NOT NULL DEFAULT 0;"
+    "UPDATE meta SET value=2 WHERE key='schema_version';";
 
 /* ------------------------------------------------------------------ */
 /* Result codes and messages                                           */
@@ -258,6 +263,19 @@ static int db_connect(const char *path, int create, sqlite3 **out, char *err, si
         rc = JOURNAL_EACCESS;
         goto fail;
     }
+    if (version < 2 && create) { /* a server's open: bring it up to date */
+        rc = exec_sql(db, "BEGIN IMMEDIATE");
+        if (rc == SQLITE_OK)
+            rc = exec_sql(db, upgrade_v2_sql);
+        if (rc == SQLITE_OK)
+            rc = exec_sql(db, "COMMIT");
+        if (rc != SQLITE_OK) {
+            rc = sql_fail(db, rc, path, "cannot upgrade it to schema version 2", err, cap);
+            if (!sqlite3_get_autocommit(db))
+                exec_sql(db, "ROLLBACK");
+            goto fail;
+        }
+    }
     *out = db;
     return 0;
 fail:
@@ -298,6 +316,8 @@ static void row_rec(sqlite3_stmt *st, journal_rec *r)
     r->last_error = col_text(st, 10);
     r->request_id = col_text(st, 11);
     r->result = col_text(st, 12);
+    if (sqlite3_column_count(st) > 13) /* the replay snapshot's query */
+        r->prev_id = col_u64(st, 13);
     r->interrupted = r->state != NULL && strcmp(r->state, "running") == 0;
     if (r->name == NULL)
         r->name = "";
@@ -364,7 +384,7 @@ enum { ST_INSERT, ST_START, ST_SUCCEED, ST_RETRY, ST_FINISH, ST_DEAD_COPY, ST_DE
 
 static const char *const stmt_sql[ST_COUNT] = {
     [ST_INSERT] = "INSERT INTO tasks (id,name,payload,state,attempts,max_attempts,not_before,"
-                  "created,request_id) VALUES (?1,?2,?3,'queued',0,?4,?5,?6,?7)",
+                  "created,request_id,prev) VALUES (?1,?2,?3,'queued',0,?4,?5,?6,?7,?8)",
     [ST_START] = "UPDATE tasks SET state='running', attempts=?2, started=?3 WHERE id=?1 AND " LIVE,
     [ST_SUCCEED] = "UPDATE tasks SET state='succeeded', finished=?2, result=?3 WHERE id=?1 AND " LIVE,
     [ST_RETRY] = "UPDATE tasks SET state='queued', not_before=?2, last_error=?3 WHERE id=?1 AND " LIVE,
@@ -385,6 +405,7 @@ typedef struct jtask {
     uint32_t max_attempts;
     uint64_t not_before_us;
     char *request_id;
+    uint64_t prev_id;
 } jtask;
 
 /* One appended record: owned by the list, then by the writer. */
@@ -529,7 +550,8 @@ static int load_state(journal *j, char *err, size_t cap)
     j->pending = (uint64_t)pending;
     j->dead = (uint64_t)dead;
 
-    each_row(db, "SELECT " COLS " FROM tasks WHERE " LIVE " ORDER BY id", 0, snap_add, j, &rc);
+    each_row(db, "SELECT " COLS ",prev FROM tasks WHERE " LIVE " ORDER BY id", 0, snap_add, j,
+             &rc);
     if (rc != SQLITE_OK)
         return sql_fail(db, rc, j->path, "cannot read its tasks", err, cap);
     return 0;
@@ -613,6 +635,7 @@ static int apply(journal *j, jrec *r, size_t *rows, int64_t *dpending, int64_t *
             sqlite3_bind_int64(st, 5, (int64_t)t->not_before_us);
             sqlite3_bind_int64(st, 6, (int64_t)r->at_us);
             bind_text(st, 7, t->request_id);
+            sqlite3_bind_int64(st, 8, (int64_t)t->prev_id);
             rc = run(st);
         }
         if (rc == SQLITE_DONE) {
@@ -957,6 +980,7 @@ int journal_add(journal *j, const journal_task *tasks, size_t n, journal_done_fn
         t->max_attempts = tasks[i].max_attempts;
         t->not_before_us = tasks[i].not_before_us;
         t->request_id = dup_or_null(tasks[i].request_id);
+        t->prev_id = tasks[i].prev_id;
     }
     return push(j, r);
 }

@@ -21,8 +21,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* The schema this bgserve writes; a journal with a higher one is refused. */
-#define JOURNAL_SCHEMA_VERSION 1
+/* The schema this bgserve writes; a journal with a higher one is refused,
+ * one with a lower one is brought up to it when a server opens it
+ * (version 2 added tasks.prev, the sequence link). */
+#define JOURNAL_SCHEMA_VERSION 2
 
 /* Result codes (0 or negative), also handed to completion callbacks. */
 #define JOURNAL_ERRNO_MAP(X)                                                  \
@@ -95,6 +97,8 @@ typedef struct journal_task {
     uint32_t max_attempts;
     uint64_t not_before_us;   /* wall clock; 0: run at once */
     const char *request_id;   /* NULL when none */
+    uint64_t prev_id;         /* in a sequence, the task before it (0: none):
+                               * a replay runs it after that one succeeded */
 } journal_task;
 
 /*
@@ -142,6 +146,8 @@ typedef struct journal_rec {
     const char *result;       /* NULL when none */
     int interrupted;          /* replay: it was "running" when the journal
                                * was last closed or its process died */
+    uint64_t prev_id;         /* replay: the task before it in its sequence,
+                               * 0 when none (journal_task.prev_id) */
 } journal_rec;
 
 /*

@@ -23,6 +23,7 @@
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #define SHUTDOWN_GRACE_US 1000000u /* running tasks get this after cancel */
 
@@ -84,14 +85,73 @@ fail:
     return NULL;
 }
 
+/* A task of the replay, by id: its item, or NULL when it will not run
+ * (dead-lettered or skipped), so the rest of its sequence is skipped. */
+typedef struct replayed {
+    uint64_t id;
+    task_item *it;
+    uint64_t not_before_us;
+    int chained;                /* runs after its sequence's previous task */
+} replayed;
+
 typedef struct replay_ctx {
     tasks_engine *t;
     const tasks_owner *owner;
     const plugin *p;
     uint64_t crashed_id;        /* the task the last crash ran in, 0: none */
     int crashed_sig;
-    size_t queued, interrupted, gone, crashed;
+    size_t queued, interrupted, gone, crashed, skipped;
+    replayed *seen;             /* by id: journal_replay goes oldest first */
+    size_t nseen, capseen;
 } replay_ctx;
+
+static void replay_note(replay_ctx *c, uint64_t id, task_item *it, uint64_t not_before_us)
+{
+    if (c->nseen == c->capseen) {
+        c->capseen = c->capseen ? 2 * c->capseen : 64;
+        c->seen = xrealloc(c->seen, c->capseen * sizeof(*c->seen));
+    }
+    c->seen[c->nseen++] = (replayed){.id = id, .it = it, .not_before_us = not_before_us};
+}
+
+static replayed *replay_find(replay_ctx *c, uint64_t id)
+{
+    size_t lo = 0, hi = c->nseen;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (c->seen[mid].id < id)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo < c->nseen && c->seen[lo].id == id ? &c->seen[lo] : NULL;
+}
+
+static void state_of(void *arg, const journal_rec *r)
+{
+    snprintf(arg, 32, "%s", r->state);
+}
+
+/*
+ * A task of a sequence (prev_id: the one before it).  Returns the item
+ * to run it after, NULL to run it now (the one before succeeded, or is
+ * not known any more), or sets *why when it must not run: the one before
+ * will not run, or finished without success.
+ */
+static task_item *replay_after(replay_ctx *c, uint64_t prev_id, char *why, size_t cap)
+{
+    replayed *p = replay_find(c, prev_id);
+    if (p != NULL) {
+        if (p->it == NULL)
+            snprintf(why, cap, "previous task %" PRIu64 " of its sequence will not run", prev_id);
+        return p->it;
+    }
+    char state[32] = "";
+    if (journal_lookup(c->t->journal, prev_id, state_of, state) == 0 && state[0] &&
+        strcmp(state, "succeeded") != 0)
+        snprintf(why, cap, "previous task %" PRIu64 " of its sequence %s", prev_id, state);
+    return NULL;
+}
 
 /* Move task id to the dead letters with why, and say so once. */
 static void replay_dead(tasks_engine *t, uint64_t id, const char *why)
@@ -107,12 +167,21 @@ static void replay_one(void *arg, const journal_rec *r)
 {
     replay_ctx *c = arg;
     tasks_engine *t = c->t;
+    char skip[160] = "";
+    task_item *after = r->prev_id ? replay_after(c, r->prev_id, skip, sizeof skip) : NULL;
+    if (skip[0]) {
+        journal_finish(t->journal, r->id, "skipped", skip, NULL, NULL);
+        replay_note(c, r->id, NULL, 0);
+        c->skipped++;
+        return;
+    }
     const plugin_task *def = c->p ? plugin_find_task(c->p, r->name) : NULL;
     if (def == NULL) {
         char why[320];
         snprintf(why, sizeof why, "task '%s' no longer exists in %s (generation %" PRIu64 ")",
                  r->name, c->p ? c->p->name : "the plugin", c->owner ? c->owner->number : 0);
         replay_dead(t, r->id, why);
+        replay_note(c, r->id, NULL, 0);
         c->gone++;
         return;
     }
@@ -129,13 +198,15 @@ static void replay_one(void *arg, const journal_rec *r)
         snprintf(why, sizeof why, "attempt %" PRIu32 " of %" PRIu32 " crashed the serving "
                  "process (signal %d)", crashed_attempt, max, c->crashed_sig);
         replay_dead(t, r->id, why);
+        replay_note(c, r->id, NULL, 0);
         c->crashed++;
         return;
     }
     atomic_fetch_add(&t->accepted, 1); /* accepted by an earlier run: never refused */
     task_rid *rid = tasks_records_rid_new(r->request_id);
     task_item *it = tasks_records_new(t, c->owner, tasks_records_kind_of(t, def), def, rid,
-                                      BGS_CONCURRENT, r->payload, r->payload_len, r->id);
+                                      r->prev_id ? BGS_SEQUENTIAL : BGS_CONCURRENT, r->payload,
+                                      r->payload_len, r->id);
     tasks_records_rid_unref(rid);
     pthread_mutex_lock(&t->rec_mu);
     /* The next run is attempts + 1; a crash counts as an attempt. */
@@ -148,8 +219,14 @@ static void replay_one(void *arg, const journal_rec *r)
         c->interrupted++;
     else
         c->queued++;
-    if (queue_journal_adopt(t->q, &it->qnode, r->not_before_us) != 0)
-        tasks_runs_finalize(it, TASKS_CANCELLED, "server is shutting down; the task never ran");
+    replay_note(c, r->id, it, r->not_before_us);
+    if (after != NULL) {
+        /* Started by the one before when it succeeds (tasks_runs_seq_start,
+         * which links it without writing it again), skipped if it does not. */
+        it->jflags |= TASKS_JF_WRITTEN;
+        after->group_next = it;
+        c->seen[c->nseen - 1].chained = 1;
+    }
 }
 
 void tasks_replay(tasks_engine *t, const tasks_owner *owner, const plugin *p,
@@ -160,11 +237,22 @@ void tasks_replay(tasks_engine *t, const tasks_owner *owner, const plugin *p,
     replay_ctx c = {.t = t, .owner = owner, .p = p, .crashed_id = crashed_id,
                     .crashed_sig = crashed_sig};
     size_t n = journal_replay(t->journal, replay_one, &c);
+    /* Linked once every sequence is chained: a task must not finish
+     * before the one after it is attached to it. */
+    for (size_t i = 0; i < c.nseen; i++) {
+        task_item *it = c.seen[i].it;
+        if (it != NULL && !c.seen[i].chained &&
+            queue_journal_adopt(t->q, &it->qnode, c.seen[i].not_before_us) != 0)
+            tasks_runs_finalize(it, TASKS_CANCELLED, "server is shutting down; the task never ran");
+    }
+    free(c.seen);
     if (n > 0)
         log_msg(BGS_LOG_INFO, "journal: %zu task%s from an earlier run: %zu queued, %zu "
                 "interrupted (run again, attempt + 1), %zu dead-lettered (function gone), "
-                "%zu dead-lettered (crashed the process on its last attempt)",
-                n, n == 1 ? "" : "s", c.queued, c.interrupted, c.gone, c.crashed);
+                "%zu dead-lettered (crashed the process on its last attempt)%s",
+                n, n == 1 ? "" : "s", c.queued, c.interrupted, c.gone, c.crashed,
+                c.skipped ? "; some skipped: an earlier task of their sequence did not succeed"
+                          : "");
 }
 
 typedef struct unfinished {

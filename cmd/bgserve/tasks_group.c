@@ -204,9 +204,14 @@ int tasks_group_persist(tasks_group *g, durable_gate *gate)
         return 0;
     size_t n = 0, cap = 0;
     journal_task *jt = NULL;
+    uint64_t prev = 0; /* a sequence's order survives a crash: each names the one before */
     for (task_item *it = g->head; it; it = it->group_next) {
-        if (it->def == NULL || (it->jflags & TASKS_JF_WRITTEN))
+        if (it->def == NULL)
             continue; /* ad hoc: memory only */
+        uint64_t after = g->mode == BGS_SEQUENTIAL ? prev : 0;
+        prev = it->id;
+        if (it->jflags & TASKS_JF_WRITTEN)
+            continue;
         if (n == cap) {
             cap = cap ? 2 * cap : 8;
             jt = xrealloc(jt, cap * sizeof(*jt));
@@ -214,7 +219,7 @@ int tasks_group_persist(tasks_group *g, durable_gate *gate)
         jt[n++] = (journal_task){.id = it->id, .name = it->kind->name, .payload = it->payload,
                                  .payload_len = it->payload ? it->len : 0,
                                  .max_attempts = it->max_attempts,
-                                 .request_id = tasks_records_rid(it)};
+                                 .request_id = tasks_records_rid(it), .prev_id = after};
     }
     int rc = 0;
     if (n > 0) {
