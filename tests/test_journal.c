@@ -439,6 +439,9 @@ static void journal_stats_count_commits_and_batches(void **state)
     assert_int_equal(st.unwritten, 0);
     assert_int_equal(st.failed_commits, 0);
     assert_true(st.last_commit_us > 0);
+    /* each commit's time is counted: percentiles of two values */
+    assert_true(st.commit_p50_us > 0);
+    assert_true(st.commit_p99_us >= st.commit_p50_us);
     journal_close(j);
 }
 

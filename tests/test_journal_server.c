@@ -856,6 +856,13 @@ static void journal_server_stats_show_the_journal(void **state)
     assert_int_equal(h_json_str(strstr(r.body, "\"journal\""), "file", file, sizeof file), 0);
     assert_string_equal(file, sb->path);
     h_assert_contains(r.body, "\"backend\":\"journal\"");
+    /* commit latency and batching: present and consistent (no timing) */
+    const char *jo = strstr(r.body, "\"journal\"");
+    long long p50 = h_json_obj_num(jo, "commit_us", "p50");
+    long long p99 = h_json_obj_num(jo, "commit_us", "p99");
+    assert_true(p50 > 0);
+    assert_true(p99 >= p50);
+    assert_true(h_json_num(jo, "records") >= 3);
     h_resp_free(&r);
     h_stop_clean(&s);
     h_free(&s);

@@ -25,10 +25,12 @@
  * back and every record in it gets the error; the writer goes on with the
  * next batch and logs once per failing episode.  Lookups use a second
  * connection under `read_mu`.  The stats counters, the id ceiling and the
- * replay snapshot are guarded by `mu`.
+ * replay snapshot are guarded by `mu`; the commit-time histogram is
+ * lock-free (latency.h), written by the writer only.
  */
 #include "journal.h"
 
+#include "latency.h"
 #include "log.h"
 #include "util.h"
 
@@ -451,6 +453,7 @@ struct journal {
     _Atomic uint64_t next_id;       /* the next id to hand out */
     _Atomic uint64_t ceiling;       /* ids below it are committed as used; mu to write */
     uint64_t pending, dead, commits, records, failed_commits, last_commit_us; /* mu */
+    latency_hist commit_hist;       /* lock-free: how long each commit took */
     journal_rec *snap;              /* replay snapshot; mu */
     size_t nsnap;
     pthread_t thread;
@@ -774,7 +777,10 @@ static void *writer_main(void *arg)
 
         size_t rows = 0;
         int64_t dpending = 0, ddead = 0;
+        uint64_t t0 = util_now_us();
         int rc = commit_batch(j, batch, n, ceiling, &rows, &dpending, &ddead, err, sizeof err);
+        if (rc == 0)
+            latency_add(&j->commit_hist, util_now_us() - t0);
         uint64_t now = util_wall_us();
 
         pthread_mutex_lock(&j->mu);
@@ -1082,6 +1088,8 @@ void journal_get_stats(journal *j, journal_stats *out)
     out->last_commit_us = j->last_commit_us;
     pthread_mutex_unlock(&j->mu);
     out->mean_batch = out->commits ? (double)out->records / (double)out->commits : 0.0;
+    out->commit_p50_us = latency_percentile(&j->commit_hist, 50);
+    out->commit_p99_us = latency_percentile(&j->commit_hist, 99);
 }
 
 /* ------------------------------------------------------------------ */

@@ -176,6 +176,8 @@ typedef struct journal_stats {
     uint64_t failed_commits;  /* transactions that failed */
     double mean_batch;        /* records / commits (0 before the first) */
     uint64_t last_commit_us;  /* wall clock of the last commit, 0: none */
+    uint64_t commit_p50_us;   /* time a commit took (BEGIN to COMMIT of one batch, */
+    uint64_t commit_p99_us;   /* successful ones), percentiles; 0 before the first */
 } journal_stats;
 
 void journal_get_stats(journal *j, journal_stats *out);

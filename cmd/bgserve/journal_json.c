@@ -26,6 +26,19 @@ int journal_json_record(journal *jr, uint64_t id, json *j)
     return journal_lookup(jr, id, write_rec, j);
 }
 
+typedef struct count_key {
+    const char *key;
+    uint64_t value;
+} count_key;
+
+static void counts(json *j, const count_key *k, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        json_key(j, k[i].key);
+        json_u64(j, k[i].value);
+    }
+}
+
 void journal_json_stats(journal *jr, queue *q, json *j)
 {
     journal_stats st;
@@ -37,22 +50,22 @@ void journal_json_stats(journal *jr, queue *q, json *j)
     json_obj_begin(j);
     json_key(j, "file");
     json_str(j, st.file);
-    json_key(j, "pending");
-    json_u64(j, st.pending);
-    json_key(j, "dead");
-    json_u64(j, st.dead);
-    json_key(j, "unwritten");
-    json_u64(j, st.unwritten);
-    json_key(j, "commits");
-    json_u64(j, st.commits);
-    json_key(j, "failed_commits");
-    json_u64(j, st.failed_commits);
+    const count_key disk[] = {
+        {"pending", st.pending}, {"dead", st.dead}, {"unwritten", st.unwritten},
+        {"commits", st.commits}, {"failed_commits", st.failed_commits},
+        {"records", st.records},
+    };
+    counts(j, disk, sizeof disk / sizeof disk[0]);
     json_key(j, "mean_batch");
     json_double(j, st.mean_batch);
     json_time_pair(j, "last_commit", "last_commit_us", st.last_commit_us);
-    json_key(j, "journaled");
-    json_u64(j, c.journaled);
-    json_key(j, "memory_only");
-    json_u64(j, c.memory_only);
+    const count_key run[] = {{"journaled", c.journaled}, {"memory_only", c.memory_only}};
+    counts(j, run, sizeof run / sizeof run[0]);
+    /* The one nested object, after the flat counters. */
+    json_key(j, "commit_us");
+    json_obj_begin(j);
+    const count_key pct[] = {{"p50", st.commit_p50_us}, {"p99", st.commit_p99_us}};
+    counts(j, pct, sizeof pct / sizeof pct[0]);
+    json_obj_end(j);
     json_obj_end(j);
 }

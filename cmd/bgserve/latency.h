@@ -3,7 +3,7 @@
  * log-linear buckets (exact below 16 us, then eight buckets per power of
  * two, so a percentile is within 12.5% of the true value), and
  * percentiles of it.  The task engine keeps one for dispatch latency (from
- * submit to the first attempt's start).
+ * submit to the first attempt's start), the journal one for its commits.
  *
  * A value, not a room with state: the owner embeds it, zeroed (static
  * storage, or memset) means empty.  Lock-free: any thread may add while
