@@ -676,10 +676,74 @@ static void journal_refuses_a_path_it_cannot_create(void **state)
     char *msg = open_fails(path, JOURNAL_EACCESS);
     h_assert_contains(msg, path);
     h_assert_contains(msg, "No such file or directory");
+    h_assert_contains(msg, "mkdir -p");
     free(msg);
     msg = open_fails(sb->dir, JOURNAL_EACCESS);
     h_assert_contains(msg, "not a regular file");
     free(msg);
+    /* a file where the path needs a directory */
+    char file[192];
+    snprintf(file, sizeof file, "%s/plain", sb->dir);
+    FILE *f = fopen(file, "w");
+    assert_non_null(f);
+    fclose(f);
+    snprintf(path, sizeof path, "%s/tasks.db", file);
+    msg = open_fails(path, JOURNAL_EACCESS);
+    h_assert_contains(msg, "is not a directory");
+    h_assert_contains(msg, "give --journal a path in a directory");
+    free(msg);
+}
+
+/* journal_open(path) in a child that is not root (it gives up root
+ * first: root may write anywhere) must fail with JOURNAL_EACCESS; its
+ * message into msg. */
+static void open_unprivileged_refused(const char *path, char *msg, size_t cap)
+{
+    int fds[2];
+    assert_int_equal(pipe(fds), 0);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        close(fds[0]);
+        if (getuid() == 0 && (setgid(65534) != 0 || setuid(65534) != 0))
+            _exit(3);
+        journal_config cfg = {.path = path};
+        journal *j = NULL;
+        char err[1024] = "";
+        int rc = journal_open(&cfg, &j, err, sizeof err);
+        if (write(fds[1], err, strlen(err)) < 0)
+            _exit(4);
+        _exit(rc == JOURNAL_EACCESS ? 0 : 10 + (rc < 0 ? -rc : rc));
+    }
+    close(fds[1]);
+    ssize_t got = read(fds[0], msg, cap - 1);
+    msg[got > 0 ? got : 0] = '\0';
+    close(fds[0]);
+    int status;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+        fprintf(stderr, "child status %d, message: %s\n", status, msg);
+    assert_true(WIFEXITED(status));
+    assert_int_equal(WEXITSTATUS(status), 0);
+}
+
+/* A directory the journal cannot create files in: refused before SQLite
+ * is asked, saying how to fix it.  As root the open runs in a child that
+ * gives up root first (root may write anywhere). */
+static void journal_refuses_a_directory_it_cannot_write(void **state)
+{
+    sandbox *sb = *state;
+    char dir[128], path[192];
+    snprintf(dir, sizeof dir, "%s/ro", sb->dir);
+    snprintf(path, sizeof path, "%s/tasks.db", dir);
+    assert_int_equal(mkdir(dir, 0555), 0);
+    assert_int_equal(chmod(sb->dir, 0755), 0);
+    char msg[1024];
+    open_unprivileged_refused(path, msg, sizeof msg);
+    h_assert_contains(msg, "cannot create files in its directory");
+    h_assert_contains(msg, "Permission denied");
+    h_assert_contains(msg, "chmod u+wx");
+    assert_int_equal(access(path, F_OK), -1); /* nothing was created */
 }
 
 /* A read-only journal: as root the check runs in a child that gives up
@@ -693,33 +757,8 @@ static void journal_refuses_a_file_it_cannot_write(void **state)
     snprintf(lock, sizeof lock, "%s-lock", sb->path);
     assert_int_equal(chmod(sb->path, 0444), 0);
     assert_int_equal(chmod(lock, 0666), 0);
-    int fds[2];
-    assert_int_equal(pipe(fds), 0);
-    pid_t pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        close(fds[0]);
-        if (getuid() == 0 && (setgid(65534) != 0 || setuid(65534) != 0))
-            _exit(3);
-        journal_config cfg = {.path = sb->path};
-        journal *j = NULL;
-        char err[1024] = "";
-        int rc = journal_open(&cfg, &j, err, sizeof err);
-        if (write(fds[1], err, strlen(err)) < 0)
-            _exit(4);
-        _exit(rc == JOURNAL_EACCESS ? 0 : 10 + (rc < 0 ? -rc : rc));
-    }
-    close(fds[1]);
-    char msg[1024] = "";
-    ssize_t got = read(fds[0], msg, sizeof msg - 1);
-    msg[got > 0 ? got : 0] = '\0';
-    close(fds[0]);
-    int status;
-    assert_int_equal(waitpid(pid, &status, 0), pid);
-    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
-        fprintf(stderr, "child status %d, message: %s\n", status, msg);
-    assert_true(WIFEXITED(status));
-    assert_int_equal(WEXITSTATUS(status), 0);
+    char msg[1024];
+    open_unprivileged_refused(sb->path, msg, sizeof msg);
     h_assert_contains(msg, sb->path);
     h_assert_contains(msg, "cannot be");
     h_assert_contains(msg, "writable");
@@ -995,6 +1034,7 @@ int main(void)
         T(journal_refuses_a_newer_schema),
         T(journal_refuses_a_path_it_cannot_create),
         T(journal_refuses_a_file_it_cannot_write),
+        T(journal_refuses_a_directory_it_cannot_write),
         T(journal_refuses_a_second_owner_but_not_the_tools),
         T(journal_disk_full_at_open_is_one_clear_error),
         T(journal_disk_full_fails_the_batch_and_recovers),

@@ -95,6 +95,7 @@ static void journal_server_startup_faults_exit_1(void **state)
     snprintf(missing, sizeof missing, "%s/no/such/dir/tasks.db", sb->dir);
     out = refused(missing);
     h_assert_contains(out, "No such file or directory");
+    h_assert_contains(out, "mkdir -p");
     free(out);
 
     /* a bad --journal-sync is a usage error */
@@ -102,6 +103,72 @@ static void journal_server_startup_faults_exit_1(void **state)
                           h_fixture("journal_app"), NULL};
     assert_int_equal(run_bgserve(args, &out), 2);
     h_assert_contains(out, "--journal-sync must be normal or full (got 'fast')");
+    free(out);
+}
+
+/* Write an executable script at path: `ulimit -f blocks` (SIGXFSZ
+ * ignored), then exec bgserve with the script's arguments. */
+static void write_limited(const char *path, unsigned blocks)
+{
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fprintf(f, "#!/bin/sh\ntrap '' XFSZ\nulimit -f %u\nexec %s \"$@\"\n", blocks,
+            h_build_path("bgserve"));
+    fclose(f);
+    assert_int_equal(chmod(path, 0755), 0);
+}
+
+/* Where the journal's directory is wrong, and a disk full at start-up:
+ * exit 1 and one message that says what to do. */
+static void journal_server_directory_and_full_disk_faults_exit_1(void **state)
+{
+    sandbox *sb = *state;
+    char file[128], path[192];
+
+    /* a file where the path needs a directory */
+    snprintf(file, sizeof file, "%s/plain", sb->dir);
+    FILE *f = fopen(file, "w");
+    assert_non_null(f);
+    fclose(f);
+    snprintf(path, sizeof path, "%s/tasks.db", file);
+    char *out = refused(path);
+    h_assert_contains(out, "is not a directory");
+    h_assert_contains(out, "give --journal a path in a directory");
+    free(out);
+
+    /* a directory it cannot create files in (as root, bgserve runs as
+     * nobody: root may write anywhere) */
+    char dir[128];
+    snprintf(dir, sizeof dir, "%s/ro", sb->dir);
+    assert_int_equal(mkdir(dir, 0555), 0);
+    assert_int_equal(chmod(sb->dir, 0755), 0);
+    snprintf(path, sizeof path, "%s/tasks.db", dir);
+    const char *as_nobody[] = {"/usr/bin/setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                               h_build_path("bgserve"), "--port", "0", "--journal", path,
+                               h_fixture("journal_app"), NULL};
+    int rc = h_run(getuid() == 0 ? as_nobody : as_nobody + 4, &out);
+    if (rc != 1)
+        fprintf(stderr, "exit %d: %s\n", rc, out);
+    assert_int_equal(rc, 1);
+    h_assert_contains(out, "cannot create files in its directory");
+    h_assert_contains(out, "chmod u+wx");
+    h_assert_lacks(out, "listening on");
+    free(out);
+
+    /* a full disk when the journal is created (ulimit -f 0) */
+    char script[192];
+    snprintf(script, sizeof script, "%s/nospace.sh", sb->dir);
+    write_limited(script, 0);
+    const char *full[] = {script, "--port", "0", "--journal", sb->path,
+                          h_fixture("journal_app"), NULL};
+    rc = h_run(full, &out);
+    if (rc != 1)
+        fprintf(stderr, "exit %d: %s\n", rc, out);
+    assert_int_equal(rc, 1);
+    h_assert_contains(out, sb->path);
+    h_assert_contains(out, "the disk is full");
+    h_assert_contains(out, "free space on its file system");
+    h_assert_lacks(out, "listening on");
     free(out);
 }
 
@@ -609,12 +676,7 @@ static void start_limited(h_server *s, sandbox *sb, const char *const *args)
 {
     char script[192];
     snprintf(script, sizeof script, "%s/limited.sh", sb->dir);
-    FILE *f = fopen(script, "w");
-    assert_non_null(f);
-    fprintf(f, "#!/bin/sh\ntrap '' XFSZ\nulimit -f 1024\nexec %s \"$@\"\n",
-            h_build_path("bgserve"));
-    fclose(f);
-    assert_int_equal(chmod(script, 0755), 0);
+    write_limited(script, 1024);
     assert_int_equal(h_start_bin(s, script, h_fixture("journal_app"), args, NULL), 0);
 }
 
@@ -874,6 +936,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         T(journal_server_startup_faults_exit_1),
+        T(journal_server_directory_and_full_disk_faults_exit_1),
         T(journal_server_refuses_a_journal_another_bgserve_has),
         T(journal_server_sigkill_then_restart_runs_every_accepted_task),
         T(journal_server_crash_in_a_task_loses_no_other_task),

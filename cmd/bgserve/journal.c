@@ -460,7 +460,46 @@ struct journal {
     int thread_started;
 };
 
-/* ---- the lock ---------------------------------------------------------------- */
+/* ---- the directory and the lock ------------------------------------------------ */
+
+/*
+ * The directory the file is in must exist, be a directory and take new
+ * files: the lock, and SQLite's FILE-wal and FILE-shm (created at every
+ * open).  Said here, before SQLite's less precise "unable to open".
+ */
+static int check_dir(journal *j, char *err, size_t cap)
+{
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s", j->path);
+    char *slash = strrchr(dir, '/');
+    if (slash == NULL)
+        snprintf(dir, sizeof dir, ".");
+    else
+        slash[slash == dir ? 1 : 0] = '\0';
+    struct stat st;
+    int e = stat(dir, &st) == 0 ? 0 : errno;
+    if (e == ENOENT) {
+        snprintf(err, cap, "journal %s: its directory %s does not exist (%s); create it "
+                 "(mkdir -p %s), or give another --journal FILE", j->path, dir, strerror(e),
+                 dir);
+        return JOURNAL_EACCESS;
+    }
+    if (e == ENOTDIR || (e == 0 && !S_ISDIR(st.st_mode))) {
+        snprintf(err, cap, "journal %s: %s is not a directory (a file is where the path "
+                 "needs one); give --journal a path in a directory, or move that file aside",
+                 j->path, dir);
+        return JOURNAL_EACCESS;
+    }
+    if (access(dir, W_OK | X_OK) != 0) {
+        snprintf(err, cap, "journal %s: cannot create files in its directory %s (%s), which "
+                 "the journal needs (FILE-lock, FILE-wal, FILE-shm); make the directory "
+                 "writable for this user (chmod u+wx %s, or run bgserve as its owner), or "
+                 "give a --journal FILE in a directory you can write", j->path, dir,
+                 strerror(errno), dir);
+        return JOURNAL_EACCESS;
+    }
+    return 0;
+}
 
 static int take_lock(journal *j, char *err, size_t cap)
 {
@@ -880,7 +919,9 @@ int journal_open(const journal_config *cfg, journal **out, char *err, size_t cap
         rc = JOURNAL_EACCESS;
         goto fail;
     }
-    rc = take_lock(j, err, cap);
+    rc = check_dir(j, err, cap);
+    if (rc == 0)
+        rc = take_lock(j, err, cap);
     if (rc == 0)
         rc = db_connect(j->path, 1, &j->wdb, err, cap);
     if (rc == 0)
