@@ -150,22 +150,50 @@ static void journal_replay_keeps_the_sequence_link(void **state)
     journal_close(j);
 }
 
+/* Make the journal at path look as schema version 1 wrote it. */
+static void downgrade_to_v1(const char *path)
+{
+    sqlite3 *db;
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db, "ALTER TABLE tasks DROP COLUMN prev;"
+                                      "UPDATE meta SET value=1 WHERE key='schema_version'",
+                                  NULL, NULL, NULL),
+                     SQLITE_OK);
+    sqlite3_close(db);
+}
+
+static int schema_version(const char *path)
+{
+    sqlite3 *db;
+    sqlite3_stmt *st;
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_prepare_v2(db, "SELECT value FROM meta WHERE "
+                                            "key='schema_version'", -1, &st, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    int v = sqlite3_column_int(st, 0);
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    return v;
+}
+
 /* A journal of schema version 1 (no sequence link) is brought up to
- * version 2 when a server opens it, and its tasks replay as before. */
+ * version 2 when a server or the subcommand opens it, and its tasks
+ * replay as before. */
 static void journal_upgrades_schema_version_1(void **state)
 {
     sandbox *sb = *state;
     journal *j = js_open_ok(sb->path);
     uint64_t a = add_one(j, "old", "v1", NULL, NULL);
     journal_close(j);
-    sqlite3 *db;
-    assert_int_equal(sqlite3_open(sb->path, &db), SQLITE_OK);
-    assert_int_equal(sqlite3_exec(db, "ALTER TABLE tasks DROP COLUMN prev;"
-                                      "UPDATE meta SET value=1 WHERE key='schema_version'",
-                                  NULL, NULL, NULL),
-                     SQLITE_OK);
-    sqlite3_close(db);
 
+    downgrade_to_v1(sb->path);
+    journal_db *d = NULL;
+    char err[1024];
+    assert_int_equal(journal_db_open(sb->path, &d, err, sizeof err), 0);
+    journal_db_close(d);
+    assert_int_equal(schema_version(sb->path), 2);
+
+    downgrade_to_v1(sb->path);
     j = js_open_ok(sb->path);
     seen s = {0};
     assert_int_equal(journal_replay(j, collect, &s), 1);
@@ -173,14 +201,7 @@ static void journal_upgrades_schema_version_1(void **state)
     assert_int_equal(s.recs[0].prev_id, 0);
     uint64_t b = add_one(j, "new", "v2", NULL, NULL);
     journal_close(j);
-    assert_int_equal(sqlite3_open(sb->path, &db), SQLITE_OK);
-    sqlite3_stmt *st;
-    assert_int_equal(sqlite3_prepare_v2(db, "SELECT value FROM meta WHERE "
-                                            "key='schema_version'", -1, &st, NULL), SQLITE_OK);
-    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
-    assert_int_equal(sqlite3_column_int(st, 0), 2);
-    sqlite3_finalize(st);
-    sqlite3_close(db);
+    assert_int_equal(schema_version(sb->path), 2);
     j = js_open_ok(sb->path);
     s.n = 0;
     assert_int_equal(journal_replay(j, collect, &s), 2);

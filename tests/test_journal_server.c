@@ -580,6 +580,19 @@ static void journal_server_sequence_after_a_failure_is_skipped(void **state)
     h_stop_clean(&s);
     h_free(&s);
     app_run_log_is(&l, "s-1 1\ns-2 1\n"); /* neither s-3 nor s-4 ran */
+
+    /* `bgserve journal FILE retry` queues s-3 again on its own: it runs
+     * at the next start although s-2 failed */
+    char id3[32], *out = NULL;
+    snprintf(id3, sizeof id3, "%" PRIu64, ids[2]);
+    const char *retry[] = {"journal", sb->path, "retry", id3, NULL};
+    assert_int_equal(run_bgserve(retry, &out), 0);
+    free(out);
+    app_run_start(&l, &s);
+    wait_disk_state(sb->path, ids[2], "succeeded");
+    h_stop_clean(&s);
+    h_free(&s);
+    app_run_log_is(&l, "s-1 1\ns-2 1\ns-3 1\n");
 }
 
 /* Under the supervisor, a task that crashes the serving process: the

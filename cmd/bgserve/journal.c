@@ -265,7 +265,7 @@ static int db_connect(const char *path, int create, sqlite3 **out, char *err, si
         rc = JOURNAL_EACCESS;
         goto fail;
     }
-    if (version < 2 && create) { /* a server's open: bring it up to date */
+    if (version < 2) { /* bring it up to date (a server, or `bgserve journal`) */
         rc = exec_sql(db, "BEGIN IMMEDIATE");
         if (rc == SQLITE_OK)
             rc = exec_sql(db, upgrade_v2_sql);
@@ -1256,7 +1256,7 @@ int journal_db_retry(journal_db *db, uint64_t id, char *err, size_t cap)
     else
         snprintf(sql, sizeof sql,
                  "UPDATE tasks SET state='queued', attempts=0, not_before=0, started=NULL, "
-                 "finished=NULL WHERE id=%" PRIu64, id);
+                 "finished=NULL, prev=0 WHERE id=%" PRIu64, id);
     rc = exec_sql(db->db, sql);
     if (rc == SQLITE_OK)
         rc = exec_sql(db->db, "COMMIT");

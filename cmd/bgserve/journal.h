@@ -22,7 +22,7 @@
 #include <stdint.h>
 
 /* The schema this bgserve writes; a journal with a higher one is refused,
- * one with a lower one is brought up to it when a server opens it
+ * one with a lower one is brought up to it when it is opened for writing
  * (version 2 added tasks.prev, the sequence link). */
 #define JOURNAL_SCHEMA_VERSION 2
 
@@ -213,7 +213,8 @@ int journal_db_get(journal_db *db, uint64_t id, void (*fn)(void *arg, const jour
                    void *arg, char *err, size_t cap);
 
 /* Queue the dead-lettered or finally failed task id again: state
- * "queued", attempts 0, no not-before; its id and last error are kept.
+ * "queued", attempts 0, no not-before, on its own (no longer after the
+ * task before it in its sequence); its id and last error are kept.
  * 0, JOURNAL_ENOTFOUND, JOURNAL_EINVAL (it is queued, running or
  * succeeded; err says which), or another JOURNAL_E*. */
 int journal_db_retry(journal_db *db, uint64_t id, char *err, size_t cap);
