@@ -241,9 +241,14 @@ void tasks_replay(tasks_engine *t, const tasks_owner *owner, const plugin *p,
      * before the one after it is attached to it. */
     for (size_t i = 0; i < c.nseen; i++) {
         task_item *it = c.seen[i].it;
-        if (it != NULL && !c.seen[i].chained &&
-            queue_journal_adopt(t->q, &it->qnode, c.seen[i].not_before_us) != 0)
-            tasks_runs_finalize(it, TASKS_CANCELLED, "server is shutting down; the task never ran");
+        if (it == NULL || c.seen[i].chained ||
+            queue_journal_adopt(t->q, &it->qnode, c.seen[i].not_before_us) == 0)
+            continue;
+        /* Shutting down: the sequence stays queued on disk, in its order,
+         * for the next start (nothing is written for the rest of it). */
+        for (task_item *rest = it->group_next; rest; rest = rest->group_next)
+            rest->jflags &= (uint8_t)~TASKS_JF_WRITTEN;
+        tasks_runs_finalize(it, TASKS_CANCELLED, "server is shutting down; the task never ran");
     }
     free(c.seen);
     if (n > 0)
