@@ -459,6 +459,30 @@ static void broker_stopping_server_hands_tasks_on(void **state)
     rig_down(&g);
 }
 
+/* What a 2xx promises is in the stream when the answer arrives (no
+ * worker runs them): every task of a concurrent group, the first of a
+ * sequence. */
+static void broker_2xx_tasks_are_in_the_stream(void **state)
+{
+    (void)state;
+    rig g;
+    rig_up(&g, 0);
+    h_resp r;
+    assert_int_equal(h_get(&g.server, "/add?task=count&n=3&mode=concurrent", &r), 0);
+    assert_int_equal(r.status, 200);
+    h_resp_free(&r);
+    assert_int_equal(h_redis_int(&g.redis, "XLEN bgserve:{broker_app}:tasks"), 3);
+    assert_int_equal(add(&g, "count", 2) > 0, 1);
+    assert_int_equal(h_redis_int(&g.redis, "XLEN bgserve:{broker_app}:tasks"), 4);
+    /* Stopping: the four stay in Redis; the sequence's second, which
+     * waited here for the first, never ran (exit 3). */
+    assert_int_equal(h_stop(&g.server, SIGTERM), 3);
+    h_assert_contains(g.server.log, "drain: 0 tasks finished, 1 did not, 4 stay in redis");
+    h_free(&g.server);
+    g.have_server = 0;
+    rig_down(&g);
+}
+
 static void broker_command_line_refusals(void **state)
 {
     (void)state;
@@ -494,6 +518,7 @@ int main(void)
         cmocka_unit_test(broker_no_2xx_without_the_xadd),
         cmocka_unit_test(broker_capacity_answers_503),
         cmocka_unit_test(broker_stopping_server_hands_tasks_on),
+        cmocka_unit_test(broker_2xx_tasks_are_in_the_stream),
         cmocka_unit_test(broker_command_line_refusals),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
