@@ -218,11 +218,14 @@ def sc_task_live(drv, srv, build, tmp):
     # either may be first.
     a = int(srv.get("/gated"))
     b = int(srv.get("/gated"))
-    wait_for("task %d or %d queued" % (a, b),
-             lambda: "queued" in (row_state(drv, a), row_state(drv, b)))
-    if row_state(drv, a) == "queued":
+    # Which one runs is known only once the page shows one running: a row
+    # still "queued" may be the runner whose start has not reached the
+    # page yet. One at a time, so the other then stays queued.
+    wait_for("task %d or %d running" % (a, b),
+             lambda: "running" in (row_state(drv, a), row_state(drv, b)))
+    if row_state(drv, b) == "running":
         a, b = b, a
-    wait_for("task %d running" % a, lambda: row_state(drv, a) == "running")
+    wait_for("task %d queued" % b, lambda: row_state(drv, b) == "queued")
     shot(drv, build, "task_live-queued")
     open(srv.release, "w").close()
     wait_for("task %d succeeded" % b, lambda: row_state(drv, b) == "succeeded")
