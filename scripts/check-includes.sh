@@ -61,9 +61,8 @@ bad=0
 # Exported names carry their room's prefix: ROOM.o defines ROOM_* only.  A
 # room split into files around one header without a .c of its own (tasks.h
 # over tasks_runs.c, tasks_group.c, ...) may use that header's prefix.
-# Two kept exceptions: util's x-allocators (xmalloc, xstrdup: the name says
-# "aborts on failure"), and generation's gen_ (short for the room named
-# everywhere; kept while the generation is being made per-instance).
+# One kept exception: util's x-allocators (xmalloc, xstrdup: the name says
+# "aborts on failure").
 if [ -n "$obj" ]; then
     while IFS="$tab" read -r sym m; do
         case $sym in "$m" | "${m}"_*) continue ;; esac
@@ -71,7 +70,7 @@ if [ -n "$obj" ]; then
         if [ "$head" != "$m" ] && [ -f "$src/$head.h" ] && [ ! -f "$src/$head.c" ]; then
             case $sym in "${head}"_*) continue ;; esac
         fi
-        case $m:$sym in util:x[a-z]*|generation:gen_*) continue ;; esac
+        case $m:$sym in util:x[a-z]*) continue ;; esac
         echo "check-includes: $m.o exports $sym: name it ${m}_... (the room's prefix) or make it static"
         bad=1
     done <"$edges.defs"

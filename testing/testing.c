@@ -5,12 +5,12 @@
  *
  * A client owns: its task engine (tasks_new: workers, records, and the
  * scheduler whose clock bgst_advance moves), its generation slot (the
- * "current generation" its requests are dispatched to, gen_slot_new), a
+ * "current generation" its requests are dispatched to, generation_slot_new), a
  * service scope for bgst_service, and the waiters of its requests'
  * deferred answers.  Nothing of one client is reachable from another:
  * that is what makes several open at once independent.  What the process
  * shares is set up once (init_once): the log (quiet: no access lines),
- * the host API table every generation is given (gen_setup), the
+ * the host API table every generation is given (generation_setup), the
  * deferred-response room.
  *
  * Threads: the caller's thread runs everything here (one thread at a
@@ -67,7 +67,7 @@ struct bgst_client {
     char err[2048];            /* the last failure's message */
     char *path;
     tasks_engine *engine;
-    gen_slot *slot;
+    generation_slot *slot;
     services_scope *scope;     /* bgst_service's */
     int skip_delays;
     unsigned serial;           /* this client's number, in request ids */
@@ -100,7 +100,7 @@ static void init_once(void)
 {
     /* Plugin lines and bgserve's warnings to stderr, no access lines. */
     log_init(&(log_config){.color = 0, .quiet = 1, .own_min_level = BGS_LOG_WARN});
-    gen_setup(&(gen_deps){.host_api = hostapi_table(), .tasks = NULL});
+    generation_setup(&(generation_deps){.host_api = hostapi_table(), .tasks = NULL});
     deferred_start();
 }
 
@@ -165,7 +165,7 @@ API int bgst_open(bgst_client **out, const char *path, const bgst_options *opts)
     int rc = BGST_OK;
     c->serial = atomic_fetch_add(&next_serial, 1);
     c->skip_delays = o.skip_delays;
-    c->slot = gen_slot_new();
+    c->slot = generation_slot_new();
     c->path = path ? xstrdup(path) : NULL;
     if (out == NULL) {
         rc = BGST_EINVAL;
@@ -184,12 +184,12 @@ API int bgst_open(bgst_client **out, const char *path, const bgst_options *opts)
         goto failed;
     }
     generation *g = NULL;
-    if (gen_create_for(c->engine, path, 1, 0, &g, c->err, sizeof c->err) != 0) {
+    if (generation_create_for(c->engine, path, 1, 0, &g, c->err, sizeof c->err) != 0) {
         rc = BGST_ELOAD; /* c->err holds the server's own words */
         goto failed;
     }
-    gen_slot_set(c->slot, g);
-    gen_activate(g); /* its periodic tasks run on this client's clock */
+    generation_slot_set(c->slot, g);
+    generation_activate(g); /* its periodic tasks run on this client's clock */
     *out = c;
     return BGST_OK;
 failed:
@@ -213,8 +213,8 @@ API void bgst_close(bgst_client *c)
     }
     /* The stop hook runs here, when the slot's reference was the last
      * (the tasks holding one are final now). */
-    gen_slot_abandon(c->slot);
-    gen_slot_free(c->slot);
+    generation_slot_abandon(c->slot);
+    generation_slot_free(c->slot);
     tasks_free(c->engine);
     while (c->orphans) {
         waiter *w = c->orphans;
@@ -693,9 +693,9 @@ API void *bgst_app_data(bgst_client *c)
 {
     if (!usable(c))
         return NULL;
-    generation *g = gen_slot_get(c->slot);
+    generation *g = generation_slot_get(c->slot);
     void *data = g ? g->app.data : NULL;
-    gen_release(g);
+    generation_release(g);
     return data;
 }
 
@@ -707,10 +707,10 @@ API int bgst_service(bgst_client *c, const char *name, void **out)
         return c ? BGST_ESTATE : BGST_EINVAL;
     if (name == NULL || out == NULL)
         return fail(c, BGST_EINVAL, "bgst_service: %s is NULL", name ? "out" : "name");
-    generation *g = gen_slot_get(c->slot);
+    generation *g = generation_slot_get(c->slot);
     char why[256] = "";
     void *svc = g ? services_lookup(g->services, &c->scope, name, why, sizeof why) : NULL;
-    gen_release(g);
+    generation_release(g);
     if (svc == NULL)
         return fail(c, BGST_ENOTFOUND, "bgst_service(\"%s\"): %s", name,
                     why[0] ? why : "its create function failed (see its message above)");

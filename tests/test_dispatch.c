@@ -81,20 +81,20 @@ static int setup(void **state)
     if (engine == NULL || deferred_start() != 0)
         return -1;
     env.tasks = engine;
-    gen_setup(&(gen_deps){.host_api = hostapi_table(), .tasks = engine});
-    if (gen_create(h_fixture("http_app"), 1, 0, &g, err, sizeof err) != 0) {
+    generation_setup(&(generation_deps){.host_api = hostapi_table(), .tasks = engine});
+    if (generation_create(h_fixture("http_app"), 1, 0, &g, err, sizeof err) != 0) {
         fprintf(stderr, "%s\n", err);
         return -1;
     }
-    gen_set_current(g);
-    gen_activate(g);
+    generation_set_current(g);
+    generation_activate(g);
     return 0;
 }
 
 static int teardown(void **state)
 {
     (void)state;
-    gen_set_current(NULL);
+    generation_set_current(NULL);
     tasks_shutdown(engine, 5000);
     deferred_stop();
     tasks_free(engine);

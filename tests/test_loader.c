@@ -451,7 +451,7 @@ static void loader_validate_never_writes_err_past_len(void **state)
 }
 
 /* The generation room is given its host table by whoever wires the server
- * (gen_setup); loading before that is refused with a message, not a crash.
+ * (generation_setup); loading before that is refused with a message, not a crash.
  * Linking this test without tasks.o or hostapi.o shows the room needs
  * neither. */
 static void loader_generation_needs_setup(void **state)
@@ -459,9 +459,9 @@ static void loader_generation_needs_setup(void **state)
     (void)state;
     char err[512] = "";
     generation *g = (generation *)&err; /* must be reset to NULL */
-    assert_int_equal(gen_create(h_fixture("good"), 1, GEN_CHECK_ONLY, &g, err, sizeof err), -1);
+    assert_int_equal(generation_create(h_fixture("good"), 1, GEN_CHECK_ONLY, &g, err, sizeof err), -1);
     assert_null(g);
-    h_assert_contains(err, "before gen_setup()");
+    h_assert_contains(err, "before generation_setup()");
     h_assert_contains(err, h_fixture("good"));
 }
 

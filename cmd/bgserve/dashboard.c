@@ -305,10 +305,10 @@ static void stats_part(json *j)
     json_obj_end(j);
     json_key(j, "sample");
     sample_json(j, &s);
-    generation *g = gen_current();
+    generation *g = generation_current();
     plugin_json(j, g);
     routes_json(j, g);
-    gen_release(g);
+    generation_release(g);
 }
 
 /* Everything the page shows, as of event sequence number at. */
@@ -324,10 +324,10 @@ static event *snapshot(uint64_t at)
     json_obj_begin(&j);
     introspect_stats_json(&j, &c);
     json_obj_end(&j);
-    generation *g = gen_current();
+    generation *g = generation_current();
     plugin_json(&j, g);
     routes_json(&j, g);
-    gen_release(g);
+    generation_release(g);
     json_key(&j, "reloads");
     events_reloads_json(&j);
     uint64_t since = 0;
@@ -720,7 +720,7 @@ static void retry(const char *path, const char *(*header)(void *ctx, const char 
         reply(out, 404, "no such task: " URLS_TASKS "ID" URLS_RETRY_SUFFIX " takes a task id");
         return;
     }
-    generation *g = gen_current();
+    generation *g = generation_current();
     if (g == NULL) {
         reply(out, 503, "no plugin is loaded: nothing can run the task");
         return;
@@ -728,7 +728,7 @@ static void retry(const char *path, const char *(*header)(void *ctx, const char 
     char name[256] = "";
     uint64_t nid = 0;
     int rc = tasks_retry(cfg.tasks, &g->owner, g->plugin, id, &nid, name, sizeof name);
-    gen_release(g);
+    generation_release(g);
     switch (rc) {
     case 0: {
         json j;

@@ -269,7 +269,7 @@ int dispatch_request(const dispatch_env *env, struct bgs_req *req, struct bgs_re
         return serve_introspection(env, req, res);
     }
 
-    req->gen = gen_slot_get(env->slot);
+    req->gen = generation_slot_get(env->slot);
     if (req->gen == NULL && env->crash_page) { /* the build crash-looped */
         const char *ctype;
         size_t len;
@@ -345,6 +345,6 @@ void dispatch_finish(struct bgs_req *req, struct bgs_res *res, int answered, int
     req->scope = NULL;
     durable_release(req->gate);
     req->gate = NULL;
-    gen_release(req->gen);
+    generation_release(req->gen);
     req->gen = NULL;
 }

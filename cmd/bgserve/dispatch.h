@@ -46,7 +46,7 @@ typedef struct dispatch_env {
     /* Fills the counters of /_bgserve/stats; NULL: zeros. */
     void (*counters)(introspect_counters *c);
     struct tasks_engine *tasks; /* the engine: records, stats, long-polls */
-    struct gen_slot *slot;      /* whose generation serves (generation.h);
+    struct generation_slot *slot;      /* whose generation serves (generation.h);
                                    NULL: the process's current one */
     /* --journal, --broker: an answer that carries tasks is held (DISPATCH_SUSPEND)
      * until the journal committed them or Redis has them, or becomes a 503. */

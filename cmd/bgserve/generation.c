@@ -12,9 +12,9 @@
  * destroyed, dlclose (with an RTLD_NOLOAD check) and the private copy
  * deleted.
  *
- * The "current" pointer is a value, gen_slot: the process's own
- * (`process_slot`, what gen_current and reloads use) and one per
- * instance of the testing library (gen_slot_new), so several plugins
+ * The "current" pointer is a value, generation_slot: the process's own
+ * (`process_slot`, what generation_current and reloads use) and one per
+ * instance of the testing library (generation_slot_new), so several plugins
  * loaded in one process each serve their own requests.
  *
  * Locks:
@@ -29,7 +29,7 @@
  *                   and use its app holding it for reading; retire closes
  *                   the handle holding it for writing, after the stop
  *                   hook, so no call is using the app when it is freed.
- *   reload_lock   - serialises gen_reload.
+ *   reload_lock   - serialises generation_reload.
  * A generation's other fields are written only while it is created (one
  * thread, before it is shared) and in retire (after the last reference).
  */
@@ -48,14 +48,14 @@
 #include <string.h>
 #include <time.h>
 
-static gen_deps deps; /* gen_setup, before any thread; read-only afterwards */
+static generation_deps deps; /* generation_setup, before any thread; read-only afterwards */
 
-struct gen_slot {
+struct generation_slot {
     pthread_mutex_t lock;
     generation *current; /* guarded by lock; holds one reference */
 };
 
-static gen_slot process_slot = {.lock = PTHREAD_MUTEX_INITIALIZER};
+static generation_slot process_slot = {.lock = PTHREAD_MUTEX_INITIALIZER};
 
 static pthread_mutex_t live_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t live_cv = PTHREAD_COND_INITIALIZER;
@@ -99,7 +99,7 @@ static void live_remove(generation *g)
 static void free_periodic(generation *g)
 {
     while (g->periodic) {
-        gen_periodic *p = g->periodic;
+        generation_periodic *p = g->periodic;
         g->periodic = p->next;
         free(p->payload);
         free(p);
@@ -134,7 +134,7 @@ static void retire(generation *g)
     free(g);
 }
 
-void gen_setup(const gen_deps *d)
+void generation_setup(const generation_deps *d)
 {
     deps = *d;
 }
@@ -145,12 +145,12 @@ static void add_periodic(generation *g, const plugin_task *def, uint32_t interva
 /* The owner handle a generation gives its tasks (tasks.h). */
 static void owner_retain(const tasks_owner *o)
 {
-    gen_retain(o->ctx);
+    generation_retain(o->ctx);
 }
 
 static void owner_release(const tasks_owner *o)
 {
-    gen_release(o->ctx);
+    generation_release(o->ctx);
 }
 
 static services *owner_services(const tasks_owner *o)
@@ -170,7 +170,7 @@ static int create(const char *path, uint64_t number, unsigned flags, generation 
     uint64_t t0 = util_now_us();
     *out = NULL;
     if (deps.host_api == NULL) {
-        snprintf(err, errlen, "bgserve: internal error: cannot load '%s' before gen_setup() "
+        snprintf(err, errlen, "bgserve: internal error: cannot load '%s' before generation_setup() "
                  "gave the generation room its host API table", path);
         return -1;
     }
@@ -218,7 +218,7 @@ static int create(const char *path, uint64_t number, unsigned flags, generation 
                      "  fix: the plugin's start hook returned %d; see its message above%s",
                      path, g->app.failed ? g->app.fail_msg : "(the start hook gave no message)",
                      rc, g->app.failed ? "" : " (call bgs_app_fail() to explain a failure)");
-            gen_release(g); /* not started: the stop hook does not run */
+            generation_release(g); /* not started: the stop hook does not run */
             return -1;
         }
     }
@@ -229,7 +229,7 @@ static int create(const char *path, uint64_t number, unsigned flags, generation 
     return 0;
 }
 
-int gen_create(const char *path, uint64_t number, unsigned flags,
+int generation_create(const char *path, uint64_t number, unsigned flags,
                generation **out, char *err, size_t errlen)
 {
     int rc = create(path, number, flags, NULL, deps.tasks, out, err, errlen);
@@ -238,15 +238,15 @@ int gen_create(const char *path, uint64_t number, unsigned flags,
     return rc;
 }
 
-int gen_create_for(tasks_engine *engine, const char *path, uint64_t number, unsigned flags,
+int generation_create_for(tasks_engine *engine, const char *path, uint64_t number, unsigned flags,
                    generation **out, char *err, size_t errlen)
 {
     return create(path, number, flags, NULL, engine, out, err, errlen);
 }
 
-void gen_activate(generation *g)
+void generation_activate(generation *g)
 {
-    for (gen_periodic *p = g->periodic; p; p = p->next)
+    for (generation_periodic *p = g->periodic; p; p = p->next)
         if (g->tasks == NULL ||
             tasks_periodic_add(g->tasks, &g->owner, p->def, p->interval_ms, p->payload,
                                p->len, p->flags) != 0)
@@ -254,7 +254,7 @@ void gen_activate(generation *g)
                     p->def->name, (unsigned long long)g->number);
 }
 
-int gen_add_periodic(generation *g, const char *task, uint32_t interval_ms,
+int generation_add_periodic(generation *g, const char *task, uint32_t interval_ms,
                      const void *payload, size_t len, uint32_t flags)
 {
     if (task == NULL || interval_ms == 0 || (payload == NULL && len > 0))
@@ -269,7 +269,7 @@ int gen_add_periodic(generation *g, const char *task, uint32_t interval_ms,
 static void add_periodic(generation *g, const plugin_task *def, uint32_t interval_ms,
                          const void *payload, size_t len, uint32_t flags)
 {
-    gen_periodic *p = xcalloc(1, sizeof *p);
+    generation_periodic *p = xcalloc(1, sizeof *p);
     p->def = def;
     p->interval_ms = interval_ms;
     p->payload = len ? xmemdup(payload, len) : NULL;
@@ -279,12 +279,12 @@ static void add_periodic(generation *g, const plugin_task *def, uint32_t interva
     g->periodic = p;
 }
 
-void gen_retain(generation *g)
+void generation_retain(generation *g)
 {
     atomic_fetch_add_explicit(&g->refs, 1, memory_order_relaxed);
 }
 
-void gen_release(generation *g)
+void generation_release(generation *g)
 {
     if (g == NULL)
         return;
@@ -292,35 +292,35 @@ void gen_release(generation *g)
         retire(g);
 }
 
-gen_slot *gen_slot_new(void)
+generation_slot *generation_slot_new(void)
 {
-    gen_slot *s = xcalloc(1, sizeof *s);
+    generation_slot *s = xcalloc(1, sizeof *s);
     pthread_mutex_init(&s->lock, NULL);
     return s;
 }
 
-void gen_slot_free(gen_slot *s)
+void generation_slot_free(generation_slot *s)
 {
     if (s == NULL)
         return;
-    gen_slot_set(s, NULL);
+    generation_slot_set(s, NULL);
     pthread_mutex_destroy(&s->lock);
     free(s);
 }
 
-generation *gen_slot_get(gen_slot *s)
+generation *generation_slot_get(generation_slot *s)
 {
     if (s == NULL)
         s = &process_slot;
     pthread_mutex_lock(&s->lock);
     generation *g = s->current;
     if (g)
-        gen_retain(g);
+        generation_retain(g);
     pthread_mutex_unlock(&s->lock);
     return g;
 }
 
-void gen_slot_set(gen_slot *s, generation *g)
+void generation_slot_set(generation_slot *s, generation *g)
 {
     if (s == NULL)
         s = &process_slot;
@@ -328,10 +328,10 @@ void gen_slot_set(gen_slot *s, generation *g)
     generation *old = s->current;
     s->current = g;
     pthread_mutex_unlock(&s->lock);
-    gen_release(old);
+    generation_release(old);
 }
 
-void gen_slot_abandon(gen_slot *s)
+void generation_slot_abandon(generation_slot *s)
 {
     if (s == NULL)
         s = &process_slot;
@@ -341,27 +341,27 @@ void gen_slot_abandon(gen_slot *s)
     pthread_mutex_unlock(&s->lock);
     if (g)
         atomic_store(&g->quiet, 1);
-    gen_release(g);
+    generation_release(g);
 }
 
-generation *gen_current(void)
+generation *generation_current(void)
 {
-    return gen_slot_get(&process_slot);
+    return generation_slot_get(&process_slot);
 }
 
-void gen_abandon_current(void)
+void generation_abandon_current(void)
 {
-    gen_slot_abandon(&process_slot);
+    generation_slot_abandon(&process_slot);
 }
 
-void gen_current_name(char *buf, size_t cap)
+void generation_current_name(char *buf, size_t cap)
 {
     pthread_mutex_lock(&process_slot.lock);
     snprintf(buf, cap, "%s", process_slot.current ? process_slot.current->plugin->name : "?");
     pthread_mutex_unlock(&process_slot.lock);
 }
 
-struct bgs_app *gen_app_enter(const void *h, int *why)
+struct bgs_app *generation_app_enter(const void *h, int *why)
 {
     pthread_rwlock_rdlock(&app_lock);
     struct bgs_app *app = handle_get(HANDLE_APP, h, why);
@@ -370,19 +370,19 @@ struct bgs_app *gen_app_enter(const void *h, int *why)
     return app;
 }
 
-void gen_app_leave(void)
+void generation_app_leave(void)
 {
     pthread_rwlock_unlock(&app_lock);
 }
 
-void gen_set_current(generation *g)
+void generation_set_current(generation *g)
 {
-    gen_slot_set(&process_slot, g);
+    generation_slot_set(&process_slot, g);
 }
 
 /* ---- hand-over ---------------------------------------------------------------- */
 
-void gen_handover_set(bgs_app *app, void *state)
+void generation_handover_set(bgs_app *app, void *state)
 {
     pthread_mutex_lock(&handover_lock);
     app->handover = state;
@@ -390,7 +390,7 @@ void gen_handover_set(bgs_app *app, void *state)
     pthread_mutex_unlock(&handover_lock);
 }
 
-void *gen_handover_get(bgs_app *app)
+void *generation_handover_get(bgs_app *app)
 {
     void *state = NULL;
     pthread_mutex_lock(&handover_lock);
@@ -403,7 +403,7 @@ void *gen_handover_get(bgs_app *app)
     return state;
 }
 
-int gen_handover_taken(bgs_app *app)
+int generation_handover_taken(bgs_app *app)
 {
     pthread_mutex_lock(&handover_lock);
     int taken = app->handover_taken;
@@ -451,17 +451,17 @@ static void note_failure(const char *err)
     pthread_mutex_unlock(&stats_lock);
 }
 
-void gen_note_build_failure(const char *why)
+void generation_note_build_failure(const char *why)
 {
     note_failure(why); /* the dashboard hears of it from reload.c, with the output */
 }
 
-int gen_reload(const char *path, unsigned max_generations)
+int generation_reload(const char *path, unsigned max_generations)
 {
     char err[2048];
     pthread_mutex_lock(&reload_lock);
     wait_for_room(max_generations ? max_generations : 1);
-    generation *old = gen_current();
+    generation *old = generation_current();
     uint64_t old_number = old ? old->number : 0;
     generation *g = NULL;
     if (create(path, next_number, 0, old, deps.tasks, &g, err, sizeof err) != 0) {
@@ -471,7 +471,7 @@ int gen_reload(const char *path, unsigned max_generations)
         fprintf(stderr, "%s\n", err);
         log_msg(BGS_LOG_ERROR, "reload failed: keeping generation %llu",
                 (unsigned long long)old_number);
-        gen_release(old);
+        generation_release(old);
         pthread_mutex_unlock(&reload_lock);
         return -1;
     }
@@ -489,26 +489,26 @@ int gen_reload(const char *path, unsigned max_generations)
     last_error = NULL;
     pthread_mutex_unlock(&stats_lock);
     events_reload("reload", g->number, 1, g->load_us, NULL);
-    gen_retain(g); /* ours, for the log line below */
-    gen_set_current(g);
-    gen_activate(g);
+    generation_retain(g); /* ours, for the log line below */
+    generation_set_current(g);
+    generation_activate(g);
     long held = old ? atomic_load(&old->refs) - 1 : 0;
     log_msg(BGS_LOG_INFO, "reload: generation %llu serving (%zu routes, %zu tasks), loaded in "
             "%.1f ms; generation %llu retiring (%ld references)",
             (unsigned long long)g->number, g->plugin->nroutes, g->plugin->ntasks,
             (double)g->load_us / 1000.0, (unsigned long long)old_number, held);
-    gen_release(g);
-    gen_release(old);
+    generation_release(g);
+    generation_release(old);
     pthread_mutex_unlock(&reload_lock);
     return 0;
 }
 
-void gen_stats_json(json *j)
+void generation_stats_json(json *j)
 {
-    generation *g = gen_current();
+    generation *g = generation_current();
     json_key(j, "generation");
     json_u64(j, g ? g->number : 0);
-    gen_release(g);
+    generation_release(g);
     pthread_mutex_lock(&stats_lock);
     json_key(j, "reloads");
     json_u64(j, reloads);

@@ -38,14 +38,14 @@ struct bgs_app {
 
 /* A periodic run registered by the start hook or the task table, held
  * until the generation is activated (made current). */
-typedef struct gen_periodic {
-    struct gen_periodic *next;
+typedef struct generation_periodic {
+    struct generation_periodic *next;
     const plugin_task *def;    /* in the generation's plugin */
     uint32_t interval_ms;
     void *payload;
     size_t len;
     uint32_t flags;
-} gen_periodic;
+} generation_periodic;
 
 struct generation {
     atomic_long refs;
@@ -54,12 +54,12 @@ struct generation {
     struct bgs_app app;
     services *services;
     int started;           /* the start hook succeeded: stop hook runs */
-    gen_periodic *periodic; /* registered at start, scheduled at activation */
-    tasks_owner owner;     /* what the generation's tasks hold (gen_retain) */
-    tasks_engine *tasks;          /* the engine its tasks go to (gen_deps); NULL
+    generation_periodic *periodic; /* registered at start, scheduled at activation */
+    tasks_owner owner;     /* what the generation's tasks hold (generation_retain) */
+    tasks_engine *tasks;          /* the engine its tasks go to (generation_deps); NULL
                             * in check-only tools */
     uint64_t load_us;      /* how long loading and starting took */
-    atomic_int quiet;      /* gen_abandon_current: retire without a line */
+    atomic_int quiet;      /* generation_abandon_current: retire without a line */
     uint64_t loaded_wall_us; /* when it finished loading (wall clock) */
 };
 
@@ -71,14 +71,14 @@ struct generation {
  * so the engine never sees this header.  tasks may be NULL in tools that
  * only load with GEN_CHECK_ONLY and never activate a generation.
  */
-typedef struct gen_deps {
+typedef struct generation_deps {
     const bgs_host_api *host_api;
     tasks_engine *tasks;
-} gen_deps;
+} generation_deps;
 
-/* Set once, before the first gen_create and before any other thread
+/* Set once, before the first generation_create and before any other thread
  * starts (main, routes_cmd); copied. */
-void gen_setup(const gen_deps *deps);
+void generation_setup(const generation_deps *deps);
 
 /*
  * Load path as generation number `number`: load and validate the plugin,
@@ -88,45 +88,45 @@ void gen_setup(const gen_deps *deps);
  */
 #define GEN_CHECK_ONLY 0x1u /* --check: run the hooks, schedule nothing */
 
-int gen_create(const char *path, uint64_t number, unsigned flags,
+int generation_create(const char *path, uint64_t number, unsigned flags,
                generation **out, char *err, size_t errlen);
-/* gen_create for another task engine than gen_setup's (the testing
+/* generation_create for another task engine than generation_setup's (the testing
  * library: one engine per instance).  engine may be NULL only with
  * GEN_CHECK_ONLY.  Says nothing to the dashboard's events. */
-int gen_create_for(tasks_engine *engine, const char *path, uint64_t number, unsigned flags,
+int generation_create_for(tasks_engine *engine, const char *path, uint64_t number, unsigned flags,
                    generation **out, char *err, size_t errlen);
 
-void gen_retain(generation *g);
+void generation_retain(generation *g);
 /* Drop a reference; the last one retires the generation. */
-void gen_release(generation *g);
+void generation_release(generation *g);
 
 /* Schedule g's periodic tasks: call when g becomes current. */
-void gen_activate(generation *g);
+void generation_activate(generation *g);
 
 /* Register a periodic run during the start hook (hostapi).  BGS_ENOTASK,
  * BGS_EINVAL. */
-int gen_add_periodic(generation *g, const char *task, uint32_t interval_ms,
+int generation_add_periodic(generation *g, const char *task, uint32_t interval_ms,
                      const void *payload, size_t len, uint32_t flags);
 
 /*
  * The app behind plugin handle h (bgs_app *), for a host function: on
- * success the app-handle lock is held for reading until gen_app_leave, so
- * its generation cannot retire meanwhile (never call gen_release, or
+ * success the app-handle lock is held for reading until generation_app_leave, so
+ * its generation cannot retire meanwhile (never call generation_release, or
  * anything that may, in between).  NULL, with the HANDLE_* reason in
  * *why and no lock held, for a handle that is NULL, of another kind or
  * whose generation has retired.
  */
-struct bgs_app *gen_app_enter(const void *h, int *why);
-void gen_app_leave(void);
+struct bgs_app *generation_app_enter(const void *h, int *why);
+void generation_app_leave(void);
 
 /* The current generation's plugin name ("?" when none), copied into buf;
  * takes no reference. */
-void gen_current_name(char *buf, size_t cap);
+void generation_current_name(char *buf, size_t cap);
 
 /* Hand-over between generations (hostapi). */
-void gen_handover_set(bgs_app *app, void *state);
-void *gen_handover_get(bgs_app *app);
-int gen_handover_taken(bgs_app *app);
+void generation_handover_set(bgs_app *app, void *state);
+void *generation_handover_get(bgs_app *app);
+int generation_handover_taken(bgs_app *app);
 
 /*
  * Reload: load path as the next generation, swap it in, retire the old
@@ -135,46 +135,46 @@ int gen_handover_taken(bgs_app *app);
  * failure the current generation keeps serving and the reason is printed
  * in the same words as at startup.  Returns 0 or -1.  One reload at a time.
  */
-int gen_reload(const char *path, unsigned max_generations);
+int generation_reload(const char *path, unsigned max_generations);
 
 /* A build run for a reload failed: counted in reload_failures, and why
  * (e.g. the compiler's first error line) becomes last_reload_error. */
-void gen_note_build_failure(const char *why);
+void generation_note_build_failure(const char *why);
 
 /* Write "generation", "reloads", "reload_failures", "last_reload_error". */
 struct json;
-void gen_stats_json(struct json *j);
+void generation_stats_json(struct json *j);
 
 /*
  * Where "the current generation" lives.  The process has one (NULL below
- * means it: gen_current, gen_set_current, reloads and the dashboard use
+ * means it: generation_current, generation_set_current, reloads and the dashboard use
  * it); the testing library makes one per instance, so requests
  * dispatched for that instance (dispatch_env.slot) are served by its own
  * plugin.  A slot holds one reference to its generation.
  */
-typedef struct gen_slot gen_slot;
-/* A new empty slot; gen_slot_free drops its generation (the stop hook
+typedef struct generation_slot generation_slot;
+/* A new empty slot; generation_slot_free drops its generation (the stop hook
  * runs when that was the last reference).  Never NULL. */
-gen_slot *gen_slot_new(void);
-void gen_slot_free(gen_slot *s);
+generation_slot *generation_slot_new(void);
+void generation_slot_free(generation_slot *s);
 /* The slot's generation with a reference the caller must release, or
  * NULL.  Any thread. */
-generation *gen_slot_get(gen_slot *s);
+generation *generation_slot_get(generation_slot *s);
 /* Make g the slot's (takes over the caller's reference); the previous one
  * loses the reference the slot held.  Any thread. */
-void gen_slot_set(gen_slot *s, generation *g);
-/* gen_slot_set(s, NULL), its retirement printing no "retired" line. */
-void gen_slot_abandon(gen_slot *s);
+void generation_slot_set(generation_slot *s, generation *g);
+/* generation_slot_set(s, NULL), its retirement printing no "retired" line. */
+void generation_slot_abandon(generation_slot *s);
 
 /* The current generation, with a reference the caller must release. */
-generation *gen_current(void);
+generation *generation_current(void);
 /* Make g current (takes over the caller's reference); the previous one
  * loses the reference the "current" slot held. */
-void gen_set_current(generation *g);
+void generation_set_current(generation *g);
 
 /* Start-up failed after the start hook (the server never served): drop
- * the current generation like gen_set_current(NULL), but its retirement
+ * the current generation like generation_set_current(NULL), but its retirement
  * (stop hook, unload) prints no "generation N retired". */
-void gen_abandon_current(void);
+void generation_abandon_current(void);
 
 #endif

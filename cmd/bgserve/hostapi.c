@@ -408,13 +408,13 @@ static int host_res_await(bgs_res *h, const char *name, const void *payload,
  * gets BGS_EINVAL for NULL, BGS_ESTATE for a retired generation's or a
  * wrong handle).  A macro, so the call site is the plugin's. */
 #define APP_ENTER(h, fn, ret, code) app_enter((h), MISUSE_SITE, (fn), (ret), (code))
-#define APP_LEAVE() gen_app_leave()
+#define APP_LEAVE() generation_app_leave()
 
 static struct bgs_app *app_enter(bgs_app *h, const void *site, const char *fn,
                                  const char *ret, int *code)
 {
     int why;
-    struct bgs_app *app = gen_app_enter(h, &why);
+    struct bgs_app *app = generation_app_enter(h, &why);
     if (app == NULL) {
         int rc = misuse_bad_handle(HANDLE_APP, why, site, fn, ret);
         if (code)
@@ -500,7 +500,7 @@ static int host_app_periodic(bgs_app *h, const char *task, uint32_t interval_ms,
     if (task == NULL || interval_ms == 0 || (payload == NULL && len > 0) || !starting)
         rc = 0; /* reported below, without the lock */
     else
-        rc = gen_add_periodic(app->gen, task, interval_ms, payload, len, flags);
+        rc = generation_add_periodic(app->gen, task, interval_ms, payload, len, flags);
     APP_LEAVE();
     if (task == NULL)
         return misuse(MISUSE_SITE, BGS_EINVAL, NULL, "bgs_app_periodic(NULL): NULL task name");
@@ -549,7 +549,7 @@ static void host_app_handover_set(bgs_app *h, void *state)
     struct bgs_app *app = APP_ENTER(h, "bgs_app_handover_set", "nothing", NULL);
     if (app == NULL)
         return;
-    gen_handover_set(app, state);
+    generation_handover_set(app, state);
     APP_LEAVE();
 }
 
@@ -558,7 +558,7 @@ static void *host_app_handover_get(bgs_app *h)
     struct bgs_app *app = APP_ENTER(h, "bgs_app_handover_get", "NULL", NULL);
     if (app == NULL)
         return NULL;
-    void *state = app->starting ? gen_handover_get(app) : NULL;
+    void *state = app->starting ? generation_handover_get(app) : NULL;
     APP_LEAVE();
     return state;
 }
@@ -568,7 +568,7 @@ static int host_app_handover_taken(bgs_app *h)
     struct bgs_app *app = APP_ENTER(h, "bgs_app_handover_taken", "0", NULL);
     if (app == NULL)
         return 0;
-    int taken = gen_handover_taken(app);
+    int taken = generation_handover_taken(app);
     APP_LEAVE();
     return taken;
 }

@@ -3,7 +3,7 @@
  * request and response it works on are request.h's (request.c).
  *
  * Only the rooms that wire the server together (main, routes_cmd) take the
- * table and give it to the generation room (gen_setup): generation.c does
+ * table and give it to the generation room (generation_setup): generation.c does
  * not include this header, since hostapi.c reaches into generations.
  */
 #ifndef BGSERVE_HOSTAPI_H

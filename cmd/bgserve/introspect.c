@@ -63,7 +63,7 @@ void introspect_stats_json(json *j, const introspect_counters *c)
     tasks_stats_json(c->tasks, j);
     json_key(j, "deferred");
     deferred_stats_json(j);
-    gen_stats_json(j);
+    generation_stats_json(j);
     json_key(j, "requests");
     json_u64(j, c->requests);
     json_key(j, "errors");

@@ -52,14 +52,14 @@ static int run_check(const cli_config *cfg)
 {
     char err[2048];
     generation *g = NULL;
-    if (gen_create(cfg->plugin_path, 1, GEN_CHECK_ONLY, &g, err, sizeof err) != 0) {
+    if (generation_create(cfg->plugin_path, 1, GEN_CHECK_ONLY, &g, err, sizeof err) != 0) {
         fprintf(stderr, "%s\n", err);
         return 1;
     }
     routes_cmd_print_tables(g->plugin, stdout);
     printf("ok: %s can be served by bgserve %s\n", cfg->plugin_path, BGSERVE_VERSION);
     fflush(stdout);
-    gen_release(g);
+    generation_release(g);
     return 0;
 }
 
@@ -89,16 +89,16 @@ static int resolve_task(void *arg, const char *name, const plugin_task **def,
                         const tasks_owner **owner)
 {
     (void)arg;
-    generation *g = gen_current();
+    generation *g = generation_current();
     if (g == NULL)
         return -2; /* not loaded yet: the job waits */
     const plugin_task *d = plugin_find_task(g->plugin, name);
     if (d == NULL) {
-        gen_release(g);
+        generation_release(g);
         return -1;
     }
     *def = d;
-    *owner = &g->owner; /* carries the reference gen_current took */
+    *owner = &g->owner; /* carries the reference generation_current took */
     return 0;
 }
 
@@ -222,7 +222,7 @@ static int start_tasks(serving *s)
                 "worker processes; ad hoc tasks run here", broker_url_shown(s->bk),
                 broker_prefix(s->bk));
     crash_set_gauges(tasks_gauges, s->engine);
-    gen_setup(&(gen_deps){.host_api = hostapi_table(), .tasks = s->engine});
+    generation_setup(&(generation_deps){.host_api = hostapi_table(), .tasks = s->engine});
     return 0;
 }
 
@@ -281,7 +281,7 @@ static int start_plugin(serving *s)
         log_msg(BGS_LOG_WARN, "serving the crash page until a new build of %s loads", path);
         return 0;
     }
-    if (gen_create(path, 1, 0, &s->g, s->err, sizeof s->err) != 0) {
+    if (generation_create(path, 1, 0, &s->g, s->err, sizeof s->err) != 0) {
         fprintf(stderr, "%s\n", s->err);
         return -1;
     }
@@ -289,17 +289,17 @@ static int start_plugin(serving *s)
     log_msg(BGS_LOG_INFO, "serving plugin %s %s from %s: %zu routes, %zu tasks (ABI %u.%u)",
             p->name[0] ? p->name : "(unnamed)", p->version[0] ? p->version : "-", path,
             p->nroutes, p->ntasks, p->abi_major, p->abi_minor);
-    gen_set_current(s->g);
-    gen_activate(s->g);
+    generation_set_current(s->g);
+    generation_activate(s->g);
     return 0;
 }
 
 static void stop_plugin(serving *s)
 {
     if (s->served)
-        gen_set_current(NULL);
+        generation_set_current(NULL);
     else
-        gen_abandon_current(); /* it never served: no "retired" line */
+        generation_abandon_current(); /* it never served: no "retired" line */
 }
 
 /* Stopping lets the tasks drain (up to drain_ms) before the generation
@@ -465,7 +465,7 @@ int main(int argc, char **argv)
     log_init(&lc);
     signal(SIGPIPE, SIG_IGN);
     if (cfg.check) {
-        gen_setup(&(gen_deps){.host_api = hostapi_table()}); /* never activated */
+        generation_setup(&(generation_deps){.host_api = hostapi_table()}); /* never activated */
         crash_install(-1);
         return run_check(&cfg);
     }

@@ -93,7 +93,7 @@ static void running(char *buf, size_t cap, char *plugin_name, size_t pcap)
         /* One plugin per server: its name.  No reference is taken, so a
          * misuse reported under a room's lock never retires a generation
          * (and runs its stop hook) there. */
-        gen_current_name(plugin_name, pcap);
+        generation_current_name(plugin_name, pcap);
     } else {
         snprintf(plugin_name, pcap, "%s", p);
     }

@@ -275,9 +275,9 @@ static int run_build(void)
         log_msg(BGS_LOG_INFO, "build succeeded in %.2f s", secs);
         return 0;
     }
-    generation *g = gen_current();
+    generation *g = generation_current();
     unsigned long long keep = g ? (unsigned long long)g->number : 0;
-    gen_release(g);
+    generation_release(g);
     char why[700];
     if (WIFEXITED(status))
         snprintf(why, sizeof why, "build failed (exit %d): %s", WEXITSTATUS(status),
@@ -285,7 +285,7 @@ static int run_build(void)
     else
         snprintf(why, sizeof why, "build failed (killed by signal %d): %s", WTERMSIG(status),
                  first[0] ? first : "(no output)");
-    gen_note_build_failure(why);
+    generation_note_build_failure(why);
     /* The dashboard shows the line, then the compiler's output. */
     size_t wl = strlen(why), ol = strlen(output);
     char *full = xmalloc(wl + 2 + ol + 1);
@@ -326,7 +326,7 @@ static void try_reload(void)
                 cfg.plugin_path, why);
         return;
     }
-    gen_reload(cfg.plugin_path, cfg.max_generations);
+    generation_reload(cfg.plugin_path, cfg.max_generations);
 }
 
 static void *reload_main(void *arg)
@@ -361,7 +361,7 @@ static void *reload_main(void *arg)
             if (read(wake_fd, &v, sizeof v) == (ssize_t)sizeof v) {
                 if (v >= WAKE_STOP)
                     break;
-                gen_reload(cfg.plugin_path, cfg.max_generations);
+                generation_reload(cfg.plugin_path, cfg.max_generations);
                 plugin_due = 0;
             }
         }

@@ -3,7 +3,7 @@
  * [-d DATA | -d @FILE] [--json] [--timeout S]`: a test client without a
  * server.
  *
- * The plugin is loaded as the server loads it (gen_create: the same
+ * The plugin is loaded as the server loads it (generation_create: the same
  * checks, refusals and start hook; its periodic tasks are not scheduled),
  * the task workers and the deferred-answer thread are started as in the
  * server, and the request goes through dispatch.c (bgserve's endpoints,
@@ -650,10 +650,10 @@ int request_cmd_main(int argc, char **argv, FILE *out, FILE *err)
         return REQUEST_EXIT_REFUSED;
     }
     crash_set_gauges(tasks_gauges, engine);
-    gen_setup(&(gen_deps){.host_api = hostapi_table(), .tasks = engine});
+    generation_setup(&(generation_deps){.host_api = hostapi_table(), .tasks = engine});
     char msg[2048];
     generation *g = NULL;
-    if (gen_create(a.plugin, 1, 0, &g, msg, sizeof msg) != 0) {
+    if (generation_create(a.plugin, 1, 0, &g, msg, sizeof msg) != 0) {
         fprintf(err, "%s\n", msg);
         tasks_shutdown(engine, 0);
         deferred_stop();
@@ -661,7 +661,7 @@ int request_cmd_main(int argc, char **argv, FILE *out, FILE *err)
         args_free(&a);
         return REQUEST_EXIT_REFUSED;
     }
-    gen_set_current(g); /* periodic tasks are not scheduled (no gen_activate) */
+    generation_set_current(g); /* periodic tasks are not scheduled (no generation_activate) */
 
     /* One request, as http.c would carry it. */
     const dispatch_env env = {.introspection = 1, .plugin_path = a.plugin, .tasks = engine};
@@ -735,7 +735,7 @@ int request_cmd_main(int argc, char **argv, FILE *out, FILE *err)
     free(ts);
     tasks_shutdown(engine, 0);
     deferred_stop();
-    gen_abandon_current(); /* the stop hook runs; no "retired" line */
+    generation_abandon_current(); /* the stop hook runs; no "retired" line */
     tasks_free(engine);
     for (size_t i = 0; i < run.nlines; i++)
         free(run.lines[i].text);

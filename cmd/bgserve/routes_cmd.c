@@ -428,8 +428,8 @@ int routes_cmd_main(int argc, char **argv, FILE *out, FILE *err)
 
     char msg[2048];
     generation *g = NULL;
-    gen_setup(&(gen_deps){.host_api = hostapi_table()}); /* check-only: never activated */
-    if (gen_create(path, 1, GEN_CHECK_ONLY, &g, msg, sizeof msg) != 0) {
+    generation_setup(&(generation_deps){.host_api = hostapi_table()}); /* check-only: never activated */
+    if (generation_create(path, 1, GEN_CHECK_ONLY, &g, msg, sizeof msg) != 0) {
         fprintf(err, "%s\n", msg);
         return 1;
     }
@@ -438,6 +438,6 @@ int routes_cmd_main(int argc, char **argv, FILE *out, FILE *err)
     else
         routes_cmd_print_tables(g->plugin, out);
     fflush(out);
-    gen_release(g);
+    generation_release(g);
     return 0;
 }
