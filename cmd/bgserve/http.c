@@ -911,10 +911,20 @@ void http_quiesce(void)
 {
     /* From here on every response says Connection: close (must_close). */
     atomic_store(&draining, 1);
-    dashboard_end_streams(); /* event streams end: their connections close */
-    if (daemon_ == NULL || quiesced)
+    if (daemon_ == NULL || quiesced) {
+        dashboard_end_streams();
         return;
+    }
     quiesced = 1;
+    /* Nothing here may wake a libmicrohttpd thread before the quiesce
+     * returns.  libmicrohttpd 0.9.75 has a race in MHD_quiesce_daemon on
+     * an epoll thread pool: a worker that runs its loop at that moment
+     * may take the listening socket out of its epoll set first, and the
+     * quiesce then aborts the process ("Failed to remove listen FD from
+     * epoll set").  Ending the event streams resumes their connections,
+     * which wakes workers, so it comes after.  The race stays possible
+     * while a worker is busy anyway; only accepting connections ourselves
+     * (MHD_USE_NO_LISTEN_SOCKET with MHD_add_connection) would remove it. */
     MHD_socket fd = MHD_quiesce_daemon(daemon_);
     /* Refuse new clients at once (shutting a listening socket down resets
      * the connections waiting in its backlog: never read, safe to retry),
@@ -924,6 +934,7 @@ void http_quiesce(void)
     if (fd != MHD_INVALID_SOCKET)
         shutdown(fd, SHUT_RDWR);
     listen_fd = fd == MHD_INVALID_SOCKET ? -1 : (int)fd;
+    dashboard_end_streams(); /* event streams end: their connections close */
     /* Connections waiting for a request close now; busy ones when their
      * request is answered (conn_waiting). */
     pthread_mutex_lock(&conns_mu);
