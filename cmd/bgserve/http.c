@@ -165,7 +165,7 @@ static _Thread_local int accept_overflow;
  * OVERFLOW_MIN + a sixteenth of the limit. */
 #define OVERFLOW_MIN 16u
 /* Files the process needs besides its connections: the listening socket,
- * an epoll set and a wake-up fd per HTTP thread (counted apart), stdio,
+ * a wake-up fd per HTTP thread (counted apart), stdio,
  * inotify, the plugin's own files. */
 #define FD_SPARE 64u
 /* A connection past the limit waits at most this long for its request. */
@@ -878,7 +878,14 @@ int http_start(const http_config *cfg, char *err, size_t errlen)
                  "  fix: the system is out of threads or memory; or run with --no-introspection");
         return -1;
     }
-    unsigned flags = MHD_USE_EPOLL_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
+    /* poll(2), not epoll: in a thread pool, libmicrohttpd 0.9.75's
+     * MHD_quiesce_daemon removes the listening socket from each worker's
+     * epoll set while that worker may be removing it itself (it does once
+     * it sees was_quiesced); whichever loses gets ENOENT and calls
+     * MHD_PANIC, so a SIGTERM under load could abort the server before it
+     * said "stopping".  With poll a quiesced worker just leaves the socket
+     * out of its next poll set (and its accept returns at once). */
+    unsigned flags = MHD_USE_POLL_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
     /* The logger first: libmicrohttpd reports options given before it on
      * stderr as "MHD_OPTION_EXTERNAL_LOGGER is not the first option". */
     daemon_ = MHD_start_daemon(
@@ -929,8 +936,8 @@ void http_quiesce(void)
     /* Refuse new clients at once (shutting a listening socket down resets
      * the connections waiting in its backlog: never read, safe to retry),
      * but close it only in http_stop, after MHD_stop_daemon:
-     * libmicrohttpd's pool threads may still be taking it out of their
-     * epoll sets (ThreadSanitizer saw the race). */
+     * libmicrohttpd's pool threads may still be polling it (ThreadSanitizer
+     * saw the race). */
     if (fd != MHD_INVALID_SOCKET)
         shutdown(fd, SHUT_RDWR);
     listen_fd = fd == MHD_INVALID_SOCKET ? -1 : (int)fd;
