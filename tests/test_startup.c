@@ -203,8 +203,8 @@ static void shutdown_abandoned_task_exits_3_and_removes_the_copy(void **state)
     h_rm_rf(runtime);
 }
 
-/* libmicrohttpd refuses to start after the start hook ran (here: 200
- * HTTP threads need 400 descriptors, the hard limit is 256): the error,
+/* libmicrohttpd refuses to start after the start hook ran (here: 300
+ * HTTP threads need a wake-up fd each, the hard limit is 256): the error,
  * and nothing about serving, draining or retiring. */
 static void startup_http_failure_after_start_hook_says_only_that(void **state)
 {
@@ -213,7 +213,7 @@ static void startup_http_failure_after_start_hook_says_only_that(void **state)
     snprintf(cmd, sizeof cmd, "ulimit -n 256 && exec \"$0\" \"$@\"");
     for (int single = 0; single < 2; single++) {
         const char *argv[] = {"/bin/sh", "-c", cmd, h_build_path("bgserve"), "--port", "0",
-                              "--threads", "200", h_fixture("misuse_app"), NULL, NULL};
+                              "--threads", "300", h_fixture("misuse_app"), NULL, NULL};
         if (single) {
             argv[8] = "--single-process";
             argv[9] = h_fixture("misuse_app");
@@ -240,7 +240,7 @@ static void startup_failed_step_stops_the_earlier_ones_in_reverse(void **state)
     };
     const char *argv[] = {"/bin/sh", "-c", "ulimit -n 256 && BGSERVE_DEBUG=1 exec \"$0\" \"$@\"",
                           h_build_path("bgserve"), "--single-process", "--port", "0",
-                          "--threads", "200", h_fixture("misuse_app"), NULL};
+                          "--threads", "300", h_fixture("misuse_app"), NULL};
     char *out = NULL;
     assert_int_equal(h_run(argv, &out), 1);
     h_assert_contains(out, "starting: http");
