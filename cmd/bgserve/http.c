@@ -923,15 +923,10 @@ void http_quiesce(void)
         return;
     }
     quiesced = 1;
-    /* Nothing here may wake a libmicrohttpd thread before the quiesce
-     * returns.  libmicrohttpd 0.9.75 has a race in MHD_quiesce_daemon on
-     * an epoll thread pool: a worker that runs its loop at that moment
-     * may take the listening socket out of its epoll set first, and the
-     * quiesce then aborts the process ("Failed to remove listen FD from
-     * epoll set").  Ending the event streams resumes their connections,
-     * which wakes workers, so it comes after.  The race stays possible
-     * while a worker is busy anyway; only accepting connections ourselves
-     * (MHD_USE_NO_LISTEN_SOCKET with MHD_add_connection) would remove it. */
+    /* The quiesce comes before anything that wakes a libmicrohttpd thread
+     * (ending the event streams resumes their connections).  With poll
+     * (http_start) the quiesce has no race with the workers; on an epoll
+     * pool it had one that aborted the process. */
     MHD_socket fd = MHD_quiesce_daemon(daemon_);
     /* Refuse new clients at once (shutting a listening socket down resets
      * the connections waiting in its backlog: never read, safe to retry),
