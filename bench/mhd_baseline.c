@@ -5,8 +5,9 @@
  *
  *   mhd_baseline [PORT [THREADS]]     PORT 0 (default) picks a free one
  *
- * Like bgserve it binds its own socket, uses MHD_USE_EPOLL_INTERNAL_THREAD
- * | MHD_ALLOW_SUSPEND_RESUME with a thread pool of one thread per core,
+ * Like bgserve it binds its own socket, uses MHD_USE_POLL_INTERNAL_THREAD
+ * | MHD_ALLOW_SUSPEND_RESUME (poll(2), as bgserve since it left epoll;
+ * cmd/bgserve/http.c says why) with a thread pool of one thread per core,
  * the same connection timeout and limit, and prints
  * "bgserve: listening on http://HOST:PORT" once bound so bench/run reads
  * both servers' ports the same way.  It stops on SIGINT or SIGTERM.
@@ -100,7 +101,7 @@ int main(int argc, char **argv)
         perror("mhd_baseline: listen");
         goto out;
     }
-    d = MHD_start_daemon(MHD_USE_EPOLL_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME, 0,
+    d = MHD_start_daemon(MHD_USE_POLL_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME, 0,
                          NULL, NULL, on_request, NULL,
                          MHD_OPTION_LISTEN_SOCKET, (MHD_socket)fd,
                          MHD_OPTION_THREAD_POOL_SIZE, threads > 1 ? threads : 0u,
