@@ -391,17 +391,15 @@ API int bgst_do(bgst_client *c, const bgst_request *rq, bgst_response **out)
     struct bgs_res res;
     char rid[48];
     snprintf(rid, sizeof rid, "bgst%u-%llu", c->serial, (unsigned long long)++c->requests);
-    request_init(&req, &res, rq->target);
-    request_set_origin(&req, &(request_origin){.method = method, .header_fn = header_fn,
-                                       .header_ctx = &h, .resume_fn = resumed,
-                                       .resume_ctx = w, .remote = "127.0.0.1"});
-    request_set_id(&req, rid);
-    if (rq->body && rq->body_len)
-        request_body_append(&req, rq->body, rq->body_len);
-    int how = dispatch_request(&env, &req, &res);
-    if (how == DISPATCH_STREAM) /* the dashboard's event stream needs a socket */
-        response_set_text(&res, 501, "the testing library does not stream /_bgserve/events; "
-                     "use a running server\n");
+    int how = dispatch_local_request(
+        &env,
+        &(dispatch_local){.target = rq->target, .id = rid, .body = rq->body,
+                          .body_len = rq->body ? rq->body_len : 0,
+                          .carrier = "the testing library",
+                          .origin = {.method = method, .header_fn = header_fn, .header_ctx = &h,
+                                     .resume_fn = resumed, .resume_ctx = w,
+                                     .remote = "127.0.0.1"}},
+        &req, &res);
     while (how == DISPATCH_SUSPEND) {
         dispatch_arm(&res);
         pthread_mutex_lock(&w->mu);

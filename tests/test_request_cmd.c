@@ -150,7 +150,7 @@ static void request_cmd_error_status_exits_3(void **state)
     const char *args4[] = {app(), "GET", "/_bgserve/events", NULL};
     assert_int_equal(request(&out, args4), 3);
     h_assert_contains(out, "HTTP/1.1 501 Not Implemented\n");
-    h_assert_contains(out, "does not stream /_bgserve/events");
+    h_assert_contains(out, "bgserve request does not stream /_bgserve/events; use a running server");
     free(out);
 }
 

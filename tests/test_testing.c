@@ -108,6 +108,12 @@ static void testing_request_reads_status_headers_body(void **state)
     assert_int_equal(bgst_status(r), 200);
     h_assert_contains(bgst_body(r, NULL), "\"tasks\"");
     bgst_response_free(r);
+    /* ... but the event stream, which needs a socket, is a 501 saying so. */
+    r = get(c, "/_bgserve/events");
+    assert_int_equal(bgst_status(r), 501);
+    h_assert_contains(bgst_body(r, NULL),
+                      "the testing library does not stream /_bgserve/events; use a running server");
+    bgst_response_free(r);
     bgst_close(c);
 }
 

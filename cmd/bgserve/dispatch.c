@@ -286,6 +286,24 @@ int dispatch_request(const dispatch_env *env, struct bgs_req *req, struct bgs_re
     return run_route(env, req, res);
 }
 
+int dispatch_local_request(const dispatch_env *env, const dispatch_local *lr,
+                           struct bgs_req *req, struct bgs_res *res)
+{
+    request_init(req, res, lr->target);
+    request_set_origin(req, &lr->origin);
+    request_set_id(req, lr->id);
+    if (lr->body_len)
+        request_body_append(req, lr->body, lr->body_len);
+    int how = dispatch_request(env, req, res);
+    if (how != DISPATCH_STREAM)
+        return how;
+    char text[256];
+    snprintf(text, sizeof text, "%s does not stream " URLS_PREFIX "/events; use a running server\n",
+             lr->carrier);
+    response_set_text(res, 501, text);
+    return DISPATCH_ANSWERED;
+}
+
 void dispatch_arm(struct bgs_res *res)
 {
     /* Armed only once the carrier suspended, so a completion racing with

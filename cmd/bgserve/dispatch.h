@@ -26,6 +26,8 @@
  *     request_free(&req);
  *     response_free(&res);
  *
+ * dispatch_local_request does the set-up and the first dispatch_request
+ * in one call for an in-process caller.
  * The generation serving the request is env->slot's at dispatch time;
  * the task engine (tasks_new, in env->tasks and the generation's) and
  * deferred_start must be running for tasks and deferred answers.  Headers the answer must carry besides
@@ -81,6 +83,26 @@ void dispatch_arm(struct bgs_res *res);
  * one, 504, 503 at shutdown, 500 when abandoned; a long-poll's record as
  * it is now).  DISPATCH_ANSWERED. */
 int dispatch_resumed(const dispatch_env *env, struct bgs_req *req, struct bgs_res *res);
+
+/* A request made in process, not read from a socket (bgserve request,
+ * the testing library).  Every pointer is the caller's and only read. */
+typedef struct dispatch_local {
+    const char *target;       /* path and query, percent-encoded (copied) */
+    request_origin origin;    /* method, headers, resume function, remote */
+    const char *id;           /* the request id (copied) */
+    const void *body;         /* body_len bytes (copied); NULL when none */
+    size_t body_len;
+    const char *carrier;      /* names the caller in the 501 an event stream
+                                 gets: "bgserve request" */
+} dispatch_local;
+
+/* Set up req and res for lr (request_init and the rest) and dispatch the
+ * request.  GET /_bgserve/events, which needs a socket, is answered with
+ * 501 naming lr->carrier.  DISPATCH_ANSWERED, or DISPATCH_SUSPEND: the
+ * caller waits as dispatch_arm / dispatch_resumed say.  Either way the
+ * caller ends it with dispatch_finish, request_free and response_free. */
+int dispatch_local_request(const dispatch_env *env, const dispatch_local *lr,
+                           struct bgs_req *req, struct bgs_res *res);
 
 /* The request is over: count it in its route's stats (answered: an
  * answer was sent; duration_us: from its start), hand its tasks to the

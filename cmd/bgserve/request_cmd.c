@@ -672,20 +672,17 @@ int request_cmd_main(int argc, char **argv, FILE *out, FILE *err)
     clock_gettime(CLOCK_REALTIME, &now);
     snprintf(rid, sizeof rid, "%08x00000001",
              (unsigned)(now.tv_nsec ^ (now.tv_sec << 8) ^ ((long)getpid() << 16)));
-    request_init(&req, &res, a.target);
-    request_set_origin(&req, &(request_origin){.method = a.method, .header_fn = find_header,
-                                       .header_ctx = &a, .resume_fn = resumed,
-                                       .remote = "127.0.0.1"});
-    request_set_id(&req, rid);
-    if (a.body)
-        request_body_append(&req, a.body, a.body_len);
     answer an = {0};
     int timed_out = 0;
     uint64_t t0 = util_now_us();
-    int how = dispatch_request(&env, &req, &res);
-    if (how == DISPATCH_STREAM) /* the dashboard's event stream needs a socket */
-        response_set_text(&res, 501, "bgserve request does not stream /_bgserve/events; "
-                     "use a running server\n");
+    int how = dispatch_local_request(
+        &env,
+        &(dispatch_local){.target = a.target, .id = rid, .body = a.body, .body_len = a.body_len,
+                          .carrier = "bgserve request",
+                          .origin = {.method = a.method, .header_fn = find_header,
+                                     .header_ctx = &a, .resume_fn = resumed,
+                                     .remote = "127.0.0.1"}},
+        &req, &res);
     if (how == DISPATCH_SUSPEND) {
         dispatch_arm(&res);
         pthread_mutex_lock(&run.mu);
