@@ -4,9 +4,9 @@
  * loopback, with the fixture broker_app: tasks run exactly once and the
  * workers share them; a worker killed mid-task has its task claimed and
  * finished by another with the attempt counted; retries end in the dead
- * letters with the last error; the server answers 503 (not a hang) for
- * named tasks while Redis is down and runs ad hoc tasks itself; refusals
- * of the command line.  The fixture's tasks write "WHAT PID ID ATTEMPT"
+ * letters with the last error, each retry through Redis, on any worker;
+ * the server answers 503 (not a hang) for named tasks while Redis is
+ * down and runs ad hoc tasks itself; refusals of the command line.  The fixture's tasks write "WHAT PID ID ATTEMPT"
  * lines to a file the test reads.
  */
 #include <stdarg.h>
@@ -507,6 +507,171 @@ static void broker_command_line_refusals(void **state)
     free(out);
 }
 
+/* ---- retries through Redis ------------------------------------------------ */
+
+#define DELAYED "bgserve:{broker_app}:delayed"
+
+/* The server's record of task id once it says state (the test fails
+ * past the deadline); free it. */
+static char *wait_record(rig *g, uint64_t id, const char *state)
+{
+    char path[64];
+    snprintf(path, sizeof path, "/_bgserve/tasks/%" PRIu64, id);
+    char *rec = h_wait_state(&g->server, path, state, DEADLINE_MS);
+    assert_non_null(rec);
+    return rec;
+}
+
+/* Field f of the record of task id in Redis ("" when none), into buf. */
+static const char *record_field(rig *g, uint64_t id, const char *f, char *buf, size_t cap)
+{
+    redisReply *r = h_redis_cmd(&g->redis, "HGET bgserve:{broker_app}:task:%" PRIu64 " %s",
+                                id, f);
+    snprintf(buf, cap, "%s", r->type == REDIS_REPLY_STRING ? r->str : "");
+    freeReplyObject(r);
+    return buf;
+}
+
+/* Until the record of id says "retrying" after attempt n failed, and its
+ * job waits in the delayed set (the only one there).  1, or 0 past the
+ * deadline. */
+static int wait_retrying(rig *g, uint64_t id, unsigned n)
+{
+    char want[32], st[32], err[64], att[16];
+    snprintf(want, sizeof want, "attempt %u fails", n);
+    uint64_t end = h_now_ms() + DEADLINE_MS;
+    do {
+        record_field(g, id, "state", st, sizeof st);
+        record_field(g, id, "error", err, sizeof err);
+        record_field(g, id, "attempts", att, sizeof att);
+        if (strcmp(st, "retrying") == 0 && strcmp(err, want) == 0 &&
+            strtoul(att, NULL, 10) == n && h_redis_int(&g->redis, "ZCARD " DELAYED) == 1)
+            return 1;
+        struct timespec ts = {0, 5 * 1000000L};
+        nanosleep(&ts, NULL); /* polling interval */
+    } while (h_now_ms() < end);
+    fprintf(stderr, "task %" PRIu64 ": state '%s', error '%s', attempts '%s'\n", id, st, err,
+            att);
+    return 0;
+}
+
+/* In how many ms (Redis's clock) the only job of the delayed set is due;
+ * with make_due, instead of waiting for it, make it due now. */
+static long long delayed_due_in_ms(rig *g)
+{
+    redisReply *z = h_redis_cmd(&g->redis, "ZRANGE " DELAYED " 0 -1 WITHSCORES");
+    assert_int_equal(z->type, REDIS_REPLY_ARRAY);
+    assert_int_equal(z->elements, 2);
+    long long due = strtoll(z->element[1]->str, NULL, 10);
+    freeReplyObject(z);
+    redisReply *t = h_redis_cmd(&g->redis, "TIME");
+    assert_int_equal(t->elements, 2);
+    long long now = strtoll(t->element[0]->str, NULL, 10) * 1000 +
+                    strtoll(t->element[1]->str, NULL, 10) / 1000;
+    freeReplyObject(t);
+    return due - now;
+}
+
+static void make_due(rig *g)
+{
+    redisReply *z = h_redis_cmd(&g->redis, "ZRANGE " DELAYED " 0 -1");
+    assert_int_equal(z->type, REDIS_REPLY_ARRAY);
+    assert_int_equal(z->elements, 1);
+    assert_int_equal(h_redis_int(&g->redis, "ZADD " DELAYED " XX CH 0 %b", z->element[0]->str,
+                                 (size_t)z->element[0]->len), 1);
+    freeReplyObject(z);
+}
+
+/* A failed attempt goes back to Redis (the delayed set, due after the
+ * task's backoff), not into the worker that ran it: that worker can stop
+ * at once with nothing of its own, and the next attempt runs on another
+ * worker with the right number. */
+static void broker_retry_runs_on_another_worker(void **state)
+{
+    (void)state;
+    rig g;
+    rig_redis(&g);
+    start_server(&g);
+    h_server a;
+    start_worker(&g, &a, NULL);
+    uint64_t id = add(&g, "later", 1);
+    assert_int_equal(wait_lines(&g, "fail", a.pid, 1), 1);
+    assert_int_equal(wait_retrying(&g, id, 1), 1);
+    /* Due after the backoff (an hour, half of it fixed), not before. */
+    long long due_in = delayed_due_in_ms(&g);
+    assert_true(due_in > 1700000);
+    assert_true(due_in <= 3600000);
+    assert_int_equal(h_redis_int(&g.redis, "XLEN bgserve:{broker_app}:tasks"), 0);
+    /* The worker holds nothing: it stops at once, with nothing cancelled. */
+    assert_int_equal(h_stop(&a, SIGTERM), 0);
+    h_assert_lacks(a.log, "cancelled");
+    h_assert_lacks(a.log, "Sanitizer");
+    h_free(&a);
+    assert_int_equal(h_redis_int(&g.redis, "ZCARD " DELAYED), 1);
+    /* Another worker takes attempts 2 and 3 when due. */
+    h_server b;
+    start_worker(&g, &b, NULL);
+    make_due(&g);
+    assert_int_equal(wait_lines(&g, "fail", b.pid, 1), 1);
+    assert_int_equal(wait_retrying(&g, id, 2), 1);
+    make_due(&g);
+    assert_int_equal(wait_lines(&g, "ran", b.pid, 1), 1);
+    char *text = h_slurp(g.logpath, NULL);
+    char needle[64];
+    snprintf(needle, sizeof needle, "fail %ld %" PRIu64 " 2\n", (long)b.pid, id);
+    h_assert_contains(text, needle);
+    snprintf(needle, sizeof needle, "ran %ld %" PRIu64 " 3\n", (long)b.pid, id);
+    h_assert_contains(text, needle);
+    free(text);
+    char *rec = wait_record(&g, id, "succeeded");
+    assert_int_equal(h_json_num(rec, "attempts"), 3);
+    free(rec);
+    assert_int_equal(h_redis_int(&g.redis, "ZCARD " DELAYED), 0);
+    stop_worker(&b);
+    rig_down(&g);
+}
+
+/* Out of attempts, across workers: the dead-letter stream keeps the job
+ * with the last error, the record says failed after max_attempts. */
+static void broker_dead_letter_after_retries_through_redis(void **state)
+{
+    (void)state;
+    rig g;
+    rig_up(&g, 2);
+    uint64_t id = add(&g, "fail", 1);
+    char *rec = wait_record(&g, id, "failed");
+    assert_int_equal(h_json_num(rec, "attempts"), 2);
+    h_assert_contains(rec, "\"error\":\"always fails\"");
+    free(rec);
+    char *text = h_slurp(g.logpath, NULL);
+    char needle[64];
+    for (unsigned n = 1; n <= 2; n++) {
+        snprintf(needle, sizeof needle, " %" PRIu64 " %u\n", id, n);
+        h_assert_contains(text, needle);
+    }
+    free(text);
+    assert_int_equal(count_lines(&g, "fail", 0), 2);
+    redisReply *d = h_redis_cmd(&g.redis, "XRANGE bgserve:{broker_app}:dead - +");
+    assert_int_equal(d->type, REDIS_REPLY_ARRAY);
+    assert_int_equal(d->elements, 1);
+    const redisReply *f = d->element[0]->element[1];
+    int seen = 0;
+    for (size_t i = 0; i + 1 < f->elements; i += 2) {
+        if (strcmp(f->element[i]->str, "error") == 0) {
+            assert_string_equal(f->element[i + 1]->str, "always fails");
+            seen |= 1;
+        } else if (strcmp(f->element[i]->str, "id") == 0) {
+            assert_int_equal(strtoull(f->element[i + 1]->str, NULL, 10), id);
+            seen |= 2;
+        }
+    }
+    freeReplyObject(d);
+    assert_int_equal(seen, 3);
+    assert_int_equal(h_redis_int(&g.redis, "ZCARD " DELAYED), 0);
+    assert_int_equal(h_redis_int(&g.redis, "XLEN bgserve:{broker_app}:tasks"), 0);
+    rig_down(&g);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -520,6 +685,8 @@ int main(void)
         cmocka_unit_test(broker_stopping_server_hands_tasks_on),
         cmocka_unit_test(broker_2xx_tasks_are_in_the_stream),
         cmocka_unit_test(broker_command_line_refusals),
+        cmocka_unit_test(broker_retry_runs_on_another_worker),
+        cmocka_unit_test(broker_dead_letter_after_retries_through_redis),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -245,8 +245,7 @@ char *broker_url_redacted(const broker_url *u, char *buf, size_t cap)
 
 #define LUA_NOW "local t = redis.call('TIME'); local now = t[1] * 1000 + math.floor(t[2] / 1000)\n"
 
-enum { S_ENQUEUE, S_PROMOTE, S_START, S_REQUEUE, S_FINISH, S_DEAD, S_CONC, S_RETRY_HERE,
-       S_COUNT };
+enum { S_ENQUEUE, S_PROMOTE, S_START, S_REQUEUE, S_FINISH, S_DEAD, S_CONC, S_COUNT };
 
 static const char *const script_text[S_COUNT] = {
     /* ENQUEUE  KEYS: stream delayed
@@ -335,9 +334,6 @@ static const char *const script_text[S_COUNT] = {
     "redis.call('ZADD', KEYS[1], now + ms, ARGV[2])\n"
     "redis.call('PEXPIRE', KEYS[1], ms * 2)\n"
     "return 1\n",
-    /* RETRY_HERE  KEYS: record  ARGV: error */
-    [S_RETRY_HERE] = ("redis.call('HSET', KEYS[1], 'state', 'retrying', 'error', ARGV[1])\n"
-                      "return redis.call('HINCRBY', KEYS[1], 'attempts', 1)\n"),
 };
 
 /* ------------------------------------------------------------------ */
@@ -1418,19 +1414,6 @@ static int requeue(broker *b, const broker_msg *m, unsigned delay_ms, const char
 int broker_retry(broker *b, const broker_msg *m, unsigned delay_ms, const char *error)
 {
     return requeue(b, m, delay_ms, "retrying", error);
-}
-
-int broker_retry_here(broker *b, broker_msg *m, const char *error)
-{
-    args a = {0};
-    args_script(&a, S_RETRY_HERE, 1, b->sha[S_RETRY_HERE]);
-    args_record_key(&a, b, m->id);
-    args_str(&a, error ? error : "");
-    long long v = 0;
-    int rc = cmd_script_int(b, S_RETRY_HERE, &a, "counting a retry", &v);
-    if (rc == 0 && v > 0 && v <= UINT32_MAX)
-        m->attempt = (uint32_t)v;
-    return rc;
 }
 
 int broker_defer(broker *b, const broker_msg *m, unsigned delay_ms)

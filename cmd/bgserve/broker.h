@@ -217,11 +217,6 @@ int broker_finish(broker *b, const broker_msg *m, const broker_outcome *o);
  * it in the delayed set (state "retrying", error kept). */
 int broker_retry(broker *b, const broker_msg *m, unsigned delay_ms, const char *error);
 
-/* A run of m failed and it runs again in this process: record state
- * "retrying" with error and count the next attempt now (m->attempt is
- * set to it); the entry stays pending here. */
-int broker_retry_here(broker *b, broker_msg *m, const char *error);
-
 /* m was not run (its name is at its max_concurrency): put it back in
  * delay_ms without counting an attempt (state "queued"). */
 int broker_defer(broker *b, const broker_msg *m, unsigned delay_ms);

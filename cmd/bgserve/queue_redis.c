@@ -12,9 +12,12 @@
  *            A node written ahead (queue_redis_write) stays its owner's
  *            until queue_redis_link; a notice that comes first is kept
  *            (final_seen) and acted on once it is linked (`late`).
- *   rel    - nodes nacked into the delayed set, waiting for the
- *            background thread to hand them to the `released` hook
- *            (linked through queue_node.next).
+ *   rel    - adopted nodes nacked into the delayed set, waiting for
+ *            the background thread to hand them to the `released` hook
+ *            (linked through queue_node.next); after the thread
+ *            stopped, nack hands them over itself.  A node enqueued
+ *            here goes back to `sent` instead: its retry may run on
+ *            another worker, and its notice finishes it here.
  *   stop, shut - shutdown flags.
  * The background thread alone uses the notice cursor and the touch and
  * sweep clocks.  The broker calls are made with mu released; ownership
@@ -48,6 +51,8 @@ typedef struct held {
     queue_node *node;
     broker_msg msg;
     unsigned conc;             /* max_concurrency; 0: no lease held */
+    int ours;                  /* the node was enqueued here (it was in
+                                * `sent`), not adopted */
     char token[BROKER_ENTRY_MAX + 8];
 } held;
 
@@ -323,6 +328,39 @@ queue_node *queue_redis_take_sent(queue *q)
     return n;
 }
 
+/*
+ * The job of x went back to Redis (the delayed set): its node leaves the
+ * held jobs.  One enqueued here waits in `sent` for the notice of its
+ * final state again, wherever its next attempt runs; an adopted one goes
+ * to the `released` hook, through the background thread while it runs
+ * (hooks are called one at a time), else at once.  Frees x.
+ */
+static void give_back(rq *r, held *x, queue_node *n)
+{
+    sent *s = NULL;
+    if (x->ours) {
+        s = xcalloc(1, sizeof *s);
+        *s = (sent){.id = x->msg.id, .node = n, .since_us = util_now_us(), .linked = 1};
+    }
+    conc_release(r, x);
+    held_free(x);
+    pthread_mutex_lock(&r->mu);
+    int now = 0;
+    if (s)
+        sent_put_locked(r, s);
+    else if (r->stop)
+        now = 1;
+    else {
+        n->next = r->rel;
+        r->rel = n;
+    }
+    pthread_mutex_unlock(&r->mu);
+    if (now)
+        r->h.released(r->h.arg, n);
+    else
+        pthread_cond_signal(&r->cv);
+}
+
 static void rq_ack(queue *q, queue_node *n, const queue_outcome *o)
 {
     rq *r = R(q);
@@ -367,15 +405,6 @@ static int rq_nack(queue *q, queue_node *n, uint64_t retry_at_us, const char *wh
     pthread_mutex_unlock(&r->mu);
     if (!x)
         return queue_nack(r->mem, n, retry_at_us, why);
-    if (!r->h.released) {
-        /* No hook to give the node up: retry here, the entry stays ours
-         * (touched), so only this worker's death hands it on. */
-        broker_retry_here(r->b, &x->msg, why);
-        pthread_mutex_lock(&r->mu);
-        held_put_locked(r, x);
-        pthread_mutex_unlock(&r->mu);
-        return queue_nack(r->mem, n, retry_at_us, why);
-    }
     uint64_t now = util_now_us();
     uint64_t delay_ms = retry_at_us > now ? (retry_at_us - now + 999) / 1000 : 0;
     int rc = broker_retry(r->b, &x->msg, delay_ms > UINT32_MAX ? UINT32_MAX : (unsigned)delay_ms,
@@ -387,13 +416,7 @@ static int rq_nack(queue *q, queue_node *n, uint64_t retry_at_us, const char *wh
         pthread_mutex_unlock(&r->mu);
         return queue_nack(r->mem, n, retry_at_us, why);
     }
-    conc_release(r, x);
-    held_free(x);
-    pthread_mutex_lock(&r->mu);
-    n->next = r->rel;
-    r->rel = n;
-    pthread_mutex_unlock(&r->mu);
-    pthread_cond_signal(&r->cv);
+    give_back(r, x, n);
     return 0;
 }
 
@@ -492,7 +515,10 @@ static void take_job(rq *r, broker_msg *m)
     pthread_mutex_unlock(&r->mu);
     if (s) {
         x->node = s->node;
+        x->ours = 1;
         free(s);
+        if (r->h.rejoin)
+            r->h.rejoin(r->h.arg, x->node, &x->msg);
     } else {
         x->node = r->h.adopt(r->h.arg, &x->msg, why, sizeof why);
     }
@@ -515,9 +541,7 @@ static void take_job(rq *r, broker_msg *m)
         pthread_mutex_unlock(&r->mu);
         if (x) {
             broker_retry(r->b, &x->msg, 0, "its worker stopped");
-            conc_release(r, x);
-            held_free(x);
-            r->h.released(r->h.arg, node);
+            give_back(r, x, node);
         }
     }
 }

@@ -16,7 +16,8 @@
  *   (XACK, the record with its result, the notice; a "failed" job goes
  *   to the dead letters); nack sends it to the delayed set, to run again
  *   on whichever worker reads it when due, and hands the node back
- *   through `released` (without that hook it retries here).  Jobs of a name at its
+ *   through `released` (a node enqueued here waits for its notice
+ *   instead, like any it added).  Jobs of a name at its
  *   max_concurrency across all workers are put back for a moment (a
  *   lease per running job, renewed with the entry).
  *
@@ -50,10 +51,15 @@ typedef struct queue_redis_hooks {
      * record (NULL when it expired or could not be read).  The node is
      * no longer linked.  Required. */
     void (*finished)(void *arg, queue_node *n, const broker_record *rec);
-    /* A node this process ran goes on elsewhere (nack sent it to the
-     * delayed set): free it.  NULL: nack retries the job here instead,
-     * its entry still pending (and touched) in the stream. */
+    /* An adopted node goes on elsewhere (nack, or this worker's stop,
+     * sent its job to the delayed set, for any worker): forget it.  A
+     * node enqueued here is not released: it waits for the notice of
+     * its final state.  Required when consuming. */
     void (*released)(void *arg, queue_node *n);
+    /* A node enqueued here was read back from the stream to run here:
+     * m->attempt is the number of this run (an earlier one may have run
+     * on another worker).  May be NULL. */
+    void (*rejoin)(void *arg, queue_node *n, const broker_msg *m);
     /* Called by ack, before the job is finished in Redis: the result to
      * record (leave o as it is for none).  May be NULL. */
     void (*result)(void *arg, queue_node *n, broker_outcome *o);

@@ -15,12 +15,17 @@
  *   and the item is finalised here, so watchers (?wait=, awaits, deferred
  *   responses) complete on the server that accepted the task.
  * result: the result a run stored, for the record in Redis.
- * released is not given: a failed run with attempts left retries in the
- *   worker that ran it (its entry stays pending there and is touched, so
- *   another worker claims it only if this one dies).
+ * released (a worker): a failed run with attempts left went to the
+ *   delayed set (queue_nack), to run again on whichever worker reads it
+ *   when due, or this worker stopped and handed the job back: the item
+ *   leaves this process without a final state (tasks_runs_hand_back).
+ * rejoin (a worker): a task enqueued here comes back from the stream to
+ *   run here: its attempts are the ones Redis counted, wherever they ran.
  *
- * Runs on queue_redis's background thread (limits, adopt, finished) and
- * on workers (describe, result); takes rec_mu like the other files.
+ * Runs on queue_redis's background thread (limits, adopt, finished,
+ * released, rejoin; released also on a worker thread once that thread
+ * stopped) and on workers (describe, result); takes rec_mu like the
+ * other files.
  */
 #include "tasks_internal.h"
 
@@ -129,6 +134,21 @@ static void finished(void *arg, queue_node *n, const broker_record *rec)
     tasks_runs_finalize(it, state_named(rec->state), rec->error);
 }
 
+static void released(void *arg, queue_node *n)
+{
+    (void)arg;
+    tasks_runs_hand_back(UTIL_CONTAINER_OF(n, task_item, qnode));
+}
+
+static void rejoin(void *arg, queue_node *n, const broker_msg *m)
+{
+    tasks_engine *t = arg;
+    task_item *it = UTIL_CONTAINER_OF(n, task_item, qnode);
+    pthread_mutex_lock(&t->rec_mu);
+    it->attempts = m->attempt > 0 ? m->attempt - 1 : 0; /* the run counts this one */
+    pthread_mutex_unlock(&t->rec_mu);
+}
+
 static void result(void *arg, queue_node *n, broker_outcome *o)
 {
     tasks_engine *t = arg;
@@ -188,7 +208,8 @@ queue *tasks_broker_queue(tasks_engine *t, const tasks_config *cfg)
         log_msg(BGS_LOG_WARN, "broker: cannot reserve task ids in redis: this process numbers "
                 "its tasks from 1, which other processes may use too");
     queue_redis_hooks h = {.describe = describe, .limits = limits, .adopt = adopt,
-                           .finished = finished, .result = result, .arg = t};
+                           .finished = finished, .released = released, .rejoin = rejoin,
+                           .result = result, .arg = t};
     queue_redis_config qc = {.consume = cfg->consume, .linger_us = cfg->linger_us,
                              .sched = t->sched};
     return queue_redis_new(cfg->broker, &qc, &h);

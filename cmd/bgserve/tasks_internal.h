@@ -303,6 +303,10 @@ void tasks_records_watch_locked(task_item *it, tasks_final_fn cb, void *arg);
 task_watch *tasks_records_finish(task_item *it, int st, const char *err, tasks_final *fin,
                                  uint64_t *dur, uint32_t *attempts);
 
+/* Take it (owned by the caller, not final) out of the records and free
+ * it: it went on elsewhere (tasks_runs_hand_back). */
+void tasks_records_drop(task_item *it);
+
 /* ---- tasks_runs.c ------------------------------------------------------- */
 
 /* Take one unit of queue capacity: 0, or BGS_EFULL when none is left. */
@@ -323,6 +327,10 @@ void tasks_runs_seq_start(task_item *it);
 int tasks_runs_skip_undelivered(const task_item *it);
 /* The workers' run function (workers.h); arg is the engine. */
 void tasks_runs_node(queue_node *n, void *arg);
+/* --broker: it (owned by the caller, without watchers or a sequence
+ * after it: an adopted job) goes on in another process; its record
+ * here ends without a final state and it is freed. */
+void tasks_runs_hand_back(task_item *it);
 /* Shutdown: finalise every task waiting for a slot under its name's cap. */
 void tasks_runs_cancel_waiting(tasks_engine *t);
 

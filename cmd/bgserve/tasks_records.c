@@ -345,6 +345,31 @@ static task_item *ring_push_locked(tasks_engine *t, task_item *it)
     return out;
 }
 
+static void live_unlink_locked(tasks_engine *t, task_item *it)
+{
+    if (it->lprev)
+        it->lprev->lnext = it->lnext;
+    else
+        t->live_head = it->lnext;
+    if (it->lnext)
+        it->lnext->lprev = it->lprev;
+    else
+        t->live_tail = it->lprev;
+    it->lprev = it->lnext = NULL;
+    t->live_count--;
+}
+
+void tasks_records_drop(task_item *it)
+{
+    tasks_engine *t = it->kind->engine;
+    pthread_mutex_lock(&t->rec_mu);
+    tasks_records_transition_locked(it, -1); /* out of the gauges, into no counter */
+    live_unlink_locked(t, it);
+    hash_remove_locked(t, it);
+    pthread_mutex_unlock(&t->rec_mu);
+    tasks_records_free(it);
+}
+
 task_watch *tasks_records_finish(task_item *it, int st, const char *err, tasks_final *fin,
                                  uint64_t *dur, uint32_t *attempts)
 {
@@ -370,16 +395,7 @@ task_watch *tasks_records_finish(task_item *it, int st, const char *err, tasks_f
         fin->result = x->res_len ? xmemdup(x->res_data, x->res_len) : NULL;
         fin->result_len = x->res_len;
     }
-    if (it->lprev)
-        it->lprev->lnext = it->lnext;
-    else
-        t->live_head = it->lnext;
-    if (it->lnext)
-        it->lnext->lprev = it->lprev;
-    else
-        t->live_tail = it->lprev;
-    it->lprev = it->lnext = NULL;
-    t->live_count--;
+    live_unlink_locked(t, it);
     t->finished_total++;
     task_item *evicted = ring_push_locked(t, it); /* it may be evicted itself */
     pthread_mutex_unlock(&t->rec_mu);

@@ -174,6 +174,17 @@ void tasks_runs_finalize(task_item *it, int st, const char *err)
         owner->release(owner);
 }
 
+void tasks_runs_hand_back(task_item *it)
+{
+    tasks_engine *t = it->kind->engine;
+    const tasks_owner *owner = it->owner;
+    it->owner = NULL;
+    tasks_records_drop(it);
+    unreserve(t);
+    if (owner && owner->release)
+        owner->release(owner);
+}
+
 /* The rest of a sequence after a task that did not succeed: skipped, or
  * cancelled when the engine is shutting down. */
 static void chain_stop(task_item *next, uint64_t pred_id, const char *pred_name,
