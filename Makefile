@@ -112,7 +112,12 @@ $(patsubst %,$(BUILD)/tests/fixtures/%.so,bad_magic major2 minor_newer small_str
 $(patsubst %,$(BUILD)/tests/fixtures/%.so,bad_method bad_param bad_path dup_route dup_task \
   null_handler reserved_route unknown_route_task): tests/fixtures/noop.h
 # The queue fixtures share their task log and /adhoc route.
-$(patsubst %,$(BUILD)/tests/fixtures/%.so,broker_app journal_app): tests/fixtures/task_log.h
+$(patsubst %,$(BUILD)/tests/fixtures/%.so,broker_app journal_app scale_app): tests/fixtures/task_log.h
+# scale_app's second build (its runs say B), for `bgserve worker --reload`.
+FIXTURES += $(BUILD)/tests/fixtures/scale_app_b.so
+$(BUILD)/tests/fixtures/scale_app_b.so: tests/fixtures/scale_app.c tests/fixtures/task_log.h include/bgserve.h
+	@mkdir -p $(@D)
+	$(CC) $(PLUGIN_CFLAGS) -DSCALE_BUILD="'B'" $(PLUGIN_LDFLAGS) -o $@ $<
 
 # Tests link the server's objects through an archive, so each test pulls
 # in only the rooms it uses.

@@ -243,3 +243,29 @@ long long h_redis_int(h_redis *r, const char *fmt, ...)
     freeReplyObject(rep);
     return v;
 }
+
+void h_start_worker(h_server *w, const char *url, const char *plugin, const char *const *more,
+                    const char *const *env)
+{
+    const char *argv[32];
+    size_t n = 0;
+    argv[n++] = h_build_path("bgserve");
+    argv[n++] = "worker";
+    argv[n++] = "--broker";
+    argv[n++] = url;
+    argv[n++] = "--concurrency";
+    argv[n++] = "4";
+    argv[n++] = "--color";
+    argv[n++] = "never";
+    for (size_t i = 0; more && more[i]; i++) {
+        if (n >= 30)
+            fail_msg("h_start_worker: too many arguments");
+        argv[n++] = more[i];
+    }
+    argv[n++] = plugin;
+    argv[n] = NULL;
+    if (h_spawn(w, argv, env, "worker ready", 30000) != 0) {
+        fprintf(stderr, "worker did not start:\n%s\n", w->log ? w->log : "");
+        fail();
+    }
+}

@@ -2,7 +2,7 @@
  * redis.h - a private redis-server for a test: on a free loopback port,
  * in its own temporary directory (no persistence unless asked), stopped
  * and removed at the end.  Also a command helper to set up and inspect
- * what the code under test wrote.
+ * what the code under test wrote, and a starter for `bgserve worker`.
  *
  * The server dies with the test process (PR_SET_PDEATHSIG), so a failed
  * test never leaves one behind.  Functions fail the test (cmocka) when
@@ -10,6 +10,8 @@
  */
 #ifndef BGSERVE_TEST_REDIS_H
 #define BGSERVE_TEST_REDIS_H
+
+#include "harness.h"
 
 #include <hiredis/hiredis.h>
 #include <sys/types.h>
@@ -41,6 +43,13 @@ void h_redis_stop(h_redis *r);
 redisReply *h_redis_cmd(h_redis *r, const char *fmt, ...);
 /* The same for a command answering an integer. */
 long long h_redis_int(h_redis *r, const char *fmt, ...);
+
+/* Start `BGSERVE_BUILD/bgserve worker --broker URL --concurrency 4
+ * --color never MORE... PLUGIN` (more: NULL-terminated, may be NULL; env
+ * as for h_spawn) and wait for its "worker ready" line; fails the test
+ * with the worker's log when it does not come. */
+void h_start_worker(h_server *w, const char *url, const char *plugin, const char *const *more,
+                    const char *const *env);
 
 /* A loopback TCP port nobody listens on at the moment of the call. */
 int h_free_port(void);

@@ -1,0 +1,317 @@
+/*
+ * test_broker_scale.c - the Redis broker end to end: the real
+ * build/bgserve with --broker and `build/bgserve worker` processes on a
+ * redis-server of the test's own (tests/support/redis.h), all on
+ * loopback, with the fixture scale_app (its runs write "WHAT PID ID
+ * ATTEMPT BUILD [SEQ POS]" lines to a file the test reads).
+ *
+ * - 10,000 tasks (2,000 under a sanitizer), 100 per request, run exactly
+ *   once on two workers, and both workers run some.
+ *
+ * Everything runs on the test's main thread; every wait polls with a
+ * deadline.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include "helpers.h"
+#include "redis.h"
+
+#include <inttypes.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <time.h>
+#include <unistd.h>
+
+#define DEADLINE_MS 30000u
+#define BULK_DEADLINE_MS 240000u /* 10,000 tasks through Redis, under a sanitizer too */
+#define PER_REQUEST 100          /* tasks one /add attaches */
+#define MAX_WORKERS 3
+
+typedef struct rig {
+    h_redis redis;
+    char logpath[128];
+    char gopath[128];
+    char envlog[160];
+    char envgo[160];
+    const char *env[6];
+    size_t nenv;
+    h_server server;
+    int have_server;
+    h_server w[MAX_WORKERS];
+    int nw;
+} rig;
+
+/* One line of the fixture's log. */
+typedef struct run {
+    char what[8];
+    long pid;
+    uint64_t id;
+    unsigned attempt;
+    char build;
+    long seq, pos; /* -1 when the line has none */
+} run;
+
+/* ---- the rig ---------------------------------------------------------------- */
+
+static void nap(void)
+{
+    struct timespec ts = {0, 5 * 1000000L};
+    nanosleep(&ts, NULL); /* polling interval */
+}
+
+/* A redis-server (extra: its arguments, may be NULL) and the fixture's
+ * environment; nothing started on it yet.  more_env: NULL or one more
+ * "NAME=value" for every process. */
+static void rig_redis(rig *g, const char *const *extra, const char *more_env)
+{
+    memset(g, 0, sizeof *g);
+    h_redis_start(&g->redis, NULL, extra);
+    snprintf(g->logpath, sizeof g->logpath, "%s/ran.log", g->redis.dir);
+    snprintf(g->gopath, sizeof g->gopath, "%s/go", g->redis.dir);
+    snprintf(g->envlog, sizeof g->envlog, "SCALE_APP_LOG=%s", g->logpath);
+    snprintf(g->envgo, sizeof g->envgo, "SCALE_APP_GO=%s", g->gopath);
+    g->env[g->nenv++] = g->envlog;
+    g->env[g->nenv++] = g->envgo;
+    if (more_env)
+        g->env[g->nenv++] = more_env;
+    g->env[g->nenv] = NULL;
+}
+
+static void start_server(rig *g, const char *const *more)
+{
+    const char *args[16];
+    size_t n = 0;
+    args[n++] = "--broker";
+    args[n++] = g->redis.url;
+    for (size_t i = 0; more && more[i] && n < 15; i++)
+        args[n++] = more[i];
+    args[n] = NULL;
+    assert_int_equal(h_start_app(&g->server, h_fixture("scale_app"), args, g->env), 0);
+    g->have_server = 1;
+}
+
+static void start_worker(rig *g, h_server *w, const char *plugin, const char *const *more)
+{
+    h_start_worker(w, g->redis.url, plugin ? plugin : h_fixture("scale_app"), more, g->env);
+}
+
+static void add_worker(rig *g, const char *const *more)
+{
+    assert_true(g->nw < MAX_WORKERS);
+    start_worker(g, &g->w[g->nw], NULL, more);
+    g->nw++;
+}
+
+static void stop_worker(h_server *w)
+{
+    h_stop_clean(w);
+    h_free(w);
+}
+
+static void rig_down(rig *g)
+{
+    while (g->nw > 0)
+        stop_worker(&g->w[--g->nw]);
+    if (g->have_server) {
+        h_stop_clean(&g->server);
+        h_free(&g->server);
+        g->have_server = 0;
+    }
+    h_redis_stop(&g->redis);
+}
+
+/* ---- the fixture's log -------------------------------------------------------- */
+
+/* Every line of the log (malloc'd; *n gets the count). */
+static run *load_runs(rig *g, size_t *n)
+{
+    char *text = h_slurp(g->logpath, NULL);
+    size_t cap = 64, k = 0;
+    run *rs = malloc(cap * sizeof *rs);
+    assert_non_null(rs);
+    for (char *line = text; line && *line;) {
+        char *nl = strchr(line, '\n');
+        if (!nl)
+            break; /* a line still being written: not yet */
+        *nl = '\0';
+        run r = {.seq = -1, .pos = -1};
+        unsigned long long id;
+        int f = sscanf(line, "%7s %ld %llu %u %c %ld %ld", r.what, &r.pid, &id, &r.attempt,
+                       &r.build, &r.seq, &r.pos);
+        if (f < 5)
+            fail_msg("a line of the fixture's log does not parse: '%s'", line);
+        r.id = id;
+        if (k == cap) {
+            cap *= 2;
+            rs = realloc(rs, cap * sizeof *rs);
+            assert_non_null(rs);
+        }
+        rs[k++] = r;
+        line = nl + 1;
+    }
+    free(text);
+    *n = k;
+    return rs;
+}
+
+/* Lines "what" (and, when pid > 0, of pid). */
+static size_t count_runs(rig *g, const char *what, long pid)
+{
+    size_t n, c = 0;
+    run *rs = load_runs(g, &n);
+    for (size_t i = 0; i < n; i++)
+        c += strcmp(rs[i].what, what) == 0 && (pid <= 0 || rs[i].pid == pid);
+    free(rs);
+    return c;
+}
+
+static size_t wait_runs(rig *g, const char *what, long pid, size_t want, unsigned deadline_ms)
+{
+    uint64_t end = h_now_ms() + deadline_ms;
+    size_t n;
+    while ((n = count_runs(g, what, pid)) < want && h_now_ms() < end)
+        nap();
+    return n;
+}
+
+static int cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* ---- requests ------------------------------------------------------------------- */
+
+typedef struct idlist {
+    uint64_t *v;
+    size_t n, cap;
+} idlist;
+
+static void ids_push(idlist *l, uint64_t id)
+{
+    if (l->n == l->cap) {
+        l->cap = l->cap ? 2 * l->cap : 1024;
+        l->v = realloc(l->v, l->cap * sizeof *l->v);
+        assert_non_null(l->v);
+    }
+    l->v[l->n++] = id;
+}
+
+/* GET path; on 200 the ids of the body go to ids (may be NULL).  The
+ * status, or -1 on a transport error. */
+static long get_ids(h_server *s, const char *path, idlist *ids)
+{
+    h_resp r;
+    if (h_get(s, path, &r) != 0)
+        return -1;
+    long st = r.status;
+    if (st == 200 && ids) {
+        for (char *p = r.body; *p;) {
+            char *end;
+            unsigned long long id = strtoull(p, &end, 10);
+            if (end == p)
+                break;
+            ids_push(ids, id);
+            p = end + (*end == '\n');
+        }
+    }
+    h_resp_free(&r);
+    return st;
+}
+
+/* Every id of ids ran exactly once as "what" (sorted copies compared);
+ * the count per worker pid in per[] (pids[] of nw workers). */
+static void assert_each_ran_once(rig *g, const char *what, const idlist *ids, const pid_t *pids,
+                                 size_t nw, size_t *per)
+{
+    size_t n;
+    run *rs = load_runs(g, &n);
+    uint64_t *seen = malloc((n ? n : 1) * sizeof *seen);
+    assert_non_null(seen);
+    size_t k = 0;
+    for (size_t w = 0; w < nw; w++)
+        per[w] = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (strcmp(rs[i].what, what) != 0)
+            continue;
+        seen[k++] = rs[i].id;
+        for (size_t w = 0; w < nw; w++)
+            per[w] += rs[i].pid == (long)pids[w];
+    }
+    free(rs);
+    uint64_t *want = malloc((ids->n ? ids->n : 1) * sizeof *want);
+    assert_non_null(want);
+    memcpy(want, ids->v, ids->n * sizeof *want);
+    qsort(want, ids->n, sizeof *want, cmp_u64);
+    qsort(seen, k, sizeof *seen, cmp_u64);
+    for (size_t i = 1; i < ids->n; i++)
+        if (want[i] == want[i - 1])
+            fail_msg("task id %" PRIu64 " was given twice", want[i]);
+    for (size_t i = 0, j = 0; i < ids->n || j < k;) {
+        if (j >= k || (i < ids->n && want[i] < seen[j]))
+            fail_msg("task %" PRIu64 " got a 2xx and never ran", want[i]);
+        if (i >= ids->n || seen[j] < want[i])
+            fail_msg("task %" PRIu64 " ran but was never accepted", seen[j]);
+        if (j + 1 < k && seen[j + 1] == seen[j])
+            fail_msg("task %" PRIu64 " ran twice", seen[j]);
+        i++;
+        j++;
+    }
+    free(want);
+    free(seen);
+}
+
+/* ---- 1. many tasks, two workers --------------------------------------------- */
+
+static void broker_scale_tasks_run_once_on_both_workers(void **state)
+{
+    (void)state;
+    /* A sanitizer build runs everything several times slower. */
+    const size_t total = h_build_sanitize()[0] ? 2000 : 10000;
+    rig g;
+    rig_redis(&g, NULL, NULL);
+    start_server(&g, NULL);
+    add_worker(&g, NULL);
+    add_worker(&g, NULL);
+    idlist ids = {0};
+    char path[96];
+    snprintf(path, sizeof path, "/add?task=count&n=%d&mode=concurrent", PER_REQUEST);
+    for (size_t i = 0; i < total / PER_REQUEST; i++) {
+        long st = get_ids(&g.server, path, &ids);
+        if (st != 200)
+            fail_msg("request %zu of %s: %ld", i, path, st);
+    }
+    assert_int_equal(ids.n, total);
+    size_t ran = wait_runs(&g, "ran", 0, total, BULK_DEADLINE_MS);
+    assert_int_equal(ran, total);
+    pid_t pids[2] = {g.w[0].pid, g.w[1].pid};
+    size_t per[2];
+    assert_each_ran_once(&g, "ran", &ids, pids, 2, per);
+    /* Shared: each worker ran some, and nothing ran anywhere else. */
+    assert_true(per[0] > 0);
+    assert_true(per[1] > 0);
+    assert_int_equal(per[0] + per[1], total);
+    /* The server hears of every final state; nothing is left in Redis. */
+    assert_true(h_wait_stat(&g.server, "broker", "awaited_here", 0, DEADLINE_MS));
+    assert_int_equal(h_redis_int(&g.redis, "XLEN bgserve:{scale_app}:tasks"), 0);
+    assert_int_equal(h_redis_int(&g.redis, "XLEN bgserve:{scale_app}:dead"), 0);
+    free(ids.v);
+    rig_down(&g);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(broker_scale_tasks_run_once_on_both_workers),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
