@@ -19,6 +19,7 @@
 #include "redis.h"
 
 #include <inttypes.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -672,6 +673,97 @@ static void broker_dead_letter_after_retries_through_redis(void **state)
     rig_down(&g);
 }
 
+/* ---- status, ?wait= and awaits across processes ---------------------------- */
+
+typedef struct longpoll {
+    h_server *s;
+    char path[96];
+    int rc;
+    h_resp r;
+} longpoll;
+
+static void *longpoll_main(void *arg)
+{
+    longpoll *lp = arg;
+    lp->rc = h_get(lp->s, lp->path, &lp->r);
+    return NULL;
+}
+
+/* A second server on the same Redis answers for a task the first one
+ * accepted: its record from Redis, and ?wait= until a worker ran it. */
+static void broker_any_server_answers_for_any_task(void **state)
+{
+    (void)state;
+    rig g;
+    rig_redis(&g);
+    start_server(&g);
+    h_server other;
+    const char *args[] = {"--broker", g.redis.url, NULL};
+    assert_int_equal(h_start_app(&other, h_fixture("broker_app"), args, g.env), 0);
+    uint64_t id = add(&g, "answer", 1);
+    char path[64];
+    snprintf(path, sizeof path, "/_bgserve/tasks/%" PRIu64, id);
+    h_resp r;
+    assert_int_equal(h_get(&other, path, &r), 0);
+    assert_int_equal(r.status, 200);
+    h_assert_contains(r.body, "\"state\":\"queued\"");
+    h_assert_contains(r.body, "\"name\":\"answer\"");
+    h_assert_contains(r.body, "\"source\":\"redis\"");
+    h_resp_free(&r);
+    /* Waits there while no worker runs it: answered once one has. */
+    longpoll lp = {.s = &other};
+    snprintf(lp.path, sizeof lp.path, "%s?wait=20000", path);
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, longpoll_main, &lp), 0);
+    assert_int_equal(h_wait_stat(&other, "broker", "watched_here", 1, DEADLINE_MS), 1);
+    h_server w;
+    start_worker(&g, &w, NULL);
+    assert_int_equal(pthread_join(th, NULL), 0);
+    assert_int_equal(lp.rc, 0);
+    assert_int_equal(lp.r.status, 200);
+    h_assert_contains(lp.r.body, "\"state\":\"succeeded\"");
+    h_assert_contains(lp.r.body, "\"body\":\"forty-two\"");
+    h_assert_contains(lp.r.body, "\"attempts\":1");
+    h_resp_free(&lp.r);
+    assert_int_equal(h_stat(&other, "broker", "watched_here"), 0);
+    /* A ?wait= for a task final already answers at once; an unknown id
+     * is a 404 on any server. */
+    snprintf(lp.path, sizeof lp.path, "%s?wait=20000", path);
+    assert_int_equal(h_get(&other, lp.path, &r), 0);
+    h_assert_contains(r.body, "\"state\":\"succeeded\"");
+    h_resp_free(&r);
+    snprintf(lp.path, sizeof lp.path, "/_bgserve/tasks/%" PRIu64 "?wait=20000", id + 1000);
+    assert_int_equal(h_get(&other, lp.path, &r), 0);
+    assert_int_equal(r.status, 404);
+    h_resp_free(&r);
+    stop_worker(&w);
+    h_stop_clean(&other);
+    h_free(&other);
+    rig_down(&g);
+}
+
+/* bgs_res_await on the server, the task on a worker: the response is
+ * its result, or 500 with its last error. */
+static void broker_await_completes_from_a_worker(void **state)
+{
+    (void)state;
+    rig g;
+    rig_up(&g, 1);
+    h_server *w = &g.w[0];
+    h_resp r;
+    assert_int_equal(h_get(&g.server, "/await?task=answer", &r), 0);
+    assert_int_equal(r.status, 200);
+    assert_string_equal(r.body, "forty-two");
+    h_resp_free(&r);
+    assert_int_equal(count_lines(&g, "ran", w->pid), 1);
+    assert_int_equal(h_get(&g.server, "/await?task=fail", &r), 0);
+    assert_int_equal(r.status, 500);
+    h_assert_contains(r.body, "(fail) failed: always fails");
+    h_resp_free(&r);
+    assert_int_equal(count_lines(&g, "fail", w->pid), 2);
+    rig_down(&g);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -687,6 +779,8 @@ int main(void)
         cmocka_unit_test(broker_command_line_refusals),
         cmocka_unit_test(broker_retry_runs_on_another_worker),
         cmocka_unit_test(broker_dead_letter_after_retries_through_redis),
+        cmocka_unit_test(broker_any_server_answers_for_any_task),
+        cmocka_unit_test(broker_await_completes_from_a_worker),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -455,6 +455,94 @@ static void queue_redis_down_is_load_not_a_hang(void **state)
     rig_down(&g); /* hands the node back through queue_redis_take_sent */
 }
 
+/* What a watch saw: how many calls, and the record's state and result
+ * ("-" for none). */
+typedef struct seen_watch {
+    pthread_mutex_t mu;
+    int calls;
+    char state[16];
+    char result[32];
+} seen_watch;
+
+static void on_watch(void *arg, uint64_t id, const broker_record *rec)
+{
+    seen_watch *w = arg;
+    (void)id;
+    pthread_mutex_lock(&w->mu);
+    w->calls++;
+    snprintf(w->state, sizeof w->state, "%s", rec ? rec->state : "-");
+    snprintf(w->result, sizeof w->result, "%s", rec && rec->result ? rec->result : "-");
+    pthread_mutex_unlock(&w->mu);
+}
+
+static int watch_calls(seen_watch *w, int want, unsigned deadline_ms)
+{
+    uint64_t end = h_now_ms() + deadline_ms;
+    int n;
+    do {
+        pthread_mutex_lock(&w->mu);
+        n = w->calls;
+        pthread_mutex_unlock(&w->mu);
+        if (n >= want)
+            break;
+        struct timespec ts = {0, 2000000};
+        nanosleep(&ts, NULL); /* polling interval */
+    } while (h_now_ms() < end);
+    return n;
+}
+
+/* A second server watches a task the first added: once, with its
+ * record, when a worker finished it; final already is 1; unknown is
+ * BGS_ENOTFOUND; a watch left at shutdown ends without a record; Redis
+ * away is BGS_EFULL. */
+static void queue_redis_watch_another_servers_task(void **state)
+{
+    (void)state;
+    rig g;
+    rig_up(&g, 1, 0);
+    broker *b2 = open_b(&g, "server2");
+    queue *other = backend(&g, b2, 0);
+    seen_watch w = {.calls = 0};
+    pthread_mutex_init(&w.mu, NULL);
+    assert_int_equal(queue_redis_watch(other, 77, on_watch, &w), BGS_ENOTFOUND);
+    queue_node *n = &new_item(5, "job")->node;
+    assert_int_equal(queue_enqueue_at(g.server, &n, 1, 0, NULL, NULL), 0);
+    assert_int_equal(queue_redis_watch(other, 5, on_watch, &w), 0);
+    assert_int_equal(queue_redis_watches(other), 1);
+    queue *from;
+    queue_node *got = take_any(g.w1, NULL, &from, 10000);
+    assert_non_null(got);
+    queue_ack(g.w1, got, &(queue_outcome){.end = QUEUE_SUCCEEDED});
+    free(item_of(got));
+    assert_int_equal(watch_calls(&w, 1, 10000), 1);
+    assert_string_equal(w.state, "succeeded");
+    assert_string_equal(w.result, "done:p5");
+    assert_int_equal(queue_redis_watches(other), 0);
+    assert_int_equal(queue_redis_watch(other, 5, on_watch, &w), 1);
+    /* Left at shutdown: called without a record. */
+    n = &new_item(6, "job")->node;
+    assert_int_equal(queue_enqueue_at(g.server, &n, 1, 0, NULL, NULL), 0);
+    assert_int_equal(queue_redis_watch(other, 6, on_watch, &w), 0);
+    queue_shutdown(other);
+    assert_int_equal(w.calls, 2);
+    assert_string_equal(w.state, "-");
+    queue_destroy(other);
+    /* Redis away. */
+    other = backend(&g, b2, 0);
+    h_redis_halt(&g.redis);
+    h_capture_begin();
+    int rc = queue_redis_watch(other, 6, on_watch, &w);
+    free(h_capture_end());
+    assert_int_equal(rc, BGS_EFULL);
+    h_redis_restart(&g.redis);
+    queue_shutdown(other);
+    queue_destroy(other);
+    broker_close(b2);
+    assert_int_equal(w.calls, 2);
+    pthread_mutex_destroy(&w.mu);
+    rig_down(&g);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -464,6 +552,7 @@ int main(void)
         cmocka_unit_test(queue_redis_max_concurrency_across_workers),
         cmocka_unit_test(queue_redis_adhoc_stays_local),
         cmocka_unit_test(queue_redis_down_is_load_not_a_hang),
+        cmocka_unit_test(queue_redis_watch_another_servers_task),
     };
     timers = sched_new();
     int failed = cmocka_run_group_tests(tests, NULL, NULL);

@@ -90,7 +90,10 @@ static int start_longpoll(const dispatch_env *env, struct bgs_req *req, struct b
     if (ms > LONGPOLL_MAX_MS)
         ms = LONGPOLL_MAX_MS;
     bgs_deferred *d = deferred_new_internal(tasks_sched(env->tasks), (uint32_t)ms, req->resume_fn, req->resume_ctx);
-    if (tasks_watch(env->tasks, id, longpoll_done, d) != 0) {
+    int rc = tasks_watch(env->tasks, id, longpoll_done, d);
+    if (rc == BGS_ENOTFOUND) /* another server's task? */
+        rc = tasks_broker_watch(env->tasks, id, longpoll_done, d);
+    if (rc != 0) {
         /* final already, or unknown: answer now */
         deferred_release(d);
         deferred_put(d, 1);

@@ -117,9 +117,12 @@ int introspect_task_json(tasks_engine *t, uint64_t id, json *j)
 {
     if (tasks_record_visit(t, id, record_json, j) == 0)
         return 0;
-    /* No longer in memory (evicted, or an earlier run's): the journal. */
+    /* No longer in memory (evicted, or an earlier run's): the journal;
+     * or, with a broker, another process's task: its record in Redis. */
     journal *jr = tasks_journal(t);
-    return jr && journal_json_record(jr, id, j) == 0 ? 0 : BGS_ENOTFOUND;
+    if (jr && journal_json_record(jr, id, j) == 0)
+        return 0;
+    return tasks_broker_record_json(t, id, j);
 }
 
 void introspect_handle(const char *method, const char *path,

@@ -18,6 +18,9 @@
  *            stopped, nack hands them over itself.  A node enqueued
  *            here goes back to `sent` instead: its retry may run on
  *            another worker, and its notice finishes it here.
+ *   watch  - watches of tasks that other processes added (queue_redis_watch):
+ *            called once with the record when the notice of the task's
+ *            final state comes (or a late look-up finds it final).
  *   stop, shut - shutdown flags.
  * The background thread alone uses the notice cursor and the touch and
  * sweep clocks.  The broker calls are made with mu released; ownership
@@ -66,6 +69,14 @@ typedef struct sent {
     int final_seen;            /* its notice came before queue_redis_link */
 } sent;
 
+typedef struct rwatch {
+    struct rwatch *next;
+    uint64_t id;
+    uint64_t since_us;
+    queue_redis_watch_fn fn;
+    void *arg;
+} rwatch;
+
 typedef struct rq {
     queue base;                /* first: a queue * is an rq * */
     broker *b;
@@ -79,6 +90,8 @@ typedef struct rq {
     sent *sb[NBUCKET];         /* mu */
     size_t nheld, nsent;       /* mu */
     queue_node *rel;           /* mu */
+    rwatch *watch;             /* mu */
+    size_t nwatch;             /* mu */
     size_t late;               /* mu: linked nodes whose notice came early */
     int stop, shut;            /* mu */
 
@@ -432,6 +445,119 @@ void queue_redis_counts(queue *q, size_t *nheld, size_t *nsent)
     pthread_mutex_unlock(&r->mu);
 }
 
+/* ---- watching tasks other processes added ---------------------------------- */
+
+size_t queue_redis_watches(queue *q)
+{
+    rq *r = R(q);
+    pthread_mutex_lock(&r->mu);
+    size_t n = r->nwatch;
+    pthread_mutex_unlock(&r->mu);
+    return n;
+}
+
+static int is_final_state(const char *st)
+{
+    return st && strcmp(st, "queued") != 0 && strcmp(st, "running") != 0 &&
+           strcmp(st, "retrying") != 0;
+}
+
+/* Take the watches of task id (all of them when all is set) out of the
+ * list; the chain of them (mu held). */
+static rwatch *watch_take_locked(rq *r, uint64_t id, int all)
+{
+    rwatch *out = NULL;
+    for (rwatch **pp = &r->watch; *pp;) {
+        rwatch *w = *pp;
+        if (all || w->id == id) {
+            *pp = w->next;
+            w->next = out;
+            out = w;
+            r->nwatch--;
+        } else {
+            pp = &w->next;
+        }
+    }
+    return out;
+}
+
+/* Call and free the chain ws; rec is their task's record (NULL: none). */
+static void watch_fire(rwatch *ws, const broker_record *rec)
+{
+    while (ws) {
+        rwatch *next = ws->next;
+        ws->fn(ws->arg, ws->id, rec);
+        free(ws);
+        ws = next;
+    }
+}
+
+/* Task id is final (its notice came): its watches, with its record. */
+static void watch_final(rq *r, uint64_t id)
+{
+    pthread_mutex_lock(&r->mu);
+    rwatch *ws = r->nwatch ? watch_take_locked(r, id, 0) : NULL;
+    pthread_mutex_unlock(&r->mu);
+    if (!ws)
+        return;
+    broker_record rec;
+    int got = broker_record_get(r->b, id, &rec) == 0;
+    watch_fire(ws, got ? &rec : NULL);
+    if (got)
+        broker_record_clear(&rec);
+}
+
+int queue_redis_watch(queue *q, uint64_t id, queue_redis_watch_fn fn, void *arg)
+{
+    rq *r = R(q);
+    broker_record rec;
+    int rc = broker_record_get(r->b, id, &rec);
+    if (rc < 0)
+        return rc == BROKER_ENOTFOUND ? BGS_ENOTFOUND : BGS_EFULL;
+    int final = is_final_state(rec.state);
+    broker_record_clear(&rec);
+    if (final)
+        return 1;
+    rwatch *w = xcalloc(1, sizeof *w);
+    *w = (rwatch){.id = id, .since_us = util_now_us(), .fn = fn, .arg = arg};
+    pthread_mutex_lock(&r->mu);
+    int shut = r->shut;
+    if (!shut) {
+        w->next = r->watch;
+        r->watch = w;
+        r->nwatch++;
+    }
+    pthread_mutex_unlock(&r->mu);
+    if (shut) {
+        free(w);
+        return 1;
+    }
+    pthread_cond_signal(&r->cv);
+    /* Its notice may have gone by before the watch was in the list: look
+     * again, now that a notice from here on finds it. */
+    if (broker_record_get(r->b, id, &rec) != 0)
+        return 0; /* the sweep looks again */
+    final = is_final_state(rec.state);
+    broker_record_clear(&rec);
+    if (!final)
+        return 0;
+    int mine = 0;
+    pthread_mutex_lock(&r->mu);
+    for (rwatch **pp = &r->watch; *pp; pp = &(*pp)->next) {
+        if (*pp == w) {
+            *pp = w->next;
+            r->nwatch--;
+            mine = 1;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&r->mu);
+    if (!mine)
+        return 0; /* the background thread has it: it calls fn */
+    free(w);
+    return 1;
+}
+
 /* ---- the background thread ------------------------------------------------- */
 
 /* 1 when this process holds the entry already (mu held). */
@@ -606,12 +732,6 @@ static void finish_sent(rq *r, uint64_t id, const broker_record *known)
     free(s);
 }
 
-static int is_final_state(const char *st)
-{
-    return st && strcmp(st, "queued") != 0 && strcmp(st, "running") != 0 &&
-           strcmp(st, "retrying") != 0;
-}
-
 /* The nodes whose notice came before they were linked. */
 static void finish_late(rq *r)
 {
@@ -649,6 +769,29 @@ static void sweep(rq *r)
             broker_record_clear(&rec);
         }
     }
+    /* The same for watches; one whose record is gone ends without it. */
+    n = 0;
+    pthread_mutex_lock(&r->mu);
+    for (rwatch *w = r->watch; w && n < SWEEP_MAX; w = w->next)
+        if (w->since_us < old)
+            ids[n++] = w->id;
+    pthread_mutex_unlock(&r->mu);
+    for (size_t i = 0; i < n; i++) {
+        broker_record rec;
+        int rc = broker_record_get(r->b, ids[i], &rec);
+        if (rc == 0 && !is_final_state(rec.state)) {
+            broker_record_clear(&rec);
+            continue;
+        }
+        if (rc != 0 && rc != BROKER_ENOTFOUND)
+            continue; /* Redis away: later */
+        pthread_mutex_lock(&r->mu);
+        rwatch *ws = watch_take_locked(r, ids[i], 0);
+        pthread_mutex_unlock(&r->mu);
+        watch_fire(ws, rc == 0 ? &rec : NULL);
+        if (rc == 0)
+            broker_record_clear(&rec);
+    }
 }
 
 static void wait_ms(rq *r, unsigned ms)
@@ -669,7 +812,7 @@ static void *bg_main(void *arg)
         queue_node *rel = r->rel;
         r->rel = NULL;
         size_t room = r->consume > r->nheld ? r->consume - r->nheld : 0;
-        size_t nsent = r->nsent, late = r->late;
+        size_t nsent = r->nsent + r->nwatch, late = r->late;
         pthread_mutex_unlock(&r->mu);
         while (rel) {
             queue_node *next = rel->next;
@@ -706,8 +849,10 @@ static void *bg_main(void *arg)
                          ? broker_done_read(r->b, r->cursor, sizeof r->cursor,
                                             room ? 0 : IDLE_WAIT_MS, &ids, &k)
                          : BROKER_EDOWN;
-            for (size_t i = 0; i < k; i++)
+            for (size_t i = 0; i < k; i++) {
                 finish_sent(r, ids[i], NULL);
+                watch_final(r, ids[i]);
+            }
             free(ids);
             waited = waited || (rc == 0 && !room);
             if (now >= r->next_sweep_us) {
@@ -735,6 +880,11 @@ static void rq_shutdown(queue *q)
     if (first)
         pthread_join(r->thr, NULL);
     queue_shutdown(r->mem);
+    /* Nobody reads the notices any more: the watches end without. */
+    pthread_mutex_lock(&r->mu);
+    rwatch *ws = watch_take_locked(r, 0, 1);
+    pthread_mutex_unlock(&r->mu);
+    watch_fire(ws, NULL);
 }
 
 static void rq_destroy(queue *q)
@@ -760,6 +910,7 @@ static void rq_destroy(queue *q)
             free(s);
         }
     }
+    watch_fire(watch_take_locked(r, 0, 1), NULL); /* not shut down first */
     queue_destroy(r->mem);
     pthread_cond_destroy(&r->cv);
     pthread_mutex_destroy(&r->mu);

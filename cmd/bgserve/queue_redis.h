@@ -93,6 +93,18 @@ int queue_redis_write(queue *q, queue_node *const *nodes, size_t n, char *why, s
 int queue_redis_link(queue *q, queue_node *n);
 void queue_redis_forget(queue *q, uint64_t id);
 
+/*
+ * Watch task id, which another process added (a server that did not
+ * accept it, asked for it by id): fn is called once, on the backend's
+ * thread, with the task's record when the notice of its final state
+ * comes; with NULL when its record expired or could not be read, or at
+ * shutdown.  0: watching; 1: final already (or shutting down; fn is not
+ * called); BGS_ENOTFOUND: Redis has no record of it; BGS_EFULL: Redis is
+ * away.  It may be called before this returns.
+ */
+typedef void (*queue_redis_watch_fn)(void *arg, uint64_t id, const broker_record *rec);
+int queue_redis_watch(queue *q, uint64_t id, queue_redis_watch_fn fn, void *arg);
+
 /* After shutdown: a node added here that is still waiting for the notice
  * of its final state (its task is in Redis, queued or running on a
  * worker), back to its owner; NULL when none is left.  try_take hands
@@ -102,5 +114,7 @@ queue_node *queue_redis_take_sent(queue *q);
 /* Jobs read from the stream and not yet acked or nacked, and nodes added
  * here waiting for their final state (stats). */
 void queue_redis_counts(queue *q, size_t *held, size_t *sent);
+/* Watches of other processes' tasks still waiting (stats). */
+size_t queue_redis_watches(queue *q);
 
 #endif

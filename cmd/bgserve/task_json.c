@@ -3,7 +3,9 @@
  * behind GET /_bgserve/tasks/ID, whether the record is in memory or read
  * back from the journal.  The keys common to both come in one order; a
  * source adds its own keys at fixed places (a journal row has no
- * delivery, mode, generation or result, and has a not-before time).
+ * delivery, mode, generation or result, and has a not-before time; a
+ * record in Redis has no delivery, mode, generation or payload size, and
+ * names the worker).
  *
  * No state: the view is the caller's, the writer the calling thread's.
  */
@@ -31,6 +33,7 @@ static void result_json(json *j, const task_json_view *v)
 void task_json_write(json *j, const task_json_view *v)
 {
     int journal = v->source == TASK_JSON_JOURNAL;
+    int redis = v->source == TASK_JSON_BROKER;
 
     json_obj_begin(j);
     json_key(j, "id");
@@ -57,7 +60,7 @@ void task_json_write(json *j, const task_json_view *v)
     json_str(j, v->error);
     json_key(j, "request_id");
     json_str(j, v->request_id);
-    if (!journal) {
+    if (!journal && !redis) {
         json_key(j, "delivered");
         if (v->delivered < 0)
             json_null(j);
@@ -69,7 +72,10 @@ void task_json_write(json *j, const task_json_view *v)
         json_u64(j, v->generation);
     }
     json_key(j, "payload_bytes");
-    json_u64(j, v->payload_len);
+    if (redis)
+        json_null(j); /* a record in Redis does not say */
+    else
+        json_u64(j, v->payload_len);
     json_key(j, "adhoc");
     json_bool(j, v->adhoc);
     if (journal) {
@@ -77,6 +83,12 @@ void task_json_write(json *j, const task_json_view *v)
         json_str(j, "journal");
     } else {
         result_json(j, v);
+    }
+    if (redis) {
+        json_key(j, "worker");
+        json_str(j, v->worker);
+        json_key(j, "source");
+        json_str(j, "redis");
     }
     json_obj_end(j);
 }

@@ -1,7 +1,8 @@
 /*
  * task_json.h - a task's record as the status monitor writes it (GET
- * /_bgserve/tasks/ID), from either source: the engine's record in memory
- * (introspect.c) or a row of the journal (journal_json.c).  Both fill one
+ * /_bgserve/tasks/ID), from any source: the engine's record in memory
+ * (introspect.c), a row of the journal (journal_json.c) or a record in
+ * Redis (tasks_broker.c).  Both fill one
  * view and one writer prints it, so the two answers keep the same keys
  * in the same order.  Owns no state; any thread.
  */
@@ -15,7 +16,9 @@
 
 typedef enum task_json_source {
     TASK_JSON_MEMORY = 0,  /* the engine's record: delivered, mode, generation, result */
-    TASK_JSON_JOURNAL = 1  /* a journal row: not_before and "source":"journal" */
+    TASK_JSON_JOURNAL = 1, /* a journal row: not_before and "source":"journal" */
+    TASK_JSON_BROKER = 2   /* a record in Redis (another process's task):
+                            * the result, "worker" and "source":"redis" */
 } task_json_source;
 
 /* What the writer prints.  Strings are borrowed for the call; NULL
@@ -42,6 +45,8 @@ typedef struct task_json_view {
     size_t result_len;
     /* TASK_JSON_JOURNAL only. */
     uint64_t not_before_us;
+    /* TASK_JSON_BROKER only: the worker that ran it last (NULL: none). */
+    const char *worker;
 } task_json_view;
 
 /* The record as one JSON object (a value: at the top, after a key or in

@@ -258,6 +258,16 @@ int tasks_group_enqueue(tasks_group *g, const plugin_task *def, const void *payl
  * not called); BGS_ENOTFOUND: unknown or evicted. */
 int tasks_watch(tasks_engine *t, uint64_t id, tasks_final_fn cb, void *arg);
 
+/* With a broker: tasks_watch for a task this process does not know (one
+ * another server accepted), through its record in Redis; cb runs on the
+ * broker's thread (or before this returns).  The same returns, and
+ * BGS_EFULL when Redis is away; BGS_ENOTFOUND without a broker. */
+int tasks_broker_watch(tasks_engine *t, uint64_t id, tasks_final_fn cb, void *arg);
+/* With a broker: task id's record as Redis keeps it, as the JSON of GET
+ * /_bgserve/tasks/ID (with "source":"redis").  0, or BGS_ENOTFOUND (no
+ * broker, no such record, or Redis away). */
+int tasks_broker_record_json(tasks_engine *t, uint64_t id, json *j);
+
 /* Record whether the response of the request that queued task id reached
  * the client (tasks_group_submit does, for the group's queued tasks). */
 void tasks_note_delivery(tasks_engine *t, uint64_t id, int delivered);

@@ -21,6 +21,9 @@
  *   leaves this process without a final state (tasks_runs_hand_back).
  * rejoin (a worker): a task enqueued here comes back from the stream to
  *   run here: its attempts are the ones Redis counted, wherever they ran.
+ * Tasks another process accepted (a server asked about one by id): their
+ *   record is read from Redis (GET /_bgserve/tasks/ID) and a watch
+ *   (?wait=) waits for the notice of their final state.
  *
  * Runs on queue_redis's background thread (limits, adopt, finished,
  * released, rejoin; released also on a worker thread once that thread
@@ -30,6 +33,7 @@
 #include "tasks_internal.h"
 
 #include "log.h"
+#include "task_json.h"
 #include "queue_redis.h"
 #include "util.h"
 
@@ -166,6 +170,62 @@ static void result(void *arg, queue_node *n, broker_outcome *o)
     pthread_mutex_unlock(&t->rec_mu);
 }
 
+/* ---- tasks another process accepted ---------------------------------------- */
+
+typedef struct remote_watch {
+    tasks_final_fn cb;
+    void *arg;
+} remote_watch;
+
+static void remote_final(void *arg, uint64_t id, const broker_record *rec)
+{
+    remote_watch *w = arg;
+    tasks_final f = {.id = id, .name = rec && rec->name ? rec->name : "?",
+                     .state = rec ? state_named(rec->state) : TASKS_FAILED,
+                     .error = rec ? rec->error
+                                  : "its record in redis expired or could not be read"};
+    if (rec && rec->has_result) {
+        f.has_result = 1;
+        f.result_status = rec->result_status;
+        f.result_type = rec->result_type ? xstrdup(rec->result_type) : NULL;
+        f.result = rec->result ? xmemdup(rec->result, rec->result_len) : NULL;
+        f.result_len = rec->result ? rec->result_len : 0;
+    }
+    w->cb(w->arg, &f);
+    free(f.result_type); /* unless the callback took them */
+    free(f.result);
+    free(w);
+}
+
+int tasks_broker_watch(tasks_engine *t, uint64_t id, tasks_final_fn cb, void *arg)
+{
+    if (!t->broker)
+        return BGS_ENOTFOUND;
+    remote_watch *w = xmalloc(sizeof *w);
+    *w = (remote_watch){.cb = cb, .arg = arg};
+    int rc = queue_redis_watch(t->q, id, remote_final, w);
+    if (rc != 0)
+        free(w);
+    return rc;
+}
+
+int tasks_broker_record_json(tasks_engine *t, uint64_t id, json *j)
+{
+    broker_record r;
+    if (!t->broker || broker_record_get(t->broker, id, &r) != 0)
+        return BGS_ENOTFOUND;
+    task_json_write(j, &(task_json_view){
+        .source = TASK_JSON_BROKER, .id = r.id ? r.id : id, .name = r.name, .state = r.state,
+        .attempts = r.attempts, .max_attempts = r.max_attempts,
+        .created_us = r.created_ms * 1000u, .started_us = r.started_ms * 1000u,
+        .finished_us = r.finished_ms * 1000u, .error = r.error, .request_id = r.request_id,
+        .has_result = r.has_result, .result_status = r.result_status,
+        .result_type = r.result_type, .result = r.result, .result_len = r.result_len,
+        .worker = r.worker});
+    broker_record_clear(&r);
+    return 0;
+}
+
 void tasks_broker_stats_json(tasks_engine *t, json *j)
 {
     broker_stats s;
@@ -190,6 +250,7 @@ void tasks_broker_stats_json(tasks_engine *t, json *j)
     NUM("capacity", broker_capacity(t->broker)) /* 0: no bound */
     NUM("running_here", held)
     NUM("awaited_here", sent)
+    NUM("watched_here", queue_redis_watches(t->q)) /* other processes' tasks */
 #undef NUM
     json_key(j, "prefix"); /* last: its braces end flat readers' view */
     json_str(j, broker_prefix(t->broker));
