@@ -4,7 +4,7 @@
  * between; never past its bound), with and without the HTTP threads'
  * share of the window in poll (which decides when the CPUs look saturated
  * but bgserve keeps up, as at a fixed rate beside a busy load generator),
- * that share from two readings (the busiest thread; unknown when the
+ * that share from two readings (the threads' average; unknown when the
  * threads changed), reading /proc/stat
  * (all CPUs, the allowed ones, a line cut short, no CPU line), the pace
  * driven by a test source through windows of its own clock (measured once
@@ -66,7 +66,7 @@ static void pace_step_follows_the_cpus(void **state)
 static void pace_step_follows_the_http_threads(void **state)
 {
     (void)state;
-    /* The CPUs saturated, mostly by us, but the busiest HTTP thread waits
+    /* The CPUs saturated, mostly by us, but the HTTP threads wait
      * in poll a fifth of the time or more: bgserve keeps up, wake up at once. */
     assert_int_equal(pace_step(PACE_MAX_US, BUSY, PACE_HTTP_SPARE_PERMILLE), PACE_MAX_US / 2);
     assert_int_equal(pace_step(PACE_STEP_MIN_US, BUSY, 500), 0);
@@ -96,18 +96,20 @@ static void http_readings(pace_reading *prev, pace_reading *cur, uint64_t a, uin
     cur->http_busy_ns[1] += b * 1000;
 }
 
-static void pace_http_idle_is_the_busiest_threads(void **state)
+static void pace_http_idle_is_the_threads_average(void **state)
 {
     (void)state;
     pace_reading prev, cur;
     http_readings(&prev, &cur, 300, 600);
-    assert_int_equal(pace_http_idle(&prev, &cur), 400);  /* the busier one: 600 of 1000 µs */
+    assert_int_equal(pace_http_idle(&prev, &cur), 550);  /* 700 and 400 of 1000 µs in poll */
     http_readings(&prev, &cur, 900, 100);
-    assert_int_equal(pace_http_idle(&prev, &cur), 100);
+    assert_int_equal(pace_http_idle(&prev, &cur), 500);
     http_readings(&prev, &cur, 0, 0);
     assert_int_equal(pace_http_idle(&prev, &cur), 1000); /* both waited all along */
-    http_readings(&prev, &cur, 1200, 10);                /* read a little late: capped */
-    assert_int_equal(pace_http_idle(&prev, &cur), 0);
+    http_readings(&prev, &cur, 1000, 1000);
+    assert_int_equal(pace_http_idle(&prev, &cur), 0);    /* neither ever waited */
+    http_readings(&prev, &cur, 1200, 800);               /* one read a little late: */
+    assert_int_equal(pace_http_idle(&prev, &cur), 100);  /* capped at the window, not -200 */
     /* Unknown: a thread came or went between the readings, ... */
     http_readings(&prev, &cur, 300, 600);
     cur.http_set++;
@@ -342,7 +344,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(pace_step_follows_the_cpus),
         cmocka_unit_test(pace_step_follows_the_http_threads),
-        cmocka_unit_test(pace_http_idle_is_the_busiest_threads),
+        cmocka_unit_test(pace_http_idle_is_the_threads_average),
         cmocka_unit_test(pace_parse_stat_sums_the_allowed_cpus),
         cmocka_unit_test_teardown(pace_follows_its_source_window_by_window, teardown_source),
         cmocka_unit_test_teardown(pace_at_a_fixed_rate_wakes_at_once, teardown_source),

@@ -12,7 +12,7 @@
  *     affinity mask): how much of their time was idle, and how much of
  *     it this process used;
  *   - its own HTTP threads (each registers itself on its first request,
- *     pace_http_thread): how much of the window the busiest of them spent
+ *     pace_http_thread): how much of the window they spent, on average,
  *     waiting in poll for something to do, i.e. neither on a CPU nor
  *     waiting for one (/proc/self/task/TID/schedstat).  A server that
  *     keeps up with its load waits there a good part of the time, however
@@ -21,13 +21,13 @@
  * After each window it moves the linger one step:
  *   - idle at least PACE_SPARE_PERMILLE of their time, or this process
  *     using less than PACE_LIGHT_PERMILLE of it (its wake-ups are few,
- *     whoever else keeps the CPUs busy), or the busiest HTTP thread
+ *     whoever else keeps the CPUs busy), or the HTTP threads
  *     waiting in poll at least PACE_HTTP_SPARE_PERMILLE of the window
  *     (bgserve keeps up; the wake-ups cost CPU it has): the linger halves
  *     (below PACE_STEP_MIN_US it is 0: every task that finds a worker
  *     idle wakes it at once);
  *   - idle less than PACE_BUSY_PERMILLE while this process uses at least
- *     PACE_HEAVY_PERMILLE, and the busiest HTTP thread waiting in poll
+ *     PACE_HEAVY_PERMILLE, and the HTTP threads waiting in poll
  *     less than PACE_HTTP_BUSY_PERMILLE (or no HTTP thread measured):
  *     saturated, and by us; the linger doubles (from 0 to
  *     PACE_STEP_MIN_US), up to PACE_MAX_US, the bound;
@@ -74,8 +74,8 @@ unsigned pace_current(void);
 int pace_idle_permille(void);
 /* This process's share of the same CPUs' time, likewise. */
 int pace_own_permille(void);
-/* The share of the last window the busiest HTTP thread spent waiting in
- * poll, per mille, or -1 when none was measured over a whole window. */
+/* The share of the last window the HTTP threads spent waiting in poll
+ * (their average), per mille, or -1 when none was measured over a whole window. */
 int pace_http_idle_permille(void);
 
 /* Call on an HTTP thread for each request: the first call on a thread
@@ -100,11 +100,11 @@ typedef struct pace_reading {
 
 /* One step of the controller (top of file): the next linger from the
  * current one, the idle share of the window and this process's share,
- * both per mille of the CPUs' time, and the busiest HTTP thread's share
+ * both per mille of the CPUs' time, and the HTTP threads' average share
  * of the window waiting in poll, per mille, or -1 when unknown. */
 unsigned pace_step(unsigned linger_us, unsigned idle_permille, unsigned own_permille,
                    int http_idle_permille);
-/* The busiest HTTP thread's share of the time between two readings spent
+/* The HTTP threads' average share of the time between two readings spent
  * waiting in poll (time neither busy nor waiting for a CPU), per mille;
  * -1 when it cannot be told: no thread, a different set of threads, or
  * no time between them. */

@@ -486,7 +486,7 @@ void tasks_stats_json(tasks_engine *t, json *j)
     /* The wake-up policy (docs/tasks.md, "When tasks run"): the linger
      * now, the longest a task may wait for company, and for the adaptive
      * one the shares it follows: of the CPUs' time, idle and ours; of the
-     * window, the busiest HTTP thread's waiting in poll. */
+     * window, the HTTP threads' waiting in poll. */
     int adaptive = t->linger_us == QUEUE_LINGER_ADAPTIVE;
     json_key(j, "linger_mode");
     json_str(j, adaptive ? "adaptive" : "fixed");
