@@ -480,6 +480,22 @@ static void app_run_log_is(const app_run *a, const char *want)
     free(text);
 }
 
+/* Start the app again after the crash and wait until task id succeeded
+ * on disk: the fixture's log is then want_log and the server has said
+ * how many tasks it took over from the earlier run (took_over).  Stops
+ * it; the task as on disk. */
+static on_disk restart_until_succeeded(app_run *a, h_server *s, const sandbox *sb, uint64_t id,
+                                       const char *want_log, const char *took_over)
+{
+    app_run_start(a, s);
+    on_disk d = wait_disk_state(sb->path, id, "succeeded");
+    app_run_log_is(a, want_log);
+    assert_true(h_wait_log(s, took_over, DEADLINE_MS));
+    h_stop_clean(s);
+    h_free(s);
+    return d;
+}
+
 /* A run that a crash interrupts (the task kills the process at once, on
  * its first attempt) comes back after the restart as attempt 2, never as
  * attempt 1 again: its start was committed before it ran. */
@@ -494,14 +510,9 @@ static void journal_server_crash_in_a_run_replays_the_next_attempt(void **state)
     assert_int_equal(h_stop(&s, 0), 128 + SIGKILL); /* the task killed it */
     h_free(&s);
 
-    app_run_start(&l, &s);
-    on_disk d = wait_disk_state(sb->path, id, "succeeded");
+    on_disk d = restart_until_succeeded(&l, &s, sb, id, "k 1\nk 2\nk end\n",
+                                        "1 task from an earlier run: 0 queued, 1 interrupted");
     assert_int_equal(d.attempts, 2);
-    app_run_log_is(&l, "k 1\nk 2\nk end\n");
-    assert_true(h_wait_log(&s, "1 task from an earlier run: 0 queued, 1 interrupted",
-                           DEADLINE_MS));
-    h_stop_clean(&s);
-    h_free(&s);
 }
 
 /* Start the app and GET /seq?tag=s (four tasks in sequence, the second
@@ -539,13 +550,9 @@ static void journal_server_sequence_keeps_its_order_after_a_crash(void **state)
     uint64_t ids[4];
     sequence_then_crash(&l, &s, ids);
 
-    app_run_start(&l, &s);
-    wait_disk_state(sb->path, ids[3], "succeeded");
-    app_run_log_is(&l, "s-1 1\ns-2 1\ns-2 2\ns-2 end\ns-3 1\ns-4 1\n");
-    assert_true(h_wait_log(&s, "3 tasks from an earlier run: 2 queued, 1 interrupted",
-                           DEADLINE_MS));
-    h_stop_clean(&s);
-    h_free(&s);
+    restart_until_succeeded(&l, &s, sb, ids[3],
+                            "s-1 1\ns-2 1\ns-2 2\ns-2 end\ns-3 1\ns-4 1\n",
+                            "3 tasks from an earlier run: 2 queued, 1 interrupted");
 }
 
 /* The rest of an interrupted sequence whose earlier task did not succeed
