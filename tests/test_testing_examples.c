@@ -48,6 +48,20 @@ static bgst_response *send_ok(bgst_client *c, const bgst_request *rq)
     return r;
 }
 
+/* method target, without a body, is answered status; its body is body
+ * (NULL: any) and contains part (NULL: not checked). */
+static void expect_answer(bgst_client *c, const char *method, const char *target,
+                          unsigned status, const char *body, const char *part)
+{
+    bgst_response *r = send_ok(c, &(bgst_request){.method = method, .target = target});
+    assert_int_equal(bgst_status(r), status);
+    if (body)
+        assert_string_equal(bgst_body(r, NULL), body);
+    if (part)
+        h_assert_contains(bgst_body(r, NULL), part);
+    bgst_response_free(r);
+}
+
 /* Task i of r, waited for; the caller clears it. */
 static void wait_task(bgst_client *c, const bgst_response *r, size_t i, bgst_task *t)
 {
@@ -114,12 +128,8 @@ static void examples_sample_app_notes(void **state)
     assert_int_equal(t.state, BGST_SUCCEEDED);
     bgst_task_clear(&t);
     bgst_response_free(r);
-    assert_int_equal(bgst_send(c, "GET", "/notes/1", NULL, &r), BGST_OK);
-    assert_int_equal(bgst_status(r), 404);
-    bgst_response_free(r);
-    assert_int_equal(bgst_send(c, "PUT", "/notes", NULL, &r), BGST_OK);
-    assert_int_equal(bgst_status(r), 405);
-    bgst_response_free(r);
+    expect_answer(c, "GET", "/notes/1", 404, NULL, NULL);
+    expect_answer(c, "PUT", "/notes", 405, NULL, NULL);
     bgst_close(c);
 }
 
@@ -129,13 +139,10 @@ static void examples_jobs_deferred_and_awaited(void **state)
 {
     (void)state;
     bgst_client *c = open_plugin("plugins/jobs.so", NULL);
-    bgst_response *r;
     /* Answered later by the task job. */
-    assert_int_equal(bgst_send(c, "GET", "/jobs/7?ms=1", NULL, &r), BGST_OK);
-    assert_int_equal(bgst_status(r), 200);
-    assert_string_equal(bgst_body(r, NULL), "job 7 done");
-    bgst_response_free(r);
+    expect_answer(c, "GET", "/jobs/7?ms=1", 200, "job 7 done", NULL);
     /* Answered with the result of the awaited task. */
+    bgst_response *r;
     assert_int_equal(bgst_send(c, "GET", "/jobs/8/await?ms=1", NULL, &r), BGST_OK);
     assert_int_equal(bgst_status(r), 200);
     assert_string_equal(bgst_body(r, NULL), "job 8 done");
@@ -146,15 +153,10 @@ static void examples_jobs_deferred_and_awaited(void **state)
     bgst_task_clear(&t);
     bgst_response_free(r);
     /* The awaited task fails: 500 with its error. */
-    assert_int_equal(bgst_send(c, "GET", "/jobs/9/await?ms=1&fail=1", NULL, &r), BGST_OK);
-    assert_int_equal(bgst_status(r), 500);
-    h_assert_contains(bgst_body(r, NULL), "job 9 failed on purpose");
-    bgst_response_free(r);
+    expect_answer(c, "GET", "/jobs/9/await?ms=1&fail=1", 500, NULL, "job 9 failed on purpose");
     /* The deadline (50 ms) passes long before the job (a minute): 504;
      * closing cancels the job. */
-    assert_int_equal(bgst_send(c, "GET", "/jobs/10?ms=60000&timeout=50", NULL, &r), BGST_OK);
-    assert_int_equal(bgst_status(r), 504);
-    bgst_response_free(r);
+    expect_answer(c, "GET", "/jobs/10?ms=60000&timeout=50", 504, NULL, NULL);
     bgst_close(c);
 }
 
@@ -178,11 +180,7 @@ static void examples_periodic_tick_service_and_data(void **state)
     assert_int_equal(bgst_service(c, "foo", &foo2), BGST_OK);
     assert_non_null(foo1);
     assert_ptr_equal(foo1, foo2);
-    bgst_response *r;
-    assert_int_equal(bgst_send(c, "GET", "/", NULL, &r), BGST_OK);
-    assert_int_equal(bgst_status(r), 200);
-    h_assert_contains(bgst_body(r, NULL), "Hello, World! ");
-    bgst_response_free(r);
+    expect_answer(c, "GET", "/", 200, NULL, "Hello, World! ");
     bgst_close(c);
 }
 
