@@ -50,6 +50,7 @@ typedef struct engine {
     char result[256][32];
     int released;
     int adopted;
+    int rejoined;
 } engine;
 
 static item *item_of(queue_node *n) { return UTIL_CONTAINER_OF(n, item, node); }
@@ -119,6 +120,15 @@ static void released(void *arg, queue_node *n)
     free(item_of(n));
 }
 
+static void rejoin(void *arg, queue_node *n, const broker_msg *m)
+{
+    engine *e = arg;
+    item_of(n)->attempt = m->attempt;
+    pthread_mutex_lock(&e->mu);
+    e->rejoined++;
+    pthread_mutex_unlock(&e->mu);
+}
+
 static void result(void *arg, queue_node *n, broker_outcome *o)
 {
     (void)arg;
@@ -154,8 +164,8 @@ static broker *open_b(rig *g, const char *consumer)
 static queue *backend(rig *g, broker *b, unsigned consume)
 {
     queue_redis_hooks h = {.describe = describe, .limits = limits, .adopt = adopt,
-                           .finished = finished, .released = released, .result = result,
-                           .arg = &g->e};
+                           .finished = finished, .released = released, .rejoin = rejoin,
+                           .result = result, .arg = &g->e};
     queue_redis_config cfg = {.consume = consume, .sched = timers};
     queue *q = queue_redis_new(b, &cfg, &h);
     assert_non_null(q);
@@ -358,6 +368,43 @@ static void queue_redis_retry_goes_through_the_delayed_set(void **state)
     rig_down(&g);
 }
 
+/* A worker's own task (one it enqueued, a periodic tick say) that fails
+ * goes through the delayed set too, but its node stays: it waits for
+ * its notice, and when this worker reads the job back it runs the same
+ * node with the attempt Redis counted. */
+static void queue_redis_own_task_retry_keeps_its_node(void **state)
+{
+    (void)state;
+    rig g;
+    rig_up(&g, 1, 0);
+    queue_node *n = &new_item(8, "flaky")->node;
+    assert_int_equal(queue_enqueue_at(g.w1, &n, 1, 0, NULL, NULL), 0);
+    queue *from;
+    queue_node *got = take_any(g.w1, NULL, &from, 10000);
+    assert_ptr_equal(got, n);
+    assert_int_equal(item_of(got)->attempt, 1);
+    assert_int_equal(queue_nack(g.w1, got, util_now_us() + 1000, "try again"), 0);
+    size_t held, sent;
+    queue_redis_counts(g.w1, &held, &sent);
+    assert_int_equal(held, 0);
+    assert_int_equal(sent, 1);
+    got = take_any(g.w1, NULL, &from, 10000);
+    assert_ptr_equal(got, n);
+    assert_int_equal(item_of(got)->attempt, 2);
+    pthread_mutex_lock(&g.e.mu);
+    int rel = g.e.released, rej = g.e.rejoined, adopted = g.e.adopted;
+    pthread_mutex_unlock(&g.e.mu);
+    assert_int_equal(rel, 0);
+    assert_int_equal(rej, 2);
+    assert_int_equal(adopted, 0);
+    queue_ack(g.w1, got, &(queue_outcome){.end = QUEUE_SUCCEEDED});
+    free(item_of(got));
+    queue_redis_counts(g.w1, &held, &sent);
+    assert_int_equal(sent, 0);
+    assert_int_equal(h_redis_int(&g.redis, "XLEN bgserve:{app}:tasks"), 0);
+    rig_down(&g);
+}
+
 static void queue_redis_unknown_name_is_dead_lettered(void **state)
 {
     (void)state;
@@ -548,6 +595,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(queue_redis_workers_share_and_server_hears_once),
         cmocka_unit_test(queue_redis_retry_goes_through_the_delayed_set),
+        cmocka_unit_test(queue_redis_own_task_retry_keeps_its_node),
         cmocka_unit_test(queue_redis_unknown_name_is_dead_lettered),
         cmocka_unit_test(queue_redis_max_concurrency_across_workers),
         cmocka_unit_test(queue_redis_adhoc_stays_local),
