@@ -232,7 +232,7 @@ static void shutdown_round(int round)
         assert_int_equal(pthread_create(&cs[i].thread, NULL, client_main, &cs[i]), 0);
     }
     /* mid-burst: every client has had a few answers on average */
-    assert_true(h_poll(burst_going, &s, 20000));
+    assert_true(h_poll_server(&s, burst_going, &s, 20000));
     kill(s.pid, SIGTERM);
     /* The server says "stopping" after the cut-over: every request sent
      * after we read that, and the one held in its handler until now, must
@@ -493,7 +493,7 @@ static void conns_shutdown_deadline_cuts_what_is_left(void **state)
     assert_int_equal(send(fd, part, strlen(part), MSG_NOSIGNAL), (ssize_t)strlen(part));
     /* the server has read its request line: two requests in flight,
      * counting the stats request itself */
-    assert_true(h_poll(two_in_flight, &s, 10000));
+    assert_true(h_poll_server(&s, two_in_flight, &s, 10000));
     assert_int_equal(h_stop(&s, SIGTERM), 0);
     h_assert_contains(s.log, "1 requests still in flight at the deadline: closing them");
     h_assert_contains(s.log, "stopped");

@@ -426,7 +426,7 @@ static void crash_every_request_after_reload_gets_the_crash_page(void **state)
 
     /* A good build ends the crash page. */
     put_build(&t, "crash_app");
-    assert_true(h_poll(fine_again, &s, DEADLINE_MS));
+    assert_true(h_poll_server(&s, fine_again, &s, DEADLINE_MS));
     expect_ok(&s);
     assert_int_equal(h_count_log(&s, "bgserve: listening on"), 1);
     assert_int_equal(h_stop(&s, SIGINT), 0);
@@ -445,7 +445,7 @@ static void crash_in_start_hook_under_reload_waits_for_the_next_build(void **sta
     /* The crash page answers, so bgserve listens. */
     if (h_start_app(&s, t.app, args, NULL) != 0)
         fail();
-    assert_true(h_poll(crash_page_served, &s, DEADLINE_MS));
+    assert_true(h_poll_server(&s, crash_page_served, &s, DEADLINE_MS));
     h_assert_contains(s.log, "not restarting this build");
     h_assert_contains(s.log, "it crashed in its start hook");
     h_resp r;
@@ -455,7 +455,7 @@ static void crash_in_start_hook_under_reload_waits_for_the_next_build(void **sta
     h_resp_free(&r);
 
     put_build(&t, "crash_app");
-    assert_true(h_poll(fine_again, &s, DEADLINE_MS));
+    assert_true(h_poll_server(&s, fine_again, &s, DEADLINE_MS));
     assert_int_equal(h_stop(&s, SIGINT), 0);
     h_free(&s);
     h_rm_rf(t.dir);

@@ -155,7 +155,7 @@ static void deferred_deadline_gives_504_and_late_completion_is_safe(void **state
     assert_non_null(h_header(&r, "Bgserve-Tasks"));
     h_resp_free(&r);
     /* the task completes the handle after the deadline: an error, no crash */
-    assert_true(h_poll(log_has_late, &s, 20000));
+    assert_true(h_poll_server(&s, log_has_late, &s, 20000));
     assert_int_equal(h_stat(&s, "deferred", "timed_out"), 1);
     assert_int_equal(h_get(&s, "/", &r), 0);
     assert_int_equal(r.status, 200);

@@ -99,7 +99,7 @@ static void examples_periodic_ticks_with_a_new_scoped_service(void **state)
     unsigned ids[2];
 
     assert_int_equal(start_plugin(&s, "periodic", NULL), 0);
-    assert_true(h_poll(two_ticks, &s, DEADLINE_MS));
+    assert_true(h_poll_server(&s, two_ticks, &s, DEADLINE_MS));
     const char *p = s.log;
     for (int i = 0; i < 2; i++) {
         p = strstr(p, "] tick at ");

@@ -263,7 +263,7 @@ static int letter_is(void *arg)
 static void expect_letter(h_server *s, char want)
 {
     struct letter_wait w = {s, want, 0};
-    if (!h_poll(letter_is, &w, LETTER_DEADLINE_MS))
+    if (!h_poll_server(s, letter_is, &w, LETTER_DEADLINE_MS))
         fprintf(stderr, "GET / never served %c (last: %c)\n", want, w.last ? w.last : '?');
     assert_int_equal(w.last, want);
 }
@@ -339,7 +339,7 @@ static int count_reached(void *arg)
 static void expect_log_count(h_server *s, const char *needle, int n)
 {
     struct count_wait w = {s, needle, n};
-    if (!h_poll(count_reached, &w, LOG_DEADLINE_MS))
+    if (!h_poll_server(s, count_reached, &w, LOG_DEADLINE_MS))
         fprintf(stderr, "log showed '%s' %d times, wanted %d\n", needle,
                 h_count_log(s, needle), n);
     assert_true(h_count_log(s, needle) >= n);
@@ -855,7 +855,7 @@ static void reload_retired_generations_unloaded(void **state)
 
     /* Only the serving generation's copy is left, on disk and mapped. */
     struct copies_wait w = {t, 0, 0, ""};
-    if (!h_poll(one_copy_left, &w, LOG_DEADLINE_MS))
+    if (!h_poll_server(&t->s, one_copy_left, &w, LOG_DEADLINE_MS))
         fprintf(stderr, "copies: %d in %s, %d mapped\n", w.entries, t->copies, w.mapped);
     assert_int_equal(w.entries, 1);
     assert_int_equal(w.mapped, 1);

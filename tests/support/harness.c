@@ -92,19 +92,38 @@ void h_drain_log(h_server *s)
     }
 }
 
+/* Print the end of s's log (the last LOG_TAIL bytes) after what. */
+#define LOG_TAIL 16384
+static void print_log_tail(const h_server *s, const char *what)
+{
+    size_t from = s->log_len > LOG_TAIL ? s->log_len - LOG_TAIL : 0;
+    fprintf(stderr, "%s; its log%s:\n%s\n", what, from ? " ends" : "",
+            s->log ? s->log + from : "");
+}
+
+typedef struct log_wait {
+    h_server *s;
+    const char *needle;
+} log_wait;
+
+static int log_shows(void *arg)
+{
+    log_wait *w = arg;
+    h_drain_log(w->s);
+    return w->s->log && strstr(w->s->log, w->needle) ? 1 : 0;
+}
+
 int h_wait_log(h_server *s, const char *needle, unsigned deadline_ms)
 {
-    uint64_t end = h_now_ms() + deadline_ms;
-    for (;;) {
-        h_drain_log(s);
-        if (s->log && strstr(s->log, needle))
-            return 1;
-        uint64_t now = h_now_ms();
-        if (now >= end)
-            return 0;
-        struct timespec ts = {0, 5 * 1000000L};
-        nanosleep(&ts, NULL); /* polling interval */
+    log_wait w = {s, needle};
+    int found = h_poll_server(s, log_shows, &w, deadline_ms);
+    if (!found && !h_server_ended(s, NULL, 0)) { /* the deadline (h_poll_server said an exit) */
+        char what[256];
+        snprintf(what, sizeof what, "h_wait_log: \"%s\" not in bgserve's log within %u ms",
+                 needle, deadline_ms);
+        print_log_tail(s, what);
     }
+    return found;
 }
 
 int h_count_log(h_server *s, const char *needle)
@@ -440,13 +459,62 @@ void h_resp_free(h_resp *r)
     memset(r, 0, sizeof *r);
 }
 
-int h_poll(int (*cond)(void *arg), void *arg, unsigned deadline_ms)
+int h_server_ended(const h_server *s, char *how, size_t cap)
+{
+    char dummy[8];
+    if (how == NULL) {
+        how = dummy;
+        cap = sizeof dummy;
+    }
+    if (s->pid <= 0) {
+        snprintf(how, cap, "is not running");
+        return 1;
+    }
+    siginfo_t si;
+    memset(&si, 0, sizeof si);
+    /* WNOWAIT: the process stays a zombie, so h_stop still reaps it and
+     * returns its status, and its pid is not reused meanwhile. */
+    if (waitid(P_PID, (id_t)s->pid, &si, WEXITED | WNOHANG | WNOWAIT) != 0) {
+        if (errno == EINTR)
+            return 0;
+        snprintf(how, cap, "cannot be waited for (%s)", strerror(errno));
+        return 1;
+    }
+    if (si.si_pid == 0)
+        return 0;
+    if (si.si_code == CLD_EXITED)
+        snprintf(how, cap, "exited with status %d", si.si_status);
+    else
+        snprintf(how, cap, "was killed by signal %d (%s)", si.si_status, strsignal(si.si_status));
+    return 1;
+}
+
+int h_poll_server(h_server *s, int (*cond)(void *arg), void *arg, unsigned deadline_ms)
 {
     uint64_t end = h_now_ms() + deadline_ms;
+    char how[96];
     int v;
-    while (!(v = cond(arg)) && h_now_ms() < end) {
+    while (!(v = cond(arg))) {
+        if (s && h_server_ended(s, how, sizeof how)) {
+            h_drain_log(s);
+            v = cond(arg); /* what it wrote last may be what we wait for */
+            if (!v) {
+                char what[192];
+                snprintf(what, sizeof what, "bgserve (pid %d) %s while the test waited for it",
+                         (int)s->pid, how);
+                print_log_tail(s, what);
+            }
+            return v;
+        }
+        if (h_now_ms() >= end)
+            break;
         struct timespec ts = {0, 5 * 1000000L};
         nanosleep(&ts, NULL); /* polling interval */
     }
     return v;
+}
+
+int h_poll(int (*cond)(void *arg), void *arg, unsigned deadline_ms)
+{
+    return h_poll_server(NULL, cond, arg, deadline_ms);
 }

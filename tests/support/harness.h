@@ -57,7 +57,9 @@ int h_spawn(h_server *s, const char *const *argv, const char *const *extra_env,
 void h_drain_log(h_server *s);
 
 /* Poll s->log (draining stderr) until it contains needle; deadline in
- * ms.  Returns 1 when found, 0 at the deadline. */
+ * ms.  Returns 1 when found; else 0, at the deadline or at once when the
+ * process exited without writing it (h_poll_server), after printing the
+ * end of its log to stderr. */
 int h_wait_log(h_server *s, const char *needle, unsigned deadline_ms);
 
 /* Count occurrences of needle in s->log (after draining). */
@@ -99,6 +101,18 @@ void h_resp_free(h_resp *r);
 /* Poll cond(arg) every few ms until it returns non-zero or deadline_ms
  * passes.  Returns the last value of cond. */
 int h_poll(int (*cond)(void *arg), void *arg, unsigned deadline_ms);
+
+/* h_poll for a condition that only s's process can make true: when the
+ * process has exited (or s has none), cond is asked once more and, still
+ * 0, the wait ends at once instead of at the deadline, with the end of
+ * s's log printed to stderr.  The process is not reaped: h_stop returns
+ * its status as before. */
+int h_poll_server(h_server *s, int (*cond)(void *arg), void *arg, unsigned deadline_ms);
+
+/* Has s's process ended (1) or is it running (0)?  When it has, how (may
+ * be NULL) says so: "exited with status 3", "was killed by signal 9
+ * (Killed)", "is not running".  Does not reap it. */
+int h_server_ended(const h_server *s, char *how, size_t cap);
 
 /* Monotonic milliseconds. */
 uint64_t h_now_ms(void);

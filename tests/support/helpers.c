@@ -127,7 +127,7 @@ int h_wait_stat(h_server *s, const char *obj, const char *key, long long want,
                 unsigned deadline_ms)
 {
     stat_wait w = {.s = s, .obj = obj, .key = key, .want = want, .last = -1};
-    int ok = h_poll(stat_reaches, &w, deadline_ms);
+    int ok = h_poll_server(s, stat_reaches, &w, deadline_ms);
     if (!ok)
         fprintf(stderr, "stats %s.%s: wanted %lld, last seen %lld\n", obj ? obj : "", key, want,
                 w.last);
@@ -172,7 +172,7 @@ static int record_matches(void *arg)
 
 static char *wait_record(record_wait *w, unsigned deadline_ms)
 {
-    if (h_poll(record_matches, w, deadline_ms))
+    if (h_poll_server(w->s, record_matches, w, deadline_ms))
         return w->body;
     h_drain_log(w->s);
     size_t len = w->s->log_len, from = len > 3000 ? len - 3000 : 0;

@@ -36,13 +36,14 @@ long long h_json_obj_num(const char *json, const char *obj, const char *key);
 long long h_stat(h_server *s, const char *obj, const char *key);
 
 /* Poll h_stat until it equals want; 1, or 0 at the deadline (the last
- * value seen is printed). */
+ * value seen is printed) or once the server exited (h_poll_server). */
 int h_wait_stat(h_server *s, const char *obj, const char *key, long long want,
                 unsigned deadline_ms);
 
 /* Poll GET path (e.g. "/_bgserve/tasks/7") until it answers 200 with a
  * body whose first "state" is state; returns that body (malloc'd), or
- * NULL at the deadline after printing the last answer and the log's end. */
+ * NULL at the deadline or once the server exited (h_poll_server), after
+ * printing the last answer and the log's end. */
 char *h_wait_state(h_server *s, const char *path, const char *state, unsigned deadline_ms);
 
 /* POST /_bgserve/tasks/ID/retry, with the dashboard's action header when
