@@ -6,7 +6,10 @@
  * ATTEMPT BUILD [SEQ POS]" lines to a file the test reads).
  *
  * - 10,000 tasks (2,000 under a sanitizer), 100 per request, run exactly
- *   once on two workers, and both workers run some.
+ *   once on two workers, and both workers run some;
+ * - a worker stopped (SIGTERM) while its task runs hands the task back
+ *   to Redis, uncounted, says so, exits 0, and another worker runs it;
+ *   while it drains it takes nothing new.
  *
  * Everything runs on the test's main thread; every wait polls with a
  * deadline.
@@ -270,6 +273,12 @@ static void assert_each_ran_once(rig *g, const char *what, const idlist *ids, co
     free(seen);
 }
 
+/* The server's record of task id once its state is state (malloc'd). */
+static char *wait_record(rig *g, uint64_t id, const char *state)
+{
+    return h_wait_task(&g->server, id, state, DEADLINE_MS);
+}
+
 /* ---- 1. many tasks, two workers --------------------------------------------- */
 
 static void broker_scale_tasks_run_once_on_both_workers(void **state)
@@ -308,10 +317,120 @@ static void broker_scale_tasks_run_once_on_both_workers(void **state)
     rig_down(&g);
 }
 
+/* ---- 5. a worker stopped while its task runs ----------------------------------- */
+
+static uint64_t add_one(rig *g, const char *task)
+{
+    idlist ids = {0};
+    char path[64];
+    snprintf(path, sizeof path, "/add?task=%s&n=1", task);
+    assert_int_equal(get_ids(&g->server, path, &ids), 200);
+    assert_int_equal(ids.n, 1);
+    uint64_t id = ids.v[0];
+    free(ids.v);
+    return id;
+}
+
+static void make_go(rig *g)
+{
+    FILE *f = fopen(g->gopath, "w");
+    assert_non_null(f);
+    fclose(f);
+}
+
+/* Stopped with no time to drain, the worker cancels the task and hands
+ * it back to Redis (not counted as an attempt: it did not fail), says
+ * so, and exits 0: nothing of its own is lost.  Another worker runs it. */
+static void broker_scale_stopped_worker_hands_its_task_back(void **state)
+{
+    (void)state;
+    rig g;
+    rig_redis(&g, NULL, NULL);
+    start_server(&g, NULL);
+    const char *quick[] = {"--drain-timeout", "0", NULL};
+    h_server a;
+    start_worker(&g, &a, NULL, quick);
+    uint64_t id = add_one(&g, "hold");
+    assert_int_equal(wait_runs(&g, "start", a.pid, 1, DEADLINE_MS), 1);
+    int rc = h_stop(&a, SIGTERM);
+    if (rc != 0)
+        fprintf(stderr, "worker log:\n%s\n", a.log);
+    assert_int_equal(rc, 0);
+    char line[128];
+    snprintf(line, sizeof line, "task %" PRIu64 " (hold) handed back to redis for another "
+             "worker", id);
+    h_assert_contains(a.log, line);
+    snprintf(line, sizeof line, "task %" PRIu64 " hold running", id);
+    char found[512];
+    assert_int_equal(h_line_with(a.log, "back in redis: another worker runs it", found,
+                                 sizeof found), 0);
+    h_assert_contains(found, line);
+    h_assert_contains(a.log, "drain: 0 tasks finished, 0 did not, 1 went back to redis");
+    h_assert_lacks(a.log, "Sanitizer");
+    h_free(&a);
+    /* In Redis, for the next worker: the delayed set, due now. */
+    assert_int_equal(h_redis_int(&g.redis, "ZCARD bgserve:{scale_app}:delayed"), 1);
+    add_worker(&g, NULL);
+    make_go(&g);
+    assert_int_equal(wait_runs(&g, "ran", g.w[0].pid, 1, DEADLINE_MS), 1);
+    char *rec = wait_record(&g, id, "succeeded");
+    assert_int_equal(h_json_num(rec, "attempts"), 1);
+    free(rec);
+    assert_int_equal(count_runs(&g, "start", 0), 2);
+    assert_int_equal(h_redis_int(&g.redis, "XLEN bgserve:{scale_app}:dead"), 0);
+    rig_down(&g);
+}
+
+/* While it drains, a stopping worker takes nothing new from the stream:
+ * the tasks added meanwhile run on the other worker, and its own task,
+ * finished within the drain, is acknowledged (exit 0). */
+static void broker_scale_draining_worker_takes_nothing_new(void **state)
+{
+    (void)state;
+    rig g;
+    rig_redis(&g, NULL, NULL);
+    start_server(&g, NULL);
+    add_worker(&g, NULL); /* b: g.w[0] */
+    h_server a;
+    start_worker(&g, &a, NULL, NULL);
+    /* The hold task on a: b is idle and reads first only by chance, so
+     * add until a has one. */
+    idlist held = {0};
+    uint64_t end = h_now_ms() + DEADLINE_MS;
+    while (count_runs(&g, "start", a.pid) == 0 && h_now_ms() < end) {
+        ids_push(&held, add_one(&g, "hold"));
+        size_t want = held.n;
+        uint64_t e2 = h_now_ms() + DEADLINE_MS;
+        while (count_runs(&g, "start", 0) < want && h_now_ms() < e2)
+            nap();
+    }
+    assert_true(count_runs(&g, "start", a.pid) > 0);
+    kill(a.pid, SIGTERM);
+    assert_true(h_wait_log(&a, "worker stopping: reading no more tasks", DEADLINE_MS));
+    idlist ids = {0};
+    for (int i = 0; i < 4; i++)
+        assert_int_equal(get_ids(&g.server, "/add?task=count&n=10&mode=concurrent", &ids), 200);
+    assert_int_equal(wait_runs(&g, "ran", 0, ids.n, DEADLINE_MS), ids.n);
+    assert_int_equal(count_runs(&g, "ran", a.pid), 0);
+    make_go(&g);
+    int rc = h_stop(&a, 0);
+    if (rc != 0)
+        fprintf(stderr, "worker log:\n%s\n", a.log);
+    assert_int_equal(rc, 0);
+    h_assert_lacks(a.log, "Sanitizer");
+    h_free(&a);
+    assert_int_equal(wait_runs(&g, "ran", 0, ids.n + held.n, DEADLINE_MS), ids.n + held.n);
+    free(held.v);
+    free(ids.v);
+    rig_down(&g);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(broker_scale_tasks_run_once_on_both_workers),
+        cmocka_unit_test(broker_scale_stopped_worker_hands_its_task_back),
+        cmocka_unit_test(broker_scale_draining_worker_takes_nothing_new),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -282,7 +282,9 @@ static const char *const script_text[S_COUNT] = {
     "redis.call('HSET', KEYS[1], 'state', 'running', 'started', now, 'worker', ARGV[1])\n"
     "return a\n",
     /* REQUEUE  KEYS: stream delayed record
-     * ARGV: group entry delay_ms state error attempt */
+     * ARGV: group entry delay_ms state error attempt [uncount]
+     * uncount "1": the record's attempts become `attempt` too (a run
+     * handed back by a stopping worker does not count) */
     [S_REQUEUE] = LUA_NOW
     "local e = redis.call('XRANGE', KEYS[1], ARGV[2], ARGV[2])\n"
     "local acked = redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])\n"
@@ -293,6 +295,7 @@ static const char *const script_text[S_COUNT] = {
     "redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), cmsgpack.pack(f))\n"
     "redis.call('HSET', KEYS[3], 'state', ARGV[4])\n"
     "if ARGV[5] ~= '' then redis.call('HSET', KEYS[3], 'error', ARGV[5]) end\n"
+    "if ARGV[7] == '1' then redis.call('HSET', KEYS[3], 'attempts', ARGV[6]) end\n"
     "return acked\n",
     /* FINISH  KEYS: stream record done
      * ARGV: group entry ttl state error has_result status type result id */
@@ -1394,8 +1397,10 @@ int broker_finish(broker *b, const broker_msg *m, const broker_outcome *o)
     return rc;
 }
 
+/* REQUEUE with the entry's attempts set to attempt; uncount: the record's
+ * too (a run handed back). */
 static int requeue(broker *b, const broker_msg *m, unsigned delay_ms, const char *state,
-                   const char *error)
+                   const char *error, uint32_t attempt, int uncount)
 {
     args a = {0};
     args_script(&a, S_REQUEUE, 3, b->sha[S_REQUEUE]);
@@ -1407,18 +1412,21 @@ static int requeue(broker *b, const broker_msg *m, unsigned delay_ms, const char
     args_u64(&a, delay_ms);
     args_str(&a, state);
     args_str(&a, error);
-    args_u64(&a, m->attempt);
-    return cmd_script_int(b, S_REQUEUE, &a, "putting a task back", NULL);
+    args_u64(&a, attempt);
+    if (uncount)
+        args_str(&a, "1");
+    return cmd_script_int(b, S_REQUEUE, &a, uncount ? "handing a task back" : "putting a task back",
+                          NULL);
 }
 
 int broker_retry(broker *b, const broker_msg *m, unsigned delay_ms, const char *error)
 {
-    return requeue(b, m, delay_ms, "retrying", error);
+    return requeue(b, m, delay_ms, "retrying", error, m->attempt, 0);
 }
 
 int broker_defer(broker *b, const broker_msg *m, unsigned delay_ms)
 {
-    return requeue(b, m, delay_ms, "queued", NULL);
+    return requeue(b, m, delay_ms, "queued", NULL, m->attempt, 0);
 }
 
 int broker_dead(broker *b, const broker_msg *m, const char *error)
@@ -1437,6 +1445,11 @@ int broker_dead(broker *b, const broker_msg *m, const char *error)
     args_str(&a, "1");
     args_u64(&a, m->id);
     return cmd_script_int(b, S_DEAD, &a, "dead-lettering a task", NULL);
+}
+
+int broker_hand_back(broker *b, const broker_msg *m, const char *error)
+{
+    return requeue(b, m, 0, "queued", error, m->attempt > 0 ? m->attempt - 1 : 0, 1);
 }
 
 /* ------------------------------------------------------------------ */

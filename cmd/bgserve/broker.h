@@ -221,6 +221,12 @@ int broker_retry(broker *b, const broker_msg *m, unsigned delay_ms, const char *
  * delay_ms without counting an attempt (state "queued"). */
 int broker_defer(broker *b, const broker_msg *m, unsigned delay_ms);
 
+/* m's run (started with broker_start) was interrupted by its worker's
+ * stop: acknowledge it and put it in the delayed set, due at once, for
+ * another worker, with its attempts as before this run (state "queued",
+ * error kept): the interrupted run does not count against max_attempts. */
+int broker_hand_back(broker *b, const broker_msg *m, const char *error);
+
 /* m is out of attempts (or cannot run): acknowledge it, add it to the
  * dead-letter stream with error, record state "failed" (and a notice). */
 int broker_dead(broker *b, const broker_msg *m, const char *error);

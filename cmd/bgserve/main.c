@@ -515,9 +515,14 @@ int main(int argc, char **argv)
      * response closes its connection and nothing new is accepted. */
     if (!worker)
         http_quiesce();
-    log_msg(BGS_LOG_INFO, "%s: stopping; finishing requests in flight, then draining tasks "
-            "(up to %u ms; a second SIGINT exits at once)",
-            sig == SIGINT ? "SIGINT" : "SIGTERM", cfg.drain_timeout_ms);
+    if (worker)
+        log_msg(BGS_LOG_INFO, "%s: stopping; the tasks running here may finish (up to %u ms), "
+                "then go back to redis for other workers (a second SIGINT exits at once)",
+                sig == SIGINT ? "SIGINT" : "SIGTERM", cfg.drain_timeout_ms);
+    else
+        log_msg(BGS_LOG_INFO, "%s: stopping; finishing requests in flight, then draining "
+                "tasks (up to %u ms; a second SIGINT exits at once)",
+                sig == SIGINT ? "SIGINT" : "SIGTERM", cfg.drain_timeout_ms);
 
     pthread_t waiter;
     static second_signal_arg wa; /* the waiter may outlive this frame's end */

@@ -22,6 +22,8 @@
  *            called once with the record when the notice of the task's
  *            final state comes (or a late look-up finds it final).
  *   stop, shut - shutdown flags.
+ *   draining - set when a worker begins to stop (queue_redis_drain):
+ *            nothing more is read; running entries are still touched.
  * The background thread alone uses the notice cursor and the touch and
  * sweep clocks.  The broker calls are made with mu released; ownership
  * of a node moves under mu (out of `sent` or `held`) before any hook
@@ -94,6 +96,7 @@ typedef struct rq {
     size_t nwatch;             /* mu */
     size_t late;               /* mu: linked nodes whose notice came early */
     int stop, shut;            /* mu */
+    int draining;              /* mu: a worker that stops reads no more */
 
     char cursor[BROKER_ENTRY_MAX]; /* background thread */
     int have_cursor;               /* background thread */
@@ -387,7 +390,16 @@ static void rq_ack(queue *q, queue_node *n, const queue_outcome *o)
     }
     if (shut && o->end == QUEUE_CANCELLED) {
         /* Stopped by this worker's shutdown: another worker runs it. */
-        broker_retry(r->b, &x->msg, 0, "cancelled: its worker stopped");
+        int rc = broker_hand_back(r->b, &x->msg, "its worker stopped before it finished");
+        if (rc == 0)
+            log_msg(BGS_LOG_INFO, "broker: task %" PRIu64 " (%s) handed back to redis for "
+                    "another worker: this worker stopped before it finished (attempt %" PRIu32
+                    " does not count)", x->msg.id, x->msg.name, x->msg.attempt);
+        else
+            log_msg(BGS_LOG_WARN, "broker: task %" PRIu64 " (%s) could not be handed back "
+                    "(%s): it stays pending in redis and another worker claims it after the "
+                    "visibility timeout (%u ms)", x->msg.id, x->msg.name, broker_strerror(rc),
+                    broker_visibility_ms(r->b));
     } else if (o->end == QUEUE_FAILED) {
         /* Out of attempts: the dead letters keep it, with its last error. */
         int rc = broker_dead(r->b, &x->msg, o->error ? o->error : "failed");
@@ -435,6 +447,23 @@ static int rq_nack(queue *q, queue_node *n, uint64_t retry_at_us, const char *wh
 
 static size_t rq_depth(queue *q) { return queue_depth(R(q)->mem); }
 static uint64_t rq_wakeups(queue *q) { return queue_wakeups(R(q)->mem); }
+
+void queue_redis_drain(queue *q)
+{
+    rq *r = R(q);
+    if (!r->consume)
+        return;
+    pthread_mutex_lock(&r->mu);
+    int first = !r->draining;
+    r->draining = 1;
+    size_t n = r->nheld;
+    pthread_mutex_unlock(&r->mu);
+    if (first)
+        log_msg(BGS_LOG_INFO, "broker: worker stopping: reading no more tasks from %s:tasks; "
+                "the %zu here finish or go back to redis", broker_prefix(r->b), n);
+}
+
+int queue_redis_consumes(queue *q) { return R(q)->consume > 0; }
 
 void queue_redis_counts(queue *q, size_t *nheld, size_t *nsent)
 {
@@ -588,6 +617,15 @@ static void take_job(rq *r, broker_msg *m)
             return;
         }
     }
+    pthread_mutex_lock(&r->mu);
+    int draining = r->draining;
+    pthread_mutex_unlock(&r->mu);
+    if (draining) {
+        /* Read as this worker began to stop: for another worker. */
+        broker_defer(r->b, m, 0);
+        broker_msg_clear(m);
+        return;
+    }
     int lim = r->h.limits(r->h.arg, m->name, &conc, why, sizeof why);
     if (lim == -2) { /* read before the app was loaded: later */
         broker_defer(r->b, m, DEFER_MS);
@@ -666,7 +704,7 @@ static void take_job(rq *r, broker_msg *m)
         x = held_take_locked(r, node);
         pthread_mutex_unlock(&r->mu);
         if (x) {
-            broker_retry(r->b, &x->msg, 0, "its worker stopped");
+            broker_hand_back(r->b, &x->msg, "its worker stopped before it ran");
             give_back(r, x, node);
         }
     }
@@ -811,7 +849,7 @@ static void *bg_main(void *arg)
         int stop = r->stop;
         queue_node *rel = r->rel;
         r->rel = NULL;
-        size_t room = r->consume > r->nheld ? r->consume - r->nheld : 0;
+        size_t room = r->consume > r->nheld && !r->draining ? r->consume - r->nheld : 0;
         size_t nsent = r->nsent + r->nwatch, late = r->late;
         pthread_mutex_unlock(&r->mu);
         while (rel) {

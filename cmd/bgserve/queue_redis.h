@@ -111,6 +111,17 @@ int queue_redis_watch(queue *q, uint64_t id, queue_redis_watch_fn fn, void *arg)
  * back only the jobs of this process. */
 queue_node *queue_redis_take_sent(queue *q);
 
+/* A worker that stops: read nothing more from the stream (a job a read
+ * in progress returns goes back at once), keep touching the running
+ * ones; one log line says so.  A job acked cancelled after shutdown (its
+ * run interrupted by the stop, or never started) is handed back to the
+ * delayed set for another worker, its attempt not counted.  Nothing for
+ * a server. */
+void queue_redis_drain(queue *q);
+
+/* 1 when q runs jobs it reads from the stream (a worker), else 0. */
+int queue_redis_consumes(queue *q);
+
 /* Jobs read from the stream and not yet acked or nacked, and nodes added
  * here waiting for their final state (stats). */
 void queue_redis_counts(queue *q, size_t *held, size_t *sent);

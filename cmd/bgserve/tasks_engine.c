@@ -285,14 +285,16 @@ static unfinished *snapshot_live_locked(tasks_engine *t, size_t *n)
     return u;
 }
 
-static void print_unfinished_line(const unfinished *u, const char *outcome)
+/* A warning, or info for a task that goes on elsewhere (kept). */
+static void print_unfinished_line(const unfinished *u, const char *outcome, int kept)
 {
+    int level = kept ? BGS_LOG_INFO : BGS_LOG_WARN;
     if (u->state == TASKS_RUNNING)
-        log_msg(BGS_LOG_WARN, "  task %" PRIu64 " %s %s (attempt %" PRIu32 ", running for %.3f s%s%s)",
+        log_msg(level, "  task %" PRIu64 " %s %s (attempt %" PRIu32 ", running for %.3f s%s%s)",
                 u->id, u->name, tasks_state_name(u->state), u->attempts,
                 (double)u->running_us / 1e6, outcome ? "; " : "", outcome ? outcome : "");
     else
-        log_msg(BGS_LOG_WARN, "  task %" PRIu64 " %s %s (%" PRIu32 " attempts so far%s%s)",
+        log_msg(level, "  task %" PRIu64 " %s %s (%" PRIu32 " attempts so far%s%s)",
                 u->id, u->name, tasks_state_name(u->state), u->attempts,
                 outcome ? "; " : "", outcome ? outcome : "");
 }
@@ -305,9 +307,13 @@ size_t tasks_shutdown(tasks_engine *t, unsigned drain_ms)
     uint64_t deadline = util_now_us() + (uint64_t)drain_ms * 1000u;
     uint64_t fin0, fin1;
 
-    /* 1. No new work; periodic schedules release their owners. */
+    /* 1. No new work; periodic schedules release their owners.  A worker
+     * reads nothing more from the broker. */
     atomic_store(&t->accepting, 0);
     tasks_periodic_stop_all(t);
+    int consumer = t->broker && queue_redis_consumes(t->q);
+    if (consumer)
+        queue_redis_drain(t->q);
 
     /* 2. Drain: queued, running and retrying tasks go on until the deadline. */
     pthread_mutex_lock(&t->rec_mu);
@@ -334,13 +340,17 @@ size_t tasks_shutdown(tasks_engine *t, unsigned drain_ms)
         atomic_fetch_or(&it->cancel, TASKS_CANCEL_SET);
     pthread_mutex_unlock(&t->rec_mu);
 
-    /* The queue hands back the ready ones, then those waiting to retry. */
+    /* The queue hands back the ready ones, then those waiting to retry.
+     * A worker's go back to the broker (queue_redis_drain). */
     queue_node *n;
     while ((n = queue_try_take(t->q)) != NULL) {
         task_item *it = UTIL_CONTAINER_OF(n, task_item, qnode);
         pthread_mutex_lock(&t->rec_mu);
         int retrying = it->state == TASKS_RETRYING;
         pthread_mutex_unlock(&t->rec_mu);
+        if (consumer)
+            queue_ack(t->q, n, &(queue_outcome){.end = QUEUE_CANCELLED,
+                                                .error = "its worker stopped before it ran"});
         tasks_runs_finalize(it, TASKS_CANCELLED, retrying ? "cancelled at shutdown before its retry ran"
                                                           : "cancelled at shutdown; the task never ran");
     }
@@ -379,16 +389,13 @@ size_t tasks_shutdown(tasks_engine *t, unsigned drain_ms)
         t->abandoned = 1;
 
     /* 5. The report; nothing when no task ever existed (a server that
-     * stopped before serving, e.g. its plugin was refused). */
-    size_t nlost = nu - (nelse < nu ? nelse : nu); /* not counting those in redis */
-    char inredis[64] = "";
-    if (t->broker)
-        snprintf(inredis, sizeof inredis, ", %zu stay in redis for the workers", nu - nlost);
-    if (nu || fin1 != fin0 || atomic_load(&t->next_id) != 1)
-        log_msg(nlost ? BGS_LOG_WARN : BGS_LOG_INFO, "drain: %" PRIu64 " tasks finished, %zu did "
-                "not%s", fin1 - fin0, nlost, inredis);
+     * stopped before serving, e.g. its plugin was refused).  A worker's
+     * tasks that ended here unfinished are back in Redis (handed back,
+     * or pending until another worker claims them): not lost. */
+    char (*outcome)[160] = xcalloc(nu ? nu : 1, sizeof *outcome);
+    int *kept = xcalloc(nu ? nu : 1, sizeof *kept);
+    size_t nlost = 0, nback = 0;
     for (size_t i = 0; i < nu; i++) {
-        char outcome[96];
         pthread_mutex_lock(&t->rec_mu);
         task_item *it = tasks_records_find_locked(t, u[i].id);
         int now_state = it ? it->state : -1;
@@ -396,18 +403,43 @@ size_t tasks_shutdown(tasks_engine *t, unsigned drain_ms)
         int away = 0;
         for (size_t k = 0; k < nelse && !away; k++)
             away = elsewhere[k] == u[i].id;
+        /* A worker's task final by now was acked (or handed back when
+         * cancelled): nothing of it is lost. */
+        int back = consumer && now_state == TASKS_CANCELLED;
+        kept[i] = away || (consumer && (now_state < 0 || tasks_is_final(now_state)));
+        nback += (size_t)(away || back);
+        nlost += (size_t)!kept[i];
         if (away)
-            snprintf(outcome, sizeof(outcome), "in redis: it runs on the workers");
+            snprintf(outcome[i], sizeof outcome[i], "in redis: it runs on the workers");
+        else if (back)
+            snprintf(outcome[i], sizeof outcome[i], "back in redis: another worker runs it");
+        else if (consumer && now_state == TASKS_RUNNING)
+            snprintf(outcome[i], sizeof outcome[i], "did not return within the grace period; "
+                     "abandoned (in redis, another worker claims it after the visibility "
+                     "timeout)");
         else if (now_state < 0)
-            snprintf(outcome, sizeof(outcome), "finished after the deadline");
+            snprintf(outcome[i], sizeof outcome[i], "finished after the deadline");
         else if (tasks_is_final(now_state))
-            snprintf(outcome, sizeof(outcome), "now %s", tasks_state_name(now_state));
+            snprintf(outcome[i], sizeof outcome[i], "now %s", tasks_state_name(now_state));
         else if (now_state == TASKS_RUNNING)
-            snprintf(outcome, sizeof(outcome), "did not return within the grace period; abandoned");
+            snprintf(outcome[i], sizeof outcome[i], "did not return within the grace period; "
+                     "abandoned");
         else
-            snprintf(outcome, sizeof(outcome), "never ran; still %s", tasks_state_name(now_state));
-        print_unfinished_line(&u[i], outcome);
+            snprintf(outcome[i], sizeof outcome[i], "never ran; still %s",
+                     tasks_state_name(now_state));
     }
+    char inredis[64] = "";
+    if (consumer)
+        snprintf(inredis, sizeof inredis, ", %zu went back to redis for other workers", nback);
+    else if (t->broker)
+        snprintf(inredis, sizeof inredis, ", %zu stay in redis for the workers", nback);
+    if (nu || fin1 != fin0 || atomic_load(&t->next_id) != 1)
+        log_msg(nlost ? BGS_LOG_WARN : BGS_LOG_INFO, "drain: %" PRIu64 " tasks finished, %zu did "
+                "not%s", fin1 - fin0, nlost, inredis);
+    for (size_t i = 0; i < nu; i++)
+        print_unfinished_line(&u[i], outcome[i], kept[i]);
+    free(kept);
+    free(outcome);
     free(u);
     free(elsewhere);
     if (stuck)
@@ -445,7 +477,7 @@ void tasks_report_unfinished(tasks_engine *t)
     pthread_mutex_unlock(&t->rec_mu);
     log_msg(BGS_LOG_WARN, "unfinished: %zu task%s", nu, nu == 1 ? "" : "s");
     for (size_t i = 0; i < nu; i++)
-        print_unfinished_line(&u[i], NULL);
+        print_unfinished_line(&u[i], NULL, 0);
     free(u);
 }
 

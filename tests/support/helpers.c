@@ -14,6 +14,7 @@
 #include "helpers.h"
 
 #include <ctype.h>
+#include <inttypes.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -188,6 +189,15 @@ char *h_wait_state(h_server *s, const char *path, const char *state, unsigned de
 {
     record_wait w = {.s = s, .path = path, .state = state};
     return wait_record(&w, deadline_ms);
+}
+
+char *h_wait_task(h_server *s, uint64_t id, const char *state, unsigned deadline_ms)
+{
+    char path[64];
+    snprintf(path, sizeof path, "/_bgserve/tasks/%" PRIu64, id);
+    char *rec = h_wait_state(s, path, state, deadline_ms);
+    assert_non_null(rec);
+    return rec;
 }
 
 char *h_wait_body(h_server *s, const char *path, const char *needle, unsigned deadline_ms)

@@ -11,6 +11,7 @@
 #define BGSERVE_HELPERS_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "harness.h"
 
@@ -45,6 +46,10 @@ int h_wait_stat(h_server *s, const char *obj, const char *key, long long want,
  * NULL at the deadline or once the server exited (h_poll_server), after
  * printing the last answer and the log's end. */
 char *h_wait_state(h_server *s, const char *path, const char *state, unsigned deadline_ms);
+
+/* h_wait_state on /_bgserve/tasks/ID, failing the test (cmocka) at the
+ * deadline; the record (malloc'd). */
+char *h_wait_task(h_server *s, uint64_t id, const char *state, unsigned deadline_ms);
 
 /* POST /_bgserve/tasks/ID/retry, with the dashboard's action header when
  * with_header; the status, and the body (malloc'd) in *body when body is
