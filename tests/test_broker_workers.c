@@ -764,6 +764,52 @@ static void broker_await_completes_from_a_worker(void **state)
     rig_down(&g);
 }
 
+/* Redis away: a server asked about a task it does not know cannot say
+ * whether it exists: 503 with Retry-After, not 404, also for ?wait=; the
+ * server that accepted the task still answers from memory. */
+static void broker_unknown_task_while_redis_is_down(void **state)
+{
+    (void)state;
+    rig g;
+    rig_redis(&g);
+    start_server(&g);
+    h_server other;
+    const char *args[] = {"--broker", g.redis.url, NULL};
+    assert_int_equal(h_start_app(&other, h_fixture("broker_app"), args, g.env), 0);
+    uint64_t id = add(&g, "count", 1);
+    h_redis_halt(&g.redis);
+    char path[64], waitpath[96];
+    snprintf(path, sizeof path, "/_bgserve/tasks/%" PRIu64, id);
+    snprintf(waitpath, sizeof waitpath, "%s?wait=20000", path);
+    const char *paths[] = {path, waitpath};
+    h_resp r;
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(h_get(&other, paths[i], &r), 0);
+        assert_int_equal(r.status, 503);
+        assert_non_null(h_header(&r, "Retry-After"));
+        h_assert_contains(r.body, "redis (--broker), which keeps every server's tasks, is "
+                                  "unreachable: retry later");
+        h_resp_free(&r);
+    }
+    assert_int_equal(h_get(&g.server, path, &r), 0);
+    assert_int_equal(r.status, 200);
+    h_assert_contains(r.body, "\"state\":\"queued\"");
+    h_resp_free(&r);
+    /* Back, empty (no persistence): now it knows there is no such task. */
+    h_redis_restart(&g.redis);
+    uint64_t end = h_now_ms() + DEADLINE_MS;
+    long st = 503;
+    while (st == 503 && h_now_ms() < end) {
+        assert_int_equal(h_get(&other, path, &r), 0);
+        st = r.status;
+        h_resp_free(&r);
+    }
+    assert_int_equal(st, 404);
+    h_stop_clean(&other);
+    h_free(&other);
+    rig_down(&g);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -781,6 +827,7 @@ int main(void)
         cmocka_unit_test(broker_dead_letter_after_retries_through_redis),
         cmocka_unit_test(broker_any_server_answers_for_any_task),
         cmocka_unit_test(broker_await_completes_from_a_worker),
+        cmocka_unit_test(broker_unknown_task_while_redis_is_down),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

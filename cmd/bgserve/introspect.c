@@ -147,11 +147,20 @@ void introspect_handle(const char *method, const char *path,
         uint64_t id = introspect_task_id(path);
         json j;
         json_init(&j);
-        if (id != 0 && introspect_task_json(c->tasks, id, &j) == 0) {
+        int rc = id != 0 ? introspect_task_json(c->tasks, id, &j) : BGS_ENOTFOUND;
+        if (rc == 0) {
             reply_json(out, 200, &j);
             return;
         }
         json_free(&j);
+        if (rc == BGS_EFULL) {
+            out->headers[0].name = "Retry-After";
+            out->headers[0].value = "1";
+            introspect_reply_error(out, 503, "task not known to this server, and redis (--broker), "
+                                             "which keeps every server's tasks, is unreachable: "
+                                             "retry later");
+            return;
+        }
         introspect_reply_error(out, 404, "no such task: unknown id, or its record was evicted (see --keep)");
         return;
     }

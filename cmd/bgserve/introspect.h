@@ -47,7 +47,8 @@ void introspect_reply_error(introspect_reply *out, unsigned status, const char *
 void introspect_stats_json(json *j, const introspect_counters *c);
 
 /* The record of task id of engine t as a JSON object into j:
- * 0, or BGS_ENOTFOUND if unknown or evicted. */
+ * 0, or BGS_ENOTFOUND if unknown or evicted, or BGS_EFULL when only the
+ * broker could know it and Redis is unreachable. */
 struct tasks_engine;
 struct json;
 int introspect_task_json(struct tasks_engine *t, uint64_t id, struct json *j);

@@ -264,8 +264,8 @@ int tasks_watch(tasks_engine *t, uint64_t id, tasks_final_fn cb, void *arg);
  * BGS_EFULL when Redis is away; BGS_ENOTFOUND without a broker. */
 int tasks_broker_watch(tasks_engine *t, uint64_t id, tasks_final_fn cb, void *arg);
 /* With a broker: task id's record as Redis keeps it, as the JSON of GET
- * /_bgserve/tasks/ID (with "source":"redis").  0, or BGS_ENOTFOUND (no
- * broker, no such record, or Redis away). */
+ * /_bgserve/tasks/ID (with "source":"redis").  0, BGS_ENOTFOUND (no
+ * broker, or no such record) or BGS_EFULL (Redis away). */
 int tasks_broker_record_json(tasks_engine *t, uint64_t id, json *j);
 
 /* Record whether the response of the request that queued task id reached

@@ -212,8 +212,9 @@ int tasks_broker_watch(tasks_engine *t, uint64_t id, tasks_final_fn cb, void *ar
 int tasks_broker_record_json(tasks_engine *t, uint64_t id, json *j)
 {
     broker_record r;
-    if (!t->broker || broker_record_get(t->broker, id, &r) != 0)
-        return BGS_ENOTFOUND;
+    int rc = t->broker ? broker_record_get(t->broker, id, &r) : BROKER_ENOTFOUND;
+    if (rc != 0)
+        return rc == BROKER_ENOTFOUND ? BGS_ENOTFOUND : BGS_EFULL;
     task_json_write(j, &(task_json_view){
         .source = TASK_JSON_BROKER, .id = r.id ? r.id : id, .name = r.name, .state = r.state,
         .attempts = r.attempts, .max_attempts = r.max_attempts,
