@@ -696,17 +696,24 @@ static void *longpoll_main(void *arg)
     return NULL;
 }
 
+/* A redis-server, the server and a second one on the same Redis in
+ * *other (stop it before rig_down), no worker. */
+static void rig_two_servers(rig *g, h_server *other)
+{
+    rig_redis(g);
+    start_server(g);
+    const char *args[] = {"--broker", g->redis.url, NULL};
+    assert_int_equal(h_start_app(other, h_fixture("broker_app"), args, g->env), 0);
+}
+
 /* A second server on the same Redis answers for a task the first one
  * accepted: its record from Redis, and ?wait= until a worker ran it. */
 static void broker_any_server_answers_for_any_task(void **state)
 {
     (void)state;
     rig g;
-    rig_redis(&g);
-    start_server(&g);
     h_server other;
-    const char *args[] = {"--broker", g.redis.url, NULL};
-    assert_int_equal(h_start_app(&other, h_fixture("broker_app"), args, g.env), 0);
+    rig_two_servers(&g, &other);
     uint64_t id = add(&g, "answer", 1);
     char path[64];
     snprintf(path, sizeof path, "/_bgserve/tasks/%" PRIu64, id);
@@ -778,11 +785,8 @@ static void broker_unknown_task_while_redis_is_down(void **state)
 {
     (void)state;
     rig g;
-    rig_redis(&g);
-    start_server(&g);
     h_server other;
-    const char *args[] = {"--broker", g.redis.url, NULL};
-    assert_int_equal(h_start_app(&other, h_fixture("broker_app"), args, g.env), 0);
+    rig_two_servers(&g, &other);
     uint64_t id = add(&g, "count", 1);
     h_redis_halt(&g.redis);
     char path[64], waitpath[96];
