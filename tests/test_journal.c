@@ -436,6 +436,64 @@ static void journal_group_commit_batches_many_threads(void **state)
     journal_close(j);
 }
 
+/* Several starts as one record: one commit, one completion; a task in
+ * it that is not live is named (JOURNAL_ENOTFOUND) and the others are
+ * started all the same.  An unstart puts a running task back to queued
+ * with its attempts as they were; on a task that is not running it
+ * changes nothing and says so. */
+static void journal_start_many_and_unstart(void **state)
+{
+    sandbox *sb = *state;
+    journal *j = js_open_ok(sb->path);
+    uint64_t a = add_one(j, "t_a", "a", NULL, NULL);
+    uint64_t b = add_one(j, "t_b", "b", NULL, NULL);
+    done_count d = DONE_COUNT_INIT;
+    uint64_t c = add_one(j, "t_c", "c", count_done, &d);
+    wait_count(&d, 1); /* the adds are committed: they are not counted below */
+    journal_started two[] = {{.id = a, .attempt = 1}, {.id = b, .attempt = 1}};
+    journal_stats s0, s1;
+    journal_get_stats(j, &s0);
+    assert_int_equal(journal_start_many(j, two, 2, count_done, &d), 0);
+    wait_count(&d, 2);
+    assert_int_equal(d.last_status, 0);
+    journal_get_stats(j, &s1);
+    assert_int_equal(s1.records - s0.records, 2);
+    char st[96] = "";
+    assert_int_equal(journal_lookup(j, a, collect_state, st), 0);
+    assert_string_equal(st, "running||1");
+    assert_int_equal(journal_lookup(j, b, collect_state, st), 0);
+    assert_string_equal(st, "running||1");
+
+    /* c was finished: not live; a is started again (attempt 2) */
+    assert_int_equal(journal_finish(j, c, "cancelled", "stop", NULL, NULL), 0);
+    journal_started gone[] = {{.id = c, .attempt = 1}, {.id = a, .attempt = 2}};
+    assert_int_equal(journal_start_many(j, gone, 2, count_done, &d), 0);
+    wait_count(&d, 3);
+    assert_int_equal(d.last_status, JOURNAL_ENOTFOUND);
+    char want[128];
+    snprintf(want, sizeof want, "task %" PRIu64 " is not queued or running", c);
+    h_assert_contains(d.last_msg, want);
+    assert_int_equal(journal_lookup(j, a, collect_state, st), 0);
+    assert_string_equal(st, "running||2");
+
+    assert_int_equal(journal_unstart(j, a, 1, count_done, &d), 0);
+    assert_int_equal(journal_unstart(j, c, 0, count_done, &d), 0);
+    wait_count(&d, 5);
+    assert_int_equal(d.last_status, JOURNAL_ENOTFOUND);
+    assert_int_equal(journal_lookup(j, a, collect_state, st), 0);
+    assert_string_equal(st, "queued||1");
+    assert_int_equal(journal_lookup(j, c, collect_state, st), 0);
+    assert_string_equal(st, "cancelled|stop|0");
+
+    assert_int_equal(journal_start_many(j, two, 0, NULL, NULL), JOURNAL_EINVAL);
+    assert_int_equal(journal_start_many(j, NULL, 1, NULL, NULL), JOURNAL_EINVAL);
+    journal_started zero[] = {{.id = 0, .attempt = 1}};
+    assert_int_equal(journal_start_many(j, zero, 1, NULL, NULL), JOURNAL_EINVAL);
+    assert_int_equal(journal_unstart(j, 0, 0, NULL, NULL), JOURNAL_EINVAL);
+    journal_close(j);
+}
+
+
 static void journal_stats_count_commits_and_batches(void **state)
 {
     sandbox *sb = *state;
@@ -1045,6 +1103,7 @@ int main(void)
         T(journal_replay_keeps_the_sequence_link),
         T(journal_upgrades_schema_version_1),
         T(journal_dead_letters_keep_the_last_error),
+        T(journal_start_many_and_unstart),
         T(journal_callbacks_run_in_append_order),
         T(journal_group_commit_batches_many_threads),
         T(journal_stats_count_commits_and_batches),

@@ -4,7 +4,9 @@
  * leaves in the journal (add, start, succeed, dead letter, finish, retry
  * with its time), ad hoc jobs kept in memory and counted apart, the
  * capacity and shutdown refusals that write nothing, a replay adopted
- * with its not-before time, consumers racing the writer, a SIGKILL after
+ * with its not-before time, consumers racing the writer, takes that
+ * claim several jobs with one start commit and hand the claimed ones
+ * back at shutdown (as queued again), a SIGKILL after
  * thousands of durable enqueues, and a full disk (the completion says
  * so, the jobs still run here, nothing that was said durable is lost).
  * Tests that kill a process or limit file sizes do it in a forked child.
@@ -579,6 +581,103 @@ static void queue_journal_kill_loses_nothing_durable(void **state)
     free(ids);
 }
 
+/* ---- claims: several starts, one commit ---------------------------------------------- */
+
+enum { CLAIM_JOBS = 200 };
+
+/* Enqueue n named jobs in one batch and wait until they are durable. */
+static item *enqueue_durable(queue *q, journal *j, size_t n, const char *name)
+{
+    item *its = calloc(n, sizeof *its);
+    queue_node **nodes = calloc(n, sizeof *nodes);
+    assert_non_null(its);
+    assert_non_null(nodes);
+    for (size_t i = 0; i < n; i++) {
+        item_init(&its[i], j, name, "c");
+        nodes[i] = &its[i].node;
+    }
+    done_count d = DONE_COUNT_INIT;
+    assert_int_equal(queue_enqueue_at(q, nodes, n, 0, count_done, &d), 0);
+    wait_calls(&d, 1);
+    assert_int_equal(d.last_status, 0);
+    free(nodes);
+    return its;
+}
+
+/* A take that finds more ready jobs claims several at once: every job a
+ * take returns is already on disk as running (its start committed before
+ * its run can begin, the claimed ones too), the order is kept, and the
+ * starts of 200 jobs share a few commits instead of taking one each. */
+static void queue_journal_claims_share_one_commit(void **state)
+{
+    sandbox *sb = *state;
+    journal *j = js_open_ok(sb->path);
+    queue *q = queue_journal_new(j, timers, 0, QUEUE_LINGER_DEFAULT, describe, NULL);
+    item *its = enqueue_durable(q, j, CLAIM_JOBS, "claimed");
+    journal_stats s0, s1;
+    journal_get_stats(j, &s0);
+    for (size_t i = 0; i < CLAIM_JOBS; i++) {
+        item *it = take_run(q);
+        assert_ptr_equal(it, &its[i]);
+        found f = lookup(j, it->id); /* a reader sees only what is committed */
+        assert_string_equal(f.state, "running");
+        assert_int_equal(f.attempts, 1);
+    }
+    journal_get_stats(j, &s1);
+    assert_int_equal(s1.records - s0.records, CLAIM_JOBS); /* one start each */
+    fprintf(stderr, "claims: %" PRIu64 " commits for %d starts\n", s1.commits - s0.commits,
+            CLAIM_JOBS);
+    assert_true(s1.commits - s0.commits <= CLAIM_JOBS / 8);
+    for (size_t i = 0; i < CLAIM_JOBS; i++)
+        queue_ack(q, &its[i].node, &(queue_outcome){.end = QUEUE_SUCCEEDED});
+    queue_shutdown(q);
+    assert_null(queue_try_take(q));
+    queue_destroy(q);
+    journal_close(j);
+    free(its);
+}
+
+/* Jobs claimed with a take but not handed out yet when the queue shuts
+ * down come back through try_take, in their order, and go back to the
+ * journal as queued with their attempts as they were (they never ran);
+ * the one that was handed out stays running (interrupted at the next
+ * start). */
+static void queue_journal_shutdown_hands_claims_back(void **state)
+{
+    sandbox *sb = *state;
+    enum { N = 10 };
+    journal *j = js_open_ok(sb->path);
+    queue *q = queue_journal_new(j, timers, 0, QUEUE_LINGER_DEFAULT, describe, NULL);
+    item *its = enqueue_durable(q, j, N, "handed");
+    assert_ptr_equal(take_run(q), &its[0]);
+    assert_string_equal(lookup(j, its[1].id).state, "running"); /* claimed with it */
+    assert_int_equal(queue_depth(q), N - 1);
+    queue_shutdown(q);
+    assert_null(queue_take(q));
+    for (size_t i = 1; i < N; i++)
+        assert_ptr_equal(queue_try_take(q), &its[i].node);
+    assert_null(queue_try_take(q));
+    queue_destroy(q);
+    journal_close(j);
+
+    j = js_open_ok(sb->path);
+    replayed s = {0};
+    assert_int_equal(journal_replay(j, replay_collect, &s), N);
+    const found *first = replayed_find(&s, its[0].id);
+    assert_non_null(first);
+    assert_int_equal(first->interrupted, 1);
+    assert_int_equal(first->attempts, 1);
+    for (size_t i = 1; i < N; i++) {
+        const found *f = replayed_find(&s, its[i].id);
+        assert_non_null(f);
+        assert_string_equal(f->state, "queued");
+        assert_int_equal(f->interrupted, 0);
+        assert_int_equal(f->attempts, 0);
+    }
+    journal_close(j);
+    free(its);
+}
+
 /* ---- a full disk ------------------------------------------------------------------- */
 
 enum { DF_OPEN = 20, DF_NO_FAILURE, DF_STATUS, DF_MSG, DF_NOT_RUN, DF_RECOVER, DF_LOST,
@@ -707,6 +806,8 @@ int main(void)
         T(queue_journal_refusals_write_nothing),
         T(queue_journal_adopt_keeps_not_before),
         T(queue_journal_consumers_race_the_writer),
+        T(queue_journal_claims_share_one_commit),
+        T(queue_journal_shutdown_hands_claims_back),
         T(queue_journal_kill_loses_nothing_durable),
         T(queue_journal_disk_full_completion_says_so),
     };

@@ -379,15 +379,16 @@ static long each_row(sqlite3 *db, const char *sql, uint64_t id,
 /* The live journal                                                    */
 /* ------------------------------------------------------------------ */
 
-typedef enum op_kind { OP_ADD, OP_START, OP_SUCCEED, OP_RETRY, OP_FINISH, OP_DEAD } op_kind;
+typedef enum op_kind { OP_ADD, OP_START, OP_UNSTART, OP_SUCCEED, OP_RETRY, OP_FINISH, OP_DEAD } op_kind;
 
-enum { ST_INSERT, ST_START, ST_SUCCEED, ST_RETRY, ST_FINISH, ST_DEAD_COPY, ST_DEAD_DEL,
+enum { ST_INSERT, ST_START, ST_UNSTART, ST_SUCCEED, ST_RETRY, ST_FINISH, ST_DEAD_COPY, ST_DEAD_DEL,
        ST_META, ST_COUNT };
 
 static const char *const stmt_sql[ST_COUNT] = {
     [ST_INSERT] = "INSERT INTO tasks (id,name,payload,state,attempts,max_attempts,not_before,"
                   "created,request_id,prev) VALUES (?1,?2,?3,'queued',0,?4,?5,?6,?7,?8)",
     [ST_START] = "UPDATE tasks SET state='running', attempts=?2, started=?3 WHERE id=?1 AND " LIVE,
+    [ST_UNSTART] = "UPDATE tasks SET state='queued', attempts=?2 WHERE id=?1 AND state='running'",
     [ST_SUCCEED] = "UPDATE tasks SET state='succeeded', finished=?2, result=?3 WHERE id=?1 AND " LIVE,
     [ST_RETRY] = "UPDATE tasks SET state='queued', not_before=?2, last_error=?3 WHERE id=?1 AND " LIVE,
     [ST_FINISH] = "UPDATE tasks SET state=?4, finished=?2, last_error=?3 WHERE id=?1 AND " LIVE,
@@ -422,6 +423,8 @@ typedef struct jrec {
     char *state;          /* OP_FINISH */
     jtask *tasks;         /* OP_ADD */
     size_t ntasks;
+    journal_started *starts; /* OP_START of several tasks (then id is 0) */
+    size_t nstarts;
     journal_done_fn done;
     void *arg;
     int status;           /* set by the writer */
@@ -655,6 +658,30 @@ static int run(sqlite3_stmt *st)
     return rc;
 }
 
+/* The starts of an OP_START of several tasks: as apply(), one by one;
+ * a task that is not live is skipped and named in r->msg. */
+static int apply_starts(journal *j, jrec *r, size_t *rows)
+{
+    sqlite3_stmt *st = j->st[ST_START];
+    for (size_t i = 0; i < r->nstarts; i++) {
+        sqlite3_bind_int64(st, 1, (int64_t)r->starts[i].id);
+        sqlite3_bind_int64(st, 2, r->starts[i].attempt);
+        sqlite3_bind_int64(st, 3, (int64_t)r->at_us);
+        int rc = run(st);
+        if (rc != SQLITE_DONE)
+            return rc;
+        if (sqlite3_changes(j->wdb) == 0) {
+            if (r->status == 0)
+                snprintf(r->msg, sizeof r->msg, "journal %s: task %" PRIu64 " is not queued "
+                         "or running", j->path, r->starts[i].id);
+            r->status = JOURNAL_ENOTFOUND;
+        } else {
+            *rows += 1;
+        }
+    }
+    return SQLITE_DONE;
+}
+
 /*
  * Apply r inside the open transaction.  SQLITE_DONE when applied (or when
  * it found no live task: r->status is JOURNAL_ENOTFOUND then, the batch
@@ -686,9 +713,15 @@ static int apply(journal *j, jrec *r, size_t *rows, int64_t *dpending, int64_t *
         }
         return rc;
     case OP_START:
+        if (r->starts != NULL)
+            return apply_starts(j, r, rows);
         st = j->st[ST_START];
         sqlite3_bind_int64(st, 2, r->attempt);
         sqlite3_bind_int64(st, 3, (int64_t)r->at_us);
+        break;
+    case OP_UNSTART:
+        st = j->st[ST_UNSTART];
+        sqlite3_bind_int64(st, 2, r->attempt);
         break;
     case OP_SUCCEED:
         st = j->st[ST_SUCCEED];
@@ -779,6 +812,7 @@ static void jrec_free(jrec *r)
         free(r->tasks[i].request_id);
     }
     free(r->tasks);
+    free(r->starts);
     free(r->text);
     free(r->state);
     free(r);
@@ -1038,6 +1072,30 @@ int journal_start(journal *j, uint64_t id, uint32_t attempt, journal_done_fn don
         return JOURNAL_EINVAL;
     jrec *r = rec_new(OP_START, id, done, arg);
     r->attempt = attempt;
+    return push(j, r);
+}
+
+int journal_start_many(journal *j, const journal_started *starts, size_t n,
+                       journal_done_fn done, void *arg)
+{
+    if (j == NULL || starts == NULL || n == 0)
+        return JOURNAL_EINVAL;
+    for (size_t i = 0; i < n; i++)
+        if (starts[i].id == 0)
+            return JOURNAL_EINVAL;
+    jrec *r = rec_new(OP_START, 0, done, arg);
+    r->starts = xmemdup(starts, n * sizeof *starts);
+    r->nstarts = n;
+    return push(j, r);
+}
+
+int journal_unstart(journal *j, uint64_t id, uint32_t attempts, journal_done_fn done,
+                    void *arg)
+{
+    if (j == NULL || id == 0)
+        return JOURNAL_EINVAL;
+    jrec *r = rec_new(OP_UNSTART, id, done, arg);
+    r->attempt = attempts;
     return push(j, r);
 }
 

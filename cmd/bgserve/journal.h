@@ -114,6 +114,10 @@ int journal_add(journal *j, const journal_task *tasks, size_t n, journal_done_fn
  * State transitions, each committed by the writer like journal_add (done
  * may be NULL; return values as journal_add's):
  *   start:   "running", attempts = attempt, started time.
+ *   unstart: a start whose run never began (its taker was shut down
+ *            first): back to "queued" with attempts as they were before
+ *            it; a task that is not running is left alone
+ *            (JOURNAL_ENOTFOUND to done).
  *   succeed: "succeeded", finished time, result (may be NULL).
  *   retry:   back to "queued" with not_before_us (wall clock) and the
  *            error of the failed attempt.
@@ -122,6 +126,17 @@ int journal_add(journal *j, const journal_task *tasks, size_t n, journal_done_fn
  *   dead:    moved to the dead-letter table with its last error.
  */
 int journal_start(journal *j, uint64_t id, uint32_t attempt, journal_done_fn done, void *arg);
+/* The starts of several tasks as one record: one transaction, one call
+ * of done (JOURNAL_ENOTFOUND when any of them was not live; the others
+ * are started).  Returns as journal_add. */
+typedef struct journal_started {
+    uint64_t id;
+    uint32_t attempt;
+} journal_started;
+int journal_start_many(journal *j, const journal_started *starts, size_t n,
+                       journal_done_fn done, void *arg);
+int journal_unstart(journal *j, uint64_t id, uint32_t attempts, journal_done_fn done,
+                    void *arg);
 int journal_succeed(journal *j, uint64_t id, const char *result, journal_done_fn done,
                     void *arg);
 int journal_retry(journal *j, uint64_t id, uint64_t not_before_us, const char *error,

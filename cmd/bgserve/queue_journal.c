@@ -13,14 +13,35 @@
  * that start is committed, so the attempt a replay gives is honest.  The
  * journal's single writer applies records in append order.
  *
+ * Claims.  Waiting for one commit per run would hold each worker to the
+ * pace of the commits (a few thousand runs per second whatever the
+ * task).  So a take that finds more ready jobs behind the one it got
+ * claims up to CLAIM_MAX of them at once, never more than half of those
+ * left ready (the rest are for the other consumers, whom the inner queue
+ * wakes for them): it appends their starts as one record
+ * (journal_start_many) and waits once, for its commit.  The
+ * first is returned; the others go to `started`, a list that every take
+ * and try_take serves first.  A job is thus recorded as running from its
+ * claim, a little before its run begins; a crash in between replays it
+ * as interrupted (attempt + 1), which at-least-once allows, and a
+ * shutdown hands it back through try_take, which writes it back as
+ * queued with its attempts as they were (journal_unstart).
+ *
  * State: the inner queue (its own lock), the journal (borrowed, its own
- * locks), `linked` (nodes between enqueue/nack/adopt and take: the
- * capacity; atomic), the counters (atomic), and `shut`, written under
- * `mu`.  `mu` is held across "append, then link" in enqueue, nack and
- * adopt, so that a shutdown can never fall between the two: a job the
- * journal holds as queued is either linked or refused with its record
- * still saying what the next start should do.  Lock order: mu, then the
- * journal's lock, then the inner queue's (and the timer thread's).
+ * locks), `linked` (nodes between enqueue/nack/adopt and being handed
+ * out by take, claimed ones included: the capacity; atomic), the
+ * counters (atomic), and `shut`, written under `mu`.  `mu` is held
+ * across "append, then link" in enqueue, nack and adopt, so that a
+ * shutdown can never fall between the two: a job the journal holds as
+ * queued is either linked or refused with its record still saying what
+ * the next start should do.  `smu` guards the `started` list (linked
+ * through queue_node.next, which is ours again once the inner queue has
+ * handed a node out) and `claiming` (takers between their claim and
+ * putting its jobs on `started`); the shutdown waits (on `claimed`)
+ * until `claiming` is 0, so that every claimed job is on `started` when
+ * it returns.
+ * Lock order: mu, then the journal's lock, then the inner queue's (and
+ * the timer thread's); smu is never held with another of ours.
  * Completions run on the journal's writer thread with no lock of ours.
  */
 #include "queue_journal.h"
@@ -35,6 +56,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* The most jobs one take claims (one start commit, one wait). */
+#define CLAIM_MAX 32
+
 typedef struct jqueue {
     queue base;
     queue *mem;                 /* immutable; the inner in-memory queue */
@@ -46,6 +70,11 @@ typedef struct jqueue {
     atomic_int shut;            /* written under mu */
     atomic_size_t linked;
     atomic_uint_fast64_t journaled, memory_only, unrecorded;
+    pthread_mutex_t smu;
+    pthread_cond_t claimed;     /* signalled when claiming drops to 0 */
+    queue_node *s_head, **s_tail; /* smu: claimed, start committed */
+    atomic_size_t nstarted;     /* written under smu: nodes on started */
+    unsigned claiming;          /* smu */
 } jqueue;
 
 /* The caller's completion, carried through the journal's. */
@@ -174,52 +203,129 @@ static void start_done(void *arg, int status, const char *msg)
     pthread_mutex_unlock(&w->mu);
 }
 
-/*
- * A node was handed out: it is no longer linked, and its holder is about
- * to run it, unless the queue is shut down and it is being handed back
- * to be finished without a run.  The start is committed before the node
- * is returned, so a crash during the run is always replayed as an
- * interrupted attempt (attempt + 1), never as the same attempt again.
- * The wait costs the taker one group commit per run.
- */
-static queue_node *handed_out(jqueue *q, queue_node *n)
+/* The next claimed node (its start committed), or NULL. */
+static queue_node *pop_started(jqueue *q)
 {
-    if (n == NULL)
+    pthread_mutex_lock(&q->smu);
+    queue_node *n = q->s_head;
+    if (n != NULL) {
+        q->s_head = n->next;
+        if (q->s_head == NULL)
+            q->s_tail = &q->s_head;
+        n->next = NULL;
+        atomic_fetch_sub(&q->nstarted, 1);
+    }
+    pthread_mutex_unlock(&q->smu);
+    if (n != NULL)
+        atomic_fetch_sub(&q->linked, 1);
+    return n;
+}
+
+/*
+ * The inner queue handed out `first`: it is no longer linked, and its
+ * holder is about to run it, unless the queue is shut down and it is
+ * being handed back to be finished without a run.  Claim up to max - 1
+ * more ready jobs with it (Claims, above), record their starts and wait
+ * for their commit, so that a crash during any of their runs is always
+ * replayed as an interrupted attempt (attempt + 1), never as the same
+ * attempt again.  Returns first; the others wait on `started`.
+ */
+static queue_node *claim(jqueue *q, queue_node *first, size_t max)
+{
+    queue_node *got[CLAIM_MAX];
+    size_t n = 0;
+
+    if (first == NULL)
         return NULL;
     atomic_fetch_sub(&q->linked, 1);
-    if (atomic_load(&q->shut))
-        return n; /* its record stays: the next start offers it again */
-    queue_job d;
-    describe(q, n, &d);
-    if (d.name == NULL)
-        return n;
-    start_wait w = {.done = 0};
-    pthread_mutex_init(&w.mu, NULL);
-    pthread_cond_init(&w.cv, NULL);
-    int rc = journal_start(q->j, d.id, d.attempts + 1, start_done, &w);
-    if (rc != 0) {
-        unrecorded(q, "start", d.id, rc);
-    } else {
-        pthread_mutex_lock(&w.mu);
-        while (!w.done)
-            pthread_cond_wait(&w.cv, &w.mu);
-        pthread_mutex_unlock(&w.mu);
+    pthread_mutex_lock(&q->smu);
+    int shut = atomic_load(&q->shut);
+    if (!shut)
+        q->claiming++;
+    pthread_mutex_unlock(&q->smu);
+    if (shut)
+        return first; /* its record stays: the next start offers it again */
+
+    got[n++] = first;
+    size_t more = queue_depth(q->mem) / 2;
+    if (max > CLAIM_MAX)
+        max = CLAIM_MAX;
+    while (n < max && more-- > 0) {
+        queue_node *x = queue_try_take(q->mem);
+        if (x == NULL)
+            break;
+        got[n++] = x;
     }
-    pthread_cond_destroy(&w.cv);
-    pthread_mutex_destroy(&w.mu);
-    return n;
+    /* One record for all their starts: one commit, one wait. */
+    journal_started starts[CLAIM_MAX];
+    size_t named = 0;
+    for (size_t i = 0; i < n; i++) {
+        queue_job d;
+        describe(q, got[i], &d);
+        if (d.name != NULL)
+            starts[named++] = (journal_started){.id = d.id, .attempt = d.attempts + 1};
+    }
+    if (named > 0) {
+        start_wait w = {.done = 0};
+        pthread_mutex_init(&w.mu, NULL);
+        pthread_cond_init(&w.cv, NULL);
+        int rc = journal_start_many(q->j, starts, named, start_done, &w);
+        if (rc != 0) {
+            for (size_t i = 0; i < named; i++)
+                unrecorded(q, "start", starts[i].id, rc);
+        } else {
+            pthread_mutex_lock(&w.mu);
+            while (!w.done)
+                pthread_cond_wait(&w.cv, &w.mu);
+            pthread_mutex_unlock(&w.mu);
+        }
+        pthread_cond_destroy(&w.cv);
+        pthread_mutex_destroy(&w.mu);
+    }
+
+    pthread_mutex_lock(&q->smu);
+    for (size_t i = 1; i < n; i++) {
+        got[i]->next = NULL;
+        *q->s_tail = got[i];
+        q->s_tail = &got[i]->next;
+        atomic_fetch_add(&q->nstarted, 1);
+    }
+    if (--q->claiming == 0)
+        pthread_cond_broadcast(&q->claimed);
+    pthread_mutex_unlock(&q->smu);
+    return first;
 }
 
 static queue_node *jq_take(queue *qq)
 {
     jqueue *q = jq(qq);
-    return handed_out(q, queue_take(q->mem));
+    queue_node *n = atomic_load(&q->shut) ? NULL : pop_started(q);
+    return n != NULL ? n : claim(q, queue_take(q->mem), CLAIM_MAX);
+}
+
+/* A claimed node handed back after shutdown: it never ran, so the
+ * journal gets it back as queued, attempts as they were. */
+static void unclaim(jqueue *q, queue_node *n)
+{
+    queue_job d;
+    describe(q, n, &d);
+    if (d.name == NULL)
+        return;
+    int rc = journal_unstart(q->j, d.id, d.attempts, NULL, NULL);
+    if (rc != 0)
+        unrecorded(q, "hand-back", d.id, rc);
 }
 
 static queue_node *jq_try_take(queue *qq)
 {
     jqueue *q = jq(qq);
-    return handed_out(q, queue_try_take(q->mem));
+    queue_node *n = pop_started(q);
+    if (n != NULL) {
+        if (atomic_load(&q->shut))
+            unclaim(q, n);
+        return n;
+    }
+    return claim(q, queue_try_take(q->mem), 1);
 }
 
 static void jq_ack(queue *qq, queue_node *n, const queue_outcome *o)
@@ -289,7 +395,8 @@ int queue_journal_adopt(queue *qq, queue_node *n, uint64_t not_before_wall_us)
 
 static size_t jq_depth(queue *qq)
 {
-    return queue_depth(jq(qq)->mem);
+    jqueue *q = jq(qq);
+    return queue_depth(q->mem) + atomic_load(&q->nstarted);
 }
 
 static uint64_t jq_wakeups(queue *qq)
@@ -304,12 +411,20 @@ static void jq_shutdown(queue *qq)
     atomic_store(&q->shut, 1);
     pthread_mutex_unlock(&q->mu);
     queue_shutdown(q->mem);
+    /* Claims in progress end within a commit: after them every claimed
+     * node is on `started`, for try_take to hand back. */
+    pthread_mutex_lock(&q->smu);
+    while (q->claiming > 0)
+        pthread_cond_wait(&q->claimed, &q->smu);
+    pthread_mutex_unlock(&q->smu);
 }
 
 static void jq_destroy(queue *qq)
 {
     jqueue *q = jq(qq);
     queue_destroy(q->mem);
+    pthread_cond_destroy(&q->claimed);
+    pthread_mutex_destroy(&q->smu);
     pthread_mutex_destroy(&q->mu);
     free(q);
 }
@@ -346,5 +461,8 @@ queue *queue_journal_new(journal *j, sched *s, size_t cap, unsigned linger_us,
     q->describe_arg = describe_arg;
     q->cap = cap;
     pthread_mutex_init(&q->mu, NULL);
+    pthread_mutex_init(&q->smu, NULL);
+    pthread_cond_init(&q->claimed, NULL);
+    q->s_tail = &q->s_head;
     return &q->base;
 }
