@@ -496,6 +496,14 @@ static on_disk restart_until_succeeded(app_run *a, h_server *s, const sandbox *s
     return d;
 }
 
+/* A stop that is not clean by design (exit 3) must still be sound. */
+static void no_sanitizer_report(const h_server *s)
+{
+    const char *log = s->log ? s->log : "";
+    assert_null(strstr(log, "Sanitizer"));
+    assert_null(strstr(log, "runtime error"));
+}
+
 /* A run that a crash interrupts (the task kills the process at once, on
  * its first attempt) comes back after the restart as attempt 2, never as
  * attempt 1 again: its start was committed before it ran. */
@@ -515,14 +523,11 @@ static void journal_server_crash_in_a_run_replays_the_next_attempt(void **state)
     assert_int_equal(d.attempts, 2);
 }
 
-/* Start the app and GET /seq?tag=s (four tasks in sequence, the second
- * kills the process on its first attempt): the ids of its tasks, once
- * the process is dead. */
-static void sequence_then_crash(app_run *a, h_server *s, uint64_t ids[4])
+/* GET route (a /seq): 200, and the ids of its four tasks. */
+static void get_sequence(h_server *s, const char *route, uint64_t ids[4])
 {
     h_resp r;
-    app_run_start(a, s);
-    assert_int_equal(h_get(s, "/seq?tag=s", &r), 0);
+    assert_int_equal(h_get(s, route, &r), 0);
     assert_int_equal(r.status, 200);
     const char *list = h_header(&r, "Bgserve-Tasks");
     assert_non_null(list);
@@ -534,6 +539,15 @@ static void sequence_then_crash(app_run *a, h_server *s, uint64_t ids[4])
             end++;
     }
     h_resp_free(&r);
+}
+
+/* Start the app and GET /seq?tag=s (four tasks in sequence, the second
+ * kills the process on its first attempt): the ids of its tasks, once
+ * the process is dead. */
+static void sequence_then_crash(app_run *a, h_server *s, uint64_t ids[4])
+{
+    app_run_start(a, s);
+    get_sequence(s, "/seq?tag=s", ids);
     assert_int_equal(h_stop(s, 0), 128 + SIGKILL); /* s-2 killed it */
     h_free(s);
 }
@@ -553,6 +567,57 @@ static void journal_server_sequence_keeps_its_order_after_a_crash(void **state)
     restart_until_succeeded(&l, &s, sb, ids[3],
                             "s-1 1\ns-2 1\ns-2 2\ns-2 end\ns-3 1\ns-4 1\n",
                             "3 tasks from an earlier run: 2 queued, 1 interrupted");
+}
+
+typedef struct log_wait {
+    const char *path, *text;
+} log_wait;
+
+/* The fixture's log is exactly w->text. */
+static int log_is(void *arg)
+{
+    log_wait *w = arg;
+    char *text = h_slurp(w->path, NULL);
+    int ok = text != NULL && strcmp(text, w->text) == 0;
+    free(text);
+    return ok;
+}
+
+/* A normal stop before a sequence began (its first task queued behind a
+ * running one, on the only worker; no drain time): no task of it is
+ * recorded as cancelled, all four stay queued on disk, and the next start
+ * runs them, in their order, once each, as attempt 1. */
+static void journal_server_stop_keeps_a_sequence_for_the_next_start(void **state)
+{
+    sandbox *sb = *state;
+    app_run l;
+    app_run_init(&l, sb);
+    const char *args[] = {"--journal", sb->path, "--single-process", "--quiet", "--workers",
+                          "1", "--drain-timeout", "0", NULL};
+    h_server s;
+    assert_int_equal(h_start_app(&s, h_fixture("journal_app"), args, l.env), 0);
+    uint64_t parked = queue_task(&s, "/park?tag=p");
+    assert_true(h_poll(log_is, &(log_wait){l.path, "p 1\n"}, DEADLINE_MS)); /* it runs */
+    uint64_t ids[4];
+    get_sequence(&s, "/seq?tag=s&die=0", ids);
+    /* the park is cancelled (it ends, and succeeds); the drain left the
+     * sequence: exit 3, as for any drain that leaves tasks */
+    assert_int_equal(h_stop(&s, SIGTERM), 3);
+    no_sanitizer_report(&s);
+    assert_int_equal(h_count_log(&s, "stays queued in the journal for the next start"), 4);
+    h_free(&s);
+    app_run_log_is(&l, "p 1\n");
+    on_disk d;
+    for (int i = 0; i < 4; i++) {
+        assert_true(on_disk_now(sb->path, ids[i], &d));
+        assert_string_equal(d.state, "queued");
+        assert_int_equal(d.attempts, 0);
+    }
+    assert_true(on_disk_now(sb->path, parked, &d));
+    assert_string_equal(d.state, "succeeded");
+
+    restart_until_succeeded(&l, &s, sb, ids[3], "p 1\ns-1 1\ns-2 1\ns-3 1\ns-4 1\n",
+                            "4 tasks from an earlier run: 4 queued, 0 interrupted");
 }
 
 /* The rest of an interrupted sequence whose earlier task did not succeed
@@ -966,6 +1031,7 @@ int main(void)
         T(journal_server_crash_in_a_run_replays_the_next_attempt),
         T(journal_server_sequence_keeps_its_order_after_a_crash),
         T(journal_server_sequence_after_a_failure_is_skipped),
+        T(journal_server_stop_keeps_a_sequence_for_the_next_start),
         T(journal_server_retry_schedule_survives_a_restart),
         T(journal_server_dead_letter_after_the_last_attempt),
         T(journal_server_replayed_task_without_its_function_is_dead),

@@ -246,9 +246,7 @@ void tasks_replay(tasks_engine *t, const tasks_owner *owner, const plugin *p,
             continue;
         /* Shutting down: the sequence stays queued on disk, in its order,
          * for the next start (nothing is written for the rest of it). */
-        for (task_item *rest = it->group_next; rest; rest = rest->group_next)
-            rest->jflags &= (uint8_t)~TASKS_JF_WRITTEN;
-        tasks_runs_finalize(it, TASKS_CANCELLED, "server is shutting down; the task never ran");
+        tasks_runs_keep(it, "server is shutting down; the task never ran");
     }
     free(c.seen);
     if (n > 0)
@@ -351,8 +349,8 @@ size_t tasks_shutdown(tasks_engine *t, unsigned drain_ms)
         if (consumer)
             queue_ack(t->q, n, &(queue_outcome){.end = QUEUE_CANCELLED,
                                                 .error = "its worker stopped before it ran"});
-        tasks_runs_finalize(it, TASKS_CANCELLED, retrying ? "cancelled at shutdown before its retry ran"
-                                                          : "cancelled at shutdown; the task never ran");
+        tasks_runs_keep(it, retrying ? "cancelled at shutdown before its retry ran"
+                                     : "cancelled at shutdown; the task never ran");
     }
     tasks_runs_cancel_waiting(t);
     /* --broker: the tasks added to Redis are the workers' now; their

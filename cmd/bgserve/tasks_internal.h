@@ -171,6 +171,10 @@ struct task_item {
 /* --broker, at shutdown: its task stays in Redis for the workers; this
  * process finalises its record without a "cancelled" line. */
 #define TASKS_JF_ELSEWHERE 4u
+/* --journal, at shutdown: it never ran (or waits for its retry), and its
+ * row stays as it is, queued for the next start; so do the rows of the
+ * rest of its sequence (tasks_runs_keep). */
+#define TASKS_JF_KEPT 8u
 
 /* When the item was last dispatched (queued) until a run starts, then
  * when that run started (see task_item.qnode). */
@@ -333,6 +337,10 @@ void tasks_runs_node(queue_node *n, void *arg);
 void tasks_runs_hand_back(task_item *it);
 /* Shutdown: finalise every task waiting for a slot under its name's cap. */
 void tasks_runs_cancel_waiting(tasks_engine *t);
+/* Shutdown: it did not run and will not here (why says so).  Its record
+ * ends cancelled; with --journal its row, and the rows of the rest of
+ * its sequence, stay queued for the next start (TASKS_JF_KEPT). */
+void tasks_runs_keep(task_item *it, const char *why);
 
 /* ---- tasks_broker.c ------------------------------------------------------ */
 

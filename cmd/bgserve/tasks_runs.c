@@ -96,7 +96,7 @@ static void unreserve(tasks_engine *t)
 /* ---- final states --------------------------------------------------------------- */
 
 static void chain_stop(task_item *next, uint64_t pred_id, const char *pred_name,
-                       int pred_state);
+                       int pred_state, int kept);
 
 /*
  * Bring it to final state st with error err (copied; NULL for none).
@@ -119,9 +119,10 @@ void tasks_runs_finalize(task_item *it, int st, const char *err)
     it->owner = NULL;
     if ((it->jflags & (TASKS_JF_WRITTEN | TASKS_JF_LINKED)) == TASKS_JF_WRITTEN) {
         /* Written ahead of a dispatch that never came (discarded,
-         * skipped): the journal must not run it at the next start; the
-         * broker's workers will, untracked here. */
-        if (t->journal)
+         * skipped): the journal must not run it at the next start, unless
+         * a shutdown kept it for then; the broker's workers will,
+         * untracked here. */
+        if (t->journal && !(it->jflags & TASKS_JF_KEPT))
             journal_finish(t->journal, id, tasks_state_name((tasks_state)st), err, NULL, NULL);
         else if (t->broker)
             queue_redis_forget(t->q, id);
@@ -167,7 +168,7 @@ void tasks_runs_finalize(task_item *it, int st, const char *err)
         if (st == TASKS_SUCCEEDED)
             tasks_runs_seq_start(next);
         else
-            chain_stop(next, id, kind->name, st);
+            chain_stop(next, id, kind->name, st, it->jflags & TASKS_JF_KEPT);
     }
     unreserve(t);
     if (owner && owner->release)
@@ -186,21 +187,50 @@ void tasks_runs_hand_back(task_item *it)
 }
 
 /* The rest of a sequence after a task that did not succeed: skipped, or
- * cancelled when the engine is shutting down. */
+ * cancelled when the engine is shutting down; kept (with it) when the
+ * shutdown kept the one before for the next start. */
 static void chain_stop(task_item *next, uint64_t pred_id, const char *pred_name,
-                       int pred_state)
+                       int pred_state, int kept)
 {
     char msg[256];
     int st = atomic_load(&next->kind->engine->stopping) ? TASKS_CANCELLED : TASKS_SKIPPED;
 
-    snprintf(msg, sizeof(msg), "previous task %" PRIu64 " (%s) %s", pred_id, pred_name,
-             tasks_state_name(pred_state));
+    if (kept)
+        snprintf(msg, sizeof(msg), "server is shutting down before task %" PRIu64 " (%s), the "
+                 "one before it in its sequence, ran; it stays queued in the journal for the "
+                 "next start", pred_id, pred_name);
+    else
+        snprintf(msg, sizeof(msg), "previous task %" PRIu64 " (%s) %s", pred_id, pred_name,
+                 tasks_state_name(pred_state));
     while (next) {
         task_item *n2 = next->group_next;
         next->group_next = NULL;
+        if (kept)
+            next->jflags |= TASKS_JF_KEPT;
         tasks_runs_finalize(next, st, msg);
         next = n2;
     }
+}
+
+void tasks_runs_keep(task_item *it, const char *why)
+{
+    char msg[TASKS_ERR_MAX];
+    if (it->kind->engine->journal) {
+        it->jflags |= TASKS_JF_KEPT;
+        snprintf(msg, sizeof msg, "%s; it stays queued in the journal for the next start", why);
+        why = msg;
+    }
+    tasks_runs_finalize(it, TASKS_CANCELLED, why);
+}
+
+/* tasks_runs_keep for one a worker took (its start is on disk) and did
+ * not run: the journal gets it back as queued, attempts as they were. */
+static void keep_taken(task_item *it, const char *why)
+{
+    tasks_engine *t = it->kind->engine;
+    if (t->journal && it->def)
+        journal_unstart(t->journal, it->id, it->attempts, NULL, NULL);
+    tasks_runs_keep(it, why);
 }
 
 /* ---- dispatch ---------------------------------------------------------------------- */
@@ -224,7 +254,10 @@ static void dispatch_done(task_item *it, queue_done_fn done, void *arg)
         it->jflags &= (uint8_t)~TASKS_JF_LINKED;
         if (done && !written)
             done(arg, rc, why); /* the request answers 503 */
-        tasks_runs_finalize(it, TASKS_CANCELLED, why);
+        if (written && rc == BGS_ESHUTDOWN)
+            tasks_runs_keep(it, why); /* the journal runs it at the next start */
+        else
+            tasks_runs_finalize(it, TASKS_CANCELLED, why);
     }
 }
 
@@ -376,7 +409,7 @@ static void run_once(task_item *it)
      * began meanwhile refuses it (it would never run): cancel it here.
      * One that comes later hands it back with try_take. */
     if (queue_nack(t->q, &it->qnode, util_now_us() + delay * 1000u, err) != 0)
-        tasks_runs_finalize(it, TASKS_CANCELLED, "server is shutting down; the retry never ran");
+        tasks_runs_keep(it, "server is shutting down; the retry never ran");
 }
 
 void tasks_runs_node(queue_node *n, void *arg)
@@ -391,7 +424,7 @@ void tasks_runs_node(queue_node *n, void *arg)
         uint32_t cap = it->def ? it->def->max_concurrency : 0;
         if (atomic_load(&t->stopping)) {
             /* Taken just before the queue shut down: do not start it. */
-            tasks_runs_finalize(it, TASKS_CANCELLED, "cancelled at shutdown; the task never ran");
+            keep_taken(it, "cancelled at shutdown; the task never ran");
             return;
         }
         if (cap) {
@@ -399,7 +432,7 @@ void tasks_runs_node(queue_node *n, void *arg)
             if (kind->conc_running >= cap && atomic_load(&t->stopping)) {
                 /* The shutdown has emptied the wait lists already. */
                 pthread_mutex_unlock(&t->conc_mu);
-                tasks_runs_finalize(it, TASKS_CANCELLED, "cancelled at shutdown; the task never ran");
+                keep_taken(it, "cancelled at shutdown; the task never ran");
                 return;
             }
             if (kind->conc_running >= cap) {
@@ -449,7 +482,7 @@ void tasks_runs_cancel_waiting(tasks_engine *t)
     pthread_mutex_unlock(&t->conc_mu);
     while (waiting) {
         task_item *next = waiting->wait_next;
-        tasks_runs_finalize(waiting, TASKS_CANCELLED, "cancelled at shutdown; the task never ran");
+        keep_taken(waiting, "cancelled at shutdown; the task never ran");
         waiting = next;
     }
 }
