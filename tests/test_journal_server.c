@@ -504,6 +504,85 @@ static void no_sanitizer_report(const h_server *s)
     assert_null(strstr(log, "runtime error"));
 }
 
+#define RACE_REQUESTS 4
+#define RACE_PER_REQUEST 100
+
+/* The count after label in the replay line of s's log ("... N queued, M
+ * interrupted ..."); 0 when there was no replay. */
+static long replayed_count(h_server *s, const char *label)
+{
+    long n = number_before(s->log, "from an earlier run", label);
+    return n < 0 ? 0 : n;
+}
+
+/* A SIGTERM while the replay at start is still running many tasks (two
+ * workers, 2 ms a task, no drain time; the signal may even come before
+ * the replay queued them): a sound exit (0, or 3 for the tasks the drain
+ * left), then a third start runs whatever is left.  Every accepted task
+ * runs, nothing else, and a task runs twice only if a replay found it
+ * interrupted (at least once). */
+static void journal_server_stop_during_replay_loses_nothing(void **state)
+{
+    sandbox *sb = *state;
+    app_run l;
+    app_run_init(&l, sb);
+    char env_sleep[] = "JOURNAL_APP_SLEEP_MS=2";
+    const char *env[] = {l.env_log, env_sleep, NULL};
+    const char *one[] = {"--journal", sb->path, "--single-process", "--workers", "1",
+                         "--quiet", NULL};
+    h_server s;
+    assert_int_equal(h_start_app(&s, h_fixture("journal_app"), one, env), 0);
+    for (int k = 0; k < RACE_REQUESTS; k++) {
+        char path[96];
+        snprintf(path, sizeof path, "/enq?n=%d&tag=k%d", RACE_PER_REQUEST, k);
+        h_resp r;
+        assert_int_equal(h_get(&s, path, &r), 0);
+        assert_int_equal(r.status, 202);
+        h_resp_free(&r);
+    }
+    assert_int_equal(h_stop(&s, SIGKILL), 128 + SIGKILL);
+    h_free(&s);
+
+    /* the replay runs, and is stopped at once */
+    const char *two[] = {"--journal", sb->path, "--single-process", "--workers", "2",
+                         "--drain-timeout", "0", "--quiet", NULL};
+    assert_int_equal(h_start_app(&s, h_fixture("journal_app"), two, env), 0);
+    int rc = h_stop(&s, SIGTERM);
+    if (rc != 0 && rc != 3)
+        fprintf(stderr, "bgserve exit %d; log:\n%s\n", rc, s.log ? s.log : "");
+    assert_true(rc == 0 || rc == 3);
+    no_sanitizer_report(&s);
+    long interrupted = replayed_count(&s, "interrupted");
+    runs mid = read_runs(l.path);
+    h_free(&s);
+
+    app_run_start(&l, &s);
+    all_ran a = {.log = l.path, .requests = RACE_REQUESTS, .per_request = RACE_PER_REQUEST,
+                 .prefix = "k"};
+    assert_true(h_poll(every_accepted_ran, &a, DEADLINE_MS));
+    assert_true(h_wait_stat(&s, "journal", "pending", 0, DEADLINE_MS));
+    interrupted += replayed_count(&s, "interrupted");
+    h_stop_clean(&s);
+    h_free(&s);
+
+    runs r = read_runs(l.path);
+    assert_int_equal(r.n, RACE_REQUESTS * RACE_PER_REQUEST);
+    long dups = 0;
+    for (size_t i = 0; i < r.n; i++) {
+        int k, idx;
+        assert_int_equal(sscanf(r.payload[i], "k%d-%d", &k, &idx), 2);
+        assert_true(k >= 0 && k < RACE_REQUESTS && idx >= 1 && idx <= RACE_PER_REQUEST);
+        assert_true(r.count[i] <= 2);
+        dups += r.count[i] - 1;
+    }
+    assert_true(dups <= interrupted);
+    fprintf(stderr, "stop during replay: %zu of %d had run before the third start; %ld "
+            "duplicate runs, %ld interrupted\n", mid.n, RACE_REQUESTS * RACE_PER_REQUEST, dups,
+            interrupted);
+    runs_free(&mid);
+    runs_free(&r);
+}
+
 /* A run that a crash interrupts (the task kills the process at once, on
  * its first attempt) comes back after the restart as attempt 2, never as
  * attempt 1 again: its start was committed before it ran. */
@@ -1024,6 +1103,7 @@ int main(void)
         T(journal_server_directory_and_full_disk_faults_exit_1),
         T(journal_server_refuses_a_journal_another_bgserve_has),
         T(journal_server_sigkill_then_restart_runs_every_accepted_task),
+        T(journal_server_stop_during_replay_loses_nothing),
         T(journal_server_crash_in_a_task_loses_no_other_task),
         T(journal_server_full_disk_answers_503_and_serves_the_rest),
         T(journal_server_deferred_answers_wait_for_the_commit),
