@@ -166,10 +166,12 @@ static int start_journal(serving *s)
 
 static void stop_journal(serving *s)
 {
-    /* What is left stays in the journal for the next start.  With tasks
-     * abandoned on stuck workers it is left open: they may still record
-     * their end, and exit releases the lock. */
-    if (!s->unfinished)
+    /* What is left stays in the journal for the next start; the close
+     * commits the records still to be written (the end of a run the
+     * drain cancelled, a claimed task handed back).  With tasks abandoned
+     * on stuck workers it is left open: they may still record their end,
+     * and exit releases the lock. */
+    if (!tasks_abandoned(s->engine))
         journal_close(s->jr);
 }
 

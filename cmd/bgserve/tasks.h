@@ -100,6 +100,9 @@ tasks_engine *tasks_new(const tasks_config *cfg);
  * call does nothing and returns 0.
  */
 size_t tasks_shutdown(tasks_engine *t, unsigned drain_ms);
+/* 1 when tasks_shutdown left worker threads stuck in plugin code (they
+ * may still use the queue and its journal), else 0.  Main thread. */
+int tasks_abandoned(const tasks_engine *t);
 
 /* Free the engine (shutting it down first, with no drain, if that was not
  * done).  When worker threads were left stuck in plugin code, the engine

@@ -450,6 +450,11 @@ size_t tasks_shutdown(tasks_engine *t, unsigned drain_ms)
     return nlost;
 }
 
+int tasks_abandoned(const tasks_engine *t)
+{
+    return t != NULL && t->abandoned;
+}
+
 void tasks_free(tasks_engine *t)
 {
     if (t == NULL)
