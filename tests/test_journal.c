@@ -436,6 +436,43 @@ static void journal_group_commit_batches_many_threads(void **state)
     journal_close(j);
 }
 
+typedef struct file_size_wait {
+    const char *path;
+    off_t at_least;
+} file_size_wait;
+
+static int file_reached(void *arg)
+{
+    file_size_wait *w = arg;
+    struct stat st;
+    return stat(w->path, &st) == 0 && st.st_size >= w->at_least;
+}
+
+/* The WAL is checkpointed while the journal is open (by the journal's
+ * checkpointer thread, not inside a commit): once 16 MiB of tasks are
+ * committed, the main file holds their pages before any close. */
+static void journal_checkpoints_while_open(void **state)
+{
+    sandbox *sb = *state;
+    journal *j = js_open_ok(sb->path);
+    enum { N = 2000, SIZE = 8192 };
+    char *big = malloc(SIZE);
+    assert_non_null(big);
+    memset(big, 'x', SIZE);
+    done_count d = DONE_COUNT_INIT;
+    for (int i = 0; i < N; i++) {
+        journal_task t = {.id = journal_next_id(j), .name = "big", .payload = big,
+                          .payload_len = SIZE, .max_attempts = 1};
+        assert_int_equal(journal_add(j, &t, 1, count_done, &d), 0);
+    }
+    wait_count(&d, N);
+    assert_int_equal(d.failed, 0);
+    file_size_wait w = {.path = sb->path, .at_least = (off_t)N * SIZE / 2};
+    assert_true(h_poll(file_reached, &w, 20000));
+    journal_close(j);
+    free(big);
+}
+
 /* Several starts as one record: one commit, one completion; a task in
  * it that is not live is named (JOURNAL_ENOTFOUND) and the others are
  * started all the same.  An unstart puts a running task back to queued
@@ -1104,6 +1141,7 @@ int main(void)
         T(journal_upgrades_schema_version_1),
         T(journal_dead_letters_keep_the_last_error),
         T(journal_start_many_and_unstart),
+        T(journal_checkpoints_while_open),
         T(journal_callbacks_run_in_append_order),
         T(journal_group_commit_batches_many_threads),
         T(journal_stats_count_commits_and_batches),

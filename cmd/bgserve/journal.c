@@ -24,8 +24,10 @@
  * callbacks in append order, outside `mu`.  A failed transaction is rolled
  * back and every record in it gets the error; the writer goes on with the
  * next batch and logs once per failing episode.  Lookups use a second
- * connection under `read_mu`.  The stats counters, the id ceiling and the
- * replay snapshot are guarded by `mu`; the commit-time histogram is
+ * connection under `read_mu`.  Checkpoints run on a third connection
+ * (cdb), on a checkpointer thread that the writer wakes (ckpt_want, under
+ * `mu`) from SQLite's WAL hook.  The stats counters, the id ceiling and
+ * the replay snapshot are guarded by `mu`; the commit-time histogram is
  * lock-free (latency.h), written by the writer only.
  */
 #include "journal.h"
@@ -52,6 +54,11 @@
 #define ID_BLOCK 4096u
 #define BUSY_TIMEOUT_MS 5000
 #define DEFAULT_MAX_BATCH 1024u
+/* WAL frames (pages) after which the checkpointer thread backfills them
+ * into the file (SQLite's own autocheckpoint threshold), and after which
+ * the writer does it itself because the checkpointer fell behind. */
+#define CKPT_FRAMES 1000
+#define CKPT_BACKSTOP 10000
 
 #define COLS "id,name,payload,state,attempts,max_attempts,not_before,created,started," \
              "finished,last_error,request_id,result"
@@ -461,6 +468,12 @@ struct journal {
     size_t nsnap;
     pthread_t thread;
     int thread_started;
+
+    sqlite3 *cdb;                   /* the checkpointer thread's */
+    pthread_cond_t ckpt_wake;       /* the checkpointer waits for ckpt_want */
+    int ckpt_want;                  /* mu */
+    pthread_t ckpt_thread;
+    int ckpt_started;
 };
 
 /* ---- the directory and the lock ------------------------------------------------ */
@@ -907,12 +920,84 @@ static void *writer_main(void *arg)
     return NULL;
 }
 
+/* ---- the checkpointer -------------------------------------------------------------- */
+
+/*
+ * Checkpoints (copying the WAL's pages back into the file, with an fsync
+ * of each) run on a thread and connection of their own, so that a commit
+ * never waits for one: SQLite's automatic checkpoint would run inside the
+ * commit that crosses its threshold, on the writer thread, and hold every
+ * response waiting for that commit.  A passive checkpoint works beside the
+ * writer; the WAL is reused from its start once one has caught up.
+ */
+
+/* Writer thread, after each commit: the WAL holds `frames` pages. */
+static int wal_hook(void *arg, sqlite3 *db, const char *name, int frames)
+{
+    journal *j = arg;
+    if (frames >= CKPT_BACKSTOP) {
+        sqlite3_wal_checkpoint_v2(db, name, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
+    } else if (frames >= CKPT_FRAMES) {
+        pthread_mutex_lock(&j->mu);
+        j->ckpt_want = 1;
+        pthread_cond_signal(&j->ckpt_wake);
+        pthread_mutex_unlock(&j->mu);
+    }
+    return SQLITE_OK;
+}
+
+static void *ckpt_main(void *arg)
+{
+    journal *j = arg;
+    pthread_mutex_lock(&j->mu);
+    for (;;) {
+        while (!j->ckpt_want && !j->stopping)
+            pthread_cond_wait(&j->ckpt_wake, &j->mu);
+        if (j->stopping)
+            break; /* the close checkpoints what is left */
+        j->ckpt_want = 0;
+        pthread_mutex_unlock(&j->mu);
+        /* A failure (a full disk) leaves the pages in the WAL, where
+         * they are durable; the commits report such faults. */
+        sqlite3_wal_checkpoint_v2(j->cdb, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
+        pthread_mutex_lock(&j->mu);
+    }
+    pthread_mutex_unlock(&j->mu);
+    return NULL;
+}
+
+/* Before the writer starts: the checkpointer's connection, and the hook
+ * that replaces SQLite's automatic checkpoint.  Without the connection
+ * SQLite checkpoints in the writer's commits, as it does by itself. */
+static void ckpt_prepare(journal *j)
+{
+    char err[512];
+    if (db_connect(j->path, 0, &j->cdb, err, sizeof err) != 0)
+        return;
+    exec_sql(j->cdb, j->sync == JOURNAL_SYNC_FULL ? "PRAGMA synchronous=FULL"
+                                                  : "PRAGMA synchronous=NORMAL");
+    sqlite3_wal_hook(j->wdb, wal_hook, j);
+}
+
+/* Start the checkpointer thread; without it, back to SQLite's automatic
+ * checkpoint (the call is serialized with the writer's by SQLite). */
+static void ckpt_start(journal *j)
+{
+    if (j->cdb == NULL)
+        return;
+    if (pthread_create(&j->ckpt_thread, NULL, ckpt_main, j) == 0)
+        j->ckpt_started = 1;
+    else
+        sqlite3_wal_autocheckpoint(j->wdb, CKPT_FRAMES);
+}
+
 /* ---- public API ------------------------------------------------------------------ */
 
 static void journal_free(journal *j)
 {
     for (int i = 0; i < ST_COUNT; i++)
         sqlite3_finalize(j->st[i]);
+    sqlite3_close(j->cdb);
     sqlite3_close(j->wdb);
     sqlite3_close(j->rdb);
     for (size_t i = 0; i < j->nsnap; i++)
@@ -924,6 +1009,7 @@ static void journal_free(journal *j)
     pthread_mutex_destroy(&j->read_mu);
     pthread_cond_destroy(&j->wake);
     pthread_cond_destroy(&j->ext);
+    pthread_cond_destroy(&j->ckpt_wake);
     free(j->path);
     free(j);
 }
@@ -944,6 +1030,7 @@ int journal_open(const journal_config *cfg, journal **out, char *err, size_t cap
     pthread_mutex_init(&j->read_mu, NULL);
     pthread_cond_init(&j->wake, NULL);
     pthread_cond_init(&j->ext, NULL);
+    pthread_cond_init(&j->ckpt_wake, NULL);
 
     struct stat sb;
     int rc;
@@ -966,6 +1053,7 @@ int journal_open(const journal_config *cfg, journal **out, char *err, size_t cap
         rc = db_connect(j->path, 0, &j->rdb, err, cap);
     if (rc != 0)
         goto fail;
+    ckpt_prepare(j);
     if (pthread_create(&j->thread, NULL, writer_main, j) != 0) {
         snprintf(err, cap, "journal %s: cannot start its writer thread: %s", j->path,
                  strerror(errno));
@@ -973,6 +1061,7 @@ int journal_open(const journal_config *cfg, journal **out, char *err, size_t cap
         goto fail;
     }
     j->thread_started = 1;
+    ckpt_start(j);
     *out = j;
     return 0;
 fail:
@@ -988,7 +1077,10 @@ void journal_close(journal *j)
     j->stopping = 1;
     pthread_cond_broadcast(&j->wake);
     pthread_cond_broadcast(&j->ext);
+    pthread_cond_broadcast(&j->ckpt_wake);
     pthread_mutex_unlock(&j->mu);
+    if (j->ckpt_started)
+        pthread_join(j->ckpt_thread, NULL);
     if (j->thread_started)
         pthread_join(j->thread, NULL);
     journal_free(j);
