@@ -286,6 +286,17 @@ static long number_before(const char *log, const char *needle, const char *label
     return strtol(p, NULL, 10);
 }
 
+/* GET /enq: n tasks "record" with payloads k<k>-1 .. k<k>-n, answered 202. */
+static void enqueue_k(h_server *s, int k, int n)
+{
+    char path[96];
+    snprintf(path, sizeof path, "/enq?n=%d&tag=k%d", n, k);
+    h_resp r;
+    assert_int_equal(h_get(s, path, &r), 0);
+    assert_int_equal(r.status, 202);
+    h_resp_free(&r);
+}
+
 #define KILL_REQUESTS 50
 #define KILL_PER_REQUEST 40
 
@@ -307,12 +318,9 @@ static void journal_server_sigkill_then_restart_runs_every_accepted_task(void **
     h_server s;
     assert_int_equal(h_start_app(&s, h_fixture("journal_app"), args, env), 0);
     for (int k = 0; k < KILL_REQUESTS; k++) {
+        enqueue_k(&s, k, KILL_PER_REQUEST);
         char path[96];
-        snprintf(path, sizeof path, "/enq?n=%d&tag=k%d", KILL_PER_REQUEST, k);
         h_resp r;
-        assert_int_equal(h_get(&s, path, &r), 0);
-        assert_int_equal(r.status, 202);
-        h_resp_free(&r);
         snprintf(path, sizeof path, "/attach?tag=a%d-1", k);
         assert_int_equal(h_get(&s, path, &r), 0);
         assert_int_equal(r.status, 200);
@@ -532,14 +540,8 @@ static void journal_server_stop_during_replay_loses_nothing(void **state)
                          "--quiet", NULL};
     h_server s;
     assert_int_equal(h_start_app(&s, h_fixture("journal_app"), one, env), 0);
-    for (int k = 0; k < RACE_REQUESTS; k++) {
-        char path[96];
-        snprintf(path, sizeof path, "/enq?n=%d&tag=k%d", RACE_PER_REQUEST, k);
-        h_resp r;
-        assert_int_equal(h_get(&s, path, &r), 0);
-        assert_int_equal(r.status, 202);
-        h_resp_free(&r);
-    }
+    for (int k = 0; k < RACE_REQUESTS; k++)
+        enqueue_k(&s, k, RACE_PER_REQUEST);
     assert_int_equal(h_stop(&s, SIGKILL), 128 + SIGKILL);
     h_free(&s);
 
