@@ -7,6 +7,15 @@
  *
  * - 10,000 tasks (2,000 under a sanitizer), 100 per request, run exactly
  *   once on two workers, and both workers run some;
+ * - Redis (AOF on) restarted mid-run, a task running through it: the
+ *   requests meanwhile get 503, the rest is served, and every task that
+ *   got a 2xx runs exactly once;
+ * - periodic ticks in a server and two workers run once per interval
+ *   (the lease), not once per process;
+ * - sequences keep their order and their skip rule with their steps on
+ *   different workers;
+ * - `bgserve worker --reload`: the plugin replaced while tasks come in,
+ *   none lost, the new build runs the later ones;
  * - a worker stopped (SIGTERM) while its task runs hands the task back
  *   to Redis, uncounted, says so, exits 0, and another worker runs it;
  *   while it drains it takes nothing new.
@@ -317,7 +326,7 @@ static void broker_scale_tasks_run_once_on_both_workers(void **state)
     rig_down(&g);
 }
 
-/* ---- 5. a worker stopped while its task runs ----------------------------------- */
+/* ---- small requests ---------------------------------------------------------- */
 
 static uint64_t add_one(rig *g, const char *task)
 {
@@ -337,6 +346,269 @@ static void make_go(rig *g)
     assert_non_null(f);
     fclose(f);
 }
+
+/* ---- 2. Redis restarted mid-run ---------------------------------------------- */
+
+/* GET path, which attaches named tasks, while Redis is away: 503 (the
+ * server's, with Retry-After, when the tasks were not taken, or the
+ * app's when bgs_res_task said BGS_EFULL at once), never a 2xx, nor a
+ * hang (h_get returns). */
+static void expect_503(rig *g, const char *path)
+{
+    h_resp r;
+    assert_int_equal(h_get(&g->server, path, &r), 0);
+    if (r.status != 503)
+        fail_msg("GET %s while redis is down: %ld %s", path, r.status, r.body);
+    h_resp_free(&r);
+}
+
+/* Redis (AOF on) goes away and comes back while a worker runs a task and
+ * tasks wait in the stream: the requests meanwhile get 503, the rest is
+ * served, and every task that got a 2xx, before or after, runs exactly
+ * once, the one that ran through the outage included. */
+static void broker_scale_redis_restart_loses_nothing_accepted(void **state)
+{
+    (void)state;
+    static const char *const aof[] = {"--appendonly", "yes", "--appendfsync", "always", NULL};
+    rig g;
+    rig_redis(&g, aof, NULL);
+    start_server(&g, NULL);
+    /* One task at a time: the worker runs hold through the outage and
+     * leaves the others in the stream. */
+    const char *one[] = {"--concurrency", "1", NULL};
+    add_worker(&g, one);
+    idlist ids = {0};
+    assert_int_equal(get_ids(&g.server, "/add?task=hold&n=1", &ids), 200);
+    assert_int_equal(wait_runs(&g, "start", g.w[0].pid, 1, DEADLINE_MS), 1);
+    const char *batch = "/add?task=count&n=20&mode=concurrent";
+    for (int i = 0; i < 5; i++)
+        assert_int_equal(get_ids(&g.server, batch, &ids), 200);
+    assert_int_equal(h_redis_int(&g.redis, "XLEN bgserve:{scale_app}:tasks"), 101);
+
+    h_redis_halt(&g.redis);
+    for (int i = 0; i < 5; i++)
+        expect_503(&g, batch);
+    assert_int_equal(h_get_status(&g.server, "/adhoc"), 200); /* the rest is served */
+    assert_true(h_wait_log(&g.server, "lost the command connection to redis", DEADLINE_MS));
+
+    h_redis_restart(&g.redis);
+    uint64_t end = h_now_ms() + DEADLINE_MS;
+    long st;
+    while ((st = get_ids(&g.server, batch, &ids)) != 200 && h_now_ms() < end)
+        assert_int_equal(st, 503); /* until the server has reconnected */
+    assert_int_equal(st, 200);
+    for (int i = 0; i < 4; i++)
+        assert_int_equal(get_ids(&g.server, batch, &ids), 200);
+
+    make_go(&g); /* the task that ran through the outage finishes */
+    add_worker(&g, NULL);
+    assert_int_equal(wait_runs(&g, "ran", 0, ids.n, BULK_DEADLINE_MS), ids.n);
+    pid_t pids[2] = {g.w[0].pid, g.w[1].pid};
+    size_t per[2];
+    assert_each_ran_once(&g, "ran", &ids, pids, 2, per);
+    assert_int_equal(per[0] + per[1], ids.n);
+    /* Its record says so on the server that accepted it. */
+    free(wait_record(&g, ids.v[0], "succeeded"));
+    assert_int_equal(h_redis_int(&g.redis, "XLEN bgserve:{scale_app}:dead"), 0);
+    free(ids.v);
+    rig_down(&g);
+}
+
+/* ---- 3. periodic ticks and sequences across processes ---------------------------- */
+
+#define TICK_MS "300"
+#define TICKS 10 /* runs to wait for */
+
+/* Ticks every TICK_MS in the server and two workers: each tick's lease
+ * goes to one process, so the runs are fewer than the ticks the other
+ * processes gave up (without the lease every process would run each of
+ * its ticks, and none would give one up). */
+static void broker_scale_periodic_once_per_interval(void **state)
+{
+    (void)state;
+    rig g;
+    rig_redis(&g, NULL, "SCALE_APP_TICK_MS=" TICK_MS);
+    g.env[g.nenv++] = "BGSERVE_DEBUG=1"; /* the "runs in another process" lines */
+    g.env[g.nenv] = NULL;
+    start_server(&g, NULL);
+    add_worker(&g, NULL);
+    add_worker(&g, NULL);
+    assert_int_equal(wait_runs(&g, "tick", 0, TICKS, DEADLINE_MS), TICKS);
+    const char *gave_up = "periodic task tick: this tick runs in another process";
+    /* Stop the three at once: what ran and what was given up is final. */
+    h_server *procs[1 + MAX_WORKERS] = {&g.server};
+    int np = 1;
+    for (int i = 0; i < g.nw; i++)
+        procs[np++] = &g.w[i];
+    for (int i = 0; i < np; i++)
+        kill(procs[i]->pid, SIGTERM);
+    int given_up = 0;
+    for (int i = 0; i < np; i++) {
+        int rc = h_stop(procs[i], 0);
+        if (rc != 0)
+            fprintf(stderr, "exit %d; log:\n%s\n", rc, procs[i]->log);
+        assert_int_equal(rc, 0);
+        h_assert_lacks(procs[i]->log, "Sanitizer");
+        given_up += h_count_log(procs[i], gave_up);
+        h_free(procs[i]);
+    }
+    g.have_server = 0;
+    g.nw = 0;
+    size_t runs = count_runs(&g, "tick", 0);
+    if (!((size_t)given_up > runs))
+        fail_msg("%zu tick runs, %d ticks given up to another process", runs, given_up);
+    /* Every tick that ran ran once. */
+    size_t n;
+    run *rs = load_runs(&g, &n);
+    for (size_t i = 0; i < n; i++)
+        for (size_t j = i + 1; j < n; j++)
+            if (strcmp(rs[i].what, "tick") == 0 && strcmp(rs[j].what, "tick") == 0)
+                assert_true(rs[i].id != rs[j].id);
+    free(rs);
+    rig_down(&g);
+}
+
+enum { SEQ_LEN = 6 };
+
+/* The positions of sequence tag in the log's order (-1 past the end);
+ * the pids of its steps in pid[]; the count. */
+static size_t seq_steps(const run *rs, size_t n, long tag, long *pos, long *pid, uint64_t *id)
+{
+    size_t k = 0;
+    for (size_t i = 0; i < n && k < SEQ_LEN; i++) {
+        if (rs[i].seq != tag || (strcmp(rs[i].what, "step") && strcmp(rs[i].what, "fail")))
+            continue;
+        pos[k] = rs[i].pos;
+        pid[k] = rs[i].pid;
+        id[k] = rs[i].id;
+        k++;
+    }
+    return k;
+}
+
+/* Sequences of six steps: each step runs after the one before it
+ * finished, in order, whichever worker runs it (sequences are sent
+ * until one has its steps on both workers).  A failed step skips the
+ * ones after it: they never run and their records say skipped. */
+static void broker_scale_sequences_keep_order_across_workers(void **state)
+{
+    (void)state;
+    rig g;
+    rig_redis(&g, NULL, NULL);
+    start_server(&g, NULL);
+    add_worker(&g, NULL);
+    add_worker(&g, NULL);
+    int spanned = 0;
+    long tag = 0;
+    uint64_t end = h_now_ms() + DEADLINE_MS;
+    while (!spanned && h_now_ms() < end) {
+        /* A round of four sequences at once, then their checks. */
+        idlist ids[4] = {{0}};
+        size_t want = count_runs(&g, "step", 0) + 4 * SEQ_LEN;
+        for (int i = 0; i < 4; i++) {
+            char path[64];
+            snprintf(path, sizeof path, "/seq?tag=%ld&n=%d", tag + i, SEQ_LEN);
+            assert_int_equal(get_ids(&g.server, path, &ids[i]), 200);
+            assert_int_equal(ids[i].n, SEQ_LEN);
+        }
+        assert_int_equal(wait_runs(&g, "step", 0, want, DEADLINE_MS), want);
+        size_t n;
+        run *rs = load_runs(&g, &n);
+        for (int i = 0; i < 4; i++) {
+            long pos[SEQ_LEN], pid[SEQ_LEN];
+            uint64_t id[SEQ_LEN];
+            assert_int_equal(seq_steps(rs, n, tag + i, pos, pid, id), SEQ_LEN);
+            for (long k = 0; k < SEQ_LEN; k++) {
+                assert_int_equal(pos[k], k);
+                assert_int_equal(id[k], ids[i].v[k]);
+                spanned |= pid[k] != pid[0];
+            }
+            free(ids[i].v);
+        }
+        free(rs);
+        tag += 4;
+    }
+    assert_true(spanned);
+    /* The skip rule: step 2 of 6 fails; 3, 4 and 5 never run. */
+    idlist ids = {0};
+    char path[64];
+    snprintf(path, sizeof path, "/seq?tag=%ld&n=%d&fail=2", tag, SEQ_LEN);
+    assert_int_equal(get_ids(&g.server, path, &ids), 200);
+    char *rec = wait_record(&g, ids.v[2], "failed");
+    h_assert_contains(rec, "fails");
+    free(rec);
+    for (int k = 3; k < SEQ_LEN; k++)
+        free(wait_record(&g, ids.v[k], "skipped"));
+    size_t n;
+    run *rs = load_runs(&g, &n);
+    long pos[SEQ_LEN], pid[SEQ_LEN];
+    uint64_t id[SEQ_LEN];
+    assert_int_equal(seq_steps(rs, n, tag, pos, pid, id), 3);
+    free(rs);
+    assert_int_equal(count_runs(&g, "fail", 0), 1);
+    assert_int_equal(h_redis_int(&g.redis, "XLEN bgserve:{scale_app}:dead"), 1);
+    free(ids.v);
+    rig_down(&g);
+}
+
+/* ---- 4. bgserve worker --reload ------------------------------------------------------ */
+
+/* The plugin of a worker under --reload is replaced while tasks keep
+ * coming: every task runs exactly once, build A ran the first, build B
+ * the last. */
+static void broker_scale_worker_reload_loses_nothing(void **state)
+{
+    (void)state;
+    rig g;
+    rig_redis(&g, NULL, NULL);
+    start_server(&g, NULL);
+    char dir[PATH_MAX], plugin[PATH_MAX + 16];
+    snprintf(dir, sizeof dir, "%s/out", g.redis.dir);
+    assert_int_equal(mkdir(dir, 0755), 0);
+    snprintf(plugin, sizeof plugin, "%s/scale_app.so", dir); /* the same broker name */
+    h_replace_file(h_fixture("scale_app"), plugin);
+    const char *reload[] = {"--reload", NULL};
+    h_server w;
+    start_worker(&g, &w, plugin, reload);
+    idlist ids = {0};
+    const char *batch = "/add?task=count&n=50&mode=concurrent";
+    for (int i = 0; i < 4; i++)
+        assert_int_equal(get_ids(&g.server, batch, &ids), 200);
+    assert_int_equal(wait_runs(&g, "ran", 0, ids.n, DEADLINE_MS), ids.n); /* by build A */
+    h_replace_file(h_fixture("scale_app_b"), plugin);
+    /* Tasks keep coming until build B runs some. */
+    uint64_t end = h_now_ms() + DEADLINE_MS;
+    int b_ran = 0;
+    while (!b_ran && h_now_ms() < end) {
+        assert_int_equal(get_ids(&g.server, batch, &ids), 200);
+        size_t n;
+        run *rs = load_runs(&g, &n);
+        for (size_t i = 0; i < n && !b_ran; i++)
+            b_ran = rs[i].build == 'B';
+        free(rs);
+    }
+    assert_true(b_ran);
+    for (int i = 0; i < 4; i++)
+        assert_int_equal(get_ids(&g.server, batch, &ids), 200);
+    assert_int_equal(wait_runs(&g, "ran", 0, ids.n, BULK_DEADLINE_MS), ids.n);
+    pid_t pids[1] = {w.pid};
+    size_t per[1];
+    assert_each_ran_once(&g, "ran", &ids, pids, 1, per);
+    assert_int_equal(per[0], ids.n);
+    /* Build A ran the first tasks, build B the last. */
+    size_t n;
+    run *rs = load_runs(&g, &n);
+    assert_int_equal(rs[0].build, 'A');
+    assert_int_equal(rs[n - 1].build, 'B');
+    free(rs);
+    assert_true(h_wait_log(&w, "generation 2 serving", DEADLINE_MS));
+    assert_int_equal(h_redis_int(&g.redis, "XLEN bgserve:{scale_app}:dead"), 0);
+    stop_worker(&w);
+    free(ids.v);
+    rig_down(&g);
+}
+
+/* ---- 5. a worker stopped while its task runs ----------------------------------- */
 
 /* Stopped with no time to drain, the worker cancels the task and hands
  * it back to Redis (not counted as an attempt: it did not fail), says
@@ -429,6 +701,10 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(broker_scale_tasks_run_once_on_both_workers),
+        cmocka_unit_test(broker_scale_redis_restart_loses_nothing_accepted),
+        cmocka_unit_test(broker_scale_periodic_once_per_interval),
+        cmocka_unit_test(broker_scale_sequences_keep_order_across_workers),
+        cmocka_unit_test(broker_scale_worker_reload_loses_nothing),
         cmocka_unit_test(broker_scale_stopped_worker_hands_its_task_back),
         cmocka_unit_test(broker_scale_draining_worker_takes_nothing_new),
     };

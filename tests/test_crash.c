@@ -346,17 +346,7 @@ typedef struct rl {
  * renamed over it). */
 static void put_build(rl *t, const char *fixture)
 {
-    char tmp[PATH_MAX + 32];
-    snprintf(tmp, sizeof tmp, "%s/.next.so", t->dir);
-    size_t len;
-    char *data = h_slurp(h_fixture(fixture), &len);
-    assert_non_null(data);
-    FILE *f = fopen(tmp, "wb");
-    assert_non_null(f);
-    assert_int_equal(fwrite(data, 1, len, f), len);
-    assert_int_equal(fclose(f), 0);
-    free(data);
-    assert_int_equal(rename(tmp, t->app), 0);
+    h_replace_file(h_fixture(fixture), t->app);
 }
 
 static void rl_setup(rl *t)

@@ -15,11 +15,13 @@
 
 #include <ctype.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 /* ---- running one test ---------------------------------------------------- */
@@ -206,6 +208,16 @@ char *h_wait_body(h_server *s, const char *path, const char *needle, unsigned de
     return wait_record(&w, deadline_ms);
 }
 
+long h_get_status(h_server *s, const char *path)
+{
+    h_resp r;
+    if (h_get(s, path, &r) != 0)
+        return -1;
+    long st = r.status;
+    h_resp_free(&r);
+    return st;
+}
+
 /* ---- starting and stopping -------------------------------------------- */
 
 int h_start_app(h_server *s, const char *plugin, const char *const *args,
@@ -296,6 +308,22 @@ char *h_slurp(const char *path, size_t *len)
     if (len)
         *len = n;
     return buf;
+}
+
+void h_replace_file(const char *src, const char *dst)
+{
+    char tmp[PATH_MAX + 8];
+    snprintf(tmp, sizeof tmp, "%s.tmp", dst);
+    size_t len;
+    char *data = h_slurp(src, &len);
+    assert_non_null(data);
+    FILE *f = fopen(tmp, "wb");
+    assert_non_null(f);
+    assert_int_equal(fwrite(data, 1, len, f), len);
+    assert_int_equal(fclose(f), 0);
+    free(data);
+    assert_int_equal(chmod(tmp, 0755), 0);
+    assert_int_equal(rename(tmp, dst), 0);
 }
 
 void h_rm_rf(const char *dir)

@@ -51,6 +51,9 @@ char *h_wait_state(h_server *s, const char *path, const char *state, unsigned de
  * deadline; the record (malloc'd). */
 char *h_wait_task(h_server *s, uint64_t id, const char *state, unsigned deadline_ms);
 
+/* The status of GET path, or -1 on a transport error. */
+long h_get_status(h_server *s, const char *path);
+
 /* POST /_bgserve/tasks/ID/retry, with the dashboard's action header when
  * with_header; the status, and the body (malloc'd) in *body when body is
  * not NULL. */
@@ -91,6 +94,11 @@ int h_line_with(const char *text, const char *needle, char *buf, size_t cap);
 /* The whole file, NUL-terminated (malloc'd), its length in *len (may be
  * NULL); NULL when it cannot be opened. */
 char *h_slurp(const char *path, size_t *len);
+
+/* Put a copy of the file src at dst the way linkers and install tools
+ * do: written to dst.tmp, then renamed over dst (mode 0755).  Fails the
+ * test when src cannot be read or dst written. */
+void h_replace_file(const char *src, const char *dst);
 
 /* Remove dir and everything below it (rm -rf). */
 void h_rm_rf(const char *dir);
