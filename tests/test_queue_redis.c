@@ -368,6 +368,19 @@ static void queue_redis_retry_goes_through_the_delayed_set(void **state)
     rig_down(&g);
 }
 
+/* Worker w1 of g enqueues job id itself and reads it back: the node it
+ * enqueued, at attempt 1. */
+static queue_node *take_own(rig *g, uint64_t id)
+{
+    queue_node *n = &new_item(id, "flaky")->node;
+    assert_int_equal(queue_enqueue_at(g->w1, &n, 1, 0, NULL, NULL), 0);
+    queue *from;
+    queue_node *got = take_any(g->w1, NULL, &from, 10000);
+    assert_ptr_equal(got, n);
+    assert_int_equal(item_of(got)->attempt, 1);
+    return got;
+}
+
 /* A worker's own task (one it enqueued, a periodic tick say) that fails
  * goes through the delayed set too, but its node stays: it waits for
  * its notice, and when this worker reads the job back it runs the same
@@ -377,12 +390,8 @@ static void queue_redis_own_task_retry_keeps_its_node(void **state)
     (void)state;
     rig g;
     rig_up(&g, 1, 0);
-    queue_node *n = &new_item(8, "flaky")->node;
-    assert_int_equal(queue_enqueue_at(g.w1, &n, 1, 0, NULL, NULL), 0);
+    queue_node *n = take_own(&g, 8), *got = n;
     queue *from;
-    queue_node *got = take_any(g.w1, NULL, &from, 10000);
-    assert_ptr_equal(got, n);
-    assert_int_equal(item_of(got)->attempt, 1);
     assert_int_equal(queue_nack(g.w1, got, util_now_us() + 1000, "try again"), 0);
     size_t held, sent;
     queue_redis_counts(g.w1, &held, &sent);
@@ -401,6 +410,26 @@ static void queue_redis_own_task_retry_keeps_its_node(void **state)
     free(item_of(got));
     queue_redis_counts(g.w1, &held, &sent);
     assert_int_equal(sent, 0);
+    assert_int_equal(h_redis_int(&g.redis, "XLEN bgserve:{app}:tasks"), 0);
+    rig_down(&g);
+}
+
+/* The same failing once the queue is shut down: the job goes to the
+ * delayed set for another worker, but the node is not put back among
+ * those waiting for a notice (their owner took them back already): nack
+ * says BGS_ESHUTDOWN and the node stays the caller's. */
+static void queue_redis_own_task_retry_at_shutdown(void **state)
+{
+    (void)state;
+    rig g;
+    rig_up(&g, 1, 0);
+    queue_node *got = take_own(&g, 9);
+    queue_shutdown(g.w1);
+    assert_null(queue_redis_take_sent(g.w1));
+    assert_int_equal(queue_nack(g.w1, got, util_now_us() + 1000, "try again"), BGS_ESHUTDOWN);
+    assert_null(queue_redis_take_sent(g.w1));
+    free(item_of(got));
+    assert_int_equal(h_redis_int(&g.redis, "ZCARD bgserve:{app}:delayed"), 1);
     assert_int_equal(h_redis_int(&g.redis, "XLEN bgserve:{app}:tasks"), 0);
     rig_down(&g);
 }
@@ -596,6 +625,7 @@ int main(void)
         cmocka_unit_test(queue_redis_workers_share_and_server_hears_once),
         cmocka_unit_test(queue_redis_retry_goes_through_the_delayed_set),
         cmocka_unit_test(queue_redis_own_task_retry_keeps_its_node),
+        cmocka_unit_test(queue_redis_own_task_retry_at_shutdown),
         cmocka_unit_test(queue_redis_unknown_name_is_dead_lettered),
         cmocka_unit_test(queue_redis_max_concurrency_across_workers),
         cmocka_unit_test(queue_redis_adhoc_stays_local),

@@ -349,9 +349,12 @@ queue_node *queue_redis_take_sent(queue *q)
  * held jobs.  One enqueued here waits in `sent` for the notice of its
  * final state again, wherever its next attempt runs; an adopted one goes
  * to the `released` hook, through the background thread while it runs
- * (hooks are called one at a time), else at once.  Frees x.
+ * (hooks are called one at a time), else at once.  Frees x.  0, or, for
+ * a node enqueued here when the queue is shut down and from_bg is 0,
+ * BGS_ESHUTDOWN: its owner may have taken back the nodes in `sent`
+ * already (queue_redis_take_sent), so the node stays the caller's.
  */
-static void give_back(rq *r, held *x, queue_node *n)
+static int give_back(rq *r, held *x, queue_node *n, int from_bg)
 {
     sent *s = NULL;
     if (x->ours) {
@@ -361,7 +364,12 @@ static void give_back(rq *r, held *x, queue_node *n)
     conc_release(r, x);
     held_free(x);
     pthread_mutex_lock(&r->mu);
-    int now = 0;
+    int now = 0, shut = r->shut && !from_bg;
+    if (s && shut) {
+        pthread_mutex_unlock(&r->mu);
+        free(s);
+        return BGS_ESHUTDOWN;
+    }
     if (s)
         sent_put_locked(r, s);
     else if (r->stop)
@@ -375,6 +383,7 @@ static void give_back(rq *r, held *x, queue_node *n)
         r->h.released(r->h.arg, n);
     else
         pthread_cond_signal(&r->cv);
+    return 0;
 }
 
 static void rq_ack(queue *q, queue_node *n, const queue_outcome *o)
@@ -441,8 +450,7 @@ static int rq_nack(queue *q, queue_node *n, uint64_t retry_at_us, const char *wh
         pthread_mutex_unlock(&r->mu);
         return queue_nack(r->mem, n, retry_at_us, why);
     }
-    give_back(r, x, n);
-    return 0;
+    return give_back(r, x, n, 0);
 }
 
 static size_t rq_depth(queue *q) { return queue_depth(R(q)->mem); }
@@ -705,7 +713,7 @@ static void take_job(rq *r, broker_msg *m)
         pthread_mutex_unlock(&r->mu);
         if (x) {
             broker_hand_back(r->b, &x->msg, "its worker stopped before it ran");
-            give_back(r, x, node);
+            give_back(r, x, node, 1); /* the owner takes `sent` back after */
         }
     }
 }
