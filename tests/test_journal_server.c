@@ -11,6 +11,8 @@
  * after the last attempt, answered from the journal after a restart; a
  * replayed task whose function is gone is dead-lettered with a warning;
  * the dashboard's retry queues a dead letter of an earlier run again;
+ * a stop that leaves only tasks kept queued for the next start exits 0,
+ * one that also cancels a run exits 3;
  * /_bgserve/stats shows the journal.  Fixture: journal_app.so.
  */
 #include <stdarg.h>
@@ -664,6 +666,19 @@ static int log_is(void *arg)
     return ok;
 }
 
+/* Start the app on the journal with one worker and no drain time, and
+ * GET route (a /park with tag p): its id, once its task runs. */
+static uint64_t start_parked(sandbox *sb, app_run *l, h_server *s, const char *route)
+{
+    app_run_init(l, sb);
+    const char *args[] = {"--journal", sb->path, "--single-process", "--quiet", "--workers",
+                          "1", "--drain-timeout", "0", NULL};
+    assert_int_equal(h_start_app(s, h_fixture("journal_app"), args, l->env), 0);
+    uint64_t parked = queue_task(s, route);
+    assert_true(h_poll(log_is, &(log_wait){l->path, "p 1\n"}, DEADLINE_MS)); /* it runs */
+    return parked;
+}
+
 /* A normal stop before a sequence began (its first task queued behind a
  * running one, on the only worker; no drain time): no task of it is
  * recorded as cancelled, all four stay queued on disk, and the next start
@@ -672,20 +687,18 @@ static void journal_server_stop_keeps_a_sequence_for_the_next_start(void **state
 {
     sandbox *sb = *state;
     app_run l;
-    app_run_init(&l, sb);
-    const char *args[] = {"--journal", sb->path, "--single-process", "--quiet", "--workers",
-                          "1", "--drain-timeout", "0", NULL};
     h_server s;
-    assert_int_equal(h_start_app(&s, h_fixture("journal_app"), args, l.env), 0);
-    uint64_t parked = queue_task(&s, "/park?tag=p");
-    assert_true(h_poll(log_is, &(log_wait){l.path, "p 1\n"}, DEADLINE_MS)); /* it runs */
+    uint64_t parked = start_parked(sb, &l, &s, "/park?tag=p");
     uint64_t ids[4];
     get_sequence(&s, "/seq?tag=s&die=0", ids);
-    /* the park is cancelled (it ends, and succeeds); the drain left the
-     * sequence: exit 3, as for any drain that leaves tasks */
-    assert_int_equal(h_stop(&s, SIGTERM), 3);
+    /* the park is cancelled (it ends, and succeeds); the sequence stays
+     * queued in the journal: nothing is lost, exit 0 */
+    assert_int_equal(h_stop(&s, SIGTERM), 0);
     no_sanitizer_report(&s);
     assert_int_equal(h_count_log(&s, "stays queued in the journal for the next start"), 4);
+    h_assert_contains(s.log, "drain: 1 tasks finished, 0 did not, 4 stay queued in the "
+                             "journal for the next start");
+    h_assert_lacks(s.log, "some tasks did not finish");
     h_free(&s);
     app_run_log_is(&l, "p 1\n");
     on_disk d;
@@ -699,6 +712,37 @@ static void journal_server_stop_keeps_a_sequence_for_the_next_start(void **state
 
     restart_until_succeeded(&l, &s, sb, ids[3], "p 1\ns-1 1\ns-2 1\ns-3 1\ns-4 1\n",
                             "4 tasks from an earlier run: 4 queued, 0 interrupted");
+}
+
+/* A stop that cancels a run as well as keeping queued tasks for the next
+ * start: the summary counts them apart, and the cancelled run alone makes
+ * the exit status 3. */
+static void journal_server_stop_with_a_cancelled_run_exits_3(void **state)
+{
+    sandbox *sb = *state;
+    app_run l;
+    h_server s;
+    uint64_t parked = start_parked(sb, &l, &s, "/park?tag=p&fail=1");
+    uint64_t queued = queue_task(&s, "/park?tag=q");
+    assert_int_equal(h_stop(&s, SIGTERM), 3);
+    no_sanitizer_report(&s);
+    h_assert_contains(s.log, "drain: 0 tasks finished, 1 did not, 1 stay queued in the "
+                             "journal for the next start");
+    char want[160], found[512];
+    snprintf(want, sizeof want, "task %" PRIu64 " park queued", queued);
+    assert_int_equal(h_line_with(s.log, "kept queued in the journal, it runs at the next start",
+                                 found, sizeof found), 0);
+    h_assert_contains(found, want);
+    snprintf(want, sizeof want, "task %" PRIu64 " park_fails running", parked);
+    assert_int_equal(h_line_with(s.log, "now cancelled", found, sizeof found), 0);
+    h_assert_contains(found, want);
+    h_assert_contains(s.log, "stopped (some tasks did not finish: see above)");
+    h_free(&s);
+    on_disk d;
+    assert_true(on_disk_now(sb->path, parked, &d));
+    assert_string_equal(d.state, "cancelled");
+    assert_true(on_disk_now(sb->path, queued, &d));
+    assert_string_equal(d.state, "queued");
 }
 
 /* The rest of an interrupted sequence whose earlier task did not succeed
@@ -1114,6 +1158,7 @@ int main(void)
         T(journal_server_sequence_keeps_its_order_after_a_crash),
         T(journal_server_sequence_after_a_failure_is_skipped),
         T(journal_server_stop_keeps_a_sequence_for_the_next_start),
+        T(journal_server_stop_with_a_cancelled_run_exits_3),
         T(journal_server_retry_schedule_survives_a_restart),
         T(journal_server_dead_letter_after_the_last_attempt),
         T(journal_server_replayed_task_without_its_function_is_dead),

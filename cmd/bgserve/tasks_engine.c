@@ -392,11 +392,14 @@ size_t tasks_shutdown(tasks_engine *t, unsigned drain_ms)
      * or pending until another worker claims them): not lost. */
     char (*outcome)[160] = xcalloc(nu ? nu : 1, sizeof *outcome);
     int *kept = xcalloc(nu ? nu : 1, sizeof *kept);
-    size_t nlost = 0, nback = 0;
+    size_t nlost = 0, nback = 0, njournal = 0, nlate = 0;
     for (size_t i = 0; i < nu; i++) {
         pthread_mutex_lock(&t->rec_mu);
         task_item *it = tasks_records_find_locked(t, u[i].id);
         int now_state = it ? it->state : -1;
+        /* --journal: cancelled here, but its row stays queued for the
+         * next start (tasks_runs_keep set the flag before finalising). */
+        int injournal = it && now_state == TASKS_CANCELLED && (it->jflags & TASKS_JF_KEPT);
         pthread_mutex_unlock(&t->rec_mu);
         int away = 0;
         for (size_t k = 0; k < nelse && !away; k++)
@@ -404,13 +407,21 @@ size_t tasks_shutdown(tasks_engine *t, unsigned drain_ms)
         /* A worker's task final by now was acked (or handed back when
          * cancelled): nothing of it is lost. */
         int back = consumer && now_state == TASKS_CANCELLED;
-        kept[i] = away || (consumer && (now_state < 0 || tasks_is_final(now_state)));
+        /* One that succeeded in the grace period finished: nothing lost. */
+        int late = now_state == TASKS_SUCCEEDED;
+        kept[i] = away || injournal || late ||
+                  (consumer && (now_state < 0 || tasks_is_final(now_state)));
         nback += (size_t)(away || back);
+        njournal += (size_t)injournal;
+        nlate += (size_t)late;
         nlost += (size_t)!kept[i];
         if (away)
             snprintf(outcome[i], sizeof outcome[i], "in redis: it runs on the workers");
         else if (back)
             snprintf(outcome[i], sizeof outcome[i], "back in redis: another worker runs it");
+        else if (injournal)
+            snprintf(outcome[i], sizeof outcome[i], "never ran here; kept queued in the "
+                     "journal, it runs at the next start");
         else if (consumer && now_state == TASKS_RUNNING)
             snprintf(outcome[i], sizeof outcome[i], "did not return within the grace period; "
                      "abandoned (in redis, another worker claims it after the visibility "
@@ -426,14 +437,17 @@ size_t tasks_shutdown(tasks_engine *t, unsigned drain_ms)
             snprintf(outcome[i], sizeof outcome[i], "never ran; still %s",
                      tasks_state_name(now_state));
     }
-    char inredis[64] = "";
+    char inredis[64] = "", keptj[80] = "";
     if (consumer)
         snprintf(inredis, sizeof inredis, ", %zu went back to redis for other workers", nback);
     else if (t->broker)
         snprintf(inredis, sizeof inredis, ", %zu stay in redis for the workers", nback);
+    if (t->journal)
+        snprintf(keptj, sizeof keptj, ", %zu stay queued in the journal for the next "
+                 "start", njournal);
     if (nu || fin1 != fin0 || atomic_load(&t->next_id) != 1)
         log_msg(nlost ? BGS_LOG_WARN : BGS_LOG_INFO, "drain: %" PRIu64 " tasks finished, %zu did "
-                "not%s", fin1 - fin0, nlost, inredis);
+                "not%s%s", fin1 - fin0 + nlate, nlost, inredis, keptj);
     for (size_t i = 0; i < nu; i++)
         print_unfinished_line(&u[i], outcome[i], kept[i]);
     free(kept);
