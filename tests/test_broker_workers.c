@@ -6,7 +6,8 @@
  * finished by another with the attempt counted; retries end in the dead
  * letters with the last error, each retry through Redis, on any worker;
  * the server answers 503 (not a hang) for named tasks while Redis is
- * down and runs ad hoc tasks itself; refusals of the command line.  The fixture's tasks write "WHAT PID ID ATTEMPT"
+ * down (once the loss is known, bgs_res_task fails with BGS_EFULL and
+ * the handler answers) and runs ad hoc tasks itself; refusals of the command line.  The fixture's tasks write "WHAT PID ID ATTEMPT"
  * lines to a file the test reads.
  */
 #include <stdarg.h>
@@ -14,6 +15,8 @@
 #include <setjmp.h>
 #include <stdint.h>
 #include <cmocka.h>
+
+#include <bgserve.h>
 
 #include "helpers.h"
 #include "redis.h"
@@ -327,6 +330,18 @@ static void broker_503_while_redis_is_down(void **state)
     assert_int_equal(r.status, 200);
     h_resp_free(&r);
     assert_true(h_wait_log(&g.server, "lost the command connection to redis", DEADLINE_MS));
+    /* Known down, Redis is a full queue (docs/broker.md): bgs_res_task
+     * fails with BGS_EFULL at once and the handler's own 503 answers. */
+    h_resp efull = {0};
+    end = h_now_ms() + DEADLINE_MS;
+    do {
+        h_resp_free(&efull);
+        assert_int_equal(h_get(&g.server, "/add?task=count&n=1", &efull), 0);
+    } while (strcmp(efull.body, bgs_strerror(BGS_EFULL)) != 0 && h_now_ms() < end);
+    assert_int_equal(efull.status, 503);
+    assert_string_equal(efull.body, bgs_strerror(BGS_EFULL));
+    assert_null(h_header(&efull, "Retry-After"));
+    h_resp_free(&efull);
     h_redis_restart(&g.redis);
     end = h_now_ms() + DEADLINE_MS;
     while (st != 200 && h_now_ms() < end)
