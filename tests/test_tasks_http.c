@@ -251,14 +251,19 @@ static void tasks_http_slow_reader_task_starts_after_last_byte(void **state)
 
 /* ---- the response does not wait for the task -------------------------------------- */
 
+/* The task waits on a gate the test opens only after the response (and
+ * a look at the record) is in hand: no timing involved. */
 static void tasks_http_response_arrives_while_task_runs(void **state)
 {
     (void)state;
     unsigned long long ids[4];
     size_t n;
-    char st[32], *rec;
+    char st[32], *rec, dir[] = "/tmp/bgserve-gate-XXXXXX", gate[64], route[96];
 
-    assert_int_equal(get_tasks(&app, "/slow", ids, 4, &n), 200);
+    assert_non_null(mkdtemp(dir));
+    snprintf(gate, sizeof gate, "%s/open", dir);
+    snprintf(route, sizeof route, "/slow?gate=%s", gate);
+    assert_int_equal(get_tasks(&app, route, ids, 4, &n), 200);
     uint64_t got_response = wall_us();
     assert_int_equal(n, 1);
 
@@ -267,10 +272,14 @@ static void tasks_http_response_arrives_while_task_runs(void **state)
     assert_true(strcmp(st, "queued") == 0 || strcmp(st, "running") == 0);
     free(rec);
 
+    FILE *f = fopen(gate, "w");
+    assert_non_null(f);
+    fclose(f);
     rec = wait_state(&app, ids[0], "succeeded");
     long long finished = h_json_num(rec, "finished_at_us");
     assert_true(finished > 0 && (uint64_t)finished > got_response);
     free(rec);
+    h_rm_rf(dir);
 }
 
 /* ---- several tasks per response ----------------------------------------------------- */
