@@ -306,6 +306,124 @@ static void broker_enqueue_read_finish(void **state)
     h_redis_stop(&r);
 }
 
+/* The steps of a sequence are all in Redis at once (records queued, the
+ * first in the stream, the rest kept with it); finishing a step moves
+ * the next to the stream in the same script, whichever worker finished
+ * it, and nothing else reaches the stream before. */
+static void broker_sequence_moves_on_at_each_finish(void **state)
+{
+    (void)state;
+    h_redis r;
+    h_redis_start(&r, NULL, NULL);
+    broker *w1 = open_app(&r, NULL, "app", "w1", 0);
+    broker *w2 = open_app(&r, NULL, "app", "w2", 0);
+    broker_job jobs[3] = {
+        {.id = 501, .name = "a", .request_id = "r", .max_attempts = 1, .payload = "1", .len = 1},
+        {.id = 502, .name = "b", .request_id = "r", .max_attempts = 2, .payload = "2", .len = 1},
+        {.id = 503, .name = "c", .request_id = "r", .max_attempts = 1, .payload = "3", .len = 1},
+    };
+    assert_int_equal(broker_enqueue_seq(w1, jobs, 3, 1), 0);
+    assert_int_equal(h_redis_int(&r, "XLEN bgserve:{app}:tasks"), 1);
+    assert_int_equal(h_redis_int(&r, "LLEN bgserve:{app}:seq:501"), 2);
+    for (uint64_t id = 501; id <= 503; id++) {
+        broker_record rec;
+        assert_int_equal(broker_record_get(w1, id, &rec), 0);
+        assert_string_equal(rec.state, "queued");
+        broker_record_clear(&rec);
+    }
+    broker *ws[2] = {w1, w2};
+    broker_outcome ok = {.state = "succeeded"};
+    for (uint64_t id = 501; id <= 503; id++) {
+        broker *w = ws[id % 2];
+        broker_msg *m;
+        assert_int_equal(read_n(w, 1, &m, 5000), 1);
+        assert_int_equal(m[0].id, id);
+        /* Only this step is in the stream; the rest wait with it. */
+        assert_int_equal(h_redis_int(&r, "XLEN bgserve:{app}:tasks"), 1);
+        assert_int_equal(h_redis_int(&r, "LLEN bgserve:{app}:seq:%" PRIu64, id),
+                         (long long)(503 - id));
+        assert_memory_equal(m[0].payload, jobs[id - 501].payload, 1);
+        assert_int_equal(m[0].max_attempts, jobs[id - 501].max_attempts);
+        assert_int_equal(broker_start(w, &m[0]), 0);
+        assert_int_equal(broker_finish(w, &m[0], &ok), 0);
+        broker_msgs_free(m, 1);
+    }
+    assert_int_equal(h_redis_int(&r, "EXISTS bgserve:{app}:seq:501"), 0);
+    assert_int_equal(h_redis_int(&r, "EXISTS bgserve:{app}:seq:502"), 0);
+    assert_int_equal(h_redis_int(&r, "XLEN bgserve:{app}:tasks"), 0);
+    assert_int_equal(h_redis_int(&r, "XLEN bgserve:{app}:done"), 3);
+    broker_close(w2);
+    broker_close(w1);
+    h_redis_stop(&r);
+}
+
+/* A step that ends other than succeeded (finished failed, or
+ * dead-lettered) skips the rest in Redis: their records say why, their
+ * notices are written, and none reaches the stream. */
+static void broker_sequence_skips_the_rest_in_redis(void **state)
+{
+    (void)state;
+    h_redis r;
+    h_redis_start(&r, NULL, NULL);
+    broker *b = open_app(&r, NULL, "app", "w1", 0);
+    broker_job jobs[3] = {
+        {.id = 601, .name = "a", .max_attempts = 1},
+        {.id = 602, .name = "b", .max_attempts = 1},
+        {.id = 603, .name = "c", .max_attempts = 1},
+    };
+    /* Dead-lettered at the second step. */
+    assert_int_equal(broker_enqueue_seq(b, jobs, 3, 1), 0);
+    broker_msg *m;
+    assert_int_equal(read_n(b, 1, &m, 5000), 1);
+    assert_int_equal(broker_start(b, &m[0]), 0);
+    assert_int_equal(broker_finish(b, &m[0], &(broker_outcome){.state = "succeeded"}), 0);
+    broker_msgs_free(m, 1);
+    assert_int_equal(read_n(b, 1, &m, 5000), 1);
+    assert_int_equal(m[0].id, 602);
+    assert_int_equal(broker_start(b, &m[0]), 0);
+    assert_int_equal(broker_dead(b, &m[0], "boom"), 0);
+    broker_msgs_free(m, 1);
+    broker_record rec;
+    assert_int_equal(broker_record_get(b, 603, &rec), 0);
+    assert_string_equal(rec.state, "skipped");
+    assert_string_equal(rec.error, "previous task 602 (b) failed");
+    assert_true(rec.finished_ms > 0);
+    broker_record_clear(&rec);
+    assert_true(h_redis_int(&r, "TTL bgserve:{app}:task:603") > 0);
+    assert_int_equal(h_redis_int(&r, "EXISTS bgserve:{app}:seq:602"), 0);
+
+    /* Finished cancelled (a timeout) at the first step: both others. */
+    jobs[0].id = 701, jobs[1].id = 702, jobs[2].id = 703;
+    assert_int_equal(broker_enqueue_seq(b, jobs, 3, 1), 0);
+    assert_int_equal(read_n(b, 1, &m, 5000), 1);
+    assert_int_equal(broker_start(b, &m[0]), 0);
+    assert_int_equal(broker_finish(b, &m[0], &(broker_outcome){.state = "cancelled",
+                                                               .error = "timed out"}), 0);
+    broker_msgs_free(m, 1);
+    for (uint64_t id = 702; id <= 703; id++) {
+        assert_int_equal(broker_record_get(b, id, &rec), 0);
+        assert_string_equal(rec.state, "skipped");
+        assert_string_equal(rec.error, "previous task 701 (a) cancelled");
+        broker_record_clear(&rec);
+    }
+    assert_int_equal(h_redis_int(&r, "XLEN bgserve:{app}:tasks"), 0);
+    assert_int_equal(h_redis_int(&r, "EXISTS bgserve:{app}:seq:701"), 0);
+
+    /* The notices, in order: 601 succeeded, 602 failed, 603 skipped,
+     * 701 cancelled, 702 and 703 skipped. */
+    char cursor[BROKER_ENTRY_MAX] = "0-0";
+    uint64_t *ids;
+    size_t nids;
+    assert_int_equal(broker_done_read(b, cursor, sizeof cursor, 0, &ids, &nids), 0);
+    assert_int_equal(nids, 6);
+    static const uint64_t want[] = {601, 602, 603, 701, 702, 703};
+    for (size_t i = 0; i < nids; i++)
+        assert_int_equal(ids[i], want[i]);
+    free(ids);
+    broker_close(b);
+    h_redis_stop(&r);
+}
+
 static void broker_read_without_block_returns_at_once(void **state)
 {
     (void)state;
@@ -695,6 +813,8 @@ int main(void)
         cmocka_unit_test(broker_open_wrong_or_missing_password),
         cmocka_unit_test(broker_open_refuses_keys_of_another_app),
         cmocka_unit_test(broker_enqueue_read_finish),
+        cmocka_unit_test(broker_sequence_moves_on_at_each_finish),
+        cmocka_unit_test(broker_sequence_skips_the_rest_in_redis),
         cmocka_unit_test(broker_read_without_block_returns_at_once),
         cmocka_unit_test(broker_retry_waits_in_the_delayed_set),
         cmocka_unit_test(broker_dead_letter_keeps_the_last_error),

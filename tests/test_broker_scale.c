@@ -13,7 +13,8 @@
  * - periodic ticks in a server and two workers run once per interval
  *   (the lease), not once per process;
  * - sequences keep their order and their skip rule with their steps on
- *   different workers;
+ *   different workers, and run to their end after the server that
+ *   accepted them stopped;
  * - `bgserve worker --reload`: the plugin replaced while tasks come in,
  *   none lost, the new build runs the later ones;
  * - a worker stopped (SIGTERM) while its task runs hands the task back
@@ -551,6 +552,82 @@ static void broker_scale_sequences_keep_order_across_workers(void **state)
     rig_down(&g);
 }
 
+/* The state of task id in its record in Redis, once it is want, or
+ * what it was at the deadline (malloc'd; "" when there is no record). */
+static char *wait_redis_state(rig *g, uint64_t id, const char *want)
+{
+    uint64_t end = h_now_ms() + DEADLINE_MS;
+    char *st = NULL;
+    do {
+        if (st)
+            nap();
+        free(st);
+        redisReply *r = h_redis_cmd(&g->redis, "HGET bgserve:{scale_app}:task:%" PRIu64
+                                    " state", id);
+        st = strdup(r->type == REDIS_REPLY_STRING ? r->str : "");
+        freeReplyObject(r);
+        assert_non_null(st);
+    } while (strcmp(st, want) != 0 && h_now_ms() < end);
+    return st;
+}
+
+/* A sequence outlives the server that accepted it: at the 2xx Redis has
+ * every step (the first in the stream, the rest kept with it), and the
+ * workers move it on.  The server is stopped (SIGTERM) while step 0
+ * runs, before step 1 is due; the three steps still run, in order, each
+ * after the one before finished, and their records say succeeded. */
+static void broker_scale_sequence_outlives_its_server(void **state)
+{
+    (void)state;
+    rig g;
+    rig_redis(&g, NULL, NULL);
+    const char *quick[] = {"--drain-timeout", "0", NULL};
+    start_server(&g, quick);
+    add_worker(&g, NULL);
+    add_worker(&g, NULL);
+    idlist ids = {0};
+    assert_int_equal(get_ids(&g.server, "/add?task=hold&n=3", &ids), 200);
+    assert_int_equal(ids.n, 3);
+    assert_int_equal(wait_runs(&g, "start", 0, 1, DEADLINE_MS), 1);
+    assert_int_equal(h_redis_int(&g.redis, "LLEN bgserve:{scale_app}:seq:%" PRIu64, ids.v[0]),
+                     2);
+    int rc = h_stop(&g.server, SIGTERM);
+    if (rc != 0)
+        fprintf(stderr, "server log:\n%s\n", g.server.log);
+    assert_int_equal(rc, 0);
+    h_assert_contains(g.server.log, "3 stay in redis for the workers");
+    h_assert_lacks(g.server.log, "untracked here");
+    h_assert_lacks(g.server.log, "Sanitizer");
+    h_free(&g.server);
+    g.have_server = 0;
+
+    make_go(&g);
+    assert_int_equal(wait_runs(&g, "ran", 0, 3, DEADLINE_MS), 3);
+    for (size_t k = 0; k < 3; k++) {
+        char *st = wait_redis_state(&g, ids.v[k], "succeeded");
+        assert_string_equal(st, "succeeded");
+        free(st);
+    }
+    /* In order: each step started after the one before it ran. */
+    size_t n;
+    run *rs = load_runs(&g, &n);
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (k >= 6 || rs[i].id != ids.v[k / 2])
+            fail_msg("line %zu of the log: %s %" PRIu64 ", out of the sequence's order", i,
+                     rs[i].what, rs[i].id);
+        assert_string_equal(rs[i].what, k % 2 ? "ran" : "start");
+        k++;
+    }
+    assert_int_equal(k, 6);
+    free(rs);
+    assert_int_equal(h_redis_int(&g.redis, "EXISTS bgserve:{scale_app}:seq:%" PRIu64,
+                                 ids.v[0]), 0);
+    assert_int_equal(h_redis_int(&g.redis, "XLEN bgserve:{scale_app}:dead"), 0);
+    free(ids.v);
+    rig_down(&g);
+}
+
 /* ---- 4. bgserve worker --reload ------------------------------------------------------ */
 
 /* The plugin of a worker under --reload is replaced while tasks keep
@@ -704,6 +781,7 @@ int main(void)
         cmocka_unit_test(broker_scale_redis_restart_loses_nothing_accepted),
         cmocka_unit_test(broker_scale_periodic_once_per_interval),
         cmocka_unit_test(broker_scale_sequences_keep_order_across_workers),
+        cmocka_unit_test(broker_scale_sequence_outlives_its_server),
         cmocka_unit_test(broker_scale_worker_reload_loses_nothing),
         cmocka_unit_test(broker_scale_stopped_worker_hands_its_task_back),
         cmocka_unit_test(broker_scale_draining_worker_takes_nothing_new),

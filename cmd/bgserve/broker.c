@@ -247,19 +247,65 @@ char *broker_url_redacted(const broker_url *u, char *buf, size_t cap)
 
 enum { S_ENQUEUE, S_PROMOTE, S_START, S_REQUEUE, S_FINISH, S_DEAD, S_CONC, S_COUNT };
 
+/*
+ * The step after task `id` of a sequence (PREFIX:seq:ID, written by
+ * ENQUEUE), once task id is final with `state`: "succeeded" moves the
+ * next step to the stream (the rest of the list then waits under the
+ * next step's id); any other state skips every step left, with their
+ * records and notices, as the in-process skip rule does
+ * (tasks_runs.c, chain_stop: the same error text).  A task of no
+ * sequence has no list: nothing to do.
+ */
+#define LUA_SEQ_NEXT                                                                        \
+    "local function seq_next(prefix, id, state, stream, done, ttl)\n"                       \
+    "  local k = prefix .. ':seq:' .. id\n"                                                 \
+    "  if redis.call('EXISTS', k) == 0 then return end\n"                                   \
+    "  local function id_of(f)\n"                                                           \
+    "    for i = 1, #f, 2 do if f[i] == 'id' then return f[i + 1] end end\n"               \
+    "  end\n"                                                                               \
+    "  if state == 'succeeded' then\n"                                                      \
+    "    local f = cmsgpack.unpack(redis.call('LPOP', k))\n"                                \
+    "    redis.call('XADD', stream, '*', unpack(f))\n"                                      \
+    "    if redis.call('EXISTS', k) == 1 then\n"                                            \
+    "      redis.call('RENAME', k, prefix .. ':seq:' .. id_of(f))\n"                        \
+    "    end\n"                                                                             \
+    "    return\n"                                                                          \
+    "  end\n"                                                                               \
+    "  local name = redis.call('HGET', prefix .. ':task:' .. id, 'name') or '?'\n"          \
+    "  local why = 'previous task ' .. id .. ' (' .. name .. ') ' .. state\n"               \
+    "  for _, m in ipairs(redis.call('LRANGE', k, 0, -1)) do\n"                             \
+    "    local sid = id_of(cmsgpack.unpack(m))\n"                                           \
+    "    local rk = prefix .. ':task:' .. sid\n"                                            \
+    "    redis.call('HSET', rk, 'state', 'skipped', 'error', why, 'finished', now)\n"       \
+    "    redis.call('EXPIRE', rk, ttl)\n"                                                   \
+    "    redis.call('XADD', done, 'MAXLEN', '~', " DONE_MAXLEN ", '*', 'id', sid,\n"        \
+    "               'state', 'skipped')\n"                                                  \
+    "  end\n"                                                                               \
+    "  redis.call('DEL', k)\n"                                                              \
+    "end\n"
+
 static const char *const script_text[S_COUNT] = {
     /* ENQUEUE  KEYS: stream delayed
-     * ARGV: cap n app prefix, then id name rid max payload per job */
+     * ARGV: cap n app prefix seq, then id name rid max payload per job.
+     * seq "1": a sequence; the first job goes to the stream, the others,
+     * in order, to the list PREFIX:seq:ID (ID: the first's), from which
+     * FINISH and DEAD move them on (LUA_SEQ_NEXT). */
     [S_ENQUEUE] = LUA_NOW
     "local cap, n = tonumber(ARGV[1]), tonumber(ARGV[2])\n"
     "if cap > 0 and redis.call('XLEN', KEYS[1]) + redis.call('ZCARD', KEYS[2]) + n > cap then\n"
     "  return redis.error_reply('FULL the broker holds its capacity of ' .. cap .. ' tasks')\n"
     "end\n"
+    "local rest = ARGV[4] .. ':seq:' .. ARGV[6]\n"
     "for i = 0, n - 1 do\n"
-    "  local o = 4 + i * 5\n"
+    "  local o = 5 + i * 5\n"
     "  local id, name, rid, max = ARGV[o + 1], ARGV[o + 2], ARGV[o + 3], ARGV[o + 4]\n"
-    "  redis.call('XADD', KEYS[1], '*', 'app', ARGV[3], 'id', id, 'name', name, 'attempt', '0',\n"
-    "             'max', max, 'rid', rid, 'created', now, 'payload', ARGV[o + 5])\n"
+    "  local f = {'app', ARGV[3], 'id', id, 'name', name, 'attempt', '0',\n"
+    "             'max', max, 'rid', rid, 'created', now, 'payload', ARGV[o + 5]}\n"
+    "  if i > 0 and ARGV[5] == '1' then\n"
+    "    redis.call('RPUSH', rest, cmsgpack.pack(f))\n"
+    "  else\n"
+    "    redis.call('XADD', KEYS[1], '*', unpack(f))\n"
+    "  end\n"
     "  redis.call('HSET', ARGV[4] .. ':task:' .. id, 'name', name, 'rid', rid, 'state', 'queued',\n"
     "             'attempts', 0, 'max', max, 'created', now)\n"
     "end\n"
@@ -298,8 +344,9 @@ static const char *const script_text[S_COUNT] = {
     "if ARGV[7] == '1' then redis.call('HSET', KEYS[3], 'attempts', ARGV[6]) end\n"
     "return acked\n",
     /* FINISH  KEYS: stream record done
-     * ARGV: group entry ttl state error has_result status type result id */
-    [S_FINISH] = LUA_NOW
+     * ARGV: group entry ttl state error has_result status type result id
+     * prefix */
+    [S_FINISH] = LUA_NOW LUA_SEQ_NEXT
     "local acked = redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])\n"
     "redis.call('XDEL', KEYS[1], ARGV[2])\n"
     "redis.call('HSET', KEYS[2], 'state', ARGV[4], 'finished', now)\n"
@@ -309,10 +356,11 @@ static const char *const script_text[S_COUNT] = {
     "end\n"
     "redis.call('EXPIRE', KEYS[2], tonumber(ARGV[3]))\n"
     "redis.call('XADD', KEYS[3], 'MAXLEN', '~', " DONE_MAXLEN ", '*', 'id', ARGV[10], 'state', ARGV[4])\n"
+    "seq_next(ARGV[11], ARGV[10], ARGV[4], KEYS[1], KEYS[3], tonumber(ARGV[3]))\n"
     "return acked\n",
     /* DEAD  KEYS: stream dead record done
-     * ARGV: group entry error ttl worker write_record id */
-    [S_DEAD] = LUA_NOW
+     * ARGV: group entry error ttl worker write_record id prefix */
+    [S_DEAD] = LUA_NOW LUA_SEQ_NEXT
     "local e = redis.call('XRANGE', KEYS[1], ARGV[2], ARGV[2])\n"
     "local acked = redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])\n"
     "redis.call('XDEL', KEYS[1], ARGV[2])\n"
@@ -326,6 +374,7 @@ static const char *const script_text[S_COUNT] = {
     "  redis.call('HSET', KEYS[3], 'state', 'failed', 'error', ARGV[3], 'finished', now)\n"
     "  redis.call('EXPIRE', KEYS[3], tonumber(ARGV[4]))\n"
     "  redis.call('XADD', KEYS[4], 'MAXLEN', '~', " DONE_MAXLEN ", '*', 'id', ARGV[7], 'state', 'failed')\n"
+    "  seq_next(ARGV[8], ARGV[7], 'failed', KEYS[1], KEYS[4], tonumber(ARGV[4]))\n"
     "end\n"
     "return acked\n",
     /* CONC  KEYS: leases  ARGV: max token lease_ms */
@@ -906,6 +955,11 @@ int broker_next_ids(broker *b, unsigned n, uint64_t *first)
 
 int broker_enqueue(broker *b, const broker_job *jobs, size_t n)
 {
+    return broker_enqueue_seq(b, jobs, n, 0);
+}
+
+int broker_enqueue_seq(broker *b, const broker_job *jobs, size_t n, int seq)
+{
     if (n == 0)
         return 0;
     args a = {0};
@@ -916,6 +970,7 @@ int broker_enqueue(broker *b, const broker_job *jobs, size_t n)
     args_u64(&a, n);
     args_str(&a, b->app);
     args_str(&a, b->prefix);
+    args_str(&a, seq ? "1" : "0");
     for (size_t i = 0; i < n; i++) {
         if (!jobs[i].name || !*jobs[i].name) {
             args_free(&a);
@@ -1388,6 +1443,7 @@ int broker_finish(broker *b, const broker_msg *m, const broker_outcome *o)
     args_str(&a, o->result_type);
     args_add(&a, o->result, o->has_result ? o->result_len : 0);
     args_u64(&a, m->id);
+    args_str(&a, b->prefix);
     long long acked = 0;
     int rc = cmd_script_int(b, S_FINISH, &a, "finishing a task", &acked);
     if (rc == 0 && acked == 0)
@@ -1444,6 +1500,7 @@ int broker_dead(broker *b, const broker_msg *m, const char *error)
     args_str(&a, b->consumer);
     args_str(&a, "1");
     args_u64(&a, m->id);
+    args_str(&a, b->prefix);
     return cmd_script_int(b, S_DEAD, &a, "dead-lettering a task", NULL);
 }
 

@@ -156,6 +156,13 @@ typedef struct broker_job {
  * mid-call, possibly all: at-least-once).
  */
 int broker_enqueue(broker *b, const broker_job *jobs, size_t n);
+/* broker_enqueue; seq nonzero: jobs[] are the steps of a sequence, in
+ * order: the first goes to the stream, the others are kept with it
+ * (PREFIX:seq:ID) and each goes to the stream in the same script that
+ * finishes the step before (broker_finish "succeeded"); a step that ends
+ * otherwise (or broker_dead) writes the others' records and notices as
+ * "skipped" instead. */
+int broker_enqueue_seq(broker *b, const broker_job *jobs, size_t n, int seq);
 
 /* ---- reading and finishing (workers) ----------------------------------- */
 

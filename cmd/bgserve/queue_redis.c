@@ -195,8 +195,8 @@ static void conc_release(rq *r, held *x)
  * until queue_redis_link.  0, BGS_ESHUTDOWN, or BGS_EFULL (Redis away or
  * over capacity: load) with why saying which and a log line.
  */
-static int add_to_stream(rq *r, queue_node *const *nodes, size_t n, int linked, char *why,
-                         size_t cap)
+static int add_to_stream(rq *r, queue_node *const *nodes, size_t n, int linked, int seq,
+                         char *why, size_t cap)
 {
     if (n == 0)
         return 0;
@@ -220,7 +220,7 @@ static int add_to_stream(rq *r, queue_node *const *nodes, size_t n, int linked, 
     for (size_t i = 0; rc == 0 && i < n; i++)
         sent_put_locked(r, ss[i]);
     pthread_mutex_unlock(&r->mu);
-    int brc = rc == 0 ? broker_enqueue(r->b, jobs, n) : 0;
+    int brc = rc == 0 ? broker_enqueue_seq(r->b, jobs, n, seq) : 0;
     if (brc < 0) {
         /* Over capacity or Redis away: load, for the caller (503). */
         if (brc == BROKER_EFULL)
@@ -266,7 +266,7 @@ static int rq_enqueue(queue *q, queue_node *const *nodes, size_t n, uint64_t not
             named[nj++] = nodes[i];
     }
     char why[256];
-    int rc = add_to_stream(r, named, nj, 1, why, sizeof why);
+    int rc = add_to_stream(r, named, nj, 1, 0, why, sizeof why);
     if (rc == 0 && nl) {
         rc = queue_enqueue_at(r->mem, locals, nl, not_before_us, NULL, NULL);
         if (rc < 0 && nj) {
@@ -288,9 +288,10 @@ static int rq_enqueue(queue *q, queue_node *const *nodes, size_t n, uint64_t not
     return rc;
 }
 
-int queue_redis_write(queue *q, queue_node *const *nodes, size_t n, char *why, size_t cap)
+int queue_redis_write(queue *q, queue_node *const *nodes, size_t n, int seq, char *why,
+                      size_t cap)
 {
-    return add_to_stream(R(q), nodes, n, 0, why, cap);
+    return add_to_stream(R(q), nodes, n, 0, seq, why, cap);
 }
 
 int queue_redis_link(queue *q, queue_node *n)
@@ -310,14 +311,14 @@ int queue_redis_link(queue *q, queue_node *n)
     return s ? 0 : BGS_EINVAL;
 }
 
-void queue_redis_forget(queue *q, uint64_t id)
+void queue_redis_forget(queue *q, uint64_t id, int untracked)
 {
     rq *r = R(q);
     pthread_mutex_lock(&r->mu);
     sent **pp = sent_slot_locked(r, id);
     sent *s = *pp && !(*pp)->linked ? sent_unlink_locked(r, pp) : NULL;
     pthread_mutex_unlock(&r->mu);
-    if (s)
+    if (s && untracked)
         log_msg(BGS_LOG_WARN, "broker: task %" PRIu64 " was added to redis but its request "
                 "did not hand it over here (answered with an error, or the server stopped): "
                 "it runs on the workers, untracked here", id);

@@ -82,16 +82,22 @@ queue *queue_redis_new(broker *b, const queue_redis_config *cfg, const queue_red
  * add the n named jobs of nodes[] to the stream now, all or none, while
  * the nodes stay their owner's.  0; BGS_EFULL (Redis away or over its
  * capacity: why says which, and a line is logged); BGS_ESHUTDOWN.
+ * seq nonzero: nodes[] are the steps of a sequence; only the first goes
+ * to the stream now, the workers move on the others (broker_enqueue_seq).
  * The owner then hands each over with queue_redis_link (instead of
  * enqueue: it is in the stream already), or, if it never will, calls
  * queue_redis_forget (the job runs on the workers, untracked here).
  */
-int queue_redis_write(queue *q, queue_node *const *nodes, size_t n, char *why, size_t cap);
+int queue_redis_write(queue *q, queue_node *const *nodes, size_t n, int seq, char *why,
+                      size_t cap);
 /* Link n, written ahead: from now on it is the queue's until its final
  * state (a notice that came meanwhile is acted on now).  0, or
  * BGS_EINVAL when n was not written ahead. */
 int queue_redis_link(queue *q, queue_node *n);
-void queue_redis_forget(queue *q, uint64_t id);
+/* untracked nonzero: log that the job runs on the workers untracked
+ * here; 0 when its end is known already (a step skipped in Redis too, or
+ * one the stop report names). */
+void queue_redis_forget(queue *q, uint64_t id, int untracked);
 
 /*
  * Watch task id, which another process added (a server that did not

@@ -365,6 +365,15 @@ size_t tasks_shutdown(tasks_engine *t, unsigned drain_ms)
         }
         elsewhere[nelse++] = it->id;
         it->jflags |= TASKS_JF_ELSEWHERE;
+        /* The steps after it that Redis keeps whole stay there too
+         * (tasks_runs.c, chain_stop). */
+        for (task_item *s = it->group_next; s && (s->jflags & TASKS_JF_WRITTEN); s = s->group_next) {
+            if (nelse == capelse) {
+                capelse = 2 * capelse;
+                elsewhere = xrealloc(elsewhere, capelse * sizeof(*elsewhere));
+            }
+            elsewhere[nelse++] = s->id;
+        }
         tasks_runs_finalize(it, TASKS_CANCELLED, "this server stopped; the task stays in redis "
                                                  "and runs on the workers");
     }

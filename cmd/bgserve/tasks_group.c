@@ -154,16 +154,32 @@ static void group_free(tasks_group *g)
     free(g);
 }
 
+/* A sequence Redis can keep whole: every step named, none added only
+ * once the response is delivered, none written yet. */
+static int seq_whole(const tasks_group *g)
+{
+    if (g->mode != BGS_SEQUENTIAL || g->head == NULL || g->head->group_next == NULL)
+        return 0;
+    for (const task_item *it = g->head; it; it = it->group_next)
+        if (it->def == NULL || (it->def->flags & BGS_TASK_DELIVERED_ONLY) ||
+            (it->jflags & TASKS_JF_WRITTEN))
+            return 0;
+    return 1;
+}
+
 /* --broker: the tasks the response's 2xx promises are in Redis: those of
- * a concurrent group, or the first of a sequence (the rest are added as
- * their predecessors finish), except ad hoc ones (memory only) and
- * BGS_TASK_DELIVERED_ONLY ones (added once the response is delivered,
- * so that an undelivered one never runs).  Synchronous: one round
- * trip. */
+ * a concurrent group; a whole sequence of named tasks (the first in the
+ * stream, the rest kept with it for the workers to move on: the server
+ * only links each step as it comes due, to learn its end); of another
+ * sequence, the first (the rest are added as their predecessors
+ * finish); except ad hoc ones (memory only) and BGS_TASK_DELIVERED_ONLY
+ * ones (added once the response is delivered, so that an undelivered one
+ * never runs).  Synchronous: one round trip. */
 static int persist_broker(tasks_group *g, durable_gate *gate)
 {
     size_t n = 0, cap = 0;
     queue_node **nodes = NULL;
+    int whole = seq_whole(g);
     for (task_item *it = g->head; it; it = it->group_next) {
         if (it->def != NULL && !(it->jflags & TASKS_JF_WRITTEN) &&
             !(it->def->flags & BGS_TASK_DELIVERED_ONLY)) {
@@ -173,14 +189,14 @@ static int persist_broker(tasks_group *g, durable_gate *gate)
             }
             nodes[n++] = &it->qnode;
         }
-        if (g->mode == BGS_SEQUENTIAL)
+        if (g->mode == BGS_SEQUENTIAL && !whole)
             break;
     }
     int rc = 0;
     if (n > 0) {
         char why[256];
         durable_expect(gate);
-        rc = queue_redis_write(g->engine->q, nodes, n, why, sizeof why);
+        rc = queue_redis_write(g->engine->q, nodes, n, whole, why, sizeof why);
         if (rc == BGS_ESHUTDOWN) {
             durable_unexpect(gate);
         } else {

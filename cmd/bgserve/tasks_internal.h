@@ -175,6 +175,10 @@ struct task_item {
  * row stays as it is, queued for the next start; so do the rows of the
  * rest of its sequence (tasks_runs_keep). */
 #define TASKS_JF_KEPT 8u
+/* --broker: a step of a sequence Redis keeps whole, written ahead and
+ * never linked here, whose end Redis records without this process (the
+ * worker that ended the step before skipped it too): forgotten quietly. */
+#define TASKS_JF_SETTLED 16u
 
 /* When the item was last dispatched (queued) until a run starts, then
  * when that run started (see task_item.qnode). */

@@ -96,7 +96,7 @@ static void unreserve(tasks_engine *t)
 /* ---- final states --------------------------------------------------------------- */
 
 static void chain_stop(task_item *next, uint64_t pred_id, const char *pred_name,
-                       int pred_state, int kept);
+                       int pred_state, uint8_t pred_jflags);
 
 /*
  * Bring it to final state st with error err (copied; NULL for none).
@@ -125,7 +125,8 @@ void tasks_runs_finalize(task_item *it, int st, const char *err)
         if (t->journal && !(it->jflags & TASKS_JF_KEPT))
             journal_finish(t->journal, id, tasks_state_name((tasks_state)st), err, NULL, NULL);
         else if (t->broker)
-            queue_redis_forget(t->q, id);
+            queue_redis_forget(t->q, id,
+                               !(it->jflags & (TASKS_JF_ELSEWHERE | TASKS_JF_SETTLED)));
     }
     if (it->free_fn) {
         bgs_free_fn f = it->free_fn;
@@ -168,7 +169,7 @@ void tasks_runs_finalize(task_item *it, int st, const char *err)
         if (st == TASKS_SUCCEEDED)
             tasks_runs_seq_start(next);
         else
-            chain_stop(next, id, kind->name, st, it->jflags & TASKS_JF_KEPT);
+            chain_stop(next, id, kind->name, st, it->jflags);
     }
     unreserve(t);
     if (owner && owner->release)
@@ -188,14 +189,24 @@ void tasks_runs_hand_back(task_item *it)
 
 /* The rest of a sequence after a task that did not succeed: skipped, or
  * cancelled when the engine is shutting down; kept (with it) when the
- * shutdown kept the one before for the next start. */
+ * shutdown kept the one before for the next start.  --broker, steps
+ * Redis holds already (written ahead): they stay there with the one
+ * before when it went on without this server (ELSEWHERE), or the worker
+ * that ended it skipped them there too (SETTLED). */
 static void chain_stop(task_item *next, uint64_t pred_id, const char *pred_name,
-                       int pred_state, int kept)
+                       int pred_state, uint8_t pred_jflags)
 {
     char msg[256];
     int st = atomic_load(&next->kind->engine->stopping) ? TASKS_CANCELLED : TASKS_SKIPPED;
+    int kept = pred_jflags & TASKS_JF_KEPT;
+    uint8_t inredis = 0;
+    if (next->kind->engine->broker && (next->jflags & TASKS_JF_WRITTEN))
+        inredis = pred_jflags & TASKS_JF_ELSEWHERE ? TASKS_JF_ELSEWHERE : TASKS_JF_SETTLED;
 
-    if (kept)
+    if (inredis == TASKS_JF_ELSEWHERE)
+        snprintf(msg, sizeof(msg), "this server stopped; the task stays in redis and runs on "
+                 "the workers after task %" PRIu64 " (%s)", pred_id, pred_name);
+    else if (kept)
         snprintf(msg, sizeof(msg), "server is shutting down before task %" PRIu64 " (%s), the "
                  "one before it in its sequence, ran; it stays queued in the journal for the "
                  "next start", pred_id, pred_name);
@@ -207,6 +218,7 @@ static void chain_stop(task_item *next, uint64_t pred_id, const char *pred_name,
         next->group_next = NULL;
         if (kept)
             next->jflags |= TASKS_JF_KEPT;
+        next->jflags |= inredis;
         tasks_runs_finalize(next, st, msg);
         next = n2;
     }
