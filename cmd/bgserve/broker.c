@@ -7,7 +7,9 @@
  * (atomic, one round trip): enqueue checks the capacity and adds the
  * entries and records; retry, defer, finish and dead acknowledge and
  * delete the entry together with what follows (the delayed set, the
- * record, the dead-letter stream).  The scripts read Redis's own clock
+ * record, the dead-letter stream) and, for a step of a sequence, with
+ * moving the next step to the stream or skipping the rest
+ * (LUA_SEQ_NEXT).  The scripts read Redis's own clock
  * (TIME), so machines with skewed clocks agree on when a retry is due.
  * A delayed retry is the entry's field list packed with cmsgpack, moved
  * back to the stream by whichever reader finds it due.  Scripts are

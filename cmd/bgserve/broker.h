@@ -17,6 +17,9 @@
  *                       times, error, result); expires record_ttl_s after
  *                       the task is final
  *   PREFIX:ids          the task id counter (ids unique across processes)
+ *   PREFIX:seq:ID       the steps still to come of a sequence whose step
+ *                       ID is queued or running, in order (a list of
+ *                       packed entries; broker_enqueue_seq)
  *   PREFIX:conc:NAME    leases of running tasks of NAME (max_concurrency
  *                       across workers)
  *   PREFIX:periodic:K   the lease of periodic schedule K (once per
