@@ -1,11 +1,7 @@
 /*
  * test_pace.c - the adaptive linger (pace.h): one step of the controller
  * for every kind of window (saturated by us, by others, time to spare, in
- * between; never past its bound), with and without the HTTP threads'
- * share of the window in poll (which decides when the CPUs look saturated
- * but bgserve keeps up, as at a fixed rate beside a busy load generator),
- * that share from two readings (the threads' average; unknown when the
- * threads changed), reading /proc/stat
+ * between; never past its bound), reading /proc/stat
  * (all CPUs, the allowed ones, a line cut short, no CPU line), the pace
  * driven by a test source through windows of its own clock (measured once
  * per window, up to the bound when saturated, down to 0 with time to
@@ -18,7 +14,6 @@
 #include <stdint.h>
 #include <cmocka.h>
 
-#include <pthread.h>
 #include <sched.h>
 
 #include "pace.h"
@@ -29,101 +24,32 @@
 #define BUSY 0, 1000
 /* Time to spare, ours or not. */
 #define SPARE 600, 400
-/* The HTTP threads not measured. */
-#define NO_HTTP (-1)
 
 static void pace_step_follows_the_cpus(void **state)
 {
     (void)state;
     /* Saturated by us: from 0 to the first step, then doubling, up to the bound. */
-    assert_int_equal(pace_step(0, BUSY, NO_HTTP), PACE_STEP_MIN_US);
-    assert_int_equal(pace_step(PACE_STEP_MIN_US, PACE_BUSY_PERMILLE - 1, PACE_HEAVY_PERMILLE, NO_HTTP),
+    assert_int_equal(pace_step(0, BUSY), PACE_STEP_MIN_US);
+    assert_int_equal(pace_step(PACE_STEP_MIN_US, PACE_BUSY_PERMILLE - 1, PACE_HEAVY_PERMILLE),
                      2 * PACE_STEP_MIN_US);
-    assert_int_equal(pace_step(PACE_MAX_US / 2 + 1, BUSY, NO_HTTP), PACE_MAX_US);
-    assert_int_equal(pace_step(PACE_MAX_US, BUSY, NO_HTTP), PACE_MAX_US);
+    assert_int_equal(pace_step(PACE_MAX_US / 2 + 1, BUSY), PACE_MAX_US);
+    assert_int_equal(pace_step(PACE_MAX_US, BUSY), PACE_MAX_US);
     /* Time to spare: halving, and 0 below the first step. */
-    assert_int_equal(pace_step(PACE_MAX_US, PACE_SPARE_PERMILLE, 800, NO_HTTP), PACE_MAX_US / 2);
-    assert_int_equal(pace_step(PACE_STEP_MIN_US, SPARE, NO_HTTP), 0);
-    assert_int_equal(pace_step(0, SPARE, NO_HTTP), 0);
+    assert_int_equal(pace_step(PACE_MAX_US, PACE_SPARE_PERMILLE, 800), PACE_MAX_US / 2);
+    assert_int_equal(pace_step(PACE_STEP_MIN_US, SPARE), 0);
+    assert_int_equal(pace_step(0, SPARE), 0);
     /* Saturated by others, with little of it ours: our wake-ups are
      * few, so they go at once. */
-    assert_int_equal(pace_step(64, 0, PACE_LIGHT_PERMILLE - 1, NO_HTTP), 32);
+    assert_int_equal(pace_step(64, 0, PACE_LIGHT_PERMILLE - 1), 32);
     /* In between: unchanged, so the two do not chase each other. */
-    assert_int_equal(pace_step(64, PACE_BUSY_PERMILLE, 900, NO_HTTP), 64);
-    assert_int_equal(pace_step(64, PACE_SPARE_PERMILLE - 1, 900, NO_HTTP), 64);
-    assert_int_equal(pace_step(64, 0, PACE_HEAVY_PERMILLE - 1, NO_HTTP), 64);
+    assert_int_equal(pace_step(64, PACE_BUSY_PERMILLE, 900), 64);
+    assert_int_equal(pace_step(64, PACE_SPARE_PERMILLE - 1, 900), 64);
+    assert_int_equal(pace_step(64, 0, PACE_HEAVY_PERMILLE - 1), 64);
     /* Never past the bound, whatever it starts from and sees. */
     for (unsigned l = 0; l <= 4 * PACE_MAX_US; l += 7)
         for (unsigned pm = 0; pm <= 1000; pm += 10)
             for (unsigned own = 0; own <= 1000; own += 100)
-                for (int http = -1; http <= 1000; http += 100)
-                    assert_true(pace_step(l, pm, own, http) <= PACE_MAX_US);
-}
-
-/* The HTTP threads' time in poll: it tells a server that keeps up with
- * its load (a fixed rate, the CPUs kept busy by the load generator) from
- * a saturated one. */
-static void pace_step_follows_the_http_threads(void **state)
-{
-    (void)state;
-    /* The CPUs saturated, mostly by us, but the HTTP threads wait
-     * in poll a fifth of the time or more: bgserve keeps up, wake up at once. */
-    assert_int_equal(pace_step(PACE_MAX_US, BUSY, PACE_HTTP_SPARE_PERMILLE), PACE_MAX_US / 2);
-    assert_int_equal(pace_step(PACE_STEP_MIN_US, BUSY, 500), 0);
-    assert_int_equal(pace_step(0, 0, PACE_HEAVY_PERMILLE, 1000), 0);
-    /* ... and it never sees a wait in poll under saturation: linger. */
-    assert_int_equal(pace_step(0, BUSY, 0), PACE_STEP_MIN_US);
-    assert_int_equal(pace_step(64, BUSY, PACE_HTTP_BUSY_PERMILLE - 1), 128);
-    /* In between: unchanged. */
-    assert_int_equal(pace_step(64, BUSY, PACE_HTTP_BUSY_PERMILLE), 64);
-    assert_int_equal(pace_step(64, BUSY, PACE_HTTP_SPARE_PERMILLE - 1), 64);
-    /* Busy HTTP threads do not override CPUs with time to spare (the
-     * woken worker finds a free CPU) or a light share of ours. */
-    assert_int_equal(pace_step(64, SPARE, 0), 32);
-    assert_int_equal(pace_step(64, 0, PACE_LIGHT_PERMILLE - 1, 0), 32);
-    /* Nor do they make a saturation of others ours. */
-    assert_int_equal(pace_step(64, 0, PACE_HEAVY_PERMILLE - 1, 0), 64);
-}
-
-/* Two readings of two HTTP threads, 1 ms apart, busy a and b µs of it. */
-static void http_readings(pace_reading *prev, pace_reading *cur, uint64_t a, uint64_t b)
-{
-    *prev = (pace_reading){.at_ns = 5000000, .http_set = 3, .http_n = 2,
-                           .http_busy_ns = {7000000, 9000000}};
-    *cur = *prev;
-    cur->at_ns += 1000000;
-    cur->http_busy_ns[0] += a * 1000;
-    cur->http_busy_ns[1] += b * 1000;
-}
-
-static void pace_http_idle_is_the_threads_average(void **state)
-{
-    (void)state;
-    pace_reading prev, cur;
-    http_readings(&prev, &cur, 300, 600);
-    assert_int_equal(pace_http_idle(&prev, &cur), 550);  /* 700 and 400 of 1000 µs in poll */
-    http_readings(&prev, &cur, 900, 100);
-    assert_int_equal(pace_http_idle(&prev, &cur), 500);
-    http_readings(&prev, &cur, 0, 0);
-    assert_int_equal(pace_http_idle(&prev, &cur), 1000); /* both waited all along */
-    http_readings(&prev, &cur, 1000, 1000);
-    assert_int_equal(pace_http_idle(&prev, &cur), 0);    /* neither ever waited */
-    http_readings(&prev, &cur, 1200, 800);               /* one read a little late: */
-    assert_int_equal(pace_http_idle(&prev, &cur), 100);  /* capped at the window, not -200 */
-    /* Unknown: a thread came or went between the readings, ... */
-    http_readings(&prev, &cur, 300, 600);
-    cur.http_set++;
-    assert_int_equal(pace_http_idle(&prev, &cur), -1);
-    http_readings(&prev, &cur, 300, 600);
-    cur.http_n = 1;
-    assert_int_equal(pace_http_idle(&prev, &cur), -1);
-    /* ... no thread to watch, or no time between the readings. */
-    http_readings(&prev, &cur, 300, 600);
-    prev.http_n = cur.http_n = 0;
-    assert_int_equal(pace_http_idle(&prev, &cur), -1);
-    http_readings(&prev, &cur, 0, 0);
-    cur.at_ns = prev.at_ns;
-    assert_int_equal(pace_http_idle(&prev, &cur), -1);
+                assert_true(pace_step(l, pm, own) <= PACE_MAX_US);
 }
 
 static const char stat_text[] =
@@ -161,12 +87,10 @@ static void pace_parse_stat_sums_the_allowed_cpus(void **state)
 }
 
 /* A test source: every reading adds 1000 ticks, idle_pm of them idle
- * and own_pm of them this process's, and (with http_threads) 1 ms during
- * which each HTTP thread waited in poll http_idle_pm of it. */
+ * and own_pm of them this process's. */
 typedef struct fake_cpus {
     pace_reading r;
     unsigned idle_pm, own_pm;
-    unsigned http_threads, http_idle_pm;
     int fail;
     int reads;
 } fake_cpus;
@@ -180,10 +104,6 @@ static int read_fake(void *arg, pace_reading *r)
     f->r.idle += f->idle_pm;
     f->r.own += f->own_pm;
     f->r.total += 1000;
-    f->r.at_ns += 1000000;
-    f->r.http_n = f->http_threads;
-    for (unsigned i = 0; i < f->http_threads; i++)
-        f->r.http_busy_ns[i] += 1000u * (1000u - f->http_idle_pm);
     *r = f->r;
     return 0;
 }
@@ -247,42 +167,6 @@ static void pace_follows_its_source_window_by_window(void **state)
     assert_int_equal(pace_linger(now), 0);
 }
 
-/* A fixed rate beside a load generator that keeps the CPUs busy: by the
- * CPUs alone the pace would linger; the HTTP threads waiting in poll say
- * bgserve keeps up, and the linger goes to 0.  When they stop waiting
- * (saturation) it climbs to the bound. */
-static void pace_at_a_fixed_rate_wakes_at_once(void **state)
-{
-    (void)state;
-    enum { WINDOW = 1000 };
-    fake_cpus f = {.idle_pm = 20, .own_pm = 450, .http_threads = 2, .http_idle_pm = 0};
-    pace_test_source(read_fake, &f, WINDOW);
-    uint64_t now = 1000000;
-    pace_linger(now);
-    for (int i = 0; i < 12; i++)
-        pace_linger(now += WINDOW);
-    assert_int_equal(pace_current(), PACE_MAX_US);
-    assert_int_equal(pace_http_idle_permille(), 0);
-
-    f.http_idle_pm = 400; /* the CPUs unchanged: still 2 % idle, 45 % ours */
-    for (int i = 0; i < 12; i++)
-        pace_linger(now += WINDOW);
-    assert_int_equal(pace_current(), 0);
-    assert_int_equal(pace_http_idle_permille(), 400);
-    assert_int_equal(pace_idle_permille(), 20);
-
-    /* A thread comes (the set changes): that window goes by the CPUs
-     * alone, and the one after by the threads again. */
-    f.r.http_set++;
-    f.http_threads = 3;
-    pace_linger(now += WINDOW);
-    assert_int_equal(pace_http_idle_permille(), -1);
-    assert_int_equal(pace_current(), PACE_STEP_MIN_US);
-    pace_linger(now += WINDOW);
-    assert_int_equal(pace_http_idle_permille(), 400);
-    assert_int_equal(pace_current(), 0);
-}
-
 /* With no reading at all the pace stays at its fallback. */
 static void pace_without_readings_keeps_the_fallback(void **state)
 {
@@ -296,36 +180,20 @@ static void pace_without_readings_keeps_the_fallback(void **state)
     assert_int_equal(pace_idle_permille(), -1);
 }
 
-static void *http_thread_that_exits(void *arg)
-{
-    (void)arg;
-    pace_http_thread();
-    return NULL;
-}
-
-/* This machine's /proc/stat and this thread's schedstat: within a few
- * windows the pace has measured an idle share and this thread's time in
- * poll (it never waits there: near 0), and its linger is within the
- * bound; a watched thread that exits is dropped, not read forever. */
+/* This machine's /proc/stat: within a few windows the pace has measured
+ * an idle share, and its linger is within the bound. */
 static void pace_reads_this_machine(void **state)
 {
     (void)state;
     pace_test_source(NULL, NULL, 0);
-    pthread_t t;
-    assert_int_equal(pthread_create(&t, NULL, http_thread_that_exits, NULL), 0);
-    assert_int_equal(pthread_join(t, NULL), 0);
-    pace_http_thread();
-    pace_http_thread(); /* once per thread: the second call adds nothing */
     uint64_t deadline = util_now_us() + 20u * 1000000u;
-    while ((pace_idle_permille() < 0 || pace_http_idle_permille() < 0) &&
-           util_now_us() < deadline) {
+    while (pace_idle_permille() < 0 && util_now_us() < deadline) {
         pace_linger(util_now_us());
         sched_yield();
     }
     assert_true(pace_idle_permille() >= 0);
     assert_true(pace_idle_permille() <= 1000);
     assert_true(pace_own_permille() >= 0 && pace_own_permille() <= 1000);
-    assert_true(pace_http_idle_permille() >= 0 && pace_http_idle_permille() <= 1000);
     assert_true(pace_current() <= PACE_MAX_US);
 }
 
@@ -343,11 +211,8 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(pace_step_follows_the_cpus),
-        cmocka_unit_test(pace_step_follows_the_http_threads),
-        cmocka_unit_test(pace_http_idle_is_the_threads_average),
         cmocka_unit_test(pace_parse_stat_sums_the_allowed_cpus),
         cmocka_unit_test_teardown(pace_follows_its_source_window_by_window, teardown_source),
-        cmocka_unit_test_teardown(pace_at_a_fixed_rate_wakes_at_once, teardown_source),
         cmocka_unit_test_teardown(pace_without_readings_keeps_the_fallback, teardown_source),
         cmocka_unit_test_teardown(pace_reads_this_machine, teardown_source),
         cmocka_unit_test(pace_bound_is_the_sentrys_watch),

@@ -52,7 +52,6 @@
 #include "dashboard.h"
 #include "dispatch.h"
 #include "log.h"
-#include "pace.h"
 #include "request.h"
 #include "util.h"
 
@@ -467,7 +466,6 @@ static enum MHD_Result send_text(struct MHD_Connection *conn, exchange *ex,
 static void *uri_log(void *cls, const char *uri, struct MHD_Connection *conn)
 {
     (void)cls;
-    pace_http_thread(); /* the wake-up policy watches this thread (pace.h) */
     exchange *ex = xcalloc(1, sizeof *ex);
     ex->slot = conn_busy(conn);
     ex->start_us = util_now_us();

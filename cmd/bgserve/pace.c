@@ -1,14 +1,12 @@
 /*
  * pace.c - the adaptive linger (pace.h explains the policy).
  *
- * Owns the process-wide pace state below.  The linger and the shares
+ * Owns the process-wide pace state below.  The linger and the idle share
  * are atomics anyone reads; next_us (when the next measure is due) is an
  * atomic the fast path reads; everything else (the /proc/stat descriptor,
- * the CPU mask, the HTTP threads' schedstat descriptors, the previous
- * reading) belongs to the thread that holds measure_mu, taken with
- * trylock by a push that finds a measure due, so no push ever waits for
- * another's measure.  An HTTP thread takes it (blocking) once in its
- * life, to add its descriptor (pace_http_thread).
+ * the CPU mask, the previous reading) belongs to the thread that holds
+ * measure_mu, taken with trylock by a push that finds a measure due, so
+ * no push ever waits for another's measure.
  */
 #include "pace.h"
 
@@ -16,7 +14,6 @@
 #include <pthread.h>
 #include <sched.h>
 #include <stdatomic.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -25,7 +22,6 @@
 static atomic_uint cur_linger = PACE_FALLBACK_US; /* until the first window is measured */
 static atomic_int idle_pm = -1;
 static atomic_int own_pm = -1;
-static atomic_int http_pm = -1;
 static atomic_uint_fast64_t next_us;
 
 static pthread_mutex_t measure_mu = PTHREAD_MUTEX_INITIALIZER;
@@ -33,9 +29,6 @@ static pthread_mutex_t measure_mu = PTHREAD_MUTEX_INITIALIZER;
 static int stat_fd = -2;          /* -2: not opened yet; -1: unreadable */
 static cpu_set_t mask;
 static int have_mask;
-static int http_fd[PACE_HTTP_MAX]; /* the HTTP threads' schedstat */
-static unsigned http_n;
-static unsigned http_set;          /* bumped when a thread comes or goes */
 static pace_reading prev;
 static int have_prev;
 static char buf[65536];
@@ -43,39 +36,15 @@ static pace_source_fn source;     /* NULL: /proc/stat */
 static void *source_arg;
 static atomic_uint window_us = PACE_WINDOW_US;
 
-unsigned pace_step(unsigned linger_us, unsigned idle_permille, unsigned own_permille,
-                   int http_idle_permille)
+unsigned pace_step(unsigned linger_us, unsigned idle_permille, unsigned own_permille)
 {
     unsigned next = linger_us > PACE_MAX_US ? PACE_MAX_US : linger_us;
-    int http_known = http_idle_permille >= 0;
-    if (idle_permille >= PACE_SPARE_PERMILLE || own_permille < PACE_LIGHT_PERMILLE ||
-        (http_known && (unsigned)http_idle_permille >= PACE_HTTP_SPARE_PERMILLE))
+    if (idle_permille >= PACE_SPARE_PERMILLE || own_permille < PACE_LIGHT_PERMILLE)
         next = next / 2 < PACE_STEP_MIN_US ? 0 : next / 2;
-    else if (idle_permille < PACE_BUSY_PERMILLE && own_permille >= PACE_HEAVY_PERMILLE &&
-             (!http_known || (unsigned)http_idle_permille < PACE_HTTP_BUSY_PERMILLE))
+    else if (idle_permille < PACE_BUSY_PERMILLE && own_permille >= PACE_HEAVY_PERMILLE)
         next = next < PACE_STEP_MIN_US ? PACE_STEP_MIN_US
                : next > PACE_MAX_US / 2 ? PACE_MAX_US : 2 * next;
     return next;
-}
-
-int pace_http_idle(const pace_reading *prev_r, const pace_reading *cur)
-{
-    if (cur->http_n == 0 || cur->http_n > PACE_HTTP_MAX || cur->http_set != prev_r->http_set ||
-        cur->http_n != prev_r->http_n || cur->at_ns <= prev_r->at_ns)
-        return -1;
-    uint64_t window = cur->at_ns - prev_r->at_ns;
-    /* Their average, not the busiest one's: libmicrohttpd keeps each
-     * connection on the thread that accepted it, seldom evenly, and at a
-     * rate the server sustains the busier thread may wait little while the
-     * other waits a third of the time (both measured on the bench machine);
-     * under saturation both find work every time. */
-    uint64_t idle = 0; /* summed over the threads, each within the window */
-    for (unsigned i = 0; i < cur->http_n; i++) {
-        uint64_t b = cur->http_busy_ns[i] > prev_r->http_busy_ns[i]
-                     ? cur->http_busy_ns[i] - prev_r->http_busy_ns[i] : 0;
-        idle += b >= window ? 0 : window - b;
-    }
-    return (int)(idle * 1000 / (window * cur->http_n));
 }
 
 int pace_parse_stat(const char *text, int (*allowed)(int cpu, void *arg), void *arg,
@@ -113,41 +82,8 @@ static int in_mask(int cpu, void *arg)
     return cpu >= 0 && cpu < CPU_SETSIZE && CPU_ISSET(cpu, &mask);
 }
 
-/* Drop the i-th HTTP thread (gone, or its file unreadable); measure_mu
- * held. */
-static void drop_http_thread(unsigned i)
-{
-    close(http_fd[i]);
-    http_fd[i] = http_fd[--http_n];
-    http_set++;
-}
-
-/* The HTTP threads' busy time (schedstat: ns on a CPU, ns waiting for
- * one, ...) into r; measure_mu held. */
-static void read_http_threads(pace_reading *r)
-{
-    for (unsigned i = 0; i < http_n;) {
-        char line[128];
-        ssize_t n = pread(http_fd[i], line, sizeof line - 1, 0);
-        unsigned long long run, wait;
-        if (n > 0) {
-            line[n] = '\0';
-            if (sscanf(line, "%llu %llu", &run, &wait) == 2) {
-                r->http_busy_ns[i++] = run + wait;
-                continue;
-            }
-        }
-        drop_http_thread(i); /* the thread has exited: ESRCH */
-    }
-    r->http_n = http_n;
-    r->http_set = http_set;
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    r->at_ns = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
-/* A reading of the CPUs we may run on, from /proc/stat, of this
- * process's CPU time and of its HTTP threads: 0, or -1 when /proc/stat cannot be read;
+/* A reading of the CPUs we may run on, from /proc/stat, and of this
+ * process's CPU time: 0, or -1 when /proc/stat cannot be read;
  * measure_mu held. */
 static int read_cpus(pace_reading *r)
 {
@@ -171,7 +107,6 @@ static int read_cpus(pace_reading *r)
     if (clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts) != 0 || hz <= 0)
         return -1;
     r->own = ((uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec) / (1000000000u / (uint64_t)hz);
-    read_http_threads(r);
     return 0;
 }
 
@@ -184,7 +119,7 @@ static unsigned permille(uint64_t part, uint64_t total)
 /* Read the CPUs and step the linger; measure_mu held. */
 static void measure_locked(void)
 {
-    pace_reading r = {0};
+    pace_reading r;
     if ((source ? source(source_arg, &r) : read_cpus(&r)) != 0)
         return;
     if (have_prev && r.total > prev.total) {
@@ -193,10 +128,8 @@ static void measure_locked(void)
         unsigned idle = r.idle > prev.idle ? permille(r.idle - prev.idle, total) : 0;
         unsigned own = r.own > prev.own ? permille(r.own - prev.own, total) : 0;
         atomic_store_explicit(&idle_pm, (int)idle, memory_order_relaxed);
-        int http = pace_http_idle(&prev, &r);
         atomic_store_explicit(&own_pm, (int)own, memory_order_relaxed);
-        atomic_store_explicit(&http_pm, http, memory_order_relaxed);
-        atomic_store_explicit(&cur_linger, pace_step(atomic_load(&cur_linger), idle, own, http),
+        atomic_store_explicit(&cur_linger, pace_step(atomic_load(&cur_linger), idle, own),
                               memory_order_relaxed);
     }
     prev = r;
@@ -233,31 +166,6 @@ int pace_own_permille(void)
     return atomic_load_explicit(&own_pm, memory_order_relaxed);
 }
 
-int pace_http_idle_permille(void)
-{
-    return atomic_load_explicit(&http_pm, memory_order_relaxed);
-}
-
-void pace_http_thread(void)
-{
-    static _Thread_local int seen;
-    if (seen)
-        return;
-    seen = 1;
-    int fd = open("/proc/thread-self/schedstat", O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return; /* no schedstat (kernel without it): the CPUs alone decide */
-    pthread_mutex_lock(&measure_mu);
-    if (http_n < PACE_HTTP_MAX) {
-        http_fd[http_n++] = fd;
-        http_set++;
-        fd = -1;
-    }
-    pthread_mutex_unlock(&measure_mu);
-    if (fd >= 0)
-        close(fd);
-}
-
 void pace_test_source(pace_source_fn fn, void *arg, unsigned window)
 {
     pthread_mutex_lock(&measure_mu);
@@ -269,6 +177,5 @@ void pace_test_source(pace_source_fn fn, void *arg, unsigned window)
     atomic_store(&cur_linger, PACE_FALLBACK_US);
     atomic_store(&idle_pm, -1);
     atomic_store(&own_pm, -1);
-    atomic_store(&http_pm, -1);
     pthread_mutex_unlock(&measure_mu);
 }

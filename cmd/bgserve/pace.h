@@ -7,43 +7,29 @@
  * A wake-up is cheap when the woken worker finds an idle CPU, and costs
  * the server several times a whole request when it must preempt a busy
  * HTTP thread (or the load generator).  So the pace watches, over
- * windows of PACE_WINDOW_US, two things:
- *   - the CPUs this process may run on (/proc/stat, restricted to its
- *     affinity mask): how much of their time was idle, and how much of
- *     it this process used;
- *   - its own HTTP threads (each registers itself on its first request,
- *     pace_http_thread): how much of the window they spent, on average,
- *     waiting in poll for something to do, i.e. neither on a CPU nor
- *     waiting for one (/proc/self/task/TID/schedstat).  A server that
- *     keeps up with its load waits there a good part of the time, however
- *     busy others (a load generator) keep the CPUs; a saturated one
- *     finds work every time it looks.
- * After each window it moves the linger one step:
+ * windows of PACE_WINDOW_US, the CPUs this process may run on
+ * (/proc/stat, restricted to its affinity mask): how much of their time
+ * was idle, and how much of it this process used.  After each window it
+ * moves the linger one step:
  *   - idle at least PACE_SPARE_PERMILLE of their time, or this process
  *     using less than PACE_LIGHT_PERMILLE of it (its wake-ups are few,
- *     whoever else keeps the CPUs busy), or the HTTP threads
- *     waiting in poll at least PACE_HTTP_SPARE_PERMILLE of the window
- *     (bgserve keeps up; the wake-ups cost CPU it has): the linger halves
- *     (below PACE_STEP_MIN_US it is 0: every task that finds a worker
- *     idle wakes it at once);
+ *     whoever else keeps the CPUs busy): the linger halves (below
+ *     PACE_STEP_MIN_US it is 0: every task that finds a worker idle
+ *     wakes it at once);
  *   - idle less than PACE_BUSY_PERMILLE while this process uses at least
- *     PACE_HEAVY_PERMILLE, and the HTTP threads waiting in poll
- *     less than PACE_HTTP_BUSY_PERMILLE (or no HTTP thread measured):
- *     saturated, and by us; the linger doubles (from 0 to
- *     PACE_STEP_MIN_US), up to PACE_MAX_US, the bound;
+ *     PACE_HEAVY_PERMILLE: saturated, and by us; the linger doubles (from
+ *     0 to PACE_STEP_MIN_US), up to PACE_MAX_US, the bound;
  *   - otherwise it stays, so the two do not chase each other.
  * The queue (queue.c) derives its other times from the linger, so the
  * bound on how long a task waits for company is queue_linger_bound_us of
  * PACE_MAX_US (the sentry's watch).
  *
  * State is process-wide (it describes the machine, and every queue of the
- * process shares it) and lock-free on the fast paths: atomics, one thread
- * at a time elected to measure (pace_linger), and a thread-local flag
- * that makes pace_http_thread a test and a branch after its first call.
- * Measuring costs one pread of /proc/stat and one per HTTP thread per
- * window, on the thread of a push; an idle server measures nothing.
- * Without a readable /proc/stat the linger stays at PACE_FALLBACK_US;
- * without the threads' schedstat the CPUs alone decide.
+ * process shares it) and lock-free: atomics, and one thread at a time
+ * elected to measure (pace_linger).  Measuring costs one pread of
+ * /proc/stat per window, on the thread of a push; an idle server
+ * measures nothing.  Without a readable /proc/stat the linger stays at
+ * PACE_FALLBACK_US.
  */
 #ifndef BGSERVE_PACE_H
 #define BGSERVE_PACE_H
@@ -58,11 +44,6 @@
 #define PACE_STEP_MIN_US 16u
 #define PACE_MAX_US 256u
 #define PACE_FALLBACK_US 30u
-#define PACE_HTTP_SPARE_PERMILLE 200u
-#define PACE_HTTP_BUSY_PERMILLE 100u
-/* HTTP threads watched at most (libmicrohttpd's pool is one per core by
- * default); more are not measured. */
-#define PACE_HTTP_MAX 64
 
 /* The adaptive linger now, in µs; when the last measure is a window old
  * (now_us, util_now_us), this call measures and steps it first. */
@@ -74,41 +55,18 @@ unsigned pace_current(void);
 int pace_idle_permille(void);
 /* This process's share of the same CPUs' time, likewise. */
 int pace_own_permille(void);
-/* The share of the last window the HTTP threads spent waiting in poll
- * (their average), per mille, or -1 when none was measured over a whole window. */
-int pace_http_idle_permille(void);
 
-/* Call on an HTTP thread for each request: the first call on a thread
- * opens its /proc/thread-self/schedstat and adds it to the threads the
- * pace watches (at most PACE_HTTP_MAX); later calls only test a
- * thread-local flag.  A thread that has exited is dropped when a read
- * finds it gone.  Nothing to undo on failure: the thread is not watched. */
-void pace_http_thread(void);
-
-/* What one reading says.  In clock ticks (USER_HZ) since some start:
- * idle (idle + iowait) and all time of the CPUs we may run on, and the
- * CPU time this process used.  Then the HTTP threads: at_ns (monotonic)
- * when they were read, http_n of them, each one's time busy (on a CPU
- * or waiting for one) in ns since it started, and http_set, which names
- * the set of threads and changes whenever one comes or goes. */
+/* What one reading of the CPUs says, in clock ticks (USER_HZ) since
+ * some start: idle (idle + iowait) and all time of the CPUs we may run
+ * on, and the CPU time this process used. */
 typedef struct pace_reading {
     uint64_t idle, total, own;
-    uint64_t at_ns;
-    unsigned http_set, http_n;
-    uint64_t http_busy_ns[PACE_HTTP_MAX];
 } pace_reading;
 
 /* One step of the controller (top of file): the next linger from the
  * current one, the idle share of the window and this process's share,
- * both per mille of the CPUs' time, and the HTTP threads' average share
- * of the window waiting in poll, per mille, or -1 when unknown. */
-unsigned pace_step(unsigned linger_us, unsigned idle_permille, unsigned own_permille,
-                   int http_idle_permille);
-/* The HTTP threads' average share of the time between two readings spent
- * waiting in poll (time neither busy nor waiting for a CPU), per mille;
- * -1 when it cannot be told: no thread, a different set of threads, or
- * no time between them. */
-int pace_http_idle(const pace_reading *prev, const pace_reading *cur);
+ * both per mille of the CPUs' time. */
+unsigned pace_step(unsigned linger_us, unsigned idle_permille, unsigned own_permille);
 /* From the text of /proc/stat, the idle (idle + iowait) and total ticks
  * summed over the per-CPU lines of the CPUs for which allowed(cpu, arg)
  * is true (every CPU when allowed is NULL).  0, or -1 when no such line
@@ -117,8 +75,7 @@ int pace_parse_stat(const char *text, int (*allowed)(int cpu, void *arg), void *
                     uint64_t *idle, uint64_t *total);
 
 /* For tests: measure with fn(arg, &reading) (0, or -1: no reading)
- * instead of /proc/stat, this process's CPU time and its HTTP threads'
- * schedstat, every window µs;
+ * instead of /proc/stat and this process's CPU time, every window µs;
  * NULL restores those.  Either way the pace starts again from
  * PACE_FALLBACK_US, unmeasured. */
 typedef int (*pace_source_fn)(void *arg, pace_reading *r);

@@ -543,8 +543,7 @@ void tasks_stats_json(tasks_engine *t, json *j)
     json_u64(j, queue_wakeups(t->q));
     /* The wake-up policy (docs/tasks.md, "When tasks run"): the linger
      * now, the longest a task may wait for company, and for the adaptive
-     * one the shares it follows: of the CPUs' time, idle and ours; of the
-     * window, the HTTP threads' waiting in poll. */
+     * one the shares of the CPUs' time it follows (idle, and ours). */
     int adaptive = t->linger_us == QUEUE_LINGER_ADAPTIVE;
     json_key(j, "linger_mode");
     json_str(j, adaptive ? "adaptive" : "fixed");
@@ -553,9 +552,9 @@ void tasks_stats_json(tasks_engine *t, json *j)
     json_key(j, "linger_bound_us");
     json_u64(j, queue_linger_bound_us(adaptive ? PACE_MAX_US : t->linger_us));
     if (adaptive) {
-        int pm[3] = {pace_idle_permille(), pace_own_permille(), pace_http_idle_permille()};
-        static const char *const keys[3] = {"cpu_idle_pct", "cpu_own_pct", "http_idle_pct"};
-        for (int i = 0; i < 3; i++) {
+        int pm[2] = {pace_idle_permille(), pace_own_permille()};
+        static const char *const keys[2] = {"cpu_idle_pct", "cpu_own_pct"};
+        for (int i = 0; i < 2; i++) {
             json_key(j, keys[i]);
             if (pm[i] < 0)
                 json_null(j);
