@@ -114,6 +114,7 @@ void tasks_runs_finalize(task_item *it, int st, const char *err)
     uint64_t id = it->id, dur;
     uint32_t attempts;
     char errcopy[TASKS_ERR_MAX];
+    uint8_t jflags; /* read below after publishing, when it may be reused */
 
     it->group_next = NULL;
     it->owner = NULL;
@@ -144,6 +145,7 @@ void tasks_runs_finalize(task_item *it, int st, const char *err)
     }
     if (err) /* it may be evicted once published: log from a copy */
         snprintf(errcopy, sizeof(errcopy), "%s", err);
+    jflags = it->jflags;
 
     tasks_final fin = {.id = id, .name = kind->name, .state = (tasks_state)st,
                        .error = err ? errcopy : NULL};
@@ -153,7 +155,7 @@ void tasks_runs_finalize(task_item *it, int st, const char *err)
         [TASKS_SUCCEEDED] = "done", [TASKS_FAILED] = "failed", [TASKS_SKIPPED] = "skipped",
         [TASKS_DISCARDED] = "discarded", [TASKS_CANCELLED] = "cancelled",
     };
-    if (!(it->jflags & TASKS_JF_ELSEWHERE))
+    if (!(jflags & TASKS_JF_ELSEWHERE))
         log_event(events[st], id, kind->name, attempts, dur, err ? errcopy : NULL, 0);
 
     while (watchers) {
@@ -169,7 +171,7 @@ void tasks_runs_finalize(task_item *it, int st, const char *err)
         if (st == TASKS_SUCCEEDED)
             tasks_runs_seq_start(next);
         else
-            chain_stop(next, id, kind->name, st, it->jflags);
+            chain_stop(next, id, kind->name, st, jflags);
     }
     unreserve(t);
     if (owner && owner->release)
