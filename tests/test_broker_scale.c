@@ -47,21 +47,6 @@
 #define DEADLINE_MS 30000u
 #define BULK_DEADLINE_MS 240000u /* 10,000 tasks through Redis, under a sanitizer too */
 #define PER_REQUEST 100          /* tasks one /add attaches */
-#define MAX_WORKERS 3
-
-typedef struct rig {
-    h_redis redis;
-    char logpath[128];
-    char gopath[128];
-    char envlog[160];
-    char envgo[160];
-    const char *env[6];
-    size_t nenv;
-    h_server server;
-    int have_server;
-    h_server w[MAX_WORKERS];
-    int nw;
-} rig;
 
 /* One line of the fixture's log. */
 typedef struct run {
@@ -73,7 +58,7 @@ typedef struct run {
     long seq, pos; /* -1 when the line has none */
 } run;
 
-/* ---- the rig ---------------------------------------------------------------- */
+/* ---- the rig (h_rig, tests/support/redis.h) with scale_app --------------------- */
 
 static void nap(void)
 {
@@ -84,68 +69,33 @@ static void nap(void)
 /* A redis-server (extra: its arguments, may be NULL) and the fixture's
  * environment; nothing started on it yet.  more_env: NULL or one more
  * "NAME=value" for every process. */
-static void rig_redis(rig *g, const char *const *extra, const char *more_env)
+static void rig_redis(h_rig *g, const char *const *extra, const char *more_env)
 {
-    memset(g, 0, sizeof *g);
-    h_redis_start(&g->redis, NULL, extra);
-    snprintf(g->logpath, sizeof g->logpath, "%s/ran.log", g->redis.dir);
-    snprintf(g->gopath, sizeof g->gopath, "%s/go", g->redis.dir);
-    snprintf(g->envlog, sizeof g->envlog, "SCALE_APP_LOG=%s", g->logpath);
-    snprintf(g->envgo, sizeof g->envgo, "SCALE_APP_GO=%s", g->gopath);
-    g->env[g->nenv++] = g->envlog;
-    g->env[g->nenv++] = g->envgo;
+    h_rig_redis(g, extra, "SCALE_APP_LOG");
+    h_rig_env(g, "SCALE_APP_GO=%s/go", g->redis.dir);
     if (more_env)
-        g->env[g->nenv++] = more_env;
-    g->env[g->nenv] = NULL;
+        h_rig_env(g, "%s", more_env);
 }
 
-static void start_server(rig *g, const char *const *more)
+static void start_server(h_rig *g, const char *const *more)
 {
-    const char *args[16];
-    size_t n = 0;
-    args[n++] = "--broker";
-    args[n++] = g->redis.url;
-    for (size_t i = 0; more && more[i] && n < 15; i++)
-        args[n++] = more[i];
-    args[n] = NULL;
-    assert_int_equal(h_start_app(&g->server, h_fixture("scale_app"), args, g->env), 0);
-    g->have_server = 1;
+    h_rig_server(g, h_fixture("scale_app"), more);
 }
 
-static void start_worker(rig *g, h_server *w, const char *plugin, const char *const *more)
+static void start_worker(h_rig *g, h_server *w, const char *plugin, const char *const *more)
 {
     h_start_worker(w, g->redis.url, plugin ? plugin : h_fixture("scale_app"), more, g->env);
 }
 
-static void add_worker(rig *g, const char *const *more)
+static void add_worker(h_rig *g, const char *const *more)
 {
-    assert_true(g->nw < MAX_WORKERS);
-    start_worker(g, &g->w[g->nw], NULL, more);
-    g->nw++;
-}
-
-static void stop_worker(h_server *w)
-{
-    h_stop_clean(w);
-    h_free(w);
-}
-
-static void rig_down(rig *g)
-{
-    while (g->nw > 0)
-        stop_worker(&g->w[--g->nw]);
-    if (g->have_server) {
-        h_stop_clean(&g->server);
-        h_free(&g->server);
-        g->have_server = 0;
-    }
-    h_redis_stop(&g->redis);
+    h_rig_worker(g, h_fixture("scale_app"), more);
 }
 
 /* ---- the fixture's log -------------------------------------------------------- */
 
 /* Every line of the log (malloc'd; *n gets the count). */
-static run *load_runs(rig *g, size_t *n)
+static run *load_runs(h_rig *g, size_t *n)
 {
     char *text = h_slurp(g->logpath, NULL);
     size_t cap = 64, k = 0;
@@ -177,7 +127,7 @@ static run *load_runs(rig *g, size_t *n)
 }
 
 /* Lines "what" (and, when pid > 0, of pid). */
-static size_t count_runs(rig *g, const char *what, long pid)
+static size_t count_runs(h_rig *g, const char *what, long pid)
 {
     size_t n, c = 0;
     run *rs = load_runs(g, &n);
@@ -187,7 +137,7 @@ static size_t count_runs(rig *g, const char *what, long pid)
     return c;
 }
 
-static size_t wait_runs(rig *g, const char *what, long pid, size_t want, unsigned deadline_ms)
+static size_t wait_runs(h_rig *g, const char *what, long pid, size_t want, unsigned deadline_ms)
 {
     uint64_t end = h_now_ms() + deadline_ms;
     size_t n;
@@ -243,7 +193,7 @@ static long get_ids(h_server *s, const char *path, idlist *ids)
 
 /* Every id of ids ran exactly once as "what" (sorted copies compared);
  * the count per worker pid in per[] (pids[] of nw workers). */
-static void assert_each_ran_once(rig *g, const char *what, const idlist *ids, const pid_t *pids,
+static void assert_each_ran_once(h_rig *g, const char *what, const idlist *ids, const pid_t *pids,
                                  size_t nw, size_t *per)
 {
     size_t n;
@@ -284,7 +234,7 @@ static void assert_each_ran_once(rig *g, const char *what, const idlist *ids, co
 }
 
 /* The server's record of task id once its state is state (malloc'd). */
-static char *wait_record(rig *g, uint64_t id, const char *state)
+static char *wait_record(h_rig *g, uint64_t id, const char *state)
 {
     return h_wait_task(&g->server, id, state, DEADLINE_MS);
 }
@@ -296,7 +246,7 @@ static void broker_scale_tasks_run_once_on_both_workers(void **state)
     (void)state;
     /* A sanitizer build runs everything several times slower. */
     const size_t total = h_build_sanitize()[0] ? 2000 : 10000;
-    rig g;
+    h_rig g;
     rig_redis(&g, NULL, NULL);
     start_server(&g, NULL);
     add_worker(&g, NULL);
@@ -324,12 +274,12 @@ static void broker_scale_tasks_run_once_on_both_workers(void **state)
     assert_int_equal(h_redis_int(&g.redis, "XLEN bgserve:{scale_app}:tasks"), 0);
     assert_int_equal(h_redis_int(&g.redis, "XLEN bgserve:{scale_app}:dead"), 0);
     free(ids.v);
-    rig_down(&g);
+    h_rig_down(&g);
 }
 
 /* ---- small requests ---------------------------------------------------------- */
 
-static uint64_t add_one(rig *g, const char *task)
+static uint64_t add_one(h_rig *g, const char *task)
 {
     idlist ids = {0};
     char path[64];
@@ -341,9 +291,12 @@ static uint64_t add_one(rig *g, const char *task)
     return id;
 }
 
-static void make_go(rig *g)
+/* The file $SCALE_APP_GO: hold tasks finish once it is there. */
+static void make_go(h_rig *g)
 {
-    FILE *f = fopen(g->gopath, "w");
+    char path[128];
+    snprintf(path, sizeof path, "%s/go", g->redis.dir);
+    FILE *f = fopen(path, "w");
     assert_non_null(f);
     fclose(f);
 }
@@ -354,7 +307,7 @@ static void make_go(rig *g)
  * server's, with Retry-After, when the tasks were not taken, or the
  * app's when bgs_res_task said BGS_EFULL at once), never a 2xx, nor a
  * hang (h_get returns). */
-static void expect_503(rig *g, const char *path)
+static void expect_503(h_rig *g, const char *path)
 {
     h_resp r;
     assert_int_equal(h_get(&g->server, path, &r), 0);
@@ -371,7 +324,7 @@ static void broker_scale_redis_restart_loses_nothing_accepted(void **state)
 {
     (void)state;
     static const char *const aof[] = {"--appendonly", "yes", "--appendfsync", "always", NULL};
-    rig g;
+    h_rig g;
     rig_redis(&g, aof, NULL);
     start_server(&g, NULL);
     /* One task at a time: the worker runs hold through the outage and
@@ -412,7 +365,7 @@ static void broker_scale_redis_restart_loses_nothing_accepted(void **state)
     free(wait_record(&g, ids.v[0], "succeeded"));
     assert_int_equal(h_redis_int(&g.redis, "XLEN bgserve:{scale_app}:dead"), 0);
     free(ids.v);
-    rig_down(&g);
+    h_rig_down(&g);
 }
 
 /* ---- 3. periodic ticks and sequences across processes ---------------------------- */
@@ -427,17 +380,16 @@ static void broker_scale_redis_restart_loses_nothing_accepted(void **state)
 static void broker_scale_periodic_once_per_interval(void **state)
 {
     (void)state;
-    rig g;
+    h_rig g;
     rig_redis(&g, NULL, "SCALE_APP_TICK_MS=" TICK_MS);
-    g.env[g.nenv++] = "BGSERVE_DEBUG=1"; /* the "runs in another process" lines */
-    g.env[g.nenv] = NULL;
+    h_rig_env(&g, "BGSERVE_DEBUG=1"); /* the "runs in another process" lines */
     start_server(&g, NULL);
     add_worker(&g, NULL);
     add_worker(&g, NULL);
     assert_int_equal(wait_runs(&g, "tick", 0, TICKS, DEADLINE_MS), TICKS);
     const char *gave_up = "periodic task tick: this tick runs in another process";
     /* Stop the three at once: what ran and what was given up is final. */
-    h_server *procs[1 + MAX_WORKERS] = {&g.server};
+    h_server *procs[1 + H_RIG_WORKERS] = {&g.server};
     int np = 1;
     for (int i = 0; i < g.nw; i++)
         procs[np++] = &g.w[i];
@@ -466,7 +418,7 @@ static void broker_scale_periodic_once_per_interval(void **state)
             if (strcmp(rs[i].what, "tick") == 0 && strcmp(rs[j].what, "tick") == 0)
                 assert_true(rs[i].id != rs[j].id);
     free(rs);
-    rig_down(&g);
+    h_rig_down(&g);
 }
 
 enum { SEQ_LEN = 6 };
@@ -494,7 +446,7 @@ static size_t seq_steps(const run *rs, size_t n, long tag, long *pos, long *pid,
 static void broker_scale_sequences_keep_order_across_workers(void **state)
 {
     (void)state;
-    rig g;
+    h_rig g;
     rig_redis(&g, NULL, NULL);
     start_server(&g, NULL);
     add_worker(&g, NULL);
@@ -549,12 +501,12 @@ static void broker_scale_sequences_keep_order_across_workers(void **state)
     assert_int_equal(count_runs(&g, "fail", 0), 1);
     assert_int_equal(h_redis_int(&g.redis, "XLEN bgserve:{scale_app}:dead"), 1);
     free(ids.v);
-    rig_down(&g);
+    h_rig_down(&g);
 }
 
 /* The state of task id in its record in Redis, once it is want, or
  * what it was at the deadline (malloc'd; "" when there is no record). */
-static char *wait_redis_state(rig *g, uint64_t id, const char *want)
+static char *wait_redis_state(h_rig *g, uint64_t id, const char *want)
 {
     uint64_t end = h_now_ms() + DEADLINE_MS;
     char *st = NULL;
@@ -579,7 +531,7 @@ static char *wait_redis_state(rig *g, uint64_t id, const char *want)
 static void broker_scale_sequence_outlives_its_server(void **state)
 {
     (void)state;
-    rig g;
+    h_rig g;
     rig_redis(&g, NULL, NULL);
     const char *quick[] = {"--drain-timeout", "0", NULL};
     start_server(&g, quick);
@@ -625,7 +577,7 @@ static void broker_scale_sequence_outlives_its_server(void **state)
                                  ids.v[0]), 0);
     assert_int_equal(h_redis_int(&g.redis, "XLEN bgserve:{scale_app}:dead"), 0);
     free(ids.v);
-    rig_down(&g);
+    h_rig_down(&g);
 }
 
 /* ---- 4. bgserve worker --reload ------------------------------------------------------ */
@@ -636,7 +588,7 @@ static void broker_scale_sequence_outlives_its_server(void **state)
 static void broker_scale_worker_reload_loses_nothing(void **state)
 {
     (void)state;
-    rig g;
+    h_rig g;
     rig_redis(&g, NULL, NULL);
     start_server(&g, NULL);
     char dir[PATH_MAX], plugin[PATH_MAX + 16];
@@ -680,9 +632,9 @@ static void broker_scale_worker_reload_loses_nothing(void **state)
     free(rs);
     assert_true(h_wait_log(&w, "generation 2 serving", DEADLINE_MS));
     assert_int_equal(h_redis_int(&g.redis, "XLEN bgserve:{scale_app}:dead"), 0);
-    stop_worker(&w);
+    h_stop_worker(&w);
     free(ids.v);
-    rig_down(&g);
+    h_rig_down(&g);
 }
 
 /* ---- 5. a worker stopped while its task runs ----------------------------------- */
@@ -693,7 +645,7 @@ static void broker_scale_worker_reload_loses_nothing(void **state)
 static void broker_scale_stopped_worker_hands_its_task_back(void **state)
 {
     (void)state;
-    rig g;
+    h_rig g;
     rig_redis(&g, NULL, NULL);
     start_server(&g, NULL);
     const char *quick[] = {"--drain-timeout", "0", NULL};
@@ -727,7 +679,7 @@ static void broker_scale_stopped_worker_hands_its_task_back(void **state)
     free(rec);
     assert_int_equal(count_runs(&g, "start", 0), 2);
     assert_int_equal(h_redis_int(&g.redis, "XLEN bgserve:{scale_app}:dead"), 0);
-    rig_down(&g);
+    h_rig_down(&g);
 }
 
 /* While it drains, a stopping worker takes nothing new from the stream:
@@ -736,7 +688,7 @@ static void broker_scale_stopped_worker_hands_its_task_back(void **state)
 static void broker_scale_draining_worker_takes_nothing_new(void **state)
 {
     (void)state;
-    rig g;
+    h_rig g;
     rig_redis(&g, NULL, NULL);
     start_server(&g, NULL);
     add_worker(&g, NULL); /* b: g.w[0] */
@@ -771,7 +723,7 @@ static void broker_scale_draining_worker_takes_nothing_new(void **state)
     assert_int_equal(wait_runs(&g, "ran", 0, ids.n + held.n, DEADLINE_MS), ids.n + held.n);
     free(held.v);
     free(ids.v);
-    rig_down(&g);
+    h_rig_down(&g);
 }
 
 int main(void)

@@ -33,55 +33,21 @@
 
 #define DEADLINE_MS 20000
 
-typedef struct rig {
-    h_redis redis;
-    char logpath[128];
-    char envlog[160];
-    const char *env[2];
-    h_server server;
-    int have_server;
-    h_server w[2];              /* the workers rig_up started */
-    int nw;
-} rig;
-
-static void start_server_with(rig *g, const char *const *args)
+/* The server of broker_app on g's redis, with more arguments (may be NULL). */
+static void start_server(h_rig *g, const char *const *more)
 {
-    assert_int_equal(h_start_app(&g->server, h_fixture("broker_app"), args, g->env), 0);
-    g->have_server = 1;
+    h_rig_server(g, h_fixture("broker_app"), more);
 }
 
-static void start_server(rig *g)
+/* A worker of broker_app in *w; visibility: NULL or --broker-visibility. */
+static void start_worker(h_rig *g, h_server *w, const char *visibility)
 {
-    const char *args[] = {"--broker", g->redis.url, NULL};
-    start_server_with(g, args);
-}
-
-static void start_worker(rig *g, h_server *w, const char *visibility)
-{
-    const char *argv[16];
-    size_t n = 0;
-    argv[n++] = h_build_path("bgserve");
-    argv[n++] = "worker";
-    argv[n++] = "--broker";
-    argv[n++] = g->redis.url;
-    argv[n++] = "--concurrency";
-    argv[n++] = "4";
-    argv[n++] = "--color";
-    argv[n++] = "never";
-    if (visibility) {
-        argv[n++] = "--broker-visibility";
-        argv[n++] = visibility;
-    }
-    argv[n++] = h_fixture("broker_app");
-    argv[n] = NULL;
-    if (h_spawn(w, argv, g->env, "worker ready", DEADLINE_MS) != 0) {
-        fprintf(stderr, "worker did not start:\n%s\n", w->log ? w->log : "");
-        fail();
-    }
+    const char *more[] = {"--broker-visibility", visibility, NULL};
+    h_start_worker(w, g->redis.url, h_fixture("broker_app"), visibility ? more : NULL, g->env);
 }
 
 /* Lines of the log that start with "what " and, when pid > 0, name pid. */
-static int count_lines(rig *g, const char *what, pid_t pid)
+static int count_lines(h_rig *g, const char *what, pid_t pid)
 {
     char *text = h_slurp(g->logpath, NULL);
     int n = 0;
@@ -98,7 +64,7 @@ static int count_lines(rig *g, const char *what, pid_t pid)
     return n;
 }
 
-static int wait_lines(rig *g, const char *what, pid_t pid, int want)
+static int wait_lines(h_rig *g, const char *what, pid_t pid, int want)
 {
     uint64_t end = h_now_ms() + DEADLINE_MS;
     int n;
@@ -109,7 +75,7 @@ static int wait_lines(rig *g, const char *what, pid_t pid, int want)
     return n;
 }
 
-static uint64_t add(rig *g, const char *task, int n)
+static uint64_t add(h_rig *g, const char *task, int n)
 {
     char path[96];
     snprintf(path, sizeof path, "/add?task=%s&n=%d", task, n);
@@ -122,47 +88,19 @@ static uint64_t add(rig *g, const char *task, int n)
     return id;
 }
 
-static void stop_worker(h_server *w)
-{
-    int rc = h_stop(w, SIGTERM);
-    if (rc != 0)
-        fprintf(stderr, "worker log:\n%s\n", w->log);
-    assert_int_equal(rc, 0);
-    h_assert_lacks(w->log, "ERROR: AddressSanitizer");
-    h_assert_lacks(w->log, "WARNING: ThreadSanitizer");
-    h_free(w);
-}
-
 /* A redis-server and the fixture's log, nothing started on it yet. */
-static void rig_redis(rig *g)
+static void rig_redis(h_rig *g)
 {
-    memset(g, 0, sizeof *g);
-    h_redis_start(&g->redis, NULL, NULL);
-    snprintf(g->logpath, sizeof g->logpath, "%s/ran.log", g->redis.dir);
-    snprintf(g->envlog, sizeof g->envlog, "BROKER_APP_LOG=%s", g->logpath);
-    g->env[0] = g->envlog;
-    g->env[1] = NULL;
+    h_rig_redis(g, NULL, "BROKER_APP_LOG");
 }
 
-/* A redis-server, the server and nworkers workers (at most 2) in g->w. */
-static void rig_up(rig *g, int nworkers)
+/* A redis-server, the server and nworkers workers (at most H_RIG_WORKERS) in g->w. */
+static void rig_up(h_rig *g, int nworkers)
 {
     rig_redis(g);
-    start_server(g);
-    for (; g->nw < nworkers; g->nw++)
-        start_worker(g, &g->w[g->nw], NULL);
-}
-
-/* Stop the workers rig_up started, the server and redis-server. */
-static void rig_down(rig *g)
-{
-    while (g->nw > 0)
-        stop_worker(&g->w[--g->nw]);
-    if (g->have_server) {
-        h_stop_clean(&g->server);
-        h_free(&g->server);
-    }
-    h_redis_stop(&g->redis);
+    start_server(g, NULL);
+    while (g->nw < nworkers)
+        h_rig_worker(g, h_fixture("broker_app"), NULL);
 }
 
 static int stream_empty(void *redis)
@@ -173,7 +111,7 @@ static int stream_empty(void *redis)
 static void broker_workers_share_and_run_once(void **state)
 {
     (void)state;
-    rig g;
+    h_rig g;
     rig_up(&g, 2);
     const h_server *w1 = &g.w[0], *w2 = &g.w[1];
     enum { REQS = 10, PER = 50, N = REQS * PER };
@@ -226,13 +164,13 @@ static void broker_workers_share_and_run_once(void **state)
     snprintf(want, sizeof want, "\"url\":\"redis://127.0.0.1:%d/0\"", g.redis.port);
     h_assert_contains(r.body, want);
     h_resp_free(&r);
-    rig_down(&g);
+    h_rig_down(&g);
 }
 
 static void broker_result_reaches_the_server(void **state)
 {
     (void)state;
-    rig g;
+    h_rig g;
     rig_up(&g, 1);
     h_server *w = &g.w[0];
     uint64_t id = add(&g, "answer", 1);
@@ -249,13 +187,13 @@ static void broker_result_reaches_the_server(void **state)
     h_resp_free(&r);
     assert_int_equal(wait_lines(&g, "adhoc", 0, 1), 1);
     assert_int_equal(count_lines(&g, "adhoc", w->pid), 0);
-    rig_down(&g);
+    h_rig_down(&g);
 }
 
 static void broker_killed_worker_task_is_reclaimed(void **state)
 {
     (void)state;
-    rig g;
+    h_rig g;
     rig_up(&g, 0);
     h_server a;
     start_worker(&g, &a, "1000");
@@ -279,14 +217,14 @@ static void broker_killed_worker_task_is_reclaimed(void **state)
     assert_int_equal(h_json_num(rec, "attempts"), 2);
     free(rec);
     assert_true(h_wait_log(&b, "claimed task", DEADLINE_MS));
-    stop_worker(&b);
-    rig_down(&g);
+    h_stop_worker(&b);
+    h_rig_down(&g);
 }
 
 static void broker_retries_end_in_the_dead_letters(void **state)
 {
     (void)state;
-    rig g;
+    h_rig g;
     rig_up(&g, 1);
     h_server *w = &g.w[0];
     uint64_t id = add(&g, "fail", 1);
@@ -299,10 +237,10 @@ static void broker_retries_end_in_the_dead_letters(void **state)
     free(rec);
     assert_int_equal(count_lines(&g, "fail", w->pid), 2);
     assert_int_equal(h_redis_int(&g.redis, "XLEN bgserve:{broker_app}:dead"), 1);
-    rig_down(&g);
+    h_rig_down(&g);
 }
 
-static int add_status(rig *g)
+static int add_status(h_rig *g)
 {
     h_resp r;
     if (h_get(&g->server, "/add?task=count&n=1", &r) != 0)
@@ -315,7 +253,7 @@ static int add_status(rig *g)
 static void broker_503_while_redis_is_down(void **state)
 {
     (void)state;
-    rig g;
+    h_rig g;
     rig_up(&g, 1);
     h_server *w = &g.w[0];
     h_redis_halt(&g.redis);
@@ -356,12 +294,12 @@ static void broker_503_while_redis_is_down(void **state)
         fprintf(stderr, "worker log:\n%s\n", w->log);
     }
     assert_int_equal(ran, 1);
-    rig_down(&g);
+    h_rig_down(&g);
 }
 
 /* GET path is refused: 503 with Retry-After, body saying why, and the
  * server's log line. */
-static void expect_refused(rig *g, const char *path, const char *body, const char *line)
+static void expect_refused(h_rig *g, const char *path, const char *body, const char *line)
 {
     h_resp r;
     assert_int_equal(h_get(&g->server, path, &r), 0);
@@ -378,7 +316,7 @@ static void expect_refused(rig *g, const char *path, const char *body, const cha
 static void broker_no_2xx_without_the_xadd(void **state)
 {
     (void)state;
-    rig g;
+    h_rig g;
     rig_up(&g, 1);
     h_server *w = &g.w[0];
     /* The server reads the first task's record: after that it sends
@@ -408,7 +346,7 @@ static void broker_no_2xx_without_the_xadd(void **state)
     assert_non_null(rec);
     free(rec);
     assert_int_equal(count_lines(&g, "ran", w->pid), 2);
-    rig_down(&g);
+    h_rig_down(&g);
 }
 
 /* --broker-capacity: with no worker, the third task would pass a bound of
@@ -418,10 +356,10 @@ static void broker_no_2xx_without_the_xadd(void **state)
 static void broker_capacity_answers_503(void **state)
 {
     (void)state;
-    rig g;
+    h_rig g;
     rig_redis(&g);
-    const char *args[] = {"--broker", g.redis.url, "--broker-capacity", "2", NULL};
-    start_server_with(&g, args);
+    const char *args[] = {"--broker-capacity", "2", NULL};
+    start_server(&g, args);
     assert_int_equal(add_status(&g), 200);
     assert_int_equal(add_status(&g), 200);
     expect_refused(&g, "/add?task=count&n=1", "is over its capacity (--broker-capacity)",
@@ -438,8 +376,8 @@ static void broker_capacity_answers_503(void **state)
         continue; /* until the worker has acknowledged the two */
     assert_int_equal(st, 200);
     assert_int_equal(wait_lines(&g, "ran", w.pid, 3), 3);
-    stop_worker(&w);
-    rig_down(&g);
+    h_stop_worker(&w);
+    h_rig_down(&g);
 }
 
 /* A server that stops while a worker runs a task it added does not call
@@ -448,10 +386,10 @@ static void broker_capacity_answers_503(void **state)
 static void broker_stopping_server_hands_tasks_on(void **state)
 {
     (void)state;
-    rig g;
+    h_rig g;
     rig_redis(&g);
-    const char *args[] = {"--broker", g.redis.url, "--drain-timeout", "0", NULL};
-    start_server_with(&g, args);
+    const char *args[] = {"--drain-timeout", "0", NULL};
+    start_server(&g, args);
     h_server w;
     start_worker(&g, &w, NULL);
     uint64_t id = add(&g, "slow", 1);
@@ -479,7 +417,7 @@ static void broker_stopping_server_hands_tasks_on(void **state)
     h_assert_lacks(w.log, "Sanitizer");
     h_free(&w);
     assert_int_equal(h_redis_int(&g.redis, "ZCARD bgserve:{broker_app}:delayed"), 1);
-    rig_down(&g);
+    h_rig_down(&g);
 }
 
 /* What a 2xx promises is in Redis when the answer arrives (no worker
@@ -488,7 +426,7 @@ static void broker_stopping_server_hands_tasks_on(void **state)
 static void broker_2xx_tasks_are_in_the_stream(void **state)
 {
     (void)state;
-    rig g;
+    h_rig g;
     rig_up(&g, 0);
     h_resp r;
     assert_int_equal(h_get(&g.server, "/add?task=count&n=3&mode=concurrent", &r), 0);
@@ -513,7 +451,7 @@ static void broker_2xx_tasks_are_in_the_stream(void **state)
     h_assert_contains(g.server.log, "drain: 0 tasks finished, 0 did not, 5 stay in redis");
     h_free(&g.server);
     g.have_server = 0;
-    rig_down(&g);
+    h_rig_down(&g);
 }
 
 static void broker_command_line_refusals(void **state)
@@ -546,7 +484,7 @@ static void broker_command_line_refusals(void **state)
 
 /* The server's record of task id once it says state (the test fails
  * past the deadline); free it. */
-static char *wait_record(rig *g, uint64_t id, const char *state)
+static char *wait_record(h_rig *g, uint64_t id, const char *state)
 {
     char path[64];
     snprintf(path, sizeof path, "/_bgserve/tasks/%" PRIu64, id);
@@ -556,7 +494,7 @@ static char *wait_record(rig *g, uint64_t id, const char *state)
 }
 
 /* Field f of the record of task id in Redis ("" when none), into buf. */
-static const char *record_field(rig *g, uint64_t id, const char *f, char *buf, size_t cap)
+static const char *record_field(h_rig *g, uint64_t id, const char *f, char *buf, size_t cap)
 {
     redisReply *r = h_redis_cmd(&g->redis, "HGET bgserve:{broker_app}:task:%" PRIu64 " %s",
                                 id, f);
@@ -568,7 +506,7 @@ static const char *record_field(rig *g, uint64_t id, const char *f, char *buf, s
 /* Until the record of id says "retrying" after attempt n failed, and its
  * job waits in the delayed set (the only one there).  1, or 0 past the
  * deadline. */
-static int wait_retrying(rig *g, uint64_t id, unsigned n)
+static int wait_retrying(h_rig *g, uint64_t id, unsigned n)
 {
     char want[32], st[32], err[64], att[16];
     snprintf(want, sizeof want, "attempt %u fails", n);
@@ -590,7 +528,7 @@ static int wait_retrying(rig *g, uint64_t id, unsigned n)
 
 /* In how many ms (Redis's clock) the only job of the delayed set is due;
  * with make_due, instead of waiting for it, make it due now. */
-static long long delayed_due_in_ms(rig *g)
+static long long delayed_due_in_ms(h_rig *g)
 {
     redisReply *z = h_redis_cmd(&g->redis, "ZRANGE " DELAYED " 0 -1 WITHSCORES");
     assert_int_equal(z->type, REDIS_REPLY_ARRAY);
@@ -605,7 +543,7 @@ static long long delayed_due_in_ms(rig *g)
     return due - now;
 }
 
-static void make_due(rig *g)
+static void make_due(h_rig *g)
 {
     redisReply *z = h_redis_cmd(&g->redis, "ZRANGE " DELAYED " 0 -1");
     assert_int_equal(z->type, REDIS_REPLY_ARRAY);
@@ -622,9 +560,9 @@ static void make_due(rig *g)
 static void broker_retry_runs_on_another_worker(void **state)
 {
     (void)state;
-    rig g;
+    h_rig g;
     rig_redis(&g);
-    start_server(&g);
+    start_server(&g, NULL);
     h_server a;
     start_worker(&g, &a, NULL);
     uint64_t id = add(&g, "later", 1);
@@ -660,8 +598,8 @@ static void broker_retry_runs_on_another_worker(void **state)
     assert_int_equal(h_json_num(rec, "attempts"), 3);
     free(rec);
     assert_int_equal(h_redis_int(&g.redis, "ZCARD " DELAYED), 0);
-    stop_worker(&b);
-    rig_down(&g);
+    h_stop_worker(&b);
+    h_rig_down(&g);
 }
 
 /* Out of attempts, across workers: the dead-letter stream keeps the job
@@ -669,7 +607,7 @@ static void broker_retry_runs_on_another_worker(void **state)
 static void broker_dead_letter_after_retries_through_redis(void **state)
 {
     (void)state;
-    rig g;
+    h_rig g;
     rig_up(&g, 2);
     uint64_t id = add(&g, "fail", 1);
     char *rec = wait_record(&g, id, "failed");
@@ -702,7 +640,7 @@ static void broker_dead_letter_after_retries_through_redis(void **state)
     assert_int_equal(seen, 3);
     assert_int_equal(h_redis_int(&g.redis, "ZCARD " DELAYED), 0);
     assert_int_equal(h_redis_int(&g.redis, "XLEN bgserve:{broker_app}:tasks"), 0);
-    rig_down(&g);
+    h_rig_down(&g);
 }
 
 /* ---- status, ?wait= and awaits across processes ---------------------------- */
@@ -723,10 +661,10 @@ static void *longpoll_main(void *arg)
 
 /* A redis-server, the server and a second one on the same Redis in
  * *other (stop it before rig_down), no worker. */
-static void rig_two_servers(rig *g, h_server *other)
+static void rig_two_servers(h_rig *g, h_server *other)
 {
     rig_redis(g);
-    start_server(g);
+    start_server(g, NULL);
     const char *args[] = {"--broker", g->redis.url, NULL};
     assert_int_equal(h_start_app(other, h_fixture("broker_app"), args, g->env), 0);
 }
@@ -736,7 +674,7 @@ static void rig_two_servers(rig *g, h_server *other)
 static void broker_any_server_answers_for_any_task(void **state)
 {
     (void)state;
-    rig g;
+    h_rig g;
     h_server other;
     rig_two_servers(&g, &other);
     uint64_t id = add(&g, "answer", 1);
@@ -775,10 +713,10 @@ static void broker_any_server_answers_for_any_task(void **state)
     assert_int_equal(h_get(&other, lp.path, &r), 0);
     assert_int_equal(r.status, 404);
     h_resp_free(&r);
-    stop_worker(&w);
+    h_stop_worker(&w);
     h_stop_clean(&other);
     h_free(&other);
-    rig_down(&g);
+    h_rig_down(&g);
 }
 
 /* bgs_res_await on the server, the task on a worker: the response is
@@ -786,7 +724,7 @@ static void broker_any_server_answers_for_any_task(void **state)
 static void broker_await_completes_from_a_worker(void **state)
 {
     (void)state;
-    rig g;
+    h_rig g;
     rig_up(&g, 1);
     h_server *w = &g.w[0];
     h_resp r;
@@ -800,7 +738,7 @@ static void broker_await_completes_from_a_worker(void **state)
     h_assert_contains(r.body, "(fail) failed: always fails");
     h_resp_free(&r);
     assert_int_equal(count_lines(&g, "fail", w->pid), 2);
-    rig_down(&g);
+    h_rig_down(&g);
 }
 
 /* Redis away: a server asked about a task it does not know cannot say
@@ -809,7 +747,7 @@ static void broker_await_completes_from_a_worker(void **state)
 static void broker_unknown_task_while_redis_is_down(void **state)
 {
     (void)state;
-    rig g;
+    h_rig g;
     h_server other;
     rig_two_servers(&g, &other);
     uint64_t id = add(&g, "count", 1);
@@ -843,7 +781,7 @@ static void broker_unknown_task_while_redis_is_down(void **state)
     assert_int_equal(st, 404);
     h_stop_clean(&other);
     h_free(&other);
-    rig_down(&g);
+    h_rig_down(&g);
 }
 
 int main(void)

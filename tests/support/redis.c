@@ -1,7 +1,8 @@
 /*
  * redis.c - a private redis-server per test (redis.h).  The port comes
  * from binding port 0 and closing; when another process takes it before
- * redis-server binds, the start is tried again on a new port.
+ * redis-server binds, the start is tried again on a new port.  The rig
+ * (h_rig) belongs to the test's main thread like everything here.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -268,4 +269,68 @@ void h_start_worker(h_server *w, const char *url, const char *plugin, const char
         fprintf(stderr, "worker did not start:\n%s\n", w->log ? w->log : "");
         fail();
     }
+}
+
+void h_stop_worker(h_server *w)
+{
+    h_stop_clean(w);
+    h_free(w);
+}
+
+/* ---- the rig ---------------------------------------------------------------- */
+
+void h_rig_redis(h_rig *g, const char *const *extra, const char *logvar)
+{
+    memset(g, 0, sizeof *g);
+    h_redis_start(&g->redis, NULL, extra);
+    snprintf(g->logpath, sizeof g->logpath, "%s/ran.log", g->redis.dir);
+    h_rig_env(g, "%s=%s", logvar, g->logpath);
+}
+
+void h_rig_env(h_rig *g, const char *fmt, ...)
+{
+    if (g->nenv >= H_RIG_ENV)
+        fail_msg("h_rig_env: more than %d variables", H_RIG_ENV);
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(g->envbuf[g->nenv], sizeof g->envbuf[g->nenv], fmt, ap);
+    va_end(ap);
+    g->env[g->nenv] = g->envbuf[g->nenv];
+    g->env[++g->nenv] = NULL;
+}
+
+void h_rig_server(h_rig *g, const char *plugin, const char *const *more)
+{
+    const char *args[16];
+    size_t n = 0;
+    args[n++] = "--broker";
+    args[n++] = g->redis.url;
+    for (size_t i = 0; more && more[i]; i++) {
+        if (n >= 15)
+            fail_msg("h_rig_server: too many arguments");
+        args[n++] = more[i];
+    }
+    args[n] = NULL;
+    assert_int_equal(h_start_app(&g->server, plugin, args, g->env), 0);
+    g->have_server = 1;
+}
+
+void h_rig_worker(h_rig *g, const char *plugin, const char *const *more)
+{
+    if (g->nw >= H_RIG_WORKERS)
+        fail_msg("h_rig_worker: more than %d workers", H_RIG_WORKERS);
+    h_start_worker(&g->w[g->nw], g->redis.url, plugin, more, g->env);
+    g->nw++;
+}
+
+void h_rig_down(h_rig *g)
+{
+    while (g->nw > 0)
+        h_stop_worker(&g->w[--g->nw]);
+    if (g->have_server) {
+        h_stop_clean(&g->server);
+        h_free(&g->server);
+        g->have_server = 0;
+    }
+    h_redis_stop(&g->redis);
 }
