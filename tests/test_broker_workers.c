@@ -32,6 +32,7 @@
 #include <unistd.h>
 
 #define DEADLINE_MS 20000
+#define ADD_ONE "/add?task=count&n=1" /* one task count */
 
 /* The server of broker_app on g's redis, with more arguments (may be NULL). */
 static void start_server(h_rig *g, const char *const *more)
@@ -73,6 +74,30 @@ static int wait_lines(h_rig *g, const char *what, pid_t pid, int want)
         nanosleep(&ts, NULL); /* polling interval */
     }
     return n;
+}
+
+/* Fail the test unless the log has a line "what pid id attempt" (any
+ * pid when pid is 0); the log is printed then. */
+static void assert_ran(h_rig *g, const char *what, pid_t pid, uint64_t id, unsigned attempt)
+{
+    char *text = h_slurp(g->logpath, NULL);
+    int found = 0;
+    for (char *line = text; !found && line && *line;) {
+        char *nl = strchr(line, '\n');
+        char w[16];
+        long p;
+        unsigned long long i;
+        unsigned a;
+        found = sscanf(line, "%15s %ld %llu %u", w, &p, &i, &a) == 4 && strcmp(w, what) == 0 &&
+                (pid <= 0 || p == (long)pid) && i == id && a == attempt;
+        line = nl ? nl + 1 : line + strlen(line);
+    }
+    if (!found)
+        fprintf(stderr, "the fixture's log:\n%s\n", text ? text : "(none)");
+    free(text);
+    if (!found)
+        fail_msg("no line '%s %ld %" PRIu64 " %u' in the fixture's log", what, (long)pid, id,
+                 attempt);
 }
 
 static uint64_t add(h_rig *g, const char *task, int n)
@@ -147,10 +172,7 @@ static void broker_workers_share_and_run_once(void **state)
     assert_true(count_lines(&g, "ran", w2->pid) > 0);
     assert_int_equal(count_lines(&g, "ran", w1->pid) + count_lines(&g, "ran", w2->pid), N);
     /* The server hears of the final states. */
-    char path[64];
-    snprintf(path, sizeof path, "/_bgserve/tasks/%" PRIu64, first);
-    char *rec = h_wait_state(&g.server, path, "succeeded", DEADLINE_MS);
-    assert_non_null(rec);
+    char *rec = h_wait_task(&g.server, first, "succeeded", DEADLINE_MS);
     free(rec);
     /* A worker deletes a task's entry after the task returned, so after
      * its line: wait for the last one. */
@@ -174,10 +196,7 @@ static void broker_result_reaches_the_server(void **state)
     rig_up(&g, 1);
     h_server *w = &g.w[0];
     uint64_t id = add(&g, "answer", 1);
-    char path[64];
-    snprintf(path, sizeof path, "/_bgserve/tasks/%" PRIu64, id);
-    char *rec = h_wait_state(&g.server, path, "succeeded", DEADLINE_MS);
-    assert_non_null(rec);
+    char *rec = h_wait_task(&g.server, id, "succeeded", DEADLINE_MS);
     h_assert_contains(rec, "\"body\":\"forty-two\"");
     free(rec);
     /* Ad hoc tasks run in the server. */
@@ -205,15 +224,8 @@ static void broker_killed_worker_task_is_reclaimed(void **state)
     h_server b;
     start_worker(&g, &b, "1000");
     assert_int_equal(wait_lines(&g, "ran", b.pid, 1), 1);
-    char needle[64];
-    snprintf(needle, sizeof needle, "ran %ld %" PRIu64 " 2\n", (long)b.pid, id);
-    char *text = h_slurp(g.logpath, NULL);
-    h_assert_contains(text, needle);
-    free(text);
-    char path[64];
-    snprintf(path, sizeof path, "/_bgserve/tasks/%" PRIu64, id);
-    char *rec = h_wait_state(&g.server, path, "succeeded", DEADLINE_MS);
-    assert_non_null(rec);
+    assert_ran(&g, "ran", b.pid, id, 2);
+    char *rec = h_wait_task(&g.server, id, "succeeded", DEADLINE_MS);
     assert_int_equal(h_json_num(rec, "attempts"), 2);
     free(rec);
     assert_true(h_wait_log(&b, "claimed task", DEADLINE_MS));
@@ -228,26 +240,13 @@ static void broker_retries_end_in_the_dead_letters(void **state)
     rig_up(&g, 1);
     h_server *w = &g.w[0];
     uint64_t id = add(&g, "fail", 1);
-    char path[64];
-    snprintf(path, sizeof path, "/_bgserve/tasks/%" PRIu64, id);
-    char *rec = h_wait_state(&g.server, path, "failed", DEADLINE_MS);
-    assert_non_null(rec);
+    char *rec = h_wait_task(&g.server, id, "failed", DEADLINE_MS);
     h_assert_contains(rec, "\"error\":\"always fails\"");
     assert_int_equal(h_json_num(rec, "attempts"), 2);
     free(rec);
     assert_int_equal(count_lines(&g, "fail", w->pid), 2);
     assert_int_equal(h_redis_int(&g.redis, "XLEN bgserve:{broker_app}:dead"), 1);
     h_rig_down(&g);
-}
-
-static int add_status(h_rig *g)
-{
-    h_resp r;
-    if (h_get(&g->server, "/add?task=count&n=1", &r) != 0)
-        return -1;
-    int st = (int)r.status;
-    h_resp_free(&r);
-    return st;
 }
 
 static void broker_503_while_redis_is_down(void **state)
@@ -258,9 +257,9 @@ static void broker_503_while_redis_is_down(void **state)
     h_server *w = &g.w[0];
     h_redis_halt(&g.redis);
     uint64_t end = h_now_ms() + DEADLINE_MS;
-    int st = 0;
+    long st = 0;
     while (st != 503 && h_now_ms() < end)
-        st = add_status(&g);
+        st = h_get_status(&g.server, ADD_ONE);
     assert_int_equal(st, 503);
     /* The rest is served meanwhile, ad hoc tasks included. */
     h_resp r;
@@ -274,7 +273,7 @@ static void broker_503_while_redis_is_down(void **state)
     end = h_now_ms() + DEADLINE_MS;
     do {
         h_resp_free(&efull);
-        assert_int_equal(h_get(&g.server, "/add?task=count&n=1", &efull), 0);
+        assert_int_equal(h_get(&g.server, ADD_ONE, &efull), 0);
     } while (strcmp(efull.body, bgs_strerror(BGS_EFULL)) != 0 && h_now_ms() < end);
     assert_int_equal(efull.status, 503);
     assert_string_equal(efull.body, bgs_strerror(BGS_EFULL));
@@ -283,7 +282,7 @@ static void broker_503_while_redis_is_down(void **state)
     h_redis_restart(&g.redis);
     end = h_now_ms() + DEADLINE_MS;
     while (st != 200 && h_now_ms() < end)
-        st = add_status(&g);
+        st = h_get_status(&g.server, ADD_ONE);
     assert_int_equal(st, 200);
     assert_true(h_wait_log(&g.server, "reconnected the command connection", DEADLINE_MS));
     /* What was accepted runs (Redis had no persistence: the worker makes
@@ -321,10 +320,7 @@ static void broker_no_2xx_without_the_xadd(void **state)
     h_server *w = &g.w[0];
     /* The server reads the first task's record: after that it sends
      * nothing to Redis until the next request, which finds it gone. */
-    char path[64];
-    snprintf(path, sizeof path, "/_bgserve/tasks/%" PRIu64, add(&g, "count", 1));
-    char *rec = h_wait_state(&g.server, path, "succeeded", DEADLINE_MS);
-    assert_non_null(rec);
+    char *rec = h_wait_task(&g.server, add(&g, "count", 1), "succeeded", DEADLINE_MS);
     free(rec);
     h_redis_halt(&g.redis);
     expect_refused(&g, "/add?task=count&n=3", "could not be made durable (redis at redis://",
@@ -333,7 +329,7 @@ static void broker_no_2xx_without_the_xadd(void **state)
     h_redis_restart(&g.redis);
     uint64_t end = h_now_ms() + DEADLINE_MS;
     do {
-        assert_int_equal(h_get(&g.server, "/add?task=count&n=1", &r), 0);
+        assert_int_equal(h_get(&g.server, ADD_ONE, &r), 0);
         if (r.status != 200)
             h_resp_free(&r);
     } while (r.status != 200 && h_now_ms() < end);
@@ -341,9 +337,7 @@ static void broker_no_2xx_without_the_xadd(void **state)
     uint64_t id = strtoull(r.body, NULL, 10);
     h_resp_free(&r);
     /* Only the accepted task ran: none of the refused three. */
-    snprintf(path, sizeof path, "/_bgserve/tasks/%" PRIu64, id);
-    rec = h_wait_state(&g.server, path, "succeeded", DEADLINE_MS);
-    assert_non_null(rec);
+    rec = h_wait_task(&g.server, id, "succeeded", DEADLINE_MS);
     free(rec);
     assert_int_equal(count_lines(&g, "ran", w->pid), 2);
     h_rig_down(&g);
@@ -360,9 +354,9 @@ static void broker_capacity_answers_503(void **state)
     rig_redis(&g);
     const char *args[] = {"--broker-capacity", "2", NULL};
     start_server(&g, args);
-    assert_int_equal(add_status(&g), 200);
-    assert_int_equal(add_status(&g), 200);
-    expect_refused(&g, "/add?task=count&n=1", "is over its capacity (--broker-capacity)",
+    assert_int_equal(h_get_status(&g.server, ADD_ONE), 200);
+    assert_int_equal(h_get_status(&g.server, ADD_ONE), 200);
+    expect_refused(&g, ADD_ONE, "is over its capacity (--broker-capacity)",
                    "not added: the broker redis://127.0.0.1:");
     assert_int_equal(h_redis_int(&g.redis, "XLEN bgserve:{broker_app}:tasks"), 2);
     assert_int_equal(h_stat(&g.server, "broker", "capacity"), 2);
@@ -371,8 +365,8 @@ static void broker_capacity_answers_503(void **state)
     start_worker(&g, &w, NULL);
     assert_int_equal(wait_lines(&g, "ran", w.pid, 2), 2);
     uint64_t end = h_now_ms() + DEADLINE_MS;
-    int st;
-    while ((st = add_status(&g)) != 200 && h_now_ms() < end)
+    long st;
+    while ((st = h_get_status(&g.server, ADD_ONE)) != 200 && h_now_ms() < end)
         continue; /* until the worker has acknowledged the two */
     assert_int_equal(st, 200);
     assert_int_equal(wait_lines(&g, "ran", w.pid, 3), 3);
@@ -482,17 +476,6 @@ static void broker_command_line_refusals(void **state)
 
 #define DELAYED "bgserve:{broker_app}:delayed"
 
-/* The server's record of task id once it says state (the test fails
- * past the deadline); free it. */
-static char *wait_record(h_rig *g, uint64_t id, const char *state)
-{
-    char path[64];
-    snprintf(path, sizeof path, "/_bgserve/tasks/%" PRIu64, id);
-    char *rec = h_wait_state(&g->server, path, state, DEADLINE_MS);
-    assert_non_null(rec);
-    return rec;
-}
-
 /* Field f of the record of task id in Redis ("" when none), into buf. */
 static const char *record_field(h_rig *g, uint64_t id, const char *f, char *buf, size_t cap)
 {
@@ -587,14 +570,9 @@ static void broker_retry_runs_on_another_worker(void **state)
     assert_int_equal(wait_retrying(&g, id, 2), 1);
     make_due(&g);
     assert_int_equal(wait_lines(&g, "ran", b.pid, 1), 1);
-    char *text = h_slurp(g.logpath, NULL);
-    char needle[64];
-    snprintf(needle, sizeof needle, "fail %ld %" PRIu64 " 2\n", (long)b.pid, id);
-    h_assert_contains(text, needle);
-    snprintf(needle, sizeof needle, "ran %ld %" PRIu64 " 3\n", (long)b.pid, id);
-    h_assert_contains(text, needle);
-    free(text);
-    char *rec = wait_record(&g, id, "succeeded");
+    assert_ran(&g, "fail", b.pid, id, 2);
+    assert_ran(&g, "ran", b.pid, id, 3);
+    char *rec = h_wait_task(&g.server, id, "succeeded", DEADLINE_MS);
     assert_int_equal(h_json_num(rec, "attempts"), 3);
     free(rec);
     assert_int_equal(h_redis_int(&g.redis, "ZCARD " DELAYED), 0);
@@ -610,17 +588,12 @@ static void broker_dead_letter_after_retries_through_redis(void **state)
     h_rig g;
     rig_up(&g, 2);
     uint64_t id = add(&g, "fail", 1);
-    char *rec = wait_record(&g, id, "failed");
+    char *rec = h_wait_task(&g.server, id, "failed", DEADLINE_MS);
     assert_int_equal(h_json_num(rec, "attempts"), 2);
     h_assert_contains(rec, "\"error\":\"always fails\"");
     free(rec);
-    char *text = h_slurp(g.logpath, NULL);
-    char needle[64];
-    for (unsigned n = 1; n <= 2; n++) {
-        snprintf(needle, sizeof needle, " %" PRIu64 " %u\n", id, n);
-        h_assert_contains(text, needle);
-    }
-    free(text);
+    for (unsigned n = 1; n <= 2; n++)
+        assert_ran(&g, "fail", 0, id, n);
     assert_int_equal(count_lines(&g, "fail", 0), 2);
     redisReply *d = h_redis_cmd(&g.redis, "XRANGE bgserve:{broker_app}:dead - +");
     assert_int_equal(d->type, REDIS_REPLY_ARRAY);
