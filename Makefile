@@ -258,7 +258,7 @@ check-tests: $(TEST_BINS) $(FIXTURES) $(PLUGINS) $(SAMPLE) $(BUILD)/bgserve
 #                      bgserve worker processes, alone (no wrk)
 
 .PHONY: bench bench-quick bench-devloop bench-broker bench-build deps-bench
-BENCH_BINS := $(BUILD)/bench/mhd_baseline $(BUILD)/bench/wakecost \
+BENCH_BINS := $(BUILD)/bench/mhd_baseline $(BUILD)/bench/wakecost $(BUILD)/bench/journal_writer \
               $(patsubst bench/plugins/%.c,$(BUILD)/bench/%.so,$(wildcard bench/plugins/*.c))
 
 $(BUILD)/bench/mhd_baseline: bench/mhd_baseline.c
@@ -269,6 +269,11 @@ $(BUILD)/bench/mhd_baseline: bench/mhd_baseline.c
 $(BUILD)/bench/wakecost: bench/wakecost.c
 	@mkdir -p $(@D)
 	$(CC) $(BASE) -pthread -o $@ $<
+
+# The journal's writer alone, rows and instructions per task (bench/README.md).
+$(BUILD)/bench/journal_writer: bench/journal_writer.c $(LIB_OBJS)
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS_SRV) -o $@ $< $(LIB_OBJS) $(LDLIBS_SRV)
 
 $(BUILD)/bench/%.so: bench/plugins/%.c include/bgserve.h
 	@mkdir -p $(@D)

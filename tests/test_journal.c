@@ -150,63 +150,147 @@ static void journal_replay_keeps_the_sequence_link(void **state)
     journal_close(j);
 }
 
-/* Make the journal at path look as schema version 1 wrote it. */
-static void downgrade_to_v1(const char *path)
+/* The schema of version 2 as bgserve wrote it (version 1: without
+ * tasks.prev), with four tasks: 1 queued, 2 running, 3 succeeded, 4 a
+ * dead letter.  The upgrade tests start from these files. */
+static void make_old_journal(const char *path, int version)
 {
+    char sql[2048];
+    snprintf(sql, sizeof sql,
+             "PRAGMA journal_mode=WAL;"
+             "CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);"
+             "CREATE TABLE tasks (id INTEGER PRIMARY KEY, name TEXT NOT NULL,"
+             " payload BLOB NOT NULL, state TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,"
+             " max_attempts INTEGER NOT NULL, not_before INTEGER NOT NULL DEFAULT 0,"
+             " created INTEGER NOT NULL, started INTEGER, finished INTEGER, last_error TEXT,"
+             " request_id TEXT, result TEXT%s);"
+             "CREATE INDEX tasks_state ON tasks(state);"
+             "CREATE TABLE dead (id INTEGER PRIMARY KEY, name TEXT NOT NULL,"
+             " payload BLOB NOT NULL, state TEXT NOT NULL, attempts INTEGER NOT NULL,"
+             " max_attempts INTEGER NOT NULL, not_before INTEGER NOT NULL,"
+             " created INTEGER NOT NULL, started INTEGER, finished INTEGER, last_error TEXT,"
+             " request_id TEXT, result TEXT);"
+             "INSERT INTO meta VALUES ('next_id', 5), ('schema_version', %d);"
+             "INSERT INTO tasks (id,name,payload,state,attempts,max_attempts,created) VALUES"
+             " (1,'old_queued',x'7131','queued',0,3,1000),"
+             " (2,'old_running',x'7232','running',1,3,1000),"
+             " (3,'old_done',x'',  'succeeded',1,3,1000);"
+             "INSERT INTO dead VALUES (4,'old_dead',x'',  'dead',3,3,0,1000,2000,3000,"
+             " 'boom',NULL,NULL);",
+             version >= 2 ? ", prev INTEGER NOT NULL DEFAULT 0" : "", version);
     sqlite3 *db;
     assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
-    assert_int_equal(sqlite3_exec(db, "ALTER TABLE tasks DROP COLUMN prev;"
-                                      "UPDATE meta SET value=1 WHERE key='schema_version'",
-                                  NULL, NULL, NULL),
-                     SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db, sql, NULL, NULL, NULL), SQLITE_OK);
     sqlite3_close(db);
 }
 
-static int schema_version(const char *path)
+/* One integer from sql on a plain connection to path (-1: no row). */
+static long long sql_int(const char *path, const char *sql)
 {
     sqlite3 *db;
     sqlite3_stmt *st;
     assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
-    assert_int_equal(sqlite3_prepare_v2(db, "SELECT value FROM meta WHERE "
-                                            "key='schema_version'", -1, &st, NULL), SQLITE_OK);
-    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
-    int v = sqlite3_column_int(st, 0);
+    assert_int_equal(sqlite3_prepare_v2(db, sql, -1, &st, NULL), SQLITE_OK);
+    long long v = sqlite3_step(st) == SQLITE_ROW ? sqlite3_column_int64(st, 0) : -1;
     sqlite3_finalize(st);
     sqlite3_close(db);
     return v;
 }
 
-/* A journal of schema version 1 (no sequence link) is brought up to
- * version 2 when a server or the subcommand opens it, and its tasks
- * replay as before. */
+static int schema_version(const char *path)
+{
+    return (int)sql_int(path, "SELECT value FROM meta WHERE key='schema_version'");
+}
+
+/* After an upgrade to version 3: tasks.live marks exactly the queued and
+ * running tasks, the index on state is gone and the partial one is there. */
+static void assert_schema_3(const char *path)
+{
+    assert_int_equal(schema_version(path), 3);
+    assert_int_equal(sql_int(path, "SELECT count(*) FROM sqlite_master WHERE "
+                                   "name='tasks_state'"), 0);
+    assert_int_equal(sql_int(path, "SELECT count(*) FROM sqlite_master WHERE "
+                                   "name='tasks_live'"), 1);
+    assert_int_equal(sql_int(path, "SELECT count(*) FROM tasks WHERE (coalesce(live,0)=1) "
+                                   "<> (state IN ('queued','running'))"), 0);
+    assert_int_equal(sql_int(path, "SELECT count(*) FROM tasks WHERE live IS NOT NULL AND "
+                                   "live<>1"), 0);
+}
+
+static void wait_count(done_count *c, int want);
+
+/* A journal of schema version 1 or 2 is brought up to version 3 when a
+ * server or the subcommand opens it; its queued and running tasks replay
+ * as before (the running one as interrupted), the finished ones and the
+ * dead letter stay, ids go on after them, and the upgraded file works
+ * as a new one: a replayed task finishes, a new one is added, and the
+ * next reopen replays exactly the live ones. */
+static void check_upgrade(const char *path, int version)
+{
+    make_old_journal(path, version);
+    journal_db *d = NULL;
+    char err[1024];
+    assert_int_equal(journal_db_open(path, &d, err, sizeof err), 0);
+    journal_db_close(d);
+    assert_schema_3(path);
+
+    unlink(path);
+    char side[300];
+    snprintf(side, sizeof side, "%s-wal", path);
+    unlink(side);
+    snprintf(side, sizeof side, "%s-shm", path);
+    unlink(side);
+    make_old_journal(path, version);
+    journal *j = js_open_ok(path);
+    assert_schema_3(path);
+    seen s = {0};
+    assert_int_equal(journal_replay(j, collect, &s), 2);
+    assert_int_equal(s.recs[0].id, 1);
+    assert_string_equal(s.names[0], "old_queued");
+    assert_string_equal(s.payloads[0], "q1");
+    assert_int_equal(s.recs[0].interrupted, 0);
+    assert_int_equal(s.recs[0].prev_id, 0);
+    assert_int_equal(s.recs[1].id, 2);
+    assert_int_equal(s.recs[1].interrupted, 1);
+    assert_int_equal(s.recs[1].attempts, 1);
+    journal_stats st;
+    journal_get_stats(j, &st);
+    assert_int_equal(st.pending, 2);
+    assert_int_equal(st.dead, 1);
+    char state[96] = "";
+    assert_int_equal(journal_lookup(j, 3, collect_state, state), 0);
+    assert_string_equal(state, "succeeded||1");
+    assert_int_equal(journal_lookup(j, 4, collect_state, state), 0);
+    assert_string_equal(state, "dead|boom|3");
+
+    done_count c = DONE_COUNT_INIT;
+    assert_int_equal(journal_start(j, 1, 1, count_done, &c), 0);
+    assert_int_equal(journal_succeed(j, 1, NULL, count_done, &c), 0);
+    uint64_t b = add_one(j, "new", "v3", count_done, &c);
+    assert_true(b >= 5);
+    wait_count(&c, 3);
+    assert_int_equal(c.failed, 0);
+    journal_close(j);
+    assert_schema_3(path);
+
+    j = js_open_ok(path);
+    s.n = 0;
+    assert_int_equal(journal_replay(j, collect, &s), 2);
+    assert_int_equal(s.recs[0].id, 2);
+    assert_int_equal(s.recs[1].id, b);
+    journal_close(j);
+}
+
+static void journal_upgrades_schema_version_2(void **state)
+{
+    sandbox *sb = *state;
+    check_upgrade(sb->path, 2);
+}
+
 static void journal_upgrades_schema_version_1(void **state)
 {
     sandbox *sb = *state;
-    journal *j = js_open_ok(sb->path);
-    uint64_t a = add_one(j, "old", "v1", NULL, NULL);
-    journal_close(j);
-
-    downgrade_to_v1(sb->path);
-    journal_db *d = NULL;
-    char err[1024];
-    assert_int_equal(journal_db_open(sb->path, &d, err, sizeof err), 0);
-    journal_db_close(d);
-    assert_int_equal(schema_version(sb->path), 2);
-
-    downgrade_to_v1(sb->path);
-    j = js_open_ok(sb->path);
-    seen s = {0};
-    assert_int_equal(journal_replay(j, collect, &s), 1);
-    assert_int_equal(s.recs[0].id, a);
-    assert_int_equal(s.recs[0].prev_id, 0);
-    uint64_t b = add_one(j, "new", "v2", NULL, NULL);
-    journal_close(j);
-    assert_int_equal(schema_version(sb->path), 2);
-    j = js_open_ok(sb->path);
-    s.n = 0;
-    assert_int_equal(journal_replay(j, collect, &s), 2);
-    assert_int_equal(s.recs[1].id, b);
-    journal_close(j);
+    check_upgrade(sb->path, 1);
 }
 
 static void journal_replay_keeps_retries_and_interrupted_runs(void **state)
@@ -531,6 +615,78 @@ static void journal_start_many_and_unstart(void **state)
 }
 
 
+static void get_started(void *arg, const journal_rec *r)
+{
+    *(uint64_t *)arg = r->started_us;
+}
+
+/* A start that reaches the writer in the same batch as its task's add is
+ * folded into the add: the row is inserted as running, with its attempt
+ * and start time, and no row of its own is written.  A start of a task
+ * added in an earlier batch, an unstart after a folded start and a
+ * second start of the same task are written as their own rows, in
+ * order.  After a reopen the running ones replay as interrupted. */
+static void journal_folds_a_start_into_its_add(void **state)
+{
+    sandbox *sb = *state;
+    journal *j = js_open_ok(sb->path);
+    done_count c = DONE_COUNT_INIT;
+    uint64_t old = add_one(j, "old", "o", count_done, &c);
+    wait_count(&c, 1);
+    gate g = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER, .want = 1};
+    hold_writer(j, &g);
+    journal_stats s0, s1;
+    journal_get_stats(j, &s0);
+
+    uint64_t a = add_one(j, "a", "pa", count_done, &c);
+    uint64_t b = add_one(j, "b", "pb", count_done, &c);
+    uint64_t d = add_one(j, "d", "pd", count_done, &c);
+    journal_started two[] = {{.id = a, .attempt = 1}, {.id = old, .attempt = 1}};
+    assert_int_equal(journal_start_many(j, two, 2, count_done, &c), 0);
+    assert_int_equal(journal_start(j, b, 1, count_done, &c), 0);
+    assert_int_equal(journal_unstart(j, b, 0, count_done, &c), 0);
+    assert_int_equal(journal_start(j, d, 1, count_done, &c), 0);
+    assert_int_equal(journal_start(j, d, 2, count_done, &c), 0);
+    pthread_mutex_lock(&g.mu);
+    g.appended = 1;
+    pthread_cond_broadcast(&g.cv);
+    pthread_mutex_unlock(&g.mu);
+    wait_count(&c, 1 + 8);
+    assert_int_equal(c.failed, 0);
+
+    journal_get_stats(j, &s1);
+    assert_int_equal(s1.commits - s0.commits, 1);
+    /* three inserts, old's start, b's unstart, d's second start */
+    assert_int_equal(s1.records - s0.records, 6);
+    char st[96] = "";
+    assert_int_equal(journal_lookup(j, a, collect_state, st), 0);
+    assert_string_equal(st, "running||1");
+    uint64_t started = 0;
+    assert_int_equal(journal_lookup(j, a, get_started, &started), 0);
+    assert_true(started > 0);
+    assert_int_equal(journal_lookup(j, old, collect_state, st), 0);
+    assert_string_equal(st, "running||1");
+    assert_int_equal(journal_lookup(j, b, collect_state, st), 0);
+    assert_string_equal(st, "queued||0");
+    assert_int_equal(journal_lookup(j, d, collect_state, st), 0);
+    assert_string_equal(st, "running||2");
+    journal_close(j);
+
+    j = js_open_ok(sb->path);
+    seen s = {0};
+    assert_int_equal(journal_replay(j, collect, &s), 5); /* with hold_writer's task */
+    uint64_t want_ids[] = {old, a, b, d};
+    int want_interrupted[] = {1, 1, 0, 1};
+    for (size_t i = 0; i < 4; i++) {
+        size_t k = 0;
+        while (k < s.n && s.recs[k].id != want_ids[i])
+            k++;
+        assert_true(k < s.n);
+        assert_int_equal(s.recs[k].interrupted, want_interrupted[i]);
+    }
+    journal_close(j);
+}
+
 static void journal_stats_count_commits_and_batches(void **state)
 {
     sandbox *sb = *state;
@@ -776,7 +932,7 @@ static void journal_refuses_a_newer_schema(void **state)
     sqlite3_close(db);
     char *msg = open_fails(sb->path, JOURNAL_ESCHEMA);
     h_assert_contains(msg, "schema version 99");
-    h_assert_contains(msg, "knows versions up to 2");
+    h_assert_contains(msg, "knows versions up to 3");
     free(msg);
     /* the offline tools refuse it the same way */
     journal_db *d = NULL;
@@ -1139,6 +1295,8 @@ int main(void)
         T(journal_replay_keeps_retries_and_interrupted_runs),
         T(journal_replay_keeps_the_sequence_link),
         T(journal_upgrades_schema_version_1),
+        T(journal_upgrades_schema_version_2),
+        T(journal_folds_a_start_into_its_add),
         T(journal_dead_letters_keep_the_last_error),
         T(journal_start_many_and_unstart),
         T(journal_checkpoints_while_open),

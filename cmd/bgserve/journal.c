@@ -6,7 +6,9 @@
  * The file: an SQLite database in WAL mode with three tables.  `meta`
  * holds schema_version and next_id; `tasks` one row per task from its
  * acceptance to its final state; `dead` the tasks that exhausted their
- * attempts, with their last error.  Times are microseconds since the
+ * attempts, with their last error.  tasks.live (1 while queued or
+ * running) carries the one index, partial, of the live tasks (schema
+ * version 3).  Times are microseconds since the
  * epoch.  Ids never repeat: open commits meta.next_id = first free id +
  * ID_BLOCK before handing out any id, and the writer moves that ceiling
  * on, in the same transaction as the records, whenever the ids handed
@@ -18,9 +20,11 @@
  * its reads and writes consistent with the server's.
  *
  * Threads: records are appended by any thread to a FIFO list under `mu`;
- * one writer thread takes up to max_batch of them, applies them in one
- * BEGIN IMMEDIATE ... COMMIT on its own connection (wdb and the prepared
- * statements are the writer's alone after open) and then calls their
+ * one writer thread takes up to max_batch of them, folds each start
+ * whose add is in the same batch into that add (fold_starts), applies
+ * them in one BEGIN IMMEDIATE ... COMMIT on its own connection (wdb, the
+ * prepared statements and the fold table are the writer's alone after
+ * open) and then calls their
  * callbacks in append order, outside `mu`.  A failed transaction is rolled
  * back and every record in it gets the error; the writer goes on with the
  * next batch and logs once per failing episode.  Lookups use a second
@@ -63,15 +67,25 @@
 #define COLS "id,name,payload,state,attempts,max_attempts,not_before,created,started," \
              "finished,last_error,request_id,result"
 #define LIVE "state IN ('queued','running')"
+/* The live tasks through the partial index (schema_sql); the state is
+ * checked as well, so a row whose state was changed by hand (an SQL
+ * UPDATE of state alone) counts by its state, as before version 3. */
+#define LIVE_ROWS "live=1 AND " LIVE
 
+/* Schema version 3.  tasks.live is 1 while the task is queued or running
+ * and NULL afterwards; the partial index tasks_live holds the live tasks
+ * only.  A start (queued to running) or a retry (back to queued) leaves
+ * live alone and so writes no index entry; a task's life costs one entry
+ * inserted at its add and one deleted at its end.  Version 2 indexed
+ * state, which every state change rewrote, for every task ever run. */
 static const char schema_sql[] =
     "CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);"
     "CREATE TABLE tasks (id INTEGER PRIMARY KEY, name TEXT NOT NULL, payload BLOB NOT NULL,"
     " state TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,"
     " max_attempts INTEGER NOT NULL, not_before INTEGER NOT NULL DEFAULT 0,"
     " created INTEGER NOT NULL, started INTEGER, finished INTEGER, last_error TEXT,"
-    " request_id TEXT, result TEXT, prev INTEGER NOT NULL DEFAULT 0);"
-    "CREATE INDEX tasks_state ON tasks(state);"
+    " request_id TEXT, result TEXT, prev INTEGER NOT NULL DEFAULT 0, live INTEGER);"
+    "CREATE INDEX tasks_live ON tasks(live) WHERE live IS NOT NULL;"
     "CREATE TABLE dead (id INTEGER PRIMARY KEY, name TEXT NOT NULL, payload BLOB NOT NULL,"
     " state TEXT NOT NULL, attempts INTEGER NOT NULL, max_attempts INTEGER NOT NULL,"
     " not_before INTEGER NOT NULL, created INTEGER NOT NULL, started INTEGER,"
@@ -82,6 +96,15 @@ static const char schema_sql[] =
 static const char upgrade_v2_sql[] =
     "ALTER TABLE tasks ADD COLUMN prev INTEGER NOT NULL DEFAULT 0;"
     "UPDATE meta SET value=2 WHERE key='schema_version';";
+
+/* From schema version 2: tasks.live and its partial index, in place of
+ * the index on state (schema_sql says why). */
+static const char upgrade_v3_sql[] =
+    "ALTER TABLE tasks ADD COLUMN live INTEGER;"
+    "UPDATE tasks SET live=1 WHERE " LIVE ";"
+    "DROP INDEX IF EXISTS tasks_state;"
+    "CREATE INDEX tasks_live ON tasks(live) WHERE live IS NOT NULL;"
+    "UPDATE meta SET value=3 WHERE key='schema_version';";
 
 /* ------------------------------------------------------------------ */
 /* Result codes and messages                                           */
@@ -200,6 +223,15 @@ static int query_int(sqlite3 *db, const char *sql, int64_t *out)
     return rc;
 }
 
+/* SQLite's process-wide settings, before its first use: no memory
+ * statistics, whose mutex every allocation of SQLite's would take (about
+ * 45 per task written).  Too late when SQLite was used already (a plugin
+ * linked to it): sqlite3_config refuses, and nothing else changes. */
+static void sqlite_setup(void)
+{
+    sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0);
+}
+
 /*
  * Open path as a journal: create it and its schema when create is set
  * and the file is new (or empty), refuse a file that is not a bgserve
@@ -209,7 +241,11 @@ static int db_connect(const char *path, int create, sqlite3 **out, char *err, si
 {
     sqlite3 *db = NULL;
     int64_t n = 0, version = 0;
-    int flags = SQLITE_OPEN_READWRITE | (create ? SQLITE_OPEN_CREATE : 0);
+    /* NOMUTEX: each connection is used by one thread at a time (journal.c's
+     * locks say which), so SQLite's per-call connection mutex is waste. */
+    int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX | (create ? SQLITE_OPEN_CREATE : 0);
+    static pthread_once_t setup_once = PTHREAD_ONCE_INIT;
+    pthread_once(&setup_once, sqlite_setup);
     int rc = sqlite3_open_v2(path, &db, flags, NULL);
     if (rc != SQLITE_OK) {
         rc = sql_fail(db, rc, path, "cannot open", err, cap);
@@ -272,14 +308,20 @@ static int db_connect(const char *path, int create, sqlite3 **out, char *err, si
         rc = JOURNAL_EACCESS;
         goto fail;
     }
-    if (version < 2) { /* bring it up to date (a server, or `bgserve journal`) */
+    if (version < JOURNAL_SCHEMA_VERSION) { /* bring it up to date (a server, or
+                                             * `bgserve journal`), in one transaction */
         rc = exec_sql(db, "BEGIN IMMEDIATE");
-        if (rc == SQLITE_OK)
+        if (rc == SQLITE_OK && version < 2)
             rc = exec_sql(db, upgrade_v2_sql);
+        if (rc == SQLITE_OK && version < 3)
+            rc = exec_sql(db, upgrade_v3_sql);
         if (rc == SQLITE_OK)
             rc = exec_sql(db, "COMMIT");
         if (rc != SQLITE_OK) {
-            rc = sql_fail(db, rc, path, "cannot upgrade it to schema version 2", err, cap);
+            char doing[64];
+            snprintf(doing, sizeof doing, "cannot upgrade it to schema version %d",
+                     JOURNAL_SCHEMA_VERSION);
+            rc = sql_fail(db, rc, path, doing, err, cap);
             if (!sqlite3_get_autocommit(db))
                 exec_sql(db, "ROLLBACK");
             goto fail;
@@ -392,13 +434,18 @@ enum { ST_INSERT, ST_START, ST_UNSTART, ST_SUCCEED, ST_RETRY, ST_FINISH, ST_DEAD
        ST_META, ST_COUNT };
 
 static const char *const stmt_sql[ST_COUNT] = {
+    /* a new task, queued, or running already when its start was folded in
+     * (fold_starts: state ?9, attempts ?10, started ?11) */
     [ST_INSERT] = "INSERT INTO tasks (id,name,payload,state,attempts,max_attempts,not_before,"
-                  "created,request_id,prev) VALUES (?1,?2,?3,'queued',0,?4,?5,?6,?7,?8)",
+                  "created,request_id,prev,started,live) "
+                  "VALUES (?1,?2,?3,?9,?10,?4,?5,?6,?7,?8,?11,1)",
     [ST_START] = "UPDATE tasks SET state='running', attempts=?2, started=?3 WHERE id=?1 AND " LIVE,
     [ST_UNSTART] = "UPDATE tasks SET state='queued', attempts=?2 WHERE id=?1 AND state='running'",
-    [ST_SUCCEED] = "UPDATE tasks SET state='succeeded', finished=?2, result=?3 WHERE id=?1 AND " LIVE,
+    [ST_SUCCEED] = "UPDATE tasks SET state='succeeded', finished=?2, result=?3, live=NULL "
+                   "WHERE id=?1 AND " LIVE,
     [ST_RETRY] = "UPDATE tasks SET state='queued', not_before=?2, last_error=?3 WHERE id=?1 AND " LIVE,
-    [ST_FINISH] = "UPDATE tasks SET state=?4, finished=?2, last_error=?3 WHERE id=?1 AND " LIVE,
+    [ST_FINISH] = "UPDATE tasks SET state=?4, finished=?2, last_error=?3, live=NULL "
+                  "WHERE id=?1 AND " LIVE,
     [ST_DEAD_COPY] = "INSERT OR REPLACE INTO dead (" COLS ") SELECT id,name,payload,'dead',"
                      "attempts,max_attempts,not_before,created,started,?2,?3,request_id,result "
                      "FROM tasks WHERE id=?1 AND " LIVE,
@@ -416,6 +463,9 @@ typedef struct jtask {
     uint64_t not_before_us;
     char *request_id;
     uint64_t prev_id;
+    uint32_t start_attempt;   /* writer: a start folded into the insert (0: none) */
+    uint64_t start_us;        /* writer: its time */
+    int fold_closed;          /* writer: no start may be folded in any more */
 } jtask;
 
 /* One appended record: owned by the list, then by the writer. */
@@ -430,8 +480,10 @@ typedef struct jrec {
     char *state;          /* OP_FINISH */
     jtask *tasks;         /* OP_ADD */
     size_t ntasks;
-    journal_started *starts; /* OP_START of several tasks (then id is 0) */
+    journal_started *starts; /* OP_START of several tasks (then id is 0); the
+                              * writer sets an id to 0 when it folded that start */
     size_t nstarts;
+    int folded;           /* writer: an OP_START of one task folded into its add */
     journal_done_fn done;
     void *arg;
     int status;           /* set by the writer */
@@ -447,6 +499,8 @@ struct journal {
     sqlite3 *wdb;                   /* the writer thread's, after open */
     sqlite3_stmt *st[ST_COUNT];     /* the writer thread's */
     int failing;                    /* writer: in a failing episode */
+    jtask **fold;                   /* writer: open-addressing table of the batch's adds */
+    size_t fold_cap;                /* writer: its slots, a power of two */
     uint64_t failed_in_episode;     /* writer */
 
     pthread_mutex_t read_mu;
@@ -589,7 +643,7 @@ static int load_state(journal *j, char *err, size_t cap)
     if (rc == SQLITE_OK)
         rc = query_int(db, "SELECT coalesce(max(id),0) FROM dead", &maxd);
     if (rc == SQLITE_OK)
-        rc = query_int(db, "SELECT count(*) FROM tasks WHERE " LIVE, &pending);
+        rc = query_int(db, "SELECT count(*) FROM tasks WHERE " LIVE_ROWS, &pending);
     if (rc == SQLITE_OK)
         rc = query_int(db, "SELECT count(*) FROM dead", &dead);
     if (rc != SQLITE_OK)
@@ -608,7 +662,7 @@ static int load_state(journal *j, char *err, size_t cap)
     j->pending = (uint64_t)pending;
     j->dead = (uint64_t)dead;
 
-    each_row(db, "SELECT " COLS ",prev FROM tasks WHERE " LIVE " ORDER BY id", 0, snap_add, j,
+    each_row(db, "SELECT " COLS ",prev FROM tasks WHERE " LIVE_ROWS " ORDER BY id", 0, snap_add, j,
              &rc);
     if (rc != SQLITE_OK)
         return sql_fail(db, rc, j->path, "cannot read its tasks", err, cap);
@@ -662,13 +716,85 @@ static void bind_text(sqlite3_stmt *st, int i, const char *s)
         sqlite3_bind_null(st, i);
 }
 
-/* Step a bound statement and reset it; an SQLite code (SQLITE_DONE). */
+/* Step a bound statement and reset it; an SQLite code (SQLITE_DONE).
+ * Every statement has all of its parameters bound before each step, so
+ * the bindings are not cleared. */
 static int run(sqlite3_stmt *st)
 {
     int rc = sqlite3_step(st);
     sqlite3_reset(st);
-    sqlite3_clear_bindings(st);
     return rc;
+}
+
+/* ---- folding a start into its add -------------------------------------------- */
+
+/*
+ * Under load a worker often claims a task before the writer has taken
+ * the batch holding that task's add: the add and the start are then in
+ * the same transaction, and the start needs no row write of its own.
+ * Before applying a batch the writer finds such pairs, the first start
+ * of a task whose add is earlier in the batch with no other record of
+ * that task between them, and moves the start into the add: the row is
+ * inserted as running, with its attempt and start time.  The
+ * transaction commits both or neither, so what is on disk after it is
+ * the same.  fold_find: the slot of id in j->fold (NULL or the task).
+ */
+static jtask **fold_find(journal *j, uint64_t id)
+{
+    size_t mask = j->fold_cap - 1;
+    size_t i = (size_t)((id * UINT64_C(0x9E3779B97F4A7C15)) >> 32) & mask;
+    while (j->fold[i] != NULL && j->fold[i]->id != id)
+        i = (i + 1) & mask;
+    return &j->fold[i];
+}
+
+/* The add in this batch of task id that may still take a folded start. */
+static jtask *fold_open(journal *j, uint64_t id)
+{
+    jtask *t = *fold_find(j, id);
+    return t != NULL && !t->fold_closed ? t : NULL;
+}
+
+static void fold_starts(journal *j, jrec *batch, size_t n)
+{
+    size_t ntasks = 0;
+    jrec *r = batch;
+    for (size_t i = 0; i < n; i++, r = r->next)
+        ntasks += r->kind == OP_ADD ? r->ntasks : 0;
+    if (ntasks == 0)
+        return;
+    if (j->fold_cap < 2 * ntasks) {
+        free(j->fold);
+        j->fold_cap = 64;
+        while (j->fold_cap < 2 * ntasks)
+            j->fold_cap *= 2;
+        j->fold = xcalloc(j->fold_cap, sizeof *j->fold);
+    } else {
+        memset(j->fold, 0, j->fold_cap * sizeof *j->fold);
+    }
+    r = batch;
+    for (size_t i = 0; i < n; i++, r = r->next) {
+        jtask *t;
+        if (r->kind == OP_ADD) {
+            for (size_t k = 0; k < r->ntasks; k++)
+                *fold_find(j, r->tasks[k].id) = &r->tasks[k];
+        } else if (r->kind == OP_START && r->starts != NULL) {
+            for (size_t k = 0; k < r->nstarts; k++)
+                if ((t = fold_open(j, r->starts[k].id)) != NULL) {
+                    t->start_attempt = r->starts[k].attempt;
+                    t->start_us = r->at_us;
+                    t->fold_closed = 1;
+                    r->starts[k].id = 0;
+                }
+        } else if ((t = fold_open(j, r->id)) != NULL) {
+            if (r->kind == OP_START && r->attempt > 0) {
+                t->start_attempt = r->attempt;
+                t->start_us = r->at_us;
+                r->folded = 1;
+            }
+            t->fold_closed = 1; /* any other record of it: applied in order */
+        }
+    }
 }
 
 /* The starts of an OP_START of several tasks: as apply(), one by one;
@@ -677,6 +803,8 @@ static int apply_starts(journal *j, jrec *r, size_t *rows)
 {
     sqlite3_stmt *st = j->st[ST_START];
     for (size_t i = 0; i < r->nstarts; i++) {
+        if (r->starts[i].id == 0)
+            continue; /* folded into its add */
         sqlite3_bind_int64(st, 1, (int64_t)r->starts[i].id);
         sqlite3_bind_int64(st, 2, r->starts[i].attempt);
         sqlite3_bind_int64(st, 3, (int64_t)r->at_us);
@@ -718,6 +846,12 @@ static int apply(journal *j, jrec *r, size_t *rows, int64_t *dpending, int64_t *
             sqlite3_bind_int64(st, 6, (int64_t)r->at_us);
             bind_text(st, 7, t->request_id);
             sqlite3_bind_int64(st, 8, (int64_t)t->prev_id);
+            sqlite3_bind_text(st, 9, t->start_attempt ? "running" : "queued", -1, SQLITE_STATIC);
+            sqlite3_bind_int64(st, 10, t->start_attempt);
+            if (t->start_attempt)
+                sqlite3_bind_int64(st, 11, (int64_t)t->start_us);
+            else
+                sqlite3_bind_null(st, 11);
             rc = run(st);
         }
         if (rc == SQLITE_DONE) {
@@ -728,6 +862,8 @@ static int apply(journal *j, jrec *r, size_t *rows, int64_t *dpending, int64_t *
     case OP_START:
         if (r->starts != NULL)
             return apply_starts(j, r, rows);
+        if (r->folded)
+            return SQLITE_DONE;
         st = j->st[ST_START];
         sqlite3_bind_int64(st, 2, r->attempt);
         sqlite3_bind_int64(st, 3, (int64_t)r->at_us);
@@ -791,6 +927,7 @@ static int apply(journal *j, jrec *r, size_t *rows, int64_t *dpending, int64_t *
 static int commit_batch(journal *j, jrec *batch, size_t n, uint64_t ceiling, size_t *rows,
                         int64_t *dpending, int64_t *ddead, char *err, size_t cap)
 {
+    fold_starts(j, batch, n);
     int rc = exec_sql(j->wdb, "BEGIN IMMEDIATE");
     const char *doing = "cannot begin a transaction";
     jrec *r = batch;
@@ -997,6 +1134,7 @@ static void journal_free(journal *j)
 {
     for (int i = 0; i < ST_COUNT; i++)
         sqlite3_finalize(j->st[i]);
+    free(j->fold);
     sqlite3_close(j->cdb);
     sqlite3_close(j->wdb);
     sqlite3_close(j->rdb);
@@ -1054,14 +1192,14 @@ int journal_open(const journal_config *cfg, journal **out, char *err, size_t cap
     if (rc != 0)
         goto fail;
     ckpt_prepare(j);
+    ckpt_start(j); /* before the writer: until it runs, wdb is this thread's */
     if (pthread_create(&j->thread, NULL, writer_main, j) != 0) {
         snprintf(err, cap, "journal %s: cannot start its writer thread: %s", j->path,
                  strerror(errno));
-        rc = JOURNAL_EIO;
-        goto fail;
+        journal_close(j); /* stops the checkpointer */
+        return JOURNAL_EIO;
     }
     j->thread_started = 1;
-    ckpt_start(j);
     *out = j;
     return 0;
 fail:
@@ -1339,7 +1477,12 @@ long journal_db_each(journal_db *db, const char *state,
         n = each_row(db->db, "SELECT " COLS " FROM dead ORDER BY id", 0, fn, arg, &rc);
     } else {
         sqlite3_stmt *st = NULL;
-        rc = sqlite3_prepare_v2(db->db, "SELECT " COLS " FROM tasks WHERE state=?1 ORDER BY id",
+        /* the live states through the partial index, the others by a scan */
+        int live = strcmp(state, "queued") == 0 || strcmp(state, "running") == 0;
+        rc = sqlite3_prepare_v2(db->db, live ? "SELECT " COLS " FROM tasks WHERE live=1 AND "
+                                               "state=?1 ORDER BY id"
+                                             : "SELECT " COLS " FROM tasks WHERE state=?1 "
+                                               "ORDER BY id",
                                 -1, &st, NULL);
         if (rc == SQLITE_OK)
             sqlite3_bind_text(st, 1, state, -1, SQLITE_STATIC);
@@ -1399,14 +1542,14 @@ int journal_db_retry(journal_db *db, uint64_t id, char *err, size_t cap)
     char sql[512];
     if (strcmp(state, "dead") == 0)
         snprintf(sql, sizeof sql,
-                 "INSERT OR REPLACE INTO tasks (" COLS ") SELECT id,name,payload,'queued',0,"
-                 "max_attempts,0,created,NULL,NULL,last_error,request_id,NULL FROM dead "
+                 "INSERT OR REPLACE INTO tasks (" COLS ",live) SELECT id,name,payload,'queued',"
+                 "0,max_attempts,0,created,NULL,NULL,last_error,request_id,NULL,1 FROM dead "
                  "WHERE id=%" PRIu64 "; DELETE FROM dead WHERE id=%" PRIu64,
                  id, id);
     else
         snprintf(sql, sizeof sql,
                  "UPDATE tasks SET state='queued', attempts=0, not_before=0, started=NULL, "
-                 "finished=NULL, prev=0 WHERE id=%" PRIu64, id);
+                 "finished=NULL, prev=0, live=1 WHERE id=%" PRIu64, id);
     rc = exec_sql(db->db, sql);
     if (rc == SQLITE_OK)
         rc = exec_sql(db->db, "COMMIT");

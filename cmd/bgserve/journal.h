@@ -23,8 +23,9 @@
 
 /* The schema this bgserve writes; a journal with a higher one is refused,
  * one with a lower one is brought up to it when it is opened for writing
- * (version 2 added tasks.prev, the sequence link). */
-#define JOURNAL_SCHEMA_VERSION 2
+ * (version 2 added tasks.prev, the sequence link; version 3 tasks.live and
+ * its partial index in place of the index on state). */
+#define JOURNAL_SCHEMA_VERSION 3
 
 /* Result codes (0 or negative), also handed to completion callbacks. */
 #define JOURNAL_ERRNO_MAP(X)                                                  \
