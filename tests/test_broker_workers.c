@@ -7,7 +7,8 @@
  * letters with the last error, each retry through Redis, on any worker;
  * the server answers 503 (not a hang) for named tasks while Redis is
  * down (once the loss is known, bgs_res_task fails with BGS_EFULL and
- * the handler answers) and runs ad hoc tasks itself; refusals of the command line.  The fixture's tasks write "WHAT PID ID ATTEMPT"
+ * the handler answers; a route's own tasks get the server's 503, which
+ * names Redis) and runs ad hoc tasks itself; refusals of the command line.  The fixture's tasks write "WHAT PID ID ATTEMPT"
  * lines to a file the test reads.
  */
 #include <stdarg.h>
@@ -249,6 +250,19 @@ static void broker_retries_end_in_the_dead_letters(void **state)
     h_rig_down(&g);
 }
 
+/* GET path is refused: 503 with Retry-After, body saying why, and the
+ * server's log line. */
+static void expect_refused(h_rig *g, const char *path, const char *body, const char *line)
+{
+    h_resp r;
+    assert_int_equal(h_get(&g->server, path, &r), 0);
+    assert_int_equal(r.status, 503);
+    assert_non_null(h_header(&r, "Retry-After"));
+    h_assert_contains(r.body, body);
+    h_resp_free(&r);
+    assert_true(h_wait_log(&g->server, line, DEADLINE_MS));
+}
+
 static void broker_503_while_redis_is_down(void **state)
 {
     (void)state;
@@ -279,6 +293,11 @@ static void broker_503_while_redis_is_down(void **state)
     assert_string_equal(efull.body, bgs_strerror(BGS_EFULL));
     assert_null(h_header(&efull, "Retry-After"));
     h_resp_free(&efull);
+    /* A route's own task: the server's 503 names Redis, not a full queue. */
+    expect_refused(&g, "/route-task", "Service Unavailable: redis (--broker), which keeps the "
+                   "tasks, is unreachable, retry later",
+                   "GET /route-task: route tasks not accepted: redis (--broker), which keeps "
+                   "the tasks, is unreachable; bring redis back");
     h_redis_restart(&g.redis);
     end = h_now_ms() + DEADLINE_MS;
     while (st != 200 && h_now_ms() < end)
@@ -294,19 +313,6 @@ static void broker_503_while_redis_is_down(void **state)
     }
     assert_int_equal(ran, 1);
     h_rig_down(&g);
-}
-
-/* GET path is refused: 503 with Retry-After, body saying why, and the
- * server's log line. */
-static void expect_refused(h_rig *g, const char *path, const char *body, const char *line)
-{
-    h_resp r;
-    assert_int_equal(h_get(&g->server, path, &r), 0);
-    assert_int_equal(r.status, 503);
-    assert_non_null(h_header(&r, "Retry-After"));
-    h_assert_contains(r.body, body);
-    h_resp_free(&r);
-    assert_true(h_wait_log(&g->server, line, DEADLINE_MS));
 }
 
 /* The first request after Redis went away, before anything noticed: its

@@ -2,7 +2,8 @@
  * test_dispatch.c - route -> handler -> answer in process, with no socket
  * (dispatch.h): the fixture http_app.so is loaded as the current
  * generation, and requests are fed as method, target, headers and body;
- * the answer is read back as status, headers and body.
+ * the answer is read back as status, headers and body.  The last test
+ * shuts the task engine down.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -170,6 +171,33 @@ static void dispatch_introspection_in_process(void **state)
     answer_free(&a);
 }
 
+/* A route's own task while the engine shuts down: 503 before the handler,
+ * with Retry-After, saying that the server is stopping (not that the
+ * queue is full).  The engine stays shut: this test runs last. */
+static void dispatch_route_task_refused_while_shutting_down(void **state)
+{
+    (void)state;
+    answer a;
+    serve(&a, "GET", "/with-task", NULL, NULL);
+    assert_int_equal(a.res.status, 200);
+    assert_string_equal(a.res.body, "with a task\n");
+    answer_free(&a);
+
+    tasks_shutdown(engine, 5000);
+    h_capture_begin();
+    serve(&a, "GET", "/with-task", NULL, NULL);
+    char *log = h_capture_end();
+    assert_int_equal(a.res.status, 503);
+    assert_string_equal(a.res.body, "Service Unavailable: the server is shutting down, retry "
+                                    "later\n");
+    assert_string_equal(res_header_value(&a.res, "Retry-After"), "1");
+    assert_int_equal(tasks_group_count(a.res.group), 0);
+    answer_free(&a);
+    h_assert_contains(log, "GET /with-task: route tasks not accepted: the server is shutting "
+                           "down; answering 503 without running the handler");
+    free(log);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -178,6 +206,7 @@ int main(void)
         cmocka_unit_test(dispatch_bgserve_answers_without_handler),
         cmocka_unit_test(dispatch_failing_handler_answers_500),
         cmocka_unit_test(dispatch_introspection_in_process),
+        cmocka_unit_test(dispatch_route_task_refused_while_shutting_down), /* last */
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

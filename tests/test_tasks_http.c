@@ -550,8 +550,10 @@ static void tasks_http_full_queue_answers_503(void **state)
     assert_non_null(h_header(&r, "Retry-After"));
     assert_true(atoi(h_header(&r, "Retry-After")) >= 1);
     assert_null(h_header(&r, "Bgserve-Tasks"));
-    h_assert_lacks(r.body, "route task attached");
+    assert_string_equal(r.body, "Service Unavailable: the task queue is full, retry later\n");
     h_resp_free(&r);
+    assert_true(h_wait_log(&s, "GET /route-block: route tasks not accepted: the task queue is "
+                               "full; raise --queue", DEADLINE_MS));
     assert_int_equal(h_get(&s, "/route-block-calls", &r), 0);
     assert_string_equal(r.body, "0");
     h_resp_free(&r);

@@ -219,12 +219,16 @@ static int run_route(const dispatch_env *env, struct bgs_req *req, struct bgs_re
      * status); a failing handler discards them with its own. */
     int trc = head ? 0 : attach_route_tasks(req, res, route);
     if (trc != 0) {
-        log_msg(BGS_LOG_WARN, "%s %s: route tasks not accepted (%s); answering 503 without "
-                "running the handler rid=%s", route->method, route->path, bgs_strerror(trc), req->id);
-        tasks_group_drop(res->group, trc == BGS_EFULL ? "task queue full: answered 503 before the handler"
-                                                      : "server shutting down: answered 503 before the handler");
+        const char *hint;
+        const char *cause = tasks_refusal(req->gen->tasks, trc, &hint);
+        char why[160], body[160];
+        log_msg(BGS_LOG_WARN, "%s %s: route tasks not accepted: %s%s; answering 503 without "
+                "running the handler rid=%s", route->method, route->path, cause, hint, req->id);
+        snprintf(why, sizeof why, "%s: answered 503 before the handler", cause);
+        tasks_group_drop(res->group, why);
         response_add_header(res, "Retry-After", "1");
-        return answer_text(env, res, 503, "Service Unavailable: task queue is full, retry later\n");
+        snprintf(body, sizeof body, "Service Unavailable: %s, retry later\n", cause);
+        return answer_text(env, res, 503, body);
     }
     res->status = 200;
     crash_frame cf; /* names the route if the handler crashes */

@@ -189,6 +189,16 @@ int tasks_group_add(tasks_group *g, const plugin_task *def, const void *payload,
 int tasks_group_add_fn(tasks_group *g, bgs_adhoc_fn fn, void *arg,
                        bgs_free_fn free_fn, uint64_t *id_out);
 
+/* Why a task was refused with rc (BGS_EFULL or BGS_ESHUTDOWN, from
+ * tasks_group_add), for a 503: "the task queue is full", "redis
+ * (--broker), which keeps the tasks, is unreachable" or "the server is
+ * shutting down"; in *hint (hint may be NULL) what the operator can do,
+ * as "; raise --queue ..." ("" when nothing).  Static strings.  BGS_EFULL
+ * covers both a full queue and a Redis known to be away (tasks_group_add
+ * checks Redis first): the cause is read again now, so a Redis that came
+ * back in between reads as a full queue. */
+const char *tasks_refusal(tasks_engine *t, int rc, const char **hint);
+
 /* Tasks attached plus tasks queued (tasks_group_enqueue). */
 size_t tasks_group_count(const tasks_group *g);
 /* "12,13,14" into buf (truncated safely): the attached ones in order,
