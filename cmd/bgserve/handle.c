@@ -17,6 +17,14 @@
  * serial again; a lookup racing with a reuse of the slot sees the serial
  * change and refuses.  The free list and chunk growth are guarded by
  * `mu`; lookups take no lock.
+ *
+ * Each thread keeps a few free slots of its own (tl_free, no lock): a
+ * closed slot goes there while it has room, and an open takes from there
+ * first.  Thread-bound handles are opened and closed on one thread, so
+ * a request's and a task's handles never touch `mu`, whose cache line
+ * would otherwise travel between the HTTP threads and the workers a few
+ * times per request (bench/README.md, section 12).  A thread's slots go
+ * back to the shared list when it exits (tl_key's destructor).
  */
 #include "handle.h"
 
@@ -41,10 +49,24 @@ typedef struct slot {
     uint32_t next_free;       /* mu; index + 1, 0 ends the list */
 } slot;
 
+/* Free slots a thread keeps for itself: enough for a request, its
+ * response and a few deferred handles, or a task and what it opens. */
+#define TL_FREE_MAX 8u
+
 static _Atomic(slot *) chunks[MAX_CHUNKS];
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
 static uint32_t free_head;    /* mu; index + 1 of the first free slot */
 static uint32_t nslots;       /* mu; slots made so far */
+
+/* This thread's free slots (indexes); only the thread itself. */
+typedef struct tl_slots {
+    uint32_t n;
+    uint32_t idx[TL_FREE_MAX];
+} tl_slots;
+static _Thread_local tl_slots tl_free;
+static _Thread_local int tl_registered; /* tl_key is set for this thread */
+static pthread_key_t tl_key;  /* its value: the thread's &tl_free */
+static pthread_once_t tl_once = PTHREAD_ONCE_INIT;
 
 /* A value distinct for every live thread: the address of a thread-local. */
 static _Thread_local char token_byte;
@@ -61,8 +83,31 @@ static slot *slot_at(uint32_t idx)
     return c ? &c[idx % CHUNK_SLOTS] : NULL;
 }
 
+/* A thread exits: its free slots go back to the shared list. */
+static void tl_release(void *arg)
+{
+    tl_slots *f = arg;
+    pthread_mutex_lock(&mu);
+    while (f->n > 0) {
+        uint32_t idx = f->idx[--f->n];
+        slot_at(idx)->next_free = free_head;
+        free_head = idx + 1;
+    }
+    pthread_mutex_unlock(&mu);
+}
+
+static void tl_key_make(void)
+{
+    if (pthread_key_create(&tl_key, tl_release) != 0) {
+        fprintf(stderr, "bgserve: fatal: cannot create a thread key for the handle table\n");
+        abort();
+    }
+}
+
 static uint32_t take_slot(void)
 {
+    if (tl_free.n > 0)
+        return tl_free.idx[--tl_free.n];
     pthread_mutex_lock(&mu);
     uint32_t idx;
     if (free_head) {
@@ -108,6 +153,16 @@ void handle_close(void *h)
         return; /* closed already: nothing of ours to free */
     atomic_store_explicit(&s->obj, 0, memory_order_relaxed);
     atomic_fetch_add_explicit(&s->serial, 1u, memory_order_release);
+    if (tl_free.n < TL_FREE_MAX) {
+        if (!tl_registered) {
+            /* This thread's first kept slot: have them handed back at exit. */
+            pthread_once(&tl_once, tl_key_make);
+            pthread_setspecific(tl_key, &tl_free);
+            tl_registered = 1;
+        }
+        tl_free.idx[tl_free.n++] = idx;
+        return;
+    }
     pthread_mutex_lock(&mu);
     s->next_free = free_head;
     free_head = idx + 1;
