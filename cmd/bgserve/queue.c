@@ -330,7 +330,9 @@ static int push_nodes(queue *q, queue_node *const *nodes, size_t n, int bounded,
 
     if (n == 0)
         return 0;
-    unsigned linger = recs ? 0 : linger_now(m, util_now_us());
+    /* One clock read for the linger and the nodes' stamp. */
+    uint64_t now = recs ? 0 : util_now_us();
+    unsigned linger = recs ? 0 : linger_now(m, now);
     pthread_mutex_lock(&m->mu);
     size_t linked = m->depth + m->nlater;
     if (m->shut)
@@ -352,7 +354,6 @@ static int push_nodes(queue *q, queue_node *const *nodes, size_t n, int bounded,
             sched_add(m->sched, &r->timer, due_us, on_due); /* under mu: see top of file */
         }
     } else {
-        uint64_t now = util_now_us();
         for (size_t i = 0; i < n; i++)
             link_locked(m, nodes[i], now);
         m->prev_push_us = m->push_us;

@@ -306,10 +306,11 @@ void tasks_records_watch_locked(task_item *it, tasks_final_fn cb, void *arg);
  * fin (with a copy of the result when there are watchers) and returns the
  * watchers to call, taken off the item.  *dur is how long the run that
  * ended took (0 when none was running), *attempts the attempts made.
+ * end_us: when that run ended (util_now_us), 0 to read the clock here.
  * Afterwards it may be evicted and freed at any time.
  */
-task_watch *tasks_records_finish(task_item *it, int st, const char *err, tasks_final *fin,
-                                 uint64_t *dur, uint32_t *attempts);
+task_watch *tasks_records_finish(task_item *it, int st, const char *err, uint64_t end_us,
+                                 tasks_final *fin, uint64_t *dur, uint32_t *attempts);
 
 /* Take it (owned by the caller, not final) out of the records and free
  * it: it went on elsewhere (tasks_runs_hand_back). */

@@ -103,9 +103,10 @@ static void chain_stop(task_item *next, uint64_t pred_id, const char *pred_name,
  * Releases what the item owns first (free_fn, payload), then publishes
  * the final record, calls the watchers, continues or stops its sequence,
  * releases the capacity and the owner.  The caller must own it;
- * afterwards it may be freed at any time by ring eviction.
+ * afterwards it may be freed at any time by ring eviction.  end_us: when
+ * the run that ends it ended (util_now_us), or 0 (none, or read it now).
  */
-void tasks_runs_finalize(task_item *it, int st, const char *err)
+static void finalize_at(task_item *it, int st, const char *err, uint64_t end_us)
 {
     task_kind *kind = it->kind;
     tasks_engine *t = kind->engine;
@@ -149,7 +150,7 @@ void tasks_runs_finalize(task_item *it, int st, const char *err)
 
     tasks_final fin = {.id = id, .name = kind->name, .state = (tasks_state)st,
                        .error = err ? errcopy : NULL};
-    task_watch *watchers = tasks_records_finish(it, st, err, &fin, &dur, &attempts);
+    task_watch *watchers = tasks_records_finish(it, st, err, end_us, &fin, &dur, &attempts);
 
     static const char *const events[] = {
         [TASKS_SUCCEEDED] = "done", [TASKS_FAILED] = "failed", [TASKS_SKIPPED] = "skipped",
@@ -176,6 +177,11 @@ void tasks_runs_finalize(task_item *it, int st, const char *err)
     unreserve(t);
     if (owner && owner->release)
         owner->release(owner);
+}
+
+void tasks_runs_finalize(task_item *it, int st, const char *err)
+{
+    finalize_at(it, st, err, 0);
 }
 
 void tasks_runs_hand_back(task_item *it)
@@ -339,11 +345,19 @@ static void run_once(task_item *it)
     bgs_task_ctx ctx;
     tasks_engine *t = it->kind->engine;
     const plugin_task *def = it->def;
-    uint64_t now = util_now_us(), dur;
+    uint64_t now = util_now_us(), end, dur;
     int rc;
 
-    memset(&ctx, 0, sizeof(ctx));
+    /* Field by field: ctx.err (512 bytes) is read only once has_err is set. */
     ctx.item = it;
+    ctx.scope = NULL;
+    ctx.has_err = 0;
+    ctx.err[0] = '\0';
+    ctx.has_result = 0;
+    ctx.res_status = 0;
+    ctx.res_type = NULL;
+    ctx.res_data = NULL;
+    ctx.res_len = 0;
 
     uint64_t submitted = TASKS_MONO_US(it);
     pthread_mutex_lock(&t->rec_mu);
@@ -370,7 +384,8 @@ static void run_once(task_item *it)
     if (def && def->timeout_ms)
         sched_cancel(t->sched, &it->x->timeout_timer);
     services_scope_end(ctx.scope);
-    dur = util_now_us() - now;
+    end = util_now_us();
+    dur = end - now;
 
     if (ctx.has_result) { /* moved into the record */
         task_extra *x = tasks_records_extra(it);
@@ -387,7 +402,7 @@ static void run_once(task_item *it)
 
     if (rc == 0) {
         ack(t, it, QUEUE_SUCCEEDED, NULL);
-        tasks_runs_finalize(it, TASKS_SUCCEEDED, NULL);
+        finalize_at(it, TASKS_SUCCEEDED, NULL, end);
         return;
     }
     char err[TASKS_ERR_MAX + 64];
@@ -403,12 +418,12 @@ static void run_once(task_item *it)
         else
             snprintf(why, sizeof(why), "cancelled at shutdown: %s", err);
         ack(t, it, QUEUE_CANCELLED, why);
-        tasks_runs_finalize(it, TASKS_CANCELLED, why);
+        finalize_at(it, TASKS_CANCELLED, why, end);
         return;
     }
     if (ctx.attempt >= it->max_attempts) {
         ack(t, it, QUEUE_FAILED, err);
-        tasks_runs_finalize(it, TASKS_FAILED, err);
+        finalize_at(it, TASKS_FAILED, err, end);
         return;
     }
 
