@@ -486,6 +486,11 @@ static void build_task(json *j, const void *arg, size_t limit)
     json_obj_end(j);
 }
 
+int log_task_routine(void)
+{
+    return !g.quiet;
+}
+
 void log_task(const log_task_rec *r)
 {
     const char *ev = r->event ? r->event : "?";

@@ -67,5 +67,8 @@ typedef struct log_task_rec {
     uint64_t retry_in_ms;  /* for "retry" */
 } log_task_rec;
 void log_task(const log_task_rec *r);
+/* 0 under --quiet: then log_task drops "start" and "done", and a caller
+ * may skip building them (they are two of every task's lines). */
+int log_task_routine(void);
 
 #endif

@@ -156,7 +156,7 @@ static void finalize_at(task_item *it, int st, const char *err, uint64_t end_us)
         [TASKS_SUCCEEDED] = "done", [TASKS_FAILED] = "failed", [TASKS_SKIPPED] = "skipped",
         [TASKS_DISCARDED] = "discarded", [TASKS_CANCELLED] = "cancelled",
     };
-    if (!(jflags & TASKS_JF_ELSEWHERE))
+    if (!(jflags & TASKS_JF_ELSEWHERE) && (st != TASKS_SUCCEEDED || log_task_routine()))
         log_event(events[st], id, kind->name, attempts, dur, err ? errcopy : NULL, 0);
 
     while (watchers) {
@@ -369,7 +369,8 @@ static void run_once(task_item *it)
 
     if (ctx.attempt == 1)
         latency_add(&t->dispatch_hist, now - submitted);
-    log_event("start", it->id, it->kind->name, ctx.attempt, 0, NULL, 0);
+    if (log_task_routine())
+        log_event("start", it->id, it->kind->name, ctx.attempt, 0, NULL, 0);
 
     if (def && def->timeout_ms)
         sched_add(t->sched, &tasks_records_extra(it)->timeout_timer,

@@ -124,15 +124,37 @@ uint64_t util_wall_us(void)
 
 size_t util_u64_dec(char *buf, uint64_t v)
 {
-    char tmp[UTIL_U64_DEC_MAX];
-    size_t n = 0;
-    do {
-        tmp[n++] = (char)('0' + v % 10u);
-        v /= 10u;
-    } while (v);
-    for (size_t i = 0; i < n; i++)
-        buf[i] = tmp[n - 1 - i];
-    buf[n] = '\0';
+    /* Two digits per division: every task id of a Bgserve-Tasks header
+     * and every number of the JSON writer pass here. */
+    static const char pairs[] = "00010203040506070809101112131415161718192021222324252627282930"
+                                "31323334353637383940414243444546474849505152535455565758596061"
+                                "6263646566676869707172737475767778798081828384858687888990919293"
+                                "949596979899";
+    static const uint64_t pow10[] = {
+        1u, 10u, 100u, 1000u, 10000u, 100000u, 1000000u, 10000000u, 100000000u,
+        1000000000u, 10000000000u, 100000000000u, 1000000000000u, 10000000000000u,
+        100000000000000u, 1000000000000000u, 10000000000000000u, 100000000000000000u,
+        1000000000000000000u, 10000000000000000000u,
+    };
+    size_t n = 1;
+    while (n < sizeof pow10 / sizeof pow10[0] && v >= pow10[n])
+        n++;
+    char *p = buf + n;
+    *p = '\0';
+    while (v >= 100u) {
+        unsigned r = (unsigned)(v % 100u);
+        v /= 100u;
+        p -= 2;
+        p[0] = pairs[2 * r];
+        p[1] = pairs[2 * r + 1];
+    }
+    if (v >= 10u) {
+        p -= 2;
+        p[0] = pairs[2 * v];
+        p[1] = pairs[2 * v + 1];
+    } else {
+        *--p = (char)('0' + v);
+    }
     return n;
 }
 
