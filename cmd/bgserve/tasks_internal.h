@@ -7,7 +7,7 @@
  *   tasks_records.c  - task records: kinds (per-name counters), items
  *                      (and the spare ones kept for reuse), the id hash,
  *                      the live list, the finished ring, watchers.
- *                      rec_mu, spare_mu, kinds_mu.
+ *                      rec_mu, kinds_mu.
  *   tasks_runs.c     - runs: queue reservations, dispatch, one attempt on
  *                      a worker, retries (queue_nack), per-name caps,
  *                      sequences, finalising, tasks queued at once.
@@ -24,7 +24,7 @@
  *
  * Lock order (never hold two except in this order; none is held while
  * plugin code runs, and sched_cancel is never called holding any):
- *   p_mu -> rec_mu -> conc_mu; spare_mu, kinds_mu and life_mu alone.
+ *   p_mu -> rec_mu -> conc_mu; kinds_mu and life_mu alone.
  * Lock-free: ids (next_id), queue reservations (accepted), the accepting
  * and stopping flags, the per-name counters (atomics), the dispatch
  * latency histogram (latency.h).
@@ -214,9 +214,8 @@ struct tasks_engine {
     size_t ring_cap, ring_start, ring_len; /* rec_mu */
     uint64_t finished_total;     /* rec_mu */
     int draining;                /* broadcast rec_cv on changes; rec_mu */
-    pthread_mutex_t spare_mu;    /* adaptive, like rec_mu */
-    task_item *spares;           /* small items to reuse, by wait_next; spare_mu */
-    size_t nspares;              /* spare_mu */
+    task_item *spares;           /* small items to reuse, by wait_next; rec_mu */
+    atomic_size_t nspares;       /* written under rec_mu; read without as a hint */
     pthread_mutex_t kinds_mu;
     _Atomic(task_kind *) kinds;  /* inserts under kinds_mu */
     _Atomic(task_kind *) adhoc_kind; /* the kind "adhoc", made on first use */
@@ -293,7 +292,6 @@ task_item *tasks_records_new(tasks_engine *t, const tasks_owner *owner, task_kin
                              const void *payload, size_t len, uint64_t id);
 /* The item's task_extra, allocated on first use; owner of it only. */
 task_extra *tasks_records_extra(task_item *it);
-void tasks_records_free(task_item *it);
 
 /* rec_mu held: */
 task_item *tasks_records_find_locked(tasks_engine *t, uint64_t id);

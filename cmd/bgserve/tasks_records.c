@@ -7,12 +7,14 @@
  * Owns the "records" part of struct tasks_engine (tasks_internal.h).  rec_mu
  * guards every record field of every item (state, attempts, times,
  * error, delivered, mode, result, watchers), the id hash, the live list,
- * the ring, finished_total and running_now; rec_cv signals progress
- * while the shutdown drains.  spare_mu guards the spare items: small
+ * the ring, finished_total and running_now, and the spare items: small
  * items of finished records, kept (up to TASKS_SPARES_MAX) when evicted
  * so that the next record made reuses one instead of asking malloc,
  * which would otherwise free on the workers what it allocated on the
- * HTTP threads.  kinds_mu serialises inserts into the
+ * HTTP threads; a spare is taken and filled under the same hold of
+ * rec_mu that publishes the new record, so making a record takes one
+ * lock.  rec_cv signals progress while the shutdown drains.  kinds_mu
+ * serialises inserts into the
  * prepend-only kind list, which readers walk without a lock.  Item ids
  * come from an atomic counter.  Nothing here calls another file of the
  * engine; every state change is told to the live dashboard
@@ -187,80 +189,129 @@ task_extra *tasks_records_extra(task_item *it)
     return it->x;
 }
 
-/* ---- spares: small items kept for reuse (spare_mu) ----------------------------- */
+/* ---- spares: small items kept for reuse (rec_mu) ------------------------------ */
 
-/* A zeroed small item: a spare one if there is, else a new one. */
-static task_item *small_item(tasks_engine *t)
+/* What an item let go of owns, to free once rec_mu is unlocked (the
+ * slow part, which need not hold up the other threads). */
+typedef struct item_parts {
+    task_rid *rid;
+    char *error;
+    task_extra *x;
+    void *payload;     /* a payload of its own (not inline), or NULL */
+    task_item *whole;  /* the item itself when it was not kept */
+} item_parts;
+
+/* it is out of the index and the lists and nobody's any more: take its
+ * parts into *p and keep a small item on the spare list for the next
+ * record made (tasks_records_new), or leave it in p->whole; rec_mu held. */
+static void retire_locked(tasks_engine *t, task_item *it, item_parts *p)
 {
-    pthread_mutex_lock(&t->spare_mu);
-    task_item *it = t->spares;
-    if (it) {
-        t->spares = it->wait_next;
-        t->nspares--;
+    p->rid = it->rid;
+    p->error = it->error;
+    p->x = it->x;
+    p->payload = tasks_records_payload_inline(it) ? NULL : it->payload;
+    p->whole = NULL;
+    size_t n = atomic_load_explicit(&t->nspares, memory_order_relaxed);
+    if (it->len <= TASKS_SMALL_PAYLOAD && n < TASKS_SPARES_MAX) {
+        it->wait_next = t->spares;
+        t->spares = it;
+        atomic_store_explicit(&t->nspares, n + 1, memory_order_relaxed);
+    } else {
+        p->whole = it;
     }
-    pthread_mutex_unlock(&t->spare_mu);
-    if (it == NULL)
-        return xcalloc(1, sizeof(*it) + TASKS_SMALL_PAYLOAD);
-    memset(it, 0, sizeof(*it)); /* the payload area is written before it is read */
-    return it;
 }
 
-void tasks_records_free(task_item *it)
+/* rec_mu not held. */
+static void parts_free(item_parts *p)
 {
-    tasks_engine *t = it->kind->engine;
-    tasks_records_rid_unref(it->rid);
-    free(it->error);
-    if (it->x) {
-        free(it->x->res_type);
-        free(it->x->res_data);
-        free(it->x);
+    tasks_records_rid_unref(p->rid);
+    free(p->error);
+    if (p->x) {
+        free(p->x->res_type);
+        free(p->x->res_data);
+        free(p->x);
     }
-    if (!tasks_records_payload_inline(it))
-        free(it->payload);
-    if (it->len <= TASKS_SMALL_PAYLOAD) {
-        pthread_mutex_lock(&t->spare_mu);
-        if (t->nspares < TASKS_SPARES_MAX) {
-            it->wait_next = t->spares;
-            t->spares = it;
-            t->nspares++;
-            it = NULL;
-        }
-        pthread_mutex_unlock(&t->spare_mu);
-    }
-    free(it);
+    free(p->payload);
+    free(p->whole);
 }
 
-task_item *tasks_records_new(tasks_engine *t, const tasks_owner *owner, task_kind *kind,
-                             const plugin_task *def, task_rid *rid, uint32_t mode,
-                             const void *payload, size_t len, uint64_t id)
+/* Free it and all it owns (tasks_records_destroy). */
+static void item_free(task_item *it)
 {
-    size_t inl = len <= TASKS_INLINE_PAYLOAD_MAX ? len : 0;
-    task_item *it = len <= TASKS_SMALL_PAYLOAD ? small_item(t) : xcalloc(1, sizeof(*it) + inl);
+    item_parts p = {.rid = it->rid, .error = it->error, .x = it->x, .whole = it,
+                    .payload = tasks_records_payload_inline(it) ? NULL : it->payload};
+    parts_free(&p);
+}
 
-    if (inl) {
+/* Fill a zeroed item for tasks_records_new (see there). */
+static void item_fill(task_item *it, const tasks_owner *owner, task_kind *kind,
+                      const plugin_task *def, task_rid *rid, uint32_t mode,
+                      const void *payload, size_t len, uint64_t id, uint64_t created_wall)
+{
+    if (len && len <= TASKS_INLINE_PAYLOAD_MAX) {
         it->payload = it->inline_data;
         memcpy(it->payload, payload, len);
     } else if (len) {
         it->payload = xmemdup(payload, len);
     }
     it->len = len;
-
-    it->id = id ? id : t->journal ? journal_next_id(t->journal) : atomic_fetch_add(&t->next_id, 1);
+    it->id = id;
     it->kind = kind;
     it->def = def;
     it->owner = owner;
-    if (owner && owner->retain)
-        owner->retain(owner);
     it->owner_number = owner ? owner->number : 0;
     it->max_attempts = def && def->max_attempts ? def->max_attempts : PLUGIN_DEFAULT_MAX_ATTEMPTS;
     atomic_init(&it->cancel, 0);
     it->delivered = -1;
     it->mode = (uint8_t)mode;
-    it->rid = rid_ref(rid);
-    it->created_wall = util_wall_us();
+    it->rid = rid;
+    it->created_wall = created_wall;
     it->state = -1;
+}
 
-    pthread_mutex_lock(&t->rec_mu);
+task_item *tasks_records_new(tasks_engine *t, const tasks_owner *owner, task_kind *kind,
+                             const plugin_task *def, task_rid *rid, uint32_t mode,
+                             const void *payload, size_t len, uint64_t id)
+{
+    task_item *it = NULL;
+
+    /* Everything that needs no lock first. */
+    if (id == 0)
+        id = t->journal ? journal_next_id(t->journal) : atomic_fetch_add(&t->next_id, 1);
+    if (owner && owner->retain)
+        owner->retain(owner);
+    rid = rid_ref(rid);
+    uint64_t created = util_wall_us();
+    size_t extra = len <= TASKS_SMALL_PAYLOAD ? TASKS_SMALL_PAYLOAD
+                   : len <= TASKS_INLINE_PAYLOAD_MAX ? len : 0;
+    /* A small item of an evicted record is taken and filled under the
+     * hold of rec_mu that publishes the new one: one lock per record
+     * made.  When there is none to reuse (the first records of a run,
+     * until the ring is full; nspares is a hint read unlocked), or the
+     * payload is larger, a new one is made and filled before locking. */
+    int fresh = len > TASKS_SMALL_PAYLOAD ||
+                atomic_load_explicit(&t->nspares, memory_order_relaxed) == 0;
+    for (;;) {
+        if (fresh) {
+            it = xcalloc(1, sizeof(*it) + extra);
+            item_fill(it, owner, kind, def, rid, mode, payload, len, id, created);
+        }
+        pthread_mutex_lock(&t->rec_mu);
+        if (fresh)
+            break;
+        if (t->spares) {
+            it = t->spares;
+            t->spares = it->wait_next;
+            atomic_store_explicit(&t->nspares,
+                                  atomic_load_explicit(&t->nspares, memory_order_relaxed) - 1,
+                                  memory_order_relaxed);
+            memset(it, 0, sizeof(*it)); /* the payload area is written before it is read */
+            item_fill(it, owner, kind, def, rid, mode, payload, len, id, created);
+            break;
+        }
+        pthread_mutex_unlock(&t->rec_mu); /* the hint was stale */
+        fresh = 1;
+    }
     hash_insert_locked(t, it);
     it->lprev = t->live_tail;
     it->lnext = NULL;
@@ -320,12 +371,11 @@ void tasks_records_watch_locked(task_item *it, tasks_final_fn cb, void *arg)
 static void evict_locked(tasks_engine *t, task_item *it)
 {
     hash_remove_locked(t, it);
-    tasks_records_free(it);
+    item_free(it);
 }
 
 /* Returns the record pushed out (out of the index already), for the
- * caller to free once it has unlocked rec_mu: freeing is the slowest
- * part and need not hold up the other threads. */
+ * caller to retire (retire_locked). */
 static task_item *ring_push_locked(tasks_engine *t, task_item *it)
 {
     task_item *out = NULL;
@@ -362,12 +412,14 @@ static void live_unlink_locked(tasks_engine *t, task_item *it)
 void tasks_records_drop(task_item *it)
 {
     tasks_engine *t = it->kind->engine;
+    item_parts parts;
     pthread_mutex_lock(&t->rec_mu);
     tasks_records_transition_locked(it, -1); /* out of the gauges, into no counter */
     live_unlink_locked(t, it);
     hash_remove_locked(t, it);
+    retire_locked(t, it, &parts);
     pthread_mutex_unlock(&t->rec_mu);
-    tasks_records_free(it);
+    parts_free(&parts);
 }
 
 task_watch *tasks_records_finish(task_item *it, int st, const char *err, uint64_t end_us,
@@ -405,9 +457,11 @@ task_watch *tasks_records_finish(task_item *it, int st, const char *err, uint64_
     live_unlink_locked(t, it);
     t->finished_total++;
     task_item *evicted = ring_push_locked(t, it); /* it may be evicted itself */
-    pthread_mutex_unlock(&t->rec_mu);
+    item_parts parts = {0};
     if (evicted)
-        tasks_records_free(evicted);
+        retire_locked(t, evicted, &parts);
+    pthread_mutex_unlock(&t->rec_mu);
+    parts_free(&parts);
     return watchers;
 }
 
@@ -422,7 +476,6 @@ void tasks_records_init(tasks_engine *t, size_t keep)
     pthread_mutexattr_init(&a);
     pthread_mutexattr_settype(&a, PTHREAD_MUTEX_ADAPTIVE_NP);
     pthread_mutex_init(&t->rec_mu, &a);
-    pthread_mutex_init(&t->spare_mu, &a);
     pthread_mutexattr_destroy(&a);
     util_cond_init_mono(&t->rec_cv);
     pthread_mutex_init(&t->kinds_mu, NULL);
@@ -431,6 +484,7 @@ void tasks_records_init(tasks_engine *t, size_t keep)
     t->ring_cap = keep;
     t->ring = keep ? xcalloc(keep, sizeof(*t->ring)) : NULL;
     atomic_init(&t->adhoc_kind, NULL);
+    atomic_init(&t->nspares, 0);
 }
 
 void tasks_records_destroy(tasks_engine *t)
@@ -453,7 +507,6 @@ void tasks_records_destroy(tasks_engine *t)
     }
     pthread_cond_destroy(&t->rec_cv);
     pthread_mutex_destroy(&t->rec_mu);
-    pthread_mutex_destroy(&t->spare_mu);
     pthread_mutex_destroy(&t->kinds_mu);
 }
 
