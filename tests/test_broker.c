@@ -70,6 +70,67 @@ static void enqueue_one(broker *b, uint64_t id, const char *name, const char *pa
     assert_int_equal(broker_enqueue(b, &j, 1), 0);
 }
 
+/* enqueue_one, then read it back (the test fails unless it comes within
+ * 5 s); free it with broker_msgs_free(m, 1). */
+static broker_msg *enqueue_and_read(broker *b, uint64_t id, const char *name,
+                                    const char *payload)
+{
+    enqueue_one(b, id, name, payload);
+    broker_msg *m;
+    assert_int_equal(read_n(b, 1, &m, 5000), 1);
+    assert_int_equal(m[0].id, id);
+    return m;
+}
+
+/* A redis-server of the test's own (cmocka state), for the tests that
+ * need no password and no extra arguments. */
+static int redis_up(void **state)
+{
+    h_redis *r = calloc(1, sizeof *r);
+    if (r == NULL)
+        return -1;
+    h_redis_start(r, NULL, NULL);
+    *state = r;
+    return 0;
+}
+
+static int redis_down(void **state)
+{
+    h_redis_stop(*state);
+    free(*state);
+    return 0;
+}
+
+/* Two brokers of app "app" (consumers w1 and w2) on a redis-server of
+ * the test's own: the cmocka state of the tests that compare two
+ * processes. */
+typedef struct two {
+    h_redis r;
+    broker *a, *b;
+} two;
+
+static int two_up(void **state)
+{
+    two *t = calloc(1, sizeof *t);
+    if (t == NULL)
+        return -1;
+    h_redis_start(&t->r, NULL, NULL);
+    t->a = open_app(&t->r, NULL, "app", "w1", 0);
+    t->b = open_app(&t->r, NULL, "app", "w2", 0);
+    *state = t;
+    return 0;
+}
+
+static int two_down(void **state)
+{
+    two *t = *state;
+    broker_close(t->a);
+    broker_close(t->b);
+    h_redis_stop(&t->r);
+    free(t);
+    return 0;
+}
+
 /* ---- URLs ----------------------------------------------------------- */
 
 static void broker_url_forms(void **state)
@@ -186,13 +247,11 @@ static void broker_open_wrong_or_missing_password(void **state)
 
 static void broker_open_refuses_keys_of_another_app(void **state)
 {
-    (void)state;
-    h_redis r;
-    h_redis_start(&r, NULL, NULL);
-    broker *a = open_app(&r, NULL, "shop", "w1", 0);
+    h_redis *r = *state;
+    broker *a = open_app(r, NULL, "shop", "w1", 0);
     broker_close(a);
     /* Another plugin told to use the name "shop". */
-    broker_config cfg = {.url = r.url, .app = "blog", .name = "shop"};
+    broker_config cfg = {.url = r->url, .app = "blog", .name = "shop"};
     broker *b = NULL;
     char err[ERRCAP] = "";
     assert_int_equal(broker_open(&cfg, &b, err, sizeof err), BROKER_EFOREIGN);
@@ -203,17 +262,14 @@ static void broker_open_refuses_keys_of_another_app(void **state)
     assert_int_equal(broker_open(&cfg, &b, err, sizeof err), 0);
     assert_string_equal(broker_prefix(b), "bgserve:{blog}");
     broker_close(b);
-    h_redis_stop(&r);
 }
 
 /* ---- the life of a task ------------------------------------------------ */
 
 static void broker_enqueue_read_finish(void **state)
 {
-    (void)state;
-    h_redis r;
-    h_redis_start(&r, NULL, NULL);
-    broker *b = open_app(&r, NULL, "app", "w1", 0);
+    h_redis *r = *state;
+    broker *b = open_app(r, NULL, "app", "w1", 0);
     uint64_t first = 0;
     assert_int_equal(broker_next_ids(b, 3, &first), 0);
     static const char bin[] = {'a', '\0', 'b'};
@@ -225,7 +281,7 @@ static void broker_enqueue_read_finish(void **state)
         {.id = first + 2, .name = "email", .request_id = "r1", .max_attempts = 3},
     };
     assert_int_equal(broker_enqueue(b, jobs, 3), 0);
-    assert_int_equal(h_redis_int(&r, "XLEN bgserve:{app}:tasks"), 3);
+    assert_int_equal(h_redis_int(r, "XLEN bgserve:{app}:tasks"), 3);
 
     broker_record rec;
     assert_int_equal(broker_record_get(b, first, &rec), 0);
@@ -272,8 +328,8 @@ static void broker_enqueue_read_finish(void **state)
     assert_true(rec.finished_ms >= rec.started_ms);
     broker_record_clear(&rec);
     /* Acknowledged and deleted; the record expires. */
-    assert_int_equal(h_redis_int(&r, "XLEN bgserve:{app}:tasks"), 2);
-    long long ttl = h_redis_int(&r, "TTL bgserve:{app}:task:%" PRIu64, first);
+    assert_int_equal(h_redis_int(r, "XLEN bgserve:{app}:tasks"), 2);
+    long long ttl = h_redis_int(r, "TTL bgserve:{app}:task:%" PRIu64, first);
     assert_true(ttl > 0 && ttl <= BROKER_DEFAULT_RECORD_TTL_S);
 
     broker_stats s;
@@ -303,7 +359,6 @@ static void broker_enqueue_read_finish(void **state)
     assert_int_equal(broker_record_get(b, 999999, &rec), BROKER_ENOTFOUND);
     broker_msgs_free(m, 3);
     broker_close(b);
-    h_redis_stop(&r);
 }
 
 /* The steps of a sequence are all in Redis at once (records queued, the
@@ -312,19 +367,17 @@ static void broker_enqueue_read_finish(void **state)
  * it, and nothing else reaches the stream before. */
 static void broker_sequence_moves_on_at_each_finish(void **state)
 {
-    (void)state;
-    h_redis r;
-    h_redis_start(&r, NULL, NULL);
-    broker *w1 = open_app(&r, NULL, "app", "w1", 0);
-    broker *w2 = open_app(&r, NULL, "app", "w2", 0);
+    h_redis *r = *state;
+    broker *w1 = open_app(r, NULL, "app", "w1", 0);
+    broker *w2 = open_app(r, NULL, "app", "w2", 0);
     broker_job jobs[3] = {
         {.id = 501, .name = "a", .request_id = "r", .max_attempts = 1, .payload = "1", .len = 1},
         {.id = 502, .name = "b", .request_id = "r", .max_attempts = 2, .payload = "2", .len = 1},
         {.id = 503, .name = "c", .request_id = "r", .max_attempts = 1, .payload = "3", .len = 1},
     };
     assert_int_equal(broker_enqueue_seq(w1, jobs, 3, 1), 0);
-    assert_int_equal(h_redis_int(&r, "XLEN bgserve:{app}:tasks"), 1);
-    assert_int_equal(h_redis_int(&r, "LLEN bgserve:{app}:seq:501"), 2);
+    assert_int_equal(h_redis_int(r, "XLEN bgserve:{app}:tasks"), 1);
+    assert_int_equal(h_redis_int(r, "LLEN bgserve:{app}:seq:501"), 2);
     for (uint64_t id = 501; id <= 503; id++) {
         broker_record rec;
         assert_int_equal(broker_record_get(w1, id, &rec), 0);
@@ -339,8 +392,8 @@ static void broker_sequence_moves_on_at_each_finish(void **state)
         assert_int_equal(read_n(w, 1, &m, 5000), 1);
         assert_int_equal(m[0].id, id);
         /* Only this step is in the stream; the rest wait with it. */
-        assert_int_equal(h_redis_int(&r, "XLEN bgserve:{app}:tasks"), 1);
-        assert_int_equal(h_redis_int(&r, "LLEN bgserve:{app}:seq:%" PRIu64, id),
+        assert_int_equal(h_redis_int(r, "XLEN bgserve:{app}:tasks"), 1);
+        assert_int_equal(h_redis_int(r, "LLEN bgserve:{app}:seq:%" PRIu64, id),
                          (long long)(503 - id));
         assert_memory_equal(m[0].payload, jobs[id - 501].payload, 1);
         assert_int_equal(m[0].max_attempts, jobs[id - 501].max_attempts);
@@ -348,13 +401,12 @@ static void broker_sequence_moves_on_at_each_finish(void **state)
         assert_int_equal(broker_finish(w, &m[0], &ok), 0);
         broker_msgs_free(m, 1);
     }
-    assert_int_equal(h_redis_int(&r, "EXISTS bgserve:{app}:seq:501"), 0);
-    assert_int_equal(h_redis_int(&r, "EXISTS bgserve:{app}:seq:502"), 0);
-    assert_int_equal(h_redis_int(&r, "XLEN bgserve:{app}:tasks"), 0);
-    assert_int_equal(h_redis_int(&r, "XLEN bgserve:{app}:done"), 3);
+    assert_int_equal(h_redis_int(r, "EXISTS bgserve:{app}:seq:501"), 0);
+    assert_int_equal(h_redis_int(r, "EXISTS bgserve:{app}:seq:502"), 0);
+    assert_int_equal(h_redis_int(r, "XLEN bgserve:{app}:tasks"), 0);
+    assert_int_equal(h_redis_int(r, "XLEN bgserve:{app}:done"), 3);
     broker_close(w2);
     broker_close(w1);
-    h_redis_stop(&r);
 }
 
 /* A step that ends other than succeeded (finished failed, or
@@ -362,10 +414,8 @@ static void broker_sequence_moves_on_at_each_finish(void **state)
  * notices are written, and none reaches the stream. */
 static void broker_sequence_skips_the_rest_in_redis(void **state)
 {
-    (void)state;
-    h_redis r;
-    h_redis_start(&r, NULL, NULL);
-    broker *b = open_app(&r, NULL, "app", "w1", 0);
+    h_redis *r = *state;
+    broker *b = open_app(r, NULL, "app", "w1", 0);
     broker_job jobs[3] = {
         {.id = 601, .name = "a", .max_attempts = 1},
         {.id = 602, .name = "b", .max_attempts = 1},
@@ -389,8 +439,8 @@ static void broker_sequence_skips_the_rest_in_redis(void **state)
     assert_string_equal(rec.error, "previous task 602 (b) failed");
     assert_true(rec.finished_ms > 0);
     broker_record_clear(&rec);
-    assert_true(h_redis_int(&r, "TTL bgserve:{app}:task:603") > 0);
-    assert_int_equal(h_redis_int(&r, "EXISTS bgserve:{app}:seq:602"), 0);
+    assert_true(h_redis_int(r, "TTL bgserve:{app}:task:603") > 0);
+    assert_int_equal(h_redis_int(r, "EXISTS bgserve:{app}:seq:602"), 0);
 
     /* Finished cancelled (a timeout) at the first step: both others. */
     jobs[0].id = 701, jobs[1].id = 702, jobs[2].id = 703;
@@ -406,8 +456,8 @@ static void broker_sequence_skips_the_rest_in_redis(void **state)
         assert_string_equal(rec.error, "previous task 701 (a) cancelled");
         broker_record_clear(&rec);
     }
-    assert_int_equal(h_redis_int(&r, "XLEN bgserve:{app}:tasks"), 0);
-    assert_int_equal(h_redis_int(&r, "EXISTS bgserve:{app}:seq:701"), 0);
+    assert_int_equal(h_redis_int(r, "XLEN bgserve:{app}:tasks"), 0);
+    assert_int_equal(h_redis_int(r, "EXISTS bgserve:{app}:seq:701"), 0);
 
     /* The notices, in order: 601 succeeded, 602 failed, 603 skipped,
      * 701 cancelled, 702 and 703 skipped. */
@@ -421,15 +471,12 @@ static void broker_sequence_skips_the_rest_in_redis(void **state)
         assert_int_equal(ids[i], want[i]);
     free(ids);
     broker_close(b);
-    h_redis_stop(&r);
 }
 
 static void broker_read_without_block_returns_at_once(void **state)
 {
-    (void)state;
-    h_redis r;
-    h_redis_start(&r, NULL, NULL);
-    broker *b = open_app(&r, NULL, "app", "w1", 0);
+    h_redis *r = *state;
+    broker *b = open_app(r, NULL, "app", "w1", 0);
     broker_msg *m = (broker_msg *)1;
     size_t n = 7;
     /* block_ms 0 is "do not block", not Redis's "block forever". */
@@ -438,23 +485,18 @@ static void broker_read_without_block_returns_at_once(void **state)
     assert_null(m);
     assert_int_equal(broker_read(b, 0, 0, &m, &n), BROKER_EINVAL);
     broker_close(b);
-    h_redis_stop(&r);
 }
 
 static void broker_retry_waits_in_the_delayed_set(void **state)
 {
-    (void)state;
-    h_redis r;
-    h_redis_start(&r, NULL, NULL);
-    broker *b = open_app(&r, NULL, "app", "w1", 0);
-    enqueue_one(b, 42, "flaky", "p");
-    broker_msg *m;
-    assert_int_equal(read_n(b, 1, &m, 5000), 1);
+    h_redis *r = *state;
+    broker *b = open_app(r, NULL, "app", "w1", 0);
+    broker_msg *m = enqueue_and_read(b, 42, "flaky", "p");
     assert_int_equal(broker_start(b, &m[0]), 0);
     assert_int_equal(broker_retry(b, &m[0], 60000, "boom"), 0);
     broker_msgs_free(m, 1);
-    assert_int_equal(h_redis_int(&r, "XLEN bgserve:{app}:tasks"), 0);
-    assert_int_equal(h_redis_int(&r, "ZCARD bgserve:{app}:delayed"), 1);
+    assert_int_equal(h_redis_int(r, "XLEN bgserve:{app}:tasks"), 0);
+    assert_int_equal(h_redis_int(r, "ZCARD bgserve:{app}:delayed"), 1);
     broker_record rec;
     assert_int_equal(broker_record_get(b, 42, &rec), 0);
     assert_string_equal(rec.state, "retrying");
@@ -466,17 +508,17 @@ static void broker_retry_waits_in_the_delayed_set(void **state)
     size_t n;
     assert_int_equal(broker_read(b, 1, 0, &m, &n), 0);
     assert_int_equal(n, 0);
-    redisReply *mem = h_redis_cmd(&r, "ZRANGE bgserve:{app}:delayed 0 -1");
+    redisReply *mem = h_redis_cmd(r, "ZRANGE bgserve:{app}:delayed 0 -1");
     assert_int_equal(mem->type, REDIS_REPLY_ARRAY);
     assert_int_equal(mem->elements, 1);
-    h_redis_int(&r, "ZADD bgserve:{app}:delayed 0 %b", mem->element[0]->str,
+    h_redis_int(r, "ZADD bgserve:{app}:delayed 0 %b", mem->element[0]->str,
                 mem->element[0]->len);
     freeReplyObject(mem);
     assert_int_equal(read_n(b, 1, &m, 5000), 1);
     assert_int_equal(m[0].id, 42);
     assert_int_equal(m[0].attempt, 1);
     assert_memory_equal(m[0].payload, "p", 1);
-    assert_int_equal(h_redis_int(&r, "ZCARD bgserve:{app}:delayed"), 0);
+    assert_int_equal(h_redis_int(r, "ZCARD bgserve:{app}:delayed"), 0);
     assert_int_equal(broker_start(b, &m[0]), 0);
     assert_int_equal(m[0].attempt, 2);
 
@@ -490,24 +532,19 @@ static void broker_retry_waits_in_the_delayed_set(void **state)
     broker_record_clear(&rec);
     broker_msgs_free(m, 1);
     broker_close(b);
-    h_redis_stop(&r);
 }
 
 static void broker_dead_letter_keeps_the_last_error(void **state)
 {
-    (void)state;
-    h_redis r;
-    h_redis_start(&r, NULL, NULL);
-    broker *b = open_app(&r, NULL, "app", "w1", 0);
-    enqueue_one(b, 7, "doomed", "payload-7");
-    broker_msg *m;
-    assert_int_equal(read_n(b, 1, &m, 5000), 1);
+    h_redis *r = *state;
+    broker *b = open_app(r, NULL, "app", "w1", 0);
+    broker_msg *m = enqueue_and_read(b, 7, "doomed", "payload-7");
     assert_int_equal(broker_start(b, &m[0]), 0);
     assert_int_equal(broker_dead(b, &m[0], "out of attempts: disk full"), 0);
     broker_msgs_free(m, 1);
 
-    assert_int_equal(h_redis_int(&r, "XLEN bgserve:{app}:tasks"), 0);
-    redisReply *d = h_redis_cmd(&r, "XRANGE bgserve:{app}:dead - +");
+    assert_int_equal(h_redis_int(r, "XLEN bgserve:{app}:tasks"), 0);
+    redisReply *d = h_redis_cmd(r, "XRANGE bgserve:{app}:dead - +");
     assert_int_equal(d->type, REDIS_REPLY_ARRAY);
     assert_int_equal(d->elements, 1);
     const redisReply *f = d->element[0]->element[1];
@@ -533,19 +570,16 @@ static void broker_dead_letter_keeps_the_last_error(void **state)
     assert_int_equal(broker_stats_get(b, &s), 0);
     assert_int_equal(s.dead, 1);
     broker_close(b);
-    h_redis_stop(&r);
 }
 
 static void broker_entries_of_another_app_are_dead_lettered(void **state)
 {
-    (void)state;
-    h_redis r;
-    h_redis_start(&r, NULL, NULL);
-    broker *b = open_app(&r, NULL, "app", "w1", 0);
-    redisReply *x = h_redis_cmd(&r, "XADD bgserve:{app}:tasks * app other id 5 name evil "
+    h_redis *r = *state;
+    broker *b = open_app(r, NULL, "app", "w1", 0);
+    redisReply *x = h_redis_cmd(r, "XADD bgserve:{app}:tasks * app other id 5 name evil "
                                     "attempt 0 max 1 payload x");
     freeReplyObject(x);
-    x = h_redis_cmd(&r, "XADD bgserve:{app}:tasks * hello world");
+    x = h_redis_cmd(r, "XADD bgserve:{app}:tasks * hello world");
     freeReplyObject(x);
     enqueue_one(b, 6, "good", "y");
 
@@ -559,24 +593,19 @@ static void broker_entries_of_another_app_are_dead_lettered(void **state)
     h_assert_contains(log, "belongs to app 'other', not 'app'");
     h_assert_contains(log, "not a bgserve task");
     free(log);
-    assert_int_equal(h_redis_int(&r, "XLEN bgserve:{app}:dead"), 2);
-    assert_int_equal(h_redis_int(&r, "XLEN bgserve:{app}:tasks"), 1);
+    assert_int_equal(h_redis_int(r, "XLEN bgserve:{app}:dead"), 2);
+    assert_int_equal(h_redis_int(r, "XLEN bgserve:{app}:tasks"), 1);
     /* The foreign id 5 wrote no record of ours. */
-    assert_int_equal(h_redis_int(&r, "EXISTS bgserve:{app}:task:5"), 0);
+    assert_int_equal(h_redis_int(r, "EXISTS bgserve:{app}:task:5"), 0);
     broker_close(b);
-    h_redis_stop(&r);
 }
 
 static void broker_claims_entries_of_a_silent_worker(void **state)
 {
-    (void)state;
-    h_redis r;
-    h_redis_start(&r, NULL, NULL);
-    broker *a = open_app(&r, NULL, "app", "dies", 50);
-    broker *b = open_app(&r, NULL, "app", "lives", 50);
-    enqueue_one(a, 1, "long", "z");
-    broker_msg *m;
-    assert_int_equal(read_n(a, 1, &m, 5000), 1);
+    h_redis *r = *state;
+    broker *a = open_app(r, NULL, "app", "dies", 50);
+    broker *b = open_app(r, NULL, "app", "lives", 50);
+    broker_msg *m = enqueue_and_read(a, 1, "long", "z");
     assert_int_equal(broker_start(a, &m[0]), 0);
     assert_int_equal(m[0].attempt, 1);
     broker_msgs_free(m, 1);
@@ -602,66 +631,52 @@ static void broker_claims_entries_of_a_silent_worker(void **state)
     assert_int_equal(s.consumers, 2);
     broker_close(a);
     broker_close(b);
-    h_redis_stop(&r);
 }
 
 static void broker_touch_keeps_an_entry(void **state)
 {
-    (void)state;
-    h_redis r;
-    h_redis_start(&r, NULL, NULL);
-    broker *a = open_app(&r, NULL, "app", "w1", 0);
-    enqueue_one(a, 1, "long", "z");
-    broker_msg *m;
-    assert_int_equal(read_n(a, 1, &m, 5000), 1);
+    h_redis *r = *state;
+    broker *a = open_app(r, NULL, "app", "w1", 0);
+    broker_msg *m = enqueue_and_read(a, 1, "long", "z");
     /* Make it look idle for an hour, then touch it: idle starts again. */
-    redisReply *x = h_redis_cmd(&r, "XCLAIM bgserve:{app}:tasks workers w1 0 %s IDLE 3600000 "
+    redisReply *x = h_redis_cmd(r, "XCLAIM bgserve:{app}:tasks workers w1 0 %s IDLE 3600000 "
                                     "JUSTID", m[0].entry);
     freeReplyObject(x);
     const char *one = m[0].entry;
     assert_int_equal(broker_touch(a, &one, 1), 0);
-    redisReply *p = h_redis_cmd(&r, "XPENDING bgserve:{app}:tasks workers - + 10");
+    redisReply *p = h_redis_cmd(r, "XPENDING bgserve:{app}:tasks workers - + 10");
     assert_int_equal(p->type, REDIS_REPLY_ARRAY);
     assert_int_equal(p->elements, 1);
     assert_true(p->element[0]->element[2]->integer < 3600000);
     freeReplyObject(p);
     broker_msgs_free(m, 1);
     broker_close(a);
-    h_redis_stop(&r);
 }
 
 /* ---- capacity, leases, ids --------------------------------------------- */
 
 static void broker_capacity_counts_queued_and_delayed(void **state)
 {
-    (void)state;
-    h_redis r;
-    h_redis_start(&r, NULL, NULL);
-    broker_config cfg = {.url = r.url, .app = "app", .capacity = 2};
+    h_redis *r = *state;
+    broker_config cfg = {.url = r->url, .app = "app", .capacity = 2};
     broker *b;
     char err[ERRCAP];
     assert_int_equal(broker_open(&cfg, &b, err, sizeof err), 0);
-    enqueue_one(b, 1, "t", "a");
-    broker_msg *m;
-    assert_int_equal(read_n(b, 1, &m, 5000), 1);
+    broker_msg *m = enqueue_and_read(b, 1, "t", "a");
     assert_int_equal(broker_retry(b, &m[0], 60000, "later"), 0);
     broker_msgs_free(m, 1);
     enqueue_one(b, 2, "t", "b");
     broker_job j = {.id = 3, .name = "t", .max_attempts = 1};
     assert_int_equal(broker_enqueue(b, &j, 1), BROKER_EFULL);
-    assert_int_equal(h_redis_int(&r, "XLEN bgserve:{app}:tasks"), 1);
-    assert_int_equal(h_redis_int(&r, "EXISTS bgserve:{app}:task:3"), 0);
+    assert_int_equal(h_redis_int(r, "XLEN bgserve:{app}:tasks"), 1);
+    assert_int_equal(h_redis_int(r, "EXISTS bgserve:{app}:task:3"), 0);
     broker_close(b);
-    h_redis_stop(&r);
 }
 
 static void broker_concurrency_slots_across_processes(void **state)
 {
-    (void)state;
-    h_redis r;
-    h_redis_start(&r, NULL, NULL);
-    broker *a = open_app(&r, NULL, "app", "w1", 0);
-    broker *b = open_app(&r, NULL, "app", "w2", 0);
+    two *t = *state;
+    broker *a = t->a, *b = t->b;
     assert_int_equal(broker_conc_take(a, "pdf", 2, "w1:1", 60000), 1);
     assert_int_equal(broker_conc_take(b, "pdf", 2, "w2:2", 60000), 1);
     assert_int_equal(broker_conc_take(b, "pdf", 2, "w2:3", 60000), 0);
@@ -678,36 +693,24 @@ static void broker_concurrency_slots_across_processes(void **state)
         got = broker_conc_take(b, "short", 1, "w2:6", 60000);
     assert_int_equal(got, 1);
     assert_int_equal(broker_conc_take(a, "pdf", 0, "x", 1), BROKER_EINVAL);
-    broker_close(a);
-    broker_close(b);
-    h_redis_stop(&r);
 }
 
 static void broker_periodic_lease_once_per_interval(void **state)
 {
-    (void)state;
-    h_redis r;
-    h_redis_start(&r, NULL, NULL);
-    broker *a = open_app(&r, NULL, "app", "w1", 0);
-    broker *b = open_app(&r, NULL, "app", "w2", 0);
+    two *t = *state;
+    broker *a = t->a, *b = t->b;
     assert_int_equal(broker_lease(a, "cleanup", 60000), 1);
     assert_int_equal(broker_lease(b, "cleanup", 60000), 0);
     assert_int_equal(broker_lease(a, "cleanup", 60000), 0);
     assert_int_equal(broker_lease(b, "report", 60000), 1);
-    long long pttl = h_redis_int(&r, "PTTL bgserve:{app}:periodic:cleanup");
+    long long pttl = h_redis_int(&t->r, "PTTL bgserve:{app}:periodic:cleanup");
     assert_true(pttl > 0 && pttl <= 60000);
-    broker_close(a);
-    broker_close(b);
-    h_redis_stop(&r);
 }
 
 static void broker_ids_unique_across_brokers(void **state)
 {
-    (void)state;
-    h_redis r;
-    h_redis_start(&r, NULL, NULL);
-    broker *a = open_app(&r, NULL, "app", "w1", 0);
-    broker *b = open_app(&r, NULL, "app", "w2", 0);
+    two *t = *state;
+    broker *a = t->a, *b = t->b;
     uint64_t fa, fb, fc;
     assert_int_equal(broker_next_ids(a, 100, &fa), 0);
     assert_int_equal(broker_next_ids(b, 50, &fb), 0);
@@ -716,21 +719,16 @@ static void broker_ids_unique_across_brokers(void **state)
     assert_int_equal(fb, 101);
     assert_int_equal(fc, 151);
     assert_int_equal(broker_next_ids(a, 0, &fc), BROKER_EINVAL);
-    broker_close(a);
-    broker_close(b);
-    h_redis_stop(&r);
 }
 
 /* ---- outages ------------------------------------------------------------ */
 
 static void broker_down_fails_fast_and_reconnects(void **state)
 {
-    (void)state;
-    h_redis r;
-    h_redis_start(&r, NULL, NULL);
-    broker *b = open_app(&r, NULL, "app", "w1", 0);
+    h_redis *r = *state;
+    broker *b = open_app(r, NULL, "app", "w1", 0);
     enqueue_one(b, 1, "t", "a");
-    h_redis_halt(&r);
+    h_redis_halt(r);
 
     h_capture_begin();
     broker_job j = {.id = 2, .name = "t", .max_attempts = 1};
@@ -747,7 +745,7 @@ static void broker_down_fails_fast_and_reconnects(void **state)
 
     /* Redis without persistence comes back empty: the broker reconnects,
      * makes the group again and goes on. */
-    h_redis_restart(&r);
+    h_redis_restart(r);
     uint64_t end = h_now_ms() + 15000;
     int rc = BROKER_EDOWN;
     while (rc != 0 && h_now_ms() < end)
@@ -777,7 +775,6 @@ static void broker_down_fails_fast_and_reconnects(void **state)
     assert_int_equal(broker_stats_get(b, &s), 0);
     assert_true(s.reconnects >= 2);
     broker_close(b);
-    h_redis_stop(&r);
 }
 
 static void broker_survives_a_restart_with_aof(void **state)
@@ -811,21 +808,21 @@ int main(void)
         cmocka_unit_test(broker_url_refusals_hide_the_password),
         cmocka_unit_test(broker_open_unreachable_host),
         cmocka_unit_test(broker_open_wrong_or_missing_password),
-        cmocka_unit_test(broker_open_refuses_keys_of_another_app),
-        cmocka_unit_test(broker_enqueue_read_finish),
-        cmocka_unit_test(broker_sequence_moves_on_at_each_finish),
-        cmocka_unit_test(broker_sequence_skips_the_rest_in_redis),
-        cmocka_unit_test(broker_read_without_block_returns_at_once),
-        cmocka_unit_test(broker_retry_waits_in_the_delayed_set),
-        cmocka_unit_test(broker_dead_letter_keeps_the_last_error),
-        cmocka_unit_test(broker_entries_of_another_app_are_dead_lettered),
-        cmocka_unit_test(broker_claims_entries_of_a_silent_worker),
-        cmocka_unit_test(broker_touch_keeps_an_entry),
-        cmocka_unit_test(broker_capacity_counts_queued_and_delayed),
-        cmocka_unit_test(broker_concurrency_slots_across_processes),
-        cmocka_unit_test(broker_periodic_lease_once_per_interval),
-        cmocka_unit_test(broker_ids_unique_across_brokers),
-        cmocka_unit_test(broker_down_fails_fast_and_reconnects),
+        cmocka_unit_test_setup_teardown(broker_open_refuses_keys_of_another_app, redis_up, redis_down),
+        cmocka_unit_test_setup_teardown(broker_enqueue_read_finish, redis_up, redis_down),
+        cmocka_unit_test_setup_teardown(broker_sequence_moves_on_at_each_finish, redis_up, redis_down),
+        cmocka_unit_test_setup_teardown(broker_sequence_skips_the_rest_in_redis, redis_up, redis_down),
+        cmocka_unit_test_setup_teardown(broker_read_without_block_returns_at_once, redis_up, redis_down),
+        cmocka_unit_test_setup_teardown(broker_retry_waits_in_the_delayed_set, redis_up, redis_down),
+        cmocka_unit_test_setup_teardown(broker_dead_letter_keeps_the_last_error, redis_up, redis_down),
+        cmocka_unit_test_setup_teardown(broker_entries_of_another_app_are_dead_lettered, redis_up, redis_down),
+        cmocka_unit_test_setup_teardown(broker_claims_entries_of_a_silent_worker, redis_up, redis_down),
+        cmocka_unit_test_setup_teardown(broker_touch_keeps_an_entry, redis_up, redis_down),
+        cmocka_unit_test_setup_teardown(broker_capacity_counts_queued_and_delayed, redis_up, redis_down),
+        cmocka_unit_test_setup_teardown(broker_concurrency_slots_across_processes, two_up, two_down),
+        cmocka_unit_test_setup_teardown(broker_periodic_lease_once_per_interval, two_up, two_down),
+        cmocka_unit_test_setup_teardown(broker_ids_unique_across_brokers, two_up, two_down),
+        cmocka_unit_test_setup_teardown(broker_down_fails_fast_and_reconnects, redis_up, redis_down),
         cmocka_unit_test(broker_survives_a_restart_with_aof),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
