@@ -82,6 +82,20 @@ static void start_server(h_rig *g, const char *const *more)
     h_rig_server(g, h_fixture("scale_app"), more);
 }
 
+/* rig_redis (no more environment), then the server with more arguments. */
+static void rig_up(h_rig *g, const char *const *extra, const char *const *more)
+{
+    rig_redis(g, extra, NULL);
+    start_server(g, more);
+}
+
+/* The dead letters hold ndead jobs; then stop everything (h_rig_down). */
+static void rig_done(h_rig *g, long long ndead)
+{
+    assert_int_equal(h_redis_int(&g->redis, "XLEN bgserve:{scale_app}:dead"), ndead);
+    h_rig_down(g);
+}
+
 static void start_worker(h_rig *g, h_server *w, const char *plugin, const char *const *more)
 {
     h_start_worker(w, g->redis.url, plugin ? plugin : h_fixture("scale_app"), more, g->env);
@@ -247,8 +261,7 @@ static void broker_scale_tasks_run_once_on_both_workers(void **state)
     /* A sanitizer build runs everything several times slower. */
     const size_t total = h_build_sanitize()[0] ? 2000 : 10000;
     h_rig g;
-    rig_redis(&g, NULL, NULL);
-    start_server(&g, NULL);
+    rig_up(&g, NULL, NULL);
     add_worker(&g, NULL);
     add_worker(&g, NULL);
     idlist ids = {0};
@@ -272,9 +285,8 @@ static void broker_scale_tasks_run_once_on_both_workers(void **state)
     /* The server hears of every final state; nothing is left in Redis. */
     assert_true(h_wait_stat(&g.server, "broker", "awaited_here", 0, DEADLINE_MS));
     assert_int_equal(h_redis_int(&g.redis, "XLEN bgserve:{scale_app}:tasks"), 0);
-    assert_int_equal(h_redis_int(&g.redis, "XLEN bgserve:{scale_app}:dead"), 0);
     free(ids.v);
-    h_rig_down(&g);
+    rig_done(&g, 0);
 }
 
 /* ---- small requests ---------------------------------------------------------- */
@@ -325,8 +337,7 @@ static void broker_scale_redis_restart_loses_nothing_accepted(void **state)
     (void)state;
     static const char *const aof[] = {"--appendonly", "yes", "--appendfsync", "always", NULL};
     h_rig g;
-    rig_redis(&g, aof, NULL);
-    start_server(&g, NULL);
+    rig_up(&g, aof, NULL);
     /* One task at a time: the worker runs hold through the outage and
      * leaves the others in the stream. */
     const char *one[] = {"--concurrency", "1", NULL};
@@ -363,9 +374,8 @@ static void broker_scale_redis_restart_loses_nothing_accepted(void **state)
     assert_int_equal(per[0] + per[1], ids.n);
     /* Its record says so on the server that accepted it. */
     free(wait_record(&g, ids.v[0], "succeeded"));
-    assert_int_equal(h_redis_int(&g.redis, "XLEN bgserve:{scale_app}:dead"), 0);
     free(ids.v);
-    h_rig_down(&g);
+    rig_done(&g, 0);
 }
 
 /* ---- 3. periodic ticks and sequences across processes ---------------------------- */
@@ -418,7 +428,7 @@ static void broker_scale_periodic_once_per_interval(void **state)
             if (strcmp(rs[i].what, "tick") == 0 && strcmp(rs[j].what, "tick") == 0)
                 assert_true(rs[i].id != rs[j].id);
     free(rs);
-    h_rig_down(&g);
+    rig_done(&g, 0);
 }
 
 enum { SEQ_LEN = 6 };
@@ -447,8 +457,7 @@ static void broker_scale_sequences_keep_order_across_workers(void **state)
 {
     (void)state;
     h_rig g;
-    rig_redis(&g, NULL, NULL);
-    start_server(&g, NULL);
+    rig_up(&g, NULL, NULL);
     add_worker(&g, NULL);
     add_worker(&g, NULL);
     int spanned = 0;
@@ -499,9 +508,8 @@ static void broker_scale_sequences_keep_order_across_workers(void **state)
     assert_int_equal(seq_steps(rs, n, tag, pos, pid, id), 3);
     free(rs);
     assert_int_equal(count_runs(&g, "fail", 0), 1);
-    assert_int_equal(h_redis_int(&g.redis, "XLEN bgserve:{scale_app}:dead"), 1);
     free(ids.v);
-    h_rig_down(&g);
+    rig_done(&g, 1);
 }
 
 /* The state of task id in its record in Redis, once it is want, or
@@ -532,9 +540,8 @@ static void broker_scale_sequence_outlives_its_server(void **state)
 {
     (void)state;
     h_rig g;
-    rig_redis(&g, NULL, NULL);
     const char *quick[] = {"--drain-timeout", "0", NULL};
-    start_server(&g, quick);
+    rig_up(&g, NULL, quick);
     add_worker(&g, NULL);
     add_worker(&g, NULL);
     idlist ids = {0};
@@ -575,9 +582,8 @@ static void broker_scale_sequence_outlives_its_server(void **state)
     free(rs);
     assert_int_equal(h_redis_int(&g.redis, "EXISTS bgserve:{scale_app}:seq:%" PRIu64,
                                  ids.v[0]), 0);
-    assert_int_equal(h_redis_int(&g.redis, "XLEN bgserve:{scale_app}:dead"), 0);
     free(ids.v);
-    h_rig_down(&g);
+    rig_done(&g, 0);
 }
 
 /* ---- 4. bgserve worker --reload ------------------------------------------------------ */
@@ -589,8 +595,7 @@ static void broker_scale_worker_reload_loses_nothing(void **state)
 {
     (void)state;
     h_rig g;
-    rig_redis(&g, NULL, NULL);
-    start_server(&g, NULL);
+    rig_up(&g, NULL, NULL);
     char dir[PATH_MAX], plugin[PATH_MAX + 16];
     snprintf(dir, sizeof dir, "%s/out", g.redis.dir);
     assert_int_equal(mkdir(dir, 0755), 0);
@@ -631,10 +636,9 @@ static void broker_scale_worker_reload_loses_nothing(void **state)
     assert_int_equal(rs[n - 1].build, 'B');
     free(rs);
     assert_true(h_wait_log(&w, "generation 2 serving", DEADLINE_MS));
-    assert_int_equal(h_redis_int(&g.redis, "XLEN bgserve:{scale_app}:dead"), 0);
     h_stop_worker(&w);
     free(ids.v);
-    h_rig_down(&g);
+    rig_done(&g, 0);
 }
 
 /* ---- 5. a worker stopped while its task runs ----------------------------------- */
@@ -646,8 +650,7 @@ static void broker_scale_stopped_worker_hands_its_task_back(void **state)
 {
     (void)state;
     h_rig g;
-    rig_redis(&g, NULL, NULL);
-    start_server(&g, NULL);
+    rig_up(&g, NULL, NULL);
     const char *quick[] = {"--drain-timeout", "0", NULL};
     h_server a;
     start_worker(&g, &a, NULL, quick);
@@ -678,8 +681,7 @@ static void broker_scale_stopped_worker_hands_its_task_back(void **state)
     assert_int_equal(h_json_num(rec, "attempts"), 1);
     free(rec);
     assert_int_equal(count_runs(&g, "start", 0), 2);
-    assert_int_equal(h_redis_int(&g.redis, "XLEN bgserve:{scale_app}:dead"), 0);
-    h_rig_down(&g);
+    rig_done(&g, 0);
 }
 
 /* While it drains, a stopping worker takes nothing new from the stream:
@@ -689,8 +691,7 @@ static void broker_scale_draining_worker_takes_nothing_new(void **state)
 {
     (void)state;
     h_rig g;
-    rig_redis(&g, NULL, NULL);
-    start_server(&g, NULL);
+    rig_up(&g, NULL, NULL);
     add_worker(&g, NULL); /* b: g.w[0] */
     h_server a;
     start_worker(&g, &a, NULL, NULL);
@@ -723,7 +724,7 @@ static void broker_scale_draining_worker_takes_nothing_new(void **state)
     assert_int_equal(wait_runs(&g, "ran", 0, ids.n + held.n, DEADLINE_MS), ids.n + held.n);
     free(held.v);
     free(ids.v);
-    h_rig_down(&g);
+    rig_done(&g, 0);
 }
 
 int main(void)
