@@ -732,9 +732,11 @@ static int run(sqlite3_stmt *st)
 /* ---- folding a start into its add -------------------------------------------- */
 
 /*
- * Under load a worker often claims a task before the writer has taken
- * the batch holding that task's add: the add and the start are then in
- * the same transaction, and the start needs no row write of its own.
+ * A worker may claim a task before the writer has taken the batch
+ * holding that task's add (a task queued at once, bgs_req_enqueue; those
+ * a response attaches reach the workers after their commit): the add and
+ * the start are then in the same transaction, and the start needs no
+ * row write of its own.
  * Before applying a batch the writer finds such pairs, the first start
  * of a task whose add is earlier in the batch with no other record of
  * that task between them, and moves the start into the add: the row is
