@@ -282,8 +282,9 @@ static void *consume(void *p)
  * machine's load gives), the adaptive one's bound (PACE_MAX_US, where it
  * sits when the CPUs are saturated), a long one (--linger 2000), where
  * most nodes wait for the sentry or a running consumer, and the adaptive
- * one fed a test source that swings it from 0 to its bound and back
- * every few hundred microseconds, so that it changes under the stream. */
+ * one fed a test source and windows of 100 µs that move it (halving, and
+ * the experiments' probes) every few hundred microseconds, so that it
+ * changes under the stream. */
 typedef struct linger_case {
     unsigned linger;
     int swinging;
@@ -297,9 +298,11 @@ static unsigned linger_of(void **state)
     return ((const linger_case *)*state)->linger;
 }
 
-/* Five windows saturated, five with time to spare, and again: the
- * linger goes up to its bound and down to 0 (pace.h).  Called by one
- * thread at a time (the pace's measure lock). */
+/* Five windows saturated, five with time to spare, and again: with
+ * time to spare the linger halves toward 0, saturated the pace
+ * experiments (every other window a probe, longer or shorter, kept or
+ * not as the stream's pushes say), so the linger moves under the stream
+ * (pace.h).  Called by one thread at a time (the pace's measure lock). */
 static int swing(void *arg, pace_reading *r)
 {
     static uint64_t n, idle_sum;

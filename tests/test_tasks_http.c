@@ -691,6 +691,10 @@ static void tasks_http_stats_shape(void **state)
     h_assert_contains(qstats, "\"linger_mode\":\"adaptive\"");
     assert_true(h_json_num(qstats, "linger_us") <= PACE_MAX_US);
     assert_true(h_json_num(qstats, "linger_bound_us") > 0);
+    /* and what it follows: the push rate and its experiments */
+    assert_true(h_json_num(qstats, "pushes_per_s") >= 0);
+    assert_true(h_json_num(qstats, "linger_probes_kept") >= 0);
+    assert_true(h_json_num(qstats, "linger_probes_kept") <= h_json_num(qstats, "linger_probes"));
     assert_true(h_json_num(workers, "busy") >= 0);
     assert_true(h_json_num(workers, "total") > 0);
     assert_true(h_json_num(r.body, "requests") > 0);

@@ -2,48 +2,83 @@
  * pace.h - how long a queued task may wait for company before a worker
  * is woken for it (the *linger*), when it follows the load: the adaptive
  * default of bgserve (`--linger adaptive`).  docs/tasks.md, "When tasks
- * run", explains the policy; bench/README.md has the measurements.
+ * run", explains the policy; bench/README.md (sections 12-15) has the
+ * measurements.
  *
  * A wake-up is cheap when the woken worker finds an idle CPU, and costs
  * the server several times a whole request when it must preempt a busy
- * HTTP thread (or the load generator).  So the pace watches, over
- * windows of PACE_WINDOW_US, the CPUs this process may run on
- * (/proc/stat, restricted to its affinity mask): how much of their time
- * was idle, and how much of it this process used.  After each window it
- * moves the linger one step:
- *   - idle at least PACE_SPARE_PERMILLE of their time, or this process
- *     using less than PACE_LIGHT_PERMILLE of it (its wake-ups are few,
- *     whoever else keeps the CPUs busy): the linger halves (below
- *     PACE_STEP_MIN_US it is 0: every task that finds a worker idle
- *     wakes it at once);
- *   - idle less than PACE_BUSY_PERMILLE while this process uses at least
- *     PACE_HEAVY_PERMILLE: saturated, and by us; the linger doubles (from
- *     0 to PACE_STEP_MIN_US), up to PACE_MAX_US, the bound;
- *   - otherwise it stays, so the two do not chase each other.
- * The queue (queue.c) derives its other times from the linger, so the
- * bound on how long a task waits for company is queue_linger_bound_us of
- * PACE_MAX_US (the sentry's watch).
+ * HTTP thread (or the load generator).  Whether a longer linger is worth
+ * its later starts cannot be read from inside the server: a closed-loop
+ * client starved of CPU by the wake-ups and an open-loop client at a
+ * rate the server keeps up with look the same (same requests per second,
+ * same CPU, bench/README.md section 14).  So the pace *tries*: it cuts
+ * time into windows of PACE_WINDOW_US and counts, per window, the pushes
+ * (the tasks of one response go to the queue in one push, so pushes per
+ * second follow the requests completed), and reads the CPUs this process
+ * may run on (/proc/stat over the affinity mask, and its own CPU time).
+ * After each window pace_ctl_step decides the next one:
+ *   - a light window (fewer than PACE_FEW_PER_S pushes a second: a dev
+ *     server, or one on a machine busy with other work, whose wake-ups
+ *     are few), or one where the CPUs had time to spare (idle at least
+ *     PACE_SPARE_PERMILLE of it, so a woken worker finds one): the
+ *     linger comes down a rung (below PACE_STEP_MIN_US it is 0: every
+ *     task that finds a worker idle wakes it at once), and any experiment
+ *     is called off;
+ *   - otherwise it experiments: windows alternate between the kept
+ *     linger and a *probe* at a neighbour on the ladder (a rung longer
+ *     or shorter).  Each probe window is a trial, compared with the mean of
+ *     the plain windows either side of it (so a load that drifts slowly
+ *     cancels out; when those two differ by more than
+ *     PACE_NOISE_PERMILLE the load moved under the probe, and the trial
+ *     does not vote), and votes: a longer probe for itself when it served
+ *     more than PACE_GAIN_PERMILLE more pushes a second (a closed-loop
+ *     client sends more when answered sooner: the wake-ups it saved were
+ *     worth it), a shorter one unless it served more than
+ *     PACE_LOSS_PERMILLE fewer (the same within noise: the client sets
+ *     the rate, so the earlier starts cost nothing).  The probe is kept
+ *     when the votes for it lead by PACE_LEAD, refused when those against
+ *     it do (a vote, not a mean: one window disturbed by another process
+ *     counts once however far off it is).  A kept probe moves the linger
+ *     and the next experiment goes the same way at once; a refused one
+ *     (or none decided in PACE_MAX_TRIALS) turns the next experiment
+ *     around, after PACE_REST_WINDOWS plain windows.  Requests per CPU
+ *     second would be the wrong objective: a longer linger always saves
+ *     CPU, also when the client sends no more for it; and the push rate
+ *     alone, judged window by window, is too noisy on a shared machine
+ *     (bench/README.md section 15), hence the trials.
+ * The linger moves on a ladder of rungs PACE_RUNG times apart: 0,
+ * PACE_STEP_MIN_US, ..., PACE_MAX_US, the bound (0, 16, 64, 256 µs).
+ * Rungs that far apart differ enough in wake-ups (bench/README.md
+ * section 10) for a probe's effect to show through a shared machine's
+ * noise, and the ladder is climbed in three experiments.  The queue (queue.c) derives its other
+ * times from the linger, so the longest a task waits for company is
+ * queue_linger_bound_us of PACE_MAX_US (the sentry's watch).
  *
- * State is process-wide (it describes the machine, and every queue of the
- * process shares it) and lock-free: atomics, and one thread at a time
- * elected to measure (pace_linger).  Measuring costs one pread of
- * /proc/stat per window, on the thread of a push; an idle server
- * measures nothing.  Without a readable /proc/stat the linger stays at
- * PACE_FALLBACK_US.
+ * State is process-wide (it describes the machine and its load, and
+ * every queue of the process shares it) and lock-free on the fast path:
+ * an atomic push count, and one thread at a time elected to measure
+ * (pace_linger).  Measuring costs one pread of /proc/stat per window, on
+ * the thread of a push; an idle server measures nothing.  Without a
+ * readable /proc/stat the experiments alone decide.
  */
 #ifndef BGSERVE_PACE_H
 #define BGSERVE_PACE_H
 
 #include <stdint.h>
 
-#define PACE_WINDOW_US 100000u
+#define PACE_WINDOW_US 50000u
 #define PACE_SPARE_PERMILLE 200u
-#define PACE_BUSY_PERMILLE 100u
-#define PACE_LIGHT_PERMILLE 125u
-#define PACE_HEAVY_PERMILLE 250u
+#define PACE_FEW_PER_S 1000u
+#define PACE_NOISE_PERMILLE 100u
+#define PACE_GAIN_PERMILLE 20u
+#define PACE_LOSS_PERMILLE 20u
+#define PACE_LEAD 4u
+#define PACE_MAX_TRIALS 16u
+#define PACE_REST_WINDOWS 40u
 #define PACE_STEP_MIN_US 16u
+#define PACE_RUNG 4u
 #define PACE_MAX_US 256u
-#define PACE_FALLBACK_US 30u
+#define PACE_START_US PACE_MAX_US
 
 /* The adaptive linger now, in µs; when the last measure is a window old
  * (now_us, util_now_us), this call measures and steps it first. */
@@ -55,6 +90,11 @@ unsigned pace_current(void);
 int pace_idle_permille(void);
 /* This process's share of the same CPUs' time, likewise. */
 int pace_own_permille(void);
+/* Pushes a second in the last window (0 before the first), and the
+ * experiments judged and probes kept since the start. */
+uint64_t pace_rate(void);
+uint64_t pace_probes(void);
+uint64_t pace_kept(void);
 
 /* What one reading of the CPUs says, in clock ticks (USER_HZ) since
  * some start: idle (idle + iowait) and all time of the CPUs we may run
@@ -63,10 +103,39 @@ typedef struct pace_reading {
     uint64_t idle, total, own;
 } pace_reading;
 
-/* One step of the controller (top of file): the next linger from the
- * current one, the idle share of the window and this process's share,
- * both per mille of the CPUs' time. */
-unsigned pace_step(unsigned linger_us, unsigned idle_permille, unsigned own_permille);
+/* What the pace saw in one window: its length, the pushes made in it,
+ * and the CPUs' idle share and this process's share of their time, per
+ * mille (-1: not read; the controller goes by the idle share, the own
+ * share is for the stats). */
+typedef struct pace_window {
+    uint64_t us, pushes;
+    int idle_permille, own_permille;
+} pace_window;
+
+/* The controller: zeroed, then linger set to where it starts.  One
+ * experiment is a series of trials (plain, probe, plain: the plain
+ * window after a probe is also the one before the next); a trial's d is
+ * the probe's pushes a second over the two plain windows' mean, less
+ * one, per mille, and it votes for the probe or against it. */
+typedef struct pace_ctl {
+    unsigned linger;        /* the linger kept */
+    unsigned probe;         /* the linger of the experiment's probes */
+    int down;               /* the probes are shorter (1) or longer (0) */
+    int in_probe;           /* the window running is a probe */
+    int have_before, have_tried;
+    unsigned rest;          /* plain windows left before the next experiment */
+    uint64_t before, tried; /* pushes a second: the last plain window, the probe */
+    unsigned n;             /* the experiment's trials so far */
+    int score;              /* their votes for the probe less those against */
+    uint64_t experiments, kept; /* judged, and probes kept, since the start */
+} pace_ctl;
+
+/* One step of the controller (top of file): after window w, the linger
+ * for the next window (the kept one, or a probe). */
+unsigned pace_ctl_step(pace_ctl *c, const pace_window *w);
+/* The ladder's rungs next to linger_us, within 0..PACE_MAX_US. */
+unsigned pace_longer(unsigned linger_us);
+unsigned pace_shorter(unsigned linger_us);
 /* From the text of /proc/stat, the idle (idle + iowait) and total ticks
  * summed over the per-CPU lines of the CPUs for which allowed(cpu, arg)
  * is true (every CPU when allowed is NULL).  0, or -1 when no such line
@@ -77,7 +146,7 @@ int pace_parse_stat(const char *text, int (*allowed)(int cpu, void *arg), void *
 /* For tests: measure with fn(arg, &reading) (0, or -1: no reading)
  * instead of /proc/stat and this process's CPU time, every window µs;
  * NULL restores those.  Either way the pace starts again from
- * PACE_FALLBACK_US, unmeasured. */
+ * PACE_START_US, unmeasured, with no push counted. */
 typedef int (*pace_source_fn)(void *arg, pace_reading *r);
 void pace_test_source(pace_source_fn fn, void *arg, unsigned window);
 

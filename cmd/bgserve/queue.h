@@ -160,8 +160,9 @@ struct queue {
  * company before a consumer is woken for it (bgserve --linger): more
  * means fewer wake-ups and a later start; 0 wakes a consumer for every
  * push that finds one idle; QUEUE_LINGER_ADAPTIVE (the default) follows
- * the load, from 0 when the CPUs have time to spare up to PACE_MAX_US
- * when they are saturated (pace.h).  Clamped to QUEUE_LINGER_MAX_US.
+ * the load, from 0 when it is light or the CPUs have time to spare up to
+ * PACE_MAX_US, by experiment under load (pace.h).  Clamped to
+ * QUEUE_LINGER_MAX_US.
  */
 #define QUEUE_LINGER_ADAPTIVE UINT_MAX
 #define QUEUE_LINGER_DEFAULT QUEUE_LINGER_ADAPTIVE

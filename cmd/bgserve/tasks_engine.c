@@ -543,7 +543,8 @@ void tasks_stats_json(tasks_engine *t, json *j)
     json_u64(j, queue_wakeups(t->q));
     /* The wake-up policy (docs/tasks.md, "When tasks run"): the linger
      * now, the longest a task may wait for company, and for the adaptive
-     * one the shares of the CPUs' time it follows (idle, and ours). */
+     * one what it follows: the shares of the CPUs' time (idle, and ours),
+     * the pushes a second, and its experiments (judged, and kept). */
     int adaptive = t->linger_us == QUEUE_LINGER_ADAPTIVE;
     json_key(j, "linger_mode");
     json_str(j, adaptive ? "adaptive" : "fixed");
@@ -561,6 +562,12 @@ void tasks_stats_json(tasks_engine *t, json *j)
             else
                 json_double(j, pm[i] / 10.0);
         }
+        json_key(j, "pushes_per_s");
+        json_u64(j, pace_rate());
+        json_key(j, "linger_probes");
+        json_u64(j, pace_probes());
+        json_key(j, "linger_probes_kept");
+        json_u64(j, pace_kept());
     }
     json_obj_end(j);
 
