@@ -73,7 +73,7 @@
 #define PACE_GAIN_PERMILLE 20u
 #define PACE_LOSS_PERMILLE 20u
 #define PACE_LEAD 4u
-#define PACE_MAX_TRIALS 16u
+#define PACE_MAX_TRIALS 8u
 #define PACE_REST_WINDOWS 40u
 #define PACE_STEP_MIN_US 16u
 #define PACE_RUNG 4u
