@@ -2,7 +2,7 @@
  * pace.h - how long a queued task may wait for company before a worker
  * is woken for it (the *linger*), when it follows the load: the adaptive
  * default of bgserve (`--linger adaptive`).  docs/tasks.md, "When tasks
- * run", explains the policy; bench/README.md (sections 12-15) has the
+ * run", explains the policy; bench/README.md (sections 12, 14, 16) has the
  * measurements.
  *
  * A wake-up is cheap when the woken worker finds an idle CPU, and costs
@@ -45,7 +45,7 @@
  *     second would be the wrong objective: a longer linger always saves
  *     CPU, also when the client sends no more for it; and the push rate
  *     alone, judged window by window, is too noisy on a shared machine
- *     (bench/README.md section 15), hence the trials.
+ *     (bench/README.md section 16), hence the trials.
  * The linger moves on a ladder of rungs PACE_RUNG times apart: 0,
  * PACE_STEP_MIN_US, ..., PACE_MAX_US, the bound (0, 16, 64, 256 µs).
  * Rungs that far apart differ enough in wake-ups (bench/README.md
