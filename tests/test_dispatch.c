@@ -116,6 +116,39 @@ static void dispatch_body_and_headers_in_and_out(void **state)
     answer_free(&a);
 }
 
+/* Past the headers a response holds in itself (RESPONSE_INLINE_HEADERS)
+ * they move to an array of their own, in order; a reset starts over. */
+static void dispatch_response_holds_many_headers(void **state)
+{
+    (void)state;
+    struct bgs_req req;
+    struct bgs_res res;
+    char name[32], value[32];
+    request_init(&req, &res, "/");
+    for (int round = 0; round < 2; round++) {
+        for (int i = 0; i < 3 * RESPONSE_INLINE_HEADERS + 1; i++) {
+            snprintf(name, sizeof name, "X-H%d", i);
+            snprintf(value, sizeof value, "v%d-%d", round, i);
+            response_add_header(&res, name, value);
+        }
+        assert_int_equal(res.nheaders, 3 * RESPONSE_INLINE_HEADERS + 1);
+        for (int i = 0; i < 3 * RESPONSE_INLINE_HEADERS + 1; i++) {
+            snprintf(name, sizeof name, "X-H%d", i);
+            snprintf(value, sizeof value, "v%d-%d", round, i);
+            assert_string_equal(res.headers[i].name, name);
+            assert_string_equal(res.headers[i].value, value);
+        }
+        response_reset(&res);
+        assert_int_equal(res.nheaders, 0);
+        response_add_header(&res, "Retry-After", "1");
+        assert_string_equal(res.headers[0].value, "1");
+        if (round == 0)
+            response_reset(&res);
+    }
+    response_free(&res);
+    request_free(&req);
+}
+
 static void dispatch_params_query_and_remote(void **state)
 {
     (void)state;
@@ -202,6 +235,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(dispatch_body_and_headers_in_and_out),
+        cmocka_unit_test(dispatch_response_holds_many_headers),
         cmocka_unit_test(dispatch_params_query_and_remote),
         cmocka_unit_test(dispatch_bgserve_answers_without_handler),
         cmocka_unit_test(dispatch_failing_handler_answers_500),

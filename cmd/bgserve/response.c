@@ -21,13 +21,13 @@
 
 /* ---- the response --------------------------------------------------------- */
 
+/* A header's name and value share one allocation (the name's). */
 static void free_headers(struct bgs_res *res)
 {
-    for (size_t i = 0; i < res->nheaders; i++) {
+    for (size_t i = 0; i < res->nheaders; i++)
         free(res->headers[i].name);
-        free(res->headers[i].value);
-    }
-    free(res->headers);
+    if (res->headers != res->hdr_inline)
+        free(res->headers);
     res->headers = NULL;
     res->nheaders = res->cap_headers = 0;
 }
@@ -63,12 +63,23 @@ int response_check_header(const char *name, const char *value)
 
 void response_add_header(struct bgs_res *res, const char *name, const char *value)
 {
-    if (res->nheaders == res->cap_headers) {
-        res->cap_headers = res->cap_headers ? res->cap_headers * 2 : 4;
-        res->headers = xrealloc(res->headers, res->cap_headers * sizeof *res->headers);
+    if (res->headers == NULL) {
+        res->headers = res->hdr_inline;
+        res->cap_headers = RESPONSE_INLINE_HEADERS;
+    } else if (res->nheaders == res->cap_headers) {
+        response_hdr *more = xmalloc(2 * res->cap_headers * sizeof *more);
+        memcpy(more, res->headers, res->nheaders * sizeof *more);
+        if (res->headers != res->hdr_inline)
+            free(res->headers);
+        res->headers = more;
+        res->cap_headers *= 2;
     }
-    res->headers[res->nheaders].name = xstrdup(name);
-    res->headers[res->nheaders].value = xstrdup(value);
+    size_t nl = strlen(name) + 1, vl = strlen(value) + 1;
+    char *both = xmalloc(nl + vl);
+    memcpy(both, name, nl);
+    memcpy(both + nl, value, vl);
+    res->headers[res->nheaders].name = both;
+    res->headers[res->nheaders].value = both + nl;
     res->nheaders++;
 }
 

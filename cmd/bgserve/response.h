@@ -22,13 +22,18 @@ typedef struct response_hdr {
     char *value;
 } response_hdr;
 
+/* Headers a response holds without allocating an array for them
+ * (Bgserve-Tasks, Location, Retry-After...). */
+#define RESPONSE_INLINE_HEADERS 4
+
 struct bgs_res {
     uint32_t status;          /* 200 until set */
     char *content_type;       /* owned; NULL: see response_content_type */
     int untyped;              /* send no Content-Type at all (response_take_body) */
     int close;                /* the answer closes the connection */
-    response_hdr *headers;         /* owned */
+    response_hdr *headers;         /* owned; hdr_inline until it outgrows it */
     size_t nheaders, cap_headers;
+    response_hdr hdr_inline[RESPONSE_INLINE_HEADERS]; /* the first headers: no malloc */
     /* The body, the only copy.  Once the carrier took it (response_take_body)
      * body is NULL and body_len still says how many bytes it was. */
     char *body;               /* owned (malloc), kept NUL-terminated */
