@@ -98,7 +98,7 @@ static queue_node *adopt(void *arg, const broker_msg *m, char *why, size_t cap)
     it->attempts = m->attempt > 0 ? m->attempt - 1 : 0; /* the run counts this one */
     if (m->max_attempts)
         it->max_attempts = m->max_attempts;
-    it->delivered = 1;
+    atomic_store_explicit(&it->delivered, 1, memory_order_relaxed);
     pthread_mutex_unlock(&t->rec_mu);
     return &it->qnode;
 }

@@ -261,12 +261,11 @@ void tasks_group_submit(tasks_group *g, int delivered)
     tasks_engine *t = g->engine;
     for (size_t i = 0; i < g->nqueued; i++)
         tasks_note_delivery(t, g->queued[i], delivered);
-    pthread_mutex_lock(&t->rec_mu);
+    /* Ours until dispatched: no lock (the record reads them as atomics). */
     for (task_item *it = g->head; it; it = it->group_next) {
-        it->delivered = delivered ? 1 : 0;
-        it->mode = (uint8_t)g->mode;
+        atomic_store_explicit(&it->delivered, delivered ? 1 : 0, memory_order_relaxed);
+        atomic_store_explicit(&it->mode, (unsigned char)g->mode, memory_order_relaxed);
     }
-    pthread_mutex_unlock(&t->rec_mu);
     if (g->mode == BGS_CONCURRENT) {
         /* Every task that may run goes to the queue in one batch: one
          * lock and at most one wake-up for the whole response. */

@@ -147,10 +147,12 @@ struct task_item {
     void *payload;               /* inline_data, a malloc'd copy, or NULL */
     size_t len;
 
-    /* The record: rec_mu. */
+    /* The record: rec_mu, but for delivered and mode, which the item's
+     * owner writes and anyone reads without a lock (relaxed atomics): the
+     * group's submit sets them for a whole response without locking. */
     int8_t state;                /* tasks_state; -1 before the first */
-    int8_t delivered;            /* -1: not known (periodic, unsubmitted) */
-    uint8_t mode;                /* BGS_SEQUENTIAL or BGS_CONCURRENT */
+    atomic_schar delivered;      /* -1: not known (periodic, unsubmitted) */
+    atomic_uchar mode;           /* BGS_SEQUENTIAL or BGS_CONCURRENT */
     uint8_t jflags;              /* TASKS_JF_*: the item's owner */
     uint32_t attempts;
     uint32_t max_attempts;       /* immutable */

@@ -6,7 +6,7 @@
  *
  * Owns the "records" part of struct tasks_engine (tasks_internal.h).  rec_mu
  * guards every record field of every item (state, attempts, times,
- * error, delivered, mode, result, watchers), the id hash, the live list,
+ * error, result, watchers; delivered and mode are atomics), the id hash, the live list,
  * the ring, finished_total and running_now, and the spare items: small
  * items of finished records, kept (up to TASKS_SPARES_MAX) when evicted
  * so that the next record made reuses one instead of asking malloc,
@@ -262,8 +262,8 @@ static void item_fill(task_item *it, const tasks_owner *owner, task_kind *kind,
     it->owner_number = owner ? owner->number : 0;
     it->max_attempts = def && def->max_attempts ? def->max_attempts : PLUGIN_DEFAULT_MAX_ATTEMPTS;
     atomic_init(&it->cancel, 0);
-    it->delivered = -1;
-    it->mode = (uint8_t)mode;
+    atomic_init(&it->delivered, -1);
+    atomic_init(&it->mode, (unsigned char)mode);
     it->rid = rid;
     it->created_wall = created_wall;
     it->state = -1;
@@ -532,8 +532,8 @@ int tasks_record_visit(tasks_engine *t, uint64_t id, void (*fn)(void *arg, const
         .finished_wall = it->finished_wall,
         .error = it->error,
         .request_id = tasks_records_rid(it),
-        .delivered = it->delivered,
-        .mode = it->mode,
+        .delivered = atomic_load_explicit(&it->delivered, memory_order_relaxed),
+        .mode = atomic_load_explicit(&it->mode, memory_order_relaxed),
         .generation = it->owner_number,
         .payload_len = it->len,
         .adhoc = it->kind == atomic_load(&t->adhoc_kind),
@@ -598,7 +598,7 @@ void tasks_note_delivery(tasks_engine *t, uint64_t id, int delivered)
     pthread_mutex_lock(&t->rec_mu);
     task_item *it = tasks_records_find_locked(t, id);
     if (it)
-        it->delivered = delivered ? 1 : 0;
+        atomic_store_explicit(&it->delivered, delivered ? 1 : 0, memory_order_relaxed);
     pthread_mutex_unlock(&t->rec_mu);
 }
 
