@@ -172,12 +172,14 @@ static queue *backend(rig *g, broker *b, unsigned consume)
     return q;
 }
 
-static void rig_up(rig *g, unsigned w1, unsigned w2)
+/* The server's queue and up to two workers (w1, w2: their concurrency,
+ * 0 for none) on a redis-server started with extra (may be NULL). */
+static void rig_up_on(rig *g, unsigned w1, unsigned w2, const char *const *extra)
 {
     memset(g, 0, sizeof *g);
     pthread_mutex_init(&g->e.mu, NULL);
     assert_int_equal(sched_run(timers), 0);
-    h_redis_start(&g->redis, NULL, NULL);
+    h_redis_start(&g->redis, NULL, extra);
     g->bs = open_b(g, "server");
     g->server = backend(g, g->bs, 0);
     if (w1) {
@@ -188,6 +190,11 @@ static void rig_up(rig *g, unsigned w1, unsigned w2)
         g->bw2 = open_b(g, "w2");
         g->w2 = backend(g, g->bw2, w2);
     }
+}
+
+static void rig_up(rig *g, unsigned w1, unsigned w2)
+{
+    rig_up_on(g, w1, w2, NULL);
 }
 
 static void rig_down(rig *g)
@@ -340,17 +347,27 @@ static void queue_redis_workers_share_and_server_hears_once(void **state)
     rig_down(&g);
 }
 
+/* The server of g enqueues job id and worker w1 reads it: adopted, at
+ * attempt 1. */
+static queue_node *take_adopted(rig *g, uint64_t id)
+{
+    queue_node *n = &new_item(id, "flaky")->node;
+    assert_int_equal(queue_enqueue_at(g->server, &n, 1, 0, NULL, NULL), 0);
+    queue *from;
+    queue_node *got = take_any(g->w1, NULL, &from, 10000);
+    assert_non_null(got);
+    assert_int_equal(item_of(got)->id, id);
+    assert_int_equal(item_of(got)->attempt, 1);
+    return got;
+}
+
 static void queue_redis_retry_goes_through_the_delayed_set(void **state)
 {
     (void)state;
     rig g;
     rig_up(&g, 1, 0);
-    queue_node *n = &new_item(5, "flaky")->node;
-    assert_int_equal(queue_enqueue_at(g.server, &n, 1, 0, NULL, NULL), 0);
     queue *from;
-    queue_node *got = take_any(g.w1, NULL, &from, 10000);
-    assert_non_null(got);
-    assert_int_equal(item_of(got)->attempt, 1);
+    queue_node *got = take_adopted(&g, 5);
     assert_int_equal(queue_nack(g.w1, got, util_now_us() + 1000, "try again"), 0);
     got = take_any(g.w1, NULL, &from, 10000);
     assert_non_null(got);
@@ -431,6 +448,51 @@ static void queue_redis_own_task_retry_at_shutdown(void **state)
     free(item_of(got));
     assert_int_equal(h_redis_int(&g.redis, "ZCARD bgserve:{app}:delayed"), 1);
     assert_int_equal(h_redis_int(&g.redis, "XLEN bgserve:{app}:tasks"), 0);
+    rig_down(&g);
+}
+
+/* The attempts of task id in its record in Redis. */
+static long long record_attempts(rig *g, uint64_t id)
+{
+    redisReply *r = h_redis_cmd(&g->redis, "HGET bgserve:{app}:task:%" PRIu64 " attempts", id);
+    long long n = r->type == REDIS_REPLY_STRING ? strtoll(r->str, NULL, 10) : -1;
+    freeReplyObject(r);
+    return n;
+}
+
+/* Redis away when a run fails: the worker retries it itself, and that
+ * run, which no start in Redis counted, is in the record's attempts
+ * once the job ends (Redis keeps its data here: AOF). */
+static void queue_redis_local_retry_counts_its_attempt(void **state)
+{
+    (void)state;
+    static const char *const aof[] = {"--appendonly", "yes", "--appendfsync", "always", NULL};
+    rig g;
+    rig_up_on(&g, 1, 0, aof);
+    queue *from;
+    queue_node *got = take_adopted(&g, 12);
+    assert_int_equal(record_attempts(&g, 12), 1);
+    h_redis_halt(&g.redis);
+    h_capture_begin();
+    assert_int_equal(queue_nack(g.w1, got, util_now_us() + 1000, "try again"), 0);
+    queue_node *again = take_any(g.w1, NULL, &from, 10000);
+    h_redis_restart(&g.redis);
+    /* The worker's command connection is back once it touches its entry. */
+    uint64_t end = h_now_ms() + 15000;
+    while (!broker_available(g.bw1) && h_now_ms() < end) {
+        struct timespec ts = {0, 2000000};
+        nanosleep(&ts, NULL); /* polling interval */
+    }
+    char *log = h_capture_end();
+    assert_ptr_equal(again, got);
+    assert_true(broker_available(g.bw1));
+    h_assert_contains(log, "lost the command connection");
+    free(log);
+    queue_ack(g.w1, again, &(queue_outcome){.end = QUEUE_SUCCEEDED});
+    free(item_of(again));
+    assert_int_equal(wait_finished(&g.e, 12, 12, 1, 10000), 1);
+    assert_string_equal(g.e.state[12], "succeeded");
+    assert_int_equal(record_attempts(&g, 12), 2);
     rig_down(&g);
 }
 
@@ -626,6 +688,7 @@ int main(void)
         cmocka_unit_test(queue_redis_retry_goes_through_the_delayed_set),
         cmocka_unit_test(queue_redis_own_task_retry_keeps_its_node),
         cmocka_unit_test(queue_redis_own_task_retry_at_shutdown),
+        cmocka_unit_test(queue_redis_local_retry_counts_its_attempt),
         cmocka_unit_test(queue_redis_unknown_name_is_dead_lettered),
         cmocka_unit_test(queue_redis_max_concurrency_across_workers),
         cmocka_unit_test(queue_redis_adhoc_stays_local),

@@ -247,6 +247,18 @@ char *broker_url_redacted(const broker_url *u, char *buf, size_t cap)
 
 #define LUA_NOW "local t = redis.call('TIME'); local now = t[1] * 1000 + math.floor(t[2] / 1000)\n"
 
+/* The record (hash key k) counts at least `at` runs (a number or its
+ * string): a run retried in a worker while Redis was away was not
+ * counted by START, so the script that ends or requeues the job writes
+ * it. */
+#define LUA_RUNS                                                                            \
+    "local function runs_at_least(k, at)\n"                                                 \
+    "  at = tonumber(at)\n"                                                                 \
+    "  if at and at > tonumber(redis.call('HGET', k, 'attempts') or '0') then\n"           \
+    "    redis.call('HSET', k, 'attempts', at)\n"                                           \
+    "  end\n"                                                                               \
+    "end\n"
+
 enum { S_ENQUEUE, S_PROMOTE, S_START, S_REQUEUE, S_FINISH, S_DEAD, S_CONC, S_COUNT };
 
 /*
@@ -332,8 +344,9 @@ static const char *const script_text[S_COUNT] = {
     /* REQUEUE  KEYS: stream delayed record
      * ARGV: group entry delay_ms state error attempt [uncount]
      * uncount "1": the record's attempts become `attempt` too (a run
-     * handed back by a stopping worker does not count) */
-    [S_REQUEUE] = LUA_NOW
+     * handed back by a stopping worker does not count); otherwise they
+     * become `attempt` when they are fewer (as for FINISH) */
+    [S_REQUEUE] = LUA_NOW LUA_RUNS
     "local e = redis.call('XRANGE', KEYS[1], ARGV[2], ARGV[2])\n"
     "local acked = redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])\n"
     "redis.call('XDEL', KEYS[1], ARGV[2])\n"
@@ -343,15 +356,19 @@ static const char *const script_text[S_COUNT] = {
     "redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), cmsgpack.pack(f))\n"
     "redis.call('HSET', KEYS[3], 'state', ARGV[4])\n"
     "if ARGV[5] ~= '' then redis.call('HSET', KEYS[3], 'error', ARGV[5]) end\n"
-    "if ARGV[7] == '1' then redis.call('HSET', KEYS[3], 'attempts', ARGV[6]) end\n"
+    "if ARGV[7] == '1' then redis.call('HSET', KEYS[3], 'attempts', ARGV[6])\n"
+    "else runs_at_least(KEYS[3], ARGV[6]) end\n"
     "return acked\n",
     /* FINISH  KEYS: stream record done
      * ARGV: group entry ttl state error has_result status type result id
-     * prefix */
-    [S_FINISH] = LUA_NOW LUA_SEQ_NEXT
+     * prefix attempt
+     * attempt: the runs so far; the record's attempts become it when they
+     * are fewer (a retry run locally while Redis was away was not counted) */
+    [S_FINISH] = LUA_NOW LUA_SEQ_NEXT LUA_RUNS
     "local acked = redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])\n"
     "redis.call('XDEL', KEYS[1], ARGV[2])\n"
     "redis.call('HSET', KEYS[2], 'state', ARGV[4], 'finished', now)\n"
+    "runs_at_least(KEYS[2], ARGV[12])\n"
     "if ARGV[5] ~= '' then redis.call('HSET', KEYS[2], 'error', ARGV[5]) end\n"
     "if ARGV[6] == '1' then\n"
     "  redis.call('HSET', KEYS[2], 'res_status', ARGV[7], 'res_type', ARGV[8], 'res', ARGV[9])\n"
@@ -361,8 +378,9 @@ static const char *const script_text[S_COUNT] = {
     "seq_next(ARGV[11], ARGV[10], ARGV[4], KEYS[1], KEYS[3], tonumber(ARGV[3]))\n"
     "return acked\n",
     /* DEAD  KEYS: stream dead record done
-     * ARGV: group entry error ttl worker write_record id prefix */
-    [S_DEAD] = LUA_NOW LUA_SEQ_NEXT
+     * ARGV: group entry error ttl worker write_record id prefix attempt
+     * attempt: as for FINISH */
+    [S_DEAD] = LUA_NOW LUA_SEQ_NEXT LUA_RUNS
     "local e = redis.call('XRANGE', KEYS[1], ARGV[2], ARGV[2])\n"
     "local acked = redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])\n"
     "redis.call('XDEL', KEYS[1], ARGV[2])\n"
@@ -374,6 +392,7 @@ static const char *const script_text[S_COUNT] = {
     "redis.call('XADD', KEYS[2], '*', unpack(f))\n"
     "if ARGV[6] == '1' then\n"
     "  redis.call('HSET', KEYS[3], 'state', 'failed', 'error', ARGV[3], 'finished', now)\n"
+    "  runs_at_least(KEYS[3], ARGV[9])\n"
     "  redis.call('EXPIRE', KEYS[3], tonumber(ARGV[4]))\n"
     "  redis.call('XADD', KEYS[4], 'MAXLEN', '~', " DONE_MAXLEN ", '*', 'id', ARGV[7], 'state', 'failed')\n"
     "  seq_next(ARGV[8], ARGV[7], 'failed', KEYS[1], KEYS[4], tonumber(ARGV[4]))\n"
@@ -1446,6 +1465,7 @@ int broker_finish(broker *b, const broker_msg *m, const broker_outcome *o)
     args_add(&a, o->result, o->has_result ? o->result_len : 0);
     args_u64(&a, m->id);
     args_str(&a, b->prefix);
+    args_u64(&a, m->attempt);
     long long acked = 0;
     int rc = cmd_script_int(b, S_FINISH, &a, "finishing a task", &acked);
     if (rc == 0 && acked == 0)
@@ -1503,6 +1523,7 @@ int broker_dead(broker *b, const broker_msg *m, const char *error)
     args_str(&a, "1");
     args_u64(&a, m->id);
     args_str(&a, b->prefix);
+    args_u64(&a, m->attempt);
     return cmd_script_int(b, S_DEAD, &a, "dead-lettering a task", NULL);
 }
 

@@ -220,7 +220,9 @@ typedef struct broker_outcome {
 
 /* m reached a final state: acknowledge and delete its entry, write the
  * record (expiring after record_ttl_s) and a notice in PREFIX:done, in
- * one transaction. */
+ * one transaction.  The record's attempts become m->attempt when they
+ * are fewer (runs retried in the worker while Redis was away); the same
+ * holds for broker_retry and broker_dead. */
 int broker_finish(broker *b, const broker_msg *m, const broker_outcome *o);
 
 /* A run of m failed and it runs again in delay_ms: acknowledge it and put

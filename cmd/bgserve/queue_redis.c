@@ -445,7 +445,11 @@ static int rq_nack(queue *q, queue_node *n, uint64_t retry_at_us, const char *wh
     int rc = broker_retry(r->b, &x->msg, delay_ms > UINT32_MAX ? UINT32_MAX : (unsigned)delay_ms,
                           why);
     if (rc < 0) {
-        /* Redis is away: retry here; the entry stays ours (touched). */
+        /* Redis is away: retry here; the entry stays ours (touched).
+         * That run is one more attempt, which no broker_start counts:
+         * the message carries it to the record when the job ends (or
+         * goes back to Redis). */
+        x->msg.attempt++;
         pthread_mutex_lock(&r->mu);
         held_put_locked(r, x);
         pthread_mutex_unlock(&r->mu);
