@@ -250,6 +250,9 @@ static void pace_ctl_halves_when_light_or_spare(void **state)
             prev = l;
         }
         assert_int_equal(prev, 0);
+        /* Busy again: back to the linger kept under load. */
+        pace_window w = busy(40000);
+        assert_int_equal(pace_ctl_step(&c, &w), PACE_MAX_US);
     }
     /* Without CPU readings the pushes alone decide: busy enough, it
      * experiments (the next window is a probe). */
@@ -270,11 +273,13 @@ static void pace_ctl_calls_off_an_experiment_when_the_load_goes(void **state)
     assert_int_equal(pace_ctl_step(&c, &w), 16);
     assert_int_equal(c.n, 0);
     assert_int_equal(c.score, 0);
-    /* Busy again: this window is the plain one before a new experiment's
-     * first probe, and the probe seen before the pause counts for
-     * nothing. */
+    /* Busy again: back to 64 for a window that ran at 16 and so counts
+     * for nothing, then the plain window before a new experiment's first
+     * probe; the probe seen before the pause counted for nothing. */
     w = busy(40000);
-    assert_int_equal(pace_ctl_step(&c, &w), 64);   /* 16's longer rung */
+    assert_int_equal(pace_ctl_step(&c, &w), 64);
+    assert_int_equal(c.n, 0);
+    assert_int_equal(pace_ctl_step(&c, &w), 256);  /* the probe */
     assert_int_equal(c.n, 0);
 }
 

@@ -82,12 +82,20 @@ unsigned pace_ctl_step(pace_ctl *c, const pace_window *w)
         c->linger = PACE_MAX_US;
     if (rate < PACE_FEW_PER_S || w->idle_permille >= (int)PACE_SPARE_PERMILLE) {
         /* Light, or a woken worker finds a CPU: wake at once, soon.  An
-         * experiment under way is called off (the load changed). */
-        c->linger = pace_shorter(c->linger);
+         * experiment under way is called off (the load changed); the
+         * linger kept under load is not forgotten. */
+        c->light = pace_shorter(c->in_light ? c->light : c->linger);
+        c->in_light = 1;
         c->n = 0;
         c->score = 0;
         c->in_probe = c->have_before = c->have_tried = 0;
         c->rest = 0;
+        return c->light;
+    }
+    if (c->in_light) {
+        /* Busy again: back to the linger kept under load; this window
+         * ran at the light one, so it is no experiment's plain window. */
+        c->in_light = 0;
         return c->linger;
     }
     if (c->in_probe) {

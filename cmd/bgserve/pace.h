@@ -23,7 +23,10 @@
  *     PACE_SPARE_PERMILLE of it, so a woken worker finds one): the
  *     linger comes down a rung (below PACE_STEP_MIN_US it is 0: every
  *     task that finds a worker idle wakes it at once), and any experiment
- *     is called off;
+ *     is called off.  The linger kept under load is remembered: the
+ *     first busy window after light ones goes back to it (a pause in a
+ *     closed loop, or the idle start of a server, does not undo what
+ *     the experiments found);
  *   - otherwise it experiments: windows alternate between the kept
  *     linger and a *probe* at a neighbour on the ladder (a rung longer
  *     or shorter).  Each probe window is a trial, compared with the mean of
@@ -118,7 +121,9 @@ typedef struct pace_window {
  * the probe's pushes a second over the two plain windows' mean, less
  * one, per mille, and it votes for the probe or against it. */
 typedef struct pace_ctl {
-    unsigned linger;        /* the linger kept */
+    unsigned linger;        /* the linger kept under load */
+    unsigned light;         /* the linger while the load is light */
+    int in_light;           /* the last window was light */
     unsigned probe;         /* the linger of the experiment's probes */
     int down;               /* the probes are shorter (1) or longer (0) */
     int in_probe;           /* the window running is a probe */
