@@ -483,11 +483,21 @@ static void *produce(void *arg)
     return NULL;
 }
 
+/* journal_open with at most max_batch rows a transaction. */
+static journal *open_batch(const char *path, unsigned max_batch)
+{
+    journal_config cfg = {.path = path, .sync = JOURNAL_SYNC_NORMAL, .max_batch = max_batch};
+    journal *j = NULL;
+    char err[1024] = "";
+    assert_int_equal(journal_open(&cfg, &j, err, sizeof err), 0);
+    return j;
+}
+
 static void journal_group_commit_batches_many_threads(void **state)
 {
     sandbox *sb = *state;
     enum { THREADS = 4, EACH = 200 };
-    journal *j = js_open_ok(sb->path);
+    journal *j = open_batch(sb->path, THREADS * EACH);
     gate g = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER,
               .want = THREADS * EACH};
     done_count c = DONE_COUNT_INIT;
@@ -614,6 +624,48 @@ static void journal_start_many_and_unstart(void **state)
     journal_close(j);
 }
 
+
+/* Add n tasks as one record (their completion counted in c). */
+static uint64_t add_n(journal *j, size_t n, done_count *c)
+{
+    journal_task t[32];
+    assert_true(n <= 32);
+    for (size_t i = 0; i < n; i++)
+        t[i] = (journal_task){.id = journal_next_id(j), .name = "n", .max_attempts = 1};
+    assert_int_equal(journal_add(j, t, n, count_done, c), 0);
+    return t[0].id;
+}
+
+/* A transaction writes at most max_batch rows: records are taken in
+ * order while they fit, and one larger than that is a transaction of
+ * its own (an add counts its tasks, several starts count each). */
+static void journal_batches_are_bounded_by_rows(void **state)
+{
+    sandbox *sb = *state;
+    journal *j = open_batch(sb->path, 8);
+    gate g = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER, .want = 1};
+    hold_writer(j, &g);
+    journal_stats s0, s1;
+    journal_get_stats(j, &s0);
+    done_count c = DONE_COUNT_INIT;
+    uint64_t first = add_n(j, 3, &c); /* transaction 1: 3 + 3 rows */
+    add_n(j, 3, &c);
+    add_n(j, 3, &c);                  /* transaction 2: 3 + 1 */
+    add_n(j, 1, &c);
+    add_n(j, 20, &c);                 /* transaction 3: 20, alone */
+    journal_started two[] = {{.id = first, .attempt = 1}, {.id = first + 1, .attempt = 1}};
+    assert_int_equal(journal_start_many(j, two, 2, count_done, &c), 0); /* 4: 2 */
+    pthread_mutex_lock(&g.mu);
+    g.appended = 1;
+    pthread_cond_broadcast(&g.cv);
+    pthread_mutex_unlock(&g.mu);
+    wait_count(&c, 6);
+    assert_int_equal(c.failed, 0);
+    journal_get_stats(j, &s1);
+    assert_int_equal(s1.commits - s0.commits, 4);
+    assert_int_equal(s1.records - s0.records, 3 + 3 + 3 + 1 + 20 + 2);
+    journal_close(j);
+}
 
 static void get_started(void *arg, const journal_rec *r)
 {
@@ -1297,6 +1349,7 @@ int main(void)
         T(journal_upgrades_schema_version_1),
         T(journal_upgrades_schema_version_2),
         T(journal_folds_a_start_into_its_add),
+        T(journal_batches_are_bounded_by_rows),
         T(journal_dead_letters_keep_the_last_error),
         T(journal_start_many_and_unstart),
         T(journal_checkpoints_while_open),

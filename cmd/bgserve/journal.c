@@ -20,7 +20,8 @@
  * its reads and writes consistent with the server's.
  *
  * Threads: records are appended by any thread to a FIFO list under `mu`;
- * one writer thread takes up to max_batch of them, folds each start
+ * one writer thread takes them in order, up to max_batch rows' worth
+ * (batch_rows), folds each start
  * whose add is in the same batch into that add (fold_starts), applies
  * them in one BEGIN IMMEDIATE ... COMMIT on its own connection (wdb, the
  * prepared statements and the fold table are the writer's alone after
@@ -57,7 +58,13 @@
 
 #define ID_BLOCK 4096u
 #define BUSY_TIMEOUT_MS 5000
-#define DEFAULT_MAX_BATCH 1024u
+/* Rows a transaction writes at most (journal_config.max_batch).  A commit
+ * costs about 10 000 instructions a row, so 512 rows keep one near 2 ms
+ * on the machines bench/README.md describes, however far behind the
+ * writer is: the responses in a batch are all released at its commit,
+ * and a writer that falls behind would otherwise take ever larger
+ * batches (1024 records of up to 32 rows each before). */
+#define DEFAULT_MAX_BATCH 512u
 /* WAL frames (pages) after which the checkpointer thread backfills them
  * into the file (SQLite's own autocheckpoint threshold), and after which
  * the writer does it itself because the checkpointer fell behind. */
@@ -975,6 +982,14 @@ static void jrec_free(jrec *r)
     free(r);
 }
 
+/* The rows r writes at most: an add, its tasks; a claim, its starts. */
+static size_t batch_rows(const jrec *r)
+{
+    if (r->kind == OP_ADD)
+        return r->ntasks;
+    return r->starts != NULL ? r->nstarts : 1;
+}
+
 static void *writer_main(void *arg)
 {
     journal *j = arg;
@@ -988,9 +1003,14 @@ static void *writer_main(void *arg)
 
         jrec *batch = j->head, *last = NULL;
         size_t n = 0;
-        for (jrec *r = batch; r != NULL && n < j->max_batch; r = r->next) {
+        size_t nrows = 0;
+        for (jrec *r = batch; r != NULL; r = r->next) {
+            size_t w = batch_rows(r);
+            if (n > 0 && nrows + w > j->max_batch)
+                break; /* a larger record is a transaction of its own */
             last = r;
             n++;
+            nrows += w;
         }
         if (last != NULL) {
             j->head = last->next;

@@ -59,7 +59,10 @@ int journal_sync_parse(const char *text, journal_sync *out);
 typedef struct journal_config {
     const char *path;
     journal_sync sync;
-    unsigned max_batch;   /* records per transaction at most; 0: 1024 */
+    unsigned max_batch;   /* rows a transaction writes at most (an add counts
+                           * its tasks, several starts as one record count
+                           * each, any other record 1; a record with more is
+                           * a transaction of its own); 0: 512 */
 } journal_config;
 
 /*
