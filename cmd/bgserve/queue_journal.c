@@ -228,7 +228,11 @@ static queue_node *pop_started(jqueue *q)
  * more ready jobs with it (Claims, above), record their starts and wait
  * for their commit, so that a crash during any of their runs is always
  * replayed as an interrupted attempt (attempt + 1), never as the same
- * attempt again.  Returns first; the others wait on `started`.
+ * attempt again, and a job that kills the process uses up an attempt
+ * each time (so it reaches the dead letters).  The wait also means a
+ * job's start and its end never share a transaction: the end comes from
+ * the ack, after the run (bench/README.md section 15 on why the writer
+ * does not fold them).  Returns first; the others wait on `started`.
  */
 static queue_node *claim(jqueue *q, queue_node *first, size_t max)
 {
