@@ -5,7 +5,8 @@
  * lines arriving live, resumption with Last-Event-ID, coalescing, a
  * client that disconnects, no task bookkeeping while nobody watches, a
  * failed build's output, reconnecting after a crash; the page and its
- * assets, the retry action and its same-origin header, per-route
+ * assets, the retry action, its same-origin header and its 503 when the
+ * queue is full, per-route
  * counters, and that none of it exists with --no-introspection.  The browser tests are in
  * tests/browser/.
  *
@@ -594,6 +595,51 @@ static void dashboard_retry_action(void **state)
     unlink(heal_file);
 }
 
+/* A retry the queue cannot take: 503 with Retry-After, naming the cause
+ * and what to do as a route's refused tasks do (dispatch.c); once the
+ * queue has room, the same retry is accepted. */
+static void dashboard_retry_refused_while_the_queue_is_full(void **state)
+{
+    (void)state;
+    char e1[400], e2[400];
+    snprintf(e1, sizeof e1, "BGSERVE_RELEASE_FILE=%s", release_file);
+    snprintf(e2, sizeof e2, "BGSERVE_HEAL_FILE=%s", heal_file);
+    const char *env[] = {e1, e2, NULL};
+    const char *args[] = {"--queue", "1", NULL};
+    h_server srv;
+    unlink(release_file);
+    unlink(heal_file);
+    assert_int_equal(h_start_app(&srv, h_fixture("dash_app"), args, env), 0);
+    unsigned long long id = get_id(&srv, "/fail?msg=no-room");
+    char path[64];
+    snprintf(path, sizeof path, "/_bgserve/tasks/%llu", id);
+    free(h_wait_state(&srv, path, "failed", DEADLINE_MS));
+    unsigned long long gid = get_id(&srv, "/gated"); /* holds the one place */
+    assert_true(h_wait_stat(&srv, "gated", "running", 1, DEADLINE_MS));
+
+    h_resp r;
+    const char *hdrs[] = {"X-Bgserve-Action: retry", NULL};
+    snprintf(path, sizeof path, "/_bgserve/tasks/%llu/retry", id);
+    assert_int_equal(h_http(&srv, "POST", path, "", 0, hdrs, &r), 0);
+    assert_int_equal(r.status, 503);
+    assert_string_equal(h_header(&r, "Retry-After"), "1");
+    char expect[256];
+    snprintf(expect, sizeof expect, "task %llu was not queued again: the task queue is full, "
+             "retry later; raise --queue, or --workers if tasks wait to run", id);
+    h_assert_contains(r.body, expect);
+    h_resp_free(&r);
+
+    touch(release_file);
+    snprintf(path, sizeof path, "/_bgserve/tasks/%llu", gid);
+    free(h_wait_state(&srv, path, "succeeded", DEADLINE_MS));
+    char *body = NULL;
+    assert_int_equal(h_post_retry(&srv, id, 1, &body), 202);
+    free(body);
+    unlink(release_file);
+    h_stop_clean(&srv);
+    h_free(&srv);
+}
+
 /* Routes count their requests, errors and latency; /_bgserve/stats
  * counts 5xx answers. Both count at completion, the stats last. */
 static void dashboard_route_counters(void **state)
@@ -798,6 +844,7 @@ int main(void)
         cmocka_unit_test_teardown(dashboard_no_bookkeeping_without_watchers, close_streams),
         cmocka_unit_test_teardown(dashboard_page_and_assets, close_streams),
         cmocka_unit_test_teardown(dashboard_retry_action, close_streams),
+        cmocka_unit_test_teardown(dashboard_retry_refused_while_the_queue_is_full, close_streams),
         cmocka_unit_test_teardown(dashboard_route_counters, close_streams),
         cmocka_unit_test_teardown(dashboard_absent_without_introspection, close_streams),
         cmocka_unit_test_teardown(dashboard_snapshot_holds_dead_letters, close_streams),

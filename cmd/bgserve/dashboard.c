@@ -756,10 +756,14 @@ static void retry(const char *path, const char *(*header)(void *ctx, const char 
         reply(out, 409, "the plugin loaded now has no task named '%s'", name);
         return;
     case BGS_EFULL:
+    case BGS_ESHUTDOWN: { /* load: the cause and what to do, as dispatch's 503 says them */
+        const char *hint;
+        const char *cause = tasks_refusal(cfg.tasks, rc, &hint);
         out->headers[0].name = "Retry-After";
         out->headers[0].value = "1";
-        reply(out, 503, "the task queue is full: retry later");
+        reply(out, 503, "task %" PRIu64 " was not queued again: %s, retry later%s", id, cause, hint);
         return;
+    }
     default:
         reply(out, 503, "task %" PRIu64 " was not queued again: %s", id, bgs_strerror(rc));
         return;
