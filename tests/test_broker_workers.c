@@ -4,8 +4,9 @@
  * loopback, with the fixture broker_app: tasks run exactly once and the
  * workers share them; a worker killed mid-task has its task claimed and
  * finished by another with the attempt counted; retries end in the dead
- * letters with the last error, each retry through Redis, on any worker;
- * the server answers 503 (not a hang) for named tasks while Redis is
+ * letters with the last error, each retry through Redis, on any worker
+ * (and the dashboard's retry of one while Redis is down is a 503 naming
+ * Redis); the server answers 503 (not a hang) for named tasks while Redis is
  * down (once the loss is known, bgs_res_task fails with BGS_EFULL and
  * the handler answers; a route's own tasks get the server's 503, which
  * names Redis) and runs ad hoc tasks itself; refusals of the command line.  The fixture's tasks write "WHAT PID ID ATTEMPT"
@@ -247,6 +248,23 @@ static void broker_retries_end_in_the_dead_letters(void **state)
     free(rec);
     assert_int_equal(count_lines(&g, "fail", w->pid), 2);
     assert_int_equal(h_redis_int(&g.redis, "XLEN bgserve:{broker_app}:dead"), 1);
+    /* The dashboard's retry of it while Redis is known to be down: the
+     * 503 names Redis (as a route's refused tasks do), not a full queue. */
+    h_redis_halt(&g.redis);
+    uint64_t end = h_now_ms() + DEADLINE_MS;
+    long st = 0;
+    while (st != 503 && h_now_ms() < end)
+        st = h_get_status(&g.server, ADD_ONE);
+    assert_int_equal(st, 503);
+    assert_true(h_wait_log(&g.server, "lost the command connection to redis", DEADLINE_MS));
+    char *body = NULL;
+    assert_int_equal(h_post_retry(&g.server, id, 1, &body), 503);
+    char expect[256];
+    snprintf(expect, sizeof expect, "task %" PRIu64 " was not queued again: redis (--broker), "
+             "which keeps the tasks, is unreachable, retry later; bring redis back: the "
+             "server reconnects by itself", id);
+    h_assert_contains(body, expect);
+    free(body);
     h_rig_down(&g);
 }
 
