@@ -2,8 +2,9 @@
  * test_dispatch.c - route -> handler -> answer in process, with no socket
  * (dispatch.h): the fixture http_app.so is loaded as the current
  * generation, and requests are fed as method, target, headers and body;
- * the answer is read back as status, headers and body.  The last test
- * shuts the task engine down.
+ * the answer is read back as status, headers and body.  The dashboard
+ * is started for its retry action.  The last test shuts the task engine
+ * down.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -11,6 +12,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include "dashboard.h"
 #include "deferred.h"
 #include "dispatch.h"
 #include "generation.h"
@@ -20,10 +22,12 @@
 #include "tasks.h"
 #include "util.h"
 
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 
 static dispatch_env env = {.introspection = 1}; /* .tasks: setup */
 static tasks_engine *engine;
@@ -73,13 +77,22 @@ static void answer_free(answer *a)
     response_free(&a->res);
 }
 
+/* The dashboard's counters: none here, only its retry action is used. */
+static void no_counters(introspect_counters *c)
+{
+    memset(c, 0, sizeof *c);
+    c->tasks = engine;
+}
+
 static int setup(void **state)
 {
     (void)state;
     char err[2048];
     generation *g = NULL;
-    engine = tasks_new(&(tasks_config){.workers = 2});
-    if (engine == NULL || deferred_start() != 0)
+    /* keep: the records of finished tasks, for the retry of a failed one */
+    engine = tasks_new(&(tasks_config){.workers = 2, .keep = TASKS_DEFAULT_KEEP});
+    if (engine == NULL || deferred_start() != 0 ||
+        dashboard_start(&(dashboard_config){.counters = no_counters, .tasks = engine}) != 0)
         return -1;
     env.tasks = engine;
     generation_setup(&(generation_deps){.host_api = hostapi_table(), .tasks = engine});
@@ -97,6 +110,7 @@ static int teardown(void **state)
     (void)state;
     generation_set_current(NULL);
     tasks_shutdown(engine, 5000);
+    dashboard_stop();
     deferred_stop();
     tasks_free(engine);
     engine = NULL;
@@ -204,9 +218,15 @@ static void dispatch_introspection_in_process(void **state)
     answer_free(&a);
 }
 
+static void copy_state(void *arg, const tasks_record *r)
+{
+    *(tasks_state *)arg = r->state;
+}
+
 /* A route's own task while the engine shuts down: 503 before the handler,
  * with Retry-After, saying that the server is stopping (not that the
- * queue is full).  The engine stays shut: this test runs last. */
+ * queue is full); so does the dashboard's retry of a failed task.  The
+ * engine stays shut: this test runs last. */
 static void dispatch_route_task_refused_while_shutting_down(void **state)
 {
     (void)state;
@@ -215,6 +235,19 @@ static void dispatch_route_task_refused_while_shutting_down(void **state)
     assert_int_equal(a.res.status, 200);
     assert_string_equal(a.res.body, "with a task\n");
     answer_free(&a);
+    serve(&a, "GET", "/with-broken-task", NULL, NULL);
+    assert_int_equal(a.res.status, 200);
+    uint64_t broken = strtoull(res_header_value(&a.res, "Bgserve-Tasks"), NULL, 10);
+    assert_true(broken > 0);
+    answer_free(&a);
+    tasks_state st = TASKS_QUEUED;
+    uint64_t end = util_now_us() + 20000000u;
+    while ((tasks_record_visit(engine, broken, copy_state, &st) != 0 || st != TASKS_FAILED) &&
+           util_now_us() < end) {
+        struct timespec ts = {0, 5 * 1000000L};
+        nanosleep(&ts, NULL); /* polling interval */
+    }
+    assert_int_equal(st, TASKS_FAILED);
 
     tasks_shutdown(engine, 5000);
     h_capture_begin();
@@ -229,6 +262,17 @@ static void dispatch_route_task_refused_while_shutting_down(void **state)
     h_assert_contains(log, "GET /with-task: route tasks not accepted: the server is shutting "
                            "down; answering 503 without running the handler");
     free(log);
+
+    char path[64], expect[128];
+    static const char *const retry_hdrs[] = {"X-Bgserve-Action: retry", "Host: localhost", NULL};
+    snprintf(path, sizeof path, "/_bgserve/tasks/%" PRIu64 "/retry", broken);
+    serve(&a, "POST", path, retry_hdrs, NULL);
+    assert_int_equal(a.res.status, 503);
+    assert_string_equal(res_header_value(&a.res, "Retry-After"), "1");
+    snprintf(expect, sizeof expect, "{\"error\":\"task %" PRIu64 " was not queued again: the "
+             "server is shutting down, retry later\"}", broken);
+    assert_string_equal(a.res.body, expect);
+    answer_free(&a);
 }
 
 int main(void)
