@@ -235,6 +235,18 @@ static void broker_killed_worker_task_is_reclaimed(void **state)
     h_rig_down(&g);
 }
 
+/* Stop Redis and ask ADD_ONE until the server answers 503 (that request
+ * is how it notices the loss). */
+static void halt_redis_until_503(h_rig *g)
+{
+    h_redis_halt(&g->redis);
+    uint64_t end = h_now_ms() + DEADLINE_MS;
+    long st = 0;
+    while (st != 503 && h_now_ms() < end)
+        st = h_get_status(&g->server, ADD_ONE);
+    assert_int_equal(st, 503);
+}
+
 static void broker_retries_end_in_the_dead_letters(void **state)
 {
     (void)state;
@@ -250,12 +262,7 @@ static void broker_retries_end_in_the_dead_letters(void **state)
     assert_int_equal(h_redis_int(&g.redis, "XLEN bgserve:{broker_app}:dead"), 1);
     /* The dashboard's retry of it while Redis is known to be down: the
      * 503 names Redis (as a route's refused tasks do), not a full queue. */
-    h_redis_halt(&g.redis);
-    uint64_t end = h_now_ms() + DEADLINE_MS;
-    long st = 0;
-    while (st != 503 && h_now_ms() < end)
-        st = h_get_status(&g.server, ADD_ONE);
-    assert_int_equal(st, 503);
+    halt_redis_until_503(&g);
     assert_true(h_wait_log(&g.server, "lost the command connection to redis", DEADLINE_MS));
     char *body = NULL;
     assert_int_equal(h_post_retry(&g.server, id, 1, &body), 503);
@@ -287,12 +294,9 @@ static void broker_503_while_redis_is_down(void **state)
     h_rig g;
     rig_up(&g, 1);
     h_server *w = &g.w[0];
-    h_redis_halt(&g.redis);
-    uint64_t end = h_now_ms() + DEADLINE_MS;
-    long st = 0;
-    while (st != 503 && h_now_ms() < end)
-        st = h_get_status(&g.server, ADD_ONE);
-    assert_int_equal(st, 503);
+    halt_redis_until_503(&g);
+    uint64_t end;
+    long st = 503;
     /* The rest is served meanwhile, ad hoc tasks included. */
     h_resp r;
     assert_int_equal(h_get(&g.server, "/adhoc", &r), 0);
