@@ -429,12 +429,18 @@ task_watch *tasks_records_finish(task_item *it, int st, const char *err, uint64_
     char *err_copy = err ? xstrdup(err) : NULL; /* outside the lock */
 
     pthread_mutex_lock(&t->rec_mu);
-    /* The wall time is read here, not derived as started_wall + *dur: the
-     * start's wall and monotonic reads are apart (the rec_mu wait between
-     * them), so a derived end could fall after the next step's start and
-     * break "a sequence's step starts after its predecessor finished". */
-    *dur = it->state == TASKS_RUNNING ? (end_us ? end_us : util_now_us()) - TASKS_MONO_US(it) : 0;
-    it->finished_wall = util_wall_us();
+    if (it->state == TASKS_RUNNING) {
+        /* The run's end from its start and its length: one clock read
+         * fewer per task.  run_once reads the start's wall clock before
+         * its monotonic one, so this end is never later than the wall
+         * clock at the end, and the next step of a sequence, started
+         * after it, never seems to start before it finished. */
+        *dur = (end_us ? end_us : util_now_us()) - TASKS_MONO_US(it);
+        it->finished_wall = it->started_wall + *dur;
+    } else {
+        *dur = 0;
+        it->finished_wall = util_wall_us();
+    }
     tasks_records_transition_locked(it, st);
     free(it->error);
     it->error = err_copy;

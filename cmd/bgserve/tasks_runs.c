@@ -345,6 +345,11 @@ static void run_once(task_item *it)
     bgs_task_ctx ctx;
     tasks_engine *t = it->kind->engine;
     const plugin_task *def = it->def;
+    /* The wall clock first: the record's end is started_wall plus the
+     * run's monotonic length (tasks_records_finish), which so never
+     * passes the wall clock at the end, and the next task of a sequence,
+     * started after it, never seems to start before it ended. */
+    uint64_t started_wall = util_wall_us();
     uint64_t now = util_now_us(), end, dur;
     int rc;
 
@@ -363,7 +368,7 @@ static void run_once(task_item *it)
     pthread_mutex_lock(&t->rec_mu);
     tasks_records_transition_locked(it, TASKS_RUNNING);
     ctx.attempt = ++it->attempts;
-    it->started_wall = util_wall_us();
+    it->started_wall = started_wall;
     TASKS_MONO_US(it) = now;
     pthread_mutex_unlock(&t->rec_mu);
 
