@@ -322,18 +322,27 @@ size_t tasks_shutdown(tasks_engine *t, unsigned drain_ms)
         pthread_cond_timedwait(&t->rec_cv, &t->rec_mu, &ts);
     }
     fin1 = t->finished_total;
+
+    /* 3. Cancel what is left.  What the report covers is taken now, in
+     * the hold of rec_mu that read fin1 and sets stopping: a task either
+     * finished in the drain (fin1 - fin0) or is in u.  A worker ends a
+     * task because of the shutdown only after this hold (it read
+     * stopping, or the queue, shut below, refused its nack or dispatch;
+     * either way its finalize takes rec_mu later), so none ends unseen.
+     * The snapshot used to come after queue_shutdown: a retry whose nack
+     * the stopped queue refused was cancelled by its worker in between
+     * and counted nowhere ("0 did not"). */
+    size_t nu;
+    atomic_store(&t->stopping, 1);
+    unfinished *u = snapshot_live_locked(t, &nu);
     pthread_mutex_unlock(&t->rec_mu);
 
-    /* 3. Cancel what is left.  Stop the queue and the timer thread first,
-     * so that nothing moves while we collect. */
-    atomic_store(&t->stopping, 1);
+    /* Stop the queue and the timer thread, so that nothing moves while
+     * we cancel and collect. */
     queue_shutdown(t->q);
     sched_halt(t->sched);
 
-    size_t nu;
-    unfinished *u;
     pthread_mutex_lock(&t->rec_mu);
-    u = snapshot_live_locked(t, &nu);
     for (task_item *it = t->live_head; it; it = it->lnext)
         atomic_fetch_or(&it->cancel, TASKS_CANCEL_SET);
     pthread_mutex_unlock(&t->rec_mu);
