@@ -986,6 +986,33 @@ static void tasks_periodic_never_overlaps(void **state)
     assert_int_equal(atomic_load(&pslow_max), 1);
 }
 
+/* A tick the full queue cannot take is skipped, and the log line says
+ * why and what to do, in the words of a route's refused tasks. */
+static void tasks_periodic_tick_skipped_when_the_queue_is_full(void **state)
+{
+    (void)state;
+    start(1, 1, 100);
+    uint64_t id;
+    tasks_group *g = group_new(NULL, BGS_SEQUENTIAL);
+    assert_int_equal(group_add(g, "gate", NULL, 0, &id), 0); /* holds the one place */
+    tasks_group_submit(g, 1);
+    assert_true(wait_state(id, "running"));
+    uint64_t skipped0 = stat_of("pstart", "ticks_skipped");
+    atomic_store(&runs_pstart, 0);
+    h_capture_begin();
+    assert_int_equal(periodic_add("pstart", 1, NULL, 0, BGS_TASK_RUN_AT_START), 0);
+    int skipped = wait_stat_at_least("pstart", "ticks_skipped", skipped0 + 1);
+    tasks_periodic_stop_owner(E, &owner);
+    char *log = h_capture_end();
+    assert_true(skipped);
+    assert_int_equal(atomic_load(&runs_pstart), 0);
+    h_assert_contains(log, "periodic task pstart: tick skipped: the task queue is full; raise "
+                           "--queue, or --workers if tasks wait to run");
+    free(log);
+    atomic_store(&gate_open, 1);
+    assert_true(wait_state(id, "succeeded"));
+}
+
 static void tasks_periodic_run_at_start(void **state)
 {
     (void)state;
@@ -1316,6 +1343,7 @@ int main(void)
         T(tasks_adhoc_free_once_after_run),
         T(tasks_delivered_only_skipped_when_undelivered),
         T(tasks_periodic_never_overlaps),
+        T(tasks_periodic_tick_skipped_when_the_queue_is_full),
         T(tasks_periodic_run_at_start),
         T(tasks_timeout_sets_cancel_flag),
         T(tasks_service_scope_ended_after_run),

@@ -621,24 +621,6 @@ size_t tasks_live(tasks_engine *t)
     return n;
 }
 
-const char *tasks_refusal(tasks_engine *t, int rc, const char **hint)
-{
-    const char *h = "";
-    const char *cause;
-    if (rc == BGS_ESHUTDOWN || !atomic_load(&t->accepting)) {
-        cause = "the server is shutting down";
-    } else if (t->broker && !broker_available(t->broker)) {
-        cause = "redis (--broker), which keeps the tasks, is unreachable";
-        h = "; bring redis back: the server reconnects by itself";
-    } else {
-        cause = "the task queue is full";
-        h = "; raise --queue, or --workers if tasks wait to run";
-    }
-    if (hint)
-        *hint = h;
-    return cause;
-}
-
 sched *tasks_sched(tasks_engine *t)
 {
     return t->sched;

@@ -133,11 +133,13 @@ static void on_tick(sched_timer *tm)
             return;
         }
     }
-    if (!atomic_load(&t->accepting) || tasks_runs_reserve(t) != 0) {
+    int rc = atomic_load(&t->accepting) ? tasks_runs_reserve(t) : BGS_ESHUTDOWN;
+    if (rc != 0) {
         pthread_mutex_unlock(&t->p_mu);
         tasks_kadd(&p->kind->ticks_skipped, 1);
-        log_msg(BGS_LOG_WARN, "periodic task %s: tick skipped, %s", p->kind->name,
-                atomic_load(&t->accepting) ? "the task queue is full" : "not accepting tasks");
+        const char *hint;
+        const char *cause = tasks_refusal(t, rc, &hint); /* dispatch's words for it */
+        log_msg(BGS_LOG_WARN, "periodic task %s: tick skipped: %s%s", p->kind->name, cause, hint);
         return;
     }
     p->inflight = 1;

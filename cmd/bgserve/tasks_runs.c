@@ -88,6 +88,26 @@ int tasks_runs_admit(tasks_engine *t, const plugin_task *def, int adhoc)
     return tasks_runs_reserve(t);
 }
 
+/* Here, beside tasks_runs_admit whose refusals it explains (and below
+ * tasks_periodic.c, which logs them too). */
+const char *tasks_refusal(tasks_engine *t, int rc, const char **hint)
+{
+    const char *h = "";
+    const char *cause;
+    if (rc == BGS_ESHUTDOWN || !atomic_load(&t->accepting)) {
+        cause = "the server is shutting down";
+    } else if (t->broker && !broker_available(t->broker)) {
+        cause = "redis (--broker), which keeps the tasks, is unreachable";
+        h = "; bring redis back: the server reconnects by itself";
+    } else {
+        cause = "the task queue is full";
+        h = "; raise --queue, or --workers if tasks wait to run";
+    }
+    if (hint)
+        *hint = h;
+    return cause;
+}
+
 static void unreserve(tasks_engine *t)
 {
     atomic_fetch_sub(&t->accepted, 1);
