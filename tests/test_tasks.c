@@ -203,6 +203,19 @@ static int t_gate(bgs_task_ctx *ctx, const void *payload, size_t len)
     return 0;
 }
 
+/* Its first attempt waits for the gate and fails; the next succeeds. */
+static int t_gatefail(bgs_task_ctx *ctx, const void *payload, size_t len)
+{
+    (void)payload;
+    (void)len;
+    if (tasks_ctx_attempt(ctx) > 1)
+        return 0;
+    atomic_fetch_add(&runs_gate, 1);
+    wait_gate(ctx);
+    tasks_ctx_error(ctx, "first attempt");
+    return 1;
+}
+
 /* Fails until its third attempt; logs attempts and their start times. */
 static uint32_t flaky_attempts[8];
 static uint64_t flaky_starts[8];
@@ -383,6 +396,8 @@ static plugin_task fake_tasks[] = {
     {.name = "fail", .fn = t_fail, .max_attempts = 1},
     {.name = "gate", .fn = t_gate, .max_attempts = 1},
     {.name = "flaky", .fn = t_flaky, .max_attempts = 5, .backoff_base_ms = 1, .backoff_cap_ms = 4},
+    {.name = "gatefail", .fn = t_gatefail, .max_attempts = 2, .backoff_base_ms = 1,
+     .backoff_cap_ms = 1},
     {.name = "slowretry", .fn = t_slowretry, .max_attempts = 2, .backoff_base_ms = 600000,
      .backoff_cap_ms = 600000},
     {.name = "capped", .fn = t_capped, .max_attempts = 1, .max_concurrency = 2},
@@ -739,21 +754,55 @@ static void tasks_retrying_state_then_cancelled_at_shutdown(void **state)
     free(log);
 }
 
+static void *shutdown_main(void *arg)
+{
+    return (void *)(uintptr_t)tasks_shutdown(E, *(unsigned *)arg);
+}
+
+/* A task whose first attempt fails once the drain has begun: the drain
+ * waits for its retry and counts it finished.  The gate opens only once
+ * the engine refuses new tasks (the drain has begun), so the retry is
+ * due during the drain whatever the timing. */
 static void tasks_shutdown_drains_retries(void **state)
 {
     (void)state;
     start(2, 100, 100);
-    atomic_store(&flaky_runs, 0);
+    atomic_store(&gate_open, 0);
+    atomic_store(&runs_gate, 0);
     uint64_t id;
     tasks_group *g = group_new(NULL, BGS_SEQUENTIAL);
-    assert_int_equal(group_add(g, "flaky", NULL, 0, &id), 0);
+    assert_int_equal(group_add(g, "gatefail", NULL, 0, &id), 0);
     tasks_group_submit(g, 1);
+    uint64_t deadline = util_now_us() + DEADLINE_US;
+    while (atomic_load(&runs_gate) == 0 && util_now_us() < deadline)
+        pause_ms(1);
+    assert_int_equal(atomic_load(&runs_gate), 1);
+
     h_capture_begin();
-    size_t unfinished = tasks_shutdown(E, 30000);
+    unsigned drain_ms = 30000;
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, shutdown_main, &drain_ms), 0);
+    int rc = 0;
+    while (util_now_us() < deadline) { /* until the drain refuses new tasks */
+        g = group_new(NULL, BGS_SEQUENTIAL);
+        rc = group_add(g, "count", NULL, 0, NULL);
+        if (rc == BGS_ESHUTDOWN) {
+            tasks_group_discard(g, "unused");
+            break;
+        }
+        tasks_group_submit(g, 1);
+        pause_ms(1);
+    }
+    assert_int_equal(rc, BGS_ESHUTDOWN);
+    atomic_store(&gate_open, 1);
+    void *ret;
+    assert_int_equal(pthread_join(th, &ret), 0);
     char *log = h_capture_end();
-    assert_int_equal(unfinished, 0);
+    assert_int_equal((size_t)(uintptr_t)ret, 0);
     assert_true(state_is(id, "succeeded"));
-    h_assert_contains(log, "1 tasks finished, 0 did not");
+    assert_int_equal(record_u64(id, "attempts"), 2);
+    h_assert_contains(log, " gatefail retry 1 in ");
+    h_assert_contains(log, "0 did not");
     free(log);
     /* Refused after shutdown. */
     g = group_new(NULL, BGS_SEQUENTIAL);
