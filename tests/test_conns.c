@@ -13,10 +13,14 @@
  * every request that reached bgserve and a start/done line for every task
  * run.  Then: every request the log shows was answered reached its client,
  * every task id a client got ran to done, every task that ran was handed
- * to a client, and every request sent after the server said "stopping"
- * was answered with Connection: close.  One request is held inside its
- * handler (GET /block) from before the signal until after the cut-over:
- * it must be answered, with Connection: close, and its task run.
+ * to a client, and every request sent after the test read the server's
+ * "stopping" line was answered with Connection: close.  Only those: one
+ * sent before may have been answered before the cut-over, and "after" is
+ * told in nanoseconds (in milliseconds a request sent just before the
+ * line was read could share its millisecond and count as after).  One
+ * request is held inside its handler (GET /block) from before the signal
+ * until after the cut-over: it must be answered, with Connection: close,
+ * and its task run.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -51,7 +55,7 @@ typedef struct resp_rec {
     char rid[40];
     uint64_t task;        /* 0: none */
     int close;            /* Connection: close */
-    uint64_t sent_ms;     /* when the request was sent */
+    uint64_t sent_ns;     /* h_now_ns() just before the request was sent */
 } resp_rec;
 
 typedef struct client {
@@ -106,7 +110,7 @@ static void *client_main(void *arg)
     uint64_t end = h_now_ms() + CLIENT_DEADLINE_MS;
     while (h_now_ms() < end) {
         memset(&c->cur, 0, sizeof c->cur);
-        c->cur.sent_ms = h_now_ms();
+        c->cur.sent_ns = h_now_ns();
         CURLcode rc = curl_easy_perform(h);
         if (rc != CURLE_OK) {
             c->error = (int)rc;
@@ -236,9 +240,11 @@ static void shutdown_round(int round)
     kill(s.pid, SIGTERM);
     /* The server says "stopping" after the cut-over: every request sent
      * after we read that, and the one held in its handler until now, must
-     * be answered with Connection: close. */
+     * be answered with Connection: close.  cut_ns is read after the line
+     * was: a request whose sent_ns is later was sent after the cut-over
+     * (one monotonic clock for all threads). */
     assert_true(h_wait_log(&s, "SIGTERM: stopping", 10000));
-    uint64_t cut_ms = h_now_ms();
+    uint64_t cut_ns = h_now_ns();
     FILE *f = fopen(release, "w");
     assert_non_null(f);
     fclose(f);
@@ -266,12 +272,13 @@ static void shutdown_round(int round)
         for (size_t j = 0; j < cs[i].n; j++) {
             const resp_rec *r = &cs[i].recs[j];
             closes += r->close;
-            if (r->sent_ms < cut_ms)
+            if (r->sent_ns <= cut_ns)
                 continue;
             after++;
             if (!r->close)
-                fail_msg("round %d: response %s to a request sent after the cut-over "
-                         "has no Connection: close", round, r->rid);
+                fail_msg("round %d: response %s to a request sent %llu ns after the test read "
+                         "the cut-over's \"stopping\" line has no Connection: close",
+                         round, r->rid, (unsigned long long)(r->sent_ns - cut_ns));
         }
         for (size_t j = 0; j < cs[i].n; j++) {
             char needle[64];

@@ -22,11 +22,16 @@
 
 #define SLOTS 8
 
-uint64_t h_now_ms(void)
+uint64_t h_now_ns(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+uint64_t h_now_ms(void)
+{
+    return h_now_ns() / 1000000u;
 }
 
 const char *h_build_path(const char *rel)

@@ -117,4 +117,8 @@ int h_server_ended(const h_server *s, char *how, size_t cap);
 /* Monotonic milliseconds. */
 uint64_t h_now_ms(void);
 
+/* Monotonic nanoseconds: for ordering events across threads, where two
+ * readings in the same millisecond must still compare. */
+uint64_t h_now_ns(void);
+
 #endif
