@@ -289,28 +289,24 @@ task_item *tasks_records_new(tasks_engine *t, const tasks_owner *owner, task_kin
      * made.  When there is none to reuse (the first records of a run,
      * until the ring is full; nspares is a hint read unlocked), or the
      * payload is larger, a new one is made and filled before locking. */
-    int fresh = len > TASKS_SMALL_PAYLOAD ||
-                atomic_load_explicit(&t->nspares, memory_order_relaxed) == 0;
-    for (;;) {
-        if (fresh) {
-            it = xcalloc(1, sizeof(*it) + extra);
-            item_fill(it, owner, kind, def, rid, mode, payload, len, id, created);
-        }
+    if (len <= TASKS_SMALL_PAYLOAD && atomic_load_explicit(&t->nspares, memory_order_relaxed) > 0) {
         pthread_mutex_lock(&t->rec_mu);
-        if (fresh)
-            break;
-        if (t->spares) {
-            it = t->spares;
+        it = t->spares;
+        if (it) {
             t->spares = it->wait_next;
             atomic_store_explicit(&t->nspares,
                                   atomic_load_explicit(&t->nspares, memory_order_relaxed) - 1,
                                   memory_order_relaxed);
             memset(it, 0, sizeof(*it)); /* the payload area is written before it is read */
             item_fill(it, owner, kind, def, rid, mode, payload, len, id, created);
-            break;
+        } else {
+            pthread_mutex_unlock(&t->rec_mu); /* the hint was stale */
         }
-        pthread_mutex_unlock(&t->rec_mu); /* the hint was stale */
-        fresh = 1;
+    }
+    if (it == NULL) {
+        it = xcalloc(1, sizeof(*it) + extra);
+        item_fill(it, owner, kind, def, rid, mode, payload, len, id, created);
+        pthread_mutex_lock(&t->rec_mu);
     }
     hash_insert_locked(t, it);
     it->lprev = t->live_tail;

@@ -327,7 +327,8 @@ void tasks_runs_dispatch_batch(task_item **its, size_t n)
 
 int tasks_runs_skip_undelivered(const task_item *it)
 {
-    return it->def && (it->def->flags & BGS_TASK_DELIVERED_ONLY) && atomic_load_explicit(&it->delivered, memory_order_relaxed) == 0;
+    return it->def && (it->def->flags & BGS_TASK_DELIVERED_ONLY) &&
+           atomic_load_explicit(&it->delivered, memory_order_relaxed) == 0;
 }
 
 void tasks_runs_seq_start(task_item *it)
