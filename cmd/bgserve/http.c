@@ -231,9 +231,12 @@ static void conn_waiting(conn_slot *c, int list)
 static void note_rejected(unsigned open)
 {
     uint64_t n = atomic_fetch_add(&conns_rejected, 1) + 1;
-    uint64_t now = util_now_us();
     uint64_t last = atomic_load(&limit_logged_us);
-    if ((last != 0 && now - last < LIMIT_LOG_EVERY_US) ||
+    uint64_t now = util_now_us();
+    /* `last` may be a later reading than `now`, taken by another thread
+     * between the two loads: `now < last + ...`, never `now - last`,
+     * which would wrap and let a second line through. */
+    if ((last != 0 && now < last + LIMIT_LOG_EVERY_US) ||
         !atomic_compare_exchange_strong(&limit_logged_us, &last, now))
         return;
     log_msg(BGS_LOG_WARN, "connection limit reached: %u connections open, none idle "
