@@ -5,7 +5,9 @@
  * sequential and concurrent groups, retries, per-name caps, backpressure,
  * discards, DELIVERED_ONLY, ad hoc tasks, periodic schedules, timeouts,
  * service scopes, the shutdown drain, the record ring and the JSON, and
- * two engines side by side.
+ * two engines side by side.  On a broker (a redis-server of the test's
+ * own, tests/support/redis.h): what the records say of tasks that Redis
+ * refused or that a stopping worker handed back to it.
  *
  * Every wait polls with a deadline; sleeps inside task functions only
  * stand for work or pace a poll loop.
@@ -25,6 +27,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "broker.h"
 #include "introspect.h"
 #include "json.h"
 #include "plugin.h"
@@ -33,6 +36,7 @@
 #include "tasks.h"
 #include "util.h"
 #include "helpers.h"
+#include "redis.h"
 
 #define DEADLINE_US (30u * 1000000u)
 
@@ -1369,7 +1373,121 @@ static void tasks_resolved_definitions_share_the_name(void **state)
     assert_true(wait_stat_at_least("count", "succeeded", 2));
 }
 
+/* ------------------------------------------------------------------ */
+/* On a broker                                                         */
+/* ------------------------------------------------------------------ */
+
+static h_redis R;      /* the redis-server of the test running */
+static broker *B;      /* E's broker */
+
+/* The names of fake_tasks, as a worker resolves what it reads. */
+static int resolve_fake(void *arg, const char *name, const plugin_task **def,
+                        const tasks_owner **o)
+{
+    (void)arg;
+    *def = def_of(name);
+    if (*def == NULL)
+        return -1;
+    owner_retain(&owner);
+    *o = &owner;
+    return 0;
+}
+
+/* E on a broker of its own redis-server: a worker (consume > 0, it runs
+ * what it reads) or a server; capacity: --broker-capacity (0: none). */
+static void start_on_broker(unsigned consume, unsigned capacity)
+{
+    h_redis_start(&R, NULL, NULL);
+    broker_config bc = {.url = R.url, .app = "fake", .consumer = "here", .capacity = capacity};
+    char err[512];
+    if (broker_open(&bc, &B, err, sizeof err) != 0)
+        fail_msg("broker_open: %s", err);
+    tasks_config cfg = {.workers = 2, .queue_cap = 100, .keep = 100,
+                        .linger_us = QUEUE_LINGER_DEFAULT, .broker = B, .consume = consume,
+                        .resolve = resolve_fake};
+    atomic_store(&gate_open, 0);
+    E = tasks_new(&cfg);
+    assert_non_null(E);
+}
+
+static int teardown_broker(void **state)
+{
+    int rc = teardown(state);
+    broker_close(B);
+    B = NULL;
+    h_redis_stop(&R);
+    return rc;
+}
+
+/* A timer callback that holds the engine's timer thread until hold_open:
+ * tasks_shutdown halts that thread right after it shut the queue down
+ * and before it cancels the running tasks, so it waits there, with the
+ * queue shut and the tasks not cancelled yet. */
+static atomic_int hold_firing, hold_open;
+
+static void hold_timer(sched_timer *tm)
+{
+    (void)tm;
+    atomic_store(&hold_firing, 1);
+    uint64_t deadline = util_now_us() + DEADLINE_US;
+    while (!atomic_load(&hold_open) && util_now_us() < deadline)
+        pause_ms(1);
+}
+
+/* A worker's own task (one it queued itself, here a gatefail) whose run
+ * fails just as the worker stops, after the queue shut down and before
+ * the cancel: the retry goes to Redis's delayed set for another worker,
+ * and the record and the log say so, not that it never ran. */
+static void tasks_broker_own_retry_at_shutdown_goes_to_redis(void **state)
+{
+    (void)state;
+    start_on_broker(2, 0);
+    atomic_store(&runs_gate, 0);
+    uint64_t id;
+    assert_int_equal(tasks_enqueue(E, &owner, NULL, def_of("gatefail"), NULL, 0, NULL, NULL,
+                                   &id), 0);
+    assert_true(wait_atomic_at_least(&runs_gate, 1)); /* read back from redis, running here */
+    sched_timer tm = {0};
+    atomic_store(&hold_open, 0);
+    atomic_store(&hold_firing, 0);
+    sched_add(tasks_sched(E), &tm, util_now_us(), hold_timer);
+    assert_true(wait_atomic_at_least(&hold_firing, 1));
+
+    h_capture_begin();
+    unsigned drain_ms = 0;
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, shutdown_main, &drain_ms), 0);
+    /* Returns once the shutdown halts the timer thread (sched.c). */
+    sched_advance(tasks_sched(E), 0);
+    atomic_store(&gate_open, 1); /* the run fails now */
+    int ended = wait_state(id, "cancelled");
+    atomic_store(&hold_open, 1);
+    void *ret;
+    assert_int_equal(pthread_join(th, &ret), 0);
+    char *log = h_capture_end();
+    assert_true(ended);
+    assert_int_equal((size_t)(uintptr_t)ret, 0);
+    char *rec = record(id);
+    h_assert_contains(rec, "handed back to redis as this worker stopped: another worker will "
+                           "retry it");
+    free(rec);
+    char line[160];
+    snprintf(line, sizeof line, "task %" PRIu64 " (gatefail) handed back to redis: attempt 1 "
+             "failed as this worker stopped; another worker will retry it", id);
+    h_assert_contains(log, line);
+    h_assert_lacks(log, "never ran");
+    h_assert_contains(log, "0 did not, 1 went back to redis for other workers");
+    free(log);
+    /* In Redis: waiting for its retry, the attempt counted. */
+    assert_int_equal(h_redis_int(&R, "ZCARD bgserve:{fake}:delayed"), 1);
+    redisReply *r = h_redis_cmd(&R, "HGET bgserve:{fake}:task:%" PRIu64 " state", id);
+    assert_int_equal(r->type, REDIS_REPLY_STRING);
+    assert_string_equal(r->str, "retrying");
+    freeReplyObject(r);
+}
+
 #define T(name) cmocka_unit_test_teardown(name, teardown)
+#define TB(name) cmocka_unit_test_teardown(name, teardown_broker)
 
 int main(void)
 {
@@ -1403,6 +1521,7 @@ int main(void)
         T(tasks_watcher_takes_the_result),
         T(tasks_two_engines_side_by_side),
         T(tasks_resolved_definitions_share_the_name),
+        TB(tasks_broker_own_retry_at_shutdown_goes_to_redis),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

@@ -127,8 +127,11 @@ typedef struct queue_ops {
     /* The job n (taken earlier) reached a final state. */
     void (*ack)(queue *q, queue_node *n, const queue_outcome *o);
     /* A run of n (taken earlier) failed with error why (may be NULL);
-     * it goes back, to be taken again no earlier than retry_at_us.  0 or
-     * BGS_ESHUTDOWN (the caller keeps n). */
+     * it goes back, to be taken again no earlier than retry_at_us.  0,
+     * BGS_ESHUTDOWN (the caller keeps n; the job will not run again), or
+     * QUEUE_ELSEWHERE (after shutdown, a backend shared with other
+     * processes handed the job to them: the caller keeps n, and the
+     * next attempt runs elsewhere). */
     int (*nack)(queue *q, queue_node *n, uint64_t retry_at_us, const char *why);
     /* Ready nodes waiting to be taken (not those waiting for their time). */
     size_t (*depth)(queue *q);
@@ -144,6 +147,13 @@ typedef struct queue_ops {
 struct queue {
     const queue_ops *ops;
 };
+
+/* nack's result for a job that went back to a store other processes
+ * read (queue_redis: the broker's delayed set) when this queue was shut
+ * down already: the node stays the caller's, as for BGS_ESHUTDOWN, but
+ * the job is not lost and must not be reported so.  Not an error code:
+ * positive, apart from the BGS_E* ones. */
+#define QUEUE_ELSEWHERE 1
 
 /*
  * The in-memory backend: one FIFO list under one mutex; a consumer is

@@ -455,7 +455,19 @@ static int rq_nack(queue *q, queue_node *n, uint64_t retry_at_us, const char *wh
         pthread_mutex_unlock(&r->mu);
         return queue_nack(r->mem, n, retry_at_us, why);
     }
-    return give_back(r, x, n, 0);
+    uint64_t id = x->msg.id;
+    uint32_t attempt = x->msg.attempt;
+    char name[128];
+    snprintf(name, sizeof name, "%s", x->msg.name);
+    if (give_back(r, x, n, 0) == 0)
+        return 0;
+    /* A task of this process's own after shutdown: its owner has taken
+     * back the nodes waiting for notices, so the node stays the
+     * caller's; the job itself is in the delayed set for another
+     * worker. */
+    log_msg(BGS_LOG_INFO, "broker: task %" PRIu64 " (%s) handed back to redis: attempt %" PRIu32
+            " failed as this worker stopped; another worker will retry it", id, name, attempt);
+    return QUEUE_ELSEWHERE;
 }
 
 static size_t rq_depth(queue *q) { return queue_depth(R(q)->mem); }

@@ -17,7 +17,8 @@
  *   to the dead letters); nack sends it to the delayed set, to run again
  *   on whichever worker reads it when due, and hands the node back
  *   through `released` (a node enqueued here waits for its notice
- *   instead, like any it added).  Jobs of a name at its
+ *   instead, like any it added; after shutdown it stays the caller's,
+ *   and nack says QUEUE_ELSEWHERE).  Jobs of a name at its
  *   max_concurrency across all workers are put back for a moment (a
  *   lease per running job, renewed with the entry).
  *

@@ -462,10 +462,19 @@ static void run_once(task_item *it)
     pthread_mutex_unlock(&t->rec_mu);
     log_event("retry", it->id, it->kind->name, ctx.attempt, dur, err, delay);
     /* The queue holds it until the backoff is over.  A shutdown that
-     * began meanwhile refuses it (it would never run): cancel it here.
+     * began meanwhile refuses it (it would never run): cancel it here;
+     * unless the queue handed it to other processes even so (--broker: a
+     * worker's own task is in Redis's delayed set), where it is not lost.
      * One that comes later hands it back with try_take. */
-    if (queue_nack(t->q, &it->qnode, util_now_us() + delay * 1000u, err) != 0)
+    int nrc = queue_nack(t->q, &it->qnode, util_now_us() + delay * 1000u, err);
+    if (nrc == QUEUE_ELSEWHERE) {
+        it->jflags |= TASKS_JF_ELSEWHERE; /* queue_redis logged it */
+        tasks_runs_finalize(it, TASKS_CANCELLED,
+                            "handed back to redis as this worker stopped: another worker will "
+                            "retry it");
+    } else if (nrc != 0) {
         tasks_runs_keep(it, "server is shutting down; the retry never ran");
+    }
 }
 
 void tasks_runs_node(queue_node *n, void *arg)
