@@ -503,6 +503,68 @@ static void queue_redis_local_retry_counts_its_attempt(void **state)
     rig_down(&g);
 }
 
+/* The field of task id's record in Redis ("" when it has none). */
+static void record_field(rig *g, uint64_t id, const char *field, char *out, size_t cap)
+{
+    redisReply *r = h_redis_cmd(&g->redis, "HGET bgserve:{app}:task:%" PRIu64 " %s", id, field);
+    snprintf(out, cap, "%s", r->type == REDIS_REPLY_STRING ? r->str : "");
+    freeReplyObject(r);
+}
+
+/* Redis away when a run fails, then the worker stops while it waits to
+ * retry the job itself: the job goes back to the delayed set due when
+ * its backoff ends, not at once, as a retry Redis had taken (state
+ * retrying, the run's error, the failed run counted). */
+static void queue_redis_local_retry_handed_back_keeps_its_time(void **state)
+{
+    (void)state;
+    static const char *const aof[] = {"--appendonly", "yes", "--appendfsync", "always", NULL};
+    rig g;
+    rig_up_on(&g, 1, 0, aof);
+    queue_node *got = take_adopted(&g, 14);
+    h_redis_halt(&g.redis);
+    h_capture_begin();
+    uint64_t ten_min_us = 600ull * 1000000u;
+    assert_int_equal(queue_nack(g.w1, got, util_now_us() + ten_min_us, "try again"), 0);
+    h_redis_restart(&g.redis);
+    uint64_t end = h_now_ms() + 15000;
+    while (!broker_available(g.bw1) && h_now_ms() < end) {
+        struct timespec ts = {0, 2000000};
+        nanosleep(&ts, NULL); /* polling interval */
+    }
+    queue_shutdown(g.w1);
+    queue_node *n = queue_try_take(g.w1); /* the waiting one, after shutdown */
+    if (n)
+        queue_ack(g.w1, n, &(queue_outcome){.end = QUEUE_CANCELLED,
+                                            .error = "its worker stopped before it ran"});
+    char *log = h_capture_end();
+    assert_ptr_equal(n, got);
+    free(item_of(n));
+    /* Due some ten minutes from now by Redis's clock: more than five. */
+    redisReply *t = h_redis_cmd(&g.redis, "TIME");
+    assert_int_equal(t->type, REDIS_REPLY_ARRAY);
+    double now_ms = strtod(t->element[0]->str, NULL) * 1000 + strtod(t->element[1]->str, NULL) / 1000;
+    freeReplyObject(t);
+    redisReply *z = h_redis_cmd(&g.redis, "ZRANGE bgserve:{app}:delayed 0 -1 WITHSCORES");
+    assert_int_equal(z->type, REDIS_REPLY_ARRAY);
+    assert_int_equal(z->elements, 2);
+    double due_ms = strtod(z->element[1]->str, NULL);
+    freeReplyObject(z);
+    if (due_ms < now_ms + 300000)
+        fail_msg("due at %.0f, %.0f ms from now: the backoff was not kept", due_ms, due_ms - now_ms);
+    char v[64];
+    record_field(&g, 14, "state", v, sizeof v);
+    assert_string_equal(v, "retrying");
+    record_field(&g, 14, "error", v, sizeof v);
+    assert_string_equal(v, "try again");
+    assert_int_equal(record_attempts(&g, 14), 1);
+    h_assert_contains(log, "task 14 (flaky) handed back to redis for another worker: this "
+                           "worker stopped while the task waited for its retry (attempt 2), "
+                           "which stays due in ");
+    free(log);
+    rig_down(&g);
+}
+
 static void queue_redis_unknown_name_is_dead_lettered(void **state)
 {
     (void)state;
@@ -696,6 +758,7 @@ int main(void)
         cmocka_unit_test(queue_redis_own_task_retry_keeps_its_node),
         cmocka_unit_test(queue_redis_own_task_retry_at_shutdown),
         cmocka_unit_test(queue_redis_local_retry_counts_its_attempt),
+        cmocka_unit_test(queue_redis_local_retry_handed_back_keeps_its_time),
         cmocka_unit_test(queue_redis_unknown_name_is_dead_lettered),
         cmocka_unit_test(queue_redis_max_concurrency_across_workers),
         cmocka_unit_test(queue_redis_adhoc_stays_local),

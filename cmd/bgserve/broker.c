@@ -1532,6 +1532,11 @@ int broker_hand_back(broker *b, const broker_msg *m, const char *error)
     return requeue(b, m, 0, "queued", error, m->attempt > 0 ? m->attempt - 1 : 0, 1);
 }
 
+int broker_hand_back_retry(broker *b, const broker_msg *m, unsigned delay_ms, const char *error)
+{
+    return requeue(b, m, delay_ms, "retrying", error, m->attempt > 0 ? m->attempt - 1 : 0, 0);
+}
+
 /* ------------------------------------------------------------------ */
 /* Leases                                                              */
 /* ------------------------------------------------------------------ */

@@ -239,6 +239,13 @@ int broker_defer(broker *b, const broker_msg *m, unsigned delay_ms);
  * error kept): the interrupted run does not count against max_attempts. */
 int broker_hand_back(broker *b, const broker_msg *m, const char *error);
 
+/* m's run failed while Redis was away, so its worker kept it to retry it
+ * itself, and stopped before that retry (m->attempt numbers the run it
+ * waited for): acknowledge it and put it in the delayed set due in
+ * delay_ms, the rest of its backoff, as broker_retry would have (state
+ * "retrying", error), with the runs made so far (m->attempt - 1). */
+int broker_hand_back_retry(broker *b, const broker_msg *m, unsigned delay_ms, const char *error);
+
 /* m is out of attempts (or cannot run): acknowledge it, add it to the
  * dead-letter stream with error, record state "failed" (and a notice). */
 int broker_dead(broker *b, const broker_msg *m, const char *error);

@@ -58,6 +58,10 @@ typedef struct held {
     unsigned conc;             /* max_concurrency; 0: no lease held */
     int ours;                  /* the node was enqueued here (it was in
                                 * `sent`), not adopted */
+    uint64_t retry_at_us;      /* its run failed while Redis was away and
+                                * it waits here for its retry, due then
+                                * (util_now_us); 0: never */
+    char *retry_error;         /* that run's error (NULL: none) */
     char token[BROKER_ENTRY_MAX + 8];
 } held;
 
@@ -177,6 +181,7 @@ static sent *sent_take_any_locked(rq *r)
 static void held_free(held *x)
 {
     broker_msg_clear(&x->msg);
+    free(x->retry_error);
     free(x);
 }
 
@@ -399,9 +404,21 @@ static void rq_ack(queue *q, queue_node *n, const queue_outcome *o)
         return;
     }
     if (shut && o->end == QUEUE_CANCELLED) {
-        /* Stopped by this worker's shutdown: another worker runs it. */
-        int rc = broker_hand_back(r->b, &x->msg, "its worker stopped before it finished");
-        if (rc == 0)
+        /* Stopped by this worker's shutdown: another worker runs it.  One
+         * that waited here for a retry Redis could not take goes back with
+         * the rest of its backoff, as broker_retry would have put it. */
+        uint64_t now = util_now_us();
+        int waited = x->retry_at_us > now;
+        uint64_t ms = waited ? (x->retry_at_us - now + 999) / 1000 : 0;
+        unsigned due_ms = ms > UINT32_MAX ? UINT32_MAX : (unsigned)ms;
+        int rc = waited ? broker_hand_back_retry(r->b, &x->msg, due_ms, x->retry_error)
+                        : broker_hand_back(r->b, &x->msg, "its worker stopped before it finished");
+        if (rc == 0 && waited)
+            log_msg(BGS_LOG_INFO, "broker: task %" PRIu64 " (%s) handed back to redis for "
+                    "another worker: this worker stopped while the task waited for its retry "
+                    "(attempt %" PRIu32 "), which stays due in %u ms", x->msg.id, x->msg.name,
+                    x->msg.attempt, due_ms);
+        else if (rc == 0)
             log_msg(BGS_LOG_INFO, "broker: task %" PRIu64 " (%s) handed back to redis for "
                     "another worker: this worker stopped before it finished (attempt %" PRIu32
                     " does not count)", x->msg.id, x->msg.name, x->msg.attempt);
@@ -450,6 +467,9 @@ static int rq_nack(queue *q, queue_node *n, uint64_t retry_at_us, const char *wh
          * the message carries it to the record when the job ends (or
          * goes back to Redis). */
         x->msg.attempt++;
+        x->retry_at_us = retry_at_us > now ? retry_at_us : now;
+        free(x->retry_error);
+        x->retry_error = why ? xstrdup(why) : NULL;
         pthread_mutex_lock(&r->mu);
         held_put_locked(r, x);
         pthread_mutex_unlock(&r->mu);
