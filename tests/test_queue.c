@@ -312,7 +312,6 @@ static int swing(void *arg, pace_reading *r)
         idle_sum += 1000;
     r->idle = idle_sum;
     r->total = n * 1000;
-    r->own = n * 1000 - idle_sum;
     return 0;
 }
 

@@ -8,15 +8,14 @@
  * A wake-up is cheap when the woken worker finds an idle CPU, and costs
  * the server several times a whole request when it must preempt a busy
  * HTTP thread (or the load generator).  Whether a longer linger is worth
- * its later starts cannot be read from inside the server: a closed-loop
- * client starved of CPU by the wake-ups and an open-loop client at a
- * rate the server keeps up with look the same (same requests per second,
- * same CPU, bench/README.md section 14).  So the pace *tries*: it cuts
- * time into windows of PACE_WINDOW_US and counts, per window, the pushes
- * (the tasks of one response go to the queue in one push, so pushes per
- * second follow the requests completed), and reads the CPUs this process
- * may run on (/proc/stat over the affinity mask, and its own CPU time).
- * After each window pace_ctl_step decides the next one:
+ * its later starts cannot be read from inside the server (pace.c's top
+ * comment says why, and why no direct measure of the HTTP threads is
+ * used): so the pace *tries*.  It cuts time into windows of
+ * PACE_WINDOW_US and counts, per window, the pushes (the tasks of one
+ * response go to the queue in one push, so pushes per second follow the
+ * requests completed), and reads the idle share of the CPUs this process
+ * may run on (/proc/stat over the affinity mask).  After each window
+ * pace_ctl_step decides the next one:
  *   - a light window (fewer than PACE_FEW_PER_S pushes a second: a dev
  *     server, or one on a machine busy with other work, whose wake-ups
  *     are few), or one where the CPUs had time to spare (idle at least
@@ -29,40 +28,53 @@
  *     the experiments found);
  *   - otherwise it experiments: windows alternate between the kept
  *     linger and a *probe* at a neighbour on the ladder (a rung longer
- *     or shorter).  Each probe window is a trial, compared with the mean of
- *     the plain windows either side of it (so a load that drifts slowly
- *     cancels out; when those two differ by more than
- *     PACE_NOISE_PERMILLE the load moved under the probe, and the trial
- *     does not vote), and votes: a longer probe for itself when it served
- *     more than PACE_GAIN_PERMILLE more pushes a second (a closed-loop
- *     client sends more when answered sooner: the wake-ups it saved were
- *     worth it), a shorter one unless it served more than
- *     PACE_LOSS_PERMILLE fewer (the same within noise: the client sets
- *     the rate, so the earlier starts cost nothing).  The probe is kept
- *     when the votes for it lead by PACE_LEAD, refused when those against
- *     it do (a vote, not a mean: one window disturbed by another process
- *     counts once however far off it is).  A kept probe moves the linger
- *     and the next experiment goes the same way at once; a refused one
- *     (or none decided in PACE_MAX_TRIALS) turns the next experiment
- *     around, after PACE_REST_WINDOWS plain windows.  Requests per CPU
- *     second would be the wrong objective: a longer linger always saves
- *     CPU, also when the client sends no more for it; and the push rate
- *     alone, judged window by window, is too noisy on a shared machine
- *     (bench/README.md section 16), hence the trials.
+ *     or shorter).  Each probe window is a trial, and its d is how many
+ *     more pushes a second it served than the mean of the plain windows
+ *     either side of it (so a load that drifts slowly cancels out), per
+ *     mille and within +-PACE_CLIP_PERMILLE (one window disturbed by
+ *     another process, or the client's start, weighs no more than
+ *     that).  From PACE_MIN_TRIALS trials on, the mean of the d and its
+ *     standard error decide, one-sided each way, with the benefit of the
+ *     doubt to the shorter linger ("shown": by PACE_SE_TENTHS / 10
+ *     standard errors):
+ *       a shorter probe is kept when the mean loses no more than
+ *       PACE_LOSS_PERMILLE and the loss is shown to be under
+ *       PACE_MARGIN_PERMILLE (at a rate the server sustains, the client
+ *       sets the rate, so "no loss" is the evidence that the earlier
+ *       starts cost nothing), and refused when it is shown to lose more
+ *       than PACE_LOSS_PERMILLE (at saturation a rung shorter does);
+ *       a longer probe is kept when it is shown to gain more than
+ *       PACE_GAIN_PERMILLE (a closed-loop client sends more when
+ *       answered sooner: the wake-ups it saved were worth it), and
+ *       refused when it is shown not to;
+ *     an experiment that shows neither in PACE_MAX_TRIALS is refused
+ *     (the load is too noisy to judge; the linger stays put).  A steady
+ *     load decides in PACE_MIN_TRIALS trials, a noisier one later.
+ *     PACE_GAIN_PERMILLE is above PACE_LOSS_PERMILLE, so that a step
+ *     down whose loss was small enough to keep is not worth stepping up
+ *     again (no flapping between two rungs).  A kept probe moves the
+ *     linger and the next experiment goes the same way at once; a
+ *     refused one turns the next experiment around, after
+ *     PACE_REST_WINDOWS plain windows.  Requests per CPU second would be
+ *     the wrong objective: a longer linger always saves CPU, also when
+ *     the client sends no more for it; and the push rate alone, judged
+ *     window by window, is too noisy on a shared machine (bench/README.md
+ *     section 16), hence the trials.
  * The linger moves on a ladder of rungs PACE_RUNG times apart: 0,
  * PACE_STEP_MIN_US, ..., PACE_MAX_US, the bound (0, 16, 64, 256 µs).
  * Rungs that far apart differ enough in wake-ups (bench/README.md
  * section 10) for a probe's effect to show through a shared machine's
- * noise, and the ladder is climbed in three experiments.  The queue (queue.c) derives its other
- * times from the linger, so the longest a task waits for company is
- * queue_linger_bound_us of PACE_MAX_US (the sentry's watch).
+ * noise, and the ladder is climbed in three experiments.  The queue
+ * (queue.c) derives its other times from the linger, so the longest a
+ * task waits for company is queue_linger_bound_us of PACE_MAX_US (the
+ * sentry's watch).
  *
  * State is process-wide (it describes the machine and its load, and
  * every queue of the process shares it) and lock-free on the fast path:
  * an atomic push count, and one thread at a time elected to measure
  * (pace_linger).  Measuring costs one pread of /proc/stat per window, on
  * the thread of a push; an idle server measures nothing.  Without a
- * readable /proc/stat the experiments alone decide.
+ * readable /proc/stat the experiments (and the light rule) alone decide.
  */
 #ifndef BGSERVE_PACE_H
 #define BGSERVE_PACE_H
@@ -72,11 +84,13 @@
 #define PACE_WINDOW_US 50000u
 #define PACE_SPARE_PERMILLE 200u
 #define PACE_FEW_PER_S 1000u
-#define PACE_NOISE_PERMILLE 100u
-#define PACE_GAIN_PERMILLE 30u
-#define PACE_LOSS_PERMILLE 50u
-#define PACE_LEAD 4u
-#define PACE_MAX_TRIALS 12u
+#define PACE_CLIP_PERMILLE 250u
+#define PACE_GAIN_PERMILLE 50u
+#define PACE_LOSS_PERMILLE 40u
+#define PACE_MARGIN_PERMILLE 100u
+#define PACE_SE_TENTHS 25u
+#define PACE_MIN_TRIALS 5u
+#define PACE_MAX_TRIALS 16u
 #define PACE_REST_WINDOWS 40u
 #define PACE_STEP_MIN_US 16u
 #define PACE_RUNG 4u
@@ -91,8 +105,6 @@ unsigned pace_current(void);
 /* The idle share of the CPUs measured over the last window, per mille,
  * or -1 before the first measure or without /proc/stat. */
 int pace_idle_permille(void);
-/* This process's share of the same CPUs' time, likewise. */
-int pace_own_permille(void);
 /* Pushes a second in the last window (0 before the first), and the
  * experiments judged and probes kept since the start. */
 uint64_t pace_rate(void);
@@ -101,25 +113,23 @@ uint64_t pace_kept(void);
 
 /* What one reading of the CPUs says, in clock ticks (USER_HZ) since
  * some start: idle (idle + iowait) and all time of the CPUs we may run
- * on, and the CPU time this process used. */
+ * on. */
 typedef struct pace_reading {
-    uint64_t idle, total, own;
+    uint64_t idle, total;
 } pace_reading;
 
 /* What the pace saw in one window: its length, the pushes made in it,
- * and the CPUs' idle share and this process's share of their time, per
- * mille (-1: not read; the controller goes by the idle share, the own
- * share is for the stats). */
+ * and the CPUs' idle share, per mille (-1: not read). */
 typedef struct pace_window {
     uint64_t us, pushes;
-    int idle_permille, own_permille;
+    int idle_permille;
 } pace_window;
 
 /* The controller: zeroed, then linger set to where it starts.  One
  * experiment is a series of trials (plain, probe, plain: the plain
  * window after a probe is also the one before the next); a trial's d is
  * the probe's pushes a second over the two plain windows' mean, less
- * one, per mille, and it votes for the probe or against it. */
+ * one, per mille, within +-PACE_CLIP_PERMILLE. */
 typedef struct pace_ctl {
     unsigned linger;        /* the linger kept under load */
     unsigned light;         /* the linger while the load is light */
@@ -131,7 +141,7 @@ typedef struct pace_ctl {
     unsigned rest;          /* plain windows left before the next experiment */
     uint64_t before, tried; /* pushes a second: the last plain window, the probe */
     unsigned n;             /* the experiment's trials so far */
-    int score;              /* their votes for the probe less those against */
+    int64_t sum, sumsq;     /* their d, and d squared (per mille) */
     uint64_t experiments, kept; /* judged, and probes kept, since the start */
 } pace_ctl;
 
@@ -149,7 +159,7 @@ int pace_parse_stat(const char *text, int (*allowed)(int cpu, void *arg), void *
                     uint64_t *idle, uint64_t *total);
 
 /* For tests: measure with fn(arg, &reading) (0, or -1: no reading)
- * instead of /proc/stat and this process's CPU time, every window µs;
+ * instead of /proc/stat, every window µs;
  * NULL restores those.  Either way the pace starts again from
  * PACE_START_US, unmeasured, with no push counted. */
 typedef int (*pace_source_fn)(void *arg, pace_reading *r);

@@ -552,8 +552,8 @@ void tasks_stats_json(tasks_engine *t, json *j)
     json_u64(j, queue_wakeups(t->q));
     /* The wake-up policy (docs/tasks.md, "When tasks run"): the linger
      * now, the longest a task may wait for company, and for the adaptive
-     * one what it follows: the shares of the CPUs' time (idle, and ours),
-     * the pushes a second, and its experiments (judged, and kept). */
+     * one what it follows: the CPUs' idle share, the pushes a second,
+     * and its experiments (judged, and kept). */
     int adaptive = t->linger_us == QUEUE_LINGER_ADAPTIVE;
     json_key(j, "linger_mode");
     json_str(j, adaptive ? "adaptive" : "fixed");
@@ -562,15 +562,12 @@ void tasks_stats_json(tasks_engine *t, json *j)
     json_key(j, "linger_bound_us");
     json_u64(j, queue_linger_bound_us(adaptive ? PACE_MAX_US : t->linger_us));
     if (adaptive) {
-        int pm[2] = {pace_idle_permille(), pace_own_permille()};
-        static const char *const keys[2] = {"cpu_idle_pct", "cpu_own_pct"};
-        for (int i = 0; i < 2; i++) {
-            json_key(j, keys[i]);
-            if (pm[i] < 0)
-                json_null(j);
-            else
-                json_double(j, pm[i] / 10.0);
-        }
+        int idle = pace_idle_permille();
+        json_key(j, "cpu_idle_pct");
+        if (idle < 0)
+            json_null(j);
+        else
+            json_double(j, idle / 10.0);
         json_key(j, "pushes_per_s");
         json_u64(j, pace_rate());
         json_key(j, "linger_probes");
