@@ -1486,6 +1486,53 @@ static void tasks_broker_own_retry_at_shutdown_goes_to_redis(void **state)
     freeReplyObject(r);
 }
 
+/* Fail the test unless task id ended cancelled with an error that has
+ * cause in it (the record is printed then). */
+static void assert_cancelled_for(uint64_t id, const char *cause)
+{
+    assert_true(wait_state(id, "cancelled"));
+    char *rec = record(id);
+    h_assert_contains(rec, cause);
+    h_assert_contains(rec, "; the task never ran");
+    free(rec);
+}
+
+/* A task accepted while Redis seemed up, which Redis then refused as it
+ * was added, ends cancelled with the cause in its record, in the words of
+ * the 503s: over --broker-capacity, or Redis unreachable (and that the
+ * server reconnects by itself). */
+static void tasks_broker_refusal_names_its_cause(void **state)
+{
+    (void)state;
+    start_on_broker(0, 1); /* a server: the first task stays in the stream */
+    uint64_t first, id;
+    assert_int_equal(tasks_enqueue(E, &owner, NULL, def_of("count"), NULL, 0, NULL, NULL,
+                                   &first), 0);
+    h_capture_begin();
+    assert_int_equal(tasks_enqueue(E, &owner, NULL, def_of("count"), NULL, 0, NULL, NULL, &id),
+                     0);
+    free(h_capture_end());
+    char cause[256];
+    snprintf(cause, sizeof cause, "the broker %s/0 is over its capacity (--broker-capacity)",
+             R.url);
+    assert_cancelled_for(id, cause);
+    assert_true(state_is(first, "queued"));
+
+    /* Redis gone, and nothing has told the server yet: the task is
+     * accepted, then refused as it is added. */
+    h_redis_halt(&R);
+    h_capture_begin();
+    assert_int_equal(tasks_enqueue(E, &owner, NULL, def_of("count"), NULL, 0, NULL, NULL, &id),
+                     0);
+    free(h_capture_end());
+    assert_cancelled_for(id, "redis (--broker), which keeps the tasks, is unreachable; bring "
+                             "redis back: the server reconnects by itself");
+    /* The first one is the workers' (there are none): no drain for it. */
+    h_capture_begin();
+    tasks_shutdown(E, 0);
+    free(h_capture_end());
+}
+
 #define T(name) cmocka_unit_test_teardown(name, teardown)
 #define TB(name) cmocka_unit_test_teardown(name, teardown_broker)
 
@@ -1522,6 +1569,7 @@ int main(void)
         T(tasks_two_engines_side_by_side),
         T(tasks_resolved_definitions_share_the_name),
         TB(tasks_broker_own_retry_at_shutdown_goes_to_redis),
+        TB(tasks_broker_refusal_names_its_cause),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

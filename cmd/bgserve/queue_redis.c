@@ -252,10 +252,11 @@ static int add_to_stream(rq *r, queue_node *const *nodes, size_t n, int linked, 
     return rc;
 }
 
-static int rq_enqueue(queue *q, queue_node *const *nodes, size_t n, uint64_t not_before_us,
-                      queue_done_fn done, void *done_arg)
+/* enqueue; why (cap bytes) says what Redis answered when it refused the
+ * named jobs (BGS_EFULL), in add_to_stream's words. */
+static int enqueue_why(rq *r, queue_node *const *nodes, size_t n, uint64_t not_before_us,
+                       queue_done_fn done, void *done_arg, char *why, size_t cap)
 {
-    rq *r = R(q);
     queue_node **named = xcalloc(n ? n : 1, sizeof *named);
     queue_node **locals = xcalloc(n ? n : 1, sizeof *locals);
     size_t nj = 0, nl = 0;
@@ -270,8 +271,7 @@ static int rq_enqueue(queue *q, queue_node *const *nodes, size_t n, uint64_t not
         else
             named[nj++] = nodes[i];
     }
-    char why[256];
-    int rc = add_to_stream(r, named, nj, 1, 0, why, sizeof why);
+    int rc = add_to_stream(r, named, nj, 1, 0, why, cap);
     if (rc == 0 && nl) {
         rc = queue_enqueue_at(r->mem, locals, nl, not_before_us, NULL, NULL);
         if (rc < 0 && nj) {
@@ -291,6 +291,21 @@ static int rq_enqueue(queue *q, queue_node *const *nodes, size_t n, uint64_t not
     if (rc == 0 && done)
         done(done_arg, 0, NULL);
     return rc;
+}
+
+static int rq_enqueue(queue *q, queue_node *const *nodes, size_t n, uint64_t not_before_us,
+                      queue_done_fn done, void *done_arg)
+{
+    char why[256];
+    return enqueue_why(R(q), nodes, n, not_before_us, done, done_arg, why, sizeof why);
+}
+
+int queue_redis_enqueue(queue *q, queue_node *n, queue_done_fn done, void *done_arg, char *why,
+                        size_t cap)
+{
+    if (cap)
+        why[0] = '\0';
+    return enqueue_why(R(q), &n, 1, 0, done, done_arg, why, cap);
 }
 
 int queue_redis_write(queue *q, queue_node *const *nodes, size_t n, int seq, char *why,

@@ -91,6 +91,11 @@ queue *queue_redis_new(broker *b, const queue_redis_config *cfg, const queue_red
  */
 int queue_redis_write(queue *q, queue_node *const *nodes, size_t n, int seq, char *why,
                       size_t cap);
+/* Enqueue (queue.h) the one node n, ready at once; when Redis refuses its
+ * job (BGS_EFULL), why (cap bytes) says what it answered, in the words of
+ * queue_redis_write (else it is left "").  0, BGS_EFULL, BGS_ESHUTDOWN. */
+int queue_redis_enqueue(queue *q, queue_node *n, queue_done_fn done, void *done_arg, char *why,
+                        size_t cap);
 /* Link n, written ahead: from now on it is the queue's until its final
  * state (a notice that came meanwhile is acted on now).  0, or
  * BGS_EINVAL when n was not written ahead. */

@@ -275,25 +275,45 @@ static void keep_taken(task_item *it, const char *why)
 
 /* ---- dispatch ---------------------------------------------------------------------- */
 
+/* The cause (and hint, what to do) of a refusal rc of a task accepted
+ * already, in the words of the 503s (tasks_refusal); a refusal of Redis
+ * while it is reachable (over --broker-capacity, or an error it answered)
+ * in queue_redis's words, backend ("" for none). */
+static const char *dispatch_refusal(tasks_engine *t, int rc, const char *backend,
+                                    const char **hint)
+{
+    if (rc == BGS_EFULL && backend[0] && atomic_load(&t->accepting) &&
+        broker_available(t->broker)) {
+        *hint = "";
+        return backend;
+    }
+    return tasks_refusal(t, rc, hint);
+}
+
 /* tasks_runs_dispatch; done/arg (may be NULL): told when it is durable. */
 static void dispatch_done(task_item *it, queue_done_fn done, void *arg)
 {
-    queue *q = it->kind->engine->q;
+    tasks_engine *t = it->kind->engine;
+    queue *q = t->q;
+    char backend[256] = "";
     int rc, written = it->jflags & TASKS_JF_WRITTEN;
     it->jflags |= TASKS_JF_LINKED; /* now: once linked, a worker owns it */
-    if (written && it->kind->engine->journal)
+    if (written && t->journal)
         rc = queue_journal_adopt(q, &it->qnode, 0);
     else if (written)
         rc = queue_redis_link(q, &it->qnode);
+    else if (t->broker)
+        rc = queue_redis_enqueue(q, &it->qnode, done, arg, backend, sizeof backend);
     else
         rc = queue_enqueue_at(q, (queue_node *const[]){&it->qnode}, 1, 0, done, arg);
     if (rc != 0) { /* refused: still ours (a push stamps TASKS_MONO_US) */
-        const char *why = rc == BGS_EFULL ? "the task queue (or its broker) did not take it; "
-                                            "the task never ran"
-                                          : "server is shutting down; the task never ran";
+        const char *hint;
+        const char *cause = dispatch_refusal(t, rc, backend, &hint);
+        char why[384]; /* with room to spare in tasks_runs_keep's TASKS_ERR_MAX */
+        snprintf(why, sizeof why, "%s%s; the task never ran", cause, hint);
         it->jflags &= (uint8_t)~TASKS_JF_LINKED;
         if (done && !written)
-            done(arg, rc, why); /* the request answers 503 */
+            done(arg, rc, cause); /* the request answers 503 */
         if (written && rc == BGS_ESHUTDOWN)
             tasks_runs_keep(it, why); /* the journal runs it at the next start */
         else
