@@ -87,11 +87,8 @@ static queue_node *adopt(void *arg, const broker_msg *m, char *why, size_t cap)
     }
     /* The worker's concurrency bounds what it holds: no cap check. */
     atomic_fetch_add(&t->accepted, 1);
-    task_rid *rid = m->request_id ? tasks_records_rid_new(m->request_id) : NULL;
-    task_item *it = tasks_records_new(t, owner, tasks_records_kind_of(t, def), def, rid,
-                                      BGS_CONCURRENT, m->payload, m->len, m->id);
-    if (rid)
-        tasks_records_rid_unref(rid);
+    task_item *it = tasks_records_new_rid(t, owner, tasks_records_kind_of(t, def), def,
+                                      m->request_id, BGS_CONCURRENT, m->payload, m->len, m->id);
     if (owner->release)
         owner->release(owner); /* the item holds its own reference */
     pthread_mutex_lock(&t->rec_mu);

@@ -203,11 +203,9 @@ static void replay_one(void *arg, const journal_rec *r)
         return;
     }
     atomic_fetch_add(&t->accepted, 1); /* accepted by an earlier run: never refused */
-    task_rid *rid = tasks_records_rid_new(r->request_id);
-    task_item *it = tasks_records_new(t, c->owner, tasks_records_kind_of(t, def), def, rid,
-                                      r->prev_id ? BGS_SEQUENTIAL : BGS_CONCURRENT, r->payload,
-                                      r->payload_len, r->id);
-    tasks_records_rid_unref(rid);
+    task_item *it = tasks_records_new_rid(t, c->owner, tasks_records_kind_of(t, def), def,
+                                      r->request_id, r->prev_id ? BGS_SEQUENTIAL : BGS_CONCURRENT,
+                                      r->payload, r->payload_len, r->id);
     pthread_mutex_lock(&t->rec_mu);
     /* The next run is attempts + 1; a crash counts as an attempt. */
     it->attempts = crashed ? crashed_attempt : r->attempts;

@@ -24,7 +24,7 @@
 struct tasks_group {
     tasks_engine *engine;
     const tasks_owner *owner;    /* retained */
-    task_rid *rid;               /* our reference; shared by the tasks */
+    task_rid rid;                /* copied into each task */
     uint32_t mode;
     task_item *head, *tail;
     size_t count;                /* attached */
@@ -40,7 +40,7 @@ tasks_group *tasks_group_new(tasks_engine *t, const tasks_owner *owner, const ch
     g->owner = owner;
     if (owner && owner->retain)
         owner->retain(owner);
-    g->rid = tasks_records_rid_new(request_id);
+    tasks_rid_set(&g->rid, request_id);
     g->mode = mode == BGS_CONCURRENT ? BGS_CONCURRENT : BGS_SEQUENTIAL;
     return g;
 }
@@ -74,8 +74,8 @@ int tasks_group_add(tasks_group *g, const plugin_task *def, const void *payload,
     int rc = tasks_runs_admit(t, def, 0);
     if (rc != 0)
         return rc;
-    task_item *it = tasks_records_new(t, g->owner, tasks_records_kind_of(t, def), def, g->rid,
-                                      g->mode, payload, len, 0);
+    task_item *it = tasks_records_new(t, g->owner, tasks_records_kind_of(t, def), def,
+                                      &g->rid, g->mode, payload, len, 0);
     group_append(g, it, id_out);
     return 0;
 }
@@ -89,7 +89,8 @@ int tasks_group_add_fn(tasks_group *g, bgs_adhoc_fn fn, void *arg,
     int rc = tasks_runs_admit(t, NULL, 1);
     if (rc != 0)
         return rc;
-    task_item *it = tasks_records_new(t, g->owner, tasks_records_adhoc_kind(t), NULL, g->rid, g->mode, NULL, 0, 0);
+    task_item *it = tasks_records_new(t, g->owner, tasks_records_adhoc_kind(t), NULL,
+                                      &g->rid, g->mode, NULL, 0, 0);
     it->afn = fn;
     it->arg = arg;
     it->free_fn = free_fn;
@@ -103,7 +104,7 @@ int tasks_group_enqueue(tasks_group *g, const plugin_task *def, const void *payl
     uint64_t id;
     if (g == NULL)
         return BGS_EINVAL;
-    int rc = tasks_enqueue_gated(g->engine, g->owner, g->rid ? g->rid->s : NULL, def, payload,
+    int rc = tasks_enqueue_gated(g->engine, g->owner, tasks_rid_str(&g->rid), def, payload,
                                  len, cb, arg, &id, gate);
     if (rc != 0)
         return rc;
@@ -148,7 +149,7 @@ size_t tasks_group_ids(const tasks_group *g, char *buf, size_t cap)
 static void group_free(tasks_group *g)
 {
     free(g->queued);
-    tasks_records_rid_unref(g->rid);
+    tasks_rid_clear(&g->rid);
     if (g->owner && g->owner->release)
         g->owner->release(g->owner);
     free(g);

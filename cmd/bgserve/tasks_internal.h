@@ -79,11 +79,20 @@ typedef struct task_watch {
     void *arg;
 } task_watch;
 
-/* A request id shared by every task of one response (and by nobody else
- * for tasks_enqueue).  Immutable; the last item to be evicted frees it. */
-typedef struct task_rid {
-    atomic_uint refs;
-    char s[];
+/* A request id held by value: each task and each group has its own copy,
+ * so none is allocated, shared or freed on another thread (bench/README.md,
+ * section 20).  One of up to TASKS_RID_INLINE - 1 characters (bgserve's
+ * own have 16) is in s; a longer or empty one (only from another producer,
+ * through --broker) is a malloc'd copy in far.heap, with s[0] == '\0'.
+ * All zero: none.  Set once (tasks_rid_set), then immutable until
+ * tasks_rid_clear. */
+#define TASKS_RID_INLINE 24
+typedef union task_rid {
+    char s[TASKS_RID_INLINE];
+    struct {
+        char inline_end;     /* s[0]: '\0' */
+        char *heap;          /* NULL: none */
+    } far;
 } task_rid;
 
 /* What few tasks need, allocated on first use: the timer of a timeout
@@ -158,7 +167,7 @@ struct task_item {
     uint32_t max_attempts;       /* immutable */
     atomic_uint cancel;          /* TASKS_CANCEL_* bits; 0: run on */
     uint64_t created_wall, started_wall, finished_wall; /* 0: null */
-    task_rid *rid;               /* our reference; dropped at eviction */
+    task_rid rid;                /* immutable; far.heap freed at eviction */
     char *error;
     task_extra *x;               /* NULL until needed (see task_extra) */
     task_watch *watchers;        /* fired once, when final */
@@ -280,18 +289,28 @@ task_kind *tasks_records_adhoc_kind(tasks_engine *t);
 /* The kind of a definition: resolved at load time, or by name. */
 task_kind *tasks_records_kind_of(tasks_engine *t, const plugin_task *def);
 
-task_rid *tasks_records_rid_new(const char *s);
-void tasks_records_rid_unref(task_rid *r);
+/* r (all zero) takes a copy of s (NULL: none), or of src; tasks_rid_clear
+ * frees what it holds and leaves it all zero.  tasks_rid_str: the id, or
+ * NULL. */
+void tasks_rid_set(task_rid *r, const char *s);
+void tasks_rid_copy(task_rid *r, const task_rid *src);
+void tasks_rid_clear(task_rid *r);
+const char *tasks_rid_str(const task_rid *r);
 const char *tasks_records_rid(const task_item *it);
 int tasks_records_payload_inline(const task_item *it);
 
-/* A new queued item holding a reference to owner and to rid, with a copy
- * of the payload, registered in the id hash and the live list.  Capacity
+/* A new queued item holding a reference to owner, with a copy of rid
+ * (NULL: none) and of the payload, registered in the id hash and the live
+ * list.  Capacity
  * was reserved by the caller.  id 0: a new one (from the journal when
  * there is one: ids then never repeat across runs). */
 task_item *tasks_records_new(tasks_engine *t, const tasks_owner *owner, task_kind *kind,
-                             const plugin_task *def, task_rid *rid, uint32_t mode,
+                             const plugin_task *def, const task_rid *rid, uint32_t mode,
                              const void *payload, size_t len, uint64_t id);
+/* The same with a request id as text (NULL: none). */
+task_item *tasks_records_new_rid(tasks_engine *t, const tasks_owner *owner, task_kind *kind,
+                                 const plugin_task *def, const char *request_id, uint32_t mode,
+                                 const void *payload, size_t len, uint64_t id);
 /* The item's task_extra, allocated on first use; owner of it only. */
 task_extra *tasks_records_extra(task_item *it);
 

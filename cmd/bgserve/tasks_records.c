@@ -140,33 +140,40 @@ static void hash_remove_locked(tasks_engine *t, task_item *it)
 
 /* ---- request ids --------------------------------------------------------------- */
 
-task_rid *tasks_records_rid_new(const char *s)
+void tasks_rid_set(task_rid *r, const char *s)
 {
     if (s == NULL)
-        return NULL;
+        return;
     size_t n = strlen(s) + 1;
-    task_rid *r = xmalloc(sizeof(*r) + n);
-    atomic_init(&r->refs, 1);
-    memcpy(r->s, s, n);
-    return r;
+    if (n > 1 && n <= sizeof r->s)
+        memcpy(r->s, s, n);
+    else
+        r->far.heap = xmemdup(s, n);
 }
 
-static task_rid *rid_ref(task_rid *r)
+void tasks_rid_copy(task_rid *r, const task_rid *src)
 {
-    if (r)
-        atomic_fetch_add_explicit(&r->refs, 1, memory_order_relaxed);
-    return r;
+    if (src->s[0])
+        *r = *src; /* a bgserve id: three words, no strlen */
+    else if (src->far.heap)
+        r->far.heap = xstrdup(src->far.heap);
 }
 
-void tasks_records_rid_unref(task_rid *r)
+void tasks_rid_clear(task_rid *r)
 {
-    if (r && atomic_fetch_sub_explicit(&r->refs, 1, memory_order_acq_rel) == 1)
-        free(r);
+    if (r->s[0] == '\0')
+        free(r->far.heap);
+    memset(r, 0, sizeof *r);
+}
+
+const char *tasks_rid_str(const task_rid *r)
+{
+    return r->s[0] ? r->s : r->far.heap;
 }
 
 const char *tasks_records_rid(const task_item *it)
 {
-    return it->rid ? it->rid->s : NULL;
+    return tasks_rid_str(&it->rid);
 }
 
 /* ---- items ---------------------------------------------------------------------- */
@@ -194,7 +201,7 @@ task_extra *tasks_records_extra(task_item *it)
 /* What an item let go of owns, to free once rec_mu is unlocked (the
  * slow part, which need not hold up the other threads). */
 typedef struct item_parts {
-    task_rid *rid;
+    char *rid;         /* a request id of its own (task_rid.far.heap), or NULL */
     char *error;
     task_extra *x;
     void *payload;     /* a payload of its own (not inline), or NULL */
@@ -206,7 +213,7 @@ typedef struct item_parts {
  * record made (tasks_records_new), or leave it in p->whole; rec_mu held. */
 static void retire_locked(tasks_engine *t, task_item *it, item_parts *p)
 {
-    p->rid = it->rid;
+    p->rid = it->rid.s[0] ? NULL : it->rid.far.heap;
     p->error = it->error;
     p->x = it->x;
     p->payload = tasks_records_payload_inline(it) ? NULL : it->payload;
@@ -224,7 +231,7 @@ static void retire_locked(tasks_engine *t, task_item *it, item_parts *p)
 /* rec_mu not held. */
 static void parts_free(item_parts *p)
 {
-    tasks_records_rid_unref(p->rid);
+    free(p->rid);
     free(p->error);
     if (p->x) {
         free(p->x->res_type);
@@ -238,14 +245,15 @@ static void parts_free(item_parts *p)
 /* Free it and all it owns (tasks_records_destroy). */
 static void item_free(task_item *it)
 {
-    item_parts p = {.rid = it->rid, .error = it->error, .x = it->x, .whole = it,
+    item_parts p = {.rid = it->rid.s[0] ? NULL : it->rid.far.heap,
+                    .error = it->error, .x = it->x, .whole = it,
                     .payload = tasks_records_payload_inline(it) ? NULL : it->payload};
     parts_free(&p);
 }
 
 /* Fill a zeroed item for tasks_records_new (see there). */
 static void item_fill(task_item *it, const tasks_owner *owner, task_kind *kind,
-                      const plugin_task *def, task_rid *rid, uint32_t mode,
+                      const plugin_task *def, const task_rid *rid, uint32_t mode,
                       const void *payload, size_t len, uint64_t id, uint64_t created_wall)
 {
     if (len && len <= TASKS_INLINE_PAYLOAD_MAX) {
@@ -264,13 +272,14 @@ static void item_fill(task_item *it, const tasks_owner *owner, task_kind *kind,
     atomic_init(&it->cancel, 0);
     atomic_init(&it->delivered, -1);
     atomic_init(&it->mode, (unsigned char)mode);
-    it->rid = rid;
+    if (rid)
+        tasks_rid_copy(&it->rid, rid);
     it->created_wall = created_wall;
     it->state = -1;
 }
 
 task_item *tasks_records_new(tasks_engine *t, const tasks_owner *owner, task_kind *kind,
-                             const plugin_task *def, task_rid *rid, uint32_t mode,
+                             const plugin_task *def, const task_rid *rid, uint32_t mode,
                              const void *payload, size_t len, uint64_t id)
 {
     task_item *it = NULL;
@@ -280,7 +289,6 @@ task_item *tasks_records_new(tasks_engine *t, const tasks_owner *owner, task_kin
         id = t->journal ? journal_next_id(t->journal) : atomic_fetch_add(&t->next_id, 1);
     if (owner && owner->retain)
         owner->retain(owner);
-    rid = rid_ref(rid);
     uint64_t created = util_wall_us();
     size_t extra = len <= TASKS_SMALL_PAYLOAD ? TASKS_SMALL_PAYLOAD
                    : len <= TASKS_INLINE_PAYLOAD_MAX ? len : 0;
@@ -319,6 +327,18 @@ task_item *tasks_records_new(tasks_engine *t, const tasks_owner *owner, task_kin
     t->live_count++;
     tasks_records_transition_locked(it, TASKS_QUEUED);
     pthread_mutex_unlock(&t->rec_mu);
+    return it;
+}
+
+task_item *tasks_records_new_rid(tasks_engine *t, const tasks_owner *owner, task_kind *kind,
+                                 const plugin_task *def, const char *request_id, uint32_t mode,
+                                 const void *payload, size_t len, uint64_t id)
+{
+    task_rid rid;
+    memset(&rid, 0, sizeof rid);
+    tasks_rid_set(&rid, request_id);
+    task_item *it = tasks_records_new(t, owner, kind, def, &rid, mode, payload, len, id);
+    tasks_rid_clear(&rid);
     return it;
 }
 

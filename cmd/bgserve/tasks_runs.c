@@ -590,10 +590,8 @@ int tasks_enqueue_gated(tasks_engine *t, const tasks_owner *owner, const char *r
     int rc = tasks_runs_admit(t, def, 0);
     if (rc != 0)
         return rc;
-    task_rid *rid = tasks_records_rid_new(request_id);
-    task_item *it = tasks_records_new(t, owner, tasks_records_kind_of(t, def), def, rid,
+    task_item *it = tasks_records_new_rid(t, owner, tasks_records_kind_of(t, def), def, request_id,
                                       BGS_CONCURRENT, payload, len, 0);
-    tasks_records_rid_unref(rid);
     if (cb) {
         pthread_mutex_lock(&t->rec_mu);
         tasks_records_watch_locked(it, cb, arg);
