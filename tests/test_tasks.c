@@ -592,6 +592,92 @@ static void tasks_single_task_lifecycle(void **state)
     free(r);
 }
 
+/* The tasks of id (succeeded) say request_id rid. */
+static void assert_request_id(uint64_t id, const char *rid)
+{
+    char want[128];
+    char *r = record(id);
+    assert_non_null(r);
+    snprintf(want, sizeof want, "\"request_id\":\"%s\"", rid);
+    h_assert_contains(r, want);
+    free(r);
+}
+
+/* A response's group lives in the response (tasks_group_init): it holds
+ * no reference to the owner of its own (its tasks each hold one), each
+ * task keeps its own copy of the request id, whole even when it is longer
+ * than a bgserve id (another producer's, through --broker) or empty, and
+ * the room serves the next group once this one is submitted. */
+static void tasks_group_in_room_keeps_request_ids(void **state)
+{
+    (void)state;
+    start(2, 100, 100);
+    static const char *const rids[] = {
+        "5f3a9c1200000007",
+        "a-request-id-from-another-producer-longer-than-an-inline-one",
+        "",
+        "12345678901234567890123", /* the longest kept inline */
+    };
+    tasks_group_room room;
+    for (size_t i = 0; i < BGS_COUNT(rids); i++) {
+        memset(&room, 0xa5, sizeof room); /* whatever was there */
+        long refs = atomic_load(&owner_refs);
+        tasks_group *g = tasks_group_init(&room, E, &owner, rids[i], BGS_CONCURRENT);
+        assert_ptr_equal(g, (void *)&room);
+        assert_int_equal(atomic_load(&owner_refs), refs);
+        uint64_t a, b;
+        assert_int_equal(group_add(g, "count", NULL, 0, &a), 0);
+        assert_int_equal(group_add(g, "count", NULL, 0, &b), 0);
+        assert_int_equal(tasks_group_count(g), 2);
+        tasks_group_submit(g, 1);
+        assert_true(wait_state(a, "succeeded"));
+        assert_true(wait_state(b, "succeeded"));
+        assert_request_id(a, rids[i]);
+        assert_request_id(b, rids[i]);
+    }
+    /* Dropped, then discarded: its tasks end discarded, the room is not
+     * freed (ASan would say so). */
+    tasks_group *g = tasks_group_init(&room, E, &owner, "req-drop", BGS_SEQUENTIAL);
+    uint64_t d;
+    assert_int_equal(group_add(g, "count", NULL, 0, &d), 0);
+    tasks_group_discard(g, "handler failed");
+    assert_true(wait_state(d, "discarded"));
+    assert_request_id(d, "req-drop");
+}
+
+static void *submit_on_thread(void *g)
+{
+    tasks_group_submit(g, 1);
+    return NULL;
+}
+
+/* A group made on one thread and submitted on another (what
+ * tasks_group_new allows; a response's group is submitted by its HTTP
+ * thread): its tasks run in order with its request id, and the group and
+ * its copy of the id are freed on the submitting thread. */
+static void tasks_group_submitted_on_another_thread(void **state)
+{
+    (void)state;
+    start(2, 100, 100);
+    pthread_mutex_lock(&order_mu);
+    order_len = 0;
+    order_log[0] = '\0';
+    pthread_mutex_unlock(&order_mu);
+    tasks_group *g = group_new("req-elsewhere-and-longer-than-inline", BGS_SEQUENTIAL);
+    uint64_t a, b;
+    assert_int_equal(group_add(g, "order", "1", 1, &a), 0);
+    assert_int_equal(group_add(g, "order", "2", 1, &b), 0);
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, submit_on_thread, g), 0);
+    assert_int_equal(pthread_join(th, NULL), 0);
+    assert_true(wait_state(b, "succeeded"));
+    pthread_mutex_lock(&order_mu);
+    assert_string_equal(order_log, "12");
+    pthread_mutex_unlock(&order_mu);
+    assert_request_id(a, "req-elsewhere-and-longer-than-inline");
+    assert_request_id(b, "req-elsewhere-and-longer-than-inline");
+}
+
 static void tasks_ids_increase_and_list(void **state)
 {
     (void)state;
@@ -1542,6 +1628,8 @@ int main(void)
         T(tasks_single_task_lifecycle),
         T(tasks_reused_items_carry_nothing_over),
         T(tasks_ids_increase_and_list),
+        T(tasks_group_in_room_keeps_request_ids),
+        T(tasks_group_submitted_on_another_thread),
         T(tasks_payload_is_copied),
         T(tasks_sequential_order),
         T(tasks_sequential_failure_skips_rest),

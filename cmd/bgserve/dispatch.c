@@ -187,7 +187,8 @@ static int attach_route_tasks(struct bgs_req *req, struct bgs_res *res, const pl
     if (route->ntasks == 0)
         return 0;
     res->mode = route->mode;
-    res->group = tasks_group_new(req->gen->tasks, &req->gen->owner, req->id, res->mode);
+    res->group = tasks_group_init(&res->group_room, req->gen->tasks, &req->gen->owner, req->id,
+                                  res->mode);
     for (uint32_t i = 0; i < route->ntasks; i++) {
         const plugin_route_task *t = &route->tasks[i];
         int rc = tasks_group_add(res->group, t->def, t->payload, t->len, NULL);

@@ -238,8 +238,8 @@ static int host_res_vprintf(bgs_res *h, const char *fmt, va_list ap)
 static tasks_group *res_group(struct bgs_res *res)
 {
     if (res->group == NULL)
-        res->group = tasks_group_new(res->req->gen->tasks, &res->req->gen->owner, res->req->id,
-                                     res->mode);
+        res->group = tasks_group_init(&res->group_room, res->req->gen->tasks,
+                                      &res->req->gen->owner, res->req->id, res->mode);
     return res->group;
 }
 

@@ -40,7 +40,9 @@ struct bgs_res {
     size_t body_len, body_cap;
     uint32_t mode;            /* BGS_SEQUENTIAL / BGS_CONCURRENT: the group's */
     tasks_group *group;       /* the response's tasks (route's, handler's,
-                                 queued now: docs/tasks.md), or NULL */
+                                 queued now: docs/tasks.md), or NULL; in
+                                 group_room (tasks_group_init) */
+    tasks_group_room group_room;
     struct bgs_req *req;
     bgs_deferred *deferred;   /* set by the handler or a long-poll; the
                                  connection's reference is dropped by

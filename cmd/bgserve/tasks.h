@@ -19,7 +19,7 @@
  *
  * The request side (dispatch.c, hostapi.c) talks only to this header,
  * with one group per response (docs/tasks.md, "One group per response"):
- *   route, then handler attach -> tasks_group_new / tasks_group_add (HTTP thread)
+ *   route, then handler attach -> tasks_group_init / tasks_group_add (HTTP thread)
  *   queued at once             -> tasks_group_enqueue
  *   handler failed, HEAD       -> tasks_group_drop
  *   request completed          -> tasks_group_submit
@@ -173,6 +173,21 @@ typedef struct tasks_group tasks_group;
  * owner; request_id is copied.  mode: BGS_SEQUENTIAL or BGS_CONCURRENT. */
 tasks_group *tasks_group_new(tasks_engine *t, const tasks_owner *owner, const char *request_id,
                              uint32_t mode);
+
+/* Room for a group inside the structure it belongs to (struct bgs_res),
+ * so that a response's group costs no allocation. */
+#define TASKS_GROUP_ROOM 96
+typedef union tasks_group_room {
+    max_align_t align_;
+    unsigned char bytes_[TASKS_GROUP_ROOM];
+} tasks_group_room;
+
+/* tasks_group_new, but the group lives in room (any content) and holds no
+ * reference to owner: the caller keeps owner alive until the group is
+ * submitted or discarded (a response holds its generation), and room
+ * too.  Submit and discard free what the group holds, never room. */
+tasks_group *tasks_group_init(tasks_group_room *room, tasks_engine *t, const tasks_owner *owner,
+                              const char *request_id, uint32_t mode);
 int tasks_group_set_mode(tasks_group *g, uint32_t mode); /* BGS_EINVAL */
 
 /*

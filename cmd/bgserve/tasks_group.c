@@ -10,38 +10,62 @@
  * A group is owned by the HTTP thread serving its request and needs no
  * lock; its items are reserved and recorded at attach (tasks_records.c,
  * tasks_runs.c), so a full queue answers before the handler's side
- * effects are sent, and a discarded task leaves a record.  The group
- * holds a reference to its owner until it is submitted or discarded.
+ * effects are sent, and a discarded task leaves a record.  A group of a
+ * response lives in the response (tasks_group_init: no allocation, and
+ * the response's reference to its generation covers the owner); one of
+ * tasks_group_new is allocated and holds a reference to its owner until
+ * it is submitted or discarded.
  */
 #include "tasks_internal.h"
 
 #include "queue_redis.h"
 #include "util.h"
 
+#include <assert.h>
 #include <stdlib.h>
 #include <string.h>
 
 struct tasks_group {
     tasks_engine *engine;
-    const tasks_owner *owner;    /* retained */
+    const tasks_owner *owner;    /* retained, unless in a room */
     task_rid rid;                /* copied into each task */
     uint32_t mode;
+    int in_room;                 /* tasks_group_init: not ours to free */
     task_item *head, *tail;
     size_t count;                /* attached */
     uint64_t *queued;            /* ids queued at once */
     size_t nqueued, cap_queued;
 };
 
+static_assert(sizeof(struct tasks_group) <= sizeof(tasks_group_room),
+              "TASKS_GROUP_ROOM (tasks.h) is too small for struct tasks_group");
+
+static void group_init(tasks_group *g, tasks_engine *t, const tasks_owner *owner,
+                       const char *request_id, uint32_t mode)
+{
+    memset(g, 0, sizeof *g);
+    g->engine = t;
+    g->owner = owner;
+    tasks_rid_set(&g->rid, request_id);
+    g->mode = mode == BGS_CONCURRENT ? BGS_CONCURRENT : BGS_SEQUENTIAL;
+}
+
 tasks_group *tasks_group_new(tasks_engine *t, const tasks_owner *owner, const char *request_id,
                              uint32_t mode)
 {
-    tasks_group *g = xcalloc(1, sizeof(*g));
-    g->engine = t;
-    g->owner = owner;
+    tasks_group *g = xmalloc(sizeof(*g));
+    group_init(g, t, owner, request_id, mode);
     if (owner && owner->retain)
         owner->retain(owner);
-    tasks_rid_set(&g->rid, request_id);
-    g->mode = mode == BGS_CONCURRENT ? BGS_CONCURRENT : BGS_SEQUENTIAL;
+    return g;
+}
+
+tasks_group *tasks_group_init(tasks_group_room *room, tasks_engine *t, const tasks_owner *owner,
+                              const char *request_id, uint32_t mode)
+{
+    tasks_group *g = (tasks_group *)(void *)room;
+    group_init(g, t, owner, request_id, mode);
+    g->in_room = 1;
     return g;
 }
 
@@ -150,6 +174,8 @@ static void group_free(tasks_group *g)
 {
     free(g->queued);
     tasks_rid_clear(&g->rid);
+    if (g->in_room)
+        return;
     if (g->owner && g->owner->release)
         g->owner->release(g->owner);
     free(g);
