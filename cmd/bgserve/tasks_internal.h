@@ -65,9 +65,9 @@ typedef struct task_kind {
     struct task_kind *next;  /* immutable once published */
     char *name;              /* immutable */
     tasks_engine *engine;           /* immutable */
-    atomic_ulong queued, running; /* gauges */
-    atomic_ulong succeeded, failed, retried, skipped, discarded, cancelled,
-        ticks_skipped;        /* counters */
+    atomic_ulong queued, running; /* gauges; written under rec_mu */
+    atomic_ulong succeeded, failed, retried, skipped, discarded, cancelled; /* the same */
+    atomic_ulong ticks_skipped;  /* counter; no lock (tasks_periodic.c) */
     unsigned conc_running;   /* capped runs in progress; conc_mu */
     task_item *wait_head, *wait_tail; /* at their cap; conc_mu */
 } task_kind;
@@ -263,6 +263,17 @@ struct tasks_engine {
     int shut;                    /* tasks_shutdown ran; main thread */
     int abandoned;               /* workers stuck in plugin code; main thread */
 };
+
+/* A per-name counter that is written under rec_mu only (every one but
+ * ticks_skipped, tasks_records_transition_locked): rec_mu orders the
+ * writers, so a plain load and store do, without the locked
+ * read-modify-write an atomic add costs five times per task; readers
+ * still load it without the lock. */
+static inline void tasks_kadd_locked(atomic_ulong *c, long d)
+{
+    unsigned long v = atomic_load_explicit(c, memory_order_relaxed);
+    atomic_store_explicit(c, v + (unsigned long)d, memory_order_relaxed);
+}
 
 static inline void tasks_kadd(atomic_ulong *c, long d)
 {

@@ -351,20 +351,20 @@ void tasks_records_transition_locked(task_item *it, int st)
     int old = it->state;
 
     if (old == TASKS_QUEUED || old == TASKS_RETRYING)
-        tasks_kadd(&k->queued, -1);
+        tasks_kadd_locked(&k->queued, -1);
     else if (old == TASKS_RUNNING) {
-        tasks_kadd(&k->running, -1);
+        tasks_kadd_locked(&k->running, -1);
         t->running_now--;
     }
     switch (st) {
-    case TASKS_QUEUED: tasks_kadd(&k->queued, 1); break;
-    case TASKS_RETRYING: tasks_kadd(&k->queued, 1); tasks_kadd(&k->retried, 1); break;
-    case TASKS_RUNNING: tasks_kadd(&k->running, 1); t->running_now++; break;
-    case TASKS_SUCCEEDED: tasks_kadd(&k->succeeded, 1); break;
-    case TASKS_FAILED: tasks_kadd(&k->failed, 1); break;
-    case TASKS_SKIPPED: tasks_kadd(&k->skipped, 1); break;
-    case TASKS_DISCARDED: tasks_kadd(&k->discarded, 1); break;
-    case TASKS_CANCELLED: tasks_kadd(&k->cancelled, 1); break;
+    case TASKS_QUEUED: tasks_kadd_locked(&k->queued, 1); break;
+    case TASKS_RETRYING: tasks_kadd_locked(&k->queued, 1); tasks_kadd_locked(&k->retried, 1); break;
+    case TASKS_RUNNING: tasks_kadd_locked(&k->running, 1); t->running_now++; break;
+    case TASKS_SUCCEEDED: tasks_kadd_locked(&k->succeeded, 1); break;
+    case TASKS_FAILED: tasks_kadd_locked(&k->failed, 1); break;
+    case TASKS_SKIPPED: tasks_kadd_locked(&k->skipped, 1); break;
+    case TASKS_DISCARDED: tasks_kadd_locked(&k->discarded, 1); break;
+    case TASKS_CANCELLED: tasks_kadd_locked(&k->cancelled, 1); break;
     default: break;
     }
     it->state = (int8_t)st;
