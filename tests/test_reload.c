@@ -948,6 +948,9 @@ static void reload_waits_for_room_past_max_generations(void **state)
     /* Releasing the task retires generation 1, and the reload goes on. */
     put_text(release, "go\n");
     expect_letter(&t->s, 'A');
+    /* The swap serves the new code before its line is logged
+     * (generation.c): wait for the line too. */
+    expect_log(&t->s, "generation 3 serving");
     long wait = log_find(&t->s, "waiting for generation 1 to retire", 0);
     long retired = log_find(&t->s, "generation 1 retired", 0);
     long third = log_find(&t->s, "generation 3 serving", 0);
