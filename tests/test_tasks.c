@@ -220,6 +220,18 @@ static int t_gatefail(bgs_task_ctx *ctx, const void *payload, size_t len)
     return 1;
 }
 
+/* Its first attempt waits for the gate and fails; the retry is due ten
+ * minutes later. */
+static int t_gateslow(bgs_task_ctx *ctx, const void *payload, size_t len)
+{
+    (void)payload;
+    (void)len;
+    atomic_fetch_add(&runs_gate, 1);
+    wait_gate(ctx);
+    tasks_ctx_error(ctx, "first attempt");
+    return 1;
+}
+
 /* Fails until its third attempt; logs attempts and their start times. */
 static uint32_t flaky_attempts[8];
 static uint64_t flaky_starts[8];
@@ -402,6 +414,8 @@ static plugin_task fake_tasks[] = {
     {.name = "flaky", .fn = t_flaky, .max_attempts = 5, .backoff_base_ms = 1, .backoff_cap_ms = 4},
     {.name = "gatefail", .fn = t_gatefail, .max_attempts = 2, .backoff_base_ms = 1,
      .backoff_cap_ms = 1},
+    {.name = "gateslow", .fn = t_gateslow, .max_attempts = 2, .backoff_base_ms = 600000,
+     .backoff_cap_ms = 600000},
     {.name = "slowretry", .fn = t_slowretry, .max_attempts = 2, .backoff_base_ms = 600000,
      .backoff_cap_ms = 600000},
     {.name = "capped", .fn = t_capped, .max_attempts = 1, .max_concurrency = 2},
@@ -1479,11 +1493,12 @@ static int resolve_fake(void *arg, const char *name, const plugin_task **def,
     return 0;
 }
 
-/* E on a broker of its own redis-server: a worker (consume > 0, it runs
- * what it reads) or a server; capacity: --broker-capacity (0: none). */
-static void start_on_broker(unsigned consume, unsigned capacity)
+/* E on a broker of its own redis-server (started with extra, may be
+ * NULL): a worker (consume > 0, it runs what it reads) or a server;
+ * capacity: --broker-capacity (0: none). */
+static void start_on_broker(unsigned consume, unsigned capacity, const char *const *extra)
 {
-    h_redis_start(&R, NULL, NULL);
+    h_redis_start(&R, NULL, extra);
     broker_config bc = {.url = R.url, .app = "fake", .consumer = "here", .capacity = capacity};
     char err[512];
     if (broker_open(&bc, &B, err, sizeof err) != 0)
@@ -1520,6 +1535,22 @@ static void hold_timer(sched_timer *tm)
         pause_ms(1);
 }
 
+/* Fail the test unless task id, which a stopping worker ran, is back in
+ * Redis for another worker to retry (the delayed set, state retrying),
+ * and its record here says so. */
+static void assert_back_in_redis(uint64_t id)
+{
+    char *rec = record(id);
+    h_assert_contains(rec, "handed back to redis as this worker stopped: another worker will "
+                           "retry it");
+    free(rec);
+    assert_int_equal(h_redis_int(&R, "ZCARD bgserve:{fake}:delayed"), 1);
+    redisReply *r = h_redis_cmd(&R, "HGET bgserve:{fake}:task:%" PRIu64 " state", id);
+    assert_int_equal(r->type, REDIS_REPLY_STRING);
+    assert_string_equal(r->str, "retrying");
+    freeReplyObject(r);
+}
+
 /* A worker's own task (one it queued itself, here a gatefail) whose run
  * fails just as the worker stops, after the queue shut down and before
  * the cancel: the retry goes to Redis's delayed set for another worker,
@@ -1527,7 +1558,7 @@ static void hold_timer(sched_timer *tm)
 static void tasks_broker_own_retry_at_shutdown_goes_to_redis(void **state)
 {
     (void)state;
-    start_on_broker(2, 0);
+    start_on_broker(2, 0, NULL);
     atomic_store(&runs_gate, 0);
     uint64_t id;
     assert_int_equal(tasks_enqueue(E, &owner, NULL, def_of("gatefail"), NULL, 0, NULL, NULL,
@@ -1553,10 +1584,6 @@ static void tasks_broker_own_retry_at_shutdown_goes_to_redis(void **state)
     char *log = h_capture_end();
     assert_true(ended);
     assert_int_equal((size_t)(uintptr_t)ret, 0);
-    char *rec = record(id);
-    h_assert_contains(rec, "handed back to redis as this worker stopped: another worker will "
-                           "retry it");
-    free(rec);
     char line[160];
     snprintf(line, sizeof line, "task %" PRIu64 " (gatefail) handed back to redis: attempt 1 "
              "failed as this worker stopped; another worker will retry it", id);
@@ -1564,12 +1591,7 @@ static void tasks_broker_own_retry_at_shutdown_goes_to_redis(void **state)
     h_assert_lacks(log, "never ran");
     h_assert_contains(log, "0 did not, 1 went back to redis for other workers");
     free(log);
-    /* In Redis: waiting for its retry, the attempt counted. */
-    assert_int_equal(h_redis_int(&R, "ZCARD bgserve:{fake}:delayed"), 1);
-    redisReply *r = h_redis_cmd(&R, "HGET bgserve:{fake}:task:%" PRIu64 " state", id);
-    assert_int_equal(r->type, REDIS_REPLY_STRING);
-    assert_string_equal(r->str, "retrying");
-    freeReplyObject(r);
+    assert_back_in_redis(id);
 }
 
 /* Fail the test unless task id ended cancelled with an error that has
@@ -1590,7 +1612,7 @@ static void assert_cancelled_for(uint64_t id, const char *cause)
 static void tasks_broker_refusal_names_its_cause(void **state)
 {
     (void)state;
-    start_on_broker(0, 1); /* a server: the first task stays in the stream */
+    start_on_broker(0, 1, NULL); /* a server: the first task stays in the stream */
     uint64_t first, id;
     assert_int_equal(tasks_enqueue(E, &owner, NULL, def_of("count"), NULL, 0, NULL, NULL,
                                    &first), 0);
@@ -1617,6 +1639,45 @@ static void tasks_broker_refusal_names_its_cause(void **state)
     h_capture_begin();
     tasks_shutdown(E, 0);
     free(h_capture_end());
+}
+
+/* Redis away when a worker's run fails: the worker keeps the retry and
+ * waits out its backoff itself; stopped meanwhile, it hands the job back
+ * to Redis due when that backoff ends, and the record and the log say
+ * so, not that the retry never ran.  (Redis keeps its data: AOF.) */
+static void tasks_broker_local_retry_at_shutdown_goes_back_to_redis(void **state)
+{
+    (void)state;
+    static const char *const aof[] = {"--appendonly", "yes", "--appendfsync", "always", NULL};
+    start_on_broker(2, 0, aof);
+    atomic_store(&runs_gate, 0);
+    uint64_t id;
+    assert_int_equal(tasks_enqueue(E, &owner, NULL, def_of("gateslow"), NULL, 0, NULL, NULL,
+                                   &id), 0);
+    assert_true(wait_atomic_at_least(&runs_gate, 1));
+    h_redis_halt(&R);
+    h_capture_begin();
+    atomic_store(&gate_open, 1); /* the run fails now, with Redis away */
+    /* The retry waits here: a timer of the engine's for it. */
+    uint64_t deadline = util_now_us() + DEADLINE_US;
+    while (sched_pending(tasks_sched(E)) == 0 && util_now_us() < deadline)
+        pause_ms(1);
+    int waiting = sched_pending(tasks_sched(E)) > 0;
+    h_redis_restart(&R);
+    while (!broker_available(B) && util_now_us() < deadline)
+        pause_ms(1);
+    size_t unfinished = tasks_shutdown(E, 0);
+    char *log = h_capture_end();
+    assert_true(waiting);
+    assert_int_equal(unfinished, 0);
+    char line[200];
+    snprintf(line, sizeof line, "task %" PRIu64 " (gateslow) handed back to redis for another "
+             "worker: this worker stopped while the task waited for its retry (attempt 2)", id);
+    h_assert_contains(log, line);
+    h_assert_lacks(log, "before its retry ran");
+    h_assert_contains(log, "0 did not, 1 went back to redis for other workers");
+    free(log);
+    assert_back_in_redis(id);
 }
 
 #define T(name) cmocka_unit_test_teardown(name, teardown)
@@ -1658,6 +1719,7 @@ int main(void)
         T(tasks_resolved_definitions_share_the_name),
         TB(tasks_broker_own_retry_at_shutdown_goes_to_redis),
         TB(tasks_broker_refusal_names_its_cause),
+        TB(tasks_broker_local_retry_at_shutdown_goes_back_to_redis),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

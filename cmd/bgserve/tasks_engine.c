@@ -356,6 +356,17 @@ size_t tasks_shutdown(tasks_engine *t, unsigned drain_ms)
         if (consumer)
             queue_ack(t->q, n, &(queue_outcome){.end = QUEUE_CANCELLED,
                                                 .error = "its worker stopped before it ran"});
+        if (consumer && it->def) {
+            /* A worker's named task went back to Redis (queue_redis logs
+             * it): its record says so, not that it never runs. */
+            it->jflags |= TASKS_JF_ELSEWHERE;
+            tasks_runs_finalize(it, TASKS_CANCELLED,
+                                retrying ? "handed back to redis as this worker stopped: "
+                                           "another worker will retry it"
+                                         : "handed back to redis as this worker stopped: "
+                                           "another worker will run it");
+            continue;
+        }
         tasks_runs_keep(it, retrying ? "cancelled at shutdown before its retry ran"
                                      : "cancelled at shutdown; the task never ran");
     }
