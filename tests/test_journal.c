@@ -415,41 +415,6 @@ static void journal_callbacks_run_in_append_order(void **state)
     free(args);
 }
 
-/* The first commit's callback holds the writer until the other threads
- * appended everything: those records then share one transaction. */
-typedef struct gate {
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    int entered;   /* the writer is in gate_done */
-    int status;
-    int appended;
-    int want;
-} gate;
-
-static void gate_done(void *arg, int status, const char *msg)
-{
-    (void)msg;
-    gate *g = arg;
-    pthread_mutex_lock(&g->mu);
-    g->entered = 1;
-    g->status = status;
-    pthread_cond_broadcast(&g->cv);
-    while (g->appended < g->want)
-        pthread_cond_wait(&g->cv, &g->mu);
-    pthread_mutex_unlock(&g->mu);
-}
-
-/* Add a task whose callback holds the writer; return once it does. */
-static void hold_writer(journal *j, gate *g)
-{
-    add_one(j, "first", "f", gate_done, g);
-    pthread_mutex_lock(&g->mu);
-    while (!g->entered)
-        pthread_cond_wait(&g->cv, &g->mu);
-    pthread_mutex_unlock(&g->mu);
-    assert_int_equal(g->status, 0);
-}
-
 static void wait_count(done_count *c, int want)
 {
     for (uint64_t deadline = util_now_us() + 20000000; util_now_us() < deadline;) {
@@ -462,7 +427,7 @@ static void wait_count(done_count *c, int want)
 
 typedef struct producer {
     journal *j;
-    gate *g;
+    js_gate *g;
     done_count *c;
     int n;
 } producer;
@@ -475,10 +440,7 @@ static void *produce(void *arg)
                           .payload_len = 1, .max_attempts = 1};
         if (journal_add(p->j, &t, 1, count_done, p->c) != 0)
             return (void *)1;
-        pthread_mutex_lock(&p->g->mu);
-        p->g->appended++;
-        pthread_cond_broadcast(&p->g->cv);
-        pthread_mutex_unlock(&p->g->mu);
+        js_gate_append(p->g, 1);
     }
     return NULL;
 }
@@ -498,10 +460,10 @@ static void journal_group_commit_batches_many_threads(void **state)
     sandbox *sb = *state;
     enum { THREADS = 4, EACH = 200 };
     journal *j = open_batch(sb->path, THREADS * EACH);
-    gate g = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER,
+    js_gate g = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER,
               .want = THREADS * EACH};
     done_count c = DONE_COUNT_INIT;
-    hold_writer(j, &g);
+    js_hold_writer(j, &g);
 
     pthread_t th[THREADS];
     producer p[THREADS];
@@ -643,8 +605,8 @@ static void journal_batches_are_bounded_by_rows(void **state)
 {
     sandbox *sb = *state;
     journal *j = open_batch(sb->path, 8);
-    gate g = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER, .want = 1};
-    hold_writer(j, &g);
+    js_gate g = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER, .want = 1};
+    js_hold_writer(j, &g);
     journal_stats s0, s1;
     journal_get_stats(j, &s0);
     done_count c = DONE_COUNT_INIT;
@@ -655,10 +617,7 @@ static void journal_batches_are_bounded_by_rows(void **state)
     add_n(j, 20, &c);                 /* transaction 3: 20, alone */
     journal_started two[] = {{.id = first, .attempt = 1}, {.id = first + 1, .attempt = 1}};
     assert_int_equal(journal_start_many(j, two, 2, count_done, &c), 0); /* 4: 2 */
-    pthread_mutex_lock(&g.mu);
-    g.appended = 1;
-    pthread_cond_broadcast(&g.cv);
-    pthread_mutex_unlock(&g.mu);
+    js_gate_append(&g, 1);
     wait_count(&c, 6);
     assert_int_equal(c.failed, 0);
     journal_get_stats(j, &s1);
@@ -685,8 +644,8 @@ static void journal_folds_a_start_into_its_add(void **state)
     done_count c = DONE_COUNT_INIT;
     uint64_t old = add_one(j, "old", "o", count_done, &c);
     wait_count(&c, 1);
-    gate g = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER, .want = 1};
-    hold_writer(j, &g);
+    js_gate g = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER, .want = 1};
+    js_hold_writer(j, &g);
     journal_stats s0, s1;
     journal_get_stats(j, &s0);
 
@@ -699,10 +658,7 @@ static void journal_folds_a_start_into_its_add(void **state)
     assert_int_equal(journal_unstart(j, b, 0, count_done, &c), 0);
     assert_int_equal(journal_start(j, d, 1, count_done, &c), 0);
     assert_int_equal(journal_start(j, d, 2, count_done, &c), 0);
-    pthread_mutex_lock(&g.mu);
-    g.appended = 1;
-    pthread_cond_broadcast(&g.cv);
-    pthread_mutex_unlock(&g.mu);
+    js_gate_append(&g, 1);
     wait_count(&c, 1 + 8);
     assert_int_equal(c.failed, 0);
 
@@ -726,7 +682,7 @@ static void journal_folds_a_start_into_its_add(void **state)
 
     j = js_open_ok(sb->path);
     seen s = {0};
-    assert_int_equal(journal_replay(j, collect, &s), 5); /* with hold_writer's task */
+    assert_int_equal(journal_replay(j, collect, &s), 5); /* with js_hold_writer's task */
     uint64_t want_ids[] = {old, a, b, d};
     int want_interrupted[] = {1, 1, 0, 1};
     for (size_t i = 0; i < 4; i++) {
@@ -739,19 +695,111 @@ static void journal_folds_a_start_into_its_add(void **state)
     journal_close(j);
 }
 
+static void get_times(void *arg, const journal_rec *r)
+{
+    uint64_t *t = arg;
+    t[0] = r->started_us;
+    t[1] = r->finished_us;
+}
+
+/* A lazy start is written with the writer's next batch, after every record
+ * appended before it, or moves into its task's end, retry or unstart when
+ * that comes first: with the writer held, a success, a retry and a dead
+ * letter each write the row once (with the attempt and the start time),
+ * an unstart writes nothing, a lazy start behind its task's add is folded
+ * into the insert, and one with nothing after it is written alone. */
+static void journal_lazy_starts_fold_into_their_end(void **state)
+{
+    sandbox *sb = *state;
+    journal *j = js_open_ok(sb->path);
+    done_count c = DONE_COUNT_INIT;
+    uint64_t ok = add_one(j, "ok", "o", count_done, &c);
+    uint64_t again = add_one(j, "again", "r", count_done, &c);
+    uint64_t dead = add_one(j, "dead", "x", count_done, &c);
+    uint64_t back = add_one(j, "back", "b", count_done, &c);
+    uint64_t alone = add_one(j, "alone", "l", count_done, &c);
+    wait_count(&c, 5);
+    js_gate g = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER, .want = 1};
+    js_hold_writer(j, &g);
+    journal_stats s0, s1;
+    journal_get_stats(j, &s0);
+
+    assert_int_equal(journal_start_lazy(j, ok, 1), 0);
+    assert_int_equal(journal_succeed(j, ok, "fine", count_done, &c), 0);
+    assert_int_equal(journal_start_lazy(j, again, 1), 0);
+    assert_int_equal(journal_retry(j, again, 42, "later", count_done, &c), 0);
+    assert_int_equal(journal_start_lazy(j, dead, 3), 0);
+    assert_int_equal(journal_dead(j, dead, "gave up", count_done, &c), 0);
+    assert_int_equal(journal_start_lazy(j, back, 1), 0);
+    assert_int_equal(journal_unstart(j, back, 0, count_done, &c), 0);
+    uint64_t fresh = add_one(j, "fresh", "n", count_done, &c);
+    assert_int_equal(journal_start_lazy(j, fresh, 1), 0);
+    assert_int_equal(journal_start_lazy(j, alone, 2), 0);
+    journal_stats mid;
+    journal_get_stats(j, &mid);
+    assert_int_equal(mid.unwritten, 7); /* 5 records and 2 lazy starts */
+    js_gate_append(&g, 1);
+    wait_count(&c, 5 + 5);
+    assert_int_equal(c.failed, 0);
+    for (uint64_t deadline = util_now_us() + 20000000; util_now_us() < deadline;) {
+        journal_get_stats(j, &s1);
+        if (s1.unwritten == 0)
+            break;
+        usleep(1000);
+    }
+    assert_int_equal(s1.unwritten, 0);
+    /* ok, again: 1 each; dead: 2 (its copy, its removal); back: none;
+     * fresh: its insert, as running; alone: its start */
+    assert_int_equal(s1.records - s0.records, 1 + 1 + 2 + 0 + 1 + 1);
+    assert_int_equal(s1.commits - s0.commits, 1);
+
+    char st[96] = "";
+    uint64_t t[2] = {0, 0};
+    assert_int_equal(journal_lookup(j, ok, collect_state, st), 0);
+    assert_string_equal(st, "succeeded||1");
+    assert_int_equal(journal_lookup(j, ok, get_times, t), 0);
+    assert_true(t[0] > 0 && t[1] >= t[0]);
+    assert_int_equal(journal_lookup(j, again, collect_state, st), 0);
+    assert_string_equal(st, "queued|later|1");
+    assert_int_equal(journal_lookup(j, again, get_times, t), 0);
+    assert_true(t[0] > 0);
+    assert_int_equal(journal_lookup(j, dead, collect_state, st), 0);
+    assert_string_equal(st, "dead|gave up|3");
+    assert_int_equal(journal_lookup(j, back, collect_state, st), 0);
+    assert_string_equal(st, "queued||0");
+    assert_int_equal(journal_lookup(j, fresh, collect_state, st), 0);
+    assert_string_equal(st, "running||1");
+    assert_int_equal(journal_lookup(j, alone, collect_state, st), 0);
+    assert_string_equal(st, "running||2");
+
+    /* nothing else to write: the writer commits it by itself, soon */
+    uint64_t late = add_one(j, "late", "z", count_done, &c);
+    wait_count(&c, 11);
+    assert_int_equal(journal_start_lazy(j, late, 1), 0);
+    for (uint64_t deadline = util_now_us() + 20000000; util_now_us() < deadline;) {
+        assert_int_equal(journal_lookup(j, late, collect_state, st), 0);
+        if (strcmp(st, "running||1") == 0)
+            break;
+        usleep(1000);
+    }
+    assert_string_equal(st, "running||1");
+
+    assert_int_equal(journal_start_lazy(j, 0, 1), JOURNAL_EINVAL);
+    assert_int_equal(journal_start_lazy(j, late, 0), JOURNAL_EINVAL);
+    assert_int_equal(journal_start_lazy(NULL, late, 1), JOURNAL_EINVAL);
+    journal_close(j);
+}
+
 static void journal_stats_count_commits_and_batches(void **state)
 {
     sandbox *sb = *state;
     journal *j = js_open_ok(sb->path);
-    gate g = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER, .want = 10};
-    hold_writer(j, &g);
+    js_gate g = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER, .want = 10};
+    js_hold_writer(j, &g);
     done_count c = DONE_COUNT_INIT;
     for (int i = 0; i < 10; i++) {
         add_one(j, "t", "p", count_done, &c);
-        pthread_mutex_lock(&g.mu);
-        g.appended++;
-        pthread_cond_broadcast(&g.cv);
-        pthread_mutex_unlock(&g.mu);
+        js_gate_append(&g, 1);
     }
     /* the ten share the second commit */
     wait_count(&c, 10);
@@ -1349,6 +1397,7 @@ int main(void)
         T(journal_upgrades_schema_version_1),
         T(journal_upgrades_schema_version_2),
         T(journal_folds_a_start_into_its_add),
+        T(journal_lazy_starts_fold_into_their_end),
         T(journal_batches_are_bounded_by_rows),
         T(journal_dead_letters_keep_the_last_error),
         T(journal_start_many_and_unstart),

@@ -367,8 +367,9 @@ static void journal_server_sigkill_then_restart_runs_every_accepted_task(void **
     }
     runs_free(&before);
     assert_int_equal(r.n, KILL_REQUESTS * (KILL_PER_REQUEST + 1));
-    /* a run's start is committed before it begins: each run again was
-     * on disk as running (interrupted) */
+    /* --single-process (no crash record): a run's start is committed
+     * before it begins, so each run again was on disk as running
+     * (interrupted); under the supervisor starts are lazy instead */
     assert_true(dups <= interrupted);
     fprintf(stderr, "sigkill: %ld duplicate runs; the journal had %ld tasks as running\n", dups,
             interrupted);
@@ -828,6 +829,37 @@ static void journal_server_crash_in_a_task_loses_no_other_task(void **state)
     h_free(&s);
 }
 
+/* Under the supervisor a run does not wait for its start's commit (lazy
+ * starts): a task that crashes the serving process at once may still be
+ * queued on disk, with no attempt counted.  The crash record counts it:
+ * the next process runs attempt 2 (committed as running before it runs,
+ * since that count was in memory only), and the one after that moves it
+ * to the dead letters.  Each attempt runs once, and the task crashes two
+ * processes, not more (without the committed start of attempt 2 the third
+ * process would run attempt 2 again, and the supervisor give up). */
+static void journal_server_crash_at_once_under_the_supervisor_uses_its_attempts(void **state)
+{
+    sandbox *sb = *state;
+    app_run l;
+    app_run_init(&l, sb);
+    const char *args[] = {"--journal", sb->path, "--workers", "2", NULL};
+    h_server s;
+    assert_int_equal(h_start_app(&s, h_fixture("journal_app"), args, l.env), 0);
+    uint64_t id = queue_task(&s, "/crash?tag=c");
+    on_disk d = wait_disk_state(sb->path, id, "dead");
+    h_assert_contains(d.error, "attempt 2 of 2 crashed the serving process (signal 11)");
+    assert_int_equal(d.attempts, 2);
+    app_run_log_is(&l, "c 1\nc 2\n");
+    assert_true(h_wait_log(&s, "moved to the dead letters", DEADLINE_MS));
+    assert_int_equal(h_count_log(&s, "starting a new serving process"), 2);
+    h_resp r; /* the third process serves */
+    assert_int_equal(h_get(&s, "/attach?tag=after", &r), 0);
+    assert_int_equal(r.status, 200);
+    h_resp_free(&r);
+    h_stop_clean(&s);
+    h_free(&s);
+}
+
 /* A disk that fills up while serving (the file size limit, with SIGXFSZ
  * ignored, as a shell script sets it before exec): requests that queue
  * tasks get 503 saying why, requests without tasks are still served, and
@@ -1151,6 +1183,7 @@ int main(void)
         T(journal_server_sigkill_then_restart_runs_every_accepted_task),
         T(journal_server_stop_during_replay_loses_nothing),
         T(journal_server_crash_in_a_task_loses_no_other_task),
+    T(journal_server_crash_at_once_under_the_supervisor_uses_its_attempts),
         T(journal_server_full_disk_answers_503_and_serves_the_rest),
         T(journal_server_deferred_answers_wait_for_the_commit),
         T(journal_server_full_disk_deferred_answers_503),

@@ -52,6 +52,7 @@ typedef struct item {
     char payload[32];
     uint32_t attempts;         /* runs started; the test's to keep */
     uint32_t max_attempts;
+    int await_start;           /* describe's await_start */
 } item;
 
 static item *item_of(queue_node *n)
@@ -70,6 +71,7 @@ static void describe(const queue_node *n, queue_job *out, void *arg)
     out->attempts = it->attempts;
     out->max_attempts = it->max_attempts;
     out->request_id = "req-q";
+    out->await_start = it->await_start;
 }
 
 static void item_init(item *it, journal *j, const char *name, const char *payload)
@@ -637,6 +639,60 @@ static void queue_journal_claims_share_one_commit(void **state)
     free(its);
 }
 
+/* Lazy starts: a take claims one job and returns without waiting for
+ * its start's commit (the writer is held: nothing can commit), and a job
+ * acked before the writer's next batch is written once, queued ->
+ * succeeded with its attempt (one row for its start and its end).  A job
+ * whose describe says await_start is on disk as running when take
+ * returns it, as without lazy starts. */
+static void queue_journal_lazy_starts_fold_into_the_ack(void **state)
+{
+    sandbox *sb = *state;
+    enum { N = 20 };
+    journal *j = js_open_ok(sb->path);
+    queue *q = queue_journal_new(j, timers, 0, QUEUE_LINGER_DEFAULT, describe, NULL);
+    queue_journal_lazy_starts(q, 1);
+    item *its = enqueue_durable(q, j, N, "lazy");
+    js_gate g = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER, .want = 1};
+    js_hold_writer(j, &g);
+    journal_stats s0, s1;
+    journal_get_stats(j, &s0);
+    for (size_t i = 0; i < N; i++) {
+        item *it = take_run(q); /* would hang here if it waited for the commit */
+        assert_ptr_equal(it, &its[i]);
+        assert_int_equal(queue_depth(q), N - 1 - i); /* one claimed at a time */
+        queue_ack(q, &it->node, &(queue_outcome){.end = QUEUE_SUCCEEDED});
+    }
+    js_gate_append(&g, 1);
+    for (uint64_t deadline = util_now_us() + 20000000; util_now_us() < deadline;) {
+        journal_get_stats(j, &s1);
+        if (s1.unwritten == 0 && s1.commits > s0.commits)
+            break;
+        usleep(1000);
+    }
+    assert_int_equal(s1.unwritten, 0);
+    assert_int_equal(s1.records - s0.records, N); /* one row each */
+    for (size_t i = 0; i < N; i++) {
+        found f = lookup(j, its[i].id);
+        assert_string_equal(f.state, "succeeded");
+        assert_int_equal(f.attempts, 1);
+    }
+
+    item *slow = enqueue_durable(q, j, 1, "awaited");
+    slow->await_start = 1;
+    item *it = take_run(q);
+    assert_ptr_equal(it, slow);
+    found f = lookup(j, it->id); /* committed before take returned */
+    assert_string_equal(f.state, "running");
+    assert_int_equal(f.attempts, 1);
+    queue_ack(q, &it->node, &(queue_outcome){.end = QUEUE_SUCCEEDED});
+    queue_shutdown(q);
+    queue_destroy(q);
+    journal_close(j);
+    free(slow);
+    free(its);
+}
+
 /* Jobs claimed with a take but not handed out yet when the queue shuts
  * down come back through try_take, in their order, and go back to the
  * journal as queued with their attempts as they were (they never ran);
@@ -808,6 +864,7 @@ int main(void)
         T(queue_journal_consumers_race_the_writer),
         T(queue_journal_claims_share_one_commit),
         T(queue_journal_shutdown_hands_claims_back),
+        T(queue_journal_lazy_starts_fold_into_the_ack),
         T(queue_journal_kill_loses_nothing_durable),
         T(queue_journal_disk_full_completion_says_so),
     };

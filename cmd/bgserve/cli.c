@@ -194,6 +194,8 @@ static void print_help(FILE *out)
 "                             bgserve (for gdb, valgrind and core files);\n"
 "                             by default a supervisor reports the crash with\n"
 "                             file:line and starts a new serving process\n"
+"                             (with --journal, a run then waits for its\n"
+"                             start's commit: docs/journal.md)\n"
 "      --broker URL           named tasks go to a Redis stream, run by\n"
 "                             `bgserve worker` processes anywhere:\n"
 "                             redis://[:PASSWORD@]HOST[:PORT][/DB] (ad hoc\n"

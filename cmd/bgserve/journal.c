@@ -68,6 +68,10 @@
 /* WAL frames (pages) after which the checkpointer thread backfills them
  * into the file (SQLite's own autocheckpoint threshold), and after which
  * the writer does it itself because the checkpointer fell behind. */
+/* A lazy start (journal_start_lazy) waits at most this long for its
+ * task's end, or for a batch that other records start, before the
+ * writer commits it by itself. */
+#define LAZY_MAX_US 5000u
 #define CKPT_FRAMES 1000
 #define CKPT_BACKSTOP 10000
 
@@ -440,6 +444,8 @@ typedef enum op_kind { OP_ADD, OP_START, OP_UNSTART, OP_SUCCEED, OP_RETRY, OP_FI
 enum { ST_INSERT, ST_START, ST_UNSTART, ST_SUCCEED, ST_RETRY, ST_FINISH, ST_DEAD_COPY, ST_DEAD_DEL,
        ST_META, ST_BEGIN, ST_COMMIT, ST_COUNT };
 
+#define FOLDED_START "attempts=coalesce(?5,attempts), started=coalesce(?6,started)"
+
 static const char *const stmt_sql[ST_COUNT] = {
     /* a new task, queued, or running already when its start was folded in
      * (fold_starts: state ?9, attempts ?10, started ?11) */
@@ -448,14 +454,17 @@ static const char *const stmt_sql[ST_COUNT] = {
                   "VALUES (?1,?2,?3,?9,?10,?4,?5,?6,?7,?8,?11,1)",
     [ST_START] = "UPDATE tasks SET state='running', attempts=?2, started=?3 WHERE id=?1 AND " LIVE,
     [ST_UNSTART] = "UPDATE tasks SET state='queued', attempts=?2 WHERE id=?1 AND state='running'",
-    [ST_SUCCEED] = "UPDATE tasks SET state='succeeded', finished=?2, result=?3, live=NULL "
-                   "WHERE id=?1 AND " LIVE,
-    [ST_RETRY] = "UPDATE tasks SET state='queued', not_before=?2, last_error=?3 WHERE id=?1 AND " LIVE,
-    [ST_FINISH] = "UPDATE tasks SET state=?4, finished=?2, last_error=?3, live=NULL "
-                  "WHERE id=?1 AND " LIVE,
+    /* The ends and the retry: with a lazy start they took (journal_start_lazy),
+     * its attempt ?5 and time ?6; NULL (the row's own) otherwise. */
+    [ST_SUCCEED] = "UPDATE tasks SET state='succeeded', finished=?2, result=?3, live=NULL, "
+                   FOLDED_START " WHERE id=?1 AND " LIVE,
+    [ST_RETRY] = "UPDATE tasks SET state='queued', not_before=?2, last_error=?3, " FOLDED_START
+                 " WHERE id=?1 AND " LIVE,
+    [ST_FINISH] = "UPDATE tasks SET state=?4, finished=?2, last_error=?3, live=NULL, "
+                  FOLDED_START " WHERE id=?1 AND " LIVE,
     [ST_DEAD_COPY] = "INSERT OR REPLACE INTO dead (" COLS ") SELECT id,name,payload,'dead',"
-                     "attempts,max_attempts,not_before,created,started,?2,?3,request_id,result "
-                     "FROM tasks WHERE id=?1 AND " LIVE,
+                     "coalesce(?5,attempts),max_attempts,not_before,created,coalesce(?6,started),"
+                     "?2,?3,request_id,result FROM tasks WHERE id=?1 AND " LIVE,
     [ST_DEAD_DEL] = "DELETE FROM tasks WHERE id=?1",
     [ST_META] = "UPDATE meta SET value=?1 WHERE key='next_id'",
     /* prepared too: parsing them cost about 12 000 instructions a commit */
@@ -474,8 +483,8 @@ typedef struct jtask {
     char *request_id;
     uint64_t prev_id;
     uint32_t start_attempt;   /* writer: a start folded into the insert (0: none) */
-    uint64_t start_us;        /* writer: its time */
     int fold_closed;          /* writer: no start may be folded in any more */
+    uint64_t start_us;        /* writer: its time */
 } jtask;
 
 /* One appended record: owned by the list, then by the writer. */
@@ -493,7 +502,12 @@ typedef struct jrec {
     journal_started *starts; /* OP_START of several tasks (then id is 0); the
                               * writer sets an id to 0 when it folded that start */
     size_t nstarts;
-    int folded;           /* writer: an OP_START of one task folded into its add */
+    int folded;           /* writer: an OP_START of one task folded into its add;
+                           * an OP_UNSTART that dropped a lazy start: no-op */
+    uint32_t fold_attempt; /* an end or retry that took its task's lazy start
+                            * (journal_start_lazy): that attempt, 0: none */
+    uint64_t fold_started_us; /* and its time */
+    uint64_t lazy_mono_us;  /* a lazy start: when it was made (monotonic) */
     journal_done_fn done;
     void *arg;
     int status;           /* set by the writer */
@@ -520,6 +534,9 @@ struct journal {
     pthread_cond_t wake;            /* the writer waits for records */
     pthread_cond_t ext;             /* id takers wait for the ceiling */
     jrec *head, **tail;             /* mu */
+    jrec *lazy_head, **lazy_tail;   /* mu: lazy starts no batch has taken yet */
+    size_t nlazy;                   /* mu */
+    int writer_idle;                /* mu: the writer waits with no deadline */
     uint64_t unwritten;             /* mu */
     int stopping;                   /* mu */
     int want_extend;                /* mu */
@@ -835,6 +852,19 @@ static int apply_starts(journal *j, jrec *r, size_t *rows)
     return SQLITE_DONE;
 }
 
+/* An end's or a retry's start folded in (?5, ?6), or NULL: none. */
+static sqlite3_stmt *bind_folded(sqlite3_stmt *st, const jrec *r)
+{
+    if (r->fold_attempt) {
+        sqlite3_bind_int64(st, 5, r->fold_attempt);
+        sqlite3_bind_int64(st, 6, (int64_t)r->fold_started_us);
+    } else {
+        sqlite3_bind_null(st, 5);
+        sqlite3_bind_null(st, 6);
+    }
+    return st;
+}
+
 /*
  * Apply r inside the open transaction.  SQLITE_DONE when applied (or when
  * it found no live task: r->status is JOURNAL_ENOTFOUND then, the batch
@@ -881,28 +911,30 @@ static int apply(journal *j, jrec *r, size_t *rows, int64_t *dpending, int64_t *
         sqlite3_bind_int64(st, 3, (int64_t)r->at_us);
         break;
     case OP_UNSTART:
+        if (r->folded)
+            return SQLITE_DONE;
         st = j->st[ST_UNSTART];
         sqlite3_bind_int64(st, 2, r->attempt);
         break;
     case OP_SUCCEED:
-        st = j->st[ST_SUCCEED];
+        st = bind_folded(j->st[ST_SUCCEED], r);
         sqlite3_bind_int64(st, 2, (int64_t)r->at_us);
         bind_text(st, 3, r->text);
         break;
     case OP_RETRY:
-        st = j->st[ST_RETRY];
+        st = bind_folded(j->st[ST_RETRY], r);
         sqlite3_bind_int64(st, 2, (int64_t)r->t_us);
         bind_text(st, 3, r->text);
         break;
     case OP_FINISH:
-        st = j->st[ST_FINISH];
+        st = bind_folded(j->st[ST_FINISH], r);
         sqlite3_bind_int64(st, 2, (int64_t)r->at_us);
         bind_text(st, 3, r->text);
         sqlite3_bind_text(st, 4, r->state, -1, SQLITE_STATIC);
         break;
     case OP_DEAD:
     default:
-        st = j->st[ST_DEAD_COPY];
+        st = bind_folded(j->st[ST_DEAD_COPY], r);
         sqlite3_bind_int64(st, 2, (int64_t)r->at_us);
         bind_text(st, 3, r->text);
         break;
@@ -996,9 +1028,21 @@ static void *writer_main(void *arg)
     char err[1024];
     pthread_mutex_lock(&j->mu);
     for (;;) {
-        while (j->head == NULL && !j->want_extend && !j->stopping)
-            pthread_cond_wait(&j->wake, &j->mu);
-        if (j->head == NULL && !j->want_extend)
+        while (j->head == NULL && !j->want_extend && !j->stopping) {
+            if (j->lazy_head == NULL) {
+                j->writer_idle = 1;
+                pthread_cond_wait(&j->wake, &j->mu);
+                j->writer_idle = 0;
+                continue;
+            }
+            /* Lazy starts only: they wait a little for their ends. */
+            uint64_t due = j->lazy_head->lazy_mono_us + LAZY_MAX_US;
+            if (util_now_us() >= due)
+                break;
+            struct timespec ts = util_mono_timespec(due);
+            pthread_cond_timedwait(&j->wake, &j->mu, &ts);
+        }
+        if (j->head == NULL && !j->want_extend && j->lazy_head == NULL)
             break; /* stopping, and everything is written */
 
         jrec *batch = j->head, *last = NULL;
@@ -1017,6 +1061,18 @@ static void *writer_main(void *arg)
             if (j->head == NULL)
                 j->tail = &j->head;
             last->next = NULL;
+        }
+        if (j->head == NULL && j->lazy_head != NULL) {
+            /* Every record appended so far is in this batch: the lazy
+             * starts go after them (after their tasks' adds). */
+            if (last != NULL)
+                last->next = j->lazy_head;
+            else
+                batch = j->lazy_head;
+            n += j->nlazy;
+            j->lazy_head = NULL;
+            j->lazy_tail = &j->lazy_head;
+            j->nlazy = 0;
         }
         uint64_t next = atomic_load(&j->next_id);
         uint64_t ceiling = 0;
@@ -1191,9 +1247,10 @@ int journal_open(const journal_config *cfg, journal **out, char *err, size_t cap
     j->max_batch = cfg->max_batch ? cfg->max_batch : DEFAULT_MAX_BATCH;
     j->lock_fd = -1;
     j->tail = &j->head;
+    j->lazy_tail = &j->lazy_head;
     pthread_mutex_init(&j->mu, NULL);
     pthread_mutex_init(&j->read_mu, NULL);
-    pthread_cond_init(&j->wake, NULL);
+    util_cond_init_mono(&j->wake);
     pthread_cond_init(&j->ext, NULL);
     pthread_cond_init(&j->ckpt_wake, NULL);
 
@@ -1268,22 +1325,70 @@ uint64_t journal_next_id(journal *j)
     return id;
 }
 
-/* Queue r for the writer; JOURNAL_ECLOSED (r freed) after close began. */
-static int push(journal *j, jrec *r)
+/*
+ * r, a later record of its task (an end, a retry, an unstart), is being
+ * appended: the task's lazy start that no batch has taken yet (there is
+ * one at most: its holder appends it, then this) moves into r, which then
+ * writes the row once (queued -> final: ST_SUCCEED & co. with ?5, ?6).
+ * An unstart just drops it: the row is queued, attempts as they were.
+ * mu held.
+ */
+
+static void take_lazy_locked(journal *j, jrec *r)
+{
+    jrec **pp = &j->lazy_head, *lz;
+    while ((lz = *pp) != NULL && lz->id != r->id)
+        pp = &lz->next;
+    if (lz == NULL)
+        return;
+    *pp = lz->next;
+    if (*pp == NULL)
+        j->lazy_tail = pp;
+    j->nlazy--;
+    j->unwritten--;
+    if (r->kind == OP_UNSTART) {
+        r->folded = 1; /* nothing to undo */
+    } else {
+        r->fold_attempt = lz->attempt;
+        r->fold_started_us = lz->at_us;
+    }
+    jrec_free(lz);
+}
+
+/* Queue r for the writer, or (lazy) aside as a lazy start
+ * (journal_start_lazy); JOURNAL_ECLOSED (r freed) after close began. */
+static int push_as(journal *j, jrec *r, int lazy)
 {
     r->at_us = util_wall_us();
+    if (lazy)
+        r->lazy_mono_us = util_now_us();
     pthread_mutex_lock(&j->mu);
     if (j->stopping) {
         pthread_mutex_unlock(&j->mu);
         jrec_free(r);
         return JOURNAL_ECLOSED;
     }
-    *j->tail = r;
-    j->tail = &r->next;
     j->unwritten++;
-    pthread_cond_signal(&j->wake);
+    if (lazy) {
+        *j->lazy_tail = r;
+        j->lazy_tail = &r->next;
+        j->nlazy++;
+        if (j->writer_idle) /* so that it waits LAZY_MAX_US at most */
+            pthread_cond_signal(&j->wake);
+    } else {
+        if (j->lazy_head != NULL && r->kind != OP_ADD && r->kind != OP_START)
+            take_lazy_locked(j, r);
+        *j->tail = r;
+        j->tail = &r->next;
+        pthread_cond_signal(&j->wake);
+    }
     pthread_mutex_unlock(&j->mu);
     return 0;
+}
+
+static int push(journal *j, jrec *r)
+{
+    return push_as(j, r, 0);
 }
 
 static jrec *rec_new(op_kind kind, uint64_t id, journal_done_fn done, void *arg)
@@ -1330,6 +1435,15 @@ int journal_start(journal *j, uint64_t id, uint32_t attempt, journal_done_fn don
     jrec *r = rec_new(OP_START, id, done, arg);
     r->attempt = attempt;
     return push(j, r);
+}
+
+int journal_start_lazy(journal *j, uint64_t id, uint32_t attempt)
+{
+    if (j == NULL || id == 0 || attempt == 0)
+        return JOURNAL_EINVAL;
+    jrec *r = rec_new(OP_START, id, NULL, NULL);
+    r->attempt = attempt;
+    return push_as(j, r, 1);
 }
 
 int journal_start_many(journal *j, const journal_started *starts, size_t n,

@@ -130,6 +130,18 @@ int journal_add(journal *j, const journal_task *tasks, size_t n, journal_done_fn
  *   dead:    moved to the dead-letter table with its last error.
  */
 int journal_start(journal *j, uint64_t id, uint32_t attempt, journal_done_fn done, void *arg);
+/*
+ * A lazy start: the same row change as journal_start, with no callback
+ * and no wait.  It is held aside (not in the append order) until the
+ * writer's next batch, which takes it after every record appended before
+ * that batch; or, if its task's end, retry or unstart is appended first,
+ * it moves into that record, which writes the row once (an end: queued
+ * to its final state, with the attempt and the start time).  With nothing
+ * else to write, the writer commits it after LAZY_MAX_US (5 ms).  The
+ * task must have no other start pending.  0, JOURNAL_EINVAL, or
+ * JOURNAL_ECLOSED after close began.
+ */
+int journal_start_lazy(journal *j, uint64_t id, uint32_t attempt);
 /* The starts of several tasks as one record: one transaction, one call
  * of done (JOURNAL_ENOTFOUND when any of them was not live; the others
  * are started).  Returns as journal_add. */

@@ -90,6 +90,8 @@ typedef struct queue_job {
     uint32_t attempts;      /* runs started so far (the next is attempts + 1) */
     uint32_t max_attempts;
     const char *request_id; /* NULL when none */
+    int await_start;        /* 1: a durable backend has its start on disk before
+                             * it hands the job out (queue_journal_lazy_starts) */
 } queue_job;
 typedef void (*queue_describe_fn)(const queue_node *n, queue_job *out, void *arg);
 

@@ -27,8 +27,18 @@
  * shutdown hands it back through try_take, which writes it back as
  * queued with its attempts as they were (journal_unstart).
  *
+ * Lazy starts (queue_journal_lazy_starts, under the supervisor).  The
+ * wait above is what puts a crashed run on disk as running; where the
+ * supervisor's crash record names the task that crashed, the replay
+ * counts that attempt without it (tasks_replay).  Then a take claims one
+ * job, appends its start and returns at once: no worker waits for the
+ * writer, and a job that ends before the writer takes its next batch is
+ * written queued -> final in one row (journal.c's fold).  A job whose
+ * describe says await_start (a replayed one whose crashed attempt is
+ * counted in memory only) still waits, as above.
+ *
  * State: the inner queue (its own lock), the journal (borrowed, its own
- * locks), `linked` (nodes between enqueue/nack/adopt and being handed
+ * locks), `lazy` (set before the first take), `linked` (nodes between enqueue/nack/adopt and being handed
  * out by take, claimed ones included: the capacity; atomic), the
  * counters (atomic), and `shut`, written under `mu`.  `mu` is held
  * across "append, then link" in enqueue, nack and adopt, so that a
@@ -66,6 +76,7 @@ typedef struct jqueue {
     queue_describe_fn describe; /* immutable */
     void *describe_arg;         /* immutable */
     size_t cap;                 /* immutable; 0: unbounded */
+    int lazy;                   /* set before the first take: lazy starts */
     pthread_mutex_t mu;
     atomic_int shut;            /* written under mu */
     atomic_size_t linked;
@@ -221,6 +232,37 @@ static queue_node *pop_started(jqueue *q)
     return n;
 }
 
+/* The end of a claim: got[1 .. n-1] go on `started` (n may be 0). */
+static void finish_claim(jqueue *q, queue_node **got, size_t n)
+{
+    pthread_mutex_lock(&q->smu);
+    for (size_t i = 1; i < n; i++) {
+        got[i]->next = NULL;
+        *q->s_tail = got[i];
+        q->s_tail = &got[i]->next;
+        atomic_fetch_add(&q->nstarted, 1);
+    }
+    if (--q->claiming == 0)
+        pthread_cond_broadcast(&q->claimed);
+    pthread_mutex_unlock(&q->smu);
+}
+
+/* Lazy starts: append the start of n for the next transaction, without
+ * waiting for it.  0 when n must wait for its start (await_start). */
+static int start_lazily(jqueue *q, queue_node *n)
+{
+    queue_job d;
+    describe(q, n, &d);
+    if (d.await_start)
+        return 0;
+    if (d.name != NULL) {
+        int rc = journal_start_lazy(q->j, d.id, d.attempts + 1);
+        if (rc != 0)
+            unrecorded(q, "start", d.id, rc);
+    }
+    return 1;
+}
+
 /*
  * The inner queue handed out `first`: it is no longer linked, and its
  * holder is about to run it, unless the queue is shut down and it is
@@ -231,8 +273,9 @@ static queue_node *pop_started(jqueue *q)
  * attempt again, and a job that kills the process uses up an attempt
  * each time (so it reaches the dead letters).  The wait also means a
  * job's start and its end never share a transaction: the end comes from
- * the ack, after the run (bench/README.md section 15 on why the writer
- * does not fold them).  Returns first; the others wait on `started`.
+ * the ack, after the run.  With lazy starts (above) it claims first
+ * alone and does not wait, unless first must (await_start).  Returns
+ * first; the others wait on `started`.
  */
 static queue_node *claim(jqueue *q, queue_node *first, size_t max)
 {
@@ -251,6 +294,10 @@ static queue_node *claim(jqueue *q, queue_node *first, size_t max)
         return first; /* its record stays: the next start offers it again */
 
     got[n++] = first;
+    if (q->lazy && start_lazily(q, first)) {
+        finish_claim(q, got, 0);
+        return first;
+    }
     size_t more = queue_depth(q->mem) / 2;
     if (max > CLAIM_MAX)
         max = CLAIM_MAX;
@@ -287,16 +334,7 @@ static queue_node *claim(jqueue *q, queue_node *first, size_t max)
         pthread_mutex_destroy(&w.mu);
     }
 
-    pthread_mutex_lock(&q->smu);
-    for (size_t i = 1; i < n; i++) {
-        got[i]->next = NULL;
-        *q->s_tail = got[i];
-        q->s_tail = &got[i]->next;
-        atomic_fetch_add(&q->nstarted, 1);
-    }
-    if (--q->claiming == 0)
-        pthread_cond_broadcast(&q->claimed);
-    pthread_mutex_unlock(&q->smu);
+    finish_claim(q, got, n);
     return first;
 }
 
@@ -431,6 +469,11 @@ static void jq_destroy(queue *qq)
     pthread_mutex_destroy(&q->smu);
     pthread_mutex_destroy(&q->mu);
     free(q);
+}
+
+void queue_journal_lazy_starts(queue *qq, int on)
+{
+    jq(qq)->lazy = on != 0;
 }
 
 void queue_journal_get_counts(queue *qq, queue_journal_counts *out)

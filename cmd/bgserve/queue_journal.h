@@ -56,6 +56,18 @@ queue *queue_journal_new(journal *j, sched *s, size_t cap, unsigned linger_us,
  */
 int queue_journal_adopt(queue *q, queue_node *n, uint64_t not_before_wall_us);
 
+/*
+ * Lazy starts (call before the first take; off by default): a take hands
+ * out the job at once and its start goes to the journal's next
+ * transaction, without waiting for its commit; a short job's start and
+ * end then share one row write (journal.c's fold).  A process that dies
+ * during a run may thus leave the job on disk as queued with its attempts
+ * as before that run, so whoever turns this on must count such a run
+ * otherwise: the supervisor's crash record does (tasks_replay).  A job
+ * whose describe sets await_start still waits for its start's commit.
+ */
+void queue_journal_lazy_starts(queue *q, int on);
+
 /* (Failed commits are the journal's: journal_stats.failed_commits.) */
 typedef struct queue_journal_counts {
     uint64_t journaled;    /* jobs written by enqueue */

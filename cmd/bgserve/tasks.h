@@ -72,6 +72,10 @@ typedef struct tasks_config {
                                  * QUEUE_LINGER_ADAPTIVE: follows the load */
     journal *journal;           /* --journal (borrowed; closed after tasks_shutdown),
                                  * or NULL: tasks live in memory only */
+    int lazy_starts;            /* with a journal: a run does not wait for its
+                                 * start's commit (queue_journal_lazy_starts);
+                                 * only where the crash record names a task
+                                 * that crashes the process (the supervisor) */
     /* With a broker (not owned; close it after tasks_free) named tasks go
      * to its stream (queue_redis.h): a server (consume 0) adds them there,
      * a worker (bgserve worker: consume = workers) also runs what it

@@ -41,6 +41,7 @@ static void describe_item(const queue_node *n, queue_job *out, void *arg)
     out->attempts = it->attempts;
     out->max_attempts = it->max_attempts;
     out->request_id = tasks_records_rid(it);
+    out->await_start = (it->jflags & TASKS_JF_AWAIT_START) != 0;
 }
 
 tasks_engine *tasks_new(const tasks_config *cfg)
@@ -63,6 +64,8 @@ tasks_engine *tasks_new(const tasks_config *cfg)
         log_msg(BGS_LOG_ERROR, "cannot start the broker's thread");
         goto fail;
     }
+    if (t->journal && !cfg->broker && cfg->lazy_starts)
+        queue_journal_lazy_starts(t->q, 1); /* before the workers take */
     if (sched_run(t->sched) != 0) {
         log_msg(BGS_LOG_ERROR, "cannot start the timer thread");
         goto fail;
@@ -186,9 +189,10 @@ static void replay_one(void *arg, const journal_rec *r)
         return;
     }
     uint32_t max = r->max_attempts ? r->max_attempts : 1;
-    /* The attempt the last crash ran: recorded as running (a start is
-     * committed before its run, queue_journal.c); the other case is a
-     * journal written before that was so. */
+    /* The attempt the last crash ran: recorded as running when its start
+     * was committed before the crash; still queued, with the attempts
+     * before it, when the start was lazy and not yet written (or the
+     * journal was written before starts were). */
     uint32_t crashed_attempt = r->interrupted ? r->attempts : r->attempts + 1;
     int crashed = r->id == c->crashed_id;
     if (crashed && crashed_attempt >= max) {
@@ -209,6 +213,12 @@ static void replay_one(void *arg, const journal_rec *r)
     pthread_mutex_lock(&t->rec_mu);
     /* The next run is attempts + 1; a crash counts as an attempt. */
     it->attempts = crashed ? crashed_attempt : r->attempts;
+    /* Its next start is awaited (even with lazy starts), so that a crash
+     * in that run finds it on disk: a row left running by a dead process
+     * says `attempts` whether the next run's lazy start was committed or
+     * not, and a crash counted here is in memory only. */
+    if (r->interrupted || crashed)
+        it->jflags |= TASKS_JF_AWAIT_START;
     if (r->max_attempts)
         it->max_attempts = r->max_attempts;
     it->created_wall = r->created_us;

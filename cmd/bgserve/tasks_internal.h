@@ -190,6 +190,13 @@ struct task_item {
  * never linked here, whose end Redis records without this process (the
  * worker that ended the step before skipped it too): forgotten quietly. */
 #define TASKS_JF_SETTLED 16u
+/* --journal: a replayed task that was running when its process died, or
+ * that the crash record named: each of its starts is committed before its
+ * run, even with lazy starts (queue_journal.h), so that a crash in that
+ * run finds its attempt on disk.  Its row alone cannot tell: a row left
+ * running says the same whether a later lazy start was committed or not,
+ * and the replay's count of a crashed attempt is in memory only. */
+#define TASKS_JF_AWAIT_START 32u
 
 /* When the item was last dispatched (queued) until a run starts, then
  * when that run started (see task_item.qnode). */

@@ -97,6 +97,53 @@ static inline int count_now(done_count *c, int *status)
     return n;
 }
 
+/* The first commit's callback holds the writer until `appended` reaches
+ * `want` (the test's threads count what they appended): those records
+ * then share the next transaction. */
+typedef struct js_gate {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int entered;   /* the writer is in js_gate_done */
+    int status;
+    int appended;
+    int want;
+} js_gate;
+
+static inline void js_gate_done(void *arg, int status, const char *msg)
+{
+    (void)msg;
+    js_gate *g = arg;
+    pthread_mutex_lock(&g->mu);
+    g->entered = 1;
+    g->status = status;
+    pthread_cond_broadcast(&g->cv);
+    while (g->appended < g->want)
+        pthread_cond_wait(&g->cv, &g->mu);
+    pthread_mutex_unlock(&g->mu);
+}
+
+/* Add a task whose callback holds the writer; return once it does. */
+static inline void js_hold_writer(journal *j, js_gate *g)
+{
+    journal_task t = {.id = journal_next_id(j), .name = "first", .payload = "f",
+                      .payload_len = 1, .max_attempts = 3, .request_id = "req-1"};
+    assert_int_equal(journal_add(j, &t, 1, js_gate_done, g), 0);
+    pthread_mutex_lock(&g->mu);
+    while (!g->entered)
+        pthread_cond_wait(&g->cv, &g->mu);
+    pthread_mutex_unlock(&g->mu);
+    assert_int_equal(g->status, 0);
+}
+
+/* Count n more records appended (the writer goes on at `want`). */
+static inline void js_gate_append(js_gate *g, int n)
+{
+    pthread_mutex_lock(&g->mu);
+    g->appended += n;
+    pthread_cond_broadcast(&g->cv);
+    pthread_mutex_unlock(&g->mu);
+}
+
 /* Files this process writes may grow to bytes at most (RLIM_INFINITY:
  * no limit); SIGXFSZ must be ignored for a write past it to fail with
  * EFBIG instead of killing the process. */
