@@ -10,9 +10,12 @@
  * each round is one transaction holding the adds of round i, the ends
  * of round i - 1, and the starts of round i ("same": the claim reached
  * the writer before the add's commit, as under load) or of round i - 1
- * ("next": the add was committed first).
+ * ("next": the add was committed first).  "lazy" models lazy starts
+ * (docs/journal.md, under the supervisor): the adds of round i, and each
+ * task of round i - 1 started lazily and ended at once, before the
+ * writer's next batch, so that its end takes the start (two rows a task).
  *
- *   journal_writer [--tasks N] [--round R] [--per-add K] [--start same|next]
+ *   journal_writer [--tasks N] [--round R] [--per-add K] [--start same|next|lazy]
  *                  [--sync normal|full] DIR
  *
  * Prints tasks, commits, rows, rows per task, and the commit time
@@ -80,14 +83,14 @@ static void gate_open(gate *g)
 static void usage(void)
 {
     fprintf(stderr, "usage: journal_writer [--tasks N] [--round R] [--per-add K] "
-            "[--start same|next] [--sync normal|full] DIR\n");
+            "[--start same|next|lazy] [--sync normal|full] DIR\n");
     exit(2);
 }
 
 int main(int argc, char **argv)
 {
     size_t ntasks = 20000, round = 256, per_add = 4;
-    int same = 1;
+    int same = 1, lazy = 0;
     journal_sync sync = JOURNAL_SYNC_NORMAL;
     const char *dir = NULL;
     for (int i = 1; i < argc; i++) {
@@ -97,8 +100,11 @@ int main(int argc, char **argv)
             round = strtoul(argv[++i], NULL, 10);
         else if (strcmp(argv[i], "--per-add") == 0 && i + 1 < argc)
             per_add = strtoul(argv[++i], NULL, 10);
-        else if (strcmp(argv[i], "--start") == 0 && i + 1 < argc)
-            same = strcmp(argv[++i], "same") == 0;
+        else if (strcmp(argv[i], "--start") == 0 && i + 1 < argc) {
+            i++;
+            same = strcmp(argv[i], "same") == 0 || strcmp(argv[i], "lazy") == 0;
+            lazy = strcmp(argv[i], "lazy") == 0;
+        }
         else if (strcmp(argv[i], "--sync") == 0 && i + 1 < argc) {
             if (journal_sync_parse(argv[++i], &sync) != 0)
                 usage();
@@ -143,7 +149,7 @@ int main(int argc, char **argv)
                 journal_add(j, tasks, per_add, NULL, NULL);
             }
         size_t s = same ? r : r - 1; /* the round whose starts go now */
-        if (r <= nrounds && (same || r >= 1) && s < nrounds)
+        if (!lazy && r <= nrounds && (same || r >= 1) && s < nrounds)
             for (size_t i = s * round; i < (s + 1) * round; i += 32) {
                 journal_started st[32];
                 size_t n = 0;
@@ -153,8 +159,11 @@ int main(int argc, char **argv)
             }
         size_t e = same ? r - 1 : r - 2; /* the round whose ends go now */
         if (r >= (same ? 1u : 2u) && e < nrounds)
-            for (size_t i = e * round; i < (e + 1) * round; i++)
+            for (size_t i = e * round; i < (e + 1) * round; i++) {
+                if (lazy)
+                    journal_start_lazy(j, ids[i], 1);
                 journal_succeed(j, ids[i], NULL, NULL, NULL);
+            }
         gate_open(&gs[r % 2]); /* the round is one transaction, behind the gate */
         gate_close(j, &gs[(r + 1) % 2]);
     }
@@ -164,7 +173,7 @@ int main(int argc, char **argv)
     journal_close(j);
     printf("tasks %zu, round %zu, per add %zu, start %s: %" PRIu64 " commits, %" PRIu64
            " rows (%.2f per task), commit p50 %" PRIu64 " us (%.2f us per task)\n",
-           ntasks, round, per_add, same ? "same" : "next", st.commits, st.records,
+           ntasks, round, per_add, lazy ? "lazy" : same ? "same" : "next", st.commits, st.records,
            (double)st.records / (double)ntasks, st.commit_p50_us,
            (double)st.commit_p50_us / (double)round);
     free(ids);
