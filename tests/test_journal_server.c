@@ -590,7 +590,9 @@ static void journal_server_stop_during_replay_loses_nothing(void **state)
 
 /* A run that a crash interrupts (the task kills the process at once, on
  * its first attempt) comes back after the restart as attempt 2, never as
- * attempt 1 again: its start was committed before it ran. */
+ * attempt 1 again: its start was committed before it ran.  This is
+ * --single-process, where starts are awaited; were they lazy there, the
+ * row would still say queued and attempt 1 would run again. */
 static void journal_server_crash_in_a_run_replays_the_next_attempt(void **state)
 {
     sandbox *sb = *state;
