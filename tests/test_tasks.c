@@ -1607,8 +1607,9 @@ static void assert_cancelled_for(uint64_t id, const char *cause)
 
 /* A task accepted while Redis seemed up, which Redis then refused as it
  * was added, ends cancelled with the cause in its record, in the words of
- * the 503s: over --broker-capacity, or Redis unreachable (and that the
- * server reconnects by itself). */
+ * the 503s, and what to do: over --broker-capacity (let the workers catch
+ * up, or raise it), or Redis unreachable (and that the server reconnects
+ * by itself). */
 static void tasks_broker_refusal_names_its_cause(void **state)
 {
     (void)state;
@@ -1620,9 +1621,10 @@ static void tasks_broker_refusal_names_its_cause(void **state)
     assert_int_equal(tasks_enqueue(E, &owner, NULL, def_of("count"), NULL, 0, NULL, NULL, &id),
                      0);
     free(h_capture_end());
-    char cause[256];
-    snprintf(cause, sizeof cause, "the broker %s/0 is over its capacity (--broker-capacity)",
-             R.url);
+    char cause[512];
+    snprintf(cause, sizeof cause, "the broker %s/0 is over its capacity (--broker-capacity); "
+             "queue it again once the workers (bgserve worker) have run some of the broker's "
+             "tasks, or raise --broker-capacity", R.url);
     assert_cancelled_for(id, cause);
     assert_true(state_is(first, "queued"));
 

@@ -278,13 +278,15 @@ static void keep_taken(task_item *it, const char *why)
 /* The cause (and hint, what to do) of a refusal rc of a task accepted
  * already, in the words of the 503s (tasks_refusal); a refusal of Redis
  * while it is reachable (over --broker-capacity, or an error it answered)
- * in queue_redis's words, backend ("" for none). */
+ * in queue_redis's words, backend ("" for none), with what to do about
+ * it as every other refusal has. */
 static const char *dispatch_refusal(tasks_engine *t, int rc, const char *backend,
                                     const char **hint)
 {
     if (rc == BGS_EFULL && backend[0] && atomic_load(&t->accepting) &&
         broker_available(t->broker)) {
-        *hint = "";
+        *hint = "; queue it again once the workers (bgserve worker) have run some of "
+                "the broker's tasks, or raise --broker-capacity";
         return backend;
     }
     return tasks_refusal(t, rc, hint);
@@ -309,7 +311,7 @@ static void dispatch_done(task_item *it, queue_done_fn done, void *arg)
     if (rc != 0) { /* refused: still ours (a push stamps TASKS_MONO_US) */
         const char *hint;
         const char *cause = dispatch_refusal(t, rc, backend, &hint);
-        char why[384]; /* with room to spare in tasks_runs_keep's TASKS_ERR_MAX */
+        char why[448]; /* backend, hint, and tasks_runs_keep's words within TASKS_ERR_MAX */
         snprintf(why, sizeof why, "%s%s; the task never ran", cause, hint);
         it->jflags &= (uint8_t)~TASKS_JF_LINKED;
         if (done && !written)
