@@ -565,6 +565,40 @@ static void queue_redis_local_retry_handed_back_keeps_its_time(void **state)
     rig_down(&g);
 }
 
+/* Redis away when a run fails, and the queue shut down already: the
+ * worker cannot retry the job itself, and nobody acks it here any more,
+ * but it is not lost: its entry stays pending in Redis for another
+ * worker to claim.  nack says QUEUE_ELSEWHERE, not BGS_ESHUTDOWN (whose
+ * caller records that the retry never runs), logs where the job is, and
+ * forgets the node, which is the caller's again. */
+static void queue_redis_local_retry_at_shutdown_stays_pending(void **state)
+{
+    (void)state;
+    static const char *const aof[] = {"--appendonly", "yes", "--appendfsync", "always", NULL};
+    rig g;
+    rig_up_on(&g, 1, 0, aof);
+    queue_node *got = take_adopted(&g, 15);
+    h_redis_halt(&g.redis);
+    h_capture_begin();
+    queue_shutdown(g.w1);
+    int rc = queue_nack(g.w1, got, util_now_us() + 1000, "try again");
+    char *log = h_capture_end();
+    assert_int_equal(rc, QUEUE_ELSEWHERE);
+    h_assert_contains(log, "task 15 (flaky) could not be handed back (");
+    h_assert_contains(log, "attempt 1 failed as this worker stopped; it stays pending in redis "
+                           "and another worker claims it after the visibility timeout");
+    free(log);
+    assert_null(queue_try_take(g.w1));
+    free(item_of(got));
+    h_redis_restart(&g.redis);
+    redisReply *p = h_redis_cmd(&g.redis, "XPENDING bgserve:{app}:tasks workers");
+    assert_int_equal(p->type, REDIS_REPLY_ARRAY);
+    assert_true(p->elements > 0);
+    assert_int_equal(p->element[0]->integer, 1);
+    freeReplyObject(p);
+    rig_down(&g);
+}
+
 static void queue_redis_unknown_name_is_dead_lettered(void **state)
 {
     (void)state;
@@ -759,6 +793,7 @@ int main(void)
         cmocka_unit_test(queue_redis_own_task_retry_at_shutdown),
         cmocka_unit_test(queue_redis_local_retry_counts_its_attempt),
         cmocka_unit_test(queue_redis_local_retry_handed_back_keeps_its_time),
+        cmocka_unit_test(queue_redis_local_retry_at_shutdown_stays_pending),
         cmocka_unit_test(queue_redis_unknown_name_is_dead_lettered),
         cmocka_unit_test(queue_redis_max_concurrency_across_workers),
         cmocka_unit_test(queue_redis_adhoc_stays_local),

@@ -488,7 +488,26 @@ static int rq_nack(queue *q, queue_node *n, uint64_t retry_at_us, const char *wh
         pthread_mutex_lock(&r->mu);
         held_put_locked(r, x);
         pthread_mutex_unlock(&r->mu);
-        return queue_nack(r->mem, n, retry_at_us, why);
+        int mrc = queue_nack(r->mem, n, retry_at_us, why);
+        if (mrc != BGS_ESHUTDOWN)
+            return mrc;
+        /* Shut down meanwhile: nothing here runs the retry, and nobody
+         * acks the node any more, so its entry is forgotten here (its
+         * node is the caller's again).  The job is not lost: its entry
+         * stays pending in Redis, where another worker claims it. */
+        pthread_mutex_lock(&r->mu);
+        x = held_take_locked(r, n);
+        pthread_mutex_unlock(&r->mu);
+        if (x) {
+            log_msg(BGS_LOG_WARN, "broker: task %" PRIu64 " (%s) could not be handed back "
+                    "(%s): attempt %" PRIu32 " failed as this worker stopped; it stays pending "
+                    "in redis and another worker claims it after the visibility timeout "
+                    "(%u ms)", x->msg.id, x->msg.name, broker_strerror(rc),
+                    x->msg.attempt - 1, broker_visibility_ms(r->b));
+            conc_release(r, x);
+            held_free(x);
+        }
+        return QUEUE_ELSEWHERE;
     }
     uint64_t id = x->msg.id;
     uint32_t attempt = x->msg.attempt;

@@ -18,7 +18,10 @@
  *   on whichever worker reads it when due, and hands the node back
  *   through `released` (a node enqueued here waits for its notice
  *   instead, like any it added; after shutdown it stays the caller's,
- *   and nack says QUEUE_ELSEWHERE).  Jobs of a name at its
+ *   and nack says QUEUE_ELSEWHERE).  With Redis away, nack keeps the job
+ *   here to retry it itself; after shutdown it cannot, and says
+ *   QUEUE_ELSEWHERE too: the entry stays pending in Redis, for another
+ *   worker to claim after the visibility timeout.  Jobs of a name at its
  *   max_concurrency across all workers are put back for a moment (a
  *   lease per running job, renewed with the entry).
  *

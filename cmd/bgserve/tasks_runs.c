@@ -486,7 +486,8 @@ static void run_once(task_item *it)
     /* The queue holds it until the backoff is over.  A shutdown that
      * began meanwhile refuses it (it would never run): cancel it here;
      * unless the queue handed it to other processes even so (--broker: a
-     * worker's own task is in Redis's delayed set), where it is not lost.
+     * worker's own task is in Redis's delayed set; with Redis away, any
+     * task it ran stays pending there), where it is not lost.
      * One that comes later hands it back with try_take. */
     int nrc = queue_nack(t->q, &it->qnode, util_now_us() + delay * 1000u, err);
     if (nrc == QUEUE_ELSEWHERE) {
