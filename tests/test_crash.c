@@ -16,7 +16,9 @@
 #include "helpers.h"
 
 #include <curl/curl.h>
+#include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <signal.h>
 #include <stdio.h>
@@ -169,6 +171,75 @@ static void crash_report_counts_lost_tasks(void **state)
     expect_ok(&s);
     assert_int_equal(h_stop(&s, SIGINT), 0);
     h_free(&s);
+}
+
+/* Does dir hold a file whose name starts with prefix? */
+static int has_entry(const char *dir, const char *prefix)
+{
+    DIR *d = opendir(dir);
+    int found = 0;
+    if (d == NULL)
+        return 0;
+    struct dirent *e;
+    while (!found && (e = readdir(d)) != NULL)
+        found = strncmp(e->d_name, prefix, strlen(prefix)) == 0;
+    closedir(d);
+    return found;
+}
+
+/* The directory of private plugin copies is shared by every bgserve of
+ * the user.  After a crash the supervisor deletes its dead child's
+ * copies, and only those: another bgserve's supervisor may be reading
+ * its own dead child's copy for a report at that moment (two crash
+ * reports at once lost their plugin frames' file:line this way). */
+static void crash_cleanup_spares_other_bgserves_copies(void **state)
+{
+    (void)state;
+    char root[] = "/tmp/bgserve-crash-XXXXXX";
+    assert_non_null(mkdtemp(root));
+    char dir[PATH_MAX], env[PATH_MAX + 32], other[PATH_MAX + 64], older[PATH_MAX + 64];
+    snprintf(dir, sizeof dir, "%s/bgserve", root);
+    snprintf(env, sizeof env, "XDG_RUNTIME_DIR=%s", root);
+    const char *const extra_env[] = {env, NULL};
+    h_server s;
+    if (h_start_app(&s, h_fixture("crash_app"), NULL, extra_env) != 0)
+        fail();
+    long long first_pid = h_stat(&s, NULL, "pid");
+    char mine[32];
+    snprintf(mine, sizeof mine, "%lld-%d.", first_pid, (int)s.pid);
+    assert_true(has_entry(dir, mine)); /* its copy, owned by its supervisor */
+
+    /* Another bgserve's serving process died; its supervisor (this test
+     * stands in for it) lives: its copy stays.  And one named as an
+     * older bgserve named them. */
+    pid_t dead = fork();
+    assert_true(dead >= 0);
+    if (dead == 0)
+        _exit(0);
+    assert_int_equal(waitpid(dead, NULL, 0), dead);
+    snprintf(other, sizeof other, "%s/%d-%d.0.other.so", dir, (int)dead, (int)getpid());
+    snprintf(older, sizeof older, "%s/%d.0.other.so", dir, (int)dead);
+    for (int i = 0; i < 2; i++) {
+        int fd = open(i ? older : other, O_WRONLY | O_CREAT | O_EXCL, 0600);
+        assert_true(fd >= 0);
+        close(fd);
+    }
+
+    client_loop_with_crash(&s, "/segv");
+    assert_true(h_wait_log(&s, "starting a new serving process", DEADLINE_MS));
+    h_assert_contains(s.log, "#0  segv at tests/fixtures/crash_app.c:");
+    expect_ok(&s);
+    assert_false(has_entry(dir, mine)); /* the crashed child's: deleted */
+    assert_int_equal(access(other, F_OK), 0);
+    /* An older bgserve's name says nothing of its owner: the new serving
+     * process's startup takes it for a killed run's and deletes it. */
+    assert_int_equal(access(older, F_OK), -1);
+    assert_int_equal(h_stop(&s, SIGINT), 0);
+    h_free(&s);
+    unlink(other);
+    unlink(older);
+    rmdir(dir);
+    rmdir(root);
 }
 
 static void crash_fpe_in_handler_names_route(void **state)
@@ -460,6 +531,7 @@ int main(void)
         cmocka_unit_test(crash_segv_in_handler_is_reported_and_served_again),
         cmocka_unit_test(crash_report_counts_lost_tasks),
         cmocka_unit_test(crash_fpe_in_handler_names_route),
+        cmocka_unit_test(crash_cleanup_spares_other_bgserves_copies),
         cmocka_unit_test(crash_segv_in_task_names_task_and_id),
         cmocka_unit_test(crash_abort_in_task_names_task),
         cmocka_unit_test(crash_in_service_create_names_the_service),

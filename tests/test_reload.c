@@ -822,23 +822,34 @@ static int one_copy_left(void *arg)
 static void reload_retired_generations_unloaded(void **state)
 {
     rl *t = *state;
-    char stale[PATH_MAX + 64], prefix[32];
+    char stale[PATH_MAX + 64], stale_old[PATH_MAX + 64], owned[PATH_MAX + 64], prefix[64];
 
-    /* A copy left by a run that crashed: its pid is gone. */
+    /* Copies left by a run that was killed: its serving process and its
+     * supervisor are gone (and one named as an older bgserve named them,
+     * PID.N.NAME).  A third whose serving process is gone but whose owner
+     * (this test, standing in for another bgserve's supervisor writing
+     * its crash report from it) lives is not stale. */
     pid_t dead = fork();
     assert_true(dead >= 0);
     if (dead == 0)
         _exit(0);
     assert_int_equal(waitpid(dead, NULL, 0), dead);
     assert_true(mkdir(t->copies, 0700) == 0 || errno == EEXIST);
-    snprintf(stale, sizeof stale, "%s/%d.0.app.so", t->copies, (int)dead);
+    snprintf(stale, sizeof stale, "%s/%d-%d.0.app.so", t->copies, (int)dead, (int)dead);
+    snprintf(stale_old, sizeof stale_old, "%s/%d.0.app.so", t->copies, (int)dead);
+    snprintf(owned, sizeof owned, "%s/%d-%d.1.app.so", t->copies, (int)dead, (int)getpid());
     put_text(stale, "stale\n");
+    put_text(stale_old, "stale\n");
+    put_text(owned, "owned\n");
 
     put_plugin(t, t->build_a, W_INPLACE);
     const char *args[] = {"--reload", NULL};
     rl_start(t, args);
     expect_letter(&t->s, 'A');
     assert_int_equal(access(stale, F_OK), -1); /* cleaned at startup */
+    assert_int_equal(access(stale_old, F_OK), -1);
+    assert_int_equal(access(owned, F_OK), 0); /* its owner lives */
+    assert_int_equal(unlink(owned), 0);
 
     put_plugin(t, t->build_b, W_RENAME);
     expect_letter(&t->s, 'B');
@@ -859,7 +870,8 @@ static void reload_retired_generations_unloaded(void **state)
         fprintf(stderr, "copies: %d in %s, %d mapped\n", w.entries, t->copies, w.mapped);
     assert_int_equal(w.entries, 1);
     assert_int_equal(w.mapped, 1);
-    snprintf(prefix, sizeof prefix, "%d.", (int)h_stat(&t->s, NULL, "pid"));
+    /* PID-OWNER.: the serving process's, owned by its supervisor */
+    snprintf(prefix, sizeof prefix, "%d-%d.", (int)h_stat(&t->s, NULL, "pid"), (int)t->s.pid);
     assert_int_equal(strncmp(w.entry, prefix, strlen(prefix)), 0);
     assert_int_equal(h_count_log(&t->s, "still loaded after dlclose"), 0);
 

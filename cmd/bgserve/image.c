@@ -34,6 +34,7 @@
 static pthread_once_t dir_once = PTHREAD_ONCE_INIT;
 static char dir_path[PATH_MAX]; /* "" when unusable; written once */
 static atomic_uint copy_counter;
+static atomic_long copy_owner; /* image_set_owner's pid; 0: this process */
 
 /* ---- reading and checking ------------------------------------------------ */
 
@@ -207,8 +208,10 @@ int image_prepare(const char *path, char **copy_path, char *err, size_t errlen)
     const char *base = strrchr(path, '/');
     base = base ? base + 1 : path;
     char copy[PATH_MAX];
-    if (snprintf(copy, sizeof copy, "%s/%ld.%u.%s", dir, (long)getpid(),
-                 atomic_fetch_add(&copy_counter, 1), base) >= (int)sizeof copy) {
+    long owner = atomic_load(&copy_owner);
+    if (snprintf(copy, sizeof copy, "%s/%ld-%ld.%u.%s", dir, (long)getpid(),
+                 owner ? owner : (long)getpid(), atomic_fetch_add(&copy_counter, 1),
+                 base) >= (int)sizeof copy) {
         snprintf(err, errlen, "the private copy's path would be too long");
         free(b);
         return IMAGE_ECOPY;
@@ -245,8 +248,21 @@ void image_remove(const char *copy_path)
         unlink(copy_path);
 }
 
+void image_set_owner(long pid)
+{
+    atomic_store(&copy_owner, pid);
+}
+
+/* Is process pid gone?  (A process of another user is not ours to
+ * judge: it counts as alive.) */
+static int gone(long pid)
+{
+    return kill((pid_t)pid, 0) != 0 && errno == ESRCH;
+}
+
 /* Remove the copies in the directory made by process pid (any pid when
- * 0 and gone_only: those whose process is gone).  Returns how many. */
+ * 0 and gone_only: those whose process and owner are gone).  Returns how
+ * many. */
 static int remove_copies(pid_t only, int gone_only)
 {
     const char *dir = image_dir();
@@ -259,13 +275,15 @@ static int remove_copies(pid_t only, int gone_only)
     struct dirent *e;
     while ((e = readdir(d)) != NULL) {
         char *end;
-        long pid = strtol(e->d_name, &end, 10);
-        if (end == e->d_name || *end != '.' || pid <= 0)
+        long pid = strtol(e->d_name, &end, 10), owner = pid;
+        if (end != e->d_name && *end == '-') /* PID-OWNER.N.NAME */
+            owner = strtol(end + 1, &end, 10);
+        if (end == e->d_name || *end != '.' || pid <= 0 || owner <= 0)
             continue;
         if (only != 0 && (pid_t)pid != only)
             continue;
-        if (gone_only && (kill((pid_t)pid, 0) == 0 || errno != ESRCH))
-            continue; /* alive (or not ours to judge) */
+        if (gone_only && (!gone(pid) || (owner != pid && !gone(owner))))
+            continue; /* alive, or its owner may still read it */
         char full[PATH_MAX];
         if (snprintf(full, sizeof full, "%s/%s", dir, e->d_name) >= (int)sizeof full)
             continue;
@@ -279,6 +297,11 @@ static int remove_copies(pid_t only, int gone_only)
 int image_clean_stale(void)
 {
     return remove_copies(0, 1);
+}
+
+int image_remove_pid(long pid)
+{
+    return pid > 0 ? remove_copies((pid_t)pid, 0) : 0;
 }
 
 int image_remove_own(void)

@@ -6,9 +6,15 @@
  * image already loaded for the same path or inode (so a rebuilt plugin
  * would not be seen), and a compiler writing in place over a mapped file
  * crashes the process with SIGBUS.  Each load copies the file to
- * DIR/PID.N.NAME (DIR: $XDG_RUNTIME_DIR/bgserve, else /tmp/bgserve-UID,
- * mode 0700) and loads the copy; the copy is deleted when the generation
- * is unloaded, and copies left by a crashed run are deleted at startup.
+ * DIR/PID-OWNER.N.NAME (DIR: $XDG_RUNTIME_DIR/bgserve, else
+ * /tmp/bgserve-UID, mode 0700; OWNER: the supervisor's pid, or PID itself
+ * with --single-process) and loads the copy; the copy is deleted when the
+ * generation is unloaded.  When a serving process crashes, its supervisor
+ * symbolizes the report from the copies and then deletes them; copies
+ * whose process and owner are both gone (a killed bgserve) are deleted
+ * at the next startup.  The directory is shared by every bgserve of the
+ * user, so a copy is never judged stale while its owner lives: the owner
+ * may still be reading it for a crash report.
  */
 #ifndef BGSERVE_IMAGE_H
 #define BGSERVE_IMAGE_H
@@ -38,9 +44,18 @@ int image_check(const char *path, char *err, size_t errlen);
 /* Delete a private copy made by image_prepare. */
 void image_remove(const char *copy_path);
 
-/* Delete private copies whose process is gone (a crashed run).  Returns
- * how many were removed. */
+/* The process that owns this process's copies: the supervisor, set in
+ * the serving process it forks.  Unset, a process owns its own. */
+void image_set_owner(long pid);
+
+/* Delete private copies whose process and owner are both gone (a killed
+ * or crashed bgserve; copies named PID.N.NAME by an older bgserve: their
+ * process gone).  Returns how many were removed. */
 int image_clean_stale(void);
+
+/* Delete the copies of process pid, a serving process that has died and
+ * whose crash report has been written.  Returns how many were removed. */
+int image_remove_pid(long pid);
 
 /* Delete this process's own copies, still loaded or not: at exit, when
  * a generation could not be unloaded (a task stuck in plugin code still

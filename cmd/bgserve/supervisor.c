@@ -348,6 +348,7 @@ static int spawn(int crash_mode)
         prctl(PR_SET_PDEATHSIG, SIGKILL);
         if (getppid() != self)
             _exit(1); /* the supervisor died before the line above */
+        image_set_owner(self); /* its copies stay while the supervisor lives */
         setpgid(0, 0);
         /* SIGINT, SIGTERM and SIGHUP stay blocked: main takes them with
          * sigwait.  Everything else as bgserve was started. */
@@ -391,7 +392,9 @@ static int crashed(int status, int sig)
     if (write(2, text, strlen(text)) < 0) {
         /* stderr closed */
     }
-    image_clean_stale(); /* its private plugin copies, now that they are read */
+    /* Its private plugin copies, now that they are read; only its own:
+     * another bgserve of this user may be reading its dead child's. */
+    image_remove_pid(pid);
 
     child.crashes++;
     child.last_signal = sig;
