@@ -1643,13 +1643,12 @@ static void tasks_broker_refusal_names_its_cause(void **state)
     free(h_capture_end());
 }
 
-/* Redis away when a worker's run fails: the worker keeps the retry and
- * waits out its backoff itself; stopped meanwhile, it hands the job back
- * to Redis due when that backoff ends, and the record and the log say
- * so, not that the retry never ran.  (Redis keeps its data: AOF.) */
-static void tasks_broker_local_retry_at_shutdown_goes_back_to_redis(void **state)
+/* On a worker whose Redis keeps its data (AOF), a gateslow whose run
+ * fails with Redis away, so the worker keeps the retry and waits out its
+ * backoff itself; the log captured from then on (h_capture_end it).  Its
+ * id, once its retry waits here (a timer of the engine's for it). */
+static uint64_t retry_kept_with_redis_away(void)
 {
-    (void)state;
     static const char *const aof[] = {"--appendonly", "yes", "--appendfsync", "always", NULL};
     start_on_broker(2, 0, aof);
     atomic_store(&runs_gate, 0);
@@ -1660,17 +1659,28 @@ static void tasks_broker_local_retry_at_shutdown_goes_back_to_redis(void **state
     h_redis_halt(&R);
     h_capture_begin();
     atomic_store(&gate_open, 1); /* the run fails now, with Redis away */
-    /* The retry waits here: a timer of the engine's for it. */
     uint64_t deadline = util_now_us() + DEADLINE_US;
     while (sched_pending(tasks_sched(E)) == 0 && util_now_us() < deadline)
         pause_ms(1);
-    int waiting = sched_pending(tasks_sched(E)) > 0;
+    if (sched_pending(tasks_sched(E)) == 0)
+        fail_msg("%s", h_capture_end()); /* the retry does not wait here */
+    return id;
+}
+
+/* Redis away when a worker's run fails: the worker keeps the retry and
+ * waits out its backoff itself; stopped meanwhile, it hands the job back
+ * to Redis due when that backoff ends, and the record and the log say
+ * so, not that the retry never ran. */
+static void tasks_broker_local_retry_at_shutdown_goes_back_to_redis(void **state)
+{
+    (void)state;
+    uint64_t id = retry_kept_with_redis_away();
     h_redis_restart(&R);
+    uint64_t deadline = util_now_us() + DEADLINE_US;
     while (!broker_available(B) && util_now_us() < deadline)
         pause_ms(1);
     size_t unfinished = tasks_shutdown(E, 0);
     char *log = h_capture_end();
-    assert_true(waiting);
     assert_int_equal(unfinished, 0);
     char line[200];
     snprintf(line, sizeof line, "task %" PRIu64 " (gateslow) handed back to redis for another "
@@ -1680,6 +1690,38 @@ static void tasks_broker_local_retry_at_shutdown_goes_back_to_redis(void **state
     h_assert_contains(log, "0 did not, 1 went back to redis for other workers");
     free(log);
     assert_back_in_redis(id);
+}
+
+/* As above, with Redis still away as the worker stops: the hand-back
+ * fails, and the record says so and where the task is (pending in
+ * Redis, for another worker to claim after the visibility timeout), not
+ * that it was handed back.  Once Redis is back its entry is still
+ * pending there. */
+static void tasks_broker_failed_hand_back_says_pending(void **state)
+{
+    (void)state;
+    uint64_t id = retry_kept_with_redis_away();
+    size_t unfinished = tasks_shutdown(E, 0);
+    char *log = h_capture_end();
+    assert_int_equal(unfinished, 0);
+    char line[200];
+    snprintf(line, sizeof line, "task %" PRIu64 " (gateslow) could not be handed back (", id);
+    h_assert_contains(log, line);
+    free(log);
+    char *rec = record(id);
+    char want[200];
+    snprintf(want, sizeof want, "could not be handed back to redis as this worker stopped (%s): "
+             "it stays pending there, and another worker claims it after the visibility "
+             "timeout (%u ms)", broker_strerror(BROKER_EDOWN), broker_visibility_ms(B));
+    h_assert_contains(rec, want);
+    h_assert_lacks(rec, "handed back to redis as this worker stopped: another worker");
+    free(rec);
+    h_redis_restart(&R);
+    redisReply *p = h_redis_cmd(&R, "XPENDING bgserve:{fake}:tasks workers");
+    assert_int_equal(p->type, REDIS_REPLY_ARRAY);
+    assert_true(p->elements > 0);
+    assert_int_equal(p->element[0]->integer, 1);
+    freeReplyObject(p);
 }
 
 #define T(name) cmocka_unit_test_teardown(name, teardown)
@@ -1722,6 +1764,7 @@ int main(void)
         TB(tasks_broker_own_retry_at_shutdown_goes_to_redis),
         TB(tasks_broker_refusal_names_its_cause),
         TB(tasks_broker_local_retry_at_shutdown_goes_back_to_redis),
+        TB(tasks_broker_failed_hand_back_says_pending),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

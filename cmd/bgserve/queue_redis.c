@@ -407,6 +407,57 @@ static int give_back(rq *r, held *x, queue_node *n, int from_bg)
     return 0;
 }
 
+/*
+ * A worker that stops hands the job of x (read from the stream, not
+ * final) back to Redis for another worker, and logs where it went.  One
+ * that waited here for a retry Redis could not take goes back with the
+ * rest of its backoff, as broker_retry would have put it.  0, or the
+ * broker's error: Redis was away or refused the one script (REQUEUE),
+ * so the entry stays pending there, claimed by another worker after the
+ * visibility timeout.  x stays the caller's.
+ */
+static int hand_back_held(rq *r, held *x)
+{
+    uint64_t now = util_now_us();
+    int waited = x->retry_at_us > now;
+    uint64_t ms = waited ? (x->retry_at_us - now + 999) / 1000 : 0;
+    unsigned due_ms = ms > UINT32_MAX ? UINT32_MAX : (unsigned)ms;
+    int rc = waited ? broker_hand_back_retry(r->b, &x->msg, due_ms, x->retry_error)
+                    : broker_hand_back(r->b, &x->msg, "its worker stopped before it finished");
+    if (rc == 0 && waited)
+        log_msg(BGS_LOG_INFO, "broker: task %" PRIu64 " (%s) handed back to redis for "
+                "another worker: this worker stopped while the task waited for its retry "
+                "(attempt %" PRIu32 "), which stays due in %u ms", x->msg.id, x->msg.name,
+                x->msg.attempt, due_ms);
+    else if (rc == 0)
+        log_msg(BGS_LOG_INFO, "broker: task %" PRIu64 " (%s) handed back to redis for "
+                "another worker: this worker stopped before it finished (attempt %" PRIu32
+                " does not count)", x->msg.id, x->msg.name, x->msg.attempt);
+    else
+        log_msg(BGS_LOG_WARN, "broker: task %" PRIu64 " (%s) could not be handed back "
+                "(%s): it stays pending in redis and another worker claims it after the "
+                "visibility timeout (%u ms)", x->msg.id, x->msg.name, broker_strerror(rc),
+                broker_visibility_ms(r->b));
+    return rc;
+}
+
+int queue_redis_hand_back(queue *q, queue_node *n, char *why, size_t cap)
+{
+    rq *r = R(q);
+    pthread_mutex_lock(&r->mu);
+    held *x = held_take_locked(r, n);
+    pthread_mutex_unlock(&r->mu);
+    if (!x)
+        return BGS_ENOTFOUND;
+    int rc = hand_back_held(r, x);
+    if (rc < 0)
+        snprintf(why, cap, "%s", broker_strerror(rc));
+    conc_release(r, x);
+    held_free(x);
+    pthread_cond_signal(&r->cv); /* room to read more */
+    return rc < 0 ? QUEUE_ELSEWHERE : 0;
+}
+
 static void rq_ack(queue *q, queue_node *n, const queue_outcome *o)
 {
     rq *r = R(q);
@@ -419,29 +470,8 @@ static void rq_ack(queue *q, queue_node *n, const queue_outcome *o)
         return;
     }
     if (shut && o->end == QUEUE_CANCELLED) {
-        /* Stopped by this worker's shutdown: another worker runs it.  One
-         * that waited here for a retry Redis could not take goes back with
-         * the rest of its backoff, as broker_retry would have put it. */
-        uint64_t now = util_now_us();
-        int waited = x->retry_at_us > now;
-        uint64_t ms = waited ? (x->retry_at_us - now + 999) / 1000 : 0;
-        unsigned due_ms = ms > UINT32_MAX ? UINT32_MAX : (unsigned)ms;
-        int rc = waited ? broker_hand_back_retry(r->b, &x->msg, due_ms, x->retry_error)
-                        : broker_hand_back(r->b, &x->msg, "its worker stopped before it finished");
-        if (rc == 0 && waited)
-            log_msg(BGS_LOG_INFO, "broker: task %" PRIu64 " (%s) handed back to redis for "
-                    "another worker: this worker stopped while the task waited for its retry "
-                    "(attempt %" PRIu32 "), which stays due in %u ms", x->msg.id, x->msg.name,
-                    x->msg.attempt, due_ms);
-        else if (rc == 0)
-            log_msg(BGS_LOG_INFO, "broker: task %" PRIu64 " (%s) handed back to redis for "
-                    "another worker: this worker stopped before it finished (attempt %" PRIu32
-                    " does not count)", x->msg.id, x->msg.name, x->msg.attempt);
-        else
-            log_msg(BGS_LOG_WARN, "broker: task %" PRIu64 " (%s) could not be handed back "
-                    "(%s): it stays pending in redis and another worker claims it after the "
-                    "visibility timeout (%u ms)", x->msg.id, x->msg.name, broker_strerror(rc),
-                    broker_visibility_ms(r->b));
+        /* Stopped by this worker's shutdown: another worker runs it. */
+        hand_back_held(r, x);
     } else if (o->end == QUEUE_FAILED) {
         /* Out of attempts: the dead letters keep it, with its last error. */
         int rc = broker_dead(r->b, &x->msg, o->error ? o->error : "failed");

@@ -134,6 +134,18 @@ queue_node *queue_redis_take_sent(queue *q);
  * a server. */
 void queue_redis_drain(queue *q);
 
+/* A worker that stops: hand the job of n (read from the stream and taken,
+ * not final: never started, or waiting here for a retry Redis could not
+ * take) back to the delayed set for another worker, its attempt not
+ * counted, as ack with QUEUE_CANCELLED does after shutdown (before the
+ * queue is shut down too), and log where it went.  n is the caller's
+ * again.  0: handed back; QUEUE_ELSEWHERE: Redis did not take it (why,
+ * cap bytes, says what it answered): its entry stays pending in Redis,
+ * with the attempt it was read for counted, and another worker claims it
+ * after the visibility timeout; BGS_ENOTFOUND: n is not a job read from
+ * the stream (the caller keeps it as it was). */
+int queue_redis_hand_back(queue *q, queue_node *n, char *why, size_t cap);
+
 /* 1 when q runs jobs it reads from the stream (a worker), else 0. */
 int queue_redis_consumes(queue *q);
 

@@ -363,20 +363,10 @@ size_t tasks_shutdown(tasks_engine *t, unsigned drain_ms)
         pthread_mutex_lock(&t->rec_mu);
         int retrying = it->state == TASKS_RETRYING;
         pthread_mutex_unlock(&t->rec_mu);
-        if (consumer)
-            queue_ack(t->q, n, &(queue_outcome){.end = QUEUE_CANCELLED,
-                                                .error = "its worker stopped before it ran"});
-        if (consumer && it->def) {
-            /* A worker's named task went back to Redis (queue_redis logs
-             * it): its record says so, not that it never runs. */
-            it->jflags |= TASKS_JF_ELSEWHERE;
-            tasks_runs_finalize(it, TASKS_CANCELLED,
-                                retrying ? "handed back to redis as this worker stopped: "
-                                           "another worker will retry it"
-                                         : "handed back to redis as this worker stopped: "
-                                           "another worker will run it");
+        /* A worker's named task goes back to Redis: its record says
+         * where it went, not that it never runs. */
+        if (consumer && tasks_runs_hand_back_stopped(it, retrying) == 0)
             continue;
-        }
         tasks_runs_keep(it, retrying ? "cancelled at shutdown before its retry ran"
                                      : "cancelled at shutdown; the task never ran");
     }

@@ -377,6 +377,14 @@ void tasks_runs_node(queue_node *n, void *arg);
  * after it: an adopted job) goes on in another process; its record
  * here ends without a final state and it is freed. */
 void tasks_runs_hand_back(task_item *it);
+/* A stopping worker (--broker): it, a named task read from the stream and
+ * not final (never run here, or waiting for a retry it kept while Redis
+ * was away; retrying says which), goes back to Redis for another worker
+ * (queue_redis_hand_back), and its record ends cancelled saying where it
+ * went: handed back, or, when Redis did not take it, pending there until
+ * another worker claims it.  0, or BGS_ENOTFOUND when this is no worker
+ * or it is no such task (the caller still owns it). */
+int tasks_runs_hand_back_stopped(task_item *it, int retrying);
 /* Shutdown: finalise every task waiting for a slot under its name's cap. */
 void tasks_runs_cancel_waiting(tasks_engine *t);
 /* Shutdown: it did not run and will not here (why says so).  Its record

@@ -263,6 +263,27 @@ void tasks_runs_keep(task_item *it, const char *why)
     tasks_runs_finalize(it, TASKS_CANCELLED, why);
 }
 
+int tasks_runs_hand_back_stopped(task_item *it, int retrying)
+{
+    tasks_engine *t = it->kind->engine;
+    char why[160] = "", msg[TASKS_ERR_MAX];
+    if (!t->broker || !it->def || !queue_redis_consumes(t->q))
+        return BGS_ENOTFOUND;
+    int rc = queue_redis_hand_back(t->q, &it->qnode, why, sizeof why);
+    if (rc == BGS_ENOTFOUND)
+        return rc;
+    if (rc == 0)
+        snprintf(msg, sizeof msg, "handed back to redis as this worker stopped: another worker "
+                 "will %s it", retrying ? "retry" : "run");
+    else
+        snprintf(msg, sizeof msg, "could not be handed back to redis as this worker stopped "
+                 "(%s): it stays pending there, and another worker claims it after the "
+                 "visibility timeout (%u ms)", why, broker_visibility_ms(t->broker));
+    it->jflags |= TASKS_JF_ELSEWHERE; /* queue_redis logged where it went */
+    tasks_runs_finalize(it, TASKS_CANCELLED, msg);
+    return 0;
+}
+
 /* tasks_runs_keep for one a worker took (its start is on disk) and did
  * not run: the journal gets it back as queued, attempts as they were. */
 static void keep_taken(task_item *it, const char *why)
