@@ -1551,19 +1551,14 @@ static void assert_back_in_redis(uint64_t id)
     freeReplyObject(r);
 }
 
-/* A worker's own task (one it queued itself, here a gatefail) whose run
- * fails just as the worker stops, after the queue shut down and before
- * the cancel: the retry goes to Redis's delayed set for another worker,
- * and the record and the log say so, not that it never ran. */
-static void tasks_broker_own_retry_at_shutdown_goes_to_redis(void **state)
+/* Task id, a gatefail running on a worker (E on the broker), fails just
+ * as the worker stops: after the queue shut down and the drain report's
+ * snapshot, and before the cancel (the shutdown waits for the engine's
+ * timer thread, held meanwhile), until done(id) holds.  The log of the
+ * shutdown (free it). */
+static char *gatefail_fails_as_worker_stops(uint64_t id, int (*done)(uint64_t))
 {
-    (void)state;
-    start_on_broker(2, 0, NULL);
-    atomic_store(&runs_gate, 0);
-    uint64_t id;
-    assert_int_equal(tasks_enqueue(E, &owner, NULL, def_of("gatefail"), NULL, 0, NULL, NULL,
-                                   &id), 0);
-    assert_true(wait_atomic_at_least(&runs_gate, 1)); /* read back from redis, running here */
+    assert_true(wait_atomic_at_least(&runs_gate, 1)); /* running here */
     sched_timer tm = {0};
     atomic_store(&hold_open, 0);
     atomic_store(&hold_firing, 0);
@@ -1577,13 +1572,41 @@ static void tasks_broker_own_retry_at_shutdown_goes_to_redis(void **state)
     /* Returns once the shutdown halts the timer thread (sched.c). */
     sched_advance(tasks_sched(E), 0);
     atomic_store(&gate_open, 1); /* the run fails now */
-    int ended = wait_state(id, "cancelled");
+    uint64_t deadline = util_now_us() + DEADLINE_US;
+    int ended;
+    while (!(ended = done(id)) && util_now_us() < deadline)
+        pause_ms(1);
     atomic_store(&hold_open, 1);
     void *ret;
     assert_int_equal(pthread_join(th, &ret), 0);
     char *log = h_capture_end();
-    assert_true(ended);
+    if (!ended)
+        fail_msg("the failed run did not end as it should; the log:\n%s", log);
     assert_int_equal((size_t)(uintptr_t)ret, 0);
+    return log;
+}
+
+static int is_cancelled(uint64_t id) { return state_is(id, "cancelled"); }
+
+static int in_delayed_set(uint64_t id)
+{
+    (void)id;
+    return h_redis_int(&R, "ZCARD bgserve:{fake}:delayed") > 0;
+}
+
+/* A worker's own task (one it queued itself, here a gatefail) whose run
+ * fails just as the worker stops: the retry goes to Redis's delayed set
+ * for another worker, and the record and the log say so, not that it
+ * never ran. */
+static void tasks_broker_own_retry_at_shutdown_goes_to_redis(void **state)
+{
+    (void)state;
+    start_on_broker(2, 0, NULL);
+    atomic_store(&runs_gate, 0);
+    uint64_t id;
+    assert_int_equal(tasks_enqueue(E, &owner, NULL, def_of("gatefail"), NULL, 0, NULL, NULL,
+                                   &id), 0);
+    char *log = gatefail_fails_as_worker_stops(id, is_cancelled);
     char line[160];
     snprintf(line, sizeof line, "task %" PRIu64 " (gatefail) handed back to redis: attempt 1 "
              "failed as this worker stopped; another worker will retry it", id);
@@ -1592,6 +1615,34 @@ static void tasks_broker_own_retry_at_shutdown_goes_to_redis(void **state)
     h_assert_contains(log, "0 did not, 1 went back to redis for other workers");
     free(log);
     assert_back_in_redis(id);
+}
+
+/* The same for a task another process queued (added to Redis through
+ * the broker here, not the engine): its retry goes to Redis's delayed
+ * set and its record here is dropped; the drain report counts it among
+ * those that went back to redis and says so of it, not that it
+ * "finished after the deadline". */
+static void tasks_broker_adopted_retry_at_shutdown_counts_as_back(void **state)
+{
+    (void)state;
+    start_on_broker(2, 0, NULL);
+    atomic_store(&runs_gate, 0);
+    uint64_t id;
+    assert_int_equal(broker_next_ids(B, 1, &id), 0);
+    broker_job job = {.id = id, .name = "gatefail", .max_attempts = 2};
+    assert_int_equal(broker_enqueue(B, &job, 1), 0);
+    char *log = gatefail_fails_as_worker_stops(id, in_delayed_set);
+    char line[200];
+    snprintf(line, sizeof line, "task %" PRIu64 " gatefail running (attempt 1, running for ", id);
+    h_assert_contains(log, line);
+    h_assert_contains(log, "s; back in redis: another worker runs it)");
+    h_assert_lacks(log, "finished after the deadline");
+    h_assert_contains(log, "0 tasks finished, 0 did not, 1 went back to redis for other workers");
+    free(log);
+    redisReply *r = h_redis_cmd(&R, "HGET bgserve:{fake}:task:%" PRIu64 " state", id);
+    assert_int_equal(r->type, REDIS_REPLY_STRING);
+    assert_string_equal(r->str, "retrying");
+    freeReplyObject(r);
 }
 
 /* Fail the test unless task id ended cancelled with an error that has
@@ -1762,6 +1813,7 @@ int main(void)
         T(tasks_two_engines_side_by_side),
         T(tasks_resolved_definitions_share_the_name),
         TB(tasks_broker_own_retry_at_shutdown_goes_to_redis),
+        TB(tasks_broker_adopted_retry_at_shutdown_counts_as_back),
         TB(tasks_broker_refusal_names_its_cause),
         TB(tasks_broker_local_retry_at_shutdown_goes_back_to_redis),
         TB(tasks_broker_failed_hand_back_says_pending),

@@ -427,13 +427,19 @@ size_t tasks_shutdown(tasks_engine *t, unsigned drain_ms)
         /* --journal: cancelled here, but its row stays queued for the
          * next start (tasks_runs_keep set the flag before finalising). */
         int injournal = it && now_state == TASKS_CANCELLED && (it->jflags & TASKS_JF_KEPT);
+        /* One another process queued that went back to Redis (a failed
+         * run's retry, or handed back) has no record here any more; the
+         * drain kept its id. */
+        int gone = 0;
+        for (size_t k = 0; consumer && !it && k < t->ngone && !gone; k++)
+            gone = t->gone[k] == u[i].id;
         pthread_mutex_unlock(&t->rec_mu);
         int away = 0;
         for (size_t k = 0; k < nelse && !away; k++)
             away = elsewhere[k] == u[i].id;
         /* A worker's task final by now was acked (or handed back when
          * cancelled): nothing of it is lost. */
-        int back = consumer && now_state == TASKS_CANCELLED;
+        int back = gone || (consumer && now_state == TASKS_CANCELLED);
         /* One that succeeded in the grace period finished: nothing lost. */
         int late = now_state == TASKS_SUCCEEDED;
         kept[i] = away || injournal || late ||

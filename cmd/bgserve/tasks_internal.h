@@ -232,6 +232,10 @@ struct tasks_engine {
     size_t ring_cap, ring_start, ring_len; /* rec_mu */
     uint64_t finished_total;     /* rec_mu */
     int draining;                /* broadcast rec_cv on changes; rec_mu */
+    uint64_t *gone;              /* ids of the tasks dropped while draining
+                                  * (tasks_records_drop: they went on in
+                                  * another process), for the drain report; rec_mu */
+    size_t ngone, capgone;       /* rec_mu */
     task_item *spares;           /* small items to reuse, by wait_next; rec_mu */
     atomic_size_t nspares;       /* written under rec_mu; read without as a hint */
     pthread_mutex_t kinds_mu;
@@ -350,7 +354,8 @@ task_watch *tasks_records_finish(task_item *it, int st, const char *err, uint64_
                                  tasks_final *fin, uint64_t *dur, uint32_t *attempts);
 
 /* Take it (owned by the caller, not final) out of the records and free
- * it: it went on elsewhere (tasks_runs_hand_back). */
+ * it: it went on elsewhere (tasks_runs_hand_back).  While the engine
+ * drains, its id is kept (gone): the drain report says where it went. */
 void tasks_records_drop(task_item *it);
 
 /* ---- tasks_runs.c ------------------------------------------------------- */

@@ -430,6 +430,13 @@ void tasks_records_drop(task_item *it)
     tasks_engine *t = it->kind->engine;
     item_parts parts;
     pthread_mutex_lock(&t->rec_mu);
+    if (t->draining) {
+        if (t->ngone == t->capgone) {
+            t->capgone = t->capgone ? 2 * t->capgone : 16;
+            t->gone = xrealloc(t->gone, t->capgone * sizeof(*t->gone));
+        }
+        t->gone[t->ngone++] = it->id;
+    }
     tasks_records_transition_locked(it, -1); /* out of the gauges, into no counter */
     live_unlink_locked(t, it);
     hash_remove_locked(t, it);
@@ -512,6 +519,7 @@ void tasks_records_destroy(tasks_engine *t)
         evict_locked(t, t->ring[(t->ring_start + i) % t->ring_cap]);
     free(t->ring);
     free(t->htab);
+    free(t->gone);
     while (t->spares) {
         task_item *it = t->spares;
         t->spares = it->wait_next;
