@@ -420,6 +420,7 @@ static plugin_task fake_tasks[] = {
      .backoff_cap_ms = 600000},
     {.name = "capped", .fn = t_capped, .max_attempts = 1, .max_concurrency = 2},
     {.name = "capgate", .fn = t_capgate, .max_attempts = 1, .max_concurrency = 1},
+    {.name = "capone", .fn = t_count, .max_attempts = 1, .max_concurrency = 1},
     {.name = "count", .fn = t_count, .max_attempts = 1},
     {.name = "delivered", .fn = t_order, .max_attempts = 1, .flags = BGS_TASK_DELIVERED_ONLY},
     {.name = "pslow", .fn = t_pslow, .max_attempts = 1},
@@ -1645,6 +1646,97 @@ static void tasks_broker_adopted_retry_at_shutdown_counts_as_back(void **state)
     freeReplyObject(r);
 }
 
+/* A watcher that holds the worker that finalises its task, and so the
+ * task's slot under its name's cap, until hold_open. */
+static void hold_watcher(void *arg, tasks_final *f)
+{
+    (void)arg;
+    (void)f;
+    atomic_store(&hold_firing, 1);
+    uint64_t deadline = util_now_us() + DEADLINE_US;
+    while (!atomic_load(&hold_open) && util_now_us() < deadline)
+        pause_ms(1);
+}
+
+/* The JSON text of the record of task id in Redis (HGETALL), for
+ * h_assert_contains (free it). */
+static char *redis_record(uint64_t id)
+{
+    redisReply *r = h_redis_cmd(&R, "HGETALL bgserve:{fake}:task:%" PRIu64, id);
+    assert_int_equal(r->type, REDIS_REPLY_ARRAY);
+    json j;
+    json_init(&j);
+    json_obj_begin(&j);
+    for (size_t i = 0; i + 1 < r->elements; i += 2) {
+        json_key(&j, r->element[i]->str);
+        json_str(&j, r->element[i + 1]->str);
+    }
+    json_obj_end(&j);
+    freeReplyObject(r);
+    return json_take(&j, NULL);
+}
+
+/* A task a stopping worker read from Redis (its attempt counted there)
+ * and took, but did not start: it waits for a slot under its name's
+ * max_concurrency, held by a run that Redis counts done already (its
+ * lease is back) and whose worker is still finishing it.  The worker
+ * hands it back to Redis, due at once and its attempt not counted, and
+ * its record says so, not that it never ran (it does, elsewhere). */
+static void tasks_broker_slot_waiter_at_shutdown_goes_back(void **state)
+{
+    (void)state;
+    start_on_broker(2, 0, NULL);
+    atomic_store(&hold_open, 0);
+    atomic_store(&hold_firing, 0);
+    uint64_t first, id;
+    assert_int_equal(tasks_enqueue(E, &owner, NULL, def_of("capone"), NULL, 0, hold_watcher,
+                                   NULL, &first), 0);
+    assert_true(wait_atomic_at_least(&hold_firing, 1)); /* its worker holds the slot */
+    assert_int_equal(tasks_enqueue(E, &owner, NULL, def_of("capone"), NULL, 0, NULL, NULL,
+                                   &id), 0);
+    /* Read (running, in Redis's record) and taken by the other worker. */
+    uint64_t deadline = util_now_us() + DEADLINE_US;
+    for (;;) {
+        char *rr = redis_record(id), *st = stats();
+        int in_hand = strstr(rr, "\"state\":\"running\"") && strstr(st, "\"depth\":0,");
+        free(rr);
+        free(st);
+        if (in_hand)
+            break;
+        if (util_now_us() > deadline)
+            fail_msg("task %" PRIu64 " was not read and taken", id);
+        pause_ms(1);
+    }
+
+    h_capture_begin();
+    unsigned drain_ms = 0;
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, shutdown_main, &drain_ms), 0);
+    int ended = wait_state(id, "cancelled");
+    atomic_store(&hold_open, 1);
+    void *ret;
+    assert_int_equal(pthread_join(th, &ret), 0);
+    char *log = h_capture_end();
+    assert_true(ended);
+    assert_int_equal((size_t)(uintptr_t)ret, 0);
+    char line[200];
+    snprintf(line, sizeof line, "task %" PRIu64 " (capone) handed back to redis for another "
+             "worker: this worker stopped before it finished (attempt 1 does not count)", id);
+    h_assert_contains(log, line);
+    h_assert_contains(log, "0 did not, 1 went back to redis for other workers");
+    free(log);
+    char *rec = record(id);
+    h_assert_contains(rec, "handed back to redis as this worker stopped: another worker will "
+                           "run it");
+    h_assert_lacks(rec, "never ran");
+    free(rec);
+    assert_int_equal(h_redis_int(&R, "ZCARD bgserve:{fake}:delayed"), 1);
+    char *rr = redis_record(id);
+    h_assert_contains(rr, "\"state\":\"queued\"");
+    h_assert_contains(rr, "\"attempts\":\"0\"");
+    free(rr);
+}
+
 /* Fail the test unless task id ended cancelled with an error that has
  * cause in it (the record is printed then). */
 static void assert_cancelled_for(uint64_t id, const char *cause)
@@ -1814,6 +1906,7 @@ int main(void)
         T(tasks_resolved_definitions_share_the_name),
         TB(tasks_broker_own_retry_at_shutdown_goes_to_redis),
         TB(tasks_broker_adopted_retry_at_shutdown_counts_as_back),
+        TB(tasks_broker_slot_waiter_at_shutdown_goes_back),
         TB(tasks_broker_refusal_names_its_cause),
         TB(tasks_broker_local_retry_at_shutdown_goes_back_to_redis),
         TB(tasks_broker_failed_hand_back_says_pending),

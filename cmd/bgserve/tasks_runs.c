@@ -284,13 +284,16 @@ int tasks_runs_hand_back_stopped(task_item *it, int retrying)
     return 0;
 }
 
-/* tasks_runs_keep for one a worker took (its start is on disk) and did
- * not run: the journal gets it back as queued, attempts as they were. */
+/* tasks_runs_keep for one a worker took (its start is on disk, or
+ * counted in Redis) and did not run: the journal gets it back as queued,
+ * attempts as they were; a broker's worker hands it back to Redis. */
 static void keep_taken(task_item *it, const char *why)
 {
     tasks_engine *t = it->kind->engine;
     if (t->journal && it->def)
         journal_unstart(t->journal, it->id, it->attempts, NULL, NULL);
+    else if (tasks_runs_hand_back_stopped(it, 0) == 0)
+        return;
     tasks_runs_keep(it, why);
 }
 
