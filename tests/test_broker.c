@@ -375,7 +375,7 @@ static void broker_sequence_moves_on_at_each_finish(void **state)
         {.id = 502, .name = "b", .request_id = "r", .max_attempts = 2, .payload = "2", .len = 1},
         {.id = 503, .name = "c", .request_id = "r", .max_attempts = 1, .payload = "3", .len = 1},
     };
-    assert_int_equal(broker_enqueue_seq(w1, jobs, 3, 1), 0);
+    assert_int_equal(broker_enqueue_seq(w1, jobs, 3, 1, NULL, 0), 0);
     assert_int_equal(h_redis_int(r, "XLEN bgserve:{app}:tasks"), 1);
     assert_int_equal(h_redis_int(r, "LLEN bgserve:{app}:seq:501"), 2);
     for (uint64_t id = 501; id <= 503; id++) {
@@ -422,7 +422,7 @@ static void broker_sequence_skips_the_rest_in_redis(void **state)
         {.id = 603, .name = "c", .max_attempts = 1},
     };
     /* Dead-lettered at the second step. */
-    assert_int_equal(broker_enqueue_seq(b, jobs, 3, 1), 0);
+    assert_int_equal(broker_enqueue_seq(b, jobs, 3, 1, NULL, 0), 0);
     broker_msg *m;
     assert_int_equal(read_n(b, 1, &m, 5000), 1);
     assert_int_equal(broker_start(b, &m[0]), 0);
@@ -444,7 +444,7 @@ static void broker_sequence_skips_the_rest_in_redis(void **state)
 
     /* Finished cancelled (a timeout) at the first step: both others. */
     jobs[0].id = 701, jobs[1].id = 702, jobs[2].id = 703;
-    assert_int_equal(broker_enqueue_seq(b, jobs, 3, 1), 0);
+    assert_int_equal(broker_enqueue_seq(b, jobs, 3, 1, NULL, 0), 0);
     assert_int_equal(read_n(b, 1, &m, 5000), 1);
     assert_int_equal(broker_start(b, &m[0]), 0);
     assert_int_equal(broker_finish(b, &m[0], &(broker_outcome){.state = "cancelled",

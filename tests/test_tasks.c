@@ -1810,6 +1810,41 @@ static uint64_t retry_kept_with_redis_away(void)
     return id;
 }
 
+/* A task accepted while Redis is up, which Redis then refuses with an
+ * answer of its own (out of memory: maxmemory 1, noeviction), ends
+ * cancelled with that answer in its record and what to do about it, not
+ * the advice for --broker-capacity, which has nothing to do with it. */
+static void tasks_broker_refusal_names_redis_answer(void **state)
+{
+    (void)state;
+    start_on_broker(0, 0, NULL); /* a server */
+    freeReplyObject(h_redis_cmd(&R, "CONFIG SET maxmemory-policy noeviction"));
+    redisReply *r = h_redis_cmd(&R, "CONFIG SET maxmemory 1");
+    assert_int_equal(r->type, REDIS_REPLY_STATUS);
+    freeReplyObject(r);
+    uint64_t id;
+    h_capture_begin();
+    assert_int_equal(tasks_enqueue(E, &owner, NULL, def_of("count"), NULL, 0, NULL, NULL, &id),
+                     0);
+    char *log = h_capture_end();
+    char cause[512];
+    snprintf(cause, sizeof cause, "redis at %s/0 answered an error: OOM command not allowed "
+             "when used memory > 'maxmemory'", R.url);
+    h_assert_contains(log, cause);
+    free(log);
+    assert_cancelled_for(id, cause);
+    char *rec = record(id);
+    h_assert_contains(rec, "'maxmemory'; redis takes no tasks until what it answered is put "
+                           "right (its log may say more); then queue it again; the task never "
+                           "ran");
+    h_assert_lacks(rec, "--broker-capacity");
+    free(rec);
+    freeReplyObject(h_redis_cmd(&R, "CONFIG SET maxmemory 0"));
+    h_capture_begin();
+    tasks_shutdown(E, 0);
+    free(h_capture_end());
+}
+
 /* Redis away when a worker's run fails: the worker keeps the retry and
  * waits out its backoff itself; stopped meanwhile, it hands the job back
  * to Redis due when that backoff ends, and the record and the log say
@@ -1908,6 +1943,7 @@ int main(void)
         TB(tasks_broker_adopted_retry_at_shutdown_counts_as_back),
         TB(tasks_broker_slot_waiter_at_shutdown_goes_back),
         TB(tasks_broker_refusal_names_its_cause),
+        TB(tasks_broker_refusal_names_redis_answer),
         TB(tasks_broker_local_retry_at_shutdown_goes_back_to_redis),
         TB(tasks_broker_failed_hand_back_says_pending),
     };

@@ -976,11 +976,14 @@ int broker_next_ids(broker *b, unsigned n, uint64_t *first)
 
 int broker_enqueue(broker *b, const broker_job *jobs, size_t n)
 {
-    return broker_enqueue_seq(b, jobs, n, 0);
+    return broker_enqueue_seq(b, jobs, n, 0, NULL, 0);
 }
 
-int broker_enqueue_seq(broker *b, const broker_job *jobs, size_t n, int seq)
+int broker_enqueue_seq(broker *b, const broker_job *jobs, size_t n, int seq, char *answer,
+                       size_t cap)
 {
+    if (answer && cap)
+        answer[0] = '\0';
     if (n == 0)
         return 0;
     args a = {0};
@@ -1014,6 +1017,8 @@ int broker_enqueue_seq(broker *b, const broker_job *jobs, size_t n, int seq)
         freeReplyObject(r);
         return BROKER_EFULL;
     }
+    if (r->type == REDIS_REPLY_ERROR && answer && cap)
+        snprintf(answer, cap, "%s", r->str);
     if (r->type != REDIS_REPLY_INTEGER)
         return unexpected(r, "adding tasks to the stream");
     freeReplyObject(r);

@@ -164,8 +164,11 @@ int broker_enqueue(broker *b, const broker_job *jobs, size_t n);
  * (PREFIX:seq:ID) and each goes to the stream in the same script that
  * finishes the step before (broker_finish "succeeded"); a step that ends
  * otherwise (or broker_dead) writes the others' records and notices as
- * "skipped" instead. */
-int broker_enqueue_seq(broker *b, const broker_job *jobs, size_t n, int seq);
+ * "skipped" instead.  BROKER_EPROTO when Redis answered an error of its
+ * own (out of memory, an ACL, a read-only replica...): its text goes to
+ * answer (cap bytes; may be NULL), which is left "" otherwise. */
+int broker_enqueue_seq(broker *b, const broker_job *jobs, size_t n, int seq, char *answer,
+                       size_t cap);
 
 /* ---- reading and finishing (workers) ----------------------------------- */
 

@@ -201,7 +201,7 @@ static void conc_release(rq *r, held *x)
  * over capacity: load) with why saying which and a log line.
  */
 static int add_to_stream(rq *r, queue_node *const *nodes, size_t n, int linked, int seq,
-                         char *why, size_t cap)
+                         char *why, size_t cap, const char **hint)
 {
     if (n == 0)
         return 0;
@@ -225,15 +225,33 @@ static int add_to_stream(rq *r, queue_node *const *nodes, size_t n, int linked, 
     for (size_t i = 0; rc == 0 && i < n; i++)
         sent_put_locked(r, ss[i]);
     pthread_mutex_unlock(&r->mu);
-    int brc = rc == 0 ? broker_enqueue_seq(r->b, jobs, n, seq) : 0;
+    char answer[256];
+    int brc = rc == 0 ? broker_enqueue_seq(r->b, jobs, n, seq, answer, sizeof answer) : 0;
     if (brc < 0) {
-        /* Over capacity or Redis away: load, for the caller (503). */
-        if (brc == BROKER_EFULL)
+        /* Over capacity, Redis away, or an error it answered: load, for
+         * the caller (503). */
+        const char *h = "";
+        char *tail = strstr(answer, " script: "); /* which script: no help */
+        size_t len = tail ? (size_t)(tail - answer) : strlen(answer);
+        while (len > 0 && (answer[len - 1] == '.' || answer[len - 1] == ' '))
+            len--;
+        answer[len] = '\0';
+        if (brc == BROKER_EFULL) {
             snprintf(why, cap, "the broker %s is over its capacity (--broker-capacity)",
                      broker_url_shown(r->b));
-        else
+            h = "; queue it again once the workers (bgserve worker) have run some of the "
+                "broker's tasks, or raise --broker-capacity";
+        } else if (answer[0]) {
+            snprintf(why, cap, "redis at %s answered an error: %s", broker_url_shown(r->b),
+                     answer);
+            h = "; redis takes no tasks until what it answered is put right (its log may "
+                "say more); then queue it again";
+        } else {
             snprintf(why, cap, "redis at %s did not take them (%s)", broker_url_shown(r->b),
                      broker_strerror(brc));
+        }
+        if (hint)
+            *hint = h;
         log_msg(BGS_LOG_WARN, "broker: %zu task(s) (%s, ...) not added: %s", n, jobs[0].name,
                 why);
         rc = BGS_EFULL;
@@ -253,9 +271,11 @@ static int add_to_stream(rq *r, queue_node *const *nodes, size_t n, int linked, 
 }
 
 /* enqueue; why (cap bytes) says what Redis answered when it refused the
- * named jobs (BGS_EFULL), in add_to_stream's words. */
+ * named jobs (BGS_EFULL), and *hint (may be NULL) what to do, in
+ * add_to_stream's words. */
 static int enqueue_why(rq *r, queue_node *const *nodes, size_t n, uint64_t not_before_us,
-                       queue_done_fn done, void *done_arg, char *why, size_t cap)
+                       queue_done_fn done, void *done_arg, char *why, size_t cap,
+                       const char **hint)
 {
     queue_node **named = xcalloc(n ? n : 1, sizeof *named);
     queue_node **locals = xcalloc(n ? n : 1, sizeof *locals);
@@ -271,7 +291,7 @@ static int enqueue_why(rq *r, queue_node *const *nodes, size_t n, uint64_t not_b
         else
             named[nj++] = nodes[i];
     }
-    int rc = add_to_stream(r, named, nj, 1, 0, why, cap);
+    int rc = add_to_stream(r, named, nj, 1, 0, why, cap, hint);
     if (rc == 0 && nl) {
         rc = queue_enqueue_at(r->mem, locals, nl, not_before_us, NULL, NULL);
         if (rc < 0 && nj) {
@@ -297,21 +317,22 @@ static int rq_enqueue(queue *q, queue_node *const *nodes, size_t n, uint64_t not
                       queue_done_fn done, void *done_arg)
 {
     char why[256];
-    return enqueue_why(R(q), nodes, n, not_before_us, done, done_arg, why, sizeof why);
+    return enqueue_why(R(q), nodes, n, not_before_us, done, done_arg, why, sizeof why, NULL);
 }
 
 int queue_redis_enqueue(queue *q, queue_node *n, queue_done_fn done, void *done_arg, char *why,
-                        size_t cap)
+                        size_t cap, const char **hint)
 {
     if (cap)
         why[0] = '\0';
-    return enqueue_why(R(q), &n, 1, 0, done, done_arg, why, cap);
+    *hint = "";
+    return enqueue_why(R(q), &n, 1, 0, done, done_arg, why, cap, hint);
 }
 
 int queue_redis_write(queue *q, queue_node *const *nodes, size_t n, int seq, char *why,
                       size_t cap)
 {
-    return add_to_stream(R(q), nodes, n, 0, seq, why, cap);
+    return add_to_stream(R(q), nodes, n, 0, seq, why, cap, NULL);
 }
 
 int queue_redis_link(queue *q, queue_node *n)

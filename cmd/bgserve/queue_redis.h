@@ -96,9 +96,11 @@ int queue_redis_write(queue *q, queue_node *const *nodes, size_t n, int seq, cha
                       size_t cap);
 /* Enqueue (queue.h) the one node n, ready at once; when Redis refuses its
  * job (BGS_EFULL), why (cap bytes) says what it answered, in the words of
- * queue_redis_write (else it is left "").  0, BGS_EFULL, BGS_ESHUTDOWN. */
+ * queue_redis_write (else it is left ""), and *hint what to do about it,
+ * "; " first (over --broker-capacity, or an error Redis answered; else
+ * it is left "").  0, BGS_EFULL, BGS_ESHUTDOWN. */
 int queue_redis_enqueue(queue *q, queue_node *n, queue_done_fn done, void *done_arg, char *why,
-                        size_t cap);
+                        size_t cap, const char **hint);
 /* Link n, written ahead: from now on it is the queue's until its final
  * state (a notice that came meanwhile is acted on now).  0, or
  * BGS_EINVAL when n was not written ahead. */

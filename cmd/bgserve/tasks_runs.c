@@ -302,15 +302,14 @@ static void keep_taken(task_item *it, const char *why)
 /* The cause (and hint, what to do) of a refusal rc of a task accepted
  * already, in the words of the 503s (tasks_refusal); a refusal of Redis
  * while it is reachable (over --broker-capacity, or an error it answered)
- * in queue_redis's words, backend ("" for none), with what to do about
- * it as every other refusal has. */
+ * in queue_redis's words, backend ("" for none) and backend_hint, what to
+ * do about it, as every other refusal has. */
 static const char *dispatch_refusal(tasks_engine *t, int rc, const char *backend,
-                                    const char **hint)
+                                    const char *backend_hint, const char **hint)
 {
     if (rc == BGS_EFULL && backend[0] && atomic_load(&t->accepting) &&
         broker_available(t->broker)) {
-        *hint = "; queue it again once the workers (bgserve worker) have run some of "
-                "the broker's tasks, or raise --broker-capacity";
+        *hint = backend_hint;
         return backend;
     }
     return tasks_refusal(t, rc, hint);
@@ -322,6 +321,7 @@ static void dispatch_done(task_item *it, queue_done_fn done, void *arg)
     tasks_engine *t = it->kind->engine;
     queue *q = t->q;
     char backend[256] = "";
+    const char *backend_hint = "";
     int rc, written = it->jflags & TASKS_JF_WRITTEN;
     it->jflags |= TASKS_JF_LINKED; /* now: once linked, a worker owns it */
     if (written && t->journal)
@@ -329,12 +329,13 @@ static void dispatch_done(task_item *it, queue_done_fn done, void *arg)
     else if (written)
         rc = queue_redis_link(q, &it->qnode);
     else if (t->broker)
-        rc = queue_redis_enqueue(q, &it->qnode, done, arg, backend, sizeof backend);
+        rc = queue_redis_enqueue(q, &it->qnode, done, arg, backend, sizeof backend,
+                                 &backend_hint);
     else
         rc = queue_enqueue_at(q, (queue_node *const[]){&it->qnode}, 1, 0, done, arg);
     if (rc != 0) { /* refused: still ours (a push stamps TASKS_MONO_US) */
         const char *hint;
-        const char *cause = dispatch_refusal(t, rc, backend, &hint);
+        const char *cause = dispatch_refusal(t, rc, backend, backend_hint, &hint);
         char why[448]; /* backend, hint, and tasks_runs_keep's words within TASKS_ERR_MAX */
         snprintf(why, sizeof why, "%s%s; the task never ran", cause, hint);
         it->jflags &= (uint8_t)~TASKS_JF_LINKED;
