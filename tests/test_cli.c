@@ -87,6 +87,7 @@ static void cli_defaults(void **state)
     assert_int_equal(r.cfg.workers, 16);
     assert_int_equal(r.cfg.queue_cap, 65536);
     assert_int_equal(r.cfg.linger_us, QUEUE_LINGER_ADAPTIVE);
+    assert_int_equal(r.cfg.inline_us, 50);
     assert_int_equal(r.cfg.keep, 10000);
     assert_int_equal(r.cfg.drain_timeout_ms, 10000);
     assert_int_equal(r.cfg.introspection, 1);
@@ -106,7 +107,7 @@ static void cli_every_option_separate_value(void **state)
     (void)state;
     run r = parse("--host", "0.0.0.0", "--port", "9001", "--threads", "3",
                   "--timeout", "5", "--max-connections", "77", "--max-body",
-                  "2048", "--workers", "4", "--queue", "100", "--linger", "0", "--keep", "0",
+                  "2048", "--workers", "4", "--queue", "100", "--linger", "0", "--inline-tasks", "0", "--keep", "0",
                   "--drain-timeout", "2.5", "--no-introspection", "--quiet",
                   "--log-format", "json", "--color", "never", "--check",
                   "--watch-debounce", "5", "--single-process", "x.so", NULL);
@@ -122,6 +123,7 @@ static void cli_every_option_separate_value(void **state)
     assert_int_equal(r.cfg.workers, 4);
     assert_int_equal(r.cfg.queue_cap, 100);
     assert_int_equal(r.cfg.linger_us, 0);
+    assert_int_equal(r.cfg.inline_us, 0);
     assert_int_equal(r.cfg.keep, 0);
     assert_int_equal(r.cfg.drain_timeout_ms, 2500);
     assert_int_equal(r.cfg.introspection, 0);
@@ -139,7 +141,7 @@ static void cli_equals_form(void **state)
     (void)state;
     run r = parse("--host=::1", "--port=0", "--threads=1024", "--timeout=86400",
                   "--max-connections=1", "--max-body=1G", "--workers=1024",
-                  "--queue=16777216", "--linger=100000", "--keep=10000000", "--drain-timeout=0",
+                  "--queue=16777216", "--linger=100000", "--inline-tasks=1000", "--keep=10000000", "--drain-timeout=0",
                   "--log-format=text", "--color=always", "a.so", NULL);
     assert_int_equal(r.rc, CLI_RUN);
     assert_string_equal(r.err, "");
@@ -152,6 +154,7 @@ static void cli_equals_form(void **state)
     assert_int_equal(r.cfg.workers, 1024);
     assert_int_equal(r.cfg.queue_cap, 16777216);
     assert_int_equal(r.cfg.linger_us, 100000);
+    assert_int_equal(r.cfg.inline_us, 1000);
     assert_int_equal(r.cfg.keep, 10000000);
     assert_int_equal(r.cfg.drain_timeout_ms, 0);
     assert_int_equal(r.cfg.log_json, 0);
@@ -313,6 +316,10 @@ static void cli_usage_errors(void **state)
                  "--port", "-1", "a.so", NULL);
     expect_usage("--port must be a whole number from 0 to 65535 (got '80x')",
                  "--port=80x", "a.so", NULL);
+    expect_usage("--inline-tasks must be a whole number from 0 to 1000 (got '1001')",
+                 "--inline-tasks", "1001", "a.so", NULL);
+    expect_usage("--inline-tasks must be a whole number from 0 to 1000 (got 'fast')",
+                 "--inline-tasks", "fast", "a.so", NULL);
     expect_usage("--threads must be a whole number from 1 to 1024 (got '0')",
                  "--threads", "0", "a.so", NULL);
     expect_usage("--threads must be a whole number from 1 to 1024 (got '1025')",

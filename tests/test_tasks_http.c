@@ -484,6 +484,124 @@ static void tasks_http_linger_extremes_lose_nothing(void **state)
     }
 }
 
+/* ---- inline runs ------------------------------------------------------------------- */
+
+/* GET /nap?name=NAME&us=US n times: one task each. */
+static void naps(h_server *s, const char *name, const char *us, int n)
+{
+    char path[96];
+    unsigned long long ids[4];
+    size_t k;
+    snprintf(path, sizeof path, "/nap?name=%s&us=%s", name, us);
+    for (int i = 0; i < n; i++) {
+        assert_int_equal(get_tasks(s, path, ids, 4, &k), 200);
+        assert_int_equal(k, 1);
+    }
+}
+
+/* Brief naps until some ran inline; returns how many were sent. */
+static int naps_until_inline(h_server *s, const char *name)
+{
+    int sent = 0;
+    long long before = h_stat(s, name, "inline_runs");
+    while (h_stat(s, name, "inline_runs") == before && sent < 3000) {
+        naps(s, name, "0", 10);
+        sent += 10;
+    }
+    assert_true(h_stat(s, name, "inline_runs") > before);
+    return sent;
+}
+
+/* A task whose runs are brief runs on the HTTP thread once 32 of them
+ * ended (docs/tasks.md, "Inline runs"): never before, and each still
+ * gets its record and its counts. */
+static void tasks_http_brief_tasks_run_inline(void **state)
+{
+    (void)state;
+    unsigned long long ids[4];
+    size_t n;
+    h_resp r;
+
+    int sent = naps_until_inline(&app, "nap");
+    wait_stat(&app, "nap", "succeeded", sent);
+    long long inl = h_stat(&app, "nap", "inline_runs");
+    assert_true(inl <= sent - 32);
+    assert_int_equal(h_stat(&app, "nap", "failed"), 0);
+
+    assert_int_equal(get_tasks(&app, "/nap?name=nap&us=0", ids, 4, &n), 200);
+    assert_int_equal(n, 1);
+    char *rec = wait_state(&app, ids[0], "succeeded");
+    assert_int_equal(h_json_num(rec, "attempts"), 1);
+    free(rec);
+
+    assert_int_equal(h_get(&app, "/_bgserve/stats", &r), 0);
+    const char *qstats = strstr(r.body, "\"queue\":{");
+    assert_non_null(qstats);
+    assert_int_equal(h_json_num(qstats, "inline_us"), 50);
+    assert_true(h_json_num(qstats, "inline_runs") >= inl);
+    h_resp_free(&r);
+}
+
+/* Runs over the bound (200 us against 50) keep a task on the workers. */
+static void tasks_http_slow_tasks_stay_on_workers(void **state)
+{
+    (void)state;
+    naps(&app, "nap_slow", "200", 60);
+    wait_stat(&app, "nap_slow", "succeeded", 60);
+    assert_int_equal(h_stat(&app, "nap_slow", "inline_runs"), 0);
+}
+
+/* An inline run that holds its HTTP thread (20 ms) is logged with what
+ * to do, and sends the next runs back to the workers. */
+static void tasks_http_inline_stall_is_logged(void **state)
+{
+    (void)state;
+    int sent = 0, stalled = 0;
+    for (int tries = 0; tries < 20 && !stalled; tries++) {
+        sent += naps_until_inline(&app, "nap_stall");
+        wait_stat(&app, "nap_stall", "succeeded", sent);
+        long long before = h_stat(&app, "nap_stall", "inline_runs");
+        naps(&app, "nap_stall", "20000", 1);
+        sent++;
+        wait_stat(&app, "nap_stall", "succeeded", sent);
+        stalled = h_stat(&app, "nap_stall", "inline_runs") > before;
+    }
+    assert_true(stalled);
+    assert_true(h_wait_log(&app, "(nap_stall) ran ", DEADLINE_MS));
+    char line[1024];
+    assert_int_equal(h_line_with(app.log, "(nap_stall) ran ", line, sizeof line), 0);
+    h_assert_contains(line, "on an HTTP thread");
+    h_assert_contains(line, "--inline-tasks 0");
+    h_assert_contains(line, "Its next runs go to the workers");
+
+    long long after = h_stat(&app, "nap_stall", "inline_runs");
+    naps(&app, "nap_stall", "0", 20);
+    wait_stat(&app, "nap_stall", "succeeded", sent + 20);
+    assert_int_equal(h_stat(&app, "nap_stall", "inline_runs"), after);
+}
+
+/* --inline-tasks 0: every task runs on the workers. */
+static void tasks_http_inline_tasks_off(void **state)
+{
+    (void)state;
+    const char *const args[] = {"--quiet", "--inline-tasks", "0", NULL};
+    h_server s;
+    h_resp r;
+
+    assert_int_equal(start_app(&s, args, NULL), 0);
+    naps(&s, "nap_off", "0", 100);
+    wait_stat(&s, "nap_off", "succeeded", 100);
+    assert_int_equal(h_stat(&s, "nap_off", "inline_runs"), 0);
+    assert_int_equal(h_get(&s, "/_bgserve/stats", &r), 0);
+    const char *qstats = strstr(r.body, "\"queue\":{");
+    assert_non_null(qstats);
+    assert_int_equal(h_json_num(qstats, "inline_us"), 0);
+    assert_int_equal(h_json_num(qstats, "inline_runs"), 0);
+    h_resp_free(&r);
+    assert_int_equal(h_stop(&s, SIGTERM), 0);
+    h_free(&s);
+}
+
 /* ---- retries ------------------------------------------------------------------------ */
 
 static void tasks_http_retries_until_success(void **state)
@@ -855,6 +973,10 @@ int main(void)
         cmocka_unit_test(tasks_http_concurrent_route_mode_covers_handler_tasks),
         cmocka_unit_test(tasks_http_thousand_requests_two_tasks_each),
         cmocka_unit_test(tasks_http_linger_extremes_lose_nothing),
+        cmocka_unit_test(tasks_http_brief_tasks_run_inline),
+        cmocka_unit_test(tasks_http_slow_tasks_stay_on_workers),
+        cmocka_unit_test(tasks_http_inline_stall_is_logged),
+        cmocka_unit_test(tasks_http_inline_tasks_off),
         cmocka_unit_test(tasks_http_retries_until_success),
         cmocka_unit_test(tasks_http_full_queue_answers_503),
         cmocka_unit_test(tasks_http_handler_failure_discards),

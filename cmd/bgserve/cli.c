@@ -40,7 +40,7 @@
 
 enum opt_id {
     O_HOST, O_PORT, O_THREADS, O_TIMEOUT, O_MAXCONN, O_MAXBODY, O_WORKERS,
-    O_QUEUE, O_LINGER, O_KEEP, O_DRAIN, O_NOINTRO, O_QUIET, O_LOGFMT, O_COLOR, O_CHECK,
+    O_QUEUE, O_LINGER, O_INLINE, O_KEEP, O_DRAIN, O_NOINTRO, O_QUIET, O_LOGFMT, O_COLOR, O_CHECK,
     O_HELP, O_VERSION, O_RELOAD, O_WATCH, O_BUILD, O_SETTLE, O_MAXGEN, O_SINGLE, O_DEBOUNCE,
     O_JOURNAL, O_JSYNC, O_BROKER, O_BROKER_NAME, O_BROKER_VIS, O_BROKER_CAP
 };
@@ -62,6 +62,7 @@ static const opt options[] = {
     {"workers", 0, 1, O_WORKERS},
     {"queue", 0, 1, O_QUEUE},
     {"linger", 0, 1, O_LINGER},
+    {"inline-tasks", 0, 1, O_INLINE},
     {"keep", 0, 1, O_KEEP},
     {"drain-timeout", 0, 1, O_DRAIN},
     {"journal", 0, 1, O_JOURNAL},
@@ -154,6 +155,11 @@ static void print_help(FILE *out)
 "                             0-%u microseconds, fixes it: more gives more\n"
 "                             requests/s and later task starts; 0 wakes a\n"
 "                             worker for every response\n"
+"      --inline-tasks USEC    run a named task on the HTTP thread, right\n"
+"                             after its response is sent, while its recent\n"
+"                             runs each took at most USEC microseconds: no\n"
+"                             wake-up and no wait for a worker.  0-" UTIL_STR(TASKS_INLINE_MAX_US) ";\n"
+"                             0 runs every task on the workers (default " UTIL_STR(TASKS_DEFAULT_INLINE_US) ")\n"
 "      --keep N               finished tasks kept for the status monitor,\n"
 "                             0-10000000 (default " UTIL_STR(TASKS_DEFAULT_KEEP) ")\n"
 "      --drain-timeout SECONDS  on stop, how long to wait for queued and\n"
@@ -399,6 +405,10 @@ static int apply(const opt *o, const char *val, cli_config *cfg,
             return usage(err, "--linger must be 'adaptive' or a whole number of "
                          "microseconds from 0 to %u (got '%s')", QUEUE_LINGER_MAX_US, val);
         break;
+    case O_INLINE:
+        if (parse_uint(val, 0, TASKS_INLINE_MAX_US, &cfg->inline_us) != 0)
+            return RANGE("inline-tasks", "0", UTIL_STR(TASKS_INLINE_MAX_US));
+        break;
     case O_KEEP:
         if (parse_uint(val, 0, 10000000, &cfg->keep) != 0)
             return RANGE("keep", "0", "10000000");
@@ -520,6 +530,7 @@ static void set_defaults(cli_config *cfg)
     cfg->workers = TASKS_DEFAULT_WORKERS;
     cfg->queue_cap = TASKS_DEFAULT_QUEUE_CAP;
     cfg->linger_us = QUEUE_LINGER_DEFAULT;
+    cfg->inline_us = TASKS_DEFAULT_INLINE_US;
     cfg->keep = TASKS_DEFAULT_KEEP;
     cfg->drain_timeout_ms = CLI_DEFAULT_DRAIN_S * 1000u;
     cfg->introspection = 1;

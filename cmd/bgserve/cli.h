@@ -23,6 +23,7 @@ typedef struct cli_config {
     unsigned workers;         /* --workers, default 16 */
     unsigned queue_cap;       /* --queue, default 65536 */
     unsigned linger_us;       /* --linger, default QUEUE_LINGER_DEFAULT */
+    unsigned inline_us;       /* --inline-tasks, default TASKS_DEFAULT_INLINE_US; 0: off */
     unsigned keep;            /* --keep, default 10000 */
     unsigned drain_timeout_ms;/* --drain-timeout (seconds, fractions ok), default 10 s */
     int introspection;        /* 1 unless --no-introspection */

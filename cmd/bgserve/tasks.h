@@ -51,6 +51,11 @@
 #define TASKS_DEFAULT_WORKERS 16
 #define TASKS_DEFAULT_QUEUE_CAP 65536
 #define TASKS_DEFAULT_KEEP 10000
+/* --inline-tasks: a task whose recent runs each took at most this many
+ * microseconds runs on the HTTP thread right after its response is sent
+ * (tasks_runs.c, "inline runs"). */
+#define TASKS_DEFAULT_INLINE_US 50
+#define TASKS_INLINE_MAX_US 1000
 
 typedef struct tasks_engine tasks_engine;
 
@@ -70,6 +75,9 @@ typedef struct tasks_config {
     unsigned keep;              /* finished records kept for introspection */
     unsigned linger_us;         /* queue coalescing window (queue_mem_new); 0: none;
                                  * QUEUE_LINGER_ADAPTIVE: follows the load */
+    unsigned inline_us;         /* tasks whose recent runs each took at most this
+                                 * run on the HTTP thread once their response is
+                                 * sent (tasks_group_submit); 0: never */
     journal *journal;           /* --journal (borrowed; closed after tasks_shutdown),
                                  * or NULL: tasks live in memory only */
     int lazy_starts;            /* with a journal: a run does not wait for its

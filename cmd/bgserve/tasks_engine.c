@@ -55,6 +55,10 @@ tasks_engine *tasks_new(const tasks_config *cfg)
     pthread_mutex_init(&t->life_mu, NULL);
     t->queue_cap = cfg->queue_cap ? cfg->queue_cap : TASKS_DEFAULT_QUEUE_CAP;
     t->linger_us = cfg->linger_us;
+    /* Inline runs skip the queue: only where the queue is memory (a
+     * journal records a task's start and end through its queue, and a
+     * broker's tasks run on the workers it feeds). */
+    t->inline_us = cfg->journal || cfg->broker ? 0 : cfg->inline_us;
     /* Bounded by the reservations instead of a queue capacity. */
     t->journal = cfg->journal;
     t->q = cfg->broker ? tasks_broker_queue(t, cfg)
@@ -547,7 +551,7 @@ void tasks_stats_json(tasks_engine *t, json *j)
     json_key(j, #f);     \
     json_u64(j, atomic_load_explicit(&k->f, memory_order_relaxed));
         KEY(queued) KEY(running) KEY(succeeded) KEY(failed) KEY(retried)
-        KEY(skipped) KEY(discarded) KEY(cancelled) KEY(ticks_skipped)
+        KEY(skipped) KEY(discarded) KEY(cancelled) KEY(ticks_skipped) KEY(inline_runs)
 #undef KEY
         json_obj_end(j);
     }
@@ -565,6 +569,11 @@ void tasks_stats_json(tasks_engine *t, json *j)
     json_str(j, t->q->ops->name);
     json_key(j, "wakeups");
     json_u64(j, queue_wakeups(t->q));
+    /* Runs that skipped the queue (tasks_runs.c, "Inline runs"). */
+    json_key(j, "inline_us");
+    json_u64(j, t->inline_us);
+    json_key(j, "inline_runs");
+    json_u64(j, atomic_load_explicit(&t->inline_runs, memory_order_relaxed));
     /* The wake-up policy (docs/tasks.md, "When tasks run"): the linger
      * now, the longest a task may wait for company, and for the adaptive
      * one what it follows: the CPUs' idle share, the pushes a second,

@@ -295,27 +295,45 @@ void tasks_group_submit(tasks_group *g, int delivered)
     }
     if (g->mode == BGS_CONCURRENT) {
         /* Every task that may run goes to the queue in one batch: one
-         * lock and at most one wake-up for the whole response. */
+         * lock and at most one wake-up for the whole response; then the
+         * brief ones run here (tasks_runs.c, "Inline runs"), once the
+         * others are on their way. */
         task_item *batch[16];
+        task_item *here = NULL, **here_tail = &here;
         size_t n = 0;
         task_item *it = g->head;
         while (it) {
             task_item *next = it->group_next;
             it->group_next = NULL;
-            if (tasks_runs_skip_undelivered(it))
+            if (tasks_runs_skip_undelivered(it)) {
                 tasks_runs_finalize(it, TASKS_SKIPPED, "response was not fully delivered");
-            else
+            } else if (tasks_runs_inline_ok(it)) {
+                *here_tail = it;
+                here_tail = &it->group_next;
+            } else {
                 batch[n++] = it;
+            }
             if (n == BGS_COUNT(batch) || (next == NULL && n > 0)) {
                 tasks_runs_dispatch_batch(batch, n);
                 n = 0;
             }
             it = next;
         }
-    } else if (g->head) {
-        tasks_runs_seq_start(g->head);
+        group_free(g);
+        while (here) {
+            it = here;
+            here = it->group_next;
+            it->group_next = NULL;
+            tasks_runs_inline(it);
+        }
+        return;
     }
+    task_item *head = g->head;
     group_free(g);
+    if (head && !tasks_runs_skip_undelivered(head) && tasks_runs_inline_ok(head))
+        tasks_runs_inline(head); /* the rest of the sequence goes on from its end */
+    else if (head)
+        tasks_runs_seq_start(head);
 }
 
 void tasks_group_drop(tasks_group *g, const char *reason)

@@ -70,6 +70,15 @@ typedef struct task_kind {
     atomic_ulong ticks_skipped;  /* counter; no lock (tasks_periodic.c) */
     unsigned conc_running;   /* capped runs in progress; conc_mu */
     task_item *wait_head, *wait_tail; /* at their cap; conc_mu */
+    /* Inline runs (tasks_runs.c): whether its runs have been short.
+     * Written by whichever thread ends a run, with no lock: relaxed
+     * atomics, where a lost update only delays or hastens the verdict. */
+    atomic_ulong brief_gen;      /* the generation (owner_number) counted */
+    atomic_uint brief_seen;      /* its runs counted, up to TASKS_BRIEF_SEEN */
+    atomic_uint slow_score;      /* decaying count of runs over the bound */
+    atomic_uint stalls;          /* inline runs that held their thread long */
+    atomic_ullong stall_logged_us; /* when the last stall was logged */
+    atomic_ulong inline_runs;    /* counter: runs on an HTTP thread */
 } task_kind;
 
 /* A callback waiting for an item's final state; rec_mu. */
@@ -248,6 +257,8 @@ struct tasks_engine {
     journal *journal;            /* --journal (borrowed), or NULL; immutable */
     size_t queue_cap;            /* immutable */
     unsigned linger_us;          /* immutable */
+    unsigned inline_us;          /* immutable; 0: no inline runs */
+    atomic_ulong inline_runs;    /* counter: runs on the thread that submitted */
     atomic_size_t accepted;      /* reserved queue capacity */
     atomic_int accepting;        /* 1 from tasks_new until shutdown */
     atomic_int stopping;         /* the cancel phase of the shutdown */
@@ -378,6 +389,12 @@ void tasks_runs_seq_start(task_item *it);
 int tasks_runs_skip_undelivered(const task_item *it);
 /* The workers' run function (workers.h); arg is the engine. */
 void tasks_runs_node(queue_node *n, void *arg);
+/* Whether it may run inline (tasks_runs.c, "Inline runs"): a first
+ * attempt of a named task whose recent runs were brief. */
+int tasks_runs_inline_ok(const task_item *it);
+/* Run it here and now, as a worker would (the caller owns it, it is in
+ * no queue, and tasks_runs_inline_ok said yes). */
+void tasks_runs_inline(task_item *it);
 /* --broker: it (owned by the caller, without watchers or a sequence
  * after it: an adopted job) goes on in another process; its record
  * here ends without a final state and it is freed. */

@@ -5,6 +5,22 @@
  * bringing a task to its final state, and tasks queued at once
  * (tasks_enqueue, and tasks_retry for a failed one).
  *
+ * Inline runs.  Handing a task to a worker costs a wake-up: 7 to 22 µs of
+ * CPU on a small virtual machine (bench/README.md, section 23), against
+ * well under a microsecond for a task such as "count this" or "append a
+ * line".  So a task whose runs have been brief runs on the thread that
+ * submits it, right after its response was sent (tasks_group_submit, on
+ * the HTTP thread), with no wake-up and no wait.  Brief means: of the
+ * same generation, at least TASKS_BRIEF_SEEN runs seen, and a decaying
+ * score of runs over t->inline_us (--inline-tasks) below
+ * TASKS_SLOW_LIMIT, which a share of slow runs of about 1 in 32 keeps it
+ * over (a thread preempted now and then in a short run does not).  An
+ * inline run that holds its thread TASKS_STALL_US or more is logged with
+ * what to do, sends the name back to the workers for a while, and after
+ * TASKS_STALLS_MAX such runs for the rest of the generation.  Only named
+ * tasks of the memory queue without a concurrency cap run inline; first
+ * attempts only (a retry comes from the queue's timer).
+ *
  * Owns the "runs" part of struct tasks_engine (tasks_internal.h): the queue, the
  * reservations (`accepted`, an atomic bounded by queue_cap), the
  * accepting/stopping flags, the dispatch histogram, and conc_mu, which
@@ -24,6 +40,7 @@
 #include "util.h"
 
 #include <inttypes.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -400,6 +417,81 @@ static void on_timeout(sched_timer *tm)
     atomic_fetch_or(&it->cancel, TASKS_CANCEL_SET | TASKS_CANCEL_TIMEOUT);
 }
 
+/* ---- inline runs ------------------------------------------------------------ */
+
+#define TASKS_BRIEF_SEEN 32u      /* runs of a generation before any runs inline */
+#define TASKS_SLOW_WEIGHT 1024u   /* what a slow run adds to the score */
+#define TASKS_SLOW_LIMIT 1024u    /* inline only below: 1 slow run in 32 keeps it above */
+#define TASKS_SLOW_DECAY 5        /* each brief run takes 1/32 of the score off */
+#define TASKS_STALL_US 10000u     /* an inline run this long held its HTTP thread */
+#define TASKS_STALL_WEIGHT 32768u /* a stall: on the workers for about 110 runs */
+#define TASKS_STALLS_MAX 3u       /* then on the workers until the next generation */
+#define TASKS_STALL_LOG_US 10000000u /* a stall line per name at most this often */
+
+int tasks_runs_inline_ok(const task_item *it)
+{
+    const task_kind *k = it->kind;
+    const plugin_task *def = it->def;
+    if (k->engine->inline_us == 0 || def == NULL || def->max_concurrency || it->attempts)
+        return 0;
+    return atomic_load_explicit(&k->brief_gen, memory_order_relaxed) == it->owner_number &&
+           atomic_load_explicit(&k->brief_seen, memory_order_relaxed) >= TASKS_BRIEF_SEEN &&
+           atomic_load_explicit(&k->slow_score, memory_order_relaxed) < TASKS_SLOW_LIMIT &&
+           atomic_load_explicit(&k->stalls, memory_order_relaxed) < TASKS_STALLS_MAX;
+}
+
+/* An inline run held its thread for dur µs: say so (at most once per
+ * TASKS_STALL_LOG_US per name, and always the last time). */
+static void note_stall(task_item *it, uint64_t dur)
+{
+    task_kind *k = it->kind;
+    unsigned n = atomic_fetch_add_explicit(&k->stalls, 1, memory_order_relaxed) + 1;
+    uint64_t now = util_now_us();
+    unsigned long long last = atomic_load_explicit(&k->stall_logged_us, memory_order_relaxed);
+    if (n < TASKS_STALLS_MAX && last && now - last < TASKS_STALL_LOG_US)
+        return;
+    atomic_store_explicit(&k->stall_logged_us, now, memory_order_relaxed);
+    log_msg(BGS_LOG_WARN,
+            "task %" PRIu64 " (%s) ran %.1f ms on an HTTP thread, and the requests on that "
+            "thread waited for it: bgserve runs a task there, right after its response is "
+            "sent, while its runs take under %u us (--inline-tasks). %s; to keep every task "
+            "on the workers, start bgserve with --inline-tasks 0",
+            it->id, k->name, (double)dur / 1000.0, k->engine->inline_us,
+            n >= TASKS_STALLS_MAX ? "Its runs go to the workers from now on, until the app is "
+                                    "reloaded"
+                                  : "Its next runs go to the workers");
+}
+
+/* What a run of dur µs says of its name (see "Inline runs" at the top). */
+static void note_run(task_item *it, uint64_t dur, int inl)
+{
+    task_kind *k = it->kind;
+    unsigned limit = k->engine->inline_us;
+    if (limit == 0 || it->def == NULL)
+        return;
+    if (atomic_load_explicit(&k->brief_gen, memory_order_relaxed) != it->owner_number) {
+        /* Another generation: its code may differ. */
+        atomic_store_explicit(&k->brief_seen, 0, memory_order_relaxed);
+        atomic_store_explicit(&k->slow_score, 0, memory_order_relaxed);
+        atomic_store_explicit(&k->stalls, 0, memory_order_relaxed);
+        atomic_store_explicit(&k->brief_gen, it->owner_number, memory_order_relaxed);
+    }
+    unsigned seen = atomic_load_explicit(&k->brief_seen, memory_order_relaxed);
+    if (seen < TASKS_BRIEF_SEEN)
+        atomic_store_explicit(&k->brief_seen, seen + 1, memory_order_relaxed);
+    unsigned s = atomic_load_explicit(&k->slow_score, memory_order_relaxed), s2 = s;
+    if (dur > limit)
+        s2 = s + (inl && dur >= TASKS_STALL_US ? TASKS_STALL_WEIGHT : TASKS_SLOW_WEIGHT);
+    else if (s > 0)
+        s2 = s - ((s >> TASKS_SLOW_DECAY) ? (s >> TASKS_SLOW_DECAY) : 1);
+    if (s2 < s && dur > limit) /* wrapped: stay at the top */
+        s2 = UINT_MAX;
+    if (s2 != s)
+        atomic_store_explicit(&k->slow_score, s2, memory_order_relaxed);
+    if (inl && dur >= TASKS_STALL_US)
+        note_stall(it, dur);
+}
+
 /* Tell the queue the job is final (a durable backend records it). */
 static void ack(tasks_engine *t, task_item *it, queue_end end, const char *err)
 {
@@ -407,8 +499,9 @@ static void ack(tasks_engine *t, task_item *it, queue_end end, const char *err)
     queue_ack(t->q, &it->qnode, &o);
 }
 
-/* One attempt of it on this worker, up to its next state. */
-static void run_once(task_item *it)
+/* One attempt of it on this worker (or inline, on the thread that
+ * submitted it: inl), up to its next state. */
+static void run_once(task_item *it, int inl)
 {
     bgs_task_ctx ctx;
     tasks_engine *t = it->kind->engine;
@@ -460,6 +553,7 @@ static void run_once(task_item *it)
     services_scope_end(ctx.scope);
     end = util_now_us();
     dur = end - now;
+    note_run(it, dur, inl);
 
     if (ctx.has_result) { /* moved into the record */
         task_extra *x = tasks_records_extra(it);
@@ -525,10 +619,10 @@ static void run_once(task_item *it)
     }
 }
 
-void tasks_runs_node(queue_node *n, void *arg)
+/* Run it (taken from the queue, or inline), then what waits for its
+ * name's cap. */
+static void run_node(task_item *it, tasks_engine *t, int inl)
 {
-    task_item *it = UTIL_CONTAINER_OF(n, task_item, qnode);
-    tasks_engine *t = arg;
 
     /* Enforce the per-name cap, run, and when a capped run ends, run the
      * next task of that name waiting for a slot. */
@@ -562,7 +656,8 @@ void tasks_runs_node(queue_node *n, void *arg)
             kind->conc_running++;
             pthread_mutex_unlock(&t->conc_mu);
         }
-        run_once(it); /* it is no longer ours */
+        run_once(it, inl); /* it is no longer ours */
+        inl = 0; /* the waiting ones came from the queue */
         it = NULL;
         if (cap) {
             pthread_mutex_lock(&t->conc_mu);
@@ -577,6 +672,20 @@ void tasks_runs_node(queue_node *n, void *arg)
             pthread_mutex_unlock(&t->conc_mu);
         }
     }
+}
+
+void tasks_runs_node(queue_node *n, void *arg)
+{
+    run_node(UTIL_CONTAINER_OF(n, task_item, qnode), arg, 0);
+}
+
+void tasks_runs_inline(task_item *it)
+{
+    tasks_engine *t = it->kind->engine;
+    TASKS_MONO_US(it) = util_now_us(); /* what a push stamps: its dispatch starts now */
+    atomic_fetch_add_explicit(&t->inline_runs, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&it->kind->inline_runs, 1, memory_order_relaxed);
+    run_node(it, t, 1);
 }
 
 void tasks_runs_cancel_waiting(tasks_engine *t)
