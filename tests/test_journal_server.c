@@ -862,6 +862,50 @@ static void journal_server_crash_at_once_under_the_supervisor_uses_its_attempts(
     h_free(&s);
 }
 
+/* Under the supervisor (lazy starts) a brief task runs inline, on the
+ * HTTP thread (docs/tasks.md, "Inline runs"), and the journal records it
+ * as any other: every one ran once, and each row ends succeeded with
+ * attempt 1.  Starts that are awaited (--single-process) never run
+ * inline: stats_show_the_journal. */
+static void journal_server_inline_runs_are_recorded(void **state)
+{
+    sandbox *sb = *state;
+    app_run l;
+    app_run_init(&l, sb);
+    const char *args[] = {"--journal", sb->path, "--quiet", NULL};
+    h_server s;
+    assert_int_equal(h_start_app(&s, h_fixture("journal_app"), args, l.env), 0);
+    assert_int_equal(h_stat(&s, "queue", "inline_us"), 50);
+    int n = 0;
+    uint64_t last = 0;
+    while ((h_stat(&s, "record", "inline_runs") < 10 || n % 8 != 0) && n < 3000) {
+        char path[64];
+        h_resp r;
+        snprintf(path, sizeof path, "/attach?tag=i%d", n++);
+        assert_int_equal(h_get(&s, path, &r), 0);
+        assert_int_equal(r.status, 200);
+        last = strtoull(h_header(&r, "Bgserve-Tasks"), NULL, 10);
+        h_resp_free(&r);
+    }
+    assert_true(h_stat(&s, "record", "inline_runs") >= 10);
+    assert_true(h_wait_stat(&s, "record", "succeeded", n, DEADLINE_MS));
+    assert_true(h_wait_stat(&s, "journal", "pending", 0, DEADLINE_MS));
+    on_disk d = wait_disk_state(sb->path, last, "succeeded");
+    assert_int_equal(d.attempts, 1);
+    runs r = read_runs(l.path);
+    for (int i = 0; i < n; i++) {
+        char p[32];
+        snprintf(p, sizeof p, "i%d", i);
+        long k = runs_find(&r, p);
+        assert_true(k >= 0);
+        assert_int_equal(r.count[k], 1);
+        assert_int_equal(r.max_attempt[k], 1);
+    }
+    runs_free(&r);
+    h_stop_clean(&s);
+    h_free(&s);
+}
+
 /* A disk that fills up while serving (the file size limit, with SIGXFSZ
  * ignored, as a shell script sets it before exec): requests that queue
  * tasks get 503 saying why, requests without tasks are still served, and
@@ -1169,6 +1213,8 @@ static void journal_server_stats_show_the_journal(void **state)
     assert_true(p50 > 0);
     assert_true(p99 >= p50);
     assert_true(h_json_num(jo, "records") >= 3);
+    /* awaited starts (--single-process): no run is inline */
+    assert_int_equal(h_json_obj_num(r.body, "queue", "inline_us"), 0);
     h_resp_free(&r);
     h_stop_clean(&s);
     h_free(&s);
@@ -1186,6 +1232,7 @@ int main(void)
         T(journal_server_stop_during_replay_loses_nothing),
         T(journal_server_crash_in_a_task_loses_no_other_task),
     T(journal_server_crash_at_once_under_the_supervisor_uses_its_attempts),
+        T(journal_server_inline_runs_are_recorded),
         T(journal_server_full_disk_answers_503_and_serves_the_rest),
         T(journal_server_deferred_answers_wait_for_the_commit),
         T(journal_server_full_disk_deferred_answers_503),

@@ -435,6 +435,14 @@ int queue_journal_adopt(queue *qq, queue_node *n, uint64_t not_before_wall_us)
     return rc;
 }
 
+int queue_journal_start_here(queue *qq, queue_node *n)
+{
+    jqueue *q = jq(qq);
+    if (!q->lazy || atomic_load(&q->shut))
+        return 0;
+    return start_lazily(q, n);
+}
+
 static size_t jq_depth(queue *qq)
 {
     jqueue *q = jq(qq);

@@ -68,6 +68,17 @@ int queue_journal_adopt(queue *q, queue_node *n, uint64_t not_before_wall_us);
  */
 void queue_journal_lazy_starts(queue *q, int on);
 
+/*
+ * Run n here: n, a job the journal holds already (written ahead of its
+ * response) and never linked, is about to run on the caller's thread
+ * without going through the queue (the engine's inline runs).  With lazy
+ * starts its start goes to the journal's next transaction and 1 is
+ * returned: run it, then ack or nack it as if it had been taken.  0
+ * (nothing done) when it must go the usual way: no lazy starts, its
+ * describe says await_start, or the queue is shut down.
+ */
+int queue_journal_start_here(queue *q, queue_node *n);
+
 /* (Failed commits are the journal's: journal_stats.failed_commits.) */
 typedef struct queue_journal_counts {
     uint64_t journaled;    /* jobs written by enqueue */

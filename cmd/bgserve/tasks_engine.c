@@ -55,10 +55,10 @@ tasks_engine *tasks_new(const tasks_config *cfg)
     pthread_mutex_init(&t->life_mu, NULL);
     t->queue_cap = cfg->queue_cap ? cfg->queue_cap : TASKS_DEFAULT_QUEUE_CAP;
     t->linger_us = cfg->linger_us;
-    /* Inline runs skip the queue: only where the queue is memory (a
-     * journal records a task's start and end through its queue, and a
-     * broker's tasks run on the workers it feeds). */
-    t->inline_us = cfg->journal || cfg->broker ? 0 : cfg->inline_us;
+    /* Inline runs skip the queue: not where a broker's workers run the
+     * tasks, nor with a journal whose starts are awaited (an inline run
+     * would wait for a commit on the HTTP thread). */
+    t->inline_us = cfg->broker || (cfg->journal && !cfg->lazy_starts) ? 0 : cfg->inline_us;
     /* Bounded by the reservations instead of a queue capacity. */
     t->journal = cfg->journal;
     t->q = cfg->broker ? tasks_broker_queue(t, cfg)

@@ -18,8 +18,11 @@
  * inline run that holds its thread TASKS_STALL_US or more is logged with
  * what to do, sends the name back to the workers for a while, and after
  * TASKS_STALLS_MAX such runs for the rest of the generation.  Only named
- * tasks of the memory queue without a concurrency cap run inline; first
- * attempts only (a retry comes from the queue's timer).
+ * tasks without a concurrency cap run inline, first attempts only (a
+ * retry comes from the queue's timer); with --journal only those written
+ * ahead of their response, and only with lazy starts (queue_journal.h:
+ * an awaited start would hold the HTTP thread for a commit); never with
+ * --broker (the workers it feeds run the tasks).
  *
  * Owns the "runs" part of struct tasks_engine (tasks_internal.h): the queue, the
  * reservations (`accepted`, an atomic bounded by queue_cap), the
@@ -434,6 +437,8 @@ int tasks_runs_inline_ok(const task_item *it)
     const plugin_task *def = it->def;
     if (k->engine->inline_us == 0 || def == NULL || def->max_concurrency || it->attempts)
         return 0;
+    if (k->engine->journal && !(it->jflags & TASKS_JF_WRITTEN))
+        return 0; /* not on disk (the journal refused it): the usual way says so */
     return atomic_load_explicit(&k->brief_gen, memory_order_relaxed) == it->owner_number &&
            atomic_load_explicit(&k->brief_seen, memory_order_relaxed) >= TASKS_BRIEF_SEEN &&
            atomic_load_explicit(&k->slow_score, memory_order_relaxed) < TASKS_SLOW_LIMIT &&
@@ -682,6 +687,15 @@ void tasks_runs_node(queue_node *n, void *arg)
 void tasks_runs_inline(task_item *it)
 {
     tasks_engine *t = it->kind->engine;
+    if (t->journal) {
+        /* Its row is on disk (written ahead of the response); its start
+         * goes to the next transaction, its end comes from the ack. */
+        if (!queue_journal_start_here(t->q, &it->qnode)) {
+            tasks_runs_dispatch(it);
+            return;
+        }
+        it->jflags |= TASKS_JF_LINKED; /* ours to run: the ack records its end */
+    }
     TASKS_MONO_US(it) = util_now_us(); /* what a push stamps: its dispatch starts now */
     atomic_fetch_add_explicit(&t->inline_runs, 1, memory_order_relaxed);
     atomic_fetch_add_explicit(&it->kind->inline_runs, 1, memory_order_relaxed);
