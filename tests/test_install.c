@@ -4,7 +4,8 @@
  * new` with the installed binary, build the project through the
  * installed bgserve.pc, `make check`, serve it and request its routes,
  * then `make uninstall`.  Also: the man page documents every option of
- * --help and renders cleanly, and `make compdb` lists every source.
+ * --help and every field of /_bgserve/stats, and renders cleanly, and
+ * `make compdb` lists every source.
  *
  * The tests run in order and share one installation (group setup).
  * pkg-config reads the staged .pc with PKG_CONFIG_PATH=$DESTDIR/usr/lib/
@@ -361,6 +362,102 @@ static void install_man_lists_every_option(void **state)
     free(help);
 }
 
+/* Call fn with the path of every key of the JSON object text: "uptime_s",
+ * "queue.depth", "journal.commit_us.p50"; keys under "tasks" (task names
+ * and their counters) are left out. */
+static void json_paths(const char *text, void (*fn)(const char *path, void *arg), void *arg)
+{
+    char stack[8][64] = {{0}}; /* the keys of the objects open, [0] the outer one's "" */
+    char key[64] = "";
+    int depth = 0;
+    for (const char *p = text; *p; p++) {
+        if (*p == '{') {
+            if (depth < 8)
+                snprintf(stack[depth], sizeof stack[depth], "%s", key);
+            depth++;
+            key[0] = '\0';
+        } else if (*p == '}') {
+            depth--;
+        } else if (*p == '"') {
+            size_t n = 0;
+            for (p++; *p && *p != '"'; p++) {
+                if (*p == '\\' && p[1])
+                    p++;
+                if (n + 1 < sizeof key)
+                    key[n++] = *p;
+            }
+            key[n] = '\0';
+            const char *q = p + 1;
+            while (*q == ' ')
+                q++;
+            if (*q != ':') {
+                key[0] = '\0'; /* a value */
+                continue;
+            }
+            if (depth >= 2 && strcmp(stack[1], "tasks") == 0)
+                continue;
+            char path[256] = "";
+            for (int i = 1; i < depth && i < 8; i++) {
+                strncat(path, stack[i], sizeof path - strlen(path) - 1);
+                strncat(path, ".", sizeof path - strlen(path) - 1);
+            }
+            strncat(path, key, sizeof path - strlen(path) - 1);
+            fn(path, arg);
+        }
+    }
+}
+
+typedef struct man_check {
+    const char *man;
+    int fields, missing;
+} man_check;
+
+/* A field of a nested object (a.b.c) counts as named when its parent
+ * (a.b) and its own name are. */
+static void man_names(const char *path, void *arg)
+{
+    man_check *c = arg;
+    char parent[256];
+    snprintf(parent, sizeof parent, "%s", path);
+    char *leaf = strrchr(parent, '.');
+    int named = strstr(c->man, path) != NULL;
+    if (!named && leaf && strchr(parent, '.') != leaf) {
+        *leaf++ = '\0';
+        named = strstr(c->man, parent) && strstr(c->man, leaf);
+    }
+    c->fields++;
+    if (!named) {
+        fprintf(stderr, "the man page lacks the stats field %s\n", path);
+        c->missing++;
+    }
+}
+
+/* Every field of /_bgserve/stats, with --journal (its fields too) and
+ * the adaptive linger (its too), is named in the man page. */
+static void install_man_lists_every_stats_field(void **state)
+{
+    (void)state;
+    char jpath[160];
+    snprintf(jpath, sizeof jpath, "%s/stats.journal", root);
+    const char *args[] = {"--journal", jpath, NULL};
+    h_server s;
+    if (h_start_app(&s, h_build_path("sample_app.so"), args, NULL) != 0)
+        fail_msg("sample_app did not start");
+    h_resp r;
+    assert_int_equal(h_get(&s, "/_bgserve/stats", &r), 0);
+    assert_int_equal(r.status, 200);
+    char *man = h_slurp("docs/bgserve.1", NULL);
+    assert_non_null(man);
+    man_check c = {.man = man};
+    json_paths(r.body, man_names, &c);
+    h_resp_free(&r);
+    h_stop_clean(&s);
+    h_free(&s);
+    free(man);
+    assert_true(c.fields >= 60); /* every stats object, the journal's too */
+    assert_int_equal(c.missing, 0);
+}
+
 static void install_man_renders_without_warnings(void **state)
 {
     (void)state;
@@ -443,6 +540,7 @@ int main(void)
         cmocka_unit_test(install_scaffold_builds_checks_and_serves),
         cmocka_unit_test(install_scaffold_make_test_passes),
         cmocka_unit_test(install_man_lists_every_option),
+        cmocka_unit_test(install_man_lists_every_stats_field),
         cmocka_unit_test(install_man_renders_without_warnings),
         cmocka_unit_test(install_compdb_lists_every_source),
         cmocka_unit_test(install_uninstall_removes_every_file),
