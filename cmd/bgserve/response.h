@@ -39,10 +39,17 @@ struct bgs_res {
     char *body;               /* owned (malloc), kept NUL-terminated */
     size_t body_len, body_cap;
     uint32_t mode;            /* BGS_SEQUENTIAL / BGS_CONCURRENT: the group's */
-    tasks_group *group;       /* the response's tasks (route's, handler's,
-                                 queued now: docs/tasks.md), or NULL; in
-                                 group_room (tasks_group_init) */
-    tasks_group_room group_room;
+    tasks_group *group;       /* the response's one group (docs/tasks.md):
+                                 the route's and the handler's tasks, and
+                                 the ids of those queued at once; NULL
+                                 until the first of them (dispatch.c
+                                 attach_route_tasks, hostapi.c res_group)
+                                 and again once dispatch_finish submitted
+                                 it.  It lives in group_room
+                                 (tasks_group_init) and holds no reference
+                                 to the generation: the request's covers
+                                 it (tasks_group.c) */
+    tasks_group_room group_room; /* the group's storage: no allocation */
     struct bgs_req *req;
     bgs_deferred *deferred;   /* set by the handler or a long-poll; the
                                  connection's reference is dropped by

@@ -245,9 +245,11 @@ void tasks_group_drop(tasks_group *g, const char *reason);
 void tasks_group_discard(tasks_group *g, const char *reason);
 /* With a journal: write the group's named tasks to the journal now, as one
  * record, counted on gate (durable.h), ahead of tasks_group_submit (which
- * then links them without writing them again).  Without a journal, with
- * g NULL or with no named task, nothing happens.  0, or BGS_ESHUTDOWN
- * (the journal is closing: nothing was written). */
+ * then links them without writing them again).  With --broker: add them
+ * to Redis now (tasks_group.c says which), and tell gate how it went.
+ * Without either, with g NULL or with no named task, nothing happens.
+ * 0, or BGS_ESHUTDOWN (the journal or the queue is closing: nothing was
+ * written). */
 int tasks_group_persist(tasks_group *g, durable_gate *gate);
 
 /* ---- tasks queued at once, and watching for final states ---------------- */
