@@ -10,6 +10,7 @@
 #include <cmocka.h>
 
 #include "helpers.h"
+#include "redis.h"
 #include "scaffold.h"
 
 #include <limits.h>
@@ -17,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 typedef struct sandbox {
@@ -81,7 +83,8 @@ static void scaffold_creates_source_makefile_and_gitignore(void **state)
     h_assert_contains(src, "bgs_res_accepted(res, id)");     /* 202 + monitor */
     /* load (503) apart from a bug (500 with bgserve's warning) */
     h_assert_contains(src, "if (rc == BGS_EFULL || rc == BGS_ESHUTDOWN)");
-    h_assert_contains(src, "return bgs_res_text(res, 503, bgs_strerror(rc));\n    if (rc != 0)");
+    h_assert_contains(src, "return busy(res, rc);\n    if (rc != 0)");
+    h_assert_contains(src, "bgs_res_header(res, \"Retry-After\", \"1\")");
     h_assert_contains(src, "{.name = \"process\", .fn = process"); /* a task */
     h_assert_contains(src, "BGS_GET(\"/\", index_page)");   /* a route */
     h_assert_lacks(src, "@NAME@");
@@ -124,40 +127,101 @@ static void scaffold_creates_source_makefile_and_gitignore(void **state)
     free(err);
 }
 
-/* The generated project's `make test` passes as generated, built against
- * this checkout through build/pkgconfig (the -uninstalled .pc files), as
- * a user trying a bgserve they have not installed would (test_install
- * does the same against an installed one). */
+/* In the generated project demo: `PRE make TARGET` (pre: a shell command
+ * run first, then "&&"; "" for none), built against this checkout
+ * through build/pkgconfig (the -uninstalled .pc files).  Its exit
+ * status; its output in *out, also printed when it fails. */
+static int make_demo(const sandbox *sb, const char *pre, const char *target, char **out)
+{
+    char cmd[PATH_MAX + 2048];
+    snprintf(cmd, sizeof cmd,
+             "cd demo && %s%s env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL -u SANITIZE "
+             "PKG_CONFIG_PATH='%s/%s' make --no-print-directory %s SANITIZE='%s' 2>&1",
+             pre, pre[0] ? " &&" : "", sb->old_cwd, h_build_path("pkgconfig"), target,
+             h_build_sanitize());
+    const char *argv[] = {"/bin/sh", "-c", cmd, NULL};
+    int rc = h_run(argv, out);
+    if (rc != 0)
+        fprintf(stderr, "%s\n%s", cmd, *out);
+    return rc;
+}
+
+/* The generated project's `make test` passes as generated, as a user
+ * trying a bgserve they have not installed would (test_install does the
+ * same against an installed one). */
 static void scaffold_make_test_passes_in_tree(void **state)
 {
     sandbox *sb = *state;
-    char *out, *err, cmd[PATH_MAX + 2048];
+    char *out, *err;
     assert_int_equal(run_new("demo", NULL, &out, &err), 0);
     free(out);
     free(err);
-    snprintf(cmd, sizeof cmd,
-             "cd demo && env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL -u SANITIZE "
-             "PKG_CONFIG_PATH='%s/%s' make --no-print-directory test SANITIZE='%s' 2>&1",
-             sb->old_cwd, h_build_path("pkgconfig"), h_build_sanitize());
-    const char *argv[] = {"/bin/sh", "-c", cmd, NULL};
-    int rc = h_run(argv, &out);
-    if (rc != 0)
-        fprintf(stderr, "%s\n%s", cmd, out);
-    assert_int_equal(rc, 0);
+    assert_int_equal(make_demo(sb, "", "test", &out), 0);
     h_assert_contains(out, "-lbgserve-testing");
     h_assert_contains(out, "[  PASSED  ] 4 test(s).");
     h_assert_contains(out, "processed 9 bytes (attempt 1)"); /* its task ran */
     free(out);
     /* A plugin that breaks the tests fails make test. */
-    snprintf(cmd, sizeof cmd,
-             "cd demo && sed -i 's/Hello from demo/Bye from demo/' demo.c && "
-             "env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL -u SANITIZE "
-             "PKG_CONFIG_PATH='%s/%s' make --no-print-directory test SANITIZE='%s' 2>&1",
-             sb->old_cwd, h_build_path("pkgconfig"), h_build_sanitize());
-    rc = h_run(argv, &out);
-    assert_int_not_equal(rc, 0);
+    fprintf(stderr, "(a make test that fails on purpose:)\n");
+    assert_int_not_equal(make_demo(sb, "sed -i 's/Hello from demo/Bye from demo/' demo.c",
+                                   "test", &out), 0);
     h_assert_contains(out, "[  FAILED  ] index_says_hello");
     free(out);
+}
+
+/* The generated app's POST /jobs, when bgserve cannot take its task,
+ * answers 503 with Retry-After and words a client can act on (load, not
+ * a bug: retry), not the bare bgs_strerror text, which says "queue is
+ * full" whatever the cause.  Here the cause is --broker with its redis
+ * gone, which counts as a full queue once the server knows. */
+static void scaffold_job_refused_answers_503_with_retry_after(void **state)
+{
+    sandbox *sb = *state;
+    char *out, *err;
+    assert_int_equal(run_new("demo", NULL, &out, &err), 0);
+    free(out);
+    free(err);
+    assert_int_equal(make_demo(sb, "", "demo.so", &out), 0);
+    free(out);
+    char plugin[PATH_MAX];
+    snprintf(plugin, sizeof plugin, "%s/demo/demo.so", sb->dir);
+    assert_int_equal(chdir(sb->old_cwd), 0); /* the server is build/bgserve */
+
+    h_redis r;
+    h_redis_start(&r, NULL, NULL);
+    const char *args[] = {"--broker", r.url, NULL};
+    h_server s;
+    if (h_start_app(&s, plugin, args, NULL) != 0)
+        fail_msg("demo.so did not start");
+    h_redis_halt(&r);
+    /* Until the server knows redis is gone, it answers for the plugin
+     * (the tasks of a 2xx could not be made durable); then the plugin's
+     * bgs_res_task gets BGS_EFULL. */
+    h_resp resp = {0};
+    uint64_t end = h_now_ms() + 20000;
+    int got = 0;
+    while (!got && h_now_ms() < end) {
+        h_resp_free(&resp);
+        assert_int_equal(h_http(&s, "POST", "/jobs", "x", 1, NULL, &resp), 0);
+        got = resp.status == 503 && strncmp(resp.body, "Service Unavailable", 19) != 0;
+        if (!got) {
+            h_drain_log(&s);
+            struct timespec ts = {0, 10000000};
+            nanosleep(&ts, NULL); /* polling interval */
+        }
+    }
+    if (!got)
+        fail_msg("POST /jobs never got the app's 503; last: %ld %s", resp.status, resp.body);
+    assert_string_equal(resp.body, "the server is busy: the job was not accepted, retry "
+                                   "later\n");
+    const char *ra = h_header(&resp, "Retry-After");
+    assert_non_null(ra);
+    assert_string_equal(ra, "1");
+    h_resp_free(&resp);
+    h_stop_clean(&s);
+    h_free(&s);
+    h_redis_stop(&r);
+    assert_int_equal(chdir(sb->dir), 0); /* for teardown's sake */
 }
 
 static void scaffold_refuses_existing_directory(void **state)
@@ -246,6 +310,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(scaffold_creates_source_makefile_and_gitignore, setup, teardown),
         cmocka_unit_test_setup_teardown(scaffold_make_test_passes_in_tree, setup, teardown),
+        cmocka_unit_test_setup_teardown(scaffold_job_refused_answers_503_with_retry_after, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(scaffold_refuses_existing_directory, setup, teardown),
         cmocka_unit_test_setup_teardown(scaffold_refuses_bad_names, setup, teardown),
         cmocka_unit_test_setup_teardown(scaffold_usage_errors, setup, teardown),
