@@ -303,6 +303,18 @@ static int t_count(bgs_task_ctx *ctx, const void *payload, size_t len)
     return 0;
 }
 
+/* "where": the thread its last run ran on. */
+static _Atomic(pthread_t) where_ran;
+
+static int t_where(bgs_task_ctx *ctx, const void *payload, size_t len)
+{
+    (void)ctx;
+    (void)payload;
+    (void)len;
+    atomic_store(&where_ran, pthread_self());
+    return 0;
+}
+
 static atomic_int pslow_now, pslow_max;
 
 static int t_pslow(bgs_task_ctx *ctx, const void *payload, size_t len)
@@ -422,6 +434,7 @@ static plugin_task fake_tasks[] = {
     {.name = "capgate", .fn = t_capgate, .max_attempts = 1, .max_concurrency = 1},
     {.name = "capone", .fn = t_count, .max_attempts = 1, .max_concurrency = 1},
     {.name = "count", .fn = t_count, .max_attempts = 1},
+    {.name = "where", .fn = t_where, .max_attempts = 1},
     {.name = "delivered", .fn = t_order, .max_attempts = 1, .flags = BGS_TASK_DELIVERED_ONLY},
     {.name = "pslow", .fn = t_pslow, .max_attempts = 1},
     {.name = "pstart", .fn = t_pstart, .max_attempts = 1},
@@ -567,6 +580,54 @@ static void tasks_reused_items_carry_nothing_over(void **state)
         h_assert_contains(r, want);
         free(r);
     }
+}
+
+/* One "where" task of owner o submitted from this thread, run to its
+ * end; whether it ran on this thread (inline). */
+static int where_once(const tasks_owner *o)
+{
+    tasks_group *g = tasks_group_new(E, o, "req-w", BGS_SEQUENTIAL);
+    uint64_t id = 0;
+    assert_int_equal(tasks_group_add(g, def_of("where"), NULL, 0, &id), 0);
+    tasks_group_submit(g, 1);
+    assert_true(wait_state(id, "succeeded"));
+    return pthread_equal(atomic_load(&where_ran), pthread_self());
+}
+
+/* Inline runs (tasks_runs.c): a brief name runs on the thread that
+ * submits it once 32 runs of its generation ended, never before; a new
+ * generation (another owner number: a reload) starts the count again. */
+static void tasks_brief_task_runs_on_the_submitting_thread(void **state)
+{
+    (void)state;
+    tasks_config cfg = {.workers = 2, .queue_cap = 100, .keep = 10, .inline_us = 50};
+    E = tasks_new(&cfg);
+    assert_non_null(E);
+    int runs = 0, here = 0;
+    while (!here && runs < 2000) {
+        here = where_once(&owner);
+        runs++;
+        assert_true(!here || runs > 32);
+    }
+    assert_true(here);
+    assert_true(stat_of("where", "inline_runs") >= 1);
+
+    tasks_owner next = owner;
+    next.number = owner.number + 1;
+    uint64_t inl = stat_of("where", "inline_runs");
+    for (int i = 0; i < 32; i++)
+        assert_false(where_once(&next));
+    assert_int_equal(stat_of("where", "inline_runs"), inl);
+}
+
+/* Without inline_us (0: the engine's default) every run is a worker's. */
+static void tasks_no_inline_runs_by_default(void **state)
+{
+    (void)state;
+    start(2, 100, 10);
+    for (int i = 0; i < 100; i++)
+        assert_false(where_once(&owner));
+    assert_int_equal(stat_of("where", "inline_runs"), 0);
 }
 
 static void tasks_single_task_lifecycle(void **state)
@@ -1908,6 +1969,8 @@ static void tasks_broker_failed_hand_back_says_pending(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        T(tasks_brief_task_runs_on_the_submitting_thread),
+        T(tasks_no_inline_runs_by_default),
         T(tasks_single_task_lifecycle),
         T(tasks_reused_items_carry_nothing_over),
         T(tasks_ids_increase_and_list),

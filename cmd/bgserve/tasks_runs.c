@@ -467,7 +467,8 @@ static void note_stall(task_item *it, uint64_t dur)
                                   : "Its next runs go to the workers");
 }
 
-/* What a run of dur µs says of its name (see "Inline runs" at the top). */
+/* What a run whose task function took dur µs says of its name (see
+ * "Inline runs" at the top). */
 static void note_run(task_item *it, uint64_t dur, int inl)
 {
     task_kind *k = it->kind;
@@ -550,7 +551,11 @@ static void run_once(task_item *it, int inl)
     crash_enter_task(&cf, it->kind->name, it->id, tasks_records_rid(it), it->owner_number);
     cf.plugin = it->owner ? it->owner->label : NULL; /* for misuse warnings */
     bgs_task_ctx *h = handle_open(HANDLE_TASK, &ctx, HANDLE_THREAD_BOUND);
+    /* The task's own time, for the inline verdict: not the start line
+     * (a write to a terminal can take longer than the task) nor ours. */
+    uint64_t fn_start = util_now_us();
     rc = def ? def->fn(h, it->payload, it->len) : it->afn(h, it->arg);
+    uint64_t fn_us = util_now_us() - fn_start;
     handle_close(h); /* a kept handle is refused from now on */
     crash_leave(&cf);
     if (def && def->timeout_ms)
@@ -558,7 +563,7 @@ static void run_once(task_item *it, int inl)
     services_scope_end(ctx.scope);
     end = util_now_us();
     dur = end - now;
-    note_run(it, dur, inl);
+    note_run(it, fn_us, inl);
 
     if (ctx.has_result) { /* moved into the record */
         task_extra *x = tasks_records_extra(it);
