@@ -295,7 +295,7 @@ static void shutdown_round(int round)
     int lines = check_log_against_clients(s.log, cs, btask);
     assert_true(lines >= CLIENTS * 8);
     if (strstr(s.log, "(server shutdown)") || strstr(s.log, "(no response)"))
-        fail_msg("round %d: a request was dropped at shutdown:\n%s", round, s.log);
+        h_fail_text(s.log, "round %d: a request was dropped at shutdown:", round);
     print_message("round %d: %d answers, %d with Connection: close, %d sent after the cut-over\n",
                   round, atomic_load(&answered), closes, after);
     for (int i = 0; i < CLIENTS; i++)
@@ -532,7 +532,7 @@ static void start_with_ulimit(h_server *s, const char *ulimits, const char *max_
     int rc = h_start_bin(s, script, h_build_path("tests/fixtures/hostile_app.so"), args, env);
     unlink(script);
     if (rc != 0)
-        fail_msg("bgserve under '%s' did not start:\n%s", ulimits, s->log ? s->log : "");
+        h_fail_text(s->log, "bgserve under '%s' did not start:", ulimits);
 }
 
 /* The "Max open files" soft limit of pid. */

@@ -49,7 +49,7 @@ static void assert_one_export(const char *path)
     char *out = NULL;
     int rc = h_run(argv, &out);
     if (rc != 0)
-        fail_msg("nm -D --defined-only %s: exit %d\n%s", path, rc, out);
+        h_fail_text(out, "nm -D --defined-only %s: exit %d", path, rc);
     int found = 0;
     char *save = NULL;
     for (char *line = strtok_r(out, "\n", &save); line != NULL;
@@ -141,7 +141,7 @@ static char *nm_out(const char *opt1, const char *opt2, const char *path)
     char *out = NULL;
     int rc = h_run(argv, &out);
     if (rc != 0)
-        fail_msg("nm %s %s %s: exit %d\n%s", opt1, opt2, path, rc, out);
+        h_fail_text(out, "nm %s %s %s: exit %d", opt1, opt2, path, rc);
     return out;
 }
 

@@ -2,7 +2,7 @@
  * test_harness.c - the integration-test harness itself (tests/support/):
  * a wait on a server that has exited ends at once, says how it ended and
  * shows its log, instead of running out its deadline; the exit status is
- * still h_stop's to return.
+ * still h_stop's to return.  A failed assertion on a text shows all of it.
  *
  * The deadlines here are far longer than run.sh lets a program run
  * (TEST_TIMEOUT), so a wait that ran them out fails the program.
@@ -21,6 +21,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #define NEVER_MS (24u * 3600u * 1000u)
@@ -91,11 +92,67 @@ static void harness_waits_on_a_killed_server_say_the_signal(void **state)
     h_free(&s);
 }
 
+/* Run assert_fn(text) in a child whose stdout and stderr go to a file,
+ * with CMOCKA_TEST_ABORT=1 (cmocka aborts where a failed test would
+ * return to its runner); what the child printed (free it). */
+static char *failure_output(void (*assert_fn)(const char *text), const char *text)
+{
+    char path[] = "/tmp/bgserve-harness-XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    fflush(NULL);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        dup2(fd, 1);
+        dup2(fd, 2);
+        setenv("CMOCKA_TEST_ABORT", "1", 1);
+        assert_fn(text);
+        _exit(0); /* not reached: the assertion fails */
+    }
+    int status;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    close(fd);
+    char *out = h_slurp(path, NULL);
+    unlink(path);
+    assert_non_null(out);
+    assert_true(WIFSIGNALED(status) && WTERMSIG(status) == SIGABRT);
+    return out;
+}
+
+static void contains_absent(const char *text) { h_assert_contains(text, "a line it lacks"); }
+static void lacks_present(const char *text) { h_assert_lacks(text, "line 00001"); }
+static void fail_with_text(const char *text) { h_fail_text(text, "the test failed; its log:"); }
+
+/* A failed h_assert_contains or h_assert_lacks, or h_fail_text, shows the
+ * whole text (a server's log, often much longer than the 1 KiB one
+ * message of cmocka's print_error holds), not its first kilobyte. */
+static void harness_failures_show_the_whole_text(void **state)
+{
+    (void)state;
+    size_t cap = 300 * 64 + 64, len = 0;
+    char *text = malloc(cap);
+    assert_non_null(text);
+    for (int i = 1; i <= 300; i++)
+        len += (size_t)snprintf(text + len, cap - len, "line %05d of a long server log\n", i);
+    snprintf(text + len, cap - len, "the end of the log\n");
+    void (*fns[])(const char *) = {contains_absent, lacks_present, fail_with_text};
+    for (size_t i = 0; i < sizeof fns / sizeof fns[0]; i++) {
+        char *out = failure_output(fns[i], text);
+        if (strstr(out, text) == NULL)
+            fail_msg("failure %zu printed %zu bytes, not the whole %zu-byte text", i,
+                     strlen(out), strlen(text));
+        free(out);
+    }
+    free(text);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(harness_wait_log_fails_at_once_when_the_server_exited),
         cmocka_unit_test(harness_waits_on_a_killed_server_say_the_signal),
+        cmocka_unit_test(harness_failures_show_the_whole_text),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -44,7 +44,7 @@ static void expect_refused(const char *path, const char *const *words)
     char *out = NULL;
     int rc = check(path, &out);
     if (rc != 1)
-        fail_msg("%s: exit status %d, want 1; output:\n%s", path, rc, out);
+        h_fail_text(out, "%s: exit status %d, want 1; output:", path, rc);
     char head[1200];
     snprintf(head, sizeof(head), "bgserve: cannot load plugin '%s': ", path);
     h_assert_contains(out, head);
@@ -114,7 +114,7 @@ static void refusals_start_hook_failure(void **state)
     char *out = NULL;
     int rc = check(path, &out);
     if (rc != 1)
-        fail_msg("exit status %d, want 1; output:\n%s", rc, out);
+        h_fail_text(out, "exit status %d, want 1; output:", rc);
     char want[1200];
     snprintf(want, sizeof(want), "bgserve: plugin '%s' failed to start: "
              "database unreachable at db.example:5432", path);
@@ -128,7 +128,7 @@ static void refusals_good_plugin_passes(void **state)
     char *out = NULL;
     int rc = check(h_fixture("good"), &out);
     if (rc != 0)
-        fail_msg("exit status %d, want 0; output:\n%s", rc, out);
+        h_fail_text(out, "exit status %d, want 0; output:", rc);
     h_assert_lacks(out, "cannot load");
     h_assert_contains(out, "/users/{id}");
     h_assert_contains(out, "POST");

@@ -251,7 +251,7 @@ static void startup_failed_step_stops_the_earlier_ones_in_reverse(void **state)
     for (size_t i = 0; i < sizeof stops / sizeof stops[0]; i++) {
         const char *p = strstr(at, stops[i]);
         if (p == NULL)
-            fail_msg("'%s' missing, or out of order, after the failure:\n%s", stops[i], out);
+            h_fail_text(out, "'%s' missing, or out of order, after the failure:", stops[i]);
         at = p;
         assert_null(strstr(p + 1, stops[i])); /* once */
     }

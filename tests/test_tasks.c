@@ -1643,7 +1643,7 @@ static char *gatefail_fails_as_worker_stops(uint64_t id, int (*done)(uint64_t))
     assert_int_equal(pthread_join(th, &ret), 0);
     char *log = h_capture_end();
     if (!ended)
-        fail_msg("the failed run did not end as it should; the log:\n%s", log);
+        h_fail_text(log, "the failed run did not end as it should; the log:");
     assert_int_equal((size_t)(uintptr_t)ret, 0);
     return log;
 }
@@ -1867,7 +1867,7 @@ static uint64_t retry_kept_with_redis_away(void)
     while (sched_pending(tasks_sched(E)) == 0 && util_now_us() < deadline)
         pause_ms(1);
     if (sched_pending(tasks_sched(E)) == 0)
-        fail_msg("%s", h_capture_end()); /* the retry does not wait here */
+        h_fail_text(h_capture_end(), "the retry does not wait here; the log:");
     return id;
 }
 

@@ -251,12 +251,43 @@ void h_raise_fd_limit(unsigned long want)
 
 /* ---- text, files, fixtures ---------------------------------------------- */
 
+void h_print_text(const char *text)
+{
+    enum { PIECE = 512 }; /* well within print_error's 1 KiB */
+    size_t n = strlen(text);
+    for (size_t i = 0; i < n; i += PIECE)
+        print_error("%.*s", (int)(n - i < PIECE ? n - i : PIECE), text + i);
+}
+
+void h_fail_text_at(const char *file, int line, const char *text, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    print_error("ERROR: ");
+    vprint_error(fmt, ap);
+    va_end(ap);
+    print_error("\n");
+    h_print_text(text ? text : "(null)");
+    print_error("\n");
+    _fail(file, line);
+    abort(); /* _fail does not return */
+}
+
+/* The haystack of a failed h_assert_*, whole, between two rules. */
+static void print_hay(const char *hay)
+{
+    print_error("----\n");
+    h_print_text(hay ? hay : "(null)");
+    print_error("\n----\n");
+}
+
 void h_assert_contains_at(const char *hay, const char *needle, const char *file, int line)
 {
     if (hay != NULL && strstr(hay, needle) != NULL)
         return;
-    print_error("text does not contain \"%s\"; the text (%zu bytes) is:\n"
-                "----\n%s\n----\n", needle, hay ? strlen(hay) : 0, hay ? hay : "(null)");
+    print_error("text does not contain \"%s\"; the text (%zu bytes) is:\n", needle,
+                hay ? strlen(hay) : 0);
+    print_hay(hay);
     _fail(file, line);
 }
 
@@ -265,8 +296,9 @@ void h_assert_lacks_at(const char *hay, const char *needle, const char *file, in
     const char *at = hay ? strstr(hay, needle) : NULL;
     if (hay != NULL && at == NULL)
         return;
-    print_error("text contains \"%s\" (at byte %zu) but should not; the text is:\n"
-                "----\n%s\n----\n", needle, at ? (size_t)(at - hay) : 0, hay ? hay : "(null)");
+    print_error("text contains \"%s\" (at byte %zu) but should not; the text is:\n", needle,
+                at ? (size_t)(at - hay) : 0);
+    print_hay(hay);
     _fail(file, line);
 }
 

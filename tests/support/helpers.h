@@ -87,6 +87,18 @@ void h_raise_fd_limit(unsigned long want);
 void h_assert_contains_at(const char *hay, const char *needle, const char *file, int line);
 void h_assert_lacks_at(const char *hay, const char *needle, const char *file, int line);
 
+/* Print text whole to stderr through cmocka (print_error), in pieces:
+ * one print_error message holds 1 KiB at most, and a server's log is
+ * often longer. */
+void h_print_text(const char *text);
+
+/* fail_msg for a message (printf format) followed by a long text (a
+ * server's log, a command's output), printed whole (h_print_text).
+ * Does not return. */
+#define h_fail_text(text, ...) h_fail_text_at(__FILE__, __LINE__, (text), __VA_ARGS__)
+void h_fail_text_at(const char *file, int line, const char *text, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5), noreturn));
+
 /* The first line of text that contains needle (without its newline),
  * copied into buf and cut at cap-1; 0, or -1 with buf "" when none. */
 int h_line_with(const char *text, const char *needle, char *buf, size_t cap);
