@@ -505,9 +505,11 @@ static void ack(tasks_engine *t, task_item *it, queue_end end, const char *err)
     queue_ack(t->q, &it->qnode, &o);
 }
 
-/* One attempt of it on this worker (or inline, on the thread that
- * submitted it: inl), up to its next state. */
-static void run_once(task_item *it, int inl)
+/* One attempt of it on this worker, or inline on the thread that
+ * submitted it (inl: wall is the wall clock tasks_runs_inline read just
+ * before its stamp, which is then this run's start), up to its next
+ * state. */
+static void run_once(task_item *it, int inl, uint64_t wall)
 {
     bgs_task_ctx ctx;
     tasks_engine *t = it->kind->engine;
@@ -515,9 +517,10 @@ static void run_once(task_item *it, int inl)
     /* The wall clock first: the record's end is started_wall plus the
      * run's monotonic length (tasks_records_finish), which so never
      * passes the wall clock at the end, and the next task of a sequence,
-     * started after it, never seems to start before it ended. */
-    uint64_t started_wall = util_wall_us();
-    uint64_t now = util_now_us(), end, dur;
+     * started after it, never seems to start before it ended.  Inline,
+     * both were read a moment ago, in that order: not again. */
+    uint64_t started_wall = inl ? wall : util_wall_us();
+    uint64_t now = inl ? TASKS_MONO_US(it) : util_now_us(), end, dur;
     int rc;
 
     /* Field by field: ctx.err (512 bytes) is read only once has_err is set. */
@@ -629,9 +632,9 @@ static void run_once(task_item *it, int inl)
     }
 }
 
-/* Run it (taken from the queue, or inline), then what waits for its
- * name's cap. */
-static void run_node(task_item *it, tasks_engine *t, int inl)
+/* Run it (taken from the queue, or inline: inl and wall as for
+ * run_once), then what waits for its name's cap. */
+static void run_node(task_item *it, tasks_engine *t, int inl, uint64_t wall)
 {
 
     /* Enforce the per-name cap, run, and when a capped run ends, run the
@@ -666,7 +669,7 @@ static void run_node(task_item *it, tasks_engine *t, int inl)
             kind->conc_running++;
             pthread_mutex_unlock(&t->conc_mu);
         }
-        run_once(it, inl); /* it is no longer ours */
+        run_once(it, inl, wall); /* it is no longer ours */
         inl = 0; /* the waiting ones came from the queue */
         it = NULL;
         if (cap) {
@@ -686,7 +689,7 @@ static void run_node(task_item *it, tasks_engine *t, int inl)
 
 void tasks_runs_node(queue_node *n, void *arg)
 {
-    run_node(UTIL_CONTAINER_OF(n, task_item, qnode), arg, 0);
+    run_node(UTIL_CONTAINER_OF(n, task_item, qnode), arg, 0, 0);
 }
 
 void tasks_runs_inline(task_item *it)
@@ -701,10 +704,13 @@ void tasks_runs_inline(task_item *it)
         }
         it->jflags |= TASKS_JF_LINKED; /* ours to run: the ack records its end */
     }
-    TASKS_MONO_US(it) = util_now_us(); /* what a push stamps: its dispatch starts now */
+    /* The run's start, wall clock first (run_once), and what a push
+     * stamps: its dispatch starts, and ends, now. */
+    uint64_t wall = util_wall_us();
+    TASKS_MONO_US(it) = util_now_us();
     atomic_fetch_add_explicit(&t->inline_runs, 1, memory_order_relaxed);
     atomic_fetch_add_explicit(&it->kind->inline_runs, 1, memory_order_relaxed);
-    run_node(it, t, 1);
+    run_node(it, t, 1, wall);
 }
 
 void tasks_runs_cancel_waiting(tasks_engine *t)
