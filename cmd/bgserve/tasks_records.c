@@ -228,18 +228,23 @@ static void retire_locked(tasks_engine *t, task_item *it, item_parts *p)
     }
 }
 
-/* rec_mu not held. */
+/* rec_mu not held.  Each free is tested first: free(NULL) is still a
+ * call, and a record of a brief task usually owns none of these. */
 static void parts_free(item_parts *p)
 {
-    free(p->rid);
-    free(p->error);
+    if (p->rid)
+        free(p->rid);
+    if (p->error)
+        free(p->error);
     if (p->x) {
         free(p->x->res_type);
         free(p->x->res_data);
         free(p->x);
     }
-    free(p->payload);
-    free(p->whole);
+    if (p->payload)
+        free(p->payload);
+    if (p->whole)
+        free(p->whole);
 }
 
 /* Free it and all it owns (tasks_records_destroy). */
@@ -283,6 +288,7 @@ task_item *tasks_records_new(tasks_engine *t, const tasks_owner *owner, task_kin
                              const void *payload, size_t len, uint64_t id)
 {
     task_item *it = NULL;
+    int locked = 0;
 
     /* Everything that needs no lock first. */
     if (id == 0)
@@ -296,7 +302,8 @@ task_item *tasks_records_new(tasks_engine *t, const tasks_owner *owner, task_kin
      * hold of rec_mu that publishes the new one: one lock per record
      * made.  When there is none to reuse (the first records of a run,
      * until the ring is full; nspares is a hint read unlocked), or the
-     * payload is larger, a new one is made and filled before locking. */
+     * payload is larger, a new one is made and filled before locking.
+     * (One call of item_fill: the compiler inlines it.) */
     if (len <= TASKS_SMALL_PAYLOAD && atomic_load_explicit(&t->nspares, memory_order_relaxed) > 0) {
         pthread_mutex_lock(&t->rec_mu);
         it = t->spares;
@@ -306,16 +313,16 @@ task_item *tasks_records_new(tasks_engine *t, const tasks_owner *owner, task_kin
                                   atomic_load_explicit(&t->nspares, memory_order_relaxed) - 1,
                                   memory_order_relaxed);
             memset(it, 0, sizeof(*it)); /* the payload area is written before it is read */
-            item_fill(it, owner, kind, def, rid, mode, payload, len, id, created);
+            locked = 1;
         } else {
             pthread_mutex_unlock(&t->rec_mu); /* the hint was stale */
         }
     }
-    if (it == NULL) {
+    if (it == NULL)
         it = xcalloc(1, sizeof(*it) + extra);
-        item_fill(it, owner, kind, def, rid, mode, payload, len, id, created);
+    item_fill(it, owner, kind, def, rid, mode, payload, len, id, created);
+    if (!locked)
         pthread_mutex_lock(&t->rec_mu);
-    }
     hash_insert_locked(t, it);
     it->lprev = t->live_tail;
     it->lnext = NULL;
@@ -465,7 +472,8 @@ task_watch *tasks_records_finish(task_item *it, int st, const char *err, uint64_
         it->finished_wall = util_wall_us();
     }
     tasks_records_transition_locked(it, st);
-    free(it->error);
+    if (it->error) /* a retried one's last error */
+        free(it->error);
     it->error = err_copy;
     *attempts = it->attempts;
     task_watch *watchers = it->watchers;
@@ -483,11 +491,12 @@ task_watch *tasks_records_finish(task_item *it, int st, const char *err, uint64_
     live_unlink_locked(t, it);
     t->finished_total++;
     task_item *evicted = ring_push_locked(t, it); /* it may be evicted itself */
-    item_parts parts = {0};
+    item_parts parts;
     if (evicted)
         retire_locked(t, evicted, &parts);
     pthread_mutex_unlock(&t->rec_mu);
-    parts_free(&parts);
+    if (evicted)
+        parts_free(&parts);
     return watchers;
 }
 

@@ -205,8 +205,10 @@ static void finalize_at(task_item *it, int st, const char *err, uint64_t end_us)
         w->cb(w->arg, &fin);
         free(w);
     }
-    free(fin.result_type); /* unless a watcher took them */
-    free(fin.result);
+    if (fin.result_type) /* unless a watcher took them; mostly none */
+        free(fin.result_type);
+    if (fin.result)
+        free(fin.result);
 
     if (next) {
         if (st == TASKS_SUCCEEDED)
