@@ -176,6 +176,10 @@ typedef void (*bgs_service_destroy_fn)(void *instance, void *arg);
 /* bgs_task_def.flags */
 #define BGS_TASK_DELIVERED_ONLY 0x1u /* skip if the client aborted */
 #define BGS_TASK_RUN_AT_START 0x2u   /* periodic: first run at once */
+#define BGS_TASK_NO_INLINE 0x4u      /* always on a worker thread, never inline
+                                        on the HTTP thread however brief its
+                                        runs (docs/tasks.md); servers before
+                                        inline runs ignore it */
 
 /* Service lifetimes */
 #define BGS_SINGLETON 1u /* created at first lookup, destroyed at stop */

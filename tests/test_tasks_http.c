@@ -542,13 +542,17 @@ static void tasks_http_brief_tasks_run_inline(void **state)
     h_resp_free(&r);
 }
 
-/* Runs over the bound (200 us against 50) keep a task on the workers. */
+/* Runs over the bound (200 us against 50) keep a task on the workers;
+ * so does BGS_TASK_NO_INLINE, however brief its runs. */
 static void tasks_http_slow_tasks_stay_on_workers(void **state)
 {
     (void)state;
     naps(&app, "nap_slow", "200", 60);
     wait_stat(&app, "nap_slow", "succeeded", 60);
     assert_int_equal(h_stat(&app, "nap_slow", "inline_runs"), 0);
+    naps(&app, "nap_never", "0", 100);
+    wait_stat(&app, "nap_never", "succeeded", 100);
+    assert_int_equal(h_stat(&app, "nap_never", "inline_runs"), 0);
 }
 
 /* An inline run that holds its HTTP thread (20 ms) is logged with what

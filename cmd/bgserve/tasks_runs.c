@@ -18,7 +18,7 @@
  * inline run that holds its thread TASKS_STALL_US or more is logged with
  * what to do, sends the name back to the workers for a while, and after
  * TASKS_STALLS_MAX such runs for the rest of the generation.  Only named
- * tasks without a concurrency cap run inline, first attempts only (a
+ * tasks without a concurrency cap or BGS_TASK_NO_INLINE run inline, first attempts only (a
  * retry comes from the queue's timer); with --journal only those written
  * ahead of their response, and only with lazy starts (queue_journal.h:
  * an awaited start would hold the HTTP thread for a commit); never with
@@ -437,7 +437,8 @@ int tasks_runs_inline_ok(const task_item *it)
 {
     const task_kind *k = it->kind;
     const plugin_task *def = it->def;
-    if (k->engine->inline_us == 0 || def == NULL || def->max_concurrency || it->attempts)
+    if (k->engine->inline_us == 0 || def == NULL || def->max_concurrency || it->attempts ||
+        (def->flags & BGS_TASK_NO_INLINE))
         return 0;
     if (k->engine->journal && !(it->jflags & TASKS_JF_WRITTEN))
         return 0; /* not on disk (the journal refused it): the usual way says so */
