@@ -1,6 +1,7 @@
 /*
  * test_json.c - the JSON writer: commas, escapes, invalid UTF-8, numbers,
- * large strings and buffer ownership; times; a task's record (task_json.c)
+ * large strings and buffer ownership; decimal digits of every length;
+ * times; a task's record (task_json.c)
  * byte for byte, from memory and from the journal.
  */
 #include <setjmp.h>
@@ -16,6 +17,7 @@
 
 #include "json.h"
 #include "task_json.h"
+#include "util.h"
 
 /* The escaped form of one string value, quotes included. */
 static char *str_json(const char *s, size_t n)
@@ -88,6 +90,31 @@ static void json_numbers(void **state)
     assert_string_equal(j.buf, "[18446744073709551615,0,9,10,1000000,-9223372036854775808,"
                                "0.1,1.5,null,null,null]");
     json_free(&j);
+}
+
+/* util_u64_dec counts the digits without a loop: every length, at its
+ * edges (10^k - 1, 10^k, 10^k + 1, 2^k), against printf. */
+static void json_u64_every_length(void **state)
+{
+    (void)state;
+    char got[UTIL_U64_DEC_MAX], want[32];
+    uint64_t vs[3 * 20 + 64 + 2];
+    size_t n = 0;
+    vs[n++] = 0;
+    vs[n++] = UINT64_MAX;
+    for (uint64_t p = 1, k = 0; k < 20; k++, p *= 10) {
+        vs[n++] = p - 1;
+        vs[n++] = p;
+        vs[n++] = p + 1;
+    }
+    for (unsigned k = 0; k < 64; k++)
+        vs[n++] = (uint64_t)1 << k;
+    for (size_t i = 0; i < n; i++) {
+        snprintf(want, sizeof want, "%llu", (unsigned long long)vs[i]);
+        memset(got, 'X', sizeof got);
+        assert_int_equal(util_u64_dec(got, vs[i]), strlen(want));
+        assert_string_equal(got, want);
+    }
 }
 
 static void json_double_round_trips(void **state)
@@ -324,6 +351,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(json_nested_commas),
         cmocka_unit_test(json_numbers),
+        cmocka_unit_test(json_u64_every_length),
         cmocka_unit_test(json_double_round_trips),
         cmocka_unit_test(json_escapes),
         cmocka_unit_test(json_key_escaped),

@@ -774,6 +774,15 @@ static void tasks_ids_increase_and_list(void **state)
     memset(small, 'X', sizeof(small));
     assert_int_equal(tasks_group_ids(g, small, strlen(first) + 2), strlen(want));
     assert_string_equal(small, first);
+    /* Room for the longest id, then not: the first written in place, the
+     * next ones copied while whole. */
+    memset(small, 'X', sizeof(small));
+    assert_int_equal(tasks_group_ids(g, small, UTIL_U64_DEC_MAX), strlen(want));
+    assert_string_equal(small, want);
+    memset(small, 'X', sizeof(small));
+    snprintf(first, sizeof(first), "%" PRIu64 ",%" PRIu64, a, b);
+    assert_int_equal(tasks_group_ids(g, small, strlen(want)), strlen(want));
+    assert_string_equal(small, first);
     assert_int_equal(group_add(g, "nope", NULL, 0, NULL), BGS_ENOTASK);
     assert_int_equal(tasks_group_count(g), 3);
     assert_int_equal(tasks_group_set_mode(g, 9), BGS_EINVAL);

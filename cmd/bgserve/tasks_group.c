@@ -157,8 +157,16 @@ size_t tasks_group_ids(const tasks_group *g, char *buf, size_t cap)
     for (size_t q = 0; it || (g && q < g->nqueued); it = it ? it->group_next : NULL) {
         char one[1 + UTIL_U64_DEC_MAX];
         size_t n = need ? 1 : 0;
+        uint64_t id = it ? it->id : g->queued[q++];
+        if (need + n + UTIL_U64_DEC_MAX <= cap) {
+            /* Room for any id: written in place, with its NUL. */
+            if (n)
+                buf[need] = ',';
+            need += n + util_u64_dec(buf + need + n, id);
+            continue;
+        }
         one[0] = ',';
-        n += util_u64_dec(one + n, it ? it->id : g->queued[q++]);
+        n += util_u64_dec(one + n, id);
         /* Only whole ids are written: a truncated list never shows a
          * wrong id. */
         if (need + n < cap && (need == 0 || buf[need - 1] != '\0'))

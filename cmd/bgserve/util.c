@@ -150,9 +150,12 @@ size_t util_u64_dec(char *buf, uint64_t v)
         100000000000000u, 1000000000000000u, 10000000000000000u, 100000000000000000u,
         1000000000000000000u, 10000000000000000000u,
     };
-    size_t n = 1;
-    while (n < sizeof pow10 / sizeof pow10[0] && v >= pow10[n])
-        n++;
+    /* Its digits: t = floor(bits * log10(2)) is the number of digits
+     * or one short of it (1233 / 4096 ~ log10(2)); no loop. */
+    unsigned t = ((64u - (unsigned)__builtin_clzll(v | 1u)) * 1233u) >> 12;
+    size_t n = t + (v >= pow10[t]);
+    if (n == 0)
+        n = 1; /* v = 0 */
     char *p = buf + n;
     *p = '\0';
     while (v >= 100u) {
