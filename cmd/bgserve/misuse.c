@@ -38,12 +38,6 @@ static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
 static site_budget sites[MISUSE_SITES]; /* mu */
 static atomic_uint_fast64_t total;
 
-int misuse_code(int code)
-{
-    return code == BGS_EINVAL || code == BGS_ESTATE || code == BGS_ENOTASK ||
-           code == BGS_EHEADER;
-}
-
 uint64_t misuse_count(void)
 {
     return atomic_load(&total);
@@ -134,15 +128,3 @@ int misuse_bad_handle(int kind, int why, const void *site, const char *fn, const
                   handle_why(why), life);
 }
 
-void *misuse_handle(int kind, const void *h, const void *site, const char *fn,
-                    const char *ret, int *code)
-{
-    int why;
-    void *obj = handle_get(kind, h, &why);
-    if (obj != NULL)
-        return obj;
-    int rc = misuse_bad_handle(kind, why, site, fn, ret);
-    if (code)
-        *code = rc;
-    return NULL;
-}
