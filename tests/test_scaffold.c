@@ -154,16 +154,23 @@ static int make_demo(const sandbox *sb, const char *pre, const char *target, cha
     return make_demo_as(sb, pre, target, out, 0);
 }
 
+/* `bgserve new demo` in the sandbox: the project the tests below build. */
+static void new_demo(void)
+{
+    char *out, *err;
+    assert_int_equal(run_new("demo", NULL, &out, &err), 0);
+    free(out);
+    free(err);
+}
+
 /* The generated project's `make test` passes as generated, as a user
  * trying a bgserve they have not installed would (test_install does the
  * same against an installed one). */
 static void scaffold_make_test_passes_in_tree(void **state)
 {
     sandbox *sb = *state;
-    char *out, *err;
-    assert_int_equal(run_new("demo", NULL, &out, &err), 0);
-    free(out);
-    free(err);
+    char *out;
+    new_demo();
     assert_int_equal(make_demo(sb, "", "test", &out), 0);
     h_assert_contains(out, "-lbgserve-testing");
     h_assert_contains(out, "[  PASSED  ] 4 test(s).");
@@ -184,10 +191,8 @@ static void scaffold_make_test_passes_in_tree(void **state)
 static void scaffold_job_refused_answers_503_with_retry_after(void **state)
 {
     sandbox *sb = *state;
-    char *out, *err;
-    assert_int_equal(run_new("demo", NULL, &out, &err), 0);
-    free(out);
-    free(err);
+    char *out;
+    new_demo();
     assert_int_equal(make_demo(sb, "", "demo.so", &out), 0);
     free(out);
     char plugin[PATH_MAX];

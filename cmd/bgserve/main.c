@@ -208,7 +208,8 @@ static int start_tasks(serving *s)
 {
     const cli_config *c = s->cfg;
     tasks_config tc = {.workers = c->workers, .queue_cap = c->queue_cap, .keep = c->keep,
-                       .linger_us = c->linger_us, .inline_us = c->inline_us, .journal = s->jr, .broker = s->bk,
+                       .linger_us = c->linger_us, .inline_us = c->inline_us,
+                       .journal = s->jr, .broker = s->bk,
                        .consume = s->worker ? c->workers : 0, .resolve = resolve_task,
                        /* the crash record names a task that crashes us */
                        .lazy_starts = supervisor_report_fd() >= 0};

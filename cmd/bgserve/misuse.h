@@ -50,7 +50,6 @@ int misuse_bad_handle(int kind, int why, const void *site, const char *fn, const
  * of another thread; *code (may be NULL) gets it.  ret as for misuse.
  * Inline: every host function checks its handle on every call (about
  * 25 instructions of call and frame, per call, out of line). */
-
 static inline void *misuse_handle(int kind, const void *h, const void *site, const char *fn,
                                   const char *ret, int *code)
 {

@@ -18,11 +18,12 @@
  * inline run that holds its thread TASKS_STALL_US or more is logged with
  * what to do, sends the name back to the workers for a while, and after
  * TASKS_STALLS_MAX such runs for the rest of the generation.  Only named
- * tasks without a concurrency cap or BGS_TASK_NO_INLINE run inline, first attempts only (a
- * retry comes from the queue's timer); with --journal only those written
- * ahead of their response, and only with lazy starts (queue_journal.h:
- * an awaited start would hold the HTTP thread for a commit); never with
- * --broker (the workers it feeds run the tasks).
+ * tasks without a concurrency cap or BGS_TASK_NO_INLINE run inline,
+ * first attempts only (a retry comes from the queue's timer); with
+ * --journal only those written ahead of their response, and only with
+ * lazy starts (queue_journal.h: an awaited start would hold the HTTP
+ * thread for a commit); never with --broker (the workers it feeds run
+ * the tasks).
  *
  * Owns the "runs" part of struct tasks_engine (tasks_internal.h): the queue, the
  * reservations (`accepted`, an atomic bounded by queue_cap), the
@@ -642,7 +643,6 @@ static void run_once(task_item *it, int inl, uint64_t wall)
  * run_once), then what waits for its name's cap. */
 static void run_node(task_item *it, tasks_engine *t, int inl, uint64_t wall)
 {
-
     /* Enforce the per-name cap, run, and when a capped run ends, run the
      * next task of that name waiting for a slot. */
     while (it) {
