@@ -790,6 +790,74 @@ static void journal_lazy_starts_fold_into_their_end(void **state)
     journal_close(j);
 }
 
+/* An end given no callback waits for a transaction that a waited-for
+ * record starts: with a deferral longer than the test, it stays
+ * unwritten until the next add, and both share that add's commit. */
+static void journal_an_end_nobody_waits_for_rides_with_the_next_add(void **state)
+{
+    sandbox *sb = *state;
+    journal_config cfg = {.path = sb->path, .defer_max_us = 600u * 1000000u};
+    journal *j = NULL;
+    char err[1024] = "";
+    assert_int_equal(journal_open(&cfg, &j, err, sizeof err), 0);
+    done_count c = DONE_COUNT_INIT;
+    uint64_t a = add_one(j, "a", "pa", count_done, &c);
+    wait_count(&c, 1);
+    journal_stats s0, s1;
+    journal_get_stats(j, &s0);
+    assert_int_equal(journal_start_lazy(j, a, 1), 0);
+    assert_int_equal(journal_succeed(j, a, "ok", NULL, NULL), 0);
+    journal_get_stats(j, &s1);
+    assert_int_equal(s1.unwritten, 1); /* the end, with the start in it */
+    assert_int_equal(s1.commits, s0.commits);
+    char st[96] = "";
+    assert_int_equal(journal_lookup(j, a, collect_state, st), 0);
+    assert_string_equal(st, "queued||0");
+
+    uint64_t b = add_one(j, "b", "pb", count_done, &c);
+    wait_count(&c, 2);
+    journal_get_stats(j, &s1);
+    assert_int_equal(s1.commits - s0.commits, 1);
+    assert_int_equal(s1.records - s0.records, 2);
+    assert_int_equal(s1.unwritten, 0);
+    assert_int_equal(journal_lookup(j, a, collect_state, st), 0);
+    assert_string_equal(st, "succeeded||1");
+    assert_int_equal(journal_lookup(j, b, collect_state, st), 0);
+    assert_string_equal(st, "queued||0");
+
+    /* closing writes what is deferred */
+    assert_int_equal(journal_retry(j, b, 42, "later", NULL, NULL), 0);
+    journal_close(j);
+    j = js_open_ok(sb->path);
+    assert_int_equal(journal_lookup(j, b, collect_state, st), 0);
+    assert_string_equal(st, "queued|later|0");
+    journal_close(j);
+}
+
+/* With nothing waited for to come, the writer commits a deferred end
+ * by itself (after 5 ms by default). */
+static void journal_a_lone_end_is_committed_by_itself(void **state)
+{
+    sandbox *sb = *state;
+    journal *j = js_open_ok(sb->path);
+    done_count c = DONE_COUNT_INIT;
+    uint64_t a = add_one(j, "a", "pa", count_done, &c);
+    wait_count(&c, 1);
+    assert_int_equal(journal_finish(j, a, "cancelled", "stopped", NULL, NULL), 0);
+    char st[96] = "";
+    for (uint64_t deadline = util_now_us() + 20000000; util_now_us() < deadline;) {
+        assert_int_equal(journal_lookup(j, a, collect_state, st), 0);
+        if (strcmp(st, "cancelled|stopped|0") == 0)
+            break;
+        usleep(1000);
+    }
+    assert_string_equal(st, "cancelled|stopped|0");
+    journal_stats s;
+    journal_get_stats(j, &s);
+    assert_int_equal(s.unwritten, 0);
+    journal_close(j);
+}
+
 static void journal_stats_count_commits_and_batches(void **state)
 {
     sandbox *sb = *state;
@@ -1398,6 +1466,8 @@ int main(void)
         T(journal_upgrades_schema_version_2),
         T(journal_folds_a_start_into_its_add),
         T(journal_lazy_starts_fold_into_their_end),
+        T(journal_an_end_nobody_waits_for_rides_with_the_next_add),
+        T(journal_a_lone_end_is_committed_by_itself),
         T(journal_batches_are_bounded_by_rows),
         T(journal_dead_letters_keep_the_last_error),
         T(journal_start_many_and_unstart),

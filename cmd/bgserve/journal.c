@@ -20,7 +20,9 @@
  * its reads and writes consistent with the server's.
  *
  * Threads: records are appended by any thread to a FIFO list under `mu`;
- * one writer thread takes them in order, up to max_batch rows' worth
+ * the writer wakes for those with a callback (nwaited counts them) and
+ * lets the others wait for them, defer_max_us at most.  The one writer
+ * thread takes them in order, up to max_batch rows' worth
  * (batch_rows), folds each start
  * whose add is in the same batch into that add (fold_starts), applies
  * them in one BEGIN IMMEDIATE ... COMMIT on its own connection (wdb, the
@@ -65,13 +67,19 @@
  * and a writer that falls behind would otherwise take ever larger
  * batches (1024 records of up to 32 rows each before). */
 #define DEFAULT_MAX_BATCH 512u
-/* WAL frames (pages) after which the checkpointer thread backfills them
- * into the file (SQLite's own autocheckpoint threshold), and after which
- * the writer does it itself because the checkpointer fell behind. */
-/* A lazy start (journal_start_lazy) waits at most this long for its
- * task's end, or for a batch that other records start, before the
- * writer commits it by itself. */
-#define LAZY_MAX_US 5000u
+/* A record that nobody waits for (a lazy start, journal_start_lazy, or
+ * an end, retry or unstart given no callback) waits at most this long
+ * (journal_config.defer_max_us) for a batch that a waited-for record
+ * starts (an add whose response is held, an awaited start) before the
+ * writer commits it by itself.  Under load such records ride along in
+ * the adds' commits instead of waking the writer for commits of their
+ * own; a crash in the window replays the task, as at-least-once allows
+ * (docs/journal.md). */
+#define DEFAULT_DEFER_MAX_US 5000u
+/* WAL frames (pages) of growth after which the checkpointer thread
+ * backfills them into the file (SQLite's own autocheckpoint threshold),
+ * and the WAL's length after which the writer does it itself because
+ * the checkpointer fell behind (wal_hook says why both). */
 #define CKPT_FRAMES 1000
 #define CKPT_BACKSTOP 10000
 
@@ -507,7 +515,7 @@ typedef struct jrec {
     uint32_t fold_attempt; /* an end or retry that took its task's lazy start
                             * (journal_start_lazy): that attempt, 0: none */
     uint64_t fold_started_us; /* and its time */
-    uint64_t lazy_mono_us;  /* a lazy start: when it was made (monotonic) */
+    uint64_t lazy_mono_us;  /* deferred (done == NULL): when it was made (monotonic) */
     journal_done_fn done;
     void *arg;
     int status;           /* set by the writer */
@@ -518,6 +526,7 @@ struct journal {
     char *path;
     journal_sync sync;
     unsigned max_batch;
+    unsigned defer_max_us;
     int lock_fd;
 
     sqlite3 *wdb;                   /* the writer thread's, after open */
@@ -534,9 +543,11 @@ struct journal {
     pthread_cond_t wake;            /* the writer waits for records */
     pthread_cond_t ext;             /* id takers wait for the ceiling */
     jrec *head, **tail;             /* mu */
+    size_t nwaited;                 /* mu: records in head..tail with a done callback */
     jrec *lazy_head, **lazy_tail;   /* mu: lazy starts no batch has taken yet */
     size_t nlazy;                   /* mu */
     int writer_idle;                /* mu: the writer waits with no deadline */
+    int ckpt_asked_at;              /* writer: the WAL's frames at the last checkpoint asked */
     uint64_t unwritten;             /* mu */
     int stopping;                   /* mu */
     int want_extend;                /* mu */
@@ -1028,15 +1039,21 @@ static void *writer_main(void *arg)
     char err[1024];
     pthread_mutex_lock(&j->mu);
     for (;;) {
-        while (j->head == NULL && !j->want_extend && !j->stopping) {
-            if (j->lazy_head == NULL) {
+        while (j->nwaited == 0 && !j->want_extend && !j->stopping) {
+            /* Nothing anybody waits for: the oldest deferred record (the
+             * list's head then, or a lazy start) sets the deadline. */
+            uint64_t oldest = UINT64_MAX;
+            if (j->head != NULL)
+                oldest = j->head->lazy_mono_us;
+            if (j->lazy_head != NULL && j->lazy_head->lazy_mono_us < oldest)
+                oldest = j->lazy_head->lazy_mono_us;
+            if (oldest == UINT64_MAX) {
                 j->writer_idle = 1;
                 pthread_cond_wait(&j->wake, &j->mu);
                 j->writer_idle = 0;
                 continue;
             }
-            /* Lazy starts only: they wait a little for their ends. */
-            uint64_t due = j->lazy_head->lazy_mono_us + LAZY_MAX_US;
+            uint64_t due = oldest + j->defer_max_us;
             if (util_now_us() >= due)
                 break;
             struct timespec ts = util_mono_timespec(due);
@@ -1055,6 +1072,8 @@ static void *writer_main(void *arg)
             last = r;
             n++;
             nrows += w;
+            if (r->done != NULL)
+                j->nwaited--;
         }
         if (last != NULL) {
             j->head = last->next;
@@ -1151,13 +1170,29 @@ static void *writer_main(void *arg)
  * writer; the WAL is reused from its start once one has caught up.
  */
 
-/* Writer thread, after each commit: the WAL holds `frames` pages. */
+/*
+ * Writer thread, after each commit: the WAL holds `frames` pages.
+ *
+ * The checkpointer is asked once per CKPT_FRAMES of growth, not after
+ * every commit past CKPT_FRAMES: under steady writes a passive
+ * checkpoint never finds the WAL fully backfilled, so asking after each
+ * commit kept it running back to back, each run paying two fdatasyncs
+ * (the WAL's and the file's) for a few new frames: a quarter of the
+ * server's CPU per journaled request (bench/README.md section 25).
+ * Since a passive checkpoint cannot catch up with a writer that keeps
+ * writing, the WAL is restarted from its start by the writer's own
+ * checkpoint at CKPT_BACKSTOP, which finds at most the frames since the
+ * checkpointer's last run to copy.
+ */
 static int wal_hook(void *arg, sqlite3 *db, const char *name, int frames)
 {
     journal *j = arg;
+    if (frames < j->ckpt_asked_at)
+        j->ckpt_asked_at = 0; /* the WAL started again from its start */
     if (frames >= CKPT_BACKSTOP) {
         sqlite3_wal_checkpoint_v2(db, name, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
-    } else if (frames >= CKPT_FRAMES) {
+    } else if (frames >= j->ckpt_asked_at + CKPT_FRAMES) {
+        j->ckpt_asked_at = frames;
         pthread_mutex_lock(&j->mu);
         j->ckpt_want = 1;
         pthread_cond_signal(&j->ckpt_wake);
@@ -1245,6 +1280,7 @@ int journal_open(const journal_config *cfg, journal **out, char *err, size_t cap
     j->path = xstrdup(cfg->path);
     j->sync = cfg->sync;
     j->max_batch = cfg->max_batch ? cfg->max_batch : DEFAULT_MAX_BATCH;
+    j->defer_max_us = cfg->defer_max_us ? cfg->defer_max_us : DEFAULT_DEFER_MAX_US;
     j->lock_fd = -1;
     j->tail = &j->head;
     j->lazy_tail = &j->lazy_head;
@@ -1360,7 +1396,7 @@ static void take_lazy_locked(journal *j, jrec *r)
 static int push_as(journal *j, jrec *r, int lazy)
 {
     r->at_us = util_wall_us();
-    if (lazy)
+    if (r->done == NULL)
         r->lazy_mono_us = util_now_us();
     pthread_mutex_lock(&j->mu);
     if (j->stopping) {
@@ -1373,14 +1409,19 @@ static int push_as(journal *j, jrec *r, int lazy)
         *j->lazy_tail = r;
         j->lazy_tail = &r->next;
         j->nlazy++;
-        if (j->writer_idle) /* so that it waits LAZY_MAX_US at most */
+        if (j->writer_idle) /* so that it waits defer_max_us at most */
             pthread_cond_signal(&j->wake);
     } else {
         if (j->lazy_head != NULL && r->kind != OP_ADD && r->kind != OP_START)
             take_lazy_locked(j, r);
         *j->tail = r;
         j->tail = &r->next;
-        pthread_cond_signal(&j->wake);
+        if (r->done != NULL) {
+            j->nwaited++;
+            pthread_cond_signal(&j->wake);
+        } else if (j->writer_idle) { /* deferred: defer_max_us at most */
+            pthread_cond_signal(&j->wake);
+        }
     }
     pthread_mutex_unlock(&j->mu);
     return 0;

@@ -63,6 +63,10 @@ typedef struct journal_config {
                            * its tasks, several starts as one record count
                            * each, any other record 1; a record with more is
                            * a transaction of its own); 0: 512 */
+    unsigned defer_max_us; /* how long a record that nobody waits for (a lazy
+                            * start; an end, retry or unstart given no
+                            * callback) may wait for a commit that a
+                            * waited-for record starts; 0: 5000 */
 } journal_config;
 
 /*
@@ -137,7 +141,7 @@ int journal_start(journal *j, uint64_t id, uint32_t attempt, journal_done_fn don
  * that batch; or, if its task's end, retry or unstart is appended first,
  * it moves into that record, which writes the row once (an end: queued
  * to its final state, with the attempt and the start time).  With nothing
- * else to write, the writer commits it after LAZY_MAX_US (5 ms).  The
+ * else to write, the writer commits it after defer_max_us (5 ms).  The
  * task must have no other start pending.  0, JOURNAL_EINVAL, or
  * JOURNAL_ECLOSED after close began.
  */
@@ -151,6 +155,12 @@ typedef struct journal_started {
 } journal_started;
 int journal_start_many(journal *j, const journal_started *starts, size_t n,
                        journal_done_fn done, void *arg);
+/* Given no callback (done NULL), an unstart, success, retry, finish or
+ * dead is deferred: it takes its place in the append order but does not
+ * start a transaction of its own; it goes into the next one that a
+ * record with a callback starts, or is committed defer_max_us after it
+ * was appended when none comes (nobody waits for it, so under load it
+ * rides along with the adds). */
 int journal_unstart(journal *j, uint64_t id, uint32_t attempts, journal_done_fn done,
                     void *arg);
 int journal_succeed(journal *j, uint64_t id, const char *result, journal_done_fn done,
