@@ -498,14 +498,15 @@ typedef struct jtask {
 /*
  * One appended record: owned by the list, then by the writer.  A record
  * is one allocation: the jrec, then (rec_take, from buf) its tasks, its
- * starts and every string they point to.  Records of up to POOL_BLOCK
- * bytes are recycled through the journal's pool (pool_get, pool_put):
+ * starts and every string they point to.  Records of up to 256 bytes
+ * (starts, ends) and of up to 1 KiB (adds of a few tasks) are recycled
+ * through the journal's two pools (rec_new, pool_put):
  * they are made on the HTTP threads and freed on the writer, a hand-over
  * that cost malloc about 2 µs a journaled request in up to nine
  * allocations (bench/README.md section 25).
  */
-#define POOL_BLOCK 1024u
-#define POOL_MAX 256u /* blocks kept: 256 KiB at most */
+static const size_t pool_block[2] = {256, 1024};
+static const unsigned pool_max[2] = {1024, 256}; /* blocks kept: 512 KiB at most */
 
 typedef struct jrec {
     struct jrec *next;
@@ -530,9 +531,9 @@ typedef struct jrec {
     journal_done_fn done;
     void *arg;
     int status;           /* set by the writer */
-    int pooled;           /* a POOL_BLOCK block: back to the pool when freed */
+    int pooled;           /* 0, or 1 + the pool its block goes back to */
     size_t cap, used;     /* bytes of buf, and those rec_take handed out */
-    char msg[256];        /* when status is JOURNAL_ENOTFOUND; msg[0] set only */
+    char *msg;            /* when status is JOURNAL_ENOTFOUND (the writer's) */
     uint64_t buf[];       /* the record's tasks, starts and strings */
 } jrec;
 
@@ -554,8 +555,8 @@ struct journal {
     sqlite3 *rdb;                   /* lookups; read_mu */
 
     pthread_mutex_t pool_mu;        /* a leaf lock: nothing is taken under it */
-    jrec *pool;                     /* pool_mu: free POOL_BLOCK records */
-    unsigned npool;                 /* pool_mu */
+    jrec *pool[2];                  /* pool_mu: free blocks of pool_block[i] bytes */
+    unsigned npool[2];              /* pool_mu */
 
     pthread_mutex_t mu;
     pthread_cond_t wake;            /* the writer waits for records */
@@ -857,6 +858,15 @@ static void fold_starts(journal *j, jrec *batch, size_t n)
 
 /* The starts of an OP_START of several tasks: as apply(), one by one;
  * a task that is not live is skipped and named in r->msg. */
+/* The message of a record whose task was not queued or running. */
+static char *not_live_msg(journal *j, uint64_t id)
+{
+    char msg[512];
+    snprintf(msg, sizeof msg, "journal %s: task %" PRIu64 " is not queued or running", j->path,
+             id);
+    return xstrdup(msg);
+}
+
 static int apply_starts(journal *j, jrec *r, size_t *rows)
 {
     sqlite3_stmt *st = j->st[ST_START];
@@ -871,8 +881,7 @@ static int apply_starts(journal *j, jrec *r, size_t *rows)
             return rc;
         if (sqlite3_changes(j->wdb) == 0) {
             if (r->status == 0)
-                snprintf(r->msg, sizeof r->msg, "journal %s: task %" PRIu64 " is not queued "
-                         "or running", j->path, r->starts[i].id);
+                r->msg = not_live_msg(j, r->starts[i].id);
             r->status = JOURNAL_ENOTFOUND;
         } else {
             *rows += 1;
@@ -974,8 +983,7 @@ static int apply(journal *j, jrec *r, size_t *rows, int64_t *dpending, int64_t *
         return rc;
     if (sqlite3_changes(j->wdb) == 0) {
         r->status = JOURNAL_ENOTFOUND;
-        snprintf(r->msg, sizeof r->msg, "journal %s: task %" PRIu64 " is not queued or running",
-                 j->path, r->id);
+        r->msg = not_live_msg(j, r->id);
         return SQLITE_DONE;
     }
     *rows += 1;
@@ -1029,15 +1037,15 @@ static int commit_batch(journal *j, jrec *batch, size_t n, uint64_t ceiling, siz
     return jrc;
 }
 
-/* Give back the chain first..last of n pooled records in one lock;
- * those beyond POOL_MAX are freed. */
-static void pool_put(journal *j, jrec *first, jrec *last, unsigned n)
+/* Give back to pool i the chain first..last of n records (their msg
+ * freed) in one lock; those beyond pool_max[i] are freed. */
+static void pool_put(journal *j, int i, jrec *first, jrec *last, unsigned n)
 {
     pthread_mutex_lock(&j->pool_mu);
-    if (j->npool + n <= POOL_MAX) {
-        last->next = j->pool;
-        j->pool = first;
-        j->npool += n;
+    if (j->npool[i] + n <= pool_max[i]) {
+        last->next = j->pool[i];
+        j->pool[i] = first;
+        j->npool[i] += n;
         first = NULL;
     }
     pthread_mutex_unlock(&j->pool_mu);
@@ -1050,8 +1058,9 @@ static void pool_put(journal *j, jrec *first, jrec *last, unsigned n)
 
 static void jrec_free(journal *j, jrec *r)
 {
+    free(r->msg);
     if (r->pooled)
-        pool_put(j, r, r, 1);
+        pool_put(j, r->pooled - 1, r, r, 1);
     else
         free(r);
 }
@@ -1171,8 +1180,8 @@ static void *writer_main(void *arg)
         if (rc != 0)
             j->failed_in_episode++;
 
-        jrec *pfirst = NULL, *plast = NULL;
-        unsigned npooled = 0;
+        jrec *pfirst[2] = {NULL, NULL}, *plast[2] = {NULL, NULL};
+        unsigned npooled[2] = {0, 0};
         while (batch != NULL) {
             jrec *next_rec = batch->next;
             if (batch->done != NULL) {
@@ -1183,19 +1192,22 @@ static void *writer_main(void *arg)
                 else
                     batch->done(batch->arg, 0, NULL);
             }
-            if (batch->pooled) { /* back to the pool together, below */
-                batch->next = pfirst;
-                pfirst = batch;
-                if (plast == NULL)
-                    plast = batch;
-                npooled++;
+            free(batch->msg);
+            if (batch->pooled) { /* back to its pool with the others, below */
+                int i = batch->pooled - 1;
+                batch->next = pfirst[i];
+                pfirst[i] = batch;
+                if (plast[i] == NULL)
+                    plast[i] = batch;
+                npooled[i]++;
             } else {
                 free(batch);
             }
             batch = next_rec;
         }
-        if (pfirst != NULL)
-            pool_put(j, pfirst, plast, npooled);
+        for (int i = 0; i < 2; i++)
+            if (pfirst[i] != NULL)
+                pool_put(j, i, pfirst[i], plast[i], npooled[i]);
         pthread_mutex_lock(&j->mu);
     }
     pthread_mutex_unlock(&j->mu);
@@ -1304,11 +1316,12 @@ static void journal_free(journal *j)
     free(j->snap);
     if (j->lock_fd >= 0)
         close(j->lock_fd); /* releases the flock */
-    while (j->pool != NULL) {
-        jrec *next = j->pool->next;
-        free(j->pool);
-        j->pool = next;
-    }
+    for (int i = 0; i < 2; i++)
+        while (j->pool[i] != NULL) {
+            jrec *next = j->pool[i]->next;
+            free(j->pool[i]);
+            j->pool[i] = next;
+        }
     pthread_mutex_destroy(&j->mu);
     pthread_mutex_destroy(&j->read_mu);
     pthread_mutex_destroy(&j->pool_mu);
@@ -1488,20 +1501,23 @@ static jrec *rec_new(journal *j, op_kind kind, uint64_t id, journal_done_fn done
 {
     jrec *r = NULL;
     size_t size = sizeof *r + extra;
-    if (size <= POOL_BLOCK) {
+    int pooled = 0;
+    for (int i = 0; i < 2 && !pooled; i++) {
+        if (size > pool_block[i])
+            continue;
         pthread_mutex_lock(&j->pool_mu);
-        if ((r = j->pool) != NULL) {
-            j->pool = r->next;
-            j->npool--;
+        if ((r = j->pool[i]) != NULL) {
+            j->pool[i] = r->next;
+            j->npool[i]--;
         }
         pthread_mutex_unlock(&j->pool_mu);
-        size = POOL_BLOCK;
+        size = pool_block[i];
+        pooled = i + 1;
     }
     if (r == NULL)
         r = xmalloc(size);
-    memset(r, 0, offsetof(jrec, msg));
-    r->msg[0] = '\0';
-    r->pooled = size == POOL_BLOCK;
+    memset(r, 0, sizeof *r);
+    r->pooled = pooled;
     r->cap = size - sizeof *r;
     r->kind = kind;
     r->id = id;
