@@ -790,6 +790,50 @@ static void journal_lazy_starts_fold_into_their_end(void **state)
     journal_close(j);
 }
 
+/* An add of several tasks writes each with its own fields: an add of
+ * five (with a payload left empty and a request id left out) replays
+ * every task as given, in order. */
+static void journal_an_add_of_five_writes_each_task(void **state)
+{
+    sandbox *sb = *state;
+    journal *j = js_open_ok(sb->path);
+    journal_task t[5];
+    char names[5][16], payloads[5][16], rids[5][16];
+    for (int i = 0; i < 5; i++) {
+        snprintf(names[i], sizeof names[i], "task%d", i);
+        snprintf(payloads[i], sizeof payloads[i], "payload-%d", i * 11);
+        snprintf(rids[i], sizeof rids[i], "req-%d", i);
+        t[i] = (journal_task){.id = journal_next_id(j), .name = names[i],
+                              .payload = i == 2 ? NULL : payloads[i],
+                              .payload_len = i == 2 ? 0 : strlen(payloads[i]),
+                              .max_attempts = (uint32_t)(i + 1),
+                              .request_id = i == 3 ? NULL : rids[i],
+                              .prev_id = i ? t[i - 1].id : 0};
+    }
+    done_count c = DONE_COUNT_INIT;
+    assert_int_equal(journal_add(j, t, 5, count_done, &c), 0);
+    wait_count(&c, 1);
+    assert_int_equal(c.failed, 0);
+    journal_close(j);
+
+    j = js_open_ok(sb->path);
+    seen s = {0};
+    assert_int_equal(journal_replay(j, collect, &s), 5);
+    for (int i = 0; i < 5; i++) {
+        assert_int_equal(s.recs[i].id, t[i].id);
+        assert_string_equal(s.names[i], names[i]);
+        assert_string_equal(s.payloads[i], i == 2 ? "" : payloads[i]);
+        assert_int_equal(s.recs[i].max_attempts, i + 1);
+        assert_int_equal(s.recs[i].prev_id, t[i].prev_id);
+        assert_int_equal(s.recs[i].attempts, 0);
+        assert_string_equal(s.recs[i].state, "queued");
+    }
+    char st[96] = "";
+    assert_int_equal(journal_lookup(j, t[3].id, collect_state, st), 0);
+    assert_string_equal(st, "queued||0");
+    journal_close(j);
+}
+
 /* An end given no callback waits for a transaction that a waited-for
  * record starts: with a deferral longer than the test, it stays
  * unwritten until the next add, and both share that add's commit. */
@@ -1466,6 +1510,7 @@ int main(void)
         T(journal_upgrades_schema_version_2),
         T(journal_folds_a_start_into_its_add),
         T(journal_lazy_starts_fold_into_their_end),
+        T(journal_an_add_of_five_writes_each_task),
         T(journal_an_end_nobody_waits_for_rides_with_the_next_add),
         T(journal_a_lone_end_is_committed_by_itself),
         T(journal_batches_are_bounded_by_rows),
