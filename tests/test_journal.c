@@ -94,6 +94,20 @@ static void collect_state(void *arg, const journal_rec *r)
              r->attempts);
 }
 
+/* Poll (20 s at most) until task id reads want ("state|error|attempts"),
+ * for what the writer commits by itself. */
+static void wait_state(journal *j, uint64_t id, const char *want)
+{
+    char st[96] = "";
+    for (uint64_t deadline = util_now_us() + 20000000; util_now_us() < deadline;) {
+        assert_int_equal(journal_lookup(j, id, collect_state, st), 0);
+        if (strcmp(st, want) == 0)
+            break;
+        usleep(1000);
+    }
+    assert_string_equal(st, want);
+}
+
 /* ---- tests ----------------------------------------------------------------------- */
 
 static void journal_replays_queued_tasks_after_reopen(void **state)
@@ -776,13 +790,7 @@ static void journal_lazy_starts_fold_into_their_end(void **state)
     uint64_t late = add_one(j, "late", "z", count_done, &c);
     wait_count(&c, 11);
     assert_int_equal(journal_start_lazy(j, late, 1), 0);
-    for (uint64_t deadline = util_now_us() + 20000000; util_now_us() < deadline;) {
-        assert_int_equal(journal_lookup(j, late, collect_state, st), 0);
-        if (strcmp(st, "running||1") == 0)
-            break;
-        usleep(1000);
-    }
-    assert_string_equal(st, "running||1");
+    wait_state(j, late, "running||1");
 
     assert_int_equal(journal_start_lazy(j, 0, 1), JOURNAL_EINVAL);
     assert_int_equal(journal_start_lazy(j, late, 0), JOURNAL_EINVAL);
@@ -888,14 +896,7 @@ static void journal_a_lone_end_is_committed_by_itself(void **state)
     uint64_t a = add_one(j, "a", "pa", count_done, &c);
     wait_count(&c, 1);
     assert_int_equal(journal_finish(j, a, "cancelled", "stopped", NULL, NULL), 0);
-    char st[96] = "";
-    for (uint64_t deadline = util_now_us() + 20000000; util_now_us() < deadline;) {
-        assert_int_equal(journal_lookup(j, a, collect_state, st), 0);
-        if (strcmp(st, "cancelled|stopped|0") == 0)
-            break;
-        usleep(1000);
-    }
-    assert_string_equal(st, "cancelled|stopped|0");
+    wait_state(j, a, "cancelled|stopped|0");
     journal_stats s;
     journal_get_stats(j, &s);
     assert_int_equal(s.unwritten, 0);

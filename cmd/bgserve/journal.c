@@ -527,7 +527,7 @@ typedef struct jrec {
     uint32_t fold_attempt; /* an end or retry that took its task's lazy start
                             * (journal_start_lazy): that attempt, 0: none */
     uint64_t fold_started_us; /* and its time */
-    uint64_t lazy_mono_us;  /* deferred (done == NULL): when it was made (monotonic) */
+    uint64_t deferred_mono_us; /* done == NULL: when it was appended (monotonic) */
     journal_done_fn done;
     void *arg;
     int status;           /* set by the writer */
@@ -856,8 +856,6 @@ static void fold_starts(journal *j, jrec *batch, size_t n)
     }
 }
 
-/* The starts of an OP_START of several tasks: as apply(), one by one;
- * a task that is not live is skipped and named in r->msg. */
 /* The message of a record whose task was not queued or running. */
 static char *not_live_msg(journal *j, uint64_t id)
 {
@@ -867,6 +865,8 @@ static char *not_live_msg(journal *j, uint64_t id)
     return xstrdup(msg);
 }
 
+/* The starts of an OP_START of several tasks: as apply(), one by one;
+ * a task that is not live is skipped and named in r->msg. */
 static int apply_starts(journal *j, jrec *r, size_t *rows)
 {
     sqlite3_stmt *st = j->st[ST_START];
@@ -1056,13 +1056,36 @@ static void pool_put(journal *j, int i, jrec *first, jrec *last, unsigned n)
     }
 }
 
+/* Free the records of the list r (linked by next): each block back to
+ * its pool, the blocks of a pool together in one lock. */
+static void jrec_free_list(journal *j, jrec *r)
+{
+    jrec *first[2] = {NULL, NULL}, *last[2] = {NULL, NULL};
+    unsigned n[2] = {0, 0};
+    while (r != NULL) {
+        jrec *next = r->next;
+        free(r->msg);
+        if (r->pooled) {
+            int i = r->pooled - 1;
+            r->next = first[i];
+            first[i] = r;
+            if (last[i] == NULL)
+                last[i] = r;
+            n[i]++;
+        } else {
+            free(r);
+        }
+        r = next;
+    }
+    for (int i = 0; i < 2; i++)
+        if (first[i] != NULL)
+            pool_put(j, i, first[i], last[i], n[i]);
+}
+
 static void jrec_free(journal *j, jrec *r)
 {
-    free(r->msg);
-    if (r->pooled)
-        pool_put(j, r->pooled - 1, r, r, 1);
-    else
-        free(r);
+    r->next = NULL;
+    jrec_free_list(j, r);
 }
 
 /* The rows r writes at most: an add, its tasks; a claim, its starts. */
@@ -1084,9 +1107,9 @@ static void *writer_main(void *arg)
              * list's head then, or a lazy start) sets the deadline. */
             uint64_t oldest = UINT64_MAX;
             if (j->head != NULL)
-                oldest = j->head->lazy_mono_us;
-            if (j->lazy_head != NULL && j->lazy_head->lazy_mono_us < oldest)
-                oldest = j->lazy_head->lazy_mono_us;
+                oldest = j->head->deferred_mono_us;
+            if (j->lazy_head != NULL && j->lazy_head->deferred_mono_us < oldest)
+                oldest = j->lazy_head->deferred_mono_us;
             if (oldest == UINT64_MAX) {
                 j->writer_idle = 1;
                 pthread_cond_wait(&j->wake, &j->mu);
@@ -1180,34 +1203,17 @@ static void *writer_main(void *arg)
         if (rc != 0)
             j->failed_in_episode++;
 
-        jrec *pfirst[2] = {NULL, NULL}, *plast[2] = {NULL, NULL};
-        unsigned npooled[2] = {0, 0};
-        while (batch != NULL) {
-            jrec *next_rec = batch->next;
-            if (batch->done != NULL) {
-                if (rc != 0)
-                    batch->done(batch->arg, rc, err);
-                else if (batch->status != 0)
-                    batch->done(batch->arg, batch->status, batch->msg);
-                else
-                    batch->done(batch->arg, 0, NULL);
-            }
-            free(batch->msg);
-            if (batch->pooled) { /* back to its pool with the others, below */
-                int i = batch->pooled - 1;
-                batch->next = pfirst[i];
-                pfirst[i] = batch;
-                if (plast[i] == NULL)
-                    plast[i] = batch;
-                npooled[i]++;
-            } else {
-                free(batch);
-            }
-            batch = next_rec;
+        for (jrec *r = batch; r != NULL; r = r->next) {
+            if (r->done == NULL)
+                continue;
+            if (rc != 0)
+                r->done(r->arg, rc, err);
+            else if (r->status != 0)
+                r->done(r->arg, r->status, r->msg);
+            else
+                r->done(r->arg, 0, NULL);
         }
-        for (int i = 0; i < 2; i++)
-            if (pfirst[i] != NULL)
-                pool_put(j, i, pfirst[i], plast[i], npooled[i]);
+        jrec_free_list(j, batch);
         pthread_mutex_lock(&j->mu);
     }
     pthread_mutex_unlock(&j->mu);
@@ -1460,7 +1466,7 @@ static int push_as(journal *j, jrec *r, int lazy)
 {
     r->at_us = util_wall_us();
     if (r->done == NULL)
-        r->lazy_mono_us = util_now_us();
+        r->deferred_mono_us = util_now_us();
     pthread_mutex_lock(&j->mu);
     if (j->stopping) {
         pthread_mutex_unlock(&j->mu);
@@ -1526,18 +1532,25 @@ static jrec *rec_new(journal *j, op_kind kind, uint64_t id, journal_done_fn done
     return r;
 }
 
-/* n bytes of r's room, 8-aligned (rec_new made room for them all). */
+/* The room n bytes take in a record: rounded up to 8, so that what
+ * follows them stays aligned. */
+static size_t room(size_t n)
+{
+    return (n + 7) & ~(size_t)7;
+}
+
+/* n bytes of r's room (rec_new made room for them all). */
 static void *rec_take(jrec *r, size_t n)
 {
     void *p = (char *)r->buf + r->used;
-    r->used += (n + 7) & ~(size_t)7;
+    r->used += room(n);
     return p;
 }
 
-/* Room for s in a record, rounded as rec_take takes it. */
+/* The room string s takes, with its NUL. */
 static size_t str_room(const char *s)
 {
-    return s ? (strlen(s) + 1 + 7) & ~(size_t)7 : 0;
+    return s ? room(strlen(s) + 1) : 0;
 }
 
 static char *rec_str(jrec *r, const char *s)
@@ -1560,7 +1573,7 @@ int journal_add(journal *j, const journal_task *tasks, size_t n, journal_done_fn
             return JOURNAL_EINVAL;
     size_t extra = n * sizeof(jtask);
     for (size_t i = 0; i < n; i++)
-        extra += str_room(tasks[i].name) + ((tasks[i].payload_len + 7) & ~(size_t)7) +
+        extra += str_room(tasks[i].name) + room(tasks[i].payload_len) +
                  str_room(tasks[i].request_id);
     jrec *r = rec_new(j, OP_ADD, 0, done, arg, extra);
     r->tasks = rec_take(r, n * sizeof *r->tasks);
