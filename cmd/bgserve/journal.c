@@ -22,9 +22,10 @@
  * Threads: records are appended by any thread to a FIFO list under `mu`;
  * the writer wakes for those with a callback (nwaited counts them) and
  * lets the others wait for them, defer_max_us at most.  The one writer
- * thread takes them in order, up to max_batch rows' worth
- * (batch_rows), folds each start
- * whose add is in the same batch into that add (fold_starts), applies
+ * thread takes them in order, up to max_batch rows' worth (batch_rows;
+ * the list counts its records and their rows, so that the usual batch,
+ * all of it, is taken without walking the list under mu), folds each
+ * start whose add is in the same batch into that add (fold_starts), applies
  * them in one BEGIN IMMEDIATE ... COMMIT on its own connection (wdb, the
  * prepared statements and the fold table are the writer's alone after
  * open) and then calls their
@@ -563,6 +564,7 @@ struct journal {
     pthread_cond_t ext;             /* id takers wait for the ceiling */
     jrec *head, **tail;             /* mu */
     size_t nwaited;                 /* mu: records in head..tail with a done callback */
+    size_t nlisted, listed_rows;    /* mu: records in head..tail, and the rows they write at most */
     jrec *lazy_head, **lazy_tail;   /* mu: lazy starts no batch has taken yet */
     size_t nlazy;                   /* mu */
     int writer_idle;                /* mu: the writer waits with no deadline */
@@ -1125,32 +1127,48 @@ static void *writer_main(void *arg)
         if (j->head == NULL && !j->want_extend && j->lazy_head == NULL)
             break; /* stopping, and everything is written */
 
-        jrec *batch = j->head, *last = NULL;
+        jrec *batch = j->head;
+        jrec **end = &batch; /* the last record's next, where lazy starts go */
         size_t n = 0;
-        size_t nrows = 0;
-        for (jrec *r = batch; r != NULL; r = r->next) {
-            size_t w = batch_rows(r);
-            if (n > 0 && nrows + w > j->max_batch)
-                break; /* a larger record is a transaction of its own */
-            last = r;
-            n++;
-            nrows += w;
-            if (r->done != NULL)
-                j->nwaited--;
-        }
-        if (last != NULL) {
-            j->head = last->next;
-            if (j->head == NULL)
-                j->tail = &j->head;
-            last->next = NULL;
+        if (j->listed_rows <= j->max_batch) {
+            /* All of it, without touching the records under mu: they were
+             * made on other threads, and each first touch is a cache miss
+             * that every push would wait behind. */
+            n = j->nlisted;
+            if (n > 0)
+                end = j->tail;
+            j->nwaited = 0;
+            j->nlisted = 0;
+            j->listed_rows = 0;
+            j->head = NULL;
+            j->tail = &j->head;
+        } else {
+            jrec *last = NULL;
+            size_t nrows = 0;
+            for (jrec *r = batch; r != NULL; r = r->next) {
+                size_t w = batch_rows(r);
+                if (n > 0 && nrows + w > j->max_batch)
+                    break; /* a larger record is a transaction of its own */
+                last = r;
+                n++;
+                nrows += w;
+                if (r->done != NULL)
+                    j->nwaited--;
+            }
+            if (last != NULL) {
+                j->head = last->next;
+                if (j->head == NULL)
+                    j->tail = &j->head;
+                last->next = NULL;
+                end = &last->next;
+                j->nlisted -= n;
+                j->listed_rows -= nrows;
+            }
         }
         if (j->head == NULL && j->lazy_head != NULL) {
             /* Every record appended so far is in this batch: the lazy
              * starts go after them (after their tasks' adds). */
-            if (last != NULL)
-                last->next = j->lazy_head;
-            else
-                batch = j->lazy_head;
+            *end = j->lazy_head;
             n += j->nlazy;
             j->lazy_head = NULL;
             j->lazy_tail = &j->lazy_head;
@@ -1485,6 +1503,8 @@ static int push_as(journal *j, jrec *r, int lazy)
             take_lazy_locked(j, r);
         *j->tail = r;
         j->tail = &r->next;
+        j->nlisted++;
+        j->listed_rows += batch_rows(r);
         if (r->done != NULL) {
             j->nwaited++;
             pthread_cond_signal(&j->wake);
