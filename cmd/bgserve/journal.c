@@ -506,8 +506,9 @@ typedef struct jtask {
  * that cost malloc about 2 µs a journaled request in up to nine
  * allocations (bench/README.md section 25).
  */
-static const size_t pool_block[2] = {256, 1024};
-static const unsigned pool_max[2] = {1024, 256}; /* blocks kept: 512 KiB at most */
+#define NPOOLS 2
+static const size_t pool_block[NPOOLS] = {256, 1024};
+static const unsigned pool_max[NPOOLS] = {1024, 256}; /* blocks kept: 512 KiB at most */
 
 typedef struct jrec {
     struct jrec *next;
@@ -556,8 +557,8 @@ struct journal {
     sqlite3 *rdb;                   /* lookups; read_mu */
 
     pthread_mutex_t pool_mu;        /* a leaf lock: nothing is taken under it */
-    jrec *pool[2];                  /* pool_mu: free blocks of pool_block[i] bytes */
-    unsigned npool[2];              /* pool_mu */
+    jrec *pool[NPOOLS];             /* pool_mu: free blocks of pool_block[i] bytes */
+    unsigned npool[NPOOLS];         /* pool_mu */
 
     pthread_mutex_t mu;
     pthread_cond_t wake;            /* the writer waits for records */
@@ -1062,8 +1063,8 @@ static void pool_put(journal *j, int i, jrec *first, jrec *last, unsigned n)
  * its pool, the blocks of a pool together in one lock. */
 static void jrec_free_list(journal *j, jrec *r)
 {
-    jrec *first[2] = {NULL, NULL}, *last[2] = {NULL, NULL};
-    unsigned n[2] = {0, 0};
+    jrec *first[NPOOLS] = {NULL}, *last[NPOOLS] = {NULL};
+    unsigned n[NPOOLS] = {0};
     while (r != NULL) {
         jrec *next = r->next;
         free(r->msg);
@@ -1079,7 +1080,7 @@ static void jrec_free_list(journal *j, jrec *r)
         }
         r = next;
     }
-    for (int i = 0; i < 2; i++)
+    for (int i = 0; i < NPOOLS; i++)
         if (first[i] != NULL)
             pool_put(j, i, first[i], last[i], n[i]);
 }
@@ -1340,7 +1341,7 @@ static void journal_free(journal *j)
     free(j->snap);
     if (j->lock_fd >= 0)
         close(j->lock_fd); /* releases the flock */
-    for (int i = 0; i < 2; i++)
+    for (int i = 0; i < NPOOLS; i++)
         while (j->pool[i] != NULL) {
             jrec *next = j->pool[i]->next;
             free(j->pool[i]);
@@ -1528,7 +1529,7 @@ static jrec *rec_new(journal *j, op_kind kind, uint64_t id, journal_done_fn done
     jrec *r = NULL;
     size_t size = sizeof *r + extra;
     int pooled = 0;
-    for (int i = 0; i < 2 && !pooled; i++) {
+    for (int i = 0; i < NPOOLS && !pooled; i++) {
         if (size > pool_block[i])
             continue;
         pthread_mutex_lock(&j->pool_mu);
