@@ -195,6 +195,15 @@ static void make_old_journal(const char *path, int version)
     sqlite3 *db;
     assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
     assert_int_equal(sqlite3_exec(db, sql, NULL, NULL, NULL), SQLITE_OK);
+    if (version >= 3) /* what version 3 had: tasks.live and its partial index */
+        assert_int_equal(sqlite3_exec(db, "ALTER TABLE tasks ADD COLUMN live INTEGER;"
+                                          "UPDATE tasks SET live=1 WHERE state IN ('queued',"
+                                          "'running');"
+                                          "DROP INDEX tasks_state;"
+                                          "CREATE INDEX tasks_live ON tasks(live) WHERE live "
+                                          "IS NOT NULL;",
+                                      NULL, NULL, NULL),
+                         SQLITE_OK);
     sqlite3_close(db);
 }
 
@@ -216,11 +225,14 @@ static int schema_version(const char *path)
     return (int)sql_int(path, "SELECT value FROM meta WHERE key='schema_version'");
 }
 
-/* After an upgrade to version 3: tasks.live marks exactly the queued and
- * running tasks, the index on state is gone and the partial one is there. */
-static void assert_schema_3(const char *path)
+/* After an upgrade to version 4: tasks.live marks exactly the queued and
+ * running tasks, the index on state is gone and the partial one is there
+ * (version 3), and the packs table is there (version 4). */
+static void assert_schema_current(const char *path)
 {
-    assert_int_equal(schema_version(path), 3);
+    assert_int_equal(schema_version(path), 4);
+    assert_int_equal(sql_int(path, "SELECT count(*) FROM sqlite_master WHERE "
+                                   "name IN ('packs','packs_live')"), 2);
     assert_int_equal(sql_int(path, "SELECT count(*) FROM sqlite_master WHERE "
                                    "name='tasks_state'"), 0);
     assert_int_equal(sql_int(path, "SELECT count(*) FROM sqlite_master WHERE "
@@ -233,7 +245,7 @@ static void assert_schema_3(const char *path)
 
 static void wait_count(done_count *c, int want);
 
-/* A journal of schema version 1 or 2 is brought up to version 3 when a
+/* A journal of schema version 1, 2 or 3 is brought up to version 4 when a
  * server or the subcommand opens it; its queued and running tasks replay
  * as before (the running one as interrupted), the finished ones and the
  * dead letter stay, ids go on after them, and the upgraded file works
@@ -246,7 +258,7 @@ static void check_upgrade(const char *path, int version)
     char err[1024];
     assert_int_equal(journal_db_open(path, &d, err, sizeof err), 0);
     journal_db_close(d);
-    assert_schema_3(path);
+    assert_schema_current(path);
 
     unlink(path);
     char side[300];
@@ -256,7 +268,7 @@ static void check_upgrade(const char *path, int version)
     unlink(side);
     make_old_journal(path, version);
     journal *j = js_open_ok(path);
-    assert_schema_3(path);
+    assert_schema_current(path);
     seen s = {0};
     assert_int_equal(journal_replay(j, collect, &s), 2);
     assert_int_equal(s.recs[0].id, 1);
@@ -285,7 +297,7 @@ static void check_upgrade(const char *path, int version)
     wait_count(&c, 3);
     assert_int_equal(c.failed, 0);
     journal_close(j);
-    assert_schema_3(path);
+    assert_schema_current(path);
 
     j = js_open_ok(path);
     s.n = 0;
@@ -293,6 +305,12 @@ static void check_upgrade(const char *path, int version)
     assert_int_equal(s.recs[0].id, 2);
     assert_int_equal(s.recs[1].id, b);
     journal_close(j);
+}
+
+static void journal_upgrades_schema_version_3(void **state)
+{
+    sandbox *sb = *state;
+    check_upgrade(sb->path, 3);
 }
 
 static void journal_upgrades_schema_version_2(void **state)
@@ -1145,7 +1163,7 @@ static void journal_refuses_a_newer_schema(void **state)
     sqlite3_close(db);
     char *msg = open_fails(sb->path, JOURNAL_ESCHEMA);
     h_assert_contains(msg, "schema version 99");
-    h_assert_contains(msg, "knows versions up to 3");
+    h_assert_contains(msg, "knows versions up to 4");
     free(msg);
     /* the offline tools refuse it the same way */
     journal_db *d = NULL;
@@ -1275,6 +1293,289 @@ static void journal_refuses_a_second_owner_but_not_the_tools(void **state)
     journal_close(j);
     /* the lock goes with the owner */
     journal_close(js_open_ok(sb->path));
+}
+
+/* ---- packs: an add of several tasks in one row ------------------------------------------ */
+
+/* Add n tasks as one record (one request id): names p0, p1, ..., payloads
+ * "v0", "v1", ...; the ids go to ids[]. */
+static void add_pack(journal *j, size_t n, uint64_t *ids, journal_done_fn done, void *arg)
+{
+    journal_task t[8];
+    char names[8][8], pays[8][8];
+    assert_true(n <= 8);
+    for (size_t i = 0; i < n; i++) {
+        snprintf(names[i], sizeof names[i], "p%zu", i);
+        snprintf(pays[i], sizeof pays[i], "v%zu", i);
+        t[i] = (journal_task){.id = journal_next_id(j), .name = names[i], .payload = pays[i],
+                              .payload_len = strlen(pays[i]), .max_attempts = 3,
+                              .not_before_us = 0, .request_id = "req-pack"};
+        ids[i] = t[i].id;
+    }
+    if (n > 1)
+        t[1].prev_id = t[0].id;
+    assert_int_equal(journal_add(j, t, n, done, arg), 0);
+}
+
+static void copy_request_id(void *arg, const journal_rec *r)
+{
+    snprintf(arg, 32, "%s", r->request_id ? r->request_id : "(null)");
+}
+
+static void collect_all(void *arg, const journal_rec *r)
+{
+    seen *s = arg;
+    if (s->n >= 64)
+        return;
+    collect(arg, r);
+    s->recs[s->n - 1].state = NULL; /* collect's replay view; keep the real one below */
+    snprintf(s->errors[s->n - 1], 64, "%s", r->state);
+}
+
+/* An add of several tasks is one row of packs and none of tasks; each
+ * task reads as before through every reader: lookup, replay (with its
+ * name, payload and sequence link), the subcommand's ls and get; a
+ * success updates the pack; pending counts the tasks still queued. */
+static void journal_packs_an_add_of_several_tasks(void **state)
+{
+    sandbox *sb = *state;
+    journal *j = js_open_ok(sb->path);
+    done_count c = DONE_COUNT_INIT;
+    uint64_t id[4];
+    add_pack(j, 4, id, count_done, &c);
+    wait_count(&c, 1);
+    assert_int_equal(c.failed, 0);
+    assert_int_equal(sql_int(sb->path, "SELECT count(*) FROM packs"), 1);
+    assert_int_equal(sql_int(sb->path, "SELECT count(*) FROM tasks"), 0);
+    char st[96];
+    for (int i = 0; i < 4; i++) {
+        assert_int_equal(journal_lookup(j, id[i], collect_state, st), 0);
+        assert_string_equal(st, "queued||0");
+    }
+    assert_int_equal(journal_succeed(j, id[0], NULL, count_done, &c), 0);
+    assert_int_equal(journal_succeed(j, id[2], NULL, count_done, &c), 0);
+    wait_count(&c, 3);
+    assert_int_equal(c.failed, 0);
+    assert_string_equal((journal_lookup(j, id[0], collect_state, st), st), "succeeded||0");
+    assert_string_equal((journal_lookup(j, id[1], collect_state, st), st), "queued||0");
+    journal_stats jst;
+    journal_get_stats(j, &jst);
+    assert_int_equal(jst.pending, 2);
+    journal_close(j);
+
+    j = js_open_ok(sb->path);
+    journal_get_stats(j, &jst);
+    assert_int_equal(jst.pending, 2);
+    seen s = {0};
+    assert_int_equal(journal_replay(j, collect, &s), 2);
+    assert_int_equal(s.recs[0].id, id[1]);
+    assert_string_equal(s.names[0], "p1");
+    assert_string_equal(s.payloads[0], "v1");
+    assert_int_equal(s.recs[0].prev_id, id[0]);
+    assert_int_equal(s.recs[0].max_attempts, 3);
+    char rid[32] = "";
+    assert_int_equal(journal_lookup(j, id[1], copy_request_id, rid), 0);
+    assert_string_equal(rid, "req-pack");
+    assert_int_equal(s.recs[1].id, id[3]);
+    assert_string_equal(s.payloads[1], "v3");
+    /* new ids go on after the pack's */
+    assert_true(journal_next_id(j) > id[3]);
+    journal_close(j);
+
+    journal_db *d = NULL;
+    char err[1024];
+    assert_int_equal(journal_db_open(sb->path, &d, err, sizeof err), 0);
+    s.n = 0;
+    assert_int_equal(journal_db_each(d, NULL, collect_all, &s, err, sizeof err), 4);
+    for (int i = 0; i < 4; i++)
+        assert_int_equal(s.recs[i].id, id[i]);
+    assert_string_equal(s.errors[0], "succeeded");
+    assert_string_equal(s.errors[1], "queued");
+    s.n = 0;
+    assert_int_equal(journal_db_each(d, "queued", collect_all, &s, err, sizeof err), 2);
+    assert_int_equal(s.recs[1].id, id[3]);
+    s.n = 0;
+    assert_int_equal(journal_db_each(d, "succeeded", collect_all, &s, err, sizeof err), 2);
+    assert_int_equal(journal_db_get(d, id[2], collect_state, st, err, sizeof err), 0);
+    assert_string_equal(st, "succeeded||0");
+    /* a packed task is queued or succeeded: not one to retry */
+    assert_int_equal(journal_db_retry(d, id[1], err, sizeof err), JOURNAL_EINVAL);
+    h_assert_contains(err, "is queued");
+    journal_db_close(d);
+}
+
+/* Any change of a packed task but a success without a result moves it
+ * to a row of its own first, where it lives on as before: a start, a
+ * retry, a failure, a dead letter, a success with a result.  It is read
+ * once, from that row, by every reader; a change of a task that is no
+ * longer queued in its pack, or an unstart of a queued one, is refused
+ * as for a row (JOURNAL_ENOTFOUND). */
+static void journal_moves_a_packed_task_that_changes_otherwise(void **state)
+{
+    sandbox *sb = *state;
+    journal *j = js_open_ok(sb->path);
+    done_count c = DONE_COUNT_INIT;
+    uint64_t id[6];
+    add_pack(j, 6, id, count_done, &c);
+    wait_count(&c, 1);
+    uint64_t later = util_wall_us() + 3600ull * 1000000ull;
+    assert_int_equal(journal_start(j, id[0], 1, count_done, &c), 0);
+    assert_int_equal(journal_retry(j, id[1], later, "try again", count_done, &c), 0);
+    assert_int_equal(journal_finish(j, id[2], "failed", "boom", count_done, &c), 0);
+    assert_int_equal(journal_dead(j, id[3], "gave up", count_done, &c), 0);
+    assert_int_equal(journal_succeed(j, id[4], "{\"r\":1}", count_done, &c), 0);
+    wait_count(&c, 6);
+    assert_int_equal(c.failed, 0);
+    done_count bad = DONE_COUNT_INIT;
+    assert_int_equal(journal_succeed(j, id[4], NULL, count_done, &bad), 0);
+    assert_int_equal(journal_unstart(j, id[5], 0, count_done, &bad), 0);
+    wait_count(&bad, 2);
+    assert_int_equal(bad.failed, 2);
+    assert_int_equal(bad.last_status, JOURNAL_ENOTFOUND);
+    char st[96];
+    assert_string_equal((journal_lookup(j, id[0], collect_state, st), st), "running||1");
+    assert_string_equal((journal_lookup(j, id[1], collect_state, st), st), "queued|try again|0");
+    assert_string_equal((journal_lookup(j, id[2], collect_state, st), st), "failed|boom|0");
+    assert_string_equal((journal_lookup(j, id[3], collect_state, st), st), "dead|gave up|0");
+    assert_string_equal((journal_lookup(j, id[4], collect_state, st), st), "succeeded||0");
+    assert_string_equal((journal_lookup(j, id[5], collect_state, st), st), "queued||0");
+    assert_int_equal(sql_int(sb->path, "SELECT count(*) FROM tasks"), 4);
+    journal_stats jst;
+    journal_get_stats(j, &jst);
+    assert_int_equal(jst.pending, 3);
+    assert_int_equal(jst.dead, 1);
+    journal_close(j);
+
+    j = js_open_ok(sb->path);
+    seen s = {0};
+    assert_int_equal(journal_replay(j, collect, &s), 3);
+    assert_int_equal(s.recs[0].id, id[0]);
+    assert_int_equal(s.recs[0].interrupted, 1);
+    assert_string_equal(s.names[0], "p0");
+    assert_string_equal(s.payloads[0], "v0");
+    assert_int_equal(s.recs[1].id, id[1]);
+    assert_int_equal(s.recs[1].not_before_us, later);
+    assert_int_equal(s.recs[1].prev_id, id[0]);
+    assert_int_equal(s.recs[2].id, id[5]);
+    journal_close(j);
+
+    journal_db *d = NULL;
+    char err[1024];
+    assert_int_equal(journal_db_open(sb->path, &d, err, sizeof err), 0);
+    s.n = 0;
+    /* each task once (the dead letter after the tasks) */
+    assert_int_equal(journal_db_each(d, NULL, collect_all, &s, err, sizeof err), 6);
+    assert_int_equal(journal_db_retry(d, id[2], err, sizeof err), 0);
+    journal_db_close(d);
+}
+
+/* Not packed: an add of one task, or of tasks of different requests. */
+static void journal_packs_only_tasks_of_one_request(void **state)
+{
+    sandbox *sb = *state;
+    journal *j = js_open_ok(sb->path);
+    add_one(j, "alone", "x", NULL, NULL);
+    journal_task t[2] = {
+        {.id = journal_next_id(j), .name = "a", .max_attempts = 1, .request_id = "r1"},
+        {.id = journal_next_id(j), .name = "b", .max_attempts = 1, .request_id = "r2"},
+    };
+    assert_int_equal(journal_add(j, t, 2, NULL, NULL), 0);
+    journal_close(j);
+    assert_int_equal(sql_int(sb->path, "SELECT count(*) FROM tasks"), 3);
+    assert_int_equal(sql_int(sb->path, "SELECT count(*) FROM packs"), 0);
+}
+
+/* Purge removes a pack once nothing in it is queued and its last success
+ * is older, and counts its tasks; a pack with a queued task stays. */
+static void journal_purge_removes_finished_packs(void **state)
+{
+    sandbox *sb = *state;
+    journal *j = js_open_ok(sb->path);
+    done_count c = DONE_COUNT_INIT;
+    uint64_t a[3], b[2];
+    add_pack(j, 3, a, NULL, NULL);
+    add_pack(j, 2, b, count_done, &c);
+    wait_count(&c, 1);
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(journal_succeed(j, a[i], NULL, count_done, &c), 0);
+    assert_int_equal(journal_succeed(j, b[0], NULL, count_done, &c), 0);
+    wait_count(&c, 5);
+    assert_int_equal(c.failed, 0);
+    journal_close(j);
+    journal_db *d = NULL;
+    char err[1024];
+    uint64_t removed = 0;
+    assert_int_equal(journal_db_open(sb->path, &d, err, sizeof err), 0);
+    assert_int_equal(journal_db_purge(d, util_wall_us() + 1000000, &removed, err, sizeof err), 0);
+    assert_int_equal(removed, 3);
+    assert_int_equal(journal_db_get(d, a[1], collect_state, err, err, sizeof err),
+                     JOURNAL_ENOTFOUND);
+    char st[96];
+    assert_int_equal(journal_db_get(d, b[0], collect_state, st, err, sizeof err), 0);
+    assert_string_equal(st, "succeeded||0");
+    journal_db_close(d);
+    assert_int_equal(sql_int(sb->path, "SELECT count(*) FROM packs"), 1);
+}
+
+/* A failed transaction rolls the packs back with it: a pack added in it
+ * is not there (its tasks' ends find nothing), one committed before is
+ * (its ends work). */
+static void journal_failed_transaction_rolls_packs_back(void **state)
+{
+    sandbox *sb = *state;
+    journal *j = js_open_ok(sb->path);
+    done_count c = DONE_COUNT_INIT;
+    uint64_t a[2];
+    add_pack(j, 2, a, count_done, &c);
+    wait_count(&c, 1);
+    /* the same first id again: the packs' key refuses it, the batch fails */
+    journal_task t[2] = {
+        {.id = a[0], .name = "dup", .max_attempts = 1, .request_id = "r"},
+        {.id = journal_next_id(j), .name = "new", .max_attempts = 1, .request_id = "r"},
+    };
+    done_count f = DONE_COUNT_INIT;
+    h_capture_begin();
+    assert_int_equal(journal_add(j, t, 2, count_done, &f), 0);
+    wait_count(&f, 1);
+    free(h_capture_end());
+    assert_int_equal(f.failed, 1);
+    done_count e = DONE_COUNT_INIT;
+    assert_int_equal(journal_succeed(j, t[1].id, NULL, count_done, &e), 0);
+    assert_int_equal(journal_succeed(j, a[1], NULL, count_done, &e), 0);
+    wait_count(&e, 2);
+    assert_int_equal(e.failed, 1); /* t[1] was never committed */
+    char st[96];
+    assert_string_equal((journal_lookup(j, a[1], collect_state, st), st), "succeeded||0");
+    assert_string_equal((journal_lookup(j, a[0], collect_state, st), st), "queued||0");
+    assert_int_equal(journal_lookup(j, t[1].id, collect_state, st), JOURNAL_ENOTFOUND);
+    journal_close(j);
+}
+
+/* A pack row whose blob was damaged (by hand, or a bad disk) is refused
+ * at open with the file named, not read past its end. */
+static void journal_refuses_a_malformed_pack(void **state)
+{
+    sandbox *sb = *state;
+    journal *j = js_open_ok(sb->path);
+    uint64_t a[2];
+    add_pack(j, 2, a, NULL, NULL);
+    journal_close(j);
+    sqlite3 *db;
+    assert_int_equal(sqlite3_open(sb->path, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db, "UPDATE packs SET tasks=substr(tasks,1,20)", NULL, NULL,
+                                  NULL),
+                     SQLITE_OK);
+    sqlite3_close(db);
+    char *msg = open_fails(sb->path, JOURNAL_ECORRUPT);
+    h_assert_contains(msg, sb->path);
+    free(msg);
+    journal_db *d = NULL;
+    char err[1024];
+    assert_int_equal(journal_db_open(sb->path, &d, err, sizeof err), 0);
+    char st[96];
+    assert_true(journal_db_get(d, a[0], collect_state, st, err, sizeof err) < 0);
+    h_assert_contains(err, "malformed");
+    journal_db_close(d);
 }
 
 /* ---- disk full ----------------------------------------------------------------------- */
@@ -1509,6 +1810,13 @@ int main(void)
         T(journal_replay_keeps_the_sequence_link),
         T(journal_upgrades_schema_version_1),
         T(journal_upgrades_schema_version_2),
+        T(journal_upgrades_schema_version_3),
+        T(journal_packs_an_add_of_several_tasks),
+        T(journal_moves_a_packed_task_that_changes_otherwise),
+        T(journal_packs_only_tasks_of_one_request),
+        T(journal_purge_removes_finished_packs),
+        T(journal_failed_transaction_rolls_packs_back),
+        T(journal_refuses_a_malformed_pack),
         T(journal_folds_a_start_into_its_add),
         T(journal_lazy_starts_fold_into_their_end),
         T(journal_an_add_of_five_writes_each_task),

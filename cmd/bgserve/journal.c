@@ -3,12 +3,14 @@
  * snapshot, the group-commit writer and the offline connection that the
  * `bgserve journal` subcommand uses.
  *
- * The file: an SQLite database in WAL mode with three tables.  `meta`
+ * The file: an SQLite database in WAL mode with four tables.  `meta`
  * holds schema_version and next_id; `tasks` one row per task from its
- * acceptance to its final state; `dead` the tasks that exhausted their
- * attempts, with their last error.  tasks.live (1 while queued or
- * running) carries the one index, partial, of the live tasks (schema
- * version 3).  Times are microseconds since the
+ * acceptance to its final state; `packs` one row per add of several
+ * tasks of one request (journal_pack.h), whose tasks move to rows of
+ * tasks when anything but a success happens to them; `dead` the tasks
+ * that exhausted their attempts, with their last error.  tasks.live and
+ * packs.live (1 while queued or running) carry partial indexes of the
+ * live ones (schema version 4).  Times are microseconds since the
  * epoch.  Ids never repeat: open commits meta.next_id = first free id +
  * ID_BLOCK before handing out any id, and the writer moves that ceiling
  * on, in the same transaction as the records, whenever the ids handed
@@ -27,10 +29,12 @@
  * all of it, is taken without walking the list under mu), folds each
  * start whose add is in the same batch into that add (fold_starts), applies
  * them in one BEGIN IMMEDIATE ... COMMIT on its own connection (wdb, the
- * prepared statements and the fold table are the writer's alone after
- * open) and then calls their
+ * prepared statements, the fold table and the map of live packs are the
+ * writer's alone after open; each pack a batch changed is written once,
+ * before COMMIT) and then calls their
  * callbacks in append order, outside `mu`.  A failed transaction is rolled
- * back and every record in it gets the error; the writer goes on with the
+ * back (and the map of packs read again from the file) and every record
+ * in it gets the error; the writer goes on with the
  * next batch and logs once per failing episode.  Lookups use a second
  * connection under `read_mu`.  Checkpoints run on a third connection
  * (cdb), on a checkpointer thread that the writer wakes (ckpt_want, under
@@ -40,6 +44,7 @@
  */
 #include "journal.h"
 
+#include "journal_pack.h"
 #include "latency.h"
 #include "log.h"
 #include "util.h"
@@ -92,6 +97,33 @@
  * UPDATE of state alone) counts by its state, as before version 3. */
 #define LIVE_ROWS "live=1 AND " LIVE
 
+/* The tasks in packs, read as rows of COLS (journal_pack.h): k numbers a
+ * pack's tasks, PK(f) reads field f of task k.i (bgs_pack); a moved task
+ * (state NULL here) is read from its row in tasks instead.  The queries
+ * below put these beside the rows of tasks, by id. */
+#define PK(f) "bgs_pack(p.tasks,p.ends,k.i," #f ")"
+#define PACK_K "WITH RECURSIVE k(i) AS (SELECT 0 UNION ALL SELECT i+1 FROM k WHERE i<63) "
+#define PACK_COLS PK(0) "," PK(1) "," PK(2) "," PK(3) "," PK(4) "," PK(5) "," PK(6) \
+                  ",p.created," PK(8) "," PK(9) ",NULL,p.request_id,NULL"
+#define PACK_FROM " FROM packs p JOIN k ON k.i<p.n"
+/* a task by id (?1), in tasks or in the packs that may hold it */
+#define Q_TASK_BY_ID PACK_K "SELECT " COLS " FROM tasks WHERE id=?1 UNION ALL SELECT " PACK_COLS \
+    PACK_FROM " WHERE p.first BETWEEN ?1-1024 AND ?1 AND p.last>=?1 AND " PK(0) "=?1 AND " \
+    PK(3) " IS NOT NULL"
+
+/* Schema version 4: the table of packs (journal_pack.h), an add of
+ * several tasks in one row: its first and last ids (the key, and how far
+ * a lookup looks back: JOURNAL_PACK_SPAN), its count, creation time and request
+ * id, the tasks blob, the ends blob, live (1 while any task in it is
+ * queued) with a partial index as tasks.live's, and the latest finish
+ * time in it (purge).  A task in a pack is queued or succeeded; any
+ * other change moves it to a row of its own in `tasks` first. */
+#define PACKS_SQL                                                                      \
+    "CREATE TABLE packs (first INTEGER PRIMARY KEY, last INTEGER NOT NULL,"            \
+    " n INTEGER NOT NULL, created INTEGER NOT NULL, request_id TEXT,"                 \
+    " tasks BLOB NOT NULL, ends BLOB, live INTEGER, finished INTEGER);"               \
+    "CREATE INDEX packs_live ON packs(live) WHERE live IS NOT NULL;"
+
 /* Schema version 3.  tasks.live is 1 while the task is queued or running
  * and NULL afterwards; the partial index tasks_live holds the live tasks
  * only.  A start (queued to running) or a retry (back to queued) leaves
@@ -106,6 +138,7 @@ static const char schema_sql[] =
     " created INTEGER NOT NULL, started INTEGER, finished INTEGER, last_error TEXT,"
     " request_id TEXT, result TEXT, prev INTEGER NOT NULL DEFAULT 0, live INTEGER);"
     "CREATE INDEX tasks_live ON tasks(live) WHERE live IS NOT NULL;"
+    PACKS_SQL
     "CREATE TABLE dead (id INTEGER PRIMARY KEY, name TEXT NOT NULL, payload BLOB NOT NULL,"
     " state TEXT NOT NULL, attempts INTEGER NOT NULL, max_attempts INTEGER NOT NULL,"
     " not_before INTEGER NOT NULL, created INTEGER NOT NULL, started INTEGER,"
@@ -125,6 +158,11 @@ static const char upgrade_v3_sql[] =
     "DROP INDEX IF EXISTS tasks_state;"
     "CREATE INDEX tasks_live ON tasks(live) WHERE live IS NOT NULL;"
     "UPDATE meta SET value=3 WHERE key='schema_version';";
+
+/* From schema version 3: the packs (PACKS_SQL). */
+static const char upgrade_v4_sql[] =
+    PACKS_SQL
+    "UPDATE meta SET value=4 WHERE key='schema_version';";
 
 /* ------------------------------------------------------------------ */
 /* Result codes and messages                                           */
@@ -273,6 +311,11 @@ static int db_connect(const char *path, int create, sqlite3 **out, char *err, si
     }
     sqlite3_extended_result_codes(db, 1);
     sqlite3_busy_timeout(db, BUSY_TIMEOUT_MS);
+    rc = journal_pack_register(db);
+    if (rc != SQLITE_OK) {
+        rc = sql_fail(db, rc, path, "cannot set it up", err, cap);
+        goto fail;
+    }
 
     rc = query_int(db, "SELECT count(*) FROM sqlite_master", &n);
     if (rc != SQLITE_OK) {
@@ -335,6 +378,8 @@ static int db_connect(const char *path, int create, sqlite3 **out, char *err, si
             rc = exec_sql(db, upgrade_v2_sql);
         if (rc == SQLITE_OK && version < 3)
             rc = exec_sql(db, upgrade_v3_sql);
+        if (rc == SQLITE_OK && version < 4)
+            rc = exec_sql(db, upgrade_v4_sql);
         if (rc == SQLITE_OK)
             rc = exec_sql(db, "COMMIT");
         if (rc != SQLITE_OK) {
@@ -451,7 +496,7 @@ static long each_row(sqlite3 *db, const char *sql, uint64_t id,
 typedef enum op_kind { OP_ADD, OP_START, OP_UNSTART, OP_SUCCEED, OP_RETRY, OP_FINISH, OP_DEAD } op_kind;
 
 enum { ST_INSERT, ST_START, ST_UNSTART, ST_SUCCEED, ST_RETRY, ST_FINISH, ST_DEAD_COPY, ST_DEAD_DEL,
-       ST_META, ST_BEGIN, ST_COMMIT, ST_COUNT };
+       ST_META, ST_BEGIN, ST_COMMIT, ST_PACK_ADD, ST_PACK_ENDS, ST_PACK_MOVE, ST_COUNT };
 
 #define FOLDED_START "attempts=coalesce(?5,attempts), started=coalesce(?6,started)"
 
@@ -478,6 +523,15 @@ static const char *const stmt_sql[ST_COUNT] = {
     [ST_META] = "UPDATE meta SET value=?1 WHERE key='next_id'",
     /* prepared too: parsing them cost about 12 000 instructions a commit */
     [ST_BEGIN] = "BEGIN IMMEDIATE",
+    [ST_PACK_ADD] = "INSERT INTO packs (first,last,n,created,request_id,tasks,ends,live,finished) "
+                    "VALUES (?1,?2,?3,?4,?5,?6,NULL,1,NULL)",
+    [ST_PACK_ENDS] = "UPDATE packs SET ends=?2, live=?3, finished=?4 WHERE first=?1",
+    /* task ?1, the ?3rd of pack ?2, to a row of its own (still queued) */
+    [ST_PACK_MOVE] = "INSERT INTO tasks (id,name,payload,state,attempts,max_attempts,not_before,"
+                     "created,request_id,prev,started,live) SELECT ?1,bgs_pack(tasks,ends,?3,1),"
+                     "bgs_pack(tasks,ends,?3,2),'queued',0,bgs_pack(tasks,ends,?3,5),"
+                     "bgs_pack(tasks,ends,?3,6),created,request_id,bgs_pack(tasks,ends,?3,13),"
+                     "NULL,1 FROM packs WHERE first=?2",
     [ST_COMMIT] = "COMMIT",
 };
 
@@ -550,6 +604,10 @@ struct journal {
     sqlite3_stmt *st[ST_COUNT];     /* the writer thread's */
     int failing;                    /* writer: in a failing episode */
     jtask **fold;                   /* writer: open-addressing table of the batch's adds */
+    journal_pack_map packs;                /* writer: the live packs, by task id */
+    journal_pack *dirty;            /* writer: the packs the open transaction changed */
+    unsigned char *pack_buf;        /* writer: where an add's tasks blob is made */
+    size_t pack_buf_cap;
     size_t fold_cap;                /* writer: its slots, a power of two */
     uint64_t failed_in_episode;     /* writer */
 
@@ -589,6 +647,11 @@ struct journal {
     pthread_t ckpt_thread;
     int ckpt_started;
 };
+
+/* The packs' part of the writer (below the rows'). */
+static int pack_reload(journal *j);
+static int pack_transition(journal *j, const jrec *r, uint64_t id, size_t *rows,
+                           int64_t *dpending, int *rc);
 
 /* ---- the directory and the lock ------------------------------------------------ */
 
@@ -698,8 +761,13 @@ static int load_state(journal *j, char *err, size_t cap)
     sqlite3 *db = j->wdb;
     int64_t next = 1, maxt = 0, maxd = 0, pending = 0, dead = 0;
     int rc = query_int(db, "SELECT value FROM meta WHERE key='next_id'", &next);
+    int64_t maxp = 0;
     if (rc == SQLITE_OK)
         rc = query_int(db, "SELECT coalesce(max(id),0) FROM tasks", &maxt);
+    if (rc == SQLITE_OK)
+        rc = query_int(db, "SELECT coalesce(max(last),0) FROM packs", &maxp);
+    if (rc == SQLITE_OK)
+        rc = pack_reload(j);
     if (rc == SQLITE_OK)
         rc = query_int(db, "SELECT coalesce(max(id),0) FROM dead", &maxd);
     if (rc == SQLITE_OK)
@@ -710,6 +778,8 @@ static int load_state(journal *j, char *err, size_t cap)
         return sql_fail(db, rc, j->path, "cannot read it", err, cap);
 
     uint64_t first = next > 0 ? (uint64_t)next : 1;
+    if (maxp > maxt)
+        maxt = maxp;
     if ((uint64_t)maxt >= first)
         first = (uint64_t)maxt + 1;
     if ((uint64_t)maxd >= first)
@@ -720,10 +790,13 @@ static int load_state(journal *j, char *err, size_t cap)
     atomic_store(&j->next_id, first);
     atomic_store(&j->ceiling, first + ID_BLOCK);
     j->pending = (uint64_t)pending;
+    for (journal_pack *p = j->packs.all; p != NULL; p = p->all_next)
+        j->pending += p->nlive;
     j->dead = (uint64_t)dead;
 
-    each_row(db, "SELECT " COLS ",prev FROM tasks WHERE " LIVE_ROWS " ORDER BY id", 0, snap_add, j,
-             &rc);
+    each_row(db, PACK_K "SELECT " COLS ",prev FROM tasks WHERE " LIVE_ROWS " UNION ALL SELECT "
+             PACK_COLS "," PK(13) PACK_FROM " WHERE p.live=1 AND " PK(3) "='queued' ORDER BY 1",
+             0, snap_add, j, &rc);
     if (rc != SQLITE_OK)
         return sql_fail(db, rc, j->path, "cannot read its tasks", err, cap);
     return 0;
@@ -876,6 +949,10 @@ static int apply_starts(journal *j, jrec *r, size_t *rows)
     for (size_t i = 0; i < r->nstarts; i++) {
         if (r->starts[i].id == 0)
             continue; /* folded into its add */
+        int prc;
+        int64_t none = 0;
+        if (pack_transition(j, r, r->starts[i].id, rows, &none, &prc))
+            return prc;
         sqlite3_bind_int64(st, 1, (int64_t)r->starts[i].id);
         sqlite3_bind_int64(st, 2, r->starts[i].attempt);
         sqlite3_bind_int64(st, 3, (int64_t)r->at_us);
@@ -906,6 +983,220 @@ static sqlite3_stmt *bind_folded(sqlite3_stmt *st, const jrec *r)
     return st;
 }
 
+/* ---- packs: an add of several tasks in one row (journal_pack.h) ------------------ */
+
+/* Packs larger than this are written as rows: a blob is one value, and
+ * SQLite's values stop at 1 GB (SQLITE_MAX_LENGTH). */
+#define PACK_MAX_BYTES (1u << 20)
+
+static int same_text(const char *a, const char *b)
+{
+    return a == b || (a != NULL && b != NULL && strcmp(a, b) == 0);
+}
+
+/* An add that goes into a pack: two tasks or more (up to JOURNAL_PACK_MAX), one
+ * request id, ids within JOURNAL_PACK_SPAN, no start folded into it (a running
+ * task has a row of its own), under PACK_MAX_BYTES. */
+static int packable(const jrec *r)
+{
+    if (r->ntasks < 2 || r->ntasks > JOURNAL_PACK_MAX)
+        return 0;
+    uint64_t lo = r->tasks[0].id, hi = lo;
+    size_t bytes = 0;
+    for (size_t i = 0; i < r->ntasks; i++) {
+        const jtask *t = &r->tasks[i];
+        if (t->start_attempt != 0 || !same_text(t->request_id, r->tasks[0].request_id))
+            return 0;
+        lo = t->id < lo ? t->id : lo;
+        hi = t->id > hi ? t->id : hi;
+        bytes += t->len + strlen(t->name) + 64;
+    }
+    return hi - lo <= JOURNAL_PACK_SPAN && bytes <= PACK_MAX_BYTES;
+}
+
+static int apply_pack_add(journal *j, jrec *r, size_t *rows, int64_t *dpending)
+{
+    journal_pack_task pt[JOURNAL_PACK_MAX];
+    uint64_t ids[JOURNAL_PACK_MAX], first = UINT64_MAX, last = 0;
+    size_t n = r->ntasks;
+    for (size_t i = 0; i < n; i++) {
+        const jtask *t = &r->tasks[i];
+        pt[i] = (journal_pack_task){.id = t->id, .name = t->name, .payload = t->payload, .len = t->len,
+                             .max_attempts = t->max_attempts, .not_before_us = t->not_before_us,
+                             .prev_id = t->prev_id};
+        ids[i] = t->id;
+        first = t->id < first ? t->id : first;
+        last = t->id > last ? t->id : last;
+    }
+    size_t size = journal_pack_tasks_size(pt, n);
+    if (size > j->pack_buf_cap) {
+        free(j->pack_buf);
+        j->pack_buf_cap = size > 4096 ? size : 4096;
+        j->pack_buf = xmalloc(j->pack_buf_cap);
+    }
+    unsigned char *blob = j->pack_buf;
+    journal_pack_tasks_encode(pt, n, blob);
+    sqlite3_stmt *st = j->st[ST_PACK_ADD];
+    sqlite3_bind_int64(st, 1, (int64_t)first);
+    sqlite3_bind_int64(st, 2, (int64_t)last);
+    sqlite3_bind_int64(st, 3, (int64_t)n);
+    sqlite3_bind_int64(st, 4, (int64_t)r->at_us);
+    bind_text(st, 5, r->tasks[0].request_id);
+    sqlite3_bind_blob(st, 6, blob, (int)size, SQLITE_STATIC);
+    int rc = run(st);
+    sqlite3_bind_null(st, 6);
+    if (rc == SQLITE_DONE) {
+        journal_pack_map_put(&j->packs, journal_pack_new(first, ids, (uint32_t)n));
+        *rows += n;
+        *dpending += (int64_t)n;
+    }
+    return rc;
+}
+
+static void pack_touch(journal *j, journal_pack *p)
+{
+    if (!p->dirty) {
+        p->dirty = 1;
+        p->dirty_next = j->dirty;
+        j->dirty = p;
+    }
+}
+
+/*
+ * Record r of task id, kept in a pack.  A success without a result is
+ * written into the pack's ends: returns 1 with *rc SQLITE_DONE.  Any
+ * other change of a queued task first moves it to a row of its own
+ * (ST_PACK_MOVE); then, or when the task is not in a live pack, or is
+ * no longer queued there (its row's statement then finds no live row:
+ * JOURNAL_ENOTFOUND), returns 0 and r applies to the row as before.
+ * Returns 1 with *rc the SQLite code when the move failed.
+ */
+static int pack_transition(journal *j, const jrec *r, uint64_t id, size_t *rows,
+                           int64_t *dpending, int *rc)
+{
+    journal_pack *p = journal_pack_map_find(&j->packs, id);
+    int i = p ? journal_pack_index(p, id) : -1;
+    journal_pack_end e;
+    if (i < 0 || journal_pack_end_get(p->ends, p->n * (size_t)JOURNAL_PACK_END_BYTES, p->n, (size_t)i, &e) != 0 ||
+        e.status != JOURNAL_PACK_QUEUED || r->kind == OP_UNSTART)
+        return 0; /* an unstart finds no running row either way */
+    if (r->kind == OP_SUCCEED && r->text == NULL) {
+        e = (journal_pack_end){.status = JOURNAL_PACK_SUCCEEDED, .attempts = r->fold_attempt,
+                        .started_us = r->fold_attempt ? r->fold_started_us : 0,
+                        .finished_us = r->at_us};
+        journal_pack_end_set(p->ends, (size_t)i, &e);
+        if (r->at_us > p->finished_us)
+            p->finished_us = r->at_us;
+        p->nlive--;
+        pack_touch(j, p);
+        *rows += 1;
+        *dpending -= 1;
+        *rc = SQLITE_DONE;
+        return 1;
+    }
+    sqlite3_stmt *st = j->st[ST_PACK_MOVE];
+    sqlite3_bind_int64(st, 1, (int64_t)id);
+    sqlite3_bind_int64(st, 2, (int64_t)p->first);
+    sqlite3_bind_int64(st, 3, i);
+    int src = run(st);
+    if (src != SQLITE_DONE) {
+        *rc = src;
+        return 1;
+    }
+    e = (journal_pack_end){.status = JOURNAL_PACK_MOVED};
+    journal_pack_end_set(p->ends, (size_t)i, &e);
+    p->nlive--;
+    pack_touch(j, p);
+    return 0;
+}
+
+/* Write the ends of every pack the transaction changed. */
+static int pack_flush(journal *j)
+{
+    sqlite3_stmt *st = j->st[ST_PACK_ENDS];
+    for (journal_pack *p = j->dirty; p != NULL; p = p->dirty_next) {
+        sqlite3_bind_int64(st, 1, (int64_t)p->first);
+        sqlite3_bind_blob(st, 2, p->ends, (int)(p->n * JOURNAL_PACK_END_BYTES), SQLITE_STATIC);
+        if (p->nlive > 0)
+            sqlite3_bind_int(st, 3, 1);
+        else
+            sqlite3_bind_null(st, 3);
+        if (p->finished_us > 0)
+            sqlite3_bind_int64(st, 4, (int64_t)p->finished_us);
+        else
+            sqlite3_bind_null(st, 4);
+        int rc = run(st);
+        if (rc != SQLITE_DONE)
+            return rc;
+    }
+    return SQLITE_DONE;
+}
+
+/* After a commit: packs with nothing queued in them leave the map. */
+static void pack_committed(journal *j)
+{
+    for (journal_pack *p = j->dirty, *next; p != NULL; p = next) {
+        next = p->dirty_next;
+        p->dirty = 0;
+        p->dirty_next = NULL;
+        if (p->nlive == 0) {
+            journal_pack_map_drop(&j->packs, p);
+            journal_pack_free(p);
+        }
+    }
+    j->dirty = NULL;
+}
+
+/*
+ * The map from the file: every pack with a task queued in it.  At open,
+ * and after a failed transaction (its changes to the map were rolled
+ * back with it).  An SQLite code; a malformed pack is SQLITE_CORRUPT.
+ */
+static int pack_reload(journal *j)
+{
+    journal_pack_map_clear(&j->packs);
+    j->dirty = NULL;
+    sqlite3_stmt *st = NULL;
+    int rc = sqlite3_prepare_v2(j->wdb, "SELECT first, tasks, ends FROM packs WHERE live=1", -1,
+                                &st, NULL);
+    while (rc == SQLITE_OK && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+        const unsigned char *blob = sqlite3_column_blob(st, 1);
+        size_t len = (size_t)sqlite3_column_bytes(st, 1);
+        const unsigned char *ends = sqlite3_column_blob(st, 2);
+        size_t elen = (size_t)sqlite3_column_bytes(st, 2);
+        size_t n = journal_pack_tasks_count(blob, len);
+        uint64_t ids[JOURNAL_PACK_MAX];
+        journal_pack_task t;
+        rc = n == 0 ? SQLITE_CORRUPT : SQLITE_OK;
+        for (size_t i = 0; i < n && rc == SQLITE_OK; i++) {
+            rc = journal_pack_tasks_get(blob, len, i, &t) == 0 ? SQLITE_OK : SQLITE_CORRUPT;
+            ids[i] = t.id;
+        }
+        if (rc != SQLITE_OK)
+            break;
+        journal_pack *p = journal_pack_new(col_u64(st, 0), ids, (uint32_t)n);
+        p->nlive = 0;
+        for (size_t i = 0; i < n && rc == SQLITE_OK; i++) {
+            journal_pack_end e;
+            if (journal_pack_end_get(ends, elen, n, i, &e) != 0) {
+                rc = SQLITE_CORRUPT;
+                break;
+            }
+            journal_pack_end_set(p->ends, i, &e);
+            p->nlive += e.status == JOURNAL_PACK_QUEUED;
+            if (e.status == JOURNAL_PACK_SUCCEEDED && e.finished_us > p->finished_us)
+                p->finished_us = e.finished_us;
+        }
+        if (rc != SQLITE_OK || p->nlive == 0) {
+            journal_pack_free(p);
+            continue;
+        }
+        journal_pack_map_put(&j->packs, p);
+    }
+    sqlite3_finalize(st);
+    return rc == SQLITE_DONE ? SQLITE_OK : rc;
+}
+
 /*
  * Apply r inside the open transaction.  SQLITE_DONE when applied (or when
  * it found no live task: r->status is JOURNAL_ENOTFOUND then, the batch
@@ -916,6 +1207,11 @@ static int apply(journal *j, jrec *r, size_t *rows, int64_t *dpending, int64_t *
 {
     sqlite3_stmt *st;
     int rc = SQLITE_DONE;
+    if (r->kind == OP_ADD && packable(r))
+        return apply_pack_add(j, r, rows, dpending);
+    if (r->kind != OP_ADD && r->starts == NULL && !r->folded &&
+        pack_transition(j, r, r->id, rows, dpending, &rc))
+        return rc;
     switch (r->kind) {
     case OP_ADD:
         st = j->st[ST_INSERT];
@@ -1021,6 +1317,10 @@ static int commit_batch(journal *j, jrec *batch, size_t n, uint64_t ceiling, siz
         rc = rc == SQLITE_DONE ? SQLITE_OK : rc;
         doing = "cannot write a task";
     }
+    if (rc == SQLITE_OK) {
+        rc = pack_flush(j);
+        rc = rc == SQLITE_DONE ? SQLITE_OK : rc;
+    }
     if (rc == SQLITE_OK && ceiling != 0) {
         sqlite3_bind_int64(j->st[ST_META], 1, (int64_t)ceiling);
         rc = run(j->st[ST_META]);
@@ -1032,11 +1332,20 @@ static int commit_batch(journal *j, jrec *batch, size_t n, uint64_t ceiling, siz
         rc = rc == SQLITE_DONE ? SQLITE_OK : rc;
         doing = "cannot commit";
     }
-    if (rc == SQLITE_OK)
+    if (rc == SQLITE_OK) {
+        pack_committed(j);
         return 0;
+    }
     int jrc = sql_fail(j->wdb, rc, j->path, doing, err, cap);
     if (!sqlite3_get_autocommit(j->wdb))
         exec_sql(j->wdb, "ROLLBACK");
+    /* The map had this transaction's changes: back to what is on disk.  A
+     * failure here leaves packed tasks out of it; their ends then find no
+     * live row (JOURNAL_ENOTFOUND) and the tasks run again after a
+     * restart, as at-least-once allows. */
+    if (pack_reload(j) != SQLITE_OK)
+        log_msg(BGS_LOG_WARN, "journal %s: cannot read its packs again after a failed "
+                "transaction: %s", j->path, sqlite3_errmsg(j->wdb));
     return jrc;
 }
 
@@ -1333,6 +1642,8 @@ static void journal_free(journal *j)
     for (int i = 0; i < ST_COUNT; i++)
         sqlite3_finalize(j->st[i]);
     free(j->fold);
+    journal_pack_map_clear(&j->packs);
+    free(j->pack_buf);
     sqlite3_close(j->cdb);
     sqlite3_close(j->wdb);
     sqlite3_close(j->rdb);
@@ -1721,7 +2032,7 @@ int journal_lookup(journal *j, uint64_t id, void (*fn)(void *arg, const journal_
     int rc = SQLITE_OK;
     long n;
     pthread_mutex_lock(&j->read_mu);
-    n = each_row(j->rdb, "SELECT " COLS " FROM tasks WHERE id=?1", id, fn, arg, &rc);
+    n = each_row(j->rdb, Q_TASK_BY_ID, id, fn, arg, &rc);
     if (n == 0 && rc == SQLITE_OK)
         n = each_row(j->rdb, "SELECT " COLS " FROM dead WHERE id=?1", id, fn, arg, &rc);
     pthread_mutex_unlock(&j->read_mu);
@@ -1797,7 +2108,8 @@ long journal_db_each(journal_db *db, const char *state,
     int rc = SQLITE_OK;
     long n = 0;
     if (state == NULL) {
-        n = each_row(db->db, "SELECT " COLS " FROM tasks ORDER BY id", 0, fn, arg, &rc);
+        n = each_row(db->db, PACK_K "SELECT " COLS " FROM tasks UNION ALL SELECT " PACK_COLS
+                     PACK_FROM " WHERE " PK(3) " IS NOT NULL ORDER BY 1", 0, fn, arg, &rc);
         if (rc == SQLITE_OK)
             n += each_row(db->db, "SELECT " COLS " FROM dead ORDER BY id", 0, fn, arg, &rc);
     } else if (strcmp(state, "dead") == 0) {
@@ -1806,10 +2118,13 @@ long journal_db_each(journal_db *db, const char *state,
         sqlite3_stmt *st = NULL;
         /* the live states through the partial index, the others by a scan */
         int live = strcmp(state, "queued") == 0 || strcmp(state, "running") == 0;
-        rc = sqlite3_prepare_v2(db->db, live ? "SELECT " COLS " FROM tasks WHERE live=1 AND "
-                                               "state=?1 ORDER BY id"
-                                             : "SELECT " COLS " FROM tasks WHERE state=?1 "
-                                               "ORDER BY id",
+        rc = sqlite3_prepare_v2(db->db, live ? PACK_K "SELECT " COLS " FROM tasks WHERE live=1 "
+                                               "AND state=?1 UNION ALL SELECT " PACK_COLS
+                                               PACK_FROM " WHERE p.live=1 AND " PK(3) "=?1 "
+                                               "ORDER BY 1"
+                                             : PACK_K "SELECT " COLS " FROM tasks WHERE state=?1 "
+                                               "UNION ALL SELECT " PACK_COLS PACK_FROM " WHERE "
+                                               PK(3) "=?1 ORDER BY 1",
                                 -1, &st, NULL);
         if (rc == SQLITE_OK)
             sqlite3_bind_text(st, 1, state, -1, SQLITE_STATIC);
@@ -1832,7 +2147,7 @@ int journal_db_get(journal_db *db, uint64_t id, void (*fn)(void *arg, const jour
                    void *arg, char *err, size_t cap)
 {
     int rc = SQLITE_OK;
-    long n = each_row(db->db, "SELECT " COLS " FROM tasks WHERE id=?1", id, fn, arg, &rc);
+    long n = each_row(db->db, Q_TASK_BY_ID, id, fn, arg, &rc);
     if (n == 0 && rc == SQLITE_OK)
         n = each_row(db->db, "SELECT " COLS " FROM dead WHERE id=?1", id, fn, arg, &rc);
     if (rc != SQLITE_OK)
@@ -1891,7 +2206,7 @@ out:
 int journal_db_purge(journal_db *db, uint64_t before_us, uint64_t *removed, char *err,
                      size_t cap)
 {
-    char sql[256];
+    char sql[512];
     int rc = exec_sql(db->db, "BEGIN IMMEDIATE");
     uint64_t n = 0;
     snprintf(sql, sizeof sql, "DELETE FROM tasks WHERE NOT " LIVE " AND coalesce(finished,0) < %"
@@ -1900,6 +2215,19 @@ int journal_db_purge(journal_db *db, uint64_t before_us, uint64_t *removed, char
         rc = exec_sql(db->db, sql);
     if (rc == SQLITE_OK)
         n += (uint64_t)sqlite3_changes(db->db);
+    /* a pack goes when nothing in it is queued and its last success is
+     * older (its moved tasks are rows of tasks, above) */
+    int64_t packed = 0;
+    snprintf(sql, sizeof sql, PACK_K "SELECT count(*)" PACK_FROM " WHERE p.live IS NULL AND "
+             "coalesce(p.finished,0) < %" PRIu64 " AND " PK(3) "='succeeded'", before_us);
+    if (rc == SQLITE_OK)
+        rc = query_int(db->db, sql, &packed);
+    snprintf(sql, sizeof sql, "DELETE FROM packs WHERE live IS NULL AND coalesce(finished,0) < %"
+             PRIu64, before_us);
+    if (rc == SQLITE_OK)
+        rc = exec_sql(db->db, sql);
+    if (rc == SQLITE_OK)
+        n += (uint64_t)packed;
     snprintf(sql, sizeof sql, "DELETE FROM dead WHERE coalesce(finished,0) < %" PRIu64,
              before_us);
     if (rc == SQLITE_OK)

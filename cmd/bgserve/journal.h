@@ -24,8 +24,9 @@
 /* The schema this bgserve writes; a journal with a higher one is refused,
  * one with a lower one is brought up to it when it is opened for writing
  * (version 2 added tasks.prev, the sequence link; version 3 tasks.live and
- * its partial index in place of the index on state). */
-#define JOURNAL_SCHEMA_VERSION 3
+ * its partial index in place of the index on state; version 4 the packs,
+ * an add of several tasks in one row). */
+#define JOURNAL_SCHEMA_VERSION 4
 
 /* Result codes (0 or negative), also handed to completion callbacks. */
 #define JOURNAL_ERRNO_MAP(X)                                                  \
@@ -201,7 +202,7 @@ typedef struct journal_rec {
 size_t journal_replay(journal *j, void (*fn)(void *arg, const journal_rec *rec), void *arg);
 
 /*
- * Look the task up on disk (the tasks table, then the dead-letter table)
+ * Look the task up on disk (its row or its pack, then the dead-letter table)
  * and call fn with it.  0, JOURNAL_ENOTFOUND, or another JOURNAL_E*.
  */
 int journal_lookup(journal *j, uint64_t id, void (*fn)(void *arg, const journal_rec *rec),
