@@ -24,6 +24,7 @@ int fuzz_router_one(const uint8_t *data, size_t size);
 int fuzz_pct_one(const uint8_t *data, size_t size);
 int fuzz_json_one(const uint8_t *data, size_t size);
 int fuzz_descriptor_one(const uint8_t *data, size_t size);
+int fuzz_pack_one(const uint8_t *data, size_t size);
 
 typedef int (*entry_fn)(const uint8_t *data, size_t size);
 
@@ -92,6 +93,12 @@ static void fuzz_replay_descriptor(void **state)
     replay("descriptor", fuzz_descriptor_one);
 }
 
+static void fuzz_replay_pack(void **state)
+{
+    (void)state;
+    replay("pack", fuzz_pack_one);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -99,6 +106,7 @@ int main(void)
         cmocka_unit_test(fuzz_replay_pct),
         cmocka_unit_test(fuzz_replay_json),
         cmocka_unit_test(fuzz_replay_descriptor),
+        cmocka_unit_test(fuzz_replay_pack),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
