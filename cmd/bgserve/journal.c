@@ -113,8 +113,8 @@
 
 /* Schema version 4: the table of packs (journal_pack.h), an add of
  * several tasks in one row: its first and last ids (the key, and how far
- * a lookup looks back: JOURNAL_PACK_SPAN), its count, creation time and request
- * id, the tasks blob, the ends blob, live (1 while any task in it is
+ * a lookup looks back: JOURNAL_PACK_SPAN), its count, creation time and
+ * request id, the tasks blob, the ends blob, live (1 while any task in it is
  * queued) with a partial index as tasks.live's, and the latest finish
  * time in it (purge).  A task in a pack is queued or succeeded; any
  * other change moves it to a row of its own in `tasks` first. */
@@ -604,7 +604,7 @@ struct journal {
     sqlite3_stmt *st[ST_COUNT];     /* the writer thread's */
     int failing;                    /* writer: in a failing episode */
     jtask **fold;                   /* writer: open-addressing table of the batch's adds */
-    journal_pack_map packs;                /* writer: the live packs, by task id */
+    journal_pack_map packs;         /* writer: the live packs, by task id */
     journal_pack *dirty;            /* writer: the packs the open transaction changed */
     unsigned char *pack_buf;        /* writer: where an add's tasks blob is made */
     size_t pack_buf_cap;
@@ -994,9 +994,9 @@ static int same_text(const char *a, const char *b)
     return a == b || (a != NULL && b != NULL && strcmp(a, b) == 0);
 }
 
-/* An add that goes into a pack: two tasks or more (up to JOURNAL_PACK_MAX), one
- * request id, ids within JOURNAL_PACK_SPAN, no start folded into it (a running
- * task has a row of its own), under PACK_MAX_BYTES. */
+/* An add that goes into a pack: two tasks or more (up to JOURNAL_PACK_MAX),
+ * one request id, ids within JOURNAL_PACK_SPAN, no start folded into it (a
+ * running task has a row of its own), under PACK_MAX_BYTES. */
 static int packable(const jrec *r)
 {
     if (r->ntasks < 2 || r->ntasks > JOURNAL_PACK_MAX)
@@ -1021,9 +1021,9 @@ static int apply_pack_add(journal *j, jrec *r, size_t *rows, int64_t *dpending)
     size_t n = r->ntasks;
     for (size_t i = 0; i < n; i++) {
         const jtask *t = &r->tasks[i];
-        pt[i] = (journal_pack_task){.id = t->id, .name = t->name, .payload = t->payload, .len = t->len,
-                             .max_attempts = t->max_attempts, .not_before_us = t->not_before_us,
-                             .prev_id = t->prev_id};
+        pt[i] = (journal_pack_task){.id = t->id, .name = t->name, .payload = t->payload,
+                                    .len = t->len, .max_attempts = t->max_attempts,
+                                    .not_before_us = t->not_before_us, .prev_id = t->prev_id};
         ids[i] = t->id;
         first = t->id < first ? t->id : first;
         last = t->id > last ? t->id : last;
@@ -1077,13 +1077,15 @@ static int pack_transition(journal *j, const jrec *r, uint64_t id, size_t *rows,
     journal_pack *p = journal_pack_map_find(&j->packs, id);
     int i = p ? journal_pack_index(p, id) : -1;
     journal_pack_end e;
-    if (i < 0 || journal_pack_end_get(p->ends, p->n * (size_t)JOURNAL_PACK_END_BYTES, p->n, (size_t)i, &e) != 0 ||
+    if (i < 0 ||
+        journal_pack_end_get(p->ends, p->n * (size_t)JOURNAL_PACK_END_BYTES, p->n, (size_t)i,
+                             &e) != 0 ||
         e.status != JOURNAL_PACK_QUEUED || r->kind == OP_UNSTART)
         return 0; /* an unstart finds no running row either way */
     if (r->kind == OP_SUCCEED && r->text == NULL) {
         e = (journal_pack_end){.status = JOURNAL_PACK_SUCCEEDED, .attempts = r->fold_attempt,
-                        .started_us = r->fold_attempt ? r->fold_started_us : 0,
-                        .finished_us = r->at_us};
+                               .started_us = r->fold_attempt ? r->fold_started_us : 0,
+                               .finished_us = r->at_us};
         journal_pack_end_set(p->ends, (size_t)i, &e);
         if (r->at_us > p->finished_us)
             p->finished_us = r->at_us;

@@ -174,7 +174,8 @@ static uint64_t get64(const unsigned char *p)
     return v;
 }
 
-int journal_pack_end_get(const unsigned char *ends, size_t len, size_t n, size_t i, journal_pack_end *out)
+int journal_pack_end_get(const unsigned char *ends, size_t len, size_t n, size_t i,
+                         journal_pack_end *out)
 {
     if (i >= n)
         return -1;
@@ -241,7 +242,9 @@ static void bgs_pack(sqlite3_context *ctx, int argc, sqlite3_value **argv)
     switch (field) {
     case JOURNAL_PACK_F_ID: sqlite3_result_int64(ctx, (sqlite3_int64)t.id); break;
     case JOURNAL_PACK_F_NAME: sqlite3_result_text(ctx, t.name, -1, SQLITE_TRANSIENT); break;
-    case JOURNAL_PACK_F_PAYLOAD: sqlite3_result_blob(ctx, t.payload, (int)t.len, SQLITE_TRANSIENT); break;
+    case JOURNAL_PACK_F_PAYLOAD:
+        sqlite3_result_blob(ctx, t.payload, (int)t.len, SQLITE_TRANSIENT);
+        break;
     case JOURNAL_PACK_F_STATE:
         if (e.status == JOURNAL_PACK_QUEUED)
             sqlite3_result_text(ctx, "queued", -1, SQLITE_STATIC);
@@ -252,7 +255,9 @@ static void bgs_pack(sqlite3_context *ctx, int argc, sqlite3_value **argv)
         break;
     case JOURNAL_PACK_F_ATTEMPTS: sqlite3_result_int64(ctx, e.attempts); break;
     case JOURNAL_PACK_F_MAX_ATTEMPTS: sqlite3_result_int64(ctx, t.max_attempts); break;
-    case JOURNAL_PACK_F_NOT_BEFORE: sqlite3_result_int64(ctx, (sqlite3_int64)t.not_before_us); break;
+    case JOURNAL_PACK_F_NOT_BEFORE:
+        sqlite3_result_int64(ctx, (sqlite3_int64)t.not_before_us);
+        break;
     case JOURNAL_PACK_F_STARTED: result_u64_or_null(ctx, e.started_us); break;
     case JOURNAL_PACK_F_FINISHED: result_u64_or_null(ctx, e.finished_us); break;
     case JOURNAL_PACK_F_PREV: sqlite3_result_int64(ctx, (sqlite3_int64)t.prev_id); break;
@@ -395,7 +400,9 @@ void journal_pack_map_clear(journal_pack_map *m)
 
 /* journal.c's queries spell these numbers out (PK(f), "i<63", "?1-1024") */
 _Static_assert(JOURNAL_PACK_MAX == 64 && JOURNAL_PACK_SPAN == 1024, "journal.c's pack queries");
-_Static_assert(JOURNAL_PACK_F_ID == 0 && JOURNAL_PACK_F_NAME == 1 && JOURNAL_PACK_F_PAYLOAD == 2 &&
-               JOURNAL_PACK_F_STATE == 3 && JOURNAL_PACK_F_ATTEMPTS == 4 && JOURNAL_PACK_F_MAX_ATTEMPTS == 5 &&
-               JOURNAL_PACK_F_NOT_BEFORE == 6 && JOURNAL_PACK_F_STARTED == 8 && JOURNAL_PACK_F_FINISHED == 9 &&
-               JOURNAL_PACK_F_PREV == 13, "journal.c's PK() fields");
+_Static_assert(JOURNAL_PACK_F_ID == 0 && JOURNAL_PACK_F_NAME == 1 &&
+               JOURNAL_PACK_F_PAYLOAD == 2 && JOURNAL_PACK_F_STATE == 3 &&
+               JOURNAL_PACK_F_ATTEMPTS == 4 && JOURNAL_PACK_F_MAX_ATTEMPTS == 5 &&
+               JOURNAL_PACK_F_NOT_BEFORE == 6 && JOURNAL_PACK_F_STARTED == 8 &&
+               JOURNAL_PACK_F_FINISHED == 9 && JOURNAL_PACK_F_PREV == 13,
+               "journal.c's PK() fields");

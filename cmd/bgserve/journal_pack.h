@@ -33,7 +33,8 @@ enum { JOURNAL_PACK_QUEUED = 0, JOURNAL_PACK_SUCCEEDED = 1, JOURNAL_PACK_MOVED =
 /* bgs_pack()'s fields: the positions of the columns they stand for in
  * journal.c's COLS, and 13 for the sequence link. */
 enum {
-    JOURNAL_PACK_F_ID = 0, JOURNAL_PACK_F_NAME = 1, JOURNAL_PACK_F_PAYLOAD = 2, JOURNAL_PACK_F_STATE = 3,
+    JOURNAL_PACK_F_ID = 0, JOURNAL_PACK_F_NAME = 1, JOURNAL_PACK_F_PAYLOAD = 2,
+    JOURNAL_PACK_F_STATE = 3,
     JOURNAL_PACK_F_ATTEMPTS = 4, JOURNAL_PACK_F_MAX_ATTEMPTS = 5, JOURNAL_PACK_F_NOT_BEFORE = 6,
     JOURNAL_PACK_F_STARTED = 8, JOURNAL_PACK_F_FINISHED = 9, JOURNAL_PACK_F_PREV = 13
 };
@@ -66,7 +67,8 @@ int journal_pack_tasks_get(const unsigned char *blob, size_t len, size_t i, jour
 
 /* End i of an ends blob of n tasks: a NULL or empty blob is every task
  * queued.  0, or -1 when the blob is malformed (not n entries) or i >= n. */
-int journal_pack_end_get(const unsigned char *ends, size_t len, size_t n, size_t i, journal_pack_end *out);
+int journal_pack_end_get(const unsigned char *ends, size_t len, size_t n, size_t i,
+                         journal_pack_end *out);
 /* Write end i into an ends blob of at least (i + 1) entries. */
 void journal_pack_end_set(unsigned char *ends, size_t i, const journal_pack_end *e);
 
@@ -94,12 +96,14 @@ int journal_pack_index(const journal_pack *p, uint64_t id);
 typedef struct journal_pack_map {
     struct journal_pack_slot *slot;
     size_t cap, count;       /* slots (a power of two, or 0), and ids in it */
-    journal_pack *all;              /* every pack in it */
+    journal_pack *all;       /* every pack in it */
 } journal_pack_map;
 
-void journal_pack_map_put(journal_pack_map *m, journal_pack *p);   /* all of p's ids */
+/* Add p and all of its ids. */
+void journal_pack_map_put(journal_pack_map *m, journal_pack *p);
 journal_pack *journal_pack_map_find(const journal_pack_map *m, uint64_t id);
-void journal_pack_map_drop(journal_pack_map *m, journal_pack *p);  /* all of p's ids; p is not freed */
+/* Remove all of p's ids and p from the map; p is not freed. */
+void journal_pack_map_drop(journal_pack_map *m, journal_pack *p);
 /* Free every pack in the map and the map's table. */
 void journal_pack_map_clear(journal_pack_map *m);
 
