@@ -106,10 +106,15 @@
 #define PACK_COLS PK(0) "," PK(1) "," PK(2) "," PK(3) "," PK(4) "," PK(5) "," PK(6) \
                   ",p.created," PK(8) "," PK(9) ",NULL,p.request_id,NULL"
 #define PACK_FROM " FROM packs p JOIN k ON k.i<p.n"
+/* The rows of tasks (COLS, then tcols) where twhere, beside the tasks
+ * in packs (PACK_COLS, then pcols) where pwhere. */
+#define TASKS_AND_PACKS(tcols, twhere, pcols, pwhere)                                  \
+    PACK_K "SELECT " COLS tcols " FROM tasks" twhere " UNION ALL SELECT " PACK_COLS pcols \
+        PACK_FROM " WHERE " pwhere
 /* a task by id (?1), in tasks or in the packs that may hold it */
-#define Q_TASK_BY_ID PACK_K "SELECT " COLS " FROM tasks WHERE id=?1 UNION ALL SELECT " PACK_COLS \
-    PACK_FROM " WHERE p.first BETWEEN ?1-1024 AND ?1 AND p.last>=?1 AND " PK(0) "=?1 AND " \
-    PK(3) " IS NOT NULL"
+#define Q_TASK_BY_ID                                                                       \
+    TASKS_AND_PACKS("", " WHERE id=?1", "", "p.first BETWEEN ?1-1024 AND ?1 AND p.last>=?1 " \
+                    "AND " PK(0) "=?1 AND " PK(3) " IS NOT NULL")
 
 /* Schema version 4: the table of packs (journal_pack.h), an add of
  * several tasks in one row: its first and last ids (the key, and how far
@@ -604,11 +609,11 @@ struct journal {
     sqlite3_stmt *st[ST_COUNT];     /* the writer thread's */
     int failing;                    /* writer: in a failing episode */
     jtask **fold;                   /* writer: open-addressing table of the batch's adds */
+    size_t fold_cap;                /* writer: its slots, a power of two */
     journal_pack_map packs;         /* writer: the live packs, by task id */
     journal_pack *dirty;            /* writer: the packs the open transaction changed */
     unsigned char *pack_buf;        /* writer: where an add's tasks blob is made */
     size_t pack_buf_cap;
-    size_t fold_cap;                /* writer: its slots, a power of two */
     uint64_t failed_in_episode;     /* writer */
 
     pthread_mutex_t read_mu;
@@ -794,8 +799,8 @@ static int load_state(journal *j, char *err, size_t cap)
         j->pending += p->nlive;
     j->dead = (uint64_t)dead;
 
-    each_row(db, PACK_K "SELECT " COLS ",prev FROM tasks WHERE " LIVE_ROWS " UNION ALL SELECT "
-             PACK_COLS "," PK(13) PACK_FROM " WHERE p.live=1 AND " PK(3) "='queued' ORDER BY 1",
+    each_row(db, TASKS_AND_PACKS(",prev", " WHERE " LIVE_ROWS, "," PK(13),
+                                 "p.live=1 AND " PK(3) "='queued'") " ORDER BY 1",
              0, snap_add, j, &rc);
     if (rc != SQLITE_OK)
         return sql_fail(db, rc, j->path, "cannot read its tasks", err, cap);
@@ -877,7 +882,7 @@ static int run(sqlite3_stmt *st)
 static jtask **fold_find(journal *j, uint64_t id)
 {
     size_t mask = j->fold_cap - 1;
-    size_t i = (size_t)((id * UINT64_C(0x9E3779B97F4A7C15)) >> 32) & mask;
+    size_t i = util_id_hash(id) & mask;
     while (j->fold[i] != NULL && j->fold[i]->id != id)
         i = (i + 1) & mask;
     return &j->fold[i];
@@ -996,8 +1001,9 @@ static int same_text(const char *a, const char *b)
 
 /* An add that goes into a pack: two tasks or more (up to JOURNAL_PACK_MAX),
  * one request id, ids within JOURNAL_PACK_SPAN, no start folded into it (a
- * running task has a row of its own), under PACK_MAX_BYTES. */
-static int packable(const jrec *r)
+ * running task has a row of its own), under PACK_MAX_BYTES.  Its smallest
+ * and largest ids in *first and *last. */
+static int packable(const jrec *r, uint64_t *first, uint64_t *last)
 {
     if (r->ntasks < 2 || r->ntasks > JOURNAL_PACK_MAX)
         return 0;
@@ -1011,22 +1017,21 @@ static int packable(const jrec *r)
         hi = t->id > hi ? t->id : hi;
         bytes += t->len + strlen(t->name) + 64;
     }
+    *first = lo;
+    *last = hi;
     return hi - lo <= JOURNAL_PACK_SPAN && bytes <= PACK_MAX_BYTES;
 }
 
-static int apply_pack_add(journal *j, jrec *r, size_t *rows, int64_t *dpending)
+static int apply_pack_add(journal *j, jrec *r, uint64_t first, uint64_t last, size_t *rows,
+                          int64_t *dpending)
 {
     journal_pack_task pt[JOURNAL_PACK_MAX];
-    uint64_t ids[JOURNAL_PACK_MAX], first = UINT64_MAX, last = 0;
     size_t n = r->ntasks;
     for (size_t i = 0; i < n; i++) {
         const jtask *t = &r->tasks[i];
         pt[i] = (journal_pack_task){.id = t->id, .name = t->name, .payload = t->payload,
                                     .len = t->len, .max_attempts = t->max_attempts,
                                     .not_before_us = t->not_before_us, .prev_id = t->prev_id};
-        ids[i] = t->id;
-        first = t->id < first ? t->id : first;
-        last = t->id > last ? t->id : last;
     }
     size_t size = journal_pack_tasks_size(pt, n);
     if (size > j->pack_buf_cap) {
@@ -1046,7 +1051,7 @@ static int apply_pack_add(journal *j, jrec *r, size_t *rows, int64_t *dpending)
     int rc = run(st);
     sqlite3_bind_null(st, 6);
     if (rc == SQLITE_DONE) {
-        journal_pack_map_put(&j->packs, journal_pack_new(first, ids, (uint32_t)n));
+        journal_pack_map_put(&j->packs, journal_pack_new(first, pt, (uint32_t)n));
         *rows += n;
         *dpending += (int64_t)n;
     }
@@ -1167,16 +1172,13 @@ static int pack_reload(journal *j)
         const unsigned char *ends = sqlite3_column_blob(st, 2);
         size_t elen = (size_t)sqlite3_column_bytes(st, 2);
         size_t n = journal_pack_tasks_count(blob, len);
-        uint64_t ids[JOURNAL_PACK_MAX];
-        journal_pack_task t;
+        journal_pack_task t[JOURNAL_PACK_MAX];
         rc = n == 0 ? SQLITE_CORRUPT : SQLITE_OK;
-        for (size_t i = 0; i < n && rc == SQLITE_OK; i++) {
-            rc = journal_pack_tasks_get(blob, len, i, &t) == 0 ? SQLITE_OK : SQLITE_CORRUPT;
-            ids[i] = t.id;
-        }
+        for (size_t i = 0; i < n && rc == SQLITE_OK; i++)
+            rc = journal_pack_tasks_get(blob, len, i, &t[i]) == 0 ? SQLITE_OK : SQLITE_CORRUPT;
         if (rc != SQLITE_OK)
             break;
-        journal_pack *p = journal_pack_new(col_u64(st, 0), ids, (uint32_t)n);
+        journal_pack *p = journal_pack_new(col_u64(st, 0), t, (uint32_t)n);
         p->nlive = 0;
         for (size_t i = 0; i < n && rc == SQLITE_OK; i++) {
             journal_pack_end e;
@@ -1209,8 +1211,9 @@ static int apply(journal *j, jrec *r, size_t *rows, int64_t *dpending, int64_t *
 {
     sqlite3_stmt *st;
     int rc = SQLITE_DONE;
-    if (r->kind == OP_ADD && packable(r))
-        return apply_pack_add(j, r, rows, dpending);
+    uint64_t first, last;
+    if (r->kind == OP_ADD && packable(r, &first, &last))
+        return apply_pack_add(j, r, first, last, rows, dpending);
     if (r->kind != OP_ADD && r->starts == NULL && !r->folded &&
         pack_transition(j, r, r->id, rows, dpending, &rc))
         return rc;
@@ -2110,8 +2113,8 @@ long journal_db_each(journal_db *db, const char *state,
     int rc = SQLITE_OK;
     long n = 0;
     if (state == NULL) {
-        n = each_row(db->db, PACK_K "SELECT " COLS " FROM tasks UNION ALL SELECT " PACK_COLS
-                     PACK_FROM " WHERE " PK(3) " IS NOT NULL ORDER BY 1", 0, fn, arg, &rc);
+        n = each_row(db->db, TASKS_AND_PACKS("", "", "", PK(3) " IS NOT NULL") " ORDER BY 1", 0,
+                     fn, arg, &rc);
         if (rc == SQLITE_OK)
             n += each_row(db->db, "SELECT " COLS " FROM dead ORDER BY id", 0, fn, arg, &rc);
     } else if (strcmp(state, "dead") == 0) {
@@ -2120,13 +2123,11 @@ long journal_db_each(journal_db *db, const char *state,
         sqlite3_stmt *st = NULL;
         /* the live states through the partial index, the others by a scan */
         int live = strcmp(state, "queued") == 0 || strcmp(state, "running") == 0;
-        rc = sqlite3_prepare_v2(db->db, live ? PACK_K "SELECT " COLS " FROM tasks WHERE live=1 "
-                                               "AND state=?1 UNION ALL SELECT " PACK_COLS
-                                               PACK_FROM " WHERE p.live=1 AND " PK(3) "=?1 "
-                                               "ORDER BY 1"
-                                             : PACK_K "SELECT " COLS " FROM tasks WHERE state=?1 "
-                                               "UNION ALL SELECT " PACK_COLS PACK_FROM " WHERE "
-                                               PK(3) "=?1 ORDER BY 1",
+        rc = sqlite3_prepare_v2(db->db,
+                                live ? TASKS_AND_PACKS("", " WHERE live=1 AND state=?1", "",
+                                                       "p.live=1 AND " PK(3) "=?1") " ORDER BY 1"
+                                     : TASKS_AND_PACKS("", " WHERE state=?1", "", PK(3) "=?1")
+                                           " ORDER BY 1",
                                 -1, &st, NULL);
         if (rc == SQLITE_OK)
             sqlite3_bind_text(st, 1, state, -1, SQLITE_STATIC);

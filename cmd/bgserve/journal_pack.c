@@ -273,7 +273,7 @@ int journal_pack_register(sqlite3 *db)
 
 /* ---- packs and the map --------------------------------------------------------- */
 
-journal_pack *journal_pack_new(uint64_t first, const uint64_t *ids, uint32_t n)
+journal_pack *journal_pack_new(uint64_t first, const journal_pack_task *t, uint32_t n)
 {
     /* one block: the pack, its ids, its ends */
     journal_pack *p = xcalloc(1, sizeof *p + n * (sizeof p->ids[0] + JOURNAL_PACK_END_BYTES));
@@ -281,7 +281,8 @@ journal_pack *journal_pack_new(uint64_t first, const uint64_t *ids, uint32_t n)
     p->n = n;
     p->nlive = n;
     p->ends = (unsigned char *)(p->ids + n);
-    memcpy(p->ids, ids, n * sizeof ids[0]);
+    for (uint32_t i = 0; i < n; i++)
+        p->ids[i] = t[i].id;
     return p;
 }
 
@@ -305,7 +306,7 @@ struct journal_pack_slot {
 
 static size_t home(const journal_pack_map *m, uint64_t id)
 {
-    return (size_t)((id * UINT64_C(0x9E3779B97F4A7C15)) >> 32) & (m->cap - 1);
+    return util_id_hash(id) & (m->cap - 1);
 }
 
 static void slot_put(journal_pack_map *m, uint64_t id, journal_pack *p)

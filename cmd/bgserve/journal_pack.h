@@ -87,7 +87,8 @@ typedef struct journal_pack {
     uint64_t ids[];          /* its tasks' ids, in blob order */
 } journal_pack;
 
-journal_pack *journal_pack_new(uint64_t first, const uint64_t *ids, uint32_t n);
+/* A pack of the n tasks t (their ids, in blob order), all queued. */
+journal_pack *journal_pack_new(uint64_t first, const journal_pack_task *t, uint32_t n);
 void journal_pack_free(journal_pack *p);
 /* The index of id in p, or -1. */
 int journal_pack_index(const journal_pack *p, uint64_t id);

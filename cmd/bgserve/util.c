@@ -136,6 +136,11 @@ uint64_t util_wall_us(void)
     return clock_us(CLOCK_REALTIME);
 }
 
+size_t util_id_hash(uint64_t id)
+{
+    return (size_t)((id * UINT64_C(0x9E3779B97F4A7C15)) >> 32);
+}
+
 size_t util_u64_dec(char *buf, uint64_t v)
 {
     /* Two digits per division: every task id of a Bgserve-Tasks header

@@ -75,6 +75,10 @@ size_t util_u64_dec(char *buf, uint64_t v);
  * parsing a format: on the per-request path. */
 void util_copy_str(char *buf, size_t cap, const char *s);
 
+/* A task id spread over a size_t (Fibonacci hashing): mask its low bits
+ * for an open-addressing table of a power-of-two size. */
+size_t util_id_hash(uint64_t id);
+
 /* The value of hex digit c (0-15), or -1 when c is not one. */
 int util_hexval(unsigned char c);
 
